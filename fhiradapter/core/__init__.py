@@ -1,0 +1,1 @@
+"""Functional core: pure functions over values (no files, network, clock, environment or randomness)."""

@@ -1,0 +1,132 @@
+"""Small, tolerant accessors over raw FHIR R4 JSON dicts: references, dates, codings, extensions.
+
+Nothing here raises on odd input: a missing or mistyped element reads as ``None`` and the mapper decides
+whether that is an issue. camelCase FHIR names live only here and in the mappers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+_DATE = re.compile(r"^(\d{4})(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
+
+
+def local_date(value: Any) -> str | None:
+    """The calendar date written in a FHIR date/dateTime/instant, never shifted through UTC.
+
+    ``2005-03-31T08:00:00+09:00`` -> ``2005-03-31``; a partial ``2004-07`` stays ``2004-07``.
+    Anything that does not start with a valid date gives ``None``.
+    """
+    if not isinstance(value, str):
+        return None
+    m = _DATE.match(value)
+    if m is None:
+        return None
+    end = m.end()
+    rest = value[end:]
+    if rest and not rest.startswith("T"):
+        return None
+    return value[:end]
+
+
+def is_full_date(value: str | None) -> bool:
+    return value is not None and len(value) == 10
+
+
+def normalise_reference(ref: Any, aliases: Mapping[str, str] | None = None) -> str | None:
+    """``Type/id`` for a relative, absolute or versioned reference; Bundle ``urn:uuid:`` via ``aliases``.
+
+    Contained references (``#id``) are returned unchanged; the caller resolves them in its resource.
+    """
+    if not isinstance(ref, str) or not ref:
+        return None
+    if ref.startswith("#"):
+        return ref
+    if aliases and ref in aliases:
+        return aliases[ref]
+    if ref.startswith("urn:"):
+        return None
+    if "/_history/" in ref:
+        ref = ref.split("/_history/", 1)[0]
+    parts = ref.rstrip("/").split("/")
+    if len(parts) < 2 or not parts[-2][:1].isupper() or not parts[-1]:
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def reference_of(element: Any, aliases: Mapping[str, str] | None = None) -> str | None:
+    if isinstance(element, dict):
+        return normalise_reference(element.get("reference"), aliases)
+    return None
+
+
+def codings(concept: Any) -> Iterator[tuple[str | None, str | None]]:
+    """``(system, code)`` pairs of a CodeableConcept (or of a bare Coding)."""
+    if not isinstance(concept, dict):
+        return
+    items = concept.get("coding")
+    if items is None and "code" in concept:
+        items = [concept]
+    if not isinstance(items, list):
+        return
+    for coding in items:
+        if isinstance(coding, dict):
+            system, code = coding.get("system"), coding.get("code")
+            yield (system if isinstance(system, str) else None,
+                   code if isinstance(code, str) else None)
+
+
+def concept_text(concept: Any) -> str | None:
+    if not isinstance(concept, dict):
+        return None
+    text = concept.get("text")
+    if isinstance(text, str) and text:
+        return text
+    for coding in concept.get("coding") or []:
+        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
+            return str(coding["display"])
+    return None
+
+
+def first_code(concept: Any) -> str | None:
+    for _system, code in codings(concept):
+        if code:
+            return code
+    return None
+
+
+def extension_values(resource: Mapping[str, Any], url: str) -> Iterator[Any]:
+    for ext in resource.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == url:
+            yield ext
+
+
+def number(value: Any) -> float | None:
+    """A JSON number as float; strings and booleans are not numbers."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def contained(resource: Mapping[str, Any], local_ref: str) -> dict[str, Any] | None:
+    wanted = local_ref[1:]
+    for item in resource.get("contained") or []:
+        if isinstance(item, dict) and item.get("id") == wanted:
+            return item
+    return None
+
+
+def version_key(resource: Mapping[str, Any]) -> tuple[int, str, str]:
+    """Orders two copies of one resource: numeric ``meta.versionId``, then ``meta.lastUpdated``.
+
+    Non-numeric (opaque) version ids do not order; ties are broken by the caller (last seen wins).
+    """
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        return (-1, "", "")
+    vid = meta.get("versionId")
+    vnum = int(vid) if isinstance(vid, str) and vid.isdigit() else -1
+    updated = meta.get("lastUpdated")
+    return (vnum, updated if isinstance(updated, str) else "", vid if isinstance(vid, str) else "")

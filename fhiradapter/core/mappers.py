@@ -1,0 +1,481 @@
+"""Mappers: one function per FHIR resource type, raw JSON dict -> (domain record | None, issues).
+
+A ``None`` record means the resource is not used; its issues say why (and it is reported as a reject).
+A record with issues is used, and the issues are reported with the patient. Mappers never raise on bad
+data. Unit conversion goes through ``MapContext.ucum_factor`` (supplied by the shell, UCUM-aware) and the
+clinical conversions in ``mappings/units.toml``; both are recorded on the value they changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhiradapter.core import fhir_json as fj
+from fhiradapter.core.model import (
+    AE,
+    Cond,
+    ConsentRec,
+    Issue,
+    Med,
+    Obs,
+    Origin,
+    Other,
+    Person,
+    SubjectRec,
+)
+from fhiradapter.core.protocol import Mappings
+
+Record = Person | Obs | Med | AE | Cond | ConsentRec | SubjectRec | Other
+Result = tuple[Record | None, list[Issue]]
+UcumFactor = Callable[[str, str], float | None]
+
+AE_GRADE_URL = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
+# PROTOCOL.md §5: NCIt grade codes of the ae-grade extension, and the severity fallback (marked derived).
+NCIT_GRADE = {"C41338": 1, "C41339": 2, "C41340": 3, "C41337": 4, "C48275": 5}
+SEVERITY_GRADE = {"mild": 1, "moderate": 2, "severe": 3}
+# PROTOCOL.md §4: only these Observation statuses count.
+COUNTED_OBS_STATUS = frozenset({"final", "amended", "corrected"})
+NUMERIC_CONCEPTS = frozenset({"afp", "anc", "platelets", "creatinine", "bilirubin", "albumin", "inr",
+                              "pt", "pt_control"})
+CODED_CONCEPTS = frozenset({"disease_status", "ascites", "pregnancy_status", "breastfeeding_status"})
+UNITLESS = frozenset({"", "1", "{INR}", "{ratio}", "{ratio}", "{score}"})
+EXCLUDED_MED_STATUS = frozenset({"entered-in-error", "not-taken", "not-done", "cancelled", "draft",
+                                 "intended"})
+USED_TYPES = frozenset({"Patient", "Observation", "MedicationStatement", "MedicationAdministration",
+                        "MedicationRequest", "AdverseEvent", "Condition", "Consent", "ResearchSubject",
+                        "ResearchStudy", "BodyStructure", "Medication"})
+
+
+@dataclass(slots=True)
+class MapContext:
+    """What a mapper needs besides the resource: the mappings and a UCUM factor lookup."""
+
+    mappings: Mappings
+    ucum_factor: UcumFactor
+    _factor_cache: dict[tuple[str, str], float | None] = field(default_factory=dict)
+
+    def factor(self, unit: str, target: str) -> float | None:
+        key = (unit, target)
+        if key not in self._factor_cache:
+            self._factor_cache[key] = self.ucum_factor(unit, target)
+        return self._factor_cache[key]
+
+
+def _round(value: float) -> float:
+    """Drop binary noise from unit arithmetic so that 176.8 umol/L is exactly 2.0 mg/dL."""
+    return float(f"{value:.12g}")
+
+
+def _issue(ref: str, path: str, code: str, message: str) -> list[Issue]:
+    return [Issue(ref, path, code, message)]
+
+
+def _patient_ref(res: Mapping[str, Any], key: str, ref: str,
+                 aliases: Mapping[str, str] | None) -> tuple[str | None, list[Issue]]:
+    target = fj.reference_of(res.get(key), aliases)
+    if target is None or not target.startswith("Patient/"):
+        return None, _issue(ref, key, "no-subject",
+                            f"{key} is missing or is not a reference to a Patient")
+    return target, []
+
+
+def map_patient(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                aliases: Mapping[str, str] | None) -> Result:
+    issues: list[Issue] = []
+    birth = fj.local_date(res.get("birthDate"))
+    if res.get("birthDate") is not None and birth is None:
+        issues += _issue(ref, "birthDate", "bad-date", "birthDate is not a FHIR date")
+    deceased_date = fj.local_date(res.get("deceasedDateTime"))
+    flag = res.get("deceasedBoolean") is True or deceased_date is not None
+    gender = res.get("gender") if isinstance(res.get("gender"), str) else None
+    return Person(ref, birth, gender, deceased_date, flag, origin), issues
+
+
+def _convert(concept: str, value: float, unit: str, ctx: MapContext, ref: str,
+             path: str) -> tuple[float | None, str | None, list[Issue]]:
+    """Value in the concept's canonical unit, the conversion applied (text), and issues."""
+    target = ctx.mappings.canonical_unit[concept]
+    if unit == target or (target == "" and unit in UNITLESS):
+        return value, None, []
+    note = None
+    clinical = ctx.mappings.conversions.get((concept, unit))
+    if clinical is not None:
+        factor_text = (f"x {clinical.multiply_by}" if clinical.multiply_by is not None
+                       else f"/ {clinical.divide_by}")
+        value, unit = clinical.apply(value), clinical.to
+        note = f"{clinical.label} ({factor_text}, mappings/units.toml)"
+        if unit == target:
+            return _round(value), note, []
+    factor = ctx.factor(unit, target) if target else None
+    if factor is None:
+        return None, None, _issue(ref, path, "bad-unit",
+                                  f"unit {unit!r} cannot be converted to {target or 'a unitless value'!r}"
+                                  f" for {concept}")
+    if factor != 1.0:
+        ucum_note = f"UCUM {unit} -> {target} (x {factor:.12g})"
+        note = f"{note}; {ucum_note}" if note else ucum_note
+    return _round(value * factor), note, []
+
+
+def _quantity(q: Any) -> tuple[float | None, str]:
+    if not isinstance(q, dict):
+        return None, ""
+    unit = q.get("code") if q.get("system") == "http://unitsofmeasure.org" else None
+    if not isinstance(unit, str):
+        unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
+    return fj.number(q.get("value")), unit if isinstance(unit, str) else ""
+
+
+def map_observation(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                    aliases: Mapping[str, str] | None) -> Result:
+    m = ctx.mappings
+    concept = None
+    for system, code in fj.codings(res.get("code")):
+        concept = m.observation.get(system, code)
+        if concept:
+            break
+    if concept is None:
+        return None, _issue(ref, "code", "unmapped-code",
+                            "Observation.code is not a protocol concept in mappings/codes.toml")
+    status = res.get("status")
+    if status not in COUNTED_OBS_STATUS:
+        return None, _issue(ref, "status", "status-not-counted",
+                            f"status {status!r} does not count (only final, amended, corrected)")
+    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    if patient is None:
+        return None, issues
+    raw_date = (res.get("effectiveDateTime") or res.get("effectiveInstant")
+                or (res.get("effectivePeriod") or {}).get("start"))
+    date = fj.local_date(raw_date)
+    if date is None:
+        return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
+    if not fj.is_full_date(date):
+        return None, _issue(ref, "effective[x]", "partial-date",
+                            f"effective date {date!r} has no day; an observation needs one")
+    value = low = high = d1 = d2 = None
+    unit = coded = focus = note = None
+    if "dataAbsentReason" in res and not any(k.startswith("value") for k in res):
+        return None, _issue(ref, "dataAbsentReason", "no-value", "no value (dataAbsentReason)")
+    if concept in NUMERIC_CONCEPTS:
+        value, unit_in = _quantity(res.get("valueQuantity"))
+        if value is None:
+            return None, _issue(ref, "valueQuantity.value", "no-value",
+                                "valueQuantity.value is missing or not a number")
+        value, note, bad = _convert(concept, value, unit_in, ctx, ref, "valueQuantity.code")
+        if bad:
+            return None, bad
+        unit = m.canonical_unit[concept]
+        rr = res.get("referenceRange")
+        if isinstance(rr, list) and rr and isinstance(rr[0], dict):
+            for key in ("low", "high"):
+                v, u = _quantity(rr[0].get(key))
+                if v is None:
+                    continue
+                conv, _n, bad = _convert(concept, v, u or unit_in, ctx, ref, f"referenceRange[0].{key}")
+                if bad:
+                    issues += bad
+                elif key == "low":
+                    low = conv
+                else:
+                    high = conv
+    elif concept == "ecog":
+        value = _ecog(res, m)
+        if value is None:
+            return None, _issue(ref, "value[x]", "bad-value",
+                                "ECOG needs valueInteger 0-5 or a mapped LOINC answer code")
+    elif concept == "encephalopathy":
+        raw = res.get("valueInteger")
+        if raw is None:
+            raw = fj.number((res.get("valueQuantity") or {}).get("value"))
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or raw not in (0, 1, 2, 3, 4):
+            return None, _issue(ref, "valueInteger", "bad-value",
+                                "encephalopathy needs a West Haven grade 0-4 as valueInteger")
+        value = float(raw)
+    elif concept in CODED_CONCEPTS:
+        table = m.answer.get(concept)
+        for system, code in fj.codings(res.get("valueCodeableConcept")):
+            coded = table.get(system, code) if table else None
+            if coded:
+                break
+        if coded is None:
+            return None, _issue(ref, "valueCodeableConcept", "unmapped-value",
+                                f"the {concept} answer is not a mapped code")
+    elif concept == "tumor_size":
+        focus, d1, d2, tissues = _tumour(res, ref, ctx, aliases)
+        if focus is None or d1 is None:
+            return None, tissues
+        issues += tissues
+        unit = "mm"
+    return (Obs(ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2,
+                str(status), note, origin), issues)
+
+
+def _ecog(res: Mapping[str, Any], m: Mappings) -> float | None:
+    raw = res.get("valueInteger")
+    if raw is None and isinstance(res.get("valueQuantity"), dict):
+        raw = fj.number(res["valueQuantity"].get("value"))
+    if raw is None and "valueCodeableConcept" in res:
+        table = m.answer.get("ecog")
+        for system, code in fj.codings(res.get("valueCodeableConcept")):
+            hit = table.get(system, code) if table else None
+            if hit is not None:
+                raw = int(hit)
+                break
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw not in range(6):
+        return None
+    return float(raw)
+
+
+def _tumour(res: Mapping[str, Any], ref: str, ctx: MapContext, aliases: Mapping[str, str] | None
+            ) -> tuple[str | None, float | None, float | None, list[Issue]]:
+    focus_list = res.get("focus")
+    focus = None
+    if isinstance(focus_list, list) and focus_list:
+        focus = fj.reference_of(focus_list[0], aliases)
+        if focus and focus.startswith("#"):
+            body = fj.contained(res, focus)
+            ident = (body or {}).get("identifier")
+            if isinstance(ident, list) and ident and isinstance(ident[0], dict) and ident[0].get("value"):
+                focus = f"BodyStructure?identifier={ident[0].get('system', '')}|{ident[0]['value']}"
+            else:
+                focus = f"{ref}{focus}"
+    if focus is None:
+        return None, None, None, _issue(ref, "focus", "no-lesion",
+                                        "TumorSize has no focus BodyStructure naming the lesion")
+    dims: dict[str, float] = {}
+    issues: list[Issue] = []
+    for i, comp in enumerate(res.get("component") or []):
+        if not isinstance(comp, dict):
+            continue
+        kind = None
+        for system, code in fj.codings(comp.get("code")):
+            kind = ctx.mappings.tumor_component.get(system, code)
+            if kind:
+                break
+        if kind is None or kind in dims:
+            continue
+        v, u = _quantity(comp.get("valueQuantity"))
+        if v is None or v < 0:
+            issues += _issue(ref, f"component[{i}].valueQuantity", "bad-value",
+                             "diameter missing or negative")
+            continue
+        factor = 1.0 if u == "mm" else ctx.factor(u, "mm") if u in ("cm", "m", "[in_i]") else None
+        if factor is None:
+            issues += _issue(ref, f"component[{i}].valueQuantity.code", "bad-unit",
+                             f"diameter unit {u!r} is not mm or cm")
+            continue
+        dims[kind] = _round(v * factor)
+    if "longest" not in dims:
+        return None, None, None, issues + _issue(ref, "component", "no-value",
+                                                 "no longest-diameter component (LOINC 33728-7)")
+    if "perpendicular" not in dims:
+        issues += _issue(ref, "component", "one-diameter",
+                         "no perpendicular diameter (LOINC 33729-5): the lesion is not bidimensional")
+    return focus, dims["longest"], dims.get("perpendicular"), issues
+
+
+def _drug(concept: Any, m: Mappings) -> tuple[str | None, str | None]:
+    first = None
+    for system, code in fj.codings(concept):
+        first = first or code
+        hit = m.medication.get(system, code)
+        if hit:
+            return hit, code
+    return None, first
+
+
+def medication_concept(res: Mapping[str, Any], m: Mappings) -> str | None:
+    """The protocol drug a Medication resource is (by its code or an ingredient's code)."""
+    drug, _ = _drug(res.get("code"), m)
+    if drug:
+        return drug
+    for ing in res.get("ingredient") or []:
+        if isinstance(ing, dict):
+            drug, _ = _drug(ing.get("itemCodeableConcept"), m)
+            if drug:
+                return drug
+    return None
+
+
+def map_medication_use(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                       aliases: Mapping[str, str] | None) -> Result:
+    status = res.get("status")
+    if status in EXCLUDED_MED_STATUS:
+        return None, _issue(ref, "status", "status-not-counted",
+                            f"status {status!r} is not an exposure")
+    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    if patient is None:
+        return None, issues
+    drug, code = _drug(res.get("medicationCodeableConcept"), ctx.mappings)
+    med_ref = None
+    if drug is None and "medicationReference" in res:
+        target = fj.reference_of(res.get("medicationReference"), aliases)
+        if target and target.startswith("#"):
+            med = fj.contained(res, target)
+            drug = medication_concept(med, ctx.mappings) if med else None
+            if med is None:
+                issues += _issue(ref, "medicationReference", "bad-reference",
+                                 f"contained Medication {target} not found")
+        elif target and target.startswith("Medication/"):
+            med_ref = target
+    if drug is None and med_ref is None:
+        return None, issues + _issue(ref, "medication[x]", "unmapped-code",
+                                     "the medication is not a protocol drug in mappings/codes.toml")
+    start, end = _exposure_dates(res)
+    if start is None:
+        return None, issues + _issue(ref, "effective[x]", "no-date", "no exposure start date")
+    reason = None
+    reasons = res.get("statusReason") if isinstance(res.get("statusReason"), list) else []
+    for concept in reasons:
+        for system, code in fj.codings(concept):
+            reason = reason or ctx.mappings.stop_reason.get(system, code)
+    return Med(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
+
+
+def _exposure_dates(res: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    if res.get("resourceType") == "MedicationRequest":
+        for dose in res.get("dosageInstruction") or []:
+            bounds = (((dose or {}).get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
+            if isinstance(bounds, dict) and bounds.get("start"):
+                return fj.local_date(bounds.get("start")), fj.local_date(bounds.get("end"))
+        return fj.local_date(res.get("authoredOn")), None
+    single = fj.local_date(res.get("effectiveDateTime"))
+    if single:
+        return single, single
+    period = res.get("effectivePeriod")
+    if isinstance(period, dict):
+        return fj.local_date(period.get("start")), fj.local_date(period.get("end"))
+    return None, None
+
+
+def map_adverse_event(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                      aliases: Mapping[str, str] | None) -> Result:
+    if res.get("actuality") == "potential":
+        return None, _issue(ref, "actuality", "not-actual", "a potential event, not an actual one")
+    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    if patient is None:
+        return None, issues
+    term = meddra = None
+    for system, code in fj.codings(res.get("event")):
+        term = ctx.mappings.ae_term.get(system, code)
+        if system in ("http://terminology.hl7.org/CodeSystem/mdr", "https://www.meddra.org"):
+            meddra = meddra or code
+        if term:
+            break
+    text = fj.concept_text(res.get("event")) or (fj.first_code(res.get("event")) or "(no term)")
+    if term:
+        meddra = ctx.mappings.ae_terms[term].meddra or meddra
+    else:
+        issues += _issue(ref, "event", "unmapped-term",
+                         f"AE term {text!r} is not mapped to a CTC v2.0 term (kept as reported)")
+    grade, source = None, "reported"
+    for ext in fj.extension_values(res, AE_GRADE_URL):
+        for _system, code in fj.codings(ext.get("valueCodeableConcept")):
+            grade = NCIT_GRADE.get(code or "")
+            if grade:
+                break
+    if grade is None:
+        sev = fj.first_code(res.get("severity"))
+        grade = SEVERITY_GRADE.get(sev or "")
+        source = "derived"
+    if grade is None:
+        return None, issues + _issue(ref, "extension(ae-grade)", "no-grade",
+                                     "neither an ae-grade extension nor a severity")
+    date = fj.local_date(res.get("date") or res.get("detected") or res.get("recordedDate"))
+    if date is None or not fj.is_full_date(date):
+        return None, issues + _issue(ref, "date", "no-date", "no full onset date (date/detected)")
+    return AE(ref, patient, term, text, meddra, grade, source, date, origin), issues
+
+
+def map_condition(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                  aliases: Mapping[str, str] | None) -> Result:
+    concept = None
+    for system, code in fj.codings(res.get("code")):
+        concept = ctx.mappings.condition.get(system, code)
+        if concept:
+            break
+    if concept is None:
+        return None, _issue(ref, "code", "unmapped-code",
+                            "Condition.code is not a protocol condition in mappings/codes.toml")
+    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    if patient is None:
+        return None, issues
+    onset = fj.local_date(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start"))
+    recorded = fj.local_date(res.get("recordedDate"))
+    return Cond(ref, patient, concept, fj.first_code(res.get("verificationStatus")),
+                fj.first_code(res.get("clinicalStatus")), onset, recorded, origin), issues
+
+
+def map_consent(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                aliases: Mapping[str, str] | None) -> Result:
+    patient, issues = _patient_ref(res, "patient", ref, aliases)
+    if patient is None:
+        return None, issues
+    research = any(ctx.mappings.consent_research.get(s, c) for s, c in fj.codings(res.get("scope")))
+    for cat in res.get("category") or []:
+        research = research or any(ctx.mappings.consent_research.get(s, c) for s, c in fj.codings(cat))
+    if not research:
+        return None, _issue(ref, "scope", "not-research", "not a research consent")
+    return ConsentRec(ref, patient, str(res.get("status")), fj.local_date(res.get("dateTime")),
+                      origin), issues
+
+
+def map_research_subject(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                         aliases: Mapping[str, str] | None) -> Result:
+    patient, issues = _patient_ref(res, "individual", ref, aliases)
+    if patient is None:
+        return None, issues
+    period = res.get("period") if isinstance(res.get("period"), dict) else {}
+    meta = res.get("meta") if isinstance(res.get("meta"), dict) else {}
+    version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else None
+    consent = res.get("consent")
+    return SubjectRec(ref, patient, fj.reference_of(res.get("study"), aliases), str(res.get("status")),
+                      fj.local_date(period.get("start")), fj.local_date(period.get("end")),
+                      isinstance(consent, dict) and bool(consent), version, origin), issues
+
+
+def map_other(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+              aliases: Mapping[str, str] | None) -> Result:
+    kind = res.get("resourceType")
+    if kind == "Medication":
+        return Other(ref, None, medication_concept(res, ctx.mappings), origin), []
+    if kind == "BodyStructure":
+        patient, issues = _patient_ref(res, "patient", ref, aliases)
+        if patient is None:
+            return None, issues
+        return Other(ref, patient, None, origin), []
+    return Other(ref, None, None, origin), []
+
+
+Mapper = Callable[[Mapping[str, Any], str, Origin, MapContext, Mapping[str, str] | None], Result]
+MAPPERS: dict[str, Mapper] = {
+    "Patient": map_patient,
+    "Observation": map_observation,
+    "MedicationStatement": map_medication_use,
+    "MedicationAdministration": map_medication_use,
+    "MedicationRequest": map_medication_use,
+    "AdverseEvent": map_adverse_event,
+    "Condition": map_condition,
+    "Consent": map_consent,
+    "ResearchSubject": map_research_subject,
+    "ResearchStudy": map_other,
+    "BodyStructure": map_other,
+    "Medication": map_other,
+}
+
+
+def map_resource(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
+                 aliases: Mapping[str, str] | None = None) -> Result:
+    """Map any resource; types the protocol does not read give ``None`` and a ``type-not-used`` issue."""
+    mapper = MAPPERS.get(str(res.get("resourceType")))
+    if mapper is None:
+        return None, _issue(ref, "resourceType", "type-not-used",
+                            f"{res.get('resourceType')} is not read by the protocol")
+    try:
+        return mapper(res, ref, origin, ctx, aliases)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        # An element of an unexpected JSON type deep in the resource: report it, never crash the run.
+        return None, _issue(ref, "(structure)", "invalid-field",
+                            f"an element has an unexpected type ({type(exc).__name__})")

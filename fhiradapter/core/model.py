@@ -1,0 +1,140 @@
+"""Domain values: compact, immutable records mapped from FHIR resources, and the per-patient record.
+
+Records are ``NamedTuple``s on purpose: they are small (the pipeline holds only these, never raw JSON),
+cheap to pickle when the grouping step spills to disk, and immutable. Dates are ISO strings
+(``YYYY-MM-DD``, or a partial ``YYYY-MM``/``YYYY`` that rules must treat as such); every record keeps
+``ref`` ("Type/id") for evidence and ``origin`` (file, locator) for reject reports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+Origin = tuple[str, str]  # (source file, "line 12" | "entry 3" | "entry 3 (Bundle in line 5)")
+
+
+class Issue(NamedTuple):
+    """A data-quality finding: which resource, where in it, a stable code and a readable reason."""
+
+    ref: str | None
+    path: str
+    code: str
+    message: str
+
+
+class Person(NamedTuple):
+    ref: str
+    birth_date: str | None
+    gender: str | None
+    deceased_date: str | None
+    deceased_flag: bool
+    origin: Origin
+
+
+class Obs(NamedTuple):
+    """One Observation reduced to what the rules read.
+
+    ``value`` is in the concept's canonical unit (``unit``); ``coded`` holds a mapped answer
+    (``"mild"``, ``"worsened"``, ...). Tumour sizes carry the lesion (``focus``) and both diameters in mm.
+    """
+
+    ref: str
+    patient: str
+    concept: str
+    date: str | None
+    value: float | None
+    unit: str | None
+    coded: str | None
+    low: float | None
+    high: float | None
+    focus: str | None
+    d1: float | None
+    d2: float | None
+    status: str
+    conversion: str | None
+    origin: Origin
+
+
+class Med(NamedTuple):
+    """A drug exposure (MedicationStatement / Administration / Request) with its mapped drug concept."""
+
+    ref: str
+    patient: str
+    drug: str | None
+    drug_code: str | None
+    start: str | None
+    end: str | None
+    status: str
+    med_ref: str | None  # unresolved reference to a separate Medication, resolved after reading
+    stop_reason: str | None  # mapped statusReason: progression | toxicity | refusal | death | other
+    origin: Origin
+
+
+class AE(NamedTuple):
+    ref: str
+    patient: str
+    term: str | None  # CTC v2.0 term key from mappings, None when unmapped
+    term_text: str
+    meddra: str | None
+    grade: int | None
+    grade_source: str  # "reported" (ae-grade extension) | "derived" (from severity)
+    date: str | None
+    origin: Origin
+
+
+class Cond(NamedTuple):
+    ref: str
+    patient: str
+    concept: str
+    verification: str | None
+    clinical: str | None
+    onset: str | None
+    recorded: str | None
+    origin: Origin
+
+
+class ConsentRec(NamedTuple):
+    ref: str
+    patient: str
+    status: str
+    date: str | None
+    origin: Origin
+
+
+class SubjectRec(NamedTuple):
+    """A ResearchSubject: the study link, the screening date and the version for write-back."""
+
+    ref: str
+    patient: str
+    study: str | None
+    status: str
+    start: str | None
+    end: str | None
+    has_consent: bool
+    version: str | None
+    origin: Origin
+
+
+class Other(NamedTuple):
+    """A resource that is read for completeness (BodyStructure, ResearchStudy, Medication)."""
+
+    ref: str
+    patient: str | None
+    code: str | None  # for Medication: the mapped drug concept
+    origin: Origin
+
+
+@dataclass(slots=True)
+class PatientRecord:
+    """Everything known about one patient, as mapped records."""
+
+    patient: str
+    person: Person | None = None
+    observations: list[Obs] = field(default_factory=list)
+    meds: list[Med] = field(default_factory=list)
+    adverse_events: list[AE] = field(default_factory=list)
+    conditions: list[Cond] = field(default_factory=list)
+    consents: list[ConsentRec] = field(default_factory=list)
+    subjects: list[SubjectRec] = field(default_factory=list)
+    others: list[Other] = field(default_factory=list)

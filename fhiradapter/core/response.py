@@ -1,0 +1,266 @@
+"""Tumour response by WHO bidimensional measurements plus serum AFP (PROTOCOL.md §4).
+
+Per assessment: PD (SPD >= 1.25 x nadir, a new lesion, or AFP >= 1.25 x nadir AFP), else CR (no
+measurable tumour and AFP <= ULN), else PR (SPD or AFP <= 0.5 x baseline, basis recorded), else SD when
+tumour and AFP are known (or AFP is not evaluable), else NE. All comparisons are exact (``Fraction``,
+by multiplication). Best overall response needs confirmation for CR/PR and a minimum time for SD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from fractions import Fraction
+from typing import Any
+
+from fhiradapter.core import dates
+from fhiradapter.core.model import Obs
+
+BASELINE_WINDOW_DAYS = 28  # PROTOCOL.md §4: baseline within 28 days before (or on) the index date
+CONFIRMATION_DAYS = 28  # PROTOCOL.md §4: a second CR/PR >= 28 days later
+RANK = {"CR": 4, "PR": 3, "SD": 2, "PD": 1, "NE": 0}
+
+
+def exact(value: float) -> Fraction:
+    """The decimal a value was written as, exactly (0.1 -> 1/10, not the binary float)."""
+    return Fraction(repr(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    date: date
+    response: str
+    spd: Fraction | None
+    afp: Fraction | None
+    basis: str | None  # tumour | afp | both | new_lesion (for PD/PR); None otherwise
+    reasons: tuple[str, ...]
+    evidence: tuple[str, ...]
+    afp_only: bool = False
+    confirmed: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"date": self.date.isoformat(), "response": self.response,
+                "spd_mm2": _num(self.spd), "afp": _num(self.afp), "basis": self.basis,
+                "afp_only": self.afp_only, "confirmed": self.confirmed,
+                "reasons": list(self.reasons), "evidence": list(self.evidence)}
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseResult:
+    assessments: tuple[Assessment, ...]
+    best: str
+    best_reason: str
+    baseline: dict[str, Any]
+    duration: dict[str, Any] | None = None
+    issues: tuple[str, ...] = field(default=())
+
+
+def _num(value: Fraction | None) -> float | int | None:
+    if value is None:
+        return None
+    return int(value) if value.denominator == 1 else float(value)
+
+
+def _by_date(obs: Iterable[Obs]) -> dict[date, list[Obs]]:
+    out: dict[date, list[Obs]] = {}
+    for o in obs:
+        d = dates.to_date(o.date)
+        if d is not None:
+            out.setdefault(d, []).append(o)
+    return out
+
+
+def _spd(lesions: Sequence[Obs], expected: set[str]) -> tuple[Fraction | None, Fraction, bool]:
+    """(full SPD or None if a baseline lesion or a diameter is missing, partial sum, new lesion seen)."""
+    partial = Fraction(0)
+    seen: set[str] = set()
+    complete = True
+    new = False
+    for o in lesions:
+        if o.focus in seen:
+            continue
+        seen.add(o.focus or "")
+        if o.focus not in expected:
+            new = True
+        if o.d1 is None or o.d2 is None:
+            complete = False
+            continue
+        if o.focus in expected:
+            partial += exact(o.d1) * exact(o.d2)
+    if not expected <= seen:
+        complete = False
+    return (partial if complete else None), partial, new
+
+
+def assess_response(tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, afp_window_days: int,
+                    sd_min_days: int) -> ResponseResult:
+    """Per-assessment responses and the best overall response for one treated patient."""
+    start = index - timedelta(days=BASELINE_WINDOW_DAYS)
+    t_by_date = _by_date(tumour)
+    a_by_date = {d: sorted(v, key=lambda o: o.ref)[0] for d, v in _by_date(afp).items()}
+    base_dates = [d for d in t_by_date if start <= d <= index]
+    base_afp_dates = [d for d in a_by_date if start <= d <= index]
+    if not base_dates:
+        return ResponseResult((), "NE", "no_baseline_tumour_assessment",
+                              {"date": None, "spd_mm2": None, "afp": None})
+    b_date = max(base_dates)
+    b_lesions = t_by_date[b_date]
+    expected = {o.focus or "" for o in b_lesions}
+    spd0, _partial, _new = _spd(b_lesions, expected)
+    issues: list[str] = []
+    if spd0 is None:
+        issues.append("a baseline lesion lacks a diameter: tumour criteria cannot be applied")
+    afp0_obs = a_by_date[max(base_afp_dates)] if base_afp_dates else None
+    afp0 = exact(afp0_obs.value) if afp0_obs and afp0_obs.value is not None else None
+    uln = exact(afp0_obs.high) if afp0_obs and afp0_obs.high is not None else None
+    afp_evaluable = afp0 is not None and (uln is None or afp0 > uln)
+    if afp0 is not None and uln is None:
+        issues.append("baseline AFP has no upper limit of normal: CR by AFP cannot be shown")
+    baseline = {"date": b_date.isoformat(), "spd_mm2": _num(spd0), "afp": _num(afp0),
+                "afp_date": afp0_obs.date if afp0_obs else None, "afp_uln": _num(uln),
+                "afp_evaluable": afp_evaluable, "lesions": sorted(expected),
+                "evidence": sorted({o.ref for o in b_lesions} | ({afp0_obs.ref} if afp0_obs else set()))}
+
+    post_dates = sorted(d for d in t_by_date if d > b_date)
+    post_afp = sorted(d for d in a_by_date if d > max(base_afp_dates, default=b_date))
+    matched: dict[date, date] = {}
+    for d in post_dates:
+        near = [a for a in post_afp if abs((a - d).days) <= afp_window_days]
+        if near:
+            matched[d] = min(near, key=lambda a: (abs((a - d).days), a))
+    used_afp = set(matched.values())
+    points = sorted([(d, False) for d in post_dates] + [(a, True) for a in post_afp if a not in used_afp])
+
+    spd_nadir = spd0
+    afp_nadir = afp0
+    out: list[Assessment] = []
+    for when, afp_only in points:
+        if afp_only:
+            value = a_by_date[when]
+            afp_k = exact(value.value) if value.value is not None else None
+            if afp_evaluable and afp_k is not None and afp_nadir is not None and _pd(afp_k, afp_nadir):
+                out.append(Assessment(when, "PD", None, afp_k, "afp", ("AFP >= 1.25 x nadir AFP",),
+                                      (value.ref,), afp_only=True))
+            if afp_k is not None and afp_nadir is not None:
+                afp_nadir = min(afp_nadir, afp_k)
+            continue
+        lesions = t_by_date[when]
+        spd_k, partial, new = _spd(lesions, expected)
+        afp_obs = a_by_date[matched[when]] if when in matched else None
+        afp_k = exact(afp_obs.value) if afp_obs and afp_obs.value is not None else None
+        evidence = tuple(sorted({o.ref for o in lesions} | ({afp_obs.ref} if afp_obs else set())))
+        result = classify(spd_k=spd_k, partial_spd=partial, new_lesion=new, spd0=spd0,
+                          spd_nadir=spd_nadir, afp_k=afp_k, afp0=afp0, afp_nadir=afp_nadir,
+                          afp_evaluable=afp_evaluable,
+                          afp_uln=exact(afp_obs.high) if afp_obs and afp_obs.high is not None else uln)
+        out.append(Assessment(when, result[0], spd_k, afp_k, result[1], result[2], evidence))
+        if spd_k is not None and spd_nadir is not None:
+            spd_nadir = min(spd_nadir, spd_k)
+        if afp_k is not None and afp_nadir is not None:
+            afp_nadir = min(afp_nadir, afp_k)
+    confirmed = confirm(out)
+    best, reason = best_overall(confirmed, index, sd_min_days)
+    return ResponseResult(tuple(confirmed), best, reason, baseline, response_duration(confirmed),
+                          tuple(issues))
+
+
+def _pd(value: Fraction, nadir: Fraction) -> bool:
+    """PROTOCOL.md §4: value >= 1.25 x nadir, exactly; after a nadir of 0 any reappearance is PD."""
+    if nadir == 0:
+        return value > 0
+    return 4 * value >= 5 * nadir
+
+
+def classify(*, spd_k: Fraction | None, partial_spd: Fraction, new_lesion: bool, spd0: Fraction | None,
+             spd_nadir: Fraction | None, afp_k: Fraction | None, afp0: Fraction | None,
+             afp_nadir: Fraction | None, afp_evaluable: bool, afp_uln: Fraction | None
+             ) -> tuple[str, str | None, tuple[str, ...]]:
+    """One assessment's category, its basis and the reasons, in the protocol's order."""
+    afp_known = afp_evaluable and afp_k is not None
+    tumour_reasons = []
+    if new_lesion:
+        tumour_reasons.append("new lesion (a focus not measured at baseline)")
+    # PD may come from partial data: unmeasured lesions could only add to the sum.
+    spd_seen = spd_k if spd_k is not None else (partial_spd if partial_spd > 0 else None)
+    if spd_nadir is not None and spd_seen is not None and _pd(spd_seen, spd_nadir):
+        tumour_reasons.append("SPD >= 1.25 x nadir SPD")
+    afp_pd = afp_known and afp_nadir is not None and afp_k is not None and _pd(afp_k, afp_nadir)
+    if tumour_reasons or afp_pd:
+        if tumour_reasons and afp_pd:
+            basis = "both"
+        elif afp_pd:
+            basis = "afp"
+        else:
+            basis = "tumour" if len(tumour_reasons) > 1 or not new_lesion else "new_lesion"
+        return "PD", basis, tuple(tumour_reasons) + (("AFP >= 1.25 x nadir AFP",) if afp_pd else ())
+    if spd_k is not None and spd_k == 0:
+        if not afp_evaluable:
+            return "CR", "tumour", ("no measurable tumour; AFP criteria not applied (baseline AFP <= ULN)",)
+        if afp_k is not None and afp_uln is not None and afp_k <= afp_uln:
+            return "CR", "both", ("no measurable tumour and AFP <= ULN",)
+    pr_tumour = spd_k is not None and spd0 is not None and 2 * spd_k <= spd0
+    pr_afp = afp_known and afp0 is not None and afp_k is not None and 2 * afp_k <= afp0
+    if pr_tumour or pr_afp:
+        basis = "both" if pr_tumour and pr_afp else "tumour" if pr_tumour else "afp"
+        reasons = ((("SPD <= 0.5 x baseline SPD",) if pr_tumour else ())
+                   + (("AFP <= 0.5 x baseline AFP",) if pr_afp else ()))
+        return "PR", basis, reasons
+    if spd_k is not None and spd0 is not None and (afp_known or not afp_evaluable):
+        return "SD", None, ("neither PR nor PD",)
+    missing = []
+    if spd_k is None:
+        missing.append("missing_measurements")
+    if afp_evaluable and afp_k is None:
+        missing.append("afp_missing")
+    return "NE", None, tuple(missing) or ("not evaluable",)
+
+
+def confirm(assessments: Sequence[Assessment]) -> list[Assessment]:
+    """Mark each CR/PR confirmed when a later assessment >= 28 days on is CR (for CR) or PR/CR (for PR)."""
+    out: list[Assessment] = []
+    tumour = [a for a in assessments if not a.afp_only]
+    for a in assessments:
+        if a.response not in ("CR", "PR"):
+            out.append(a)
+            continue
+        ok = {"CR"} if a.response == "CR" else {"CR", "PR"}
+        later = [b for b in tumour if b.date > a.date]
+        first_pd = next((b.date for b in assessments if b.response == "PD" and b.date > a.date), None)
+        confirmed = any(b.response in ok and (b.date - a.date).days >= CONFIRMATION_DAYS
+                        and (first_pd is None or b.date < first_pd) for b in later)
+        out.append(Assessment(a.date, a.response, a.spd, a.afp, a.basis, a.reasons, a.evidence,
+                              a.afp_only, confirmed))
+    return out
+
+
+def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: int) -> tuple[str, str]:
+    """Best of confirmed CR > confirmed PR > SD > PD > NE, up to and including the first PD."""
+    if not assessments:
+        return "NE", "no_post_baseline_assessment"
+    best, reason = "NE", "no assessment qualified (too early for SD, or not evaluable)"
+    for a in assessments:
+        category = a.response
+        if category in ("CR", "PR") and not a.confirmed:
+            category = "SD"  # an unconfirmed PR/CR counts as SD
+        if category == "SD" and (a.date - index).days < sd_min_days:
+            category = "NE"
+        if RANK[category] > RANK[best]:
+            best = category
+            reason = (f"{a.response} on {a.date.isoformat()}"
+                      + (" (unconfirmed, counted as SD)" if a.response in ("CR", "PR") and category == "SD"
+                         else ""))
+        if a.response == "PD":
+            break
+    return best, reason
+
+
+def response_duration(assessments: Sequence[Assessment]) -> dict[str, Any] | None:
+    """From the first confirmed PR/CR to the first PD, censored at the last assessment."""
+    first = next((a for a in assessments if a.response in ("CR", "PR") and a.confirmed), None)
+    if first is None:
+        return None
+    pd = next((a for a in assessments if a.response == "PD" and a.date > first.date), None)
+    end = pd.date if pd else max(a.date for a in assessments)
+    return {"start": first.date.isoformat(), "end": end.isoformat(),
+            "days": dates.inclusive_days(first.date, end), "censored": pd is None}

@@ -1,0 +1,72 @@
+"""Cohort statistics (PROTOCOL.md §6): exact Clopper-Pearson rates and Kaplan-Meier overall survival.
+
+scipy and lifelines are imported inside the functions: they are pure but slow to import, and the CLI's
+``--help`` should not pay for them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact two-sided (1 - alpha) interval for a binomial proportion."""
+    if n <= 0 or not 0 <= count <= n:
+        raise ValueError(f"need 0 <= count <= n and n > 0, got count={count}, n={n}")
+    from scipy.stats import beta  # noqa: PLC0415 - heavy import kept off the start-up path
+
+    low = 0.0 if count == 0 else float(beta.ppf(alpha / 2, count, n - count + 1))
+    high = 1.0 if count == n else float(beta.ppf(1 - alpha / 2, count + 1, n - count))
+    return low, high
+
+
+def rate(count: int, n: int) -> dict[str, Any]:
+    if n == 0:
+        return {"count": count, "n": 0, "rate": None, "ci_low": None, "ci_high": None,
+                "method": "clopper-pearson"}
+    low, high = clopper_pearson(count, n)
+    return {"count": count, "n": n, "rate": count / n, "ci_low": low, "ci_high": high,
+            "method": "clopper-pearson"}
+
+
+@dataclass(frozen=True, slots=True)
+class SurvivalCurve:
+    median: float | None  # None: not reached
+    ci: tuple[float | None, float | None]
+    table: list[dict[str, Any]]
+
+
+def kaplan_meier(durations: Sequence[int], events: Sequence[bool], alpha: float = 0.05) -> SurvivalCurve:
+    """Kaplan-Meier estimate with lifelines; median and its CI are ``None`` where not reached."""
+    if len(durations) != len(events):
+        raise ValueError("durations and events differ in length")
+    if not durations:
+        return SurvivalCurve(None, (None, None), [])
+    if any(not isinstance(d, int | float) or math.isnan(d) or d < 0 for d in durations):
+        raise ValueError("durations must be non-negative numbers")
+    from lifelines import KaplanMeierFitter  # noqa: PLC0415 - heavy import kept off the start-up path
+    from lifelines.utils import median_survival_times  # noqa: PLC0415
+
+    kmf = KaplanMeierFitter(alpha=alpha)
+    kmf.fit(list(durations), event_observed=list(events))
+    median = _finite(kmf.median_survival_time_)
+    ci_frame = median_survival_times(kmf.confidence_interval_)
+    low, high = (_finite(v) for v in ci_frame.iloc[0].tolist())
+    table: list[dict[str, Any]] = []
+    surv = kmf.survival_function_.iloc[:, 0]
+    ci = kmf.confidence_interval_survival_function_
+    events_table = kmf.event_table
+    for t in surv.index:
+        row = events_table.loc[t]
+        table.append({"t": float(t), "at_risk": int(row["at_risk"]), "events": int(row["observed"]),
+                      "censored": int(row["censored"]), "survival": float(surv.loc[t]),
+                      "ci_low": float(ci.iloc[:, 0].loc[t]), "ci_high": float(ci.iloc[:, 1].loc[t])})
+    return SurvivalCurve(median, (low, high), table)
+
+
+def _finite(value: Any) -> float | None:
+    v = float(value)
+    return None if math.isinf(v) or math.isnan(v) else v

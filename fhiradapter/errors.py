@@ -1,0 +1,45 @@
+"""The adapter's one exception tree and its exit codes.
+
+```
+AdapterError(Exception)                      exit_code = ExitCode.FAILURE
+├── ConfigError(AdapterError, ValueError)    bad option, bad --as-of, unreadable or invalid mappings -> CONFIG
+└── InputError(AdapterError, ValueError)     an input path is missing or unreadable as a whole        -> INPUT
+```
+
+A clinical "no" (ineligible, progression, grade-3 event) is never an exception: it is a decision with
+reasons. A bad record is never an exception either: it is an ``Issue`` value that ends up in
+``rejects.ndjson``. Only ``fhiradapter.cli`` turns these exceptions into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes; numbers are never reused."""
+
+    OK = 0
+    FAILURE = 1
+    USAGE = 2  # click's own code for a malformed command line
+    CONFIG = 10
+    INPUT = 11
+
+
+class AdapterError(Exception):
+    """Base of every error the adapter raises on purpose; its message is shown to the user as is."""
+
+    exit_code: ClassVar[ExitCode] = ExitCode.FAILURE
+
+
+class ConfigError(AdapterError, ValueError):
+    """Settings or mappings are unusable (unknown key, bad value, unreadable file, bad date)."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class InputError(AdapterError, ValueError):
+    """An input path cannot be read at all (missing, not a file or folder, permission denied)."""
+
+    exit_code = ExitCode.INPUT
