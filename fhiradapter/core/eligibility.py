@@ -51,7 +51,10 @@ def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int = LAB_WI
 def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str) -> dict[str, Any]:
     if o is None or ok is None:
         return criterion(cid, "unknown", None, [], f"no {what} within {LAB_WINDOW_DAYS} days before screening")
-    value = {"value": o.value, "unit": o.unit, "date": o.date}
+    shown: float | int | None = o.value
+    if shown is not None and not o.unit and shown.is_integer():
+        shown = int(shown)  # ECOG is a score, not a measurement
+    value = {"value": shown, "unit": o.unit or None, "date": o.date}
     if o.conversion:
         value["conversion"] = o.conversion
     return criterion(cid, "met" if ok else "not_met", value, [o.ref], what)

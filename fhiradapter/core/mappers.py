@@ -95,28 +95,25 @@ def map_patient(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContex
 
 def _convert(concept: str, value: float, unit: str, ctx: MapContext, ref: str,
              path: str) -> tuple[float | None, str | None, list[Issue]]:
-    """Value in the concept's canonical unit, the conversion applied (text), and issues."""
+    """Value in the concept's canonical unit, a note of the conversion applied, and issues."""
     target = ctx.mappings.canonical_unit[concept]
     if unit == target or (target == "" and unit in UNITLESS):
         return value, None, []
-    note = None
+    original, steps = f"{value:g} {unit}", []
     clinical = ctx.mappings.conversions.get((concept, unit))
     if clinical is not None:
-        factor_text = (f"x {clinical.multiply_by}" if clinical.multiply_by is not None
-                       else f"/ {clinical.divide_by}")
         value, unit = clinical.apply(value), clinical.to
-        note = f"{clinical.label} ({factor_text}, mappings/units.toml)"
-        if unit == target:
-            return _round(value), note, []
-    factor = ctx.factor(unit, target) if target else None
-    if factor is None:
-        return None, None, _issue(ref, path, "bad-unit",
-                                  f"unit {unit!r} cannot be converted to {target or 'a unitless value'!r}"
-                                  f" for {concept}")
-    if factor != 1.0:
-        ucum_note = f"UCUM {unit} -> {target} (x {factor:.12g})"
-        note = f"{note}; {ucum_note}" if note else ucum_note
-    return _round(value * factor), note, []
+        steps.append(f"{clinical.label}, mappings/units.toml")
+    if unit != target:
+        factor = ctx.factor(unit, target) if target else None
+        if factor is None:
+            return None, None, _issue(ref, path, "bad-unit",
+                                      f"unit {unit!r} cannot be converted to "
+                                      f"{target or 'a unitless value'!r} for {concept}")
+        value = value * factor
+        steps.append(f"UCUM x {factor:.12g}")
+    value = _round(value)
+    return value, f"{original} -> {value:g} {target} ({'; '.join(steps)})", []
 
 
 def _quantity(q: Any) -> tuple[float | None, str]:
