@@ -52,7 +52,7 @@ def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str) -> dict[str,
     if o is None or ok is None:
         return criterion(cid, "unknown", None, [], f"no {what} within {LAB_WINDOW_DAYS} days before screening")
     shown: float | int | None = o.value
-    if shown is not None and not o.unit and shown.is_integer():
+    if shown is not None and not o.unit and float(shown).is_integer():
         shown = int(shown)  # ECOG is a score, not a measurement
     value = {"value": shown, "unit": o.unit or None, "date": o.date}
     if o.conversion:

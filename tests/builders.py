@@ -1,0 +1,30 @@
+"""Builders of small domain records and FHIR snippets for the tests, and shared paths."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from fhiradapter.core.model import Obs
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+AS_OF = date(2005, 3, 31)
+
+
+def lab(concept: str, day: str, value: float | None, *, unit: str = "", low: float | None = None,
+        high: float | None = None, ref: str | None = None, coded: str | None = None) -> Obs:
+    return Obs(ref or f"Observation/{concept}-{day}", "Patient/p", concept, day, value, unit, coded,
+               low, high, None, None, None, "final", None, ("test", "line 1"))
+
+
+def lesion(day: str, focus: str, d1: float | None, d2: float | None) -> Obs:
+    return Obs(f"Observation/ts-{day}-{focus}", "Patient/p", "tumor_size", day, None, "mm", None, None,
+               None, focus, d1, d2, "final", None, ("test", "line 1"))
+
+
+def observation(code: str, system: str = "http://loinc.org", **extra: Any) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"coding": [{"system": system, "code": code}]},
+            "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2004-01-05", **extra}

@@ -1,0 +1,214 @@
+"""PROTOCOL.md §2 eligibility: each criterion, both sides of every threshold, the lab window, overall status."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+from typing import Any
+
+import pytest
+from builders import lab, lesion
+
+from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
+from fhiradapter.core.eligibility import CRITERIA, assess_eligibility
+from fhiradapter.core.model import Cond, ConsentRec, Med, PatientRecord, Person, SubjectRec
+
+SCREEN = date(2004, 3, 1)
+O = ("t", "l")
+
+
+def good_record() -> PatientRecord:
+    """A patient who meets every criterion on 2004-03-01."""
+    return PatientRecord(
+        "Patient/p",
+        person=Person("Patient/p", "1960-01-15", "male", None, False, O),
+        observations=[
+            lab("ecog", "2004-02-27", 1), lab("anc", "2004-02-27", 2.5, unit="10*9/L"),
+            lab("platelets", "2004-02-27", 120, unit="10*9/L"),
+            lab("creatinine", "2004-02-27", 1.0, unit="mg/dL"),
+            lab("disease_status", "2004-01-10", None, coded="worsened"),
+            lesion("2004-02-20", "BodyStructure/l1", 30, 20),
+        ],
+        meds=[Med("MedicationStatement/dox", "Patient/p", "anthracycline", "3639", "2003-06-01",
+                  "2003-09-01", "completed", None, None, O)],
+        conditions=[Cond("Condition/hcc", "Patient/p", "hcc", "confirmed", "active", "2002-01-01", None, O),
+                    Cond("Condition/met", "Patient/p", "metastasis", "confirmed", "active", "2003-01-01",
+                         None, O)],
+        consents=[ConsentRec("Consent/c", "Patient/p", "active", "2004-03-01", O)],
+        subjects=[SubjectRec("ResearchSubject/rs", "Patient/p", "ResearchStudy/s", "screening",
+                             "2004-03-01", None, False, "1", O)],
+    )
+
+
+CP_B9 = score_child_pugh(bilirubin=3.0, albumin=2.8, inr=1.5, pt_prolongation=None, ascites="mild",
+                         encephalopathy=1, albumin_lower=2.8)
+CP_C10 = score_child_pugh(bilirubin=3.0, albumin=2.8, inr=1.8, pt_prolongation=None, ascites="mild",
+                          encephalopathy=1, albumin_lower=2.8)
+
+
+def assess(rec: PatientRecord, cp: ChildPugh = CP_B9) -> dict[str, Any]:
+    return assess_eligibility(rec, SCREEN, SCREEN, cp, ["Observation/cp"])
+
+
+def status_of(result: dict[str, Any], cid: str) -> str:
+    return str(next(c for c in result["criteria"] if c["id"] == cid)["status"])
+
+
+def with_lab(rec: PatientRecord, concept: str, value: float, unit: str = "10*9/L") -> PatientRecord:
+    others = [o for o in rec.observations if o.concept != concept]
+    return replace(rec, observations=[*others, lab(concept, "2004-02-27", value, unit=unit)])
+
+
+def test_s2_all_met_is_eligible_with_fixed_ids() -> None:
+    result = assess(good_record())
+    assert [c["id"] for c in result["criteria"]] == list(CRITERIA)
+    assert result["status"] == "eligible"
+    assert all(c["status"] == "met" for c in result["criteria"])
+
+
+@pytest.mark.parametrize(("birth", "expected"), [
+    ("1929-03-02", "met"),  # 74 the day before the 75th birthday
+    ("1929-03-01", "not_met"),  # 75 on the screening date
+    ("1929", "unknown"),  # 74 or 75: a partial date cannot decide
+    ("1920-06", "not_met"),
+])
+def test_s2_age_below_75(birth: str, expected: str) -> None:
+    rec = good_record()
+    rec = replace(rec, person=Person("Patient/p", birth, "male", None, False, O))
+    assert status_of(assess(rec), "age") == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(2, "met"), (3, "not_met")])
+def test_s2_ecog_at_most_2(value: int, expected: str) -> None:
+    assert status_of(assess(with_lab(good_record(), "ecog", value, "")), "ecog") == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(1.0, "met"), (0.99, "not_met")])
+def test_s2_anc_at_least_1_0(value: float, expected: str) -> None:
+    assert status_of(assess(with_lab(good_record(), "anc", value)), "anc") == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(40.0, "met"), (39.9, "not_met")])
+def test_s2_platelets_at_least_40(value: float, expected: str) -> None:
+    assert status_of(assess(with_lab(good_record(), "platelets", value)), "platelets") == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [(2.0, "met"), (2.01, "not_met")])
+def test_s2_creatinine_at_most_2_0(value: float, expected: str) -> None:
+    rec = with_lab(good_record(), "creatinine", value, "mg/dL")
+    assert status_of(assess(rec), "creatinine") == expected
+
+
+def test_s2_child_pugh_b9_met_c10_not_met() -> None:
+    assert CP_B9.score == 9 and CP_C10.score == 10
+    assert status_of(assess(good_record(), CP_B9), "child_pugh") == "met"
+    result = assess(good_record(), CP_C10)
+    assert status_of(result, "child_pugh") == "not_met"
+    assert result["status"] == "ineligible"
+
+
+@pytest.mark.parametrize(("day", "expected"), [
+    ("2004-02-02", "met"),  # 28 days before screening: inside the window
+    ("2004-02-01", "unknown"),  # 29 days before: outside, so no lab
+    ("2004-03-01", "met"),  # on the screening date
+    ("2004-03-02", "unknown"),  # after screening: not read
+])
+def test_s2_labs_latest_within_28_days(day: str, expected: str) -> None:
+    rec = good_record()
+    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "anc"]
+                  + [lab("anc", day, 2.0, unit="10*9/L")])
+    assert status_of(assess(rec), "anc") == expected
+
+
+def test_s2_latest_lab_wins() -> None:
+    rec = good_record()
+    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "anc"]
+                  + [lab("anc", "2004-02-10", 2.0, unit="10*9/L", ref="Observation/old"),
+                     lab("anc", "2004-02-28", 0.8, unit="10*9/L", ref="Observation/new")])
+    crit = next(c for c in assess(rec)["criteria"] if c["id"] == "anc")
+    assert crit["status"] == "not_met" and crit["evidence"] == ["Observation/new"]
+
+
+def test_s2_missing_lab_is_undetermined_not_ineligible() -> None:
+    rec = good_record()
+    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "platelets"])
+    result = assess(rec)
+    assert status_of(result, "platelets") == "unknown"
+    assert result["status"] == "undetermined"
+
+
+def test_s2_exclusions_met_without_evidence_and_say_so() -> None:
+    result = assess(good_record())
+    for cid in ("not_pregnant_or_breastfeeding", "no_peripheral_neuropathy", "no_prior_thalidomide",
+                "no_uncontrolled_infection"):
+        crit = next(c for c in result["criteria"] if c["id"] == cid)
+        assert crit["status"] == "met" and "no " in crit["detail"]
+
+
+@pytest.mark.parametrize(("concept", "cid"), [
+    ("peripheral_neuropathy", "no_peripheral_neuropathy"), ("infection", "no_uncontrolled_infection"),
+    ("pregnancy", "not_pregnant_or_breastfeeding"), ("breastfeeding", "not_pregnant_or_breastfeeding"),
+])
+def test_s2_exclusion_condition_not_met(concept: str, cid: str) -> None:
+    rec = good_record()
+    rec.conditions.append(Cond("Condition/x", "Patient/p", concept, None, "active", "2004-01-01", None, O))
+    assert status_of(assess(rec), cid) == "not_met"
+
+
+def test_s2_resolved_exclusion_condition_does_not_count() -> None:
+    rec = good_record()
+    rec.conditions.append(Cond("Condition/x", "Patient/p", "infection", None, "resolved", "2004-01-01",
+                               None, O))
+    assert status_of(assess(rec), "no_uncontrolled_infection") == "met"
+
+
+def test_s2_pregnancy_status_observation() -> None:
+    rec = good_record()
+    rec.observations.append(lab("pregnancy_status", "2004-02-27", None, coded="pregnant"))
+    assert status_of(assess(rec), "not_pregnant_or_breastfeeding") == "not_met"
+
+
+@pytest.mark.parametrize(("start", "expected"), [("2004-02-29", "not_met"), ("2004-03-01", "met")])
+def test_s2_prior_thalidomide_is_before_screening(start: str, expected: str) -> None:
+    rec = good_record()
+    rec.meds.append(Med("MedicationStatement/t", "Patient/p", "thalidomide", "10432", start, None,
+                        "active", None, None, O))
+    assert status_of(assess(rec), "no_prior_thalidomide") == expected
+
+
+def test_s2_histology_needs_confirmed() -> None:
+    rec = good_record()
+    rec = replace(rec, conditions=[replace_cond(c, "provisional") if c.concept == "hcc" else c
+                                   for c in rec.conditions])
+    assert status_of(assess(rec), "histology") == "unknown"
+
+
+def replace_cond(c: Cond, verification: str) -> Cond:
+    return c._replace(verification=verification)
+
+
+def test_s2_metastatic_measurable_needs_two_diameters_within_28_days() -> None:
+    rec = good_record()
+    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "tumor_size"]
+                  + [lesion("2004-02-20", "BodyStructure/l1", 30, None)])
+    assert status_of(assess(rec), "metastatic_measurable") == "unknown"
+    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "tumor_size"]
+                  + [lesion("2004-02-01", "BodyStructure/l1", 30, 20)])  # 29 days before
+    assert status_of(assess(rec), "metastatic_measurable") == "unknown"
+    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "tumor_size"]
+                  + [lesion("2004-02-02", "BodyStructure/l1", 30, 20)])  # 28 days before
+    assert status_of(assess(rec), "metastatic_measurable") == "met"
+
+
+def test_s2_anthracycline_needs_a_later_progression() -> None:
+    rec = good_record()
+    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "disease_status"]
+                  + [lab("disease_status", "2003-05-01", None, coded="worsened")])  # before doxorubicin
+    assert status_of(assess(rec), "prior_anthracycline_progression") == "unknown"
+
+
+def test_s2_consent_from_research_subject_or_missing() -> None:
+    rec = replace(good_record(), consents=[])
+    assert status_of(assess(rec), "consent") == "unknown"
+    rec.subjects[0] = rec.subjects[0]._replace(has_consent=True)
+    assert status_of(assess(rec), "consent") == "met"

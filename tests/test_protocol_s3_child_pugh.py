@@ -1,0 +1,89 @@
+"""PROTOCOL.md §3 Child-Pugh: every band boundary on both sides, the configurable albumin cut-off, PT fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from fhiradapter.core.child_pugh import (
+    BILIRUBIN_BANDS,
+    INR_BANDS,
+    PT_BANDS,
+    albumin_points,
+    child_pugh_class,
+    encephalopathy_points,
+    rising_points,
+    score_child_pugh,
+)
+from fhiradapter.core.mappers import map_observation
+
+
+@pytest.mark.parametrize(("value", "points"), [(1.99, 1), (2.0, 2), (3.0, 2), (3.01, 3)])
+def test_s3_bilirubin_bands_closed_in_the_middle(value: float, points: int) -> None:
+    assert rising_points(value, BILIRUBIN_BANDS) == points
+
+
+@pytest.mark.parametrize(("value", "points"), [(3.51, 1), (3.5, 2), (2.8, 2), (2.79, 3)])
+def test_s3_albumin_bands_default_cut_off(value: float, points: int) -> None:
+    assert albumin_points(value, 2.8) == points
+
+
+@pytest.mark.parametrize(("value", "points"), [(3.0, 2), (2.99, 3), (2.8, 3)])
+def test_s3_albumin_configurable_lower_cut_off_3_0(value: float, points: int) -> None:
+    assert albumin_points(value, 3.0) == points
+
+
+@pytest.mark.parametrize(("value", "points"), [(1.69, 1), (1.7, 2), (2.3, 2), (2.31, 3)])
+def test_s3_inr_bands(value: float, points: int) -> None:
+    assert rising_points(value, INR_BANDS) == points
+
+
+@pytest.mark.parametrize(("value", "points"), [(3.9, 1), (4.0, 2), (6.0, 2), (6.1, 3)])
+def test_s3_pt_prolongation_bands(value: float, points: int) -> None:
+    assert rising_points(value, PT_BANDS) == points
+
+
+@pytest.mark.parametrize(("grade", "points"), [(0, 1), (1, 2), (2, 2), (3, 3), (4, 3)])
+def test_s3_encephalopathy_points(grade: int, points: int) -> None:
+    assert encephalopathy_points(grade) == points
+
+
+@pytest.mark.parametrize(("score", "cls"), [(5, "A"), (6, "A"), (7, "B"), (9, "B"), (10, "C"), (15, "C")])
+def test_s3_class_boundaries(score: int, cls: str) -> None:
+    assert child_pugh_class(score) == cls
+
+
+def test_s3_score_uses_inr_before_pt_and_records_pt_use() -> None:
+    both = score_child_pugh(bilirubin=1.0, albumin=4.0, inr=1.1, pt_prolongation=7.0, ascites="none",
+                            encephalopathy=0, albumin_lower=2.8)
+    assert (both.score, both.cls, both.used_pt) == (5, "A", False)
+    pt_only = score_child_pugh(bilirubin=1.0, albumin=4.0, inr=None, pt_prolongation=7.0, ascites="none",
+                               encephalopathy=0, albumin_lower=2.8)
+    assert (pt_only.score, pt_only.points["pt_prolongation"], pt_only.used_pt) == (7, 3, True)
+
+
+def test_s3_missing_component_makes_score_unknown() -> None:
+    cp = score_child_pugh(bilirubin=1.0, albumin=None, inr=1.0, pt_prolongation=None, ascites=None,
+                          encephalopathy=0, albumin_lower=2.8)
+    assert cp.score is None and cp.cls is None
+    assert set(cp.missing) == {"albumin", "ascites"}
+
+
+def test_s3_ascites_moderate_and_severe_score_three() -> None:
+    common = {"bilirubin": 1.0, "albumin": 4.0, "inr": 1.0, "pt_prolongation": None, "encephalopathy": 0,
+              "albumin_lower": 2.8}
+    assert score_child_pugh(ascites="moderate", **common).score == 7  # type: ignore[arg-type]
+    assert score_child_pugh(ascites="severe", **common).score == 7  # type: ignore[arg-type]
+    assert score_child_pugh(ascites="mild", **common).score == 6  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("umol", "points"), [(34.1, 1), (34.2, 2), (51.3, 2), (51.4, 3)])
+def test_s3_bilirubin_umol_converted_before_one_table(ctx, umol: float, points: int) -> None:  # type: ignore[no-untyped-def]
+    res = {"resourceType": "Observation", "id": "b", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "14631-6"}]},
+           "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2004-01-01",
+           "valueQuantity": {"value": umol, "unit": "umol/L", "system": "http://unitsofmeasure.org",
+                             "code": "umol/L"}}
+    obs, issues = map_observation(res, "Observation/b", ("t", "l"), ctx, None)
+    assert obs is not None and not issues
+    assert obs.value is not None
+    assert rising_points(obs.value, BILIRUBIN_BANDS) == points
