@@ -308,7 +308,8 @@ def _resolve_medication(med: Med, medications: dict[str, Record | None]) -> Med 
 
 def _first_issue(item: Item) -> tuple[str, str]:
     if item[4]:
-        return item[4][-1].code, "; ".join(f"{i.path}: {i.message}" for i in item[4])
+        return item[4][-1].code, "; ".join(
+            i.message if i.message.startswith(i.path) else f"{i.path}: {i.message}" for i in item[4])
     return "unused", "not used"
 
 
