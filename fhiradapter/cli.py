@@ -5,6 +5,7 @@ Only this module turns exceptions into messages and exit codes (see ``fhiradapte
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import date
 from pathlib import Path
@@ -69,6 +70,13 @@ def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
+    except Exception as exc:
+        if os.environ.get("FHIRADAPTER_DEBUG"):
+            raise
+        # The message of an unexpected error may quote patient data: show only its type.
+        click.echo(f"error: unexpected internal error ({type(exc).__name__}); set FHIRADAPTER_DEBUG=1 "
+                   "for the traceback and please report it", err=True)
+        sys.exit(int(ExitCode.FAILURE))
     _print_summary(summary, out)
 
 

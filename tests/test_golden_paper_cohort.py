@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from fhiradapter.cli import main
 
-PAPER = ROOT / "fixtures" / "paper-cohort"
-PUBLISHED = json.loads((PAPER / "published.json").read_text())
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
+PUBLISHED = json.loads((PAPER.parent / "expected" / "published.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from fhiradapter.shell.mappings_io import load_mappings
 from fhiradapter.shell.pipeline import run_evaluate
 
 BAD = ROOT / "fixtures" / "bad-inputs"
-PAPER = ROOT / "fixtures" / "paper-cohort"
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 
 
 def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -40,7 +40,7 @@ COUNTED_OBS_STATUS = frozenset({"final", "amended", "corrected"})
 NUMERIC_CONCEPTS = frozenset({"afp", "anc", "platelets", "creatinine", "bilirubin", "albumin", "inr",
                               "pt", "pt_control"})
 CODED_CONCEPTS = frozenset({"disease_status", "ascites", "pregnancy_status", "breastfeeding_status"})
-UNITLESS = frozenset({"", "1", "{INR}", "{ratio}", "{ratio}", "{score}"})
+UNITLESS = frozenset({"", "1", "{INR}", "{ratio}", "{score}"})
 EXCLUDED_MED_STATUS = frozenset({"entered-in-error", "not-taken", "not-done", "cancelled", "draft",
                                  "intended"})
 USED_TYPES = frozenset({"Patient", "Observation", "MedicationStatement", "MedicationAdministration",

@@ -222,10 +222,10 @@ def parse_mappings(protocol: Mapping[str, Any], codes: Mapping[str, Any],
         try:
             parsed.append(model.model_validate(data))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-            raise ConfigError(f"{name}: {where}: {first['msg']} "
-                              f"({exc.error_count()} problem(s) in all)") from None
+            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+                        for err in exc.errors()[:5]]
+            more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+            raise ConfigError(f"{name}: {'; '.join(problems)}{more}") from None
     proto, code_file, unit_file = parsed
     assert isinstance(proto, ProtocolFile)  # noqa: S101 - narrowing for mypy
     assert isinstance(code_file, CodesFile)  # noqa: S101

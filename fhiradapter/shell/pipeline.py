@@ -133,6 +133,12 @@ class Writer:
         self._index.append((result["patient"], self._subjects.tell(), len(blob)))
         self._subjects.write(blob)
 
+    def close(self) -> None:
+        """Release the files without writing results (after a failure)."""
+        for fh in (self.rejects, self._subjects):
+            if not fh.closed:
+                fh.close()
+
     def finish(self, header: dict[str, Any], cohort: dict[str, Any], summary: dict[str, Any]) -> None:
         self.rejects.close()
         tmp = self.out / "results.json.partial"
@@ -187,15 +193,16 @@ def run_evaluate(inputs: list[Path], out: Path, as_of: date, mappings: Mappings,
                 rows = _pass_two(buckets, globals_, Settings(as_of, mappings), writer, stats)
             finally:
                 buckets.close()
+        cohort = summarise_cohort(rows)
+        summary = stats.as_dict()
+        header = {"as_of": as_of.isoformat(), "protocol": mappings_identity,
+                  "adapter": {"name": "fhiradapter", "version": __version__},
+                  "inputs": [str(f) for f in files], "run_summary": summary}
+        writer.finish(header, cohort, summary)
     finally:
+        writer.close()
         if gc_was_enabled:
             gc.enable()
-    cohort = summarise_cohort(rows)
-    summary = stats.as_dict()
-    header = {"as_of": as_of.isoformat(), "protocol": mappings_identity,
-              "adapter": {"name": "fhiradapter", "version": __version__},
-              "inputs": [str(f) for f in files], "run_summary": summary}
-    writer.finish(header, cohort, summary)
     return summary
 
 
@@ -249,8 +256,8 @@ def _pass_two(buckets: _Buckets, globals_: dict[str, Item], settings: Settings, 
                 continue
             if isinstance(record, Med) and record.med_ref is not None:
                 resolved = _resolve_medication(record, medications)
-                if isinstance(resolved, str):
-                    _reject(item, writer, stats, "bad-reference", resolved)
+                if not isinstance(resolved, Med):
+                    _reject(item, writer, stats, *resolved)
                     continue
                 item = (*item[:3], resolved, *item[4:])  # type: ignore[assignment]
             patient = item[6]
@@ -296,13 +303,13 @@ def _dedup(items: list[Item], writer: Writer, stats: RunStats) -> list[Item]:
     return winners
 
 
-def _resolve_medication(med: Med, medications: dict[str, Record | None]) -> Med | str:
+def _resolve_medication(med: Med, medications: dict[str, Record | None]) -> Med | tuple[str, str]:
     target = medications.get(med.med_ref or "")
     if target is None:
-        return f"medicationReference {med.med_ref} is not in the input"
+        return "bad-reference", f"medicationReference {med.med_ref} is not in the input"
     drug = target.code if isinstance(target, Other) else None
     if drug is None:
-        return f"{med.med_ref} is not a protocol drug in mappings/codes.toml"
+        return "unmapped-code", f"{med.med_ref} is not a protocol drug in mappings/codes.toml"
     return med._replace(drug=drug, med_ref=None)
 
 

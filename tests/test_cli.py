@@ -1,0 +1,95 @@
+"""The command line as a user meets it: help, exit codes and one-line reasons on bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from builders import ROOT
+from click.testing import CliRunner
+
+from fhiradapter.cli import main
+from fhiradapter.errors import ExitCode
+
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_help_names_the_command_and_an_example() -> None:
+    code, out = invoke("evaluate", "--help")
+    assert code == 0
+    assert "--as-of" in out and "--out" in out and "--mappings" in out and "Example" in out
+
+
+def test_evaluate_prints_a_summary(tmp_path: Path) -> None:
+    code, out = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path))
+    assert code == 0
+    assert "14 patient(s) evaluated" in out and "rejects by reason" in out
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "summary.json").is_file()
+
+
+def test_missing_input_is_a_one_line_error(tmp_path: Path) -> None:
+    code, out = invoke("evaluate", str(tmp_path / "nope"), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"))
+    assert code == ExitCode.INPUT
+    assert out.strip().splitlines() == [f"error: input not found: {tmp_path / 'nope'}"]
+
+
+@pytest.mark.parametrize("bad", ["31/03/2005", "2005-02-30", "yesterday"])
+def test_bad_as_of_is_a_config_error(tmp_path: Path, bad: str) -> None:
+    code, out = invoke("evaluate", str(PAPER), "--as-of", bad, "--out", str(tmp_path))
+    assert code == ExitCode.CONFIG
+    assert "--as-of must be a date as YYYY-MM-DD" in out and "Traceback" not in out
+
+
+def test_unreadable_mappings_name_file_and_key(tmp_path: Path) -> None:
+    folder = tmp_path / "maps"
+    shutil.copytree(ROOT / "mappings", folder)
+    text = (folder / "protocol.toml").read_text().replace("afp_window_days = 14", "afp_windw_days = 14")
+    (folder / "protocol.toml").write_text(text)
+    code, out = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"),
+                       "--mappings", str(folder))
+    assert code == ExitCode.CONFIG
+    assert "protocol.toml" in out and "afp_windw_days" in out
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    folder = tmp_path / "maps"
+    shutil.copytree(ROOT / "mappings", folder)
+    (folder / "codes.toml").write_text("[systems\n")
+    code, out = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"),
+                       "--mappings", str(folder))
+    assert code == ExitCode.CONFIG and "codes.toml" in out and "not valid TOML" in out
+
+
+def test_configurable_albumin_cut_off_changes_child_pugh(tmp_path: Path) -> None:
+    """PROTOCOL.md §3: the 2.8 g/dL cut-off lives in mappings/; with 3.0 a 2.8 g/dL albumin scores 3."""
+    folder = tmp_path / "maps"
+    shutil.copytree(ROOT / "mappings", folder)
+    text = (folder / "protocol.toml").read_text().replace("albumin_lower_g_dl = 2.8", "albumin_lower_g_dl = 3.0")
+    (folder / "protocol.toml").write_text(text)
+    code, _ = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"),
+                     "--mappings", str(folder))
+    assert code == 0
+    import json
+
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    thal04 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-04")
+    assert thal04["child_pugh"]["points"]["albumin"] == 3  # albumin 2.8 g/dL
+    assert thal04["child_pugh"]["class"] == "C"
+
+
+def test_console_script_runs_with_progress_off(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("fhiradapter")
+    if not exe.exists():
+        pytest.skip("console script not installed in this environment")
+    run = subprocess.run([str(exe), "evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path),
+                          "--no-progress"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "Wrote" in run.stdout
