@@ -32,17 +32,31 @@ def main() -> None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--as-of", "as_of", required=True, metavar="YYYY-MM-DD",
-              help="Data cut-off: nothing dated after this day is read. Also the censoring limit.")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False),
-              help="Folder for results.json, rejects.ndjson and summary.json (created if missing).")
-@click.option("--mappings", "mappings_dir", type=click.Path(path_type=Path, file_okay=False),
-              default=None, help="Folder with protocol.toml, codes.toml and units.toml "
-                                 "[default: the mappings shipped with fhiradapter].")
-@click.option("--progress/--no-progress", default=None,
-              help="Show a progress bar [default: when stderr is a terminal].")
-def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path | None,
-             progress: bool | None) -> None:
+@click.option(
+    "--as-of",
+    "as_of",
+    required=True,
+    metavar="YYYY-MM-DD",
+    help="Data cut-off: nothing dated after this day is read. Also the censoring limit.",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for results.json, rejects.ndjson and summary.json (created if missing).",
+)
+@click.option(
+    "--mappings",
+    "mappings_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with protocol.toml, codes.toml and units.toml [default: the mappings shipped with fhiradapter].",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
+)
+def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path | None, progress: bool | None) -> None:
     """Evaluate the protocol on FHIR files.
 
     INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
@@ -63,10 +77,8 @@ def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path
         files = expand_inputs(list(inputs))
         total = sum(f.stat().st_size for f in files)
         show = sys.stderr.isatty() if progress is None else progress
-        with click.progressbar(length=total, label="Reading", file=sys.stderr,
-                               show_pos=False, hidden=not show) as bar:
-            summary = run_evaluate(list(inputs), out, cutoff, mappings, identity,
-                                   progress=bar.update if show else None)
+        with click.progressbar(length=total, label="Reading", file=sys.stderr, show_pos=False, hidden=not show) as bar:
+            summary = run_evaluate(list(inputs), out, cutoff, mappings, identity, progress=bar.update if show else None)
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
@@ -74,16 +86,21 @@ def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path
         if os.environ.get("FHIRADAPTER_DEBUG"):
             raise
         # The message of an unexpected error may quote patient data: show only its type.
-        click.echo(f"error: unexpected internal error ({type(exc).__name__}); set FHIRADAPTER_DEBUG=1 "
-                   "for the traceback and please report it", err=True)
+        click.echo(
+            f"error: unexpected internal error ({type(exc).__name__}); set FHIRADAPTER_DEBUG=1 "
+            "for the traceback and please report it",
+            err=True,
+        )
         sys.exit(int(ExitCode.FAILURE))
     _print_summary(summary, out)
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
-    click.echo(f"Read {summary['records_read']} records from {summary['files']} file(s): "
-               f"{summary['records_used']} used, {summary['records_rejected']} rejected; "
-               f"{summary['patients']} patient(s) evaluated.")
+    click.echo(
+        f"Read {summary['records_read']} records from {summary['files']} file(s): "
+        f"{summary['records_used']} used, {summary['records_rejected']} rejected; "
+        f"{summary['patients']} patient(s) evaluated."
+    )
     width = max([len(t) for t in summary["by_type"]] + [13])
     click.echo(f"  {'resource type':<{width}}  {'read':>7}  {'used':>7}  {'rejected':>8}")
     for rtype, c in summary["by_type"].items():

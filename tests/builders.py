@@ -13,18 +13,63 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 AS_OF = date(2005, 3, 31)
 
 
-def lab(concept: str, day: str, value: float | None, *, unit: str = "", low: float | None = None,
-        high: float | None = None, ref: str | None = None, coded: str | None = None) -> Obs:
-    return Obs(ref or f"Observation/{concept}-{day}", "Patient/p", concept, day, value, unit, coded,
-               low, high, None, None, None, "final", None, ("test", "line 1"))
+def lab(
+    concept: str,
+    day: str,
+    value: float | None,
+    *,
+    unit: str = "",
+    low: float | None = None,
+    high: float | None = None,
+    ref: str | None = None,
+    coded: str | None = None,
+) -> Obs:
+    return Obs(
+        ref or f"Observation/{concept}-{day}",
+        "Patient/p",
+        concept,
+        day,
+        value,
+        unit,
+        coded,
+        low,
+        high,
+        None,
+        None,
+        None,
+        "final",
+        None,
+        ("test", "line 1"),
+    )
 
 
 def lesion(day: str, focus: str, d1: float | None, d2: float | None) -> Obs:
-    return Obs(f"Observation/ts-{day}-{focus}", "Patient/p", "tumor_size", day, None, "mm", None, None,
-               None, focus, d1, d2, "final", None, ("test", "line 1"))
+    return Obs(
+        f"Observation/ts-{day}-{focus}",
+        "Patient/p",
+        "tumor_size",
+        day,
+        None,
+        "mm",
+        None,
+        None,
+        None,
+        focus,
+        d1,
+        d2,
+        "final",
+        None,
+        ("test", "line 1"),
+    )
 
 
 def observation(code: str, system: str = "http://loinc.org", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": "o1", "status": "final",
-            "code": {"coding": [{"system": system, "code": code}]},
-            "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2004-01-05", **extra}
+    return {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "code": {"coding": [{"system": system, "code": code}]},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2004-01-05",
+        **extra,
+    }

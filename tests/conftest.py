@@ -17,4 +17,3 @@ def mappings() -> Mappings:
 @pytest.fixture(scope="session")
 def ctx(mappings: Mappings) -> MapContext:
     return MapContext(mappings, ucum_factor)
-

@@ -53,8 +53,16 @@ def test_unreadable_mappings_name_file_and_key(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "mappings", folder)
     text = (folder / "protocol.toml").read_text().replace("afp_window_days = 14", "afp_windw_days = 14")
     (folder / "protocol.toml").write_text(text)
-    code, out = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"),
-                       "--mappings", str(folder))
+    code, out = invoke(
+        "evaluate",
+        str(PAPER),
+        "--as-of",
+        "2005-03-31",
+        "--out",
+        str(tmp_path / "o"),
+        "--mappings",
+        str(folder),
+    )
     assert code == ExitCode.CONFIG
     assert "protocol.toml" in out and "afp_windw_days" in out
 
@@ -63,8 +71,16 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     folder = tmp_path / "maps"
     shutil.copytree(ROOT / "mappings", folder)
     (folder / "codes.toml").write_text("[systems\n")
-    code, out = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"),
-                       "--mappings", str(folder))
+    code, out = invoke(
+        "evaluate",
+        str(PAPER),
+        "--as-of",
+        "2005-03-31",
+        "--out",
+        str(tmp_path / "o"),
+        "--mappings",
+        str(folder),
+    )
     assert code == ExitCode.CONFIG and "codes.toml" in out and "not valid TOML" in out
 
 
@@ -74,8 +90,16 @@ def test_configurable_albumin_cut_off_changes_child_pugh(tmp_path: Path) -> None
     shutil.copytree(ROOT / "mappings", folder)
     text = (folder / "protocol.toml").read_text().replace("albumin_lower_g_dl = 2.8", "albumin_lower_g_dl = 3.0")
     (folder / "protocol.toml").write_text(text)
-    code, _ = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"),
-                     "--mappings", str(folder))
+    code, _ = invoke(
+        "evaluate",
+        str(PAPER),
+        "--as-of",
+        "2005-03-31",
+        "--out",
+        str(tmp_path / "o"),
+        "--mappings",
+        str(folder),
+    )
     assert code == 0
     import json
 
@@ -89,7 +113,11 @@ def test_console_script_runs_with_progress_off(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("fhiradapter")
     if not exe.exists():
         pytest.skip("console script not installed in this environment")
-    run = subprocess.run([str(exe), "evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path),
-                          "--no-progress"], capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [str(exe), "evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--no-progress"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     assert "Wrote" in run.stdout

@@ -65,8 +65,7 @@ def test_golden_patient_characteristics(results: dict[str, Any]) -> None:
     assert [min(ages), max(ages)] == PUBLISHED["age_range_years"]
     classes = [s["child_pugh"]["class"] for s in rows]
     assert {c: classes.count(c) for c in set(classes)} == PUBLISHED["child_pugh_classes"]
-    ecog = [str(next(c for c in s["eligibility"]["criteria"] if c["id"] == "ecog")["value"]["value"])
-            for s in rows]
+    ecog = [str(next(c for c in s["eligibility"]["criteria"] if c["id"] == "ecog")["value"]["value"]) for s in rows]
     assert {e: ecog.count(e) for e in set(ecog)} == PUBLISHED["ecog"]
     afp = [s["baseline"]["afp"] for s in rows]
     expected = PUBLISHED["baseline_afp_ng_ml"]
@@ -101,8 +100,7 @@ def test_golden_overall_survival(results: dict[str, Any]) -> None:
 def test_golden_dose_actions_and_statuses(results: dict[str, Any]) -> None:
     by_id = {s["patient"]: s for s in results["subjects"]}
     # Grade-3 somnolence: the rule says interrupt (the paper's patient discontinued instead).
-    assert [(a["action"], a["term"]) for a in by_id["Patient/thal-02"]["dose_actions"]] == \
-        [("interrupt", "somnolence")]
+    assert [(a["action"], a["term"]) for a in by_id["Patient/thal-02"]["dose_actions"]] == [("interrupt", "somnolence")]
     assert by_id["Patient/thal-06"]["dose_actions"][0]["action"] == "discontinue"
     statuses = {pid: s["research_subject_status"] for pid, s in by_id.items()}
     assert statuses["Patient/thal-05"] == "follow-up" and statuses["Patient/thal-01"] == "off-study"
@@ -111,26 +109,51 @@ def test_golden_dose_actions_and_statuses(results: dict[str, Any]) -> None:
 
 def test_golden_screening_candidates_fail_one_criterion_each(results: dict[str, Any]) -> None:
     screening = [s for s in results["subjects"] if not s["treated"]]
-    failed = {s["patient"]: [c["id"] for c in s["eligibility"]["criteria"] if c["status"] == "not_met"]
-              for s in screening}
-    assert failed == {"Patient/scr-01": ["age"], "Patient/scr-02": ["anc"], "Patient/scr-03": ["child_pugh"],
-                      "Patient/scr-04": ["no_prior_thalidomide"], "Patient/scr-05": ["creatinine"],
-                      "Patient/scr-06": []}
-    assert next(s for s in screening if s["patient"] == "Patient/scr-06")["eligibility"]["status"] \
-        == "undetermined"
+    failed = {
+        s["patient"]: [c["id"] for c in s["eligibility"]["criteria"] if c["status"] == "not_met"] for s in screening
+    }
+    assert failed == {
+        "Patient/scr-01": ["age"],
+        "Patient/scr-02": ["anc"],
+        "Patient/scr-03": ["child_pugh"],
+        "Patient/scr-04": ["no_prior_thalidomide"],
+        "Patient/scr-05": ["creatinine"],
+        "Patient/scr-06": [],
+    }
+    assert next(s for s in screening if s["patient"] == "Patient/scr-06")["eligibility"]["status"] == "undetermined"
 
 
 def test_golden_results_contract_fields(results: dict[str, Any]) -> None:
     assert results["as_of"] == "2005-03-31"
     assert {"id", "version"} <= set(results["protocol"])
     subject = results["subjects"][0]
-    for key in ("patient", "eligibility", "child_pugh", "treated", "index_date", "treatment_days",
-                "assessments", "best_response", "os", "toxicities", "dose_actions",
-                "research_subject_status", "issues"):
+    for key in (
+        "patient",
+        "eligibility",
+        "child_pugh",
+        "treated",
+        "index_date",
+        "treatment_days",
+        "assessments",
+        "best_response",
+        "os",
+        "toxicities",
+        "dose_actions",
+        "research_subject_status",
+        "issues",
+    ):
         assert key in subject
     cohort = results["cohort"]
-    for key in ("n_treated", "best_response_counts", "orr", "dcr", "median_os_days", "os_ci",
-                "median_treatment_days", "toxicity_table"):
+    for key in (
+        "n_treated",
+        "best_response_counts",
+        "orr",
+        "dcr",
+        "median_os_days",
+        "os_ci",
+        "median_treatment_days",
+        "toxicity_table",
+    ):
         assert key in cohort
     for row in results["subjects"][8]["toxicities"]:
         assert {"term", "meddra", "worst_grade", "source"} <= set(row)

@@ -22,14 +22,24 @@ def mapped(ctx: MapContext, res: dict[str, Any], aliases: dict[str, str] | None 
     return record, [i.code for i in issues]
 
 
-@pytest.mark.parametrize(("code", "value", "unit", "expected"), [
-    ("2160-0", 2.0, "mg/dL", 2.0), ("14682-9", 176.8, "umol/L", 2.0), ("2160-0", 17.68, "mg/L", 1.768),
-    ("751-8", 1000, "/uL", 1.0), ("751-8", 1.0, "10*3/uL", 1.0), ("777-3", 40000, "/mm3", 40.0),
-    ("1751-7", 28, "g/L", 2.8), ("1975-2", 51.3, "umol/L", 3.0), ("1834-1", 100, "ug/L", 100.0),
-    ("19176-7", 100, "[IU]/mL", 121.0),
-])
-def test_units_are_converted_to_the_canonical_unit(ctx: MapContext, code: str, value: float, unit: str,
-                                                    expected: float) -> None:
+@pytest.mark.parametrize(
+    ("code", "value", "unit", "expected"),
+    [
+        ("2160-0", 2.0, "mg/dL", 2.0),
+        ("14682-9", 176.8, "umol/L", 2.0),
+        ("2160-0", 17.68, "mg/L", 1.768),
+        ("751-8", 1000, "/uL", 1.0),
+        ("751-8", 1.0, "10*3/uL", 1.0),
+        ("777-3", 40000, "/mm3", 40.0),
+        ("1751-7", 28, "g/L", 2.8),
+        ("1975-2", 51.3, "umol/L", 3.0),
+        ("1834-1", 100, "ug/L", 100.0),
+        ("19176-7", 100, "[IU]/mL", 121.0),
+    ],
+)
+def test_units_are_converted_to_the_canonical_unit(
+    ctx: MapContext, code: str, value: float, unit: str, expected: float
+) -> None:
     obs, issues = mapped(ctx, observation(code, valueQuantity=q(value, unit)))
     assert isinstance(obs, Obs) and not issues
     assert obs.value == expected
@@ -38,8 +48,11 @@ def test_units_are_converted_to_the_canonical_unit(ctx: MapContext, code: str, v
 
 
 def test_reference_range_is_converted_too(ctx: MapContext) -> None:
-    res = observation("14682-9", valueQuantity=q(159.12, "umol/L"),
-                      referenceRange=[{"low": q(53.04, "umol/L"), "high": q(106.08, "umol/L")}])
+    res = observation(
+        "14682-9",
+        valueQuantity=q(159.12, "umol/L"),
+        referenceRange=[{"low": q(53.04, "umol/L"), "high": q(106.08, "umol/L")}],
+    )
     obs, _ = mapped(ctx, res)
     assert (obs.value, obs.low, obs.high) == (1.8, 0.6, 1.2)
 
@@ -49,29 +62,51 @@ def test_unknown_unit_is_a_reject_naming_the_unit(ctx: MapContext) -> None:
     assert obs is None and issues == ["bad-unit"]
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ({"valueInteger": 2}, 2.0), ({"valueCodeableConcept": {"coding": [{"system": "http://loinc.org",
-                                                                       "code": "LA9624-3"}]}}, 2.0),
-    ({"valueInteger": 6}, None), ({"valueString": "1"}, None)])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"valueInteger": 2}, 2.0),
+        ({"valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": "LA9624-3"}]}}, 2.0),
+        ({"valueInteger": 6}, None),
+        ({"valueString": "1"}, None),
+    ],
+)
 def test_ecog_integer_or_loinc_answer(ctx: MapContext, value: dict[str, Any], expected: float | None) -> None:
     obs, _ = mapped(ctx, observation("89247-1", **value))
     assert (obs.value if obs else None) == expected
 
 
 def test_tumour_size_in_cm_with_focus(ctx: MapContext) -> None:
-    res = observation("21889-1", focus=[{"reference": "BodyStructure/l1"}], component=[
-        {"code": {"coding": [{"system": "http://loinc.org", "code": "33728-7"}]}, "valueQuantity": q(2.5, "cm")},
-        {"code": {"coding": [{"system": "http://loinc.org", "code": "33729-5"}]}, "valueQuantity": q(1.9, "cm")}])
+    res = observation(
+        "21889-1",
+        focus=[{"reference": "BodyStructure/l1"}],
+        component=[
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "33728-7"}]},
+                "valueQuantity": q(2.5, "cm"),
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "33729-5"}]},
+                "valueQuantity": q(1.9, "cm"),
+            },
+        ],
+    )
     obs, issues = mapped(ctx, res)
     assert (obs.focus, obs.d1, obs.d2) == ("BodyStructure/l1", 25.0, 19.0) and not issues
 
 
 def test_tumour_contained_focus_uses_body_structure_identifier(ctx: MapContext) -> None:
-    res = observation("21889-1", focus=[{"reference": "#les"}],
-                      contained=[{"resourceType": "BodyStructure", "id": "les",
-                                  "identifier": [{"system": "urn:x", "value": "L7"}]}],
-                      component=[{"code": {"coding": [{"system": "http://loinc.org", "code": "33728-7"}]},
-                                  "valueQuantity": q(12, "mm")}])
+    res = observation(
+        "21889-1",
+        focus=[{"reference": "#les"}],
+        contained=[{"resourceType": "BodyStructure", "id": "les", "identifier": [{"system": "urn:x", "value": "L7"}]}],
+        component=[
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "33728-7"}]},
+                "valueQuantity": q(12, "mm"),
+            }
+        ],
+    )
     obs, issues = mapped(ctx, res)
     assert obs.focus == "BodyStructure?identifier=urn:x|L7"
     assert issues == ["one-diameter"] and obs.d2 is None
@@ -84,8 +119,11 @@ def test_only_final_amended_corrected_count(ctx: MapContext, status: str) -> Non
 
 
 def test_absolute_and_versioned_subject_references(ctx: MapContext) -> None:
-    res = observation("1834-1", valueQuantity=q(1, "ng/mL"),
-                      subject={"reference": "https://ehr.example/fhir/Patient/p9/_history/3"})
+    res = observation(
+        "1834-1",
+        valueQuantity=q(1, "ng/mL"),
+        subject={"reference": "https://ehr.example/fhir/Patient/p9/_history/3"},
+    )
     obs, _ = mapped(ctx, res)
     assert obs.patient == "Patient/p9"
 
@@ -97,19 +135,32 @@ def test_bundle_urn_uuid_subject(ctx: MapContext) -> None:
 
 
 def ae(**extra: Any) -> dict[str, Any]:
-    return {"resourceType": "AdverseEvent", "id": "a", "actuality": "actual",
-            "subject": {"reference": "Patient/p"}, "date": "2004-02-01T22:00:00+09:00",
-            "event": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": "10041349"}]},
-            **extra}
+    return {
+        "resourceType": "AdverseEvent",
+        "id": "a",
+        "actuality": "actual",
+        "subject": {"reference": "Patient/p"},
+        "date": "2004-02-01T22:00:00+09:00",
+        "event": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": "10041349"}]},
+        **extra,
+    }
 
 
 def test_ae_grade_extension_wins_over_severity(ctx: MapContext) -> None:
-    ext = [{"url": "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade",
-            "valueCodeableConcept": {"coding": [{"system": "x", "code": "C41340"}]}}]
+    ext = [
+        {
+            "url": "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade",
+            "valueCodeableConcept": {"coding": [{"system": "x", "code": "C41340"}]},
+        }
+    ]
     record, _ = mapped(ctx, ae(extension=ext, severity={"coding": [{"code": "mild"}]}))
     assert isinstance(record, AE)
-    assert (record.term, record.grade, record.grade_source, record.date) == ("somnolence", 3, "reported",
-                                                                              "2004-02-01")
+    assert (record.term, record.grade, record.grade_source, record.date) == (
+        "somnolence",
+        3,
+        "reported",
+        "2004-02-01",
+    )
 
 
 @pytest.mark.parametrize(("severity", "grade"), [("mild", 1), ("moderate", 2), ("severe", 3)])
@@ -128,37 +179,86 @@ def test_potential_ae_is_not_an_event(ctx: MapContext) -> None:
     assert record is None and issues == ["not-actual"]
 
 
-@pytest.mark.parametrize(("rtype", "extra"), [
-    ("MedicationStatement", {"medicationCodeableConcept": {"coding": [
-        {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]},
-        "effectivePeriod": {"start": "2004-01-10", "end": "2004-02-10"}}),
-    ("MedicationAdministration", {"contained": [{"resourceType": "Medication", "id": "m", "code": {"coding": [
-        {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]}}],
-        "medicationReference": {"reference": "#m"}, "effectivePeriod": {"start": "2004-01-10", "end": "2004-02-10"}}),
-    ("MedicationRequest", {"medicationCodeableConcept": {"coding": [
-        {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]}, "authoredOn": "2004-01-09",
-        "dosageInstruction": [{"timing": {"repeat": {"boundsPeriod": {"start": "2004-01-10", "end": "2004-02-10"}}}}]}),
-])
+@pytest.mark.parametrize(
+    ("rtype", "extra"),
+    [
+        (
+            "MedicationStatement",
+            {
+                "medicationCodeableConcept": {
+                    "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]
+                },
+                "effectivePeriod": {"start": "2004-01-10", "end": "2004-02-10"},
+            },
+        ),
+        (
+            "MedicationAdministration",
+            {
+                "contained": [
+                    {
+                        "resourceType": "Medication",
+                        "id": "m",
+                        "code": {
+                            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]
+                        },
+                    }
+                ],
+                "medicationReference": {"reference": "#m"},
+                "effectivePeriod": {"start": "2004-01-10", "end": "2004-02-10"},
+            },
+        ),
+        (
+            "MedicationRequest",
+            {
+                "medicationCodeableConcept": {
+                    "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]
+                },
+                "authoredOn": "2004-01-09",
+                "dosageInstruction": [
+                    {"timing": {"repeat": {"boundsPeriod": {"start": "2004-01-10", "end": "2004-02-10"}}}}
+                ],
+            },
+        ),
+    ],
+)
 def test_medication_exposures_of_three_types(ctx: MapContext, rtype: str, extra: dict[str, Any]) -> None:
-    res = {"resourceType": rtype, "id": "m1", "status": "completed", "subject": {"reference": "Patient/p"}, **extra}
+    res = {
+        "resourceType": rtype,
+        "id": "m1",
+        "status": "completed",
+        "subject": {"reference": "Patient/p"},
+        **extra,
+    }
     record, issues = mapped(ctx, res)
     assert isinstance(record, Med) and not issues
     assert (record.drug, record.start, record.end) == ("thalidomide", "2004-01-10", "2004-02-10")
 
 
 def test_separate_medication_reference_is_left_for_the_pipeline(ctx: MapContext) -> None:
-    res = {"resourceType": "MedicationStatement", "id": "m1", "status": "active",
-           "subject": {"reference": "Patient/p"}, "medicationReference": {"reference": "Medication/thal"},
-           "effectiveDateTime": "2004-01-10"}
+    res = {
+        "resourceType": "MedicationStatement",
+        "id": "m1",
+        "status": "active",
+        "subject": {"reference": "Patient/p"},
+        "medicationReference": {"reference": "Medication/thal"},
+        "effectiveDateTime": "2004-01-10",
+    }
     record, _ = mapped(ctx, res)
     assert record.drug is None and record.med_ref == "Medication/thal"
 
 
-@pytest.mark.parametrize("bad", [
-    {"code": "not a concept"}, {"code": {"coding": "nope"}}, {"subject": ["Patient/p"]},
-    {"valueQuantity": {"value": True, "unit": "ng/mL"}}, {"effectiveDateTime": 20040101},
-    {"referenceRange": "high"}, {"component": [None, 3]},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"code": "not a concept"},
+        {"code": {"coding": "nope"}},
+        {"subject": ["Patient/p"]},
+        {"valueQuantity": {"value": True, "unit": "ng/mL"}},
+        {"effectiveDateTime": 20040101},
+        {"referenceRange": "high"},
+        {"component": [None, 3]},
+    ],
+)
 def test_odd_element_types_never_raise(ctx: MapContext, bad: dict[str, Any]) -> None:
     res = observation("1834-1", valueQuantity=q(5, "ng/mL"))
     res.update(bad)

@@ -13,14 +13,21 @@ from fhiradapter.core.fhir_json import local_date
 from fhiradapter.core.model import AE, Med, PatientRecord, Person, SubjectRec
 from fhiradapter.core.protocol import Mappings
 
-O = ("t", "l")
+ORIGIN = ("t", "l")
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ("2005-03-31T08:00:00+09:00", "2005-03-31"),  # local date, never shifted through UTC
-    ("2005-03-31T23:30:00-05:00", "2005-03-31"),
-    ("2004-07", "2004-07"), ("2004", "2004"), ("2004-13-01", None), ("31/03/2005", None), (20050331, None),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2005-03-31T08:00:00+09:00", "2005-03-31"),  # local date, never shifted through UTC
+        ("2005-03-31T23:30:00-05:00", "2005-03-31"),
+        ("2004-07", "2004-07"),
+        ("2004", "2004"),
+        ("2004-13-01", None),
+        ("31/03/2005", None),
+        (20050331, None),
+    ],
+)
 def test_s1_local_calendar_date(raw: object, expected: str | None) -> None:
     assert local_date(raw) == expected
 
@@ -31,16 +38,27 @@ def test_s1_durations_are_end_minus_start_plus_one() -> None:
 
 
 def thal(start: str, end: str | None, status: str = "completed", ref: str = "MedicationStatement/t") -> Med:
-    return Med(ref, "Patient/p", "thalidomide", "10432", start, end, status, None, None, O)
+    return Med(ref, "Patient/p", "thalidomide", "10432", start, end, status, None, None, ORIGIN)
 
 
-def patient(meds: list[Med], deceased: str | None = None, subject_start: str | None = "2004-01-05",
-            aes: list[AE] | None = None) -> PatientRecord:
-    subjects = [SubjectRec("ResearchSubject/rs", "Patient/p", None, "on-study", subject_start, None, True,
-                           "1", O)] if subject_start else []
-    return PatientRecord("Patient/p", person=Person("Patient/p", "1960-01-01", "male", deceased,
-                                                    deceased is not None, O),
-                         meds=meds, subjects=subjects, adverse_events=aes or [])
+def patient(
+    meds: list[Med],
+    deceased: str | None = None,
+    subject_start: str | None = "2004-01-05",
+    aes: list[AE] | None = None,
+) -> PatientRecord:
+    subjects = (
+        [SubjectRec("ResearchSubject/rs", "Patient/p", None, "on-study", subject_start, None, True, "1", ORIGIN)]
+        if subject_start
+        else []
+    )
+    return PatientRecord(
+        "Patient/p",
+        person=Person("Patient/p", "1960-01-01", "male", deceased, deceased is not None, ORIGIN),
+        meds=meds,
+        subjects=subjects,
+        adverse_events=aes or [],
+    )
 
 
 def run(rec: PatientRecord, mappings: Mappings, as_of: date = AS_OF) -> dict:  # type: ignore[type-arg]
@@ -54,8 +72,15 @@ def test_s1_index_and_treatment_days(mappings: Mappings) -> None:
 
 
 def test_s1_thalidomide_before_screening_is_prior_exposure(mappings: Mappings) -> None:
-    r = run(patient([thal("2003-12-01", "2003-12-20", ref="MedicationStatement/old"),
-                     thal("2004-01-10", "2004-01-19")]), mappings)
+    r = run(
+        patient(
+            [
+                thal("2003-12-01", "2003-12-20", ref="MedicationStatement/old"),
+                thal("2004-01-10", "2004-01-19"),
+            ]
+        ),
+        mappings,
+    )
     assert r["index_date"] == "2004-01-10" and r["treatment_days"] == 10
     crit = next(c for c in r["eligibility"]["criteria"] if c["id"] == "no_prior_thalidomide")
     assert crit["status"] == "not_met"
@@ -70,7 +95,7 @@ def test_s1_screening_date_falls_back_to_first_thalidomide(mappings: Mappings) -
 
 
 def test_s1_nothing_after_as_of_is_read(mappings: Mappings) -> None:
-    late = AE("AdverseEvent/late", "Patient/p", "nausea", "Nausea", None, 3, "reported", "2005-04-01", O)
+    late = AE("AdverseEvent/late", "Patient/p", "nausea", "Nausea", None, 3, "reported", "2005-04-01", ORIGIN)
     rec = patient([thal("2005-03-01", None, "active")], aes=[late])
     kept, unused = cut_off(rec, AS_OF)
     assert kept.adverse_events == [] and [u.ref for u in unused] == ["AdverseEvent/late"]
@@ -83,8 +108,12 @@ def test_s6_os_death_event_and_censoring_at_last_record(mappings: Mappings) -> N
     dead = run(patient([thal("2004-01-10", "2004-02-08")], deceased="2004-03-09"), mappings)
     assert dead["os"]["days"] == 60 and dead["os"]["event"] is True
     alive = run(patient([thal("2004-01-10", "2004-02-08")]), mappings)
-    assert alive["os"] == {"days": 30, "event": False, "end_date": "2004-02-08",
-                           "basis": "last dated record (censored)"}
+    assert alive["os"] == {
+        "days": 30,
+        "event": False,
+        "end_date": "2004-02-08",
+        "basis": "last dated record (censored)",
+    }
 
 
 def test_s6_death_after_as_of_is_not_seen(mappings: Mappings) -> None:
@@ -94,22 +123,26 @@ def test_s6_death_after_as_of_is_not_seen(mappings: Mappings) -> None:
 
 def test_s6_deceased_boolean_without_date_is_an_issue(mappings: Mappings) -> None:
     rec = patient([thal("2004-01-10", "2004-02-08")])
-    rec.person = Person("Patient/p", "1960-01-01", "male", None, True, O)
+    rec.person = Person("Patient/p", "1960-01-01", "male", None, True, ORIGIN)
     r = run(rec, mappings)
     assert r["os"]["event"] is False
     assert "deceased-no-date" in [i["code"] for i in r["issues"]]
 
 
-@pytest.mark.parametrize(("eligibility", "treated", "on_drug", "death", "expected"), [
-    ("undetermined", False, False, None, ("screening", None)),
-    ("ineligible", False, False, None, ("ineligible", None)),
-    ("eligible", False, False, None, ("eligible", None)),
-    ("eligible", True, True, None, ("on-study-intervention", None)),
-    ("eligible", True, False, None, ("follow-up", None)),
-    ("eligible", True, False, date(2004, 5, 1), ("off-study", "2004-05-01")),
-])
-def test_s7_research_subject_status(eligibility: str, treated: bool, on_drug: bool, death: date | None,
-                                    expected: tuple[str, str | None]) -> None:
+@pytest.mark.parametrize(
+    ("eligibility", "treated", "on_drug", "death", "expected"),
+    [
+        ("undetermined", False, False, None, ("screening", None)),
+        ("ineligible", False, False, None, ("ineligible", None)),
+        ("eligible", False, False, None, ("eligible", None)),
+        ("eligible", True, True, None, ("on-study-intervention", None)),
+        ("eligible", True, False, None, ("follow-up", None)),
+        ("eligible", True, False, date(2004, 5, 1), ("off-study", "2004-05-01")),
+    ],
+)
+def test_s7_research_subject_status(
+    eligibility: str, treated: bool, on_drug: bool, death: date | None, expected: tuple[str, str | None]
+) -> None:
     assert subject_status(eligibility, treated, on_drug, death) == expected
 
 

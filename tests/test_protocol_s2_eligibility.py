@@ -14,36 +14,75 @@ from fhiradapter.core.eligibility import CRITERIA, assess_eligibility
 from fhiradapter.core.model import Cond, ConsentRec, Med, PatientRecord, Person, SubjectRec
 
 SCREEN = date(2004, 3, 1)
-O = ("t", "l")
+ORIGIN = ("t", "l")
 
 
 def good_record() -> PatientRecord:
     """A patient who meets every criterion on 2004-03-01."""
     return PatientRecord(
         "Patient/p",
-        person=Person("Patient/p", "1960-01-15", "male", None, False, O),
+        person=Person("Patient/p", "1960-01-15", "male", None, False, ORIGIN),
         observations=[
-            lab("ecog", "2004-02-27", 1), lab("anc", "2004-02-27", 2.5, unit="10*9/L"),
+            lab("ecog", "2004-02-27", 1),
+            lab("anc", "2004-02-27", 2.5, unit="10*9/L"),
             lab("platelets", "2004-02-27", 120, unit="10*9/L"),
             lab("creatinine", "2004-02-27", 1.0, unit="mg/dL"),
             lab("disease_status", "2004-01-10", None, coded="worsened"),
             lesion("2004-02-20", "BodyStructure/l1", 30, 20),
         ],
-        meds=[Med("MedicationStatement/dox", "Patient/p", "anthracycline", "3639", "2003-06-01",
-                  "2003-09-01", "completed", None, None, O)],
-        conditions=[Cond("Condition/hcc", "Patient/p", "hcc", "confirmed", "active", "2002-01-01", None, O),
-                    Cond("Condition/met", "Patient/p", "metastasis", "confirmed", "active", "2003-01-01",
-                         None, O)],
-        consents=[ConsentRec("Consent/c", "Patient/p", "active", "2004-03-01", O)],
-        subjects=[SubjectRec("ResearchSubject/rs", "Patient/p", "ResearchStudy/s", "screening",
-                             "2004-03-01", None, False, "1", O)],
+        meds=[
+            Med(
+                "MedicationStatement/dox",
+                "Patient/p",
+                "anthracycline",
+                "3639",
+                "2003-06-01",
+                "2003-09-01",
+                "completed",
+                None,
+                None,
+                ORIGIN,
+            )
+        ],
+        conditions=[
+            Cond("Condition/hcc", "Patient/p", "hcc", "confirmed", "active", "2002-01-01", None, ORIGIN),
+            Cond("Condition/met", "Patient/p", "metastasis", "confirmed", "active", "2003-01-01", None, ORIGIN),
+        ],
+        consents=[ConsentRec("Consent/c", "Patient/p", "active", "2004-03-01", ORIGIN)],
+        subjects=[
+            SubjectRec(
+                "ResearchSubject/rs",
+                "Patient/p",
+                "ResearchStudy/s",
+                "screening",
+                "2004-03-01",
+                None,
+                False,
+                "1",
+                ORIGIN,
+            )
+        ],
     )
 
 
-CP_B9 = score_child_pugh(bilirubin=3.0, albumin=2.8, inr=1.5, pt_prolongation=None, ascites="mild",
-                         encephalopathy=1, albumin_lower=2.8)
-CP_C10 = score_child_pugh(bilirubin=3.0, albumin=2.8, inr=1.8, pt_prolongation=None, ascites="mild",
-                          encephalopathy=1, albumin_lower=2.8)
+CP_B9 = score_child_pugh(
+    bilirubin=3.0,
+    albumin=2.8,
+    inr=1.5,
+    pt_prolongation=None,
+    ascites="mild",
+    encephalopathy=1,
+    albumin_lower=2.8,
+)
+CP_C10 = score_child_pugh(
+    bilirubin=3.0,
+    albumin=2.8,
+    inr=1.8,
+    pt_prolongation=None,
+    ascites="mild",
+    encephalopathy=1,
+    albumin_lower=2.8,
+)
 
 
 def assess(rec: PatientRecord, cp: ChildPugh = CP_B9) -> dict[str, Any]:
@@ -66,15 +105,18 @@ def test_s2_all_met_is_eligible_with_fixed_ids() -> None:
     assert all(c["status"] == "met" for c in result["criteria"])
 
 
-@pytest.mark.parametrize(("birth", "expected"), [
-    ("1929-03-02", "met"),  # 74 the day before the 75th birthday
-    ("1929-03-01", "not_met"),  # 75 on the screening date
-    ("1929", "unknown"),  # 74 or 75: a partial date cannot decide
-    ("1920-06", "not_met"),
-])
+@pytest.mark.parametrize(
+    ("birth", "expected"),
+    [
+        ("1929-03-02", "met"),  # 74 the day before the 75th birthday
+        ("1929-03-01", "not_met"),  # 75 on the screening date
+        ("1929", "unknown"),  # 74 or 75: a partial date cannot decide
+        ("1920-06", "not_met"),
+    ],
+)
 def test_s2_age_below_75(birth: str, expected: str) -> None:
     rec = good_record()
-    rec = replace(rec, person=Person("Patient/p", birth, "male", None, False, O))
+    rec = replace(rec, person=Person("Patient/p", birth, "male", None, False, ORIGIN))
     assert status_of(assess(rec), "age") == expected
 
 
@@ -107,24 +149,34 @@ def test_s2_child_pugh_b9_met_c10_not_met() -> None:
     assert result["status"] == "ineligible"
 
 
-@pytest.mark.parametrize(("day", "expected"), [
-    ("2004-02-02", "met"),  # 28 days before screening: inside the window
-    ("2004-02-01", "unknown"),  # 29 days before: outside, so no lab
-    ("2004-03-01", "met"),  # on the screening date
-    ("2004-03-02", "unknown"),  # after screening: not read
-])
+@pytest.mark.parametrize(
+    ("day", "expected"),
+    [
+        ("2004-02-02", "met"),  # 28 days before screening: inside the window
+        ("2004-02-01", "unknown"),  # 29 days before: outside, so no lab
+        ("2004-03-01", "met"),  # on the screening date
+        ("2004-03-02", "unknown"),  # after screening: not read
+    ],
+)
 def test_s2_labs_latest_within_28_days(day: str, expected: str) -> None:
     rec = good_record()
-    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "anc"]
-                  + [lab("anc", day, 2.0, unit="10*9/L")])
+    rec = replace(
+        rec,
+        observations=[o for o in rec.observations if o.concept != "anc"] + [lab("anc", day, 2.0, unit="10*9/L")],
+    )
     assert status_of(assess(rec), "anc") == expected
 
 
 def test_s2_latest_lab_wins() -> None:
     rec = good_record()
-    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "anc"]
-                  + [lab("anc", "2004-02-10", 2.0, unit="10*9/L", ref="Observation/old"),
-                     lab("anc", "2004-02-28", 0.8, unit="10*9/L", ref="Observation/new")])
+    rec = replace(
+        rec,
+        observations=[o for o in rec.observations if o.concept != "anc"]
+        + [
+            lab("anc", "2004-02-10", 2.0, unit="10*9/L", ref="Observation/old"),
+            lab("anc", "2004-02-28", 0.8, unit="10*9/L", ref="Observation/new"),
+        ],
+    )
     crit = next(c for c in assess(rec)["criteria"] if c["id"] == "anc")
     assert crit["status"] == "not_met" and crit["evidence"] == ["Observation/new"]
 
@@ -139,26 +191,34 @@ def test_s2_missing_lab_is_undetermined_not_ineligible() -> None:
 
 def test_s2_exclusions_met_without_evidence_and_say_so() -> None:
     result = assess(good_record())
-    for cid in ("not_pregnant_or_breastfeeding", "no_peripheral_neuropathy", "no_prior_thalidomide",
-                "no_uncontrolled_infection"):
+    for cid in (
+        "not_pregnant_or_breastfeeding",
+        "no_peripheral_neuropathy",
+        "no_prior_thalidomide",
+        "no_uncontrolled_infection",
+    ):
         crit = next(c for c in result["criteria"] if c["id"] == cid)
         assert crit["status"] == "met" and "no " in crit["detail"]
 
 
-@pytest.mark.parametrize(("concept", "cid"), [
-    ("peripheral_neuropathy", "no_peripheral_neuropathy"), ("infection", "no_uncontrolled_infection"),
-    ("pregnancy", "not_pregnant_or_breastfeeding"), ("breastfeeding", "not_pregnant_or_breastfeeding"),
-])
+@pytest.mark.parametrize(
+    ("concept", "cid"),
+    [
+        ("peripheral_neuropathy", "no_peripheral_neuropathy"),
+        ("infection", "no_uncontrolled_infection"),
+        ("pregnancy", "not_pregnant_or_breastfeeding"),
+        ("breastfeeding", "not_pregnant_or_breastfeeding"),
+    ],
+)
 def test_s2_exclusion_condition_not_met(concept: str, cid: str) -> None:
     rec = good_record()
-    rec.conditions.append(Cond("Condition/x", "Patient/p", concept, None, "active", "2004-01-01", None, O))
+    rec.conditions.append(Cond("Condition/x", "Patient/p", concept, None, "active", "2004-01-01", None, ORIGIN))
     assert status_of(assess(rec), cid) == "not_met"
 
 
 def test_s2_resolved_exclusion_condition_does_not_count() -> None:
     rec = good_record()
-    rec.conditions.append(Cond("Condition/x", "Patient/p", "infection", None, "resolved", "2004-01-01",
-                               None, O))
+    rec.conditions.append(Cond("Condition/x", "Patient/p", "infection", None, "resolved", "2004-01-01", None, ORIGIN))
     assert status_of(assess(rec), "no_uncontrolled_infection") == "met"
 
 
@@ -171,15 +231,15 @@ def test_s2_pregnancy_status_observation() -> None:
 @pytest.mark.parametrize(("start", "expected"), [("2004-02-29", "not_met"), ("2004-03-01", "met")])
 def test_s2_prior_thalidomide_is_before_screening(start: str, expected: str) -> None:
     rec = good_record()
-    rec.meds.append(Med("MedicationStatement/t", "Patient/p", "thalidomide", "10432", start, None,
-                        "active", None, None, O))
+    rec.meds.append(
+        Med("MedicationStatement/t", "Patient/p", "thalidomide", "10432", start, None, "active", None, None, ORIGIN)
+    )
     assert status_of(assess(rec), "no_prior_thalidomide") == expected
 
 
 def test_s2_histology_needs_confirmed() -> None:
     rec = good_record()
-    rec = replace(rec, conditions=[replace_cond(c, "provisional") if c.concept == "hcc" else c
-                                   for c in rec.conditions])
+    rec = replace(rec, conditions=[replace_cond(c, "provisional") if c.concept == "hcc" else c for c in rec.conditions])
     assert status_of(assess(rec), "histology") == "unknown"
 
 
@@ -189,21 +249,33 @@ def replace_cond(c: Cond, verification: str) -> Cond:
 
 def test_s2_metastatic_measurable_needs_two_diameters_within_28_days() -> None:
     rec = good_record()
-    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "tumor_size"]
-                  + [lesion("2004-02-20", "BodyStructure/l1", 30, None)])
+    rec = replace(
+        rec,
+        observations=[o for o in rec.observations if o.concept != "tumor_size"]
+        + [lesion("2004-02-20", "BodyStructure/l1", 30, None)],
+    )
     assert status_of(assess(rec), "metastatic_measurable") == "unknown"
-    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "tumor_size"]
-                  + [lesion("2004-02-01", "BodyStructure/l1", 30, 20)])  # 29 days before
+    rec = replace(
+        rec,
+        observations=[o for o in rec.observations if o.concept != "tumor_size"]
+        + [lesion("2004-02-01", "BodyStructure/l1", 30, 20)],
+    )  # 29 days before
     assert status_of(assess(rec), "metastatic_measurable") == "unknown"
-    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "tumor_size"]
-                  + [lesion("2004-02-02", "BodyStructure/l1", 30, 20)])  # 28 days before
+    rec = replace(
+        rec,
+        observations=[o for o in rec.observations if o.concept != "tumor_size"]
+        + [lesion("2004-02-02", "BodyStructure/l1", 30, 20)],
+    )  # 28 days before
     assert status_of(assess(rec), "metastatic_measurable") == "met"
 
 
 def test_s2_anthracycline_needs_a_later_progression() -> None:
     rec = good_record()
-    rec = replace(rec, observations=[o for o in rec.observations if o.concept != "disease_status"]
-                  + [lab("disease_status", "2003-05-01", None, coded="worsened")])  # before doxorubicin
+    rec = replace(
+        rec,
+        observations=[o for o in rec.observations if o.concept != "disease_status"]
+        + [lab("disease_status", "2003-05-01", None, coded="worsened")],
+    )  # before doxorubicin
     assert status_of(assess(rec), "prior_anthracycline_progression") == "unknown"
 
 

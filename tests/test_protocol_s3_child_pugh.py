@@ -53,24 +53,51 @@ def test_s3_class_boundaries(score: int, cls: str) -> None:
 
 
 def test_s3_score_uses_inr_before_pt_and_records_pt_use() -> None:
-    both = score_child_pugh(bilirubin=1.0, albumin=4.0, inr=1.1, pt_prolongation=7.0, ascites="none",
-                            encephalopathy=0, albumin_lower=2.8)
+    both = score_child_pugh(
+        bilirubin=1.0,
+        albumin=4.0,
+        inr=1.1,
+        pt_prolongation=7.0,
+        ascites="none",
+        encephalopathy=0,
+        albumin_lower=2.8,
+    )
     assert (both.score, both.cls, both.used_pt) == (5, "A", False)
-    pt_only = score_child_pugh(bilirubin=1.0, albumin=4.0, inr=None, pt_prolongation=7.0, ascites="none",
-                               encephalopathy=0, albumin_lower=2.8)
+    pt_only = score_child_pugh(
+        bilirubin=1.0,
+        albumin=4.0,
+        inr=None,
+        pt_prolongation=7.0,
+        ascites="none",
+        encephalopathy=0,
+        albumin_lower=2.8,
+    )
     assert (pt_only.score, pt_only.points["pt_prolongation"], pt_only.used_pt) == (7, 3, True)
 
 
 def test_s3_missing_component_makes_score_unknown() -> None:
-    cp = score_child_pugh(bilirubin=1.0, albumin=None, inr=1.0, pt_prolongation=None, ascites=None,
-                          encephalopathy=0, albumin_lower=2.8)
+    cp = score_child_pugh(
+        bilirubin=1.0,
+        albumin=None,
+        inr=1.0,
+        pt_prolongation=None,
+        ascites=None,
+        encephalopathy=0,
+        albumin_lower=2.8,
+    )
     assert cp.score is None and cp.cls is None
     assert set(cp.missing) == {"albumin", "ascites"}
 
 
 def test_s3_ascites_moderate_and_severe_score_three() -> None:
-    common = {"bilirubin": 1.0, "albumin": 4.0, "inr": 1.0, "pt_prolongation": None, "encephalopathy": 0,
-              "albumin_lower": 2.8}
+    common = {
+        "bilirubin": 1.0,
+        "albumin": 4.0,
+        "inr": 1.0,
+        "pt_prolongation": None,
+        "encephalopathy": 0,
+        "albumin_lower": 2.8,
+    }
     assert score_child_pugh(ascites="moderate", **common).score == 7  # type: ignore[arg-type]
     assert score_child_pugh(ascites="severe", **common).score == 7  # type: ignore[arg-type]
     assert score_child_pugh(ascites="mild", **common).score == 6  # type: ignore[arg-type]
@@ -78,11 +105,20 @@ def test_s3_ascites_moderate_and_severe_score_three() -> None:
 
 @pytest.mark.parametrize(("umol", "points"), [(34.1, 1), (34.2, 2), (51.3, 2), (51.4, 3)])
 def test_s3_bilirubin_umol_converted_before_one_table(ctx, umol: float, points: int) -> None:  # type: ignore[no-untyped-def]
-    res = {"resourceType": "Observation", "id": "b", "status": "final",
-           "code": {"coding": [{"system": "http://loinc.org", "code": "14631-6"}]},
-           "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2004-01-01",
-           "valueQuantity": {"value": umol, "unit": "umol/L", "system": "http://unitsofmeasure.org",
-                             "code": "umol/L"}}
+    res = {
+        "resourceType": "Observation",
+        "id": "b",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "14631-6"}]},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2004-01-01",
+        "valueQuantity": {
+            "value": umol,
+            "unit": "umol/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "umol/L",
+        },
+    }
     obs, issues = map_observation(res, "Observation/b", ("t", "l"), ctx, None)
     assert obs is not None and not issues
     assert obs.value is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
-from fractions import Fraction
+from decimal import Decimal
 
 import pytest
 from builders import lab, lesion
@@ -40,7 +40,7 @@ def test_s4_exactly_minus_50_percent_is_pr_and_just_above_is_sd() -> None:
     # SPD 150 = exactly half of 300 -> PR; 151 -> SD.
     r = run(BASE + scan(57, 5, 10) + scan(113, 5, 10), [afp(-3, 100), afp(57, 90), afp(113, 90)])
     assert r.assessments[0].response == "PR" and r.assessments[0].basis == "tumour"
-    r = run(BASE + [lesion(day(57), "L1", 5.1, 10), lesion(day(57), "L2", 10, 10)], [afp(-3, 100), afp(57, 90)])
+    r = run([*BASE, lesion(day(57), "L1", 5.1, 10), lesion(day(57), "L2", 10, 10)], [afp(-3, 100), afp(57, 90)])
     assert r.assessments[0].response == "SD"
 
 
@@ -142,8 +142,10 @@ def test_s4_sd_counts_from_49_days_after_index(study_day: int, best: str) -> Non
 
 
 def test_s4_best_response_stops_at_first_pd() -> None:
-    r = run(BASE + scan(20, 30) + scan(57, 5) + scan(113, 5),
-            [afp(-3, 100), afp(20, 100), afp(57, 100), afp(113, 100)])
+    r = run(
+        BASE + scan(20, 30) + scan(57, 5) + scan(113, 5),
+        [afp(-3, 100), afp(20, 100), afp(57, 100), afp(113, 100)],
+    )
     assert r.assessments[0].response == "PD"
     assert r.best == "PD"
 
@@ -163,29 +165,44 @@ def test_s4_no_baseline_is_ne() -> None:
 
 def test_s4_baseline_window_28_days_before_index() -> None:
     early = [lesion(day(-28), "L1", 20, 10)]
-    assert run(early + [lesion(day(57), "L1", 20, 10)], [afp(-28, 100), afp(57, 100)]).baseline["date"]
+    assert run([*early, lesion(day(57), "L1", 20, 10)], [afp(-28, 100), afp(57, 100)]).baseline["date"]
     too_early = [lesion(day(-29), "L1", 20, 10)]
     assert run(too_early, [afp(-29, 100)]).best_reason == "no_baseline_tumour_assessment"
 
 
 def test_s4_duration_of_response_from_first_response_to_pd() -> None:
-    r = run(BASE + scan(57, 5) + scan(113, 5) + scan(169, 20),
-            [afp(-3, 100), afp(57, 100), afp(113, 100), afp(169, 100)])
+    r = run(
+        BASE + scan(57, 5) + scan(113, 5) + scan(169, 20),
+        [afp(-3, 100), afp(57, 100), afp(113, 100), afp(169, 100)],
+    )
     assert r.duration == {"start": day(57), "end": day(169), "days": 113, "censored": False}
 
 
-@given(spd0=st.integers(1, 10_000), shrink_a=st.integers(0, 10_000), shrink_b=st.integers(0, 10_000),
-       afp_k=st.integers(1, 1000))
-def test_s4_property_more_shrinkage_never_gives_a_worse_category(spd0: int, shrink_a: int, shrink_b: int,
-                                                                 afp_k: int) -> None:
+@given(
+    spd0=st.integers(1, 10_000),
+    shrink_a=st.integers(0, 10_000),
+    shrink_b=st.integers(0, 10_000),
+    afp_k=st.integers(1, 1000),
+)
+def test_s4_property_more_shrinkage_never_gives_a_worse_category(
+    spd0: int, shrink_a: int, shrink_b: int, afp_k: int
+) -> None:
     """With everything else fixed, a smaller SPD never ranks below a larger one (PD < SD < PR < CR)."""
     small, large = sorted((max(spd0 - shrink_a, 0), max(spd0 - shrink_b, 0)))
 
     def category(spd: int) -> str:
-        return classify(spd_k=Fraction(spd), partial_spd=Fraction(spd), new_lesion=False,
-                        spd0=Fraction(spd0), spd_nadir=Fraction(spd0), afp_k=Fraction(afp_k),
-                        afp0=Fraction(500), afp_nadir=Fraction(500), afp_evaluable=True,
-                        afp_uln=Fraction(10))[0]
+        return classify(
+            spd_k=Decimal(spd),
+            partial_spd=Decimal(spd),
+            new_lesion=False,
+            spd0=Decimal(spd0),
+            spd_nadir=Decimal(spd0),
+            afp_k=Decimal(afp_k),
+            afp0=Decimal(500),
+            afp_nadir=Decimal(500),
+            afp_evaluable=True,
+            afp_uln=Decimal(10),
+        )[0]
 
     assert RANK[category(small)] >= RANK[category(large)]
 
@@ -193,8 +210,17 @@ def test_s4_property_more_shrinkage_never_gives_a_worse_category(spd0: int, shri
 @given(spd0=st.integers(1, 5000), spd_k=st.integers(0, 10_000))
 def test_s4_property_tumour_category_matches_exact_arithmetic(spd0: int, spd_k: int) -> None:
     """Without AFP the category is decided by 4*x >= 5*nadir and 2*x <= baseline, nothing else."""
-    result = classify(spd_k=Fraction(spd_k), partial_spd=Fraction(spd_k), new_lesion=False,
-                      spd0=Fraction(spd0), spd_nadir=Fraction(spd0), afp_k=None, afp0=None,
-                      afp_nadir=None, afp_evaluable=False, afp_uln=None)[0]
+    result = classify(
+        spd_k=Decimal(spd_k),
+        partial_spd=Decimal(spd_k),
+        new_lesion=False,
+        spd0=Decimal(spd0),
+        spd_nadir=Decimal(spd0),
+        afp_k=None,
+        afp0=None,
+        afp_nadir=None,
+        afp_evaluable=False,
+        afp_uln=None,
+    )[0]
     expected = "PD" if 4 * spd_k >= 5 * spd0 else "CR" if spd_k == 0 else "PR" if 2 * spd_k <= spd0 else "SD"
     assert result == expected

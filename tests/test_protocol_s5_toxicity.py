@@ -19,24 +19,38 @@ from fhiradapter.core.toxicity import (
 )
 
 INDEX, LAST = date(2004, 1, 10), date(2004, 3, 10)
-O = ("t", "l")
+ORIGIN = ("t", "l")
 
 
-@pytest.mark.parametrize(("value", "grade"), [
-    (2.0, 0), (1.99, 1), (1.5, 1), (1.49, 2), (1.0, 2), (0.99, 3), (0.5, 3), (0.49, 4)])
+@pytest.mark.parametrize(
+    ("value", "grade"), [(2.0, 0), (1.99, 1), (1.5, 1), (1.49, 2), (1.0, 2), (0.99, 3), (0.5, 3), (0.49, 4)]
+)
 def test_s5_neutrophil_grades(value: float, grade: int) -> None:
     assert grade_anc(value) == grade
 
 
-@pytest.mark.parametrize(("value", "lln", "grade"), [
-    (150, 150, 0), (149.9, 150, 1), (75, 150, 1), (74.9, 150, 2), (50, 150, 2), (49.9, 150, 3),
-    (10, 150, 3), (9.9, 150, 4), (100, None, None), (60, None, 2)])
+@pytest.mark.parametrize(
+    ("value", "lln", "grade"),
+    [
+        (150, 150, 0),
+        (149.9, 150, 1),
+        (75, 150, 1),
+        (74.9, 150, 2),
+        (50, 150, 2),
+        (49.9, 150, 3),
+        (10, 150, 3),
+        (9.9, 150, 4),
+        (100, None, None),
+        (60, None, 2),
+    ],
+)
 def test_s5_platelet_grades(value: float, lln: float | None, grade: int | None) -> None:
     assert grade_platelets(value, lln) == grade
 
 
-@pytest.mark.parametrize(("value", "grade"), [
-    (1.2, 0), (1.21, 1), (1.8, 1), (1.81, 2), (3.6, 2), (3.61, 3), (7.2, 3), (7.21, 4)])
+@pytest.mark.parametrize(
+    ("value", "grade"), [(1.2, 0), (1.21, 1), (1.8, 1), (1.81, 2), (3.6, 2), (3.61, 3), (7.2, 3), (7.21, 4)]
+)
 def test_s5_creatinine_grades_by_uln_multiples(value: float, grade: int) -> None:
     assert grade_creatinine(value, 1.2) == grade  # ULN 1.2: 1.5x = 1.8, 3x = 3.6, 6x = 7.2
 
@@ -46,13 +60,16 @@ def test_s5_creatinine_without_uln_is_not_graded() -> None:
 
 
 def ae(term: str, grade: int, day: str, source: str = "reported", ref: str | None = None) -> AE:
-    return AE(ref or f"AdverseEvent/{term}-{day}", "Patient/p", term, term, None, grade, source, day, O)
+    return AE(ref or f"AdverseEvent/{term}-{day}", "Patient/p", term, term, None, grade, source, day, ORIGIN)
 
 
-@pytest.mark.parametrize(("day", "counted"), [
-    ("2004-01-09", False), ("2004-01-10", True), ("2004-04-09", True), ("2004-04-10", False)])
-def test_s5_treatment_emergent_window_index_to_30_days_after_last_dose(mappings: Mappings, day: str,
-                                                                        counted: bool) -> None:
+@pytest.mark.parametrize(
+    ("day", "counted"),
+    [("2004-01-09", False), ("2004-01-10", True), ("2004-04-09", True), ("2004-04-10", False)],
+)
+def test_s5_treatment_emergent_window_index_to_30_days_after_last_dose(
+    mappings: Mappings, day: str, counted: bool
+) -> None:
     rows, _events, _ = toxicities([ae("nausea", 1, day)], [], INDEX, LAST, after_days=30, mappings=mappings)
     assert bool(rows) is counted
 
@@ -72,7 +89,7 @@ def test_s5_worst_grade_per_term_merges_reported_and_lab(mappings: Mappings) -> 
 
 
 def test_s5_unmapped_term_is_kept(mappings: Mappings) -> None:
-    odd = AE("AdverseEvent/x", "Patient/p", None, "Hiccups", None, 1, "derived", "2004-01-20", O)
+    odd = AE("AdverseEvent/x", "Patient/p", None, "Hiccups", None, 1, "derived", "2004-01-20", ORIGIN)
     rows, _, _ = toxicities([odd], [], INDEX, LAST, after_days=30, mappings=mappings)
     assert rows[0]["term"] == "unmapped:Hiccups" and rows[0]["meddra"] is None
     assert rows[0]["source"] == "derived"
@@ -84,21 +101,26 @@ def test_s5_ungradable_lab_is_reported(mappings: Mappings) -> None:
     assert rows == [] and issues and issues[0].startswith("Observation/cre")
 
 
-@pytest.mark.parametrize(("term", "grade", "actions"), [
-    ("somnolence", 2, []), ("somnolence", 3, ["interrupt"]),
-    ("sensory_neuropathy", 1, []), ("sensory_neuropathy", 2, ["discontinue"])])
-def test_s5_dose_actions_at_the_configured_grades(mappings: Mappings, term: str, grade: int,
-                                                  actions: list[str]) -> None:
-    _, events, _ = toxicities([ae(term, grade, "2004-02-01")], [], INDEX, LAST, after_days=30,
-                              mappings=mappings)
+@pytest.mark.parametrize(
+    ("term", "grade", "actions"),
+    [
+        ("somnolence", 2, []),
+        ("somnolence", 3, ["interrupt"]),
+        ("sensory_neuropathy", 1, []),
+        ("sensory_neuropathy", 2, ["discontinue"]),
+    ],
+)
+def test_s5_dose_actions_at_the_configured_grades(
+    mappings: Mappings, term: str, grade: int, actions: list[str]
+) -> None:
+    _, events, _ = toxicities([ae(term, grade, "2004-02-01")], [], INDEX, LAST, after_days=30, mappings=mappings)
     got = dose_actions(events, mappings.protocol.toxicity.dose_rule)
     assert [a["action"] for a in got] == actions
 
 
 def test_s5_dose_rules_come_from_mappings() -> None:
     events = [{"date": "2004-02-01", "term": "fatigue", "grade": 3, "ref": "AdverseEvent/f"}]
-    assert dose_actions(events, [DoseRule(term="fatigue", min_grade=3, action="interrupt")])[0]["action"] \
-        == "interrupt"
+    assert dose_actions(events, [DoseRule(term="fatigue", min_grade=3, action="interrupt")])[0]["action"] == "interrupt"
 
 
 def test_s5_table_two_counts_patients_by_worst_grade() -> None:
@@ -106,4 +128,5 @@ def test_s5_table_two_counts_patients_by_worst_grade() -> None:
     p2 = [{"term": "nausea", "display": "Nausea", "meddra": "1", "worst_grade": 3}]
     p3 = [{"term": "nausea", "display": "Nausea", "meddra": "1", "worst_grade": 1}]
     assert toxicity_table([p1, p2, p3]) == [
-        {"term": "nausea", "display": "Nausea", "meddra": "1", "grade_1_2": 2, "grade_3_4": 1}]
+        {"term": "nausea", "display": "Nausea", "meddra": "1", "grade_1_2": 2, "grade_3_4": 1}
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -78,6 +79,6 @@ def test_s6_property_survival_in_unit_interval_and_non_increasing(data: list[tup
     curve = kaplan_meier([d for d, _ in data], [e for _, e in data])
     values = [row["survival"] for row in curve.table]
     assert all(0.0 <= v <= 1.0 for v in values)
-    assert all(b <= a + 1e-12 for a, b in zip(values, values[1:], strict=False))
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(values))
     if curve.median is not None:
         assert any(row["t"] == curve.median and row["survival"] <= 0.5 for row in curve.table)

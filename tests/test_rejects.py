@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,7 @@ def test_gzip_ndjson_reads_like_plain(tmp_path: Path) -> None:
     assert a["cohort"] == b["cohort"]
 
 
-def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                         ) -> None:
+def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evaluate([PAPER], tmp_path / "memory")
     monkeypatch.setattr("fhiradapter.shell.pipeline.BUCKET_BYTES", 20_000)  # forces about 12 buckets
     monkeypatch.setattr("fhiradapter.shell.pipeline.FLUSH_EVERY", 7)
@@ -114,3 +114,37 @@ def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeyp
     a = json.loads((tmp_path / "memory" / "results.json").read_text())
     b = json.loads((tmp_path / "spilled" / "results.json").read_text())
     assert a == b
+
+
+def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forked workers over line-aligned chunks of one file: identical results, rejects and line numbers."""
+    mappings, identity = load_mappings()
+    single = run_evaluate([PAPER, BAD], tmp_path / "one", AS_OF, mappings, identity, workers=1)
+    monkeypatch.setattr("fhiradapter.shell.pipeline.CHUNK_BYTES", 4_000)  # many chunks per file
+    monkeypatch.setattr("fhiradapter.shell.pipeline.BUCKET_BYTES", 50_000)
+    double = run_evaluate([PAPER, BAD], tmp_path / "two", AS_OF, mappings, identity, workers=2)
+    assert {k: v for k, v in single.items() if k != "workers"} == {k: v for k, v in double.items() if k != "workers"}
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    a["run_summary"].pop("workers")
+    b["run_summary"].pop("workers")
+    assert a == b
+
+    def keyed(folder: Path) -> list[tuple[str, str, str]]:
+        rows = [json.loads(line) for line in (folder / "rejects.ndjson").read_text().splitlines()]
+        return sorted((r["file"], r["locator"], r["code"]) for r in rows)
+
+    assert keyed(tmp_path / "one") == keyed(tmp_path / "two")
+
+
+def test_plan_tasks_splits_at_line_boundaries_and_counts_lines(tmp_path: Path) -> None:
+    from fhiradapter.shell.readers import plan_tasks, read_file
+
+    src = PAPER / "Observation.ndjson"
+    tasks = plan_tasks([src], 10_000)
+    assert len(tasks) > 3
+    assert tasks[0].start == 0 and tasks[-1].end is None
+    assert all(a.end == b.start for a, b in itertools.pairwise(tasks))
+    locators = [r.origin[1] for t in tasks for r in read_file(src, None, t)]
+    total = sum(1 for line in src.read_text().splitlines() if line.strip())
+    assert locators == [f"line {n}" for n in range(1, total + 1)]

@@ -49,9 +49,16 @@ def child_pugh_class(score: int) -> str:
     return "A" if score <= 6 else "B" if score <= 9 else "C"
 
 
-def score_child_pugh(*, bilirubin: float | None, albumin: float | None, inr: float | None,
-                     pt_prolongation: float | None, ascites: str | None, encephalopathy: int | None,
-                     albumin_lower: float) -> ChildPugh:
+def score_child_pugh(
+    *,
+    bilirubin: float | None,
+    albumin: float | None,
+    inr: float | None,
+    pt_prolongation: float | None,
+    ascites: str | None,
+    encephalopathy: int | None,
+    albumin_lower: float,
+) -> ChildPugh:
     points: dict[str, int] = {}
     missing: list[str] = []
     if bilirubin is None:

@@ -23,14 +23,26 @@ ANC_MIN = 1.0  # 10*9/L
 PLATELETS_MIN = 40.0  # 10*9/L
 CREATININE_MAX = 2.0  # mg/dL
 ACTIVE_CLINICAL = frozenset({None, "active", "recurrence", "relapse"})
-CRITERIA = ("histology", "metastatic_measurable", "prior_anthracycline_progression", "age", "ecog",
-            "anc", "platelets", "creatinine", "child_pugh", "not_pregnant_or_breastfeeding",
-            "no_peripheral_neuropathy", "no_prior_thalidomide", "no_uncontrolled_infection", "consent")
+CRITERIA = (
+    "histology",
+    "metastatic_measurable",
+    "prior_anthracycline_progression",
+    "age",
+    "ecog",
+    "anc",
+    "platelets",
+    "creatinine",
+    "child_pugh",
+    "not_pregnant_or_breastfeeding",
+    "no_peripheral_neuropathy",
+    "no_prior_thalidomide",
+    "no_uncontrolled_infection",
+    "consent",
+)
 
 
 def criterion(cid: str, status: str, value: Any, evidence: Iterable[str], detail: str) -> dict[str, Any]:
-    return {"id": cid, "status": status, "value": value, "evidence": sorted(set(evidence)),
-            "detail": detail}
+    return {"id": cid, "status": status, "value": value, "evidence": sorted(set(evidence)), "detail": detail}
 
 
 def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int = LAB_WINDOW_DAYS) -> Obs | None:
@@ -60,8 +72,9 @@ def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str) -> dict[str,
     return criterion(cid, "met" if ok else "not_met", value, [o.ref], what)
 
 
-def assess_eligibility(rec: PatientRecord, screening: date, reference: date, cp: ChildPugh,
-                       cp_evidence: list[str]) -> dict[str, Any]:
+def assess_eligibility(
+    rec: PatientRecord, screening: date, reference: date, cp: ChildPugh, cp_evidence: list[str]
+) -> dict[str, Any]:
     """All criteria at the screening date; ``reference`` is the index date (screening if untreated)."""
     obs = rec.observations
     results = [
@@ -71,82 +84,163 @@ def assess_eligibility(rec: PatientRecord, screening: date, reference: date, cp:
         _age(rec, screening),
     ]
     ecog = latest(obs, "ecog", screening)
-    results.append(_threshold("ecog", ecog, None if ecog is None or ecog.value is None
-                              else ecog.value <= ECOG_MAX, "ECOG performance status <= 2"))
+    results.append(
+        _threshold(
+            "ecog",
+            ecog,
+            None if ecog is None or ecog.value is None else ecog.value <= ECOG_MAX,
+            "ECOG performance status <= 2",
+        )
+    )
     anc = latest(obs, "anc", screening)
-    results.append(_threshold("anc", anc, None if anc is None or anc.value is None
-                              else anc.value >= ANC_MIN, "neutrophils >= 1.0 x10^9/L"))
+    results.append(
+        _threshold(
+            "anc",
+            anc,
+            None if anc is None or anc.value is None else anc.value >= ANC_MIN,
+            "neutrophils >= 1.0 x10^9/L",
+        )
+    )
     plt = latest(obs, "platelets", screening)
-    results.append(_threshold("platelets", plt, None if plt is None or plt.value is None
-                              else plt.value >= PLATELETS_MIN, "platelets >= 40 x10^9/L"))
+    results.append(
+        _threshold(
+            "platelets",
+            plt,
+            None if plt is None or plt.value is None else plt.value >= PLATELETS_MIN,
+            "platelets >= 40 x10^9/L",
+        )
+    )
     cre = latest(obs, "creatinine", screening)
-    results.append(_threshold("creatinine", cre, None if cre is None or cre.value is None
-                              else cre.value <= CREATININE_MAX, "serum creatinine <= 2.0 mg/dL"))
+    results.append(
+        _threshold(
+            "creatinine",
+            cre,
+            None if cre is None or cre.value is None else cre.value <= CREATININE_MAX,
+            "serum creatinine <= 2.0 mg/dL",
+        )
+    )
     if cp.score is None:
-        results.append(criterion("child_pugh", "unknown", None, cp_evidence,
-                                 f"Child-Pugh components missing: {', '.join(cp.missing)}"))
+        results.append(
+            criterion(
+                "child_pugh",
+                "unknown",
+                None,
+                cp_evidence,
+                f"Child-Pugh components missing: {', '.join(cp.missing)}",
+            )
+        )
     else:
-        results.append(criterion("child_pugh", "met" if cp.cls in ("A", "B") else "not_met",
-                                 {"score": cp.score, "class": cp.cls}, cp_evidence,
-                                 "Child-Pugh class A or B (score 5-9)"))
-    results += [_pregnancy(rec, screening), _neuropathy(rec, screening),
-                _prior_thalidomide(rec, screening), _infection(rec, screening), _consent(rec, screening)]
+        results.append(
+            criterion(
+                "child_pugh",
+                "met" if cp.cls in ("A", "B") else "not_met",
+                {"score": cp.score, "class": cp.cls},
+                cp_evidence,
+                "Child-Pugh class A or B (score 5-9)",
+            )
+        )
+    results += [
+        _pregnancy(rec, screening),
+        _neuropathy(rec, screening),
+        _prior_thalidomide(rec, screening),
+        _infection(rec, screening),
+        _consent(rec, screening),
+    ]
     statuses = {c["status"] for c in results}
-    overall = ("ineligible" if "not_met" in statuses else
-               "eligible" if statuses == {"met"} else "undetermined")
+    overall = "ineligible" if "not_met" in statuses else "eligible" if statuses == {"met"} else "undetermined"
     return {"status": overall, "screening_date": screening.isoformat(), "criteria": results}
 
 
 def _histology(rec: PatientRecord, screening: date) -> dict[str, Any]:
-    hcc = [c for c in rec.conditions if c.concept == "hcc"
-           and (c.onset is None or dates.on_or_before(c.onset, screening))]
+    hcc = [
+        c for c in rec.conditions if c.concept == "hcc" and (c.onset is None or dates.on_or_before(c.onset, screening))
+    ]
     confirmed = [c for c in hcc if c.verification == "confirmed"]
     if confirmed:
-        return criterion("histology", "met", "confirmed", [c.ref for c in confirmed],
-                         "HCC Condition with verificationStatus confirmed")
+        return criterion(
+            "histology",
+            "met",
+            "confirmed",
+            [c.ref for c in confirmed],
+            "HCC Condition with verificationStatus confirmed",
+        )
     if hcc and all(c.verification in ("refuted", "entered-in-error") for c in hcc):
-        return criterion("histology", "not_met", "refuted", [c.ref for c in hcc],
-                         "the HCC diagnosis is refuted")
-    detail = ("HCC Condition present but not confirmed" if hcc else "no HCC Condition found")
-    return criterion("histology", "unknown", hcc[0].verification if hcc else None,
-                     [c.ref for c in hcc], detail)
+        return criterion("histology", "not_met", "refuted", [c.ref for c in hcc], "the HCC diagnosis is refuted")
+    detail = "HCC Condition present but not confirmed" if hcc else "no HCC Condition found"
+    return criterion("histology", "unknown", hcc[0].verification if hcc else None, [c.ref for c in hcc], detail)
 
 
 def _metastatic(rec: PatientRecord, screening: date, reference: date) -> dict[str, Any]:
-    mets = [c for c in rec.conditions if c.concept == "metastasis"
-            and c.clinical in ACTIVE_CLINICAL
-            and (c.onset is None or dates.on_or_before(c.onset, screening))]
+    mets = [
+        c
+        for c in rec.conditions
+        if c.concept == "metastasis"
+        and c.clinical in ACTIVE_CLINICAL
+        and (c.onset is None or dates.on_or_before(c.onset, screening))
+    ]
     start = reference - timedelta(days=LAB_WINDOW_DAYS)
-    lesions = [o for o in rec.observations if o.concept == "tumor_size" and o.d2 is not None
-               and (d := dates.to_date(o.date)) is not None and start <= d <= reference]
+    lesions = [
+        o
+        for o in rec.observations
+        if o.concept == "tumor_size"
+        and o.d2 is not None
+        and (d := dates.to_date(o.date)) is not None
+        and start <= d <= reference
+    ]
     value = {"metastases": len(mets), "bidimensional_lesions": len({o.focus for o in lesions})}
     evidence = [c.ref for c in mets] + [o.ref for o in lesions]
     if mets and lesions:
-        return criterion("metastatic_measurable", "met", value, evidence,
-                         "secondary-malignancy Condition and a lesion measured in two diameters "
-                         f"within {LAB_WINDOW_DAYS} days before the index/screening date")
+        return criterion(
+            "metastatic_measurable",
+            "met",
+            value,
+            evidence,
+            "secondary-malignancy Condition and a lesion measured in two diameters "
+            f"within {LAB_WINDOW_DAYS} days before the index/screening date",
+        )
     missing = [] if mets else ["no secondary-malignancy Condition"]
     if not lesions:
-        missing.append(f"no bidimensional lesion measured within {LAB_WINDOW_DAYS} days before "
-                       "the index/screening date")
+        missing.append(
+            f"no bidimensional lesion measured within {LAB_WINDOW_DAYS} days before the index/screening date"
+        )
     return criterion("metastatic_measurable", "unknown", value, evidence, "; ".join(missing))
 
 
 def _anthracycline(rec: PatientRecord, screening: date) -> dict[str, Any]:
     prior = [m for m in rec.meds if m.drug == "anthracycline" and dates.strictly_before(m.start, screening)]
     if not prior:
-        return criterion("prior_anthracycline_progression", "unknown", None, [],
-                         "no anthracycline (doxorubicin/epirubicin) started before screening")
+        return criterion(
+            "prior_anthracycline_progression",
+            "unknown",
+            None,
+            [],
+            "no anthracycline (doxorubicin/epirubicin) started before screening",
+        )
     first = min(m.start or "" for m in prior)
-    progressions = [o for o in rec.observations if o.concept == "disease_status" and o.coded == "worsened"
-                    and (o.date or "") > first[:10] and dates.on_or_before(o.date, screening)]
+    progressions = [
+        o
+        for o in rec.observations
+        if o.concept == "disease_status"
+        and o.coded == "worsened"
+        and (o.date or "") > first[:10]
+        and dates.on_or_before(o.date, screening)
+    ]
     evidence = [m.ref for m in prior] + [o.ref for o in progressions]
     if progressions:
-        return criterion("prior_anthracycline_progression", "met",
-                         {"anthracycline_start": first, "progression_date": progressions[0].date},
-                         evidence, "anthracycline before screening and a later progression record")
-    return criterion("prior_anthracycline_progression", "unknown", {"anthracycline_start": first},
-                     evidence, "anthracycline found but no later progression record (97509-4 worsened)")
+        return criterion(
+            "prior_anthracycline_progression",
+            "met",
+            {"anthracycline_start": first, "progression_date": progressions[0].date},
+            evidence,
+            "anthracycline before screening and a later progression record",
+        )
+    return criterion(
+        "prior_anthracycline_progression",
+        "unknown",
+        {"anthracycline_start": first},
+        evidence,
+        "anthracycline found but no later progression record (97509-4 worsened)",
+    )
 
 
 def _age(rec: PatientRecord, screening: date) -> dict[str, Any]:
@@ -167,9 +261,14 @@ def _age(rec: PatientRecord, screening: date) -> dict[str, Any]:
 
 
 def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) -> list[Any]:
-    return [c for c in rec.conditions if c.concept in concepts and c.clinical in ACTIVE_CLINICAL
-            and c.verification not in ("refuted", "entered-in-error")
-            and (c.onset is None or dates.on_or_before(c.onset, screening))]
+    return [
+        c
+        for c in rec.conditions
+        if c.concept in concepts
+        and c.clinical in ACTIVE_CLINICAL
+        and c.verification not in ("refuted", "entered-in-error")
+        and (c.onset is None or dates.on_or_before(c.onset, screening))
+    ]
 
 
 def _pregnancy(rec: PatientRecord, screening: date) -> dict[str, Any]:
@@ -180,49 +279,77 @@ def _pregnancy(rec: PatientRecord, screening: date) -> dict[str, Any]:
         if o is not None and o.coded == positive:
             refs.append(o.ref)
     if refs:
-        return criterion("not_pregnant_or_breastfeeding", "not_met", "pregnant or breastfeeding", refs,
-                         "pregnancy or breastfeeding recorded")
-    return criterion("not_pregnant_or_breastfeeding", "met", None, [],
-                     "no evidence of pregnancy or breastfeeding found")
+        return criterion(
+            "not_pregnant_or_breastfeeding",
+            "not_met",
+            "pregnant or breastfeeding",
+            refs,
+            "pregnancy or breastfeeding recorded",
+        )
+    return criterion(
+        "not_pregnant_or_breastfeeding", "met", None, [], "no evidence of pregnancy or breastfeeding found"
+    )
 
 
 def _neuropathy(rec: PatientRecord, screening: date) -> dict[str, Any]:
     found = _active_conditions(rec, {"peripheral_neuropathy"}, screening)
     if found:
-        return criterion("no_peripheral_neuropathy", "not_met", "active peripheral neuropathy",
-                         [c.ref for c in found], "active peripheral neuropathy Condition")
-    return criterion("no_peripheral_neuropathy", "met", None, [],
-                     "no active peripheral neuropathy Condition found")
+        return criterion(
+            "no_peripheral_neuropathy",
+            "not_met",
+            "active peripheral neuropathy",
+            [c.ref for c in found],
+            "active peripheral neuropathy Condition",
+        )
+    return criterion("no_peripheral_neuropathy", "met", None, [], "no active peripheral neuropathy Condition found")
 
 
 def _prior_thalidomide(rec: PatientRecord, screening: date) -> dict[str, Any]:
     prior = [m for m in rec.meds if m.drug == "thalidomide" and dates.strictly_before(m.start, screening)]
     if prior:
-        return criterion("no_prior_thalidomide", "not_met", min(m.start or "" for m in prior),
-                         [m.ref for m in prior], "thalidomide exposure before screening")
-    return criterion("no_prior_thalidomide", "met", None, [],
-                     "no thalidomide exposure before screening found")
+        return criterion(
+            "no_prior_thalidomide",
+            "not_met",
+            min(m.start or "" for m in prior),
+            [m.ref for m in prior],
+            "thalidomide exposure before screening",
+        )
+    return criterion("no_prior_thalidomide", "met", None, [], "no thalidomide exposure before screening found")
 
 
 def _infection(rec: PatientRecord, screening: date) -> dict[str, Any]:
     found = _active_conditions(rec, {"infection"}, screening)
     if found:
-        return criterion("no_uncontrolled_infection", "not_met", "active infection",
-                         [c.ref for c in found], "active infection Condition (mapped value set)")
-    return criterion("no_uncontrolled_infection", "met", None, [],
-                     "no active infection Condition found")
+        return criterion(
+            "no_uncontrolled_infection",
+            "not_met",
+            "active infection",
+            [c.ref for c in found],
+            "active infection Condition (mapped value set)",
+        )
+    return criterion("no_uncontrolled_infection", "met", None, [], "no active infection Condition found")
 
 
 def _consent(rec: PatientRecord, screening: date) -> dict[str, Any]:
-    active = [c for c in rec.consents if c.status == "active"
-              and (c.date is None or dates.on_or_before(c.date, screening))]
+    active = [
+        c for c in rec.consents if c.status == "active" and (c.date is None or dates.on_or_before(c.date, screening))
+    ]
     subjects = [s for s in rec.subjects if s.has_consent]
     if active or subjects:
-        return criterion("consent", "met", "active research consent",
-                         [c.ref for c in active] + [s.ref for s in subjects],
-                         "active research Consent or ResearchSubject.consent")
+        return criterion(
+            "consent",
+            "met",
+            "active research consent",
+            [c.ref for c in active] + [s.ref for s in subjects],
+            "active research Consent or ResearchSubject.consent",
+        )
     refused = [c for c in rec.consents if c.status in ("rejected", "inactive")]
     if refused:
-        return criterion("consent", "not_met", refused[0].status, [c.ref for c in refused],
-                         "research consent rejected or inactive")
+        return criterion(
+            "consent",
+            "not_met",
+            refused[0].status,
+            [c.ref for c in refused],
+            "research consent rejected or inactive",
+        )
     return criterion("consent", "unknown", None, [], "no research consent found")

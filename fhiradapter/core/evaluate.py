@@ -70,17 +70,20 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[Unused
                 out.append(item)
         return out
 
-    meds = [m if m.end is None or m.end <= cut else m._replace(end=cut)
-            for m in keep(rec.meds, lambda m: m.start)]
+    meds = [m if m.end is None or m.end <= cut else m._replace(end=cut) for m in keep(rec.meds, lambda m: m.start)]
     person = rec.person
     if person is not None and person.deceased_date is not None and person.deceased_date > cut:
         person = person._replace(deceased_date=None, deceased_flag=False)
-    new = replace(rec, person=person, meds=meds,
-                  observations=keep(rec.observations, lambda o: o.date),
-                  adverse_events=keep(rec.adverse_events, lambda a: a.date),
-                  conditions=keep(rec.conditions, lambda c: c.onset or c.recorded),
-                  consents=keep(rec.consents, lambda c: c.date),
-                  subjects=keep(rec.subjects, lambda s: s.start))
+    new = replace(
+        rec,
+        person=person,
+        meds=meds,
+        observations=keep(rec.observations, lambda o: o.date),
+        adverse_events=keep(rec.adverse_events, lambda a: a.date),
+        conditions=keep(rec.conditions, lambda c: c.onset or c.recorded),
+        consents=keep(rec.consents, lambda c: c.date),
+        subjects=keep(rec.subjects, lambda s: s.start),
+    )
     return new, unused
 
 
@@ -106,8 +109,9 @@ def _exposure_end(m: Med, as_of: date) -> tuple[date | None, bool]:
     return (end or dates.to_date(m.start)), False
 
 
-def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Issue] = ()
-                     ) -> tuple[dict[str, Any], list[Unused], CohortRow]:
+def evaluate_patient(
+    raw: PatientRecord, settings: Settings, issues: Iterable[Issue] = ()
+) -> tuple[dict[str, Any], list[Unused], CohortRow]:
     as_of, m = settings.as_of, settings.mappings
     rec, unused = cut_off(raw, as_of)
     notes: list[dict[str, Any]] = [_issue_dict(i) for i in issues]
@@ -117,8 +121,11 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
 
     subject = rec.subjects[0] if rec.subjects else None
     if len(rec.subjects) > 1:
-        note(subject.ref if subject else None, "several-subjects",
-             f"{len(rec.subjects)} ResearchSubjects; the first ({subject.ref if subject else ''}) is used")
+        note(
+            subject.ref if subject else None,
+            "several-subjects",
+            f"{len(rec.subjects)} ResearchSubjects; the first ({subject.ref if subject else ''}) is used",
+        )
     thal = sorted((x for x in rec.meds if x.drug == "thalidomide"), key=lambda x: x.start or "")
     screening = dates.to_date(subject.start) if subject and subject.start else None
     screening_source = "ResearchSubject.period.start"
@@ -130,7 +137,7 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
     for x in thal:
         if x.start and len(x.start) < 10:
             note(x.ref, "partial-date", f"thalidomide start {x.start} has no day: not counted as study drug")
-    index = min((dates.to_date(x.start) for x in study), default=None)
+    index = min((d for x in study if (d := dates.to_date(x.start)) is not None), default=None)
     treated = index is not None
     last_dose: date | None = None
     on_drug = False
@@ -143,37 +150,60 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
 
     # Child-Pugh and eligibility at the screening date (§2, §3).
     obs = rec.observations
-    cp_obs = {c: latest(obs, c, screening) for c in
-              ("bilirubin", "albumin", "inr", "pt", "pt_control", "ascites", "encephalopathy")}
+    cp_obs = {
+        c: latest(obs, c, screening)
+        for c in ("bilirubin", "albumin", "inr", "pt", "pt_control", "ascites", "encephalopathy")
+    }
     pt_prolongation = None
-    if cp_obs["pt"] and cp_obs["pt_control"] and cp_obs["pt"].value is not None \
-            and cp_obs["pt_control"].value is not None:
+    if (
+        cp_obs["pt"]
+        and cp_obs["pt_control"]
+        and cp_obs["pt"].value is not None
+        and cp_obs["pt_control"].value is not None
+    ):
         pt_prolongation = cp_obs["pt"].value - cp_obs["pt_control"].value
     enc = cp_obs["encephalopathy"]
     cp = score_child_pugh(
         bilirubin=cp_obs["bilirubin"].value if cp_obs["bilirubin"] else None,
         albumin=cp_obs["albumin"].value if cp_obs["albumin"] else None,
-        inr=cp_obs["inr"].value if cp_obs["inr"] else None, pt_prolongation=pt_prolongation,
+        inr=cp_obs["inr"].value if cp_obs["inr"] else None,
+        pt_prolongation=pt_prolongation,
         ascites=cp_obs["ascites"].coded if cp_obs["ascites"] else None,
         encephalopathy=int(enc.value) if enc and enc.value is not None else None,
-        albumin_lower=m.protocol.child_pugh.albumin_lower_g_dl)
+        albumin_lower=m.protocol.child_pugh.albumin_lower_g_dl,
+    )
     used = {"inr"} if not cp.used_pt else {"pt", "pt_control"}
-    cp_evidence = sorted(o.ref for k, o in cp_obs.items() if o is not None
-                         and (k not in ("inr", "pt", "pt_control") or k in used))
+    cp_evidence = sorted(
+        o.ref for k, o in cp_obs.items() if o is not None and (k not in ("inr", "pt", "pt_control") or k in used)
+    )
     eligibility = assess_eligibility(rec, screening, index or screening, cp, cp_evidence)
     eligibility["screening_date_source"] = screening_source
 
     result: dict[str, Any] = {
-        "patient": rec.patient, "research_subject": subject.ref if subject else None,
+        "patient": rec.patient,
+        "research_subject": subject.ref if subject else None,
         "eligibility": eligibility,
-        "child_pugh": {"score": cp.score, "class": cp.cls, "points": cp.points,
-                       "missing": list(cp.missing), "used_pt_instead_of_inr": cp.used_pt,
-                       "evidence": cp_evidence},
-        "treated": treated, "index_date": index.isoformat() if index else None,
+        "child_pugh": {
+            "score": cp.score,
+            "class": cp.cls,
+            "points": cp.points,
+            "missing": list(cp.missing),
+            "used_pt_instead_of_inr": cp.used_pt,
+            "evidence": cp_evidence,
+        },
+        "treated": treated,
+        "index_date": index.isoformat() if index else None,
         "last_dose_date": last_dose.isoformat() if last_dose else None,
-        "treatment_days": treatment_days, "on_treatment_at_as_of": on_drug,
-        "assessments": [], "baseline": None, "best_response": None, "best_response_reason": None,
-        "duration_of_response": None, "os": None, "toxicities": [], "dose_actions": [],
+        "treatment_days": treatment_days,
+        "on_treatment_at_as_of": on_drug,
+        "assessments": [],
+        "baseline": None,
+        "best_response": None,
+        "best_response_reason": None,
+        "duration_of_response": None,
+        "os": None,
+        "toxicities": [],
+        "dose_actions": [],
         "conversions": sorted({(o.ref, o.conversion) for o in obs if o.conversion}),
     }
     result["conversions"] = [{"resource": r, "conversion": c} for r, c in result["conversions"]]
@@ -187,10 +217,13 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
         note(None, "no-patient", "no Patient resource for this subject")
     tox_rows: list[dict[str, Any]] = []
     if index is not None and last_dose is not None:
-        resp = assess_response([o for o in obs if o.concept == "tumor_size"],
-                               [o for o in obs if o.concept == "afp"], index,
-                               afp_window_days=m.protocol.response.afp_window_days,
-                               sd_min_days=m.protocol.response.sd_min_days)
+        resp = assess_response(
+            [o for o in obs if o.concept == "tumor_size"],
+            [o for o in obs if o.concept == "afp"],
+            index,
+            afp_window_days=m.protocol.response.afp_window_days,
+            sd_min_days=m.protocol.response.sd_min_days,
+        )
         result["assessments"] = [a.as_dict() for a in resp.assessments]
         result["baseline"] = resp.baseline
         result["best_response"], result["best_response_reason"] = resp.best, resp.best_reason
@@ -198,8 +231,13 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
         for text in resp.issues:
             note(None, "response", text)
         tox_rows, events, tox_issues = toxicities(
-            rec.adverse_events, obs, index, last_dose,
-            after_days=m.protocol.toxicity.window_after_last_dose_days, mappings=m)
+            rec.adverse_events,
+            obs,
+            index,
+            last_dose,
+            after_days=m.protocol.toxicity.window_after_last_dose_days,
+            mappings=m,
+        )
         for text in tox_issues:
             note(text.split(":", 1)[0], "lab-grade", text)
         result["toxicities"] = tox_rows
@@ -208,26 +246,43 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
             note(person.ref if person else None, "death-before-index", "death date before the index date")
         end = death if death is not None else last_record_date(rec)
         if end is not None and end >= index:
-            result["os"] = {"days": dates.inclusive_days(index, end), "event": death is not None,
-                            "end_date": end.isoformat(),
-                            "basis": "Patient.deceasedDateTime" if death else "last dated record (censored)"}
+            result["os"] = {
+                "days": dates.inclusive_days(index, end),
+                "event": death is not None,
+                "end_date": end.isoformat(),
+                "basis": "Patient.deceasedDateTime" if death else "last dated record (censored)",
+            }
         first_pd = next((a["date"] for a in result["assessments"] if a["response"] == "PD"), None)
-        result["off_treatment_reason"] = None if on_drug else _stop_reason(study, first_pd, last_dose,
-                                                                           death, result["dose_actions"])
+        result["off_treatment_reason"] = (
+            None if on_drug else _stop_reason(study, first_pd, last_dose, death, result["dose_actions"])
+        )
     status, period_end = subject_status(eligibility["status"], treated, on_drug, death)
     result["research_subject_status"] = status
     result["research_subject_period_end"] = period_end
     result["issues"] = notes
     failed = tuple(c["id"] for c in eligibility["criteria"] if c["status"] == "not_met")
     os_ = result["os"]
-    row = CohortRow(rec.patient, treated, eligibility["status"], failed, result["best_response"],
-                    os_["days"] if os_ else None, os_["event"] if os_ else None, treatment_days,
-                    tuple({k: r[k] for k in ("term", "display", "meddra", "worst_grade")} for r in tox_rows))
+    row = CohortRow(
+        rec.patient,
+        treated,
+        eligibility["status"],
+        failed,
+        result["best_response"],
+        os_["days"] if os_ else None,
+        os_["event"] if os_ else None,
+        treatment_days,
+        tuple({k: r[k] for k in ("term", "display", "meddra", "worst_grade")} for r in tox_rows),
+    )
     return result, unused, row
 
 
-def _stop_reason(study: list[Med], first_pd: str | None, last_dose: date | None, death: date | None,
-                 actions: list[dict[str, Any]]) -> str:
+def _stop_reason(
+    study: list[Med],
+    first_pd: str | None,
+    last_dose: date | None,
+    death: date | None,
+    actions: list[dict[str, Any]],
+) -> str:
     """Off-treatment reason (§7): the recorded statusReason, else inferred from PD, toxicity, death."""
     recorded = [x.stop_reason for x in study if x.stop_reason]
     if recorded:
@@ -243,8 +298,7 @@ def _stop_reason(study: list[Med], first_pd: str | None, last_dose: date | None,
     return "other"
 
 
-def subject_status(eligibility: str, treated: bool, on_drug: bool, death: date | None
-                   ) -> tuple[str, str | None]:
+def subject_status(eligibility: str, treated: bool, on_drug: bool, death: date | None) -> tuple[str, str | None]:
     """R4 ResearchSubject.status per PROTOCOL.md §7, and period.end (the death date when off-study)."""
     if death is not None:
         return "off-study", death.isoformat()
@@ -265,12 +319,15 @@ def summarise_cohort(rows: Iterable[CohortRow]) -> dict[str, Any]:
     days = [r.treatment_days for r in treated if r.treatment_days is not None]
     screening = [r for r in rows if not r.treated]
     return {
-        "n_treated": n, "n_screened_only": len(screening),
+        "n_treated": n,
+        "n_screened_only": len(screening),
         "best_response_counts": best,
         "orr": rate(best["CR"] + best["PR"], n),
         "dcr": rate(best["CR"] + best["PR"] + best["SD"], n),
-        "median_os_days": curve.median, "os_ci": list(curve.ci),
-        "os_n": len(with_os), "os_events": sum(1 for r in with_os if r.os_event),
+        "median_os_days": curve.median,
+        "os_ci": list(curve.ci),
+        "os_n": len(with_os),
+        "os_events": sum(1 for r in with_os if r.os_event),
         "os_table": curve.table,
         "median_treatment_days": statistics.median(days) if days else None,
         "treatment_days_range": [min(days), max(days)] if days else None,

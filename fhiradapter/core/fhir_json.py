@@ -40,8 +40,11 @@ def normalise_reference(ref: Any, aliases: Mapping[str, str] | None = None) -> s
 
     Contained references (``#id``) are returned unchanged; the caller resolves them in its resource.
     """
-    if not isinstance(ref, str) or not ref:
+    if type(ref) is not str or not ref:
         return None
+    slash = ref.find("/")
+    if 0 < slash == ref.rfind("/") and ref[0].isupper() and slash < len(ref) - 1:
+        return ref  # already "Type/id": the common case
     if ref.startswith("#"):
         return ref
     if aliases and ref in aliases:
@@ -57,8 +60,11 @@ def normalise_reference(ref: Any, aliases: Mapping[str, str] | None = None) -> s
 
 
 def reference_of(element: Any, aliases: Mapping[str, str] | None = None) -> str | None:
-    if isinstance(element, dict):
-        return normalise_reference(element.get("reference"), aliases)
+    if type(element) is dict:
+        ref = element.get("reference")
+        if aliases and type(ref) is str and ref in aliases:
+            return aliases[ref]
+        return normalise_reference(ref, aliases)
     return None
 
 
@@ -74,8 +80,7 @@ def codings(concept: Any) -> Iterator[tuple[str | None, str | None]]:
     for coding in items:
         if isinstance(coding, dict):
             system, code = coding.get("system"), coding.get("code")
-            yield (system if isinstance(system, str) else None,
-                   code if isinstance(code, str) else None)
+            yield (system if isinstance(system, str) else None, code if isinstance(code, str) else None)
 
 
 def concept_text(concept: Any) -> str | None:

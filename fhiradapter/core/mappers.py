@@ -25,7 +25,7 @@ from fhiradapter.core.model import (
     Person,
     SubjectRec,
 )
-from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.protocol import CodeTable, Mappings
 
 Record = Person | Obs | Med | AE | Cond | ConsentRec | SubjectRec | Other
 Result = tuple[Record | None, list[Issue]]
@@ -37,15 +37,28 @@ NCIT_GRADE = {"C41338": 1, "C41339": 2, "C41340": 3, "C41337": 4, "C48275": 5}
 SEVERITY_GRADE = {"mild": 1, "moderate": 2, "severe": 3}
 # PROTOCOL.md §4: only these Observation statuses count.
 COUNTED_OBS_STATUS = frozenset({"final", "amended", "corrected"})
-NUMERIC_CONCEPTS = frozenset({"afp", "anc", "platelets", "creatinine", "bilirubin", "albumin", "inr",
-                              "pt", "pt_control"})
+NUMERIC_CONCEPTS = frozenset(
+    {"afp", "anc", "platelets", "creatinine", "bilirubin", "albumin", "inr", "pt", "pt_control"}
+)
 CODED_CONCEPTS = frozenset({"disease_status", "ascites", "pregnancy_status", "breastfeeding_status"})
 UNITLESS = frozenset({"", "1", "{INR}", "{ratio}", "{score}"})
-EXCLUDED_MED_STATUS = frozenset({"entered-in-error", "not-taken", "not-done", "cancelled", "draft",
-                                 "intended"})
-USED_TYPES = frozenset({"Patient", "Observation", "MedicationStatement", "MedicationAdministration",
-                        "MedicationRequest", "AdverseEvent", "Condition", "Consent", "ResearchSubject",
-                        "ResearchStudy", "BodyStructure", "Medication"})
+EXCLUDED_MED_STATUS = frozenset({"entered-in-error", "not-taken", "not-done", "cancelled", "draft", "intended"})
+USED_TYPES = frozenset(
+    {
+        "Patient",
+        "Observation",
+        "MedicationStatement",
+        "MedicationAdministration",
+        "MedicationRequest",
+        "AdverseEvent",
+        "Condition",
+        "Consent",
+        "ResearchSubject",
+        "ResearchStudy",
+        "BodyStructure",
+        "Medication",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -63,6 +76,21 @@ class MapContext:
         return self._factor_cache[key]
 
 
+def _lookup(concept: Any, table: CodeTable) -> str | None:
+    """The first coding of a CodeableConcept that ``table`` knows (hot path: no generator)."""
+    if type(concept) is not dict:
+        return None
+    items = concept.get("coding")
+    if type(items) is not list:
+        return None
+    for coding in items:
+        if type(coding) is dict:
+            hit = table.get(coding.get("system"), coding.get("code"))
+            if hit is not None:
+                return hit
+    return None
+
+
 def _round(value: float) -> float:
     """Drop binary noise from unit arithmetic so that 176.8 umol/L is exactly 2.0 mg/dL."""
     return float(f"{value:.12g}")
@@ -72,17 +100,18 @@ def _issue(ref: str, path: str, code: str, message: str) -> list[Issue]:
     return [Issue(ref, path, code, message)]
 
 
-def _patient_ref(res: Mapping[str, Any], key: str, ref: str,
-                 aliases: Mapping[str, str] | None) -> tuple[str | None, list[Issue]]:
+def _patient_ref(
+    res: Mapping[str, Any], key: str, ref: str, aliases: Mapping[str, str] | None
+) -> tuple[str | None, list[Issue]]:
     target = fj.reference_of(res.get(key), aliases)
     if target is None or not target.startswith("Patient/"):
-        return None, _issue(ref, key, "no-subject",
-                            f"{key} is missing or is not a reference to a Patient")
+        return None, _issue(ref, key, "no-subject", f"{key} is missing or is not a reference to a Patient")
     return target, []
 
 
-def map_patient(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                aliases: Mapping[str, str] | None) -> Result:
+def map_patient(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
     issues: list[Issue] = []
     birth = fj.local_date(res.get("birthDate"))
     if res.get("birthDate") is not None and birth is None:
@@ -93,8 +122,9 @@ def map_patient(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContex
     return Person(ref, birth, gender, deceased_date, flag, origin), issues
 
 
-def _convert(concept: str, value: float, unit: str, ctx: MapContext, ref: str,
-             path: str) -> tuple[float | None, str | None, list[Issue]]:
+def _convert(
+    concept: str, value: float, unit: str, ctx: MapContext, ref: str, path: str
+) -> tuple[float | None, str | None, list[Issue]]:
     """Value in the concept's canonical unit, a note of the conversion applied, and issues."""
     target = ctx.mappings.canonical_unit[concept]
     if unit == target or (target == "" and unit in UNITLESS):
@@ -107,9 +137,16 @@ def _convert(concept: str, value: float, unit: str, ctx: MapContext, ref: str,
     if unit != target:
         factor = ctx.factor(unit, target) if target else None
         if factor is None:
-            return None, None, _issue(ref, path, "bad-unit",
-                                      f"unit {unit!r} cannot be converted to "
-                                      f"{target or 'a unitless value'!r} for {concept}")
+            return (
+                None,
+                None,
+                _issue(
+                    ref,
+                    path,
+                    "bad-unit",
+                    f"unit {unit!r} cannot be converted to {target or 'a unitless value'!r} for {concept}",
+                ),
+            )
         value = value * factor
         steps.append(f"UCUM x {factor:.12g}")
     value = _round(value)
@@ -125,32 +162,39 @@ def _quantity(q: Any) -> tuple[float | None, str]:
     return fj.number(q.get("value")), unit if isinstance(unit, str) else ""
 
 
-def map_observation(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                    aliases: Mapping[str, str] | None) -> Result:
+def map_observation(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
     m = ctx.mappings
-    concept = None
-    for system, code in fj.codings(res.get("code")):
-        concept = m.observation.get(system, code)
-        if concept:
-            break
+    concept = _lookup(res.get("code"), m.observation)
     if concept is None:
-        return None, _issue(ref, "code", "unmapped-code",
-                            "Observation.code is not a protocol concept in mappings/codes.toml")
+        return None, _issue(
+            ref, "code", "unmapped-code", "Observation.code is not a protocol concept in mappings/codes.toml"
+        )
     status = res.get("status")
     if status not in COUNTED_OBS_STATUS:
-        return None, _issue(ref, "status", "status-not-counted",
-                            f"status {status!r} does not count (only final, amended, corrected)")
+        return None, _issue(
+            ref,
+            "status",
+            "status-not-counted",
+            f"status {status!r} does not count (only final, amended, corrected)",
+        )
     patient, issues = _patient_ref(res, "subject", ref, aliases)
     if patient is None:
         return None, issues
-    raw_date = (res.get("effectiveDateTime") or res.get("effectiveInstant")
-                or (res.get("effectivePeriod") or {}).get("start"))
+    raw_date = (
+        res.get("effectiveDateTime") or res.get("effectiveInstant") or (res.get("effectivePeriod") or {}).get("start")
+    )
     date = fj.local_date(raw_date)
     if date is None:
         return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
     if not fj.is_full_date(date):
-        return None, _issue(ref, "effective[x]", "partial-date",
-                            f"effective date {date!r} has no day; an observation needs one")
+        return None, _issue(
+            ref,
+            "effective[x]",
+            "partial-date",
+            f"effective date {date!r} has no day; an observation needs one",
+        )
     value = low = high = d1 = d2 = None
     unit = coded = focus = note = None
     if "dataAbsentReason" in res and not any(k.startswith("value") for k in res):
@@ -158,8 +202,9 @@ def map_observation(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapCo
     if concept in NUMERIC_CONCEPTS:
         value, unit_in = _quantity(res.get("valueQuantity"))
         if value is None:
-            return None, _issue(ref, "valueQuantity.value", "no-value",
-                                "valueQuantity.value is missing or not a number")
+            return None, _issue(
+                ref, "valueQuantity.value", "no-value", "valueQuantity.value is missing or not a number"
+            )
         value, note, bad = _convert(concept, value, unit_in, ctx, ref, "valueQuantity.code")
         if bad:
             return None, bad
@@ -180,15 +225,20 @@ def map_observation(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapCo
     elif concept == "ecog":
         value = _ecog(res, m)
         if value is None:
-            return None, _issue(ref, "value[x]", "bad-value",
-                                "ECOG needs valueInteger 0-5 or a mapped LOINC answer code")
+            return None, _issue(
+                ref, "value[x]", "bad-value", "ECOG needs valueInteger 0-5 or a mapped LOINC answer code"
+            )
     elif concept == "encephalopathy":
         raw = res.get("valueInteger")
         if raw is None:
             raw = fj.number((res.get("valueQuantity") or {}).get("value"))
         if not isinstance(raw, int | float) or isinstance(raw, bool) or raw not in (0, 1, 2, 3, 4):
-            return None, _issue(ref, "valueInteger", "bad-value",
-                                "encephalopathy needs a West Haven grade 0-4 as valueInteger")
+            return None, _issue(
+                ref,
+                "valueInteger",
+                "bad-value",
+                "encephalopathy needs a West Haven grade 0-4 as valueInteger",
+            )
         value = float(raw)
     elif concept in CODED_CONCEPTS:
         table = m.answer.get(concept)
@@ -197,16 +247,35 @@ def map_observation(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapCo
             if coded:
                 break
         if coded is None:
-            return None, _issue(ref, "valueCodeableConcept", "unmapped-value",
-                                f"the {concept} answer is not a mapped code")
+            return None, _issue(
+                ref, "valueCodeableConcept", "unmapped-value", f"the {concept} answer is not a mapped code"
+            )
     elif concept == "tumor_size":
         focus, d1, d2, tissues = _tumour(res, ref, ctx, aliases)
         if focus is None or d1 is None:
             return None, tissues
         issues += tissues
         unit = "mm"
-    return (Obs(ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2,
-                str(status), note, origin), issues)
+    return (
+        Obs(
+            ref,
+            patient,
+            concept,
+            date,
+            value,
+            unit,
+            coded,
+            low,
+            high,
+            focus,
+            d1,
+            d2,
+            str(status),
+            note,
+            origin,
+        ),
+        issues,
+    )
 
 
 def _ecog(res: Mapping[str, Any], m: Mappings) -> float | None:
@@ -225,8 +294,9 @@ def _ecog(res: Mapping[str, Any], m: Mappings) -> float | None:
     return float(raw)
 
 
-def _tumour(res: Mapping[str, Any], ref: str, ctx: MapContext, aliases: Mapping[str, str] | None
-            ) -> tuple[str | None, float | None, float | None, list[Issue]]:
+def _tumour(
+    res: Mapping[str, Any], ref: str, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> tuple[str | None, float | None, float | None, list[Issue]]:
     focus_list = res.get("focus")
     focus = None
     if isinstance(focus_list, list) and focus_list:
@@ -239,8 +309,12 @@ def _tumour(res: Mapping[str, Any], ref: str, ctx: MapContext, aliases: Mapping[
             else:
                 focus = f"{ref}{focus}"
     if focus is None:
-        return None, None, None, _issue(ref, "focus", "no-lesion",
-                                        "TumorSize has no focus BodyStructure naming the lesion")
+        return (
+            None,
+            None,
+            None,
+            _issue(ref, "focus", "no-lesion", "TumorSize has no focus BodyStructure naming the lesion"),
+        )
     dims: dict[str, float] = {}
     issues: list[Issue] = []
     for i, comp in enumerate(res.get("component") or []):
@@ -255,21 +329,29 @@ def _tumour(res: Mapping[str, Any], ref: str, ctx: MapContext, aliases: Mapping[
             continue
         v, u = _quantity(comp.get("valueQuantity"))
         if v is None or v < 0:
-            issues += _issue(ref, f"component[{i}].valueQuantity", "bad-value",
-                             "diameter missing or negative")
+            issues += _issue(ref, f"component[{i}].valueQuantity", "bad-value", "diameter missing or negative")
             continue
         factor = 1.0 if u == "mm" else ctx.factor(u, "mm") if u in ("cm", "m", "[in_i]") else None
         if factor is None:
-            issues += _issue(ref, f"component[{i}].valueQuantity.code", "bad-unit",
-                             f"diameter unit {u!r} is not mm or cm")
+            issues += _issue(
+                ref, f"component[{i}].valueQuantity.code", "bad-unit", f"diameter unit {u!r} is not mm or cm"
+            )
             continue
         dims[kind] = _round(v * factor)
     if "longest" not in dims:
-        return None, None, None, issues + _issue(ref, "component", "no-value",
-                                                 "no longest-diameter component (LOINC 33728-7)")
+        return (
+            None,
+            None,
+            None,
+            issues + _issue(ref, "component", "no-value", "no longest-diameter component (LOINC 33728-7)"),
+        )
     if "perpendicular" not in dims:
-        issues += _issue(ref, "component", "one-diameter",
-                         "no perpendicular diameter (LOINC 33729-5): the lesion is not bidimensional")
+        issues += _issue(
+            ref,
+            "component",
+            "one-diameter",
+            "no perpendicular diameter (LOINC 33729-5): the lesion is not bidimensional",
+        )
     return focus, dims["longest"], dims.get("perpendicular"), issues
 
 
@@ -296,12 +378,12 @@ def medication_concept(res: Mapping[str, Any], m: Mappings) -> str | None:
     return None
 
 
-def map_medication_use(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                       aliases: Mapping[str, str] | None) -> Result:
+def map_medication_use(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
     status = res.get("status")
     if status in EXCLUDED_MED_STATUS:
-        return None, _issue(ref, "status", "status-not-counted",
-                            f"status {status!r} is not an exposure")
+        return None, _issue(ref, "status", "status-not-counted", f"status {status!r} is not an exposure")
     patient, issues = _patient_ref(res, "subject", ref, aliases)
     if patient is None:
         return None, issues
@@ -313,19 +395,24 @@ def map_medication_use(res: Mapping[str, Any], ref: str, origin: Origin, ctx: Ma
             med = fj.contained(res, target)
             drug = medication_concept(med, ctx.mappings) if med else None
             if med is None:
-                issues += _issue(ref, "medicationReference", "bad-reference",
-                                 f"contained Medication {target} not found")
+                issues += _issue(
+                    ref, "medicationReference", "bad-reference", f"contained Medication {target} not found"
+                )
         elif target and target.startswith("Medication/"):
             med_ref = target
     if drug is None and med_ref is None:
-        return None, issues + _issue(ref, "medication[x]", "unmapped-code",
-                                     "the medication is not a protocol drug in mappings/codes.toml")
+        return None, issues + _issue(
+            ref,
+            "medication[x]",
+            "unmapped-code",
+            "the medication is not a protocol drug in mappings/codes.toml",
+        )
     start, end = _exposure_dates(res)
     if start is None:
         return None, issues + _issue(ref, "effective[x]", "no-date", "no exposure start date")
     reason = None
-    reasons = res.get("statusReason") if isinstance(res.get("statusReason"), list) else []
-    for concept in reasons:
+    raw_reasons = res.get("statusReason")
+    for concept in raw_reasons if isinstance(raw_reasons, list) else []:
         for system, code in fj.codings(concept):
             reason = reason or ctx.mappings.stop_reason.get(system, code)
     return Med(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
@@ -347,8 +434,9 @@ def _exposure_dates(res: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-def map_adverse_event(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                      aliases: Mapping[str, str] | None) -> Result:
+def map_adverse_event(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
     if res.get("actuality") == "potential":
         return None, _issue(ref, "actuality", "not-actual", "a potential event, not an actual one")
     patient, issues = _patient_ref(res, "subject", ref, aliases)
@@ -365,8 +453,12 @@ def map_adverse_event(res: Mapping[str, Any], ref: str, origin: Origin, ctx: Map
     if term:
         meddra = ctx.mappings.ae_terms[term].meddra or meddra
     else:
-        issues += _issue(ref, "event", "unmapped-term",
-                         f"AE term {text!r} is not mapped to a CTC v2.0 term (kept as reported)")
+        issues += _issue(
+            ref,
+            "event",
+            "unmapped-term",
+            f"AE term {text!r} is not mapped to a CTC v2.0 term (kept as reported)",
+        )
     grade, source = None, "reported"
     for ext in fj.extension_values(res, AE_GRADE_URL):
         for _system, code in fj.codings(ext.get("valueCodeableConcept")):
@@ -378,35 +470,43 @@ def map_adverse_event(res: Mapping[str, Any], ref: str, origin: Origin, ctx: Map
         grade = SEVERITY_GRADE.get(sev or "")
         source = "derived"
     if grade is None:
-        return None, issues + _issue(ref, "extension(ae-grade)", "no-grade",
-                                     "neither an ae-grade extension nor a severity")
+        return None, issues + _issue(
+            ref, "extension(ae-grade)", "no-grade", "neither an ae-grade extension nor a severity"
+        )
     date = fj.local_date(res.get("date") or res.get("detected") or res.get("recordedDate"))
     if date is None or not fj.is_full_date(date):
         return None, issues + _issue(ref, "date", "no-date", "no full onset date (date/detected)")
     return AE(ref, patient, term, text, meddra, grade, source, date, origin), issues
 
 
-def map_condition(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                  aliases: Mapping[str, str] | None) -> Result:
-    concept = None
-    for system, code in fj.codings(res.get("code")):
-        concept = ctx.mappings.condition.get(system, code)
-        if concept:
-            break
+def map_condition(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
+    concept = _lookup(res.get("code"), ctx.mappings.condition)
     if concept is None:
-        return None, _issue(ref, "code", "unmapped-code",
-                            "Condition.code is not a protocol condition in mappings/codes.toml")
+        return None, _issue(
+            ref, "code", "unmapped-code", "Condition.code is not a protocol condition in mappings/codes.toml"
+        )
     patient, issues = _patient_ref(res, "subject", ref, aliases)
     if patient is None:
         return None, issues
     onset = fj.local_date(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start"))
     recorded = fj.local_date(res.get("recordedDate"))
-    return Cond(ref, patient, concept, fj.first_code(res.get("verificationStatus")),
-                fj.first_code(res.get("clinicalStatus")), onset, recorded, origin), issues
+    return Cond(
+        ref,
+        patient,
+        concept,
+        fj.first_code(res.get("verificationStatus")),
+        fj.first_code(res.get("clinicalStatus")),
+        onset,
+        recorded,
+        origin,
+    ), issues
 
 
-def map_consent(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                aliases: Mapping[str, str] | None) -> Result:
+def map_consent(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
     patient, issues = _patient_ref(res, "patient", ref, aliases)
     if patient is None:
         return None, issues
@@ -415,26 +515,35 @@ def map_consent(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContex
         research = research or any(ctx.mappings.consent_research.get(s, c) for s, c in fj.codings(cat))
     if not research:
         return None, _issue(ref, "scope", "not-research", "not a research consent")
-    return ConsentRec(ref, patient, str(res.get("status")), fj.local_date(res.get("dateTime")),
-                      origin), issues
+    return ConsentRec(ref, patient, str(res.get("status")), fj.local_date(res.get("dateTime")), origin), issues
 
 
-def map_research_subject(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                         aliases: Mapping[str, str] | None) -> Result:
+def map_research_subject(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
     patient, issues = _patient_ref(res, "individual", ref, aliases)
     if patient is None:
         return None, issues
-    period = res.get("period") if isinstance(res.get("period"), dict) else {}
-    meta = res.get("meta") if isinstance(res.get("meta"), dict) else {}
+    period: dict[str, Any] = res["period"] if isinstance(res.get("period"), dict) else {}
+    meta: dict[str, Any] = res["meta"] if isinstance(res.get("meta"), dict) else {}
     version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else None
     consent = res.get("consent")
-    return SubjectRec(ref, patient, fj.reference_of(res.get("study"), aliases), str(res.get("status")),
-                      fj.local_date(period.get("start")), fj.local_date(period.get("end")),
-                      isinstance(consent, dict) and bool(consent), version, origin), issues
+    return SubjectRec(
+        ref,
+        patient,
+        fj.reference_of(res.get("study"), aliases),
+        str(res.get("status")),
+        fj.local_date(period.get("start")),
+        fj.local_date(period.get("end")),
+        isinstance(consent, dict) and bool(consent),
+        version,
+        origin,
+    ), issues
 
 
-def map_other(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-              aliases: Mapping[str, str] | None) -> Result:
+def map_other(
+    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+) -> Result:
     kind = res.get("resourceType")
     if kind == "Medication":
         return Other(ref, None, medication_concept(res, ctx.mappings), origin), []
@@ -463,16 +572,23 @@ MAPPERS: dict[str, Mapper] = {
 }
 
 
-def map_resource(res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext,
-                 aliases: Mapping[str, str] | None = None) -> Result:
+def map_resource(
+    res: Mapping[str, Any],
+    ref: str,
+    origin: Origin,
+    ctx: MapContext,
+    aliases: Mapping[str, str] | None = None,
+) -> Result:
     """Map any resource; types the protocol does not read give ``None`` and a ``type-not-used`` issue."""
     mapper = MAPPERS.get(str(res.get("resourceType")))
     if mapper is None:
-        return None, _issue(ref, "resourceType", "type-not-used",
-                            f"{res.get('resourceType')} is not read by the protocol")
+        return None, _issue(
+            ref, "resourceType", "type-not-used", f"{res.get('resourceType')} is not read by the protocol"
+        )
     try:
         return mapper(res, ref, origin, ctx, aliases)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
         # An element of an unexpected JSON type deep in the resource: report it, never crash the run.
-        return None, _issue(ref, "(structure)", "invalid-field",
-                            f"an element has an unexpected type ({type(exc).__name__})")
+        return None, _issue(
+            ref, "(structure)", "invalid-field", f"an element has an unexpected type ({type(exc).__name__})"
+        )

@@ -133,8 +133,8 @@ class CodeTable:
         else:
             self._exact[(system, code)] = value
 
-    def get(self, system: str | None, code: str | None) -> str | None:
-        if system is None or code is None:
+    def get(self, system: Any, code: Any) -> str | None:
+        if type(system) is not str or type(code) is not str:
             return None
         hit = self._exact.get((system, code))
         if hit is not None or not self._prefix:
@@ -181,9 +181,7 @@ class Mappings:
             self.ae_terms[term.term] = term
             for system, code in map(resolve, term.codes):
                 self.ae_term.add(system, code, term.term)
-        self.conversions: dict[tuple[str, str], Conversion] = {
-            (c.concept, c.from_): c for c in units.conversion
-        }
+        self.conversions: dict[tuple[str, str], Conversion] = {(c.concept, c.from_): c for c in units.conversion}
         unknown = [r.term for r in protocol.toxicity.dose_rule if r.term not in self.ae_terms]
         if unknown:
             raise ConfigError(f"protocol.toml [[toxicity.dose_rule]]: unknown term(s) {unknown}")
@@ -191,8 +189,12 @@ class Mappings:
     @property
     def identity(self) -> dict[str, str]:
         info = self.protocol.protocol
-        return {"id": info.id, "version": info.version, "title": info.title,
-                "toxicity_criteria": info.toxicity_criteria}
+        return {
+            "id": info.id,
+            "version": info.version,
+            "title": info.title,
+            "toxicity_criteria": info.toxicity_criteria,
+        }
 
 
 def _resolver(systems: Mapping[str, str]) -> Any:
@@ -213,17 +215,20 @@ def _table(entries: list[ConceptCodes], resolve: Any) -> CodeTable:
     return table
 
 
-def parse_mappings(protocol: Mapping[str, Any], codes: Mapping[str, Any],
-                   units: Mapping[str, Any]) -> Mappings:
+def parse_mappings(protocol: Mapping[str, Any], codes: Mapping[str, Any], units: Mapping[str, Any]) -> Mappings:
     """Check the three mapping documents and compile them; raise ConfigError naming file and key."""
     parsed: list[BaseModel] = []
-    for name, model, data in (("protocol.toml", ProtocolFile, protocol),
-                              ("codes.toml", CodesFile, codes), ("units.toml", UnitsFile, units)):
+    for name, model, data in (
+        ("protocol.toml", ProtocolFile, protocol),
+        ("codes.toml", CodesFile, codes),
+        ("units.toml", UnitsFile, units),
+    ):
         try:
             parsed.append(model.model_validate(data))
         except ValidationError as exc:
-            problems = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-                        for err in exc.errors()[:5]]
+            problems = [
+                f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()[:5]
+            ]
             more = f" (and {exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
             raise ConfigError(f"{name}: {'; '.join(problems)}{more}") from None
     proto, code_file, unit_file = parsed

@@ -2,7 +2,7 @@
 
 Per assessment: PD (SPD >= 1.25 x nadir, a new lesion, or AFP >= 1.25 x nadir AFP), else CR (no
 measurable tumour and AFP <= ULN), else PR (SPD or AFP <= 0.5 x baseline, basis recorded), else SD when
-tumour and AFP are known (or AFP is not evaluable), else NE. All comparisons are exact (``Fraction``,
+tumour and AFP are known (or AFP is not evaluable), else NE. All comparisons are exact (``Decimal``,
 by multiplication). Best overall response needs confirmation for CR/PR and a minimum time for SD.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from fractions import Fraction
+from decimal import Decimal
 from typing import Any
 
 from fhiradapter.core import dates
@@ -22,17 +22,21 @@ CONFIRMATION_DAYS = 28  # PROTOCOL.md §4: a second CR/PR >= 28 days later
 RANK = {"CR": 4, "PR": 3, "SD": 2, "PD": 1, "NE": 0}
 
 
-def exact(value: float) -> Fraction:
-    """The decimal a value was written as, exactly (0.1 -> 1/10, not the binary float)."""
-    return Fraction(repr(value))
+def exact(value: float) -> Decimal:
+    """The decimal a value was written as, exactly (0.1 -> 0.1, not the binary float's expansion).
+
+    Sums and products of such decimals stay exact within Decimal's 28 significant digits, far more than
+    any diameter, SPD or AFP needs; comparisons are then exact, as PROTOCOL.md §4 requires.
+    """
+    return Decimal(repr(value))
 
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
     date: date
     response: str
-    spd: Fraction | None
-    afp: Fraction | None
+    spd: Decimal | None
+    afp: Decimal | None
     basis: str | None  # tumour | afp | both | new_lesion (for PD/PR); None otherwise
     reasons: tuple[str, ...]
     evidence: tuple[str, ...]
@@ -40,10 +44,17 @@ class Assessment:
     confirmed: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"date": self.date.isoformat(), "response": self.response,
-                "spd_mm2": _num(self.spd), "afp": _num(self.afp), "basis": self.basis,
-                "afp_only": self.afp_only, "confirmed": self.confirmed,
-                "reasons": list(self.reasons), "evidence": list(self.evidence)}
+        return {
+            "date": self.date.isoformat(),
+            "response": self.response,
+            "spd_mm2": _num(self.spd),
+            "afp": _num(self.afp),
+            "basis": self.basis,
+            "afp_only": self.afp_only,
+            "confirmed": self.confirmed,
+            "reasons": list(self.reasons),
+            "evidence": list(self.evidence),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +67,10 @@ class ResponseResult:
     issues: tuple[str, ...] = field(default=())
 
 
-def _num(value: Fraction | None) -> float | int | None:
+def _num(value: Decimal | None) -> float | int | None:
     if value is None:
         return None
-    return int(value) if value.denominator == 1 else float(value)
+    return int(value) if value == value.to_integral_value() else float(value)
 
 
 def _by_date(obs: Iterable[Obs]) -> dict[date, list[Obs]]:
@@ -71,9 +82,9 @@ def _by_date(obs: Iterable[Obs]) -> dict[date, list[Obs]]:
     return out
 
 
-def _spd(lesions: Sequence[Obs], expected: set[str]) -> tuple[Fraction | None, Fraction, bool]:
+def _spd(lesions: Sequence[Obs], expected: set[str]) -> tuple[Decimal | None, Decimal, bool]:
     """(full SPD or None if a baseline lesion or a diameter is missing, partial sum, new lesion seen)."""
-    partial = Fraction(0)
+    partial = Decimal(0)
     seen: set[str] = set()
     complete = True
     new = False
@@ -93,8 +104,9 @@ def _spd(lesions: Sequence[Obs], expected: set[str]) -> tuple[Fraction | None, F
     return (partial if complete else None), partial, new
 
 
-def assess_response(tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, afp_window_days: int,
-                    sd_min_days: int) -> ResponseResult:
+def assess_response(
+    tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, afp_window_days: int, sd_min_days: int
+) -> ResponseResult:
     """Per-assessment responses and the best overall response for one treated patient."""
     start = index - timedelta(days=BASELINE_WINDOW_DAYS)
     t_by_date = _by_date(tumour)
@@ -102,8 +114,7 @@ def assess_response(tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, a
     base_dates = [d for d in t_by_date if start <= d <= index]
     base_afp_dates = [d for d in a_by_date if start <= d <= index]
     if not base_dates:
-        return ResponseResult((), "NE", "no_baseline_tumour_assessment",
-                              {"date": None, "spd_mm2": None, "afp": None})
+        return ResponseResult((), "NE", "no_baseline_tumour_assessment", {"date": None, "spd_mm2": None, "afp": None})
     b_date = max(base_dates)
     b_lesions = t_by_date[b_date]
     expected = {o.focus or "" for o in b_lesions}
@@ -117,10 +128,16 @@ def assess_response(tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, a
     afp_evaluable = afp0 is not None and (uln is None or afp0 > uln)
     if afp0 is not None and uln is None:
         issues.append("baseline AFP has no upper limit of normal: CR by AFP cannot be shown")
-    baseline = {"date": b_date.isoformat(), "spd_mm2": _num(spd0), "afp": _num(afp0),
-                "afp_date": afp0_obs.date if afp0_obs else None, "afp_uln": _num(uln),
-                "afp_evaluable": afp_evaluable, "lesions": sorted(expected),
-                "evidence": sorted({o.ref for o in b_lesions} | ({afp0_obs.ref} if afp0_obs else set()))}
+    baseline = {
+        "date": b_date.isoformat(),
+        "spd_mm2": _num(spd0),
+        "afp": _num(afp0),
+        "afp_date": afp0_obs.date if afp0_obs else None,
+        "afp_uln": _num(uln),
+        "afp_evaluable": afp_evaluable,
+        "lesions": sorted(expected),
+        "evidence": sorted({o.ref for o in b_lesions} | ({afp0_obs.ref} if afp0_obs else set())),
+    }
 
     post_dates = sorted(d for d in t_by_date if d > b_date)
     post_afp = sorted(d for d in a_by_date if d > max(base_afp_dates, default=b_date))
@@ -140,8 +157,18 @@ def assess_response(tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, a
             value = a_by_date[when]
             afp_k = exact(value.value) if value.value is not None else None
             if afp_evaluable and afp_k is not None and afp_nadir is not None and _pd(afp_k, afp_nadir):
-                out.append(Assessment(when, "PD", None, afp_k, "afp", ("AFP >= 1.25 x nadir AFP",),
-                                      (value.ref,), afp_only=True))
+                out.append(
+                    Assessment(
+                        when,
+                        "PD",
+                        None,
+                        afp_k,
+                        "afp",
+                        ("AFP >= 1.25 x nadir AFP",),
+                        (value.ref,),
+                        afp_only=True,
+                    )
+                )
             if afp_k is not None and afp_nadir is not None:
                 afp_nadir = min(afp_nadir, afp_k)
             continue
@@ -150,10 +177,18 @@ def assess_response(tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, a
         afp_obs = a_by_date[matched[when]] if when in matched else None
         afp_k = exact(afp_obs.value) if afp_obs and afp_obs.value is not None else None
         evidence = tuple(sorted({o.ref for o in lesions} | ({afp_obs.ref} if afp_obs else set())))
-        result = classify(spd_k=spd_k, partial_spd=partial, new_lesion=new, spd0=spd0,
-                          spd_nadir=spd_nadir, afp_k=afp_k, afp0=afp0, afp_nadir=afp_nadir,
-                          afp_evaluable=afp_evaluable,
-                          afp_uln=exact(afp_obs.high) if afp_obs and afp_obs.high is not None else uln)
+        result = classify(
+            spd_k=spd_k,
+            partial_spd=partial,
+            new_lesion=new,
+            spd0=spd0,
+            spd_nadir=spd_nadir,
+            afp_k=afp_k,
+            afp0=afp0,
+            afp_nadir=afp_nadir,
+            afp_evaluable=afp_evaluable,
+            afp_uln=exact(afp_obs.high) if afp_obs and afp_obs.high is not None else uln,
+        )
         out.append(Assessment(when, result[0], spd_k, afp_k, result[1], result[2], evidence))
         if spd_k is not None and spd_nadir is not None:
             spd_nadir = min(spd_nadir, spd_k)
@@ -161,21 +196,29 @@ def assess_response(tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, a
             afp_nadir = min(afp_nadir, afp_k)
     confirmed = confirm(out)
     best, reason = best_overall(confirmed, index, sd_min_days)
-    return ResponseResult(tuple(confirmed), best, reason, baseline, response_duration(confirmed),
-                          tuple(issues))
+    return ResponseResult(tuple(confirmed), best, reason, baseline, response_duration(confirmed), tuple(issues))
 
 
-def _pd(value: Fraction, nadir: Fraction) -> bool:
+def _pd(value: Decimal, nadir: Decimal) -> bool:
     """PROTOCOL.md §4: value >= 1.25 x nadir, exactly; after a nadir of 0 any reappearance is PD."""
     if nadir == 0:
         return value > 0
     return 4 * value >= 5 * nadir
 
 
-def classify(*, spd_k: Fraction | None, partial_spd: Fraction, new_lesion: bool, spd0: Fraction | None,
-             spd_nadir: Fraction | None, afp_k: Fraction | None, afp0: Fraction | None,
-             afp_nadir: Fraction | None, afp_evaluable: bool, afp_uln: Fraction | None
-             ) -> tuple[str, str | None, tuple[str, ...]]:
+def classify(
+    *,
+    spd_k: Decimal | None,
+    partial_spd: Decimal,
+    new_lesion: bool,
+    spd0: Decimal | None,
+    spd_nadir: Decimal | None,
+    afp_k: Decimal | None,
+    afp0: Decimal | None,
+    afp_nadir: Decimal | None,
+    afp_evaluable: bool,
+    afp_uln: Decimal | None,
+) -> tuple[str, str | None, tuple[str, ...]]:
     """One assessment's category, its basis and the reasons, in the protocol's order."""
     afp_known = afp_evaluable and afp_k is not None
     tumour_reasons = []
@@ -203,8 +246,9 @@ def classify(*, spd_k: Fraction | None, partial_spd: Fraction, new_lesion: bool,
     pr_afp = afp_known and afp0 is not None and afp_k is not None and 2 * afp_k <= afp0
     if pr_tumour or pr_afp:
         basis = "both" if pr_tumour and pr_afp else "tumour" if pr_tumour else "afp"
-        reasons = ((("SPD <= 0.5 x baseline SPD",) if pr_tumour else ())
-                   + (("AFP <= 0.5 x baseline AFP",) if pr_afp else ()))
+        reasons = (("SPD <= 0.5 x baseline SPD",) if pr_tumour else ()) + (
+            ("AFP <= 0.5 x baseline AFP",) if pr_afp else ()
+        )
         return "PR", basis, reasons
     if spd_k is not None and spd0 is not None and (afp_known or not afp_evaluable):
         return "SD", None, ("neither PR nor PD",)
@@ -227,10 +271,11 @@ def confirm(assessments: Sequence[Assessment]) -> list[Assessment]:
         ok = {"CR"} if a.response == "CR" else {"CR", "PR"}
         later = [b for b in tumour if b.date > a.date]
         first_pd = next((b.date for b in assessments if b.response == "PD" and b.date > a.date), None)
-        confirmed = any(b.response in ok and (b.date - a.date).days >= CONFIRMATION_DAYS
-                        and (first_pd is None or b.date < first_pd) for b in later)
-        out.append(Assessment(a.date, a.response, a.spd, a.afp, a.basis, a.reasons, a.evidence,
-                              a.afp_only, confirmed))
+        confirmed = any(
+            b.response in ok and (b.date - a.date).days >= CONFIRMATION_DAYS and (first_pd is None or b.date < first_pd)
+            for b in later
+        )
+        out.append(Assessment(a.date, a.response, a.spd, a.afp, a.basis, a.reasons, a.evidence, a.afp_only, confirmed))
     return out
 
 
@@ -247,9 +292,9 @@ def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: in
             category = "NE"
         if RANK[category] > RANK[best]:
             best = category
-            reason = (f"{a.response} on {a.date.isoformat()}"
-                      + (" (unconfirmed, counted as SD)" if a.response in ("CR", "PR") and category == "SD"
-                         else ""))
+            reason = f"{a.response} on {a.date.isoformat()}" + (
+                " (unconfirmed, counted as SD)" if a.response in ("CR", "PR") and category == "SD" else ""
+            )
         if a.response == "PD":
             break
     return best, reason
@@ -262,5 +307,9 @@ def response_duration(assessments: Sequence[Assessment]) -> dict[str, Any] | Non
         return None
     pd = next((a for a in assessments if a.response == "PD" and a.date > first.date), None)
     end = pd.date if pd else max(a.date for a in assessments)
-    return {"start": first.date.isoformat(), "end": end.isoformat(),
-            "days": dates.inclusive_days(first.date, end), "censored": pd is None}
+    return {
+        "start": first.date.isoformat(),
+        "end": end.isoformat(),
+        "days": dates.inclusive_days(first.date, end),
+        "censored": pd is None,
+    }

@@ -25,11 +25,23 @@ def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, flo
 
 def rate(count: int, n: int) -> dict[str, Any]:
     if n == 0:
-        return {"count": count, "n": 0, "rate": None, "ci_low": None, "ci_high": None,
-                "method": "clopper-pearson"}
+        return {
+            "count": count,
+            "n": 0,
+            "rate": None,
+            "ci_low": None,
+            "ci_high": None,
+            "method": "clopper-pearson",
+        }
     low, high = clopper_pearson(count, n)
-    return {"count": count, "n": n, "rate": count / n, "ci_low": low, "ci_high": high,
-            "method": "clopper-pearson"}
+    return {
+        "count": count,
+        "n": n,
+        "rate": count / n,
+        "ci_low": low,
+        "ci_high": high,
+        "method": "clopper-pearson",
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +73,17 @@ def kaplan_meier(durations: Sequence[int], events: Sequence[bool], alpha: float 
     events_table = kmf.event_table
     for t in surv.index:
         row = events_table.loc[t]
-        table.append({"t": float(t), "at_risk": int(row["at_risk"]), "events": int(row["observed"]),
-                      "censored": int(row["censored"]), "survival": float(surv.loc[t]),
-                      "ci_low": float(ci.iloc[:, 0].loc[t]), "ci_high": float(ci.iloc[:, 1].loc[t])})
+        table.append(
+            {
+                "t": float(t),
+                "at_risk": int(row["at_risk"]),
+                "events": int(row["observed"]),
+                "censored": int(row["censored"]),
+                "survival": float(surv.loc[t]),
+                "ci_low": float(ci.iloc[:, 0].loc[t]),
+                "ci_high": float(ci.iloc[:, 1].loc[t]),
+            }
+        )
     return SurvivalCurve(median, (low, high), table)
 
 

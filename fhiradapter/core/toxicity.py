@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
-from fractions import Fraction
+from decimal import Decimal
 from typing import Any
 
 from fhiradapter.core import dates
@@ -26,11 +26,11 @@ def grade_anc(value: float) -> int:
     v = exact(value)
     if v >= 2:
         return 0
-    if v >= Fraction(3, 2):
+    if v >= Decimal("1.5"):
         return 1
     if v >= 1:
         return 2
-    return 3 if v >= Fraction(1, 2) else 4
+    return 3 if v >= Decimal("0.5") else 4
 
 
 def grade_platelets(value: float, lln: float | None) -> int | None:
@@ -51,14 +51,14 @@ def grade_creatinine(value: float, uln: float | None) -> int | None:
     """Creatinine by multiples of ULN: G1 (1, 1.5], G2 (1.5, 3], G3 (3, 6], G4 > 6. None without ULN."""
     if uln is None or uln <= 0:
         return None
-    ratio = exact(value) / exact(uln)
-    if ratio <= 1:
+    v, limit = exact(value), exact(uln)  # compared by multiplication, never by a rounded ratio
+    if v <= limit:
         return 0
-    if ratio <= Fraction(3, 2):
+    if 2 * v <= 3 * limit:
         return 1
-    if ratio <= 3:
+    if v <= 3 * limit:
         return 2
-    return 3 if ratio <= 6 else 4
+    return 3 if v <= 6 * limit else 4
 
 
 def lab_grade(o: Obs) -> int | None:
@@ -78,9 +78,15 @@ def in_window(day: str | None, index: date, last_dose: date, after_days: int) ->
     return d is not None and index <= d <= last_dose + timedelta(days=after_days)
 
 
-def toxicities(aes: Iterable[AE], labs: Iterable[Obs], index: date, last_dose: date, *,
-               after_days: int, mappings: Mappings) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                                              list[str]]:
+def toxicities(
+    aes: Iterable[AE],
+    labs: Iterable[Obs],
+    index: date,
+    last_dose: date,
+    *,
+    after_days: int,
+    mappings: Mappings,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """(worst grade per term, graded events in date order, issues) for one treated patient."""
     rows: dict[str, dict[str, Any]] = {}
     events: list[dict[str, Any]] = []
@@ -89,8 +95,7 @@ def toxicities(aes: Iterable[AE], labs: Iterable[Obs], index: date, last_dose: d
         if ae.grade is None or not in_window(ae.date, index, last_dose, after_days):
             continue
         key = ae.term or f"unmapped:{ae.term_text}"
-        events.append({"date": ae.date, "term": key, "grade": ae.grade, "source": ae.grade_source,
-                       "ref": ae.ref})
+        events.append({"date": ae.date, "term": key, "grade": ae.grade, "source": ae.grade_source, "ref": ae.ref})
     for o in labs:
         if o.concept not in LAB_TERMS or not in_window(o.date, index, last_dose, after_days):
             continue
@@ -100,18 +105,24 @@ def toxicities(aes: Iterable[AE], labs: Iterable[Obs], index: date, last_dose: d
             issues.append(f"{o.ref}: {o.concept} {o.value} cannot be graded without the lab's {limit}")
             continue
         if grade > 0:
-            events.append({"date": o.date, "term": LAB_TERMS[o.concept], "grade": grade, "source": "lab",
-                           "ref": o.ref})
+            events.append({"date": o.date, "term": LAB_TERMS[o.concept], "grade": grade, "source": "lab", "ref": o.ref})
     events.sort(key=lambda e: (e["date"], e["term"], e["ref"]))
     for e in events:
         term = e["term"]
         info = mappings.ae_terms.get(term)
         row = rows.get(term)
         if row is None:
-            row = rows[term] = {"term": term, "display": info.display if info else term.split(":", 1)[-1],
-                                "meddra": info.meddra if info else None, "worst_grade": 0,
-                                "source": e["source"], "sources": [], "criteria": CRITERIA_VERSION,
-                                "first_date": e["date"], "evidence": []}
+            row = rows[term] = {
+                "term": term,
+                "display": info.display if info else term.split(":", 1)[-1],
+                "meddra": info.meddra if info else None,
+                "worst_grade": 0,
+                "source": e["source"],
+                "sources": [],
+                "criteria": CRITERIA_VERSION,
+                "first_date": e["date"],
+                "evidence": [],
+            }
         if e["grade"] > row["worst_grade"]:
             row["worst_grade"], row["source"] = e["grade"], e["source"]
         if e["source"] not in row["sources"]:
@@ -130,9 +141,16 @@ def dose_actions(events: Sequence[dict[str, Any]], rules: Sequence[DoseRule]) ->
                 key = (e["date"], rule.action, rule.term)
                 if key not in seen:
                     seen.add(key)
-                    out.append({"date": e["date"], "action": rule.action, "term": rule.term,
-                                "grade": e["grade"], "rule": f"{rule.term} grade >= {rule.min_grade}",
-                                "evidence": [e["ref"]]})
+                    out.append(
+                        {
+                            "date": e["date"],
+                            "action": rule.action,
+                            "term": rule.term,
+                            "grade": e["grade"],
+                            "rule": f"{rule.term} grade >= {rule.min_grade}",
+                            "evidence": [e["ref"]],
+                        }
+                    )
     return out
 
 
@@ -141,8 +159,16 @@ def toxicity_table(per_patient: Iterable[Sequence[dict[str, Any]]]) -> list[dict
     table: dict[str, dict[str, Any]] = {}
     for rows in per_patient:
         for r in rows:
-            t = table.setdefault(r["term"], {"term": r["term"], "display": r["display"],
-                                             "meddra": r["meddra"], "grade_1_2": 0, "grade_3_4": 0})
+            t = table.setdefault(
+                r["term"],
+                {
+                    "term": r["term"],
+                    "display": r["display"],
+                    "meddra": r["meddra"],
+                    "grade_1_2": 0,
+                    "grade_3_4": 0,
+                },
+            )
             if r["worst_grade"] >= 3:
                 t["grade_3_4"] += 1
             elif r["worst_grade"] >= 1:

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import multiprocessing
+import os
 import pickle
+import shutil
 import tempfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -40,9 +44,11 @@ from fhiradapter.core.model import (
 )
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.shell.mappings_io import ucum_factor
-from fhiradapter.shell.readers import Reject, expand_inputs, read_file
+from fhiradapter.shell.readers import Reject, Task, expand_inputs, plan_tasks, read_file
 
-BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once
+BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
+CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # below this one process is faster than two
 FLUSH_EVERY = 2000  # records buffered per bucket before they are pickled to its file
 GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
@@ -62,27 +68,44 @@ class RunStats:
     files: int = 0
     input_bytes: int = 0
 
+    def merge(self, other: RunStats) -> None:
+        self.read.update(other.read)
+        self.rejected.update(other.rejected)
+        self.reasons.update(other.reasons)
+        self.patients += other.patients
+
     def as_dict(self) -> dict[str, Any]:
         types = sorted(set(self.read) | set(self.rejected))
         return {
-            "files": self.files, "input_bytes": self.input_bytes, "patients": self.patients,
-            "records_read": sum(self.read.values()), "records_used": sum(self.read.values())
-            - sum(self.rejected.values()), "records_rejected": sum(self.rejected.values()),
-            "by_type": {t: {"read": self.read[t], "used": self.read[t] - self.rejected[t],
-                            "rejected": self.rejected[t]} for t in types},
+            "files": self.files,
+            "input_bytes": self.input_bytes,
+            "patients": self.patients,
+            "records_read": sum(self.read.values()),
+            "records_used": sum(self.read.values()) - sum(self.rejected.values()),
+            "records_rejected": sum(self.rejected.values()),
+            "by_type": {
+                t: {
+                    "read": self.read[t],
+                    "used": self.read[t] - self.rejected[t],
+                    "rejected": self.rejected[t],
+                }
+                for t in types
+            },
             "rejects_by_reason": dict(sorted(self.reasons.items())),
         }
 
 
 class _Buckets:
-    """N append-only pickle files (or one in-memory list when N == 1)."""
+    """N append-only pickle files of one worker (or one in-memory list when nothing needs to spill)."""
 
-    def __init__(self, count: int, folder: Path | None) -> None:
+    def __init__(self, count: int, folder: Path | None, worker: int = 0) -> None:
         self.count = count
         self._buffers: list[list[Item]] = [[] for _ in range(count)]
+        self.paths: list[Path] = []
         self._files: list[BinaryIO] = []
-        if count > 1 and folder is not None:
-            self._files = [(folder / f"bucket-{i:04d}.pkl").open("w+b") for i in range(count)]
+        if folder is not None:
+            self.paths = [folder / f"bucket-{worker:02d}-{i:04d}.pkl" for i in range(count)]
+            self._files = [p.open("wb") for p in self.paths]
 
     def add(self, key: str, item: Item) -> None:
         i = zlib.crc32(key.encode()) % self.count if self.count > 1 else 0
@@ -92,22 +115,16 @@ class _Buckets:
             pickle.dump(buf, self._files[i], protocol=pickle.HIGHEST_PROTOCOL)
             self._buffers[i] = []
 
-    def drain(self) -> Iterator[list[Item]]:
-        for i in range(self.count):
-            if not self._files:
-                items, self._buffers[i] = self._buffers[i], []
-                yield items
-                continue
-            fh = self._files[i]
-            items = []
-            fh.seek(0)
-            with contextlib.suppress(EOFError):
-                while True:
-                    items.extend(pickle.load(fh))  # noqa: S301 - our own temporary file
-            items.extend(self._buffers[i])
-            self._buffers[i] = []
+    def flush(self) -> None:
+        for i, fh in enumerate(self._files):
+            if self._buffers[i]:
+                pickle.dump(self._buffers[i], fh, protocol=pickle.HIGHEST_PROTOCOL)
+                self._buffers[i] = []
             fh.close()
-            yield items
+
+    def take(self, i: int) -> list[Item]:
+        items, self._buffers[i] = self._buffers[i], []
+        return items
 
     def close(self) -> None:
         for fh in self._files:
@@ -115,42 +132,63 @@ class _Buckets:
                 fh.close()
 
 
-class Writer:
-    """results.json (subjects sorted by patient), rejects.ndjson and summary.json in the out folder."""
+def _load_bucket(paths: list[Path]) -> list[Item]:
+    items: list[Item] = []
+    for path in paths:
+        with path.open("rb") as fh, contextlib.suppress(EOFError):
+            while True:
+                items.extend(pickle.load(fh))  # noqa: S301 - our own temporary file
+        path.unlink()
+    return items
 
-    def __init__(self, out: Path) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.out = out
-        self.rejects = (out / "rejects.ndjson").open("wb")
-        self._subjects = tempfile.TemporaryFile(dir=out)  # noqa: SIM115 - closed in finish()
-        self._index: list[tuple[str, int, int]] = []
+
+class _Rejects:
+    """An append-only NDJSON file of rejects (one per worker and pass; concatenated at the end)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = path.open("wb")
 
     def reject(self, entry: dict[str, Any]) -> None:
-        self.rejects.write(orjson.dumps(entry) + b"\n")
-
-    def subject(self, result: dict[str, Any]) -> None:
-        blob = orjson.dumps(result)
-        self._index.append((result["patient"], self._subjects.tell(), len(blob)))
-        self._subjects.write(blob)
+        self._fh.write(orjson.dumps(entry) + b"\n")
 
     def close(self) -> None:
-        """Release the files without writing results (after a failure)."""
-        for fh in (self.rejects, self._subjects):
-            if not fh.closed:
-                fh.close()
+        if not self._fh.closed:
+            self._fh.close()
 
-    def finish(self, header: dict[str, Any], cohort: dict[str, Any], summary: dict[str, Any]) -> None:
-        self.rejects.close()
-        tmp = self.out / "results.json.partial"
+
+def _write_outputs(
+    out: Path,
+    spill: Path,
+    reject_parts: list[Path],
+    subject_index: list[tuple[str, str, int, int]],
+    header: dict[str, Any],
+    cohort: dict[str, Any],
+    summary: dict[str, Any],
+) -> None:
+    """results.json (subjects sorted by patient), rejects.ndjson and summary.json, each written then renamed."""
+    tmp = out / "rejects.ndjson.partial"
+    with tmp.open("wb") as fh:
+        for part in reject_parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, fh)
+    tmp.replace(out / "rejects.ndjson")
+    tmp = out / "results.json.partial"
+    handles: dict[str, BinaryIO] = {}
+    try:
         with tmp.open("wb") as fh:
             fh.write(orjson.dumps(header)[:-1] + b',"subjects":[')
-            for n, (_pid, offset, length) in enumerate(sorted(self._index)):
-                self._subjects.seek(offset)
-                fh.write((b"," if n else b"") + self._subjects.read(length))
+            for n, (_pid, name, offset, length) in enumerate(sorted(subject_index)):
+                if name not in handles:
+                    handles[name] = (spill / name).open("rb")
+                handles[name].seek(offset)
+                fh.write((b"," if n else b"") + handles[name].read(length))
             fh.write(b'],"cohort":' + orjson.dumps(cohort) + b"}")
-        self._subjects.close()
-        tmp.replace(self.out / "results.json")
-        (self.out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    finally:
+        for h in handles.values():
+            h.close()
+    tmp.replace(out / "results.json")
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
 
 def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
@@ -168,130 +206,297 @@ def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
 
 def _reject_entry(origin: tuple[str, str], ref: str | None, code: str, reason: str) -> dict[str, Any]:
     rtype, _, rid = (ref or "").partition("/")
-    return {"file": origin[0], "locator": origin[1], "resourceType": rtype or None, "id": rid or None,
-            "code": code, "reason": reason}
+    return {
+        "file": origin[0],
+        "locator": origin[1],
+        "resourceType": rtype or None,
+        "id": rid or None,
+        "code": code,
+        "reason": reason,
+    }
 
 
-def run_evaluate(inputs: list[Path], out: Path, as_of: date, mappings: Mappings,
-                 mappings_identity: dict[str, Any],
-                 progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+def default_workers(input_bytes: int) -> int:
+    """Both cores for inputs large enough to repay starting a second process."""
+    return 1 if input_bytes < PARALLEL_MIN_BYTES else max(1, min(2, os.cpu_count() or 1))
+
+
+def run_evaluate(
+    inputs: list[Path],
+    out: Path,
+    as_of: date,
+    mappings: Mappings,
+    mappings_identity: dict[str, Any],
+    progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
+) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``)."""
     files = expand_inputs(inputs)
-    stats = RunStats(files=len(files))
-    stats.input_bytes = sum(f.stat().st_size * (5 if f.name.endswith(".gz") else 1) for f in files)
-    count = max(1, -(-stats.input_bytes // BUCKET_BYTES))
-    ctx = MapContext(mappings, ucum_factor)
-    writer = Writer(out)
-    globals_: dict[str, Item] = {}
+    input_bytes = sum(f.stat().st_size * (5 if f.name.endswith(".gz") else 1) for f in files)
+    buckets = max(1, -(-input_bytes // BUCKET_BYTES))
+    workers = workers or default_workers(input_bytes)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = Settings(as_of, mappings)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small long-lived objects: generational GC only costs time here
     try:
-        with tempfile.TemporaryDirectory(dir=out, prefix=".spill-") as spill:
-            buckets = _Buckets(count, Path(spill))
-            try:
-                _pass_one(files, ctx, buckets, globals_, writer, stats, progress)
-                rows = _pass_two(buckets, globals_, Settings(as_of, mappings), writer, stats)
-            finally:
-                buckets.close()
-        cohort = summarise_cohort(rows)
-        summary = stats.as_dict()
-        header = {"as_of": as_of.isoformat(), "protocol": mappings_identity,
-                  "adapter": {"name": "fhiradapter", "version": __version__},
-                  "inputs": [str(f) for f in files], "run_summary": summary}
-        writer.finish(header, cohort, summary)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".spill-") as spill_dir:
+            spill = Path(spill_dir)
+            tasks = plan_tasks(files, max(CHUNK_BYTES, input_bytes // (4 * workers) + 1))
+            shares = _share(tasks, workers)
+            in_memory = workers == 1 and buckets == 1
+            one = _run_workers(
+                _pass_one_worker,
+                [(w, shares[w], buckets, spill, settings, in_memory) for w in range(workers)],
+                progress,
+            )
+            stats = RunStats(files=len(files), input_bytes=input_bytes)
+            globals_: dict[str, Item] = {}
+            parts = [r.rejects for r in one]
+            glob_rejects = _Rejects(spill / "rejects-globals.ndjson")
+            for r in one:
+                stats.merge(r.stats)
+                for ref, item in r.globals.items():
+                    old = globals_.get(ref)
+                    if old is not None and (old[1], old[2]) > (item[1], item[2]):
+                        old, item = item, old
+                    globals_[ref] = item
+                    if old is not None:
+                        _reject(old, glob_rejects, stats, "duplicate-superseded", SUPERSEDED)
+            for item in globals_.values():
+                if item[3] is None:
+                    _reject(item, glob_rejects, stats, *_first_issue(item))
+            glob_rejects.close()
+            parts.append(glob_rejects.path)
+            medications = {ref: item[3] for ref, item in globals_.items() if isinstance(item[3], Other)}
+            memory = one[0].memory if in_memory else None
+            jobs = [
+                (
+                    w,
+                    list(range(w, buckets, workers)),
+                    [r.bucket_paths for r in one],
+                    spill,
+                    settings,
+                    medications,
+                    memory,
+                )
+                for w in range(workers)
+            ]
+            two = _run_workers(_pass_two_worker, jobs, None)
+            rows: list[CohortRow] = []
+            index: list[tuple[str, str, int, int]] = []
+            for r2 in two:
+                stats.merge(r2.stats)
+                rows.extend(r2.rows)
+                index.extend(r2.index)
+                parts.append(r2.rejects)
+            cohort = summarise_cohort(rows)
+            summary = stats.as_dict()
+            summary["workers"] = workers
+            header = {
+                "as_of": as_of.isoformat(),
+                "protocol": mappings_identity,
+                "adapter": {"name": "fhiradapter", "version": __version__},
+                "inputs": [str(f) for f in files],
+                "run_summary": summary,
+            }
+            _write_outputs(out, spill, parts, index, header, cohort, summary)
     finally:
-        writer.close()
         if gc_was_enabled:
             gc.enable()
     return summary
 
 
-def _pass_one(files: list[Path], ctx: MapContext, buckets: _Buckets, globals_: dict[str, Item],
-              writer: Writer, stats: RunStats, progress: Callable[[int], None] | None) -> None:
-    seq = 0
-    for path in files:
-        for raw in read_file(path, progress):
-            seq += 1
-            if isinstance(raw, Reject):
-                kind = raw.resource_type or "(not a resource)"
-                stats.read[kind] += 1
-                stats.rejected[kind] += 1
-                stats.reasons[raw.code] += 1
-                writer.reject(raw.as_dict())
-                continue
-            res = raw.resource
-            rtype = res["resourceType"]
-            ref = f"{rtype}/{res['id']}"
-            stats.read[rtype] += 1
-            record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
-            item: Item = (ref, fj.version_key(res), seq, record, issues, raw.origin,
-                          _patient_key(res, record))
-            if rtype not in GLOBAL_TYPES:
-                buckets.add(item[6] or ref, item)
-                continue
-            # Study-wide resources (few) are deduplicated at once and kept in memory.
-            old = globals_.get(ref)
-            if old is not None and (old[1], old[2]) > (item[1], item[2]):
-                old, item = item, old
-            globals_[ref] = item
-            if old is not None:
-                _reject(old, writer, stats, "duplicate-superseded", SUPERSEDED)
+def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
+    """Tasks dealt to workers by size (largest first to the least loaded), each with its rank in input order."""
+    loads = [0] * workers
+    shares: list[list[tuple[int, Task]]] = [[] for _ in range(workers)]
+    sizes = [(t.end or t.path.stat().st_size) - t.start for t in tasks]
+    for n in sorted(range(len(tasks)), key=lambda k: -sizes[k]):
+        w = loads.index(min(loads))
+        loads[w] += sizes[n]
+        shares[w].append((n, tasks[n]))
+    return [sorted(share) for share in shares]
 
 
-def _pass_two(buckets: _Buckets, globals_: dict[str, Item], settings: Settings, writer: Writer,
-              stats: RunStats) -> list[CohortRow]:
-    rows: list[CohortRow] = []
-    medications = {ref: item[3] for ref, item in globals_.items() if isinstance(item[3], Other)}
-    for ref, item in globals_.items():
-        if item[3] is None:
-            _reject(item, writer, stats, *_first_issue(item))
-    for items in buckets.drain():
-        winners = _dedup(items, writer, stats)
-        patients: dict[str, PatientRecord] = {}
-        pending: dict[str, list[Item]] = {}
-        for item in winners:
-            record = item[3]
-            if record is None:
-                _reject(item, writer, stats, *_first_issue(item))
-                continue
-            if isinstance(record, Med) and record.med_ref is not None:
-                resolved = _resolve_medication(record, medications)
-                if not isinstance(resolved, Med):
-                    _reject(item, writer, stats, *resolved)
+_PROGRESS: Any = None  # a shared counter of bytes read, inherited by forked workers
+
+
+def _run_workers(
+    fn: Callable[..., Any], jobs: list[tuple[Any, ...]], progress: Callable[[int], None] | None
+) -> list[Any]:
+    """Run one job per worker: in this process when there is one, else in forked processes."""
+    global _PROGRESS  # the one way to hand a shared counter to forked workers
+    if len(jobs) == 1:
+        _PROGRESS = progress
+        try:
+            return [fn(*jobs[0])]
+        finally:
+            _PROGRESS = None
+    ctx = multiprocessing.get_context("fork")
+    counter = ctx.Value("q", 0) if progress else None
+    _PROGRESS = counter
+    try:
+        with ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
+            futures = [pool.submit(fn, *job) for job in jobs]
+            seen = 0
+            while not all(f.done() for f in futures):
+                wait(futures, timeout=0.2)
+                if counter is not None and progress is not None:
+                    now = counter.value
+                    progress(now - seen)
+                    seen = now
+            return [f.result() for f in futures]
+    finally:
+        _PROGRESS = None
+
+
+def _report_bytes(n: int) -> None:
+    target = _PROGRESS
+    if target is None:
+        return
+    if callable(target):
+        target(n)
+    else:
+        with target.get_lock():
+            target.value += n
+
+
+@dataclass
+class _PassOne:
+    stats: RunStats
+    globals: dict[str, Item]
+    rejects: Path
+    bucket_paths: list[Path]
+    memory: _Buckets | None
+
+
+def _pass_one_worker(
+    worker: int, tasks: list[tuple[int, Task]], buckets: int, spill: Path, settings: Settings, in_memory: bool
+) -> _PassOne:
+    """Read and map this worker's share of the input into its bucket files."""
+    gc.disable()
+    ctx = MapContext(settings.mappings, ucum_factor)
+    stats = RunStats()
+    rejects = _Rejects(spill / f"rejects-1-{worker:02d}.ndjson")
+    store = _Buckets(buckets, None if in_memory else spill, worker)
+    globals_: dict[str, Item] = {}
+    progress = _report_bytes if _PROGRESS is not None else None
+    try:
+        for rank, task in tasks:
+            # seq orders copies of a resource by where they were seen: the "last seen" tie-breaker of dedup.
+            for seq, raw in enumerate(read_file(task.path, progress, task), rank * 1_000_000_000):
+                if isinstance(raw, Reject):
+                    kind = raw.resource_type or "(not a resource)"
+                    stats.read[kind] += 1
+                    stats.rejected[kind] += 1
+                    stats.reasons[raw.code] += 1
+                    rejects.reject(raw.as_dict())
                     continue
-                item = (*item[:3], resolved, *item[4:])  # type: ignore[assignment]
-            patient = item[6]
-            assert patient is not None  # noqa: S101 - every mapped record names its patient
-            pending.setdefault(patient, []).append(item)
-        for patient in sorted(pending):
-            group = pending.pop(patient)
-            person = next((i for i in group if isinstance(i[3], Person)), None)
-            if person is None:
-                for item in group:
-                    _reject(item, writer, stats, "unknown-subject",
-                            f"{patient} is not in the input (no Patient resource)")
+                res = raw.resource
+                rtype = res["resourceType"]
+                ref = f"{rtype}/{res['id']}"
+                stats.read[rtype] += 1
+                record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
+                item: Item = (ref, fj.version_key(res), seq, record, issues, raw.origin, _patient_key(res, record))
+                if rtype not in GLOBAL_TYPES:
+                    store.add(item[6] or ref, item)
+                    continue
+                # Study-wide resources (few) are deduplicated at once and kept in memory.
+                old = globals_.get(ref)
+                if old is not None and (old[1], old[2]) > (item[1], item[2]):
+                    old, item = item, old
+                globals_[ref] = item
+                if old is not None:
+                    _reject(old, rejects, stats, "duplicate-superseded", SUPERSEDED)
+        if not in_memory:
+            store.flush()
+    finally:
+        rejects.close()
+        store.close()
+    return _PassOne(stats, globals_, rejects.path, store.paths, store if in_memory else None)
+
+
+@dataclass
+class _PassTwo:
+    stats: RunStats
+    rows: list[CohortRow]
+    index: list[tuple[str, str, int, int]]
+    rejects: Path
+
+
+def _pass_two_worker(
+    worker: int,
+    bucket_ids: list[int],
+    bucket_paths: list[list[Path]],
+    spill: Path,
+    settings: Settings,
+    medications: Mapping[str, Record | None],
+    memory: _Buckets | None,
+) -> _PassTwo:
+    """Deduplicate, group by patient and evaluate the buckets given to this worker."""
+    gc.disable()
+    stats = RunStats()
+    rows: list[CohortRow] = []
+    index: list[tuple[str, str, int, int]] = []
+    rejects = _Rejects(spill / f"rejects-2-{worker:02d}.ndjson")
+    part = f"subjects-{worker:02d}.bin"
+    try:
+        with (spill / part).open("wb") as subjects:
+            for b in bucket_ids:
+                items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
+                for result, row in _evaluate_bucket(items, settings, medications, rejects, stats):
+                    blob = orjson.dumps(result)
+                    index.append((result["patient"], part, subjects.tell(), len(blob)))
+                    subjects.write(blob)
+                    rows.append(row)
+                del items
+    finally:
+        rejects.close()
+    return _PassTwo(stats, rows, index, rejects.path)
+
+
+def _evaluate_bucket(
+    items: list[Item], settings: Settings, medications: Mapping[str, Record | None], rejects: _Rejects, stats: RunStats
+) -> Iterator[tuple[dict[str, Any], CohortRow]]:
+    pending: dict[str, list[Item]] = {}
+    for item in _dedup(items, rejects, stats):
+        record = item[3]
+        if record is None:
+            _reject(item, rejects, stats, *_first_issue(item))
+            continue
+        if isinstance(record, Med) and record.med_ref is not None:
+            resolved = _resolve_medication(record, medications)
+            if not isinstance(resolved, Med):
+                _reject(item, rejects, stats, *resolved)
                 continue
-            rec = patients.setdefault(patient, PatientRecord(patient))
-            issues: list[Issue] = []
-            origins: dict[str, tuple[str, str]] = {}
+            item = (*item[:3], resolved, *item[4:])
+        patient = item[6]
+        assert patient is not None  # noqa: S101 - every mapped record names its patient
+        pending.setdefault(patient, []).append(item)
+    for patient in sorted(pending):
+        group = pending.pop(patient)
+        if not any(isinstance(i[3], Person) for i in group):
             for item in group:
-                _add(rec, item[3])
-                issues.extend(item[4])
-                origins[item[0]] = item[5]
-            result, unused, row = evaluate_patient(rec, settings, issues)
-            for u in unused:
-                entry = _reject_entry(origins[u.ref], u.ref, u.code, u.message)
-                writer.reject(entry)
-                stats.rejected[u.ref.split("/", 1)[0]] += 1
-                stats.reasons[u.code] += 1
-            writer.subject(result)
-            rows.append(row)
-            stats.patients += 1
-            del patients[patient]
-    return rows
+                _reject(item, rejects, stats, "unknown-subject", f"{patient} is not in the input (no Patient resource)")
+            continue
+        rec = PatientRecord(patient)
+        issues: list[Issue] = []
+        origins: dict[str, tuple[str, str]] = {}
+        for item in group:
+            _add(rec, item[3])
+            issues.extend(item[4])
+            origins[item[0]] = item[5]
+        result, unused, row = evaluate_patient(rec, settings, issues)
+        for u in unused:
+            rejects.reject(_reject_entry(origins[u.ref], u.ref, u.code, u.message))
+            stats.rejected[u.ref.split("/", 1)[0]] += 1
+            stats.reasons[u.code] += 1
+        stats.patients += 1
+        yield result, row
 
 
-def _dedup(items: list[Item], writer: Writer, stats: RunStats) -> list[Item]:
+def _dedup(items: list[Item], writer: _Rejects, stats: RunStats) -> list[Item]:
     """Keep the newest copy of each resource (versionId, then lastUpdated, then last seen)."""
     items.sort(key=lambda i: (i[0], i[1], i[2]))
     winners: list[Item] = []
@@ -303,7 +508,7 @@ def _dedup(items: list[Item], writer: Writer, stats: RunStats) -> list[Item]:
     return winners
 
 
-def _resolve_medication(med: Med, medications: dict[str, Record | None]) -> Med | tuple[str, str]:
+def _resolve_medication(med: Med, medications: Mapping[str, Record | None]) -> Med | tuple[str, str]:
     target = medications.get(med.med_ref or "")
     if target is None:
         return "bad-reference", f"medicationReference {med.med_ref} is not in the input"
@@ -316,11 +521,12 @@ def _resolve_medication(med: Med, medications: dict[str, Record | None]) -> Med 
 def _first_issue(item: Item) -> tuple[str, str]:
     if item[4]:
         return item[4][-1].code, "; ".join(
-            i.message if i.message.startswith(i.path) else f"{i.path}: {i.message}" for i in item[4])
+            i.message if i.message.startswith(i.path) else f"{i.path}: {i.message}" for i in item[4]
+        )
     return "unused", "not used"
 
 
-def _reject(item: Item, writer: Writer, stats: RunStats, code: str, reason: str) -> None:
+def _reject(item: Item, writer: _Rejects, stats: RunStats, code: str, reason: str) -> None:
     writer.reject(_reject_entry(item[5], item[0], code, reason))
     stats.rejected[item[0].split("/", 1)[0]] += 1
     stats.reasons[code] += 1
@@ -343,4 +549,3 @@ def _add(rec: PatientRecord, record: Record | None) -> None:
         rec.subjects.append(record)
     elif isinstance(record, Other):
         rec.others.append(record)
-

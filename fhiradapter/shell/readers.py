@@ -36,8 +36,14 @@ class Reject(NamedTuple):
     reason: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "locator": self.locator, "resourceType": self.resource_type,
-                "id": self.id, "code": self.code, "reason": self.reason}
+        return {
+            "file": self.file,
+            "locator": self.locator,
+            "resourceType": self.resource_type,
+            "id": self.id,
+            "code": self.code,
+            "reason": self.reason,
+        }
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
@@ -63,15 +69,56 @@ def _open(path: Path) -> BinaryIO:
     return path.open("rb")
 
 
-def read_file(path: Path, on_bytes: Callable[[int], None] | None = None
-              ) -> Iterator[RawRecord | Reject]:
-    """Records of one file; NDJSON by line, anything else as one JSON document."""
+class Task(NamedTuple):
+    """A share of the input for one worker: a whole file, or a line-aligned byte range of a plain NDJSON file."""
+
+    path: Path
+    start: int
+    end: int | None
+    first_line: int
+
+
+def plan_tasks(files: list[Path], chunk_bytes: int) -> list[Task]:
+    """Split large plain NDJSON files at line boundaries into chunks of about ``chunk_bytes``.
+
+    The line number each chunk starts at is counted here, so rejects still name the file's own line.
+    """
+    tasks: list[Task] = []
+    for path in files:
+        size = path.stat().st_size
+        if not path.name.endswith((".ndjson", ".jsonl")) or size <= chunk_bytes:
+            tasks.append(Task(path, 0, None, 1))
+            continue
+        start, line = 0, 1
+        with path.open("rb") as fh:
+            while start < size:
+                target = start + chunk_bytes
+                if target >= size:
+                    tasks.append(Task(path, start, None, line))
+                    break
+                fh.seek(start)
+                block = fh.read(target - start)
+                fh.seek(target)
+                tail = fh.readline()  # finish the line the target falls in
+                end = target + len(tail)
+                tasks.append(Task(path, start, end, line))
+                line += block.count(b"\n") + tail.count(b"\n")
+                start = end
+    return tasks
+
+
+def read_file(
+    path: Path, on_bytes: Callable[[int], None] | None = None, task: Task | None = None
+) -> Iterator[RawRecord | Reject]:
+    """Records of one file (or one task's share of it); NDJSON by line, anything else as one JSON document."""
     name = str(path)
     is_ndjson = path.name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz"))
     try:
         with _open(path) as fh:
             if is_ndjson:
-                yield from _read_ndjson(fh, name, on_bytes)
+                if task is not None and task.start:
+                    fh.seek(task.start)
+                yield from _read_ndjson(fh, name, on_bytes, task.end if task else None, task.first_line if task else 1)
             else:
                 data = fh.read()
                 if on_bytes:
@@ -81,20 +128,37 @@ def read_file(path: Path, on_bytes: Callable[[int], None] | None = None
         yield Reject(name, "file", None, None, "unreadable", f"file could not be read to the end: {exc}")
 
 
-def _read_ndjson(fh: BinaryIO, name: str, on_bytes: Callable[[int], None] | None
-                 ) -> Iterator[RawRecord | Reject]:
-    for lineno, line in enumerate(fh, 1):
-        if on_bytes:
-            on_bytes(len(line))
-        if not line.strip():
-            continue
-        locator = f"line {lineno}"
+def _read_ndjson(
+    fh: BinaryIO, name: str, on_bytes: Callable[[int], None] | None, end: int | None = None, first_line: int = 1
+) -> Iterator[RawRecord | Reject]:
+    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    pending = 0
+    remaining = None if end is None else end - fh.tell()
+    for lineno, line in enumerate(fh, first_line):
+        if remaining is not None:
+            if remaining <= 0:
+                break
+            remaining -= len(line)
+        if on_bytes is not None:
+            pending += len(line)
+            if pending > 1 << 20:  # report progress per MiB, not per line
+                on_bytes(pending)
+                pending = 0
         try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield Reject(name, locator, None, None, "malformed-json", f"not valid JSON ({exc.msg})")
+            obj = loads(line)
+        except decode_error as exc:
+            if line.strip():
+                yield Reject(name, f"line {lineno}", None, None, "malformed-json", f"not valid JSON ({exc.msg})")
             continue
-        yield from _records(obj, name, locator)
+        # The common case, inline: a plain resource with an id (hot path, one call per line).
+        if type(obj) is dict and (rtype := obj.get("resourceType")) is not None and rtype != "Bundle":
+            rid = obj.get("id")
+            if type(rid) is str and rid and type(rtype) is str:
+                yield RawRecord(obj, (name, f"line {lineno}"), None)
+                continue
+        yield from _records(obj, name, f"line {lineno}")
+    if on_bytes is not None and pending:
+        on_bytes(pending)
 
 
 def _read_document(data: bytes, name: str) -> Iterator[RawRecord | Reject]:
@@ -112,8 +176,7 @@ def _read_document(data: bytes, name: str) -> Iterator[RawRecord | Reject]:
 
 def _records(obj: Any, name: str, locator: str) -> Iterator[RawRecord | Reject]:
     if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
-        yield Reject(name, locator, None, None, "not-a-resource",
-                     "a JSON object with a resourceType is expected")
+        yield Reject(name, locator, None, None, "not-a-resource", "a JSON object with a resourceType is expected")
         return
     if obj["resourceType"] == "Bundle":
         yield from _bundle(obj, name, locator)
@@ -144,7 +207,7 @@ def _bundle(bundle: dict[str, Any], name: str, locator: str) -> Iterator[RawReco
             continue
         full = entry.get("fullUrl")
         if not res.get("id") and isinstance(full, str) and full.startswith("urn:uuid:"):
-            res = {**res, "id": full[len("urn:uuid:"):]}  # a transaction entry to be created
+            res = {**res, "id": full[len("urn:uuid:") :]}  # a transaction entry to be created
         if isinstance(full, str) and isinstance(res.get("id"), str):
             aliases[full] = f"{res['resourceType']}/{res['id']}"
         staged.append((i, res))
