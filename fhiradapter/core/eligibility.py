@@ -47,15 +47,16 @@ def criterion(cid: str, status: str, value: Any, evidence: Iterable[str], detail
 
 def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int = LAB_WINDOW_DAYS) -> Obs | None:
     """The latest observation of ``concept`` dated within ``window_days`` before ``on`` (inclusive)."""
-    start = on - timedelta(days=window_days)
+    # Observation dates are full ISO dates (the mapper rejects others), so strings compare as dates.
+    start, end = (on - timedelta(days=window_days)).isoformat(), on.isoformat()
     best: Obs | None = None
     for o in obs:
-        if o.concept != concept:
-            continue
-        d = dates.to_date(o.date)
-        if d is None or d < start or d > on:
-            continue
-        if best is None or (o.date or "") >= (best.date or ""):
+        if (
+            o.concept == concept
+            and o.date is not None
+            and start <= o.date <= end
+            and (best is None or o.date >= (best.date or ""))
+        ):
             best = o
     return best
 

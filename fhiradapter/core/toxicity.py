@@ -12,7 +12,6 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
-from fhiradapter.core import dates
 from fhiradapter.core.model import AE, Obs
 from fhiradapter.core.protocol import DoseRule, Mappings
 from fhiradapter.core.response import exact
@@ -73,9 +72,9 @@ def lab_grade(o: Obs) -> int | None:
     return None
 
 
-def in_window(day: str | None, index: date, last_dose: date, after_days: int) -> bool:
-    d = dates.to_date(day)
-    return d is not None and index <= d <= last_dose + timedelta(days=after_days)
+def _window(index: date, last_dose: date, after_days: int) -> tuple[str, str]:
+    """Treatment-emergent window: the index date to ``after_days`` after the last dose, inclusive."""
+    return index.isoformat(), (last_dose + timedelta(days=after_days)).isoformat()
 
 
 def toxicities(
@@ -91,13 +90,14 @@ def toxicities(
     rows: dict[str, dict[str, Any]] = {}
     events: list[dict[str, Any]] = []
     issues: list[str] = []
+    first, last = _window(index, last_dose, after_days)  # full ISO dates compare as strings
     for ae in aes:
-        if ae.grade is None or not in_window(ae.date, index, last_dose, after_days):
+        if ae.grade is None or ae.date is None or not first <= ae.date <= last:
             continue
         key = ae.term or f"unmapped:{ae.term_text}"
         events.append({"date": ae.date, "term": key, "grade": ae.grade, "source": ae.grade_source, "ref": ae.ref})
     for o in labs:
-        if o.concept not in LAB_TERMS or not in_window(o.date, index, last_dose, after_days):
+        if o.concept not in LAB_TERMS or o.date is None or not first <= o.date <= last:
             continue
         grade = lab_grade(o)
         if grade is None:

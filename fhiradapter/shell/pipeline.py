@@ -8,11 +8,10 @@ in-memory bucket. Every input record ends up used or in ``rejects.ndjson``.
 
 from __future__ import annotations
 
-import contextlib
 import gc
+import marshal
 import multiprocessing
 import os
-import pickle
 import shutil
 import tempfile
 import zlib
@@ -49,7 +48,7 @@ from fhiradapter.shell.readers import Reject, Task, expand_inputs, plan_tasks, r
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
 CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # below this one process is faster than two
-FLUSH_EVERY = 2000  # records buffered per bucket before they are pickled to its file
+FLUSH_EVERY = 2000  # records buffered per bucket before they are written to its spill file
 GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
 SUPERSEDED = "an older copy of a resource that appears again (kept: the newest version)"
@@ -96,7 +95,7 @@ class RunStats:
 
 
 class _Buckets:
-    """N append-only pickle files of one worker (or one in-memory list when nothing needs to spill)."""
+    """N append-only spill files of one worker (or one in-memory list when nothing needs to spill)."""
 
     def __init__(self, count: int, folder: Path | None, worker: int = 0) -> None:
         self.count = count
@@ -104,7 +103,7 @@ class _Buckets:
         self.paths: list[Path] = []
         self._files: list[BinaryIO] = []
         if folder is not None:
-            self.paths = [folder / f"bucket-{worker:02d}-{i:04d}.pkl" for i in range(count)]
+            self.paths = [folder / f"bucket-{worker:02d}-{i:04d}.bin" for i in range(count)]
             self._files = [p.open("wb") for p in self.paths]
 
     def add(self, key: str, item: Item) -> None:
@@ -112,13 +111,13 @@ class _Buckets:
         buf = self._buffers[i]
         buf.append(item)
         if self._files and len(buf) >= FLUSH_EVERY:
-            pickle.dump(buf, self._files[i], protocol=pickle.HIGHEST_PROTOCOL)
+            _dump(buf, self._files[i])
             self._buffers[i] = []
 
     def flush(self) -> None:
         for i, fh in enumerate(self._files):
             if self._buffers[i]:
-                pickle.dump(self._buffers[i], fh, protocol=pickle.HIGHEST_PROTOCOL)
+                _dump(self._buffers[i], fh)
                 self._buffers[i] = []
             fh.close()
 
@@ -132,12 +131,41 @@ class _Buckets:
                 fh.close()
 
 
+_RECORD_TYPES: dict[str, Any] = {
+    cls.__name__: cls for cls in (Person, Obs, Med, AE, Cond, ConsentRec, SubjectRec, Other)
+}
+
+
+def _dump(items: list[Item], fh: BinaryIO) -> None:
+    """Spill items as plain tuples with marshal: about twice as fast as pickling the NamedTuples."""
+    plain = [
+        (
+            ref,
+            vkey,
+            seq,
+            type(rec).__name__,
+            tuple(rec) if rec is not None else None,
+            [tuple(i) for i in issues],
+            origin,
+            patient,
+        )
+        for ref, vkey, seq, rec, issues, origin, patient in items
+    ]
+    blob = marshal.dumps(plain)
+    fh.write(len(blob).to_bytes(8, "little") + blob)
+
+
 def _load_bucket(paths: list[Path]) -> list[Item]:
     items: list[Item] = []
+    make_issue = Issue._make
     for path in paths:
-        with path.open("rb") as fh, contextlib.suppress(EOFError):
-            while True:
-                items.extend(pickle.load(fh))  # noqa: S301 - our own temporary file
+        with path.open("rb") as fh:
+            while header := fh.read(8):
+                for ref, vkey, seq, tag, fields, issues, origin, patient in marshal.loads(  # noqa: S302 - own file
+                    fh.read(int.from_bytes(header, "little"))
+                ):
+                    record = _RECORD_TYPES[tag]._make(fields) if fields is not None else None
+                    items.append((ref, vkey, seq, record, [make_issue(i) for i in issues], origin, patient))
         path.unlink()
     return items
 

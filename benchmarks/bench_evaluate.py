@@ -1,0 +1,123 @@
+"""Throughput and peak memory of ``fhiradapter evaluate`` against a plain orjson parse of the same files.
+
+Each measurement runs in a fresh process, so peak RSS is that run's own (workers included). Figures are
+reported as ratios against the orjson baseline measured in the same run on the same machine; absolute
+numbers vary too much between machines to mean anything alone. Never run by CI (timing is not a test).
+
+    python benchmarks/bench_evaluate.py                   # 1k and 10k patients
+    python benchmarks/bench_evaluate.py --sizes 1000 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from generate import generate  # noqa: E402 - the generator lives beside this script
+
+BASELINE = """
+import json, orjson, resource, sys, time
+from pathlib import Path
+files = sorted(Path(sys.argv[1]).glob("*.ndjson"))
+t = time.perf_counter(); n = 0
+for f in files:
+    with f.open("rb") as fh:
+        for line in fh:
+            orjson.loads(line); n += 1
+dt = time.perf_counter() - t
+print(json.dumps({"resources": n, "seconds": dt,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+EVALUATE = """
+import json, resource, sys, time
+from datetime import date
+from pathlib import Path
+from fhiradapter.shell.mappings_io import load_mappings
+from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.core.stats import clopper_pearson, kaplan_meier
+# Lazy imports (lifelines, scipy) are paid before timing: start-up is not throughput.
+kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
+mappings, identity = load_mappings()
+workers = int(sys.argv[3]) or None
+t = time.perf_counter()
+summary = run_evaluate([Path(sys.argv[1])], Path(sys.argv[2]), date(2005, 12, 31), mappings, identity,
+                       workers=workers)
+dt = time.perf_counter() - t
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"resources": summary["records_read"], "seconds": dt, "workers": summary["workers"],
+                  "peak_mb": own, "peak_worker_mb": kids, "patients": summary["patients"]}))
+"""
+
+
+def measure(script: str, *args: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--workers", type=int, default=0, help="0 = the adapter's default")
+    parser.add_argument("--data", type=Path, default=HERE / ".data")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
+    args = parser.parse_args()
+    rows = []
+    for size in args.sizes:
+        folder = args.data / f"p{size}"
+        if not (folder / "Observation.ndjson").exists():
+            t = time.perf_counter()
+            count = generate(size, folder, seed=7)
+            print(f"generated {count} resources for {size} patients in {time.perf_counter() - t:.1f} s")
+        base = sorted((measure(BASELINE, str(folder)) for _ in range(args.repeat)), key=lambda r: r["seconds"])
+        runs = sorted(
+            (
+                measure(EVALUATE, str(folder), str(args.data / f"out-{size}"), str(args.workers))
+                for _ in range(args.repeat)
+            ),
+            key=lambda r: r["seconds"],
+        )
+        b, e = base[len(base) // 2], runs[len(runs) // 2]
+        rows.append(
+            {
+                "patients": size,
+                "resources": e["resources"],
+                "workers": e["workers"],
+                "orjson_per_s": b["resources"] / b["seconds"],
+                "evaluate_per_s": e["resources"] / e["seconds"],
+                "ratio": b["seconds"] / e["seconds"],
+                "orjson_peak_mb": b["peak_mb"],
+                "evaluate_peak_mb": max(e["peak_mb"], e["peak_worker_mb"]),
+                "evaluate_parent_mb": e["peak_mb"],
+                "evaluate_worker_mb": e["peak_worker_mb"],
+            }
+        )
+    print(
+        f"{'patients':>8} {'resources':>9} {'workers':>7} {'orjson/s':>10} {'evaluate/s':>10} {'ratio':>6} "
+        f"{'orjson MB':>9} {'evaluate MB (parent/worker)':>28}"
+    )
+    for r in rows:
+        print(
+            f"{r['patients']:>8} {r['resources']:>9} {r['workers']:>7} {r['orjson_per_s']:>10,.0f} "
+            f"{r['evaluate_per_s']:>10,.0f} {r['ratio']:>6.3f} {r['orjson_peak_mb']:>9.0f} "
+            f"{r['evaluate_parent_mb']:>14.0f} / {r['evaluate_worker_mb']:<12.0f}"
+        )
+    if len(rows) > 1:
+        growth = rows[-1]["evaluate_peak_mb"] / rows[0]["evaluate_peak_mb"]
+        print(
+            f"peak memory x{growth:.2f} for x{rows[-1]['patients'] / rows[0]['patients']:.0f} input "
+            f"(target: within x1.20)"
+        )
+    (args.data / "bench-evaluate.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
