@@ -54,9 +54,22 @@ def main() -> None:
     help="Folder with protocol.toml, codes.toml and units.toml [default: the mappings shipped with fhiradapter].",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes to use [default: 2 for inputs over 32 MB, else 1].",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
-def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path | None, progress: bool | None) -> None:
+def evaluate(
+    inputs: tuple[Path, ...],
+    as_of: str,
+    out: Path,
+    mappings_dir: Path | None,
+    workers: int | None,
+    progress: bool | None,
+) -> None:
     """Evaluate the protocol on FHIR files.
 
     INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
@@ -65,7 +78,7 @@ def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path
 
     \b
     Example:
-      fhiradapter evaluate fixtures/paper-cohort --as-of 2005-03-31 --out out/
+      fhiradapter evaluate fixtures/paper-cohort/input --as-of 2005-03-31 --out out/
     """
     from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
     from fhiradapter.shell.pipeline import run_evaluate  # noqa: PLC0415
@@ -77,8 +90,13 @@ def evaluate(inputs: tuple[Path, ...], as_of: str, out: Path, mappings_dir: Path
         files = expand_inputs(list(inputs))
         total = sum(f.stat().st_size for f in files)
         show = sys.stderr.isatty() if progress is None else progress
-        with click.progressbar(length=total, label="Reading", file=sys.stderr, show_pos=False, hidden=not show) as bar:
-            summary = run_evaluate(list(inputs), out, cutoff, mappings, identity, progress=bar.update if show else None)
+        # Two passes over the data: reading and mapping, then grouping and evaluating.
+        with click.progressbar(
+            length=2 * total, label="Reading and evaluating", file=sys.stderr, show_pos=False, hidden=not show
+        ) as bar:
+            summary = run_evaluate(
+                list(inputs), out, cutoff, mappings, identity, progress=bar.update if show else None, workers=workers
+            )
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))

@@ -298,6 +298,7 @@ def run_evaluate(
             parts.append(glob_rejects.path)
             medications = {ref: item[3] for ref, item in globals_.items() if isinstance(item[3], Other)}
             memory = one[0].memory if in_memory else None
+            per_bucket = sum(f.stat().st_size for f in files) // buckets  # progress: pass two counts again
             jobs = [
                 (
                     w,
@@ -307,10 +308,11 @@ def run_evaluate(
                     settings,
                     medications,
                     memory,
+                    per_bucket,
                 )
                 for w in range(workers)
             ]
-            two = _run_workers(_pass_two_worker, jobs, None)
+            two = _run_workers(_pass_two_worker, jobs, progress)
             rows: list[CohortRow] = []
             index: list[tuple[str, str, int, int]] = []
             for r2 in two:
@@ -461,6 +463,7 @@ def _pass_two_worker(
     settings: Settings,
     medications: Mapping[str, Record | None],
     memory: _Buckets | None,
+    per_bucket: int = 0,
 ) -> _PassTwo:
     """Deduplicate, group by patient and evaluate the buckets given to this worker."""
     gc.disable()
@@ -479,6 +482,7 @@ def _pass_two_worker(
                     subjects.write(blob)
                     rows.append(row)
                 del items
+                _report_bytes(per_bucket)
     finally:
         rejects.close()
     return _PassTwo(stats, rows, index, rejects.path)
