@@ -48,11 +48,18 @@ def test_bad_as_of_is_a_config_error(tmp_path: Path, bad: str) -> None:
     assert "--as-of must be a date as YYYY-MM-DD" in out and "Traceback" not in out
 
 
-def test_unreadable_mappings_name_file_and_key(tmp_path: Path) -> None:
+def edited_mappings(tmp_path: Path, name: str, old: str, new: str) -> Path:
+    """A copy of the shipped mappings with one text replaced in one file."""
     folder = tmp_path / "maps"
     shutil.copytree(ROOT / "mappings", folder)
-    text = (folder / "protocol.toml").read_text().replace("afp_window_days = 14", "afp_windw_days = 14")
-    (folder / "protocol.toml").write_text(text)
+    text = (folder / name).read_text()
+    assert old in text
+    (folder / name).write_text(text.replace(old, new))
+    return folder
+
+
+def test_unreadable_mappings_name_file_and_key(tmp_path: Path) -> None:
+    folder = edited_mappings(tmp_path, "protocol.toml", "afp_window_days = 14", "afp_windw_days = 14")
     code, out = invoke(
         "evaluate",
         str(PAPER),
@@ -86,10 +93,7 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
 
 def test_configurable_albumin_cut_off_changes_child_pugh(tmp_path: Path) -> None:
     """PROTOCOL.md §3: the 2.8 g/dL cut-off lives in mappings/; with 3.0 a 2.8 g/dL albumin scores 3."""
-    folder = tmp_path / "maps"
-    shutil.copytree(ROOT / "mappings", folder)
-    text = (folder / "protocol.toml").read_text().replace("albumin_lower_g_dl = 2.8", "albumin_lower_g_dl = 3.0")
-    (folder / "protocol.toml").write_text(text)
+    folder = edited_mappings(tmp_path, "protocol.toml", "albumin_lower_g_dl = 2.8", "albumin_lower_g_dl = 3.0")
     code, _ = invoke(
         "evaluate",
         str(PAPER),

@@ -284,13 +284,8 @@ def run_evaluate(
             glob_rejects = _Rejects(spill / "rejects-globals.ndjson")
             for r in one:
                 stats.merge(r.stats)
-                for ref, item in r.globals.items():
-                    old = globals_.get(ref)
-                    if old is not None and (old[1], old[2]) > (item[1], item[2]):
-                        old, item = item, old
-                    globals_[ref] = item
-                    if old is not None:
-                        _reject(old, glob_rejects, stats, "duplicate-superseded", SUPERSEDED)
+                for item in r.globals.values():
+                    _keep_newest(globals_, item, glob_rejects, stats)
             for item in globals_.values():
                 if item[3] is None:
                     _reject(item, glob_rejects, stats, *_first_issue(item))
@@ -433,12 +428,7 @@ def _pass_one_worker(
                     store.add(item[6] or ref, item)
                     continue
                 # Study-wide resources (few) are deduplicated at once and kept in memory.
-                old = globals_.get(ref)
-                if old is not None and (old[1], old[2]) > (item[1], item[2]):
-                    old, item = item, old
-                globals_[ref] = item
-                if old is not None:
-                    _reject(old, rejects, stats, "duplicate-superseded", SUPERSEDED)
+                _keep_newest(globals_, item, rejects, stats)
         if not in_memory:
             store.flush()
     finally:
@@ -526,6 +516,16 @@ def _evaluate_bucket(
             stats.reasons[u.code] += 1
         stats.patients += 1
         yield result, row
+
+
+def _keep_newest(kept: dict[str, Item], item: Item, rejects: _Rejects, stats: RunStats) -> None:
+    """Keep the newer of ``item`` and the copy already kept under its reference; reject the other."""
+    old = kept.get(item[0])
+    if old is not None and (old[1], old[2]) > (item[1], item[2]):
+        old, item = item, old
+    kept[item[0]] = item
+    if old is not None:
+        _reject(old, rejects, stats, "duplicate-superseded", SUPERSEDED)
 
 
 def _dedup(items: list[Item], writer: _Rejects, stats: RunStats) -> list[Item]:
