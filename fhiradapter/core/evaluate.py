@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from fhiradapter.core import dates
@@ -60,15 +61,13 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[Unused
     unused: list[Unused] = []
     cut = as_of.isoformat()
 
-    def keep(items: Iterable[Any], day: Any) -> list[Any]:
-        out = []
-        for item in items:
-            d = day(item)
-            if d is not None and d[:10] > cut[: len(d[:10])]:
-                unused.append(Unused(item.ref, "after-as-of", f"dated {d}, after the as-of date {cut}"))
-            else:
-                out.append(item)
-        return out
+    def keep(items: list[Any], day: Any) -> list[Any]:
+        late = [item for item in items if (d := day(item)) is not None and d[:10] > cut[: len(d[:10])]]
+        if not late:
+            return items  # the common case: nothing after the cut-off
+        unused.extend(Unused(i.ref, "after-as-of", f"dated {day(i)}, after the as-of date {cut}") for i in late)
+        late_ids = {id(item) for item in late}
+        return [item for item in items if id(item) not in late_ids]
 
     meds = [m if m.end is None or m.end <= cut else m._replace(end=cut) for m in keep(rec.meds, lambda m: m.start)]
     person = rec.person
@@ -78,11 +77,11 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[Unused
         rec,
         person=person,
         meds=meds,
-        observations=keep(rec.observations, lambda o: o.date),
-        adverse_events=keep(rec.adverse_events, lambda a: a.date),
+        observations=keep(rec.observations, attrgetter("date")),
+        adverse_events=keep(rec.adverse_events, attrgetter("date")),
         conditions=keep(rec.conditions, lambda c: c.onset or c.recorded),
-        consents=keep(rec.consents, lambda c: c.date),
-        subjects=keep(rec.subjects, lambda s: s.start),
+        consents=keep(rec.consents, attrgetter("date")),
+        subjects=keep(rec.subjects, attrgetter("start")),
     )
     return new, unused
 

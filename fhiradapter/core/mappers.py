@@ -103,7 +103,12 @@ def _issue(ref: str, path: str, code: str, message: str) -> list[Issue]:
 def _patient_ref(
     res: Mapping[str, Any], key: str, ref: str, aliases: Mapping[str, str] | None
 ) -> tuple[str | None, list[Issue]]:
-    target = fj.reference_of(res.get(key), aliases)
+    element = res.get(key)
+    if type(element) is dict:  # fast path: a plain relative reference
+        target = element.get("reference")
+        if type(target) is str and target.startswith("Patient/") and target.count("/") == 1 and len(target) > 8:
+            return target, []
+    target = fj.reference_of(element, aliases)
     if target is None or not target.startswith("Patient/"):
         return None, _issue(ref, key, "no-subject", f"{key} is missing or is not a reference to a Patient")
     return target, []

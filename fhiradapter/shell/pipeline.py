@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import date
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -530,7 +531,7 @@ def _keep_newest(kept: dict[str, Item], item: Item, rejects: _Rejects, stats: Ru
 
 def _dedup(items: list[Item], writer: _Rejects, stats: RunStats) -> list[Item]:
     """Keep the newest copy of each resource (versionId, then lastUpdated, then last seen)."""
-    items.sort(key=lambda i: (i[0], i[1], i[2]))
+    items.sort(key=itemgetter(0, 1, 2))
     winners: list[Item] = []
     for n, item in enumerate(items):
         if n + 1 < len(items) and items[n + 1][0] == item[0]:

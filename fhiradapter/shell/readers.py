@@ -97,14 +97,22 @@ def plan_tasks(files: list[Path], chunk_bytes: int) -> list[Task]:
                     tasks.append(Task(path, start, None, line))
                     break
                 fh.seek(start)
-                block = fh.read(target - start)
-                fh.seek(target)
+                lines = sum(piece.count(b"\n") for piece in _pieces(fh, target - start))  # streamed: flat memory
                 tail = fh.readline()  # finish the line the target falls in
                 end = target + len(tail)
                 tasks.append(Task(path, start, end, line))
-                line += block.count(b"\n") + tail.count(b"\n")
+                line += lines + tail.count(b"\n")
                 start = end
     return tasks
+
+
+def _pieces(fh: BinaryIO, length: int, size: int = 1 << 20) -> Iterator[bytes]:
+    while length > 0:
+        piece = fh.read(min(size, length))
+        if not piece:
+            return
+        length -= len(piece)
+        yield piece
 
 
 def read_file(
