@@ -24,7 +24,7 @@ from fhiradapter.core.response import assess_response
 from fhiradapter.core.stats import kaplan_meier, rate
 from fhiradapter.core.toxicity import dose_actions, toxicities, toxicity_table
 
-ONGOING_MED_STATUS = frozenset({"active", "in-progress", "on-hold", "intended"})
+ONGOING_MED_STATUS = frozenset({"active", "in-progress", "on-hold"})  # still on drug (on-hold: interrupted)
 RESPONSES = ("CR", "PR", "SD", "PD", "NE")
 
 

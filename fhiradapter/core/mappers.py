@@ -43,22 +43,6 @@ NUMERIC_CONCEPTS = frozenset(
 CODED_CONCEPTS = frozenset({"disease_status", "ascites", "pregnancy_status", "breastfeeding_status"})
 UNITLESS = frozenset({"", "1", "{INR}", "{ratio}", "{score}"})
 EXCLUDED_MED_STATUS = frozenset({"entered-in-error", "not-taken", "not-done", "cancelled", "draft", "intended"})
-USED_TYPES = frozenset(
-    {
-        "Patient",
-        "Observation",
-        "MedicationStatement",
-        "MedicationAdministration",
-        "MedicationRequest",
-        "AdverseEvent",
-        "Condition",
-        "Consent",
-        "ResearchSubject",
-        "ResearchStudy",
-        "BodyStructure",
-        "Medication",
-    }
-)
 
 
 @dataclass(slots=True)
