@@ -149,3 +149,33 @@ def test_s7_research_subject_status(
 def test_s7_on_hold_interruption_is_still_on_intervention(mappings: Mappings) -> None:
     r = run(patient([thal("2005-01-10", None, "on-hold")]), mappings)
     assert r["research_subject_status"] == "on-study-intervention"
+
+
+def test_s1_screening_date_comes_from_the_study_research_subject(mappings: Mappings) -> None:
+    rec = patient([thal("2004-01-10", "2004-01-19")])
+    other = SubjectRec(
+        "ResearchSubject/other",
+        "Patient/p",
+        "ResearchStudy/another-trial",
+        "on-study",
+        "2003-01-01",
+        None,
+        True,
+        "1",
+        ORIGIN,
+    )
+    ours = SubjectRec(
+        "ResearchSubject/ours",
+        "Patient/p",
+        "ResearchStudy/thal-hcc-pilot",
+        "on-study",
+        "2004-01-06",
+        None,
+        True,
+        "1",
+        ORIGIN,
+    )
+    rec.subjects = [other, ours]
+    r = run(rec, mappings)
+    assert r["research_subject"] == "ResearchSubject/ours"
+    assert r["eligibility"]["screening_date"] == "2004-01-06"

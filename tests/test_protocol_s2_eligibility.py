@@ -284,3 +284,14 @@ def test_s2_consent_from_research_subject_or_missing() -> None:
     assert status_of(assess(rec), "consent") == "unknown"
     rec.subjects[0] = rec.subjects[0]._replace(has_consent=True)
     assert status_of(assess(rec), "consent") == "met"
+
+
+def test_s2_ecog_is_the_latest_assessment_on_or_before_screening_however_old() -> None:
+    rec = good_record()
+    rec = replace(
+        rec,
+        observations=[o for o in rec.observations if o.concept != "ecog"]
+        + [lab("ecog", "2003-12-01", 2), lab("ecog", "2004-03-02", 4)],
+    )  # the second is after screening
+    crit = next(c for c in assess(rec)["criteria"] if c["id"] == "ecog")
+    assert crit["status"] == "met" and crit["value"]["value"] == 2

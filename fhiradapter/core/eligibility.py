@@ -45,10 +45,14 @@ def criterion(cid: str, status: str, value: Any, evidence: Iterable[str], detail
     return {"id": cid, "status": status, "value": value, "evidence": sorted(set(evidence)), "detail": detail}
 
 
-def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int = LAB_WINDOW_DAYS) -> Obs | None:
-    """The latest observation of ``concept`` dated within ``window_days`` before ``on`` (inclusive)."""
+def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int | None = LAB_WINDOW_DAYS) -> Obs | None:
+    """The latest observation of ``concept`` dated within ``window_days`` before ``on`` (inclusive).
+
+    ``window_days=None``: the latest on or before ``on``, however old.
+    """
     # Observation dates are full ISO dates (the mapper rejects others), so strings compare as dates.
-    start, end = (on - timedelta(days=window_days)).isoformat(), on.isoformat()
+    start = "" if window_days is None else (on - timedelta(days=window_days)).isoformat()
+    end = on.isoformat()
     best: Obs | None = None
     for o in obs:
         if (
@@ -61,9 +65,10 @@ def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int = LAB_WI
     return best
 
 
-def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str) -> dict[str, Any]:
+def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str, window: bool = True) -> dict[str, Any]:
     if o is None or ok is None:
-        return criterion(cid, "unknown", None, [], f"no {what} within {LAB_WINDOW_DAYS} days before screening")
+        when = f"within {LAB_WINDOW_DAYS} days before screening" if window else "on or before screening"
+        return criterion(cid, "unknown", None, [], f"no value for: {what}, {when}")
     shown: float | int | None = o.value
     if shown is not None and not o.unit and float(shown).is_integer():
         shown = int(shown)  # ECOG is a score, not a measurement
@@ -84,13 +89,15 @@ def assess_eligibility(
         _anthracycline(rec, screening),
         _age(rec, screening),
     ]
-    ecog = latest(obs, "ecog", screening)
+    # ECOG is an assessment, not a lab: the latest on or before screening counts (PROTOCOL.md §2).
+    ecog = latest(obs, "ecog", screening, window_days=None)
     results.append(
         _threshold(
             "ecog",
             ecog,
             None if ecog is None or ecog.value is None else ecog.value <= ECOG_MAX,
             "ECOG performance status <= 2",
+            window=False,
         )
     )
     anc = latest(obs, "anc", screening)
@@ -276,7 +283,7 @@ def _pregnancy(rec: PatientRecord, screening: date) -> dict[str, Any]:
     found = _active_conditions(rec, {"pregnancy", "breastfeeding"}, screening)
     refs = [c.ref for c in found]
     for concept, positive in (("pregnancy_status", "pregnant"), ("breastfeeding_status", "breastfeeding")):
-        o = latest(rec.observations, concept, screening)
+        o = latest(rec.observations, concept, screening, window_days=None)
         if o is not None and o.coded == positive:
             refs.append(o.ref)
     if refs:

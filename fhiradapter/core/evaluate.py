@@ -118,12 +118,15 @@ def evaluate_patient(
     def note(ref: str | None, code: str, message: str) -> None:
         notes.append({"resource": ref, "path": "", "code": code, "message": message})
 
-    subject = rec.subjects[0] if rec.subjects else None
-    if len(rec.subjects) > 1:
+    # The study's ResearchSubject (PROTOCOL.md §1): the one whose study is ResearchStudy/<protocol id>.
+    study_ref = f"ResearchStudy/{m.protocol.protocol.id}"
+    ours = [x for x in rec.subjects if x.study == study_ref] or rec.subjects
+    subject = ours[0] if ours else None
+    if len(ours) > 1:
         note(
             subject.ref if subject else None,
             "several-subjects",
-            f"{len(rec.subjects)} ResearchSubjects; the first ({subject.ref if subject else ''}) is used",
+            f"{len(ours)} ResearchSubjects for this study; the first ({subject.ref if subject else ''}) is used",
         )
     thal = sorted((x for x in rec.meds if x.drug == "thalidomide"), key=lambda x: x.start or "")
     screening = dates.to_date(subject.start) if subject and subject.start else None
