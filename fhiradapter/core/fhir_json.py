@@ -135,3 +135,17 @@ def version_key(resource: Mapping[str, Any]) -> tuple[int, str, str]:
     vnum = int(vid) if isinstance(vid, str) and vid.isdigit() else -1
     updated = meta.get("lastUpdated")
     return (vnum, updated if isinstance(updated, str) else "", vid if isinstance(vid, str) else "")
+
+
+def resolve_aliases(value: Any, aliases: Mapping[str, str] | None) -> Any:
+    """A copy of a resource with Bundle-internal references (``urn:uuid:``) replaced by ``Type/id``."""
+    if not aliases:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (aliases.get(v, v) if k == "reference" and isinstance(v, str) else resolve_aliases(v, aliases))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [resolve_aliases(v, aliases) for v in value]
+    return value

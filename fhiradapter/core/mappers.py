@@ -24,10 +24,12 @@ from fhiradapter.core.model import (
     Other,
     Person,
     SubjectRec,
+    Written,
 )
 from fhiradapter.core.protocol import CodeTable, Mappings
+from fhiradapter.core.writeback import HASH_TAG_SYSTEM, IDENTIFIER_SYSTEM
 
-Record = Person | Obs | Med | AE | Cond | ConsentRec | SubjectRec | Other
+Record = Person | Obs | Med | AE | Cond | ConsentRec | SubjectRec | Written | Other
 Result = tuple[Record | None, list[Issue]]
 UcumFactor = Callable[[str, str], float | None]
 
@@ -155,6 +157,9 @@ def map_observation(
     res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
 ) -> Result:
     m = ctx.mappings
+    written = _written(res, ref, origin, aliases)
+    if written is not None:
+        return written, []
     concept = _lookup(res.get("code"), m.observation)
     if concept is None:
         return None, _issue(
@@ -265,6 +270,30 @@ def map_observation(
         ),
         issues,
     )
+
+
+def _written(res: Mapping[str, Any], ref: str, origin: Origin, aliases: Mapping[str, str] | None) -> Written | None:
+    """A result this adapter wrote earlier: kept as such (for the write-back plan), never read as input."""
+    idents = res.get("identifier")
+    if type(idents) is not list:
+        return None
+    for ident in idents:
+        if type(ident) is dict and ident.get("system") == IDENTIFIER_SYSTEM and type(ident.get("value")) is str:
+            patient = fj.reference_of(res.get("subject"), aliases)
+            if patient is None or not patient.startswith("Patient/"):
+                return None
+            meta: dict[str, Any] = res["meta"] if type(res.get("meta")) is dict else {}
+            digest = next(
+                (
+                    t.get("code")
+                    for t in meta.get("tag") or []
+                    if type(t) is dict and t.get("system") == HASH_TAG_SYSTEM
+                ),
+                None,
+            )
+            version = meta.get("versionId") if type(meta.get("versionId")) is str else None
+            return Written(ref, patient, ident["value"], digest, version, origin)
+    return None
 
 
 def _ecog(res: Mapping[str, Any], m: Mappings) -> float | None:
@@ -527,6 +556,7 @@ def map_research_subject(
         isinstance(consent, dict) and bool(consent),
         version,
         origin,
+        fj.resolve_aliases(dict(res), aliases),
     ), issues
 
 

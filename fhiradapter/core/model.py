@@ -9,7 +9,7 @@ cheap to pickle when the grouping step spills to disk, and immutable. Dates are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 Origin = tuple[str, str]  # (source file, "line 12" | "entry 3" | "entry 3 (Bundle in line 5)")
 
@@ -114,6 +114,18 @@ class SubjectRec(NamedTuple):
     has_consent: bool
     version: str | None
     origin: Origin
+    raw: dict[str, Any] | None = None  # the resource itself, so that a status update changes nothing else
+
+
+class Written(NamedTuple):
+    """A result resource the adapter wrote in an earlier run (found by the adapter's identifier system)."""
+
+    ref: str
+    patient: str
+    identifier: str
+    content_hash: str | None
+    version: str | None
+    origin: Origin
 
 
 class Other(NamedTuple):
@@ -137,4 +149,5 @@ class PatientRecord:
     conditions: list[Cond] = field(default_factory=list)
     consents: list[ConsentRec] = field(default_factory=list)
     subjects: list[SubjectRec] = field(default_factory=list)
+    written: list[Written] = field(default_factory=list)
     others: list[Other] = field(default_factory=list)

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -41,8 +41,10 @@ from fhiradapter.core.model import (
     PatientRecord,
     Person,
     SubjectRec,
+    Written,
 )
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.writeback import Existing, WritebackContext, bundle_entry, plan_patient, provenance_entry
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.readers import Reject, Task, expand_inputs, plan_tasks, read_file
 
@@ -64,6 +66,7 @@ class RunStats:
     read: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
+    plan: Counter[str] = field(default_factory=Counter)
     patients: int = 0
     files: int = 0
     input_bytes: int = 0
@@ -72,6 +75,7 @@ class RunStats:
         self.read.update(other.read)
         self.rejected.update(other.rejected)
         self.reasons.update(other.reasons)
+        self.plan.update(other.plan)
         self.patients += other.patients
 
     def as_dict(self) -> dict[str, Any]:
@@ -92,6 +96,7 @@ class RunStats:
                 for t in types
             },
             "rejects_by_reason": dict(sorted(self.reasons.items())),
+            "writeback": {k: self.plan.get(k, 0) for k in ("create", "update", "unchanged")},
         }
 
 
@@ -133,7 +138,7 @@ class _Buckets:
 
 
 _RECORD_TYPES: dict[str, Any] = {
-    cls.__name__: cls for cls in (Person, Obs, Med, AE, Cond, ConsentRec, SubjectRec, Other)
+    cls.__name__: cls for cls in (Person, Obs, Med, AE, Cond, ConsentRec, SubjectRec, Written, Other)
 }
 
 
@@ -245,6 +250,41 @@ def _reject_entry(origin: tuple[str, str], ref: str | None, code: str, reason: s
     }
 
 
+def _write_writeback(
+    out: Path,
+    spill: Path,
+    index: list[tuple[str, str, int, int]],
+    provenance: dict[str, Any] | None,
+    plan_parts: list[Path],
+) -> None:
+    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson."""
+    tmp = out / "writeback.json.partial"
+    handles: dict[str, BinaryIO] = {}
+    try:
+        with tmp.open("wb") as fh:
+            fh.write(b'{"resourceType":"Bundle","type":"transaction","entry":[')
+            n = 0
+            for _pid, name, offset, length in sorted(index):
+                if name not in handles:
+                    handles[name] = (spill / name).open("rb")
+                handles[name].seek(offset)
+                fh.write((b"," if n else b"") + handles[name].read(length))
+                n += 1
+            if provenance is not None:
+                fh.write((b"," if n else b"") + orjson.dumps(provenance))
+            fh.write(b"]}")
+    finally:
+        for h in handles.values():
+            h.close()
+    tmp.replace(out / "writeback.json")
+    tmp = out / "writeback-plan.ndjson.partial"
+    with tmp.open("wb") as fh:
+        for part in plan_parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, fh)
+    tmp.replace(out / "writeback-plan.ndjson")
+
+
 def default_workers(input_bytes: int) -> int:
     """Both cores for inputs large enough to repay starting a second process."""
     return 1 if input_bytes < PARALLEL_MIN_BYTES else max(1, min(2, os.cpu_count() or 1))
@@ -311,11 +351,15 @@ def run_evaluate(
             two = _run_workers(_pass_two_worker, jobs, progress)
             rows: list[CohortRow] = []
             index: list[tuple[str, str, int, int]] = []
+            wb_index: list[tuple[str, str, int, int]] = []
+            targets: list[str] = []
             for r2 in two:
                 stats.merge(r2.stats)
                 rows.extend(r2.rows)
                 index.extend(r2.index)
                 parts.append(r2.rejects)
+                wb_index.extend(r2.writeback_index)
+                targets.extend(r2.targets)
             cohort = summarise_cohort(rows)
             summary = stats.as_dict()
             summary["workers"] = workers
@@ -327,6 +371,19 @@ def run_evaluate(
                 "run_summary": summary,
             }
             _write_outputs(out, spill, parts, index, header, cohort, summary)
+            provenance = (
+                provenance_entry(
+                    targets,
+                    adapter_version=__version__,
+                    mappings=mappings_identity,
+                    as_of=as_of.isoformat(),
+                    inputs=[str(f) for f in files],
+                    recorded=datetime.now(UTC).isoformat(timespec="seconds"),
+                )
+                if targets
+                else None
+            )
+            _write_writeback(out, spill, wb_index, provenance, [r2.plan for r2 in two])
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -444,6 +501,9 @@ class _PassTwo:
     rows: list[CohortRow]
     index: list[tuple[str, str, int, int]]
     rejects: Path
+    writeback_index: list[tuple[str, str, int, int]]
+    targets: list[str]
+    plan: Path
 
 
 def _pass_two_worker(
@@ -462,26 +522,64 @@ def _pass_two_worker(
     rows: list[CohortRow] = []
     index: list[tuple[str, str, int, int]] = []
     rejects = _Rejects(spill / f"rejects-2-{worker:02d}.ndjson")
-    part = f"subjects-{worker:02d}.bin"
+    part, wb_part, plan_part = f"subjects-{worker:02d}.bin", f"writeback-{worker:02d}.bin", f"plan-{worker:02d}.ndjson"
+    wb_index: list[tuple[str, str, int, int]] = []
+    targets: list[str] = []
+    wctx = WritebackContext(
+        settings.mappings.protocol.protocol.id, f"ResearchStudy/{settings.mappings.protocol.protocol.id}"
+    )
     try:
-        with (spill / part).open("wb") as subjects:
+        with (
+            (spill / part).open("wb") as subjects,
+            (spill / wb_part).open("wb") as wb,
+            (spill / plan_part).open("wb") as plan_out,
+        ):
             for b in bucket_ids:
                 items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
-                for result, row in _evaluate_bucket(items, settings, medications, rejects, stats):
+                for result, row, plan in _evaluate_bucket(items, settings, medications, rejects, stats, wctx):
                     blob = orjson.dumps(result)
                     index.append((result["patient"], part, subjects.tell(), len(blob)))
                     subjects.write(blob)
                     rows.append(row)
+                    entries = []
+                    for entry in plan:
+                        stats.plan[entry.action] += 1
+                        plan_out.write(
+                            orjson.dumps(
+                                {
+                                    "patient": result["patient"],
+                                    "action": entry.action,
+                                    "kind": entry.kind,
+                                    "resourceType": entry.resource.get("resourceType"),
+                                    "identifier": entry.identifier,
+                                    "existing": entry.ref,
+                                }
+                            )
+                            + b"\n"
+                        )
+                        bundled = bundle_entry(entry)
+                        if bundled is not None:
+                            entries.append(orjson.dumps(bundled))
+                            targets.append(bundled["fullUrl"])
+                    if entries:
+                        blob = b",".join(entries)
+                        wb_index.append((result["patient"], wb_part, wb.tell(), len(blob)))
+                        wb.write(blob)
                 del items
                 _report_bytes(per_bucket)
     finally:
         rejects.close()
-    return _PassTwo(stats, rows, index, rejects.path)
+    return _PassTwo(stats, rows, index, rejects.path, wb_index, targets, spill / plan_part)
 
 
 def _evaluate_bucket(
-    items: list[Item], settings: Settings, medications: Mapping[str, Record | None], rejects: _Rejects, stats: RunStats
-) -> Iterator[tuple[dict[str, Any], CohortRow]]:
+    items: list[Item],
+    settings: Settings,
+    medications: Mapping[str, Record | None],
+    rejects: _Rejects,
+    stats: RunStats,
+    wctx: WritebackContext,
+) -> Iterator[tuple[dict[str, Any], CohortRow, list[Any]]]:
     pending: dict[str, list[Item]] = {}
     for item in _dedup(items, rejects, stats):
         record = item[3]
@@ -516,7 +614,10 @@ def _evaluate_bucket(
             stats.rejected[u.ref.split("/", 1)[0]] += 1
             stats.reasons[u.code] += 1
         stats.patients += 1
-        yield result, row
+        chosen = next((x for x in rec.subjects if x.ref == result["research_subject"]), None)
+        existing = [Existing(w.ref, w.identifier, w.content_hash, w.version) for w in rec.written]
+        plan = plan_patient(result, existing, (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None, wctx)
+        yield result, row, plan
 
 
 def _keep_newest(kept: dict[str, Item], item: Item, rejects: _Rejects, stats: RunStats) -> None:
@@ -580,5 +681,7 @@ def _add(rec: PatientRecord, record: Record | None) -> None:
         rec.consents.append(record)
     elif isinstance(record, SubjectRec):
         rec.subjects.append(record)
+    elif isinstance(record, Written):
+        rec.written.append(record)
     elif isinstance(record, Other):
         rec.others.append(record)

@@ -1,0 +1,457 @@
+"""Write-back: one patient's results as FHIR R4 resources, and the plan to put them on a server.
+
+For each patient: an Observation per response assessment (WHO + AFP category coded in NCIt, SPD and AFP as
+components, ``derivedFrom`` the TumorSize and AFP Observations), the best overall response, eligibility (a
+component per criterion), the Child-Pugh score, one Observation per toxicity's worst grade (CTC v2.0), and
+the ResearchSubject status. Every created resource carries a deterministic identifier in the adapter's
+system (a hash of protocol, kind, patient and key: no patient data) and a content hash tag, so a plan can
+say for each: ``create`` (POST with If-None-Exist), ``update`` (PUT with If-Match on the version read) or
+``unchanged`` (nothing sent). Resources are plain R4 JSON dicts (built here, fast); tests check each against
+``fhir.resources.R4B`` and the HL7 R4 JSON Schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+IDENTIFIER_SYSTEM = "urn:fhiradapter:result-id"
+CODE_SYSTEM = "urn:fhiradapter:code"
+HASH_TAG_SYSTEM = "urn:fhiradapter:content-hash"
+RUN_TAG_SYSTEM = "urn:fhiradapter:run"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+OBS_CATEGORY = {
+    "coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey", "display": "Survey"}
+    ]
+}
+# NCIt response categories (reference/domain.md §4.5) and CTC grade codes (PROTOCOL.md §5).
+RESPONSE_CODES = {
+    "CR": ("C4870", "Complete Response"),
+    "PR": ("C18058", "Partial Response"),
+    "SD": ("C18213", "Stable Disease"),
+    "PD": ("C35571", "Progressive Disease"),
+    "NE": ("C62222", "Not Evaluable"),
+}
+GRADE_CODES = {
+    1: ("C41338", "Grade 1 Mild Adverse Event"),
+    2: ("C41339", "Grade 2 Moderate Adverse Event"),
+    3: ("C41340", "Grade 3 Severe Adverse Event"),
+    4: ("C41337", "Grade 4 Life Threatening Adverse Event"),
+    5: ("C48275", "Grade 5 Death Related to Adverse Event"),
+}
+RESPONSE_METHOD = "WHO bidimensional + serum AFP, protocol rule"
+# Kinds of result resource and their local codes (CODE_SYSTEM).
+KINDS = {
+    "response": "who-afp-response",
+    "best-response": "best-overall-response",
+    "eligibility": "eligibility",
+    "child-pugh": "child-pugh-score",
+    "toxicity": "toxicity-worst-grade",
+}
+
+
+class Existing(NamedTuple):
+    """A result resource the adapter wrote earlier, found in the input (by its identifier)."""
+
+    ref: str
+    identifier: str
+    content_hash: str | None
+    version: str | None
+
+
+class PlanEntry(NamedTuple):
+    action: str  # create | update | unchanged
+    kind: str
+    resource: dict[str, Any]
+    identifier: str
+    ref: str | None  # the existing resource for update/unchanged
+    version: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WritebackContext:
+    protocol_id: str
+    study: str  # "ResearchStudy/<id>"
+
+
+def result_identifier(protocol_id: str, kind: str, patient: str, key: str = "") -> str:
+    """Deterministic, PHI-free identifier value: a hash of what the resource is about."""
+    return hashlib.sha256(f"{protocol_id}|{kind}|{patient}|{key}".encode()).hexdigest()[:32]
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    """Hash of a resource's content, ignoring ``meta`` and ``id`` (what a server adds or changes)."""
+    body = {k: v for k, v in resource.items() if k not in ("meta", "id")}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+
+
+def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    c = {"system": system, "code": code}
+    if display:
+        c["display"] = display
+    return {"coding": [c], **({"text": display} if display else {})}
+
+
+def _local(code: str, display: str) -> dict[str, Any]:
+    return _coding(CODE_SYSTEM, code, display)
+
+
+def _refs(refs: list[str], prefix: str = "Observation/") -> list[dict[str, str]]:
+    return [{"reference": r} for r in sorted(set(refs)) if r.startswith(prefix)]
+
+
+def _observation(
+    ctx: WritebackContext, kind: str, patient: str, key: str, display: str, effective: str | None, **fields: Any
+) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "Observation",
+        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": result_identifier(ctx.protocol_id, kind, patient, key)}],
+        "status": "final",
+        "category": [OBS_CATEGORY],
+        "code": _local(KINDS[kind], display),
+        "subject": {"reference": patient},
+    }
+    if effective:
+        res["effectiveDateTime"] = effective
+    res.update({k: v for k, v in fields.items() if v not in (None, [], {})})
+    return res
+
+
+def _quantity(value: float | None, unit: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, resource) for every result of one patient's entry in results.json."""
+    patient = subject["patient"]
+    out: list[tuple[str, dict[str, Any]]] = []
+    baseline = subject.get("baseline") or {}
+    for a in subject.get("assessments", []):
+        code, display = RESPONSE_CODES[a["response"]]
+        components = [
+            {"code": _local("spd", "Sum of products of diameters"), "valueQuantity": _quantity(a["spd_mm2"], "mm2")}
+            if a["spd_mm2"] is not None
+            else None,
+            {"code": _coding(LOINC, "1834-1", "Alpha-1-Fetoprotein"), "valueQuantity": _quantity(a["afp"], "ng/mL")}
+            if a["afp"] is not None
+            else None,
+            {"code": _local("basis", "Response basis"), "valueString": a["basis"]} if a.get("basis") else None,
+            {"code": _local("confirmed", "Confirmed"), "valueBoolean": a["confirmed"]}
+            if a.get("confirmed") is not None
+            else None,
+        ]
+        out.append(
+            (
+                "response",
+                _observation(
+                    ctx,
+                    "response",
+                    patient,
+                    a["date"] + (":afp" if a.get("afp_only") else ""),
+                    "WHO + AFP response at assessment",
+                    a["date"],
+                    valueCodeableConcept=_coding(NCIT, code, display),
+                    method={"text": RESPONSE_METHOD},
+                    component=[c for c in components if c],
+                    derivedFrom=_refs(a.get("evidence", []) + baseline.get("evidence", [])),
+                    note=[{"text": "; ".join(a.get("reasons", []))}] if a.get("reasons") else None,
+                ),
+            )
+        )
+    if subject.get("treated") and subject.get("best_response"):
+        code, display = RESPONSE_CODES[subject["best_response"]]
+        confirmed = any(
+            a.get("confirmed") for a in subject.get("assessments", []) if a["response"] == subject["best_response"]
+        )
+        evidence = [e for a in subject.get("assessments", []) for e in a.get("evidence", [])]
+        out.append(
+            (
+                "best-response",
+                _observation(
+                    ctx,
+                    "best-response",
+                    patient,
+                    "",
+                    "Best overall response (WHO + AFP)",
+                    subject.get("index_date"),
+                    valueCodeableConcept=_coding(NCIT, code, display),
+                    method={"text": RESPONSE_METHOD},
+                    component=[
+                        {"code": _local("confirmed", "Confirmed"), "valueBoolean": confirmed},
+                        {
+                            "code": _local("basis", "Response basis"),
+                            "valueString": subject.get("best_response_reason") or "",
+                        },
+                    ],
+                    derivedFrom=_refs(evidence),
+                ),
+            )
+        )
+    elig = subject["eligibility"]
+    out.append(
+        (
+            "eligibility",
+            _observation(
+                ctx,
+                "eligibility",
+                patient,
+                "",
+                "Protocol eligibility",
+                elig["screening_date"],
+                valueCodeableConcept=_local(elig["status"], elig["status"]),
+                component=[
+                    {
+                        "code": _local(f"criterion-{c['id']}", c["id"]),
+                        "valueCodeableConcept": _local(c["status"], c["status"]),
+                        **({"interpretation": [{"text": c["detail"]}]} if c.get("detail") else {}),
+                    }
+                    for c in elig["criteria"]
+                ],
+                derivedFrom=_refs([e for c in elig["criteria"] for e in c["evidence"]]),
+            ),
+        )
+    )
+    cp = subject["child_pugh"]
+    cp_value: dict[str, Any] = (
+        {"valueInteger": cp["score"]}
+        if cp["score"] is not None
+        else {
+            "dataAbsentReason": _coding(
+                "http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown", "Unknown"
+            )
+        }
+    )
+    out.append(
+        (
+            "child-pugh",
+            _observation(
+                ctx,
+                "child-pugh",
+                patient,
+                "",
+                "Child-Pugh score",
+                elig["screening_date"],
+                **cp_value,
+                component=[{"code": _local("child-pugh-class", "Child-Pugh class"), "valueString": cp["class"]}]
+                if cp["class"]
+                else None,
+                derivedFrom=_refs(cp.get("evidence", [])),
+            ),
+        )
+    )
+    for t in subject.get("toxicities", []):
+        code, display = GRADE_CODES[min(t["worst_grade"], 5)]
+        term = (
+            {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": t["meddra"]}],
+                "text": t["display"],
+            }
+            if t.get("meddra")
+            else {"text": t["display"]}
+        )
+        out.append(
+            (
+                "toxicity",
+                _observation(
+                    ctx,
+                    "toxicity",
+                    patient,
+                    t["term"],
+                    "Worst toxicity grade (NCI CTC v2.0)",
+                    t.get("first_date"),
+                    valueCodeableConcept={**_coding(NCIT, code, display), "text": f"CTC v2.0 grade {t['worst_grade']}"},
+                    component=[
+                        {"code": _local("term", "Toxicity term"), "valueCodeableConcept": term},
+                        {"code": _local("criteria", "Grading criteria"), "valueString": t["criteria"]},
+                        {"code": _local("source", "Grade source"), "valueString": t["source"]},
+                    ],
+                    derivedFrom=_refs(t.get("evidence", [])),
+                    # R4 derivedFrom cannot point at an AdverseEvent; the graded events are the focus instead.
+                    focus=_refs(t.get("evidence", []), "AdverseEvent/"),
+                ),
+            )
+        )
+    return out
+
+
+def research_subject_update(
+    subject: dict[str, Any], raw: dict[str, Any] | None, ctx: WritebackContext
+) -> dict[str, Any] | None:
+    """The ResearchSubject as it should be: the existing one with status and period.end changed, or a new one.
+
+    None when the existing resource already says what the rules decided.
+    """
+    status, end = subject["research_subject_status"], subject.get("research_subject_period_end")
+    if raw is not None:
+        period = dict(raw.get("period") or {})
+        if raw.get("status") == status and period.get("end") == end:
+            return None
+        new = {k: v for k, v in raw.items() if k != "meta"}
+        new["status"] = status
+        if end:
+            period["end"] = end
+        else:
+            period.pop("end", None)
+        if period:
+            new["period"] = period
+        return new
+    rs: dict[str, Any] = {
+        "resourceType": "ResearchSubject",
+        "identifier": [
+            {
+                "system": IDENTIFIER_SYSTEM,
+                "value": result_identifier(ctx.protocol_id, "research-subject", subject["patient"]),
+            }
+        ],
+        "status": status,
+        "study": {"reference": ctx.study},
+        "individual": {"reference": subject["patient"]},
+    }
+    start = subject["eligibility"].get("screening_date")
+    if start or end:
+        rs["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    return rs
+
+
+def plan_patient(
+    subject: dict[str, Any],
+    existing: list[Existing],
+    research_subject: tuple[str, str | None, dict[str, Any]] | None,
+    ctx: WritebackContext,
+) -> list[PlanEntry]:
+    """create / update / unchanged for each result resource of one patient."""
+    known = {e.identifier: e for e in existing}
+    plan: list[PlanEntry] = []
+    for kind, res in desired_resources(subject, ctx):
+        ident = res["identifier"][0]["value"]
+        digest = content_hash(res)
+        res["meta"] = {"tag": [{"system": HASH_TAG_SYSTEM, "code": digest}]}
+        old = known.get(ident)
+        if old is None:
+            plan.append(PlanEntry("create", kind, res, ident, None, None))
+        elif old.content_hash == digest:
+            plan.append(PlanEntry("unchanged", kind, res, ident, old.ref, old.version))
+        else:
+            res["id"] = old.ref.split("/", 1)[1]
+            plan.append(PlanEntry("update", kind, res, ident, old.ref, old.version))
+    ref, version, raw = research_subject if research_subject else (None, None, None)
+    rs = research_subject_update(subject, raw, ctx)
+    if rs is None and ref is not None:
+        plan.append(PlanEntry("unchanged", "research-subject", raw or {}, ref, ref, version))
+    elif rs is not None and ref is not None:
+        plan.append(PlanEntry("update", "research-subject", rs, ref, ref, version))
+    elif rs is not None:
+        ident = rs["identifier"][0]["value"]
+        old = known.get(ident)
+        if old is None:
+            plan.append(PlanEntry("create", "research-subject", rs, ident, None, None))
+    return plan
+
+
+def bundle_entry(entry: PlanEntry) -> dict[str, Any] | None:
+    """The transaction entry for a create or update; None for unchanged."""
+    res = entry.resource
+    rtype = res["resourceType"]
+    if entry.action == "create":
+        system = IDENTIFIER_SYSTEM
+        return {
+            "fullUrl": f"urn:uuid:{_uuid(entry.identifier)}",
+            "resource": res,
+            "request": {"method": "POST", "url": rtype, "ifNoneExist": f"identifier={system}|{entry.identifier}"},
+        }
+    if entry.action == "update" and entry.ref:
+        request: dict[str, Any] = {"method": "PUT", "url": entry.ref}
+        if entry.version:
+            request["ifMatch"] = f'W/"{entry.version}"'
+        return {"fullUrl": entry.ref, "resource": {**res, "id": entry.ref.split("/", 1)[1]}, "request": request}
+    return None
+
+
+def _uuid(identifier: str) -> str:
+    h = identifier.ljust(32, "0")[:32]
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def provenance_entry(
+    targets: list[str], *, adapter_version: str, mappings: dict[str, Any], as_of: str, inputs: list[str], recorded: str
+) -> dict[str, Any]:
+    """One Provenance for the run: adapter and version, mappings version, as-of date and inputs.
+
+    Created conditionally on a run tag (a hash of what the run wrote), so posting the Bundle twice adds nothing.
+    """
+    run = hashlib.sha256("|".join([*sorted(targets), as_of, mappings.get("sha256", "")]).encode()).hexdigest()[:32]
+    res = {
+        "resourceType": "Provenance",
+        "meta": {"tag": [{"system": RUN_TAG_SYSTEM, "code": run}]},
+        "target": [{"reference": t} for t in targets],
+        "occurredPeriod": {"end": as_of},
+        "recorded": recorded,
+        "policy": [f"{CODE_SYSTEM}:protocol:{mappings.get('id')}:{mappings.get('version')}"],
+        "reason": [{"text": f"Protocol evaluation as of {as_of}"}],
+        "activity": _coding("http://terminology.hl7.org/CodeSystem/v3-DataOperation", "UPDATE", "revise"),
+        "agent": [
+            {
+                "type": _coding(
+                    "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "assembler", "Assembler"
+                ),
+                "who": {"display": f"fhiradapter {adapter_version}"},
+            }
+        ],
+        "entity": [
+            {
+                "role": "source",
+                "what": {
+                    "display": f"mappings {mappings.get('id')} {mappings.get('version')} "
+                    f"sha256:{mappings.get('sha256', '')[:16]}"
+                },
+            }
+        ]
+        + [{"role": "source", "what": {"display": f"input {name}"}} for name in inputs],
+    }
+    return {
+        "fullUrl": f"urn:uuid:{_uuid(run)}",
+        "resource": res,
+        "request": {"method": "POST", "url": "Provenance", "ifNoneExist": f"_tag={RUN_TAG_SYSTEM}|{run}"},
+    }
+
+
+def read_back(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """Results as read from written result Observations (the inverse of ``desired_resources``)."""
+    out: dict[str, Any] = {"assessments": [], "toxicities": {}}
+    by_code = {v: k for k, v in KINDS.items()}
+    for res in resources:
+        if res.get("resourceType") != "Observation":
+            continue
+        kind = by_code.get(res["code"]["coding"][0]["code"])
+        value = res.get("valueCodeableConcept", {}).get("coding", [{}])[0].get("code")
+        category = {c: k for k, (c, _d) in RESPONSE_CODES.items()}.get(value or "")
+        comps = {c["code"]["coding"][0]["code"]: c for c in res.get("component", [])}
+        if kind == "response":
+            spd = comps.get("spd", {}).get("valueQuantity", {}).get("value")
+            afp = comps.get("1834-1", {}).get("valueQuantity", {}).get("value")
+            out["assessments"].append(
+                {"date": res["effectiveDateTime"], "response": category, "spd_mm2": spd, "afp": afp}
+            )
+        elif kind == "best-response":
+            out["best_response"] = category
+        elif kind == "eligibility":
+            out["eligibility"] = value
+            out["criteria"] = {
+                c[len("criterion-") :]: comp["valueCodeableConcept"]["coding"][0]["code"]
+                for c, comp in comps.items()
+                if c.startswith("criterion-")
+            }
+        elif kind == "child-pugh":
+            out["child_pugh"] = res.get("valueInteger")
+        elif kind == "toxicity":
+            grade = {c: g for g, (c, _d) in GRADE_CODES.items()}.get(value or "")
+            out["toxicities"][comps["term"]["valueCodeableConcept"]["text"]] = grade
+    out["assessments"].sort(key=lambda a: a["date"])
+    return out

@@ -1,0 +1,283 @@
+"""Write-back: writeback.json is valid R4 (R4B models and the HL7 JSON Schema), idempotent, and round-trips.
+
+The server test posts the Bundle to a real FHIR R4 server (sekmet-fhir) started here, posts it again, and
+checks that nothing was duplicated and no version changed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from builders import AS_OF, ROOT
+from fhir_server import sekmet_server
+
+from fhiradapter.core.writeback import IDENTIFIER_SYSTEM, read_back
+from fhiradapter.shell.mappings_io import load_mappings
+from fhiradapter.shell.pipeline import run_evaluate
+
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
+SCHEMA = (
+    ROOT / "tests" / "js" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4" / "fhir.schema.json"
+)
+
+
+def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    mappings, identity = load_mappings()
+    run_evaluate(inputs, out, AS_OF, mappings, identity)
+    bundle = json.loads((out / "writeback.json").read_text())
+    results = json.loads((out / "results.json").read_text())
+    plan = [json.loads(x) for x in (out / "writeback-plan.ndjson").read_text().splitlines()]
+    return bundle, results, plan
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    return evaluate([PAPER], tmp_path_factory.mktemp("wb"))
+
+
+@pytest.fixture(scope="module")
+def schema() -> Any:
+    from jsonschema import Draft6Validator
+
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} is missing: run `npm ci --prefix tests/js` (scripts/check does)")
+    definitions = json.loads(SCHEMA.read_text())["definitions"]
+    return lambda rtype: Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": definitions})
+
+
+def test_every_written_resource_validates_against_the_r4_json_schema(paper: Any, schema: Any) -> None:
+    bundle, _results, _plan = paper
+    assert bundle["type"] == "transaction" and bundle["entry"]
+    for entry in bundle["entry"]:
+        res = entry["resource"]
+        errors = [f"{list(e.path)}: {e.message[:120]}" for e in schema(res["resourceType"]).iter_errors(res)]
+        assert errors == [], (res["resourceType"], errors)
+    assert list(schema("Bundle").iter_errors(bundle)) == []
+
+
+def test_the_schema_catches_a_code_outside_a_required_binding(paper: Any, schema: Any) -> None:
+    """A negative control: the validator is live (fhir.resources would accept this)."""
+    rs = next(e["resource"] for e in paper[0]["entry"] if e["resource"]["resourceType"] == "ResearchSubject")
+    assert list(schema("ResearchSubject").iter_errors({**rs, "status": "active"}))
+
+
+def test_every_written_resource_is_a_valid_r4b_model(paper: Any) -> None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    for entry in paper[0]["entry"]:
+        res = entry["resource"]
+        get_fhir_model_class(res["resourceType"]).model_validate(res)
+
+
+def test_what_is_written(paper: Any) -> None:
+    bundle, results, plan = paper
+    kinds = {(p["kind"], p["action"]) for p in plan}
+    assert ("response", "create") in kinds and ("toxicity", "create") in kinds
+    thal01 = [
+        e["resource"] for e in bundle["entry"] if e["resource"].get("subject", {}).get("reference") == "Patient/thal-01"
+    ]
+    responses = [r for r in thal01 if r["code"]["coding"][0]["code"] == "who-afp-response"]
+    assert [r["valueCodeableConcept"]["coding"][0]["code"] for r in responses] == [
+        "C18058",
+        "C18058",
+        "C18058",
+        "C18058",
+        "C35571",
+    ]  # PR x4 then PD, in NCIt
+    assert responses[0]["method"]["text"] == "WHO bidimensional + serum AFP, protocol rule"
+    assert {d["reference"] for d in responses[0]["derivedFrom"]} >= {
+        "Observation/thal-01-ts-1-L1",
+        "Observation/thal-01-afp-a1",
+    }
+    tox = next(
+        r
+        for r in thal01
+        if r["code"]["coding"][0]["code"] == "toxicity-worst-grade"
+        and r["component"][0]["valueCodeableConcept"]["text"] == "Rash/desquamation"
+    )
+    assert tox["valueCodeableConcept"]["coding"][0]["code"] == "C41339"  # grade 2
+    assert tox["focus"] == [{"reference": "AdverseEvent/thal-01-ae-rash"}]
+    rs = next(
+        e
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "ResearchSubject"
+        and e["resource"]["individual"]["reference"] == "Patient/thal-01"
+    )
+    assert rs["request"] == {"method": "PUT", "url": "ResearchSubject/thal-01-rs", "ifMatch": 'W/"1"'}
+    assert rs["resource"]["status"] == "off-study"
+    thal01 = next(x for x in results["subjects"] if x["patient"] == "Patient/thal-01")
+    assert rs["resource"]["period"]["end"] == thal01["os"]["end_date"]
+    prov = bundle["entry"][-1]
+    assert prov["resource"]["resourceType"] == "Provenance"
+    assert len(prov["resource"]["target"]) == len(bundle["entry"]) - 1
+    assert prov["request"]["ifNoneExist"].startswith("_tag=")
+    for entry in bundle["entry"][:-1]:
+        if entry["request"]["method"] == "POST":
+            ident = entry["resource"]["identifier"][0]
+            assert ident["system"] == IDENTIFIER_SYSTEM
+            assert entry["request"]["ifNoneExist"] == f"identifier={IDENTIFIER_SYSTEM}|{ident['value']}"
+            assert "thal" not in ident["value"]  # a hash, no patient data
+
+
+def test_read_back_gives_the_same_results(paper: Any) -> None:
+    bundle, results, _plan = paper
+    by_patient: dict[str, list[dict[str, Any]]] = {}
+    for e in bundle["entry"]:
+        ref = e["resource"].get("subject", {}).get("reference")
+        if ref:
+            by_patient.setdefault(ref, []).append(e["resource"])
+    for subject in results["subjects"]:
+        back = read_back(by_patient[subject["patient"]])
+        assert back["eligibility"] == subject["eligibility"]["status"]
+        assert back["criteria"] == {c["id"]: c["status"] for c in subject["eligibility"]["criteria"]}
+        assert back["child_pugh"] == subject["child_pugh"]["score"]
+        if subject["treated"]:
+            assert back["best_response"] == subject["best_response"]
+            assert back["assessments"] == [
+                {k: a[k] for k in ("date", "response", "spd_mm2", "afp")} for a in subject["assessments"]
+            ]
+            assert back["toxicities"] == {t["display"]: t["worst_grade"] for t in subject["toxicities"]}
+
+
+def written_back(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a server holds after applying the Bundle, as it would come back in an export."""
+    out = []
+    for n, entry in enumerate(bundle["entry"]):
+        res = dict(entry["resource"])
+        if res["resourceType"] == "Provenance":
+            continue
+        if entry["request"]["method"] == "POST":
+            res["id"] = f"w{n}"
+            res["meta"] = {**res.get("meta", {}), "versionId": "1"}
+        else:
+            res["meta"] = {"versionId": "2"}
+        out.append(res)
+    return out
+
+
+def rerun_with(tmp_path: Path, name: str, extra: list[dict[str, Any]], change: Any = None) -> Any:
+    src = tmp_path / f"{name}-in"
+    shutil.copytree(PAPER, src)
+    # The updated ResearchSubjects come as version 2: deduplication keeps them over the originals.
+    (src / "Written.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in extra))
+    if change:
+        change(src)
+    return evaluate([src], tmp_path / f"{name}-out")
+
+
+def test_rerun_on_the_same_data_changes_nothing(paper: Any, tmp_path: Path) -> None:
+    bundle, results, _ = paper
+    again, again_results, plan = rerun_with(tmp_path, "same", written_back(bundle))
+    assert {p["action"] for p in plan} == {"unchanged"}
+    assert again["entry"] == []  # nothing to send, not even a Provenance
+    assert again_results["cohort"] == results["cohort"]
+    rejects = (tmp_path / "same-out" / "rejects.ndjson").read_text()
+    assert '"id":"w' not in rejects  # the adapter's own earlier results are read, not rejected
+
+
+def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: Any, tmp_path: Path) -> None:
+    bundle, _results, _ = paper
+
+    def raise_afp(src: Path) -> None:  # patient 3's day-57 AFP rises +30 %: that assessment becomes PD
+        lines = (src / "Observation.ndjson").read_text().splitlines()
+        for i, line in enumerate(lines):
+            res = json.loads(line)
+            if res["id"] == "thal-03-afp-a1":
+                res["valueQuantity"]["value"] = 2100
+                lines[i] = json.dumps(res)
+        (src / "Observation.ndjson").write_text("\n".join(lines) + "\n")
+
+    _again, results, plan = rerun_with(tmp_path, "changed", written_back(bundle), raise_afp)
+    updates = [p for p in plan if p["action"] == "update"]
+    assert updates and {p["patient"] for p in updates} == {"Patient/thal-03"}
+    assert {p["kind"] for p in updates} == {"response", "best-response"}
+    assert not [p for p in plan if p["action"] == "create"]
+    thal03 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-03")
+    assert thal03["best_response"] == "PD"
+
+
+def post(base: str, bundle: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        base,
+        content=orjson.dumps(bundle),
+        timeout=60,
+        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+    )
+
+
+def load_input(base: str, folder: Path) -> None:
+    """Put the paper cohort on the server with its own ids (PUT), as the hospital record would hold it."""
+    entries = []
+    for path in sorted(folder.glob("*.ndjson")):
+        for line in path.read_text().splitlines():
+            res = json.loads(line)
+            res.pop("meta", None)
+            entries.append({"resource": res, "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
+    screening = json.loads((folder / "screening-candidates.json").read_text())
+    aliases = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in screening["entry"]}
+    text = json.dumps(screening["entry"])
+    for urn, ref in aliases.items():
+        text = text.replace(f'"{urn}"', f'"{ref}"')
+    for e in json.loads(text):
+        entries.append(
+            {
+                "resource": e["resource"],
+                "request": {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"},
+            }
+        )
+    response = post(base, {"resourceType": "Bundle", "type": "batch", "entry": entries})
+    assert response.status_code == 200, response.text[:500]
+    failed = [e["response"] for e in response.json()["entry"] if not e["response"]["status"].startswith("20")]
+    assert failed == []
+
+
+def snapshot(base: str) -> dict[str, str]:
+    """Every resource the adapter cares about on the server: reference -> versionId."""
+    out: dict[str, str] = {}
+    for rtype in ("Observation", "ResearchSubject", "Provenance"):
+        url: str | None = f"{base}/{rtype}?_count=500"
+        while url:
+            page = httpx.get(url, timeout=30).json()
+            for e in page.get("entry", []):
+                out[f"{rtype}/{e['resource']['id']}"] = e["resource"]["meta"]["versionId"]
+            url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    return out
+
+
+def test_post_to_a_real_fhir_server_twice_creates_nothing_new(tmp_path: Path) -> None:
+    with sekmet_server(tmp_path) as base:
+        load_input(base, PAPER)
+        # Read the ResearchSubjects back: the write-back must carry the server's versions for If-Match.
+        src = tmp_path / "in"
+        shutil.copytree(PAPER, src)
+        rs = [
+            httpx.get(f"{base}/ResearchSubject/{json.loads(x)['id']}", timeout=10).json()
+            for x in (src / "ResearchSubject.ndjson").read_text().splitlines()
+        ]
+        (src / "ResearchSubject.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rs))
+        bundle, _results, _plan = evaluate([src], tmp_path / "out")
+        before = snapshot(base)
+        first = post(base, bundle)
+        assert first.status_code == 200, first.text[:1000]
+        after_first = snapshot(base)
+        created = set(after_first) - set(before)
+        posts = sum(1 for e in bundle["entry"] if e["request"]["method"] == "POST")
+        assert len(created) == posts
+        statuses = {
+            httpx.get(f"{base}/{r}", timeout=10).json()["status"]
+            for r in after_first
+            if r.startswith("ResearchSubject/thal-0")
+        }
+        assert statuses == {"off-study", "follow-up"}
+        second = post(base, bundle)
+        after_second = snapshot(base)
+        # Conditional creates find their identifiers; the If-Match updates are refused (412) because the
+        # versions they were planned against are gone: the transaction is rolled back, nothing changes.
+        assert second.status_code in (200, 412), second.text[:500]
+        assert after_second == after_first
