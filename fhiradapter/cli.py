@@ -60,6 +60,11 @@ def main() -> None:
     help="Processes to use [default: 2 for inputs over 32 MB, else 1].",
 )
 @click.option(
+    "--report/--no-report",
+    default=True,
+    help="Write report.html and report.md (tables, survival curve, swimmer plot) [default: on].",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
 def evaluate(
@@ -68,6 +73,7 @@ def evaluate(
     out: Path,
     mappings_dir: Path | None,
     workers: int | None,
+    report: bool,
     progress: bool | None,
 ) -> None:
     """Evaluate the protocol on FHIR files.
@@ -75,6 +81,9 @@ def evaluate(
     INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
     them), JSON files holding a Bundle or a single resource, or folders of such files (read
     recursively). Every input record is either used or listed, with the reason, in rejects.ndjson.
+
+    The results go to results.json, the FHIR R4 write-back to writeback.json (a transaction Bundle to
+    post to the hospital's server) and the study team's report to report.html and report.md.
 
     \b
     Example:
@@ -95,7 +104,14 @@ def evaluate(
             length=2 * total, label="Reading and evaluating", file=sys.stderr, show_pos=False, hidden=not show
         ) as bar:
             summary = run_evaluate(
-                list(inputs), out, cutoff, mappings, identity, progress=bar.update if show else None, workers=workers
+                list(inputs),
+                out,
+                cutoff,
+                mappings,
+                identity,
+                progress=bar.update if show else None,
+                workers=workers,
+                report=report,
             )
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
@@ -126,7 +142,15 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if summary["rejects_by_reason"]:
         reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())
         click.echo(f"  rejects by reason: {reasons}")
-    click.echo(f"Wrote {out / 'results.json'}, {out / 'rejects.ndjson'}, {out / 'summary.json'}")
+    wb = summary.get("writeback", {})
+    click.echo(
+        f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
+        f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
+    )
+    names = ["results.json", "rejects.ndjson", "summary.json", "writeback.json"]
+    if (out / "report.html").exists():
+        names += ["report.html", "report.md"]
+    click.echo(f"Wrote {', '.join(str(out / n) for n in names)}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,6 +44,7 @@ class CohortRow(NamedTuple):
     os_event: bool | None
     treatment_days: int | None
     toxicities: tuple[dict[str, Any], ...]
+    report: dict[str, Any] | None = None  # the few fields a report shows per patient (Table 1, swimmer plot)
 
 
 class Unused(NamedTuple):
@@ -258,6 +259,7 @@ def evaluate_patient(
         result["off_treatment_reason"] = (
             None if on_drug else _stop_reason(study, first_pd, last_dose, death, result["dose_actions"])
         )
+    result["characteristics"] = _characteristics(rec, eligibility, cp.cls, result["baseline"])
     status, period_end = subject_status(eligibility["status"], treated, on_drug, death)
     result["research_subject_status"] = status
     result["research_subject_period_end"] = period_end
@@ -274,8 +276,58 @@ def evaluate_patient(
         os_["event"] if os_ else None,
         treatment_days,
         tuple({k: r[k] for k in ("term", "display", "meddra", "worst_grade")} for r in tox_rows),
+        report_row(result),
     )
     return result, unused, row
+
+
+def report_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The compact per-patient summary a report needs, so that no report has to re-read results.json."""
+    index = dates.to_date(result["index_date"])
+    return {
+        "patient": result["patient"],
+        "treated": result["treated"],
+        "characteristics": result["characteristics"],
+        "treatment_days": result["treatment_days"],
+        "best_response": result["best_response"],
+        "status": result["research_subject_status"],
+        "off_treatment_reason": result.get("off_treatment_reason"),
+        "os": result["os"],
+        "eligibility": result["eligibility"]["status"],
+        "failed": [c["id"] for c in result["eligibility"]["criteria"] if c["status"] == "not_met"],
+        "unknown": [c["id"] for c in result["eligibility"]["criteria"] if c["status"] == "unknown"],
+        "assessments": [
+            {"day": dates.inclusive_days(index, d), "response": a["response"]}
+            for a in result["assessments"]
+            if index and (d := dates.to_date(a["date"])) is not None
+        ],
+        "on_treatment": result["on_treatment_at_as_of"],
+        "issues": [i["code"] for i in result["issues"]],
+    }
+
+
+def _characteristics(
+    rec: PatientRecord, eligibility: dict[str, Any], cp_class: str | None, baseline: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Table 1 of a report: who the patient was at screening (values the rules already used)."""
+    crit = {c["id"]: c for c in eligibility["criteria"]}
+    ecog = crit["ecog"]["value"]["value"] if isinstance(crit["ecog"]["value"], dict) else None
+    screening = eligibility["screening_date"]
+    return {
+        "age": crit["age"]["value"],
+        "sex": rec.person.gender if rec.person else None,
+        "ecog": ecog,
+        "child_pugh_class": cp_class,
+        "prior_anthracycline": sorted({m.drug_code or "" for m in rec.meds if m.drug == "anthracycline"} - {""}),
+        "metastatic_sites": sorted(
+            {
+                c.text or c.concept
+                for c in rec.conditions
+                if c.concept == "metastasis" and (c.onset is None or c.onset[:10] <= screening)
+            }
+        ),
+        "baseline_afp": baseline.get("afp") if baseline else None,
+    }
 
 
 def _stop_reason(

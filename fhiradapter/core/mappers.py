@@ -519,6 +519,7 @@ def map_condition(
         onset,
         recorded,
         origin,
+        fj.concept_text(res.get("code")) or fj.first_code(res.get("code")),
     ), issues
 
 

@@ -92,6 +92,7 @@ class Cond(NamedTuple):
     onset: str | None
     recorded: str | None
     origin: Origin
+    text: str | None = None  # the code's display or text, for reports
 
 
 class ConsentRec(NamedTuple):

@@ -47,6 +47,7 @@ from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import Existing, WritebackContext, bundle_entry, plan_patient, provenance_entry
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.readers import Reject, Task, expand_inputs, plan_tasks, read_file
+from fhiradapter.shell.report import write_report
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
 CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
@@ -298,6 +299,7 @@ def run_evaluate(
     mappings_identity: dict[str, Any],
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``)."""
     files = expand_inputs(inputs)
@@ -384,6 +386,15 @@ def run_evaluate(
                 else None
             )
             _write_writeback(out, spill, wb_index, provenance, [r2.plan for r2 in two])
+            if report:
+                write_report(
+                    out,
+                    header,
+                    cohort,
+                    [r.report for r in rows if r.report],
+                    summary,
+                    Path(mappings_identity["mappings_dir"]) if mappings_identity.get("mappings_dir") else None,
+                )
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -1,0 +1,376 @@
+"""The study team's report: report.md and one self-contained report.html (figures embedded as PNG).
+
+Sections: response summary with exact CIs, Table 1 (patient characteristics and results) and Table 2
+(toxicity by grade) in the paper's layout, the Kaplan-Meier overall-survival curve with the number at risk,
+a swimmer plot of treatment durations, screening outcomes, data quality, and the differences from the
+published paper (``mappings/published.toml``). Built from the cohort summary and the compact per-patient
+rows of the run, never by re-reading results.json, so its memory does not grow with the input.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import statistics
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from fhiradapter import __version__
+
+SWIMMER_MAX = 60  # patients drawn in the swimmer plot (the longest treatments when there are more)
+RESPONSE_COLOURS = {"CR": "#1a9850", "PR": "#66bd63", "SD": "#fdae61", "PD": "#d73027", "NE": "#999999"}
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def _days(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:g}"
+
+
+def _rate(r: dict[str, Any]) -> str:
+    if r["rate"] is None:
+        return "n/a (no treated patients)"
+    return f"{r['count']}/{r['n']} = {_pct(r['rate'])} (95 % CI {_pct(r['ci_low'])} to {_pct(r['ci_high'])}, exact)"
+
+
+def _age(value: Any) -> str:
+    if isinstance(value, dict):
+        return f"{value['min']}-{value['max']}"
+    return "" if value is None else str(value)
+
+
+def _load_published(folder: Path | None) -> dict[str, Any] | None:
+    path = (folder / "published.toml") if folder else None
+    if path is None or not path.is_file():
+        return None
+    return tomllib.loads(path.read_text(encoding="utf-8"))
+
+
+def _km_png(rows: list[dict[str, Any]]) -> bytes | None:
+    treated = [r for r in rows if r["treated"] and r["os"]]
+    if not treated:
+        return None
+    import matplotlib  # noqa: PLC0415 - plotting is loaded only when a report is written
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from lifelines import KaplanMeierFitter  # noqa: PLC0415
+    from lifelines.plotting import add_at_risk_counts  # noqa: PLC0415
+
+    kmf = KaplanMeierFitter(label="Overall survival")
+    kmf.fit([r["os"]["days"] for r in treated], event_observed=[r["os"]["event"] for r in treated])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
+    kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True, censor_styles={"marker": "|", "ms": 10})
+    ax.axhline(0.5, color="#888888", lw=0.8, ls=":")
+    ax.set_xlabel("Days from first thalidomide dose")
+    ax.set_ylabel("Probability of survival")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Overall survival, treated patients (n = {len(treated)})")
+    add_at_risk_counts(kmf, ax=ax, rows_to_show=["At risk", "Events"])
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
+    treated = sorted((r for r in rows if r["treated"] and r["treatment_days"]), key=lambda r: r["treatment_days"])
+    if not treated:
+        return None
+    treated = treated[-SWIMMER_MAX:]
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib.lines import Line2D  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(treated) + 1.6), dpi=110)
+    for y, r in enumerate(treated):
+        colour = RESPONSE_COLOURS.get(r["best_response"] or "NE", "#999999")
+        ax.barh(y, r["treatment_days"], color=colour, alpha=0.55, height=0.6)
+        for a in r["assessments"]:
+            ax.plot(
+                a["day"],
+                y,
+                marker="D" if a["response"] != "PD" else "X",
+                ms=7,
+                ls="",
+                color=RESPONSE_COLOURS.get(a["response"], "#333333"),
+                markeredgecolor="black",
+                mew=0.5,
+            )
+        end = "ongoing →" if r["on_treatment"] else (r["off_treatment_reason"] or "")
+        dead = " †" if r["os"] and r["os"]["event"] else ""
+        ax.text(r["treatment_days"] + 4, y, f"{end}{dead}", va="center", fontsize=8)
+    ax.set_yticks(range(len(treated)), [r["patient"].split("/", 1)[1] for r in treated], fontsize=8)
+    ax.set_xlabel("Days on thalidomide (bar colour: best overall response; markers: assessments)")
+    ax.set_xlim(0, max(r["treatment_days"] for r in treated) * 1.25 + 10)
+    handles = [Line2D([0], [0], marker="s", ls="", color=c, label=k, ms=9) for k, c in RESPONSE_COLOURS.items()]
+    ax.legend(handles=handles, loc="lower right", fontsize=8, title="Response", title_fontsize=8)
+    ax.set_title("Treatment duration and response (text: why treatment stopped; † died)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def build_sections(
+    header: dict[str, Any],
+    cohort: dict[str, Any],
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    published: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The report as data: sections of paragraphs, tables and figure names."""
+    treated = sorted((r for r in rows if r["treated"]), key=lambda r: r["patient"])
+    screened = sorted((r for r in rows if not r["treated"]), key=lambda r: r["patient"])
+    counts = cohort["best_response_counts"]
+    sections: list[dict[str, Any]] = []
+    ci = cohort["os_ci"]
+    sections.append(
+        {
+            "title": "Response summary",
+            "paragraphs": [
+                f"Treated population (at least one dose of study thalidomide): **{cohort['n_treated']}** patients; "
+                f"{cohort['n_screened_only']} screened only.",
+                "Best overall response (WHO bidimensional + serum AFP, confirmed): "
+                + ", ".join(f"{k} {v}" for k, v in counts.items())
+                + ".",
+                f"Objective response rate (CR + PR): {_rate(cohort['orr'])}.",
+                f"Disease control rate (CR + PR + SD): {_rate(cohort['dcr'])}.",
+                f"Median overall survival: {_days(cohort['median_os_days'])} days (95 % CI {_days(ci[0])} to "
+                f"{_days(ci[1])}); {cohort['os_events']} deaths among {cohort['os_n']} patients.",
+                f"Median treatment duration: {_days(cohort['median_treatment_days'])} days"
+                + (
+                    f" (range {cohort['treatment_days_range'][0]}-{cohort['treatment_days_range'][1]})."
+                    if cohort["treatment_days_range"]
+                    else "."
+                ),
+            ],
+        }
+    )
+    t1 = [
+        [
+            r["patient"].split("/", 1)[1],
+            _age(r["characteristics"]["age"]),
+            r["characteristics"]["sex"] or "",
+            str(r["characteristics"]["ecog"] if r["characteristics"]["ecog"] is not None else ""),
+            r["characteristics"]["child_pugh_class"] or "",
+            ", ".join(f"RxNorm {c}" for c in r["characteristics"]["prior_anthracycline"]),
+            "; ".join(r["characteristics"]["metastatic_sites"]),
+            _days(r["characteristics"]["baseline_afp"]) if r["characteristics"]["baseline_afp"] is not None else "",
+            str(r["treatment_days"] or ""),
+            r["best_response"] or "",
+            "dead" if r["os"] and r["os"]["event"] else "alive",
+            r["off_treatment_reason"] or "",
+        ]
+        for r in treated
+    ]
+    sections.append(
+        {
+            "title": "Table 1. Patient characteristics and results",
+            "tables": [
+                (
+                    [
+                        "Patient",
+                        "Age",
+                        "Sex",
+                        "ECOG",
+                        "Child-Pugh",
+                        "Prior anthracycline",
+                        "Metastatic sites",
+                        "Baseline AFP (ng/mL)",
+                        "Treatment (days)",
+                        "Best response",
+                        "Status",
+                        "Stopped for",
+                    ],
+                    t1,
+                )
+            ],
+        }
+    )
+    t2 = [[t["display"], t["meddra"] or "", str(t["grade_1_2"]), str(t["grade_3_4"])] for t in cohort["toxicity_table"]]
+    sections.append(
+        {
+            "title": "Table 2. Toxicity (NCI CTC v2.0): patients by worst grade",
+            "tables": [(["Toxicity", "MedDRA LLT", "Grade 1-2", "Grade 3-4"], t2)],
+            "paragraphs": [
+                f"Treatment-emergent events of the {cohort['n_treated']} treated patients; "
+                "reported and lab-derived grades, one row per term."
+            ],
+        }
+    )
+    sections.append(
+        {
+            "title": "Overall survival (Kaplan-Meier)",
+            "figure": "km",
+            "paragraphs": [
+                "Time from the first thalidomide dose to death; living patients are censored "
+                "at their last dated record on or before the as-of date."
+            ],
+        }
+    )
+    sections.append(
+        {
+            "title": "Treatment durations",
+            "figure": "swimmer",
+            "paragraphs": [
+                f"The {min(len(treated), SWIMMER_MAX)} longest treatments are shown."
+                if len(treated) > SWIMMER_MAX
+                else "Every treated patient is shown."
+            ],
+        }
+    )
+    t3 = [
+        [
+            r["patient"].split("/", 1)[1],
+            r["eligibility"],
+            ", ".join(r["failed"]) or "-",
+            ", ".join(r["unknown"]) or "-",
+            r["status"],
+        ]
+        for r in screened
+    ]
+    sections.append(
+        {
+            "title": "Screening outcomes",
+            "tables": [
+                (["Candidate", "Eligibility", "Failed criteria", "Not determined", "ResearchSubject status"], t3)
+            ],
+        }
+    )
+    by_type = [[t, str(c["read"]), str(c["used"]), str(c["rejected"])] for t, c in summary["by_type"].items()]
+    reasons = [[k, str(v)] for k, v in summary["rejects_by_reason"].items()]
+    issues = Counter(code for r in rows for code in r["issues"])
+    sections.append(
+        {
+            "title": "Data quality",
+            "paragraphs": [
+                f"{summary['records_read']} input records: {summary['records_used']} used, "
+                f"{summary['records_rejected']} rejected (every rejected record is listed in rejects.ndjson with its "
+                "file, line and reason)."
+            ],
+            "tables": [
+                (["Resource type", "Read", "Used", "Rejected"], by_type),
+                (["Reject reason", "Records"], reasons),
+                (["Issue in used data", "Occurrences"], [[k, str(v)] for k, v in sorted(issues.items())]),
+            ],
+        }
+    )
+    if published:
+        ages = [r["characteristics"]["age"] for r in treated if isinstance(r["characteristics"]["age"], int)]
+        computed = {
+            "best_response_counts": ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+            + f" (n = {cohort['n_treated']})",
+            "orr": _rate(cohort["orr"]),
+            "median_treatment_days": _days(cohort["median_treatment_days"])
+            + (
+                f" (range {cohort['treatment_days_range'][0]}-{cohort['treatment_days_range'][1]})"
+                if cohort["treatment_days_range"]
+                else ""
+            ),
+            "median_os_days": _days(cohort["median_os_days"]),
+            "median_age": f"{statistics.median(ages):g} (range {min(ages)}-{max(ages)})" if ages else "n/a",
+        }
+        t4 = [
+            [f["label"], computed.get(f["key"], "n/a"), f["printed"], f.get("note", "")]
+            for f in published.get("figure", [])
+        ]
+        sections.append(
+            {
+                "title": "Differences from the published paper",
+                "paragraphs": [f"Source: {published.get('source', '')}."],
+                "tables": [(["Figure", "Computed here", "Printed in the paper", "Note"], t4)],
+            }
+        )
+    return sections
+
+
+def render_markdown(title: str, meta: str, sections: list[dict[str, Any]], figures: dict[str, str]) -> str:
+    out = [f"# {title}", "", meta, ""]
+    for s in sections:
+        out += [f"## {s['title']}", ""]
+        for p in s.get("paragraphs", []):
+            out += [p, ""]
+        if s.get("figure") in figures:
+            out += [f"![{s['title']}]({figures[s['figure']]})", ""]
+        for head, body in s.get("tables", []):
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "---|" * len(head))
+            out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
+            out.append("")
+    return "\n".join(out)
+
+
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222}h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;
+margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}th,td{border:1px solid #ccc;
+padding:.25em .55em;text-align:left;vertical-align:top}th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
+img{max-width:100%}.meta{color:#555;font-size:.9em}"""
+
+
+def _inline(text: str) -> str:
+    parts = html.escape(text).split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(title: str, meta: str, sections: list[dict[str, Any]], images: dict[str, bytes]) -> str:
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p class='meta'>{html.escape(meta)}</p>",
+    ]
+    for s in sections:
+        out.append(f"<h2>{html.escape(s['title'])}</h2>")
+        out += [f"<p>{_inline(p)}</p>" for p in s.get("paragraphs", [])]
+        if s.get("figure") in images:
+            data = base64.b64encode(images[s["figure"]]).decode()
+            out.append(f"<img alt='{html.escape(s['title'])}' src='data:image/png;base64,{data}'>")
+        for head, body in s.get("tables", []):
+            out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>")
+            out.append(
+                "<tbody>"
+                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+                + "</tbody></table>"
+            )
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(
+    out: Path,
+    header: dict[str, Any],
+    cohort: dict[str, Any],
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    mappings_dir: Path | None,
+) -> None:
+    """report.md (with report-km.png and report-swimmer.png beside it) and a self-contained report.html."""
+    published = _load_published(mappings_dir)
+    sections = build_sections(header, cohort, rows, summary, published)
+    images = {k: png for k, png in (("km", _km_png(rows)), ("swimmer", _swimmer_png(rows))) if png}
+    for key, png in images.items():
+        (out / f"report-{key}.png").write_bytes(png)
+    protocol = header["protocol"]
+    title = f"{protocol.get('title', 'Protocol evaluation')}"
+    meta = (
+        f"Data cut-off {header['as_of']} · protocol {protocol.get('id')} {protocol.get('version')} · "
+        f"fhiradapter {__version__} · {len(header['inputs'])} input file(s)"
+    )
+    (out / "report.md").write_text(
+        render_markdown(title, meta, sections, {k: f"report-{k}.png" for k in images}), encoding="utf-8"
+    )
+    (out / "report.html").write_text(render_html(title, meta, sections, images), encoding="utf-8")

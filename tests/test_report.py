@@ -1,0 +1,72 @@
+"""The study team's report: the figures the golden test checks appear, and the HTML opens offline."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+from builders import ROOT
+from click.testing import CliRunner
+
+from fhiradapter.cli import main
+
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("report")
+    run = CliRunner().invoke(main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(folder)])
+    assert run.exit_code == 0, run.output
+    return folder
+
+
+@pytest.mark.parametrize("name", ["report.html", "report.md"])
+def test_report_shows_the_key_figures(out: Path, name: str) -> None:
+    text = (out / name).read_text()
+    for needle in (
+        "1/8 = 12.5 %",
+        "0.3 % to 52.7 %",
+        "Median treatment duration: 97.5 days",
+        "Median overall survival: 395 days",
+        "PR 1, SD 4, PD 2, NE 1",
+        "Table 1. Patient characteristics and results",
+        "Table 2. Toxicity (NCI CTC v2.0)",
+        "Screening outcomes",
+        "Data quality",
+        "Differences from the published paper",
+        "152 (range 5-422)",
+        "no_prior_thalidomide",
+    ):
+        assert needle in text, needle
+
+
+def test_table_two_rows_in_the_markdown(out: Path) -> None:
+    md = (out / "report.md").read_text()
+    assert "| Constipation | 10010774 | 8 | 0 |" in md
+    assert "| Somnolence/depressed level of consciousness | 10041349 | 7 | 1 |" in md
+    assert "| Neuropathy-sensory | 10034620 | 2 | 1 |" in md
+
+
+def test_html_is_self_contained_with_embedded_pngs(out: Path) -> None:
+    page = (out / "report.html").read_text()
+    assert not re.search(r"""(src|href)=['"]?(https?:|//|[\w.-]+\.(png|css|js))""", page)
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
+    assert len(images) == 2
+    assert all(base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n") for data in images)
+
+
+def test_markdown_figures_are_written_beside_it(out: Path) -> None:
+    md = (out / "report.md").read_text()
+    for png in ("report-km.png", "report-swimmer.png"):
+        assert f"]({png})" in md
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_no_report_option(tmp_path: Path) -> None:
+    run = CliRunner().invoke(
+        main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--no-report"]
+    )
+    assert run.exit_code == 0 and not (tmp_path / "report.html").exists()
