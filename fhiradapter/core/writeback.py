@@ -12,10 +12,12 @@ say for each: ``create`` (POST with If-None-Exist), ``update`` (PUT with If-Matc
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+
+import orjson
 
 IDENTIFIER_SYSTEM = "urn:fhiradapter:result-id"
 CODE_SYSTEM = "urn:fhiradapter:code"
@@ -87,10 +89,12 @@ def result_identifier(protocol_id: str, kind: str, patient: str, key: str = "") 
 def content_hash(resource: dict[str, Any]) -> str:
     """Hash of a resource's content, ignoring ``meta`` and ``id`` (what a server adds or changes)."""
     body = {k: v for k, v in resource.items() if k not in ("meta", "id")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:32]
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
+@functools.lru_cache(maxsize=4096)
 def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    """A CodeableConcept (cached: the same few codes recur in every patient; never mutated)."""
     c = {"system": system, "code": code}
     if display:
         c["display"] = display

@@ -21,6 +21,7 @@ from typing import Any
 from fhiradapter import __version__
 
 SWIMMER_MAX = 60  # patients drawn in the swimmer plot (the longest treatments when there are more)
+TABLE_MAX = 200  # rows of a per-patient table; results.json has every patient
 RESPONSE_COLOURS = {"CR": "#1a9850", "PR": "#66bd63", "SD": "#fdae61", "PD": "#d73027", "NE": "#999999"}
 
 Table = tuple[list[str], list[list[str]]]
@@ -124,6 +125,10 @@ def _png(fig: Any) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def _cut(n: int) -> list[str]:
+    return [f"The first {TABLE_MAX} of {n} patients are listed; results.json has all of them."] if n > TABLE_MAX else []
 
 
 def build_sections(
