@@ -49,7 +49,7 @@ mappings, identity = load_mappings()
 workers = int(sys.argv[3]) or None
 t = time.perf_counter()
 summary = run_evaluate([Path(sys.argv[1])], Path(sys.argv[2]), date(2005, 12, 31), mappings, identity,
-                       workers=workers)
+                       workers=workers, report=sys.argv[4] == "report")
 dt = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="0 = the adapter's default")
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
+    parser.add_argument("--no-report", action="store_true", help="measure evaluate without report.html/.md")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
@@ -80,7 +81,13 @@ def main() -> None:
         base = sorted((measure(BASELINE, str(folder)) for _ in range(args.repeat)), key=lambda r: r["seconds"])
         runs = sorted(
             (
-                measure(EVALUATE, str(folder), str(args.data / f"out-{size}"), str(args.workers))
+                measure(
+                    EVALUATE,
+                    str(folder),
+                    str(args.data / f"out-{size}"),
+                    str(args.workers),
+                    "no-report" if args.no_report else "report",
+                )
                 for _ in range(args.repeat)
             ),
             key=lambda r: r["seconds"],

@@ -44,7 +44,6 @@ class CohortRow(NamedTuple):
     os_event: bool | None
     treatment_days: int | None
     toxicities: tuple[dict[str, Any], ...]
-    report: dict[str, Any] | None = None  # the few fields a report shows per patient (Table 1, swimmer plot)
 
 
 class Unused(NamedTuple):
@@ -276,7 +275,6 @@ def evaluate_patient(
         os_["event"] if os_ else None,
         treatment_days,
         tuple({k: r[k] for k in ("term", "display", "meddra", "worst_grade")} for r in tox_rows),
-        report_row(result),
     )
     return result, unused, row
 

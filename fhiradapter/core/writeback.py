@@ -383,18 +383,30 @@ def _uuid(identifier: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
+def run_tag(targets_digest: str, as_of: str, mappings: dict[str, Any]) -> str:
+    """The Provenance's run tag: a hash of what the run wrote (the targets' digest), as-of and mappings."""
+    return hashlib.sha256(f"{targets_digest}|{as_of}|{mappings.get('sha256', '')}".encode()).hexdigest()[:32]
+
+
 def provenance_entry(
-    targets: list[str], *, adapter_version: str, mappings: dict[str, Any], as_of: str, inputs: list[str], recorded: str
+    targets: list[str],
+    *,
+    adapter_version: str,
+    mappings: dict[str, Any],
+    as_of: str,
+    inputs: list[str],
+    recorded: str,
+    run: str,
 ) -> dict[str, Any]:
     """One Provenance for the run: adapter and version, mappings version, as-of date and inputs.
 
-    Created conditionally on a run tag (a hash of what the run wrote), so posting the Bundle twice adds nothing.
+    Created conditionally on the run tag, so posting the Bundle twice adds nothing. ``target`` comes first
+    so that a writer can stream a long target list into it.
     """
-    run = hashlib.sha256("|".join([*sorted(targets), as_of, mappings.get("sha256", "")]).encode()).hexdigest()[:32]
     res = {
         "resourceType": "Provenance",
-        "meta": {"tag": [{"system": RUN_TAG_SYSTEM, "code": run}]},
         "target": [{"reference": t} for t in targets],
+        "meta": {"tag": [{"system": RUN_TAG_SYSTEM, "code": run}]},
         "occurredPeriod": {"end": as_of},
         "recorded": recorded,
         "policy": [f"{CODE_SYSTEM}:protocol:{mappings.get('id')}:{mappings.get('version')}"],
@@ -420,8 +432,8 @@ def provenance_entry(
         + [{"role": "source", "what": {"display": f"input {name}"}} for name in inputs],
     }
     return {
-        "fullUrl": f"urn:uuid:{_uuid(run)}",
         "resource": res,
+        "fullUrl": f"urn:uuid:{_uuid(run)}",
         "request": {"method": "POST", "url": "Provenance", "ifNoneExist": f"_tag={RUN_TAG_SYSTEM}|{run}"},
     }
 

@@ -9,6 +9,7 @@ in-memory bucket. Every input record ends up used or in ``rejects.ndjson``.
 from __future__ import annotations
 
 import gc
+import hashlib
 import marshal
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ import orjson
 
 from fhiradapter import __version__
 from fhiradapter.core import fhir_json as fj
-from fhiradapter.core.evaluate import CohortRow, Settings, evaluate_patient, summarise_cohort
+from fhiradapter.core.evaluate import CohortRow, Settings, evaluate_patient, report_row, summarise_cohort
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.model import (
     AE,
@@ -44,7 +45,14 @@ from fhiradapter.core.model import (
     Written,
 )
 from fhiradapter.core.protocol import Mappings
-from fhiradapter.core.writeback import Existing, WritebackContext, bundle_entry, plan_patient, provenance_entry
+from fhiradapter.core.writeback import (
+    Existing,
+    WritebackContext,
+    bundle_entry,
+    plan_patient,
+    provenance_entry,
+    run_tag,
+)
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.readers import Reject, Task, expand_inputs, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
@@ -251,28 +259,64 @@ def _reject_entry(origin: tuple[str, str], ref: str | None, code: str, reason: s
     }
 
 
+def _iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
+    """The per-patient report rows the workers wrote, one at a time."""
+    for path in paths:
+        with path.open("rb") as fh:
+            for line in fh:
+                yield orjson.loads(line)
+
+
 def _write_writeback(
-    out: Path,
-    spill: Path,
-    index: list[tuple[str, str, int, int]],
-    provenance: dict[str, Any] | None,
-    plan_parts: list[Path],
+    out: Path, spill: Path, index: list[tuple[str, str, int, int, int]], plan_parts: list[Path], header: dict[str, Any]
 ) -> None:
-    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson."""
-    tmp = out / "writeback.json.partial"
+    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson.
+
+    The Provenance's targets are streamed from the spill files twice (once for the run tag's digest, once to
+    write them), so no list of every written resource is held in memory.
+    """
+    index = sorted(index)
     handles: dict[str, BinaryIO] = {}
+
+    def blobs(with_targets: bool) -> Iterator[bytes]:
+        for _pid, name, offset, length, tail in index:
+            if name not in handles:
+                handles[name] = (spill / name).open("rb")
+            handles[name].seek(offset + (length if with_targets else 0))
+            yield handles[name].read(tail if with_targets else length)
+
+    tmp = out / "writeback.json.partial"
     try:
+        digest = hashlib.sha256()
+        for chunk in blobs(True):
+            digest.update(chunk + b"\n")
         with tmp.open("wb") as fh:
             fh.write(b'{"resourceType":"Bundle","type":"transaction","entry":[')
             n = 0
-            for _pid, name, offset, length in sorted(index):
-                if name not in handles:
-                    handles[name] = (spill / name).open("rb")
-                handles[name].seek(offset)
-                fh.write((b"," if n else b"") + handles[name].read(length))
+            for chunk in blobs(False):
+                fh.write((b"," if n else b"") + chunk)
                 n += 1
-            if provenance is not None:
-                fh.write((b"," if n else b"") + orjson.dumps(provenance))
+            if n:
+                run = run_tag(digest.hexdigest(), header["as_of"], header["protocol"])
+                prov = orjson.dumps(
+                    provenance_entry(
+                        [],
+                        adapter_version=__version__,
+                        mappings=header["protocol"],
+                        as_of=header["as_of"],
+                        inputs=header["inputs"],
+                        recorded=datetime.now(UTC).isoformat(timespec="seconds"),
+                        run=run,
+                    )
+                )
+                head, _, rest = prov.partition(b'"target":[]')
+                fh.write(b"," + head + b'"target":[')
+                first = True
+                for chunk in blobs(True):
+                    for target in chunk.split(b"\n"):
+                        fh.write((b"" if first else b",") + b'{"reference":' + orjson.dumps(target.decode()) + b"}")
+                        first = False
+                fh.write(b"]" + rest)
             fh.write(b"]}")
     finally:
         for h in handles.values():
@@ -353,15 +397,13 @@ def run_evaluate(
             two = _run_workers(_pass_two_worker, jobs, progress)
             rows: list[CohortRow] = []
             index: list[tuple[str, str, int, int]] = []
-            wb_index: list[tuple[str, str, int, int]] = []
-            targets: list[str] = []
+            wb_index: list[tuple[str, str, int, int, int]] = []
             for r2 in two:
                 stats.merge(r2.stats)
                 rows.extend(r2.rows)
                 index.extend(r2.index)
                 parts.append(r2.rejects)
                 wb_index.extend(r2.writeback_index)
-                targets.extend(r2.targets)
             cohort = summarise_cohort(rows)
             summary = stats.as_dict()
             summary["workers"] = workers
@@ -373,27 +415,16 @@ def run_evaluate(
                 "run_summary": summary,
             }
             _write_outputs(out, spill, parts, index, header, cohort, summary)
-            provenance = (
-                provenance_entry(
-                    targets,
-                    adapter_version=__version__,
-                    mappings=mappings_identity,
-                    as_of=as_of.isoformat(),
-                    inputs=[str(f) for f in files],
-                    recorded=datetime.now(UTC).isoformat(timespec="seconds"),
-                )
-                if targets
-                else None
-            )
-            _write_writeback(out, spill, wb_index, provenance, [r2.plan for r2 in two])
+            _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
             if report:
+                folder = mappings_identity.get("mappings_dir")
                 write_report(
                     out,
                     header,
                     cohort,
-                    [r.report for r in rows if r.report],
+                    _iter_rows([r2.report_rows for r2 in two]),
                     summary,
-                    Path(mappings_identity["mappings_dir"]) if mappings_identity.get("mappings_dir") else None,
+                    Path(folder) if folder else None,
                 )
     finally:
         if gc_was_enabled:
@@ -512,9 +543,9 @@ class _PassTwo:
     rows: list[CohortRow]
     index: list[tuple[str, str, int, int]]
     rejects: Path
-    writeback_index: list[tuple[str, str, int, int]]
-    targets: list[str]
+    writeback_index: list[tuple[str, str, int, int, int]]
     plan: Path
+    report_rows: Path
 
 
 def _pass_two_worker(
@@ -534,8 +565,8 @@ def _pass_two_worker(
     index: list[tuple[str, str, int, int]] = []
     rejects = _Rejects(spill / f"rejects-2-{worker:02d}.ndjson")
     part, wb_part, plan_part = f"subjects-{worker:02d}.bin", f"writeback-{worker:02d}.bin", f"plan-{worker:02d}.ndjson"
-    wb_index: list[tuple[str, str, int, int]] = []
-    targets: list[str] = []
+    wb_index: list[tuple[str, str, int, int, int]] = []
+    report_part = f"report-rows-{worker:02d}.ndjson"
     wctx = WritebackContext(
         settings.mappings.protocol.protocol.id, f"ResearchStudy/{settings.mappings.protocol.protocol.id}"
     )
@@ -544,6 +575,7 @@ def _pass_two_worker(
             (spill / part).open("wb") as subjects,
             (spill / wb_part).open("wb") as wb,
             (spill / plan_part).open("wb") as plan_out,
+            (spill / report_part).open("wb") as report_out,
         ):
             for b in bucket_ids:
                 items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
@@ -552,7 +584,8 @@ def _pass_two_worker(
                     index.append((result["patient"], part, subjects.tell(), len(blob)))
                     subjects.write(blob)
                     rows.append(row)
-                    entries = []
+                    report_out.write(orjson.dumps(report_row(result)) + b"\n")
+                    entries, targets = [], []
                     for entry in plan:
                         stats.plan[entry.action] += 1
                         plan_out.write(
@@ -573,14 +606,16 @@ def _pass_two_worker(
                             entries.append(orjson.dumps(bundled))
                             targets.append(bundled["fullUrl"])
                     if entries:
+                        # The entries, then the Provenance targets they add, one after the other.
                         blob = b",".join(entries)
-                        wb_index.append((result["patient"], wb_part, wb.tell(), len(blob)))
-                        wb.write(blob)
+                        tail = "\n".join(targets).encode()
+                        wb_index.append((result["patient"], wb_part, wb.tell(), len(blob), len(tail)))
+                        wb.write(blob + tail)
                 del items
                 _report_bytes(per_bucket)
     finally:
         rejects.close()
-    return _PassTwo(stats, rows, index, rejects.path, wb_index, targets, spill / plan_part)
+    return _PassTwo(stats, rows, index, rejects.path, wb_index, spill / plan_part, spill / report_part)
 
 
 def _evaluate_bucket(

@@ -15,6 +15,7 @@ import io
 import statistics
 import tomllib
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,47 @@ def _load_published(folder: Path | None) -> dict[str, Any] | None:
     return tomllib.loads(path.read_text(encoding="utf-8"))
 
 
-def _km_png(rows: list[dict[str, Any]]) -> bytes | None:
-    treated = [r for r in rows if r["treated"] and r["os"]]
-    if not treated:
+class Digest:
+    """What the report needs from every patient row, kept bounded: the first rows of each table by patient,
+    the longest treatments for the swimmer plot, and only numbers for the rest."""
+
+    def __init__(self) -> None:
+        self.treated: list[dict[str, Any]] = []
+        self.screened: list[dict[str, Any]] = []
+        self.swimmer: list[dict[str, Any]] = []
+        self.n_treated = 0
+        self.n_screened = 0
+        self.ages: list[int] = []
+        self.os: list[tuple[int, bool]] = []
+        self.issues: Counter[str] = Counter()
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.issues.update(row["issues"])
+        if not row["treated"]:
+            self.n_screened += 1
+            self.screened = _keep(self.screened, row, TABLE_MAX, lambda r: r["patient"])
+            return
+        self.n_treated += 1
+        self.treated = _keep(self.treated, row, TABLE_MAX, lambda r: r["patient"])
+        if row["treatment_days"]:
+            self.swimmer = _keep(self.swimmer, row, SWIMMER_MAX, lambda r: (-r["treatment_days"], r["patient"]))
+        age = row["characteristics"]["age"]
+        if isinstance(age, int):
+            self.ages.append(age)
+        if row["os"]:
+            self.os.append((row["os"]["days"], row["os"]["event"]))
+
+
+def _keep(rows: list[dict[str, Any]], row: dict[str, Any], limit: int, key: Any) -> list[dict[str, Any]]:
+    """Append, and when the list grows to twice the limit keep the ``limit`` smallest by ``key``."""
+    rows.append(row)
+    if len(rows) >= 2 * limit:
+        rows = sorted(rows, key=key)[:limit]
+    return rows
+
+
+def _km_png(os: list[tuple[int, bool]]) -> bytes | None:
+    if not os:
         return None
     import matplotlib  # noqa: PLC0415 - plotting is loaded only when a report is written
 
@@ -66,24 +105,23 @@ def _km_png(rows: list[dict[str, Any]]) -> bytes | None:
     from lifelines.plotting import add_at_risk_counts  # noqa: PLC0415
 
     kmf = KaplanMeierFitter(label="Overall survival")
-    kmf.fit([r["os"]["days"] for r in treated], event_observed=[r["os"]["event"] for r in treated])
+    kmf.fit([d for d, _e in os], event_observed=[e for _d, e in os])
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=110)
     kmf.plot_survival_function(ax=ax, ci_show=True, show_censors=True, censor_styles={"marker": "|", "ms": 10})
     ax.axhline(0.5, color="#888888", lw=0.8, ls=":")
     ax.set_xlabel("Days from first thalidomide dose")
     ax.set_ylabel("Probability of survival")
     ax.set_ylim(0, 1.05)
-    ax.set_title(f"Overall survival, treated patients (n = {len(treated)})")
+    ax.set_title(f"Overall survival, treated patients (n = {len(os)})")
     add_at_risk_counts(kmf, ax=ax, rows_to_show=["At risk", "Events"])
     fig.tight_layout()
     return _png(fig)
 
 
 def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
-    treated = sorted((r for r in rows if r["treated"] and r["treatment_days"]), key=lambda r: r["treatment_days"])
+    treated = sorted(rows, key=lambda r: (-r["treatment_days"], r["patient"]))[:SWIMMER_MAX][::-1]
     if not treated:
         return None
-    treated = treated[-SWIMMER_MAX:]
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -134,13 +172,13 @@ def _cut(n: int) -> list[str]:
 def build_sections(
     header: dict[str, Any],
     cohort: dict[str, Any],
-    rows: list[dict[str, Any]],
+    digest: Digest,
     summary: dict[str, Any],
     published: dict[str, Any] | None,
 ) -> list[dict[str, Any]]:
     """The report as data: sections of paragraphs, tables and figure names."""
-    treated = sorted((r for r in rows if r["treated"]), key=lambda r: r["patient"])
-    screened = sorted((r for r in rows if not r["treated"]), key=lambda r: r["patient"])
+    treated = sorted(digest.treated, key=lambda r: r["patient"])[:TABLE_MAX]
+    screened = sorted(digest.screened, key=lambda r: r["patient"])[:TABLE_MAX]
     counts = cohort["best_response_counts"]
     sections: list[dict[str, Any]] = []
     ci = cohort["os_ci"]
@@ -186,6 +224,7 @@ def build_sections(
     sections.append(
         {
             "title": "Table 1. Patient characteristics and results",
+            "paragraphs": _cut(digest.n_treated),
             "tables": [
                 (
                     [
@@ -233,8 +272,8 @@ def build_sections(
             "title": "Treatment durations",
             "figure": "swimmer",
             "paragraphs": [
-                f"The {min(len(treated), SWIMMER_MAX)} longest treatments are shown."
-                if len(treated) > SWIMMER_MAX
+                f"The {SWIMMER_MAX} longest treatments are shown."
+                if digest.n_treated > SWIMMER_MAX
                 else "Every treated patient is shown."
             ],
         }
@@ -252,6 +291,7 @@ def build_sections(
     sections.append(
         {
             "title": "Screening outcomes",
+            "paragraphs": _cut(digest.n_screened),
             "tables": [
                 (["Candidate", "Eligibility", "Failed criteria", "Not determined", "ResearchSubject status"], t3)
             ],
@@ -259,7 +299,7 @@ def build_sections(
     )
     by_type = [[t, str(c["read"]), str(c["used"]), str(c["rejected"])] for t, c in summary["by_type"].items()]
     reasons = [[k, str(v)] for k, v in summary["rejects_by_reason"].items()]
-    issues = Counter(code for r in rows for code in r["issues"])
+    issues = digest.issues
     sections.append(
         {
             "title": "Data quality",
@@ -276,7 +316,7 @@ def build_sections(
         }
     )
     if published:
-        ages = [r["characteristics"]["age"] for r in treated if isinstance(r["characteristics"]["age"], int)]
+        ages = digest.ages
         computed = {
             "best_response_counts": ", ".join(f"{v} {k}" for k, v in counts.items() if v)
             + f" (n = {cohort['n_treated']})",
@@ -359,14 +399,17 @@ def write_report(
     out: Path,
     header: dict[str, Any],
     cohort: dict[str, Any],
-    rows: list[dict[str, Any]],
+    rows: Iterable[dict[str, Any]],
     summary: dict[str, Any],
     mappings_dir: Path | None,
 ) -> None:
     """report.md (with report-km.png and report-swimmer.png beside it) and a self-contained report.html."""
     published = _load_published(mappings_dir)
-    sections = build_sections(header, cohort, rows, summary, published)
-    images = {k: png for k, png in (("km", _km_png(rows)), ("swimmer", _swimmer_png(rows))) if png}
+    digest = Digest()
+    for row in rows:
+        digest.add(row)
+    sections = build_sections(header, cohort, digest, summary, published)
+    images = {k: png for k, png in (("km", _km_png(digest.os)), ("swimmer", _swimmer_png(digest.swimmer))) if png}
     for key, png in images.items():
         (out / f"report-{key}.png").write_bytes(png)
     protocol = header["protocol"]
