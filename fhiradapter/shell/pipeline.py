@@ -210,12 +210,7 @@ def _write_outputs(
     summary: dict[str, Any],
 ) -> None:
     """results.json (subjects sorted by patient), rejects.ndjson and summary.json, each written then renamed."""
-    tmp = out / "rejects.ndjson.partial"
-    with tmp.open("wb") as fh:
-        for part in reject_parts:
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, fh)
-    tmp.replace(out / "rejects.ndjson")
+    _concatenate(reject_parts, out / "rejects.ndjson")
     tmp = out / "results.json.partial"
     handles: dict[str, BinaryIO] = {}
     try:
@@ -257,6 +252,16 @@ def _reject_entry(origin: tuple[str, str], ref: str | None, code: str, reason: s
         "code": code,
         "reason": reason,
     }
+
+
+def _concatenate(parts: list[Path], target: Path) -> None:
+    """Join the workers' part files into ``target``, written beside it and renamed when complete."""
+    tmp = target.with_name(target.name + ".partial")
+    with tmp.open("wb") as fh:
+        for part in parts:
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, fh)
+    tmp.replace(target)
 
 
 def _iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
@@ -322,12 +327,7 @@ def _write_writeback(
         for h in handles.values():
             h.close()
     tmp.replace(out / "writeback.json")
-    tmp = out / "writeback-plan.ndjson.partial"
-    with tmp.open("wb") as fh:
-        for part in plan_parts:
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, fh)
-    tmp.replace(out / "writeback-plan.ndjson")
+    _concatenate(plan_parts, out / "writeback-plan.ndjson")
 
 
 def default_workers(input_bytes: int) -> int:
