@@ -113,3 +113,13 @@ def test_newest_version_entered_in_error_withdraws_the_resource(tmp_path: Path) 
     )
     codes = sorted(r["code"] for r in rejects)
     assert codes == ["duplicate-superseded", "status-not-counted"]
+
+
+def test_an_output_folder_inside_the_input_is_not_read(tmp_path: Path) -> None:
+    src = tmp_path / "data"
+    src.mkdir()
+    write_ndjson(src / "p.ndjson", [patient("p1")])
+    mappings, identity = load_mappings()
+    first = run_evaluate([src], src / "out", AS_OF, mappings, identity, report=False)
+    second = run_evaluate([src], src / "out", AS_OF, mappings, identity, report=False)
+    assert first["records_read"] == second["records_read"] == 1

@@ -346,7 +346,7 @@ def run_evaluate(
     report: bool = True,
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``)."""
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, exclude=out)
     input_bytes = sum(f.stat().st_size * (5 if f.name.endswith(".gz") else 1) for f in files)
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)

@@ -46,12 +46,21 @@ class Reject(NamedTuple):
         }
 
 
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files to read, folders walked recursively in name order; raise InputError for a missing path."""
+def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:
+    """Files to read, folders walked recursively in name order; raise InputError for a missing path.
+
+    Files under ``exclude`` (the output folder, when it lies inside an input folder) are skipped, so a run
+    never reads the results of an earlier one.
+    """
     files: list[Path] = []
+    skip = exclude.resolve() if exclude is not None else None
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and p.name.endswith(SUFFIXES) and (skip is None or skip not in p.resolve().parents)
+            )
             files.extend(found)
         elif path.is_file():
             files.append(path)
