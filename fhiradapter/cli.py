@@ -96,7 +96,7 @@ def evaluate(
     try:
         cutoff = _parse_as_of(as_of)
         mappings, identity = load_mappings(mappings_dir)
-        files = expand_inputs(list(inputs))
+        files = expand_inputs(list(inputs), exclude=out)
         total = sum(f.stat().st_size for f in files)
         show = sys.stderr.isatty() if progress is None else progress
         # Two passes over the data: reading and mapping, then grouping and evaluating.
