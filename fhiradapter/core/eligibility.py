@@ -78,11 +78,24 @@ def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str, window: bool
     return criterion(cid, "met" if ok else "not_met", value, [o.ref], what)
 
 
+def by_concept(obs: Iterable[Obs]) -> dict[str, list[Obs]]:
+    """Observations grouped by concept, so that each rule scans only its own."""
+    out: dict[str, list[Obs]] = {}
+    for o in obs:
+        out.setdefault(o.concept, []).append(o)
+    return out
+
+
 def assess_eligibility(
-    rec: PatientRecord, screening: date, reference: date, cp: ChildPugh, cp_evidence: list[str]
+    rec: PatientRecord,
+    screening: date,
+    reference: date,
+    cp: ChildPugh,
+    cp_evidence: list[str],
+    index: dict[str, list[Obs]] | None = None,
 ) -> dict[str, Any]:
     """All criteria at the screening date; ``reference`` is the index date (screening if untreated)."""
-    obs = rec.observations
+    idx = index if index is not None else by_concept(rec.observations)
     results = [
         _histology(rec, screening),
         _metastatic(rec, screening, reference),
@@ -90,7 +103,7 @@ def assess_eligibility(
         _age(rec, screening),
     ]
     # ECOG is an assessment, not a lab: the latest on or before screening counts (PROTOCOL.md §2).
-    ecog = latest(obs, "ecog", screening, window_days=None)
+    ecog = latest(idx.get("ecog", ()), "ecog", screening, window_days=None)
     results.append(
         _threshold(
             "ecog",
@@ -100,7 +113,7 @@ def assess_eligibility(
             window=False,
         )
     )
-    anc = latest(obs, "anc", screening)
+    anc = latest(idx.get("anc", ()), "anc", screening)
     results.append(
         _threshold(
             "anc",
@@ -109,7 +122,7 @@ def assess_eligibility(
             "neutrophils >= 1.0 x10^9/L",
         )
     )
-    plt = latest(obs, "platelets", screening)
+    plt = latest(idx.get("platelets", ()), "platelets", screening)
     results.append(
         _threshold(
             "platelets",
@@ -118,7 +131,7 @@ def assess_eligibility(
             "platelets >= 40 x10^9/L",
         )
     )
-    cre = latest(obs, "creatinine", screening)
+    cre = latest(idx.get("creatinine", ()), "creatinine", screening)
     results.append(
         _threshold(
             "creatinine",
@@ -283,7 +296,7 @@ def _pregnancy(rec: PatientRecord, screening: date) -> dict[str, Any]:
     found = _active_conditions(rec, {"pregnancy", "breastfeeding"}, screening)
     refs = [c.ref for c in found]
     for concept, positive in (("pregnancy_status", "pregnant"), ("breastfeeding_status", "breastfeeding")):
-        o = latest(rec.observations, concept, screening, window_days=None)
+        o = latest(rec.observations, concept, screening, window_days=None)  # two rare concepts: no index
         if o is not None and o.coded == positive:
             refs.append(o.ref)
     if refs:

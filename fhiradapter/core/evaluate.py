@@ -17,12 +17,12 @@ from typing import Any, NamedTuple
 
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import score_child_pugh
-from fhiradapter.core.eligibility import assess_eligibility, latest
+from fhiradapter.core.eligibility import assess_eligibility, by_concept, latest
 from fhiradapter.core.model import Issue, Med, PatientRecord
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.response import assess_response
 from fhiradapter.core.stats import kaplan_meier, rate
-from fhiradapter.core.toxicity import dose_actions, toxicities, toxicity_table
+from fhiradapter.core.toxicity import LAB_TERMS, dose_actions, toxicities, toxicity_table
 
 ONGOING_MED_STATUS = frozenset({"active", "in-progress", "on-hold"})  # still on drug (on-hold: interrupted)
 RESPONSES = ("CR", "PR", "SD", "PD", "NE")
@@ -152,8 +152,9 @@ def evaluate_patient(
 
     # Child-Pugh and eligibility at the screening date (§2, §3).
     obs = rec.observations
+    by_obs = by_concept(obs)
     cp_obs = {
-        c: latest(obs, c, screening)
+        c: latest(by_obs.get(c, ()), c, screening)
         for c in ("bilirubin", "albumin", "inr", "pt", "pt_control", "ascites", "encephalopathy")
     }
     pt_prolongation = None
@@ -178,7 +179,7 @@ def evaluate_patient(
     cp_evidence = sorted(
         o.ref for k, o in cp_obs.items() if o is not None and (k not in ("inr", "pt", "pt_control") or k in used)
     )
-    eligibility = assess_eligibility(rec, screening, index or screening, cp, cp_evidence)
+    eligibility = assess_eligibility(rec, screening, index or screening, cp, cp_evidence, by_obs)
     eligibility["screening_date_source"] = screening_source
 
     result: dict[str, Any] = {
@@ -220,8 +221,8 @@ def evaluate_patient(
     tox_rows: list[dict[str, Any]] = []
     if index is not None and last_dose is not None:
         resp = assess_response(
-            [o for o in obs if o.concept == "tumor_size"],
-            [o for o in obs if o.concept == "afp"],
+            by_obs.get("tumor_size", []),
+            by_obs.get("afp", []),
             index,
             afp_window_days=m.protocol.response.afp_window_days,
             sd_min_days=m.protocol.response.sd_min_days,
@@ -234,7 +235,7 @@ def evaluate_patient(
             note(None, "response", text)
         tox_rows, events, tox_issues = toxicities(
             rec.adverse_events,
-            obs,
+            [o for c in LAB_TERMS for o in by_obs.get(c, ())],
             index,
             last_dose,
             after_days=m.protocol.toxicity.window_after_last_dose_days,
