@@ -58,52 +58,29 @@ def edited_mappings(tmp_path: Path, name: str, old: str, new: str) -> Path:
     return folder
 
 
+def evaluate_with(tmp_path: Path, folder: Path) -> tuple[int, str]:
+    return invoke(
+        "evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"), "--mappings", str(folder)
+    )
+
+
 def test_unreadable_mappings_name_file_and_key(tmp_path: Path) -> None:
     folder = edited_mappings(tmp_path, "protocol.toml", "afp_window_days = 14", "afp_windw_days = 14")
-    code, out = invoke(
-        "evaluate",
-        str(PAPER),
-        "--as-of",
-        "2005-03-31",
-        "--out",
-        str(tmp_path / "o"),
-        "--mappings",
-        str(folder),
-    )
+    code, out = evaluate_with(tmp_path, folder)
     assert code == ExitCode.CONFIG
     assert "protocol.toml" in out and "afp_windw_days" in out
 
 
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
-    folder = tmp_path / "maps"
-    shutil.copytree(ROOT / "mappings", folder)
-    (folder / "codes.toml").write_text("[systems\n")
-    code, out = invoke(
-        "evaluate",
-        str(PAPER),
-        "--as-of",
-        "2005-03-31",
-        "--out",
-        str(tmp_path / "o"),
-        "--mappings",
-        str(folder),
-    )
+    folder = edited_mappings(tmp_path, "codes.toml", "[systems]", "[systems")
+    code, out = evaluate_with(tmp_path, folder)
     assert code == ExitCode.CONFIG and "codes.toml" in out and "not valid TOML" in out
 
 
 def test_configurable_albumin_cut_off_changes_child_pugh(tmp_path: Path) -> None:
     """PROTOCOL.md §3: the 2.8 g/dL cut-off lives in mappings/; with 3.0 a 2.8 g/dL albumin scores 3."""
     folder = edited_mappings(tmp_path, "protocol.toml", "albumin_lower_g_dl = 2.8", "albumin_lower_g_dl = 3.0")
-    code, _ = invoke(
-        "evaluate",
-        str(PAPER),
-        "--as-of",
-        "2005-03-31",
-        "--out",
-        str(tmp_path / "o"),
-        "--mappings",
-        str(folder),
-    )
+    code, _ = evaluate_with(tmp_path, folder)
     assert code == 0
     import json
 

@@ -7,7 +7,7 @@ Exclusion criteria (``not_...``/``no_...``) are met when no evidence is found, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from typing import Any
 
@@ -23,6 +23,14 @@ ANC_MIN = 1.0  # 10*9/L
 PLATELETS_MIN = 40.0  # 10*9/L
 CREATININE_MAX = 2.0  # mg/dL
 ACTIVE_CLINICAL = frozenset({None, "active", "recurrence", "relapse"})
+# The four threshold criteria (PROTOCOL.md §2): id (= the observation concept), rule, wording, lab window.
+# ECOG is an assessment, not a lab: the latest on or before screening counts, however old.
+THRESHOLDS: tuple[tuple[str, Callable[[float], bool], str, bool], ...] = (
+    ("ecog", lambda v: v <= ECOG_MAX, "ECOG performance status <= 2", False),
+    ("anc", lambda v: v >= ANC_MIN, "neutrophils >= 1.0 x10^9/L", True),
+    ("platelets", lambda v: v >= PLATELETS_MIN, "platelets >= 40 x10^9/L", True),
+    ("creatinine", lambda v: v <= CREATININE_MAX, "serum creatinine <= 2.0 mg/dL", True),
+)
 CRITERIA = (
     "histology",
     "metastatic_measurable",
@@ -102,44 +110,10 @@ def assess_eligibility(
         _anthracycline(rec, screening),
         _age(rec, screening),
     ]
-    # ECOG is an assessment, not a lab: the latest on or before screening counts (PROTOCOL.md §2).
-    ecog = latest(idx.get("ecog", ()), "ecog", screening, window_days=None)
-    results.append(
-        _threshold(
-            "ecog",
-            ecog,
-            None if ecog is None or ecog.value is None else ecog.value <= ECOG_MAX,
-            "ECOG performance status <= 2",
-            window=False,
-        )
-    )
-    anc = latest(idx.get("anc", ()), "anc", screening)
-    results.append(
-        _threshold(
-            "anc",
-            anc,
-            None if anc is None or anc.value is None else anc.value >= ANC_MIN,
-            "neutrophils >= 1.0 x10^9/L",
-        )
-    )
-    plt = latest(idx.get("platelets", ()), "platelets", screening)
-    results.append(
-        _threshold(
-            "platelets",
-            plt,
-            None if plt is None or plt.value is None else plt.value >= PLATELETS_MIN,
-            "platelets >= 40 x10^9/L",
-        )
-    )
-    cre = latest(idx.get("creatinine", ()), "creatinine", screening)
-    results.append(
-        _threshold(
-            "creatinine",
-            cre,
-            None if cre is None or cre.value is None else cre.value <= CREATININE_MAX,
-            "serum creatinine <= 2.0 mg/dL",
-        )
-    )
+    for cid, rule, what, window in THRESHOLDS:
+        o = latest(idx.get(cid, ()), cid, screening, window_days=LAB_WINDOW_DAYS if window else None)
+        ok = None if o is None or o.value is None else rule(o.value)
+        results.append(_threshold(cid, o, ok, what, window=window))
     if cp.score is None:
         results.append(
             criterion(
@@ -161,7 +135,7 @@ def assess_eligibility(
             )
         )
     results += [
-        _pregnancy(rec, screening),
+        _pregnancy(rec, screening, idx),
         _neuropathy(rec, screening),
         _prior_thalidomide(rec, screening),
         _infection(rec, screening),
@@ -292,11 +266,11 @@ def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) 
     ]
 
 
-def _pregnancy(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _pregnancy(rec: PatientRecord, screening: date, idx: dict[str, list[Obs]]) -> dict[str, Any]:
     found = _active_conditions(rec, {"pregnancy", "breastfeeding"}, screening)
     refs = [c.ref for c in found]
     for concept, positive in (("pregnancy_status", "pregnant"), ("breastfeeding_status", "breastfeeding")):
-        o = latest(rec.observations, concept, screening, window_days=None)  # two rare concepts: no index
+        o = latest(idx.get(concept, ()), concept, screening, window_days=None)
         if o is not None and o.coded == positive:
             refs.append(o.ref)
     if refs:
