@@ -1,4 +1,6 @@
-"""Command line: ``fhiradapter evaluate``. Parses options, runs the pipeline, maps errors to exit codes.
+"""Command line: ``fhiradapter evaluate`` and ``fhiradapter export``.
+
+Parses options, runs the pipeline or the export, maps errors to exit codes.
 
 Only this module turns exceptions into messages and exit codes (see ``fhiradapter.errors``).
 """
@@ -7,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,33 @@ def _parse_as_of(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"--as-of must be a date as YYYY-MM-DD, got {value!r}") from None
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    """Turn the adapter's errors into a one-line message and its exit code; hide unexpected errors' text."""
+    try:
+        yield
+    except AdapterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    except Exception as exc:
+        if os.environ.get("FHIRADAPTER_DEBUG"):
+            raise
+        # The message of an unexpected error may quote patient data: show only its type.
+        click.echo(
+            f"error: unexpected internal error ({type(exc).__name__}); set FHIRADAPTER_DEBUG=1 "
+            "for the traceback and please report it",
+            err=True,
+        )
+        sys.exit(int(ExitCode.FAILURE))
+
+
+_EXPORT_TO_HELP = (
+    "sqlite:///FILE.db, postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass, never the URL), "
+    "csv:FOLDER or parquet:FOLDER."
+)
+_KEY_HELP = "File holding the pseudonymisation secret (>= 32 bytes, mode 600) [default: $FHIRADAPTER_PSEUDONYM_KEY]."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -67,6 +98,22 @@ def main() -> None:
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
+@click.option(
+    "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + _EXPORT_TO_HELP
+)
+@click.option(
+    "--export-format",
+    type=click.Choice(["tables", "sdtm"]),
+    default="tables",
+    show_default=True,
+    help="With --export-to: registry tables, or SDTM datasets (files only).",
+)
+@click.option(
+    "--pseudonymise",
+    is_flag=True,
+    help="With --export-to: keyed-hash subject keys, ages instead of birth dates, no free text.",
+)
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=_KEY_HELP)
 def evaluate(
     inputs: tuple[Path, ...],
     as_of: str,
@@ -75,6 +122,10 @@ def evaluate(
     workers: int | None,
     report: bool,
     progress: bool | None,
+    export_to: str | None,
+    export_format: str,
+    pseudonymise: bool,
+    key_file: Path | None,
 ) -> None:
     """Evaluate the protocol on FHIR files.
 
@@ -93,8 +144,9 @@ def evaluate(
     from fhiradapter.shell.pipeline import run_evaluate  # noqa: PLC0415
     from fhiradapter.shell.readers import expand_inputs  # noqa: PLC0415
 
-    try:
+    with _guard():
         cutoff = _parse_as_of(as_of)
+        key = _export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
         files = expand_inputs(list(inputs), exclude=out)
         total = sum(f.stat().st_size for f in files)
@@ -113,20 +165,10 @@ def evaluate(
                 workers=workers,
                 report=report,
             )
-    except AdapterError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(int(exc.exit_code))
-    except Exception as exc:
-        if os.environ.get("FHIRADAPTER_DEBUG"):
-            raise
-        # The message of an unexpected error may quote patient data: show only its type.
-        click.echo(
-            f"error: unexpected internal error ({type(exc).__name__}); set FHIRADAPTER_DEBUG=1 "
-            "for the traceback and please report it",
-            err=True,
-        )
-        sys.exit(int(ExitCode.FAILURE))
     _print_summary(summary, out)
+    if export_to:
+        with _guard():
+            _run_export(out, export_to, export_format, key, mappings_dir, show)
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -147,10 +189,97 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
         f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
     )
-    names = ["results.json", "rejects.ndjson", "summary.json", "writeback.json"]
+    names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json", "writeback.json"]
     if (out / "report.html").exists():
         names += ["report.html", "report.md"]
     click.echo(f"Wrote {', '.join(str(out / n) for n in names)}")
+
+
+def _export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:
+    from fhiradapter.shell.export import load_key  # noqa: PLC0415
+
+    if key_file is not None and not pseudonymise:
+        raise ConfigError("--key-file is only used with --pseudonymise")
+    return load_key(key_file) if pseudonymise else None
+
+
+def _run_export(results: Path, to: str, fmt: str, key: bytes | None, mappings_dir: Path | None, show: bool) -> None:
+    from fhiradapter.shell.export import export as run_export  # noqa: PLC0415
+
+    tables = 7 if fmt == "sdtm" else 9  # SDTM datasets, or the runs table and the eight run tables
+    with click.progressbar(length=tables, label="Exporting", file=sys.stderr, hidden=not show) as bar:
+        summary = run_export(results, to, fmt, key, mappings_dir, on_table=lambda _name: bar.update(1))  # type: ignore[arg-type]
+    where = summary.target.location if summary.target.kind != "sql" else _safe_url(summary.target.location)
+    mode = "pseudonymised" if summary.run.pseudonymised else "identified"
+    state = "new run" if summary.new_run else "already exported: nothing changed"
+    click.echo(f"Export {summary.run.run_id} ({mode}, {fmt}) to {where}: {state}.")
+    width = max(len(line[0]) for line in summary.lines) if summary.lines else 10
+    click.echo(f"  {'table':<{width}}  {'inserted':>8}  {'unchanged':>9}  {'superseded':>10}")
+    for name, inserted, unchanged, superseded in summary.lines:
+        click.echo(f"  {name:<{width}}  {inserted:>8}  {unchanged:>9}  {superseded:>10}")
+    if summary.files:
+        click.echo(f"Wrote {len(summary.files)} file(s) to {summary.target.location}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without any user info (the user name can be personal; a password is refused earlier)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+
+
+@main.command("export")
+@click.argument("results_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--to", "to", required=True, metavar="URL", help=_EXPORT_TO_HELP)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["tables", "sdtm"]),
+    default="tables",
+    show_default=True,
+    help="Registry tables (SQL or files) or SDTM datasets DM, EX, AE, LB, TU, TR, RS (csv: or parquet: only).",
+)
+@click.option(
+    "--pseudonymise",
+    is_flag=True,
+    help="Keyed-hash subject keys, age instead of birth date, no free text or resource ids.",
+)
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=_KEY_HELP)
+@click.option(
+    "--mappings",
+    "mappings_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with export.toml (SDTM test codes and units) [default: the mappings shipped with fhiradapter].",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
+)
+def export_cmd(
+    results_dir: Path,
+    to: str,
+    fmt: str,
+    pseudonymise: bool,
+    key_file: Path | None,
+    mappings_dir: Path | None,
+    progress: bool | None,
+) -> None:
+    """Export an evaluate run's results to a registry or research database, or to files.
+
+    RESULTS_DIR is the --out folder of `fhiradapter evaluate` (results.json, clinical.ndjson).
+    Each export is one run: re-exporting the same results changes nothing; a newer run for the same
+    study and as-of date supersedes the older one, whose rows stay queryable. The current_* views
+    show the latest run. A failed export leaves the database as it was.
+
+    \b
+    Examples:
+      fhiradapter export out/ --to sqlite:///registry.db
+      fhiradapter export out/ --to postgresql://research@dbhost/trials
+      fhiradapter export out/ --to csv:sdtm/ --format sdtm --pseudonymise --key-file registry.key
+    """
+    with _guard():
+        key = _export_key(pseudonymise, key_file)
+        show = sys.stderr.isatty() if progress is None else progress
+        _run_export(results_dir, to, fmt, key, mappings_dir, show)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,8 @@
 ```
 AdapterError(Exception)                      exit_code = ExitCode.FAILURE
 ├── ConfigError(AdapterError, ValueError)    bad option, bad --as-of, unreadable or invalid mappings -> CONFIG
-└── InputError(AdapterError, ValueError)     an input path is missing or unreadable as a whole        -> INPUT
+├── InputError(AdapterError, ValueError)     an input path is missing or unreadable as a whole        -> INPUT
+└── TargetError(AdapterError)                an export target (database, folder) refused the write     -> TARGET
 ```
 
 A clinical "no" (ineligible, progression, grade-3 event) is never an exception: it is a decision with
@@ -25,6 +26,7 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # click's own code for a malformed command line
     CONFIG = 10
     INPUT = 11
+    TARGET = 12
 
 
 class AdapterError(Exception):
@@ -43,3 +45,9 @@ class InputError(AdapterError, ValueError):
     """An input path cannot be read at all (missing, not a file or folder, permission denied)."""
 
     exit_code = ExitCode.INPUT
+
+
+class TargetError(AdapterError):
+    """An export target could not be written (database unreachable, write refused); nothing was changed."""
+
+    exit_code = ExitCode.TARGET

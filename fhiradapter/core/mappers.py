@@ -144,6 +144,18 @@ def _convert(
     return value, f"{original} -> {value:g} {target} ({'; '.join(steps)})", []
 
 
+def as_recorded(conversion: str | None) -> tuple[float | None, str | None]:
+    """The value and unit as the source recorded them, read back from a note written by ``_convert``."""
+    if not conversion:
+        return None, None
+    original = conversion.split(" -> ", 1)[0]
+    value, _, unit = original.partition(" ")
+    try:
+        return float(value), unit
+    except ValueError:
+        return None, None
+
+
 def _quantity(q: Any) -> tuple[float | None, str]:
     if not isinstance(q, dict):
         return None, ""

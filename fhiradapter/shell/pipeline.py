@@ -30,6 +30,7 @@ import orjson
 from fhiradapter import __version__
 from fhiradapter.core import fhir_json as fj
 from fhiradapter.core.evaluate import CohortRow, Settings, evaluate_patient, report_row, summarise_cohort
+from fhiradapter.core.extract import patient_extract
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.model import (
     AE,
@@ -416,6 +417,7 @@ def run_evaluate(
             }
             _write_outputs(out, spill, parts, index, header, cohort, summary)
             _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
+            _concatenate([r2.clinical for r2 in two], out / "clinical.ndjson")
             if report:
                 folder = mappings_identity.get("mappings_dir")
                 write_report(
@@ -546,6 +548,7 @@ class _PassTwo:
     writeback_index: list[tuple[str, str, int, int, int]]
     plan: Path
     report_rows: Path
+    clinical: Path
 
 
 def _pass_two_worker(
@@ -567,6 +570,7 @@ def _pass_two_worker(
     part, wb_part, plan_part = f"subjects-{worker:02d}.bin", f"writeback-{worker:02d}.bin", f"plan-{worker:02d}.ndjson"
     wb_index: list[tuple[str, str, int, int, int]] = []
     report_part = f"report-rows-{worker:02d}.ndjson"
+    clinical_part = f"clinical-{worker:02d}.ndjson"
     wctx = WritebackContext(
         settings.mappings.protocol.protocol.id, f"ResearchStudy/{settings.mappings.protocol.protocol.id}"
     )
@@ -576,10 +580,12 @@ def _pass_two_worker(
             (spill / wb_part).open("wb") as wb,
             (spill / plan_part).open("wb") as plan_out,
             (spill / report_part).open("wb") as report_out,
+            (spill / clinical_part).open("wb") as clinical_out,
         ):
             for b in bucket_ids:
                 items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
-                for result, row, plan in _evaluate_bucket(items, settings, medications, rejects, stats, wctx):
+                for result, row, plan, extract in _evaluate_bucket(items, settings, medications, rejects, stats, wctx):
+                    clinical_out.write(orjson.dumps(extract) + b"\n")
                     blob = orjson.dumps(result)
                     index.append((result["patient"], part, subjects.tell(), len(blob)))
                     subjects.write(blob)
@@ -615,7 +621,9 @@ def _pass_two_worker(
                 _report_bytes(per_bucket)
     finally:
         rejects.close()
-    return _PassTwo(stats, rows, index, rejects.path, wb_index, spill / plan_part, spill / report_part)
+    return _PassTwo(
+        stats, rows, index, rejects.path, wb_index, spill / plan_part, spill / report_part, spill / clinical_part
+    )
 
 
 def _evaluate_bucket(
@@ -625,7 +633,7 @@ def _evaluate_bucket(
     rejects: _Rejects,
     stats: RunStats,
     wctx: WritebackContext,
-) -> Iterator[tuple[dict[str, Any], CohortRow, list[Any]]]:
+) -> Iterator[tuple[dict[str, Any], CohortRow, list[Any], dict[str, Any]]]:
     pending: dict[str, list[Item]] = {}
     for item in _dedup(items, rejects, stats):
         record = item[3]
@@ -663,7 +671,8 @@ def _evaluate_bucket(
         chosen = next((x for x in rec.subjects if x.ref == result["research_subject"]), None)
         existing = [Existing(w.ref, w.identifier, w.content_hash, w.version) for w in rec.written]
         plan = plan_patient(result, existing, (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None, wctx)
-        yield result, row, plan
+        extract = patient_extract(rec, settings.as_of, {u.ref for u in unused})
+        yield result, row, plan, extract
 
 
 def _keep_newest(kept: dict[str, Item], item: Item, rejects: _Rejects, stats: RunStats) -> None:
