@@ -35,7 +35,7 @@ class Pseudonymiser:
     def __post_init__(self) -> None:
         if len(self.key) < MIN_KEY_BYTES:
             raise ConfigError(
-                f"the pseudonymisation key has {len(self.key)} bytes; at least {MIN_KEY_BYTES} are required "
+                f"the pseudonymisation key has {len(self.key)} bytes; at least {MIN_KEY_BYTES} bytes are required "
                 "(e.g. `openssl rand -hex 32 > key`)"
             )
 

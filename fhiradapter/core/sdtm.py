@@ -9,6 +9,7 @@ Identity rules (pseudonyms, no birth date, no free text, no resource ids) are :c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
@@ -283,7 +284,7 @@ class SdtmBuilder:
                 }
             )
 
-    def _ae(self, v: SubjectView, terms: Mapping[str, str] | None = None) -> None:
+    def _ae(self, v: SubjectView) -> None:
         displays = {t["term"]: t.get("display") for t in v.result.get("toxicities") or ()}
         for seq, a in enumerate(v.extract.get("adverse_events", ()), start=1):
             decod = displays.get(a.get("term")) or a.get("term")
@@ -411,10 +412,17 @@ class SdtmBuilder:
         }
 
 
+def _sort_key(seq: str, row: Mapping[str, Any]) -> tuple[str, int]:
+    return str(row["USUBJID"]), int(row.get(seq) or 0)
+
+
 def build_sdtm(cfg: ExportMappings, views: Iterable[SubjectView]) -> dict[str, list[dict[str, Any]]]:
     builder = SdtmBuilder(cfg)
     for v in views:
         builder.add(v)
+    # SDTM's sort order (USUBJID, --SEQ); it also keeps a pseudonymised file from following the patients' order.
+    for name, rows in builder.rows.items():
+        rows.sort(key=functools.partial(_sort_key, f"{name}SEQ"))
     return builder.rows
 
 

@@ -136,6 +136,11 @@ def build_table_rows(res: ResultsFolder, pseudo: Pseudonymiser | None) -> dict[s
         for name, rows in table_rows(view).items():
             tables.setdefault(name, []).extend(rows)
     tables["cohort_summaries"] = [cohort_row(res.cohort)]
+    # Rows in subject-key order, not input order: a pseudonymised table must not keep the patients' order.
+    for rows in tables.values():
+        rows.sort(
+            key=lambda r: (r.get("subject_key") or "", r.get("seq") or 0, r.get("criterion_id") or r.get("term") or "")
+        )
     return tables
 
 
@@ -294,6 +299,8 @@ def _cells(columns: list[str], rows: list[dict[str, Any]]) -> Iterator[list[Any]
 def _csv_value(value: Any) -> Any:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # 200, not 200.0
     return value
 
 
