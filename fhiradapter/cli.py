@@ -211,7 +211,13 @@ def _run_export(results: Path, to: str, fmt: str, key: bytes | None, mappings_di
         summary = run_export(results, to, fmt, key, mappings_dir, on_table=lambda _name: bar.update(1))  # type: ignore[arg-type]
     where = summary.target.location if summary.target.kind != "sql" else _safe_url(summary.target.location)
     mode = "pseudonymised" if summary.run.pseudonymised else "identified"
-    state = "new run" if summary.new_run else "already exported: nothing changed"
+    state = (
+        "new run"
+        if summary.new_run
+        else "already exported; it was superseded and is current again"
+        if summary.reinstated
+        else "already exported: nothing changed"
+    )
     click.echo(f"Export {summary.run.run_id} ({mode}, {fmt}) to {where}: {state}.")
     width = max(len(line[0]) for line in summary.lines) if summary.lines else 10
     click.echo(f"  {'table':<{width}}  {'inserted':>8}  {'unchanged':>9}  {'superseded':>10}")

@@ -208,6 +208,22 @@ def test_a_new_run_supersedes_the_previous_one_and_history_stays(paper: Any, tmp
         assert conn.execute(text("SELECT count(*) FROM subjects")).scalar_one() == 28
 
 
+def test_re_exporting_an_older_run_makes_it_current_again(paper: Any, tmp_path: Path) -> None:
+    out, results = paper
+    url = sqlite_url(tmp_path / "r.db")
+    first = export(out, url)
+    changed_cohort(tmp_path)
+    second = export(tmp_path / "changed-out", url)
+    third = export(out, url)  # the data went back to what the first run saw
+    assert not third.new_run and third.reinstated
+    with engine_of(url).connect() as conn:
+        runs = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).all())
+        assert runs == {first.run.run_id: None, second.run.run_id: first.run.run_id}
+        best = dict(conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).all())
+        assert best == {s["patient"][8:]: s["best_response"] for s in results["subjects"] if s["treated"]}
+        assert conn.execute(text("SELECT count(*) FROM subjects")).scalar_one() == 28  # nothing duplicated
+
+
 class Boom(RuntimeError):
     pass
 

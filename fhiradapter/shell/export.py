@@ -126,6 +126,7 @@ class ExportSummary:
     run: RunInfo
     target: Target
     new_run: bool
+    reinstated: bool
     lines: list[tuple[str, int, int, int]]  # (table, inserted, unchanged, superseded)
     files: list[Path]
 
@@ -168,7 +169,7 @@ def export(
         datasets = build_sdtm(cfg, subject_views(res.subjects, res.extracts, pseudo))
         files = _write_files(target, datasets, _sdtm_types(), data_dictionary(), info, on_table)
         lines = [(name, len(rows), 0, 0) for name, rows in datasets.items()]
-        return ExportSummary(info, target, True, lines, files)
+        return ExportSummary(info, target, True, False, lines, files)
     tables = build_table_rows(res, pseudo)
     if target.kind == "sql":
         return _export_sql(target, info, tables, on_table)
@@ -178,7 +179,7 @@ def export(
     with_run = {name: [{"run_id": info.run_id, **r} for r in rows] for name, rows in tables.items()}
     files = _write_files(target, {"runs": [_run_row(info)], **with_run}, types, _table_dictionary(), info, on_table)
     lines = [(name, len(rows), 0, 0) for name, rows in with_run.items()]
-    return ExportSummary(info, target, True, lines, files)
+    return ExportSummary(info, target, True, False, lines, files)
 
 
 def _export_sql(
@@ -198,7 +199,7 @@ def _export_sql(
     finally:
         engine.dispose()
     lines = [(name, c.inserted, c.unchanged, c.superseded) for name, c in result.counts.items()]
-    return ExportSummary(info, target, result.new_run, lines, [])
+    return ExportSummary(info, target, result.new_run, result.reinstated, lines, [])
 
 
 def _run_row(info: RunInfo) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -251,6 +252,7 @@ class WriteResult:
     new_run: bool
     counts: dict[str, TableCount] = field(default_factory=dict)
     superseded_runs: list[str] = field(default_factory=list)
+    reinstated: bool = False  # an older, superseded run with the same results became current again
 
 
 _DATE_COLUMNS = {(t.name, c.name) for t in (runs, *RUN_TABLES) for c in t.columns if isinstance(c.type, Date)}
@@ -278,8 +280,20 @@ def write_run(
     result = WriteResult(info.run_id, new_run=False)
     try:
         with engine.begin() as conn:
-            exists = conn.execute(select(runs.c.run_id).where(runs.c.run_id == info.run_id)).first()
+            if conn.dialect.name == "postgresql":
+                # One export at a time per database: two concurrent runs must not both supersede the same one.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('fhiradapter-registry-export'))"))
+            exists = conn.execute(select(runs.c.superseded_by).where(runs.c.run_id == info.run_id)).first()
+            now = datetime.now(UTC)
             if exists:
+                if exists[0] is not None:
+                    # The same results as an older run came back (data reverted): that run is current again.
+                    previous = [r for r in _current_runs(conn, info) if r != info.run_id]
+                    _supersede(conn, previous, info.run_id, now)
+                    conn.execute(
+                        update(runs).where(runs.c.run_id == info.run_id).values(superseded_by=None, superseded_at=None)
+                    )
+                    result.superseded_runs, result.reinstated = previous, True
                 for table in RUN_TABLES:
                     count = TableCount(unchanged=len(rows.get(table.name, ())))
                     result.counts[table.name] = count
@@ -288,7 +302,6 @@ def write_run(
                 return result
             result.new_run = True
             previous = _current_runs(conn, info)
-            now = datetime.now(UTC)
             conn.execute(
                 runs.insert(),
                 [_typed(runs, {**info.__dict__, "exported_at": now, "superseded_by": None, "superseded_at": None})],
@@ -308,14 +321,16 @@ def write_run(
                 result.counts[table.name] = count
                 if on_table:
                     on_table(table.name, count)
-            if previous:
-                conn.execute(
-                    update(runs).where(runs.c.run_id.in_(previous)).values(superseded_by=info.run_id, superseded_at=now)
-                )
-                result.superseded_runs = previous
+            _supersede(conn, previous, info.run_id, now)
+            result.superseded_runs = previous
     except SQLAlchemyError as exc:
         raise TargetError(f"database write failed, nothing was changed: {db_reason(exc)}") from None
     return result
+
+
+def _supersede(conn: Connection, previous: list[str], run_id: str, now: datetime) -> None:
+    if previous:
+        conn.execute(update(runs).where(runs.c.run_id.in_(previous)).values(superseded_by=run_id, superseded_at=now))
 
 
 def _current_runs(conn: Connection, info: RunInfo) -> list[str]:
