@@ -36,6 +36,9 @@ def _guard() -> Iterator[None]:
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        sys.stderr.close()
+        sys.exit(int(ExitCode.OK))
     except Exception as exc:
         if os.environ.get("FHIRADAPTER_DEBUG"):
             raise
@@ -204,11 +207,14 @@ def _export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:
 
 
 def _run_export(results: Path, to: str, fmt: str, key: bytes | None, mappings_dir: Path | None, show: bool) -> None:
+    from fhiradapter.shell.export import count_subjects  # noqa: PLC0415
     from fhiradapter.shell.export import export as run_export  # noqa: PLC0415
 
-    tables = 7 if fmt == "sdtm" else 9  # SDTM datasets, or the runs table and the eight run tables
-    with click.progressbar(length=tables, label="Exporting", file=sys.stderr, hidden=not show) as bar:
-        summary = run_export(results, to, fmt, key, mappings_dir, on_table=lambda _name: bar.update(1))  # type: ignore[arg-type]
+    total = count_subjects(results)
+    with click.progressbar(
+        length=max(total, 1), label="Exporting subjects", file=sys.stderr, hidden=not show or not total
+    ) as bar:
+        summary = run_export(results, to, fmt, key, mappings_dir, progress=bar.update)  # type: ignore[arg-type]
     where = summary.target.location if summary.target.kind != "sql" else _safe_url(summary.target.location)
     mode = "pseudonymised" if summary.run.pseudonymised else "identified"
     state = (

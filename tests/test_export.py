@@ -24,7 +24,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Engine
 
 from fhiradapter.core.registry import Pseudonymiser, SubjectView
-from fhiradapter.errors import ConfigError, TargetError
+from fhiradapter.errors import ConfigError, InputError, TargetError
 from fhiradapter.shell import registry_db as db
 from fhiradapter.shell.export import export
 from fhiradapter.shell.mappings_io import load_mappings
@@ -229,12 +229,13 @@ class Boom(RuntimeError):
 
 
 def fail_after(n: int) -> Any:
-    seen: list[str] = []
+    """A progress hook that fails after ``n`` subjects were written: half-way through the run."""
+    seen: list[int] = []
 
-    def hook(name: str) -> None:
-        seen.append(name)
+    def hook(step: int) -> None:
+        seen.append(step)
         if len(seen) == n:
-            raise Boom(f"injected failure after {name}")
+            raise Boom(f"injected failure after {n} subjects")
 
     return hook
 
@@ -245,15 +246,62 @@ def test_a_failure_half_way_leaves_the_database_as_it_was(paper: Any, tmp_path: 
     engine = engine_of(url)
     # On an empty (migrated) database: the failed run leaves no trace.
     with pytest.raises(Boom):
-        export(out, url, on_table=fail_after(4))
+        export(out, url, progress=fail_after(7))
     assert all(not rows for name, rows in dump(engine).items() if name != "alembic_version")
     # On a database holding a run: a failed newer run neither adds rows nor supersedes the old one.
     export(out, url)
     before = dump(engine)
     changed_cohort(tmp_path)
     with pytest.raises(Boom):
-        export(tmp_path / "changed-out", url, on_table=fail_after(6))
+        export(tmp_path / "changed-out", url, progress=fail_after(7))
     assert dump(engine) == before
+
+
+def test_a_results_file_in_another_layout_exports_the_same_rows(paper: Any, tmp_path: Path) -> None:
+    out, results = paper
+    other = tmp_path / "reindented"
+    shutil.copytree(out, other)
+    (other / "results.json").write_text(json.dumps(results, indent=2))  # a hand-edited, re-indented copy
+    a, b = sqlite_url(tmp_path / "a.db"), sqlite_url(tmp_path / "b.db")
+    export(out, a)
+    export(other, b)
+    strip = {"runs": ("results_sha256", "run_id")}
+    da, db_ = typed_dump(engine_of(a)), typed_dump(engine_of(b))
+    for table in da:
+        drop = (*strip.get(table, ()), "run_id")
+        assert [{k: v for k, v in r.items() if k not in drop} for r in da[table]] == [
+            {k: v for k, v in r.items() if k not in drop} for r in db_[table]
+        ], table
+
+
+def test_a_truncated_results_file_is_refused_and_nothing_is_written(paper: Any, tmp_path: Path) -> None:
+    out, _ = paper
+    cut = tmp_path / "cut"
+    shutil.copytree(out, cut)
+    lines = (cut / "results.json").read_bytes().splitlines(keepends=True)
+    (cut / "results.json").write_bytes(b"".join(lines[:5]))
+    url = sqlite_url(tmp_path / "r.db")
+    with pytest.raises(InputError, match="truncated"):
+        export(cut, url)
+    assert all(not rows for name, rows in dump(engine_of(url)).items() if name != "alembic_version")
+    (cut / "results.json").write_bytes(b"".join([*lines[:3], b"{not json\n", *lines[4:]]))
+    with pytest.raises(InputError, match="line 4 is not an fhiradapter results record"):
+        export(cut, url)
+
+
+def test_a_subject_without_extract_is_exported_from_its_results(paper: Any, tmp_path: Path) -> None:
+    out, results = paper
+    part = tmp_path / "part"
+    shutil.copytree(out, part)
+    kept = [x for x in (part / "clinical.ndjson").read_text().splitlines() if "thal-02" not in x]
+    (part / "clinical.ndjson").write_text("\n".join(kept) + "\n")
+    url = sqlite_url(tmp_path / "r.db")
+    export(part, url)
+    with engine_of(url).connect() as conn:
+        rows = dict(conn.execute(text("SELECT subject_key, age_at_index FROM subjects")).all())
+    assert len(rows) == len(results["subjects"])
+    thal02 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-02")
+    assert rows["thal-02"] == thal02["characteristics"]["age"]  # age at screening from results, no birth date
 
 
 def test_the_migrated_schema_matches_the_one_definition(tmp_path: Path) -> None:
@@ -337,7 +385,7 @@ def test_postgresql_schema_matches_and_failures_roll_back(paper: Any, pg_url: st
     before = dump(engine)
     changed_cohort(tmp_path)
     with pytest.raises(Boom):
-        export(tmp_path / "changed-out", pg_url, on_table=fail_after(5))
+        export(tmp_path / "changed-out", pg_url, progress=fail_after(7))
     assert dump(engine) == before
     second = export(tmp_path / "changed-out", pg_url)
     assert second.new_run and {n: s for n, _i, _u, s in second.lines}["subjects"] == 14

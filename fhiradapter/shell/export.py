@@ -1,20 +1,22 @@
 """``fhiradapter export``: a results folder into a registry database (SQLite, PostgreSQL) or CSV/Parquet files.
 
-Reads ``results.json`` and ``clinical.ndjson`` from an evaluate run, builds rows with the pure core
-(``core/registry.py`` for the registry tables, ``core/sdtm.py`` for SDTM datasets) and writes them:
-SQL targets through ``registry_db`` (one transaction per run), folders as one file per table plus a data
-dictionary, each file written beside its final name and renamed when complete.
+Streams ``results.json`` (one subject per line, as evaluate writes it) joined with ``clinical.ndjson`` (same
+patient order), builds each subject's rows with the pure core (``core/registry.py`` for the registry tables,
+``core/sdtm.py`` for SDTM datasets) and writes them: SQL targets through ``registry_db`` (one transaction per
+run, inserted in batches), folders as one file per table plus a data dictionary, each file written beside its
+final name and renamed when complete. Memory holds one batch, not the cohort. Pseudonymised rows are spooled
+to a temporary file and written in pseudonym order, so no output keeps the patients' order.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import os
 import stat
+import tempfile
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -22,8 +24,8 @@ from typing import Any, Literal
 
 import orjson
 
-from fhiradapter.core.registry import Pseudonymiser, RunInfo, cohort_row, run_info, subject_views, table_rows
-from fhiradapter.core.sdtm import DATASETS, ExportMappings, build_sdtm, data_dictionary, parse_export_mappings
+from fhiradapter.core.registry import Pseudonymiser, RunInfo, SubjectView, cohort_row, run_info, table_rows
+from fhiradapter.core.sdtm import DATASETS, ExportMappings, SdtmBuilder, data_dictionary, parse_export_mappings
 from fhiradapter.errors import ConfigError, InputError, TargetError
 from fhiradapter.shell.mappings_io import default_mappings_dir
 
@@ -83,42 +85,121 @@ def load_export_mappings(directory: Path | None) -> ExportMappings:
     return parse_export_mappings(doc)
 
 
-@dataclass
-class ResultsFolder:
-    header: dict[str, Any]
-    subjects: list[dict[str, Any]]
-    cohort: dict[str, Any]
-    extracts: dict[str, dict[str, Any]]
-    sha256: str
-    has_extract: bool
+SUBJECTS_OPEN = b'"subjects":['
+COHORT_OPEN = b'],"cohort":'
+Rows = dict[str, list[dict[str, Any]]]
 
 
-def read_results(folder: Path) -> ResultsFolder:
-    path = folder / "results.json"
+def count_subjects(results_dir: Path) -> int:
+    """The number of subjects a results folder holds, from its header line (0 when unknown), for progress bars."""
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{path} not found: give the --out folder of an `fhiradapter evaluate` run") from None
-    except OSError as exc:
-        raise InputError(f"{path} unreadable: {exc.strerror}") from None
-    try:
-        doc = orjson.loads(raw)
-        subjects, cohort = doc.pop("subjects"), doc.pop("cohort")
-        if not isinstance(subjects, list) or not isinstance(cohort, dict):
-            raise TypeError
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise InputError(f"{path} is not an fhiradapter results file (no subjects/cohort)") from None
-    extracts: dict[str, dict[str, Any]] = {}
-    clinical = folder / "clinical.ndjson"
-    if clinical.exists():
-        with clinical.open("rb") as fh:
+        with (results_dir / "results.json").open("rb") as fh:
+            head = fh.readline().rstrip()
+        if head.endswith(SUBJECTS_OPEN):
+            return int(orjson.loads(head[: -len(SUBJECTS_OPEN)].rstrip(b",") + b"}")["run_summary"]["patients"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        pass
+    return 0
+
+
+class ResultsReader:
+    """One evaluate run's results, streamed: the header at once, subjects one by one, the cohort after them.
+
+    results.json as evaluate writes it has one subject per line and is read line by line; a results.json in
+    any other layout (re-indented by hand, say) is parsed whole, which works but holds it in memory.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "results.json"
+        self.clinical = folder / "clinical.ndjson"
+        self.has_extract = self.clinical.exists()
+        self.cohort: dict[str, Any] | None = None
+        self._whole: list[dict[str, Any]] | None = None
+        digest = hashlib.sha256()
+        try:
+            with self.path.open("rb") as fh:
+                first = fh.readline()
+                digest.update(first)
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            raise InputError(f"{self.path} not found: give the --out folder of an `fhiradapter evaluate` run") from None
+        except OSError as exc:
+            raise InputError(f"{self.path} unreadable: {exc.strerror}") from None
+        self.sha256 = digest.hexdigest()
+        head = first.rstrip()
+        if head.endswith(SUBJECTS_OPEN):
+            self.header = self._load(head[: -len(SUBJECTS_OPEN)].rstrip(b",") + b"}", "line 1")
+        else:
+            doc = self._load(self.path.read_bytes(), "the file")
+            subjects, cohort = doc.pop("subjects", None), doc.pop("cohort", None)
+            if not isinstance(subjects, list) or not isinstance(cohort, dict):
+                raise InputError(f"{self.path} is not an fhiradapter results file (no subjects/cohort)")
+            self.header, self._whole, self.cohort = doc, subjects, cohort
+
+    def _load(self, raw: bytes, where: str) -> dict[str, Any]:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            raise InputError(f"{self.path}: {where} is not an fhiradapter results record (not a JSON object)")
+        return doc
+
+    @property
+    def patients(self) -> int:
+        return int(self.header.get("run_summary", {}).get("patients", 0))
+
+    def _subjects(self) -> Iterator[dict[str, Any]]:
+        if self._whole is not None:
+            yield from self._whole
+            return
+        with self.path.open("rb") as fh:
+            fh.readline()
+            for n, line in enumerate(fh, start=2):
+                if line.startswith(COHORT_OPEN):
+                    cohort = self._load(line.rstrip()[len(COHORT_OPEN) : -1], f"line {n}")
+                    self.cohort = cohort
+                    return
+                subject = self._load(line.rstrip().rstrip(b","), f"line {n}")
+                if "patient" not in subject:
+                    raise InputError(f"{self.path}: line {n} is not a subject (no patient)")
+                yield subject
+        raise InputError(f"{self.path} ends before its cohort summary: the file is truncated")
+
+    def _extracts(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        if not self.has_extract:
+            return
+        with self.clinical.open("rb") as fh:
             for n, line in enumerate(fh, start=1):
                 try:
                     item = orjson.loads(line)
-                    extracts[str(item["patient"])] = item
+                    yield str(item["patient"]), item
                 except (orjson.JSONDecodeError, KeyError, TypeError):
-                    raise InputError(f"{clinical}: line {n} is not a clinical extract record") from None
-    return ResultsFolder(doc, subjects, cohort, extracts, hashlib.sha256(raw).hexdigest(), clinical.exists())
+                    raise InputError(f"{self.clinical}: line {n} is not a clinical extract record") from None
+
+    def subjects(self) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """(result, extract) per subject, joined by patient; both files are in patient order."""
+        extracts = self._extracts()
+        pending = next(extracts, None)
+        last = ""
+        for subject in self._subjects():
+            patient = str(subject["patient"])
+            while pending is not None and pending[0] < patient:
+                if pending[0] < last:
+                    raise InputError(f"{self.clinical} is not in patient order: re-run `fhiradapter evaluate`")
+                last = pending[0]
+                pending = next(extracts, None)
+            if pending is not None and pending[0] == patient:
+                yield subject, pending[1]
+                last, pending = patient, next(extracts, None)
+            else:
+                yield subject, None
+
+    def cohort_row(self) -> dict[str, Any]:
+        if self.cohort is None:
+            raise InputError(f"{self.path} has no cohort summary")
+        return cohort_row(self.cohort)
 
 
 @dataclass
@@ -131,18 +212,33 @@ class ExportSummary:
     files: list[Path]
 
 
-def build_table_rows(res: ResultsFolder, pseudo: Pseudonymiser | None) -> dict[str, list[dict[str, Any]]]:
-    tables: dict[str, list[dict[str, Any]]] = {}
-    for view in subject_views(res.subjects, res.extracts, pseudo):
-        for name, rows in table_rows(view).items():
-            tables.setdefault(name, []).extend(rows)
-    tables["cohort_summaries"] = [cohort_row(res.cohort)]
-    # Rows in subject-key order, not input order: a pseudonymised table must not keep the patients' order.
-    for rows in tables.values():
-        rows.sort(
-            key=lambda r: (r.get("subject_key") or "", r.get("seq") or 0, r.get("criterion_id") or r.get("term") or "")
-        )
-    return tables
+def _sort_rows(rows: Rows) -> Rows:
+    for table in rows.values():
+        table.sort(key=lambda r: (r.get("seq") or 0, r.get("criterion_id") or r.get("term") or ""))
+    return rows
+
+
+def in_key_order(bundles: Iterable[tuple[str, Rows]], spool_dir: Path | None, needed: bool) -> Iterator[Rows]:
+    """Per-subject row bundles in subject-key order. Identified keys already come sorted (results.json is in
+    patient order); pseudonyms do not, so their bundles go through a temporary file and come back sorted."""
+    if not needed:
+        for _key, rows in bundles:
+            yield rows
+        return
+    index: list[tuple[str, int, int]] = []
+    with tempfile.TemporaryFile(dir=spool_dir) as fh:
+        for key, rows in bundles:
+            blob = orjson.dumps(rows)
+            index.append((key, fh.tell(), len(blob)))
+            fh.write(blob)
+        for _key, offset, length in sorted(index):
+            fh.seek(offset)
+            yield orjson.loads(fh.read(length))
+
+
+def _spool_dir(folder: Path) -> Path | None:
+    """Spool beside the results (they hold the same data) when writable, else the system's temporary folder."""
+    return folder if os.access(folder, os.W_OK) else None
 
 
 def export(
@@ -151,39 +247,46 @@ def export(
     fmt: Format = "tables",
     key: bytes | None = None,
     mappings_dir: Path | None = None,
-    on_table: Callable[[str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ExportSummary:
-    """Export one results folder; ``key`` set = pseudonymise. ``on_table`` is called as each table is written."""
+    """Export one results folder; ``key`` set = pseudonymise. ``progress(n)`` is called as subjects are written."""
     target = parse_target(to)
     if fmt == "sdtm" and target.kind == "sql":
         raise ConfigError("--format sdtm writes files: use --to csv:FOLDER or --to parquet:FOLDER")
     pseudo = Pseudonymiser(key) if key is not None else None
-    res = read_results(results_dir)
-    if fmt == "sdtm" and not res.has_extract:
+    reader = ResultsReader(results_dir)
+    if fmt == "sdtm" and not reader.has_extract:
         raise InputError(
             f"{results_dir / 'clinical.ndjson'} not found: SDTM datasets need it; re-run evaluate with this version"
         )
-    info = run_info(res.header, res.sha256, pseudo)
+    info = run_info(reader.header, reader.sha256, pseudo)
+    views = (SubjectView(result, extract, pseudo) for result, extract in reader.subjects())
+    spool = _spool_dir(results_dir)
     if fmt == "sdtm":
         cfg = load_export_mappings(mappings_dir)
-        datasets = build_sdtm(cfg, subject_views(res.subjects, res.extracts, pseudo))
-        files = _write_files(target, datasets, _sdtm_types(), data_dictionary(), info, on_table)
-        lines = [(name, len(rows), 0, 0) for name, rows in datasets.items()]
-        return ExportSummary(info, target, True, False, lines, files)
-    tables = build_table_rows(res, pseudo)
+        bundles = in_key_order(((v.key, _sdtm_rows(cfg, v)) for v in views), spool, pseudo is not None)
+        return _export_files(target, info, bundles, _sdtm_types(), data_dictionary(), None, progress)
+    bundles = in_key_order(((v.key, _sort_rows(table_rows(v))) for v in views), spool, pseudo is not None)
     if target.kind == "sql":
-        return _export_sql(target, info, tables, on_table)
+        return _export_sql(target, info, bundles, reader.cohort_row, progress)
     from fhiradapter.shell import registry_db as db  # noqa: PLC0415 - SQLAlchemy only when needed
 
-    types = {t.name: {c.name: _sql_kind(c.type) for c in t.columns} for t in db.RUN_TABLES}
-    with_run = {name: [{"run_id": info.run_id, **r} for r in rows] for name, rows in tables.items()}
-    files = _write_files(target, {"runs": [_run_row(info)], **with_run}, types, _table_dictionary(), info, on_table)
-    lines = [(name, len(rows), 0, 0) for name, rows in with_run.items()]
-    return ExportSummary(info, target, True, False, lines, files)
+    types = {t.name: {c.name: _sql_kind(c.type) for c in t.columns} for t in (db.runs, *db.RUN_TABLES)}
+    return _export_files(target, info, bundles, types, _table_dictionary(), reader.cohort_row, progress)
+
+
+def _sdtm_rows(cfg: ExportMappings, view: SubjectView) -> Rows:
+    builder = SdtmBuilder(cfg)
+    builder.add(view)
+    return builder.rows
 
 
 def _export_sql(
-    target: Target, info: RunInfo, tables: dict[str, list[dict[str, Any]]], on_table: Callable[[str], None] | None
+    target: Target,
+    info: RunInfo,
+    bundles: Iterator[Rows],
+    cohort: Callable[[], dict[str, Any]],
+    progress: Callable[[int], None] | None,
 ) -> ExportSummary:
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
@@ -195,15 +298,11 @@ def _export_sql(
             db.migrate(engine)
         except SQLAlchemyError as exc:
             raise TargetError(f"cannot open or migrate the database: {db.db_reason(exc)}") from None
-        result = db.write_run(engine, info, tables, (lambda name, _c: on_table(name)) if on_table else None)
+        result = db.write_run(engine, info, bundles, cohort, progress)
     finally:
         engine.dispose()
     lines = [(name, c.inserted, c.unchanged, c.superseded) for name, c in result.counts.items()]
     return ExportSummary(info, target, result.new_run, result.reinstated, lines, [])
-
-
-def _run_row(info: RunInfo) -> dict[str, Any]:
-    return dict(info.__dict__)
 
 
 def _sql_kind(t: Any) -> str:
@@ -242,54 +341,112 @@ def _table_dictionary() -> list[dict[str, Any]]:
     ]
 
 
-def _write_files(
+BATCH_ROWS = 5000  # rows buffered per table before a Parquet row group is written
+
+
+class _FileSink:
+    """One file per table, written to ``NAME.EXT.partial`` and renamed only when every file is complete."""
+
+    def __init__(self, folder: Path, kind: str, types: dict[str, dict[str, str]]) -> None:
+        self.folder, self.kind, self.types = folder, kind, types
+        self.ext = "csv" if kind == "csv" else "parquet"
+        self.counts = dict.fromkeys(types, 0)
+        self._csv: dict[str, tuple[Any, Any]] = {}
+        self._parquet: dict[str, Any] = {}
+        self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in types}
+        for name, columns in types.items():
+            path = self._partial(name)
+            if kind == "csv":
+                fh = path.open("w", newline="", encoding="utf-8")
+                writer = csv.writer(fh)
+                writer.writerow(list(columns))
+                self._csv[name] = (fh, writer)
+
+    def _partial(self, name: str) -> Path:
+        return self.folder / f"{name}.{self.ext}.partial"
+
+    def add(self, name: str, rows: list[dict[str, Any]]) -> None:
+        self.counts[name] += len(rows)
+        if self.kind == "csv":
+            columns = list(self.types[name])
+            self._csv[name][1].writerows(_cells(columns, rows))
+            return
+        buffer = self._buffers[name]
+        buffer.extend(rows)
+        if len(buffer) >= BATCH_ROWS:
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        import pyarrow.parquet as pq  # noqa: PLC0415 - 0.3 s import, only for parquet targets
+
+        rows, self._buffers[name] = self._buffers[name], []
+        table = _arrow_table(rows, self.types[name])
+        if name not in self._parquet:
+            self._parquet[name] = pq.ParquetWriter(self._partial(name), table.schema)
+        if rows:
+            self._parquet[name].write_table(table)
+
+    def close(self, complete: bool) -> list[Path]:
+        for fh, _writer in self._csv.values():
+            fh.close()
+        if self.kind != "csv":
+            for name in self.types:
+                if complete and (self._buffers[name] or name not in self._parquet):
+                    self._flush(name)
+            for writer in self._parquet.values():
+                writer.close()
+        done = []
+        for name in self.types:
+            partial = self._partial(name)
+            if complete:
+                final = self.folder / f"{name}.{self.ext}"
+                partial.replace(final)
+                done.append(final)
+            else:
+                partial.unlink(missing_ok=True)
+        return done
+
+
+def _export_files(
     target: Target,
-    tables: dict[str, list[dict[str, Any]]],
+    info: RunInfo,
+    bundles: Iterator[Rows],
     types: dict[str, dict[str, str]],
     dictionary: list[dict[str, Any]],
-    info: RunInfo,
-    on_table: Callable[[str], None] | None,
-) -> list[Path]:
+    cohort: Callable[[], dict[str, Any]] | None,
+    progress: Callable[[int], None] | None,
+) -> ExportSummary:
     folder = Path(target.location)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        sink = _FileSink(folder, target.kind, types)
     except OSError as exc:
-        raise TargetError(f"cannot create the export folder {folder}: {exc.strerror}") from None
-    written: list[Path] = []
-    ext = "csv" if target.kind == "csv" else "parquet"
-    for name, rows in tables.items():
-        columns = list(types.get(name) or (rows[0].keys() if rows else []))
-        path = folder / f"{name}.{ext}"
-        _atomic(path, functools.partial(_write_one, target.kind, columns=columns, rows=rows, types=types.get(name, {})))
-        written.append(path)
-        if on_table:
-            on_table(name)
-    dict_path = folder / "data-dictionary.csv"
-    _atomic(dict_path, lambda tmp: _write_csv(tmp, list(dictionary[0]), dictionary))
-    run_path = folder / "run.json"
-    _atomic(run_path, functools.partial(_write_bytes, data=orjson.dumps(info.__dict__, option=orjson.OPT_INDENT_2)))
-    return [*written, dict_path, run_path]
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".partial")
+        raise TargetError(f"cannot write to the export folder {folder}: {exc.strerror}") from None
+    complete = False
     try:
-        write(tmp)
-        tmp.replace(path)
+        if "runs" in types:
+            sink.add("runs", [dict(info.__dict__)])
+        for rows in bundles:
+            for name, table_rows_ in rows.items():
+                if table_rows_:
+                    sink.add(
+                        name, [{"run_id": info.run_id, **r} for r in table_rows_] if "runs" in types else table_rows_
+                    )
+            if progress:
+                progress(1)
+        if cohort is not None:
+            sink.add("cohort_summaries", [{"run_id": info.run_id, **cohort()}])
+        complete = True
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise TargetError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def _write_one(kind: str, path: Path, *, columns: list[str], rows: list[dict[str, Any]], types: dict[str, str]) -> None:
-    if kind == "csv":
-        _write_csv(path, columns, rows)
-    else:
-        _write_parquet(path, columns, rows, types)
+        raise TargetError(f"cannot write to {folder}: {exc.strerror}") from None
+    finally:
+        files = sink.close(complete)
+    _write_csv(folder / "data-dictionary.csv", list(dictionary[0]), dictionary)
+    (folder / "run.json").write_bytes(orjson.dumps(info.__dict__, option=orjson.OPT_INDENT_2))
+    lines = [(name, n, 0, 0) for name, n in sink.counts.items() if name != "runs"]
+    return ExportSummary(
+        info, target, True, False, lines, [*files, folder / "data-dictionary.csv", folder / "run.json"]
+    )
 
 
 def _cells(columns: list[str], rows: list[dict[str, Any]]) -> Iterator[list[Any]]:
@@ -306,28 +463,30 @@ def _csv_value(value: Any) -> Any:
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    tmp = path.with_name(path.name + ".partial")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         writer.writerows(_cells(columns, rows))
+    tmp.replace(path)
 
 
-def _write_parquet(path: Path, columns: list[str], rows: list[dict[str, Any]], types: dict[str, str]) -> None:
-    import pyarrow as pa  # noqa: PLC0415 - 0.3 s import, only for parquet targets
-    import pyarrow.parquet as pq  # noqa: PLC0415
+def _arrow_table(rows: list[dict[str, Any]], types: dict[str, str]) -> Any:
+    import pyarrow as pa  # noqa: PLC0415
 
     arrow = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "date": pa.date32(), "str": pa.string()}
-    fields = [pa.field(c, arrow[types.get(c, "str")]) for c in columns]
 
-    def cell(c: str, value: Any) -> Any:
-        kind = types.get(c, "str")
+    def cell(kind: str, value: Any) -> Any:
         if value is None:
             return None
         if kind == "date" and isinstance(value, str):
             return date.fromisoformat(value) if len(value) == 10 else None
         if kind == "str" and not isinstance(value, str):
             return str(value)
+        if kind == "float" and isinstance(value, int):
+            return float(value)
         return value
 
-    data = {c: [cell(c, r.get(c)) for r in rows] for c in columns}
-    pq.write_table(pa.table(data, schema=pa.schema(fields)), path)
+    schema = pa.schema([pa.field(c, arrow[k]) for c, k in types.items()])
+    data = {c: [cell(k, r.get(c)) for r in rows] for c, k in types.items()}
+    return pa.table(data, schema=schema)

@@ -216,18 +216,36 @@ def _write_outputs(
     handles: dict[str, BinaryIO] = {}
     try:
         with tmp.open("wb") as fh:
-            fh.write(orjson.dumps(header)[:-1] + b',"subjects":[')
+            # One subject per line (still one JSON document): readable, and `export` streams it line by line.
+            fh.write(orjson.dumps(header)[:-1] + b',"subjects":[\n')
             for n, (_pid, name, offset, length) in enumerate(sorted(subject_index)):
                 if name not in handles:
                     handles[name] = (spill / name).open("rb")
                 handles[name].seek(offset)
-                fh.write((b"," if n else b"") + handles[name].read(length))
-            fh.write(b'],"cohort":' + orjson.dumps(cohort) + b"}")
+                fh.write((b",\n" if n else b"") + handles[name].read(length))
+            fh.write(b'\n],"cohort":' + orjson.dumps(cohort) + b"}\n")
     finally:
         for h in handles.values():
             h.close()
     tmp.replace(out / "results.json")
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+
+
+def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]]) -> None:
+    """One blob per line in patient order (the order of results.json), from the workers' spill files."""
+    handles: dict[str, BinaryIO] = {}
+    tmp = target.with_name(target.name + ".partial")
+    try:
+        with tmp.open("wb") as fh:
+            for _pid, name, offset, length in sorted(index):
+                if name not in handles:
+                    handles[name] = (spill / name).open("rb")
+                handles[name].seek(offset)
+                fh.write(handles[name].read(length) + b"\n")
+    finally:
+        for h in handles.values():
+            h.close()
+    tmp.replace(target)
 
 
 def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
@@ -417,7 +435,7 @@ def run_evaluate(
             }
             _write_outputs(out, spill, parts, index, header, cohort, summary)
             _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
-            _concatenate([r2.clinical for r2 in two], out / "clinical.ndjson")
+            _write_sorted_lines(out / "clinical.ndjson", spill, [i for r2 in two for i in r2.clinical_index])
             if report:
                 folder = mappings_identity.get("mappings_dir")
                 write_report(
@@ -548,7 +566,7 @@ class _PassTwo:
     writeback_index: list[tuple[str, str, int, int, int]]
     plan: Path
     report_rows: Path
-    clinical: Path
+    clinical_index: list[tuple[str, str, int, int]]
 
 
 def _pass_two_worker(
@@ -570,7 +588,8 @@ def _pass_two_worker(
     part, wb_part, plan_part = f"subjects-{worker:02d}.bin", f"writeback-{worker:02d}.bin", f"plan-{worker:02d}.ndjson"
     wb_index: list[tuple[str, str, int, int, int]] = []
     report_part = f"report-rows-{worker:02d}.ndjson"
-    clinical_part = f"clinical-{worker:02d}.ndjson"
+    clinical_part = f"clinical-{worker:02d}.bin"
+    clinical_index: list[tuple[str, str, int, int]] = []
     wctx = WritebackContext(
         settings.mappings.protocol.protocol.id, f"ResearchStudy/{settings.mappings.protocol.protocol.id}"
     )
@@ -585,7 +604,9 @@ def _pass_two_worker(
             for b in bucket_ids:
                 items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
                 for result, row, plan, extract in _evaluate_bucket(items, settings, medications, rejects, stats, wctx):
-                    clinical_out.write(orjson.dumps(extract) + b"\n")
+                    blob = orjson.dumps(extract)
+                    clinical_index.append((result["patient"], clinical_part, clinical_out.tell(), len(blob)))
+                    clinical_out.write(blob)
                     blob = orjson.dumps(result)
                     index.append((result["patient"], part, subjects.tell(), len(blob)))
                     subjects.write(blob)
@@ -621,9 +642,7 @@ def _pass_two_worker(
                 _report_bytes(per_bucket)
     finally:
         rejects.close()
-    return _PassTwo(
-        stats, rows, index, rejects.path, wb_index, spill / plan_part, spill / report_part, spill / clinical_part
-    )
+    return _PassTwo(stats, rows, index, rejects.path, wb_index, spill / plan_part, spill / report_part, clinical_index)
 
 
 def _evaluate_bucket(

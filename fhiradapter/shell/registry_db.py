@@ -8,7 +8,7 @@ database as it was. Writing the same run again (same results, same key) changes 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -28,6 +28,9 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    exists,
+    func,
+    literal,
     select,
     text,
     update,
@@ -266,27 +269,31 @@ def _typed(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _content(table: Table, row: Mapping[str, Any]) -> tuple[Any, ...]:
-    return tuple(row.get(c.name) for c in table.columns if c.name != "run_id")
+BATCH_ROWS = 2000  # rows buffered per table before an executemany
 
 
 def write_run(
     engine: Engine,
     info: RunInfo,
-    rows: Mapping[str, list[dict[str, Any]]],
-    on_table: Callable[[str, TableCount], None] | None = None,
+    bundles: Iterable[Mapping[str, list[dict[str, Any]]]],
+    cohort: Callable[[], dict[str, Any]],
+    progress: Callable[[int], None] | None = None,
 ) -> WriteResult:
-    """Write one run in one transaction; an exception from ``on_table`` (or anywhere) rolls it all back."""
+    """Write one run in one transaction, subject by subject in batches; any exception rolls it all back.
+
+    ``bundles`` yields each subject's rows per table; ``cohort()`` gives the cohort row once they are consumed;
+    ``progress(1)`` is called after each subject.
+    """
     result = WriteResult(info.run_id, new_run=False)
     try:
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # One export at a time per database: two concurrent runs must not both supersede the same one.
                 conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('fhiradapter-registry-export'))"))
-            exists = conn.execute(select(runs.c.superseded_by).where(runs.c.run_id == info.run_id)).first()
+            known = conn.execute(select(runs.c.superseded_by).where(runs.c.run_id == info.run_id)).first()
             now = datetime.now(UTC)
-            if exists:
-                if exists[0] is not None:
+            if known:
+                if known[0] is not None:
                     # The same results as an older run came back (data reverted): that run is current again.
                     previous = [r for r in _current_runs(conn, info) if r != info.run_id]
                     _supersede(conn, previous, info.run_id, now)
@@ -295,10 +302,7 @@ def write_run(
                     )
                     result.superseded_runs, result.reinstated = previous, True
                 for table in RUN_TABLES:
-                    count = TableCount(unchanged=len(rows.get(table.name, ())))
-                    result.counts[table.name] = count
-                    if on_table:
-                        on_table(table.name, count)
+                    result.counts[table.name] = TableCount(unchanged=_count(conn, table, [info.run_id]))
                 return result
             result.new_run = True
             previous = _current_runs(conn, info)
@@ -306,26 +310,54 @@ def write_run(
                 runs.insert(),
                 [_typed(runs, {**info.__dict__, "exported_at": now, "superseded_by": None, "superseded_at": None})],
             )
+            buffers: dict[str, list[dict[str, Any]]] = {t.name: [] for t in RUN_TABLES}
+            inserted = dict.fromkeys(buffers, 0)
+            by_name = {t.name: t for t in RUN_TABLES}
+
+            def flush(name: str) -> None:
+                if buffers[name]:
+                    conn.execute(by_name[name].insert(), buffers[name])
+                    inserted[name] += len(buffers[name])
+                    buffers[name] = []
+
+            for bundle in bundles:
+                for name, rows in bundle.items():
+                    buffers[name].extend(_typed(by_name[name], {**r, "run_id": info.run_id}) for r in rows)
+                    if len(buffers[name]) >= BATCH_ROWS:
+                        flush(name)
+                if progress:
+                    progress(1)
+            buffers["cohort_summaries"].append(_typed(cohort_summaries, {**cohort(), "run_id": info.run_id}))
+            for name in buffers:
+                flush(name)
             for table in RUN_TABLES:
-                new_rows = [_typed(table, {**r, "run_id": info.run_id}) for r in rows.get(table.name, ())]
-                count = TableCount(inserted=len(new_rows))
+                count = TableCount(inserted=inserted[table.name])
                 if previous:
-                    old = {
-                        _content(table, dict(r._mapping))
-                        for r in conn.execute(select(table).where(table.c.run_id.in_(previous)))
-                    }
-                    count.superseded = len(old)
-                    count.unchanged = sum(1 for r in new_rows if _content(table, r) in old)
-                if new_rows:
-                    conn.execute(table.insert(), new_rows)
+                    count.superseded = _count(conn, table, previous)
+                    count.unchanged = _unchanged(conn, table, info.run_id, previous)
                 result.counts[table.name] = count
-                if on_table:
-                    on_table(table.name, count)
             _supersede(conn, previous, info.run_id, now)
             result.superseded_runs = previous
     except SQLAlchemyError as exc:
         raise TargetError(f"database write failed, nothing was changed: {db_reason(exc)}") from None
     return result
+
+
+def _count(conn: Connection, table: Table, run_ids: list[str]) -> int:
+    return int(conn.execute(select(func.count()).select_from(table).where(table.c.run_id.in_(run_ids))).scalar_one())
+
+
+def _unchanged(conn: Connection, table: Table, run_id: str, previous: list[str]) -> int:
+    """Rows of the new run identical (every column but run_id) to a row of a run it supersedes."""
+    old = table.alias("old")
+    same = [
+        old.c[c.name] == table.c[c.name] if c.primary_key else old.c[c.name].is_not_distinct_from(table.c[c.name])
+        for c in table.columns
+        if c.name != "run_id"
+    ]
+    match = exists(select(literal(1)).select_from(old).where(old.c.run_id.in_(previous), *same))
+    query = select(func.count()).select_from(table).where(table.c.run_id == run_id, match)
+    return int(conn.execute(query).scalar_one())
 
 
 def _supersede(conn: Connection, previous: list[str], run_id: str, now: datetime) -> None:
