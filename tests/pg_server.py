@@ -80,3 +80,13 @@ def postgres_cluster() -> Iterator[str]:
             if pid_file.exists():
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def fresh_database(url: str, name: str) -> str:
+    """Create an empty database ``name`` in the cluster behind ``url``; return its URL."""
+    import psycopg
+
+    base, _, _db = url.rpartition("/")
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"

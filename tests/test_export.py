@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from builders import AS_OF, ROOT
-from pg_server import pg_bin, postgres_cluster
+from pg_server import fresh_database, pg_bin, postgres_cluster
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Engine
 
@@ -466,6 +466,14 @@ def test_pseudonymised_sdtm_files_hold_no_identity(named: Any, tmp_path: Path) -
         assert scan(iter(cells), [*identifying, KEY.decode()]) == [], kind
         dm = pq.read_table(folder / "DM.parquet").to_pylist() if kind == "parquet" else _csv(folder / "DM.csv")
         assert all(not r["BRTHDTC"] for r in dm) and all(r["AGE"] not in (None, "") for r in dm)
+
+
+def test_pseudonymised_postgresql_holds_no_identity(named: Any, pg_url: str) -> None:
+    out, identifying = named
+    url = fresh_database(pg_url, "pseudonymised")
+    export(out, url, key=KEY)
+    assert scan(all_cells(engine_of(url)), [*identifying, KEY.decode()]) == []
+    assert dump(engine_of(url))["subjects"]  # the scan looked at rows
 
 
 def test_identified_export_keeps_what_pseudonymisation_drops(named: Any, tmp_path: Path) -> None:
