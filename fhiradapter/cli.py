@@ -294,5 +294,204 @@ def export_cmd(
         _run_export(results_dir, to, fmt, key, mappings_dir, show)
 
 
+# ---------------------------------------------------------------------------------------------------- server
+
+
+def _server_options(fn: Any) -> Any:
+    """Options shared by the commands that talk to a FHIR server (secrets only from files or environment)."""
+    options = [
+        click.option(
+            "--server", required=True, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.org/r4"
+        ),
+        click.option(
+            "--auth",
+            type=click.Choice(["auto", "none", "bearer", "smart"]),
+            default="auto",
+            show_default=True,
+            help="auto = smart if --client-id is given, bearer if a token is, else none.",
+        ),
+        click.option(
+            "--token-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="File holding a bearer token [default: $FHIRADAPTER_TOKEN].",
+        ),
+        click.option("--client-id", help="SMART Backend Services client id (registered with the server)."),
+        click.option(
+            "--smart-key-file",
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="PEM private key (RSA -> RS384, EC -> ES384) for SMART [default: $FHIRADAPTER_SMART_KEY].",
+        ),
+        click.option("--key-id", "kid", help="The key's `kid` in the JWKS the server holds for this client."),
+        click.option("--token-url", help="SMART token endpoint [default: from .well-known/smart-configuration]."),
+        click.option("--scope", default="system/*.read system/*.write", show_default=True, help="SMART scopes."),
+        click.option(
+            "--ca-bundle",
+            type=click.Path(path_type=Path, dir_okay=False, exists=True),
+            help="CA certificates to verify the server with (TLS is always verified).",
+        ),
+        click.option(
+            "--concurrency", type=click.IntRange(1, 64), default=8, show_default=True, help="Requests in flight."
+        ),
+        click.option(
+            "--timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True, help="Seconds per request."
+        ),
+        click.option(
+            "--retry-budget",
+            type=click.FloatRange(0, 3600),
+            default=120.0,
+            show_default=True,
+            help="Seconds to keep retrying a failing request (408, 429, 5xx, dropped connections).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+async def _open_client(o: dict[str, Any]) -> Any:
+    """A FhirClient for the server options; SMART discovery happens here."""
+    import httpx  # noqa: PLC0415
+
+    from fhiradapter.shell.auth import (  # noqa: PLC0415
+        SMART_KEY_ENV,
+        TOKEN_ENV,
+        BearerAuth,
+        SmartBackendAuth,
+        read_secret,
+        smart_token_url,
+    )
+    from fhiradapter.shell.fhir_client import ClientSettings, FhirClient  # noqa: PLC0415
+
+    server = str(o["server"]).rstrip("/")
+    if not server.startswith(("https://", "http://")):
+        raise ConfigError(f"--server must be an http(s) URL, got {server!r}")
+    verify: bool | str = str(o["ca_bundle"]) if o.get("ca_bundle") else True
+    settings = ClientSettings(
+        timeout_s=o["timeout"], concurrency=o["concurrency"], retry_budget_s=o["retry_budget"], verify=verify
+    )
+    mode = o["auth"]
+    token = read_secret(o.get("token_file"), TOKEN_ENV, "bearer token") if mode in ("auto", "bearer") else None
+    if mode == "auto":
+        mode = "smart" if o.get("client_id") else "bearer" if token else "none"
+    auth: httpx.Auth | None = None
+    if mode == "bearer":
+        if not token:
+            raise ConfigError(f"--auth bearer needs --token-file FILE or ${TOKEN_ENV}")
+        auth = BearerAuth(token)
+    elif mode == "smart":
+        key = read_secret(o.get("smart_key_file"), SMART_KEY_ENV, "SMART private key")
+        if not o.get("client_id") or not key:
+            raise ConfigError(f"--auth smart needs --client-id and --smart-key-file FILE (or ${SMART_KEY_ENV})")
+        token_url = o.get("token_url")
+        if not token_url:
+            async with httpx.AsyncClient(verify=verify, timeout=settings.timeout_s) as probe:
+                token_url = await smart_token_url(probe, server)
+        auth = SmartBackendAuth(o["client_id"], token_url, key, scope=o["scope"], kid=o.get("kid"))
+    return FhirClient(server, auth=auth, settings=settings)
+
+
+@main.command("pull")
+@_server_options
+@click.option("--study", required=True, help="ResearchStudy id, or identifier as SYSTEM|VALUE.")
+@click.option(
+    "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for the NDJSON files."
+)
+@click.option("--since", metavar="INSTANT", help="Only resources changed after this instant (_lastUpdated=gt...).")
+@click.option(
+    "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
+)
+def pull_cmd(study: str, out: Path, since: str | None, progress: bool | None, **server: Any) -> None:
+    """Pull a study's data from a FHIR R4 server into NDJSON files (one per resource type).
+
+    The study's ResearchSubjects give the patients; for each, the Patient and its Observation,
+    MedicationStatement, AdverseEvent, Condition, Consent and BodyStructure resources are searched
+    (paged along `next` links, `Prefer: handling=strict`), then the Medications they reference. The folder
+    is what `fhiradapter evaluate` reads; pull-manifest.json records what was pulled from where.
+
+    \b
+    Example:
+      FHIRADAPTER_TOKEN=... fhiradapter pull --server https://fhir.example.org/r4 --study thal-hcc-pilot --out pulled/
+    """
+    import asyncio  # noqa: PLC0415
+
+    from fhiradapter.shell.server_io import pull  # noqa: PLC0415
+
+    show = sys.stderr.isatty() if progress is None else progress
+    with _guard():
+        if since is not None:
+            _check_instant(since)
+
+        async def run() -> Any:
+            client = await _open_client(server)
+            async with client:
+                with click.progressbar(length=1, label="Pulling patients", file=sys.stderr, hidden=not show) as bar:
+
+                    def total(n: int) -> None:
+                        bar.length = max(n, 1)
+
+                    return await pull(client, study, out, since, progress=bar.update, on_total=total)
+
+        summary = asyncio.run(run())
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.resources.items()))
+        click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")
+        click.echo(
+            f"  {summary.requests} request(s), {summary.retries} retried. Wrote {len(summary.files)} file(s) to {out}"
+        )
+        for warning in summary.warnings:
+            click.echo(f"  note: {warning}")
+
+
+def _check_instant(value: str) -> None:
+    from datetime import datetime  # noqa: PLC0415
+
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--since must be an instant like 2024-01-31T00:00:00Z, got {value!r}") from None
+    if parsed.tzinfo is None:
+        raise ConfigError(f"--since needs a time zone (e.g. Z or +09:00): {value!r}")
+
+
+@main.command("push")
+@_server_options
+@click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "transaction", "batch", "single"]),
+    default="auto",
+    show_default=True,
+    help="auto = a transaction if the server offers one (CapabilityStatement), else a batch, else one by one.",
+)
+def push_cmd(bundle: Path, mode: str, **server: Any) -> None:
+    """Apply a write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
+
+    Creates are conditional (If-None-Exist on the result's identifier) and updates carry If-Match with the
+    version evaluate read, so pushing twice never duplicates and never overwrites a newer version: a
+    changed resource is reported as a conflict (re-run pull and evaluate, then push the new writeback.json).
+    Exit code 0 when everything was applied, 13 when anything conflicted or failed.
+    """
+    import asyncio  # noqa: PLC0415
+
+    from fhiradapter.shell.server_io import load_bundle, push  # noqa: PLC0415
+
+    with _guard():
+        doc = load_bundle(bundle)
+
+        async def run() -> Any:
+            client = await _open_client(server)
+            async with client:
+                return await push(client, doc, mode)
+
+        summary = asyncio.run(run())
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items())) or "nothing to send"
+        click.echo(
+            f"Pushed {bundle} as {summary.mode}: {outcomes}. {summary.requests} request(s), {summary.retries} retried."
+        )
+        for line in [*summary.conflicts, *summary.errors][:20]:
+            click.echo(f"  {line}")
+        if summary.conflicts or summary.errors:
+            sys.exit(int(ExitCode.SERVER))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -4,7 +4,8 @@
 AdapterError(Exception)                      exit_code = ExitCode.FAILURE
 ├── ConfigError(AdapterError, ValueError)    bad option, bad --as-of, unreadable or invalid mappings -> CONFIG
 ├── InputError(AdapterError, ValueError)     an input path is missing or unreadable as a whole        -> INPUT
-└── TargetError(AdapterError)                an export target (database, folder) refused the write     -> TARGET
+├── TargetError(AdapterError)                an export target (database, folder) refused the write     -> TARGET
+└── ServerError(AdapterError)                a FHIR server refused or failed a request (after retries) -> SERVER
 ```
 
 A clinical "no" (ineligible, progression, grade-3 event) is never an exception: it is a decision with
@@ -27,6 +28,7 @@ class ExitCode(enum.IntEnum):
     CONFIG = 10
     INPUT = 11
     TARGET = 12
+    SERVER = 13
 
 
 class AdapterError(Exception):
@@ -51,3 +53,13 @@ class TargetError(AdapterError):
     """An export target could not be written (database unreachable, write refused); nothing was changed."""
 
     exit_code = ExitCode.TARGET
+
+
+class ServerError(AdapterError):
+    """A FHIR server refused a request or kept failing it; the message holds its OperationOutcome text."""
+
+    exit_code = ExitCode.SERVER
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -12,8 +13,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 
 
 def free_port() -> int:
@@ -23,8 +26,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def sekmet_server(folder: Path) -> Iterator[str]:
-    """Start ``sekmet serve`` with a fresh data folder; yield the FHIR base URL; stop it by its PID."""
+def sekmet_server(folder: Path, extra_config: str = "") -> Iterator[str]:
+    """Start ``sekmet serve`` on ``folder/data`` (kept between starts); yield the FHIR base URL; stop it by PID.
+
+    ``extra_config`` is appended to the YAML configuration (e.g. a ``server_auth`` block).
+    """
     exe = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or shutil.which("sekmet")
     if exe is None:
         raise RuntimeError("sekmet-fhir is not installed (pip install -e '.[dev]')")
@@ -33,7 +39,7 @@ def sekmet_server(folder: Path) -> Iterator[str]:
     config = folder / "sekmet.yaml"
     config.write_text(
         f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {folder / 'data'}\n"
-        "simulator:\n  enabled: false\nlog_inbound: false\n"
+        "simulator:\n  enabled: false\nlog_inbound: false\n" + extra_config
     )
     log = (folder / "sekmet.log").open("wb")
     proc = subprocess.Popen(
@@ -43,7 +49,7 @@ def sekmet_server(folder: Path) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                if httpx.get(f"{base}/metadata", timeout=2).status_code in (200, 401):
                     break
             except httpx.TransportError:
                 pass
@@ -59,3 +65,38 @@ def sekmet_server(folder: Path) -> Iterator[str]:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def post(base: str, bundle: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        base,
+        content=orjson.dumps(bundle),
+        timeout=60,
+        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+    )
+
+
+def load_input(base: str, folder: Path) -> None:
+    """Put the paper cohort on the server with its own ids (PUT), as the hospital record would hold it."""
+    entries = []
+    for path in sorted(folder.glob("*.ndjson")):
+        for line in path.read_text().splitlines():
+            res = json.loads(line)
+            res.pop("meta", None)
+            entries.append({"resource": res, "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
+    screening = json.loads((folder / "screening-candidates.json").read_text())
+    aliases = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in screening["entry"]}
+    text = json.dumps(screening["entry"])
+    for urn, ref in aliases.items():
+        text = text.replace(f'"{urn}"', f'"{ref}"')
+    for e in json.loads(text):
+        entries.append(
+            {
+                "resource": e["resource"],
+                "request": {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"},
+            }
+        )
+    response = post(base, {"resourceType": "Bundle", "type": "batch", "entry": entries})
+    assert response.status_code == 200, response.text[:500]
+    failed = [e["response"] for e in response.json()["entry"] if not e["response"]["status"].startswith("20")]
+    assert failed == []

@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 from builders import AS_OF, ROOT
-from fhir_server import sekmet_server
+from fhir_server import load_input, post, sekmet_server
 
 from fhiradapter.core.writeback import IDENTIFIER_SYSTEM, read_back
 from fhiradapter.shell.mappings_io import load_mappings
@@ -200,41 +200,6 @@ def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: 
     assert not [p for p in plan if p["action"] == "create"]
     thal03 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-03")
     assert thal03["best_response"] == "PD"
-
-
-def post(base: str, bundle: dict[str, Any]) -> httpx.Response:
-    return httpx.post(
-        base,
-        content=orjson.dumps(bundle),
-        timeout=60,
-        headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
-    )
-
-
-def load_input(base: str, folder: Path) -> None:
-    """Put the paper cohort on the server with its own ids (PUT), as the hospital record would hold it."""
-    entries = []
-    for path in sorted(folder.glob("*.ndjson")):
-        for line in path.read_text().splitlines():
-            res = json.loads(line)
-            res.pop("meta", None)
-            entries.append({"resource": res, "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
-    screening = json.loads((folder / "screening-candidates.json").read_text())
-    aliases = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in screening["entry"]}
-    text = json.dumps(screening["entry"])
-    for urn, ref in aliases.items():
-        text = text.replace(f'"{urn}"', f'"{ref}"')
-    for e in json.loads(text):
-        entries.append(
-            {
-                "resource": e["resource"],
-                "request": {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"},
-            }
-        )
-    response = post(base, {"resourceType": "Bundle", "type": "batch", "entry": entries})
-    assert response.status_code == 200, response.text[:500]
-    failed = [e["response"] for e in response.json()["entry"] if not e["response"]["status"].startswith("20")]
-    assert failed == []
 
 
 def snapshot(base: str) -> dict[str, str]:

@@ -46,11 +46,16 @@ class Reject(NamedTuple):
         }
 
 
+# Files a folder of pulled data holds beside the resources: described by name, never read as input.
+NOT_DATA = frozenset({"pull-manifest.json"})
+
+
 def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:
     """Files to read, folders walked recursively in name order; raise InputError for a missing path.
 
     Files under ``exclude`` (the output folder, when it lies inside an input folder) are skipped, so a run
-    never reads the results of an earlier one.
+    never reads the results of an earlier one; so is ``pull-manifest.json``, which ``fhiradapter pull`` writes
+    beside the resources (a file named explicitly is always read).
     """
     files: list[Path] = []
     skip = exclude.resolve() if exclude is not None else None
@@ -59,7 +64,10 @@ def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:
             found = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and p.name.endswith(SUFFIXES) and (skip is None or skip not in p.resolve().parents)
+                if p.is_file()
+                and p.name.endswith(SUFFIXES)
+                and p.name not in NOT_DATA
+                and (skip is None or skip not in p.resolve().parents)
             )
             files.extend(found)
         elif path.is_file():

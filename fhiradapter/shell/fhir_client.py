@@ -1,0 +1,303 @@
+"""The async FHIR R4 client: capability check, paged search, reads, transactions; retries, timeouts and auth.
+
+One ``httpx.AsyncClient`` per run (no sync twin). Every request:
+- has a timeout (connect, read, write, pool) and goes through a semaphore (``concurrency``);
+- is retried on 408, 429, 5xx and transport errors (refused or dropped connections, timeouts) with exponential
+  backoff and full jitter, honouring ``Retry-After``, within a total time budget (tenacity); other 4xx are
+  never retried. Writes are conditional (If-None-Exist, If-Match), so retrying one cannot duplicate;
+- on failure raises :class:`ServerError` with the server's OperationOutcome text (never the request body).
+Searches send ``Prefer: handling=strict`` (an unknown parameter fails instead of matching everything) and page
+by following the Bundle's ``next`` links, never by building offsets; a ``next`` link to another host is refused
+(the access token must not leave the server it was issued for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+
+from fhiradapter import __version__
+from fhiradapter.errors import ServerError
+
+FHIR_JSON = "application/fhir+json"
+RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    concurrency: int = 8
+    retry_budget_s: float = 120.0  # total time spent retrying one request
+    max_attempts: int = 8
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    page_size: int = 100
+    verify: bool | str = True  # True, or a CA bundle path; never False from the command line
+
+
+class Retryable(Exception):
+    """A response worth retrying (408/429/5xx); carries the response for Retry-After and the final error."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+@dataclass
+class Capability:
+    fhir_version: str
+    software: str
+    transaction: bool
+    batch: bool
+    search_params: dict[str, set[str]] = field(default_factory=dict)
+
+
+def outcome_text(response: httpx.Response) -> str:
+    """The OperationOutcome's diagnostics/details, else the status line; never more than 300 characters."""
+    text = ""
+    try:
+        body = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        parts = []
+        for issue in body.get("issue") or ():
+            if isinstance(issue, dict):
+                detail = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+                parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
+        text = "; ".join(parts)
+    return (text or response.reason_phrase or "no detail")[:300]
+
+
+def retry_after_s(response: httpx.Response, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class FhirClient:
+    """Use as ``async with FhirClient(base, auth=...) as client:``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        auth: httpx.Auth | None = None,
+        settings: ClientSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.base = base_url.rstrip("/")
+        self._sleep = sleep
+        self.settings = settings or ClientSettings()
+        self._auth, self._transport = auth, transport
+        self._sem = asyncio.Semaphore(self.settings.concurrency)
+        self._client: httpx.AsyncClient | None = None
+        self.requests = 0
+        self.retries = 0
+
+    async def __aenter__(self) -> FhirClient:
+        s = self.settings
+        self._client = httpx.AsyncClient(
+            base_url=self.base + "/",
+            auth=self._auth,
+            timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s),
+            verify=s.verify,
+            transport=self._transport,
+            headers={"Accept": FHIR_JSON, "User-Agent": f"fhiradapter/{__version__}"},
+            limits=httpx.Limits(max_connections=s.concurrency, max_keepalive_connections=s.concurrency),
+            follow_redirects=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("FhirClient used outside `async with`")
+        return self._client
+
+    # ------------------------------------------------------------------------------------------------ requests
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, Retryable):
+            hinted = retry_after_s(exc.response)
+            if hinted is not None:
+                return min(hinted, self.settings.backoff_max_s)
+        ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (state.attempt_number - 1))
+        return random.uniform(0, ceiling)  # noqa: S311 - full jitter, not cryptography
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+        ok: tuple[int, ...] = (),
+    ) -> httpx.Response:
+        """Send with retries; return a 2xx response (or one whose status is in ``ok``); else raise ServerError."""
+        s = self.settings
+        body = orjson.dumps(json) if json is not None else None
+        send_headers = dict(headers or {})
+        if body is not None:
+            send_headers.setdefault("Content-Type", FHIR_JSON)
+        what = f"{method} {_describe(url)}"
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, Retryable | httpx.TransportError)),
+                stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.retry_budget_s),
+                wait=self._wait,
+                sleep=self._sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.retries += 1
+                    async with self._sem:
+                        self.requests += 1
+                        response = await self.client.request(
+                            method,
+                            url,
+                            params=httpx.QueryParams(tuple(params)) if params else None,
+                            content=body,
+                            headers=send_headers,
+                        )
+                    if response.status_code in RETRY_STATUS:
+                        raise Retryable(response)
+        except Retryable as exc:
+            raise ServerError(
+                f"{what}: HTTP {exc.response.status_code} after retrying for up to {s.retry_budget_s:.0f} s: "
+                f"{outcome_text(exc.response)}"
+            ) from None
+        except httpx.TransportError as exc:
+            raise ServerError(f"{what}: {type(exc).__name__} after retries ({_transport_reason(exc)})") from None
+        if response.is_success or response.status_code in ok:
+            return response
+        raise ServerError(f"{what}: HTTP {response.status_code}: {outcome_text(response)}", response.status_code)
+
+    async def json(self, method: str, url: str, **kwargs: Any) -> Any:
+        response = await self.request(method, url, **kwargs)
+        try:
+            return orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            raise ServerError(
+                f"{method} {_describe(url)}: the server answered with something that is not JSON"
+            ) from None
+
+    # ------------------------------------------------------------------------------------------------ FHIR
+
+    async def capabilities(self) -> Capability:
+        """GET /metadata; refuse anything but FHIR R4 (4.0.x)."""
+        cap = await self.json("GET", "metadata")
+        if not isinstance(cap, dict) or cap.get("resourceType") != "CapabilityStatement":
+            raise ServerError(f"{self.base}/metadata is not a CapabilityStatement: is this a FHIR server base URL?")
+        version = str(cap.get("fhirVersion", ""))
+        if not version.startswith("4.0."):
+            raise ServerError(f"{self.base} speaks FHIR {version or '(unstated)'}; fhiradapter needs FHIR R4 (4.0.1)")
+        interactions: set[str] = set()
+        params: dict[str, set[str]] = {}
+        for rest in cap.get("rest") or ():
+            for i in rest.get("interaction") or ():
+                interactions.add(str(i.get("code")))
+            for res in rest.get("resource") or ():
+                params[str(res.get("type"))] = {str(p.get("name")) for p in res.get("searchParam") or ()}
+        software = (cap.get("software") or {}).get("name", "")
+        return Capability(version, str(software), "transaction" in interactions, "batch" in interactions, params)
+
+    async def read(self, rtype: str, rid: str) -> dict[str, Any] | None:
+        """A resource, or None when the server says it is gone (404 or 410)."""
+        response = await self.request("GET", f"{rtype}/{rid}", ok=(404, 410))
+        if response.status_code in (404, 410):
+            return None
+        return _bundle_or_resource(response, f"{rtype}/{rid}")
+
+    async def search(self, rtype: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
+        """Every matching resource (entries with search.mode ``match``), page by page along ``next`` links."""
+        query = [*params]
+        if not any(k == "_count" for k, _ in query):
+            query.append(("_count", str(self.settings.page_size)))
+        url: str | None = rtype
+        page = 0
+        visited: set[str] = set()
+        while url is not None:
+            page += 1
+            if url in visited:
+                raise ServerError(f"{rtype} search page {page}: the next link repeats an earlier page; paging stopped")
+            visited.add(url)
+            response = await self.request(
+                "GET", url, params=query if page == 1 else None, headers={"Prefer": "handling=strict"}
+            )
+            bundle = _bundle_or_resource(response, f"{rtype} search page {page}")
+            if bundle.get("resourceType") != "Bundle":
+                raise ServerError(f"{rtype} search page {page} is not a Bundle")
+            for entry in bundle.get("entry") or ():
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
+                if isinstance(resource, dict) and mode == "match":
+                    yield resource
+            url = self._next_link(bundle, rtype, page)
+
+    def _next_link(self, bundle: dict[str, Any], rtype: str, page: int) -> str | None:
+        for link in bundle.get("link") or ():
+            if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
+                target = str(link["url"])
+                here, there = urlsplit(self.base), urlsplit(target)
+                if there.netloc and (there.scheme, there.netloc) != (here.scheme, here.netloc):
+                    raise ServerError(
+                        f"{rtype} search page {page}: the next link points to another server ({there.netloc}); "
+                        "not followed"
+                    )
+                return target
+        return None
+
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """POST a transaction or batch Bundle to the base; the response Bundle."""
+        response = await self.request("POST", "", json=bundle)
+        return _bundle_or_resource(response, f"{bundle.get('type', 'transaction')} Bundle")
+
+
+def _bundle_or_resource(response: httpx.Response, what: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        raise ServerError(f"{what}: the server's answer is not JSON (HTTP {response.status_code})") from None
+    if not isinstance(body, dict) or "resourceType" not in body:
+        raise ServerError(f"{what}: the server's answer is not a FHIR resource")
+    return body
+
+
+def _describe(url: str) -> str:
+    """The request target without its query string (search values can name patients)."""
+    return url.split("?", 1)[0] or "/"
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

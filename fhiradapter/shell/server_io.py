@@ -1,0 +1,335 @@
+"""Pull a study's data from a FHIR server into NDJSON files, and push a write-back Bundle to a server.
+
+``pull``: the study (by id, or ``system|value`` identifier), its ResearchSubjects, then per patient the
+Patient and every resource type the protocol reads, with bounded concurrency; then the separate Medications
+the MedicationStatements reference. Files are written as ``<Type>.ndjson.partial`` and renamed when the pull is
+complete, with ``pull-manifest.json`` (server, study, counts, ``--since``). ``fhiradapter evaluate`` reads the
+folder as it reads any export.
+
+``push``: a ``writeback.json`` transaction Bundle, as a transaction when the server's CapabilityStatement offers
+one, else as a batch, else entry by entry; each entry's outcome is counted (created, updated, unchanged,
+conflict, error) from its response status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from fhiradapter.errors import ConfigError, InputError, ServerError
+from fhiradapter.shell.fhir_client import Capability, FhirClient
+
+# What evaluate reads per patient, and the search parameter naming the patient for each type.
+PATIENT_TYPES: list[tuple[str, str]] = [
+    ("Observation", "subject"),
+    ("MedicationStatement", "subject"),
+    ("AdverseEvent", "subject"),
+    ("Condition", "subject"),
+    ("Consent", "patient"),
+    ("BodyStructure", "patient"),
+]
+
+
+@dataclass
+class PullSummary:
+    study: str
+    patients: int = 0
+    resources: Counter[str] = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+class _Writer:
+    """One NDJSON file per resource type; each (type, id) written once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.handles: dict[str, BinaryIO] = {}
+        self.seen: set[tuple[str, str]] = set()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, resource: dict[str, Any]) -> None:
+        rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
+        if (rtype, rid) in self.seen:
+            return
+        self.seen.add((rtype, rid))
+        if rtype not in self.handles:
+            self.handles[rtype] = (self.folder / f"{rtype}.ndjson.partial").open("wb")
+        self.handles[rtype].write(orjson.dumps(resource) + b"\n")
+        self.counts[rtype] += 1
+
+    def close(self, complete: bool) -> list[Path]:
+        done = []
+        for rtype, fh in self.handles.items():
+            fh.close()
+            partial = self.folder / f"{rtype}.ndjson.partial"
+            if complete:
+                final = self.folder / f"{rtype}.ndjson"
+                partial.replace(final)
+                done.append(final)
+            else:
+                partial.unlink(missing_ok=True)
+        return done
+
+
+async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:
+    """The ResearchStudy named by id, or by ``system|value`` identifier (exactly one must match)."""
+    if "|" in study:
+        found = [r async for r in client.search("ResearchStudy", [("identifier", study)])]
+        if len(found) != 1:
+            raise ServerError(f"--study {study}: {len(found)} ResearchStudy resources have this identifier; need one")
+        return found[0]
+    resource = await client.read("ResearchStudy", study)
+    if resource is None:
+        raise ServerError(f"--study {study}: ResearchStudy/{study} not found on the server")
+    return resource
+
+
+async def study_subjects(
+    client: FhirClient, study_id: str, cap: Capability, warnings: list[str]
+) -> list[dict[str, Any]]:
+    """The study's ResearchSubjects: by the ``study`` search when the server has it, else filtered here."""
+    ref = f"ResearchStudy/{study_id}"
+    if "study" in cap.search_params.get("ResearchSubject", set()):
+        return [r async for r in client.search("ResearchSubject", [("study", ref)])]
+    warnings.append(
+        "the server has no `study` search for ResearchSubject (CapabilityStatement): every ResearchSubject "
+        "was read and filtered here"
+    )
+    return [
+        r
+        async for r in client.search("ResearchSubject", [])
+        if str((r.get("study") or {}).get("reference", "")).removeprefix(client.base + "/") == ref
+    ]
+
+
+async def pull(
+    client: FhirClient,
+    study: str,
+    out: Path,
+    since: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> PullSummary:
+    """Pull the study's data into ``out``; ``since`` (an instant) limits each search to ``_lastUpdated=gt``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
+    cap = await client.capabilities()
+    writer = _Writer(out)
+    summary = PullSummary(study)
+    complete = False
+    try:
+        research_study = await resolve_study(client, study)
+        summary.study = f"ResearchStudy/{research_study['id']}"
+        writer.add(research_study)
+        subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
+        patients: list[str] = []
+        for subject in subjects:
+            writer.add(subject)
+            ref = str((subject.get("individual") or {}).get("reference", "")).removeprefix(client.base + "/")
+            if ref.startswith("Patient/") and ref not in patients:
+                patients.append(ref)
+        summary.patients = len(patients)
+        if on_total:
+            on_total(len(patients))
+        extra = [("_lastUpdated", f"gt{since}")] if since else []
+        per_patient, scanned = _search_plan(cap)
+        if scanned:
+            summary.warnings.append(
+                f"no patient search for {', '.join(scanned)} in the server's CapabilityStatement: "
+                "each was read whole and filtered to the study's patients here"
+            )
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        for p in patients:
+            queue.put_nowait(p)
+
+        async def worker() -> None:
+            while not queue.empty():
+                patient = queue.get_nowait()
+                resource = await client.read("Patient", patient.split("/", 1)[1])
+                if resource is not None:
+                    writer.add(resource)
+                for rtype, param in per_patient:
+                    async for r in client.search(rtype, [(param, patient), *extra]):
+                        writer.add(r)
+                if progress:
+                    progress(1)
+
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
+                for _ in range(max(1, client.settings.concurrency)):
+                    group.create_task(worker())
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        wanted = set(patients)
+        for rtype in scanned:
+            async for r in client.search(rtype, extra):
+                if _patient_of(r, client.base) in wanted:
+                    writer.add(r)
+        await _referenced_medications(client, out, writer)
+        complete = True
+    finally:
+        summary.files = writer.close(complete)
+    summary.resources = writer.counts
+    summary.requests, summary.retries = client.requests, client.retries
+    manifest = {
+        "server": client.base,
+        "study": summary.study,
+        "since": since,
+        "patients": summary.patients,
+        "resources": dict(sorted(writer.counts.items())),
+        "warnings": summary.warnings,
+        "fhir_version": cap.fhir_version,
+        "software": cap.software,
+    }
+    (out / "pull-manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    return summary
+
+
+def _search_plan(cap: Capability) -> tuple[list[tuple[str, str]], list[str]]:
+    """(type, patient parameter) for types the server can search by patient; the others are scanned whole."""
+    per_patient, scanned = [], []
+    for rtype, preferred in PATIENT_TYPES:
+        params = cap.search_params.get(rtype, set())
+        param = next((p for p in (preferred, "subject", "patient") if p in params), None)
+        if param:
+            per_patient.append((rtype, param))
+        else:
+            scanned.append(rtype)
+    return per_patient, scanned
+
+
+def _patient_of(resource: dict[str, Any], base: str) -> str | None:
+    for key in ("subject", "patient", "individual"):
+        ref = (resource.get(key) or {}).get("reference") if isinstance(resource.get(key), dict) else None
+        if isinstance(ref, str):
+            return ref.removeprefix(base + "/")
+    return None
+
+
+async def _referenced_medications(client: FhirClient, out: Path, writer: _Writer) -> None:
+    """Read each separate Medication a pulled MedicationStatement points to (contained ones travel inside)."""
+    path = out / "MedicationStatement.ndjson.partial"
+    if not path.exists():
+        return
+    writer.handles["MedicationStatement"].flush()
+    wanted: set[str] = set()
+    with path.open("rb") as fh:
+        for line in fh:
+            ref = (orjson.loads(line).get("medicationReference") or {}).get("reference", "")
+            if isinstance(ref, str) and ref.startswith("Medication/"):
+                wanted.add(ref.split("/", 1)[1])
+    for rid in sorted(wanted):
+        if ("Medication", rid) not in writer.seen:
+            resource = await client.read("Medication", rid)
+            if resource is not None:
+                writer.add(resource)
+
+
+# ---------------------------------------------------------------------------------------------------- push
+
+
+@dataclass
+class PushSummary:
+    mode: str
+    outcomes: Counter[str] = field(default_factory=Counter)
+    conflicts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+
+
+def load_bundle(path: Path) -> dict[str, Any]:
+    try:
+        bundle = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{path} not found") from None
+    except OSError as exc:
+        raise InputError(f"{path} unreadable: {exc.strerror}") from None
+    except orjson.JSONDecodeError:
+        raise InputError(f"{path} is not JSON") from None
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise InputError(f"{path} is not a FHIR Bundle")
+    if bundle.get("type") not in ("transaction", "batch"):
+        raise InputError(f"{path} is a {bundle.get('type')!r} Bundle; push needs a transaction or batch")
+    return bundle
+
+
+def _status(entry: dict[str, Any]) -> int:
+    """The leading digits of ``response.status`` ("201" and "201 Created" both occur)."""
+    text = str((entry.get("response") or {}).get("status", ""))
+    digits = text.split(" ", 1)[0]
+    return int(digits) if digits.isdigit() else 0
+
+
+def classify(method: str, status: int) -> str:
+    if status == 201:
+        return "created"
+    if status == 200:
+        return "updated" if method == "PUT" else "unchanged"  # a conditional create that found its match
+    if status == 304:
+        return "unchanged"
+    if status == 412:
+        return "conflict"
+    return "error"
+
+
+async def push(client: FhirClient, bundle: dict[str, Any], mode: str = "auto") -> PushSummary:
+    """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single."""
+    entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+    cap = await client.capabilities()
+    if mode == "auto":
+        mode = "transaction" if cap.transaction else "batch" if cap.batch else "single"
+    summary = PushSummary(mode)
+    if not entries:
+        return summary
+    if mode in ("transaction", "batch"):
+        try:
+            answer = await client.transaction({**bundle, "type": mode})
+        except ServerError as exc:
+            if exc.status == 412:
+                summary.outcomes["conflict"] += len(entries)
+                summary.conflicts.append(f"the transaction was refused, nothing was written: {exc}")
+            else:
+                raise
+        else:
+            for sent, got in zip(entries, answer.get("entry") or (), strict=False):
+                _count(summary, sent, _status(got), got)
+    else:
+        for sent in entries:
+            await _push_one(client, sent, summary)
+    summary.requests, summary.retries = client.requests, client.retries
+    return summary
+
+
+async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSummary) -> None:
+    request = entry.get("request") or {}
+    method, url = str(request.get("method", "")), str(request.get("url", ""))
+    headers = {}
+    if request.get("ifNoneExist"):
+        headers["If-None-Exist"] = str(request["ifNoneExist"])
+    if request.get("ifMatch"):
+        headers["If-Match"] = str(request["ifMatch"])
+    response = await client.request(method, url, json=entry.get("resource"), headers=headers, ok=(412,))
+    _count(summary, entry, response.status_code, {})
+
+
+def _count(summary: PushSummary, sent: dict[str, Any], status: int, got: dict[str, Any]) -> None:
+    method = str((sent.get("request") or {}).get("method", ""))
+    outcome = classify(method, status)
+    summary.outcomes[outcome] += 1
+    where = str((sent.get("request") or {}).get("url", ""))
+    if outcome == "conflict":
+        summary.conflicts.append(f"{method} {where}: 412, the server's copy changed since it was read")
+    elif outcome == "error":
+        summary.errors.append(f"{method} {where}: HTTP {status or '?'}")

@@ -1,0 +1,377 @@
+"""The FHIR client's fault paths, on ``httpx.MockTransport``: what to do next for each kind of failure.
+
+429 with Retry-After, 503 storms, a connection dropped mid-page, a 401 that needs re-authentication, a 412
+conflict on push, a malformed page, a 400 that must not be retried, a `next` link to another host, a server
+that is not R4. Waits are recorded, not slept. Each test checks that nothing is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from fhiradapter.errors import ServerError
+from fhiradapter.shell.auth import BearerAuth, SmartBackendAuth
+from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, retry_after_s
+from fhiradapter.shell.server_io import push
+
+BASE = "https://fhir.test/r4"
+FAST = ClientSettings(retry_budget_s=60, max_attempts=6, backoff_base_s=0.5, backoff_max_s=8)
+
+
+def fhir(body: dict[str, Any], status: int = 200, **headers: str) -> httpx.Response:
+    return httpx.Response(
+        status, content=json.dumps(body).encode(), headers={"Content-Type": "application/fhir+json", **headers}
+    )
+
+
+def outcome(text: str, status: int, **headers: str) -> httpx.Response:
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": text}],
+    }
+    return fhir(body, status, **headers)
+
+
+def page(ids: list[str], next_url: str | None) -> httpx.Response:
+    links = [{"relation": "self", "url": "x"}] + ([{"relation": "next", "url": next_url}] if next_url else [])
+    return fhir(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": links,
+            "entry": [{"resource": {"resourceType": "Observation", "id": i}, "search": {"mode": "match"}} for i in ids],
+        }
+    )
+
+
+def run(
+    handler: Callable[[httpx.Request], httpx.Response], coro: Callable[[FhirClient], Any], **kw: Any
+) -> tuple[Any, list[float], FhirClient]:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def main() -> Any:
+        client = FhirClient(
+            BASE, settings=kw.pop("settings", FAST), transport=httpx.MockTransport(handler), sleep=sleep, **kw
+        )
+        async with client:
+            return await coro(client), client
+
+    result, client = asyncio.run(main())
+    return result, waits, client
+
+
+async def collect(client: FhirClient) -> list[str]:
+    return [r["id"] async for r in client.search("Observation", [("subject", "Patient/p1")])]
+
+
+def test_429_waits_as_long_as_retry_after_says() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url)
+        if len(calls) == 1:
+            return outcome("slow down", 429, **{"Retry-After": "3"})
+        return page(["a", "b"], None)
+
+    ids, waits, client = run(handler, collect)
+    assert ids == ["a", "b"] and waits == [3.0] and client.retries == 1
+
+
+def test_retry_after_as_an_http_date() -> None:
+    when = datetime(2030, 1, 1, 12, 0, 10, tzinfo=UTC)
+    response = httpx.Response(503, headers={"Retry-After": email.utils.format_datetime(when, usegmt=True)})
+    assert retry_after_s(response, now=(when - timedelta(seconds=10)).timestamp()) == pytest.approx(10)
+    assert retry_after_s(httpx.Response(503, headers={"Retry-After": "soon"})) is None
+
+
+def test_a_503_storm_backs_off_exponentially_then_fails_with_the_servers_text() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return outcome("database maintenance", 503)
+
+    with pytest.raises(ServerError) as err:
+        run(handler, collect)
+    assert len(calls) == FAST.max_attempts
+    assert "HTTP 503" in str(err.value) and "database maintenance" in str(err.value)
+    assert "Patient/p1" not in str(err.value)  # the query (which names a patient) is not echoed
+
+
+def test_backoff_has_jitter_and_grows() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return outcome("busy", 503) if len(calls) < 6 else page(["a"], None)
+
+    _ids, waits, _ = run(handler, collect)
+    ceilings = [min(FAST.backoff_max_s, FAST.backoff_base_s * 2**n) for n in range(len(waits))]
+    assert len(waits) == 5 and all(0 <= w <= c for w, c in zip(waits, ceilings, strict=True))
+
+
+def test_a_connection_dropped_mid_page_is_retried_and_nothing_is_lost_or_doubled() -> None:
+    seen: dict[str, int] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        key = str(request.url)
+        seen[key] = seen.get(key, 0) + 1
+        if "page=2" in key:
+            if seen[key] == 1:
+                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+            return page(["c", "d"], f"{BASE}/Observation?page=3")
+        if "page=3" in key:
+            return page(["e"], None)
+        return page(["a", "b"], f"{BASE}/Observation?page=2")
+
+    ids, waits, client = run(handler, collect)
+    assert ids == ["a", "b", "c", "d", "e"] and len(waits) == 1 and client.retries == 1
+
+
+def test_a_400_is_not_retried_and_shows_the_outcome() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers.get("Prefer"))
+        return outcome("Unknown search parameter 'subjct'", 400)
+
+    with pytest.raises(ServerError, match="Unknown search parameter") as err:
+        run(handler, collect)
+    assert calls == ["handling=strict"] and err.value.status == 400
+
+
+def test_a_next_link_that_loops_is_stopped() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return page(["a"], f"{BASE}/Observation?page=2")
+
+    with pytest.raises(ServerError, match="repeats an earlier page"):
+        run(handler, collect)
+
+
+def test_a_malformed_page_is_an_error_naming_the_page() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if "page=2" in str(request.url):
+            return httpx.Response(200, content=b"<html>proxy error</html>")
+        return page(["a"], f"{BASE}/Observation?page=2")
+
+    with pytest.raises(ServerError, match="search page 2: the server's answer is not JSON"):
+        run(handler, collect)
+
+
+def test_a_next_link_to_another_host_is_not_followed() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.host == "fhir.test"
+        return page(["a"], "https://elsewhere.example/r4/Observation?page=2")
+
+    with pytest.raises(ServerError, match="another server"):
+        run(handler, collect)
+
+
+@pytest.mark.parametrize(("version", "ok"), [("4.0.1", True), ("4.0.0", True), ("5.0.0", False), ("3.0.2", False)])
+def test_only_fhir_r4_servers_are_accepted(version: str, ok: bool) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return fhir({"resourceType": "CapabilityStatement", "fhirVersion": version, "rest": [{"mode": "server"}]})
+
+    async def cap(client: FhirClient) -> Any:
+        return await client.capabilities()
+
+    if ok:
+        assert run(handler, cap)[0].fhir_version == version
+    else:
+        with pytest.raises(ServerError, match="needs FHIR R4"):
+            run(handler, cap)
+
+
+# ---------------------------------------------------------------------------------------------- auth
+
+
+def rsa_pem() -> tuple[str, Any]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pem.decode(), key.public_key()
+
+
+def test_smart_assertion_is_signed_rs384_with_the_required_claims() -> None:
+    pem, public = rsa_pem()
+    auth = SmartBackendAuth("client-1", f"{BASE}/auth/token", pem, kid="k1", clock=lambda: 1_000_000.0)
+    token = auth.assertion()
+    assert jwt.get_unverified_header(token) == {"alg": "RS384", "kid": "k1", "typ": "JWT"}
+    claims = jwt.decode(
+        token, public, algorithms=["RS384"], audience=f"{BASE}/auth/token", options={"verify_exp": False}
+    )
+    assert claims["iss"] == claims["sub"] == "client-1" and claims["exp"] - claims["iat"] == 300
+    assert auth.assertion() != token  # a fresh jti each time
+    assert pem not in repr(auth)
+
+
+def test_an_ec_key_signs_es384() -> None:
+    key = ec.generate_private_key(ec.SECP384R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    auth = SmartBackendAuth("c", f"{BASE}/auth/token", pem.decode())
+    assert auth.alg == "ES384" and jwt.get_unverified_header(auth.assertion())["alg"] == "ES384"
+
+
+def smart_server(revoke_after: int | None = None) -> tuple[Callable[[httpx.Request], httpx.Response], dict[str, Any]]:
+    state: dict[str, Any] = {"issued": [], "api": 0}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/auth/token"):
+            form = dict(x.split("=", 1) for x in request.content.decode().split("&"))
+            assert form["grant_type"] == "client_credentials"
+            token = f"tok{len(state['issued']) + 1}"
+            state["issued"].append(token)
+            return httpx.Response(200, json={"access_token": token, "expires_in": 300, "token_type": "bearer"})
+        state["api"] += 1
+        current = state["issued"][-1] if state["issued"] else None
+        if request.headers.get("Authorization") != f"Bearer {current}" or (
+            revoke_after is not None and state["api"] == revoke_after
+        ):
+            return outcome("token expired", 401)
+        return page(["a"], None)
+
+    return handler, state
+
+
+def test_a_401_gets_a_new_token_and_one_retry() -> None:
+    pem, _ = rsa_pem()
+    handler, state = smart_server(revoke_after=2)
+    auth = SmartBackendAuth("c", f"{BASE}/auth/token", pem)
+
+    async def twice(client: FhirClient) -> list[list[str]]:
+        return [await collect(client), await collect(client)]
+
+    result, _, _ = run(handler, twice, auth=auth)
+    assert result == [["a"], ["a"]] and state["issued"] == ["tok1", "tok2"]
+
+
+def test_a_token_is_reused_until_it_nears_expiry() -> None:
+    pem, _ = rsa_pem()
+    handler, state = smart_server()
+    now = [1000.0]
+    auth = SmartBackendAuth("c", f"{BASE}/auth/token", pem, clock=lambda: now[0])
+
+    async def spaced(client: FhirClient) -> None:
+        await collect(client)
+        now[0] += 200  # 300 s token: still 100 s left, more than the 60 s margin
+        await collect(client)
+        now[0] += 50  # 50 s left: refresh before use
+        await collect(client)
+
+    run(handler, spaced, auth=auth)
+    assert state["issued"] == ["tok1", "tok2"]
+
+
+def test_a_refused_token_request_is_an_error_without_secrets() -> None:
+    pem, _ = rsa_pem()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(401, json={"error": "invalid_client", "error_description": "unknown kid"})
+
+    with pytest.raises(ServerError, match=r"SMART token request .* refused: HTTP 401: unknown kid") as err:
+        run(handler, collect, auth=SmartBackendAuth("c", f"{BASE}/auth/token", pem))
+    assert "BEGIN" not in str(err.value)
+
+
+def test_a_static_token_rejected_with_401_fails_once() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.headers["Authorization"])
+        return outcome("invalid token", 401)
+
+    with pytest.raises(ServerError, match="HTTP 401") as err:
+        run(handler, collect, auth=BearerAuth("s3cret-token"))
+    assert calls == ["Bearer s3cret-token"] and "s3cret" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+def capability(transaction: bool = True) -> httpx.Response:
+    interactions = [{"code": "transaction"}, {"code": "batch"}] if transaction else [{"code": "batch"}]
+    return fhir(
+        {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [{"interaction": interactions}]}
+    )
+
+
+BUNDLE = {
+    "resourceType": "Bundle",
+    "type": "transaction",
+    "entry": [
+        {
+            "fullUrl": "urn:uuid:1",
+            "resource": {"resourceType": "Observation", "status": "final"},
+            "request": {"method": "POST", "url": "Observation", "ifNoneExist": "identifier=urn:x|1"},
+        },
+        {
+            "fullUrl": f"{BASE}/ResearchSubject/rs1",
+            "resource": {"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study"},
+            "request": {"method": "PUT", "url": "ResearchSubject/rs1", "ifMatch": 'W/"1"'},
+        },
+    ],
+}
+
+
+def test_push_a_412_conflict_is_reported_and_not_retried() -> None:
+    posts = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("metadata"):
+            return capability()
+        posts.append(json.loads(request.content))
+        return outcome("version conflict on ResearchSubject/rs1", 412)
+
+    summary, _, _ = run(handler, lambda c: push(c, BUNDLE))
+    assert len(posts) == 1 and summary.outcomes == {"conflict": 2}
+    assert "nothing was written" in summary.conflicts[0] and "version conflict" in summary.conflicts[0]
+
+
+def test_push_counts_each_entry_from_its_status() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("metadata"):
+            return capability()
+        return fhir(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction-response",
+                "entry": [{"response": {"status": "200 OK"}}, {"response": {"status": "200"}}],
+            }
+        )
+
+    summary, _, _ = run(handler, lambda c: push(c, BUNDLE))
+    assert summary.mode == "transaction" and summary.outcomes == {"unchanged": 1, "updated": 1}
+
+
+def test_push_entry_by_entry_when_the_server_has_no_transaction_or_batch() -> None:
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("metadata"):
+            return fhir({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [{}]})
+        seen.append(
+            (request.method, request.url.path, request.headers.get("If-None-Exist"), request.headers.get("If-Match"))
+        )
+        return (
+            fhir({"resourceType": "Observation", "id": "x"}, 201) if request.method == "POST" else outcome("stale", 412)
+        )
+
+    summary, _, _ = run(handler, lambda c: push(c, BUNDLE))
+    assert summary.mode == "single" and summary.outcomes == {"created": 1, "conflict": 1}
+    assert seen == [
+        ("POST", "/r4/Observation", "identifier=urn:x|1", None),
+        ("PUT", "/r4/ResearchSubject/rs1", None, 'W/"1"'),
+    ]

@@ -1,0 +1,159 @@
+"""Pull and push against a real FHIR R4 server (sekmet-fhir, started on 127.0.0.1 and stopped by PID).
+
+The paper cohort is loaded into the server; `fhiradapter pull` brings it back as NDJSON, `evaluate` on it gives
+the results evaluate gives on the files; `push` applies the write-back; pulling and evaluating again finds
+nothing to write; a changed lab value updates exactly the affected results; a stale write-back is refused
+without touching anything. SMART Backend Services is exercised against the server's own token endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from builders import AS_OF, ROOT
+from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fhir_server import load_input, sekmet_server
+
+from fhiradapter.cli import main
+from fhiradapter.shell.mappings_io import load_mappings
+from fhiradapter.shell.pipeline import run_evaluate
+
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def evaluate(src: Path, out: Path) -> dict[str, Any]:
+    mappings, identity = load_mappings()
+    run_evaluate([src], out, AS_OF, mappings, identity, report=False)
+    return json.loads((out / "results.json").read_text())
+
+
+def versions(base: str, rtype: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    url: str | None = f"{base}/{rtype}?_count=500"
+    while url:
+        page = httpx.get(url, timeout=30).json()
+        for e in page.get("entry", []):
+            out[e["resource"]["id"]] = e["resource"]["meta"]["versionId"]
+        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def files_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return evaluate(PAPER, tmp_path_factory.mktemp("files") / "out")
+
+
+def test_pull_evaluate_push_then_nothing_new_then_one_change(files_results: dict[str, Any], tmp_path: Path) -> None:
+    with sekmet_server(tmp_path) as base:
+        load_input(base, PAPER)
+        # 1. Pull: the same results as from the files.
+        pulled = cli(
+            "pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p1"), "--no-progress"
+        )
+        assert pulled.exit_code == 0, pulled.output
+        assert "14 patient(s)" in pulled.output and "every ResearchSubject was read and filtered here" in pulled.output
+        first = evaluate(tmp_path / "p1", tmp_path / "e1")
+        assert first["subjects"] == files_results["subjects"]
+        assert first["cohort"] == files_results["cohort"]
+        # 2. Push the write-back: created and updated, no conflict.
+        pushed = cli("push", "--server", base, str(tmp_path / "e1" / "writeback.json"))
+        assert pushed.exit_code == 0, pushed.output
+        plan = [json.loads(x) for x in (tmp_path / "e1" / "writeback-plan.ndjson").read_text().splitlines()]
+        creates = sum(p["action"] == "create" for p in plan)
+        updates = sum(p["action"] == "update" for p in plan)
+        assert f"created {creates + 1}" in pushed.output  # + the Provenance
+        assert f"updated {updates}" in pushed.output
+        after_push = versions(base, "Observation") | versions(base, "ResearchSubject")
+        # 3. Pull and evaluate again: the server already holds every result.
+        again = cli(
+            "pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p2"), "--no-progress"
+        )
+        assert again.exit_code == 0, again.output
+        evaluate(tmp_path / "p2", tmp_path / "e2")
+        plan2 = [json.loads(x) for x in (tmp_path / "e2" / "writeback-plan.ndjson").read_text().splitlines()]
+        assert {p["action"] for p in plan2} == {"unchanged"}
+        assert json.loads((tmp_path / "e2" / "writeback.json").read_text())["entry"] == []
+        nothing = cli("push", "--server", base, str(tmp_path / "e2" / "writeback.json"))
+        assert nothing.exit_code == 0 and "nothing to send" in nothing.output
+        # 4. The stale first write-back is refused as a whole: nothing changes on the server.
+        stale = cli("push", "--server", base, str(tmp_path / "e1" / "writeback.json"))
+        assert stale.exit_code == 13 and "conflict" in stale.output
+        assert versions(base, "Observation") | versions(base, "ResearchSubject") == after_push
+        # 5. One lab value changes on the server: exactly thal-03's response results are updated.
+        obs = httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json()
+        obs["valueQuantity"]["value"] = 2100
+        assert httpx.put(f"{base}/Observation/thal-03-afp-a1", json=obs, timeout=10).status_code == 200
+        cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p3"), "--no-progress")
+        third = evaluate(tmp_path / "p3", tmp_path / "e3")
+        plan3 = [json.loads(x) for x in (tmp_path / "e3" / "writeback-plan.ndjson").read_text().splitlines()]
+        changed = [p for p in plan3 if p["action"] != "unchanged"]
+        assert {p["patient"] for p in changed} == {"Patient/thal-03"}
+        assert {(p["action"], p["kind"]) for p in changed} == {("update", "response"), ("update", "best-response")}
+        assert next(s for s in third["subjects"] if s["patient"] == "Patient/thal-03")["best_response"] == "PD"
+        final = cli("push", "--server", base, str(tmp_path / "e3" / "writeback.json"))
+        assert final.exit_code == 0 and f"updated {len(changed)}" in final.output, final.output
+
+
+def test_pull_with_since_takes_only_what_changed(tmp_path: Path) -> None:
+    with sekmet_server(tmp_path) as base:
+        load_input(base, PAPER)
+        future = "2999-01-01T00:00:00Z"
+        result = cli(
+            "pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p"), "--since", future
+        )
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((tmp_path / "p" / "pull-manifest.json").read_text())
+        # The study and its subjects are always read; no clinical resource changed after the future instant.
+        assert manifest["since"] == future and "Observation" not in manifest["resources"]
+        bad = cli(
+            "pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "q"), "--since", "2024-01-01"
+        )
+        assert bad.exit_code == 10 and "time zone" in bad.output
+
+
+def test_pull_of_an_unknown_study_says_so(tmp_path: Path) -> None:
+    with sekmet_server(tmp_path) as base:
+        result = cli("pull", "--server", base, "--study", "no-such-study", "--out", str(tmp_path / "p"))
+        assert result.exit_code == 13 and "ResearchStudy/no-such-study not found" in result.output
+        assert not list((tmp_path / "p").glob("*.ndjson"))
+
+
+def test_smart_backend_services_against_the_servers_token_endpoint(tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = tmp_path / "client.pem"
+    private.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    private.chmod(0o600)
+    public = tmp_path / "client.pub.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with sekmet_server(tmp_path) as base:  # load without auth first
+        load_input(base, PAPER)
+    smart = (
+        "server_auth:\n  types: [smart]\n  smart_clients:\n"
+        f"    - client_id: fhiradapter-test\n      public_key_path: {public}\n"
+        '      scopes: "system/*.read"\n'
+    )
+    with sekmet_server(tmp_path, smart) as base:
+        anonymous = cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "a"))
+        assert anonymous.exit_code == 13 and "HTTP 401" in anonymous.output
+        args = ["--server", base, "--client-id", "fhiradapter-test", "--smart-key-file", str(private)]
+        ok = cli("pull", *args, "--scope", "system/*.read", "--study", "thal-hcc-pilot", "--out", str(tmp_path / "s"))
+        assert ok.exit_code == 0, ok.output
+        assert "14 patient(s)" in ok.output and "BEGIN" not in ok.output
+        # A read-only client cannot write: the server's 403 is shown, nothing is retried.
+        evaluate(tmp_path / "s", tmp_path / "e")
+        denied = cli("push", *args, "--scope", "system/*.read", str(tmp_path / "e" / "writeback.json"))
+        assert denied.exit_code == 13 and "HTTP 403" in denied.output, denied.output
