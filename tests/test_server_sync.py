@@ -157,3 +157,142 @@ def test_smart_backend_services_against_the_servers_token_endpoint(tmp_path: Pat
         evaluate(tmp_path / "s", tmp_path / "e")
         denied = cli("push", *args, "--scope", "system/*.read", str(tmp_path / "e" / "writeback.json"))
         assert denied.exit_code == 13 and "HTTP 403" in denied.output, denied.output
+
+
+# ---------------------------------------------------------------------------------------------- sync
+
+
+def sync_opts(tmp_path: Path, **kw: Any) -> Any:
+    from fhiradapter.shell.sync import SyncOptions
+
+    mappings, identity = load_mappings()
+    base = {"study": "thal-hcc-pilot", "as_of": AS_OF, "since": "auto", "dry_run": False}
+    base.update(kw)
+    return SyncOptions(work_dir=tmp_path / "runs", mappings=mappings, mappings_identity=identity, **base)
+
+
+def result_identifiers(base: str) -> list[str]:
+    """Every identifier of the adapter's result Observations on the server (a duplicate would show twice)."""
+    from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
+
+    out = []
+    url: str | None = f"{base}/Observation?_count=500"
+    while url:
+        page = httpx.get(url, timeout=30).json()
+        for e in page.get("entry", []):
+            out += [i["value"] for i in e["resource"].get("identifier", []) if i.get("system") == IDENTIFIER_SYSTEM]
+        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    return out
+
+
+def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path) -> None:
+    from fhiradapter.shell.fhir_client import FhirClient
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import run_sync
+
+    store = SyncStore(data_dir=tmp_path / "data")
+    try:
+        with sekmet_server(tmp_path) as base:
+            load_input(base, PAPER)
+            before = versions(base, "Observation") | versions(base, "ResearchSubject")
+            dry = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True))
+            assert dry.plan["create"] > 0 and not dry.pushed
+            assert versions(base, "Observation") | versions(base, "ResearchSubject") == before  # nothing written
+            assert store.watermark(base, "thal-hcc-pilot") is None
+            first = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            assert (
+                first.pushed["created"] == first.plan["create"] + 1 and first.pushed["updated"] == first.plan["update"]
+            )
+            assert first.watermark == store.watermark(base, "thal-hcc-pilot") is not None
+            written = result_identifiers(base)
+            assert len(written) == len(set(written)) == first.plan["create"]
+            after = versions(base, "Observation") | versions(base, "ResearchSubject")
+            second = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            assert second.since == first.watermark and set(second.plan) == {"unchanged"} and not second.pushed
+            assert versions(base, "Observation") | versions(base, "ResearchSubject") == after
+            # A deleted AFP value is noticed from the server's history: thal-03's assessment loses its AFP.
+            assert httpx.delete(f"{base}/Observation/thal-03-afp-a1", timeout=10).status_code in (200, 204)
+            third = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            assert third.deleted == 1 and third.plan["update"] >= 1
+            results = json.loads((third.out / "results.json").read_text())
+            thal03 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-03")
+            assert all("Observation/thal-03-afp-a1" not in a["evidence"] for a in thal03["assessments"])
+    finally:
+        store.close()
+
+
+def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(tmp_path: Path, monkeypatch: Any) -> None:
+    from fhiradapter.shell.fhir_client import FhirClient
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import run_sync
+
+    store = SyncStore(data_dir=tmp_path / "data")
+    try:
+        with sekmet_server(tmp_path) as base:
+            load_input(base, PAPER)
+
+            def crash(*_a: Any) -> None:
+                raise KeyboardInterrupt  # the operator's Ctrl-C, or the machine going down, after the push
+
+            monkeypatch.setattr(store, "set_watermark", crash)
+            with pytest.raises(KeyboardInterrupt):
+                run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            monkeypatch.undo()
+            written = result_identifiers(base)
+            assert written and store.watermark(base, "thal-hcc-pilot") is None
+            again = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            assert set(again.plan) == {"unchanged"} and not again.pushed  # the results were already there
+            assert sorted(result_identifiers(base)) == sorted(written)
+            with store.engine.connect() as conn:
+                statuses = [r[0] for r in conn.exec_driver_sql("SELECT status FROM sync_runs ORDER BY run_id")]
+            assert statuses == ["failed", "ok"]
+    finally:
+        store.close()
+
+
+def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path, monkeypatch: Any) -> None:
+    from fhiradapter.shell import sync as sync_mod
+    from fhiradapter.shell.fhir_client import FhirClient
+    from fhiradapter.shell.store import SyncStore
+
+    store = SyncStore(data_dir=tmp_path / "data")
+    original = sync_mod._push_phase
+    calls: list[int] = []
+    try:
+        with sekmet_server(tmp_path) as base:
+            load_input(base, PAPER)
+
+            async def meanwhile(client: FhirClient, bundle: Path) -> Any:
+                calls.append(1)
+                if len(calls) == 1:  # another system edits a ResearchSubject between our read and our write
+                    rs = httpx.get(f"{base}/ResearchSubject/thal-01-rs", timeout=10).json()
+                    rs["assignedArm"] = "thalidomide"
+                    assert httpx.put(f"{base}/ResearchSubject/thal-01-rs", json=rs, timeout=10).status_code == 200
+                return await original(client, bundle)
+
+            monkeypatch.setattr(sync_mod, "_push_phase", meanwhile)
+            summary = sync_mod.run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            assert len(calls) == 2 and summary.conflicts == [] and summary.errors == []
+            assert any("conflict on push" in w for w in summary.warnings)
+            rs = httpx.get(f"{base}/ResearchSubject/thal-01-rs", timeout=10).json()
+            assert rs["assignedArm"] == "thalidomide"  # the other system's edit is kept, not clobbered
+            results = json.loads((summary.out / "results.json").read_text())
+            thal01 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-01")
+            assert rs["status"] == thal01["research_subject_status"]
+            written = result_identifiers(base)
+            assert len(written) == len(set(written))
+    finally:
+        store.close()
+
+
+def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
+    with sekmet_server(tmp_path) as base:
+        load_input(base, PAPER)
+        args = ["sync", "--server", base, "--study", "thal-hcc-pilot", "--as-of", AS_OF.isoformat()]
+        args += ["--data-dir", str(tmp_path / "data"), "--no-progress"]
+        first = cli(*args, "--export-to", f"sqlite:///{tmp_path / 'registry.db'}")
+        assert first.exit_code == 0, first.output
+        assert "patients evaluated 14" in first.output and "conflicts 0; errors 0" in first.output
+        assert "Export " in first.output and "new run" in first.output
+        bad = cli(*args[:-3], "--since", "yesterday")
+        assert bad.exit_code == 10 and "--since" in bad.output

@@ -61,6 +61,8 @@ class Capability:
     transaction: bool
     batch: bool
     search_params: dict[str, set[str]] = field(default_factory=dict)
+    history_system: bool = False
+    type_interactions: dict[str, set[str]] = field(default_factory=dict)
 
 
 def outcome_text(response: httpx.Response) -> str:
@@ -117,6 +119,11 @@ class FhirClient:
         self._client: httpx.AsyncClient | None = None
         self.requests = 0
         self.retries = 0
+        self.server_time: datetime | None = None  # from the Date header of /metadata
+
+    def fresh(self) -> FhirClient:
+        """A new client with the same server, auth and settings (one per event loop; the auth's token is shared)."""
+        return FhirClient(self.base, self._auth, self.settings, self._transport, self._sleep)
 
     async def __aenter__(self) -> FhirClient:
         s = self.settings
@@ -216,7 +223,12 @@ class FhirClient:
 
     async def capabilities(self) -> Capability:
         """GET /metadata; refuse anything but FHIR R4 (4.0.x)."""
-        cap = await self.json("GET", "metadata")
+        response = await self.request("GET", "metadata")
+        self.server_time = _server_time(response)
+        try:
+            cap = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            cap = None
         if not isinstance(cap, dict) or cap.get("resourceType") != "CapabilityStatement":
             raise ServerError(f"{self.base}/metadata is not a CapabilityStatement: is this a FHIR server base URL?")
         version = str(cap.get("fhirVersion", ""))
@@ -224,13 +236,23 @@ class FhirClient:
             raise ServerError(f"{self.base} speaks FHIR {version or '(unstated)'}; fhiradapter needs FHIR R4 (4.0.1)")
         interactions: set[str] = set()
         params: dict[str, set[str]] = {}
+        type_interactions: dict[str, set[str]] = {}
         for rest in cap.get("rest") or ():
             for i in rest.get("interaction") or ():
                 interactions.add(str(i.get("code")))
             for res in rest.get("resource") or ():
                 params[str(res.get("type"))] = {str(p.get("name")) for p in res.get("searchParam") or ()}
+                type_interactions[str(res.get("type"))] = {str(i.get("code")) for i in res.get("interaction") or ()}
         software = (cap.get("software") or {}).get("name", "")
-        return Capability(version, str(software), "transaction" in interactions, "batch" in interactions, params)
+        return Capability(
+            version,
+            str(software),
+            "transaction" in interactions,
+            "batch" in interactions,
+            params,
+            "history-system" in interactions,
+            type_interactions,
+        )
 
     async def read(self, rtype: str, rid: str) -> dict[str, Any] | None:
         """A resource, or None when the server says it is gone (404 or 410)."""
@@ -292,6 +314,18 @@ def _bundle_or_resource(response: httpx.Response, what: str) -> dict[str, Any]:
     if not isinstance(body, dict) or "resourceType" not in body:
         raise ServerError(f"{what}: the server's answer is not a FHIR resource")
     return body
+
+
+def _server_time(response: httpx.Response) -> datetime:
+    """The server's clock from its Date header (watermarks must be in the server's time), else ours."""
+    value = response.headers.get("Date")
+    if value:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+            return when if when.tzinfo else when.replace(tzinfo=UTC)
+        except (TypeError, ValueError):
+            pass
+    return datetime.now(UTC)
 
 
 def _describe(url: str) -> str:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -45,9 +45,18 @@ class PullSummary:
     requests: int = 0
     retries: int = 0
     files: list[Path] = field(default_factory=list)
+    patient_refs: list[str] = field(default_factory=list)
 
 
-class _Writer:
+class Sink(Protocol):
+    """Where pulled resources go: NDJSON files (``pull``) or the sync store (``sync``)."""
+
+    counts: Counter[str]
+
+    def add(self, resource: dict[str, Any]) -> None: ...
+
+
+class NdjsonSink:
     """One NDJSON file per resource type; each (type, id) written once."""
 
     def __init__(self, folder: Path) -> None:
@@ -119,69 +128,20 @@ async def pull(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> PullSummary:
-    """Pull the study's data into ``out``; ``since`` (an instant) limits each search to ``_lastUpdated=gt``."""
+    """Pull the study's data into NDJSON files in ``out`` (renamed into place only when complete)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
     cap = await client.capabilities()
-    writer = _Writer(out)
-    summary = PullSummary(study)
+    writer = NdjsonSink(out)
     complete = False
     try:
-        research_study = await resolve_study(client, study)
-        summary.study = f"ResearchStudy/{research_study['id']}"
-        writer.add(research_study)
-        subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
-        patients: list[str] = []
-        for subject in subjects:
-            writer.add(subject)
-            ref = str((subject.get("individual") or {}).get("reference", "")).removeprefix(client.base + "/")
-            if ref.startswith("Patient/") and ref not in patients:
-                patients.append(ref)
-        summary.patients = len(patients)
-        if on_total:
-            on_total(len(patients))
-        extra = [("_lastUpdated", f"gt{since}")] if since else []
-        per_patient, scanned = _search_plan(cap)
-        if scanned:
-            summary.warnings.append(
-                f"no patient search for {', '.join(scanned)} in the server's CapabilityStatement: "
-                "each was read whole and filtered to the study's patients here"
-            )
-        queue: asyncio.Queue[str] = asyncio.Queue()
-        for p in patients:
-            queue.put_nowait(p)
-
-        async def worker() -> None:
-            while not queue.empty():
-                patient = queue.get_nowait()
-                resource = await client.read("Patient", patient.split("/", 1)[1])
-                if resource is not None:
-                    writer.add(resource)
-                for rtype, param in per_patient:
-                    async for r in client.search(rtype, [(param, patient), *extra]):
-                        writer.add(r)
-                if progress:
-                    progress(1)
-
-        try:
-            async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
-                for _ in range(max(1, client.settings.concurrency)):
-                    group.create_task(worker())
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
-        wanted = set(patients)
-        for rtype in scanned:
-            async for r in client.search(rtype, extra):
-                if _patient_of(r, client.base) in wanted:
-                    writer.add(r)
-        await _referenced_medications(client, out, writer)
+        summary = await pull_into(client, cap, study, writer, since, progress=progress, on_total=on_total)
         complete = True
     finally:
-        summary.files = writer.close(complete)
-    summary.resources = writer.counts
-    summary.requests, summary.retries = client.requests, client.retries
+        files = writer.close(complete)
+    summary.files = files
     manifest = {
         "server": client.base,
         "study": summary.study,
@@ -194,6 +154,97 @@ async def pull(
     }
     (out / "pull-manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     return summary
+
+
+async def pull_into(
+    client: FhirClient,
+    cap: Capability,
+    study: str,
+    sink: Sink,
+    since: str | None = None,
+    only: list[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> PullSummary:
+    """The study, its subjects, and per patient every type evaluate reads, into ``sink``.
+
+    ``since`` (an instant) limits the per-patient searches to ``_lastUpdated=gt``; ``only`` limits them to
+    those patients (a re-pull after a conflict). The study and its subjects are always read whole.
+    """
+    summary = PullSummary(study)
+    research_study = await resolve_study(client, study)
+    summary.study = f"ResearchStudy/{research_study['id']}"
+    sink.add(research_study)
+    subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
+    patients: list[str] = []
+    for subject in subjects:
+        sink.add(subject)
+        ref = _reference(subject.get("individual"), client.base)
+        if ref and ref.startswith("Patient/") and ref not in patients:
+            patients.append(ref)
+    summary.patients = len(patients)
+    summary.patient_refs = patients
+    todo = [p for p in patients if only is None or p in only]
+    if on_total:
+        on_total(len(todo))
+    extra = [("_lastUpdated", f"gt{since}")] if since else []
+    per_patient, scanned = _search_plan(cap)
+    if scanned:
+        summary.warnings.append(
+            f"no patient search for {', '.join(scanned)} in the server's CapabilityStatement: "
+            "each was read whole and filtered to the study's patients here"
+        )
+    medications: set[str] = set()
+
+    def add(resource: dict[str, Any]) -> None:
+        sink.add(resource)
+        ref = _reference(resource.get("medicationReference"), client.base)
+        if ref and ref.startswith("Medication/"):
+            medications.add(ref.split("/", 1)[1])
+
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for p in todo:
+        queue.put_nowait(p)
+
+    async def worker() -> None:
+        while not queue.empty():
+            patient = queue.get_nowait()
+            if not since:
+                resource = await client.read("Patient", patient.split("/", 1)[1])
+                if resource is not None:
+                    add(resource)
+            else:
+                async for r in client.search("Patient", [("_id", patient.split("/", 1)[1]), *extra]):
+                    add(r)
+            for rtype, param in per_patient:
+                async for r in client.search(rtype, [(param, patient), *extra]):
+                    add(r)
+            if progress:
+                progress(1)
+
+    try:
+        async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
+            for _ in range(max(1, min(client.settings.concurrency, len(todo)))):
+                group.create_task(worker())
+    except ExceptionGroup as errors:
+        raise errors.exceptions[0] from None
+    wanted = set(todo)
+    for rtype in scanned:
+        async for r in client.search(rtype, extra):
+            if _patient_of(r, client.base) in wanted:
+                add(r)
+    for rid in sorted(medications):
+        resource = await client.read("Medication", rid)
+        if resource is not None:
+            sink.add(resource)
+    summary.resources = Counter(sink.counts)
+    summary.requests, summary.retries = client.requests, client.retries
+    return summary
+
+
+def _reference(value: Any, base: str) -> str | None:
+    ref = value.get("reference") if isinstance(value, dict) else None
+    return ref.removeprefix(base + "/") if isinstance(ref, str) else None
 
 
 def _search_plan(cap: Capability) -> tuple[list[tuple[str, str]], list[str]]:
@@ -211,29 +262,10 @@ def _search_plan(cap: Capability) -> tuple[list[tuple[str, str]], list[str]]:
 
 def _patient_of(resource: dict[str, Any], base: str) -> str | None:
     for key in ("subject", "patient", "individual"):
-        ref = (resource.get(key) or {}).get("reference") if isinstance(resource.get(key), dict) else None
-        if isinstance(ref, str):
-            return ref.removeprefix(base + "/")
+        ref = _reference(resource.get(key), base)
+        if ref:
+            return ref
     return None
-
-
-async def _referenced_medications(client: FhirClient, out: Path, writer: _Writer) -> None:
-    """Read each separate Medication a pulled MedicationStatement points to (contained ones travel inside)."""
-    path = out / "MedicationStatement.ndjson.partial"
-    if not path.exists():
-        return
-    writer.handles["MedicationStatement"].flush()
-    wanted: set[str] = set()
-    with path.open("rb") as fh:
-        for line in fh:
-            ref = (orjson.loads(line).get("medicationReference") or {}).get("reference", "")
-            if isinstance(ref, str) and ref.startswith("Medication/"):
-                wanted.add(ref.split("/", 1)[1])
-    for rid in sorted(wanted):
-        if ("Medication", rid) not in writer.seen:
-            resource = await client.read("Medication", rid)
-            if resource is not None:
-                writer.add(resource)
 
 
 # ---------------------------------------------------------------------------------------------------- push

@@ -1,0 +1,283 @@
+"""The embedded sync store: per-server watermarks, a mirror of every resource pulled, the runs and their outcome.
+
+SQLite in the data folder by default (``sync.db``); any SQLAlchemy URL with ``--store``. Tables:
+- ``sync_runs``: one row per sync (started, finished, status running | ok | failed, counts);
+- ``watermarks``: per (server, study) the server time the last *successful* pull started at; ``--since auto``
+  pulls what changed after it. A run that dies keeps the old watermark, so the next run pulls again what the
+  failed one may have missed (upserts are idempotent and writes are conditional: nothing duplicates);
+- ``resources``: the last-seen version of every pulled resource (JSON), with a deleted flag; evaluation reads
+  the study's non-deleted resources from here, so an incremental pull still evaluates whole patients.
+The schema is created on first use (``create_all``) and carries a version row; a store from a newer
+fhiradapter is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    select,
+    update,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from fhiradapter.errors import ConfigError, TargetError
+
+SCHEMA_VERSION = 1
+DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"
+
+metadata = MetaData()
+
+store_meta = Table("store_meta", metadata, Column("key", String(32), primary_key=True), Column("value", String(64)))
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("run_id", Integer, primary_key=True, autoincrement=True),
+    Column("server", String(512), nullable=False),
+    Column("study", String(256), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("status", String(16), nullable=False),
+    Column("since", String(40)),
+    Column("dry_run", Boolean, nullable=False),
+    Column("summary", Text),
+)
+
+watermarks = Table(
+    "watermarks",
+    metadata,
+    Column("server", String(512), primary_key=True),
+    Column("study", String(256), primary_key=True),
+    Column("watermark", String(40), nullable=False),
+    Column("run_id", Integer, nullable=False),
+)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("server", String(512), primary_key=True),
+    Column("study", String(256), primary_key=True),
+    Column("rtype", String(64), primary_key=True),
+    Column("rid", String(128), primary_key=True),
+    Column("version", String(64)),
+    Column("last_updated", String(40)),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("body", Text, nullable=False),
+    Column("seen_run", Integer, nullable=False),
+)
+
+
+def default_data_dir() -> Path:
+    configured = os.environ.get(DATA_DIR_ENV)
+    if configured:
+        return Path(configured)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "fhiradapter"
+
+
+class SyncStore:
+    """The store; every method is one short transaction."""
+
+    def __init__(self, url: str | None = None, data_dir: Path | None = None) -> None:
+        if url is None:
+            folder = data_dir or default_data_dir()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                folder.chmod(0o700)  # the mirror holds patient data
+            except OSError as exc:
+                raise ConfigError(f"cannot use the data folder {folder}: {exc.strerror}") from None
+            url = f"sqlite:///{folder / 'sync.db'}"
+        self.engine: Engine = create_engine(url)
+        try:
+            metadata.create_all(self.engine)
+            with self.engine.begin() as conn:
+                found = conn.execute(select(store_meta.c.value).where(store_meta.c.key == "schema")).scalar()
+                if found is None:
+                    conn.execute(store_meta.insert().values(key="schema", value=str(SCHEMA_VERSION)))
+                elif int(found) > SCHEMA_VERSION:
+                    raise ConfigError(f"the sync store has schema {found}; this fhiradapter knows {SCHEMA_VERSION}")
+        except SQLAlchemyError as exc:
+            raise TargetError(f"cannot open the sync store: {type(exc).__name__}") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---------------------------------------------------------------------------------------------- runs
+
+    def start_run(self, server: str, study: str, since: str | None, dry_run: bool) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                sync_runs.insert().values(
+                    server=server,
+                    study=study,
+                    started_at=datetime.now(UTC),
+                    status="running",
+                    since=since,
+                    dry_run=dry_run,
+                )
+            )
+            key = result.inserted_primary_key
+            if key is None:
+                raise TargetError("the sync store did not number the new run")
+            return int(key[0])
+
+    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(sync_runs)
+                .where(sync_runs.c.run_id == run_id)
+                .values(status=status, finished_at=datetime.now(UTC), summary=orjson.dumps(summary).decode())
+            )
+
+    def watermark(self, server: str, study: str) -> str | None:
+        with self.engine.connect() as conn:
+            query = select(watermarks.c.watermark).where(watermarks.c.server == server, watermarks.c.study == study)
+            value = conn.execute(query).scalar()
+            return str(value) if value is not None else None
+
+    def set_watermark(self, server: str, study: str, instant: str, run_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(watermarks.delete().where(watermarks.c.server == server, watermarks.c.study == study))
+            conn.execute(watermarks.insert().values(server=server, study=study, watermark=instant, run_id=run_id))
+
+    # ---------------------------------------------------------------------------------------------- mirror
+
+    def sink(self, server: str, study: str, run_id: int) -> MirrorSink:
+        return MirrorSink(self, server, study, run_id)
+
+    def upsert(self, server: str, study: str, run_id: int, items: Iterable[dict[str, Any]]) -> None:
+        rows = [
+            {
+                "server": server,
+                "study": study,
+                "rtype": str(r.get("resourceType")),
+                "rid": str(r.get("id")),
+                "version": str((r.get("meta") or {}).get("versionId") or ""),
+                "last_updated": str((r.get("meta") or {}).get("lastUpdated") or ""),
+                "deleted": False,
+                "body": orjson.dumps(r).decode(),
+                "seen_run": run_id,
+            }
+            for r in items
+        ]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                stmt = sqlite_insert(resources)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["server", "study", "rtype", "rid"],
+                        set_={k: stmt.excluded[k] for k in ("version", "last_updated", "deleted", "body", "seen_run")},
+                    ),
+                    rows,
+                )
+            else:
+                for row in rows:
+                    conn.execute(resources.delete().where(*_key(server, study, str(row["rtype"]), str(row["rid"]))))
+                    conn.execute(resources.insert().values(**row))
+
+    def mark_deleted(self, server: str, study: str, keys: Iterable[tuple[str, str]]) -> int:
+        """Flag these resources deleted (a DELETE in the server's history); returns how many were live here."""
+        n = 0
+        with self.engine.begin() as conn:
+            for rtype, rid in keys:
+                result = conn.execute(
+                    update(resources)
+                    .where(*_key(server, study, rtype, rid), resources.c.deleted.is_(False))
+                    .values(deleted=True)
+                )
+                n += result.rowcount
+        return n
+
+    def mark_unseen_deleted(self, server: str, study: str, run_id: int) -> int:
+        """After a complete full pull: whatever it did not see is gone from the server."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(resources)
+                .where(
+                    resources.c.server == server,
+                    resources.c.study == study,
+                    resources.c.seen_run != run_id,
+                    resources.c.deleted.is_(False),
+                )
+                .values(deleted=True)
+            )
+            return int(result.rowcount)
+
+    def write_ndjson(self, server: str, study: str, folder: Path) -> Counter[str]:
+        """Every live resource of the study into ``folder/<Type>.ndjson`` (the input of evaluate)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.ndjson"):
+            old.unlink()
+        counts: Counter[str] = Counter()
+        handles: dict[str, Any] = {}
+        try:
+            with self.engine.connect() as conn:
+                query = (
+                    select(resources.c.rtype, resources.c.body)
+                    .where(resources.c.server == server, resources.c.study == study, resources.c.deleted.is_(False))
+                    .order_by(resources.c.rtype, resources.c.rid)
+                )
+                for rtype, body in conn.execution_options(stream_results=True).execute(query):
+                    if rtype not in handles:
+                        handles[rtype] = (folder / f"{rtype}.ndjson").open("w", encoding="utf-8")
+                    handles[rtype].write(body + "\n")
+                    counts[rtype] += 1
+        finally:
+            for fh in handles.values():
+                fh.close()
+        return counts
+
+
+def _key(server: str, study: str, rtype: str, rid: str) -> tuple[Any, ...]:
+    return (
+        resources.c.server == server,
+        resources.c.study == study,
+        resources.c.rtype == rtype,
+        resources.c.rid == rid,
+    )
+
+
+class MirrorSink:
+    """A pull sink that upserts into the store in batches (call ``flush`` at the end)."""
+
+    BATCH = 500
+
+    def __init__(self, store: SyncStore, server: str, study: str, run_id: int) -> None:
+        self.store, self.server, self.study, self.run_id = store, server, study, run_id
+        self.counts: Counter[str] = Counter()
+        self._seen: set[tuple[str, str]] = set()
+        self._pending: list[dict[str, Any]] = []
+
+    def add(self, resource: dict[str, Any]) -> None:
+        key = (str(resource.get("resourceType")), str(resource.get("id")))
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.counts[key[0]] += 1
+        self._pending.append(resource)
+        if len(self._pending) >= self.BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self.store.upsert(self.server, self.study, self.run_id, pending)

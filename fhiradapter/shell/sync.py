@@ -1,0 +1,218 @@
+"""``fhiradapter sync``: pull what changed into the store, evaluate the study, push the results, advance the watermark.
+
+One run:
+1. ``/metadata`` (R4 check, capabilities, the server's clock); the pull's start time in the server's clock, less
+   a margin for clock skew, becomes the next watermark;
+2. pull into the store's mirror: everything on the first run (or ``--since none``), else only what changed after
+   the watermark (``--since auto``) or an instant; deletions are noticed from the server's ``_history`` (or, on
+   a full pull, as resources no longer seen);
+3. evaluate the study's whole mirror (an incremental pull still evaluates whole patients) into the run folder;
+4. push the write-back (unless ``--dry-run``). A 412 conflict (someone changed a resource after we read it):
+   pull again what changed since this run started, re-evaluate, push once more; what still conflicts is reported;
+5. only then store the new watermark. A run that dies before that leaves the old watermark: the next run pulls
+   again and, since writes are conditional and the plan sees the results already on the server, writes nothing
+   twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhiradapter.core.protocol import Mappings
+from fhiradapter.shell.fhir_client import Capability, FhirClient
+from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.server_io import PushSummary, load_bundle, pull_into, push
+from fhiradapter.shell.store import SyncStore
+
+SKEW_MARGIN = timedelta(minutes=2)
+
+
+@dataclass
+class SyncSummary:
+    run_id: int
+    server: str
+    study: str = ""
+    since: str | None = None
+    watermark: str | None = None
+    dry_run: bool = False
+    patients: int = 0
+    pulled: Counter[str] = field(default_factory=Counter)
+    deleted: int = 0
+    plan: Counter[str] = field(default_factory=Counter)
+    pushed: Counter[str] = field(default_factory=Counter)
+    conflicts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    requests: int = 0
+    retries: int = 0
+    out: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "server": self.server,
+            "study": self.study,
+            "since": self.since,
+            "watermark": self.watermark,
+            "dry_run": self.dry_run,
+            "patients": self.patients,
+            "pulled": dict(self.pulled),
+            "deleted": self.deleted,
+            "plan": dict(self.plan),
+            "pushed": dict(self.pushed),
+            "conflicts": self.conflicts,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "requests": self.requests,
+            "retries": self.retries,
+        }
+
+
+@dataclass
+class SyncOptions:
+    study: str
+    as_of: date
+    since: str  # "auto" | "none" | an instant
+    dry_run: bool
+    work_dir: Path
+    mappings: Mappings
+    mappings_identity: dict[str, Any]
+    progress: Callable[[int], None] | None = None
+    on_total: Callable[[int], None] | None = None
+
+
+def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
+    """The whole run (see the module docstring); the event loop runs only around network phases."""
+    probe = make_client()
+    server = probe.base
+    since = (
+        store.watermark(server, opts.study) if opts.since == "auto" else None if opts.since == "none" else opts.since
+    )
+    run_id = store.start_run(server, opts.study, since, opts.dry_run)
+    summary = SyncSummary(run_id, server, since=since, dry_run=opts.dry_run)
+    try:
+        _cap, started = asyncio.run(_pull_phase(make_client(), store, opts, summary, since, run_id))
+        out = opts.work_dir / f"run-{run_id}"
+        _evaluate(store, server, summary.study, out, opts)
+        summary.out = out / "out"
+        summary.plan = _plan(summary.out)
+        if not opts.dry_run:
+            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json"))
+            _add_push(summary, pushed)
+            if pushed.conflicts:
+                # Someone changed what we read: pull what changed since this run started, evaluate, push once more.
+                summary.warnings.append("conflict on push: pulled the changes made meanwhile, evaluated again, pushed")
+                summary.conflicts = []
+                asyncio.run(_pull_phase(make_client(), store, opts, summary, started, run_id, full=False))
+                _evaluate(store, server, summary.study, out, opts, again=True)
+                summary.out = out / "out-retry"
+                summary.plan = _plan(summary.out)
+                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json"))
+                _add_push(summary, pushed)
+            if not summary.errors:
+                summary.watermark = started
+                store.set_watermark(server, opts.study, started, run_id)
+        status = "ok" if not (summary.conflicts or summary.errors) else "conflicts"
+        store.finish_run(run_id, "dry-run" if opts.dry_run else status, summary.as_dict())
+    except BaseException:
+        store.finish_run(run_id, "failed", summary.as_dict())
+        raise
+    return summary
+
+
+async def _pull_phase(
+    client: FhirClient,
+    store: SyncStore,
+    opts: SyncOptions,
+    summary: SyncSummary,
+    since: str | None,
+    run_id: int,
+    full: bool = True,
+) -> tuple[Capability, str]:
+    async with client:
+        cap = await client.capabilities()
+        assert client.server_time is not None  # noqa: S101 - set by capabilities()
+        started = (client.server_time - SKEW_MARGIN).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sink = store.sink(client.base, opts.study, run_id)
+        pulled = await pull_into(client, cap, opts.study, sink, since, progress=opts.progress, on_total=opts.on_total)
+        sink.flush()
+        summary.study, summary.patients = pulled.study, pulled.patients
+        summary.pulled.update(sink.counts)
+        summary.warnings.extend(w for w in pulled.warnings if w not in summary.warnings)
+        if since is None and full:
+            summary.deleted += store.mark_unseen_deleted(client.base, opts.study, run_id)
+        elif cap.history_system:
+            gone = await _deletions(client, since or started)
+            summary.deleted += store.mark_deleted(client.base, opts.study, gone)
+        else:
+            summary.warnings.append("the server offers no _history: deletions since the last run are not noticed")
+        summary.requests += client.requests
+        summary.retries += client.retries
+        return cap, started
+
+
+async def _deletions(client: FhirClient, since: str) -> list[tuple[str, str]]:
+    """(type, id) of every DELETE in the server's history after ``since``."""
+    gone: list[tuple[str, str]] = []
+    url: str | None = "_history"
+    params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(client.settings.page_size))]
+    seen: set[str] = set()
+    while url is not None and url not in seen:
+        seen.add(url)
+        bundle = await client.json("GET", url, params=params)
+        params = None
+        for entry in bundle.get("entry") or ():
+            request = entry.get("request") or {}
+            if request.get("method") == "DELETE":
+                parts = str(request.get("url", "")).split("/")
+                if len(parts) >= 2:
+                    gone.append((parts[0], parts[1]))
+        url = next(
+            (str(link["url"]) for link in bundle.get("link") or () if link.get("relation") == "next"),
+            None,
+        )
+    return gone
+
+
+def _evaluate(store: SyncStore, server: str, study: str, out: Path, opts: SyncOptions, again: bool = False) -> None:
+    folder = out / "input"
+    store.write_ndjson(server, opts.study, folder)
+    run_evaluate(
+        [folder],
+        out / ("out-retry" if again else "out"),
+        opts.as_of,
+        opts.mappings,
+        opts.mappings_identity,
+        report=False,
+    )
+
+
+def _plan(out: Path) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    with (out / "writeback-plan.ndjson").open("rb") as fh:
+        for line in fh:
+            counts[str(orjson.loads(line)["action"])] += 1
+    return counts
+
+
+async def _push_phase(client: FhirClient, bundle_path: Path) -> PushSummary:
+    async with client:
+        result = await push(client, load_bundle(bundle_path))
+        result.requests, result.retries = client.requests, client.retries
+        return result
+
+
+def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:
+    summary.pushed.update(pushed.outcomes)
+    summary.conflicts.extend(pushed.conflicts)
+    summary.errors.extend(pushed.errors)
+    summary.requests += pushed.requests
+    summary.retries += pushed.retries
