@@ -462,7 +462,14 @@ def _check_instant(value: str) -> None:
     show_default=True,
     help="auto = a transaction if the server offers one (CapabilityStatement), else a batch, else one by one.",
 )
-def push_cmd(bundle: Path, mode: str, **server: Any) -> None:
+@click.option(
+    "--chunk",
+    type=click.IntRange(2, 10000),
+    default=200,
+    show_default=True,
+    help="Largest transaction, in entries; bigger write-backs go as several (whole patients each), concurrently.",
+)
+def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
     """Apply a write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
 
     Creates are conditional (If-None-Exist on the result's identifier) and updates carry If-Match with the
@@ -480,12 +487,14 @@ def push_cmd(bundle: Path, mode: str, **server: Any) -> None:
         async def run() -> Any:
             client = await _open_client(server)
             async with client:
-                return await push(client, doc, mode)
+                return await push(client, doc, mode, chunk)
 
         summary = asyncio.run(run())
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items())) or "nothing to send"
+        parts = f" in {summary.parts} parts" if summary.parts > 1 else ""
         click.echo(
-            f"Pushed {bundle} as {summary.mode}: {outcomes}. {summary.requests} request(s), {summary.retries} retried."
+            f"Pushed {bundle} as {summary.mode}{parts}: {outcomes}. "
+            f"{summary.requests} request(s), {summary.retries} retried."
         )
         for line in [*summary.conflicts, *summary.errors][:20]:
             click.echo(f"  {line}")
@@ -533,6 +542,13 @@ def push_cmd(bundle: Path, mode: str, **server: Any) -> None:
 @click.option("--pseudonymise", is_flag=True, help="With --export-to: keyed-hash subject keys, ages, no free text.")
 @click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=_KEY_HELP)
 @click.option(
+    "--chunk",
+    type=click.IntRange(2, 10000),
+    default=200,
+    show_default=True,
+    help="Largest write-back transaction, in entries (whole patients each; parts go concurrently).",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
 def sync_cmd(
@@ -546,6 +562,7 @@ def sync_cmd(
     export_to: str | None,
     pseudonymise: bool,
     key_file: Path | None,
+    chunk: int,
     progress: bool | None,
     **server: Any,
 ) -> None:
@@ -584,7 +601,7 @@ def sync_cmd(
                     bar.length = max(n, 1)
 
                 opts = SyncOptions(
-                    study, cutoff, since, dry_run, folder / "runs", mappings, identity, bar.update, total
+                    study, cutoff, since, dry_run, folder / "runs", mappings, identity, bar.update, total, chunk
                 )
                 summary = run_sync(lambda: client.fresh(), store, opts)
         finally:
@@ -608,7 +625,8 @@ def _print_sync(s: Any) -> None:
         pushed = ", ".join(f"{k} {v}" for k, v in sorted(s.pushed.items())) or "nothing to send"
         click.echo(f"  pushed: {pushed}; conflicts {len(s.conflicts)}; errors {len(s.errors)}")
         click.echo(f"  watermark: {s.watermark or 'not advanced'}")
-    click.echo(f"  {s.requests} request(s), {s.retries} retried; results in {s.out}")
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
+    click.echo(f"  {s.requests} request(s), {s.retries} retried ({timing}); results in {s.out}")
     for line in [*s.warnings, *s.conflicts, *s.errors][:20]:
         click.echo(f"  note: {line}")
 

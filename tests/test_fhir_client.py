@@ -337,7 +337,7 @@ def test_push_a_412_conflict_is_reported_and_not_retried() -> None:
 
     summary, _, _ = run(handler, lambda c: push(c, BUNDLE))
     assert len(posts) == 1 and summary.outcomes == {"conflict": 2}
-    assert "nothing was written" in summary.conflicts[0] and "version conflict" in summary.conflicts[0]
+    assert "none of them written" in summary.conflicts[0] and "version conflict" in summary.conflicts[0]
 
 
 def test_push_counts_each_entry_from_its_status() -> None:

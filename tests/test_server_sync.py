@@ -65,13 +65,15 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(files_results: dict
         first = evaluate(tmp_path / "p1", tmp_path / "e1")
         assert first["subjects"] == files_results["subjects"]
         assert first["cohort"] == files_results["cohort"]
-        # 2. Push the write-back: created and updated, no conflict.
-        pushed = cli("push", "--server", base, str(tmp_path / "e1" / "writeback.json"))
+        # 2. Push the write-back, as several smaller transactions: created and updated, no conflict.
+        pushed = cli("push", "--server", base, "--chunk", "40", str(tmp_path / "e1" / "writeback.json"))
         assert pushed.exit_code == 0, pushed.output
+        assert " parts: " in pushed.output
         plan = [json.loads(x) for x in (tmp_path / "e1" / "writeback-plan.ndjson").read_text().splitlines()]
         creates = sum(p["action"] == "create" for p in plan)
         updates = sum(p["action"] == "update" for p in plan)
-        assert f"created {creates + 1}" in pushed.output  # + the Provenance
+        n_parts = int(pushed.output.split(" in ", 1)[1].split(" parts", 1)[0])
+        assert f"created {creates + n_parts}" in pushed.output  # + one Provenance per part
         assert f"updated {updates}" in pushed.output
         after_push = versions(base, "Observation") | versions(base, "ResearchSubject")
         # 3. Pull and evaluate again: the server already holds every result.
@@ -262,13 +264,13 @@ def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path,
         with sekmet_server(tmp_path) as base:
             load_input(base, PAPER)
 
-            async def meanwhile(client: FhirClient, bundle: Path) -> Any:
+            async def meanwhile(client: FhirClient, bundle: Path, chunk: int) -> Any:
                 calls.append(1)
                 if len(calls) == 1:  # another system edits a ResearchSubject between our read and our write
                     rs = httpx.get(f"{base}/ResearchSubject/thal-01-rs", timeout=10).json()
                     rs["assignedArm"] = "thalidomide"
                     assert httpx.put(f"{base}/ResearchSubject/thal-01-rs", json=rs, timeout=10).status_code == 200
-                return await original(client, bundle)
+                return await original(client, bundle, chunk)
 
             monkeypatch.setattr(sync_mod, "_push_phase", meanwhile)
             summary = sync_mod.run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))

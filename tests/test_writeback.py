@@ -246,3 +246,31 @@ def test_post_to_a_real_fhir_server_twice_creates_nothing_new(tmp_path: Path) ->
         # versions they were planned against are gone: the transaction is rolled back, nothing changes.
         assert second.status_code in (200, 412), second.text[:500]
         assert after_second == after_first
+
+
+def test_split_bundle_keeps_patients_whole_and_gives_each_part_its_provenance(paper: Any) -> None:
+    from fhiradapter.core.writeback import RUN_TAG_SYSTEM, split_bundle
+
+    bundle, _results, _plan = paper
+    parts = split_bundle(bundle, 30)
+    assert len(parts) > 1 and all(len(p["entry"]) <= 30 for p in parts)
+    results = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Provenance"]
+    got = [e for p in parts for e in p["entry"] if e["resource"]["resourceType"] != "Provenance"]
+    assert got == results  # every result once, in order
+    owners = [{_owner(e) for e in p["entry"] if e["resource"]["resourceType"] != "Provenance"} for p in parts]
+    assert sum(len(o) for o in owners) == len(set().union(*owners))  # no patient in two parts
+    tags = []
+    for p in parts:
+        prov = p["entry"][-1]
+        assert prov["resource"]["resourceType"] == "Provenance"
+        assert {t["reference"] for t in prov["resource"]["target"]} == {e["fullUrl"] for e in p["entry"][:-1]}
+        tag = prov["resource"]["meta"]["tag"][0]
+        assert tag["system"] == RUN_TAG_SYSTEM and prov["request"]["ifNoneExist"].endswith(tag["code"])
+        tags.append(tag["code"])
+    assert len(set(tags)) == len(parts)
+    assert split_bundle(bundle, 10_000) == [bundle]
+
+
+def _owner(entry: dict[str, Any]) -> str:
+    r = entry["resource"]
+    return (r.get("subject") or r.get("individual"))["reference"]

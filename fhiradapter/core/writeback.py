@@ -471,3 +471,57 @@ def read_back(resources: list[dict[str, Any]]) -> dict[str, Any]:
             out["toxicities"][comps["term"]["valueCodeableConcept"]["text"]] = grade
     out["assessments"].sort(key=lambda a: a["date"])
     return out
+
+
+def _entry_patient(entry: dict[str, Any]) -> str | None:
+    resource = entry.get("resource") or {}
+    for key in ("subject", "individual", "patient"):
+        ref = (resource.get(key) or {}).get("reference") if isinstance(resource.get(key), dict) else None
+        if isinstance(ref, str):
+            return ref
+    return None
+
+
+def split_bundle(bundle: dict[str, Any], max_entries: int) -> list[dict[str, Any]]:
+    """A write-back transaction as smaller transactions, for servers that limit a transaction's size.
+
+    A patient's entries are never split (each patient's results stay atomic). The Provenance is copied into
+    each part with only that part's targets, and tagged ``<run>-<n>`` so that each copy is created
+    conditionally on its own tag: pushing the parts twice still adds nothing.
+    """
+    entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+    provenance = next((e for e in entries if (e.get("resource") or {}).get("resourceType") == "Provenance"), None)
+    results = [e for e in entries if e is not provenance]
+    if len(entries) <= max_entries:
+        return [bundle] if entries else []
+    groups: list[list[dict[str, Any]]] = []
+    for entry in results:
+        patient = _entry_patient(entry)
+        if groups and patient is not None and _entry_patient(groups[-1][-1]) == patient:
+            groups[-1].append(entry)
+        else:
+            groups.append([entry])
+    room = max(1, max_entries - (1 if provenance else 0))
+    parts: list[list[dict[str, Any]]] = []
+    for group in groups:
+        if parts and len(parts[-1]) + len(group) <= room:
+            parts[-1].extend(group)
+        else:
+            parts.append(list(group))
+    out = []
+    for n, part in enumerate(parts, start=1):
+        chunk = list(part)
+        if provenance is not None:
+            chunk.append(_provenance_part(provenance, part, n))
+        out.append({**bundle, "entry": chunk})
+    return out
+
+
+def _provenance_part(provenance: dict[str, Any], part: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    resource = dict(provenance["resource"])
+    run = next((t["code"] for t in resource.get("meta", {}).get("tag", []) if t.get("system") == RUN_TAG_SYSTEM), "")
+    tag = f"{run}-{n}"
+    resource["target"] = [{"reference": e["fullUrl"]} for e in part if e.get("fullUrl")]
+    resource["meta"] = {**resource.get("meta", {}), "tag": [{"system": RUN_TAG_SYSTEM, "code": tag}]}
+    request = {**provenance["request"], "ifNoneExist": f"_tag={RUN_TAG_SYSTEM}|{tag}"}
+    return {**provenance, "fullUrl": f"urn:uuid:{_uuid(tag)}", "resource": resource, "request": request}

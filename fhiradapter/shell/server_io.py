@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Protocol
 
 import orjson
 
+from fhiradapter.core.writeback import split_bundle
 from fhiradapter.errors import ConfigError, InputError, ServerError
 from fhiradapter.shell.fhir_client import Capability, FhirClient
 
@@ -274,6 +275,7 @@ def _patient_of(resource: dict[str, Any], base: str) -> str | None:
 @dataclass
 class PushSummary:
     mode: str
+    parts: int = 1
     outcomes: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -316,8 +318,17 @@ def classify(method: str, status: int) -> str:
     return "error"
 
 
-async def push(client: FhirClient, bundle: dict[str, Any], mode: str = "auto") -> PushSummary:
-    """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single."""
+DEFAULT_CHUNK = 200  # entries per transaction; a patient's entries are never split
+
+
+async def push(
+    client: FhirClient, bundle: dict[str, Any], mode: str = "auto", chunk: int = DEFAULT_CHUNK
+) -> PushSummary:
+    """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single.
+
+    A transaction larger than ``chunk`` entries is sent as several transactions (whole patients each, with
+    their own Provenance), concurrently within the client's limit.
+    """
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
     cap = await client.capabilities()
     if mode == "auto":
@@ -326,22 +337,33 @@ async def push(client: FhirClient, bundle: dict[str, Any], mode: str = "auto") -
     if not entries:
         return summary
     if mode in ("transaction", "batch"):
+        parts = split_bundle(bundle, chunk) if mode == "transaction" else [bundle]
+        summary.parts = len(parts)
         try:
-            answer = await client.transaction({**bundle, "type": mode})
-        except ServerError as exc:
-            if exc.status == 412:
-                summary.outcomes["conflict"] += len(entries)
-                summary.conflicts.append(f"the transaction was refused, nothing was written: {exc}")
-            else:
-                raise
-        else:
-            for sent, got in zip(entries, answer.get("entry") or (), strict=False):
-                _count(summary, sent, _status(got), got)
+            async with asyncio.TaskGroup() as group:
+                for part in parts:
+                    group.create_task(_push_bundle(client, {**part, "type": mode}, summary))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
     else:
         for sent in entries:
             await _push_one(client, sent, summary)
     summary.requests, summary.retries = client.requests, client.retries
     return summary
+
+
+async def _push_bundle(client: FhirClient, bundle: dict[str, Any], summary: PushSummary) -> None:
+    entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+    try:
+        answer = await client.transaction(bundle)
+    except ServerError as exc:
+        if exc.status != 412:
+            raise
+        summary.outcomes["conflict"] += len(entries)
+        summary.conflicts.append(f"a transaction of {len(entries)} entries was refused, none of them written: {exc}")
+        return
+    for sent, got in zip(entries, answer.get("entry") or (), strict=False):
+        _count(summary, sent, _status(got), got)
 
 
 async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSummary) -> None:

@@ -17,6 +17,7 @@ One run:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ import orjson
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.shell.fhir_client import Capability, FhirClient
 from fhiradapter.shell.pipeline import run_evaluate
-from fhiradapter.shell.server_io import PushSummary, load_bundle, pull_into, push
+from fhiradapter.shell.server_io import DEFAULT_CHUNK, PushSummary, load_bundle, pull_into, push
 from fhiradapter.shell.store import SyncStore
 
 SKEW_MARGIN = timedelta(minutes=2)
+HISTORY_PAGE = 1000
 
 
 @dataclass
@@ -54,6 +56,7 @@ class SyncSummary:
     requests: int = 0
     retries: int = 0
     out: Path | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +76,7 @@ class SyncSummary:
             "warnings": self.warnings,
             "requests": self.requests,
             "retries": self.retries,
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
 
@@ -87,6 +91,7 @@ class SyncOptions:
     mappings_identity: dict[str, Any]
     progress: Callable[[int], None] | None = None
     on_total: Callable[[int], None] | None = None
+    chunk: int = DEFAULT_CHUNK
 
 
 def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
@@ -99,13 +104,19 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
     run_id = store.start_run(server, opts.study, since, opts.dry_run)
     summary = SyncSummary(run_id, server, since=since, dry_run=opts.dry_run)
     try:
+        clock = time.perf_counter()
         _cap, started = asyncio.run(_pull_phase(make_client(), store, opts, summary, since, run_id))
+        summary.seconds["pull"] = time.perf_counter() - clock
         out = opts.work_dir / f"run-{run_id}"
+        clock = time.perf_counter()
         _evaluate(store, server, summary.study, out, opts)
+        summary.seconds["evaluate"] = time.perf_counter() - clock
         summary.out = out / "out"
         summary.plan = _plan(summary.out)
         if not opts.dry_run:
-            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json"))
+            clock = time.perf_counter()
+            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk))
+            summary.seconds["push"] = time.perf_counter() - clock
             _add_push(summary, pushed)
             if pushed.conflicts:
                 # Someone changed what we read: pull what changed since this run started, evaluate, push once more.
@@ -115,7 +126,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 _evaluate(store, server, summary.study, out, opts, again=True)
                 summary.out = out / "out-retry"
                 summary.plan = _plan(summary.out)
-                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json"))
+                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk))
                 _add_push(summary, pushed)
             if not summary.errors:
                 summary.watermark = started
@@ -150,7 +161,9 @@ async def _pull_phase(
         if since is None and full:
             summary.deleted += store.mark_unseen_deleted(client.base, opts.study, run_id)
         elif cap.history_system:
+            clock = time.perf_counter()
             gone = await _deletions(client, since or started)
+            summary.seconds["history"] = summary.seconds.get("history", 0.0) + time.perf_counter() - clock
             summary.deleted += store.mark_deleted(client.base, opts.study, gone)
         else:
             summary.warnings.append("the server offers no _history: deletions since the last run are not noticed")
@@ -163,7 +176,8 @@ async def _deletions(client: FhirClient, since: str) -> list[tuple[str, str]]:
     """(type, id) of every DELETE in the server's history after ``since``."""
     gone: list[tuple[str, str]] = []
     url: str | None = "_history"
-    params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(client.settings.page_size))]
+    # History pages are read one after the other (each names the next): large pages, few round trips.
+    params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(HISTORY_PAGE))]
     seen: set[str] = set()
     while url is not None and url not in seen:
         seen.add(url)
@@ -203,9 +217,9 @@ def _plan(out: Path) -> Counter[str]:
     return counts
 
 
-async def _push_phase(client: FhirClient, bundle_path: Path) -> PushSummary:
+async def _push_phase(client: FhirClient, bundle_path: Path, chunk: int = DEFAULT_CHUNK) -> PushSummary:
     async with client:
-        result = await push(client, load_bundle(bundle_path))
+        result = await push(client, load_bundle(bundle_path), chunk=chunk)
         result.requests, result.retries = client.requests, client.retries
         return result
 
