@@ -392,47 +392,83 @@ async def _open_client(o: dict[str, Any]) -> Any:
 
 @main.command("pull")
 @_server_options
-@click.option("--study", required=True, help="ResearchStudy id, or identifier as SYSTEM|VALUE.")
+@click.option("--study", help="ResearchStudy id, or identifier as SYSTEM|VALUE (required unless --bulk).")
 @click.option(
     "--out", "out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for the NDJSON files."
 )
-@click.option("--since", metavar="INSTANT", help="Only resources changed after this instant (_lastUpdated=gt...).")
+@click.option("--since", metavar="INSTANT", help="Only resources changed after this instant (_lastUpdated / _since).")
+@click.option(
+    "--bulk", is_flag=True, help="Use Bulk Data $export (Group/ID/$export with --group, else Patient/$export)."
+)
+@click.option("--group", metavar="ID", help="With --bulk: the Group whose members to export.")
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
-def pull_cmd(study: str, out: Path, since: str | None, progress: bool | None, **server: Any) -> None:
+def pull_cmd(
+    study: str | None,
+    out: Path,
+    since: str | None,
+    bulk: bool,
+    group: str | None,
+    progress: bool | None,
+    **server: Any,
+) -> None:
     """Pull a study's data from a FHIR R4 server into NDJSON files (one per resource type).
 
-    The study's ResearchSubjects give the patients; for each, the Patient and its Observation,
-    MedicationStatement, AdverseEvent, Condition, Consent and BodyStructure resources are searched
-    (paged along `next` links, `Prefer: handling=strict`), then the Medications they reference. The folder
-    is what `fhiradapter evaluate` reads; pull-manifest.json records what was pulled from where.
+    By search (the default): the study's ResearchSubjects give the patients; for each, the Patient and its
+    Observation, MedicationStatement, AdverseEvent, Condition, Consent and BodyStructure resources are
+    searched (paged along `next` links, `Prefer: handling=strict`), then the Medications they reference.
+    With --bulk: one Bulk Data $export, polled until ready (Retry-After, X-Progress), its files downloaded;
+    an interrupted bulk pull resumes the same export when run again; Ctrl-C cancels it on the server.
+    The folder is what `fhiradapter evaluate` reads; pull-manifest.json records what was pulled from where.
 
     \b
-    Example:
+    Examples:
       FHIRADAPTER_TOKEN=... fhiradapter pull --server https://fhir.example.org/r4 --study thal-hcc-pilot --out pulled/
+      fhiradapter pull --server https://fhir.example.org/r4 --bulk --group thal-cohort --out pulled/
     """
     import asyncio  # noqa: PLC0415
 
+    from fhiradapter.shell.bulk import bulk_pull  # noqa: PLC0415
     from fhiradapter.shell.server_io import pull  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
     with _guard():
         if since is not None:
             _check_instant(since)
+        if not bulk and not study:
+            raise ConfigError("--study is required (or use --bulk)")
+        if group and not bulk:
+            raise ConfigError("--group is only used with --bulk")
 
         async def run() -> Any:
             client = await _open_client(server)
             async with client:
+                if bulk:
+
+                    def shown(progress_text: str) -> None:
+                        if show:
+                            click.echo(f"  export in progress: {progress_text}", err=True)
+
+                    return await bulk_pull(client, out, group, since=since, on_progress=shown)
                 with click.progressbar(length=1, label="Pulling patients", file=sys.stderr, hidden=not show) as bar:
 
                     def total(n: int) -> None:
                         bar.length = max(n, 1)
 
-                    return await pull(client, study, out, since, progress=bar.update, on_total=total)
+                    return await pull(client, str(study), out, since, progress=bar.update, on_total=total)
 
         summary = asyncio.run(run())
         counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.resources.items()))
+        if bulk:
+            resumed = " (resumed)" if summary.resumed else ""
+            click.echo(f"Bulk export{resumed} as of {summary.transaction_time}: {counts}.")
+            click.echo(f"  {summary.polls} status poll(s). Wrote {len(summary.files)} file(s) to {out}")
+            if summary.searched:
+                click.echo(f"  note: the export returned no {', '.join(summary.searched)}: read by search instead")
+            for error in summary.errors[:20]:
+                click.echo(f"  server error file: {error}")
+            return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")
         click.echo(
             f"  {summary.requests} request(s), {summary.retries} retried. Wrote {len(summary.files)} file(s) to {out}"

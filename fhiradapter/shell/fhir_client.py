@@ -19,6 +19,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -218,6 +219,37 @@ class FhirClient:
             raise ServerError(
                 f"{method} {_describe(url)}: the server answered with something that is not JSON"
             ) from None
+
+    async def download(self, url: str, path: Path) -> None:
+        """Stream a file to ``path``, retried as a whole on the same failures as any request."""
+        s = self.settings
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, Retryable | httpx.TransportError)),
+                stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.retry_budget_s),
+                wait=self._wait,
+                sleep=self._sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    async with self._sem, self.client.stream("GET", url) as response:
+                        self.requests += 1
+                        if response.status_code in RETRY_STATUS:
+                            await response.aread()
+                            raise Retryable(response)
+                        if not response.is_success:
+                            await response.aread()
+                            raise ServerError(
+                                f"GET {_describe(url)}: HTTP {response.status_code}: {outcome_text(response)}",
+                                response.status_code,
+                            )
+                        with path.open("wb") as fh:
+                            async for chunk in response.aiter_bytes():
+                                fh.write(chunk)
+        except Retryable as exc:
+            raise ServerError(f"GET {_describe(url)}: HTTP {exc.response.status_code} after retries") from None
+        except httpx.TransportError as exc:
+            raise ServerError(f"GET {_describe(url)}: {type(exc).__name__} after retries") from None
 
     # ------------------------------------------------------------------------------------------------ FHIR
 

@@ -1,0 +1,236 @@
+"""Bulk Data ``$export`` (FHIR Bulk Data Access IG): the alternative pull path for large studies.
+
+Kick-off ``Group/[id]/$export`` or ``Patient/$export`` with ``_type`` and ``_since`` (``Prefer: respond-async``),
+then poll the status URL, honouring ``Retry-After`` and showing ``X-Progress``; on completion download every
+output file (streamed to ``.partial``, renamed when complete) and every ``error`` file, whose OperationOutcomes
+are reported. The job's state (status URL, files done) is kept in ``bulk-state.json`` in the output folder, so
+an interrupted pull resumes the same export instead of starting another; Ctrl-C during the wait cancels the
+export on the server (``DELETE`` on the status URL). Output files on another host are fetched without the
+access token unless the manifest says they need it (then they must be on the server's own host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+
+from fhiradapter.errors import ServerError
+from fhiradapter.shell.fhir_client import FhirClient, retry_after_s
+
+STATE = "bulk-state.json"
+DEFAULT_TYPES = (
+    "Patient",
+    "Observation",
+    "MedicationStatement",
+    "Medication",
+    "AdverseEvent",
+    "Condition",
+    "Consent",
+    "BodyStructure",
+    "ResearchStudy",
+    "ResearchSubject",
+)
+MAX_WAIT_S = 120.0
+
+
+@dataclass
+class BulkSummary:
+    status_url: str
+    resumed: bool = False
+    files: list[Path] = field(default_factory=list)
+    resources: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    polls: int = 0
+    transaction_time: str | None = None
+    searched: list[str] = field(default_factory=list)  # types read by search because the export had none
+
+
+def _load_state(out: Path) -> dict[str, Any] | None:
+    path = out / STATE
+    if not path.exists():
+        return None
+    try:
+        state = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError:
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("status_url"), str) else None
+
+
+def _save_state(out: Path, state: dict[str, Any]) -> None:
+    tmp = out / (STATE + ".partial")
+    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
+    tmp.replace(out / STATE)
+
+
+async def kick_off(client: FhirClient, group: str | None, types: list[str], since: str | None) -> str:
+    path = f"Group/{group}/$export" if group else "Patient/$export"
+    params = [("_type", ",".join(types))] + ([("_since", since)] if since else [])
+    response = await client.request(
+        "GET", path, params=params, headers={"Prefer": "respond-async", "Accept": "application/fhir+json"}
+    )
+    location = response.headers.get("Content-Location")
+    if response.status_code != 202 or not location:
+        raise ServerError(f"{path}: expected 202 with Content-Location, got HTTP {response.status_code}")
+    return str(location)
+
+
+async def bulk_pull(
+    client: FhirClient,
+    out: Path,
+    group: str | None = None,
+    types: list[str] | None = None,
+    since: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
+    sleep: Callable[[float], Any] = asyncio.sleep,
+) -> BulkSummary:
+    """Run (or resume) an export into ``out``; returns what was downloaded."""
+    out.mkdir(parents=True, exist_ok=True)
+    state = _load_state(out)
+    resumed = state is not None
+    if state is None:
+        status_url = await kick_off(client, group, list(types or DEFAULT_TYPES), since)
+        state = {"status_url": status_url, "group": group, "since": since, "done": []}
+        _save_state(out, state)
+    summary = BulkSummary(str(state["status_url"]), resumed=resumed)
+    try:
+        manifest = await _wait(client, summary, on_progress, sleep)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        await _cancel(client, summary.status_url)
+        (out / STATE).unlink(missing_ok=True)
+        raise
+    summary.transaction_time = manifest.get("transactionTime")
+    needs_token = bool(manifest.get("requiresAccessToken"))
+    done: list[str] = list(state.get("done") or [])
+    for n, item in enumerate(manifest.get("output") or ()):
+        name = f"{item.get('type', 'Resource')}-{n + 1:03d}.ndjson"
+        path = out / name
+        if item["url"] not in done or not path.exists():
+            await _download(client, str(item["url"]), path, needs_token)
+            done.append(item["url"])
+            _save_state(out, {**state, "done": done})
+        summary.files.append(path)
+        summary.resources[str(item.get("type"))] += _count_lines(path)
+    for n, item in enumerate(manifest.get("error") or ()):
+        path = out / f"errors-{n + 1:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
+        await _download(client, str(item["url"]), path, needs_token)
+        summary.errors.extend(_outcome_lines(path))
+    (out / STATE).unlink(missing_ok=True)
+    await _cancel(client, summary.status_url)  # the spec's "done, you may delete the files"
+    missing = [t for t in (types or DEFAULT_TYPES) if summary.resources[t] == 0]
+    if missing:
+        await _search_missing(client, out, missing, since, summary)
+    return summary
+
+
+async def _search_missing(
+    client: FhirClient, out: Path, missing: list[str], since: str | None, summary: BulkSummary
+) -> None:
+    """Types the export did not return (outside the Patient compartment, or not exported by this server):
+    read by search, and for patient-linked types kept only for the exported patients."""
+    patients: set[str] = set()
+    for path in summary.files:
+        if path.name.startswith("Patient-"):
+            with path.open("rb") as fh:
+                patients.update(f"Patient/{orjson.loads(line)['id']}" for line in fh if line.strip())
+    params = [("_lastUpdated", f"gt{since}")] if since else []
+    for rtype in missing:
+        path = out / f"{rtype}-search.ndjson"
+        partial = path.with_name(path.name + ".partial")
+        n = 0
+        with partial.open("wb") as fh:
+            async for resource in client.search(rtype, params):
+                owner = _owner(resource, client.base)
+                if owner is None or owner in patients:
+                    fh.write(orjson.dumps(resource) + b"\n")
+                    n += 1
+        partial.replace(path)
+        summary.files.append(path)
+        summary.resources[rtype] += n
+        summary.searched.append(rtype)
+
+
+def _owner(resource: dict[str, Any], base: str) -> str | None:
+    for key in ("subject", "patient", "individual"):
+        value = resource.get(key)
+        ref = value.get("reference") if isinstance(value, dict) else None
+        if isinstance(ref, str):
+            return ref.removeprefix(base + "/")
+    return None
+
+
+async def _wait(
+    client: FhirClient, summary: BulkSummary, on_progress: Callable[[str], None] | None, sleep: Callable[[float], Any]
+) -> dict[str, Any]:
+    delay = 1.0
+    while True:
+        response = await client.request("GET", summary.status_url, ok=(202,))
+        summary.polls += 1
+        if response.status_code == 200:
+            try:
+                manifest = orjson.loads(response.content)
+            except orjson.JSONDecodeError:
+                raise ServerError("bulk export: the completion manifest is not JSON") from None
+            if not isinstance(manifest, dict):
+                raise ServerError("bulk export: the completion manifest is not a JSON object")
+            return manifest
+        if on_progress:
+            on_progress(response.headers.get("X-Progress", "in progress"))
+        hinted = retry_after_s(response)
+        wait = min(hinted if hinted is not None else delay, MAX_WAIT_S)
+        delay = min(delay * 2, MAX_WAIT_S)
+        await sleep(wait)
+
+
+async def _cancel(client: FhirClient, status_url: str) -> None:
+    with contextlib.suppress(ServerError):  # best effort: the export expires on the server anyway
+        await client.request("DELETE", status_url, ok=(404, 410))
+
+
+async def _download(client: FhirClient, url: str, path: Path, needs_token: bool) -> None:
+    here, there = urlsplit(client.base), urlsplit(url)
+    same_host = not there.netloc or (there.scheme, there.netloc) == (here.scheme, here.netloc)
+    if needs_token and not same_host:
+        raise ServerError(f"bulk export: a file needing the access token is on another host ({there.netloc}); refused")
+    partial = path.with_name(path.name + ".partial")
+    if same_host:
+        await client.download(url, partial)
+    else:
+        async with (
+            httpx.AsyncClient(timeout=client.settings.timeout_s, verify=client.settings.verify) as plain,
+            plain.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise ServerError(f"bulk export file: HTTP {response.status_code}")
+            with partial.open("wb") as fh:
+                async for chunk in response.aiter_bytes():
+                    fh.write(chunk)
+    partial.replace(path)
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _outcome_lines(path: Path) -> list[str]:
+    out = []
+    with path.open("rb") as fh:
+        for line in fh:
+            try:
+                outcome = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            for issue in outcome.get("issue") or () if isinstance(outcome, dict) else ():
+                out.append(
+                    str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code"))
+                )
+    return out
