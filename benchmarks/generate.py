@@ -143,6 +143,8 @@ class Gen:
                 "scope": cc("http://terminology.hl7.org/CodeSystem/consentscope", "research", "Research"),
                 "category": [cc(LOINC, "59284-0", "Patient Consent")],
                 "patient": {"reference": f"Patient/{pid}"},
+                # R4 ppc-1: a Consent names its policy (here the ethics-approved study protocol).
+                "policyRule": cc("http://terminology.hl7.org/CodeSystem/v3-ActCode", "OPTIN", "opt-in"),
                 "dateTime": screening.isoformat(),
             }
         )

@@ -585,6 +585,13 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
     help="Largest write-back transaction, in entries (whole patients each; parts go concurrently).",
 )
 @click.option(
+    "--mode",
+    type=click.Choice(["auto", "transaction", "batch", "single"]),
+    default="auto",
+    show_default=True,
+    help="How to write: auto = a transaction if the server offers one, else a batch, else one by one.",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
 def sync_cmd(
@@ -599,6 +606,7 @@ def sync_cmd(
     pseudonymise: bool,
     key_file: Path | None,
     chunk: int,
+    mode: str,
     progress: bool | None,
     **server: Any,
 ) -> None:
@@ -637,7 +645,7 @@ def sync_cmd(
                     bar.length = max(n, 1)
 
                 opts = SyncOptions(
-                    study, cutoff, since, dry_run, folder / "runs", mappings, identity, bar.update, total, chunk
+                    study, cutoff, since, dry_run, folder / "runs", mappings, identity, bar.update, total, chunk, mode
                 )
                 summary = run_sync(lambda: client.fresh(), store, opts)
         finally:

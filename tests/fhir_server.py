@@ -64,6 +64,8 @@ def sekmet_server(folder: Path, extra_config: str = "") -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
         log.close()
 
 
@@ -100,3 +102,41 @@ def load_input(base: str, folder: Path) -> None:
     assert response.status_code == 200, response.text[:500]
     failed = [e["response"] for e in response.json()["entry"] if not e["response"]["status"].startswith("20")]
     assert failed == []
+
+
+JS = Path(__file__).resolve().parent / "js"
+
+
+@contextmanager
+def medplum_server(folder: Path) -> Iterator[str]:
+    """Start Medplum's FHIR engine behind tests/js/medplum-server.cjs; yield the base URL; stop it by its PID."""
+    node = shutil.which("node")
+    if node is None or not (JS / "node_modules" / "@medplum" / "fhir-router").is_dir():
+        raise RuntimeError("node or the Medplum packages are missing (npm ci --prefix tests/js)")
+    log = (folder / "medplum.log").open("wb")
+    proc = subprocess.Popen(
+        [node, str(JS / "medplum-server.cjs"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        cwd=JS,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if not line.startswith("READY "):
+            raise RuntimeError(f"the Medplum server did not start: {(folder / 'medplum.log').read_text()[-2000:]}")
+        yield f"http://127.0.0.1:{int(line.split()[1])}/fhir"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        log.close()
+
+
+SERVERS = {"sekmet": sekmet_server, "medplum": medplum_server}

@@ -18,7 +18,7 @@ from builders import AS_OF, ROOT
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fhir_server import load_input, sekmet_server
+from fhir_server import SERVERS, load_input, sekmet_server
 
 from fhiradapter.cli import main
 from fhiradapter.shell.mappings_io import load_mappings
@@ -53,20 +53,30 @@ def files_results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return evaluate(PAPER, tmp_path_factory.mktemp("files") / "out")
 
 
-def test_pull_evaluate_push_then_nothing_new_then_one_change(files_results: dict[str, Any], tmp_path: Path) -> None:
-    with sekmet_server(tmp_path) as base:
+# How each server is written to: sekmet takes whole transactions; Medplum's router refuses a conditional
+# transaction of more than 8 entries (one patient has ~14), so it gets batches (still conditional and idempotent).
+WRITE = {"sekmet": ["--chunk", "40"], "medplum": ["--mode", "batch", "--chunk", "30"]}
+
+
+@pytest.mark.parametrize("server", ["sekmet", "medplum"])
+def test_pull_evaluate_push_then_nothing_new_then_one_change(
+    server: str, files_results: dict[str, Any], tmp_path: Path
+) -> None:
+    with SERVERS[server](tmp_path) as base:
         load_input(base, PAPER)
         # 1. Pull: the same results as from the files.
         pulled = cli(
             "pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p1"), "--no-progress"
         )
         assert pulled.exit_code == 0, pulled.output
-        assert "14 patient(s)" in pulled.output and "every ResearchSubject was read and filtered here" in pulled.output
+        assert "14 patient(s)" in pulled.output
+        # sekmet has no `study` search for ResearchSubject; Medplum has, and is asked by it.
+        assert ("every ResearchSubject was read and filtered here" in pulled.output) == (server == "sekmet")
         first = evaluate(tmp_path / "p1", tmp_path / "e1")
         assert first["subjects"] == files_results["subjects"]
         assert first["cohort"] == files_results["cohort"]
         # 2. Push the write-back, as several smaller transactions: created and updated, no conflict.
-        pushed = cli("push", "--server", base, "--chunk", "40", str(tmp_path / "e1" / "writeback.json"))
+        pushed = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e1" / "writeback.json"))
         assert pushed.exit_code == 0, pushed.output
         assert " parts: " in pushed.output
         plan = [json.loads(x) for x in (tmp_path / "e1" / "writeback-plan.ndjson").read_text().splitlines()]
@@ -85,10 +95,11 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(files_results: dict
         plan2 = [json.loads(x) for x in (tmp_path / "e2" / "writeback-plan.ndjson").read_text().splitlines()]
         assert {p["action"] for p in plan2} == {"unchanged"}
         assert json.loads((tmp_path / "e2" / "writeback.json").read_text())["entry"] == []
-        nothing = cli("push", "--server", base, str(tmp_path / "e2" / "writeback.json"))
+        nothing = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e2" / "writeback.json"))
         assert nothing.exit_code == 0 and "nothing to send" in nothing.output
-        # 4. The stale first write-back is refused as a whole: nothing changes on the server.
-        stale = cli("push", "--server", base, str(tmp_path / "e1" / "writeback.json"))
+        # 4. The stale first write-back is refused (as a whole on sekmet, entry by entry in Medplum's batches):
+        #    nothing changes on the server.
+        stale = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e1" / "writeback.json"))
         assert stale.exit_code == 13 and "conflict" in stale.output
         assert versions(base, "Observation") | versions(base, "ResearchSubject") == after_push
         # 5. One lab value changes on the server: exactly thal-03's response results are updated.
@@ -102,7 +113,7 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(files_results: dict
         assert {p["patient"] for p in changed} == {"Patient/thal-03"}
         assert {(p["action"], p["kind"]) for p in changed} == {("update", "response"), ("update", "best-response")}
         assert next(s for s in third["subjects"] if s["patient"] == "Patient/thal-03")["best_response"] == "PD"
-        final = cli("push", "--server", base, str(tmp_path / "e3" / "writeback.json"))
+        final = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e3" / "writeback.json"))
         assert final.exit_code == 0 and f"updated {len(changed)}" in final.output, final.output
 
 
@@ -264,13 +275,13 @@ def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path,
         with sekmet_server(tmp_path) as base:
             load_input(base, PAPER)
 
-            async def meanwhile(client: FhirClient, bundle: Path, chunk: int) -> Any:
+            async def meanwhile(client: FhirClient, bundle: Path, chunk: int, mode: str) -> Any:
                 calls.append(1)
                 if len(calls) == 1:  # another system edits a ResearchSubject between our read and our write
                     rs = httpx.get(f"{base}/ResearchSubject/thal-01-rs", timeout=10).json()
                     rs["assignedArm"] = "thalidomide"
                     assert httpx.put(f"{base}/ResearchSubject/thal-01-rs", json=rs, timeout=10).status_code == 200
-                return await original(client, bundle, chunk)
+                return await original(client, bundle, chunk, mode)
 
             monkeypatch.setattr(sync_mod, "_push_phase", meanwhile)
             summary = sync_mod.run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
@@ -298,3 +309,27 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert "Export " in first.output and "new run" in first.output
         bad = cli(*args[:-3], "--since", "yesterday")
         assert bad.exit_code == 10 and "--since" in bad.output
+
+
+def test_sync_on_the_strict_medplum_server(tmp_path: Path) -> None:
+    """Every write is validated by Medplum's engine (required bindings included); the second sync writes nothing."""
+    from fhir_server import medplum_server
+
+    from fhiradapter.shell.fhir_client import FhirClient
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import run_sync
+
+    store = SyncStore(data_dir=tmp_path / "data")
+    try:
+        with medplum_server(tmp_path) as base:
+            load_input(base, PAPER)
+            first = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, mode="batch", chunk=30))
+            assert first.errors == [] and first.conflicts == []
+            assert first.pushed["created"] >= first.plan["create"] and first.pushed["updated"] == first.plan["update"]
+            second = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, mode="batch", chunk=30))
+            assert set(second.plan) == {"unchanged"} and not second.pushed
+            assert any("no _history" in w for w in second.warnings)  # said, not silently skipped
+            written = result_identifiers(base)
+            assert len(written) == len(set(written)) == first.plan["create"]
+    finally:
+        store.close()

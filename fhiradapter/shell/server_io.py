@@ -326,8 +326,8 @@ async def push(
 ) -> PushSummary:
     """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single.
 
-    A transaction larger than ``chunk`` entries is sent as several transactions (whole patients each, with
-    their own Provenance), concurrently within the client's limit.
+    A transaction or batch larger than ``chunk`` entries is sent as several (whole patients each, with their
+    own Provenance), concurrently within the client's limit.
     """
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
     cap = await client.capabilities()
@@ -337,7 +337,7 @@ async def push(
     if not entries:
         return summary
     if mode in ("transaction", "batch"):
-        parts = split_bundle(bundle, chunk) if mode == "transaction" else [bundle]
+        parts = split_bundle({**bundle, "type": mode}, chunk)
         summary.parts = len(parts)
         try:
             async with asyncio.TaskGroup() as group:

@@ -92,6 +92,7 @@ class SyncOptions:
     progress: Callable[[int], None] | None = None
     on_total: Callable[[int], None] | None = None
     chunk: int = DEFAULT_CHUNK
+    mode: str = "auto"  # auto | transaction | batch | single (see server_io.push)
 
 
 def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
@@ -115,7 +116,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
         summary.plan = _plan(summary.out)
         if not opts.dry_run:
             clock = time.perf_counter()
-            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk))
+            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk, opts.mode))
             summary.seconds["push"] = time.perf_counter() - clock
             _add_push(summary, pushed)
             if pushed.conflicts:
@@ -126,7 +127,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 _evaluate(store, server, summary.study, out, opts, again=True)
                 summary.out = out / "out-retry"
                 summary.plan = _plan(summary.out)
-                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk))
+                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk, opts.mode))
                 _add_push(summary, pushed)
             if not summary.errors:
                 summary.watermark = started
@@ -217,9 +218,11 @@ def _plan(out: Path) -> Counter[str]:
     return counts
 
 
-async def _push_phase(client: FhirClient, bundle_path: Path, chunk: int = DEFAULT_CHUNK) -> PushSummary:
+async def _push_phase(
+    client: FhirClient, bundle_path: Path, chunk: int = DEFAULT_CHUNK, mode: str = "auto"
+) -> PushSummary:
     async with client:
-        result = await push(client, load_bundle(bundle_path), chunk=chunk)
+        result = await push(client, load_bundle(bundle_path), mode, chunk)
         result.requests, result.retries = client.requests, client.retries
         return result
 
