@@ -520,10 +520,16 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
     with _guard():
         doc = load_bundle(bundle)
 
+        show = sys.stderr.isatty()
+        total = len(doc.get("entry") or [])
+
         async def run() -> Any:
             client = await _open_client(server)
             async with client:
-                return await push(client, doc, mode, chunk)
+                with click.progressbar(
+                    length=max(total, 1), label="Writing", file=sys.stderr, hidden=not show or not total
+                ) as bar:
+                    return await push(client, doc, mode, chunk, progress=bar.update)
 
         summary = asyncio.run(run())
         outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items())) or "nothing to send"

@@ -219,6 +219,10 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             assert first.watermark == store.watermark(base, "thal-hcc-pilot") is not None
             written = result_identifiers(base)
             assert len(written) == len(set(written)) == first.plan["create"]
+            with store.engine.connect() as conn:  # the store records every write with the server's answer
+                recorded = dict(conn.exec_driver_sql("SELECT outcome, count(*) FROM written GROUP BY outcome").all())
+                located = conn.exec_driver_sql("SELECT count(*) FROM written WHERE location IS NULL").scalar()
+            assert recorded == dict(first.pushed) and located == 0
             after = versions(base, "Observation") | versions(base, "ResearchSubject")
             second = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
             assert second.since == first.watermark and set(second.plan) == {"unchanged"} and not second.pushed

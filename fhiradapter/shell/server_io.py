@@ -276,6 +276,8 @@ def _patient_of(resource: dict[str, Any], base: str) -> str | None:
 class PushSummary:
     mode: str
     parts: int = 1
+    # (method, url, condition, status, location, outcome) per entry sent: what the sync store records
+    written: list[tuple[str, str, str | None, int, str | None, str]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -322,7 +324,11 @@ DEFAULT_CHUNK = 200  # entries per transaction; a patient's entries are never sp
 
 
 async def push(
-    client: FhirClient, bundle: dict[str, Any], mode: str = "auto", chunk: int = DEFAULT_CHUNK
+    client: FhirClient,
+    bundle: dict[str, Any],
+    mode: str = "auto",
+    chunk: int = DEFAULT_CHUNK,
+    progress: Callable[[int], None] | None = None,
 ) -> PushSummary:
     """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single.
 
@@ -342,18 +348,32 @@ async def push(
         try:
             async with asyncio.TaskGroup() as group:
                 for part in parts:
-                    group.create_task(_push_bundle(client, {**part, "type": mode}, summary))
+                    group.create_task(_push_bundle(client, {**part, "type": mode}, summary, progress))
         except ExceptionGroup as errors:
             raise errors.exceptions[0] from None
     else:
         for sent in entries:
             await _push_one(client, sent, summary)
+            if progress:
+                progress(1)
     summary.requests, summary.retries = client.requests, client.retries
     return summary
 
 
-async def _push_bundle(client: FhirClient, bundle: dict[str, Any], summary: PushSummary) -> None:
+async def _push_bundle(
+    client: FhirClient, bundle: dict[str, Any], summary: PushSummary, progress: Callable[[int], None] | None
+) -> None:
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+    try:
+        await _send_bundle(client, bundle, entries, summary)
+    finally:
+        if progress:
+            progress(len(entries))
+
+
+async def _send_bundle(
+    client: FhirClient, bundle: dict[str, Any], entries: list[dict[str, Any]], summary: PushSummary
+) -> None:
     try:
         answer = await client.transaction(bundle)
     except ServerError as exc:
@@ -375,7 +395,7 @@ async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSumm
     if request.get("ifMatch"):
         headers["If-Match"] = str(request["ifMatch"])
     response = await client.request(method, url, json=entry.get("resource"), headers=headers, ok=(412,))
-    _count(summary, entry, response.status_code, {})
+    _count(summary, entry, response.status_code, {"response": {"location": response.headers.get("Location")}})
 
 
 def _count(summary: PushSummary, sent: dict[str, Any], status: int, got: dict[str, Any]) -> None:
@@ -383,6 +403,9 @@ def _count(summary: PushSummary, sent: dict[str, Any], status: int, got: dict[st
     outcome = classify(method, status)
     summary.outcomes[outcome] += 1
     where = str((sent.get("request") or {}).get("url", ""))
+    identifier = str((sent.get("request") or {}).get("ifNoneExist") or "") or None
+    location = (got.get("response") or {}).get("location") if isinstance(got, dict) else None
+    summary.written.append((method, where, identifier, status, str(location) if location else None, outcome))
     if outcome == "conflict":
         summary.conflicts.append(f"{method} {where}: 412, the server's copy changed since it was read")
     elif outcome == "error":

@@ -6,7 +6,8 @@ SQLite in the data folder by default (``sync.db``); any SQLAlchemy URL with ``--
   pulls what changed after it. A run that dies keeps the old watermark, so the next run pulls again what the
   failed one may have missed (upserts are idempotent and writes are conditional: nothing duplicates);
 - ``resources``: the last-seen version of every pulled resource (JSON), with a deleted flag; evaluation reads
-  the study's non-deleted resources from here, so an incremental pull still evaluates whole patients.
+  the study's non-deleted resources from here, so an incremental pull still evaluates whole patients;
+- ``written``: every write the sync sent (method, url, condition, status, the server's location, outcome).
 The schema is created on first use (``create_all``) and carries a version row; a store from a newer
 fhiradapter is refused rather than misread.
 """
@@ -85,6 +86,22 @@ resources = Table(
 )
 
 
+written = Table(
+    "written",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("run_id", Integer, nullable=False),
+    Column("server", String(512), nullable=False),
+    Column("study", String(256), nullable=False),
+    Column("method", String(8), nullable=False),
+    Column("url", String(512), nullable=False),
+    Column("condition", String(512)),
+    Column("status", Integer, nullable=False),
+    Column("location", String(512)),
+    Column("outcome", String(16), nullable=False),
+)
+
+
 def default_data_dir() -> Path:
     configured = os.environ.get(DATA_DIR_ENV)
     if configured:
@@ -157,6 +174,16 @@ class SyncStore:
         with self.engine.begin() as conn:
             conn.execute(watermarks.delete().where(watermarks.c.server == server, watermarks.c.study == study))
             conn.execute(watermarks.insert().values(server=server, study=study, watermark=instant, run_id=run_id))
+
+    def record_written(self, server: str, study: str, run_id: int, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        keys = ("method", "url", "condition", "status", "location", "outcome")
+        with self.engine.begin() as conn:
+            conn.execute(
+                written.insert(),
+                [{"run_id": run_id, "server": server, "study": study, **dict(zip(keys, r, strict=True))} for r in rows],
+            )
 
     # ---------------------------------------------------------------------------------------------- mirror
 

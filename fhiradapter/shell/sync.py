@@ -119,6 +119,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
             pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk, opts.mode))
             summary.seconds["push"] = time.perf_counter() - clock
             _add_push(summary, pushed)
+            store.record_written(server, opts.study, run_id, pushed.written)
             if pushed.conflicts:
                 # Someone changed what we read: pull what changed since this run started, evaluate, push once more.
                 summary.warnings.append("conflict on push: pulled the changes made meanwhile, evaluated again, pushed")
@@ -129,6 +130,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 summary.plan = _plan(summary.out)
                 pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk, opts.mode))
                 _add_push(summary, pushed)
+                store.record_written(server, opts.study, run_id, pushed.written)
             if not summary.errors:
                 summary.watermark = started
                 store.set_watermark(server, opts.study, started, run_id)
