@@ -375,3 +375,25 @@ def test_push_entry_by_entry_when_the_server_has_no_transaction_or_batch() -> No
         ("POST", "/r4/Observation", "identifier=urn:x|1", None),
         ("PUT", "/r4/ResearchSubject/rs1", None, 'W/"1"'),
     ]
+
+
+@pytest.mark.parametrize("command", ["pull", "push", "sync"])
+def test_secrets_never_show_in_help(command: str, monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    monkeypatch.setenv("FHIRADAPTER_TOKEN", "tok-very-secret")
+    monkeypatch.setenv("FHIRADAPTER_SMART_KEY", "-----BEGIN PRIVATE KEY----- secret")
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and "FHIRADAPTER_TOKEN" in result.output
+    assert "tok-very-secret" not in result.output and "BEGIN PRIVATE" not in result.output
+
+
+def test_a_server_url_that_is_not_http_is_refused() -> None:
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    result = CliRunner().invoke(main, ["pull", "--server", "ftp://x", "--study", "s", "--out", "o"])
+    assert result.exit_code == 10 and "http(s) URL" in result.output
