@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from fhir_server import post, sekmet_server  # noqa: E402 - the tests' server helper
+from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' server helpers
 from generate import generate  # noqa: E402
 
 from fhiradapter.shell.fhir_client import ClientSettings, FhirClient  # noqa: E402
@@ -54,21 +54,9 @@ class Latency(httpx.AsyncBaseTransport):
         await self.inner.aclose()
 
 
-def load(base: str, folder: Path) -> None:
-    entries = []
-    for path in sorted(folder.glob("*.ndjson")):
-        for line in path.read_text().splitlines():
-            res = json.loads(line)
-            res.pop("meta", None)
-            entries.append({"resource": res, "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
-    for i in range(0, len(entries), 500):
-        response = post(base, {"resourceType": "Bundle", "type": "batch", "entry": entries[i : i + 500]})
-        response.raise_for_status()
-
-
 def measure(folder: Path, concurrency: int, latency: float, work: Path) -> dict[str, Any]:
     with sekmet_server(work) as base:
-        load(base, folder)
+        load_input(base, folder, chunk=500)
         settings = ClientSettings(concurrency=concurrency)
 
         def client() -> FhirClient:

@@ -25,6 +25,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server started in its own session: SIGTERM to its process group, SIGKILL after 10 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 @contextmanager
 def sekmet_server(folder: Path, extra_config: str = "") -> Iterator[str]:
     """Start ``sekmet serve`` on ``folder/data`` (kept between starts); yield the FHIR base URL; stop it by PID.
@@ -58,14 +70,7 @@ def sekmet_server(folder: Path, extra_config: str = "") -> Iterator[str]:
             time.sleep(0.2)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc)
         log.close()
 
 
@@ -78,7 +83,7 @@ def post(base: str, bundle: dict[str, Any]) -> httpx.Response:
     )
 
 
-def load_input(base: str, folder: Path) -> None:
+def load_input(base: str, folder: Path, chunk: int = 1000) -> None:
     """Put the paper cohort on the server with its own ids (PUT), as the hospital record would hold it."""
     entries = []
     for path in sorted(folder.glob("*.ndjson")):
@@ -86,22 +91,25 @@ def load_input(base: str, folder: Path) -> None:
             res = json.loads(line)
             res.pop("meta", None)
             entries.append({"resource": res, "request": {"method": "PUT", "url": f"{res['resourceType']}/{res['id']}"}})
-    screening = json.loads((folder / "screening-candidates.json").read_text())
-    aliases = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in screening["entry"]}
-    text = json.dumps(screening["entry"])
-    for urn, ref in aliases.items():
-        text = text.replace(f'"{urn}"', f'"{ref}"')
-    for e in json.loads(text):
-        entries.append(
-            {
-                "resource": e["resource"],
-                "request": {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"},
-            }
-        )
-    response = post(base, {"resourceType": "Bundle", "type": "batch", "entry": entries})
-    assert response.status_code == 200, response.text[:500]
-    failed = [e["response"] for e in response.json()["entry"] if not e["response"]["status"].startswith("20")]
-    assert failed == []
+    screening_file = folder / "screening-candidates.json"
+    if screening_file.exists():
+        screening = json.loads(screening_file.read_text())
+        aliases = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in screening["entry"]}
+        text = json.dumps(screening["entry"])
+        for urn, ref in aliases.items():
+            text = text.replace(f'"{urn}"', f'"{ref}"')
+        for e in json.loads(text):
+            entries.append(
+                {
+                    "resource": e["resource"],
+                    "request": {"method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"},
+                }
+            )
+    for start in range(0, len(entries), chunk):
+        response = post(base, {"resourceType": "Bundle", "type": "batch", "entry": entries[start : start + chunk]})
+        assert response.status_code == 200, response.text[:500]
+        failed = [e["response"] for e in response.json()["entry"] if not e["response"]["status"].startswith("20")]
+        assert failed == []
 
 
 JS = Path(__file__).resolve().parent / "js"
@@ -128,14 +136,7 @@ def medplum_server(folder: Path) -> Iterator[str]:
             raise RuntimeError(f"the Medplum server did not start: {(folder / 'medplum.log').read_text()[-2000:]}")
         yield f"http://127.0.0.1:{int(line.split()[1])}/fhir"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop(proc)
         log.close()
 
 

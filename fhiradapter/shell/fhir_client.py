@@ -161,6 +161,17 @@ class FhirClient:
         ceiling = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2 ** (state.attempt_number - 1))
         return random.uniform(0, ceiling)  # noqa: S311 - full jitter, not cryptography
 
+    def _retrying(self) -> AsyncRetrying:
+        """The retry policy: retryable statuses and transport errors, backoff with jitter, within the budget."""
+        s = self.settings
+        return AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, Retryable | httpx.TransportError)),
+            stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.retry_budget_s),
+            wait=self._wait,
+            sleep=self._sleep,
+            reraise=True,
+        )
+
     async def request(
         self,
         method: str,
@@ -179,13 +190,7 @@ class FhirClient:
             send_headers.setdefault("Content-Type", FHIR_JSON)
         what = f"{method} {_describe(url)}"
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: isinstance(e, Retryable | httpx.TransportError)),
-                stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.retry_budget_s),
-                wait=self._wait,
-                sleep=self._sleep,
-                reraise=True,
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self.retries += 1
@@ -222,15 +227,8 @@ class FhirClient:
 
     async def download(self, url: str, path: Path) -> None:
         """Stream a file to ``path``, retried as a whole on the same failures as any request."""
-        s = self.settings
         try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: isinstance(e, Retryable | httpx.TransportError)),
-                stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.retry_budget_s),
-                wait=self._wait,
-                sleep=self._sleep,
-                reraise=True,
-            ):
+            async for attempt in self._retrying():
                 with attempt:
                     async with self._sem, self.client.stream("GET", url) as response:
                         self.requests += 1
