@@ -397,3 +397,26 @@ def test_a_server_url_that_is_not_http_is_refused() -> None:
 
     result = CliRunner().invoke(main, ["pull", "--server", "ftp://x", "--study", "s", "--out", "o"])
     assert result.exit_code == 10 and "http(s) URL" in result.output
+
+
+def test_deletions_count_only_a_resources_latest_history_event() -> None:
+    from fhiradapter.shell.sync import _deletions
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path.endswith("/_history") and request.url.params["_since"] == "2024-01-01T00:00:00Z"
+        entries = [  # newest first, as FHIR history is ordered
+            {
+                "request": {"method": "POST", "url": "Observation"},
+                "resource": {"resourceType": "Observation", "id": "a"},
+            },
+            {"request": {"method": "DELETE", "url": "Observation/a"}},
+            {"request": {"method": "DELETE", "url": "Observation/b"}},
+            {
+                "request": {"method": "PUT", "url": "Observation/b"},
+                "resource": {"resourceType": "Observation", "id": "b"},
+            },
+        ]
+        return fhir({"resourceType": "Bundle", "type": "history", "entry": entries})
+
+    gone, _, _ = run(handler, lambda c: _deletions(c, "2024-01-01T00:00:00Z"))
+    assert gone == [("Observation", "b")]  # a was deleted and then created again

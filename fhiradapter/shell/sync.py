@@ -17,13 +17,14 @@ One run:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -33,6 +34,7 @@ from fhiradapter.shell.pipeline import run_evaluate
 from fhiradapter.shell.server_io import DEFAULT_CHUNK, PushSummary, load_bundle, pull_into, push
 from fhiradapter.shell.store import SyncStore
 
+T = TypeVar("T")
 SKEW_MARGIN = timedelta(minutes=2)
 HISTORY_PAGE = 1000
 
@@ -156,18 +158,28 @@ async def _pull_phase(
         assert client.server_time is not None  # noqa: S101 - set by capabilities()
         started = (client.server_time - SKEW_MARGIN).strftime("%Y-%m-%dT%H:%M:%SZ")
         sink = store.sink(client.base, opts.study, run_id)
-        pulled = await pull_into(client, cap, opts.study, sink, since, progress=opts.progress, on_total=opts.on_total)
+        history = None
+        if not (since is None and full) and cap.history_system:
+            # Deletions come from the server's history, read (page after page) while the pull runs.
+            history = asyncio.create_task(_timed(_deletions(client, since or started), summary, "history"))
+        try:
+            pulled = await pull_into(
+                client, cap, opts.study, sink, since, progress=opts.progress, on_total=opts.on_total
+            )
+        except BaseException:
+            if history is not None:
+                history.cancel()
+                with contextlib.suppress(BaseException):
+                    await history
+            raise
         sink.flush()
         summary.study, summary.patients = pulled.study, pulled.patients
         summary.pulled.update(sink.counts)
         summary.warnings.extend(w for w in pulled.warnings if w not in summary.warnings)
         if since is None and full:
             summary.deleted += store.mark_unseen_deleted(client.base, opts.study, run_id)
-        elif cap.history_system:
-            clock = time.perf_counter()
-            gone = await _deletions(client, since or started)
-            summary.seconds["history"] = summary.seconds.get("history", 0.0) + time.perf_counter() - clock
-            summary.deleted += store.mark_deleted(client.base, opts.study, gone)
+        elif history is not None:
+            summary.deleted += store.mark_deleted(client.base, opts.study, await history)
         else:
             summary.warnings.append("the server offers no _history: deletions since the last run are not noticed")
         summary.requests += client.requests
@@ -175,23 +187,45 @@ async def _pull_phase(
         return cap, started
 
 
+async def _timed(work: Awaitable[T], summary: SyncSummary, phase: str) -> T:
+    clock = time.perf_counter()
+    try:
+        return await work
+    finally:
+        summary.seconds[phase] = summary.seconds.get(phase, 0.0) + time.perf_counter() - clock
+
+
 async def _deletions(client: FhirClient, since: str) -> list[tuple[str, str]]:
-    """(type, id) of every DELETE in the server's history after ``since``."""
+    """(type, id) of every resource whose latest event in the server's history after ``since`` is a DELETE.
+
+    History lists the newest events first, so the first event seen for a resource is its latest: a resource
+    deleted and then created again is not reported.
+    """
     gone: list[tuple[str, str]] = []
+    latest: set[tuple[str, str]] = set()
     url: str | None = "_history"
     # History pages are read one after the other (each names the next): large pages, few round trips.
     params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(HISTORY_PAGE))]
-    seen: set[str] = set()
-    while url is not None and url not in seen:
-        seen.add(url)
+    pages: set[str] = set()
+    while url is not None and url not in pages:
+        pages.add(url)
         bundle = await client.json("GET", url, params=params)
         params = None
         for entry in bundle.get("entry") or ():
             request = entry.get("request") or {}
+            resource = entry.get("resource") or {}
+            parts = str(request.get("url", "")).split("?", 1)[0].split("/")
+            if resource.get("resourceType") and resource.get("id"):
+                key = (str(resource["resourceType"]), str(resource["id"]))
+            elif len(parts) >= 2:
+                key = (parts[0], parts[1])
+            else:
+                continue
+            if key in latest:
+                continue
+            latest.add(key)
             if request.get("method") == "DELETE":
-                parts = str(request.get("url", "")).split("/")
-                if len(parts) >= 2:
-                    gone.append((parts[0], parts[1]))
+                gone.append(key)
         url = next(
             (str(link["url"]) for link in bundle.get("link") or () if link.get("relation") == "next"),
             None,
