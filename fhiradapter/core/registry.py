@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Iterator, Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,13 +148,6 @@ class SubjectView:
         return delta + 1 if delta >= 0 else delta
 
 
-def subject_views(
-    subjects: Iterable[Mapping[str, Any]], extracts: Mapping[str, Mapping[str, Any]], pseudo: Pseudonymiser | None
-) -> Iterator[SubjectView]:
-    for s in subjects:
-        yield SubjectView(s, extracts.get(str(s["patient"])), pseudo)
-
-
 def _json_value(value: Any) -> str | None:
     if value is None:
         return None
@@ -163,8 +157,6 @@ def _json_value(value: Any) -> str | None:
 
 
 def _dumps(value: Any) -> str:
-    import json  # noqa: PLC0415 - only for the rare structured criterion value
-
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 

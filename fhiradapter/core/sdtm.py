@@ -9,8 +9,7 @@ Identity rules (pseudonyms, no birth date, no free text, no resource ids) are :c
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -410,20 +409,6 @@ class SdtmBuilder:
             "RSDTC": day,
             "RSDY": v.study_day(day),
         }
-
-
-def _sort_key(seq: str, row: Mapping[str, Any]) -> tuple[str, int]:
-    return str(row["USUBJID"]), int(row.get(seq) or 0)
-
-
-def build_sdtm(cfg: ExportMappings, views: Iterable[SubjectView]) -> dict[str, list[dict[str, Any]]]:
-    builder = SdtmBuilder(cfg)
-    for v in views:
-        builder.add(v)
-    # SDTM's sort order (USUBJID, --SEQ); it also keeps a pseudonymised file from following the patients' order.
-    for name, rows in builder.rows.items():
-        rows.sort(key=functools.partial(_sort_key, f"{name}SEQ"))
-    return builder.rows
 
 
 def data_dictionary() -> list[dict[str, Any]]:

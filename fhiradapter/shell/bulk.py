@@ -25,6 +25,7 @@ import orjson
 
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.fhir_client import FhirClient, retry_after_s
+from fhiradapter.shell.server_io import patient_of
 
 STATE = "bulk-state.json"
 DEFAULT_TYPES = (
@@ -148,7 +149,7 @@ async def _search_missing(
         n = 0
         with partial.open("wb") as fh:
             async for resource in client.search(rtype, params):
-                owner = _owner(resource, client.base)
+                owner = patient_of(resource, client.base)
                 if owner is None or owner in patients:
                     fh.write(orjson.dumps(resource) + b"\n")
                     n += 1
@@ -156,15 +157,6 @@ async def _search_missing(
         summary.files.append(path)
         summary.resources[rtype] += n
         summary.searched.append(rtype)
-
-
-def _owner(resource: dict[str, Any], base: str) -> str | None:
-    for key in ("subject", "patient", "individual"):
-        value = resource.get(key)
-        ref = value.get("reference") if isinstance(value, dict) else None
-        if isinstance(ref, str):
-            return ref.removeprefix(base + "/")
-    return None
 
 
 async def _wait(

@@ -232,7 +232,7 @@ async def pull_into(
     wanted = set(todo)
     for rtype in scanned:
         async for r in client.search(rtype, extra):
-            if _patient_of(r, client.base) in wanted:
+            if patient_of(r, client.base) in wanted:
                 add(r)
     for rid in sorted(medications):
         resource = await client.read("Medication", rid)
@@ -261,7 +261,8 @@ def _search_plan(cap: Capability) -> tuple[list[tuple[str, str]], list[str]]:
     return per_patient, scanned
 
 
-def _patient_of(resource: dict[str, Any], base: str) -> str | None:
+def patient_of(resource: dict[str, Any], base: str) -> str | None:
+    """The patient a resource belongs to (subject, patient or individual), relative to the server's base."""
     for key in ("subject", "patient", "individual"):
         ref = _reference(resource.get(key), base)
         if ref:
