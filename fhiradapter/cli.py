@@ -597,6 +597,8 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
     show_default=True,
     help="How to write: auto = a transaction if the server offers one, else a batch, else one by one.",
 )
+@click.option("--bulk", is_flag=True, help="Pull through Bulk Data $export (the study's subjects still by search).")
+@click.option("--group", metavar="ID", help="With --bulk: export Group/ID's members instead of every patient.")
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
@@ -613,6 +615,8 @@ def sync_cmd(
     key_file: Path | None,
     chunk: int,
     mode: str,
+    bulk: bool,
+    group: str | None,
     progress: bool | None,
     **server: Any,
 ) -> None:
@@ -637,6 +641,8 @@ def sync_cmd(
         cutoff = _parse_as_of(as_of)
         if since not in ("auto", "none"):
             _check_instant(since)
+        if group and not bulk:
+            raise ConfigError("--group is only used with --bulk")
         key = _export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
         folder = data_dir or default_data_dir()
@@ -651,7 +657,19 @@ def sync_cmd(
                     bar.length = max(n, 1)
 
                 opts = SyncOptions(
-                    study, cutoff, since, dry_run, folder / "runs", mappings, identity, bar.update, total, chunk, mode
+                    study,
+                    cutoff,
+                    since,
+                    dry_run,
+                    folder / "runs",
+                    mappings,
+                    identity,
+                    bar.update,
+                    total,
+                    chunk,
+                    mode,
+                    bulk,
+                    group,
                 )
                 summary = run_sync(lambda: client.fresh(), store, opts)
         finally:

@@ -337,3 +337,27 @@ def test_sync_on_the_strict_medplum_server(tmp_path: Path) -> None:
             assert len(written) == len(set(written)) == first.plan["create"]
     finally:
         store.close()
+
+
+def test_sync_through_bulk_export_keeps_only_the_studys_patients(tmp_path: Path) -> None:
+    from fhiradapter.shell.fhir_client import FhirClient
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import run_sync
+
+    store = SyncStore(data_dir=tmp_path / "data")
+    try:
+        with sekmet_server(tmp_path) as base:
+            load_input(base, PAPER)
+            # A patient of the hospital who is not in the study: exported by Patient/$export, never evaluated.
+            other = {"resourceType": "Patient", "id": "not-enrolled", "gender": "female", "birthDate": "1950-01-01"}
+            assert httpx.put(f"{base}/Patient/not-enrolled", json=other, timeout=10).status_code in (200, 201)
+            by_search = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True, since="none"))
+            by_bulk = run_sync(
+                lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True, since="none", bulk=True)
+            )
+            assert by_bulk.plan == by_search.plan and by_bulk.patients == by_search.patients == 14
+            assert any("outside the study" in w for w in by_bulk.warnings)
+            results = json.loads((by_bulk.out / "results.json").read_text())
+            assert "Patient/not-enrolled" not in {s["patient"] for s in results["subjects"]}
+    finally:
+        store.close()

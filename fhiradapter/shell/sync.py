@@ -29,10 +29,21 @@ from typing import Any, TypeVar
 import orjson
 
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.shell.bulk import bulk_pull
 from fhiradapter.shell.fhir_client import Capability, FhirClient
 from fhiradapter.shell.pipeline import run_evaluate
-from fhiradapter.shell.server_io import DEFAULT_CHUNK, PushSummary, load_bundle, pull_into, push
-from fhiradapter.shell.store import SyncStore
+from fhiradapter.shell.server_io import (
+    DEFAULT_CHUNK,
+    PullSummary,
+    PushSummary,
+    load_bundle,
+    patient_of,
+    pull_into,
+    push,
+    resolve_study,
+    study_subjects,
+)
+from fhiradapter.shell.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
 SKEW_MARGIN = timedelta(minutes=2)
@@ -95,6 +106,8 @@ class SyncOptions:
     on_total: Callable[[int], None] | None = None
     chunk: int = DEFAULT_CHUNK
     mode: str = "auto"  # auto | transaction | batch | single (see server_io.push)
+    bulk: bool = False  # pull through Bulk Data $export instead of searches
+    group: str | None = None  # with bulk: Group/<id>/$export
 
 
 def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
@@ -163,9 +176,12 @@ async def _pull_phase(
             # Deletions come from the server's history, read (page after page) while the pull runs.
             history = asyncio.create_task(_timed(_deletions(client, since or started), summary, "history"))
         try:
-            pulled = await pull_into(
-                client, cap, opts.study, sink, since, progress=opts.progress, on_total=opts.on_total
-            )
+            if opts.bulk:
+                pulled = await _bulk_into(client, cap, opts, sink, since, run_id)
+            else:
+                pulled = await pull_into(
+                    client, cap, opts.study, sink, since, progress=opts.progress, on_total=opts.on_total
+                )
         except BaseException:
             if history is not None:
                 history.cancel()
@@ -185,6 +201,44 @@ async def _pull_phase(
         summary.requests += client.requests
         summary.retries += client.retries
         return cap, started
+
+
+async def _bulk_into(
+    client: FhirClient, cap: Capability, opts: SyncOptions, sink: MirrorSink, since: str | None, run_id: int
+) -> PullSummary:
+    """The study's subjects by search, everything else by one Bulk export, kept only for the study's patients."""
+    summary = PullSummary(opts.study)
+    research_study = await resolve_study(client, opts.study)
+    summary.study = f"ResearchStudy/{research_study['id']}"
+    sink.add(research_study)
+    patients: set[str] = set()
+    for subject in await study_subjects(client, str(research_study["id"]), cap, summary.warnings):
+        sink.add(subject)
+        owner = patient_of(subject, client.base)
+        if owner:
+            patients.add(owner)
+    summary.patients = len(patients)
+    exported = await bulk_pull(client, opts.work_dir / f"bulk-{run_id}", opts.group, since=since)
+    outside = 0
+    for path in exported.files:
+        with path.open("rb") as fh:
+            for line in fh:
+                if not line.strip():
+                    continue
+                resource = orjson.loads(line)
+                owner = (
+                    f"Patient/{resource.get('id')}"
+                    if resource.get("resourceType") == "Patient"
+                    else patient_of(resource, client.base)
+                )
+                if owner is None or owner in patients:
+                    sink.add(resource)
+                else:
+                    outside += 1
+    if outside:
+        summary.warnings.append(f"the export held {outside} resource(s) of patients outside the study: left out")
+    summary.warnings.extend(f"the server's export error file says: {e}" for e in exported.errors[:20])
+    return summary
 
 
 async def _timed(work: Awaitable[T], summary: SyncSummary, phase: str) -> T:
