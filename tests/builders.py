@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,16 @@ def observation(code: str, system: str = "http://loinc.org", **extra: Any) -> di
         "effectiveDateTime": "2004-01-05",
         **extra,
     }
+
+
+def raise_thal03_afp(folder: Path) -> None:
+    """In a copy of the paper cohort: patient 3's day-57 AFP rises to 2100 ng/mL (+30 %), so that assessment,
+    and with it the best response, becomes PD."""
+    path = folder / "Observation.ndjson"
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        res = json.loads(line)
+        if res["id"] == "thal-03-afp-a1":
+            res["valueQuantity"]["value"] = 2100
+            lines[i] = json.dumps(res)
+    path.write_text("\n".join(lines) + "\n")

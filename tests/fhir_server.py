@@ -141,3 +141,13 @@ def medplum_server(folder: Path) -> Iterator[str]:
 
 
 SERVERS = {"sekmet": sekmet_server, "medplum": medplum_server}
+
+
+def server_resources(base: str, rtype: str) -> Iterator[dict[str, Any]]:
+    """Every resource of a type on a test server, read with plain httpx (independently of the adapter's client)."""
+    url: str | None = f"{base}/{rtype}?_count=500"
+    while url:
+        page = httpx.get(url, timeout=30).json()
+        for e in page.get("entry", []):
+            yield e["resource"]
+        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from builders import AS_OF, ROOT
+from builders import AS_OF, ROOT, raise_thal03_afp
 from pg_server import fresh_database, pg_bin, postgres_cluster
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Engine
@@ -170,13 +170,7 @@ def changed_cohort(tmp_path: Path) -> dict[str, Any]:
     """The paper cohort with thal-03's day-57 AFP raised: that assessment, and its best response, become PD."""
     src = tmp_path / "changed-in"
     shutil.copytree(PAPER, src)
-    lines = (src / "Observation.ndjson").read_text().splitlines()
-    for i, line in enumerate(lines):
-        res = json.loads(line)
-        if res["id"] == "thal-03-afp-a1":
-            res["valueQuantity"]["value"] = 2100
-            lines[i] = json.dumps(res)
-    (src / "Observation.ndjson").write_text("\n".join(lines) + "\n")
+    raise_thal03_afp(src)
     return evaluate(src, tmp_path / "changed-out")
 
 

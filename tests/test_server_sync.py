@@ -18,7 +18,7 @@ from builders import AS_OF, ROOT
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from fhir_server import SERVERS, load_input, sekmet_server
+from fhir_server import SERVERS, load_input, sekmet_server, server_resources
 
 from fhiradapter.cli import main
 from fhiradapter.shell.mappings_io import load_mappings
@@ -38,14 +38,7 @@ def evaluate(src: Path, out: Path) -> dict[str, Any]:
 
 
 def versions(base: str, rtype: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    url: str | None = f"{base}/{rtype}?_count=500"
-    while url:
-        page = httpx.get(url, timeout=30).json()
-        for e in page.get("entry", []):
-            out[e["resource"]["id"]] = e["resource"]["meta"]["versionId"]
-        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
-    return out
+    return {r["id"]: r["meta"]["versionId"] for r in server_resources(base, rtype)}
 
 
 @pytest.fixture(scope="module")
@@ -188,14 +181,12 @@ def result_identifiers(base: str) -> list[str]:
     """Every identifier of the adapter's result Observations on the server (a duplicate would show twice)."""
     from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
 
-    out = []
-    url: str | None = f"{base}/Observation?_count=500"
-    while url:
-        page = httpx.get(url, timeout=30).json()
-        for e in page.get("entry", []):
-            out += [i["value"] for i in e["resource"].get("identifier", []) if i.get("system") == IDENTIFIER_SYSTEM]
-        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
-    return out
+    return [
+        i["value"]
+        for r in server_resources(base, "Observation")
+        for i in r.get("identifier", [])
+        if i.get("system") == IDENTIFIER_SYSTEM
+    ]
 
 
 def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from builders import AS_OF, ROOT
-from fhir_server import load_input, post, sekmet_server
+from builders import AS_OF, ROOT, raise_thal03_afp
+from fhir_server import load_input, post, sekmet_server, server_resources
 
 from fhiradapter.core.writeback import IDENTIFIER_SYSTEM, read_back
 from fhiradapter.shell.mappings_io import load_mappings
@@ -184,16 +184,7 @@ def test_rerun_on_the_same_data_changes_nothing(paper: Any, tmp_path: Path) -> N
 def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: Any, tmp_path: Path) -> None:
     bundle, _results, _ = paper
 
-    def raise_afp(src: Path) -> None:  # patient 3's day-57 AFP rises +30 %: that assessment becomes PD
-        lines = (src / "Observation.ndjson").read_text().splitlines()
-        for i, line in enumerate(lines):
-            res = json.loads(line)
-            if res["id"] == "thal-03-afp-a1":
-                res["valueQuantity"]["value"] = 2100
-                lines[i] = json.dumps(res)
-        (src / "Observation.ndjson").write_text("\n".join(lines) + "\n")
-
-    _again, results, plan = rerun_with(tmp_path, "changed", written_back(bundle), raise_afp)
+    _again, results, plan = rerun_with(tmp_path, "changed", written_back(bundle), raise_thal03_afp)
     updates = [p for p in plan if p["action"] == "update"]
     assert updates and {p["patient"] for p in updates} == {"Patient/thal-03"}
     assert {p["kind"] for p in updates} == {"response", "best-response"}
@@ -204,15 +195,11 @@ def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: 
 
 def snapshot(base: str) -> dict[str, str]:
     """Every resource the adapter cares about on the server: reference -> versionId."""
-    out: dict[str, str] = {}
-    for rtype in ("Observation", "ResearchSubject", "Provenance"):
-        url: str | None = f"{base}/{rtype}?_count=500"
-        while url:
-            page = httpx.get(url, timeout=30).json()
-            for e in page.get("entry", []):
-                out[f"{rtype}/{e['resource']['id']}"] = e["resource"]["meta"]["versionId"]
-            url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
-    return out
+    return {
+        f"{rtype}/{r['id']}": r["meta"]["versionId"]
+        for rtype in ("Observation", "ResearchSubject", "Provenance")
+        for r in server_resources(base, rtype)
+    }
 
 
 def test_post_to_a_real_fhir_server_twice_creates_nothing_new(tmp_path: Path) -> None:
