@@ -341,9 +341,13 @@ def test_push_a_412_conflict_is_reported_and_not_retried() -> None:
 
 
 def test_push_counts_each_entry_from_its_status() -> None:
+    prefer = []
+
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("metadata"):
             return capability()
+        prefer.append(request.headers.get("Prefer"))
+        # return=minimal: the entries carry a status and no resource, and that is all push reads
         return fhir(
             {
                 "resourceType": "Bundle",
@@ -354,6 +358,7 @@ def test_push_counts_each_entry_from_its_status() -> None:
 
     summary, _, _ = run(handler, lambda c: push(c, BUNDLE))
     assert summary.mode == "transaction" and summary.outcomes == {"unchanged": 1, "updated": 1}
+    assert prefer == ["return=minimal"]
 
 
 def test_push_entry_by_entry_when_the_server_has_no_transaction_or_batch() -> None:
@@ -365,6 +370,7 @@ def test_push_entry_by_entry_when_the_server_has_no_transaction_or_batch() -> No
         seen.append(
             (request.method, request.url.path, request.headers.get("If-None-Exist"), request.headers.get("If-Match"))
         )
+        assert request.headers.get("Prefer") == "return=minimal"
         return (
             fhir({"resourceType": "Observation", "id": "x"}, 201) if request.method == "POST" else outcome("stale", 412)
         )

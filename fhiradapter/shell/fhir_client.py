@@ -30,6 +30,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from fhiradapter import __version__
 from fhiradapter.errors import ServerError
 
+RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -331,8 +332,12 @@ class FhirClient:
         return None
 
     async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
-        """POST a transaction or batch Bundle to the base; the response Bundle."""
-        response = await self.request("POST", "", json=bundle)
+        """POST a transaction or batch Bundle to the base; the response Bundle.
+
+        ``Prefer: return=minimal``: only each entry's status and location are read, so the server need not
+        send every written resource back.
+        """
+        response = await self.request("POST", "", json=bundle, headers={"Prefer": RETURN_MINIMAL})
         return _bundle_or_resource(response, f"{bundle.get('type', 'transaction')} Bundle")
 
 

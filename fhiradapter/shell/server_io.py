@@ -24,7 +24,7 @@ import orjson
 
 from fhiradapter.core.writeback import split_bundle
 from fhiradapter.errors import ConfigError, InputError, ServerError
-from fhiradapter.shell.fhir_client import Capability, FhirClient
+from fhiradapter.shell.fhir_client import RETURN_MINIMAL, Capability, FhirClient
 
 # What evaluate reads per patient, and the search parameter naming the patient for each type.
 PATIENT_TYPES: list[tuple[str, str]] = [
@@ -390,7 +390,7 @@ async def _send_bundle(
 async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSummary) -> None:
     request = entry.get("request") or {}
     method, url = str(request.get("method", "")), str(request.get("url", ""))
-    headers = {}
+    headers = {"Prefer": RETURN_MINIMAL}  # status and Location are all that is read
     if request.get("ifNoneExist"):
         headers["If-None-Exist"] = str(request["ifNoneExist"])
     if request.get("ifMatch"):

@@ -108,6 +108,9 @@ class SyncOptions:
     mode: str = "auto"  # auto | transaction | batch | single (see server_io.push)
     bulk: bool = False  # pull through Bulk Data $export instead of searches
     group: str | None = None  # with bulk: Group/<id>/$export
+    # How far before the pull's start the next watermark is set: covers writes that commit with an earlier
+    # lastUpdated than their visibility (in-flight transactions), and clock steps on the server.
+    overlap: timedelta = SKEW_MARGIN
 
 
 def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
@@ -169,7 +172,7 @@ async def _pull_phase(
     async with client:
         cap = await client.capabilities()
         assert client.server_time is not None  # noqa: S101 - set by capabilities()
-        started = (client.server_time - SKEW_MARGIN).strftime("%Y-%m-%dT%H:%M:%SZ")
+        started = (client.server_time - opts.overlap).strftime("%Y-%m-%dT%H:%M:%SZ")
         sink = store.sink(client.base, opts.study, run_id)
         history = None
         if not (since is None and full) and cap.history_system:
