@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
+from functools import lru_cache
 from typing import Any
 
 _DATE = re.compile(r"^(\d{4})(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
@@ -21,6 +22,12 @@ def local_date(value: Any) -> str | None:
     """
     if not isinstance(value, str):
         return None
+    return _local_date(value)
+
+
+@lru_cache(maxsize=1 << 16)
+def _local_date(value: str) -> str | None:
+    # Memoised: a cohort repeats its timestamps (visits, lab runs), and the regex is the costly part.
     m = _DATE.match(value)
     if m is None:
         return None
@@ -110,9 +117,12 @@ def extension_values(resource: Mapping[str, Any], url: str) -> Iterator[Any]:
 
 def number(value: Any) -> float | None:
     """A JSON number as float; strings and booleans are not numbers."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
+    kind = type(value)  # exact types: a bool is not a number (and JSON parsers give no subclasses)
+    if kind is float:
+        return value  # type: ignore[no-any-return]
+    if kind is int:
+        return float(value)
+    return None
 
 
 def contained(resource: Mapping[str, Any], local_ref: str) -> dict[str, Any] | None:

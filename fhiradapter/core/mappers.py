@@ -157,12 +157,11 @@ def as_recorded(conversion: str | None) -> tuple[float | None, str | None]:
 
 
 def _quantity(q: Any) -> tuple[float | None, str]:
-    if not isinstance(q, dict):
+    if type(q) is not dict:
         return None, ""
-    unit = q.get("code") if q.get("system") == "http://unitsofmeasure.org" else None
-    if not isinstance(unit, str):
-        unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
-    return fj.number(q.get("value")), unit if isinstance(unit, str) else ""
+    code = q.get("code")  # the coded unit (UCUM or not) when there is one, else the human-readable unit
+    unit = code if type(code) is str else q.get("unit")
+    return fj.number(q.get("value")), unit if type(unit) is str else ""
 
 
 def map_observation(

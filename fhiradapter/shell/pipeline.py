@@ -8,6 +8,7 @@ in-memory bucket. Every input record ends up used or in ``rejects.ndjson``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import marshal
@@ -433,23 +434,39 @@ def run_evaluate(
                 "inputs": [str(f) for f in files],
                 "run_summary": summary,
             }
-            _write_outputs(out, spill, parts, index, header, cohort, summary)
-            _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
-            _write_sorted_lines(out / "clinical.ndjson", spill, [i for r2 in two for i in r2.clinical_index])
-            if report:
-                folder = mappings_identity.get("mappings_dir")
-                write_report(
-                    out,
-                    header,
-                    cohort,
-                    _iter_rows([r2.report_rows for r2 in two]),
-                    summary,
-                    Path(folder) if folder else None,
-                )
+            folder = mappings_identity.get("mappings_dir")
+            report_args = (out, header, cohort, [r2.report_rows for r2 in two], summary, folder)
+            with contextlib.ExitStack() as stack:
+                drawn = None
+                if report and workers > 1:
+                    # The report (plots: seconds on a large cohort) is drawn in a second process while this
+                    # one writes results.json, writeback.json and clinical.ndjson.
+                    pool = stack.enter_context(
+                        ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
+                    )
+                    drawn = pool.submit(_report, *report_args)
+                _write_outputs(out, spill, parts, index, header, cohort, summary)
+                _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
+                _write_sorted_lines(out / "clinical.ndjson", spill, [i for r2 in two for i in r2.clinical_index])
+                if drawn is not None:
+                    drawn.result()  # the report's own error, if it failed
+                elif report:
+                    _report(*report_args)
     finally:
         if gc_was_enabled:
             gc.enable()
     return summary
+
+
+def _report(
+    out: Path,
+    header: dict[str, Any],
+    cohort: dict[str, Any],
+    row_parts: list[Path],
+    summary: dict[str, Any],
+    folder: str | None,
+) -> None:
+    write_report(out, header, cohort, _iter_rows(row_parts), summary, Path(folder) if folder else None)
 
 
 def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
