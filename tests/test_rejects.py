@@ -135,6 +135,9 @@ def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monke
         return sorted((r["file"], r["locator"], r["code"]) for r in rows)
 
     assert keyed(tmp_path / "one") == keyed(tmp_path / "two")
+    # With two workers the report is drawn in its own process while the outputs are written: same report.
+    for name in ("report.md", "report.html"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
 
 
 def test_plan_tasks_splits_at_line_boundaries_and_counts_lines(tmp_path: Path) -> None:
