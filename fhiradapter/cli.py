@@ -569,7 +569,8 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
     "store_url",
     metavar="URL",
     default=None,
-    help="Another SQLAlchemy URL for the store [default: sqlite in --data-dir].",
+    help="Where the store lives instead: sqlite:///FILE.db or postgresql://USER@HOST:PORT/DB (password from "
+    "PGPASSWORD or ~/.pgpass, never the URL) [default: sqlite in --data-dir].",
 )
 @click.option(
     "--mappings",

@@ -1,8 +1,12 @@
-"""Shared pytest fixtures: the embedded mappings and a mapping context."""
+"""Shared pytest fixtures: the embedded mappings, a mapping context, and a throwaway PostgreSQL cluster."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
+from pg_server import pg_bin, postgres_cluster
 
 from fhiradapter.core.mappers import MapContext
 from fhiradapter.core.protocol import Mappings
@@ -17,3 +21,14 @@ def mappings() -> Mappings:
 @pytest.fixture(scope="session")
 def ctx(mappings: Mappings) -> MapContext:
     return MapContext(mappings, ucum_factor)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """One PostgreSQL cluster for the session (each test makes its own database in it)."""
+    if pg_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed; .ci/run installs it from Debian packages")
+        pytest.skip("PostgreSQL is not installed (initdb not found); CI installs it")
+    with postgres_cluster() as url:
+        yield url

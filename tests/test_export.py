@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import stat
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from builders import AS_OF, ROOT, raise_thal03_afp
-from pg_server import fresh_database, pg_bin, postgres_cluster
+from pg_server import fresh_database
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Engine
 
@@ -332,16 +331,6 @@ def test_a_password_in_the_url_is_refused() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    if pg_bin() is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed; .ci/run installs it from Debian packages")
-        pytest.skip("PostgreSQL is not installed (initdb not found); CI installs it")
-    with postgres_cluster() as url:
-        yield url
 
 
 def test_postgresql_and_sqlite_hold_the_same_rows(paper: Any, pg_url: str, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import email.utils
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -403,6 +404,18 @@ def test_a_server_url_that_is_not_http_is_refused() -> None:
 
     result = CliRunner().invoke(main, ["pull", "--server", "ftp://x", "--study", "s", "--out", "o"])
     assert result.exit_code == 10 and "http(s) URL" in result.output
+
+
+def test_a_store_url_with_a_password_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    args = ["sync", "--server", "http://127.0.0.1:9/fhir", "--study", "s", "--as-of", "2005-03-31"]
+    store = "postgresql://registrar:s3cret-pw@127.0.0.1:5432/sync"
+    result = CliRunner().invoke(main, [*args, "--data-dir", str(tmp_path), "--store", store])
+    assert result.exit_code == 10 and "PGPASSWORD" in result.output
+    assert "s3cret-pw" not in result.output
 
 
 def test_deletions_count_only_a_resources_latest_history_event() -> None:

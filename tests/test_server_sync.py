@@ -9,6 +9,7 @@ without touching anything. SMART Backend Services is exercised against the serve
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fhir_server import SERVERS, load_input, sekmet_server, server_resources
+from pg_server import fresh_database
 
 from fhiradapter.cli import main
 from fhiradapter.shell.mappings_io import load_mappings
@@ -189,12 +191,20 @@ def result_identifiers(base: str) -> list[str]:
     ]
 
 
-def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The sync store's URL: SQLite in the data folder, or a fresh database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'sync.db'}"
+    return fresh_database(request.getfixturevalue("pg_url"), f"sync_{uuid.uuid4().hex[:12]}")
+
+
+def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path, store_url: str) -> None:
     from fhiradapter.shell.fhir_client import FhirClient
     from fhiradapter.shell.store import SyncStore
     from fhiradapter.shell.sync import run_sync
 
-    store = SyncStore(data_dir=tmp_path / "data")
+    store = SyncStore(store_url)
     try:
         with sekmet_server(tmp_path) as base:
             load_input(base, PAPER)

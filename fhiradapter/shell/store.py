@@ -1,6 +1,7 @@
 """The embedded sync store: per-server watermarks, a mirror of every resource pulled, the runs and their outcome.
 
-SQLite in the data folder by default (``sync.db``); any SQLAlchemy URL with ``--store``. Tables:
+SQLite in the data folder by default (``sync.db``); ``--store`` takes ``sqlite:///FILE`` or
+``postgresql://USER@HOST/DB`` (the password from PGPASSWORD or ~/.pgpass, as for ``export``). Tables:
 - ``sync_runs``: one row per sync (started, finished, status running | ok | failed, counts);
 - ``watermarks``: per (server, study) the server time the last *successful* pull started at; ``--since auto``
   pulls what changed after it. A run that dies keeps the old watermark, so the next run pulls again what the
@@ -31,15 +32,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.errors import ConfigError, TargetError
+from fhiradapter.shell.registry_db import engine_for
 
 SCHEMA_VERSION = 1
 DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"
@@ -122,7 +124,7 @@ class SyncStore:
             except OSError as exc:
                 raise ConfigError(f"cannot use the data folder {folder}: {exc.strerror}") from None
             url = f"sqlite:///{folder / 'sync.db'}"
-        self.engine: Engine = create_engine(url)
+        self.engine: Engine = engine_for(url)  # sqlite or postgresql; a password in the URL is refused
         try:
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
@@ -208,19 +210,15 @@ class SyncStore:
         if not rows:
             return
         with self.engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                stmt = sqlite_insert(resources)
-                conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["server", "study", "rtype", "rid"],
-                        set_={k: stmt.excluded[k] for k in ("version", "last_updated", "deleted", "body", "seen_run")},
-                    ),
-                    rows,
-                )
-            else:
-                for row in rows:
-                    conn.execute(resources.delete().where(*_key(server, study, str(row["rtype"]), str(row["rid"]))))
-                    conn.execute(resources.insert().values(**row))
+            # INSERT ... ON CONFLICT DO UPDATE: one statement per batch on both dialects
+            stmt = (sqlite_insert if conn.dialect.name == "sqlite" else pg_insert)(resources)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["server", "study", "rtype", "rid"],
+                    set_={k: stmt.excluded[k] for k in ("version", "last_updated", "deleted", "body", "seen_run")},
+                ),
+                rows,
+            )
 
     def mark_deleted(self, server: str, study: str, keys: Iterable[tuple[str, str]]) -> int:
         """Flag these resources deleted (a DELETE in the server's history); returns how many were live here."""
