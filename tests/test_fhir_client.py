@@ -418,6 +418,14 @@ def test_a_store_url_with_a_password_is_refused_without_echoing_it(tmp_path: Pat
     assert "s3cret-pw" not in result.output
 
 
+def test_an_unreachable_store_says_why() -> None:
+    from fhiradapter.errors import TargetError
+    from fhiradapter.shell.store import SyncStore
+
+    with pytest.raises(TargetError, match=r"cannot open the sync store: OperationalError: .*refused"):
+        SyncStore("postgresql://registrar@127.0.0.1:1/sync")  # nothing listens on port 1
+
+
 def test_deletions_count_only_a_resources_latest_history_event() -> None:
     from fhiradapter.shell.sync import _deletions
 

@@ -41,7 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.errors import ConfigError, TargetError
-from fhiradapter.shell.registry_db import engine_for
+from fhiradapter.shell.registry_db import db_reason, engine_for
 
 SCHEMA_VERSION = 1
 DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"
@@ -134,7 +134,7 @@ class SyncStore:
                 elif int(found) > SCHEMA_VERSION:
                     raise ConfigError(f"the sync store has schema {found}; this fhiradapter knows {SCHEMA_VERSION}")
         except SQLAlchemyError as exc:
-            raise TargetError(f"cannot open the sync store: {type(exc).__name__}") from None
+            raise TargetError(f"cannot open the sync store: {db_reason(exc)}") from None
 
     def close(self) -> None:
         self.engine.dispose()
