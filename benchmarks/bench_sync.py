@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ def _change_labs(base: str, patients: int, every: int) -> int:
     return changed
 
 
-def _sync(client: Any, store: SyncStore, opts: SyncOptions, patients: int) -> dict[str, Any]:
+def _sync(client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions, patients: int) -> dict[str, Any]:
     time.sleep(OVERLAP.total_seconds() + 1)  # outside the timing: the previous run's writes fall before its watermark
     t = time.perf_counter()
     summary = run_sync(client, store, opts)
