@@ -402,6 +402,15 @@ async def _open_client(o: dict[str, Any]) -> Any:
 )
 @click.option("--group", metavar="ID", help="With --bulk: the Group whose members to export.")
 @click.option(
+    "--patients-per-search",
+    "per_search",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="Patients asked for in one search (subject=Patient/a,Patient/b,...): fewer requests for an "
+    "incremental pull, larger pages. 1 searches patient by patient.",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
 def pull_cmd(
@@ -410,6 +419,7 @@ def pull_cmd(
     since: str | None,
     bulk: bool,
     group: str | None,
+    per_search: int,
     progress: bool | None,
     **server: Any,
 ) -> None:
@@ -456,7 +466,9 @@ def pull_cmd(
                     def total(n: int) -> None:
                         bar.length = max(n, 1)
 
-                    return await pull(client, str(study), out, since, progress=bar.update, on_total=total)
+                    return await pull(
+                        client, str(study), out, since, progress=bar.update, on_total=total, per_search=per_search
+                    )
 
         summary = asyncio.run(run())
         counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.resources.items()))
@@ -601,6 +613,15 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
 @click.option("--bulk", is_flag=True, help="Pull through Bulk Data $export (the study's subjects still by search).")
 @click.option("--group", metavar="ID", help="With --bulk: export Group/ID's members instead of every patient.")
 @click.option(
+    "--patients-per-search",
+    "per_search",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="Patients asked for in one search (subject=Patient/a,Patient/b,...): fewer requests for an "
+    "incremental pull, larger pages. 1 searches patient by patient.",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
 def sync_cmd(
@@ -618,6 +639,7 @@ def sync_cmd(
     mode: str,
     bulk: bool,
     group: str | None,
+    per_search: int,
     progress: bool | None,
     **server: Any,
 ) -> None:
@@ -671,6 +693,7 @@ def sync_cmd(
                     mode,
                     bulk,
                     group,
+                    per_search=per_search,
                 )
                 summary = run_sync(lambda: client.fresh(), store, opts)
         finally:

@@ -9,7 +9,9 @@ without touching anything. SMART Backend Services is exercised against the serve
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,12 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         first = evaluate(tmp_path / "p1", tmp_path / "e1")
         assert first["subjects"] == files_results["subjects"]
         assert first["cohort"] == files_results["cohort"]
+        # 1b. Five patients per search (subject=Patient/a,Patient/b,...): the same resources, fewer requests.
+        grouped = cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p1g"),
+                      "--patients-per-search", "5", "--no-progress")  # fmt: skip
+        assert grouped.exit_code == 0, grouped.output
+        assert pulled_lines(tmp_path / "p1g") == pulled_lines(tmp_path / "p1")
+        assert requests_made(grouped) * 3 < requests_made(pulled)
         # 2. Push the write-back, as several smaller transactions: created and updated, no conflict.
         pushed = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e1" / "writeback.json"))
         assert pushed.exit_code == 0, pushed.output
@@ -98,9 +106,20 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         assert stale.exit_code == 13 and "conflict" in stale.output
         assert versions(base, "Observation") | versions(base, "ResearchSubject") == after_push
         # 5. One lab value changes on the server: exactly thal-03's response results are updated.
+        # `gt` an instant of whole seconds means after that second ends: `before` is a second back, and the
+        # writes of the steps above are older still.
+        time.sleep(2.5)
+        before = (datetime.now(UTC) - timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         obs = httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json()
         obs["valueQuantity"]["value"] = 2100
         assert httpx.put(f"{base}/Observation/thal-03-afp-a1", json=obs, timeout=10).status_code == 200
+        # An incremental pull, five patients per search, finds exactly that change.
+        changes = cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "pc"),
+                      "--since", before, "--patients-per-search", "5", "--no-progress")  # fmt: skip
+        assert changes.exit_code == 0, changes.output
+        assert pulled_lines(tmp_path / "pc").get("Observation.ndjson") == {
+            json.dumps(httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json(), sort_keys=True)
+        }
         cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p3"), "--no-progress")
         third = evaluate(tmp_path / "p3", tmp_path / "e3")
         plan3 = [json.loads(x) for x in (tmp_path / "e3" / "writeback-plan.ndjson").read_text().splitlines()]
@@ -110,6 +129,19 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         assert next(s for s in third["subjects"] if s["patient"] == "Patient/thal-03")["best_response"] == "PD"
         final = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e3" / "writeback.json"))
         assert final.exit_code == 0 and f"updated {len(changed)}" in final.output, final.output
+
+
+def pulled_lines(folder: Path) -> dict[str, set[str]]:
+    """Each pulled NDJSON file's resources, key-sorted (servers may order keys and pages differently)."""
+    return {
+        f.name: {json.dumps(json.loads(line), sort_keys=True) for line in f.read_text().splitlines()}
+        for f in sorted(folder.glob("*.ndjson"))
+    }
+
+
+def requests_made(result: Result) -> int:
+    """The request count `fhiradapter pull` prints ("  N request(s), ...")."""
+    return int(result.output.split(" request(s)", 1)[0].rsplit(" ", 1)[1])
 
 
 def test_pull_with_since_takes_only_what_changed(tmp_path: Path) -> None:
@@ -312,6 +344,11 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert first.exit_code == 0, first.output
         assert "patients evaluated 14" in first.output and "conflicts 0; errors 0" in first.output
         assert "Export " in first.output and "new run" in first.output
+        # The next run asks for seven patients per search: nothing new to write, in a third of the requests.
+        grouped = cli(*args, "--patients-per-search", "7")
+        assert grouped.exit_code == 0 and "plan: unchanged " in grouped.output, grouped.output
+        assert "pushed: nothing to send" in grouped.output
+        assert requests_made(grouped) * 3 < requests_made(first)
         bad = cli(*args[:-3], "--since", "yesterday")
         assert bad.exit_code == 10 and "--since" in bad.output
 

@@ -111,6 +111,7 @@ class SyncOptions:
     # How far before the pull's start the next watermark is set: covers writes that commit with an earlier
     # lastUpdated than their visibility (in-flight transactions), and clock steps on the server.
     overlap: timedelta = SKEW_MARGIN
+    per_search: int = 1  # patients per search in the pull (see server_io.pull_into)
 
 
 def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
@@ -183,7 +184,14 @@ async def _pull_phase(
                 pulled = await _bulk_into(client, cap, opts, sink, since, run_id)
             else:
                 pulled = await pull_into(
-                    client, cap, opts.study, sink, since, progress=opts.progress, on_total=opts.on_total
+                    client,
+                    cap,
+                    opts.study,
+                    sink,
+                    since,
+                    progress=opts.progress,
+                    on_total=opts.on_total,
+                    per_search=opts.per_search,
                 )
         except BaseException:
             if history is not None:
