@@ -17,6 +17,7 @@ scipy are imported before timing: start-up is not throughput. Never run by CI.
 
     python benchmarks/bench_sync.py                 # 200 patients
     python benchmarks/bench_sync.py --patients 100 --latency-ms 50
+    python benchmarks/bench_sync.py --patients 100 --patients-per-search 20
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _sync(client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions,
     }
 
 
-def measure(folder: Path, concurrency: int, latency: float, work: Path) -> dict[str, Any]:
+def measure(folder: Path, concurrency: int, latency: float, work: Path, per_search: int = 1) -> dict[str, Any]:
     with sekmet_server(work) as base:
         load_input(base, folder, chunk=500)
         settings = ClientSettings(concurrency=concurrency)
@@ -116,7 +117,7 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path) -> dict[
                 sink = NdjsonSink(work / "pull")
                 (work / "pull").mkdir(exist_ok=True)
                 cpu = time.process_time()
-                summary = await pull_into(c, cap, "thal-hcc-pilot", sink)
+                summary = await pull_into(c, cap, "thal-hcc-pilot", sink, per_search=per_search)
                 cpu = time.process_time() - cpu
                 sink.close(True)
                 return summary.patients, c.requests, cpu
@@ -127,7 +128,15 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path) -> dict[
         mappings, identity = load_mappings()
         store = SyncStore(data_dir=work / "data")
         opts = SyncOptions(
-            "thal-hcc-pilot", date(2005, 12, 31), "auto", False, work / "runs", mappings, identity, overlap=OVERLAP
+            "thal-hcc-pilot",
+            date(2005, 12, 31),
+            "auto",
+            False,
+            work / "runs",
+            mappings,
+            identity,
+            overlap=OVERLAP,
+            per_search=per_search,
         )
         first = _sync(client, store, opts, patients)  # everything pulled, every result created
         settle = _sync(client, store, opts, patients)  # reads back the first run's own writes; writes nothing
@@ -152,6 +161,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=50)
+    parser.add_argument("--patients-per-search", type=int, default=1, help="as the pull and sync option")
     args = parser.parse_args()
     data = HERE / ".data" / f"sync-p{args.patients}"
     if not data.exists():
@@ -162,10 +172,13 @@ def main() -> None:
     for concurrency in (1, 8):
         work = Path(tempfile.mkdtemp(prefix="fhiradapter-bench-sync-"))
         try:
-            rows.append(measure(data, concurrency, args.latency_ms / 1000, work))
+            rows.append(measure(data, concurrency, args.latency_ms / 1000, work, args.patients_per_search))
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"{args.patients} patients, {args.latency_ms:.0f} ms added latency per request")
+    print(
+        f"{args.patients} patients, {args.latency_ms:.0f} ms added latency per request, "
+        f"{args.patients_per_search} patient(s) per search"
+    )
     print(f"{'concurrency':>11} {'pull pat/s':>10} {'requests':>8} {'CPU ms/req':>10}")
     for r in rows:
         print(
@@ -182,7 +195,7 @@ def main() -> None:
             )
         ratios[run] = rows[1][run]["patients_per_s"] / rows[0][run]["patients_per_s"]
     print("ratio 8 / 1: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + " (target >= 6x)")
-    out = HERE / ".data" / f"bench-sync-{args.patients}.json"
+    out = HERE / ".data" / f"bench-sync-{args.patients}-{args.patients_per_search}.json"
     out.write_text(json.dumps({"rows": rows, "ratios": ratios}, indent=2))
 
 
