@@ -217,25 +217,25 @@ async def pull_into(
 
     async def worker() -> None:
         while not queue.empty():
-            group = queue.get_nowait()
-            ids = ",".join(_or_value(p.split("/", 1)[1]) for p in group)
-            if not since and len(group) == 1:
-                resource = await client.read("Patient", group[0].split("/", 1)[1])
+            batch = queue.get_nowait()
+            ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
+            if not since and len(batch) == 1:
+                resource = await client.read("Patient", batch[0].split("/", 1)[1])
                 if resource is not None:
                     add(resource)
             else:
                 async for r in client.search("Patient", [("_id", ids), *extra]):
                     add(r)
-            refs = ",".join(_or_value(p) for p in group)  # one search for the group: values OR-ed
+            refs = ",".join(_or_value(p) for p in batch)  # one search for the batch: values OR-ed
             for rtype, param in per_patient:
                 async for r in client.search(rtype, [(param, refs), *extra]):
                     add(r)
             if progress:
-                progress(len(group))
+                progress(len(batch))
 
     try:
         async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
-            for _ in range(max(1, min(client.settings.concurrency, len(todo)))):
+            for _ in range(max(1, min(client.settings.concurrency, queue.qsize()))):
                 group.create_task(worker())
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None
