@@ -297,6 +297,18 @@ def export_cmd(
 # ---------------------------------------------------------------------------------------------------- server
 
 
+# pull and sync: how many patients one search asks for
+_per_search_option = click.option(
+    "--patients-per-search",
+    "per_search",
+    type=click.IntRange(1, 100),
+    default=1,
+    show_default=True,
+    help="Patients asked for in one search (subject=Patient/a,Patient/b,...): fewer requests for an "
+    "incremental pull, larger pages. 1 searches patient by patient.",
+)
+
+
 def _server_options(fn: Any) -> Any:
     """Options shared by the commands that talk to a FHIR server (secrets only from files or environment)."""
     options = [
@@ -401,15 +413,7 @@ async def _open_client(o: dict[str, Any]) -> Any:
     "--bulk", is_flag=True, help="Use Bulk Data $export (Group/ID/$export with --group, else Patient/$export)."
 )
 @click.option("--group", metavar="ID", help="With --bulk: the Group whose members to export.")
-@click.option(
-    "--patients-per-search",
-    "per_search",
-    type=click.IntRange(1, 100),
-    default=1,
-    show_default=True,
-    help="Patients asked for in one search (subject=Patient/a,Patient/b,...): fewer requests for an "
-    "incremental pull, larger pages. 1 searches patient by patient.",
-)
+@_per_search_option
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
@@ -612,15 +616,7 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
 )
 @click.option("--bulk", is_flag=True, help="Pull through Bulk Data $export (the study's subjects still by search).")
 @click.option("--group", metavar="ID", help="With --bulk: export Group/ID's members instead of every patient.")
-@click.option(
-    "--patients-per-search",
-    "per_search",
-    type=click.IntRange(1, 100),
-    default=1,
-    show_default=True,
-    help="Patients asked for in one search (subject=Patient/a,Patient/b,...): fewer requests for an "
-    "incremental pull, larger pages. 1 searches patient by patient.",
-)
+@_per_search_option
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
