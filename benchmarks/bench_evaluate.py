@@ -4,20 +4,29 @@ Each measurement runs in a fresh process, so peak RSS is that run's own (workers
 reported as ratios against the orjson baseline measured in the same run on the same machine; absolute
 numbers vary too much between machines to mean anything alone. Never run by CI (timing is not a test).
 
-    python benchmarks/bench_evaluate.py                   # 1k and 10k patients
-    python benchmarks/bench_evaluate.py --sizes 1000 --workers 1
+Both builds are measured: ``python`` (the source tree, what an editable install runs) and ``compiled`` (the
+wheel, whose hot modules hatch_build.py compiles with mypyc; built here once per source version, about two
+minutes, and kept in the data folder).
+
+    python benchmarks/bench_evaluate.py                   # 1k and 10k patients, both builds
+    python benchmarks/bench_evaluate.py --sizes 1000 --workers 1 --build compiled
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from generate import generate  # noqa: E402 - the generator lives beside this script
@@ -54,13 +63,33 @@ dt = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"resources": summary["records_read"], "seconds": dt, "workers": summary["workers"],
+                  "build": summary["build"],
                   "peak_mb": own, "peak_worker_mb": kids, "patients": summary["patients"]}))
 """
 
 
-def measure(script: str, *args: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True)
+def measure(script: str, *args: str, path: Path | None = None) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(path)) if path else None
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, env=env)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def compiled_site(data: Path) -> Path:
+    """The wheel (mypyc-compiled) unpacked into a folder for PYTHONPATH; rebuilt when the sources change."""
+    digest = hashlib.sha256()
+    for f in sorted([ROOT / "hatch_build.py", ROOT / "pyproject.toml", *(ROOT / "fhiradapter").rglob("*.py")]):
+        digest.update(f.read_bytes())
+    folder = data / f"compiled-{digest.hexdigest()[:12]}"
+    if not (folder / "site").is_dir():
+        for old in data.glob("compiled-*"):
+            shutil.rmtree(old)
+        print("building the compiled wheel (mypyc) ...", flush=True)
+        env = dict(os.environ, FHIRADAPTER_COMPILE="require")
+        pip = [sys.executable, "-m", "pip", "--quiet"]
+        subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(folder), str(ROOT)], check=True, env=env)
+        wheel = next(folder.glob("fhiradapter-*.whl"))
+        subprocess.run([*pip, "install", "--no-deps", "--target", str(folder / "site"), str(wheel)], check=True)
+    return folder / "site"
 
 
 def main() -> None:
@@ -70,7 +99,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
     parser.add_argument("--no-report", action="store_true", help="measure evaluate without report.html/.md")
+    parser.add_argument("--build", choices=["python", "compiled", "both"], default="both")
     args = parser.parse_args()
+    builds = ["python", "compiled"] if args.build == "both" else [args.build]
+    paths = {"python": ROOT, **({"compiled": compiled_site(args.data)} if "compiled" in builds else {})}
     rows = []
     for size in args.sizes:
         folder = args.data / f"p{size}"
@@ -79,50 +111,58 @@ def main() -> None:
             count = generate(size, folder, seed=7)
             print(f"generated {count} resources for {size} patients in {time.perf_counter() - t:.1f} s")
         base = sorted((measure(BASELINE, str(folder)) for _ in range(args.repeat)), key=lambda r: r["seconds"])
-        runs = sorted(
-            (
-                measure(
-                    EVALUATE,
-                    str(folder),
-                    str(args.data / f"out-{size}"),
-                    str(args.workers),
-                    "no-report" if args.no_report else "report",
-                )
-                for _ in range(args.repeat)
-            ),
-            key=lambda r: r["seconds"],
-        )
-        b, e = base[len(base) // 2], runs[len(runs) // 2]
-        rows.append(
-            {
-                "patients": size,
-                "resources": e["resources"],
-                "workers": e["workers"],
-                "orjson_per_s": b["resources"] / b["seconds"],
-                "evaluate_per_s": e["resources"] / e["seconds"],
-                "ratio": b["seconds"] / e["seconds"],
-                "orjson_peak_mb": b["peak_mb"],
-                "evaluate_peak_mb": max(e["peak_mb"], e["peak_worker_mb"]),
-                "evaluate_parent_mb": e["peak_mb"],
-                "evaluate_worker_mb": e["peak_worker_mb"],
-            }
-        )
+        b = base[len(base) // 2]
+        for build in builds:
+            runs = sorted(
+                (
+                    measure(
+                        EVALUATE,
+                        str(folder),
+                        str(args.data / f"out-{size}"),
+                        str(args.workers),
+                        "no-report" if args.no_report else "report",
+                        path=paths[build],
+                    )
+                    for _ in range(args.repeat)
+                ),
+                key=lambda r: r["seconds"],
+            )
+            e = runs[len(runs) // 2]
+            assert e["build"] == build, f"asked for the {build} build, measured {e['build']}"
+            rows.append(
+                {
+                    "patients": size,
+                    "build": build,
+                    "resources": e["resources"],
+                    "workers": e["workers"],
+                    "orjson_per_s": b["resources"] / b["seconds"],
+                    "evaluate_per_s": e["resources"] / e["seconds"],
+                    "ratio": b["seconds"] / e["seconds"],
+                    "ratios": [round(b["seconds"] / r["seconds"], 3) for r in runs],
+                    "orjson_peak_mb": b["peak_mb"],
+                    "evaluate_peak_mb": max(e["peak_mb"], e["peak_worker_mb"]),
+                    "evaluate_parent_mb": e["peak_mb"],
+                    "evaluate_worker_mb": e["peak_worker_mb"],
+                }
+            )
     print(
-        f"{'patients':>8} {'resources':>9} {'workers':>7} {'orjson/s':>10} {'evaluate/s':>10} {'ratio':>6} "
-        f"{'orjson MB':>9} {'evaluate MB (parent/worker)':>28}"
+        f"{'patients':>8} {'build':>9} {'resources':>9} {'workers':>7} {'orjson/s':>10} {'evaluate/s':>10} "
+        f"{'ratio':>6} {'orjson MB':>9} {'evaluate MB (parent/worker)':>28}"
     )
     for r in rows:
         print(
-            f"{r['patients']:>8} {r['resources']:>9} {r['workers']:>7} {r['orjson_per_s']:>10,.0f} "
+            f"{r['patients']:>8} {r['build']:>9} {r['resources']:>9} {r['workers']:>7} {r['orjson_per_s']:>10,.0f} "
             f"{r['evaluate_per_s']:>10,.0f} {r['ratio']:>6.3f} {r['orjson_peak_mb']:>9.0f} "
             f"{r['evaluate_parent_mb']:>14.0f} / {r['evaluate_worker_mb']:<12.0f}"
         )
-    if len(rows) > 1:
-        growth = rows[-1]["evaluate_peak_mb"] / rows[0]["evaluate_peak_mb"]
-        print(
-            f"peak memory x{growth:.2f} for x{rows[-1]['patients'] / rows[0]['patients']:.0f} input "
-            f"(target: within x1.20)"
-        )
+    for build in builds:
+        mine = [r for r in rows if r["build"] == build]
+        if len(mine) > 1:
+            growth = mine[-1]["evaluate_peak_mb"] / mine[0]["evaluate_peak_mb"]
+            print(
+                f"{build}: peak memory x{growth:.2f} for x{mine[-1]['patients'] / mine[0]['patients']:.0f} input "
+                f"(target: within x1.20)"
+            )
     (args.data / "bench-evaluate.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from fhiradapter import __version__
+from fhiradapter import __version__, build
 from fhiradapter.errors import AdapterError, ConfigError, ExitCode
 
 
@@ -59,7 +59,11 @@ _KEY_HELP = "File holding the pseudonymisation secret (>= 32 bytes, mode 600) [d
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="fhiradapter")
+@click.version_option(
+    __version__,
+    prog_name="fhiradapter",
+    message=f"%(prog)s %(version)s ({'core compiled with mypyc' if build() == 'compiled' else 'pure Python'})",
+)
 def main() -> None:
     """Apply the thalidomide-HCC pilot protocol to FHIR R4 data and report the results."""
 

@@ -33,6 +33,11 @@ class Settings:
     as_of: date
     mappings: Mappings
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Sent to worker processes by pickle; compiled with mypyc, a frozen class cannot be rebuilt by
+        # setting its fields one by one, so it is rebuilt from its constructor.
+        return (Settings, (self.as_of, self.mappings))
+
 
 class CohortRow(NamedTuple):
     patient: str

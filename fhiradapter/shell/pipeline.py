@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from fhiradapter import __version__
+from fhiradapter import __version__, build
 from fhiradapter.core import fhir_json as fj
 from fhiradapter.core.evaluate import CohortRow, Settings, evaluate_patient, report_row, summarise_cohort
 from fhiradapter.core.extract import patient_extract
@@ -427,6 +427,7 @@ def run_evaluate(
             cohort = summarise_cohort(rows)
             summary = stats.as_dict()
             summary["workers"] = workers
+            summary["build"] = build()  # "compiled" (mypyc) or "python": what produced these figures
             header = {
                 "as_of": as_of.isoformat(),
                 "protocol": mappings_identity,
