@@ -69,7 +69,8 @@ print(json.dumps({"resources": summary["records_read"], "seconds": dt, "workers"
 
 
 def measure(script: str, *args: str, path: Path | None = None) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(path)) if path else None
+    # PYTHONSAFEPATH: the working directory must not shadow the build asked for.
+    env = dict(os.environ, PYTHONPATH=str(path), PYTHONSAFEPATH="1") if path else None
     out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, env=env)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 

@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -209,9 +210,8 @@ def _write_outputs(
     subject_index: list[tuple[str, str, int, int]],
     header: dict[str, Any],
     cohort: dict[str, Any],
-    summary: dict[str, Any],
 ) -> None:
-    """results.json (subjects sorted by patient), rejects.ndjson and summary.json, each written then renamed."""
+    """results.json (subjects sorted by patient) and rejects.ndjson, each written then renamed."""
     _concatenate(reject_parts, out / "rejects.ndjson")
     tmp = out / "results.json.partial"
     handles: dict[str, BinaryIO] = {}
@@ -229,7 +229,6 @@ def _write_outputs(
         for h in handles.values():
             h.close()
     tmp.replace(out / "results.json")
-    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
 
 def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]]) -> None:
@@ -372,6 +371,15 @@ def run_evaluate(
     workers = workers or default_workers(input_bytes)
     out.mkdir(parents=True, exist_ok=True)
     settings = Settings(as_of, mappings)
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}  # wall time of each phase, in the run summary
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = round(now - clock, 3)
+        clock = now
+
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small long-lived objects: generational GC only costs time here
     try:
@@ -385,6 +393,7 @@ def run_evaluate(
                 [(w, shares[w], buckets, spill, settings, in_memory) for w in range(workers)],
                 progress,
             )
+            lap("read_and_map")
             stats = RunStats(files=len(files), input_bytes=input_bytes)
             globals_: dict[str, Item] = {}
             parts = [r.rejects for r in one]
@@ -415,6 +424,7 @@ def run_evaluate(
                 for w in range(workers)
             ]
             two = _run_workers(_pass_two_worker, jobs, progress)
+            lap("evaluate")
             rows: list[CohortRow] = []
             index: list[tuple[str, str, int, int]] = []
             wb_index: list[tuple[str, str, int, int, int]] = []
@@ -425,6 +435,7 @@ def run_evaluate(
                 parts.append(r2.rejects)
                 wb_index.extend(r2.writeback_index)
             cohort = summarise_cohort(rows)
+            lap("cohort_statistics")
             summary = stats.as_dict()
             summary["workers"] = workers
             summary["build"] = build()  # "compiled" (mypyc) or "python": what produced these figures
@@ -446,13 +457,17 @@ def run_evaluate(
                         ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
                     )
                     drawn = pool.submit(_report, *report_args)
-                _write_outputs(out, spill, parts, index, header, cohort, summary)
+                _write_outputs(out, spill, parts, index, header, cohort)
                 _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
                 _write_sorted_lines(out / "clinical.ndjson", spill, [i for r2 in two for i in r2.clinical_index])
+                lap("write")
                 if drawn is not None:
                     drawn.result()  # the report's own error, if it failed
                 elif report:
                     _report(*report_args)
+                lap("report")  # with two workers: what the report took beyond writing the outputs
+            summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
+            (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     finally:
         if gc_was_enabled:
             gc.enable()
