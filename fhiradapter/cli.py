@@ -200,6 +200,13 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if (out / "report.html").exists():
         names += ["report.html", "report.md"]
     click.echo(f"Wrote {', '.join(str(out / n) for n in names)}")
+    seconds = summary.get("seconds") or {}
+    if seconds:
+        phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
+        click.echo(
+            f"Took {sum(seconds.values()):.1f} s with {summary['workers']} worker(s), "
+            f"{'compiled' if summary.get('build') == 'compiled' else 'pure-Python'} build ({phases})."
+        )
 
 
 def _export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:

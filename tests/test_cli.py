@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -37,6 +38,12 @@ def test_evaluate_prints_a_summary(tmp_path: Path) -> None:
     assert code == 0
     assert "14 patient(s) evaluated" in out and "rejects by reason" in out
     assert (tmp_path / "results.json").is_file() and (tmp_path / "summary.json").is_file()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["build"] == build()
+    phases = ["read_and_map", "evaluate", "cohort_statistics", "write", "report"]
+    assert list(summary["seconds"]) == phases and all(v >= 0 for v in summary["seconds"].values())
+    kind = "compiled" if build() == "compiled" else "pure-Python"
+    assert f"with 1 worker(s), {kind} build (read and map " in out
 
 
 def _compiled_modules() -> list[str]:
