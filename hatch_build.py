@@ -2,7 +2,7 @@
 
 The same typed Python source is compiled by mypyc (part of mypy) into extension modules that Python imports
 in place of the ``.py`` files beside them; the ``.py`` files stay in the wheel. Measured on the 10k-patient
-benchmark, evaluate runs about a third faster (README, "Speed and memory").
+benchmark, the whole evaluate runs about 30 % faster (README, "Performance and memory").
 
 - Editable installs (``pip install -e .``, the development set-up) are never compiled, so an edited ``.py``
   file always takes effect.
