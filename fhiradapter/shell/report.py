@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import html
 import io
+import multiprocessing
 import statistics
 import tomllib
 from collections import Counter
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,23 +131,25 @@ def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
     from matplotlib.lines import Line2D  # noqa: PLC0415
 
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(treated) + 1.6), dpi=110)
+    # One bar call and one marker series per (marker, colour): a few artists, not one per assessment.
+    ax.barh(
+        range(len(treated)),
+        [r["treatment_days"] for r in treated],
+        color=[RESPONSE_COLOURS.get(r["best_response"] or "NE", "#999999") for r in treated],
+        alpha=0.55,
+        height=0.6,
+    )
+    series: dict[tuple[str, str], tuple[list[float], list[int]]] = {}
     for y, r in enumerate(treated):
-        colour = RESPONSE_COLOURS.get(r["best_response"] or "NE", "#999999")
-        ax.barh(y, r["treatment_days"], color=colour, alpha=0.55, height=0.6)
         for a in r["assessments"]:
-            ax.plot(
-                a["day"],
-                y,
-                marker="D" if a["response"] != "PD" else "X",
-                ms=7,
-                ls="",
-                color=RESPONSE_COLOURS.get(a["response"], "#333333"),
-                markeredgecolor="black",
-                mew=0.5,
-            )
+            key = ("D" if a["response"] != "PD" else "X", RESPONSE_COLOURS.get(a["response"], "#333333"))
+            series.setdefault(key, ([], []))[0].append(a["day"])
+            series[key][1].append(y)
         end = "ongoing →" if r["on_treatment"] else (r["off_treatment_reason"] or "")
         dead = " †" if r["os"] and r["os"]["event"] else ""
         ax.text(r["treatment_days"] + 4, y, f"{end}{dead}", va="center", fontsize=8)
+    for (marker, colour), (days, ys) in series.items():
+        ax.plot(days, ys, marker=marker, ms=7, ls="", color=colour, markeredgecolor="black", mew=0.5)
     ax.set_yticks(range(len(treated)), [r["patient"].split("/", 1)[1] for r in treated], fontsize=8)
     ax.set_xlabel("Days on thalidomide (bar colour: best overall response; markers: assessments)")
     ax.set_xlim(0, max(r["treatment_days"] for r in treated) * 1.25 + 10)
@@ -154,6 +158,21 @@ def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
     ax.set_title("Treatment duration and response (text: why treatment stopped; † died)")
     fig.tight_layout()
     return _png(fig)
+
+
+def _figures(digest: Digest) -> dict[str, bytes]:
+    """Both figures, drawn at the same time in two processes (each takes about a second on a large cohort)."""
+    if not digest.os or not digest.swimmer:
+        return {k: png for k, png in (("km", _km_png(digest.os)), ("swimmer", _swimmer_png(digest.swimmer))) if png}
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: PLC0415 - loaded once, before the fork, for both figures
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+        km = pool.submit(_km_png, digest.os)
+        swimmer = _swimmer_png(digest.swimmer)
+        return {k: png for k, png in (("km", km.result()), ("swimmer", swimmer)) if png}
 
 
 def _png(fig: Any) -> bytes:
@@ -409,7 +428,7 @@ def write_report(
     for row in rows:
         digest.add(row)
     sections = build_sections(header, cohort, digest, summary, published)
-    images = {k: png for k, png in (("km", _km_png(digest.os)), ("swimmer", _swimmer_png(digest.swimmer))) if png}
+    images = _figures(digest)
     for key, png in images.items():
         (out / f"report-{key}.png").write_bytes(png)
     protocol = header["protocol"]
