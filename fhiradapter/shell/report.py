@@ -161,18 +161,20 @@ def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
 
 
 def _figures(digest: Digest) -> dict[str, bytes]:
-    """Both figures, drawn at the same time in two processes (each takes about a second on a large cohort)."""
-    if not digest.os or not digest.swimmer:
-        return {k: png for k, png in (("km", _km_png(digest.os)), ("swimmer", _swimmer_png(digest.swimmer))) if png}
-    import matplotlib  # noqa: PLC0415
+    """Both figures; when there are two, drawn at the same time in two processes (about a second each)."""
+    if digest.os and digest.swimmer:
+        import matplotlib  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot  # noqa: PLC0415 - loaded once, before the fork, for both figures
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: PLC0415 - loaded once, before the fork, for both figures
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
-        km = pool.submit(_km_png, digest.os)
-        swimmer = _swimmer_png(digest.swimmer)
-        return {k: png for k, png in (("km", km.result()), ("swimmer", swimmer)) if png}
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
+            drawing = pool.submit(_km_png, digest.os)
+            swimmer = _swimmer_png(digest.swimmer)
+            km = drawing.result()
+    else:
+        km, swimmer = _km_png(digest.os), _swimmer_png(digest.swimmer)
+    return {k: png for k, png in (("km", km), ("swimmer", swimmer)) if png}
 
 
 def _png(fig: Any) -> bytes:
