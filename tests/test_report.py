@@ -70,3 +70,12 @@ def test_no_report_option(tmp_path: Path) -> None:
         main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--no-report"]
     )
     assert run.exit_code == 0 and not (tmp_path / "report.html").exists()
+
+
+def test_a_cohort_with_no_treated_patient_gets_a_report_without_figures(tmp_path: Path) -> None:
+    bad = ROOT / "fixtures" / "bad-inputs"
+    run = CliRunner().invoke(main, ["evaluate", str(bad), "--as-of", "2005-03-31", "--out", str(tmp_path)])
+    assert run.exit_code == 0, run.output
+    assert "data:image/png" not in (tmp_path / "report.html").read_text()
+    assert not list(tmp_path.glob("*.png"))
+    assert "Data quality" in (tmp_path / "report.md").read_text()
