@@ -218,12 +218,12 @@ async def pull_into(
     async def worker() -> None:
         while not queue.empty():
             batch = queue.get_nowait()
-            ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
             if not since and len(batch) == 1:
                 resource = await client.read("Patient", batch[0].split("/", 1)[1])
                 if resource is not None:
                     add(resource)
             else:
+                ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
                 async for r in client.search("Patient", [("_id", ids), *extra]):
                     add(r)
             refs = ",".join(_or_value(p) for p in batch)  # one search for the batch: values OR-ed
