@@ -42,6 +42,8 @@ def test_evaluate_prints_a_summary(tmp_path: Path) -> None:
     assert summary["build"] == build()
     phases = ["read_and_map", "evaluate", "cohort_statistics", "write", "report"]
     assert list(summary["seconds"]) == phases and all(v >= 0 for v in summary["seconds"].values())
+    cpu = summary["worker_cpu_seconds"]  # one figure per worker and pass: how evenly the work was shared
+    assert [len(cpu["read_and_map"]), len(cpu["evaluate"])] == [1, 1] and cpu["read_and_map"][0] > 0
     kind = "compiled" if build() == "compiled" else "pure-Python"
     assert f"with 1 worker(s), {kind} build (read and map " in out
 

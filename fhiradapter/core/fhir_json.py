@@ -7,7 +7,7 @@ whether that is an issue. camelCase FHIR names live only here and in the mappers
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -42,7 +42,7 @@ def is_full_date(value: str | None) -> bool:
     return value is not None and len(value) == 10
 
 
-def normalise_reference(ref: Any, aliases: Mapping[str, str] | None = None) -> str | None:
+def normalise_reference(ref: Any, aliases: dict[str, str] | None = None) -> str | None:
     """``Type/id`` for a relative, absolute or versioned reference; Bundle ``urn:uuid:`` via ``aliases``.
 
     Contained references (``#id``) are returned unchanged; the caller resolves them in its resource.
@@ -66,7 +66,7 @@ def normalise_reference(ref: Any, aliases: Mapping[str, str] | None = None) -> s
     return f"{parts[-2]}/{parts[-1]}"
 
 
-def reference_of(element: Any, aliases: Mapping[str, str] | None = None) -> str | None:
+def reference_of(element: Any, aliases: dict[str, str] | None = None) -> str | None:
     if type(element) is dict:
         ref = element.get("reference")
         if aliases and type(ref) is str and ref in aliases:
@@ -109,7 +109,7 @@ def first_code(concept: Any) -> str | None:
     return None
 
 
-def extension_values(resource: Mapping[str, Any], url: str) -> Iterator[Any]:
+def extension_values(resource: dict[str, Any], url: str) -> Iterator[Any]:
     for ext in resource.get("extension") or []:
         if isinstance(ext, dict) and ext.get("url") == url:
             yield ext
@@ -125,7 +125,7 @@ def number(value: Any) -> float | None:
     return None
 
 
-def contained(resource: Mapping[str, Any], local_ref: str) -> dict[str, Any] | None:
+def contained(resource: dict[str, Any], local_ref: str) -> dict[str, Any] | None:
     wanted = local_ref[1:]
     for item in resource.get("contained") or []:
         if isinstance(item, dict) and item.get("id") == wanted:
@@ -133,7 +133,7 @@ def contained(resource: Mapping[str, Any], local_ref: str) -> dict[str, Any] | N
     return None
 
 
-def version_key(resource: Mapping[str, Any]) -> tuple[int, str, str]:
+def version_key(resource: dict[str, Any]) -> tuple[int, str, str]:
     """Orders two copies of one resource: numeric ``meta.versionId``, then ``meta.lastUpdated``.
 
     Non-numeric (opaque) version ids do not order; ties are broken by the caller (last seen wins).
@@ -147,7 +147,7 @@ def version_key(resource: Mapping[str, Any]) -> tuple[int, str, str]:
     return (vnum, updated if isinstance(updated, str) else "", vid if isinstance(vid, str) else "")
 
 
-def resolve_aliases(value: Any, aliases: Mapping[str, str] | None) -> Any:
+def resolve_aliases(value: Any, aliases: dict[str, str] | None) -> Any:
     """A copy of a resource with Bundle-internal references (``urn:uuid:``) replaced by ``Type/id``."""
     if not aliases:
         return value

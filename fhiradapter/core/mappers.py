@@ -8,7 +8,7 @@ clinical conversions in ``mappings/units.toml``; both are recorded on the value 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,7 +87,7 @@ def _issue(ref: str, path: str, code: str, message: str) -> list[Issue]:
 
 
 def _patient_ref(
-    res: Mapping[str, Any], key: str, ref: str, aliases: Mapping[str, str] | None
+    res: dict[str, Any], key: str, ref: str, aliases: dict[str, str] | None
 ) -> tuple[str | None, list[Issue]]:
     element = res.get(key)
     if type(element) is dict:  # fast path: a plain relative reference
@@ -101,7 +101,7 @@ def _patient_ref(
 
 
 def map_patient(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     issues: list[Issue] = []
     birth = fj.local_date(res.get("birthDate"))
@@ -165,7 +165,7 @@ def _quantity(q: Any) -> tuple[float | None, str]:
 
 
 def map_observation(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     m = ctx.mappings
     written = _written(res, ref, origin, aliases)
@@ -283,7 +283,7 @@ def map_observation(
     )
 
 
-def _written(res: Mapping[str, Any], ref: str, origin: Origin, aliases: Mapping[str, str] | None) -> Written | None:
+def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, str] | None) -> Written | None:
     """A result this adapter wrote earlier: kept as such (for the write-back plan), never read as input."""
     idents = res.get("identifier")
     if type(idents) is not list:
@@ -307,7 +307,7 @@ def _written(res: Mapping[str, Any], ref: str, origin: Origin, aliases: Mapping[
     return None
 
 
-def _ecog(res: Mapping[str, Any], m: Mappings) -> float | None:
+def _ecog(res: dict[str, Any], m: Mappings) -> float | None:
     raw = res.get("valueInteger")
     if raw is None and isinstance(res.get("valueQuantity"), dict):
         raw = fj.number(res["valueQuantity"].get("value"))
@@ -324,7 +324,7 @@ def _ecog(res: Mapping[str, Any], m: Mappings) -> float | None:
 
 
 def _tumour(
-    res: Mapping[str, Any], ref: str, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, ctx: MapContext, aliases: dict[str, str] | None
 ) -> tuple[str | None, float | None, float | None, list[Issue]]:
     focus_list = res.get("focus")
     focus = None
@@ -394,7 +394,7 @@ def _drug(concept: Any, m: Mappings) -> tuple[str | None, str | None]:
     return None, first
 
 
-def medication_concept(res: Mapping[str, Any], m: Mappings) -> str | None:
+def medication_concept(res: dict[str, Any], m: Mappings) -> str | None:
     """The protocol drug a Medication resource is (by its code or an ingredient's code)."""
     drug, _ = _drug(res.get("code"), m)
     if drug:
@@ -408,7 +408,7 @@ def medication_concept(res: Mapping[str, Any], m: Mappings) -> str | None:
 
 
 def map_medication_use(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     status = res.get("status")
     if status in EXCLUDED_MED_STATUS:
@@ -447,7 +447,7 @@ def map_medication_use(
     return Med(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
 
 
-def _exposure_dates(res: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def _exposure_dates(res: dict[str, Any]) -> tuple[str | None, str | None]:
     if res.get("resourceType") == "MedicationRequest":
         for dose in res.get("dosageInstruction") or []:
             bounds = (((dose or {}).get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
@@ -464,7 +464,7 @@ def _exposure_dates(res: Mapping[str, Any]) -> tuple[str | None, str | None]:
 
 
 def map_adverse_event(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     if res.get("actuality") == "potential":
         return None, _issue(ref, "actuality", "not-actual", "a potential event, not an actual one")
@@ -509,7 +509,7 @@ def map_adverse_event(
 
 
 def map_condition(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     concept = _lookup(res.get("code"), ctx.mappings.condition)
     if concept is None:
@@ -535,7 +535,7 @@ def map_condition(
 
 
 def map_consent(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     patient, issues = _patient_ref(res, "patient", ref, aliases)
     if patient is None:
@@ -549,7 +549,7 @@ def map_consent(
 
 
 def map_research_subject(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
+    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     patient, issues = _patient_ref(res, "individual", ref, aliases)
     if patient is None:
@@ -572,9 +572,7 @@ def map_research_subject(
     ), issues
 
 
-def map_other(
-    res: Mapping[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: Mapping[str, str] | None
-) -> Result:
+def map_other(res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
     kind = res.get("resourceType")
     if kind == "Medication":
         return Other(ref, None, medication_concept(res, ctx.mappings), origin), []
@@ -586,7 +584,7 @@ def map_other(
     return Other(ref, None, None, origin), []
 
 
-Mapper = Callable[[Mapping[str, Any], str, Origin, MapContext, Mapping[str, str] | None], Result]
+Mapper = Callable[[dict[str, Any], str, Origin, MapContext, dict[str, str] | None], Result]
 MAPPERS: dict[str, Mapper] = {
     "Patient": map_patient,
     "Observation": map_observation,
@@ -604,11 +602,11 @@ MAPPERS: dict[str, Mapper] = {
 
 
 def map_resource(
-    res: Mapping[str, Any],
+    res: dict[str, Any],
     ref: str,
     origin: Origin,
     ctx: MapContext,
-    aliases: Mapping[str, str] | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> Result:
     """Map any resource; types the protocol does not read give ``None`` and a ``type-not-used`` issue."""
     mapper = MAPPERS.get(str(res.get("resourceType")))

@@ -88,8 +88,9 @@ def result_identifier(protocol_id: str, kind: str, patient: str, key: str = "") 
 
 def content_hash(resource: dict[str, Any]) -> str:
     """Hash of a resource's content, ignoring ``meta`` and ``id`` (what a server adds or changes)."""
-    body = {k: v for k, v in resource.items() if k not in ("meta", "id")}
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+    if "meta" in resource or "id" in resource:
+        resource = {k: v for k, v in resource.items() if k not in ("meta", "id")}
+    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -122,7 +123,9 @@ def _observation(
     }
     if effective:
         res["effectiveDateTime"] = effective
-    res.update({k: v for k, v in fields.items() if v not in (None, [], {})})
+    for k, v in fields.items():
+        if v is not None and v != [] and v != {}:
+            res[k] = v
     return res
 
 

@@ -27,6 +27,10 @@ class RawRecord(NamedTuple):
     aliases: dict[str, str] | None
 
 
+# Builds a NamedTuple from a plain tuple without its Python-level __new__ (the hot path: one per line).
+_tuple_new: Any = tuple.__new__
+
+
 class Reject(NamedTuple):
     file: str
     locator: str
@@ -179,7 +183,7 @@ def _read_ndjson(
         if type(obj) is dict and (rtype := obj.get("resourceType")) is not None and rtype != "Bundle":
             rid = obj.get("id")
             if type(rid) is str and rid and type(rtype) is str:
-                yield RawRecord(obj, (name, f"line {lineno}"), None)
+                yield _tuple_new(RawRecord, (obj, (name, f"line {lineno}"), None))
                 continue
         yield from _records(obj, name, f"line {lineno}")
     if on_bytes is not None and pending:
