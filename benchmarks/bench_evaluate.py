@@ -6,10 +6,12 @@ numbers vary too much between machines to mean anything alone. Never run by CI (
 
 Both builds are measured: ``python`` (the source tree, what an editable install runs) and ``compiled`` (the
 wheel, whose hot modules hatch_build.py compiles with mypyc; built here once per source version, about two
-minutes, and kept in the data folder).
+minutes, and kept in the data folder). So are two output sets: ``all`` (what ``evaluate`` writes by default)
+and ``results`` (``--no-writeback --no-report``: results.json, rejects.ndjson, clinical.ndjson, summary.json).
+The configurations are measured in rounds, each round running the baseline and every configuration once.
 
-    python benchmarks/bench_evaluate.py                   # 1k and 10k patients, both builds
-    python benchmarks/bench_evaluate.py --sizes 1000 --workers 1 --build compiled
+    python benchmarks/bench_evaluate.py                   # 1k and 10k patients, both builds, both output sets
+    python benchmarks/bench_evaluate.py --sizes 1000 --workers 1 --build compiled --outputs all
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
 mappings, identity = load_mappings()
 workers = int(sys.argv[3]) or None
 t = time.perf_counter()
+everything = sys.argv[4] == "all"
 summary = run_evaluate([Path(sys.argv[1])], Path(sys.argv[2]), date(2005, 12, 31), mappings, identity,
-                       workers=workers, report=sys.argv[4] == "report")
+                       workers=workers, report=everything, writeback=everything)
 dt = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -99,10 +102,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="0 = the adapter's default")
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
-    parser.add_argument("--no-report", action="store_true", help="measure evaluate without report.html/.md")
+    parser.add_argument(
+        "--outputs",
+        choices=["all", "results", "both"],
+        default="both",
+        help="all: every output (the default of `evaluate`); results: results.json, rejects.ndjson, "
+        "clinical.ndjson and summary.json only (--no-writeback --no-report)",
+    )
     parser.add_argument("--build", choices=["python", "compiled", "both"], default="both")
     args = parser.parse_args()
     builds = ["python", "compiled"] if args.build == "both" else [args.build]
+    output_sets = ["all", "results"] if args.outputs == "both" else [args.outputs]
     paths = {"python": ROOT, **({"compiled": compiled_site(args.data)} if "compiled" in builds else {})}
     rows = []
     for size in args.sizes:
@@ -111,35 +121,35 @@ def main() -> None:
             t = time.perf_counter()
             count = generate(size, folder, seed=7)
             print(f"generated {count} resources for {size} patients in {time.perf_counter() - t:.1f} s")
-        base = sorted((measure(BASELINE, str(folder)) for _ in range(args.repeat)), key=lambda r: r["seconds"])
+        # Rounds: each round measures the baseline and every configuration once, so that the machine's drift
+        # over minutes (large here) falls on all of them alike; medians are taken over the rounds.
+        configs = [(build, outputs) for build in builds for outputs in output_sets]
+        base_runs: list[dict[str, Any]] = []
+        runs: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in configs}
+        for _ in range(args.repeat):
+            base_runs.append(measure(BASELINE, str(folder)))
+            for build, outputs in configs:
+                out = args.data / f"out-{size}-{outputs}"
+                runs[build, outputs].append(
+                    measure(EVALUATE, str(folder), str(out), str(args.workers), outputs, path=paths[build])
+                )
+        base = sorted(base_runs, key=lambda r: r["seconds"])
         b = base[len(base) // 2]
-        for build in builds:
-            runs = sorted(
-                (
-                    measure(
-                        EVALUATE,
-                        str(folder),
-                        str(args.data / f"out-{size}"),
-                        str(args.workers),
-                        "no-report" if args.no_report else "report",
-                        path=paths[build],
-                    )
-                    for _ in range(args.repeat)
-                ),
-                key=lambda r: r["seconds"],
-            )
-            e = runs[len(runs) // 2]
+        for (build, outputs), mine in runs.items():
+            mine.sort(key=lambda r: r["seconds"])
+            e = mine[len(mine) // 2]
             assert e["build"] == build, f"asked for the {build} build, measured {e['build']}"
             rows.append(
                 {
                     "patients": size,
                     "build": build,
+                    "outputs": outputs,
                     "resources": e["resources"],
                     "workers": e["workers"],
                     "orjson_per_s": b["resources"] / b["seconds"],
                     "evaluate_per_s": e["resources"] / e["seconds"],
                     "ratio": b["seconds"] / e["seconds"],
-                    "ratios": [round(b["seconds"] / r["seconds"], 3) for r in runs],
+                    "ratios": [round(b["seconds"] / r["seconds"], 3) for r in mine],
                     "orjson_peak_mb": b["peak_mb"],
                     "evaluate_peak_mb": max(e["peak_mb"], e["peak_worker_mb"]),
                     "evaluate_parent_mb": e["peak_mb"],
@@ -147,23 +157,24 @@ def main() -> None:
                 }
             )
     print(
-        f"{'patients':>8} {'build':>9} {'resources':>9} {'workers':>7} {'orjson/s':>10} {'evaluate/s':>10} "
-        f"{'ratio':>6} {'orjson MB':>9} {'evaluate MB (parent/worker)':>28}"
+        f"{'patients':>8} {'build':>9} {'outputs':>8} {'resources':>9} {'workers':>7} {'orjson/s':>10} "
+        f"{'evaluate/s':>10} {'ratio':>6} {'orjson MB':>9} {'evaluate MB (parent/worker)':>28}"
     )
     for r in rows:
         print(
-            f"{r['patients']:>8} {r['build']:>9} {r['resources']:>9} {r['workers']:>7} {r['orjson_per_s']:>10,.0f} "
-            f"{r['evaluate_per_s']:>10,.0f} {r['ratio']:>6.3f} {r['orjson_peak_mb']:>9.0f} "
-            f"{r['evaluate_parent_mb']:>14.0f} / {r['evaluate_worker_mb']:<12.0f}"
+            f"{r['patients']:>8} {r['build']:>9} {r['outputs']:>8} {r['resources']:>9} {r['workers']:>7} "
+            f"{r['orjson_per_s']:>10,.0f} {r['evaluate_per_s']:>10,.0f} {r['ratio']:>6.3f} "
+            f"{r['orjson_peak_mb']:>9.0f} {r['evaluate_parent_mb']:>14.0f} / {r['evaluate_worker_mb']:<12.0f}"
         )
     for build in builds:
-        mine = [r for r in rows if r["build"] == build]
-        if len(mine) > 1:
-            growth = mine[-1]["evaluate_peak_mb"] / mine[0]["evaluate_peak_mb"]
-            print(
-                f"{build}: peak memory x{growth:.2f} for x{mine[-1]['patients'] / mine[0]['patients']:.0f} input "
-                f"(target: within x1.20)"
-            )
+        for outputs in output_sets:
+            mine = [r for r in rows if r["build"] == build and r["outputs"] == outputs]
+            if len(mine) > 1:
+                growth = mine[-1]["evaluate_peak_mb"] / mine[0]["evaluate_peak_mb"]
+                print(
+                    f"{build}, {outputs} outputs: peak memory x{growth:.2f} for "
+                    f"x{mine[-1]['patients'] / mine[0]['patients']:.0f} input (target: within x1.20)"
+                )
     (args.data / "bench-evaluate.json").write_text(json.dumps(rows, indent=1))
 
 

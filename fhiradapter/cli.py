@@ -103,6 +103,12 @@ def main() -> None:
     help="Write report.html and report.md (tables, survival curve, swimmer plot) [default: on].",
 )
 @click.option(
+    "--writeback/--no-writeback",
+    default=True,
+    help="Write writeback.json and writeback-plan.ndjson, the results as FHIR resources to send to a server "
+    "[default: on]. Off: faster, for runs whose results stay in files.",
+)
+@click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
 @click.option(
@@ -128,6 +134,7 @@ def evaluate(
     mappings_dir: Path | None,
     workers: int | None,
     report: bool,
+    writeback: bool,
     progress: bool | None,
     export_to: str | None,
     export_format: str,
@@ -171,6 +178,7 @@ def evaluate(
                 progress=bar.update if show else None,
                 workers=workers,
                 report=report,
+                writeback=writeback,
             )
     _print_summary(summary, out)
     if export_to:
@@ -191,12 +199,16 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if summary["rejects_by_reason"]:
         reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())
         click.echo(f"  rejects by reason: {reasons}")
-    wb = summary.get("writeback", {})
-    click.echo(
-        f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
-        f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
-    )
-    names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json", "writeback.json"]
+    wb = summary.get("writeback")
+    names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
+    if wb is None:
+        click.echo("Write-back: not planned (--no-writeback); no writeback.json.")
+    else:
+        click.echo(
+            f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
+            f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
+        )
+        names.append("writeback.json")
     if (out / "report.html").exists():
         names += ["report.html", "report.md"]
     click.echo(f"Wrote {', '.join(str(out / n) for n in names)}")

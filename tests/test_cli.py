@@ -139,3 +139,18 @@ def test_console_script_runs_with_progress_off(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "Wrote" in run.stdout
+
+
+def test_no_writeback_skips_the_bundle_and_removes_an_earlier_one(tmp_path: Path) -> None:
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--no-report"]
+    code, _ = invoke(*args)
+    assert code == 0 and (tmp_path / "writeback.json").exists()
+    full = json.loads((tmp_path / "results.json").read_text())
+    code, out = invoke(*args, "--no-writeback")
+    assert code == 0, out
+    assert "Write-back: not planned (--no-writeback)" in out and "writeback.json," not in out
+    assert not (tmp_path / "writeback.json").exists() and not (tmp_path / "writeback-plan.ndjson").exists()
+    assert not list(tmp_path.glob(".*"))  # the old copies are gone, not hidden
+    assert json.loads((tmp_path / "summary.json").read_text())["writeback"] is None
+    lean = json.loads((tmp_path / "results.json").read_text())
+    assert lean["subjects"] == full["subjects"] and lean["cohort"] == full["cohort"]  # the same evaluation

@@ -152,3 +152,14 @@ def test_plan_tasks_splits_at_line_boundaries_and_counts_lines(tmp_path: Path) -
     locators = [r.origin[1] for t in tasks for r in read_file(src, None, t)]
     total = sum(1 for line in src.read_text().splitlines() if line.strip())
     assert locators == [f"line {n}" for n in range(1, total + 1)]
+
+
+def test_a_second_run_into_the_same_folder_replaces_every_output_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Outputs are renamed over the old ones; the old copies, kept as hidden links meanwhile, are removed."""
+    mappings, identity = load_mappings()
+    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity)
+    first = sorted(p.name for p in tmp_path.iterdir())
+    (tmp_path / "writeback.json").write_text("stale")
+    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity)
+    assert sorted(p.name for p in tmp_path.iterdir()) == first
+    assert json.loads((tmp_path / "writeback.json").read_text())["type"] == "transaction"

@@ -65,11 +65,23 @@ def test_markdown_figures_are_written_beside_it(out: Path) -> None:
         assert (out / png).read_bytes().startswith(b"\x89PNG")
 
 
-def test_no_report_option(tmp_path: Path) -> None:
-    run = CliRunner().invoke(
-        main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--no-report"]
-    )
-    assert run.exit_code == 0 and not (tmp_path / "report.html").exists()
+def test_no_report_option_also_removes_an_earlier_runs_report(tmp_path: Path) -> None:
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (tmp_path / "report.html").exists() and (tmp_path / "report-km.png").exists()
+    run = CliRunner().invoke(main, [*args, "--no-report"])
+    assert run.exit_code == 0
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("report", ".report"))]
+    assert "report.html" not in run.output
+
+
+def test_a_figure_the_new_cohort_lacks_is_not_left_from_an_earlier_run(tmp_path: Path) -> None:
+    args = ["--as-of", "2005-03-31", "--out", str(tmp_path)]
+    assert CliRunner().invoke(main, ["evaluate", str(PAPER), *args]).exit_code == 0
+    assert (tmp_path / "report-swimmer.png").exists()
+    run = CliRunner().invoke(main, ["evaluate", str(ROOT / "fixtures" / "bad-inputs"), *args])
+    assert run.exit_code == 0, run.output
+    assert not list(tmp_path.glob("*.png"))
 
 
 def test_a_cohort_with_no_treated_patient_gets_a_report_without_figures(tmp_path: Path) -> None:

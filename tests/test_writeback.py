@@ -19,7 +19,7 @@ from fhir_server import load_input, post, sekmet_server, server_resources
 
 from fhiradapter.core.writeback import IDENTIFIER_SYSTEM, read_back
 from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.pipeline import _references, run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 SCHEMA = (
@@ -116,6 +116,7 @@ def test_what_is_written(paper: Any) -> None:
     prov = bundle["entry"][-1]
     assert prov["resource"]["resourceType"] == "Provenance"
     assert len(prov["resource"]["target"]) == len(bundle["entry"]) - 1
+    assert [t["reference"] for t in prov["resource"]["target"]] == [e["fullUrl"] for e in bundle["entry"][:-1]]
     assert prov["request"]["ifNoneExist"].startswith("_tag=")
     for entry in bundle["entry"][:-1]:
         if entry["request"]["method"] == "POST":
@@ -261,3 +262,12 @@ def test_split_bundle_keeps_patients_whole_and_gives_each_part_its_provenance(pa
 def _owner(entry: dict[str, Any]) -> str:
     r = entry["resource"]
     return (r.get("subject") or r.get("individual"))["reference"]
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [["urn:uuid:1", "ResearchSubject/rs-1"], ['ResearchSubject/odd"id', "ResearchSubject/back\\slash"], ["x\ty"]],
+)
+def test_provenance_targets_are_json_whatever_the_reference_holds(targets: list[str]) -> None:
+    text = b"[" + _references("\n".join(targets).encode()) + b"]"
+    assert orjson.loads(text) == [{"reference": t} for t in targets]

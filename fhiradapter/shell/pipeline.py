@@ -14,8 +14,10 @@ import hashlib
 import marshal
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter
@@ -50,6 +52,7 @@ from fhiradapter.core.model import (
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import (
     Existing,
+    PlanEntry,
     WritebackContext,
     bundle_entry,
     plan_patient,
@@ -66,6 +69,8 @@ PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # below this one process is faster than t
 FLUSH_EVERY = 2000  # records buffered per bucket before they are written to its spill file
 GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
+WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
+REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
 SUPERSEDED = "an older copy of a resource that appears again (kept: the newest version)"
 
 # One input record on its way through the passes:
@@ -207,6 +212,38 @@ class _Rejects:
             self._fh.close()
 
 
+def _publish(tmp: Path, target: Path, retired: list[Path]) -> None:
+    """Rename a finished file over ``target``; the copy it replaces is only unlinked later, off the critical path.
+
+    Freeing a large file that was written moments ago (an earlier run's writeback.json) can take the kernel
+    half a second; a second hard link keeps that out of the rename. ``retired`` collects those links.
+    """
+    if target.exists():
+        old = target.with_name(f".{target.name}.retired-{os.getpid()}")
+        with contextlib.suppress(OSError):  # no hard links here (some file systems): the rename frees it
+            old.unlink(missing_ok=True)
+            os.link(target, old)
+            retired.append(old)
+    tmp.replace(target)
+
+
+def _retire(paths: list[Path]) -> list[Path]:
+    """Rename existing files out of sight (hidden names in the same folder), to be unlinked later."""
+    gone = []
+    for path in paths:
+        if path.exists():
+            old = path.with_name(f".{path.name}.retired-{os.getpid()}")
+            path.replace(old)
+            gone.append(old)
+    return gone
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def _write_outputs(
     out: Path,
     spill: Path,
@@ -214,9 +251,10 @@ def _write_outputs(
     subject_index: list[tuple[str, str, int, int]],
     header: dict[str, Any],
     cohort: dict[str, Any],
+    retired: list[Path],
 ) -> None:
     """results.json (subjects sorted by patient) and rejects.ndjson, each written then renamed."""
-    _concatenate(reject_parts, out / "rejects.ndjson")
+    _concatenate(reject_parts, out / "rejects.ndjson", retired)
     tmp = out / "results.json.partial"
     handles: dict[str, BinaryIO] = {}
     try:
@@ -232,10 +270,10 @@ def _write_outputs(
     finally:
         for h in handles.values():
             h.close()
-    tmp.replace(out / "results.json")
+    _publish(tmp, out / "results.json", retired)
 
 
-def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]]) -> None:
+def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]], retired: list[Path]) -> None:
     """One blob per line in patient order (the order of results.json), from the workers' spill files."""
     handles: dict[str, BinaryIO] = {}
     tmp = target.with_name(target.name + ".partial")
@@ -249,7 +287,7 @@ def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, i
     finally:
         for h in handles.values():
             h.close()
-    tmp.replace(target)
+    _publish(tmp, target, retired)
 
 
 def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
@@ -277,14 +315,14 @@ def _reject_entry(origin: tuple[str, str], ref: str | None, code: str, reason: s
     }
 
 
-def _concatenate(parts: list[Path], target: Path) -> None:
+def _concatenate(parts: list[Path], target: Path, retired: list[Path]) -> None:
     """Join the workers' part files into ``target``, written beside it and renamed when complete."""
     tmp = target.with_name(target.name + ".partial")
     with tmp.open("wb") as fh:
         for part in parts:
             with part.open("rb") as src:
                 shutil.copyfileobj(src, fh)
-    tmp.replace(target)
+    _publish(tmp, target, retired)
 
 
 def _iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
@@ -296,7 +334,12 @@ def _iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
 
 
 def _write_writeback(
-    out: Path, spill: Path, index: list[tuple[str, str, int, int, int]], plan_parts: list[Path], header: dict[str, Any]
+    out: Path,
+    spill: Path,
+    index: list[tuple[str, str, int, int, int]],
+    plan_parts: list[Path],
+    header: dict[str, Any],
+    retired: list[Path],
 ) -> None:
     """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson.
 
@@ -341,16 +384,25 @@ def _write_writeback(
                 fh.write(b"," + head + b'"target":[')
                 first = True
                 for chunk in blobs(True):
-                    for target in chunk.split(b"\n"):
-                        fh.write((b"" if first else b",") + b'{"reference":' + orjson.dumps(target.decode()) + b"}")
-                        first = False
+                    fh.write((b"" if first else b",") + _references(chunk))
+                    first = False
                 fh.write(b"]" + rest)
             fh.write(b"]}")
     finally:
         for h in handles.values():
             h.close()
-    tmp.replace(out / "writeback.json")
-    _concatenate(plan_parts, out / "writeback-plan.ndjson")
+    _publish(tmp, out / "writeback.json", retired)
+    _concatenate(plan_parts, out / "writeback-plan.ndjson", retired)
+
+
+_NEEDS_ESCAPE = re.compile(rb'[\x00-\x09\x0b-\x1f"\\]')
+
+
+def _references(targets: bytes) -> bytes:
+    """``{"reference": ...}`` objects, comma-separated, for newline-separated reference strings."""
+    if _NEEDS_ESCAPE.search(targets) is None:  # the usual case: nothing to escape, one join
+        return b'{"reference":"' + targets.replace(b"\n", b'"},{"reference":"') + b'"}'
+    return b",".join(b'{"reference":' + orjson.dumps(t.decode()) + b"}" for t in targets.split(b"\n"))
 
 
 def default_workers(input_bytes: int) -> int:
@@ -367,6 +419,7 @@ def run_evaluate(
     progress: Callable[[int], None] | None = None,
     workers: int | None = None,
     report: bool = True,
+    writeback: bool = True,
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``)."""
     files = expand_inputs(inputs, exclude=out)
@@ -424,6 +477,7 @@ def run_evaluate(
                     medications,
                     memory,
                     per_bucket,
+                    writeback,
                 )
                 for w in range(workers)
             ]
@@ -443,6 +497,8 @@ def run_evaluate(
             summary = stats.as_dict()
             summary["workers"] = workers
             summary["build"] = build()  # "compiled" (mypyc) or "python": what produced these figures
+            if not writeback:
+                summary["writeback"] = None  # not planned (--no-writeback): no counts rather than zeros
             header = {
                 "as_of": as_of.isoformat(),
                 "protocol": mappings_identity,
@@ -461,14 +517,24 @@ def run_evaluate(
                         ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
                     )
                     drawn = pool.submit(_report, *report_args)
-                _write_outputs(out, spill, parts, index, header, cohort)
-                _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
-                _write_sorted_lines(out / "clinical.ndjson", spill, [i for r2 in two for i in r2.clinical_index])
+                # An earlier run's outputs, replaced: unlinked while the report runs (with any a crash left).
+                retired: list[Path] = sorted(out.glob(".*.retired-*"))
+                # An output this run does not write must not be left from an earlier one, looking current.
+                skipped = (WRITEBACK_FILES if not writeback else ()) + (REPORT_FILES if not report else ())
+                retired += _retire([out / name for name in skipped])
+                _write_outputs(out, spill, parts, index, header, cohort, retired)
+                if writeback:
+                    _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header, retired)
+                clinical = [i for r2 in two for i in r2.clinical_index]
+                _write_sorted_lines(out / "clinical.ndjson", spill, clinical, retired)
+                sweeper = threading.Thread(target=_unlink_all, args=(retired,), daemon=True)
+                sweeper.start()
                 lap("write")
                 if drawn is not None:
                     drawn.result()  # the report's own error, if it failed
                 elif report:
                     _report(*report_args)
+                sweeper.join()
                 lap("report")  # with two workers: what the report took beyond writing the outputs
             summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
             # CPU seconds of each worker: how evenly the work was shared.
@@ -624,6 +690,7 @@ def _pass_two_worker(
     medications: Mapping[str, Record | None],
     memory: _Buckets | None,
     per_bucket: int = 0,
+    writeback: bool = True,
 ) -> _PassTwo:
     """Deduplicate, group by patient and evaluate the buckets given to this worker."""
     gc.disable()
@@ -637,9 +704,8 @@ def _pass_two_worker(
     report_part = f"report-rows-{worker:02d}.ndjson"
     clinical_part = f"clinical-{worker:02d}.bin"
     clinical_index: list[tuple[str, str, int, int]] = []
-    wctx = WritebackContext(
-        settings.mappings.protocol.protocol.id, f"ResearchStudy/{settings.mappings.protocol.protocol.id}"
-    )
+    protocol_id = settings.mappings.protocol.protocol.id
+    wctx = WritebackContext(protocol_id, f"ResearchStudy/{protocol_id}") if writeback else None
     try:
         with (
             (spill / part).open("wb") as subjects,
@@ -701,7 +767,7 @@ def _evaluate_bucket(
     medications: Mapping[str, Record | None],
     rejects: _Rejects,
     stats: RunStats,
-    wctx: WritebackContext,
+    wctx: WritebackContext | None,
 ) -> Iterator[tuple[dict[str, Any], CohortRow, list[Any], dict[str, Any]]]:
     pending: dict[str, list[Item]] = {}
     for item in _dedup(items, rejects, stats):
@@ -737,9 +803,12 @@ def _evaluate_bucket(
             stats.rejected[u.ref.split("/", 1)[0]] += 1
             stats.reasons[u.code] += 1
         stats.patients += 1
-        chosen = next((x for x in rec.subjects if x.ref == result["research_subject"]), None)
-        existing = [Existing(w.ref, w.identifier, w.content_hash, w.version) for w in rec.written]
-        plan = plan_patient(result, existing, (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None, wctx)
+        plan: list[PlanEntry] = []
+        if wctx is not None:  # None: no write-back asked for
+            chosen = next((x for x in rec.subjects if x.ref == result["research_subject"]), None)
+            existing = [Existing(w.ref, w.identifier, w.content_hash, w.version) for w in rec.written]
+            target = (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None
+            plan = plan_patient(result, existing, target, wctx)
         extract = patient_extract(rec, settings.as_of, {u.ref for u in unused})
         yield result, row, plan, extract
 

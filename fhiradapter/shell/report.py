@@ -431,8 +431,11 @@ def write_report(
         digest.add(row)
     sections = build_sections(header, cohort, digest, summary, published)
     images = _figures(digest)
-    for key, png in images.items():
-        (out / f"report-{key}.png").write_bytes(png)
+    for key in ("km", "swimmer"):  # a figure this cohort has none of must not be left from an earlier run
+        if key in images:
+            (out / f"report-{key}.png").write_bytes(images[key])
+        else:
+            (out / f"report-{key}.png").unlink(missing_ok=True)
     protocol = header["protocol"]
     title = f"{protocol.get('title', 'Protocol evaluation')}"
     meta = (
