@@ -27,6 +27,7 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 # The modules every resource and every patient passes through; the rest (CLI, server client, exports,
 # report) is I/O-bound or runs once per run and stays Python.
 COMPILED = [
+    "fhiradapter/core/codes.py",
     "fhiradapter/core/fhir_json.py",
     "fhiradapter/core/dates.py",
     "fhiradapter/core/mappers.py",

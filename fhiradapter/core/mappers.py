@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhiradapter.core import fhir_json as fj
+from fhiradapter.core.codes import CodeTable
 from fhiradapter.core.model import (
     AE,
     Cond,
@@ -26,7 +27,7 @@ from fhiradapter.core.model import (
     SubjectRec,
     Written,
 )
-from fhiradapter.core.protocol import CodeTable, Mappings
+from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import HASH_TAG_SYSTEM, IDENTIFIER_SYSTEM
 
 Record = Person | Obs | Med | AE | Cond | ConsentRec | SubjectRec | Written | Other
@@ -261,26 +262,34 @@ def map_observation(
             return None, tissues
         issues += tissues
         unit = "mm"
-    return (
-        Obs(
-            ref,
-            patient,
-            concept,
-            date,
-            value,
-            unit,
-            coded,
-            low,
-            high,
-            focus,
-            d1,
-            d2,
-            str(status),
-            note,
-            origin,
-        ),
-        issues,
-    )
+    return _obs(
+        ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, str(status), note, origin
+    ), issues
+
+
+_tuple_new: Any = tuple.__new__
+
+
+def _obs(
+    ref: str,
+    patient: str,
+    concept: str,
+    date: str | None,
+    value: float | None,
+    unit: str | None,
+    coded: str | None,
+    low: float | None,
+    high: float | None,
+    focus: str | None,
+    d1: float | None,
+    d2: float | None,
+    status: str,
+    conversion: str | None,
+    origin: Origin,
+) -> Obs:
+    """``Obs(...)`` without the Python-level ``__new__`` a NamedTuple has (one Observation in four records)."""
+    fields = (ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, status, conversion, origin)
+    return _tuple_new(Obs, fields)  # type: ignore[no-any-return]
 
 
 def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, str] | None) -> Written | None:

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fhiradapter.core.codes import CodeTable
 from fhiradapter.errors import ConfigError
 
 
@@ -116,33 +117,6 @@ class Conversion(_Strict):
 
 class UnitsFile(_Strict):
     conversion: list[Conversion] = []
-
-
-class CodeTable:
-    """Maps ``(system, code)`` to a value; entries ending in ``*`` match by prefix."""
-
-    __slots__ = ("_exact", "_prefix")
-
-    def __init__(self) -> None:
-        self._exact: dict[tuple[str, str], str] = {}
-        self._prefix: list[tuple[str, str, str]] = []
-
-    def add(self, system: str, code: str, value: str) -> None:
-        if code.endswith("*"):
-            self._prefix.append((system, code[:-1], value))
-        else:
-            self._exact[(system, code)] = value
-
-    def get(self, system: Any, code: Any) -> str | None:
-        if type(system) is not str or type(code) is not str:
-            return None
-        hit = self._exact.get((system, code))
-        if hit is not None or not self._prefix:
-            return hit
-        for psys, pfx, value in self._prefix:
-            if psys == system and code.startswith(pfx):
-                return value
-        return None
 
 
 class Mappings:

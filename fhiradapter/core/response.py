@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from fhiradapter.core import dates
@@ -22,6 +23,7 @@ CONFIRMATION_DAYS = 28  # PROTOCOL.md §4: a second CR/PR >= 28 days later
 RANK = {"CR": 4, "PR": 3, "SD": 2, "PD": 1, "NE": 0}
 
 
+@lru_cache(maxsize=1 << 16, typed=True)  # lab values and thresholds recur; Decimals are immutable
 def exact(value: float) -> Decimal:
     """The decimal a value was written as, exactly (0.1 -> 0.1, not the binary float's expansion).
 

@@ -171,7 +171,7 @@ def _dump(items: list[Item], fh: BinaryIO) -> None:
             seq,
             type(rec).__name__,
             tuple(rec) if rec is not None else None,
-            [tuple(i) for i in issues],
+            [tuple(i) for i in issues] if issues else issues,
             origin,
             patient,
         )
