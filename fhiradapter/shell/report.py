@@ -156,7 +156,11 @@ def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
     handles = [Line2D([0], [0], marker="s", ls="", color=c, label=k, ms=9) for k, c in RESPONSE_COLOURS.items()]
     ax.legend(handles=handles, loc="lower right", fontsize=8, title="Response", title_fontsize=8)
     ax.set_title("Treatment duration and response (text: why treatment stopped; † died)")
-    fig.tight_layout()
+    # Margins in inches, from the longest label (8 pt: under 0.07 in per character), instead of
+    # tight_layout(): that measures every text and makes savefig draw the figure twice (~0.4 s at 60 rows).
+    width, height = fig.get_size_inches()
+    label = max(len(r["patient"].split("/", 1)[1]) for r in treated) * 0.07 + 0.25
+    fig.subplots_adjust(left=min(0.6, label / width), right=0.97, bottom=0.7 / height, top=1 - 0.45 / height)
     return _png(fig)
 
 
