@@ -215,8 +215,9 @@ class _Rejects:
 def _publish(tmp: Path, target: Path, retired: list[Path]) -> None:
     """Rename a finished file over ``target``; the copy it replaces is only unlinked later, off the critical path.
 
-    Freeing a large file that was written moments ago (an earlier run's writeback.json) can take the kernel
-    half a second; a second hard link keeps that out of the rename. ``retired`` collects those links.
+    Renaming over a large file written moments ago (an earlier run's writeback.json) took up to 0.5 s here,
+    the kernel freeing its blocks; with a second hard link the rename only drops a name, and the blocks are
+    freed when a background thread unlinks the links ``retired`` collects.
     """
     if target.exists():
         old = target.with_name(f".{target.name}.retired-{os.getpid()}")
