@@ -26,6 +26,7 @@ from fhiradapter.core.model import (
     Person,
     SubjectRec,
     Written,
+    from_fields,
 )
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import HASH_TAG_SYSTEM, IDENTIFIER_SYSTEM
@@ -267,9 +268,6 @@ def map_observation(
     ), issues
 
 
-_tuple_new: Any = tuple.__new__
-
-
 def _obs(
     ref: str,
     patient: str,
@@ -289,7 +287,7 @@ def _obs(
 ) -> Obs:
     """``Obs(...)`` without the Python-level ``__new__`` a NamedTuple has (one Observation in four records)."""
     fields = (ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, status, conversion, origin)
-    return _tuple_new(Obs, fields)  # type: ignore[no-any-return]
+    return from_fields(Obs, fields)  # type: ignore[no-any-return]
 
 
 def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, str] | None) -> Written | None:

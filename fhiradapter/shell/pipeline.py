@@ -48,6 +48,7 @@ from fhiradapter.core.model import (
     Person,
     SubjectRec,
     Written,
+    from_fields,
 )
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import (
@@ -159,9 +160,6 @@ _RECORD_TYPES: dict[str, Any] = {
 }
 
 
-_tuple_new: Any = tuple.__new__  # builds a NamedTuple from a plain tuple without its Python-level __new__
-
-
 def _dump(items: list[Item], fh: BinaryIO) -> None:
     """Spill items as plain tuples with marshal: about twice as fast as pickling the NamedTuples."""
     plain = [
@@ -189,9 +187,8 @@ def _load_bucket(paths: list[Path]) -> list[Item]:
                 for ref, vkey, seq, tag, fields, issues, origin, patient in marshal.loads(  # noqa: S302 - own file
                     fh.read(int.from_bytes(header, "little"))
                 ):
-                    # tuple.__new__ straight away: a NamedTuple's own __new__ is a Python-level function.
-                    record = _tuple_new(_RECORD_TYPES[tag], fields) if fields is not None else None
-                    found = [_tuple_new(Issue, i) for i in issues] if issues else []
+                    record = from_fields(_RECORD_TYPES[tag], fields) if fields is not None else None
+                    found = [from_fields(Issue, i) for i in issues] if issues else []
                     items.append((ref, vkey, seq, record, found, origin, patient))
         path.unlink()
     return items

@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
+from fhiradapter.core.model import from_fields
 from fhiradapter.errors import InputError
 
 SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
@@ -25,10 +26,6 @@ class RawRecord(NamedTuple):
     resource: dict[str, Any]
     origin: tuple[str, str]
     aliases: dict[str, str] | None
-
-
-# Builds a NamedTuple from a plain tuple without its Python-level __new__ (the hot path: one per line).
-_tuple_new: Any = tuple.__new__
 
 
 class Reject(NamedTuple):
@@ -183,7 +180,7 @@ def _read_ndjson(
         if type(obj) is dict and (rtype := obj.get("resourceType")) is not None and rtype != "Bundle":
             rid = obj.get("id")
             if type(rid) is str and rid and type(rtype) is str:
-                yield _tuple_new(RawRecord, (obj, (name, f"line {lineno}"), None))
+                yield from_fields(RawRecord, (obj, (name, f"line {lineno}"), None))
                 continue
         yield from _records(obj, name, f"line {lineno}")
     if on_bytes is not None and pending:
