@@ -217,7 +217,7 @@ def _publish(tmp: Path, target: Path, retired: list[Path]) -> None:
     freed when a background thread unlinks the links ``retired`` collects.
     """
     if target.exists():
-        old = target.with_name(f".{target.name}.retired-{os.getpid()}")
+        old = _retired_name(target)
         with contextlib.suppress(OSError):  # no hard links here (some file systems): the rename frees it
             old.unlink(missing_ok=True)
             os.link(target, old)
@@ -225,12 +225,17 @@ def _publish(tmp: Path, target: Path, retired: list[Path]) -> None:
     tmp.replace(target)
 
 
+def _retired_name(path: Path) -> Path:
+    """The hidden name an old output has until it is unlinked (what ``run_evaluate`` sweeps up)."""
+    return path.with_name(f".{path.name}.retired-{os.getpid()}")
+
+
 def _retire(paths: list[Path]) -> list[Path]:
     """Rename existing files out of sight (hidden names in the same folder), to be unlinked later."""
     gone = []
     for path in paths:
         if path.exists():
-            old = path.with_name(f".{path.name}.retired-{os.getpid()}")
+            old = _retired_name(path)
             path.replace(old)
             gone.append(old)
     return gone

@@ -150,7 +150,8 @@ def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
         ax.text(r["treatment_days"] + 4, y, f"{end}{dead}", va="center", fontsize=8)
     for (marker, colour), (days, ys) in series.items():
         ax.plot(days, ys, marker=marker, ms=7, ls="", color=colour, markeredgecolor="black", mew=0.5)
-    ax.set_yticks(range(len(treated)), [r["patient"].split("/", 1)[1] for r in treated], fontsize=8)
+    labels = [r["patient"].split("/", 1)[1] for r in treated]
+    ax.set_yticks(range(len(treated)), labels, fontsize=8)
     ax.set_xlabel("Days on thalidomide (bar colour: best overall response; markers: assessments)")
     ax.set_xlim(0, max(r["treatment_days"] for r in treated) * 1.25 + 10)
     handles = [Line2D([0], [0], marker="s", ls="", color=c, label=k, ms=9) for k, c in RESPONSE_COLOURS.items()]
@@ -159,7 +160,7 @@ def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
     # Margins in inches, from the longest label (8 pt: under 0.07 in per character), instead of
     # tight_layout(): that measures every text and makes savefig draw the figure twice (~0.4 s at 60 rows).
     width, height = fig.get_size_inches()
-    label = max(len(r["patient"].split("/", 1)[1]) for r in treated) * 0.07 + 0.25
+    label = max(map(len, labels)) * 0.07 + 0.25
     fig.subplots_adjust(left=min(0.6, label / width), right=0.97, bottom=0.7 / height, top=1 - 0.45 / height)
     return _png(fig)
 
