@@ -44,7 +44,7 @@ from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' ser
 from generate import generate  # noqa: E402
 
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier  # noqa: E402
-from fhiradapter.shell.fhir_client import ClientSettings, FhirClient  # noqa: E402
+from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
 from fhiradapter.shell.mappings_io import load_mappings  # noqa: E402
 from fhiradapter.shell.server_io import NdjsonSink, pull_into  # noqa: E402
 from fhiradapter.shell.store import SyncStore  # noqa: E402
@@ -56,7 +56,7 @@ class Latency(httpx.AsyncBaseTransport):
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = httpx.AsyncHTTPTransport(verify=tls_context(True))  # as FhirClient's own transport would
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(self.seconds)

@@ -395,7 +395,7 @@ async def _open_client(o: dict[str, Any]) -> Any:
         read_secret,
         smart_token_url,
     )
-    from fhiradapter.shell.fhir_client import ClientSettings, FhirClient  # noqa: PLC0415
+    from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: PLC0415
 
     server = str(o["server"]).rstrip("/")
     if not server.startswith(("https://", "http://")):
@@ -419,7 +419,7 @@ async def _open_client(o: dict[str, Any]) -> Any:
             raise ConfigError(f"--auth smart needs --client-id and --smart-key-file FILE (or ${SMART_KEY_ENV})")
         token_url = o.get("token_url")
         if not token_url:
-            async with httpx.AsyncClient(verify=verify, timeout=settings.timeout_s) as probe:
+            async with httpx.AsyncClient(verify=tls_context(verify), timeout=settings.timeout_s) as probe:
                 token_url = await smart_token_url(probe, server)
         auth = SmartBackendAuth(o["client_id"], token_url, key, scope=o["scope"], kid=o.get("kid"))
     return FhirClient(server, auth=auth, settings=settings)

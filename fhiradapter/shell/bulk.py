@@ -24,7 +24,7 @@ import httpx
 import orjson
 
 from fhiradapter.errors import ServerError
-from fhiradapter.shell.fhir_client import FhirClient, retry_after_s
+from fhiradapter.shell.fhir_client import FhirClient, retry_after_s, tls_context
 from fhiradapter.shell.server_io import patient_of
 
 STATE = "bulk-state.json"
@@ -197,7 +197,7 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
         await client.download(url, partial)
     else:
         async with (
-            httpx.AsyncClient(timeout=client.settings.timeout_s, verify=client.settings.verify) as plain,
+            httpx.AsyncClient(timeout=client.settings.timeout_s, verify=tls_context(client.settings.verify)) as plain,
             plain.stream("GET", url) as response,
         ):
             if response.status_code != 200:

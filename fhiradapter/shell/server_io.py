@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -204,50 +205,76 @@ async def pull_into(
             "each was read whole and filtered to the study's patients here"
         )
     medications: set[str] = set()
+    # One queue of single requests (not of patients), taken by ``concurrency`` workers: every slot stays busy
+    # to the last request, a patient's searches of different cost interleave with other patients' instead of
+    # arriving at the server together, and the types read whole and the Medications run alongside.
+    jobs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
 
     def add(resource: dict[str, Any]) -> None:
         sink.add(resource)
         ref = _reference(resource.get("medicationReference"), client.base)
-        if ref and ref.startswith("Medication/"):
-            medications.add(ref.split("/", 1)[1])
+        if ref and ref.startswith("Medication/") and ref not in medications:
+            medications.add(ref)
+            jobs.put_nowait(partial(read_medication, ref.split("/", 1)[1]))
 
-    queue: asyncio.Queue[list[str]] = asyncio.Queue()
-    for start in range(0, len(todo), per_search):
-        queue.put_nowait(todo[start : start + per_search])
-
-    async def worker() -> None:
-        while not queue.empty():
-            batch = queue.get_nowait()
-            if not since and len(batch) == 1:
-                resource = await client.read("Patient", batch[0].split("/", 1)[1])
-                if resource is not None:
-                    add(resource)
-            else:
-                ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
-                async for r in client.search("Patient", [("_id", ids), *extra]):
-                    add(r)
-            refs = ",".join(_or_value(p) for p in batch)  # one search for the batch: values OR-ed
-            for rtype, param in per_patient:
-                async for r in client.search(rtype, [(param, refs), *extra]):
-                    add(r)
-            if progress:
-                progress(len(batch))
-
-    try:
-        async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
-            for _ in range(max(1, min(client.settings.concurrency, queue.qsize()))):
-                group.create_task(worker())
-    except ExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-    wanted = set(todo)
-    for rtype in scanned:
-        async for r in client.search(rtype, extra):
-            if patient_of(r, client.base) in wanted:
-                add(r)
-    for rid in sorted(medications):
+    async def read_medication(rid: str) -> None:
         resource = await client.read("Medication", rid)
         if resource is not None:
             sink.add(resource)
+
+    async def scan(rtype: str) -> None:
+        async for r in client.search(rtype, extra):
+            if patient_of(r, client.base) in wanted:
+                add(r)
+
+    async def read_patient(ref: str) -> None:
+        resource = await client.read("Patient", ref.split("/", 1)[1])
+        if resource is not None:
+            add(resource)
+
+    async def search(rtype: str, params: list[tuple[str, str]]) -> None:
+        async for r in client.search(rtype, params):
+            add(r)
+
+    async def done(job: Callable[[], Awaitable[None]], left: list[int], size: int) -> None:
+        await job()
+        left[0] -= 1
+        if left[0] == 0 and progress:
+            progress(size)
+
+    wanted = set(todo)
+    for rtype in scanned:  # first: a scan may run to many pages
+        jobs.put_nowait(partial(scan, rtype))
+    for start in range(0, len(todo), per_search):
+        batch = todo[start : start + per_search]
+        refs = ",".join(_or_value(p) for p in batch)  # one search for the batch: values OR-ed
+        patient_job: Callable[[], Awaitable[None]]
+        if not since and len(batch) == 1:
+            patient_job = partial(read_patient, batch[0])
+        else:
+            ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
+            patient_job = partial(search, "Patient", [("_id", ids), *extra])
+        batch_jobs = [patient_job] + [partial(search, rtype, [(param, refs), *extra]) for rtype, param in per_patient]
+        left = [len(batch_jobs)]
+        for job in batch_jobs:
+            jobs.put_nowait(partial(done, job, left, len(batch)))
+
+    async def worker() -> None:
+        while True:
+            job = await jobs.get()
+            try:
+                await job()
+            finally:
+                jobs.task_done()
+
+    try:
+        async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
+            workers = [group.create_task(worker()) for _ in range(max(1, client.settings.concurrency))]
+            await jobs.join()
+            for task in workers:
+                task.cancel()
+    except ExceptionGroup as errors:
+        raise errors.exceptions[0] from None
     summary.resources = Counter(sink.counts)
     summary.requests, summary.retries = client.requests, client.retries
     return summary
@@ -345,14 +372,17 @@ async def push(
     mode: str = "auto",
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[int], None] | None = None,
+    cap: Capability | None = None,
 ) -> PushSummary:
     """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single.
 
     A transaction or batch larger than ``chunk`` entries is sent as several (whole patients each, with their
-    own Provenance), concurrently within the client's limit.
+    own Provenance), concurrently within the client's limit. ``cap``: the server's capabilities when the
+    caller has just read them (sync, from its pull); else /metadata is read here.
     """
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
-    cap = await client.capabilities()
+    if cap is None:
+        cap = await client.capabilities()
     if mode == "auto":
         mode = "transaction" if cap.transaction else "batch" if cap.batch else "single"
     summary = PushSummary(mode)

@@ -125,7 +125,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
     summary = SyncSummary(run_id, server, since=since, dry_run=opts.dry_run)
     try:
         clock = time.perf_counter()
-        _cap, started = asyncio.run(_pull_phase(make_client(), store, opts, summary, since, run_id))
+        cap, started = asyncio.run(_pull_phase(make_client(), store, opts, summary, since, run_id))
         summary.seconds["pull"] = time.perf_counter() - clock
         out = opts.work_dir / f"run-{run_id}"
         clock = time.perf_counter()
@@ -135,7 +135,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
         summary.plan = _plan(summary.out)
         if not opts.dry_run:
             clock = time.perf_counter()
-            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk, opts.mode))
+            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap))
             summary.seconds["push"] = time.perf_counter() - clock
             _add_push(summary, pushed)
             store.record_written(server, opts.study, run_id, pushed.written)
@@ -147,7 +147,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 _evaluate(store, server, summary.study, out, opts, again=True)
                 summary.out = out / "out-retry"
                 summary.plan = _plan(summary.out)
-                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts.chunk, opts.mode))
+                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap))
                 _add_push(summary, pushed)
                 store.record_written(server, opts.study, run_id, pushed.written)
             if not summary.errors:
@@ -319,11 +319,10 @@ def _plan(out: Path) -> Counter[str]:
     return counts
 
 
-async def _push_phase(
-    client: FhirClient, bundle_path: Path, chunk: int = DEFAULT_CHUNK, mode: str = "auto"
-) -> PushSummary:
+async def _push_phase(client: FhirClient, bundle_path: Path, opts: SyncOptions, cap: Capability) -> PushSummary:
+    """The write-back, with the capabilities the pull read seconds before (no second /metadata round trip)."""
     async with client:
-        result = await push(client, load_bundle(bundle_path), mode, chunk)
+        result = await push(client, load_bundle(bundle_path), opts.mode, opts.chunk, cap=cap)
         result.requests, result.retries = client.requests, client.retries
         return result
 
