@@ -15,9 +15,13 @@ of each run, and client CPU per request. Runs are 2 s apart (outside the timing)
 server commits each request before answering, so no write is in flight longer than that. Lifelines and
 scipy are imported before timing: start-up is not throughput. Never run by CI.
 
+The client runs the compiled build by default (what ``pip install .`` installs; the wheel is built into
+``.data`` as ``bench_evaluate.py`` does, and the script re-executes itself on it), ``--build python`` the
+source tree.
+
     python benchmarks/bench_sync.py                 # 200 patients
     python benchmarks/bench_sync.py --patients 100 --latency-ms 50
-    python benchmarks/bench_sync.py --patients 100 --patients-per-search 20
+    python benchmarks/bench_sync.py --patients 100 --patients-per-search 20 --build python
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -40,9 +45,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from bench_evaluate import compiled_site  # noqa: E402
 from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' server helpers
 from generate import generate  # noqa: E402
 
+import fhiradapter  # noqa: E402
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier  # noqa: E402
 from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
 from fhiradapter.shell.mappings_io import load_mappings  # noqa: E402
@@ -162,7 +169,18 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--patients-per-search", type=int, default=1, help="as the pull and sync option")
+    parser.add_argument("--build", choices=["compiled", "python"], default="compiled")
     args = parser.parse_args()
+    site = os.environ.get("FHIRADAPTER_BENCH_SITE")
+    if args.build == "compiled" and site is None:
+        site = str(compiled_site(HERE / ".data"))
+        env = dict(os.environ, PYTHONPATH=site, PYTHONSAFEPATH="1", FHIRADAPTER_BENCH_SITE=site)
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)  # noqa: S606 - this script again
+    loaded = Path(fhiradapter.__file__).resolve()
+    if args.build == "compiled" and not (site and loaded.is_relative_to(Path(site).resolve())):
+        raise SystemExit(f"asked for the compiled build, but fhiradapter was imported from {loaded}")
+    compiled = sorted(p.name for p in loaded.parent.rglob("*.so"))
+    print(f"build: {args.build} ({len(compiled)} compiled modules), fhiradapter from {loaded.parent}", flush=True)
     data = HERE / ".data" / f"sync-p{args.patients}"
     if not data.exists():
         generate(args.patients, data)
@@ -177,7 +195,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(
         f"{args.patients} patients, {args.latency_ms:.0f} ms added latency per request, "
-        f"{args.patients_per_search} patient(s) per search"
+        f"{args.patients_per_search} patient(s) per search, {args.build} build"
     )
     print(f"{'concurrency':>11} {'pull pat/s':>10} {'requests':>8} {'CPU ms/req':>10}")
     for r in rows:
@@ -195,8 +213,8 @@ def main() -> None:
             )
         ratios[run] = rows[1][run]["patients_per_s"] / rows[0][run]["patients_per_s"]
     print("ratio 8 / 1: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + " (target >= 6x)")
-    out = HERE / ".data" / f"bench-sync-{args.patients}-{args.patients_per_search}.json"
-    out.write_text(json.dumps({"rows": rows, "ratios": ratios}, indent=2))
+    out = HERE / ".data" / f"bench-sync-{args.patients}-{args.patients_per_search}-{args.build}.json"
+    out.write_text(json.dumps({"build": args.build, "rows": rows, "ratios": ratios}, indent=2))
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import jwt
@@ -447,3 +448,183 @@ def test_deletions_count_only_a_resources_latest_history_event() -> None:
 
     gone, _, _ = run(handler, lambda c: _deletions(c, "2024-01-01T00:00:00Z"))
     assert gone == [("Observation", "b")]  # a was deleted and then created again
+
+
+# ---------------------------------------------------------------------------------------------- pull
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.resources: list[dict[str, Any]] = []
+        self.counts: Counter[str] = Counter()
+
+    def add(self, resource: dict[str, Any]) -> None:
+        self.resources.append(resource)
+        self.counts[resource["resourceType"]] += 1
+
+
+class StudyServer:
+    """A study of three patients on a mock server that answers after a pause, counting requests in flight.
+
+    AdverseEvent has no patient search (read whole and filtered); every MedicationStatement references
+    Medication/m1, and p2's also Medication/m2.
+    """
+
+    CAP: ClassVar[dict[str, Any]] = {
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": "4.0.1",
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [
+                    {"type": "ResearchSubject", "searchParam": [{"name": "study"}]},
+                    {"type": "Observation", "searchParam": [{"name": "subject"}]},
+                    {"type": "MedicationStatement", "searchParam": [{"name": "subject"}]},
+                    {"type": "Condition", "searchParam": [{"name": "subject"}]},
+                    {"type": "Consent", "searchParam": [{"name": "patient"}]},
+                    {"type": "BodyStructure", "searchParam": [{"name": "patient"}]},
+                    {"type": "AdverseEvent", "searchParam": [{"name": "date"}]},
+                ],
+            }
+        ],
+    }
+    PATIENTS = ("p1", "p2", "p3")
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail  # a request path + query that answers 400
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.requests: Counter[str] = Counter()
+        self.active: list[str] = []  # paths being answered
+        self.alongside: dict[str, set[str]] = {}  # path -> the other paths in flight when it was answered
+
+    @staticmethod
+    def bundle(resources: list[dict[str, Any]]) -> httpx.Response:
+        entries = [{"resource": r, "search": {"mode": "match"}} for r in resources]
+        return fhir({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        before = set(self.active)
+        self.active.append(request.url.path)
+        try:
+            await asyncio.sleep(0.01)
+            self.alongside[request.url.path] = (before | set(self.active)) - {request.url.path}
+            return self.answer(request)
+        finally:
+            self.in_flight -= 1
+            self.active.remove(request.url.path)
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/r4/")
+        query = dict(request.url.params)
+        self.requests[path] += 1
+        if self.fail and self.fail == f"{path}?{request.url.query.decode()}".split("&_count")[0]:
+            return outcome("unknown code", 400)
+        subject = str(query.get("subject") or query.get("patient") or "").removeprefix("Patient/")
+        if path == "metadata":
+            return fhir(self.CAP)
+        if path == "ResearchStudy/s1":
+            return fhir({"resourceType": "ResearchStudy", "id": "s1"})
+        if path.startswith("ResearchStudy/"):
+            return outcome("not found", 404)
+        if path == "ResearchSubject":
+            assert query["study"] == "ResearchStudy/s1"
+            return self.bundle(
+                [
+                    {"resourceType": "ResearchSubject", "id": f"rs-{p}", "individual": {"reference": f"Patient/{p}"}}
+                    for p in self.PATIENTS
+                ]
+            )
+        if path.startswith("Patient/"):
+            return fhir({"resourceType": "Patient", "id": path.split("/")[1]})
+        if path == "Observation":
+            return self.bundle(
+                [
+                    {
+                        "resourceType": "Observation",
+                        "id": f"{subject}-o{n}",
+                        "subject": {"reference": f"Patient/{subject}"},
+                    }
+                    for n in (1, 2)
+                ]
+            )
+        if path == "MedicationStatement":
+            meds = ["m1", "m2"] if subject == "p2" else ["m1"]
+            return self.bundle(
+                [
+                    {
+                        "resourceType": "MedicationStatement",
+                        "id": f"{subject}-{m}",
+                        "subject": {"reference": f"Patient/{subject}"},
+                        "medicationReference": {"reference": f"Medication/{m}"},
+                    }
+                    for m in meds
+                ]
+            )
+        if path == "AdverseEvent":
+            return self.bundle(
+                [
+                    {"resourceType": "AdverseEvent", "id": f"ae-{p}", "subject": {"reference": f"Patient/{p}"}}
+                    for p in ("p1", "outsider")
+                ]
+            )
+        if path.startswith("Medication/"):
+            return fhir({"resourceType": "Medication", "id": path.split("/")[1]})
+        return self.bundle([])  # Condition, Consent, BodyStructure: none
+
+
+def pull_study(server: StudyServer, study: str, concurrency: int = 8) -> tuple[Any, ListSink, list[int]]:
+    from fhiradapter.shell.server_io import pull_into
+
+    sink, progress = ListSink(), []
+
+    async def go(client: FhirClient) -> Any:
+        cap = await client.capabilities()
+        return await pull_into(client, cap, study, sink, progress=progress.append)
+
+    settings = ClientSettings(concurrency=concurrency, retry_budget_s=5, max_attempts=2)
+    summary = run(lambda r: server(r), go, settings=settings)[0]  # type: ignore[arg-type, return-value]
+    return summary, sink, progress
+
+
+def test_pull_reads_each_patients_types_each_medication_once_and_keeps_every_slot_busy() -> None:
+    server = StudyServer()
+    summary, sink, progress = pull_study(server, "s1", concurrency=8)
+    assert summary.patients == 3 and sum(progress) == 3
+    assert sink.counts == {
+        "ResearchStudy": 1,
+        "ResearchSubject": 3,
+        "Patient": 3,
+        "Observation": 6,
+        "MedicationStatement": 4,
+        "AdverseEvent": 1,  # the outsider's is left out
+        "Medication": 2,
+    }
+    assert server.requests["Medication/m1"] == 1 and server.requests["Medication/m2"] == 1
+    assert server.requests["AdverseEvent"] == 1  # read whole once, not per patient
+    assert summary.warnings and "AdverseEvent" in summary.warnings[0]
+    # Requests are queued one by one, not patient by patient: 3 patients keep all 8 slots busy.
+    assert server.most_in_flight == 8
+    # The study, named by id, is read together with its subjects' search (one round trip fewer).
+    assert "/r4/ResearchStudy/s1" in server.alongside["/r4/ResearchSubject"]
+
+
+def test_pull_stays_within_the_concurrency() -> None:
+    server = StudyServer()
+    pull_study(server, "s1", concurrency=2)
+    assert server.most_in_flight == 2
+
+
+def test_pull_of_a_missing_study_names_it() -> None:
+    server = StudyServer()
+    with pytest.raises(ServerError, match="--study s9: ResearchStudy/s9 not found on the server"):
+        pull_study(server, "s9")
+
+
+def test_a_failing_search_stops_the_pull_with_the_servers_text() -> None:
+    server = StudyServer(fail="Condition?subject=Patient%2Fp2")
+    with pytest.raises(ServerError, match="GET Condition: HTTP 400: error processing: unknown code"):
+        pull_study(server, "s1")
+    assert server.requests["Condition"] >= 1

@@ -182,10 +182,19 @@ async def pull_into(
     if per_search < 1:
         raise ConfigError("patients per search must be at least 1")
     summary = PullSummary(study)
-    research_study = await resolve_study(client, study)
+    if "|" in study:  # an identifier: the id is known only once the study is found
+        research_study = await resolve_study(client, study)
+        subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
+    else:  # an id: the study and its subjects are read at once (one round trip fewer)
+        try:
+            async with asyncio.TaskGroup() as group:  # a missing study cancels the subjects' search
+                found = group.create_task(resolve_study(client, study))
+                listed = group.create_task(study_subjects(client, study, cap, summary.warnings))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        research_study, subjects = found.result(), listed.result()
     summary.study = f"ResearchStudy/{research_study['id']}"
     sink.add(research_study)
-    subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
     patients: list[str] = []
     for subject in subjects:
         sink.add(subject)
