@@ -578,7 +578,7 @@ class StudyServer:
 def pull_study(server: StudyServer, study: str, concurrency: int = 8) -> tuple[Any, ListSink, list[int]]:
     from fhiradapter.shell.server_io import pull_into
 
-    sink, progress = ListSink(), []
+    sink, progress = ListSink(), list[int]()
 
     async def go(client: FhirClient) -> Any:
         cap = await client.capabilities()
@@ -628,3 +628,19 @@ def test_a_failing_search_stops_the_pull_with_the_servers_text() -> None:
     with pytest.raises(ServerError, match="GET Condition: HTTP 400: error processing: unknown code"):
         pull_study(server, "s1")
     assert server.requests["Condition"] >= 1
+
+
+def test_tls_context_is_built_once_verifies_and_cannot_be_turned_off() -> None:
+    import ssl
+
+    import certifi
+
+    from fhiradapter.shell.fhir_client import tls_context
+
+    assert tls_context(True) is tls_context(True)  # shared by every client of the process
+    bundle = tls_context(certifi.where())  # as --ca-bundle FILE
+    for ctx in (tls_context(True), bundle):
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    assert bundle.cert_store_stats()["x509_ca"] > 0
+    with pytest.raises(ValueError, match="cannot be turned off"):
+        tls_context(False)
