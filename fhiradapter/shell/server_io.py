@@ -1,8 +1,8 @@
 """Pull a study's data from a FHIR server into NDJSON files, and push a write-back Bundle to a server.
 
 ``pull``: the study (by id, or ``system|value`` identifier), its ResearchSubjects, then per patient the
-Patient and every resource type the protocol reads, with bounded concurrency; then the separate Medications
-the MedicationStatements reference. Files are written as ``<Type>.ndjson.partial`` and renamed when the pull is
+Patient and every resource type the protocol reads, and the separate Medications the MedicationStatements
+reference as they are found: one queue of single requests, ``concurrency`` at a time. Files are written as ``<Type>.ndjson.partial`` and renamed when the pull is
 complete, with ``pull-manifest.json`` (server, study, counts, ``--since``). ``fhiradapter evaluate`` reads the
 folder as it reads any export.
 
