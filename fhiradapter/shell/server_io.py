@@ -2,9 +2,9 @@
 
 ``pull``: the study (by id, or ``system|value`` identifier), its ResearchSubjects, then per patient the
 Patient and every resource type the protocol reads, and the separate Medications the MedicationStatements
-reference as they are found: one queue of single requests, ``concurrency`` at a time. Files are written as ``<Type>.ndjson.partial`` and renamed when the pull is
-complete, with ``pull-manifest.json`` (server, study, counts, ``--since``). ``fhiradapter evaluate`` reads the
-folder as it reads any export.
+reference as they are found: one queue of single requests, ``concurrency`` at a time. Files are written as
+``<Type>.ndjson.partial`` and renamed when the pull is complete, with ``pull-manifest.json`` (server, study,
+counts, ``--since``). ``fhiradapter evaluate`` reads the folder as it reads any export.
 
 ``push``: a ``writeback.json`` transaction Bundle, as a transaction when the server's CapabilityStatement offers
 one, else as a batch, else entry by entry; each entry's outcome is counted (created, updated, unchanged,
