@@ -214,6 +214,7 @@ async def pull_into(
             "each was read whole and filtered to the study's patients here"
         )
     medications: set[str] = set()
+    wanted = set(todo)
     # One queue of single requests (not of patients), taken by ``concurrency`` workers: every slot stays busy
     # to the last request, a patient's searches of different cost interleave with other patients' instead of
     # arriving at the server together, and the types read whole and the Medications run alongside.
@@ -224,22 +225,18 @@ async def pull_into(
         ref = _reference(resource.get("medicationReference"), client.base)
         if ref and ref.startswith("Medication/") and ref not in medications:
             medications.add(ref)
-            jobs.put_nowait(partial(read_medication, ref.split("/", 1)[1]))
+            jobs.put_nowait(partial(read, ref))
 
-    async def read_medication(rid: str) -> None:
-        resource = await client.read("Medication", rid)
+    async def read(ref: str) -> None:
+        rtype, rid = ref.split("/", 1)
+        resource = await client.read(rtype, rid)
         if resource is not None:
-            sink.add(resource)
+            add(resource)
 
     async def scan(rtype: str) -> None:
         async for r in client.search(rtype, extra):
             if patient_of(r, client.base) in wanted:
                 add(r)
-
-    async def read_patient(ref: str) -> None:
-        resource = await client.read("Patient", ref.split("/", 1)[1])
-        if resource is not None:
-            add(resource)
 
     async def search(rtype: str, params: list[tuple[str, str]]) -> None:
         async for r in client.search(rtype, params):
@@ -251,7 +248,6 @@ async def pull_into(
         if left[0] == 0 and progress:
             progress(size)
 
-    wanted = set(todo)
     for rtype in scanned:  # first: a scan may run to many pages
         jobs.put_nowait(partial(scan, rtype))
     for start in range(0, len(todo), per_search):
@@ -259,7 +255,7 @@ async def pull_into(
         refs = ",".join(_or_value(p) for p in batch)  # one search for the batch: values OR-ed
         patient_job: Callable[[], Awaitable[None]]
         if not since and len(batch) == 1:
-            patient_job = partial(read_patient, batch[0])
+            patient_job = partial(read, batch[0])
         else:
             ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
             patient_job = partial(search, "Patient", [("_id", ids), *extra])
