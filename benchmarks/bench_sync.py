@@ -10,10 +10,12 @@ sleeps 50 ms before every request (what a hospital server across a network costs
   an AFP value was changed for every 10th patient (pulls what changed, updates the results it changes).
 
 Reported: patients per second for each, the ratio between the two concurrencies (target >= 6x), the phases
-of each run, and client CPU per request. Runs are 2 s apart (outside the timing) and the watermark overlap is
-1 s instead of the default 2 minutes, so a run does not re-read what the load before it wrote: the local
-server commits each request before answering, so no write is in flight longer than that. Lifelines and
-scipy are imported before timing: start-up is not throughput. Never run by CI.
+of each run, client CPU per request, and the server's own CPU over each sync (from /proc: the test server is
+one process, so CPU seconds near a run's seconds mean the server, not the client, sets the pace). Runs are
+2 s apart (outside the timing) and the watermark overlap is 1 s instead of the default 2 minutes, so a run
+does not re-read what the load before it wrote: the local server commits each request before answering, so
+no write is in flight longer than that. Lifelines and scipy are imported before timing: start-up is not
+throughput. Never run by CI.
 
 The client runs the compiled build by default (what ``pip install .`` installs; the wheel is built into
 ``.data`` as ``bench_evaluate.py`` does, and the script re-executes itself on it), ``--build python`` the
@@ -95,14 +97,34 @@ def _change_labs(base: str, patients: int, every: int) -> int:
     return changed
 
 
-def _sync(client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions, patients: int) -> dict[str, Any]:
+def server_cpu_s(config: Path) -> float | None:
+    """CPU seconds used so far by the server process started with ``config`` (Linux /proc), else None."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if str(config).encode() not in (proc / "cmdline").read_bytes():
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return None
+
+
+def _sync(
+    client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions, patients: int, config: Path
+) -> dict[str, Any]:
     time.sleep(OVERLAP.total_seconds() + 1)  # outside the timing: the previous run's writes fall before its watermark
+    server_cpu = server_cpu_s(config)
     t = time.perf_counter()
     summary = run_sync(client, store, opts)
     seconds = time.perf_counter() - t
+    server_after = server_cpu_s(config)
     return {
         "seconds": seconds,
         "patients_per_s": patients / seconds,
+        # the server's own CPU over the run: near ``seconds`` means the (single-process) server is the bound
+        "server_cpu_s": None if server_cpu is None or server_after is None else server_after - server_cpu,
         "requests": summary.requests,
         "pulled": sum(summary.pulled.values()),
         "pushed": dict(summary.pushed),
@@ -145,10 +167,11 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path, per_sear
             overlap=OVERLAP,
             per_search=per_search,
         )
-        first = _sync(client, store, opts, patients)  # everything pulled, every result created
-        settle = _sync(client, store, opts, patients)  # reads back the first run's own writes; writes nothing
+        config = work / "sekmet.yaml"  # names the server's process (see fhir_server.sekmet_server)
+        first = _sync(client, store, opts, patients, config)  # everything pulled, every result created
+        settle = _sync(client, store, opts, patients, config)  # reads back the first run's own writes; writes nothing
         changed = _change_labs(base, patients, every=10)
-        scheduled = _sync(client, store, opts, patients)  # what changed since the last run: the steady state
+        scheduled = _sync(client, store, opts, patients, config)  # what changed since the last run: the steady state
         store.close()
     return {
         "concurrency": concurrency,
@@ -207,9 +230,11 @@ def main() -> None:
     for run, label in RUNS:
         for r in rows:
             x = r[run]
+            server = "?" if x["server_cpu_s"] is None else f"{x['server_cpu_s']:.1f} s"
             print(
                 f"  {label}, concurrency {r['concurrency']}: {x['patients_per_s']:.1f} pat/s in {x['seconds']:.1f} s, "
-                f"{x['requests']} requests, {x['pulled']} pulled, pushed {x['pushed']}, phases (s) {x['phases']}"
+                f"{x['requests']} requests, {x['pulled']} pulled, pushed {x['pushed']}, phases (s) {x['phases']}, "
+                f"server CPU {server}"
             )
         ratios[run] = rows[1][run]["patients_per_s"] / rows[0][run]["patients_per_s"]
     print("ratio 8 / 1: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + " (target >= 6x)")
