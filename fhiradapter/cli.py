@@ -401,6 +401,7 @@ async def _open_client(o: dict[str, Any]) -> Any:
     if not server.startswith(("https://", "http://")):
         raise ConfigError(f"--server must be an http(s) URL, got {server!r}")
     verify: bool | str = str(o["ca_bundle"]) if o.get("ca_bundle") else True
+    tls_context(verify)  # an unusable --ca-bundle is a configuration error, named before any request
     settings = ClientSettings(
         timeout_s=o["timeout"], concurrency=o["concurrency"], retry_budget_s=o["retry_budget"], verify=verify
     )
@@ -724,16 +725,23 @@ def sync_cmd(
             sys.exit(int(ExitCode.SERVER))
 
 
+def _counts(counts: Any, first: tuple[str, ...]) -> str:
+    """``create 92, update 13, unchanged 1``: the usual keys in reading order, then any other, zeros left out."""
+    keys = [k for k in first if counts.get(k)] + sorted(k for k in counts if k not in first and counts[k])
+    return ", ".join(f"{k} {counts[k]}" for k in keys)
+
+
 def _print_sync(s: Any) -> None:
     mode = "dry run, nothing written" if s.dry_run else "written"
     since = f"changes since {s.since}" if s.since else "everything"
     click.echo(f"Sync run {s.run_id} of {s.study} from {s.server} ({since}; {mode}).")
     pulled = sum(s.pulled.values())
     click.echo(f"  patients evaluated {s.patients}; resources read {pulled}; deletions noticed {s.deleted}")
-    plan = ", ".join(f"{k} {v}" for k, v in sorted(s.plan.items())) or "nothing"
-    click.echo(f"  plan: {plan}")
+    click.echo(f"  plan for the results: {_counts(s.plan, ('create', 'update', 'unchanged')) or 'nothing'}")
     if not s.dry_run:
-        pushed = ", ".join(f"{k} {v}" for k, v in sorted(s.pushed.items())) or "nothing to send"
+        pushed = _counts(s.pushed, ("created", "updated", "unchanged")) or "nothing to send"
+        if s.provenances:
+            pushed += f" (with {s.provenances} Provenance record(s) of the run)"
         click.echo(f"  pushed: {pushed}; conflicts {len(s.conflicts)}; errors {len(s.errors)}")
         click.echo(f"  watermark: {s.watermark or 'not advanced'}")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())

@@ -198,6 +198,33 @@ def test_only_fhir_r4_servers_are_accepted(version: str, ok: bool) -> None:
             run(handler, cap)
 
 
+def test_a_404_from_metadata_names_the_server_and_asks_about_the_base_url() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text="Not Found")
+
+    async def cap(client: FhirClient) -> Any:
+        return await client.capabilities()
+
+    with pytest.raises(ServerError, match=rf"^{BASE}: GET metadata: HTTP 404.*is {BASE} the server's FHIR base URL"):
+        run(handler, cap)
+
+
+def test_an_unreachable_server_is_named_with_the_retry_budget() -> None:
+    calls = Counter[str]()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["sent"] += 1
+        raise httpx.ConnectError("All connection attempts failed")
+
+    async def cap(client: FhirClient) -> Any:
+        return await client.capabilities()
+
+    message = rf"^{BASE}: GET metadata: ConnectError \(All connection attempts failed\), after retrying for up to 60 s$"
+    with pytest.raises(ServerError, match=message):
+        run(handler, cap)
+    assert calls["sent"] == FAST.max_attempts  # retried, then given up
+
+
 # ---------------------------------------------------------------------------------------------- auth
 
 
@@ -644,3 +671,24 @@ def test_tls_context_is_built_once_verifies_and_cannot_be_turned_off() -> None:
     assert bundle.cert_store_stats()["x509_ca"] > 0
     with pytest.raises(ValueError, match="cannot be turned off"):
         tls_context(False)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("just a hostname\n", "no certificate or crl found"),
+        ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "PEM lib"),
+    ],
+)
+def test_a_ca_bundle_without_certificates_is_a_configuration_error(tmp_path: Path, content: str, reason: str) -> None:
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text(content)
+    args = ["pull", "--server", "https://127.0.0.1:9/fhir", "--study", "s", "--out", str(tmp_path / "o")]
+    result = CliRunner().invoke(main, [*args, "--ca-bundle", str(bundle)])
+    assert result.exit_code == 10, result.output
+    assert f"--ca-bundle {bundle}: cannot load CA certificates from it ({reason})" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o").exists()

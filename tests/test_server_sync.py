@@ -9,6 +9,7 @@ without touching anything. SMART Backend Services is exercised against the serve
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -344,9 +345,16 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert first.exit_code == 0, first.output
         assert "patients evaluated 14" in first.output and "conflicts 0; errors 0" in first.output
         assert "Export " in first.output and "new run" in first.output
+        # The pushed line adds the run's Provenance to the planned creates, and says so: the counts add up.
+        planned = re.search(r"plan for the results: create (\d+), update (\d+)", first.output)
+        pushed = re.search(r"pushed: created (\d+), updated (\d+) \(with (\d+) Provenance", first.output)
+        assert planned and pushed, first.output
+        provenances = len(list(server_resources(base, "Provenance")))
+        assert int(pushed[3]) == provenances >= 1
+        assert (int(pushed[1]), int(pushed[2])) == (int(planned[1]) + provenances, int(planned[2]))
         # The next run asks for seven patients per search: nothing new to write, in a third of the requests.
         grouped = cli(*args, "--patients-per-search", "7")
-        assert grouped.exit_code == 0 and "plan: unchanged " in grouped.output, grouped.output
+        assert grouped.exit_code == 0 and "plan for the results: unchanged " in grouped.output, grouped.output
         assert "pushed: nothing to send" in grouped.output
         assert requests_made(grouped) * 3 < requests_made(first)
         bad = cli(*args[:-3], "--since", "yesterday")

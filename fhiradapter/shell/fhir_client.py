@@ -17,6 +17,7 @@ import asyncio
 import email.utils
 import functools
 import random
+import re
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from fhiradapter import __version__
-from fhiradapter.errors import ServerError
+from fhiradapter.errors import ConfigError, ServerError
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"
@@ -78,7 +79,14 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     if verify is True:
         return httpx.create_ssl_context()
     if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
+        try:
+            return ssl.create_default_context(cafile=verify)
+        except (ssl.SSLError, OSError) as exc:  # not PEM, no certificate in it, unreadable
+            reason = re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", exc.strerror or "") or type(exc).__name__
+            raise ConfigError(
+                f"--ca-bundle {verify}: cannot load CA certificates from it ({reason}); "
+                "it must hold PEM certificates (-----BEGIN CERTIFICATE-----)"
+            ) from None
     raise ValueError("TLS verification cannot be turned off")
 
 
@@ -227,7 +235,10 @@ class FhirClient:
                 f"{outcome_text(exc.response)}"
             ) from None
         except httpx.TransportError as exc:
-            raise ServerError(f"{what}: {type(exc).__name__} after retries ({_transport_reason(exc)})") from None
+            raise ServerError(
+                f"{what}: {type(exc).__name__} ({_transport_reason(exc)}), "
+                f"after retrying for up to {s.retry_budget_s:.0f} s"
+            ) from None
         if response.is_success or response.status_code in ok:
             return response
         raise ServerError(f"{what}: HTTP {response.status_code}: {outcome_text(response)}", response.status_code)
@@ -268,8 +279,18 @@ class FhirClient:
     # ------------------------------------------------------------------------------------------------ FHIR
 
     async def capabilities(self) -> Capability:
-        """GET /metadata; refuse anything but FHIR R4 (4.0.x)."""
-        response = await self.request("GET", "metadata")
+        """GET /metadata; refuse anything but FHIR R4 (4.0.x).
+
+        This is the first request of every command, so its errors name the server: a 404 here almost always
+        means ``--server`` is not the FHIR base URL.
+        """
+        try:
+            response = await self.request("GET", "metadata")
+        except ServerError as exc:
+            hint = ""
+            if exc.status in (400, 404, 405):
+                hint = f"; is {self.base} the server's FHIR base URL (the one /metadata and /Patient hang off)?"
+            raise ServerError(f"{self.base}: {exc}{hint}", exc.status) from None
         self.server_time = _server_time(response)
         try:
             cap = orjson.loads(response.content)

@@ -63,6 +63,7 @@ class SyncSummary:
     deleted: int = 0
     plan: Counter[str] = field(default_factory=Counter)
     pushed: Counter[str] = field(default_factory=Counter)
+    provenances: int = 0  # of the entries pushed, the run's own Provenance records (one per transaction part)
     conflicts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -84,6 +85,7 @@ class SyncSummary:
             "deleted": self.deleted,
             "plan": dict(self.plan),
             "pushed": dict(self.pushed),
+            "provenances": self.provenances,
             "conflicts": self.conflicts,
             "errors": self.errors,
             "warnings": self.warnings,
@@ -329,6 +331,7 @@ async def _push_phase(client: FhirClient, bundle_path: Path, opts: SyncOptions, 
 
 def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:
     summary.pushed.update(pushed.outcomes)
+    summary.provenances += sum(1 for _method, url, *_ in pushed.written if url == "Provenance")
     summary.conflicts.extend(pushed.conflicts)
     summary.errors.extend(pushed.errors)
     summary.requests += pushed.requests
