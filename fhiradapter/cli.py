@@ -28,11 +28,34 @@ def _parse_as_of(value: str) -> date:
         raise ConfigError(f"--as-of must be a date as YYYY-MM-DD, got {value!r}") from None
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
+
+_PULL_INTERRUPTED = (
+    "the NDJSON files of an unfinished pull are not put in place (a Bulk export resumes when the same command is "
+    "run again)"
+)
+_PUSH_INTERRUPTED = (
+    "parts already sent may have been applied, each whole or not at all; pushing the same file again creates no "
+    "duplicates, but its updates already applied are refused as conflicts (412): pull and evaluate again, then "
+    "push the new writeback.json"
+)
+_SYNC_INTERRUPTED = (
+    "the watermark was not advanced and results already written are found again by their identifiers, so "
+    "running the same command again is safe"
+)
+
+
 @contextmanager
-def _guard() -> Iterator[None]:
-    """Turn the adapter's errors into a one-line message and its exit code; hide unexpected errors' text."""
+def _guard(interrupted: str = "run the same command again") -> Iterator[None]:
+    """Turn the adapter's errors into a one-line message and its exit code; hide unexpected errors' text.
+
+    ``interrupted``: what a Ctrl-C leaves behind and what to do next, said before exiting with 130.
+    """
     try:
         yield
+    except KeyboardInterrupt:
+        click.echo(f"interrupted (Ctrl-C): {interrupted}", err=True)
+        sys.exit(INTERRUPTED)
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
@@ -471,7 +494,7 @@ def pull_cmd(
     from fhiradapter.shell.server_io import pull  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
-    with _guard():
+    with _guard(_PULL_INTERRUPTED):
         if since is not None:
             _check_instant(since)
         if not bulk and not study:
@@ -557,7 +580,7 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
 
     from fhiradapter.shell.server_io import load_bundle, push  # noqa: PLC0415
 
-    with _guard():
+    with _guard(_PUSH_INTERRUPTED):
         doc = load_bundle(bundle)
 
         show = sys.stderr.isatty()
@@ -680,7 +703,7 @@ def sync_cmd(
     from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
-    with _guard():
+    with _guard(_SYNC_INTERRUPTED):
         cutoff = _parse_as_of(as_of)
         if since not in ("auto", "none"):
             _check_instant(since)

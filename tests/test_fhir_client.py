@@ -12,7 +12,7 @@ import email.utils
 import json
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -692,3 +692,64 @@ def test_a_ca_bundle_without_certificates_is_a_configuration_error(tmp_path: Pat
     assert result.exit_code == 10, result.output
     assert f"--ca-bundle {bundle}: cannot load CA certificates from it ({reason})" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------------------------------------- Ctrl-C
+
+
+def test_a_sync_stopped_by_ctrl_c_is_recorded_as_interrupted_and_keeps_its_watermark(tmp_path: Path) -> None:
+    from sqlalchemy import select
+
+    from fhiradapter.shell.mappings_io import load_mappings
+    from fhiradapter.shell.store import SyncStore, sync_runs, watermarks
+    from fhiradapter.shell.sync import SyncOptions, run_sync
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("metadata"):
+            return fhir({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [{}]})
+        raise KeyboardInterrupt  # the user presses Ctrl-C while the study is being read
+
+    mappings, identity = load_mappings()
+    opts = SyncOptions("s", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
+    store = SyncStore(data_dir=tmp_path / "data")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_sync(lambda: FhirClient(BASE, transport=httpx.MockTransport(handler)), store, opts)
+        with store.engine.connect() as conn:
+            assert conn.execute(select(sync_runs.c.status)).scalars().all() == ["interrupted"]
+            assert conn.execute(select(watermarks)).all() == []
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "patched", "says"),
+    [
+        ("sync", "fhiradapter.shell.sync.run_sync", "the watermark was not advanced"),
+        ("pull", "fhiradapter.shell.server_io.pull", "an unfinished pull are not put in place"),
+        ("push", "fhiradapter.shell.server_io.push", "each whole or not at all"),
+    ],
+)
+def test_ctrl_c_says_what_was_left_and_exits_130(
+    tmp_path: Path, monkeypatch: Any, command: str, patched: str, says: str
+) -> None:
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(patched, stop)
+    bundle = tmp_path / "writeback.json"
+    bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": []}))
+    server = ["--server", "http://127.0.0.1:9/fhir"]
+    args = {
+        "sync": [*server, "--study", "s", "--as-of", "2005-03-31", "--data-dir", str(tmp_path / "d")],
+        "pull": [*server, "--study", "s", "--out", str(tmp_path / "o")],
+        "push": [*server, str(bundle)],
+    }[command]
+    result = CliRunner().invoke(main, [command, *args])
+    assert result.exit_code == 130, result.output
+    assert result.output.startswith("interrupted (Ctrl-C): ") and says in result.output
+    assert "Aborted" not in result.output and "Traceback" not in result.output

@@ -296,7 +296,67 @@ def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(tmp_pa
             assert sorted(result_identifiers(base)) == sorted(written)
             with store.engine.connect() as conn:
                 statuses = [r[0] for r in conn.exec_driver_sql("SELECT status FROM sync_runs ORDER BY run_id")]
-            assert statuses == ["failed", "ok"]
+            assert statuses == ["interrupted", "ok"]
+    finally:
+        store.close()
+
+
+class StopAtTransaction(httpx.AsyncHTTPTransport):
+    """Ctrl-C as the ``n``-th transaction is about to be sent: the parts before it are on the server."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.sent = n, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.rstrip("/").endswith("/fhir"):
+            self.sent += 1
+            if self.sent == self.n:
+                raise KeyboardInterrupt
+        return await super().handle_async_request(request)
+
+
+def test_a_sync_stopped_half_way_through_its_push_finishes_the_rest_without_duplicates(tmp_path: Path) -> None:
+    from fhiradapter.core.writeback import RUN_TAG_SYSTEM
+    from fhiradapter.shell.fhir_client import ClientSettings, FhirClient
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import run_sync
+
+    store = SyncStore(data_dir=tmp_path / "data")
+    one_at_a_time = ClientSettings(concurrency=1)  # parts go in order, so "the first two" is well defined
+    try:
+        with sekmet_server(tmp_path) as base:
+            load_input(base, PAPER)
+            dry = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True, chunk=10))
+            stop = StopAtTransaction(3)
+            with pytest.raises(KeyboardInterrupt):
+                run_sync(
+                    lambda: FhirClient(base, settings=one_at_a_time, transport=stop),
+                    store,
+                    sync_opts(tmp_path, chunk=10),
+                )
+            assert stop.sent == 3 and store.watermark(base, "thal-hcc-pilot") is None
+            partial = result_identifiers(base)
+            assert 0 < len(partial) < dry.plan["create"]  # two whole parts landed, the rest did not
+            again = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, chunk=10))
+            assert again.errors == [] and again.conflicts == []
+            # The second run creates exactly what the first did not, and updates what is still to update.
+            assert again.plan["create"] == dry.plan["create"] - len(partial)
+            assert again.plan["create"] + again.plan["update"] + again.plan["unchanged"] == sum(dry.plan.values())
+            written = result_identifiers(base)
+            assert len(written) == len(set(written)) == dry.plan["create"]
+            provenance_tags = [
+                t["code"]
+                for r in server_resources(base, "Provenance")
+                for t in r.get("meta", {}).get("tag", [])
+                if t.get("system") == RUN_TAG_SYSTEM
+            ]
+            assert len(provenance_tags) == len(set(provenance_tags))
+            with store.engine.connect() as conn:
+                statuses = [r[0] for r in conn.exec_driver_sql("SELECT status FROM sync_runs ORDER BY run_id")]
+            assert statuses == ["dry-run", "interrupted", "ok"]
+            final = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            assert set(final.plan) == {"unchanged"} and not final.pushed
     finally:
         store.close()
 

@@ -2,7 +2,8 @@
 
 SQLite in the data folder by default (``sync.db``); ``--store`` takes ``sqlite:///FILE`` or
 ``postgresql://USER@HOST/DB`` (the password from PGPASSWORD or ~/.pgpass, as for ``export``). Tables:
-- ``sync_runs``: one row per sync (started, finished, status running | ok | failed, counts);
+- ``sync_runs``: one row per sync (started, finished, status running | ok | conflicts | dry-run | failed |
+  interrupted (Ctrl-C), the summary);
 - ``watermarks``: per (server, study) the server time the last *successful* pull started at; ``--since auto``
   pulls what changed after it. A run that dies keeps the old watermark, so the next run pulls again what the
   failed one may have missed (upserts are idempotent and writes are conditional: nothing duplicates);

@@ -157,8 +157,9 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 store.set_watermark(server, opts.study, started, run_id)
         status = "ok" if not (summary.conflicts or summary.errors) else "conflicts"
         store.finish_run(run_id, "dry-run" if opts.dry_run else status, summary.as_dict())
-    except BaseException:
-        store.finish_run(run_id, "failed", summary.as_dict())
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        store.finish_run(run_id, status, summary.as_dict())
         raise
     return summary
 
