@@ -10,9 +10,12 @@ sleeps 50 ms before every request (what a hospital server across a network costs
   an AFP value was changed for every 10th patient (pulls what changed, updates the results it changes).
 
 Reported: patients per second for each, the ratio between the two concurrencies (target >= 6x), the phases
-of each run, client CPU per request, and the server's own CPU over each sync (from /proc: the test server is
-one process, so CPU seconds near a run's seconds mean the server, not the client, sets the pace). Runs are
-2 s apart (outside the timing) and the watermark overlap is 1 s instead of the default 2 minutes, so a run
+of each run, client CPU per request, and the server's own CPU over the pull and each sync, from /proc. The
+test server is one Python process whose database work is serialised by one lock and the rest by the GIL, so
+it uses about one core at most: CPU seconds near a run's seconds mean the server, not the client, sets the
+pace, and concurrency-1 seconds over the server's CPU seconds at concurrency 8 is about the most any client
+could reach against it (only SQLite work overlapping another request's Python could exceed it). Runs are 2 s
+apart (outside the timing) and the watermark overlap is 1 s instead of the default 2 minutes, so a run
 does not re-read what the load before it wrote: the local server commits each request before answering, so
 no write is in flight longer than that. Lifelines and scipy are imported before timing: start-up is not
 throughput. Never run by CI.
@@ -151,9 +154,12 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path, per_sear
                 sink.close(True)
                 return summary.patients, c.requests, cpu
 
+        config = work / "sekmet.yaml"  # names the server's process (see fhir_server.sekmet_server)
+        server_before = server_cpu_s(config)
         t = time.perf_counter()
         patients, requests, cpu = asyncio.run(pull_only())
         pull_s = time.perf_counter() - t
+        server_after = server_cpu_s(config)
         mappings, identity = load_mappings()
         store = SyncStore(data_dir=work / "data")
         opts = SyncOptions(
@@ -167,7 +173,6 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path, per_sear
             overlap=OVERLAP,
             per_search=per_search,
         )
-        config = work / "sekmet.yaml"  # names the server's process (see fhir_server.sekmet_server)
         first = _sync(client, store, opts, patients, config)  # everything pulled, every result created
         settle = _sync(client, store, opts, patients, config)  # reads back the first run's own writes; writes nothing
         changed = _change_labs(base, patients, every=10)
@@ -179,6 +184,7 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path, per_sear
         "pull_seconds": pull_s,
         "pull_patients_per_s": patients / pull_s,
         "pull_requests": requests,
+        "pull_server_cpu_s": None if server_before is None or server_after is None else server_after - server_before,
         "cpu_ms_per_request": 1000 * cpu / max(requests, 1),
         "first": first,
         "settle": settle,
@@ -227,6 +233,9 @@ def main() -> None:
             f"{r['cpu_ms_per_request']:>10.2f}"
         )
     ratios = {"pull": rows[1]["pull_patients_per_s"] / rows[0]["pull_patients_per_s"]}
+    # The server uses about one core (one lock on its database, the GIL): a run at concurrency 8 takes at least
+    # about the server's own CPU for it, so concurrency-1 seconds over that CPU bound the ratio.
+    ceilings = {"pull": _ceiling(rows[0]["pull_seconds"], rows[1]["pull_server_cpu_s"])}
     for run, label in RUNS:
         for r in rows:
             x = r[run]
@@ -237,9 +246,18 @@ def main() -> None:
                 f"server CPU {server}"
             )
         ratios[run] = rows[1][run]["patients_per_s"] / rows[0][run]["patients_per_s"]
+        ceilings[run] = _ceiling(rows[0][run]["seconds"], rows[1][run]["server_cpu_s"])
     print("ratio 8 / 1: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()) + " (target >= 6x)")
+    print(
+        "the most this server allows (seconds at concurrency 1 / its CPU seconds at 8): "
+        + ", ".join(f"{k} {'?' if v is None else f'{v:.1f}x'}" for k, v in ceilings.items())
+    )
     out = HERE / ".data" / f"bench-sync-{args.patients}-{args.patients_per_search}-{args.build}.json"
-    out.write_text(json.dumps({"build": args.build, "rows": rows, "ratios": ratios}, indent=2))
+    out.write_text(json.dumps({"build": args.build, "rows": rows, "ratios": ratios, "ceilings": ceilings}, indent=2))
+
+
+def _ceiling(seconds_at_1: float, server_cpu_at_8: float | None) -> float | None:
+    return None if not server_cpu_at_8 else seconds_at_1 / server_cpu_at_8
 
 
 if __name__ == "__main__":

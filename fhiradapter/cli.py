@@ -482,6 +482,8 @@ def pull_cmd(
     With --bulk: one Bulk Data $export, polled until ready (Retry-After, X-Progress), its files downloaded;
     an interrupted bulk pull resumes the same export when run again; Ctrl-C cancels it on the server.
     The folder is what `fhiradapter evaluate` reads; pull-manifest.json records what was pulled from where.
+    It holds one pull: --out must be new, empty, or an earlier pull's folder, whose files are replaced when
+    the new pull is complete (a --since pull then leaves only what changed).
 
     \b
     Examples:
@@ -531,6 +533,7 @@ def pull_cmd(
                 click.echo(f"  note: the export returned no {', '.join(summary.searched)}: read by search instead")
             for error in summary.errors[:20]:
                 click.echo(f"  server error file: {error}")
+            _print_replaced(out, summary.replaced)
             return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")
         click.echo(
@@ -538,6 +541,15 @@ def pull_cmd(
         )
         for warning in summary.warnings:
             click.echo(f"  note: {warning}")
+        _print_replaced(out, summary.replaced)
+
+
+def _print_replaced(out: Path, removed: list[str]) -> None:
+    if removed:
+        shown = ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else "")
+        click.echo(
+            f"  note: this pull replaced the earlier one in {out}; removed its {len(removed)} other file(s): {shown}"
+        )
 
 
 def _check_instant(value: str) -> None:

@@ -93,7 +93,10 @@ def test_polling_honours_retry_after_and_reports_progress(tmp_path: Path) -> Non
     summary, waits, progress = run(server, tmp_path)
     assert waits == [7.0, 7.0] and progress == ["40% done", "50% done"] and summary.polls == 3
     assert summary.resources == {"Patient": 1, "Observation": 2}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Observation-002.ndjson", "Patient-001.ndjson"]
+    files = ["Observation-002.ndjson", "Patient-001.ndjson"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [*files, "pull-manifest.json"]
+    manifest = json.loads((tmp_path / "pull-manifest.json").read_text())
+    assert manifest["files"] == files and manifest["resources"] == {"Observation": 2, "Patient": 1}
     assert server.log[-1] == "DELETE /r4/status/1"  # told the server it may delete the files
 
 
@@ -111,6 +114,44 @@ def test_an_interrupted_pull_resumes_the_same_export(tmp_path: Path) -> None:
     assert summary.resumed and not any("$export" in line for line in server.log)  # no second kick-off
     assert "GET /r4/files/p.ndjson" not in server.log and "GET /r4/files/o.ndjson" in server.log
     assert summary.resources == {"Patient": 1, "Observation": 2} and not (tmp_path / STATE).exists()
+
+
+def test_an_export_replaces_an_earlier_pull_when_complete_even_across_a_resume(tmp_path: Path) -> None:
+    """The earlier pull's files stay while the export runs (it may never finish) and go once it is complete."""
+    earlier = ["Condition.ndjson", "Observation.ndjson", "Patient.ndjson"]
+    for name in earlier:
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "pull-manifest.json").write_text(json.dumps({"files": earlier}))
+
+    async def stop(seconds: float) -> None:
+        raise KeyboardInterrupt  # the first run is stopped while the export is being prepared
+
+    async def first() -> None:
+        client = FhirClient(BASE, transport=httpx.MockTransport(FakeExport(polls=5)))
+        async with client:
+            await bulk_pull(client, tmp_path, types=TYPES, sleep=stop)
+
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(first())
+    assert sorted(p.name for p in tmp_path.glob("*.ndjson")) == earlier  # nothing removed yet
+    # A resumed export remembers which files it replaces (the folder by then also holds its own downloads).
+    state = {"status_url": f"{BASE}/status/1", "done": [f"{BASE}/files/p.ndjson"], "replaces": earlier}
+    (tmp_path / STATE).write_text(json.dumps(state))
+    (tmp_path / "Patient-001.ndjson").write_text('{"resourceType":"Patient","id":"p1"}\n')
+    summary, _, _ = run(FakeExport(polls=0), tmp_path)
+    assert summary.resumed and summary.replaced == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "Observation-002.ndjson",
+        "Patient-001.ndjson",
+        "pull-manifest.json",
+    ]
+
+
+def test_a_search_pull_refuses_the_folder_of_an_unfinished_export(tmp_path: Path) -> None:
+    (tmp_path / STATE).write_text(json.dumps({"status_url": f"{BASE}/status/1", "done": []}))
+    args = ["pull", "--server", BASE, "--study", "s", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 10 and "holds an unfinished Bulk export" in result.output
 
 
 def test_ctrl_c_while_waiting_cancels_the_export_on_the_server(tmp_path: Path) -> None:

@@ -753,3 +753,73 @@ def test_ctrl_c_says_what_was_left_and_exits_130(
     assert result.exit_code == 130, result.output
     assert result.output.startswith("interrupted (Ctrl-C): ") and says in result.output
     assert "Aborted" not in result.output and "Traceback" not in result.output
+
+
+# ---------------------------------------------------------------------------------------------- pull folder
+
+
+def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one_is_complete(tmp_path: Path) -> None:
+    from fhiradapter.errors import ConfigError
+    from fhiradapter.shell.server_io import claim_folder, finish_folder
+
+    out = tmp_path / "pulled"
+    assert claim_folder(out) == [] and out.is_dir()  # new: created
+    for name in ("Observation.ndjson", "Condition.ndjson", "notes.txt"):
+        (out / name).write_text("{}\n")
+    (out / "pull-manifest.json").write_text('{"files": ["Condition.ndjson", "Observation.ndjson"]}')
+    (out / "Consent.ndjson.partial").write_text("{}\n")  # a stopped pull's leftover
+    earlier = claim_folder(out)
+    assert [p.name for p in earlier] == ["Condition.ndjson", "Consent.ndjson.partial", "Observation.ndjson"]
+    new = out / "Observation.ndjson"
+    new.write_text('{"resourceType":"Observation","id":"new"}\n')
+    removed = finish_folder(out, {"since": "2024-01-01T00:00:00Z"}, earlier, [new])
+    assert removed == ["Condition.ndjson", "Consent.ndjson.partial"]
+    assert sorted(p.name for p in out.iterdir()) == ["Observation.ndjson", "notes.txt", "pull-manifest.json"]
+    manifest = {"since": "2024-01-01T00:00:00Z", "files": ["Observation.ndjson"]}
+    assert json.loads((out / "pull-manifest.json").read_text()) == manifest
+    assert "new" in new.read_text()  # the new pull's file of the same name is kept
+    # A file added to the folder since is not the earlier pull's: refused, not deleted.
+    (out / "added.ndjson").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"did not write \(added.ndjson\)"):
+        claim_folder(out)
+
+
+def test_a_manifest_from_before_the_files_list_names_one_file_per_type(tmp_path: Path) -> None:
+    from fhiradapter.shell.server_io import claim_folder
+
+    (tmp_path / "pull-manifest.json").write_text('{"resources": {"Patient": 2}}')
+    (tmp_path / "Patient.ndjson").write_text("{}\n")
+    assert [p.name for p in claim_folder(tmp_path)] == ["Patient.ndjson"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["Patient.ndjson"], r"already holds files fhiradapter pull did not write \(Patient.ndjson\)"),
+        (["pull-manifest.json", "old/Patient.ndjson"], r"did not write \(old/Patient.ndjson\)"),
+        (["pull-manifest.json", "Patient.ndjson"], r"did not write \(Patient.ndjson\)"),  # "{}": lists no file
+        (["export.json", "a.ndjson", "b.ndjson.gz", "c.jsonl"], r"\(a.ndjson, b.ndjson.gz, c.jsonl \.\.\.\)"),
+        (["bulk-state.json"], "holds an unfinished Bulk export"),
+    ],
+)
+def test_a_pull_refuses_a_folder_whose_files_evaluate_would_mix_in(
+    tmp_path: Path, files: list[str], message: str
+) -> None:
+    from fhiradapter.errors import ConfigError
+    from fhiradapter.shell.server_io import claim_folder
+
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match=message):
+        claim_folder(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing touched
+
+
+def test_a_bulk_pull_may_resume_in_its_own_folder(tmp_path: Path) -> None:
+    from fhiradapter.shell.server_io import claim_folder
+
+    (tmp_path / "bulk-state.json").write_text('{"status_url": "x"}')
+    (tmp_path / "Observation-001.ndjson").write_text("{}\n")
+    assert [p.name for p in claim_folder(tmp_path, bulk=True)] == ["Observation-001.ndjson"]

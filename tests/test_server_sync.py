@@ -162,6 +162,36 @@ def test_pull_with_since_takes_only_what_changed(tmp_path: Path) -> None:
         assert bad.exit_code == 10 and "time zone" in bad.output
 
 
+def test_a_second_pull_into_the_same_folder_replaces_the_first(tmp_path: Path) -> None:
+    """evaluate reads a folder whole: after a --since pull it must hold only what changed, not a mixture."""
+    out = tmp_path / "p"
+    with sekmet_server(tmp_path) as base:
+        load_input(base, PAPER)
+        full = cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(out))
+        assert full.exit_code == 0 and (out / "Observation.ndjson").exists(), full.output
+        assert "replaced" not in full.output
+        full_files = json.loads((out / "pull-manifest.json").read_text())["files"]
+        since = cli(
+            "pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(out), "--since", "2999-01-01T00:00:00Z"
+        )
+        assert since.exit_code == 0, since.output
+        kept = sorted(p.name for p in out.iterdir())
+        manifest = json.loads((out / "pull-manifest.json").read_text())
+        assert kept == sorted([*(f"{t}.ndjson" for t in manifest["resources"]), "pull-manifest.json"])
+        assert "Observation.ndjson" not in kept  # nothing changed after 2999: the full pull's file is gone
+        gone = sorted(set(full_files) - set(manifest["files"]))
+        assert (
+            f"note: this pull replaced the earlier one in {out}; removed its {len(gone)} other file(s): "
+            in since.output
+        )
+        assert ", ".join(gone[:5]) in since.output
+        # A folder holding files a pull did not write is refused before any request, and left as it was.
+        (out / "extra.ndjson").write_text("{}\n")
+        refused = cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(out))
+        assert refused.exit_code == 10 and "did not write (extra.ndjson)" in refused.output
+        assert sorted(p.name for p in out.iterdir()) == sorted([*kept, "extra.ndjson"])
+
+
 def test_pull_of_an_unknown_study_says_so(tmp_path: Path) -> None:
     with sekmet_server(tmp_path) as base:
         result = cli("pull", "--server", base, "--study", "no-such-study", "--out", str(tmp_path / "p"))

@@ -7,6 +7,9 @@ are reported. The job's state (status URL, files done) is kept in ``bulk-state.j
 an interrupted pull resumes the same export instead of starting another; Ctrl-C during the wait cancels the
 export on the server (``DELETE`` on the status URL). Output files on another host are fetched without the
 access token unless the manifest says they need it (then they must be on the server's own host).
+
+The output folder follows ``server_io.claim_folder``: new, empty, or an earlier pull's, whose files are removed
+once the export is complete; ``pull-manifest.json`` then records the export (transaction time, counts).
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import orjson
 
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.fhir_client import FhirClient, retry_after_s, tls_context
-from fhiradapter.shell.server_io import patient_of
+from fhiradapter.shell.server_io import BULK_STATE, claim_folder, finish_folder, patient_of
 
-STATE = "bulk-state.json"
+STATE = BULK_STATE
 DEFAULT_TYPES = (
     "Patient",
     "Observation",
@@ -53,6 +56,7 @@ class BulkSummary:
     polls: int = 0
     transaction_time: str | None = None
     searched: list[str] = field(default_factory=list)  # types read by search because the export had none
+    replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
 
 
 def _load_state(out: Path) -> dict[str, Any] | None:
@@ -94,13 +98,17 @@ async def bulk_pull(
     sleep: Callable[[float], Any] = asyncio.sleep,
 ) -> BulkSummary:
     """Run (or resume) an export into ``out``; returns what was downloaded."""
-    out.mkdir(parents=True, exist_ok=True)
+    earlier = claim_folder(out, bulk=True)
     state = _load_state(out)
     resumed = state is not None
     if state is None:
         status_url = await kick_off(client, group, list(types or DEFAULT_TYPES), since)
-        state = {"status_url": status_url, "group": group, "since": since, "done": []}
+        # The earlier pull's files, removed when this export is complete (remembered across a resume).
+        replaces = [p.name for p in earlier]
+        state = {"status_url": status_url, "group": group, "since": since, "done": [], "replaces": replaces}
         _save_state(out, state)
+    else:
+        earlier = [out / str(name) for name in state.get("replaces") or ()]
     summary = BulkSummary(str(state["status_url"]), resumed=resumed)
     try:
         manifest = await _wait(client, summary, on_progress, sleep)
@@ -120,15 +128,25 @@ async def bulk_pull(
             _save_state(out, {**state, "done": done})
         summary.files.append(path)
         summary.resources[str(item.get("type"))] += _count_lines(path)
+    error_files = []
     for n, item in enumerate(manifest.get("error") or ()):
         path = out / f"errors-{n + 1:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
         await _download(client, str(item["url"]), path, needs_token)
         summary.errors.extend(_outcome_lines(path))
-    (out / STATE).unlink(missing_ok=True)
+        error_files.append(path)
+    (out / STATE).unlink(missing_ok=True)  # downloaded: a second run would start a new export
     await _cancel(client, summary.status_url)  # the spec's "done, you may delete the files"
     missing = [t for t in (types or DEFAULT_TYPES) if summary.resources[t] == 0]
     if missing:
         await _search_missing(client, out, missing, since, summary)
+    record = {
+        "server": client.base,
+        "bulk": {"group": group, "transaction_time": summary.transaction_time, "searched": summary.searched},
+        "since": since,
+        "resources": dict(sorted(summary.resources.items())),
+        "errors": len(summary.errors),
+    }
+    summary.replaced = finish_folder(out, record, earlier, [*summary.files, *error_files])
     return summary
 
 

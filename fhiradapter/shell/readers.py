@@ -48,15 +48,15 @@ class Reject(NamedTuple):
 
 
 # Files a folder of pulled data holds beside the resources: described by name, never read as input.
-NOT_DATA = frozenset({"pull-manifest.json"})
+NOT_DATA = frozenset({"pull-manifest.json", "bulk-state.json"})
 
 
 def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:
     """Files to read, folders walked recursively in name order; raise InputError for a missing path.
 
     Files under ``exclude`` (the output folder, when it lies inside an input folder) are skipped, so a run
-    never reads the results of an earlier one; so is ``pull-manifest.json``, which ``fhiradapter pull`` writes
-    beside the resources (a file named explicitly is always read).
+    never reads the results of an earlier one; so are ``pull-manifest.json`` and ``bulk-state.json``, which
+    ``fhiradapter pull`` writes beside the resources (a file named explicitly is always read).
     """
     files: list[Path] = []
     skip = exclude.resolve() if exclude is not None else None

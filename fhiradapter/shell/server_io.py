@@ -6,6 +6,10 @@ reference as they are found: one queue of single requests, ``concurrency`` at a 
 ``<Type>.ndjson.partial`` and renamed when the pull is complete, with ``pull-manifest.json`` (server, study,
 counts, ``--since``). ``fhiradapter evaluate`` reads the folder as it reads any export.
 
+A pull's folder holds one pull (``claim_folder``): it must be new or empty, or hold an earlier pull (its
+``pull-manifest.json``), whose files are removed only once the new pull is complete. Files a pull did not
+write are never mixed with pulled ones: ``evaluate`` would read them together.
+
 ``push``: a ``writeback.json`` transaction Bundle, as a transaction when the server's CapabilityStatement offers
 one, else as a batch, else entry by entry; each entry's outcome is counted (created, updated, unchanged,
 conflict, error) from its response status.
@@ -26,6 +30,11 @@ import orjson
 from fhiradapter.core.writeback import split_bundle
 from fhiradapter.errors import ConfigError, InputError, ServerError
 from fhiradapter.shell.fhir_client import RETURN_MINIMAL, Capability, FhirClient
+from fhiradapter.shell.readers import NOT_DATA, SUFFIXES
+
+MANIFEST = "pull-manifest.json"
+BULK_STATE = "bulk-state.json"  # an unfinished Bulk export's job (see bulk.py)
+BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
 
 # What evaluate reads per patient, and the search parameter naming the patient for each type.
 PATIENT_TYPES: list[tuple[str, str]] = [
@@ -48,6 +57,7 @@ class PullSummary:
     retries: int = 0
     files: list[Path] = field(default_factory=list)
     patient_refs: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
 
 
 class Sink(Protocol):
@@ -132,10 +142,7 @@ async def pull(
     per_search: int = 1,
 ) -> PullSummary:
     """Pull the study's data into NDJSON files in ``out`` (renamed into place only when complete)."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
+    earlier = claim_folder(out)
     cap = await client.capabilities()
     writer = NdjsonSink(out)
     complete = False
@@ -157,8 +164,63 @@ async def pull(
         "fhir_version": cap.fhir_version,
         "software": cap.software,
     }
-    (out / "pull-manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    summary.replaced = finish_folder(out, manifest, earlier, files)
     return summary
+
+
+def claim_folder(out: Path, bulk: bool = False) -> list[Path]:
+    """Make ``out`` ready for a pull; return the earlier pull's files, to remove when the new one is complete.
+
+    ``out`` must be new or empty, or hold an earlier ``fhiradapter pull``: the files its
+    ``pull-manifest.json`` lists, and a stopped pull's ``.partial`` leftovers. Any other file ``evaluate``
+    would read is refused (ConfigError), as ``evaluate`` reads a folder whole and would mix them in.
+    ``bulk``: an unfinished Bulk export in ``out`` (``bulk-state.json``) may be resumed; its files are its own.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        found = sorted(p for p in out.rglob("*") if p.is_file())
+    except OSError as exc:
+        raise ConfigError(f"cannot use {out} for a pull: {exc.strerror}") from None
+    resuming = (out / BULK_STATE).exists()
+    if resuming and not bulk:
+        raise ConfigError(
+            f"{out} holds an unfinished Bulk export ({BULK_STATE}): finish it with --bulk, or choose another folder"
+        )
+    files = [p for p in found if p.name.endswith((*SUFFIXES, BULK_ERRORS, ".partial")) and p.name not in NOT_DATA]
+    listed = _listed(out)
+    foreign = [p for p in files if p.parent != out or not (p.name.endswith(".partial") or p.name in listed or resuming)]
+    if foreign:
+        shown = ", ".join(str(p.relative_to(out)) for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise ConfigError(
+            f"{out} already holds files fhiradapter pull did not write ({shown}); evaluate would read them with "
+            "the pulled ones: choose a new or empty folder"
+        )
+    return files
+
+
+def _listed(out: Path) -> set[str]:
+    """The files an earlier pull's manifest names (``files``; before that field, one per type counted)."""
+    try:
+        manifest = orjson.loads((out / MANIFEST).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return set()
+    if not isinstance(manifest, dict):
+        return set()
+    if isinstance(manifest.get("files"), list):
+        return {str(name) for name in manifest["files"]}
+    return {f"{rtype}.ndjson" for rtype in manifest.get("resources") or ()}
+
+
+def finish_folder(out: Path, manifest: dict[str, Any], earlier: list[Path], files: list[Path]) -> list[str]:
+    """Write the complete pull's manifest (with its files), then remove the earlier pull's files not rewritten."""
+    names = sorted(p.name for p in files)
+    (out / MANIFEST).write_bytes(orjson.dumps({**manifest, "files": names}, option=orjson.OPT_INDENT_2))
+    removed = []
+    for path in earlier:
+        if path.name not in names and path.exists():
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 async def pull_into(
