@@ -771,7 +771,16 @@ def _print_sync(s: Any) -> None:
     since = f"changes since {s.since}" if s.since else "everything"
     click.echo(f"Sync run {s.run_id} of {s.study} from {s.server} ({since}; {mode}).")
     pulled = sum(s.pulled.values())
-    click.echo(f"  patients evaluated {s.patients}; resources read {pulled}; deletions noticed {s.deleted}")
+    click.echo(f"  read from the server: {pulled} resource(s); deletions noticed {s.deleted}")
+    e = s.evaluated
+    evaluated = f"  patients evaluated {s.patients}"
+    if e:
+        evaluated += f", from {e['records_read']} stored record(s): {e['records_used']} used, "
+        evaluated += f"{e['records_rejected']} rejected"
+        if e["records_rejected"] and s.out is not None:
+            reasons = ", ".join(f"{k} {v}" for k, v in e["rejects_by_reason"].items())
+            evaluated += f" ({reasons}; see {s.out / 'rejects.ndjson'})"
+    click.echo(evaluated)
     click.echo(f"  plan for the results: {_counts(s.plan, ('create', 'update', 'unchanged')) or 'nothing'}")
     if not s.dry_run:
         pushed = _counts(s.pushed, ("created", "updated", "unchanged")) or "nothing to send"

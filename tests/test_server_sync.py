@@ -434,6 +434,18 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         first = cli(*args, "--export-to", f"sqlite:///{tmp_path / 'registry.db'}")
         assert first.exit_code == 0, first.output
         assert "patients evaluated 14" in first.output and "conflicts 0; errors 0" in first.output
+        # The records evaluate rejected are counted, with their reasons and where they are listed.
+        run_out = Path(first.output.split("results in ", 1)[1].split()[0].rstrip(";"))
+        evaluated = json.loads((run_out / "summary.json").read_text())
+        reasons = ", ".join(f"{k} {v}" for k, v in evaluated["rejects_by_reason"].items())
+        assert (
+            evaluated["records_rejected"] > 0
+            and (
+                f"{evaluated['records_used']} used, {evaluated['records_rejected']} rejected ({reasons}; "
+                f"see {run_out / 'rejects.ndjson'})"
+            )
+            in first.output
+        )
         assert "Export " in first.output and "new run" in first.output
         # The pushed line adds the run's Provenance to the planned creates, and says so: the counts add up.
         planned = re.search(r"plan for the results: create (\d+), update (\d+)", first.output)

@@ -61,6 +61,7 @@ class SyncSummary:
     patients: int = 0
     pulled: Counter[str] = field(default_factory=Counter)
     deleted: int = 0
+    evaluated: dict[str, Any] = field(default_factory=dict)  # records used / rejected (evaluate's summary)
     plan: Counter[str] = field(default_factory=Counter)
     pushed: Counter[str] = field(default_factory=Counter)
     provenances: int = 0  # of the entries pushed, the run's own Provenance records (one per transaction part)
@@ -83,6 +84,7 @@ class SyncSummary:
             "patients": self.patients,
             "pulled": dict(self.pulled),
             "deleted": self.deleted,
+            "evaluated": self.evaluated,
             "plan": dict(self.plan),
             "pushed": dict(self.pushed),
             "provenances": self.provenances,
@@ -131,7 +133,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
         summary.seconds["pull"] = time.perf_counter() - clock
         out = opts.work_dir / f"run-{run_id}"
         clock = time.perf_counter()
-        _evaluate(store, server, summary.study, out, opts)
+        summary.evaluated = _evaluate(store, server, summary.study, out, opts)
         summary.seconds["evaluate"] = time.perf_counter() - clock
         summary.out = out / "out"
         summary.plan = _plan(summary.out)
@@ -146,7 +148,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 summary.warnings.append("conflict on push: pulled the changes made meanwhile, evaluated again, pushed")
                 summary.conflicts = []
                 asyncio.run(_pull_phase(make_client(), store, opts, summary, started, run_id, full=False))
-                _evaluate(store, server, summary.study, out, opts, again=True)
+                summary.evaluated = _evaluate(store, server, summary.study, out, opts, again=True)
                 summary.out = out / "out-retry"
                 summary.plan = _plan(summary.out)
                 pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap))
@@ -301,10 +303,13 @@ async def _deletions(client: FhirClient, since: str) -> list[tuple[str, str]]:
     return gone
 
 
-def _evaluate(store: SyncStore, server: str, study: str, out: Path, opts: SyncOptions, again: bool = False) -> None:
+def _evaluate(
+    store: SyncStore, server: str, study: str, out: Path, opts: SyncOptions, again: bool = False
+) -> dict[str, Any]:
+    """Evaluate the study's mirror; return what the sync summary repeats of evaluate's (records used, rejected)."""
     folder = out / "input"
     store.write_ndjson(server, opts.study, folder)
-    run_evaluate(
+    result = run_evaluate(
         [folder],
         out / ("out-retry" if again else "out"),
         opts.as_of,
@@ -312,6 +317,8 @@ def _evaluate(store: SyncStore, server: str, study: str, out: Path, opts: SyncOp
         opts.mappings_identity,
         report=False,
     )
+    keys = ("records_read", "records_used", "records_rejected", "rejects_by_reason")
+    return {k: result[k] for k in keys if k in result}
 
 
 def _plan(out: Path) -> Counter[str]:
