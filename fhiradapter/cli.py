@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -607,7 +607,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
                     return await push(client, doc, mode, chunk, progress=bar.update)
 
         summary = asyncio.run(run())
-        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items())) or "nothing to send"
+        outcomes = (
+            _counts(summary.outcomes, ("created", "updated", "unchanged", "conflict", "error")) or "nothing to send"
+        )
         parts = f" in {summary.parts} parts" if summary.parts > 1 else ""
         click.echo(
             f"Pushed {bundle} as {summary.mode}{parts}: {outcomes}. "
@@ -728,36 +730,62 @@ def sync_cmd(
         import asyncio  # noqa: PLC0415
 
         client = asyncio.run(_open_client(server))  # checks the options (and SMART discovery) before any work
+        bars = _PhaseBars(show)
         try:
-            with click.progressbar(length=1, label="Pulling patients", file=sys.stderr, hidden=not show) as bar:
+            pulling = bars.open("Pulling patients", 1)
 
-                def total(n: int) -> None:
-                    bar.length = max(n, 1)
+            def total(n: int) -> None:
+                pulling.length = max(n, 1)
 
-                opts = SyncOptions(
-                    study,
-                    cutoff,
-                    since,
-                    dry_run,
-                    folder / "runs",
-                    mappings,
-                    identity,
-                    bar.update,
-                    total,
-                    chunk,
-                    mode,
-                    bulk,
-                    group,
-                    per_search=per_search,
-                )
-                summary = run_sync(lambda: client.fresh(), store, opts)
+            def writing(entries: int) -> Callable[[int], None]:
+                update: Callable[[int], None] = bars.open("Writing results", entries).update
+                return update
+
+            opts = SyncOptions(
+                study,
+                cutoff,
+                since,
+                dry_run,
+                folder / "runs",
+                mappings,
+                identity,
+                pulling.update,
+                total,
+                writing,
+                chunk,
+                mode,
+                bulk,
+                group,
+                per_search=per_search,
+            )
+            summary = run_sync(lambda: client.fresh(), store, opts)
         finally:
+            bars.close()
             store.close()
         _print_sync(summary)
         if export_to and summary.out is not None:
             _run_export(summary.out, export_to, "tables", key, mappings_dir, show)
         if summary.conflicts or summary.errors:
             sys.exit(int(ExitCode.SERVER))
+
+
+class _PhaseBars:
+    """One progress bar per phase of a run (pull, then push), each closed when the next one opens."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.bar: Any = None
+
+    def open(self, label: str, length: int) -> Any:
+        self.close()
+        self.bar = click.progressbar(length=max(length, 1), label=label, file=sys.stderr, hidden=not self.show)
+        self.bar.__enter__()
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
 
 def _counts(counts: Any, first: tuple[str, ...]) -> str:
@@ -783,7 +811,7 @@ def _print_sync(s: Any) -> None:
     click.echo(evaluated)
     click.echo(f"  plan for the results: {_counts(s.plan, ('create', 'update', 'unchanged')) or 'nothing'}")
     if not s.dry_run:
-        pushed = _counts(s.pushed, ("created", "updated", "unchanged")) or "nothing to send"
+        pushed = _counts(s.pushed, ("created", "updated", "unchanged", "conflict", "error")) or "nothing to send"
         if s.provenances:
             pushed += f" (with {s.provenances} Provenance record(s) of the run)"
         click.echo(f"  pushed: {pushed}; conflicts {len(s.conflicts)}; errors {len(s.errors)}")

@@ -106,8 +106,10 @@ class SyncOptions:
     work_dir: Path
     mappings: Mappings
     mappings_identity: dict[str, Any]
-    progress: Callable[[int], None] | None = None
+    progress: Callable[[int], None] | None = None  # the pull's, per patient
     on_total: Callable[[int], None] | None = None
+    # The push's: given the number of entries to send, returns what to call as parts are answered.
+    on_push: Callable[[int], Callable[[int], None]] | None = None
     chunk: int = DEFAULT_CHUNK
     mode: str = "auto"  # auto | transaction | batch | single (see server_io.push)
     bulk: bool = False  # pull through Bulk Data $export instead of searches
@@ -331,8 +333,11 @@ def _plan(out: Path) -> Counter[str]:
 
 async def _push_phase(client: FhirClient, bundle_path: Path, opts: SyncOptions, cap: Capability) -> PushSummary:
     """The write-back, with the capabilities the pull read seconds before (no second /metadata round trip)."""
+    bundle = load_bundle(bundle_path)
+    entries = len(bundle.get("entry") or ())
+    progress = opts.on_push(entries) if opts.on_push and entries else None
     async with client:
-        result = await push(client, load_bundle(bundle_path), opts.mode, opts.chunk, cap=cap)
+        result = await push(client, bundle, opts.mode, opts.chunk, progress=progress, cap=cap)
         result.requests, result.retries = client.requests, client.retries
         return result
 
