@@ -517,8 +517,9 @@ class StudyServer:
     }
     PATIENTS = ("p1", "p2", "p3")
 
-    def __init__(self, fail: str | None = None) -> None:
+    def __init__(self, fail: str | None = None, extra_subjects: tuple[dict[str, Any], ...] = ()) -> None:
         self.fail = fail  # a request path + query that answers 400
+        self.extra_subjects = extra_subjects  # more ResearchSubjects of the study, as given
         self.in_flight = 0
         self.most_in_flight = 0
         self.requests: Counter[str] = Counter()
@@ -563,6 +564,7 @@ class StudyServer:
                     {"resourceType": "ResearchSubject", "id": f"rs-{p}", "individual": {"reference": f"Patient/{p}"}}
                     for p in self.PATIENTS
                 ]
+                + list(self.extra_subjects)
             )
         if path.startswith("Patient/"):
             return fhir({"resourceType": "Patient", "id": path.split("/")[1]})
@@ -636,6 +638,25 @@ def test_pull_reads_each_patients_types_each_medication_once_and_keeps_every_slo
     assert server.most_in_flight == 8
     # The study, named by id, is read together with its subjects' search (one round trip fewer).
     assert "/r4/ResearchStudy/s1" in server.alongside["/r4/ResearchSubject"]
+
+
+def test_pull_reports_subjects_that_name_no_patient_here() -> None:
+    extra = (
+        {"resourceType": "ResearchSubject", "id": "rs-none"},
+        {"resourceType": "ResearchSubject", "id": "rs-group", "individual": {"reference": "Group/g1"}},
+        {"resourceType": "ResearchSubject", "id": "rs-away", "individual": {"reference": "https://x.org/Patient/9"}},
+    )
+    summary, sink, _ = pull_study(StudyServer(extra_subjects=extra), "s1")
+    assert summary.patients == 3 and sink.counts["ResearchSubject"] == 6  # kept, and said
+    assert "3 subject(s) name no Patient on this server (individual): ResearchSubject/rs-none, " in summary.warnings[0]
+    assert "ResearchSubject/rs-group, ResearchSubject/rs-away" in summary.warnings[0]
+
+
+def test_pull_of_a_study_without_patients_says_there_is_nothing_to_evaluate(monkeypatch: Any) -> None:
+    monkeypatch.setattr(StudyServer, "PATIENTS", ())
+    summary, sink, _ = pull_study(StudyServer(), "s1")
+    assert summary.patients == 0 and sink.counts == {"ResearchStudy": 1}
+    assert "ResearchStudy/s1 has no subject naming a Patient: there is nothing to evaluate" in summary.warnings
 
 
 def test_pull_stays_within_the_concurrency() -> None:

@@ -258,11 +258,19 @@ async def pull_into(
     summary.study = f"ResearchStudy/{research_study['id']}"
     sink.add(research_study)
     patients: list[str] = []
+    nobody: list[str] = []
     for subject in subjects:
         sink.add(subject)
         ref = _reference(subject.get("individual"), client.base)
-        if ref and ref.startswith("Patient/") and ref not in patients:
+        if not (ref and ref.startswith("Patient/")):
+            nobody.append(f"ResearchSubject/{subject.get('id')}")
+        elif ref not in patients:
             patients.append(ref)
+    if nobody:
+        shown = ", ".join(nobody[:5]) + (" ..." if len(nobody) > 5 else "")
+        summary.warnings.append(f"{len(nobody)} subject(s) name no Patient on this server (individual): {shown}")
+    if not patients:
+        summary.warnings.append(f"{summary.study} has no subject naming a Patient: there is nothing to evaluate")
     summary.patients = len(patients)
     summary.patient_refs = patients
     todo = [p for p in patients if only is None or p in only]
