@@ -164,6 +164,31 @@ def test_a_next_link_that_loops_is_stopped() -> None:
         run(handler, collect)
 
 
+def test_search_entries_without_a_type_or_id_are_reported_not_kept() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        good = {"resourceType": "Observation", "id": "o1"}
+        entries: list[Any] = [
+            {"resource": good},
+            {"resource": {"resourceType": "Observation"}},  # no id
+            {"resource": {"resourceType": "Observation", "id": ""}},
+            {"resource": {"id": "x"}},  # no type
+            {"fullUrl": "urn:uuid:1"},  # no resource
+            "not an entry",
+            {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}},  # not a match
+        ]
+        return fhir({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    ids, _, client = run(handler, collect)
+    assert ids == ["o1"]
+    assert client.skipped == [
+        "Observation search page 1 entry 2: Observation without id",
+        "Observation search page 1 entry 3: Observation without id",
+        "Observation search page 1 entry 4: resource without resourceType",
+        "Observation search page 1 entry 5: no resource",
+        "Observation search page 1 entry 6: no resource",
+    ]
+
+
 def test_a_malformed_page_is_an_error_naming_the_page() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if "page=2" in str(request.url):
@@ -645,9 +670,12 @@ def test_pull_reports_subjects_that_name_no_patient_here() -> None:
         {"resourceType": "ResearchSubject", "id": "rs-none"},
         {"resourceType": "ResearchSubject", "id": "rs-group", "individual": {"reference": "Group/g1"}},
         {"resourceType": "ResearchSubject", "id": "rs-away", "individual": {"reference": "https://x.org/Patient/9"}},
+        {"resourceType": "ResearchSubject", "individual": {"reference": "Patient/p9"}},  # no id: not kept
     )
     summary, sink, _ = pull_study(StudyServer(extra_subjects=extra), "s1")
     assert summary.patients == 3 and sink.counts["ResearchSubject"] == 6  # kept, and said
+    skipped = "1 search entry(ies) unusable, skipped: ResearchSubject search page 1 entry 7: ResearchSubject without id"
+    assert skipped in summary.warnings
     assert "3 subject(s) name no Patient on this server (individual): ResearchSubject/rs-none, " in summary.warnings[0]
     assert "ResearchSubject/rs-group, ResearchSubject/rs-away" in summary.warnings[0]
 

@@ -145,6 +145,7 @@ class FhirClient:
         self.requests = 0
         self.retries = 0
         self.server_time: datetime | None = None  # from the Date header of /metadata
+        self.skipped: list[str] = []  # search entries that are no resource with a type and an id: where, and why
 
     def fresh(self) -> FhirClient:
         """A new client with the same server, auth and settings (one per event loop; the auth's token is shared)."""
@@ -347,11 +348,17 @@ class FhirClient:
             bundle = _bundle_or_resource(response, f"{rtype} search page {page}")
             if bundle.get("resourceType") != "Bundle":
                 raise ServerError(f"{rtype} search page {page} is not a Bundle")
-            for entry in bundle.get("entry") or ():
+            for n, entry in enumerate(bundle.get("entry") or (), start=1):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
-                if isinstance(resource, dict) and mode == "match":
-                    yield resource
+                if mode != "match":
+                    continue
+                problem = _unusable(resource)
+                if problem:  # reported, not yielded: two id-less entries would otherwise be kept as one
+                    self.skipped.append(f"{rtype} search page {page} entry {n}: {problem}")
+                    continue
+                assert isinstance(resource, dict)  # noqa: S101 - checked by _unusable
+                yield resource
             url = self._next_link(bundle, rtype, page)
 
     def _next_link(self, bundle: dict[str, Any], rtype: str, page: int) -> str | None:
@@ -397,6 +404,17 @@ def _server_time(response: httpx.Response) -> datetime:
         except (TypeError, ValueError):
             pass
     return datetime.now(UTC)
+
+
+def _unusable(resource: Any) -> str | None:
+    """Why a search entry's resource cannot be kept (None when it can)."""
+    if not isinstance(resource, dict):
+        return "no resource"
+    if not isinstance(resource.get("resourceType"), str) or not resource["resourceType"]:
+        return "resource without resourceType"
+    if not isinstance(resource.get("id"), str) or not resource["id"]:
+        return f"{resource['resourceType']} without id"
+    return None
 
 
 def _describe(url: str) -> str:

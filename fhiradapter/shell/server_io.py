@@ -350,6 +350,9 @@ async def pull_into(
                 task.cancel()
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None
+    if client.skipped:
+        shown = "; ".join(client.skipped[:3]) + (" ..." if len(client.skipped) > 3 else "")
+        summary.warnings.append(f"{len(client.skipped)} search entry(ies) unusable, skipped: {shown}")
     summary.resources = Counter(sink.counts)
     summary.requests, summary.retries = client.requests, client.retries
     return summary
