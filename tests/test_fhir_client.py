@@ -872,3 +872,37 @@ def test_a_bulk_pull_may_resume_in_its_own_folder(tmp_path: Path) -> None:
     (tmp_path / "bulk-state.json").write_text('{"status_url": "x"}')
     (tmp_path / "Observation-001.ndjson").write_text("{}\n")
     assert [p.name for p in claim_folder(tmp_path, bulk=True)] == ["Observation-001.ndjson"]
+
+
+def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Path, monkeypatch: Any) -> None:
+    from fhiradapter.shell import sync as sync_mod
+    from fhiradapter.shell.bulk import BulkSummary
+    from fhiradapter.shell.mappings_io import load_mappings
+
+    lines = [
+        b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}',
+        b'{"resourceType":"Observation","subject":{"reference":"Patient/p1"}}',  # no id
+        b'{"resourceType":"Observation","id":"o2","subj',  # cut off
+        b"",
+        b'{"resourceType":"Observation","id":"o3","subject":{"reference":"Patient/p2"}}',
+    ]
+    export = tmp_path / "Observation-001.ndjson"
+    export.write_bytes(b"\n".join(lines) + b"\n")
+
+    async def exported(*args: Any, **kwargs: Any) -> BulkSummary:
+        return BulkSummary("status", files=[export])
+
+    monkeypatch.setattr(sync_mod, "bulk_pull", exported)
+    mappings, identity = load_mappings()
+    opts = sync_mod.SyncOptions("s1", date(2005, 3, 31), "none", False, tmp_path / "runs", mappings, identity)
+    sink = ListSink()
+
+    async def go(client: FhirClient) -> Any:
+        return await sync_mod._bulk_into(client, await client.capabilities(), opts, sink, None, 1)
+
+    summary = run(lambda r: StudyServer().answer(r), go)[0]
+    assert [r["id"] for r in sink.resources if r["resourceType"] == "Observation"] == ["o1", "o3"]
+    assert (
+        "2 exported line(s) unusable, skipped: Observation-001.ndjson line 2: Observation without id; "
+        "Observation-001.ndjson line 3: not JSON"
+    ) in summary.warnings

@@ -353,11 +353,11 @@ class FhirClient:
                 mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
                 if mode != "match":
                     continue
-                problem = _unusable(resource)
+                problem = unusable(resource)
                 if problem:  # reported, not yielded: two id-less entries would otherwise be kept as one
                     self.skipped.append(f"{rtype} search page {page} entry {n}: {problem}")
                     continue
-                assert isinstance(resource, dict)  # noqa: S101 - checked by _unusable
+                assert isinstance(resource, dict)  # noqa: S101 - checked by unusable
                 yield resource
             url = self._next_link(bundle, rtype, page)
 
@@ -406,7 +406,7 @@ def _server_time(response: httpx.Response) -> datetime:
     return datetime.now(UTC)
 
 
-def _unusable(resource: Any) -> str | None:
+def unusable(resource: Any) -> str | None:
     """Why a search entry's resource cannot be kept (None when it can)."""
     if not isinstance(resource, dict):
         return "no resource"

@@ -30,7 +30,7 @@ import orjson
 
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.shell.bulk import bulk_pull
-from fhiradapter.shell.fhir_client import Capability, FhirClient
+from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.pipeline import run_evaluate
 from fhiradapter.shell.server_io import (
     DEFAULT_CHUNK,
@@ -238,12 +238,22 @@ async def _bulk_into(
     summary.patients = len(patients)
     exported = await bulk_pull(client, opts.work_dir / f"bulk-{run_id}", opts.group, since=since)
     outside = 0
+    skipped: list[str] = []
     for path in exported.files:
         with path.open("rb") as fh:
-            for line in fh:
+            for number, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
-                resource = orjson.loads(line)
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    resource = None
+                    problem: str | None = "not JSON"
+                else:
+                    problem = unusable(resource)
+                if problem:  # reported, not kept: the sink keys resources by type and id
+                    skipped.append(f"{path.name} line {number}: {problem}")
+                    continue
                 owner = (
                     f"Patient/{resource.get('id')}"
                     if resource.get("resourceType") == "Patient"
@@ -255,6 +265,9 @@ async def _bulk_into(
                     outside += 1
     if outside:
         summary.warnings.append(f"the export held {outside} resource(s) of patients outside the study: left out")
+    if skipped:
+        shown = "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
+        summary.warnings.append(f"{len(skipped)} exported line(s) unusable, skipped: {shown}")
     summary.warnings.extend(f"the server's export error file says: {e}" for e in exported.errors[:20])
     return summary
 
