@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,21 +39,25 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def sekmet_server(folder: Path, extra_config: str = "") -> Iterator[str]:
+def sekmet_server(folder: Path, extra_config: str = "", tls: tuple[Path, Path, Path] | None = None) -> Iterator[str]:
     """Start ``sekmet serve`` on ``folder/data`` (kept between starts); yield the FHIR base URL; stop it by PID.
 
-    ``extra_config`` is appended to the YAML configuration (e.g. a ``server_auth`` block).
+    ``extra_config`` is appended to the YAML configuration (e.g. a ``server_auth`` block). ``tls``: the
+    server's certificate chain, its key, and the CA that signed it (PEM files): the server speaks HTTPS.
     """
     exe = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or shutil.which("sekmet")
     if exe is None:
         raise RuntimeError("sekmet-fhir is not installed (pip install -e '.[dev]')")
     port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}/fhir"
     config = folder / "sekmet.yaml"
     config.write_text(
         f"base_url: {base}\nhost: 127.0.0.1\nport: {port}\ndata_dir: {folder / 'data'}\n"
-        "simulator:\n  enabled: false\nlog_inbound: false\n" + extra_config
+        "simulator:\n  enabled: false\nlog_inbound: false\n"
+        + (f"tls_certfile: {tls[0]}\ntls_keyfile: {tls[1]}\n" if tls else "")
+        + extra_config
     )
+    verify = ssl.create_default_context(cafile=str(tls[2])) if tls else True
     log = (folder / "sekmet.log").open("wb")
     proc = subprocess.Popen(
         [exe, "serve", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True
@@ -61,7 +66,7 @@ def sekmet_server(folder: Path, extra_config: str = "") -> Iterator[str]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{base}/metadata", timeout=2).status_code in (200, 401):
+                if httpx.get(f"{base}/metadata", timeout=2, verify=verify).status_code in (200, 401):
                     break
             except httpx.TransportError:
                 pass
@@ -74,16 +79,17 @@ def sekmet_server(folder: Path, extra_config: str = "") -> Iterator[str]:
         log.close()
 
 
-def post(base: str, bundle: dict[str, Any]) -> httpx.Response:
+def post(base: str, bundle: dict[str, Any], verify: ssl.SSLContext | bool = True) -> httpx.Response:
     return httpx.post(
         base,
         content=orjson.dumps(bundle),
         timeout=60,
         headers={"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"},
+        verify=verify,
     )
 
 
-def load_input(base: str, folder: Path, chunk: int = 1000) -> None:
+def load_input(base: str, folder: Path, chunk: int = 1000, verify: ssl.SSLContext | bool = True) -> None:
     """Put the paper cohort on the server with its own ids (PUT), as the hospital record would hold it."""
     entries = []
     for path in sorted(folder.glob("*.ndjson")):
@@ -106,7 +112,8 @@ def load_input(base: str, folder: Path, chunk: int = 1000) -> None:
                 }
             )
     for start in range(0, len(entries), chunk):
-        response = post(base, {"resourceType": "Bundle", "type": "batch", "entry": entries[start : start + chunk]})
+        batch = {"resourceType": "Bundle", "type": "batch", "entry": entries[start : start + chunk]}
+        response = post(base, batch, verify)
         assert response.status_code == 200, response.text[:500]
         failed = [e["response"] for e in response.json()["entry"] if not e["response"]["status"].startswith("20")]
         assert failed == []

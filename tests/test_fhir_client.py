@@ -250,6 +250,26 @@ def test_an_unreachable_server_is_named_with_the_retry_budget() -> None:
     assert calls["sent"] == FAST.max_attempts  # retried, then given up
 
 
+def test_a_refused_server_certificate_is_not_retried_and_says_what_to_do() -> None:
+    import ssl
+
+    calls = Counter[str]()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls["sent"] += 1
+        refused = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+        refused.verify_message = "certificate has expired"
+        raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]") from refused
+
+    async def cap(client: FhirClient) -> Any:
+        return await client.capabilities()
+
+    message = r"TLS certificate was not accepted \(certificate has expired\); .* --ca-bundle FILE"
+    with pytest.raises(ServerError, match=message):
+        run(handler, cap)
+    assert calls["sent"] == 1  # the same certificate fails the same way: no retry
+
+
 # ---------------------------------------------------------------------------------------------- auth
 
 

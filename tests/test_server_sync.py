@@ -192,6 +192,34 @@ def test_a_second_pull_into_the_same_folder_replaces_the_first(tmp_path: Path) -
         assert sorted(p.name for p in out.iterdir()) == sorted([*kept, "extra.ndjson"])
 
 
+def test_tls_is_verified_and_a_hospital_ca_is_given_with_ca_bundle(tmp_path: Path) -> None:
+    """sekmet serves HTTPS with a certificate from a throwaway CA (trustme) that no trust store holds."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert, key, ca_file = tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    with sekmet_server(tmp_path, tls=(cert, key, ca_file)) as base:
+        assert base.startswith("https://")
+        load_input(base, PAPER, verify=ssl.create_default_context(cafile=str(ca_file)))
+        pull = ["pull", "--study", "thal-hcc-pilot", "--retry-budget", "600"]
+        refused = cli(*pull, "--server", base, "--out", str(tmp_path / "a"))
+        assert refused.exit_code == 13, refused.output
+        assert "TLS certificate was not accepted (unable to get local issuer certificate)" in refused.output
+        assert "--ca-bundle FILE" in refused.output and "after retrying" not in refused.output  # not retried
+        # The right CA, but a name the certificate was not issued for.
+        other_name = base.replace("127.0.0.1", "localhost")
+        mismatch = cli(*pull, "--server", other_name, "--out", str(tmp_path / "b"), "--ca-bundle", str(ca_file))
+        assert mismatch.exit_code == 13 and "not accepted (Hostname mismatch" in mismatch.output, mismatch.output
+        trusted = cli(*pull, "--server", base, "--out", str(tmp_path / "c"), "--ca-bundle", str(ca_file))
+        assert trusted.exit_code == 0 and "14 patient(s)" in trusted.output, trusted.output
+
+
 def test_pull_of_an_unknown_study_says_so(tmp_path: Path) -> None:
     with sekmet_server(tmp_path) as base:
         result = cli("pull", "--server", base, "--study", "no-such-study", "--out", str(tmp_path / "p"))

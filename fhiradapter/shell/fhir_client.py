@@ -190,7 +190,9 @@ class FhirClient:
         """The retry policy: retryable statuses and transport errors, backoff with jitter, within the budget."""
         s = self.settings
         return AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, Retryable | httpx.TransportError)),
+            retry=retry_if_exception(
+                lambda e: isinstance(e, Retryable | httpx.TransportError) and _refused_certificate(e) is None
+            ),
             stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.retry_budget_s),
             wait=self._wait,
             sleep=self._sleep,
@@ -236,6 +238,12 @@ class FhirClient:
                 f"{outcome_text(exc.response)}"
             ) from None
         except httpx.TransportError as exc:
+            refused = _refused_certificate(exc)
+            if refused is not None:  # not retried: it fails the same way every time
+                raise ServerError(
+                    f"{what}: the server's TLS certificate was not accepted ({refused}); if it is signed by the "
+                    "hospital's own CA, give that CA with --ca-bundle FILE (verification is never turned off)"
+                ) from None
             raise ServerError(
                 f"{what}: {type(exc).__name__} ({_transport_reason(exc)}), "
                 f"after retrying for up to {s.retry_budget_s:.0f} s"
@@ -420,6 +428,18 @@ def unusable(resource: Any) -> str | None:
 def _describe(url: str) -> str:
     """The request target without its query string (search values can name patients)."""
     return url.split("?", 1)[0] or "/"
+
+
+def _refused_certificate(exc: BaseException) -> str | None:
+    """The reason when ``exc`` comes from a server certificate that failed verification, else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return str(current.verify_message or current.reason or "certificate verify failed")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:
