@@ -24,8 +24,8 @@ The client runs the compiled build by default (what ``pip install .`` installs; 
 ``.data`` as ``bench_evaluate.py`` does, and the script re-executes itself on it), ``--build python`` the
 source tree.
 
-    python benchmarks/bench_sync.py                 # 200 patients
-    python benchmarks/bench_sync.py --patients 100 --latency-ms 50
+    python benchmarks/bench_sync.py                 # 100 patients, as in the README
+    python benchmarks/bench_sync.py --patients 200 --latency-ms 50
     python benchmarks/bench_sync.py --patients 100 --patients-per-search 20 --build python
 """
 
@@ -195,7 +195,7 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path, per_sear
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patients", type=int, default=200)
+    parser.add_argument("--patients", type=int, default=100)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--patients-per-search", type=int, default=1, help="as the pull and sync option")
     parser.add_argument("--build", choices=["compiled", "python"], default="compiled")
