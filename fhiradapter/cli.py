@@ -545,8 +545,10 @@ def pull_cmd(
 
 
 def _print_replaced(out: Path, removed: list[str]) -> None:
+    from fhiradapter.shell.server_io import briefly  # noqa: PLC0415
+
     if removed:
-        shown = ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else "")
+        shown = briefly(removed, 5)
         click.echo(
             f"  note: this pull replaced the earlier one in {out}; removed its {len(removed)} other file(s): {shown}"
         )

@@ -36,6 +36,12 @@ MANIFEST = "pull-manifest.json"
 BULK_STATE = "bulk-state.json"  # an unfinished Bulk export's job (see bulk.py)
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
 
+
+def briefly(items: list[str], n: int = 3, sep: str = ", ") -> str:
+    """The first ``n`` items joined, with `` ...`` when there are more: for notes that name what they count."""
+    return sep.join(items[:n]) + (" ..." if len(items) > n else "")
+
+
 # What evaluate reads per patient, and the search parameter naming the patient for each type.
 PATIENT_TYPES: list[tuple[str, str]] = [
     ("Observation", "subject"),
@@ -190,7 +196,7 @@ def claim_folder(out: Path, bulk: bool = False) -> list[Path]:
     listed = _listed(out)
     foreign = [p for p in files if p.parent != out or not (p.name.endswith(".partial") or p.name in listed or resuming)]
     if foreign:
-        shown = ", ".join(str(p.relative_to(out)) for p in foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        shown = briefly([str(p.relative_to(out)) for p in foreign])
         raise ConfigError(
             f"{out} already holds files fhiradapter pull did not write ({shown}); evaluate would read them with "
             "the pulled ones: choose a new or empty folder"
@@ -267,7 +273,7 @@ async def pull_into(
         elif ref not in patients:
             patients.append(ref)
     if nobody:
-        shown = ", ".join(nobody[:5]) + (" ..." if len(nobody) > 5 else "")
+        shown = briefly(nobody, 5)
         summary.warnings.append(f"{len(nobody)} subject(s) name no Patient on this server (individual): {shown}")
     if not patients:
         summary.warnings.append(f"{summary.study} has no subject naming a Patient: there is nothing to evaluate")
@@ -351,7 +357,7 @@ async def pull_into(
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None
     if client.skipped:
-        shown = "; ".join(client.skipped[:3]) + (" ..." if len(client.skipped) > 3 else "")
+        shown = briefly(client.skipped, sep="; ")
         summary.warnings.append(f"{len(client.skipped)} search entry(ies) unusable, skipped: {shown}")
     summary.resources = Counter(sink.counts)
     summary.requests, summary.retries = client.requests, client.retries

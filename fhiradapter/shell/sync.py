@@ -36,6 +36,7 @@ from fhiradapter.shell.server_io import (
     DEFAULT_CHUNK,
     PullSummary,
     PushSummary,
+    briefly,
     load_bundle,
     patient_of,
     pull_into,
@@ -266,8 +267,7 @@ async def _bulk_into(
     if outside:
         summary.warnings.append(f"the export held {outside} resource(s) of patients outside the study: left out")
     if skipped:
-        shown = "; ".join(skipped[:3]) + (" ..." if len(skipped) > 3 else "")
-        summary.warnings.append(f"{len(skipped)} exported line(s) unusable, skipped: {shown}")
+        summary.warnings.append(f"{len(skipped)} exported line(s) unusable, skipped: {briefly(skipped, sep='; ')}")
     summary.warnings.extend(f"the server's export error file says: {e}" for e in exported.errors[:20])
     return summary
 
