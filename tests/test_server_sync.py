@@ -212,6 +212,17 @@ def test_tls_is_verified_and_a_hospital_ca_is_given_with_ca_bundle(tmp_path: Pat
         assert refused.exit_code == 13, refused.output
         assert "TLS certificate was not accepted (unable to get local issuer certificate)" in refused.output
         assert "--ca-bundle FILE" in refused.output and "after retrying" not in refused.output  # not retried
+        # SMART discovery, the first request when no --token-url is given, says the same (not "no configuration").
+        private = tmp_path / "client.pem"
+        private.write_bytes(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        smart = ["--client-id", "c1", "--smart-key-file", str(private)]
+        discovery = cli(*pull, "--server", base, "--out", str(tmp_path / "s"), *smart)
+        assert discovery.exit_code == 13, discovery.output
+        assert "smart-configuration: the server's TLS certificate was not accepted" in discovery.output
         # The right CA, but a name the certificate was not issued for.
         other_name = base.replace("127.0.0.1", "localhost")
         mismatch = cli(*pull, "--server", other_name, "--out", str(tmp_path / "b"), "--ca-bundle", str(ca_file))

@@ -23,6 +23,7 @@ import jwt
 import orjson
 
 from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.shell.fhir_client import certificate_refused
 
 TOKEN_ENV = "FHIRADAPTER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 SMART_KEY_ENV = "FHIRADAPTER_SMART_KEY"
@@ -164,7 +165,12 @@ async def smart_token_url(client: httpx.AsyncClient, base: str) -> str:
     try:
         response = await client.get(url, headers={"Accept": "application/json"})
         body = orjson.loads(response.content) if response.status_code == 200 else None
-    except (httpx.TransportError, orjson.JSONDecodeError):
+    except httpx.TransportError as exc:
+        refused = certificate_refused(exc)  # say so, rather than "no SMART configuration"
+        if refused is not None:
+            raise ServerError(f"GET {url}: {refused}") from None
+        body = None
+    except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("token_endpoint"), str):
         raise ConfigError(f"no SMART configuration at {url}: give --token-url")

@@ -238,12 +238,9 @@ class FhirClient:
                 f"{outcome_text(exc.response)}"
             ) from None
         except httpx.TransportError as exc:
-            refused = _refused_certificate(exc)
+            refused = certificate_refused(exc)
             if refused is not None:  # not retried: it fails the same way every time
-                raise ServerError(
-                    f"{what}: the server's TLS certificate was not accepted ({refused}); if it is signed by the "
-                    "hospital's own CA, give that CA with --ca-bundle FILE (verification is never turned off)"
-                ) from None
+                raise ServerError(f"{what}: {refused}") from None
             raise ServerError(
                 f"{what}: {type(exc).__name__} ({_transport_reason(exc)}), "
                 f"after retrying for up to {s.retry_budget_s:.0f} s"
@@ -428,6 +425,17 @@ def unusable(resource: Any) -> str | None:
 def _describe(url: str) -> str:
     """The request target without its query string (search values can name patients)."""
     return url.split("?", 1)[0] or "/"
+
+
+def certificate_refused(exc: BaseException) -> str | None:
+    """What to tell the user when ``exc`` comes from a server certificate that failed verification, else None."""
+    reason = _refused_certificate(exc)
+    if reason is None:
+        return None
+    return (
+        f"the server's TLS certificate was not accepted ({reason}); if it is signed by the hospital's own CA, "
+        "give that CA with --ca-bundle FILE (verification is never turned off)"
+    )
 
 
 def _refused_certificate(exc: BaseException) -> str | None:
