@@ -184,6 +184,46 @@ def test_a_token_file_on_another_host_is_refused(tmp_path: Path) -> None:
         run(Elsewhere(polls=0), tmp_path)
 
 
+def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retries(tmp_path: Path) -> None:
+    from fhiradapter.shell.auth import BearerAuth
+
+    class Storage(FakeExport):
+        """The manifest points the Patient file at cloud storage, which drops the first connection."""
+
+        def __init__(self) -> None:
+            super().__init__(polls=0, requires_token=False)
+            self.storage: list[str | None] = []
+
+        def __call__(self, request: httpx.Request) -> httpx.Response:
+            if request.url.host == "storage.example":
+                self.storage.append(request.headers.get("Authorization"))
+                if len(self.storage) == 1:
+                    raise httpx.RemoteProtocolError("peer closed connection")
+            response = super().__call__(request)
+            if request.url.path.endswith("/status/1") and response.status_code == 200:
+                manifest = json.loads(response.content)
+                manifest["output"][0]["url"] = "https://storage.example/files/p.ndjson"
+                return httpx.Response(200, json=manifest)
+            return response
+
+    server = Storage()
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def go() -> Any:
+        auth = BearerAuth("tok-secret")
+        async with FhirClient(BASE, auth, ClientSettings(), httpx.MockTransport(server), sleep) as client:
+            summary = await bulk_pull(client, tmp_path, types=TYPES, sleep=sleep)
+            return summary, client.retries
+
+    summary, retries = asyncio.run(go())
+    assert server.storage == [None, None]  # retried once, and the token never sent there
+    assert retries == 1 and summary.resources == {"Patient": 1, "Observation": 2}
+    assert (tmp_path / "Patient-001.ndjson").read_text().count('"id":"p1"') == 1
+
+
 def evaluate(src: Path, out: Path) -> dict[str, Any]:
     mappings, identity = load_mappings()
     run_evaluate([src], out, AS_OF, mappings, identity, report=False)

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from fhiradapter.errors import ServerError
-from fhiradapter.shell.fhir_client import FhirClient, retry_after_s, tls_context
+from fhiradapter.shell.fhir_client import FhirClient, retry_after_s
 from fhiradapter.shell.server_io import BULK_STATE, claim_folder, finish_folder, patient_of
 
 STATE = BULK_STATE
@@ -213,16 +212,13 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
     partial = path.with_name(path.name + ".partial")
     if same_host:
         await client.download(url, partial)
-    else:
-        async with (
-            httpx.AsyncClient(timeout=client.settings.timeout_s, verify=tls_context(client.settings.verify)) as plain,
-            plain.stream("GET", url) as response,
-        ):
-            if response.status_code != 200:
-                raise ServerError(f"bulk export file: HTTP {response.status_code}")
-            with partial.open("wb") as fh:
-                async for chunk in response.aiter_bytes():
-                    fh.write(chunk)
+    else:  # e.g. cloud storage: the same retries and error messages, without the server's token
+        async with client.elsewhere(f"{there.scheme}://{there.netloc}") as storage:
+            try:
+                await storage.download(url, partial)
+            finally:
+                client.requests += storage.requests
+                client.retries += storage.retries
     partial.replace(path)
 
 

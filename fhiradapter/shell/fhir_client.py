@@ -151,6 +151,10 @@ class FhirClient:
         """A new client with the same server, auth and settings (one per event loop; the auth's token is shared)."""
         return FhirClient(self.base, self._auth, self.settings, self._transport, self._sleep)
 
+    def elsewhere(self, origin: str) -> FhirClient:
+        """A client for another host (``scheme://host:port``): the same settings and retries, never our auth."""
+        return FhirClient(origin, None, self.settings, self._transport, self._sleep)
+
     async def __aenter__(self) -> FhirClient:
         s = self.settings
         self._client = httpx.AsyncClient(
@@ -263,6 +267,8 @@ class FhirClient:
         try:
             async for attempt in self._retrying():
                 with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        self.retries += 1
                     async with self._sem, self.client.stream("GET", url) as response:
                         self.requests += 1
                         if response.status_code in RETRY_STATUS:
