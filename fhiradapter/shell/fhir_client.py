@@ -242,16 +242,20 @@ class FhirClient:
                 f"{outcome_text(exc.response)}"
             ) from None
         except httpx.TransportError as exc:
-            refused = certificate_refused(exc)
-            if refused is not None:  # not retried: it fails the same way every time
-                raise ServerError(f"{what}: {refused}") from None
-            raise ServerError(
-                f"{what}: {type(exc).__name__} ({_transport_reason(exc)}), "
-                f"after retrying for up to {s.retry_budget_s:.0f} s"
-            ) from None
+            raise self._transport_failure(what, exc) from None
         if response.is_success or response.status_code in ok:
             return response
         raise ServerError(f"{what}: HTTP {response.status_code}: {outcome_text(response)}", response.status_code)
+
+    def _transport_failure(self, what: str, exc: httpx.TransportError) -> ServerError:
+        """The error for a request the network kept failing, or whose server certificate was refused."""
+        refused = certificate_refused(exc)
+        if refused is not None:  # never retried: it fails the same way every time
+            return ServerError(f"{what}: {refused}")
+        return ServerError(
+            f"{what}: {type(exc).__name__} ({_transport_reason(exc)}), "
+            f"after retrying for up to {self.settings.retry_budget_s:.0f} s"
+        )
 
     async def json(self, method: str, url: str, **kwargs: Any) -> Any:
         response = await self.request(method, url, **kwargs)
@@ -286,7 +290,7 @@ class FhirClient:
         except Retryable as exc:
             raise ServerError(f"GET {_describe(url)}: HTTP {exc.response.status_code} after retries") from None
         except httpx.TransportError as exc:
-            raise ServerError(f"GET {_describe(url)}: {type(exc).__name__} after retries") from None
+            raise self._transport_failure(f"GET {_describe(url)}", exc) from None
 
     # ------------------------------------------------------------------------------------------------ FHIR
 
