@@ -740,6 +740,11 @@ def sync_cmd(
             def total(n: int) -> None:
                 pulling.length = max(n, 1)
 
+            def evaluating() -> None:
+                bars.close()
+                if show:
+                    click.echo("Evaluating the study's patients ...", err=True)
+
             def writing(entries: int) -> Callable[[int], None]:
                 update: Callable[[int], None] = bars.open("Writing results", entries).update
                 return update
@@ -760,6 +765,7 @@ def sync_cmd(
                 bulk,
                 group,
                 per_search=per_search,
+                on_evaluate=evaluating,
             )
             summary = run_sync(lambda: client.fresh(), store, opts)
         finally:

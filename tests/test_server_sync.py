@@ -473,6 +473,7 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         first = cli(*args[:-1], "--progress", "--export-to", f"sqlite:///{tmp_path / 'registry.db'}")
         assert first.exit_code == 0, first.output
         assert "Pulling patients" in first.output and "Writing results" in first.output  # a bar per phase
+        assert "Evaluating the study's patients" in first.output  # and a line between them
         assert "patients evaluated 14" in first.output and "conflicts 0; errors 0" in first.output
         # The records evaluate rejected are counted, with their reasons and where they are listed.
         run_out = Path(first.output.split("results in ", 1)[1].split()[0].rstrip(";"))
@@ -499,6 +500,7 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert grouped.exit_code == 0 and "plan for the results: unchanged " in grouped.output, grouped.output
         assert "pushed: nothing to send" in grouped.output
         assert "Pulling patients" not in grouped.output and "Writing results" not in grouped.output
+        assert "Evaluating" not in grouped.output
         assert requests_made(grouped) * 3 < requests_made(first)
         bad = cli(*args[:-3], "--since", "yesterday")
         assert bad.exit_code == 10 and "--since" in bad.output

@@ -119,6 +119,7 @@ class SyncOptions:
     # lastUpdated than their visibility (in-flight transactions), and clock steps on the server.
     overlap: timedelta = SKEW_MARGIN
     per_search: int = 1  # patients per search in the pull (see server_io.pull_into)
+    on_evaluate: Callable[[], None] | None = None  # called as evaluation starts (between the two bars)
 
 
 def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
@@ -136,6 +137,8 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
         summary.seconds["pull"] = time.perf_counter() - clock
         out = opts.work_dir / f"run-{run_id}"
         clock = time.perf_counter()
+        if opts.on_evaluate:
+            opts.on_evaluate()
         summary.evaluated = _evaluate(store, server, summary.study, out, opts)
         summary.seconds["evaluate"] = time.perf_counter() - clock
         summary.out = out / "out"
