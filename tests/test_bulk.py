@@ -32,8 +32,11 @@ TYPES = ["Patient", "Observation"]
 class FakeExport:
     """A Bulk Data server: kick-off, N polls answered 202, then the manifest; files; DELETE."""
 
-    def __init__(self, polls: int = 2, errors: bool = False, requires_token: bool = True) -> None:
+    def __init__(
+        self, polls: int = 2, errors: bool = False, requires_token: bool = True, patient_url: str | None = None
+    ) -> None:
         self.polls, self.errors, self.requires_token = polls, errors, requires_token
+        self.patient_url = patient_url or f"{BASE}/files/p.ndjson"  # another host: cloud storage
         self.log: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -52,7 +55,7 @@ class FakeExport:
                 "transactionTime": "2005-04-01T00:00:00Z",
                 "requiresAccessToken": self.requires_token,
                 "output": [
-                    {"type": "Patient", "url": f"{BASE}/files/p.ndjson"},
+                    {"type": "Patient", "url": self.patient_url},
                     {"type": "Observation", "url": f"{BASE}/files/o.ndjson"},
                 ],
                 "error": [{"type": "OperationOutcome", "url": f"{BASE}/files/e.ndjson"}] if self.errors else [],
@@ -171,17 +174,8 @@ def test_ctrl_c_while_waiting_cancels_the_export_on_the_server(tmp_path: Path) -
 
 
 def test_a_token_file_on_another_host_is_refused(tmp_path: Path) -> None:
-    class Elsewhere(FakeExport):
-        def __call__(self, request: httpx.Request) -> httpx.Response:
-            response = super().__call__(request)
-            if request.url.path.endswith("/status/1") and response.status_code == 200:
-                manifest = json.loads(response.content)
-                manifest["output"][0]["url"] = "https://storage.example/p.ndjson"
-                return httpx.Response(200, json=manifest)
-            return response
-
     with pytest.raises(ServerError, match="another host"):
-        run(Elsewhere(polls=0), tmp_path)
+        run(FakeExport(polls=0, patient_url="https://storage.example/files/p.ndjson"), tmp_path)
 
 
 def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retries(tmp_path: Path) -> None:
@@ -191,7 +185,7 @@ def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retri
         """The manifest points the Patient file at cloud storage, which drops the first connection."""
 
         def __init__(self) -> None:
-            super().__init__(polls=0, requires_token=False)
+            super().__init__(polls=0, requires_token=False, patient_url="https://storage.example/files/p.ndjson")
             self.storage: list[str | None] = []
 
         def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -199,12 +193,7 @@ def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retri
                 self.storage.append(request.headers.get("Authorization"))
                 if len(self.storage) == 1:
                     raise httpx.RemoteProtocolError("peer closed connection")
-            response = super().__call__(request)
-            if request.url.path.endswith("/status/1") and response.status_code == 200:
-                manifest = json.loads(response.content)
-                manifest["output"][0]["url"] = "https://storage.example/files/p.ndjson"
-                return httpx.Response(200, json=manifest)
-            return response
+            return super().__call__(request)
 
     server = Storage()
     waits: list[float] = []
