@@ -582,7 +582,10 @@ def _check_instant(value: str) -> None:
     show_default=True,
     help="Largest transaction, in entries; bigger write-backs go as several (whole patients each), concurrently.",
 )
-def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
+@click.option(
+    "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
+)
+def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **server: Any) -> None:
     """Apply a write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
 
     Creates are conditional (If-None-Exist on the result's identifier) and updates carry If-Match with the
@@ -597,7 +600,7 @@ def push_cmd(bundle: Path, mode: str, chunk: int, **server: Any) -> None:
     with _guard(_PUSH_INTERRUPTED):
         doc = load_bundle(bundle)
 
-        show = sys.stderr.isatty()
+        show = sys.stderr.isatty() if progress is None else progress
         total = len(doc.get("entry") or [])
 
         async def run() -> Any:

@@ -80,9 +80,10 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         assert pulled_lines(tmp_path / "p1g") == pulled_lines(tmp_path / "p1")
         assert requests_made(grouped) * 3 < requests_made(pulled)
         # 2. Push the write-back, as several smaller transactions: created and updated, no conflict.
-        pushed = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e1" / "writeback.json"))
+        writeback = str(tmp_path / "e1" / "writeback.json")
+        pushed = cli("push", "--server", base, *WRITE[server], "--progress", writeback)
         assert pushed.exit_code == 0, pushed.output
-        assert " parts: " in pushed.output
+        assert " parts: " in pushed.output and "Writing" in pushed.output  # --progress: the bar's label
         plan = [json.loads(x) for x in (tmp_path / "e1" / "writeback-plan.ndjson").read_text().splitlines()]
         creates = sum(p["action"] == "create" for p in plan)
         updates = sum(p["action"] == "update" for p in plan)
