@@ -27,7 +27,8 @@ import orjson
 
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.fhir_client import FhirClient, retry_after_s
-from fhiradapter.shell.server_io import BULK_STATE, claim_folder, finish_folder, patient_of
+from fhiradapter.shell.readers import BULK_STATE
+from fhiradapter.shell.server_io import claim_folder, finish_folder, patient_of
 
 STATE = BULK_STATE
 DEFAULT_TYPES = (

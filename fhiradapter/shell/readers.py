@@ -48,7 +48,9 @@ class Reject(NamedTuple):
 
 
 # Files a folder of pulled data holds beside the resources: described by name, never read as input.
-NOT_DATA = frozenset({"pull-manifest.json", "bulk-state.json"})
+PULL_MANIFEST = "pull-manifest.json"  # what a pull wrote (server_io, bulk)
+BULK_STATE = "bulk-state.json"  # an unfinished Bulk export's job (bulk)
+NOT_DATA = frozenset({PULL_MANIFEST, BULK_STATE})
 
 
 def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:

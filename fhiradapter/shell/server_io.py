@@ -30,10 +30,8 @@ import orjson
 from fhiradapter.core.writeback import split_bundle
 from fhiradapter.errors import ConfigError, InputError, ServerError
 from fhiradapter.shell.fhir_client import RETURN_MINIMAL, Capability, FhirClient
-from fhiradapter.shell.readers import NOT_DATA, SUFFIXES
+from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
-MANIFEST = "pull-manifest.json"
-BULK_STATE = "bulk-state.json"  # an unfinished Bulk export's job (see bulk.py)
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
 
 
@@ -207,7 +205,7 @@ def claim_folder(out: Path, bulk: bool = False) -> list[Path]:
 def _listed(out: Path) -> set[str]:
     """The files an earlier pull's manifest names (``files``; before that field, one per type counted)."""
     try:
-        manifest = orjson.loads((out / MANIFEST).read_bytes())
+        manifest = orjson.loads((out / PULL_MANIFEST).read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return set()
     if not isinstance(manifest, dict):
@@ -220,7 +218,7 @@ def _listed(out: Path) -> set[str]:
 def finish_folder(out: Path, manifest: dict[str, Any], earlier: list[Path], files: list[Path]) -> list[str]:
     """Write the complete pull's manifest (with its files), then remove the earlier pull's files not rewritten."""
     names = sorted(p.name for p in files)
-    (out / MANIFEST).write_bytes(orjson.dumps({**manifest, "files": names}, option=orjson.OPT_INDENT_2))
+    (out / PULL_MANIFEST).write_bytes(orjson.dumps({**manifest, "files": names}, option=orjson.OPT_INDENT_2))
     removed = []
     for path in earlier:
         if path.name not in names and path.exists():
