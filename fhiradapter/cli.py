@@ -344,14 +344,34 @@ def export_cmd(
 
 
 # pull and sync: how many patients one search asks for
+class _PerSearch(click.ParamType):  # type: ignore[type-arg]
+    """``auto`` (None: 1 for a whole pull, 20 for an incremental one) or a number from 1 to 100."""
+
+    name = "auto|N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+        if value is None or isinstance(value, int):
+            return value
+        if str(value).strip().lower() == "auto":
+            return None
+        try:
+            number = int(str(value))
+        except ValueError:
+            self.fail(f"{value!r} is neither auto nor a whole number", param, ctx)
+        if not 1 <= number <= 100:
+            self.fail(f"{number} is not from 1 to 100", param, ctx)
+        return number
+
+
 _per_search_option = click.option(
     "--patients-per-search",
     "per_search",
-    type=click.IntRange(1, 100),
-    default=1,
+    type=_PerSearch(),
+    default="auto",
     show_default=True,
-    help="Patients asked for in one search (subject=Patient/a,Patient/b,...): fewer requests for an "
-    "incremental pull, larger pages. 1 searches patient by patient.",
+    help="Patients asked for in one search (subject=Patient/a,Patient/b,...), 1 to 100. auto: one by one "
+    "for a whole pull (small pages, every slot busy), 20 for an incremental one (pull --since, or a sync "
+    "after its first run), where most searches come back empty.",
 )
 
 
@@ -470,7 +490,7 @@ def pull_cmd(
     since: str | None,
     bulk: bool,
     group: str | None,
-    per_search: int,
+    per_search: int | None,
     progress: bool | None,
     **server: Any,
 ) -> None:
@@ -537,7 +557,8 @@ def pull_cmd(
             return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")
         click.echo(
-            f"  {summary.requests} request(s), {summary.retries} retried. Wrote {len(summary.files)} file(s) to {out}"
+            f"  {summary.requests} request(s) ({summary.per_search} patient(s) per search), {summary.retries} retried. "
+            f"Wrote {len(summary.files)} file(s) to {out}"
         )
         for warning in summary.warnings:
             click.echo(f"  note: {warning}")
@@ -701,7 +722,7 @@ def sync_cmd(
     mode: str,
     bulk: bool,
     group: str | None,
-    per_search: int,
+    per_search: int | None,
     progress: bool | None,
     **server: Any,
 ) -> None:

@@ -479,6 +479,27 @@ def test_a_server_url_that_is_not_http_is_refused() -> None:
     assert result.exit_code == 10 and "http(s) URL" in result.output
 
 
+def test_patients_per_search_is_one_for_a_whole_pull_twenty_for_an_incremental_one() -> None:
+    from fhiradapter.shell.server_io import patients_per_search
+
+    assert patients_per_search(None) == 1
+    assert patients_per_search("2026-11-30T00:00:00Z") == 20
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("0", "0 is not from 1 to 100"), ("101", "101 is not from 1 to 100"), ("some", "'some' is neither auto nor")],
+)
+def test_patients_per_search_takes_auto_or_a_number_from_1_to_100(value: str, message: str) -> None:
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    args = ["pull", "--server", "http://127.0.0.1:9/fhir", "--study", "s", "--out", "o"]
+    result = CliRunner().invoke(main, [*args, "--patients-per-search", value])
+    assert result.exit_code == 2 and "--patients-per-search" in result.output and message in result.output
+
+
 def test_a_store_url_with_a_password_is_refused_without_echoing_it(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -67,7 +67,7 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
             "pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p1"), "--no-progress"
         )
         assert pulled.exit_code == 0, pulled.output
-        assert "14 patient(s)" in pulled.output
+        assert "14 patient(s)" in pulled.output and "(1 patient(s) per search)" in pulled.output  # a whole pull
         # sekmet has no `study` search for ResearchSubject; Medplum has, and is asked by it.
         assert ("every ResearchSubject was read and filtered here" in pulled.output) == (server == "sekmet")
         first = evaluate(tmp_path / "p1", tmp_path / "e1")
@@ -115,13 +115,21 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         obs = httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json()
         obs["valueQuantity"]["value"] = 2100
         assert httpx.put(f"{base}/Observation/thal-03-afp-a1", json=obs, timeout=10).status_code == 200
-        # An incremental pull, five patients per search, finds exactly that change.
+        # An incremental pull finds exactly that change: by default (auto) 20 patients per search, so all 14
+        # in one search per type; and the same one patient per search, in far more requests.
         changes = cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "pc"),
-                      "--since", before, "--patients-per-search", "5", "--no-progress")  # fmt: skip
+                      "--since", before, "--no-progress")  # fmt: skip
         assert changes.exit_code == 0, changes.output
+        assert "(20 patient(s) per search)" in changes.output
+        assert json.loads((tmp_path / "pc" / "pull-manifest.json").read_text())["patients_per_search"] == 20
         assert pulled_lines(tmp_path / "pc").get("Observation.ndjson") == {
             json.dumps(httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json(), sort_keys=True)
         }
+        one_by_one = cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "pc1"),
+                         "--since", before, "--patients-per-search", "1", "--no-progress")  # fmt: skip
+        assert one_by_one.exit_code == 0 and "(1 patient(s) per search)" in one_by_one.output, one_by_one.output
+        assert pulled_lines(tmp_path / "pc1") == pulled_lines(tmp_path / "pc")
+        assert requests_made(changes) * 5 < requests_made(one_by_one)
         cli("pull", "--server", base, "--study", "thal-hcc-pilot", "--out", str(tmp_path / "p3"), "--no-progress")
         third = evaluate(tmp_path / "p3", tmp_path / "e3")
         plan3 = [json.loads(x) for x in (tmp_path / "e3" / "writeback-plan.ndjson").read_text().splitlines()]
@@ -496,8 +504,9 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         provenances = len(list(server_resources(base, "Provenance")))
         assert int(pushed[3]) == provenances >= 1
         assert (int(pushed[1]), int(pushed[2])) == (int(planned[1]) + provenances, int(planned[2]))
-        # The next run asks for seven patients per search: nothing new to write, in a third of the requests.
-        grouped = cli(*args, "--patients-per-search", "7")
+        # The next run is incremental, so by default asks for 20 patients per search: nothing new to write, in a
+        # third of the requests.
+        grouped = cli(*args)
         assert grouped.exit_code == 0 and "plan for the results: unchanged " in grouped.output, grouped.output
         assert "pushed: nothing to send" in grouped.output
         assert "Pulling patients" not in grouped.output and "Writing results" not in grouped.output

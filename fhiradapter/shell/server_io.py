@@ -62,6 +62,7 @@ class PullSummary:
     files: list[Path] = field(default_factory=list)
     patient_refs: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
+    per_search: int = 1  # patients asked for in one search
 
 
 class Sink(Protocol):
@@ -143,7 +144,7 @@ async def pull(
     since: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-    per_search: int = 1,
+    per_search: int | None = None,
 ) -> PullSummary:
     """Pull the study's data into NDJSON files in ``out`` (renamed into place only when complete)."""
     earlier = claim_folder(out)
@@ -163,6 +164,7 @@ async def pull(
         "study": summary.study,
         "since": since,
         "patients": summary.patients,
+        "patients_per_search": summary.per_search,
         "resources": dict(sorted(writer.counts.items())),
         "warnings": summary.warnings,
         "fhir_version": cap.fhir_version,
@@ -236,18 +238,21 @@ async def pull_into(
     only: list[str] | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-    per_search: int = 1,
+    per_search: int | None = None,
 ) -> PullSummary:
     """The study, its subjects, and per patient every type evaluate reads, into ``sink``.
 
     ``since`` (an instant) limits the per-patient searches to ``_lastUpdated=gt``; ``only`` limits them to
     those patients (a re-pull after a conflict). The study and its subjects are always read whole.
     ``per_search`` > 1 asks for that many patients in one search (``subject=Patient/a,Patient/b,...``): far
-    fewer requests when little has changed, at the cost of larger pages.
+    fewer requests when little has changed, at the cost of larger pages; None is ``patients_per_search``'s
+    choice.
     """
+    if per_search is None:
+        per_search = patients_per_search(since)
     if per_search < 1:
         raise ConfigError("patients per search must be at least 1")
-    summary = PullSummary(study)
+    summary = PullSummary(study, per_search=per_search)
     if "|" in study:  # an identifier: the id is known only once the study is found
         research_study = await resolve_study(client, study)
         subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
@@ -360,6 +365,19 @@ async def pull_into(
     summary.resources = Counter(sink.counts)
     summary.requests, summary.retries = client.requests, client.retries
     return summary
+
+
+AUTO_PER_SEARCH = 20  # patients in one incremental search: a URL of 1-2 KB with the usual ids
+
+
+def patients_per_search(since: str | None) -> int:
+    """``--patients-per-search auto``: patient by patient for a whole pull, 20 at a time for an incremental one.
+
+    A whole pull reads every resource of every patient: one patient per search keeps pages small and spreads
+    the work over every concurrency slot. An incremental pull (``since``) mostly gets empty answers, so asking
+    for 20 patients at once costs about 20 times fewer round trips for the same resources.
+    """
+    return 1 if since is None else AUTO_PER_SEARCH
 
 
 def _or_value(value: str) -> str:

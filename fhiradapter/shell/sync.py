@@ -118,7 +118,7 @@ class SyncOptions:
     # How far before the pull's start the next watermark is set: covers writes that commit with an earlier
     # lastUpdated than their visibility (in-flight transactions), and clock steps on the server.
     overlap: timedelta = SKEW_MARGIN
-    per_search: int = 1  # patients per search in the pull (see server_io.pull_into)
+    per_search: int | None = None  # patients per search in the pull; None: server_io.patients_per_search
     on_evaluate: Callable[[], None] | None = None  # called as evaluation starts (between the two bars)
 
 
