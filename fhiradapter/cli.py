@@ -659,7 +659,10 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
     help="auto = what changed since the last successful sync of this study from this server; none = everything.",
 )
 @click.option(
-    "--dry-run", is_flag=True, help="Pull and evaluate, print the plan (create / update / unchanged), write nothing."
+    "--dry-run",
+    is_flag=True,
+    help="Pull and evaluate, print the plan (create / update / unchanged, and whose results would change), "
+    "write nothing.",
 )
 @click.option(
     "--data-dir",
@@ -827,6 +830,15 @@ def _counts(counts: Any, first: tuple[str, ...]) -> str:
     return ", ".join(f"{k} {counts[k]}" for k in keys)
 
 
+def _changes(kinds: Any) -> str:
+    """``create child-pugh, eligibility; update response ×2``: one patient's changing results, by action."""
+    parts = []
+    for action in sorted({key.split(" ", 1)[0] for key in kinds}):
+        named = sorted((key.split(" ", 1)[1], n) for key, n in kinds.items() if key.startswith(action + " "))
+        parts.append(f"{action} " + ", ".join(kind + (f" ×{n}" if n > 1 else "") for kind, n in named))
+    return "; ".join(parts)
+
+
 def _print_sync(s: Any) -> None:
     mode = "dry run, nothing written" if s.dry_run else "written"
     since = f"changes since {s.since}" if s.since else "everything"
@@ -843,6 +855,14 @@ def _print_sync(s: Any) -> None:
             evaluated += f" ({reasons}; see {s.out / 'rejects.ndjson'})"
     click.echo(evaluated)
     click.echo(f"  plan for the results: {_counts(s.plan, ('create', 'update', 'unchanged')) or 'nothing'}")
+    if s.changes and s.out is not None:
+        verb = "would change" if s.dry_run else "change"
+        plan = s.out / "writeback-plan.ndjson"
+        click.echo(f"  results that {verb}, for {len(s.changes)} patient(s) (each entry in {plan}):")
+        for patient, kinds in list(s.changes.items())[:5]:
+            click.echo(f"    {patient}: {_changes(kinds)}")
+        if len(s.changes) > 5:
+            click.echo(f"    and {len(s.changes) - 5} more patient(s)")
     if not s.dry_run:
         pushed = _counts(s.pushed, ("created", "updated", "unchanged", "conflict", "error")) or "nothing to send"
         if s.provenances:

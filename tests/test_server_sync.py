@@ -343,6 +343,8 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             assert httpx.delete(f"{base}/Observation/thal-03-afp-a1", timeout=10).status_code in (200, 204)
             third = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
             assert third.deleted == 1 and third.plan["update"] >= 1
+            assert set(third.changes) == {"Patient/thal-03"}  # only its results change, and only by updates
+            assert sum(third.changes["Patient/thal-03"].values()) == third.plan["update"] and not third.plan["create"]
             results = json.loads((third.out / "results.json").read_text())
             thal03 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-03")
             assert all("Observation/thal-03-afp-a1" not in a["evidence"] for a in thal03["assessments"])
@@ -504,6 +506,14 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         provenances = len(list(server_resources(base, "Provenance")))
         assert int(pushed[3]) == provenances >= 1
         assert (int(pushed[1]), int(pushed[2])) == (int(planned[1]) + provenances, int(planned[2]))
+        # The patients whose results change are named, the first five with what changes, as in the plan file.
+        plan = [json.loads(line) for line in (run_out / "writeback-plan.ndjson").read_text().splitlines()]
+        changing = list(dict.fromkeys(p["patient"] for p in plan if p["action"] != "unchanged"))
+        assert len(changing) > 5
+        assert f"results that change, for {len(changing)} patient(s)" in first.output
+        assert f"    and {len(changing) - 5} more patient(s)" in first.output
+        first_kinds = sorted(p["kind"] for p in plan if p["patient"] == changing[0] and p["action"] == "create")
+        assert f"    {changing[0]}: create {', '.join(first_kinds)}" in first.output
         # The next run is incremental, so by default asks for 20 patients per search: nothing new to write, in a
         # third of the requests.
         grouped = cli(*args)
@@ -512,6 +522,15 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert "Pulling patients" not in grouped.output and "Writing results" not in grouped.output
         assert "Evaluating" not in grouped.output
         assert requests_made(grouped) * 3 < requests_made(first)
+        assert "results that" not in grouped.output
+        # One AFP value changes: a dry run names the one patient whose results would change, and how.
+        obs = httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json()
+        obs["valueQuantity"]["value"] = 2100
+        assert httpx.put(f"{base}/Observation/thal-03-afp-a1", json=obs, timeout=10).status_code == 200
+        dry = cli(*args, "--dry-run")
+        assert dry.exit_code == 0 and "plan for the results: update 2, unchanged " in dry.output, dry.output
+        assert "results that would change, for 1 patient(s)" in dry.output
+        assert "    Patient/thal-03: update best-response, response\n" in dry.output
         bad = cli(*args[:-3], "--since", "yesterday")
         assert bad.exit_code == 10 and "--since" in bad.output
 

@@ -64,6 +64,8 @@ class SyncSummary:
     deleted: int = 0
     evaluated: dict[str, Any] = field(default_factory=dict)  # records used / rejected (evaluate's summary)
     plan: Counter[str] = field(default_factory=Counter)
+    # per patient whose results the plan creates or updates: "create eligibility" etc. and how many of each
+    changes: dict[str, Counter[str]] = field(default_factory=dict)
     pushed: Counter[str] = field(default_factory=Counter)
     provenances: int = 0  # of the entries pushed, the run's own Provenance records (one per transaction part)
     conflicts: list[str] = field(default_factory=list)
@@ -87,6 +89,7 @@ class SyncSummary:
             "deleted": self.deleted,
             "evaluated": self.evaluated,
             "plan": dict(self.plan),
+            "changes": {patient: dict(kinds) for patient, kinds in self.changes.items()},
             "pushed": dict(self.pushed),
             "provenances": self.provenances,
             "conflicts": self.conflicts,
@@ -142,7 +145,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
         summary.evaluated = _evaluate(store, server, summary.study, out, opts)
         summary.seconds["evaluate"] = time.perf_counter() - clock
         summary.out = out / "out"
-        summary.plan = _plan(summary.out)
+        summary.plan, summary.changes = _plan(summary.out)
         if not opts.dry_run:
             clock = time.perf_counter()
             pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap))
@@ -156,7 +159,7 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 asyncio.run(_pull_phase(make_client(), store, opts, summary, started, run_id, full=False))
                 summary.evaluated = _evaluate(store, server, summary.study, out, opts, again=True)
                 summary.out = out / "out-retry"
-                summary.plan = _plan(summary.out)
+                summary.plan, summary.changes = _plan(summary.out)
                 pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap))
                 _add_push(summary, pushed)
                 store.record_written(server, opts.study, run_id, pushed.written)
@@ -339,12 +342,18 @@ def _evaluate(
     return {k: result[k] for k in keys if k in result}
 
 
-def _plan(out: Path) -> Counter[str]:
+def _plan(out: Path) -> tuple[Counter[str], dict[str, Counter[str]]]:
+    """The plan's entries by action, and per patient what is created or updated (``"update response": 2``)."""
     counts: Counter[str] = Counter()
+    changes: dict[str, Counter[str]] = {}
     with (out / "writeback-plan.ndjson").open("rb") as fh:
         for line in fh:
-            counts[str(orjson.loads(line)["action"])] += 1
-    return counts
+            entry = orjson.loads(line)
+            action = str(entry["action"])
+            counts[action] += 1
+            if action != "unchanged":
+                changes.setdefault(str(entry["patient"]), Counter())[f"{action} {entry['kind']}"] += 1
+    return counts, changes
 
 
 async def _push_phase(client: FhirClient, bundle_path: Path, opts: SyncOptions, cap: Capability) -> PushSummary:
