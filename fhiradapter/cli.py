@@ -830,13 +830,12 @@ def _counts(counts: Any, first: tuple[str, ...]) -> str:
     return ", ".join(f"{k} {counts[k]}" for k in keys)
 
 
-def _changes(kinds: Any) -> str:
+def _changes(by_action: Any) -> str:
     """``create child-pugh, eligibility; update response ×2``: one patient's changing results, by action."""
-    parts = []
-    for action in sorted({key.split(" ", 1)[0] for key in kinds}):
-        named = sorted((key.split(" ", 1)[1], n) for key, n in kinds.items() if key.startswith(action + " "))
-        parts.append(f"{action} " + ", ".join(kind + (f" ×{n}" if n > 1 else "") for kind, n in named))
-    return "; ".join(parts)
+    return "; ".join(
+        f"{action} " + ", ".join(kind + (f" ×{n}" if n > 1 else "") for kind, n in sorted(kinds.items()))
+        for action, kinds in sorted(by_action.items())
+    )
 
 
 def _print_sync(s: Any) -> None:
@@ -859,8 +858,8 @@ def _print_sync(s: Any) -> None:
         verb = "would change" if s.dry_run else "change"
         plan = s.out / "writeback-plan.ndjson"
         click.echo(f"  results that {verb}, for {len(s.changes)} patient(s) (each entry in {plan}):")
-        for patient, kinds in list(s.changes.items())[:5]:
-            click.echo(f"    {patient}: {_changes(kinds)}")
+        for patient, by_action in list(s.changes.items())[:5]:
+            click.echo(f"    {patient}: {_changes(by_action)}")
         if len(s.changes) > 5:
             click.echo(f"    and {len(s.changes) - 5} more patient(s)")
     if not s.dry_run:

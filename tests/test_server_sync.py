@@ -344,7 +344,8 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             third = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
             assert third.deleted == 1 and third.plan["update"] >= 1
             assert set(third.changes) == {"Patient/thal-03"}  # only its results change, and only by updates
-            assert sum(third.changes["Patient/thal-03"].values()) == third.plan["update"] and not third.plan["create"]
+            assert set(third.changes["Patient/thal-03"]) == {"update"} and not third.plan["create"]
+            assert sum(third.changes["Patient/thal-03"]["update"].values()) == third.plan["update"]
             results = json.loads((third.out / "results.json").read_text())
             thal03 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-03")
             assert all("Observation/thal-03-afp-a1" not in a["evidence"] for a in thal03["assessments"])

@@ -64,8 +64,8 @@ class SyncSummary:
     deleted: int = 0
     evaluated: dict[str, Any] = field(default_factory=dict)  # records used / rejected (evaluate's summary)
     plan: Counter[str] = field(default_factory=Counter)
-    # per patient whose results the plan creates or updates: "create eligibility" etc. and how many of each
-    changes: dict[str, Counter[str]] = field(default_factory=dict)
+    # per patient whose results the plan creates or updates: per action, how many results of each kind
+    changes: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
     pushed: Counter[str] = field(default_factory=Counter)
     provenances: int = 0  # of the entries pushed, the run's own Provenance records (one per transaction part)
     conflicts: list[str] = field(default_factory=list)
@@ -89,7 +89,7 @@ class SyncSummary:
             "deleted": self.deleted,
             "evaluated": self.evaluated,
             "plan": dict(self.plan),
-            "changes": {patient: dict(kinds) for patient, kinds in self.changes.items()},
+            "changes": {p: {a: dict(kinds) for a, kinds in acts.items()} for p, acts in self.changes.items()},
             "pushed": dict(self.pushed),
             "provenances": self.provenances,
             "conflicts": self.conflicts,
@@ -342,17 +342,18 @@ def _evaluate(
     return {k: result[k] for k in keys if k in result}
 
 
-def _plan(out: Path) -> tuple[Counter[str], dict[str, Counter[str]]]:
-    """The plan's entries by action, and per patient what is created or updated (``"update response": 2``)."""
+def _plan(out: Path) -> tuple[Counter[str], dict[str, dict[str, Counter[str]]]]:
+    """The plan's entries by action, and per patient what is created or updated (``{"update": {"response": 2}}``)."""
     counts: Counter[str] = Counter()
-    changes: dict[str, Counter[str]] = {}
+    changes: dict[str, dict[str, Counter[str]]] = {}
     with (out / "writeback-plan.ndjson").open("rb") as fh:
         for line in fh:
             entry = orjson.loads(line)
             action = str(entry["action"])
             counts[action] += 1
             if action != "unchanged":
-                changes.setdefault(str(entry["patient"]), Counter())[f"{action} {entry['kind']}"] += 1
+                by_action = changes.setdefault(str(entry["patient"]), {})
+                by_action.setdefault(action, Counter())[str(entry["kind"])] += 1
     return counts, changes
 
 
