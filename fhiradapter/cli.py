@@ -556,9 +556,10 @@ def pull_cmd(
             _print_replaced(out, summary.replaced)
             return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")
+        split = f"; {summary.split} ran past one page, so patient by patient" if summary.split else ""
         click.echo(
-            f"  {summary.requests} request(s) ({summary.per_search} patient(s) per search), {summary.retries} retried. "
-            f"Wrote {len(summary.files)} file(s) to {out}"
+            f"  {summary.requests} request(s) ({summary.per_search} patient(s) per search{split}), "
+            f"{summary.retries} retried. Wrote {len(summary.files)} file(s) to {out}"
         )
         for warning in summary.warnings:
             click.echo(f"  note: {warning}")

@@ -706,6 +706,67 @@ def test_pull_reads_each_patients_types_each_medication_once_and_keeps_every_slo
     assert "/r4/ResearchStudy/s1" in server.alongside["/r4/ResearchSubject"]
 
 
+def test_a_search_for_several_patients_that_runs_past_one_page_is_split_into_their_own_searches() -> None:
+    """An incremental pull asks for 20 patients per search; a long answer is read patient by patient in parallel."""
+    from fhiradapter.shell.server_io import pull_into
+
+    seen: list[str] = []
+
+    def observations(patient: str) -> list[dict[str, Any]]:
+        return [
+            {"resourceType": "Observation", "id": f"{patient}-o{n}", "subject": {"reference": f"Patient/{patient}"}}
+            for n in range(3)
+        ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path, query = request.url.path.removeprefix("/r4/"), dict(request.url.params)
+        seen.append(f"{path}?{request.url.query.decode()}")
+        if path == "metadata":
+            return fhir(StudyServer.CAP)
+        if path == "ResearchStudy/s1":
+            return fhir({"resourceType": "ResearchStudy", "id": "s1"})
+        if path == "ResearchSubject":
+            return StudyServer.bundle(
+                [
+                    {"resourceType": "ResearchSubject", "id": f"rs-{p}", "individual": {"reference": f"Patient/{p}"}}
+                    for p in StudyServer.PATIENTS
+                ]
+            )
+        if path == "Patient":
+            return StudyServer.bundle([{"resourceType": "Patient", "id": p} for p in query["_id"].split(",")])
+        if path == "Observation" and "page" in query:
+            raise AssertionError("the next page of a search for several patients was followed")
+        if path == "Observation":
+            patients = [p.removeprefix("Patient/") for p in query["subject"].split(",")]
+            if len(patients) == 1:
+                return StudyServer.bundle(observations(patients[0]))
+            first = [o for p in patients for o in observations(p)][:4]  # 9 in all: the page holds 4
+            page = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": o} for o in first]}
+            page["link"] = [{"relation": "next", "url": f"{BASE}/Observation?page=2"}]
+            return fhir(page)
+        return StudyServer.bundle([])
+
+    sink, progress = ListSink(), list[int]()
+
+    async def go(client: FhirClient) -> Any:
+        cap = await client.capabilities()
+        return await pull_into(client, cap, "s1", sink, since="2026-11-30T00:00:00Z", progress=progress.append)
+
+    summary = run(handler, go, settings=ClientSettings(concurrency=4))[0]
+    assert summary.per_search == 20 and summary.split == 1
+    assert sink.counts["Observation"] == 9 and sink.counts["Patient"] == 3  # each once: the first page set aside
+    assert {r["id"] for r in sink.resources if r["resourceType"] == "Observation"} == {
+        f"{p}-o{n}" for p in StudyServer.PATIENTS for n in range(3)
+    }
+    assert progress == [3]  # the three patients count once all their searches are done
+    grouped = [q for q in seen if q.startswith("Observation?subject=Patient%2Fp1%2CPatient%2Fp2")]
+    single = sorted(q for q in seen if q.startswith("Observation?") and q not in grouped)
+    assert len(grouped) == 1
+    assert [q.split("&")[0] for q in single] == [f"Observation?subject=Patient%2F{p}" for p in StudyServer.PATIENTS]
+    assert all("_lastUpdated=gt2026-11-30T00%3A00%3A00Z" in q for q in grouped + single)
+    assert not [q for q in seen if q.startswith("Condition?subject=Patient%2Fp1&")]  # small answers stay grouped
+
+
 def test_pull_reports_subjects_that_name_no_patient_here() -> None:
     extra = (
         {"resourceType": "ResearchSubject", "id": "rs-none"},

@@ -346,9 +346,7 @@ class FhirClient:
 
     async def search(self, rtype: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
         """Every matching resource (entries with search.mode ``match``), page by page along ``next`` links."""
-        query = [*params]
-        if not any(k == "_count" for k, _ in query):
-            query.append(("_count", str(self.settings.page_size)))
+        query = self._query(params)
         url: str | None = rtype
         page = 0
         visited: set[str] = set()
@@ -357,24 +355,42 @@ class FhirClient:
             if url in visited:
                 raise ServerError(f"{rtype} search page {page}: the next link repeats an earlier page; paging stopped")
             visited.add(url)
-            response = await self.request(
-                "GET", url, params=query if page == 1 else None, headers={"Prefer": "handling=strict"}
-            )
-            bundle = _bundle_or_resource(response, f"{rtype} search page {page}")
-            if bundle.get("resourceType") != "Bundle":
-                raise ServerError(f"{rtype} search page {page} is not a Bundle")
-            for n, entry in enumerate(bundle.get("entry") or (), start=1):
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
-                if mode != "match":
-                    continue
-                problem = unusable(resource)
-                if problem:  # reported, not yielded: two id-less entries would otherwise be kept as one
-                    self.skipped.append(f"{rtype} search page {page} entry {n}: {problem}")
-                    continue
-                assert isinstance(resource, dict)  # noqa: S101 - checked by unusable
+            found, url = await self._page(rtype, url, query if page == 1 else None, page)
+            for resource in found:
                 yield resource
-            url = self._next_link(bundle, rtype, page)
+
+    async def first_page(self, rtype: str, params: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], bool]:
+        """The matching resources of a search's first page, and whether the server has more pages."""
+        found, url = await self._page(rtype, rtype, self._query(params), 1)
+        return found, url is not None
+
+    def _query(self, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        query = [*params]
+        if not any(k == "_count" for k, _ in query):
+            query.append(("_count", str(self.settings.page_size)))
+        return query
+
+    async def _page(
+        self, rtype: str, url: str, query: list[tuple[str, str]] | None, page: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One search page: its usable matching resources, and the ``next`` link's URL (or None)."""
+        response = await self.request("GET", url, params=query, headers={"Prefer": "handling=strict"})
+        bundle = _bundle_or_resource(response, f"{rtype} search page {page}")
+        if bundle.get("resourceType") != "Bundle":
+            raise ServerError(f"{rtype} search page {page} is not a Bundle")
+        found: list[dict[str, Any]] = []
+        for n, entry in enumerate(bundle.get("entry") or (), start=1):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
+            if mode != "match":
+                continue
+            problem = unusable(resource)
+            if problem:  # reported, not kept: two id-less entries would otherwise be kept as one
+                self.skipped.append(f"{rtype} search page {page} entry {n}: {problem}")
+                continue
+            assert isinstance(resource, dict)  # noqa: S101 - checked by unusable
+            found.append(resource)
+        return found, self._next_link(bundle, rtype, page)
 
     def _next_link(self, bundle: dict[str, Any], rtype: str, page: int) -> str | None:
         for link in bundle.get("link") or ():

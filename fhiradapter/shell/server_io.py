@@ -63,6 +63,7 @@ class PullSummary:
     patient_refs: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
     per_search: int = 1  # patients asked for in one search
+    split: int = 0  # searches for several patients that ran past one page, read patient by patient instead
 
 
 class Sink(Protocol):
@@ -327,19 +328,44 @@ async def pull_into(
         if left[0] == 0 and progress:
             progress(size)
 
+    async def grouped(rtype: str, param: str, batch: list[str], left: list[int]) -> None:
+        """One search for the batch's patients; if it runs past one page, each patient's own search instead.
+
+        A search for many patients pages along one chain of ``next`` links, read one after the other; after
+        a mass change (or in a whole pull of large records) that chain is long. Then the first page is set
+        aside (the patients' own searches return it again) and those searches go into the queue, paged in
+        parallel.
+        """
+        params = [(param, ",".join(_or_value(p) for p in batch)), *extra]
+        found, more = await client.first_page(rtype, params)
+        if not more:
+            for r in found:
+                add(r)
+        else:
+            summary.split += 1
+            left[0] += len(batch)
+            for p in batch:
+                jobs.put_nowait(
+                    partial(done, partial(search, rtype, [(param, _or_value(p)), *extra]), left, len(batch))
+                )
+
     for rtype in scanned:  # first: a scan may run to many pages
         jobs.put_nowait(partial(scan, rtype))
     for start in range(0, len(todo), per_search):
         batch = todo[start : start + per_search]
-        refs = ",".join(_or_value(p) for p in batch)  # one search for the batch: values OR-ed
+        left = [1 + len(per_patient)]  # the batch's jobs not yet done (a split search adds its patients')
         patient_job: Callable[[], Awaitable[None]]
         if not since and len(batch) == 1:
             patient_job = partial(read, batch[0])
         else:
             ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
             patient_job = partial(search, "Patient", [("_id", ids), *extra])
-        batch_jobs = [patient_job] + [partial(search, rtype, [(param, refs), *extra]) for rtype, param in per_patient]
-        left = [len(batch_jobs)]
+        batch_jobs = [patient_job] + [
+            partial(search, rtype, [(param, _or_value(batch[0])), *extra])
+            if len(batch) == 1
+            else partial(grouped, rtype, param, batch, left)  # one search for the batch: values OR-ed
+            for rtype, param in per_patient
+        ]
         for job in batch_jobs:
             jobs.put_nowait(partial(done, job, left, len(batch)))
 
