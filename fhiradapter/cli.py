@@ -556,7 +556,7 @@ def pull_cmd(
             _print_replaced(out, summary.replaced)
             return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")
-        split = f"; {summary.split} ran past one page, so patient by patient" if summary.split else ""
+        split = f"; {summary.split} paged on, so read patient by patient" if summary.split else ""
         click.echo(
             f"  {summary.requests} request(s) ({summary.per_search} patient(s) per search{split}), "
             f"{summary.retries} retried. Wrote {len(summary.files)} file(s) to {out}"

@@ -706,17 +706,22 @@ def test_pull_reads_each_patients_types_each_medication_once_and_keeps_every_slo
     assert "/r4/ResearchStudy/s1" in server.alongside["/r4/ResearchSubject"]
 
 
-def test_a_search_for_several_patients_that_runs_past_one_page_is_split_into_their_own_searches() -> None:
-    """An incremental pull asks for 20 patients per search; a long answer is read patient by patient in parallel."""
+def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_own_searches() -> None:
+    """An incremental pull asks for 20 patients per search; a long chain of pages is read patient by patient."""
     from fhiradapter.shell.server_io import pull_into
 
     seen: list[str] = []
 
-    def observations(patient: str) -> list[dict[str, Any]]:
-        return [
-            {"resourceType": "Observation", "id": f"{patient}-o{n}", "subject": {"reference": f"Patient/{patient}"}}
-            for n in range(3)
-        ]
+    def resources(rtype: str, patient: str) -> list[dict[str, Any]]:
+        ref = {"reference": f"Patient/{patient}"}
+        return [{"resourceType": rtype, "id": f"{patient}-{rtype}-{n}", "subject": ref} for n in range(3)]
+
+    def page(entries: list[dict[str, Any]], next_page: int | None, rtype: str) -> httpx.Response:
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+        bundle["entry"] = [{"resource": r} for r in entries]
+        if next_page:
+            bundle["link"] = [{"relation": "next", "url": f"{BASE}/{rtype}?page={next_page}"}]
+        return fhir(bundle)
 
     def handler(request: httpx.Request) -> httpx.Response:
         path, query = request.url.path.removeprefix("/r4/"), dict(request.url.params)
@@ -734,16 +739,17 @@ def test_a_search_for_several_patients_that_runs_past_one_page_is_split_into_the
             )
         if path == "Patient":
             return StudyServer.bundle([{"resourceType": "Patient", "id": p} for p in query["_id"].split(",")])
-        if path == "Observation" and "page" in query:
-            raise AssertionError("the next page of a search for several patients was followed")
-        if path == "Observation":
+        if path in ("Observation", "Condition") and "page" in query:  # a grouped search's later pages
+            n = int(query["page"])
+            assert not (path == "Observation" and n > 2), "the grouped Observation search paged on past 2 pages"
+            if path == "Condition":  # a chain of two pages ends: kept, not split
+                return page([r for p in StudyServer.PATIENTS for r in resources(path, p)][4:], None, path)
+            return page(resources(path, "p1")[:1], n + 1, path)  # pages without end
+        if path in ("Observation", "Condition"):
             patients = [p.removeprefix("Patient/") for p in query["subject"].split(",")]
             if len(patients) == 1:
-                return StudyServer.bundle(observations(patients[0]))
-            first = [o for p in patients for o in observations(p)][:4]  # 9 in all: the page holds 4
-            page = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": o} for o in first]}
-            page["link"] = [{"relation": "next", "url": f"{BASE}/Observation?page=2"}]
-            return fhir(page)
+                return StudyServer.bundle(resources(path, patients[0]))
+            return page([r for p in patients for r in resources(path, p)][:4], 2, path)  # 9 in all: 4 a page
         return StudyServer.bundle([])
 
     sink, progress = ListSink(), list[int]()
@@ -754,17 +760,17 @@ def test_a_search_for_several_patients_that_runs_past_one_page_is_split_into_the
 
     summary = run(handler, go, settings=ClientSettings(concurrency=4))[0]
     assert summary.per_search == 20 and summary.split == 1
-    assert sink.counts["Observation"] == 9 and sink.counts["Patient"] == 3  # each once: the first page set aside
-    assert {r["id"] for r in sink.resources if r["resourceType"] == "Observation"} == {
-        f"{p}-o{n}" for p in StudyServer.PATIENTS for n in range(3)
-    }
+    everyone = {f"{p}-{t}-{n}" for p in StudyServer.PATIENTS for n in range(3) for t in ("Observation", "Condition")}
+    clinical = [r["id"] for r in sink.resources if r["resourceType"] in ("Observation", "Condition")]
+    assert sorted(clinical) == sorted(everyone)  # each once
     assert progress == [3]  # the three patients count once all their searches are done
-    grouped = [q for q in seen if q.startswith("Observation?subject=Patient%2Fp1%2CPatient%2Fp2")]
-    single = sorted(q for q in seen if q.startswith("Observation?") and q not in grouped)
-    assert len(grouped) == 1
-    assert [q.split("&")[0] for q in single] == [f"Observation?subject=Patient%2F{p}" for p in StudyServer.PATIENTS]
-    assert all("_lastUpdated=gt2026-11-30T00%3A00%3A00Z" in q for q in grouped + single)
-    assert not [q for q in seen if q.startswith("Condition?subject=Patient%2Fp1&")]  # small answers stay grouped
+    observations = [q for q in seen if q.startswith("Observation?")]
+    grouped = [q for q in observations if "subject=Patient%2Fp1%2CPatient%2Fp2%2CPatient%2Fp3" in q]
+    single = sorted(q.split("&")[0] for q in observations if q.startswith("Observation?subject=") and q not in grouped)
+    assert len(grouped) == 1 and "Observation?page=2" in observations  # two pages read (3 patients: at least 2)
+    assert single == [f"Observation?subject=Patient%2F{p}" for p in StudyServer.PATIENTS]
+    assert all("_lastUpdated=gt2026-11-30T00%3A00%3A00Z" in q for q in observations if "subject=" in q)
+    assert not [q for q in seen if q.startswith("Condition?subject=Patient%2Fp1&")]  # its chain ended: not split
 
 
 def test_pull_reports_subjects_that_name_no_patient_here() -> None:

@@ -14,12 +14,13 @@ by following the Bundle's ``next`` links, never by building offsets; a ``next`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import functools
 import random
 import re
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,6 +347,15 @@ class FhirClient:
 
     async def search(self, rtype: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
         """Every matching resource (entries with search.mode ``match``), page by page along ``next`` links."""
+        async with contextlib.aclosing(self.pages(rtype, params)) as pages:
+            async for found, _more in pages:
+                for resource in found:
+                    yield resource
+
+    async def pages(
+        self, rtype: str, params: list[tuple[str, str]]
+    ) -> AsyncGenerator[tuple[list[dict[str, Any]], bool], None]:
+        """A search page by page along ``next`` links: each page's matching resources, and whether more follow."""
         query = self._query(params)
         url: str | None = rtype
         page = 0
@@ -356,13 +366,7 @@ class FhirClient:
                 raise ServerError(f"{rtype} search page {page}: the next link repeats an earlier page; paging stopped")
             visited.add(url)
             found, url = await self._page(rtype, url, query if page == 1 else None, page)
-            for resource in found:
-                yield resource
-
-    async def first_page(self, rtype: str, params: list[tuple[str, str]]) -> tuple[list[dict[str, Any]], bool]:
-        """The matching resources of a search's first page, and whether the server has more pages."""
-        found, url = await self._page(rtype, rtype, self._query(params), 1)
-        return found, url is not None
+            yield found, url is not None
 
     def _query(self, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
         query = [*params]

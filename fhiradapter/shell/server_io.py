@@ -18,6 +18,7 @@ conflict, error) from its response status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ class PullSummary:
     patient_refs: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
     per_search: int = 1  # patients asked for in one search
-    split: int = 0  # searches for several patients that ran past one page, read patient by patient instead
+    split: int = 0  # searches for several patients whose pages ran on, read patient by patient instead
 
 
 class Sink(Protocol):
@@ -329,25 +330,31 @@ async def pull_into(
             progress(size)
 
     async def grouped(rtype: str, param: str, batch: list[str], left: list[int]) -> None:
-        """One search for the batch's patients; if it runs past one page, each patient's own search instead.
+        """One search for the batch's patients; if its pages run on, each patient's own search instead.
 
         A search for many patients pages along one chain of ``next`` links, read one after the other; after
-        a mass change (or in a whole pull of large records) that chain is long. Then the first page is set
-        aside (the patients' own searches return it again) and those searches go into the queue, paged in
-        parallel.
+        a mass change (or in a whole pull of large records) that chain is long. Past ``patients / 2`` pages
+        (at least 2) the chain would cost more round trips in a row than the patients' own searches cost in
+        all, so what it gave is set aside (their own searches return it again) and those searches go into
+        the queue, paged in parallel.
         """
         params = [(param, ",".join(_or_value(p) for p in batch)), *extra]
-        found, more = await client.first_page(rtype, params)
-        if not more:
-            for r in found:
-                add(r)
-        else:
-            summary.split += 1
-            left[0] += len(batch)
-            for p in batch:
-                jobs.put_nowait(
-                    partial(done, partial(search, rtype, [(param, _or_value(p)), *extra]), left, len(batch))
-                )
+        kept: list[dict[str, Any]] = []
+        async with contextlib.aclosing(client.pages(rtype, params)) as pages:
+            read = 0
+            async for found, more in pages:
+                kept += found
+                read += 1
+                if more and read >= max(2, len(batch) // 2):
+                    break
+            else:
+                for r in kept:
+                    add(r)
+                return
+        summary.split += 1
+        left[0] += len(batch)
+        for p in batch:
+            jobs.put_nowait(partial(done, partial(search, rtype, [(param, _or_value(p)), *extra]), left, len(batch)))
 
     for rtype in scanned:  # first: a scan may run to many pages
         jobs.put_nowait(partial(scan, rtype))
