@@ -333,10 +333,10 @@ async def pull_into(
         """One search for the batch's patients; if its pages run on, each patient's own search instead.
 
         A search for many patients pages along one chain of ``next`` links, read one after the other; after
-        a mass change (or in a whole pull of large records) that chain is long. Past ``patients / 2`` pages
-        (at least 2) the chain would cost more round trips in a row than the patients' own searches cost in
-        all, so what it gave is set aside (their own searches return it again) and those searches go into
-        the queue, paged in parallel.
+        a mass change (or in a whole pull of large records) that chain is long. Once it runs on past half as
+        many pages as patients (at least 2), the patients' own searches, side by side, finish sooner than the
+        rest of the chain would: what it gave is set aside (their own searches return it again) and those
+        searches go into the queue, paged in parallel.
         """
         params = [(param, ",".join(_or_value(p) for p in batch)), *extra]
         kept: list[dict[str, Any]] = []
