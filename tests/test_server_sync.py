@@ -174,6 +174,37 @@ def requests_made(result: Result) -> int:
     return int(result.output.split(" request(s)", 1)[0].rsplit(" ", 1)[1])
 
 
+def test_a_grouped_search_whose_pages_run_on_is_read_patient_by_patient_and_said(tmp_path: Path) -> None:
+    """250 heart rates for thal-03: the search for it and its neighbour runs to 3 pages of 100, past 2."""
+    from fhir_server import post
+
+    vitals = [
+        {
+            "resource": {
+                "resourceType": "Observation",
+                "id": f"thal-03-hr-{n}",
+                "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+                "subject": {"reference": "Patient/thal-03"},
+                "effectiveDateTime": f"2004-{1 + n % 12:02d}-{1 + n % 28:02d}",
+                "valueQuantity": {"value": 60 + n % 40, "unit": "/min", "system": "http://unitsofmeasure.org"},
+            },
+            "request": {"method": "PUT", "url": f"Observation/thal-03-hr-{n}"},
+        }
+        for n in range(250)
+    ]
+    with sekmet_server(tmp_path) as base:
+        load_input(base, PAPER)
+        assert post(base, {"resourceType": "Bundle", "type": "transaction", "entry": vitals}).status_code == 200
+        args = ["pull", "--server", base, "--study", "thal-hcc-pilot", "--no-progress", "--patients-per-search"]
+        one = cli(*args, "1", "--out", str(tmp_path / "one"))
+        two = cli(*args, "2", "--out", str(tmp_path / "two"))
+        assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+        assert "(2 patient(s) per search; 1 paged on, so read patient by patient)" in two.output
+        assert pulled_lines(tmp_path / "two") == pulled_lines(tmp_path / "one")
+        assert len(pulled_lines(tmp_path / "one")["Observation.ndjson"]) > 250
+
+
 def test_pull_with_since_takes_only_what_changed(tmp_path: Path) -> None:
     with sekmet_server(tmp_path) as base:
         load_input(base, PAPER)
