@@ -6,9 +6,9 @@ hospital's vital signs are), loads them into a local sekmet-fhir server (started
 PID, as the tests do) and pulls the study at concurrency 8, through a transport that adds 50 ms before every
 request, asking for 1 patient per search and then for all of them in one search; each twice, alternating.
 
-Reported: seconds, requests, resources pulled, and how many grouped searches ran past one page and were read
-patient by patient instead (``PullSummary.split``). Both pulls must find the same resources. Runs the source
-tree (the pull is network-bound). Never run by CI.
+Reported: seconds, requests, resources pulled, and how many grouped searches paged on past half their patients
+and were read patient by patient instead (``PullSummary.split``). Both pulls must find the same resources.
+Runs the source tree (the pull is network-bound). Never run by CI.
 
     python benchmarks/bench_large_records.py                      # 10 patients, 1,000 extra Observations each
     python benchmarks/bench_large_records.py --patients 5 --vitals 2000
@@ -32,6 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from bench_sync import Latency  # noqa: E402
+from builders import heart_rates  # noqa: E402 - the tests' builders
 from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' server helpers
 from generate import generate  # noqa: E402
 
@@ -53,21 +54,7 @@ def cohort(source: Path, out: Path, patients: int, vitals: int) -> None:
         elif f.name not in ("ResearchStudy.ndjson", "Medication.ndjson"):
             lines = [line for line in lines if any(ref in line for ref in refs)]
         (out / f.name).write_bytes(b"\n".join(lines) + b"\n")
-    extra = [
-        orjson.dumps(
-            {
-                "resourceType": "Observation",
-                "id": f"vital-{p}-{n}",
-                "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-                "subject": {"reference": f"Patient/{p}"},
-                "effectiveDateTime": f"2004-{1 + n % 12:02d}-{1 + n % 28:02d}",
-                "valueQuantity": {"value": 60 + n % 40, "unit": "/min", "system": "http://unitsofmeasure.org"},
-            }
-        )
-        for p in sorted(keep)
-        for n in range(vitals)
-    ]
+    extra = [orjson.dumps(r) for p in sorted(keep) for r in heart_rates(p, vitals)]
     (out / "Vitals.ndjson").write_bytes(b"\n".join(extra) + b"\n")
 
 

@@ -87,3 +87,19 @@ def raise_thal03_afp(folder: Path) -> None:
             res["valueQuantity"]["value"] = 2100
             lines[i] = json.dumps(res)
     path.write_text("\n".join(lines) + "\n")
+
+
+def heart_rates(patient: str, count: int) -> list[dict[str, Any]]:
+    """``count`` heart-rate Observations of ``patient`` (an unmapped code, as a hospital's vital signs are)."""
+    return [
+        {
+            "resourceType": "Observation",
+            "id": f"{patient}-hr-{n}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+            "subject": {"reference": f"Patient/{patient}"},
+            "effectiveDateTime": f"2004-{1 + n % 12:02d}-{1 + n % 28:02d}",
+            "valueQuantity": {"value": 60 + n % 40, "unit": "/min", "system": "http://unitsofmeasure.org"},
+        }
+        for n in range(count)
+    ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from builders import AS_OF, ROOT
+from builders import AS_OF, ROOT, heart_rates
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -179,19 +179,8 @@ def test_a_grouped_search_whose_pages_run_on_is_read_patient_by_patient_and_said
     from fhir_server import post
 
     vitals = [
-        {
-            "resource": {
-                "resourceType": "Observation",
-                "id": f"thal-03-hr-{n}",
-                "status": "final",
-                "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
-                "subject": {"reference": "Patient/thal-03"},
-                "effectiveDateTime": f"2004-{1 + n % 12:02d}-{1 + n % 28:02d}",
-                "valueQuantity": {"value": 60 + n % 40, "unit": "/min", "system": "http://unitsofmeasure.org"},
-            },
-            "request": {"method": "PUT", "url": f"Observation/thal-03-hr-{n}"},
-        }
-        for n in range(250)
+        {"resource": r, "request": {"method": "PUT", "url": f"Observation/{r['id']}"}}
+        for r in heart_rates("thal-03", 250)
     ]
     with sekmet_server(tmp_path) as base:
         load_input(base, PAPER)
