@@ -716,6 +716,9 @@ def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_ow
         ref = {"reference": f"Patient/{patient}"}
         return [{"resourceType": rtype, "id": f"{patient}-{rtype}-{n}", "subject": ref} for n in range(3)]
 
+    def no_id(rtype: str) -> dict[str, Any]:  # unusable: reported where it is kept, once
+        return {"resourceType": rtype, "subject": {"reference": "Patient/p1"}}
+
     def page(entries: list[dict[str, Any]], next_page: int | None, rtype: str) -> httpx.Response:
         bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
         bundle["entry"] = [{"resource": r} for r in entries]
@@ -743,13 +746,16 @@ def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_ow
             n = int(query["page"])
             assert not (path == "Observation" and n > 2), "the grouped Observation search paged on past 2 pages"
             if path == "Condition":  # a chain of two pages ends: kept, not split
-                return page([r for p in StudyServer.PATIENTS for r in resources(path, p)][4:], None, path)
+                rest = [r for p in StudyServer.PATIENTS for r in resources(path, p)][4:]
+                return page([*rest, no_id(path)], None, path)
             return page(resources(path, "p1")[:1], n + 1, path)  # pages without end
         if path in ("Observation", "Condition"):
             patients = [p.removeprefix("Patient/") for p in query["subject"].split(",")]
             if len(patients) == 1:
-                return StudyServer.bundle(resources(path, patients[0]))
-            return page([r for p in patients for r in resources(path, p)][:4], 2, path)  # 9 in all: 4 a page
+                own = resources(path, patients[0])
+                return StudyServer.bundle([*own, no_id(path)] if patients[0] == "p1" and path == "Observation" else own)
+            first = [r for p in patients for r in resources(path, p)][:4]  # 9 in all: 4 a page
+            return page([*first, no_id(path)] if path == "Observation" else first, 2, path)
         return StudyServer.bundle([])
 
     sink, progress = ListSink(), list[int]()
@@ -771,6 +777,11 @@ def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_ow
     assert single == [f"Observation?subject=Patient%2F{p}" for p in StudyServer.PATIENTS]
     assert all("_lastUpdated=gt2026-11-30T00%3A00%3A00Z" in q for q in observations if "subject=" in q)
     assert not [q for q in seen if q.startswith("Condition?subject=Patient%2Fp1&")]  # its chain ended: not split
+    # The id-less Observation on the set-aside page is reported by p1's own search only; the kept chain's once.
+    (unusable,) = [w for w in summary.warnings if "unusable" in w]
+    assert unusable.startswith("2 search entry(ies) unusable, skipped: ")
+    assert "Observation search page 1 entry 4: Observation without id" in unusable
+    assert "Condition search page 2 entry 6: Condition without id" in unusable
 
 
 def test_pull_reports_subjects_that_name_no_patient_here() -> None:

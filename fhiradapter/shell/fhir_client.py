@@ -353,9 +353,13 @@ class FhirClient:
                     yield resource
 
     async def pages(
-        self, rtype: str, params: list[tuple[str, str]]
+        self, rtype: str, params: list[tuple[str, str]], skipped: list[str] | None = None
     ) -> AsyncGenerator[tuple[list[dict[str, Any]], bool], None]:
-        """A search page by page along ``next`` links: each page's matching resources, and whether more follow."""
+        """A search page by page along ``next`` links: each page's matching resources, and whether more follow.
+
+        Unusable entries are reported in ``skipped`` (default: ``self.skipped``); a caller that may set pages
+        aside keeps its own list, so that what it discards is not reported twice.
+        """
         query = self._query(params)
         url: str | None = rtype
         page = 0
@@ -365,7 +369,7 @@ class FhirClient:
             if url in visited:
                 raise ServerError(f"{rtype} search page {page}: the next link repeats an earlier page; paging stopped")
             visited.add(url)
-            found, url = await self._page(rtype, url, query if page == 1 else None, page)
+            found, url = await self._page(rtype, url, query if page == 1 else None, page, skipped)
             yield found, url is not None
 
     def _query(self, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -375,7 +379,7 @@ class FhirClient:
         return query
 
     async def _page(
-        self, rtype: str, url: str, query: list[tuple[str, str]] | None, page: int
+        self, rtype: str, url: str, query: list[tuple[str, str]] | None, page: int, skipped: list[str] | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One search page: its usable matching resources, and the ``next`` link's URL (or None)."""
         response = await self.request("GET", url, params=query, headers={"Prefer": "handling=strict"})
@@ -383,6 +387,7 @@ class FhirClient:
         if bundle.get("resourceType") != "Bundle":
             raise ServerError(f"{rtype} search page {page} is not a Bundle")
         found: list[dict[str, Any]] = []
+        reports = self.skipped if skipped is None else skipped
         for n, entry in enumerate(bundle.get("entry") or (), start=1):
             resource = entry.get("resource") if isinstance(entry, dict) else None
             mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
@@ -390,7 +395,7 @@ class FhirClient:
                 continue
             problem = unusable(resource)
             if problem:  # reported, not kept: two id-less entries would otherwise be kept as one
-                self.skipped.append(f"{rtype} search page {page} entry {n}: {problem}")
+                reports.append(f"{rtype} search page {page} entry {n}: {problem}")
                 continue
             assert isinstance(resource, dict)  # noqa: S101 - checked by unusable
             found.append(resource)

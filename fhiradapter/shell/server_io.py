@@ -335,12 +335,13 @@ async def pull_into(
         A search for many patients pages along one chain of ``next`` links, read one after the other; after
         a mass change (or in a whole pull of large records) that chain is long. Once it runs on past half as
         many pages as patients (at least 2), the patients' own searches, side by side, finish sooner than the
-        rest of the chain would: what it gave is set aside (their own searches return it again) and those
-        searches go into the queue, paged in parallel.
+        rest of the chain would: what it gave is set aside (their own searches return it again, and report its
+        unusable entries again) and those searches go into the queue, paged in parallel.
         """
         params = [(param, ",".join(_or_value(p) for p in batch)), *extra]
         kept: list[dict[str, Any]] = []
-        async with contextlib.aclosing(client.pages(rtype, params)) as pages:
+        reports: list[str] = []  # its unusable entries: reported only if it is kept (else the own searches do)
+        async with contextlib.aclosing(client.pages(rtype, params, reports)) as pages:
             read = 0
             async for found, more in pages:
                 kept += found
@@ -350,6 +351,7 @@ async def pull_into(
             else:
                 for r in kept:
                     add(r)
+                client.skipped += reports
                 return
         summary.split += 1
         left[0] += len(batch)
