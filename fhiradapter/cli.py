@@ -556,9 +556,8 @@ def pull_cmd(
             _print_replaced(out, summary.replaced)
             return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")
-        split = f"; {summary.split} paged on, so read patient by patient" if summary.split else ""
         click.echo(
-            f"  {summary.requests} request(s) ({summary.per_search} patient(s) per search{split}), "
+            f"  {summary.requests} request(s){_searches(summary.per_search, summary.split)}, "
             f"{summary.retries} retried. Wrote {len(summary.files)} file(s) to {out}"
         )
         for warning in summary.warnings:
@@ -839,6 +838,14 @@ def _changes(by_action: Any) -> str:
     )
 
 
+def _searches(per_search: int | None, split: int) -> str:
+    """`` (20 patient(s) per search; 1 paged on, so read patient by patient)``, or nothing for a Bulk pull."""
+    if per_search is None:
+        return ""
+    paged_on = f"; {split} paged on, so read patient by patient" if split else ""
+    return f" ({per_search} patient(s) per search{paged_on})"
+
+
 def _print_sync(s: Any) -> None:
     mode = "dry run, nothing written" if s.dry_run else "written"
     since = f"changes since {s.since}" if s.since else "everything"
@@ -870,7 +877,8 @@ def _print_sync(s: Any) -> None:
         click.echo(f"  pushed: {pushed}; conflicts {len(s.conflicts)}; errors {len(s.errors)}")
         click.echo(f"  watermark: {s.watermark or 'not advanced'}")
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
-    click.echo(f"  {s.requests} request(s), {s.retries} retried ({timing}); results in {s.out}")
+    searches = _searches(s.per_search, s.split)
+    click.echo(f"  {s.requests} request(s){searches}, {s.retries} retried ({timing}); results in {s.out}")
     for line in [*s.warnings, *s.conflicts, *s.errors][:20]:
         click.echo(f"  note: {line}")
 

@@ -170,7 +170,7 @@ def pulled_lines(folder: Path) -> dict[str, set[str]]:
 
 
 def requests_made(result: Result) -> int:
-    """The request count `fhiradapter pull` prints ("  N request(s), ...")."""
+    """The request count `fhiradapter pull` or `sync` prints ("  N request(s) ...")."""
     return int(result.output.split(" request(s)", 1)[0].rsplit(" ", 1)[1])
 
 
@@ -192,6 +192,13 @@ def test_a_grouped_search_whose_pages_run_on_is_read_patient_by_patient_and_said
         assert "(2 patient(s) per search; 1 paged on, so read patient by patient)" in two.output
         assert pulled_lines(tmp_path / "two") == pulled_lines(tmp_path / "one")
         assert len(pulled_lines(tmp_path / "one")["Observation.ndjson"]) > 250
+        # A sync says so too, and reads the same resources.
+        args = ["sync", "--server", base, "--study", "thal-hcc-pilot", "--as-of", AS_OF.isoformat(), "--dry-run"]
+        sync = cli(*args, "--data-dir", str(tmp_path / "data"), "--no-progress", "--patients-per-search", "2")
+        assert sync.exit_code == 0, sync.output
+        assert " request(s) (2 patient(s) per search; 1 paged on, so read patient by patient), 0 retried" in sync.output
+        resources = sum(len(lines) for lines in pulled_lines(tmp_path / "one").values())
+        assert f"read from the server: {resources} resource(s)" in sync.output
 
 
 def test_pull_with_since_takes_only_what_changed(tmp_path: Path) -> None:
@@ -540,6 +547,7 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
             in first.output
         )
         assert "Export " in first.output and "new run" in first.output
+        assert " request(s) (1 patient(s) per search), 0 retried (" in first.output  # a whole pull
         # The pushed line adds the run's Provenance to the planned creates, and says so: the counts add up.
         planned = re.search(r"plan for the results: create (\d+), update (\d+)", first.output)
         pushed = re.search(r"pushed: created (\d+), updated (\d+) \(with (\d+) Provenance", first.output)
@@ -563,6 +571,7 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert "Pulling patients" not in grouped.output and "Writing results" not in grouped.output
         assert "Evaluating" not in grouped.output
         assert requests_made(grouped) * 3 < requests_made(first)
+        assert " request(s) (20 patient(s) per search), 0 retried (" in grouped.output
         assert "results that" not in grouped.output
         # One AFP value changes: a dry run names the one patient whose results would change, and how.
         obs = httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json()

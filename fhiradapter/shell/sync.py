@@ -73,6 +73,8 @@ class SyncSummary:
     warnings: list[str] = field(default_factory=list)
     requests: int = 0
     retries: int = 0
+    per_search: int | None = None  # patients asked for in one search by the run's pull (None: a Bulk pull)
+    split: int = 0  # searches for several patients whose pages ran on, read patient by patient instead
     out: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -97,6 +99,8 @@ class SyncSummary:
             "warnings": self.warnings,
             "requests": self.requests,
             "retries": self.retries,
+            "patients_per_search": self.per_search,
+            "split": self.split,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -215,6 +219,10 @@ async def _pull_phase(
             raise
         sink.flush()
         summary.study, summary.patients = pulled.study, pulled.patients
+        if not opts.bulk:
+            if summary.per_search is None:  # the run's own pull, not a re-pull after a conflict
+                summary.per_search = pulled.per_search
+            summary.split += pulled.split
         summary.pulled.update(sink.counts)
         summary.warnings.extend(w for w in pulled.warnings if w not in summary.warnings)
         if since is None and full:
