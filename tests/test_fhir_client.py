@@ -199,13 +199,23 @@ def test_a_malformed_page_is_an_error_naming_the_page() -> None:
         run(handler, collect)
 
 
-def test_a_next_link_to_another_host_is_not_followed() -> None:
+@pytest.mark.parametrize(
+    ("link", "where"),
+    [
+        ("https://elsewhere.example/r4/Observation?page=2", "https://elsewhere.example"),
+        ("http://fhir.test/r4/Observation?page=2", "http://fhir.test"),  # a proxy that ends TLS: not sent in clear
+        ("https://fhir.test:8443/r4/Observation?page=2", "https://fhir.test:8443"),
+    ],
+)
+def test_a_next_link_to_another_host_is_not_followed(link: str, where: str) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        assert request.url.host == "fhir.test"
-        return page(["a"], "https://elsewhere.example/r4/Observation?page=2")
+        assert str(request.url).startswith(f"{BASE}/")
+        return page(["a"], link)
 
-    with pytest.raises(ServerError, match="another server"):
+    expected = f"Observation search page 1: the next link points to {where}, not to --server (https://fhir.test); "
+    with pytest.raises(ServerError) as caught:
         run(handler, collect)
+    assert str(caught.value).startswith(expected + "not followed. If that is the same server behind a proxy")
 
 
 @pytest.mark.parametrize(("version", "ok"), [("4.0.1", True), ("4.0.0", True), ("5.0.0", False), ("3.0.2", False)])

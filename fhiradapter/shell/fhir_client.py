@@ -407,9 +407,12 @@ class FhirClient:
                 target = str(link["url"])
                 here, there = urlsplit(self.base), urlsplit(target)
                 if there.netloc and (there.scheme, there.netloc) != (here.scheme, here.netloc):
+                    # Often a proxy in front of the server that was not told its public address: the server
+                    # then builds its links from its own. Not followed: the token would go there too.
                     raise ServerError(
-                        f"{rtype} search page {page}: the next link points to another server ({there.netloc}); "
-                        "not followed"
+                        f"{rtype} search page {page}: the next link points to {there.scheme}://{there.netloc}, "
+                        f"not to --server ({here.scheme}://{here.netloc}); not followed. If that is the same "
+                        "server behind a proxy, its public base URL needs setting on the server"
                     )
                 return target
         return None
