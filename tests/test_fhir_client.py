@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -593,8 +594,11 @@ class StudyServer:
     }
     PATIENTS = ("p1", "p2", "p3")
 
-    def __init__(self, fail: str | None = None, extra_subjects: tuple[dict[str, Any], ...] = ()) -> None:
+    def __init__(
+        self, fail: str | None = None, extra_subjects: tuple[dict[str, Any], ...] = (), no_since: bool = False
+    ) -> None:
         self.fail = fail  # a request path + query that answers 400
+        self.no_since = no_since  # searches with _lastUpdated answer 400, as a server without it would
         self.extra_subjects = extra_subjects  # more ResearchSubjects of the study, as given
         self.in_flight = 0
         self.most_in_flight = 0
@@ -626,6 +630,8 @@ class StudyServer:
         self.requests[path] += 1
         if self.fail and self.fail == f"{path}?{request.url.query.decode()}".split("&_count")[0]:
             return outcome("unknown code", 400)
+        if self.no_since and "_lastUpdated" in query:
+            return outcome(f"Unknown search parameter '_lastUpdated' for {path}", 400)
         subject = str(query.get("subject") or query.get("patient") or "").removeprefix("Patient/")
         if path == "metadata":
             return fhir(self.CAP)
@@ -680,14 +686,16 @@ class StudyServer:
         return self.bundle([])  # Condition, Consent, BodyStructure: none
 
 
-def pull_study(server: StudyServer, study: str, concurrency: int = 8) -> tuple[Any, ListSink, list[int]]:
+def pull_study(
+    server: StudyServer, study: str, concurrency: int = 8, since: str | None = None
+) -> tuple[Any, ListSink, list[int]]:
     from fhiradapter.shell.server_io import pull_into
 
     sink, progress = ListSink(), list[int]()
 
     async def go(client: FhirClient) -> Any:
         cap = await client.capabilities()
-        return await pull_into(client, cap, study, sink, progress=progress.append)
+        return await pull_into(client, cap, study, sink, since=since, progress=progress.append)
 
     settings = ClientSettings(concurrency=concurrency, retry_budget_s=5, max_attempts=2)
     summary = run(lambda r: server(r), go, settings=settings)[0]  # type: ignore[arg-type, return-value]
@@ -830,9 +838,23 @@ def test_pull_of_a_missing_study_names_it() -> None:
 
 def test_a_failing_search_stops_the_pull_with_the_servers_text() -> None:
     server = StudyServer(fail="Condition?subject=Patient%2Fp2")
-    with pytest.raises(ServerError, match="GET Condition: HTTP 400: error processing: unknown code"):
+    with pytest.raises(ServerError, match=r"GET Condition: HTTP 400: error processing: unknown code$"):
         pull_study(server, "s1")
     assert server.requests["Condition"] >= 1
+
+
+def test_a_server_that_refuses_last_updated_is_named_as_the_likely_cause_with_what_to_run() -> None:
+    server = StudyServer(no_since=True)
+    assert pull_study(server, "s1")[0].patients == 3  # a whole pull does not ask for it
+    with pytest.raises(ServerError) as caught:
+        pull_study(server, "s1", since="2026-11-30T00:00:00Z")
+    assert caught.value.status == 400
+    hint = (
+        "The search asked only for changes (_lastUpdated); if this server cannot search by _lastUpdated, read "
+        "everything instead: sync --since none, or pull without --since"
+    )
+    pattern = r"GET (\w+): HTTP 400: error processing: Unknown search parameter '_lastUpdated' for \1\. "
+    assert re.fullmatch(pattern + re.escape(hint), str(caught.value)), str(caught.value)
 
 
 def test_tls_context_is_built_once_verifies_and_cannot_be_turned_off() -> None:

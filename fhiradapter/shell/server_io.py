@@ -383,6 +383,10 @@ async def pull_into(
             job = await jobs.get()
             try:
                 await job()
+            except ServerError as exc:
+                if since and exc.status == 400:  # often a server that cannot search by _lastUpdated
+                    raise ServerError(f"{exc}. {SINCE_REFUSED}", exc.status) from None
+                raise
             finally:
                 jobs.task_done()
 
@@ -402,6 +406,10 @@ async def pull_into(
     return summary
 
 
+SINCE_REFUSED = (
+    "The search asked only for changes (_lastUpdated); if this server cannot search by _lastUpdated, read "
+    "everything instead: sync --since none, or pull without --since"
+)
 AUTO_PER_SEARCH = 20  # patients in one incremental search: a URL of 1-2 KB with the usual ids
 
 
