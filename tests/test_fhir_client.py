@@ -855,6 +855,9 @@ def test_a_server_that_refuses_last_updated_is_named_as_the_likely_cause_with_wh
     )
     pattern = r"GET (\w+): HTTP 400: error processing: Unknown search parameter '_lastUpdated' for \1\. "
     assert re.fullmatch(pattern + re.escape(hint), str(caught.value)), str(caught.value)
+    # A read (a referenced Medication) asks for no changes: its 400 gets no such hint.
+    with pytest.raises(ServerError, match=r"^GET Medication/m1: HTTP 400: error processing: unknown code$"):
+        pull_study(StudyServer(fail="Medication/m1?"), "s1", since="2026-11-30T00:00:00Z")
 
 
 def test_tls_context_is_built_once_verifies_and_cannot_be_turned_off() -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -314,14 +314,26 @@ async def pull_into(
         if resource is not None:
             add(resource)
 
+    @contextlib.contextmanager
+    def changes_refused() -> Iterator[None]:
+        """Around a search with ``extra``: a 400 to it is often a server that cannot search by _lastUpdated."""
+        try:
+            yield
+        except ServerError as exc:
+            if since and exc.status == 400:
+                raise ServerError(f"{exc}. {SINCE_REFUSED}", exc.status) from None
+            raise
+
     async def scan(rtype: str) -> None:
-        async for r in client.search(rtype, extra):
-            if patient_of(r, client.base) in wanted:
-                add(r)
+        with changes_refused():
+            async for r in client.search(rtype, extra):
+                if patient_of(r, client.base) in wanted:
+                    add(r)
 
     async def search(rtype: str, params: list[tuple[str, str]]) -> None:
-        async for r in client.search(rtype, params):
-            add(r)
+        with changes_refused():
+            async for r in client.search(rtype, params):
+                add(r)
 
     async def done(job: Callable[[], Awaitable[None]], left: list[int], size: int) -> None:
         await job()
@@ -341,18 +353,19 @@ async def pull_into(
         params = [(param, ",".join(_or_value(p) for p in batch)), *extra]
         kept: list[dict[str, Any]] = []
         reports: list[str] = []  # its unusable entries: reported only if it is kept (else the own searches do)
-        async with contextlib.aclosing(client.pages(rtype, params, reports)) as pages:
-            read = 0
-            async for found, more in pages:
-                kept += found
-                read += 1
-                if more and read >= max(2, len(batch) // 2):
-                    break
-            else:
-                for r in kept:
-                    add(r)
-                client.skipped += reports
-                return
+        with changes_refused():
+            async with contextlib.aclosing(client.pages(rtype, params, reports)) as pages:
+                read = 0
+                async for found, more in pages:
+                    kept += found
+                    read += 1
+                    if more and read >= max(2, len(batch) // 2):
+                        break
+                else:
+                    for r in kept:
+                        add(r)
+                    client.skipped += reports
+                    return
         summary.split += 1
         left[0] += len(batch)
         for p in batch:
@@ -383,10 +396,6 @@ async def pull_into(
             job = await jobs.get()
             try:
                 await job()
-            except ServerError as exc:
-                if since and exc.status == 400:  # often a server that cannot search by _lastUpdated
-                    raise ServerError(f"{exc}. {SINCE_REFUSED}", exc.status) from None
-                raise
             finally:
                 jobs.task_done()
 
