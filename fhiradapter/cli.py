@@ -647,6 +647,25 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
             sys.exit(int(ExitCode.SERVER))
 
 
+def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--data-dir and --store, shared by ``sync`` and ``runs``."""
+    f = click.option(
+        "--store",
+        "store_url",
+        metavar="URL",
+        default=None,
+        help="Where the store lives instead: sqlite:///FILE.db or postgresql://USER@HOST:PORT/DB (password from "
+        "PGPASSWORD or ~/.pgpass, never the URL) [default: sqlite in --data-dir].",
+    )(f)
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Folder for the store (sync.db) and run folders [default: $FHIRADAPTER_DATA_DIR, "
+        "~/.local/share/fhiradapter].",
+    )(f)
+
+
 @main.command("sync")
 @_server_options
 @click.option("--study", required=True, help="ResearchStudy id, or identifier as SYSTEM|VALUE.")
@@ -664,20 +683,7 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
     help="Pull and evaluate, print the plan (create / update / unchanged, and whose results would change), "
     "write nothing.",
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Folder for the store (sync.db) and run folders [default: $FHIRADAPTER_DATA_DIR, ~/.local/share/fhiradapter].",
-)
-@click.option(
-    "--store",
-    "store_url",
-    metavar="URL",
-    default=None,
-    help="Where the store lives instead: sqlite:///FILE.db or postgresql://USER@HOST:PORT/DB (password from "
-    "PGPASSWORD or ~/.pgpass, never the URL) [default: sqlite in --data-dir].",
-)
+@_store_options
 @click.option(
     "--mappings",
     "mappings_dir",
@@ -803,6 +809,86 @@ def sync_cmd(
             _run_export(summary.out, export_to, "tables", key, mappings_dir, show)
         if summary.conflicts or summary.errors:
             sys.exit(int(ExitCode.SERVER))
+
+
+@main.command("runs")
+@_store_options
+@click.option("--server", metavar="URL", default=None, help="Only the runs against this FHIR base URL.")
+@click.option("--study", default=None, help="Only the runs of this study (as given to sync).")
+@click.option("--last", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many runs to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (with each run's whole summary).")
+def runs_cmd(
+    data_dir: Path | None, store_url: str | None, server: str | None, study: str | None, last: int, as_json: bool
+) -> None:
+    """List the sync runs the store holds, newest first: when, how each ended, and what it read and wrote.
+
+    For a scheduled sync: whether last night's run worked, and if not, why (a failed run keeps its error
+    message). A run still shown as running either is running now or was killed before it could finish.
+
+    \b
+    Example:
+      fhiradapter runs --data-dir /srv/fhiradapter --last 5
+    """
+    import json  # noqa: PLC0415
+
+    from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415
+
+    with _guard():
+        folder = data_dir or default_data_dir()
+        if store_url is None and not (folder / "sync.db").exists():
+            raise ConfigError(f"no sync store in {folder} (sync.db): give the --data-dir or --store that sync used")
+        store = SyncStore(store_url, folder)
+        try:
+            found, total = store.runs(server.rstrip("/") if server else None, study, last)
+        finally:
+            store.close()
+    where = _safe_url(store_url) if store_url else str(folder / "sync.db")
+    if as_json:
+        for run in found:
+            for key in ("started_at", "finished_at"):
+                run[key] = run[key].isoformat() if run[key] is not None else None
+        click.echo(json.dumps({"store": where, "total": total, "runs": found}, indent=2))
+        return
+    if not found:
+        click.echo(f"No sync runs in {where}" + (" for that server and study." if server or study else "."))
+        return
+    click.echo(f"Sync runs in {where}, newest first ({len(found)} of {total}):")
+    for run in found:
+        click.echo(_run_line(run))
+        for line in _run_details(run):
+            click.echo(f"      {line}")
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    started, finished = run["started_at"], run["finished_at"]
+    took = f"{(finished - started).total_seconds():.1f} s" if finished else "no end recorded"
+    status = run["status"] + (" (still running, or killed)" if run["status"] == "running" else "")
+    return (
+        f"  run {run['run_id']}  {started:%Y-%m-%d %H:%M:%S} UTC  {status}  ({took})  "
+        f"{run['summary'].get('study') or run['study']} on {run['server']}"
+    )
+
+
+def _run_details(run: dict[str, Any]) -> list[str]:
+    """What a run read, planned and wrote, from its stored summary; why it stopped, if it did."""
+    s = run["summary"]
+    if not s:
+        return []
+    lines = []
+    pulled = sum(s.get("pulled", {}).values())
+    if pulled or s.get("patients"):
+        since = f"changes since {run['since']}" if run["since"] else "everything"
+        read = f"{since}: {s.get('patients', 0)} patient(s), {pulled} resource(s) read"
+        lines.append(f"{read}, {s.get('deleted', 0)} deletion(s) noticed")
+    if s.get("plan"):
+        lines.append(f"plan: {_counts(s['plan'], ('create', 'update', 'unchanged'))}")
+    if s.get("pushed") or (s.get("plan") and not run["dry_run"]):
+        pushed = _counts(s.get("pushed", {}), ("created", "updated", "unchanged", "conflict", "error"))
+        conflicts, errors = len(s.get("conflicts", [])), len(s.get("errors", []))
+        lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {conflicts}, errors {errors}")
+    if s.get("failure"):
+        lines.append(f"stopped: {s['failure']}")
+    return lines
 
 
 class _PhaseBars:

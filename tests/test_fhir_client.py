@@ -900,7 +900,17 @@ def test_a_ca_bundle_without_certificates_is_a_configuration_error(tmp_path: Pat
 # ---------------------------------------------------------------------------------------------- Ctrl-C
 
 
-def test_a_sync_stopped_by_ctrl_c_is_recorded_as_interrupted_and_keeps_its_watermark(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "status", "failure"),
+    [
+        (KeyboardInterrupt(), "interrupted", "interrupted (Ctrl-C)"),  # the user presses Ctrl-C
+        # A bug: the store keeps only its type, as its text may quote patient data.
+        (ValueError("Observation for Jane Doe, born 1950-01-01"), "failed", "unexpected internal error (ValueError)"),
+    ],
+)
+def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
+    tmp_path: Path, stop: BaseException, status: str, failure: str
+) -> None:
     from sqlalchemy import select
 
     from fhiradapter.shell.mappings_io import load_mappings
@@ -910,17 +920,19 @@ def test_a_sync_stopped_by_ctrl_c_is_recorded_as_interrupted_and_keeps_its_water
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("metadata"):
             return fhir({"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [{}]})
-        raise KeyboardInterrupt  # the user presses Ctrl-C while the study is being read
+        raise stop  # while the study is being read
 
     mappings, identity = load_mappings()
     opts = SyncOptions("s", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
     store = SyncStore(data_dir=tmp_path / "data")
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(type(stop)):
             run_sync(lambda: FhirClient(BASE, transport=httpx.MockTransport(handler)), store, opts)
         with store.engine.connect() as conn:
-            assert conn.execute(select(sync_runs.c.status)).scalars().all() == ["interrupted"]
+            assert conn.execute(select(sync_runs.c.status)).scalars().all() == [status]
             assert conn.execute(select(watermarks)).all() == []
+        (run,), total = store.runs()
+        assert total == 1 and run["status"] == status and run["summary"]["failure"] == failure
     finally:
         store.close()
 

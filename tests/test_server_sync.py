@@ -583,6 +583,38 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert "    Patient/thal-03: update best-response, response\n" in dry.output
         bad = cli(*args[:-3], "--since", "yesterday")
         assert bad.exit_code == 10 and "--since" in bad.output
+        # A run that fails is recorded with why; `runs` lists them all, newest first, as each run said.
+        missing = cli(*[("nope" if a == "thal-hcc-pilot" else a) for a in args])
+        assert missing.exit_code == 13 and "ResearchStudy/nope not found" in missing.output, missing.output
+        store = ["--data-dir", str(tmp_path / "data")]
+        listed = cli("runs", *store)
+        assert listed.exit_code == 0, listed.output
+        lines = listed.output.splitlines()
+        assert lines[0] == f"Sync runs in {tmp_path / 'data' / 'sync.db'}, newest first (4 of 4):"
+        heads = [line.split("  ")[1:4] for line in lines if line.startswith("  run ")]
+        assert [(h[0], h[2]) for h in heads] == [
+            ("run 4", "failed"),
+            ("run 3", "dry-run"),
+            ("run 2", "ok"),
+            ("run 1", "ok"),
+        ]
+        assert "      stopped: --study nope: ResearchStudy/nope not found on the server" in lines
+        first_plan = re.search(r"plan for the results: (.*)", first.output)
+        assert first_plan and f"      plan: {first_plan[1]}" in lines
+        assert re.search(r"      pushed: created \d+, updated \d+; conflicts 0, errors 0", listed.output)
+        assert "      pushed: nothing to send; conflicts 0, errors 0" in lines  # the second run
+        as_json = json.loads(cli("runs", *store, "--json", "--last", "2", "--study", "thal-hcc-pilot").output)
+        assert as_json["total"] == 3 and [r["status"] for r in as_json["runs"]] == ["dry-run", "ok"]
+        assert as_json["runs"][0]["summary"]["changes"] == {
+            "Patient/thal-03": {"update": {"best-response": 1, "response": 1}}
+        }
+        none = cli("runs", *store, "--server", "http://elsewhere.example/fhir")
+        assert (
+            none.exit_code == 0
+            and none.output == f"No sync runs in {tmp_path / 'data' / 'sync.db'} for that server and study.\n"
+        )
+        absent = cli("runs", "--data-dir", str(tmp_path / "none"))
+        assert absent.exit_code == 10 and "no sync store in " in absent.output and not (tmp_path / "none").exists()
 
 
 def test_sync_on_the_strict_medplum_server(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 SQLite in the data folder by default (``sync.db``); ``--store`` takes ``sqlite:///FILE`` or
 ``postgresql://USER@HOST/DB`` (the password from PGPASSWORD or ~/.pgpass, as for ``export``). Tables:
-- ``sync_runs``: one row per sync (started, finished, status running | ok | conflicts | dry-run | failed |
-  interrupted (Ctrl-C), the summary);
+- ``sync_runs``: one row per sync (started, finished, status running | ok | conflicts | errors | dry-run |
+  failed | interrupted (Ctrl-C), the summary, with why a failed or interrupted run stopped); ``fhiradapter
+  runs`` lists them;
 - ``watermarks``: per (server, study) the server time the last *successful* pull started at; ``--since auto``
   pulls what changed after it. A run that dies keeps the old watermark, so the next run pulls again what the
   failed one may have missed (upserts are idempotent and writes are conditional: nothing duplicates);
@@ -33,6 +34,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     select,
     update,
 )
@@ -166,6 +168,24 @@ class SyncStore:
                 .where(sync_runs.c.run_id == run_id)
                 .values(status=status, finished_at=datetime.now(UTC), summary=orjson.dumps(summary).decode())
             )
+
+    def runs(
+        self, server: str | None = None, study: str | None = None, last: int = 10
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The ``last`` runs, newest first (of the server and study, when given), and how many there are in all."""
+        where = [c == v for c, v in ((sync_runs.c.server, server), (sync_runs.c.study, study)) if v is not None]
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(sync_runs).where(*where)).scalar_one()
+            rows = conn.execute(select(sync_runs).where(*where).order_by(sync_runs.c.run_id.desc()).limit(last))
+            found = []
+            for row in rows.mappings():
+                run = dict(row)
+                run["summary"] = orjson.loads(run["summary"]) if run["summary"] else {}
+                for key in ("started_at", "finished_at"):  # SQLite gives naive datetimes back: they were UTC
+                    if run[key] is not None and run[key].tzinfo is None:
+                        run[key] = run[key].replace(tzinfo=UTC)
+                found.append(run)
+        return found, int(total)
 
     def watermark(self, server: str, study: str) -> str | None:
         with self.engine.connect() as conn:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import orjson
 
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.errors import AdapterError
 from fhiradapter.shell.bulk import bulk_pull
 from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.pipeline import run_evaluate
@@ -75,6 +76,7 @@ class SyncSummary:
     retries: int = 0
     per_search: int | None = None  # patients asked for in one search by the run's pull (None: a Bulk pull)
     split: int = 0  # searches for several patients whose pages ran on, read patient by patient instead
+    failure: str | None = None  # why the run stopped (kept with the run in the store), if it did
     out: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -101,6 +103,7 @@ class SyncSummary:
             "retries": self.retries,
             "patients_per_search": self.per_search,
             "split": self.split,
+            "failure": self.failure,
             "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
         }
 
@@ -170,13 +173,23 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
             if not summary.errors:
                 summary.watermark = started
                 store.set_watermark(server, opts.study, started, run_id)
-        status = "ok" if not (summary.conflicts or summary.errors) else "conflicts"
+        status = "conflicts" if summary.conflicts else "errors" if summary.errors else "ok"
         store.finish_run(run_id, "dry-run" if opts.dry_run else status, summary.as_dict())
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary.failure = _failure(exc)
         store.finish_run(run_id, status, summary.as_dict())
         raise
     return summary
+
+
+def _failure(exc: BaseException) -> str:
+    """Why a run stopped, as the store keeps it: the adapter's own message (resource ids at most), else the type."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C)"
+    if isinstance(exc, AdapterError):
+        return str(exc)
+    return f"unexpected internal error ({type(exc).__name__})"  # its text may quote patient data
 
 
 async def _pull_phase(
