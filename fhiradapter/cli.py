@@ -742,7 +742,8 @@ def sync_cmd(
     one transaction when the server offers it; on a 412 conflict the run pulls what changed, evaluates again
     and retries once. The watermark advances only when the run succeeds, so a run that dies is simply run
     again. Exit code 0 when everything was written, 13 when conflicts or errors remain, 130 when
-    stopped by Ctrl-C (the run is recorded as interrupted; running it again is safe).
+    stopped by Ctrl-C (the run is recorded as interrupted; running it again is safe). `fhiradapter runs`
+    lists the runs and how each ended.
 
     \b
     Example:
