@@ -181,9 +181,10 @@ class SyncStore:
             for row in rows.mappings():
                 run = dict(row)
                 run["summary"] = orjson.loads(run["summary"]) if run["summary"] else {}
-                for key in ("started_at", "finished_at"):  # SQLite gives naive datetimes back: they were UTC
-                    if run[key] is not None and run[key].tzinfo is None:
-                        run[key] = run[key].replace(tzinfo=UTC)
+                for key in ("started_at", "finished_at"):  # in UTC: SQLite gives them back naive, PostgreSQL
+                    when = run[key]  # in the session's time zone
+                    if when is not None:
+                        run[key] = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
                 found.append(run)
         return found, int(total)
 
