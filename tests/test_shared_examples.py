@@ -45,3 +45,62 @@ def test_hl7_research_subject_and_consent_display(tmp_path: Path) -> None:
     assert kaitlyn["research_subject"] is not None
     consent = next(c for c in kaitlyn["eligibility"]["criteria"] if c["id"] == "consent")
     assert consent["status"] == "met"  # ResearchSubject.consent is set (display only)
+
+
+@pytest.mark.parametrize("server", ["sekmet", "medplum"])
+def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_are_accepted(
+    server: str, tmp_path: Path
+) -> None:
+    """Every IG example on a real server; each study with subjects synced from it.
+
+    Per patient, the same results as evaluating the files; the written results accepted (Medplum validates
+    each write, required bindings included), each once; a second sync writes nothing.
+    """
+    import httpx
+    from fhir_server import SERVERS, server_resources
+
+    from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
+    from fhiradapter.shell.fhir_client import FhirClient
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import SyncOptions, run_sync
+
+    mappings, identity = load_mappings()
+    run_evaluate([EXAMPLES], tmp_path / "files", AS_OF, mappings, identity, report=False)
+    from_files = {s["patient"]: s for s in json.loads((tmp_path / "files" / "results.json").read_text())["subjects"]}
+    examples = [json.loads(f.read_text()) for f in sorted(EXAMPLES.glob("*.json"))]
+    studies: dict[str, set[str]] = {}  # each study's patients, from the example ResearchSubjects
+    for r in examples:
+        if r["resourceType"] == "ResearchSubject":
+            study = r["study"]["reference"].removeprefix("ResearchStudy/")
+            studies.setdefault(study, set()).add(r["individual"]["reference"])
+    assert len(studies) >= 2
+    write = {"mode": "batch", "chunk": 30} if server == "medplum" else {}
+    store = SyncStore(data_dir=tmp_path / "data")
+    try:
+        with SERVERS[server](tmp_path) as base:
+            for r in examples:
+                if r["resourceType"] not in ("StructureDefinition", "ValueSet"):  # conformance, not data
+                    body = {k: v for k, v in r.items() if k != "meta"}
+                    url = f"{base}/{r['resourceType']}/{r['id']}"
+                    response = httpx.put(url, json=body, headers={"Content-Type": "application/fhir+json"}, timeout=30)
+                    assert response.status_code in (200, 201), (r["id"], response.text[:300])
+            for study, patients in sorted(studies.items()):
+                opts = SyncOptions(study, AS_OF, "auto", False, tmp_path / "runs", mappings, identity, **write)
+                first = run_sync(lambda: FhirClient(base), store, opts)
+                assert first.errors == [] and first.conflicts == [] and first.patients == len(patients), study
+                assert first.pushed["created"] > 0
+                synced = json.loads((first.out / "results.json").read_text())["subjects"]
+                assert {s["patient"] for s in synced} == patients
+                for subject in synced:
+                    assert subject == from_files[subject["patient"]], (study, subject["patient"])
+                second = run_sync(lambda: FhirClient(base), store, opts)
+                assert set(second.plan) == {"unchanged"} and not second.pushed, (study, second.plan)
+            written = [
+                i["value"]
+                for r in server_resources(base, "Observation")
+                for i in r.get("identifier", [])
+                if i.get("system") == IDENTIFIER_SYSTEM
+            ]
+            assert written and len(written) == len(set(written))  # each result once
+    finally:
+        store.close()
