@@ -103,3 +103,10 @@ def heart_rates(patient: str, count: int) -> list[dict[str, Any]]:
         }
         for n in range(count)
     ]
+
+
+def is_result(resource: dict[str, Any]) -> bool:
+    """One of the adapter's result Observations (it carries the adapter's identifier)."""
+    from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
+
+    return any(i.get("system") == IDENTIFIER_SYSTEM for i in resource.get("identifier", []))

@@ -446,6 +446,58 @@ def test_push_counts_each_entry_from_its_status() -> None:
     assert prefer == ["return=minimal"]
 
 
+def test_a_batch_goes_without_its_provenance_which_follows_naming_what_was_written() -> None:
+    """A batch's entries may not refer to each other: the Provenance is sent after it, with server ids."""
+    provenance = {
+        "fullUrl": "urn:uuid:p",
+        "resource": {
+            "resourceType": "Provenance",
+            "target": [{"reference": "urn:uuid:1"}, {"reference": f"{BASE}/ResearchSubject/rs1"}],
+        },
+        "request": {"method": "POST", "url": "Provenance", "ifNoneExist": "_tag=urn:fhiradapter:run|r1"},
+    }
+    batches: list[dict[str, Any]] = []
+    posted: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("metadata"):
+            return fhir(
+                {
+                    "resourceType": "CapabilityStatement",
+                    "fhirVersion": "4.0.1",
+                    "rest": [{"interaction": [{"code": "batch"}]}],
+                }
+            )
+        body = json.loads(request.content)
+        if body["resourceType"] == "Bundle":
+            batches.append(body)
+            refused = {
+                "resourceType": "OperationOutcome",
+                "issue": [{"severity": "error", "code": "invalid", "diagnostics": "status: unknown code"}],
+            }
+            return fhir(
+                {
+                    "resourceType": "Bundle",
+                    "type": "batch-response",
+                    "entry": [
+                        {"response": {"status": "201 Created", "location": "Observation/o1/_history/1"}},
+                        {"response": {"status": "400 Bad Request", "outcome": refused}},
+                    ],
+                }
+            )
+        posted.append(body)
+        return fhir({}, 201, Location=f"{BASE}/Provenance/pv1/_history/1")
+
+    bundle = {**BUNDLE, "entry": [*BUNDLE["entry"], provenance]}  # type: ignore[list-item]
+    summary, _, _ = run(handler, lambda c: push(c, bundle))
+    assert summary.mode == "batch" and summary.outcomes == {"created": 2, "error": 1}
+    (batch,) = batches
+    assert [e["request"]["url"] for e in batch["entry"]] == ["Observation", "ResearchSubject/rs1"]
+    (sent,) = posted  # the refused ResearchSubject update is not named
+    assert sent["resourceType"] == "Provenance" and sent["target"] == [{"reference": "Observation/o1"}]
+    assert summary.errors == ["PUT ResearchSubject/rs1: HTTP 400: error invalid: status: unknown code"]
+
+
 def test_push_entry_by_entry_when_the_server_has_no_transaction_or_batch() -> None:
     seen = []
 
@@ -1072,3 +1124,49 @@ def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Pa
         "2 exported line(s) unusable, skipped: Observation-001.ndjson line 2: Observation without id; "
         "Observation-001.ndjson line 3: not JSON"
     ) in summary.warnings
+
+
+def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_watermark(tmp_path: Path) -> None:
+    """Writes one by one (no transaction or batch offered); every write for p2 is refused (422)."""
+    from fhiradapter.shell.mappings_io import load_mappings
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import SyncOptions, run_sync
+
+    sent: Counter[str] = Counter()
+    written: list[str] = []  # Type/id of every write accepted, in order
+    provenances: list[dict[str, Any]] = []
+
+    class Refusing(StudyServer):
+        def answer(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET":
+                return super().answer(request)
+            body = json.loads(request.content)
+            patient = (body.get("subject") or body.get("individual") or {}).get("reference")
+            sent[f"{request.method} {body['resourceType']} {patient}"] += 1
+            if patient == "Patient/p2":
+                return outcome("Observation.valueCodeableConcept: code not in the required value set", 422)
+            if body["resourceType"] == "Provenance":
+                provenances.append(body)
+            rid = body.get("id") or f"new-{sum(sent.values())}"
+            written.append(f"{body['resourceType']}/{rid}")
+            return fhir({}, 200 if request.method == "PUT" else 201, Location=f"{BASE}/{written[-1]}/_history/2")
+
+    mappings, identity = load_mappings()
+    opts = SyncOptions("s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
+    store = SyncStore(data_dir=tmp_path / "data")
+    try:
+        server = Refusing()
+        summary = run_sync(lambda: FhirClient(BASE, transport=httpx.MockTransport(server)), store, opts)
+        refused = sum(n for what, n in sent.items() if what.endswith("Patient/p2"))
+        assert refused > 0 and len(summary.errors) == refused and summary.conflicts == []
+        reason = "HTTP 422: error processing: Observation.valueCodeableConcept: code not in the required value set"
+        assert all(e.endswith(reason) for e in summary.errors), summary.errors
+        # The rest was written, and the run's Provenance last, naming what was written by its server ids.
+        assert summary.pushed["created"] + summary.pushed["updated"] == len(written) > 1
+        (provenance,) = provenances
+        assert [t["reference"] for t in provenance["target"]] == written[:-1]
+        assert summary.watermark is None and store.watermark(BASE, "s1") is None  # the next run pulls it all again
+        (run,), _ = store.runs()
+        assert run["status"] == "errors" and run["summary"]["errors"] == summary.errors
+    finally:
+        store.close()

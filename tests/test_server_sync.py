@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from builders import AS_OF, ROOT, heart_rates
+from builders import AS_OF, ROOT, heart_rates, is_result
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -97,6 +97,11 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         n_parts = int(pushed.output.split(" in ", 1)[1].split(" parts", 1)[0])
         assert f"created {creates + n_parts}" in pushed.output  # + one Provenance per part
         assert f"updated {updates}" in pushed.output
+        # Together the parts' Provenance records name every result written, by its id on the server.
+        named = sorted(t["reference"] for p in server_resources(base, "Provenance") for t in p["target"])
+        results = [f"Observation/{r['id']}" for r in server_resources(base, "Observation") if is_result(r)]
+        updated = [p["existing"] for p in plan if p["action"] == "update"]
+        assert named == sorted(results + updated) and len(results) == creates
         after_push = versions(base, "Observation") | versions(base, "ResearchSubject")
         # 3. Pull and evaluate again: the server already holds every result.
         again = cli(

@@ -93,19 +93,23 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
 
 def outcome_text(response: httpx.Response) -> str:
     """The OperationOutcome's diagnostics/details, else the status line; never more than 300 characters."""
-    text = ""
     try:
         body = orjson.loads(response.content) if response.content else None
     except orjson.JSONDecodeError:
         body = None
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        parts = []
-        for issue in body.get("issue") or ():
-            if isinstance(issue, dict):
-                detail = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
-                parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
-        text = "; ".join(parts)
-    return (text or response.reason_phrase or "no detail")[:300]
+    return (issues_text(body) or response.reason_phrase or "no detail")[:300]
+
+
+def issues_text(body: Any) -> str:
+    """An OperationOutcome's issues as ``severity code: diagnostics``, joined by "; " ("" for anything else)."""
+    if not (isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"):
+        return ""
+    parts = []
+    for issue in body.get("issue") or ():
+        if isinstance(issue, dict):
+            detail = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+            parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
+    return "; ".join(parts)
 
 
 def retry_after_s(response: httpx.Response, now: float | None = None) -> float | None:

@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
+from urllib.parse import urlsplit
 
 import orjson
 
 from fhiradapter.core.writeback import split_bundle
 from fhiradapter.errors import ConfigError, InputError, ServerError
-from fhiradapter.shell.fhir_client import RETURN_MINIMAL, Capability, FhirClient
+from fhiradapter.shell.fhir_client import RETURN_MINIMAL, Capability, FhirClient, issues_text
 from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
@@ -550,12 +551,23 @@ async def push(
         except ExceptionGroup as errors:
             raise errors.exceptions[0] from None
     else:
+        provenances = [e for e in entries if _is_provenance(e)]
+        located: dict[str, str] = {}
         for sent in entries:
-            await _push_one(client, sent, summary)
+            if sent not in provenances:
+                _locate(located, sent, await _push_one(client, sent, summary))
+                if progress:
+                    progress(1)
+        for sent in provenances:  # last, naming what was written by its server ids
+            await _push_provenance(client, sent, located, summary)
             if progress:
                 progress(1)
     summary.requests, summary.retries = client.requests, client.retries
     return summary
+
+
+def _is_provenance(entry: dict[str, Any]) -> bool:
+    return (entry.get("resource") or {}).get("resourceType") == "Provenance"
 
 
 async def _push_bundle(
@@ -563,7 +575,16 @@ async def _push_bundle(
 ) -> None:
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
     try:
-        await _send_bundle(client, bundle, entries, summary)
+        if bundle.get("type") == "batch":
+            # A batch's entries may not refer to each other (FHIR R4 3.1.0.11.4): the Provenance goes after the
+            # batch, naming what it wrote by the ids the server gave.
+            provenances = [e for e in entries if _is_provenance(e)]
+            results = [e for e in entries if e not in provenances]
+            located = await _send_bundle(client, {**bundle, "entry": results}, results, summary)
+            for sent in provenances:
+                await _push_provenance(client, sent, located, summary)
+        else:
+            await _send_bundle(client, bundle, entries, summary)
     finally:
         if progress:
             progress(len(entries))
@@ -571,7 +592,11 @@ async def _push_bundle(
 
 async def _send_bundle(
     client: FhirClient, bundle: dict[str, Any], entries: list[dict[str, Any]], summary: PushSummary
-) -> None:
+) -> dict[str, str]:
+    """Send a transaction or batch; count each entry's outcome; return where each entry's fullUrl was written."""
+    located: dict[str, str] = {}
+    if not entries:
+        return located
     try:
         answer = await client.transaction(bundle)
     except ServerError as exc:
@@ -579,12 +604,14 @@ async def _send_bundle(
             raise
         summary.outcomes["conflict"] += len(entries)
         summary.conflicts.append(f"a transaction of {len(entries)} entries was refused, none of them written: {exc}")
-        return
+        return located
     for sent, got in zip(entries, answer.get("entry") or (), strict=False):
-        _count(summary, sent, _status(got), got)
+        _locate(located, sent, _count(summary, sent, _status(got), got))
+    return located
 
 
-async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSummary) -> None:
+async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSummary) -> str | None:
+    """One entry as its own request; a refusal of that entry alone (a 4xx) is counted, not raised."""
     request = entry.get("request") or {}
     method, url = str(request.get("method", "")), str(request.get("url", ""))
     headers = {"Prefer": RETURN_MINIMAL}  # status and Location are all that is read
@@ -592,19 +619,61 @@ async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSumm
         headers["If-None-Exist"] = str(request["ifNoneExist"])
     if request.get("ifMatch"):
         headers["If-Match"] = str(request["ifMatch"])
-    response = await client.request(method, url, json=entry.get("resource"), headers=headers, ok=(412,))
-    _count(summary, entry, response.status_code, {"response": {"location": response.headers.get("Location")}})
+    try:
+        response = await client.request(method, url, json=entry.get("resource"), headers=headers, ok=(412,))
+    except ServerError as exc:
+        if exc.status is None or not 400 <= exc.status < 500 or exc.status in NOT_THE_ENTRY:
+            raise  # the server is failing, or refuses every write: nothing to gain from sending the rest
+        return _count(summary, entry, exc.status, {}, str(exc).split(f"HTTP {exc.status}: ", 1)[-1])
+    return _count(summary, entry, response.status_code, {"response": {"location": response.headers.get("Location")}})
 
 
-def _count(summary: PushSummary, sent: dict[str, Any], status: int, got: dict[str, Any]) -> None:
+# Refusals that are not about one entry: unauthorised, forbidden, no such interaction, and the server's
+# overload once the retries are spent.
+NOT_THE_ENTRY = (401, 403, 405, 408, 429)
+
+
+async def _push_provenance(
+    client: FhirClient, entry: dict[str, Any], located: dict[str, str], summary: PushSummary
+) -> None:
+    """A Provenance sent after its targets: each ``urn:uuid`` target replaced by where it was written."""
+    resource = dict(entry.get("resource") or {})
+    targets = [t for t in resource.get("target") or () if isinstance(t, dict)]
+    resolved = [{"reference": located[str(t.get("reference"))]} for t in targets if t.get("reference") in located]
+    if not resolved:  # nothing of its part was written: a Provenance of nothing is not sent
+        return
+    resource["target"] = resolved
+    _locate(located, entry, await _push_one(client, {**entry, "resource": resource}, summary))
+
+
+def _locate(located: dict[str, str], sent: dict[str, Any], location: str | None) -> None:
+    """Note where an entry was written (``Type/id``, from the server's Location), under its fullUrl."""
+    full_url = sent.get("fullUrl")
+    if not (location and isinstance(full_url, str)):
+        return
+    path = urlsplit(location).path if "://" in location else location
+    parts = path.strip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2:
+        located[full_url] = "/".join(parts[-2:])
+
+
+def _count(
+    summary: PushSummary, sent: dict[str, Any], status: int, got: dict[str, Any], reason: str = ""
+) -> str | None:
+    """Count an entry's outcome; return the Location the server gave for it when it was written."""
     method = str((sent.get("request") or {}).get("method", ""))
     outcome = classify(method, status)
     summary.outcomes[outcome] += 1
     where = str((sent.get("request") or {}).get("url", ""))
     identifier = str((sent.get("request") or {}).get("ifNoneExist") or "") or None
-    location = (got.get("response") or {}).get("location") if isinstance(got, dict) else None
+    response = (got.get("response") or {}) if isinstance(got, dict) else {}
+    location = response.get("location")
     summary.written.append((method, where, identifier, status, str(location) if location else None, outcome))
     if outcome == "conflict":
         summary.conflicts.append(f"{method} {where}: 412, the server's copy changed since it was read")
     elif outcome == "error":
-        summary.errors.append(f"{method} {where}: HTTP {status or '?'}")
+        reason = reason or issues_text(response.get("outcome"))[:300]
+        summary.errors.append(f"{method} {where}: HTTP {status or '?'}" + (f": {reason}" if reason else ""))
+    return str(location) if location and outcome != "error" else None
