@@ -551,13 +551,12 @@ async def push(
         except ExceptionGroup as errors:
             raise errors.exceptions[0] from None
     else:
-        provenances = [e for e in entries if _is_provenance(e)]
+        results, provenances = _apart(entries)
         located: dict[str, str] = {}
-        for sent in entries:
-            if sent not in provenances:
-                _locate(located, sent, await _push_one(client, sent, summary))
-                if progress:
-                    progress(1)
+        for sent in results:
+            _locate(located, sent, await _push_one(client, sent, summary))
+            if progress:
+                progress(1)
         for sent in provenances:  # last, naming what was written by its server ids
             await _push_provenance(client, sent, located, summary)
             if progress:
@@ -566,8 +565,13 @@ async def push(
     return summary
 
 
-def _is_provenance(entry: dict[str, Any]) -> bool:
-    return (entry.get("resource") or {}).get("resourceType") == "Provenance"
+def _apart(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The entries other than Provenance, and the Provenance entries."""
+    results: list[dict[str, Any]] = []
+    provenances: list[dict[str, Any]] = []
+    for e in entries:
+        (provenances if (e.get("resource") or {}).get("resourceType") == "Provenance" else results).append(e)
+    return results, provenances
 
 
 async def _push_bundle(
@@ -578,8 +582,7 @@ async def _push_bundle(
         if bundle.get("type") == "batch":
             # A batch's entries may not refer to each other (FHIR R4 3.1.0.11.4): the Provenance goes after the
             # batch, naming what it wrote by the ids the server gave.
-            provenances = [e for e in entries if _is_provenance(e)]
-            results = [e for e in entries if e not in provenances]
+            results, provenances = _apart(entries)
             located = await _send_bundle(client, {**bundle, "entry": results}, results, summary)
             for sent in provenances:
                 await _push_provenance(client, sent, located, summary)
