@@ -553,10 +553,18 @@ async def push(
     else:
         results, provenances = _apart(entries)
         located: dict[str, str] = {}
-        for sent in results:
+
+        async def one(sent: dict[str, Any]) -> None:
             _locate(located, sent, await _push_one(client, sent, summary))
             if progress:
                 progress(1)
+
+        try:
+            async with asyncio.TaskGroup() as group:  # side by side, within the client's concurrency
+                for sent in results:
+                    group.create_task(one(sent))
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
         for sent in provenances:  # last, naming what was written by its server ids
             await _push_provenance(client, sent, located, summary)
             if progress:
