@@ -1152,7 +1152,9 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
                 writing.append(self.in_flight)  # writes in flight as this one is answered
             rid = body.get("id") or f"new-{sum(sent.values())}"
             written.append(f"{body['resourceType']}/{rid}")
-            return fhir({}, 200 if request.method == "PUT" else 201, Location=f"{BASE}/{written[-1]}/_history/2")
+            if request.method == "PUT":
+                return fhir({}, 200)  # no Location: an update is where it was sent
+            return fhir({}, 201, Location=f"{BASE}/{written[-1]}/_history/2")
 
     mappings, identity = load_mappings()
     opts = SyncOptions("s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
@@ -1168,6 +1170,7 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
         assert summary.pushed["created"] + summary.pushed["updated"] == len(written) > 1
         (provenance,) = provenances
         assert sorted(t["reference"] for t in provenance["target"]) == sorted(written[:-1])
+        assert "ResearchSubject/rs-p1" in written  # an update, named though its answer had no Location
         assert written[-1].startswith("Provenance/") and max(writing) > 1  # the rest went side by side
         assert summary.watermark is None and store.watermark(BASE, "s1") is None  # the next run pulls it all again
         (run,), _ = store.runs()

@@ -673,7 +673,7 @@ def _locate(located: dict[str, str], sent: dict[str, Any], location: str | None)
 def _count(
     summary: PushSummary, sent: dict[str, Any], status: int, got: dict[str, Any], reason: str = ""
 ) -> str | None:
-    """Count an entry's outcome; return the Location the server gave for it when it was written."""
+    """Count an entry's outcome; return where it was written (the server's Location, or an update's URL)."""
     method = str((sent.get("request") or {}).get("method", ""))
     outcome = classify(method, status)
     summary.outcomes[outcome] += 1
@@ -687,4 +687,7 @@ def _count(
     elif outcome == "error":
         reason = reason or issues_text(response.get("outcome"))[:300]
         summary.errors.append(f"{method} {where}: HTTP {status or '?'}" + (f": {reason}" if reason else ""))
-    return str(location) if location and outcome != "error" else None
+    if outcome in ("error", "conflict"):
+        return None
+    # An update is where it was sent; servers need not give a Location for it.
+    return str(location) if location else where if method == "PUT" else None
