@@ -12,7 +12,8 @@ write are never mixed with pulled ones: ``evaluate`` would read them together.
 
 ``push``: a ``writeback.json`` transaction Bundle, as a transaction when the server's CapabilityStatement offers
 one, else as a batch, else entry by entry; each entry's outcome is counted (created, updated, unchanged,
-conflict, error) from its response status.
+conflict, error) from its response status. Outside a transaction, each Provenance is sent after the entries
+it names, which it names by their ids on the server (a batch's entries may not refer to each other).
 """
 
 from __future__ import annotations
@@ -530,8 +531,10 @@ async def push(
     """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single.
 
     A transaction or batch larger than ``chunk`` entries is sent as several (whole patients each, with their
-    own Provenance), concurrently within the client's limit. ``cap``: the server's capabilities when the
-    caller has just read them (sync, from its pull); else /metadata is read here.
+    own Provenance), concurrently within the client's limit. In a batch, or entry by entry (side by side,
+    within the same limit), the Provenance goes after what it names, with the ids the server gave; entry by
+    entry, a write refused on its own account is counted as an error and the rest still go. ``cap``: the
+    server's capabilities when the caller has just read them (sync, from its pull); else /metadata is read.
     """
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
     if cap is None:
