@@ -21,18 +21,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import urlsplit
 
 import orjson
 
+from fhiradapter.core.fhir_json import normalise_reference
 from fhiradapter.core.writeback import split_bundle
 from fhiradapter.errors import ConfigError, InputError, ServerError
-from fhiradapter.shell.fhir_client import RETURN_MINIMAL, Capability, FhirClient, issues_text
+from fhiradapter.shell.fhir_client import (
+    RETRY_STATUS,
+    RETURN_MINIMAL,
+    Capability,
+    FhirClient,
+    issues_text,
+    outcome_text,
+)
 from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
@@ -547,12 +554,7 @@ async def push(
     if mode in ("transaction", "batch"):
         parts = split_bundle({**bundle, "type": mode}, chunk)
         summary.parts = len(parts)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for part in parts:
-                    group.create_task(_push_bundle(client, {**part, "type": mode}, summary, progress))
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
+        await _together(_push_bundle(client, {**part, "type": mode}, summary, progress) for part in parts)
     else:
         results, provenances = _apart(entries)
         located: dict[str, str] = {}
@@ -562,18 +564,23 @@ async def push(
             if progress:
                 progress(1)
 
-        try:
-            async with asyncio.TaskGroup() as group:  # side by side, within the client's concurrency
-                for sent in results:
-                    group.create_task(one(sent))
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
+        await _together(one(sent) for sent in results)  # within the client's concurrency
         for sent in provenances:  # last, naming what was written by its server ids
             await _push_provenance(client, sent, located, summary)
             if progress:
                 progress(1)
     summary.requests, summary.retries = client.requests, client.retries
     return summary
+
+
+async def _together(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run the jobs side by side; the first failure cancels the rest and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for job in jobs:
+                group.create_task(job)
+    except ExceptionGroup as errors:
+        raise errors.exceptions[0] from None
 
 
 def _apart(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -633,18 +640,15 @@ async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSumm
         headers["If-None-Exist"] = str(request["ifNoneExist"])
     if request.get("ifMatch"):
         headers["If-Match"] = str(request["ifMatch"])
-    try:
-        response = await client.request(method, url, json=entry.get("resource"), headers=headers, ok=(412,))
-    except ServerError as exc:
-        if exc.status is None or not 400 <= exc.status < 500 or exc.status in NOT_THE_ENTRY:
-            raise  # the server is failing, or refuses every write: nothing to gain from sending the rest
-        return _count(summary, entry, exc.status, {}, str(exc).split(f"HTTP {exc.status}: ", 1)[-1])
-    return _count(summary, entry, response.status_code, {"response": {"location": response.headers.get("Location")}})
+    response = await client.request(method, url, json=entry.get("resource"), headers=headers, ok=ENTRY_REFUSALS)
+    status = response.status_code
+    reason = outcome_text(response) if status >= 400 and status != 412 else ""
+    return _count(summary, entry, status, {"response": {"location": response.headers.get("Location")}}, reason)
 
 
-# Refusals that are not about one entry: unauthorised, forbidden, no such interaction, and the server's
-# overload once the retries are spent.
-NOT_THE_ENTRY = (401, 403, 405, 408, 429)
+# The 4xx answers about one entry (412 included), counted for it. Not these, which stop the push: 401, 403
+# and 405 (no write would succeed), and what the client retries (408, 429), raised once the retries are spent.
+ENTRY_REFUSALS = tuple(s for s in range(400, 500) if s not in (401, 403, 405, *RETRY_STATUS))
 
 
 async def _push_provenance(
@@ -663,14 +667,9 @@ async def _push_provenance(
 def _locate(located: dict[str, str], sent: dict[str, Any], location: str | None) -> None:
     """Note where an entry was written (``Type/id``, from the server's Location), under its fullUrl."""
     full_url = sent.get("fullUrl")
-    if not (location and isinstance(full_url, str)):
-        return
-    path = urlsplit(location).path if "://" in location else location
-    parts = path.strip("/").split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    if len(parts) >= 2:
-        located[full_url] = "/".join(parts[-2:])
+    where = normalise_reference(location)
+    if where and isinstance(full_url, str):
+        located[full_url] = where
 
 
 def _count(
