@@ -411,7 +411,12 @@ def _server_options(fn: Any) -> Any:
             "--concurrency", type=click.IntRange(1, 64), default=8, show_default=True, help="Requests in flight."
         ),
         click.option(
-            "--timeout", type=click.FloatRange(1, 600), default=30.0, show_default=True, help="Seconds per request."
+            "--timeout",
+            type=click.FloatRange(1, 600),
+            default=30.0,
+            show_default=True,
+            help="Seconds one request may take in all, however slowly the server answers (a file download: to "
+            "start, then at 64 KiB/s or more).",
         ),
         click.option(
             "--retry-budget",
@@ -420,6 +425,25 @@ def _server_options(fn: Any) -> Any:
             show_default=True,
             help="Seconds to keep retrying a failing request (408, 429, 5xx, dropped connections).",
         ),
+        click.option(
+            "--max-pages",
+            type=click.IntRange(1),
+            default=10_000,
+            show_default=True,
+            help="Most pages one search may take; a server whose next links never end is stopped sooner.",
+        ),
+        click.option(
+            "--trust-origin",
+            multiple=True,
+            metavar="URL",
+            help="Another origin (scheme://host:port) that may receive the access token, e.g. the storage a Bulk "
+            "export's files are on. Repeatable. The token goes nowhere else but --server and the token endpoint.",
+        ),
+        click.option(
+            "--allow-insecure-http",
+            is_flag=True,
+            help="Send the credential over plain http:// to a host other than this machine (a trusted network).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -427,46 +451,10 @@ def _server_options(fn: Any) -> Any:
 
 
 async def _open_client(o: dict[str, Any]) -> Any:
-    """A FhirClient for the server options; SMART discovery happens here."""
-    import httpx  # noqa: PLC0415
+    """A FhirClient for the server options (the shell's ``open_client``; SMART discovery happens there)."""
+    from fhiradapter.shell.connection import ServerOptions, open_client  # noqa: PLC0415
 
-    from fhiradapter.shell.auth import (  # noqa: PLC0415
-        SMART_KEY_ENV,
-        TOKEN_ENV,
-        BearerAuth,
-        SmartBackendAuth,
-        read_secret,
-        smart_token_url,
-    )
-    from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: PLC0415
-
-    server = str(o["server"]).rstrip("/")
-    if not server.startswith(("https://", "http://")):
-        raise ConfigError(f"--server must be an http(s) URL, got {server!r}")
-    verify: bool | str = str(o["ca_bundle"]) if o.get("ca_bundle") else True
-    tls_context(verify)  # an unusable --ca-bundle is a configuration error, named before any request
-    settings = ClientSettings(
-        timeout_s=o["timeout"], concurrency=o["concurrency"], retry_budget_s=o["retry_budget"], verify=verify
-    )
-    mode = o["auth"]
-    token = read_secret(o.get("token_file"), TOKEN_ENV, "bearer token") if mode in ("auto", "bearer") else None
-    if mode == "auto":
-        mode = "smart" if o.get("client_id") else "bearer" if token else "none"
-    auth: httpx.Auth | None = None
-    if mode == "bearer":
-        if not token:
-            raise ConfigError(f"--auth bearer needs --token-file FILE or ${TOKEN_ENV}")
-        auth = BearerAuth(token)
-    elif mode == "smart":
-        key = read_secret(o.get("smart_key_file"), SMART_KEY_ENV, "SMART private key")
-        if not o.get("client_id") or not key:
-            raise ConfigError(f"--auth smart needs --client-id and --smart-key-file FILE (or ${SMART_KEY_ENV})")
-        token_url = o.get("token_url")
-        if not token_url:
-            async with httpx.AsyncClient(verify=tls_context(verify), timeout=settings.timeout_s) as probe:
-                token_url = await smart_token_url(probe, server)
-        auth = SmartBackendAuth(o["client_id"], token_url, key, scope=o["scope"], kid=o.get("kid"))
-    return FhirClient(server, auth=auth, settings=settings)
+    return await open_client(ServerOptions(**{**o, "trust_origin": tuple(o.get("trust_origin") or ())}))
 
 
 @main.command("pull")
@@ -599,9 +587,10 @@ def _check_instant(value: str) -> None:
 @click.option(
     "--chunk",
     type=click.IntRange(2, 10000),
-    default=200,
+    default=100,
     show_default=True,
-    help="Largest transaction, in entries; bigger write-backs go as several (whole patients each), concurrently.",
+    help="Largest transaction, in entries; bigger write-backs go as several (whole patients each), concurrently. "
+    "In auto mode, a server that refuses a transaction for its size gets smaller ones.",
 )
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
@@ -616,7 +605,7 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
     """
     import asyncio  # noqa: PLC0415
 
-    from fhiradapter.shell.server_io import load_bundle, push  # noqa: PLC0415
+    from fhiradapter.shell.push import load_bundle, push  # noqa: PLC0415
 
     with _guard(_PUSH_INTERRUPTED):
         doc = load_bundle(bundle)
@@ -633,18 +622,21 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
                     return await push(client, doc, mode, chunk, progress=bar.update)
 
         summary = asyncio.run(run())
-        outcomes = (
-            _counts(summary.outcomes, ("created", "updated", "unchanged", "conflict", "error")) or "nothing to send"
-        )
+        outcomes = _counts(summary.outcomes, PUSH_OUTCOMES) or "nothing to send"
         parts = f" in {summary.parts} parts" if summary.parts > 1 else ""
         click.echo(
             f"Pushed {bundle} as {summary.mode}{parts}: {outcomes}. "
             f"{summary.requests} request(s), {summary.retries} retried."
         )
+        for note in summary.notes():
+            click.echo(f"  note: {note}")
         for line in [*summary.conflicts, *summary.errors][:20]:
             click.echo(f"  {line}")
-        if summary.conflicts or summary.errors:
+        if not summary.complete:
             sys.exit(int(ExitCode.SERVER))
+
+
+PUSH_OUTCOMES = ("created", "updated", "unchanged", "conflict", "error", "not applied", "unknown")
 
 
 def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -699,7 +691,7 @@ def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--chunk",
     type=click.IntRange(2, 10000),
-    default=200,
+    default=100,
     show_default=True,
     help="Largest write-back transaction, in entries (whole patients each; parts go concurrently).",
 )
@@ -958,7 +950,7 @@ def _print_sync(s: Any) -> None:
         if len(s.changes) > 5:
             click.echo(f"    and {len(s.changes) - 5} more patient(s)")
     if not s.dry_run:
-        pushed = _counts(s.pushed, ("created", "updated", "unchanged", "conflict", "error")) or "nothing to send"
+        pushed = _counts(s.pushed, PUSH_OUTCOMES) or "nothing to send"
         if s.provenances:
             pushed += f" (with {s.provenances} Provenance record(s) of the run)"
         click.echo(f"  pushed: {pushed}; conflicts {len(s.conflicts)}; errors {len(s.errors)}")

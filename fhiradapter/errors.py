@@ -6,6 +6,7 @@ AdapterError(Exception)                      exit_code = ExitCode.FAILURE
 ├── InputError(AdapterError, ValueError)     an input path is missing or unreadable as a whole        -> INPUT
 ├── TargetError(AdapterError)                an export target (database, folder) refused the write     -> TARGET
 └── ServerError(AdapterError)                a FHIR server refused or failed a request (after retries) -> SERVER
+    └── AnswerLost(ServerError)              the request may have reached the server, its answer did not
 ```
 
 A clinical "no" (ineligible, progression, grade-3 event) is never an exception: it is a decision with
@@ -63,3 +64,8 @@ class ServerError(AdapterError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class AnswerLost(ServerError):
+    """The request may have reached the server (it timed out, or the connection dropped after it was sent), but
+    no answer came back: a write may or may not have been applied, and must be checked on the server."""

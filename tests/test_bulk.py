@@ -174,8 +174,15 @@ def test_ctrl_c_while_waiting_cancels_the_export_on_the_server(tmp_path: Path) -
 
 
 def test_a_token_file_on_another_host_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ServerError, match="another host"):
-        run(FakeExport(polls=0, patient_url="https://storage.example/files/p.ndjson"), tmp_path)
+    from fhiradapter.shell.auth import BearerAuth
+
+    async def go() -> None:
+        server = FakeExport(polls=0, patient_url="https://storage.example/files/p.ndjson")
+        async with FhirClient(BASE, BearerAuth("tok"), transport=httpx.MockTransport(server)) as client:
+            await bulk_pull(client, tmp_path, types=TYPES, sleep=asyncio.sleep)
+
+    with pytest.raises(ServerError, match=r"https://storage.example:443, not on the server's own origin https://fhir"):
+        asyncio.run(go())
 
 
 def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retries(tmp_path: Path) -> None:

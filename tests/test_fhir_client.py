@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.auth import BearerAuth, SmartBackendAuth
 from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, retry_after_s
-from fhiradapter.shell.server_io import push
+from fhiradapter.shell.push import push
 
 BASE = "https://fhir.test/r4"
 FAST = ClientSettings(retry_budget_s=60, max_attempts=6, backoff_base_s=0.5, backoff_max_s=8)
@@ -818,7 +818,8 @@ def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_ow
             if path == "Condition":  # a chain of two pages ends: kept, not split
                 rest = [r for p in StudyServer.PATIENTS for r in resources(path, p)][4:]
                 return page([*rest, no_id(path)], None, path)
-            return page(resources(path, "p1")[:1], n + 1, path)  # pages without end
+            more = {"resourceType": path, "id": f"page-{n}", "subject": {"reference": "Patient/p1"}}
+            return page([more], n + 1, path)  # pages without end (each with a resource of its own)
         if path in ("Observation", "Condition"):
             patients = [p.removeprefix("Patient/") for p in query["subject"].split(",")]
             if len(patients) == 1:
@@ -994,7 +995,7 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
     [
         ("sync", "fhiradapter.shell.sync.run_sync", "the watermark was not advanced"),
         ("pull", "fhiradapter.shell.server_io.pull", "an unfinished pull are not put in place"),
-        ("push", "fhiradapter.shell.server_io.push", "each whole or not at all"),
+        ("push", "fhiradapter.shell.push.push", "each whole or not at all"),
     ],
 )
 def test_ctrl_c_says_what_was_left_and_exits_130(

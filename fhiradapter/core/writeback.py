@@ -476,7 +476,8 @@ def read_back(resources: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _entry_patient(entry: dict[str, Any]) -> str | None:
+def entry_patient(entry: dict[str, Any]) -> str | None:
+    """The patient a write-back entry is about (its resource's subject, individual or patient reference)."""
     resource = entry.get("resource") or {}
     for key in ("subject", "individual", "patient"):
         ref = (resource.get(key) or {}).get("reference") if isinstance(resource.get(key), dict) else None
@@ -499,8 +500,8 @@ def split_bundle(bundle: dict[str, Any], max_entries: int) -> list[dict[str, Any
         return [bundle] if entries else []
     groups: list[list[dict[str, Any]]] = []
     for entry in results:
-        patient = _entry_patient(entry)
-        if groups and patient is not None and _entry_patient(groups[-1][-1]) == patient:
+        patient = entry_patient(entry)
+        if groups and patient is not None and entry_patient(groups[-1][-1]) == patient:
             groups[-1].append(entry)
         else:
             groups.append([entry])

@@ -1,7 +1,9 @@
 """Authentication for the FHIR client, as ``httpx.Auth`` flows: none, a static bearer token, SMART Backend Services.
 
 Secrets come from environment variables or files, never from command-line values, and never appear in
-``repr``, logs or error messages.
+``repr``, logs or error messages. A secret file that group or others may read is refused (``chmod 600``), and
+no secret is sent over plain ``http://`` except to this machine (``require_tls``) unless the user says
+``--allow-insecure-http``.
 
 SMART Backend Services (client_credentials with a ``private_key_jwt`` assertion, signed RS384 or ES384 with
 PyJWT): the access token is cached and refreshed ``REFRESH_MARGIN_S`` before it expires; a 401 on a request
@@ -12,6 +14,7 @@ same connection pool, so it shares the client's timeouts and TLS settings.
 from __future__ import annotations
 
 import os
+import stat
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -23,7 +26,7 @@ import jwt
 import orjson
 
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.fhir_client import certificate_refused
+from fhiradapter.shell.fhir_client import certificate_refused, is_loopback
 
 TOKEN_ENV = "FHIRADAPTER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 SMART_KEY_ENV = "FHIRADAPTER_SMART_KEY"
@@ -36,14 +39,32 @@ def read_secret(file: Path | None, env: str, what: str) -> str | None:
     """A secret from ``file`` (preferred) or the environment variable ``env``; None when neither is given."""
     if file is not None:
         try:
+            mode = file.stat().st_mode
             value = file.read_text("utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"{what} file unreadable: {file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{what} file is not text: {file}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"{what} file {file} may be read by other users (mode {stat.filemode(mode)}); "
+                f"run `chmod 600 {file}` and use it again"
+            )
         if not value:
             raise ConfigError(f"{what} file is empty: {file}")
         return value
     value = os.environ.get(env, "").strip()
     return value or None
+
+
+def require_tls(url: str, what: str, allow_insecure_http: bool) -> None:
+    """Refuse to send a secret (token, SMART assertion) to ``url`` over plain HTTP, unless it is this machine or
+    the user said ``--allow-insecure-http``: anyone on the path would read it."""
+    if url.lower().startswith("http://") and not is_loopback(url) and not allow_insecure_http:
+        raise ConfigError(
+            f"{what} {url} is plain http://: the credential would cross the network unencrypted. Use https://, "
+            "or --allow-insecure-http if this network is trusted"
+        )
 
 
 class BearerAuth(httpx.Auth):

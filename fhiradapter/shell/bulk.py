@@ -5,8 +5,14 @@ then poll the status URL, honouring ``Retry-After`` and showing ``X-Progress``; 
 output file (streamed to ``.partial``, renamed when complete) and every ``error`` file, whose OperationOutcomes
 are reported. The job's state (status URL, files done) is kept in ``bulk-state.json`` in the output folder, so
 an interrupted pull resumes the same export instead of starting another; Ctrl-C during the wait cancels the
-export on the server (``DELETE`` on the status URL). Output files on another host are fetched without the
-access token unless the manifest says they need it (then they must be on the server's own host).
+export on the server (``DELETE`` on the status URL).
+
+The access token goes only where it belongs: the status URL must be on the server's own origin (or one the user
+trusted, ``--trust-origin``); output files get the token only when the manifest says ``requiresAccessToken``
+and they are on such an origin, and are fetched without any credential otherwise; anything else is refused,
+naming both origins. File names are made from the output's resource type (checked against
+``RESOURCE_TYPE``) and a counter, never from anything else the server says: an output whose type is not a
+resource type name is refused and reported, so no file lands outside the folder.
 
 The output folder follows ``server_io.claim_folder``: new, empty, or an earlier pull's, whose files are removed
 once the export is complete; ``pull-manifest.json`` then records the export (transaction time, counts).
@@ -16,17 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin
 
 import orjson
 
 from fhiradapter.errors import ServerError
-from fhiradapter.shell.fhir_client import FhirClient, retry_after_s
+from fhiradapter.shell.fhir_client import FhirClient, origin, retry_after_s
 from fhiradapter.shell.readers import BULK_STATE
 from fhiradapter.shell.server_io import claim_folder, finish_folder, patient_of
 
@@ -44,6 +51,7 @@ DEFAULT_TYPES = (
     "ResearchSubject",
 )
 MAX_WAIT_S = 120.0
+RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # what a file name may be made of (with a counter)
 
 
 @dataclass
@@ -56,6 +64,7 @@ class BulkSummary:
     polls: int = 0
     transaction_time: str | None = None
     searched: list[str] = field(default_factory=list)  # types read by search because the export had none
+    refused: list[str] = field(default_factory=list)  # manifest outputs not downloaded, and why
     replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
 
 
@@ -85,7 +94,14 @@ async def kick_off(client: FhirClient, group: str | None, types: list[str], sinc
     location = response.headers.get("Content-Location")
     if response.status_code != 202 or not location:
         raise ServerError(f"{path}: expected 202 with Content-Location, got HTTP {response.status_code}")
-    return str(location)
+    status_url = urljoin(client.base + "/", str(location))
+    if client.authenticated and not client.may_authenticate(status_url):
+        raise ServerError(
+            f"{path}: the export's status URL is on {origin(status_url)}, not on the server's own origin "
+            f"{origin(client.base)}; the access token goes nowhere else, so it is not polled (--trust-origin "
+            "names another origin that may have the token)"
+        )
+    return status_url
 
 
 async def bulk_pull(
@@ -117,21 +133,30 @@ async def bulk_pull(
         (out / STATE).unlink(missing_ok=True)
         raise
     summary.transaction_time = manifest.get("transactionTime")
-    needs_token = bool(manifest.get("requiresAccessToken"))
+    needs_token = manifest.get("requiresAccessToken") is True
     done: list[str] = list(state.get("done") or [])
-    for n, item in enumerate(manifest.get("output") or ()):
-        name = f"{item.get('type', 'Resource')}-{n + 1:03d}.ndjson"
-        path = out / name
-        if item["url"] not in done or not path.exists():
-            await _download(client, str(item["url"]), path, needs_token)
-            done.append(item["url"])
+    for n, item in enumerate(manifest.get("output") or (), start=1):
+        rtype, url = (item.get("type"), item.get("url")) if isinstance(item, dict) else (None, None)
+        if not (isinstance(rtype, str) and RESOURCE_TYPE.fullmatch(rtype)) or not isinstance(url, str):
+            shown = repr(rtype)[:80] if isinstance(rtype, str) else "none"
+            summary.refused.append(f"output {n}: its type ({shown}) is not a FHIR resource type; not downloaded")
+            continue
+        url = urljoin(client.base + "/", url)
+        path = out / f"{rtype}-{n:03d}.ndjson"
+        if url not in done or not path.exists():
+            await _download(client, url, path, needs_token)
+            done.append(url)
             _save_state(out, {**state, "done": done})
         summary.files.append(path)
-        summary.resources[str(item.get("type"))] += _count_lines(path)
+        summary.resources[rtype] += _count_lines(path)
     error_files = []
-    for n, item in enumerate(manifest.get("error") or ()):
-        path = out / f"errors-{n + 1:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
-        await _download(client, str(item["url"]), path, needs_token)
+    for n, item in enumerate(manifest.get("error") or (), start=1):
+        url = item.get("url") if isinstance(item, dict) else None
+        if not isinstance(url, str):
+            summary.refused.append(f"error file {n}: no URL")
+            continue
+        path = out / f"errors-{n:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
+        await _download(client, urljoin(client.base + "/", url), path, needs_token)
         summary.errors.extend(_outcome_lines(path))
         error_files.append(path)
     (out / STATE).unlink(missing_ok=True)  # downloaded: a second run would start a new export
@@ -145,6 +170,7 @@ async def bulk_pull(
         "since": since,
         "resources": dict(sorted(summary.resources.items())),
         "errors": len(summary.errors),
+        "refused": summary.refused,
     }
     summary.replaced = finish_folder(out, record, earlier, [*summary.files, *error_files])
     return summary
@@ -206,15 +232,18 @@ async def _cancel(client: FhirClient, status_url: str) -> None:
 
 
 async def _download(client: FhirClient, url: str, path: Path, needs_token: bool) -> None:
-    here, there = urlsplit(client.base), urlsplit(url)
-    same_host = not there.netloc or (there.scheme, there.netloc) == (here.scheme, here.netloc)
-    if needs_token and not same_host:
-        raise ServerError(f"bulk export: a file needing the access token is on another host ({there.netloc}); refused")
+    """One export file: with the token when the manifest says it needs one (only where the token may go),
+    else without any credential, wherever it is (e.g. cloud storage)."""
+    if needs_token and client.authenticated and not client.may_authenticate(url):
+        raise ServerError(
+            f"bulk export: a file needing the access token is on {origin(url)}, not on the server's own origin "
+            f"{origin(client.base)}; refused (--trust-origin names another origin that may have the token)"
+        )
     partial = path.with_name(path.name + ".partial")
-    if same_host:
+    if needs_token:
         await client.download(url, partial)
-    else:  # e.g. cloud storage: the same retries and error messages, without the server's token
-        async with client.elsewhere(f"{there.scheme}://{there.netloc}") as storage:
+    else:  # the same retries and error messages, without the server's credential
+        async with client.elsewhere(url) as storage:
             try:
                 await storage.download(url, partial)
             finally:

@@ -1,14 +1,21 @@
 """The async FHIR R4 client: capability check, paged search, reads, transactions; retries, timeouts and auth.
 
 One ``httpx.AsyncClient`` per run (no sync twin). Every request:
-- has a timeout (connect, read, write, pool) and goes through a semaphore (``concurrency``);
+- has a total deadline (``timeout_s``: the whole request, however slowly the server drips its answer) and a
+  connect timeout;
+- waits for a slot of an adaptive limit (``AdaptiveLimit``, at most ``concurrency``): halved when the server
+  times out or answers 429 or 503, raised again by one per round of answered requests (AIMD);
 - is retried on 408, 429, 5xx and transport errors (refused or dropped connections, timeouts) with exponential
   backoff and full jitter, honouring ``Retry-After``, within a total time budget (tenacity); other 4xx are
   never retried. Writes are conditional (If-None-Exist, If-Match), so retrying one cannot duplicate;
-- on failure raises :class:`ServerError` with the server's OperationOutcome text (never the request body).
+- on failure raises :class:`ServerError` with the server's OperationOutcome text (never the request body);
+  :class:`AnswerLost` when the request may have reached the server but no answer came back;
+- carries the credential (the ``auth``) only to the server's own origin (scheme, host, port) and to origins the
+  user trusted (``trusted``); a request for any other origin is refused before it is sent, naming both.
 Searches send ``Prefer: handling=strict`` (an unknown parameter fails instead of matching everything) and page
-by following the Bundle's ``next`` links, never by building offsets; a ``next`` link to another host is refused
-(the access token must not leave the server it was issued for).
+by following the Bundle's ``next`` links, never by building offsets. Paging stops with an error on a ``next``
+link to another origin, a page seen before, a page that brings no new resource, more pages than the Bundle's
+``total`` allows, or ``max_pages`` (``PageGuard``).
 """
 
 from __future__ import annotations
@@ -17,26 +24,30 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import ipaddress
+import math
 import random
 import re
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from fhiradapter import __version__
-from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.errors import AnswerLost, ConfigError, ServerError
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+MIN_DOWNLOAD_RATE = 64 * 1024  # bytes per second a download must keep up once its first --timeout has passed
+OVERLOAD_STATUS = frozenset({429, 503})  # the server asks for less: the adaptive limit halves
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,7 @@ class ClientSettings:
     backoff_base_s: float = 0.5
     backoff_max_s: float = 30.0
     page_size: int = 100
+    max_pages: int = 10_000  # pages one search may take (1,000,000 resources at 100 a page)
     verify: bool | str = True  # True, or a CA bundle path; never False from the command line
 
 
@@ -58,6 +70,156 @@ class Retryable(Exception):
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(f"HTTP {response.status_code}")
         self.response = response
+
+
+class RequestDeadline(httpx.TimeoutException):
+    """The whole request took longer than ``timeout_s`` (a server that answers, but too slowly)."""
+
+
+# Transport failures after which the request may have reached the server (its answer is what was lost).
+ANSWER_LOST = (
+    httpx.ReadError,
+    httpx.ReadTimeout,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+    httpx.RemoteProtocolError,
+    RequestDeadline,
+)
+
+
+def origin(url: str) -> str:
+    """``scheme://host:port`` of a URL, with the scheme's default port made explicit (the unit of trust)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = port or {"https": 443, "http": 80}.get(scheme)
+    host = (parts.hostname or "").lower()
+    host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{host}:{port}"
+
+
+def is_loopback(url: str) -> bool:
+    """Whether a URL's host is this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OriginBoundAuth(httpx.Auth):
+    """Wraps the client's auth: a request for an origin outside ``origins`` is refused, never authenticated.
+
+    The client checks every URL before it sends (with a message that names both origins); this is the last
+    line, so that no code path can hand the credential to another host. The inner flow's own requests (a SMART
+    token request to its token endpoint) pass through unchanged.
+    """
+
+    def __init__(self, inner: httpx.Auth, origins: frozenset[str]) -> None:
+        self.inner, self.origins = inner, origins
+        self.requires_request_body = inner.requires_request_body
+        self.requires_response_body = inner.requires_response_body
+
+    def __repr__(self) -> str:
+        return f"OriginBoundAuth({self.inner!r}, {sorted(self.origins)})"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if origin(str(request.url)) not in self.origins:
+            raise ServerError(f"{request.method} {_describe(str(request.url))}: not sent, the credential is not for it")
+        yield from self.inner.auth_flow(request)
+
+
+class AdaptiveLimit:
+    """How many requests may be in flight: additive increase, multiplicative decrease (AIMD), up to ``ceiling``.
+
+    A timeout, 429 or 503 halves the limit, once per round: only a request that started after the last cut can
+    cut again, so eight requests timing out together halve it once, not three times. Every answered request
+    adds ``1/limit``: one more slot per round of answers, a slow recovery. ``lowest`` is reported to the user.
+    """
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = max(1, ceiling)
+        self.limit = float(self.ceiling)
+        self.lowest = self.ceiling
+        self.cuts = 0
+        self._in_flight = 0
+        self._started = 0
+        self._last_cut = -1
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[int]:
+        """Wait for a free slot; yields the request's sequence number (for ``overloaded``)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._in_flight < int(self.limit))
+            self._in_flight += 1
+            self._started += 1
+            number = self._started
+        try:
+            yield number
+        finally:
+            async with self._changed:
+                self._in_flight -= 1
+                self._changed.notify_all()
+
+    def answered(self) -> None:
+        self.limit = min(float(self.ceiling), self.limit + 1.0 / self.limit)
+
+    def overloaded(self, number: int) -> None:
+        if number <= self._last_cut:
+            return
+        self._last_cut = self._started
+        self.limit = max(1.0, self.limit / 2)
+        self.lowest = min(self.lowest, int(self.limit))
+        self.cuts += 1
+
+
+class PageGuard:
+    """Ends a search that would never end: a page seen before, a page that brings no new resource while it
+    links to another, more pages than the Bundle's ``total`` allows (plus a margin), or ``max_pages``."""
+
+    def __init__(self, what: str, max_pages: int) -> None:
+        self.what, self.max_pages = what, max_pages
+        self.visited: set[str] = set()
+        self.ids: set[tuple[str, str]] = set()
+        self.total: int | None = None  # matches, as the first page's Bundle.total says
+        self.needed = 0  # pages that hold ``total`` at the first page's size
+        self.pages = 0
+
+    def before(self, url: str) -> None:
+        """Called before a page is requested."""
+        self.pages += 1
+        page = self.pages
+        self.visited.add(url)
+        if page > self.max_pages:
+            raise ServerError(
+                f"{self.what}: more than {self.max_pages} pages; paging stopped (--max-pages raises the cap if the "
+                "search really is that large)"
+            )
+        if self.total is not None and page > self.needed + 2 + self.needed // 10:
+            raise ServerError(
+                f"{self.what} page {page}: the server said the search has {self.total} match(es), which "
+                f"{self.needed} page(s) hold, yet its next links run on; paging stopped"
+            )
+
+    def after(self, found: list[dict[str, Any]], total: Any, next_url: str | None) -> None:
+        """Called with a page's matching resources, its ``Bundle.total``, and its next link (None: the last)."""
+        if next_url in self.visited:
+            raise ServerError(f"{self.what} page {self.pages}: the next link repeats an earlier page; paging stopped")
+        new = {(str(r["resourceType"]), str(r["id"])) for r in found} - self.ids
+        self.ids |= new
+        if self.pages == 1 and isinstance(total, int) and not isinstance(total, bool) and total >= 0 and found:
+            self.total, self.needed = total, math.ceil(total / len(found))
+        if self.pages > 1 and next_url is not None and not new:
+            raise ServerError(
+                f"{self.what} page {self.pages}: brings no resource not seen on an earlier page, yet links to "
+                "another; paging stopped"
+            )
 
 
 @dataclass
@@ -140,12 +302,15 @@ class FhirClient:
         settings: ClientSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        trusted: Iterable[str] = (),
     ) -> None:
         self.base = base_url.rstrip("/")
         self._sleep = sleep
         self.settings = settings or ClientSettings()
         self._auth, self._transport = auth, transport
-        self._sem = asyncio.Semaphore(self.settings.concurrency)
+        self.trusted = tuple(trusted)  # origins besides the base's that may receive the credential
+        self.origins = frozenset({origin(self.base), *(origin(t) for t in self.trusted)})
+        self.limit = AdaptiveLimit(self.settings.concurrency)
         self._client: httpx.AsyncClient | None = None
         self.requests = 0
         self.retries = 0
@@ -154,17 +319,35 @@ class FhirClient:
 
     def fresh(self) -> FhirClient:
         """A new client with the same server, auth and settings (one per event loop; the auth's token is shared)."""
-        return FhirClient(self.base, self._auth, self.settings, self._transport, self._sleep)
+        return FhirClient(self.base, self._auth, self.settings, self._transport, self._sleep, self.trusted)
 
-    def elsewhere(self, origin: str) -> FhirClient:
-        """A client for another host (``scheme://host:port``): the same settings and retries, never our auth."""
-        return FhirClient(origin, None, self.settings, self._transport, self._sleep)
+    def elsewhere(self, url: str) -> FhirClient:
+        """A client for another origin: the same settings and retries, never our credential."""
+        return FhirClient(origin(url), None, self.settings, self._transport, self._sleep)
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether requests carry a credential."""
+        return self._auth is not None
+
+    def may_authenticate(self, url: str) -> bool:
+        """Whether the credential may go to ``url``: the base's origin, or one the user trusted."""
+        return origin(urljoin(self.base + "/", url)) in self.origins
+
+    def _check_origin(self, what: str, url: str) -> None:
+        """Refuse, before sending, a request that would carry the credential to an origin not trusted with it."""
+        if self._auth is not None and not self.may_authenticate(url):
+            raise ServerError(
+                f"{what}: refused, it points to {origin(urljoin(self.base + '/', url))}, not to the server's own "
+                f"origin {origin(self.base)}, and the access token goes nowhere else (--trust-origin names "
+                "another origin that may have it)"
+            )
 
     async def __aenter__(self) -> FhirClient:
         s = self.settings
         self._client = httpx.AsyncClient(
             base_url=self.base + "/",
-            auth=self._auth,
+            auth=OriginBoundAuth(self._auth, self.origins) if self._auth is not None else None,
             timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s),
             verify=tls_context(s.verify),
             transport=self._transport,
@@ -225,42 +408,77 @@ class FhirClient:
         if body is not None:
             send_headers.setdefault("Content-Type", FHIR_JSON)
         what = f"{method} {_describe(url)}"
+        self._check_origin(what, url)
+        reached = False  # whether any attempt may have reached the server (an answer lost, not a write refused)
         try:
             async for attempt in self._retrying():
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self.retries += 1
-                    async with self._sem:
-                        self.requests += 1
-                        response = await self.client.request(
-                            method,
-                            url,
-                            params=httpx.QueryParams(tuple(params)) if params else None,
-                            content=body,
-                            headers=send_headers,
-                        )
-                    if response.status_code in RETRY_STATUS:
-                        raise Retryable(response)
+                    try:
+                        response = await self._send(method, url, params, body, send_headers)
+                    except ANSWER_LOST:
+                        reached = True
+                        raise
         except Retryable as exc:
             raise ServerError(
                 f"{what}: HTTP {exc.response.status_code} after retrying for up to {s.retry_budget_s:.0f} s: "
                 f"{outcome_text(exc.response)}"
             ) from None
         except httpx.TransportError as exc:
-            raise self._transport_failure(what, exc) from None
+            raise self._transport_failure(what, exc, reached) from None
         if response.is_success or response.status_code in ok:
             return response
         raise ServerError(f"{what}: HTTP {response.status_code}: {outcome_text(response)}", response.status_code)
 
-    def _transport_failure(self, what: str, exc: httpx.TransportError) -> ServerError:
-        """The error for a request the network kept failing, or whose server certificate was refused."""
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        params: list[tuple[str, str]] | None,
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> httpx.Response:
+        """One attempt, in a slot of the adaptive limit, within the total deadline; a 408/429/5xx is raised."""
+        async with self.limit.slot() as number:
+            self.requests += 1
+            try:
+                async with asyncio.timeout(self.settings.timeout_s):
+                    response = await self.client.request(
+                        method,
+                        url,
+                        params=httpx.QueryParams(tuple(params)) if params else None,
+                        content=body,
+                        headers=headers,
+                    )
+            except TimeoutError:
+                self.limit.overloaded(number)
+                raise RequestDeadline(f"no complete answer within {self.settings.timeout_s:g} s") from None
+            except httpx.TimeoutException:
+                self.limit.overloaded(number)
+                raise
+            if response.status_code in OVERLOAD_STATUS:
+                self.limit.overloaded(number)
+            elif response.status_code not in RETRY_STATUS:
+                self.limit.answered()
+        if response.status_code in RETRY_STATUS:
+            raise Retryable(response)
+        return response
+
+    def _transport_failure(self, what: str, exc: httpx.TransportError, reached: bool = False) -> ServerError:
+        """The error for a request the network kept failing, or whose server certificate was refused.
+
+        ``reached``: an attempt may have reached the server (it timed out or dropped after sending): the error
+        is :class:`AnswerLost`, and a write's caller must find out from the server whether it was applied.
+        """
         refused = certificate_refused(exc)
         if refused is not None:  # never retried: it fails the same way every time
             return ServerError(f"{what}: {refused}")
-        return ServerError(
+        message = (
             f"{what}: {type(exc).__name__} ({_transport_reason(exc)}), "
             f"after retrying for up to {self.settings.retry_budget_s:.0f} s"
         )
+        return AnswerLost(message) if reached else ServerError(message)
 
     async def json(self, method: str, url: str, **kwargs: Any) -> Any:
         response = await self.request(method, url, **kwargs)
@@ -272,30 +490,54 @@ class FhirClient:
             ) from None
 
     async def download(self, url: str, path: Path) -> None:
-        """Stream a file to ``path``, retried as a whole on the same failures as any request."""
+        """Stream a file to ``path``, retried as a whole on the same failures as any request.
+
+        The answer must begin within ``timeout_s``; after that the file may take as long as it needs at
+        ``MIN_DOWNLOAD_RATE`` bytes per second or more (a large Bulk file), never a byte-a-second drip.
+        """
+        what = f"GET {_describe(url)}"
+        self._check_origin(what, url)
         try:
             async for attempt in self._retrying():
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         self.retries += 1
-                    async with self._sem, self.client.stream("GET", url) as response:
-                        self.requests += 1
-                        if response.status_code in RETRY_STATUS:
-                            await response.aread()
-                            raise Retryable(response)
-                        if not response.is_success:
-                            await response.aread()
-                            raise ServerError(
-                                f"GET {_describe(url)}: HTTP {response.status_code}: {outcome_text(response)}",
-                                response.status_code,
-                            )
-                        with path.open("wb") as fh:
-                            async for chunk in response.aiter_bytes():
-                                fh.write(chunk)
+                    await self._download_once(url, path)
         except Retryable as exc:
-            raise ServerError(f"GET {_describe(url)}: HTTP {exc.response.status_code} after retries") from None
+            raise ServerError(f"{what}: HTTP {exc.response.status_code} after retries") from None
         except httpx.TransportError as exc:
-            raise self._transport_failure(f"GET {_describe(url)}", exc) from None
+            raise self._transport_failure(what, exc) from None
+
+    async def _download_once(self, url: str, path: Path) -> None:
+        timeout = self.settings.timeout_s
+        loop = asyncio.get_running_loop()
+        async with self.limit.slot() as number:
+            self.requests += 1
+            try:
+                async with asyncio.timeout(timeout) as deadline, self.client.stream("GET", url) as response:
+                    if response.status_code in RETRY_STATUS:
+                        await response.aread()
+                        if response.status_code in OVERLOAD_STATUS:
+                            self.limit.overloaded(number)
+                        raise Retryable(response)
+                    if not response.is_success:
+                        await response.aread()
+                        raise ServerError(
+                            f"GET {_describe(url)}: HTTP {response.status_code}: {outcome_text(response)}",
+                            response.status_code,
+                        )
+                    started, received = loop.time(), 0
+                    with path.open("wb") as fh:
+                        async for chunk in response.aiter_bytes():
+                            fh.write(chunk)
+                            received += len(chunk)
+                            deadline.reschedule(started + timeout + received / MIN_DOWNLOAD_RATE)
+            except TimeoutError:
+                self.limit.overloaded(number)
+                raise RequestDeadline(
+                    f"the file did not arrive at {MIN_DOWNLOAD_RATE // 1024} KiB/s or more after {timeout:g} s"
+                ) from None
+            self.limit.answered()
 
     # ------------------------------------------------------------------------------------------------ FHIR
 
@@ -366,14 +608,11 @@ class FhirClient:
         """
         query = self._query(params)
         url: str | None = rtype
-        page = 0
-        visited: set[str] = set()
+        guard = PageGuard(f"{rtype} search", self.settings.max_pages)
         while url is not None:
-            page += 1
-            if url in visited:
-                raise ServerError(f"{rtype} search page {page}: the next link repeats an earlier page; paging stopped")
-            visited.add(url)
-            found, url = await self._page(rtype, url, query if page == 1 else None, page, skipped)
+            guard.before(url)
+            found, url, total = await self._page(rtype, url, query if guard.pages == 1 else None, guard.pages, skipped)
+            guard.after(found, total, url)
             yield found, url is not None
 
     def _query(self, params: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -384,8 +623,8 @@ class FhirClient:
 
     async def _page(
         self, rtype: str, url: str, query: list[tuple[str, str]] | None, page: int, skipped: list[str] | None = None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        """One search page: its usable matching resources, and the ``next`` link's URL (or None)."""
+    ) -> tuple[list[dict[str, Any]], str | None, Any]:
+        """One search page: its usable matching resources, the ``next`` link's URL (or None), its ``total``."""
         response = await self.request("GET", url, params=query, headers={"Prefer": "handling=strict"})
         bundle = _bundle_or_resource(response, f"{rtype} search page {page}")
         if bundle.get("resourceType") != "Bundle":
@@ -403,7 +642,7 @@ class FhirClient:
                 continue
             assert isinstance(resource, dict)  # noqa: S101 - checked by unusable
             found.append(resource)
-        return found, self._next_link(bundle, rtype, page)
+        return found, self._next_link(bundle, rtype, page), bundle.get("total")
 
     def _next_link(self, bundle: dict[str, Any], rtype: str, page: int) -> str | None:
         for link in bundle.get("link") or ():

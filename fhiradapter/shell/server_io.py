@@ -1,4 +1,4 @@
-"""Pull a study's data from a FHIR server into NDJSON files, and push a write-back Bundle to a server.
+"""Pull a study's data from a FHIR server into NDJSON files (``push.py`` writes results back).
 
 ``pull``: the study (by id, or ``system|value`` identifier), its ResearchSubjects, then per patient the
 Patient and every resource type the protocol reads, and the separate Medications the MedicationStatements
@@ -9,11 +9,6 @@ counts, ``--since``). ``fhiradapter evaluate`` reads the folder as it reads any 
 A pull's folder holds one pull (``claim_folder``): it must be new or empty, or hold an earlier pull (its
 ``pull-manifest.json``), whose files are removed only once the new pull is complete. Files a pull did not
 write are never mixed with pulled ones: ``evaluate`` would read them together.
-
-``push``: a ``writeback.json`` transaction Bundle, as a transaction when the server's CapabilityStatement offers
-one, else as a batch, else entry by entry; each entry's outcome is counted (created, updated, unchanged,
-conflict, error) from its response status. Outside a transaction, each Provenance is sent after the entries
-it names, which it names by their ids on the server (a batch's entries may not refer to each other).
 """
 
 from __future__ import annotations
@@ -21,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,17 +24,8 @@ from typing import Any, BinaryIO, Protocol
 
 import orjson
 
-from fhiradapter.core.fhir_json import normalise_reference
-from fhiradapter.core.writeback import split_bundle
-from fhiradapter.errors import ConfigError, InputError, ServerError
-from fhiradapter.shell.fhir_client import (
-    RETRY_STATUS,
-    RETURN_MINIMAL,
-    Capability,
-    FhirClient,
-    issues_text,
-    outcome_text,
-)
+from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.shell.fhir_client import Capability, FhirClient
 from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
@@ -471,225 +457,3 @@ def patient_of(resource: dict[str, Any], base: str) -> str | None:
         if ref:
             return ref
     return None
-
-
-# ---------------------------------------------------------------------------------------------------- push
-
-
-@dataclass
-class PushSummary:
-    mode: str
-    parts: int = 1
-    # (method, url, condition, status, location, outcome) per entry sent: what the sync store records
-    written: list[tuple[str, str, str | None, int, str | None, str]] = field(default_factory=list)
-    outcomes: Counter[str] = field(default_factory=Counter)
-    conflicts: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    requests: int = 0
-    retries: int = 0
-
-
-def load_bundle(path: Path) -> dict[str, Any]:
-    try:
-        bundle = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise InputError(f"{path} not found") from None
-    except OSError as exc:
-        raise InputError(f"{path} unreadable: {exc.strerror}") from None
-    except orjson.JSONDecodeError:
-        raise InputError(f"{path} is not JSON") from None
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise InputError(f"{path} is not a FHIR Bundle")
-    if bundle.get("type") not in ("transaction", "batch"):
-        raise InputError(f"{path} is a {bundle.get('type')!r} Bundle; push needs a transaction or batch")
-    return bundle
-
-
-def _status(entry: dict[str, Any]) -> int:
-    """The leading digits of ``response.status`` ("201" and "201 Created" both occur)."""
-    text = str((entry.get("response") or {}).get("status", ""))
-    digits = text.split(" ", 1)[0]
-    return int(digits) if digits.isdigit() else 0
-
-
-def classify(method: str, status: int) -> str:
-    if status == 201:
-        return "created"
-    if status == 200:
-        return "updated" if method == "PUT" else "unchanged"  # a conditional create that found its match
-    if status == 304:
-        return "unchanged"
-    if status == 412:
-        return "conflict"
-    return "error"
-
-
-DEFAULT_CHUNK = 200  # entries per transaction; a patient's entries are never split
-
-
-async def push(
-    client: FhirClient,
-    bundle: dict[str, Any],
-    mode: str = "auto",
-    chunk: int = DEFAULT_CHUNK,
-    progress: Callable[[int], None] | None = None,
-    cap: Capability | None = None,
-) -> PushSummary:
-    """Apply a write-back Bundle; ``mode`` auto | transaction | batch | single.
-
-    A transaction or batch larger than ``chunk`` entries is sent as several (whole patients each, with their
-    own Provenance), concurrently within the client's limit. In a batch, or entry by entry (side by side,
-    within the same limit), the Provenance goes after what it names, with the ids the server gave; entry by
-    entry, a write refused on its own account is counted as an error and the rest still go. ``cap``: the
-    server's capabilities when the caller has just read them (sync, from its pull); else /metadata is read.
-    """
-    entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
-    if cap is None:
-        cap = await client.capabilities()
-    if mode == "auto":
-        mode = "transaction" if cap.transaction else "batch" if cap.batch else "single"
-    summary = PushSummary(mode)
-    if not entries:
-        return summary
-    if mode in ("transaction", "batch"):
-        parts = split_bundle({**bundle, "type": mode}, chunk)
-        summary.parts = len(parts)
-        await _together(_push_bundle(client, {**part, "type": mode}, summary, progress) for part in parts)
-    else:
-        results, provenances = _apart(entries)
-        located: dict[str, str] = {}
-
-        async def one(sent: dict[str, Any]) -> None:
-            _locate(located, sent, await _push_one(client, sent, summary))
-            if progress:
-                progress(1)
-
-        await _together(one(sent) for sent in results)  # within the client's concurrency
-        for sent in provenances:  # last, naming what was written by its server ids
-            await _push_provenance(client, sent, located, summary)
-            if progress:
-                progress(1)
-    summary.requests, summary.retries = client.requests, client.retries
-    return summary
-
-
-async def _together(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
-    """Run the jobs side by side; the first failure cancels the rest and is raised as itself."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for job in jobs:
-                group.create_task(job)
-    except ExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-
-
-def _apart(entries: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The entries other than Provenance, and the Provenance entries."""
-    results: list[dict[str, Any]] = []
-    provenances: list[dict[str, Any]] = []
-    for e in entries:
-        (provenances if (e.get("resource") or {}).get("resourceType") == "Provenance" else results).append(e)
-    return results, provenances
-
-
-async def _push_bundle(
-    client: FhirClient, bundle: dict[str, Any], summary: PushSummary, progress: Callable[[int], None] | None
-) -> None:
-    entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
-    try:
-        if bundle.get("type") == "batch":
-            # A batch's entries may not refer to each other (FHIR R4 3.1.0.11.4): the Provenance goes after the
-            # batch, naming what it wrote by the ids the server gave.
-            results, provenances = _apart(entries)
-            located = await _send_bundle(client, {**bundle, "entry": results}, results, summary)
-            for sent in provenances:
-                await _push_provenance(client, sent, located, summary)
-        else:
-            await _send_bundle(client, bundle, entries, summary)
-    finally:
-        if progress:
-            progress(len(entries))
-
-
-async def _send_bundle(
-    client: FhirClient, bundle: dict[str, Any], entries: list[dict[str, Any]], summary: PushSummary
-) -> dict[str, str]:
-    """Send a transaction or batch; count each entry's outcome; return where each entry's fullUrl was written."""
-    located: dict[str, str] = {}
-    if not entries:
-        return located
-    try:
-        answer = await client.transaction(bundle)
-    except ServerError as exc:
-        if exc.status != 412:
-            raise
-        summary.outcomes["conflict"] += len(entries)
-        summary.conflicts.append(f"a transaction of {len(entries)} entries was refused, none of them written: {exc}")
-        return located
-    for sent, got in zip(entries, answer.get("entry") or (), strict=False):
-        _locate(located, sent, _count(summary, sent, _status(got), got))
-    return located
-
-
-async def _push_one(client: FhirClient, entry: dict[str, Any], summary: PushSummary) -> str | None:
-    """One entry as its own request; a refusal of that entry alone (a 4xx) is counted, not raised."""
-    request = entry.get("request") or {}
-    method, url = str(request.get("method", "")), str(request.get("url", ""))
-    headers = {"Prefer": RETURN_MINIMAL}  # status and Location are all that is read
-    if request.get("ifNoneExist"):
-        headers["If-None-Exist"] = str(request["ifNoneExist"])
-    if request.get("ifMatch"):
-        headers["If-Match"] = str(request["ifMatch"])
-    response = await client.request(method, url, json=entry.get("resource"), headers=headers, ok=ENTRY_REFUSALS)
-    status = response.status_code
-    reason = outcome_text(response) if status >= 400 and status != 412 else ""
-    return _count(summary, entry, status, {"response": {"location": response.headers.get("Location")}}, reason)
-
-
-# The 4xx answers about one entry (412 included), counted for it. Not these, which stop the push: 401, 403
-# and 405 (no write would succeed), and what the client retries (408, 429), raised once the retries are spent.
-ENTRY_REFUSALS = tuple(s for s in range(400, 500) if s not in (401, 403, 405, *RETRY_STATUS))
-
-
-async def _push_provenance(
-    client: FhirClient, entry: dict[str, Any], located: dict[str, str], summary: PushSummary
-) -> None:
-    """A Provenance sent after its targets: each ``urn:uuid`` target replaced by where it was written."""
-    resource = dict(entry.get("resource") or {})
-    targets = [t for t in resource.get("target") or () if isinstance(t, dict)]
-    resolved = [{"reference": located[str(t.get("reference"))]} for t in targets if t.get("reference") in located]
-    if not resolved:  # nothing of its part was written: a Provenance of nothing is not sent
-        return
-    resource["target"] = resolved
-    _locate(located, entry, await _push_one(client, {**entry, "resource": resource}, summary))
-
-
-def _locate(located: dict[str, str], sent: dict[str, Any], location: str | None) -> None:
-    """Note where an entry was written (``Type/id``, from the server's Location), under its fullUrl."""
-    full_url = sent.get("fullUrl")
-    where = normalise_reference(location)
-    if where and isinstance(full_url, str):
-        located[full_url] = where
-
-
-def _count(
-    summary: PushSummary, sent: dict[str, Any], status: int, got: dict[str, Any], reason: str = ""
-) -> str | None:
-    """Count an entry's outcome; return where it was written (the server's Location, or an update's URL)."""
-    method = str((sent.get("request") or {}).get("method", ""))
-    outcome = classify(method, status)
-    summary.outcomes[outcome] += 1
-    where = str((sent.get("request") or {}).get("url", ""))
-    identifier = str((sent.get("request") or {}).get("ifNoneExist") or "") or None
-    response = (got.get("response") or {}) if isinstance(got, dict) else {}
-    location = response.get("location")
-    summary.written.append((method, where, identifier, status, str(location) if location else None, outcome))
-    if outcome == "conflict":
-        summary.conflicts.append(f"{method} {where}: 412, the server's copy changed since it was read")
-    elif outcome == "error":
-        reason = reason or issues_text(response.get("outcome"))[:300]
-        summary.errors.append(f"{method} {where}: HTTP {status or '?'}" + (f": {reason}" if reason else ""))
-    if outcome in ("error", "conflict"):
-        return None
-    # An update is where it was sent; servers need not give a Location for it.
-    return str(location) if location else where if method == "PUT" else None

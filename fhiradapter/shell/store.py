@@ -10,7 +10,9 @@ SQLite in the data folder by default (``sync.db``); ``--store`` takes ``sqlite:/
   failed one may have missed (upserts are idempotent and writes are conditional: nothing duplicates);
 - ``resources``: the last-seen version of every pulled resource (JSON), with a deleted flag; evaluation reads
   the study's non-deleted resources from here, so an incremental pull still evaluates whole patients;
-- ``written``: every write the sync sent (method, url, condition, status, the server's location, outcome).
+- ``written``: every write the sync sent (method, url, condition, status, the server's location, outcome);
+- ``server_limits``: per server, what it takes in one transaction (``push.TransactionLimit``, learnt from its
+  refusals), so that the next run sends parts it takes from the start.
 The schema is created on first use (``create_all``) and carries a version row; a store from a newer
 fhiradapter is refused rather than misread.
 """
@@ -44,6 +46,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.errors import ConfigError, TargetError
+from fhiradapter.shell.push import TransactionLimit
 from fhiradapter.shell.registry_db import db_reason, engine_for
 
 SCHEMA_VERSION = 1
@@ -104,6 +107,16 @@ written = Table(
     Column("status", Integer, nullable=False),
     Column("location", String(512)),
     Column("outcome", String(16), nullable=False),
+)
+
+
+server_limits = Table(
+    "server_limits",
+    metadata,
+    Column("server", String(512), primary_key=True),
+    Column("transaction_max_entries", Integer, nullable=False),
+    Column("transaction_refused_at", Integer, nullable=False),
+    Column("run_id", Integer),
 )
 
 
@@ -198,6 +211,25 @@ class SyncStore:
         with self.engine.begin() as conn:
             conn.execute(watermarks.delete().where(watermarks.c.server == server, watermarks.c.study == study))
             conn.execute(watermarks.insert().values(server=server, study=study, watermark=instant, run_id=run_id))
+
+    def transaction_limit(self, server: str) -> TransactionLimit | None:
+        """What ``server`` took in one transaction in an earlier run (None: it refused none for its size)."""
+        columns = (server_limits.c.transaction_max_entries, server_limits.c.transaction_refused_at)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(*columns).where(server_limits.c.server == server)).first()
+        return TransactionLimit(int(row[0]), int(row[1])) if row is not None else None
+
+    def set_transaction_limit(self, server: str, limit: TransactionLimit, run_id: int | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(server_limits.delete().where(server_limits.c.server == server))
+            conn.execute(
+                server_limits.insert().values(
+                    server=server,
+                    transaction_max_entries=limit.max_entries,
+                    transaction_refused_at=limit.refused_at,
+                    run_id=run_id,
+                )
+            )
 
     def record_written(self, server: str, study: str, run_id: int, rows: list[tuple[Any, ...]]) -> None:
         if not rows:

@@ -7,7 +7,8 @@ One run:
    the watermark (``--since auto``) or an instant; deletions are noticed from the server's ``_history`` (or, on
    a full pull, as resources no longer seen);
 3. evaluate the study's whole mirror (an incremental pull still evaluates whole patients) into the run folder;
-4. push the write-back (unless ``--dry-run``). A 412 conflict (someone changed a resource after we read it):
+4. push the write-back (unless ``--dry-run``; see ``push.py``), cut below the transaction size this server
+   refused before (the store remembers it per server). A 412 conflict (someone changed a resource after we read it):
    pull again what changed since this run started, re-evaluate, push once more; what still conflicts is reported;
 5. only then store the new watermark. A run that dies before that leaves the old watermark: the next run pulls
    again and, since writes are conditional and the plan sees the results already on the server, writes nothing
@@ -33,15 +34,12 @@ from fhiradapter.errors import AdapterError
 from fhiradapter.shell.bulk import bulk_pull
 from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, load_bundle, push
 from fhiradapter.shell.server_io import (
-    DEFAULT_CHUNK,
     PullSummary,
-    PushSummary,
     briefly,
-    load_bundle,
     patient_of,
     pull_into,
-    push,
     resolve_study,
     study_subjects,
 )
@@ -72,6 +70,7 @@ class SyncSummary:
     conflicts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    non_atomic: list[str] = field(default_factory=list)  # patients written as a batch: too large for a transaction
     requests: int = 0
     retries: int = 0
     per_search: int | None = None  # patients asked for in one search by the run's pull (None: a Bulk pull)
@@ -99,6 +98,7 @@ class SyncSummary:
             "conflicts": self.conflicts,
             "errors": self.errors,
             "warnings": self.warnings,
+            "non_atomic": self.non_atomic,
             "requests": self.requests,
             "retries": self.retries,
             "patients_per_search": self.per_search,
@@ -155,9 +155,12 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
         summary.plan, summary.changes = _plan(summary.out)
         if not opts.dry_run:
             clock = time.perf_counter()
-            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap))
+            limit = store.transaction_limit(server)
+            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap, limit))
             summary.seconds["push"] = time.perf_counter() - clock
             _add_push(summary, pushed)
+            if pushed.limit and pushed.limit != limit:
+                store.set_transaction_limit(server, pushed.limit, run_id)
             store.record_written(server, opts.study, run_id, pushed.written)
             if pushed.conflicts:
                 # Someone changed what we read: pull what changed since this run started, evaluate, push once more.
@@ -167,8 +170,11 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
                 summary.evaluated = _evaluate(store, server, summary.study, out, opts, again=True)
                 summary.out = out / "out-retry"
                 summary.plan, summary.changes = _plan(summary.out)
-                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap))
+                limit = store.transaction_limit(server)
+                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap, limit))
                 _add_push(summary, pushed)
+                if pushed.limit and pushed.limit != limit:
+                    store.set_transaction_limit(server, pushed.limit, run_id)
                 store.record_written(server, opts.study, run_id, pushed.written)
             if not summary.errors:
                 summary.watermark = started
@@ -378,13 +384,16 @@ def _plan(out: Path) -> tuple[Counter[str], dict[str, dict[str, Counter[str]]]]:
     return counts, changes
 
 
-async def _push_phase(client: FhirClient, bundle_path: Path, opts: SyncOptions, cap: Capability) -> PushSummary:
-    """The write-back, with the capabilities the pull read seconds before (no second /metadata round trip)."""
+async def _push_phase(
+    client: FhirClient, bundle_path: Path, opts: SyncOptions, cap: Capability, limit: TransactionLimit | None
+) -> PushSummary:
+    """The write-back, with the capabilities the pull read seconds before (no second /metadata round trip), and
+    the transaction size this server refused before (the store's memory)."""
     bundle = load_bundle(bundle_path)
     entries = len(bundle.get("entry") or ())
     progress = opts.on_push(entries) if opts.on_push and entries else None
     async with client:
-        result = await push(client, bundle, opts.mode, opts.chunk, progress=progress, cap=cap)
+        result = await push(client, bundle, opts.mode, opts.chunk, progress=progress, cap=cap, limit=limit)
         result.requests, result.retries = client.requests, client.retries
         return result
 
@@ -394,5 +403,7 @@ def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:
     summary.provenances += sum(1 for _method, url, *_ in pushed.written if url == "Provenance")
     summary.conflicts.extend(pushed.conflicts)
     summary.errors.extend(pushed.errors)
+    summary.warnings.extend(pushed.notes())
+    summary.non_atomic.extend(p for p in pushed.non_atomic if p not in summary.non_atomic)
     summary.requests += pushed.requests
     summary.retries += pushed.retries
