@@ -541,6 +541,8 @@ def pull_cmd(
                 click.echo(f"  note: the export returned no {', '.join(summary.searched)}: read by search instead")
             for error in summary.errors[:20]:
                 click.echo(f"  server error file: {error}")
+            for refused in summary.refused:
+                click.echo(f"  refused: {refused}")
             _print_replaced(out, summary.replaced)
             return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")

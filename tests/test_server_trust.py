@@ -187,6 +187,27 @@ def test_s2_a_manifest_cannot_write_outside_the_folder(tmp_path: Path) -> None:
     assert json.loads((out / "pull-manifest.json").read_text())["refused"] == summary.refused
 
 
+def test_s2_the_pull_command_lists_what_it_refused(tmp_path: Path) -> None:
+    def server(request: Seen) -> Reply:
+        if "$export" in request.path:
+            return Reply(202, headers={"Content-Location": "/fhir/status/1"})
+        if request.path.startswith("/fhir/status/1"):
+            output = [{"type": "/etc/cron.d/x", "url": "/fhir/f/1"}, {"type": "Patient", "url": "/fhir/f/2"}]
+            return Reply(200, {"transactionTime": "t", "requiresAccessToken": False, "output": output, "error": []})
+        if request.path.startswith("/fhir/f/"):
+            return Reply(200, b'{"resourceType":"Patient","id":"p1"}\n')
+        return Reply(200, {"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+    with stub_server(server) as stub:
+        args = ["pull", "--server", f"{stub.base}/fhir", "--bulk", "--out", str(tmp_path / "out")]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "refused: output 1: its type ('/etc/cron.d/x') is not a FHIR resource type; not downloaded" in result.output
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "Patient-002.ndjson" in names and not [n for n in names if "cron" in n or n.endswith("-001.ndjson")]
+    assert not [r for r in stub.seen if r.path == "/fhir/f/1"] and not list(tmp_path.glob("**/x"))
+
+
 # ------------------------------------------------------------------------------------- 3. TLS and secret files
 
 

@@ -409,7 +409,8 @@ class _Writer:
         Returns where each entry was written, by fullUrl.
         """
         located: dict[str, str] = {}
-        found = [(sent, await _find_written(self.client, sent)) for sent in entries]
+        places = await asyncio.gather(*(_find_written(self.client, sent) for sent in entries))
+        found = list(zip(entries, places, strict=True))
         missing = [sent for sent, where in found if where is None]
         for sent, where in found:
             if isinstance(where, str):
@@ -428,11 +429,14 @@ class _Writer:
         # Outside a transaction each entry is sent as it stands (a Provenance already names server ids); what
         # is left of a transaction goes entry by entry, its Provenance last, naming what was written.
         results, provenances = _split_provenance(missing) if transaction is not None else (missing, [])
-        for sent in results:
+
+        async def again(sent: Entry) -> None:
             try:
                 _locate(located, sent, await self._one(sent, settle=False))
             except AnswerLost:
                 self._count(sent, 0, {}, outcome=UNKNOWN, reason="its answer was lost twice")
+
+        await _together(again(sent) for sent in results)
         for sent in provenances:
             try:
                 await self._provenance(sent, located, settle=False)
