@@ -150,6 +150,25 @@ def main() -> None:
     help="With --export-to: keyed-hash subject keys, ages instead of birth dates, no free text.",
 )
 @click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=_KEY_HELP)
+@click.option(
+    "--study",
+    metavar="ID",
+    default=None,
+    help="The ResearchStudy id whose subjects are evaluated [default: [study] id in protocol.toml]. Patients "
+    "without a ResearchSubject of it are counted as not in the study, and never written back.",
+)
+@click.option(
+    "--screen-candidates",
+    is_flag=True,
+    help="Also screen the patients who are not in the study, as candidates at the as-of date; their results "
+    "go to candidates.ndjson, apart from the study's. Nothing is written back for them.",
+)
+@click.option(
+    "--enrol-candidates",
+    is_flag=True,
+    help="With --screen-candidates: write the candidates back too (a new ResearchSubject each, with its "
+    "status), i.e. enrol them in the study. A person's decision: use with care.",
+)
 def evaluate(
     inputs: tuple[Path, ...],
     as_of: str,
@@ -163,12 +182,18 @@ def evaluate(
     export_format: str,
     pseudonymise: bool,
     key_file: Path | None,
+    study: str | None,
+    screen_candidates: bool,
+    enrol_candidates: bool,
 ) -> None:
     """Evaluate the protocol on FHIR files.
 
     INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
     them), JSON files holding a Bundle or a single resource, or folders of such files (read
     recursively). Every input record is either used or listed, with the reason, in rejects.ndjson.
+
+    Only the study's subjects (patients with a ResearchSubject of the study) are evaluated and written
+    back; everyone else in the input is counted as not in the study (--screen-candidates screens them).
 
     The results go to results.json, the FHIR R4 write-back to writeback.json (a transaction Bundle to
     post to the hospital's server) and the study team's report to report.html and report.md.
@@ -183,6 +208,8 @@ def evaluate(
 
     with _guard():
         cutoff = _parse_as_of(as_of)
+        if enrol_candidates and not screen_candidates:
+            raise ConfigError("--enrol-candidates is only used with --screen-candidates")
         key = _export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
         files = expand_inputs(list(inputs), exclude=out)
@@ -202,6 +229,9 @@ def evaluate(
                 workers=workers,
                 report=report,
                 writeback=writeback,
+                study=study,
+                screen_candidates=screen_candidates,
+                enrol_candidates=enrol_candidates,
             )
     _print_summary(summary, out)
     if export_to:
@@ -222,6 +252,23 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     if summary["rejects_by_reason"]:
         reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())
         click.echo(f"  rejects by reason: {reasons}")
+    population = summary.get("population") or {}
+    if any(population.get(k) for k in ("candidates", "not-in-study", "not-screened")):
+        click.echo(
+            f"  patients: {population.get('subjects', 0)} study subject(s) evaluated; "
+            + ", ".join(
+                f"{n} {label}"
+                for key, label in (
+                    ("candidates", "screening candidate(s) (candidates.ndjson)"),
+                    ("not-in-study", "not in the study (no ResearchSubject of it: not evaluated)"),
+                    ("not-screened", "candidate(s) not screened (died on or before the as-of date)"),
+                )
+                if (n := population.get(key))
+            )
+        )
+    for kind, codes in (summary.get("unmapped_codes") or {}).items():
+        shown = ", ".join(f"{c['code']} ({c['records']})" for c in codes[:3])
+        click.echo(f"  most frequent unmapped {kind}: {shown} (all in summary.json)")
     wb = summary.get("writeback")
     names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
     if wb is None:
@@ -232,6 +279,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
         )
         names.append("writeback.json")
+    if (out / "candidates.ndjson").exists() and population.get("candidates") is not None:
+        names.append("candidates.ndjson")
     if (out / "report.html").exists():
         names += ["report.html", "report.md"]
     click.echo(f"Wrote {', '.join(str(out / n) for n in names)}")

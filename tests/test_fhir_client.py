@@ -695,7 +695,12 @@ class StudyServer:
             assert query["study"] == "ResearchStudy/s1"
             return self.bundle(
                 [
-                    {"resourceType": "ResearchSubject", "id": f"rs-{p}", "individual": {"reference": f"Patient/{p}"}}
+                    {
+                        "resourceType": "ResearchSubject",
+                        "id": f"rs-{p}",
+                        "study": {"reference": "ResearchStudy/s1"},
+                        "individual": {"reference": f"Patient/{p}"},
+                    }
                     for p in self.PATIENTS
                 ]
                 + list(self.extra_subjects)

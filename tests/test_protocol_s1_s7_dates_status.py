@@ -14,6 +14,7 @@ from fhiradapter.core.model import AE, Med, PatientRecord, Person, SubjectRec
 from fhiradapter.core.protocol import Mappings
 
 ORIGIN = ("t", "l")
+STUDY = "ResearchStudy/thal-hcc-pilot"
 
 
 @pytest.mark.parametrize(
@@ -47,11 +48,10 @@ def patient(
     subject_start: str | None = "2004-01-05",
     aes: list[AE] | None = None,
 ) -> PatientRecord:
-    subjects = (
-        [SubjectRec("ResearchSubject/rs", "Patient/p", None, "on-study", subject_start, None, True, "1", ORIGIN)]
-        if subject_start
-        else []
-    )
+    """A study subject (a ResearchSubject of the study, starting at ``subject_start``, which may be None)."""
+    subjects = [
+        SubjectRec("ResearchSubject/rs", "Patient/p", STUDY, "on-study", subject_start, None, True, "1", ORIGIN)
+    ]
     return PatientRecord(
         "Patient/p",
         person=Person("Patient/p", "1960-01-01", "male", deceased, deceased is not None, ORIGIN),

@@ -69,10 +69,20 @@ def test_single_resource_json_and_array(tmp_path: Path) -> None:
     assert isinstance(many[0], RawRecord) and isinstance(many[1], Reject) and many[1].locator == "item 1"
 
 
+STUDY_SUBJECT = {
+    "resourceType": "ResearchSubject",
+    "id": "rs-p1",
+    "status": "on-study",
+    "study": {"reference": "ResearchStudy/thal-hcc-pilot"},
+    "individual": {"reference": "Patient/p1"},
+}
+
+
 def evaluate(tmp_path: Path, resources: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Evaluate ``resources``, with p1 a subject of the study (its ResearchSubject on the last line)."""
     src = tmp_path / "in"
     src.mkdir()
-    write_ndjson(src / "data.ndjson", resources)
+    write_ndjson(src / "data.ndjson", [*resources, STUDY_SUBJECT])
     mappings, identity = load_mappings()
     run_evaluate([src], tmp_path / "out", AS_OF, mappings, identity)
     results = json.loads((tmp_path / "out" / "results.json").read_text())

@@ -19,9 +19,11 @@ BAD = ROOT / "fixtures" / "bad-inputs"
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 
 
-def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(inputs: list[Path], out: Path, candidates: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Evaluate; ``candidates``: patients outside the study too (the bad inputs' patients have no
+    ResearchSubject), so that what is wrong with each record, not its patient's study, is reported."""
     mappings, identity = load_mappings()
-    summary = run_evaluate(inputs, out, AS_OF, mappings, identity)
+    summary = run_evaluate(inputs, out, AS_OF, mappings, identity, screen_candidates=candidates)
     rejects = [json.loads(line) for line in (out / "rejects.ndjson").read_text().splitlines()]
     return summary, rejects
 
@@ -43,7 +45,7 @@ def count_records(folder: Path) -> int:
 
 
 def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
-    summary, rejects = evaluate([BAD], tmp_path)
+    summary, rejects = evaluate([BAD], tmp_path, candidates=True)
     assert summary["records_read"] == count_records(BAD)
     assert summary["records_rejected"] == len(rejects)
     assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
@@ -68,10 +70,11 @@ def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
         ("transaction-bundle.json", "entry 3"): "not-a-resource",
     }
     assert all(r["reason"] for r in rejects)
-    results = json.loads((tmp_path / "results.json").read_text())
-    patients = {s["patient"] for s in results["subjects"]}
+    candidates = [json.loads(line) for line in (tmp_path / "candidates.ndjson").read_text().splitlines()]
+    patients = {s["patient"] for s in candidates}
     # The transaction Bundle's Patient had no id: it takes the urn:uuid, and its AFP resolves to it.
     assert patients == {"Patient/bad-01", "Patient/7f0c1a52-0000-4000-8000-000000000001"}
+    assert json.loads((tmp_path / "results.json").read_text())["subjects"] == []  # none is in the study
 
 
 def test_paper_cohort_every_record_accounted_for(tmp_path: Path) -> None:
@@ -87,7 +90,7 @@ def test_truncated_gzip_keeps_what_was_read_and_reports_the_rest(tmp_path: Path)
     src = tmp_path / "in"
     src.mkdir()
     (src / "Patient.ndjson.gz").write_bytes(blob[: len(blob) // 2])
-    summary, rejects = evaluate([src], tmp_path / "out")
+    summary, rejects = evaluate([src], tmp_path / "out", candidates=True)
     assert rejects[-1]["code"] == "unreadable" and rejects[-1]["locator"] == "file"
     assert 0 < summary["patients"] < 200
 

@@ -17,12 +17,13 @@ from fhiradapter.shell.pipeline import run_evaluate
 
 EXAMPLES = SHARED_DATA / "hl7-ae-research-examples"
 AS_OF = date(2026, 1, 1)  # the IG examples are dated up to 2025
+COMPASS = "clinical-trial-example-compass"  # the IG's study with Kaitlyn's ResearchSubjects
 pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason=f"{EXAMPLES} is not present (shared/data)")
 
 
 def test_hl7_ae_examples_are_read_and_every_file_accounted_for(tmp_path: Path) -> None:
     mappings, identity = load_mappings()
-    summary = run_evaluate([EXAMPLES], tmp_path, AS_OF, mappings, identity)
+    summary = run_evaluate([EXAMPLES], tmp_path, AS_OF, mappings, identity, study=COMPASS)
     files = sorted(EXAMPLES.glob("*.json"))
     assert summary["files"] == len(files)
     assert summary["records_read"] == len(files)  # one resource per file
@@ -35,11 +36,14 @@ def test_hl7_ae_examples_are_read_and_every_file_accounted_for(tmp_path: Path) -
     # Their AdverseEvents carry the backport ae-grade extension: the graded ones are used, not rejected.
     rejected_ids = {json.loads(line)["id"] for line in rejects}
     assert {"adverse-event-compass-ex1", "adverse-event-compass-ex2"}.isdisjoint(rejected_ids)
+    # The other study's subject is not read as this study's, and her patient is not evaluated.
+    reasons = {json.loads(line)["id"]: json.loads(line)["code"] for line in rejects}
+    assert reasons["clinical-trial-acme-subject"] == "other-study" and reasons["patient-slp"] == "not-in-study"
 
 
 def test_hl7_research_subject_and_consent_display(tmp_path: Path) -> None:
     mappings, identity = load_mappings()
-    run_evaluate([EXAMPLES], tmp_path, AS_OF, mappings, identity)
+    run_evaluate([EXAMPLES], tmp_path, AS_OF, mappings, identity, study=COMPASS)
     results = json.loads((tmp_path / "results.json").read_text())
     kaitlyn = next(s for s in results["subjects"] if s["patient"] == "Patient/patient-example-kaitlyn-b")
     assert kaitlyn["research_subject"] is not None
@@ -65,8 +69,6 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
     from fhiradapter.shell.sync import SyncOptions, run_sync
 
     mappings, identity = load_mappings()
-    run_evaluate([EXAMPLES], tmp_path / "files", AS_OF, mappings, identity, report=False)
-    from_files = {s["patient"]: s for s in json.loads((tmp_path / "files" / "results.json").read_text())["subjects"]}
     examples = [json.loads(f.read_text()) for f in sorted(EXAMPLES.glob("*.json"))]
     studies: dict[str, set[str]] = {}  # each study's patients, from the example ResearchSubjects
     for r in examples:
@@ -88,6 +90,10 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
                     assert response.status_code in (200, 201), (r["id"], response.text[:300])
             updated: set[str] = set()  # the ResearchSubjects the runs updated
             for study, patients in sorted(studies.items()):
+                files = tmp_path / f"files-{study}"
+                run_evaluate([EXAMPLES], files, AS_OF, mappings, identity, report=False, study=study)
+                from_files = {s["patient"]: s for s in json.loads((files / "results.json").read_text())["subjects"]}
+                assert set(from_files) == patients
                 opts = SyncOptions(study, AS_OF, "auto", False, tmp_path / "runs", mappings, identity, **write)
                 first = run_sync(lambda: FhirClient(base), store, opts)
                 assert first.errors == [] and first.conflicts == [] and first.patients == len(patients), study

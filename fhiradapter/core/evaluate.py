@@ -1,8 +1,10 @@
 """Apply the whole protocol to one patient, and summarise the cohort (PROTOCOL.md §1-§7).
 
-``evaluate_patient`` returns the patient's entry of ``results.json``, the records it set aside (dated
-after the as-of date) and a small :class:`CohortRow` that is all the cohort statistics need, so the
-pipeline can drop each patient's records as soon as the patient is done.
+``evaluate_patient`` returns an :class:`Evaluation`: the patient's entry of ``results.json``, the records it
+set aside (dated after the as-of date, or another study's ResearchSubjects) and a small :class:`CohortRow`
+that is all the cohort statistics need, so the pipeline can drop each patient's records as soon as the
+patient is done. A patient outside the study population (PROTOCOL.md §1) is not evaluated: the Evaluation
+says why (``skipped``), and the pipeline reports the patient's records with that reason.
 """
 
 from __future__ import annotations
@@ -32,11 +34,17 @@ RESPONSES = ("CR", "PR", "SD", "PD", "NE")
 class Settings:
     as_of: date
     mappings: Mappings
+    study_ref: str = ""  # ResearchStudy/<id> of the study; "" means the one the mappings name
+    screen_candidates: bool = False  # evaluate patients without a ResearchSubject of the study (§1)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Sent to worker processes by pickle; compiled with mypyc, a frozen class cannot be rebuilt by
         # setting its fields one by one, so it is rebuilt from its constructor.
-        return (Settings, (self.as_of, self.mappings))
+        return (Settings, (self.as_of, self.mappings, self.study_ref, self.screen_candidates))
+
+    @property
+    def study(self) -> str:
+        return self.study_ref or self.mappings.study_ref
 
 
 class CohortRow(NamedTuple):
@@ -57,6 +65,16 @@ class Unused(NamedTuple):
     message: str
 
 
+class Evaluation(NamedTuple):
+    """One patient's evaluation. ``result`` is None when the patient was not evaluated; ``skipped`` then says
+    why (``not-in-study``, ``not-screened``), for every record of the patient not already in ``unused``."""
+
+    result: dict[str, Any] | None
+    unused: list[Unused]
+    row: CohortRow | None
+    skipped: tuple[str, str] | None = None  # (code, reason)
+
+
 def _issue_dict(i: Issue) -> dict[str, Any]:
     return {"resource": i.ref, "path": i.path, "code": i.code, "message": i.message}
 
@@ -74,7 +92,7 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[Unused
         late_ids = {id(item) for item in late}
         return [item for item in items if id(item) not in late_ids]
 
-    meds = [m if m.end is None or m.end <= cut else m._replace(end=cut) for m in keep(rec.meds, lambda m: m.start)]
+    meds = keep(rec.meds, lambda m: m.start)  # an end after the cut-off is kept: _exposure_end reads it
     person = rec.person
     if person is not None and person.deceased_date is not None and person.deceased_date > cut:
         person = person._replace(deceased_date=None, deceased_flag=False)
@@ -91,8 +109,9 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[Unused
     return new, unused
 
 
-def last_record_date(rec: PatientRecord) -> date | None:
-    """The latest full date of any record (after the cut-off): the censoring date of a living patient."""
+def last_record_date(rec: PatientRecord, as_of: date) -> date | None:
+    """The latest full date of any record on or before ``as_of``: the censoring date of a living patient
+    (PROTOCOL.md §6). An exposure's end after the as-of date is no record date (it has not happened yet)."""
     candidates: list[str | None] = [o.date for o in rec.observations]
     candidates += [a.date for a in rec.adverse_events]
     for m in rec.meds:
@@ -101,21 +120,25 @@ def last_record_date(rec: PatientRecord) -> date | None:
     candidates += [c.date for c in rec.consents]
     for s in rec.subjects:
         candidates += [s.start, s.end]
-    full = [d for d in map(dates.to_date, candidates) if d is not None]
+    full = [d for d in map(dates.to_date, candidates) if d is not None and d <= as_of]
     return max(full) if full else None
 
 
 def _exposure_end(m: Med, as_of: date) -> tuple[date | None, bool]:
-    """(last dose date, still on drug at the as-of date) of one exposure."""
+    """(last dose date, still on drug at the as-of date) of one exposure.
+
+    An end after the as-of date counts as the as-of date (nothing after it is read); the patient is still on
+    drug when the status says the exposure goes on and it has no end before the as-of date.
+    """
     end = dates.to_date(m.end)
+    if end is not None and end > as_of:
+        end = as_of
     if m.status in ONGOING_MED_STATUS and (end is None or end >= as_of):
         return as_of, True
     return (end or dates.to_date(m.start)), False
 
 
-def evaluate_patient(
-    raw: PatientRecord, settings: Settings, issues: Iterable[Issue] = ()
-) -> tuple[dict[str, Any], list[Unused], CohortRow]:
+def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Issue] = ()) -> Evaluation:
     as_of, m = settings.as_of, settings.mappings
     rec, unused = cut_off(raw, as_of)
     notes: list[dict[str, Any]] = [_issue_dict(i) for i in issues]
@@ -123,9 +146,25 @@ def evaluate_patient(
     def note(ref: str | None, code: str, message: str) -> None:
         notes.append({"resource": ref, "path": "", "code": code, "message": message})
 
-    # The study's ResearchSubject (PROTOCOL.md §1): the one whose study is ResearchStudy/<protocol id>.
-    study_ref = f"ResearchStudy/{m.protocol.protocol.id}"
-    ours = [x for x in rec.subjects if x.study == study_ref] or rec.subjects
+    # The study population (PROTOCOL.md §1): a patient is a study subject through a ResearchSubject of the
+    # study. Another study's ResearchSubjects are never read as this study's (and never written).
+    study_ref = settings.study
+    ours = [x for x in rec.subjects if x.study == study_ref]
+    if len(ours) < len(rec.subjects):
+        unused.extend(
+            Unused(x.ref, "other-study", f"a ResearchSubject of {x.study or 'no study'}, not of {study_ref}: not used")
+            for x in rec.subjects
+            if x.study != study_ref
+        )
+        rec = replace(rec, subjects=ours)
+    candidate = not ours
+    if candidate and not settings.screen_candidates:
+        why = f"{rec.patient} has no ResearchSubject of {study_ref} on or before the as-of date: not in the study"
+        return Evaluation(None, unused, None, ("not-in-study", why))
+    death = dates.to_date(rec.person.deceased_date) if rec.person else None
+    if candidate and death is not None and death <= as_of:
+        why = f"{rec.patient}, a screening candidate, died on {death}, on or before the screening date {as_of}"
+        return Evaluation(None, unused, None, ("not-screened", why + ": not screened"))
     subject = ours[0] if ours else None
     if len(ours) > 1:
         note(
@@ -136,6 +175,8 @@ def evaluate_patient(
     thal = sorted((x for x in rec.meds if x.drug == "thalidomide"), key=lambda x: x.start or "")
     screening = dates.to_date(subject.start) if subject and subject.start else None
     screening_source = "ResearchSubject.period.start"
+    if candidate:  # screened at the as-of date (PROTOCOL.md §1)
+        screening, screening_source = as_of, "as-of date (screening candidate)"
     if screening is None and thal:
         screening, screening_source = dates.to_date(thal[0].start), "first thalidomide exposure"
     if screening is None:
@@ -189,6 +230,7 @@ def evaluate_patient(
 
     result: dict[str, Any] = {
         "patient": rec.patient,
+        "population": "candidate" if candidate else "subject",
         "research_subject": subject.ref if subject else None,
         "eligibility": eligibility,
         "child_pugh": {
@@ -218,7 +260,6 @@ def evaluate_patient(
 
     # Death and survival (§6).
     person = rec.person
-    death = dates.to_date(person.deceased_date) if person else None
     if person is not None and person.deceased_flag and death is None:
         note(person.ref, "deceased-no-date", "deceasedBoolean is true but no date: censored, not counted")
     if person is None:
@@ -252,7 +293,7 @@ def evaluate_patient(
         result["dose_actions"] = dose_actions(events, m.protocol.toxicity.dose_rule)
         if death is not None and death < index:
             note(person.ref if person else None, "death-before-index", "death date before the index date")
-        end = death if death is not None else last_record_date(rec)
+        end = death if death is not None else last_record_date(rec, as_of)
         if end is not None and end >= index:
             result["os"] = {
                 "days": dates.inclusive_days(index, end),
@@ -266,6 +307,15 @@ def evaluate_patient(
         )
     result["characteristics"] = _characteristics(rec, eligibility, cp.cls, result["baseline"])
     status, period_end = subject_status(eligibility["status"], treated, on_drug, death)
+    period_start = dates.to_date(subject.start) if subject and subject.start else screening
+    if period_end is not None and death is not None and period_start is not None and death < period_start:
+        # PROTOCOL.md §7: period.end is never before period.start; such data is reported, not written.
+        note(
+            person.ref if person else None,
+            "death-before-period-start",
+            f"death date {death} is before the ResearchSubject's period start {period_start}: period.end not set",
+        )
+        period_end = None
     result["research_subject_status"] = status
     result["research_subject_period_end"] = period_end
     result["issues"] = notes
@@ -282,7 +332,7 @@ def evaluate_patient(
         treatment_days,
         tuple({k: r[k] for k in ("term", "display", "meddra", "worst_grade")} for r in tox_rows),
     )
-    return result, unused, row
+    return Evaluation(result, unused, row)
 
 
 def report_row(result: dict[str, Any]) -> dict[str, Any]:

@@ -88,6 +88,12 @@ def _issue(ref: str, path: str, code: str, message: str) -> list[Issue]:
     return [Issue(ref, path, code, message)]
 
 
+def _unmapped(ref: str, path: str, concept: Any, message: str) -> list[Issue]:
+    """An ``unmapped-code`` issue naming the codes found (``system|code``), so a site knows what to map."""
+    found = ", ".join(f"{system or ''}|{code or ''}" for system, code in fj.codings(concept)) or "no coding"
+    return [Issue(ref, path, "unmapped-code", message, found)]
+
+
 def _patient_ref(
     res: dict[str, Any], key: str, ref: str, aliases: dict[str, str] | None
 ) -> tuple[str | None, list[Issue]]:
@@ -175,8 +181,8 @@ def map_observation(
         return written, []
     concept = _lookup(res.get("code"), m.observation)
     if concept is None:
-        return None, _issue(
-            ref, "code", "unmapped-code", "Observation.code is not a protocol concept in mappings/codes.toml"
+        return None, _unmapped(
+            ref, "code", res.get("code"), "Observation.code is not a protocol concept in mappings/codes.toml"
         )
     status = res.get("status")
     if status not in COUNTED_OBS_STATUS:
@@ -437,10 +443,10 @@ def map_medication_use(
         elif target and target.startswith("Medication/"):
             med_ref = target
     if drug is None and med_ref is None:
-        return None, issues + _issue(
+        return None, issues + _unmapped(
             ref,
             "medication[x]",
-            "unmapped-code",
+            res.get("medicationCodeableConcept"),
             "the medication is not a protocol drug in mappings/codes.toml",
         )
     start, end = _exposure_dates(res)
@@ -520,8 +526,8 @@ def map_condition(
 ) -> Result:
     concept = _lookup(res.get("code"), ctx.mappings.condition)
     if concept is None:
-        return None, _issue(
-            ref, "code", "unmapped-code", "Condition.code is not a protocol condition in mappings/codes.toml"
+        return None, _unmapped(
+            ref, "code", res.get("code"), "Condition.code is not a protocol condition in mappings/codes.toml"
         )
     patient, issues = _patient_ref(res, "subject", ref, aliases)
     if patient is None:

@@ -20,12 +20,17 @@ from_fields: Any = tuple.__new__
 
 
 class Issue(NamedTuple):
-    """A data-quality finding: which resource, where in it, a stable code and a readable reason."""
+    """A data-quality finding: which resource, where in it, a stable code and a readable reason.
+
+    ``source_code``: for ``unmapped-code``, the resource's own codes (``system|code``, comma-separated) that no
+    mapping knows: the line a site adds to mappings/codes.toml.
+    """
 
     ref: str | None
     path: str
     code: str
     message: str
+    source_code: str | None = None
 
 
 class Person(NamedTuple):

@@ -27,6 +27,13 @@ class ProtocolInfo(_Strict):
     toxicity_criteria: str
 
 
+class StudyInfo(_Strict):
+    """PROTOCOL.md §1: the study. A patient is a study subject when a ResearchSubject's ``study`` references
+    ``ResearchStudy/<id>``."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9\-\.]{1,64}$")
+
+
 class ChildPughParams(_Strict):
     albumin_lower_g_dl: float = Field(gt=0, lt=3.5)
 
@@ -49,6 +56,7 @@ class ToxicityParams(_Strict):
 
 class ProtocolFile(_Strict):
     protocol: ProtocolInfo
+    study: StudyInfo | None = None  # absent: the protocol's id names the study
     child_pugh: ChildPughParams
     response: ResponseParams
     toxicity: ToxicityParams
@@ -159,6 +167,12 @@ class Mappings:
         unknown = [r.term for r in protocol.toxicity.dose_rule if r.term not in self.ae_terms]
         if unknown:
             raise ConfigError(f"protocol.toml [[toxicity.dose_rule]]: unknown term(s) {unknown}")
+
+    @property
+    def study_ref(self) -> str:
+        """``ResearchStudy/<id>``: the study whose ResearchSubjects make a patient a study subject."""
+        study = self.protocol.study
+        return f"ResearchStudy/{study.id if study else self.protocol.protocol.id}"
 
     @property
     def identity(self) -> dict[str, str]:

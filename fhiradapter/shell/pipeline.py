@@ -60,6 +60,7 @@ from fhiradapter.core.writeback import (
     provenance_entry,
     run_tag,
 )
+from fhiradapter.errors import ConfigError
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.readers import Reject, Task, expand_inputs, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
@@ -72,6 +73,7 @@ GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
 WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
 REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
+CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (PROTOCOL.md §1)
 SUPERSEDED = "an older copy of a resource that appears again (kept: the newest version)"
 
 # One input record on its way through the passes:
@@ -88,6 +90,9 @@ class RunStats:
     patients: int = 0
     files: int = 0
     input_bytes: int = 0
+    # PROTOCOL.md §1: subjects, candidates (screened), not-in-study, not-screened (candidates who had died)
+    population: Counter[str] = field(default_factory=Counter)
+    unmapped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (what, "system|code") not mapped
 
     def merge(self, other: RunStats) -> None:
         self.read.update(other.read)
@@ -95,6 +100,8 @@ class RunStats:
         self.reasons.update(other.reasons)
         self.plan.update(other.plan)
         self.patients += other.patients
+        self.population.update(other.population)
+        self.unmapped.update(other.unmapped)
 
     def as_dict(self) -> dict[str, Any]:
         types = sorted(set(self.read) | set(self.rejected))
@@ -114,8 +121,25 @@ class RunStats:
                 for t in types
             },
             "rejects_by_reason": dict(sorted(self.reasons.items())),
+            "population": {k: self.population.get(k, 0) for k in POPULATIONS},
+            "unmapped_codes": _most_frequent(self.unmapped),
             "writeback": {k: self.plan.get(k, 0) for k in ("create", "update", "unchanged")},
         }
+
+
+POPULATIONS = ("subjects", "candidates", "not-in-study", "not-screened")
+UNMAPPED_SHOWN = 20  # per kind of code, in the run summary
+
+
+def _most_frequent(unmapped: Counter[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
+    """The codes most often left unmapped, per kind (``Observation.code``, ...): where a site's mapping work
+    starts (each is a line to add to mappings/codes.toml)."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for (kind, code), n in sorted(unmapped.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1])):
+        shown = kinds.setdefault(kind, [])
+        if len(shown) < UNMAPPED_SHOWN:
+            shown.append({"code": code, "records": n})
+    return kinds
 
 
 class _Buckets:
@@ -306,9 +330,11 @@ def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
     return None
 
 
-def _reject_entry(origin: tuple[str, str], ref: str | None, code: str, reason: str) -> dict[str, Any]:
+def _reject_entry(
+    origin: tuple[str, str], ref: str | None, code: str, reason: str, unmapped: str | None = None
+) -> dict[str, Any]:
     rtype, _, rid = (ref or "").partition("/")
-    return {
+    entry = {
         "file": origin[0],
         "locator": origin[1],
         "resourceType": rtype or None,
@@ -316,6 +342,9 @@ def _reject_entry(origin: tuple[str, str], ref: str | None, code: str, reason: s
         "code": code,
         "reason": reason,
     }
+    if unmapped is not None:  # the source's code that no mapping knows (system|code): what to add to mappings/
+        entry["unmapped"] = unmapped
+    return entry
 
 
 def _concatenate(parts: list[Path], target: Path, retired: list[Path]) -> None:
@@ -423,14 +452,25 @@ def run_evaluate(
     workers: int | None = None,
     report: bool = True,
     writeback: bool = True,
+    study: str | None = None,
+    screen_candidates: bool = False,
+    enrol_candidates: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole job; returns the run summary (also written to ``summary.json``)."""
+    """Run the whole job; returns the run summary (also written to ``summary.json``).
+
+    ``study``: the ResearchStudy id whose subjects are evaluated (default: the one the mappings name).
+    ``screen_candidates``: also evaluate patients without a ResearchSubject of the study, as screening
+    candidates at the as-of date, reported apart in ``candidates.ndjson``; ``enrol_candidates``: and write
+    them back (a new ResearchSubject each). PROTOCOL.md §1.
+    """
+    if enrol_candidates and not screen_candidates:
+        raise ConfigError("enrolling candidates needs --screen-candidates too")
     files = expand_inputs(inputs, exclude=out)
     input_bytes = sum(f.stat().st_size * (5 if f.name.endswith(".gz") else 1) for f in files)
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
     out.mkdir(parents=True, exist_ok=True)
-    settings = Settings(as_of, mappings)
+    settings = Settings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}  # wall time of each phase, in the run summary
 
@@ -464,7 +504,7 @@ def run_evaluate(
                     _keep_newest(globals_, item, glob_rejects, stats)
             for item in globals_.values():
                 if item[3] is None:
-                    _reject(item, glob_rejects, stats, *_first_issue(item))
+                    _reject_unmapped(item, glob_rejects, stats)
             glob_rejects.close()
             parts.append(glob_rejects.path)
             medications = {ref: item[3] for ref, item in globals_.items() if isinstance(item[3], Other)}
@@ -481,6 +521,7 @@ def run_evaluate(
                     memory,
                     per_bucket,
                     writeback,
+                    enrol_candidates,
                 )
                 for w in range(workers)
             ]
@@ -524,12 +565,16 @@ def run_evaluate(
                 retired: list[Path] = sorted(out.glob(".*.retired-*"))
                 # An output this run does not write must not be left from an earlier one, looking current.
                 skipped = (WRITEBACK_FILES if not writeback else ()) + (REPORT_FILES if not report else ())
+                skipped += (CANDIDATES_FILE,) if not screen_candidates else ()
                 retired += _retire([out / name for name in skipped])
                 _write_outputs(out, spill, parts, index, header, cohort, retired)
                 if writeback:
                     _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header, retired)
                 clinical = [i for r2 in two for i in r2.clinical_index]
                 _write_sorted_lines(out / "clinical.ndjson", spill, clinical, retired)
+                if screen_candidates:
+                    candidates = [i for r2 in two for i in r2.candidate_index]
+                    _write_sorted_lines(out / CANDIDATES_FILE, spill, candidates, retired)
                 sweeper = threading.Thread(target=_unlink_all, args=(retired,), daemon=True)
                 sweeper.start()
                 lap("write")
@@ -681,6 +726,7 @@ class _PassTwo:
     plan: Path
     report_rows: Path
     clinical_index: list[tuple[str, str, int, int]]
+    candidate_index: list[tuple[str, str, int, int]]  # screening candidates' results (candidates.ndjson)
     cpu: float  # this worker's CPU seconds
 
 
@@ -694,6 +740,7 @@ def _pass_two_worker(
     memory: _Buckets | None,
     per_bucket: int = 0,
     writeback: bool = True,
+    enrol: bool = False,
 ) -> _PassTwo:
     """Deduplicate, group by patient and evaluate the buckets given to this worker."""
     gc.disable()
@@ -707,8 +754,10 @@ def _pass_two_worker(
     report_part = f"report-rows-{worker:02d}.ndjson"
     clinical_part = f"clinical-{worker:02d}.bin"
     clinical_index: list[tuple[str, str, int, int]] = []
+    candidate_part = f"candidates-{worker:02d}.bin"
+    candidate_index: list[tuple[str, str, int, int]] = []
     protocol_id = settings.mappings.protocol.protocol.id
-    wctx = WritebackContext(protocol_id, f"ResearchStudy/{protocol_id}") if writeback else None
+    wctx = WritebackContext(protocol_id, settings.study) if writeback else None
     try:
         with (
             (spill / part).open("wb") as subjects,
@@ -716,18 +765,25 @@ def _pass_two_worker(
             (spill / plan_part).open("wb") as plan_out,
             (spill / report_part).open("wb") as report_out,
             (spill / clinical_part).open("wb") as clinical_out,
+            (spill / candidate_part).open("wb") as candidates_out,
         ):
             for b in bucket_ids:
                 items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
-                for result, row, plan, extract in _evaluate_bucket(items, settings, medications, rejects, stats, wctx):
-                    blob = orjson.dumps(extract)
-                    clinical_index.append((result["patient"], clinical_part, clinical_out.tell(), len(blob)))
-                    clinical_out.write(blob)
-                    blob = orjson.dumps(result)
-                    index.append((result["patient"], part, subjects.tell(), len(blob)))
-                    subjects.write(blob)
-                    rows.append(row)
-                    report_out.write(orjson.dumps(report_row(result)) + b"\n")
+                evaluated = _evaluate_bucket(items, settings, medications, rejects, stats, wctx, enrol)
+                for result, row, plan, extract in evaluated:
+                    if result["population"] == "candidate":  # reported apart, never in the study's figures
+                        blob = orjson.dumps(result)
+                        candidate_index.append((result["patient"], candidate_part, candidates_out.tell(), len(blob)))
+                        candidates_out.write(blob)
+                    else:
+                        blob = orjson.dumps(extract)
+                        clinical_index.append((result["patient"], clinical_part, clinical_out.tell(), len(blob)))
+                        clinical_out.write(blob)
+                        blob = orjson.dumps(result)
+                        index.append((result["patient"], part, subjects.tell(), len(blob)))
+                        subjects.write(blob)
+                        rows.append(row)
+                        report_out.write(orjson.dumps(report_row(result)) + b"\n")
                     entries, targets = [], []
                     for entry in plan:
                         stats.plan[entry.action] += 1
@@ -760,7 +816,16 @@ def _pass_two_worker(
         rejects.close()
     cpu = time.process_time() - cpu
     return _PassTwo(
-        stats, rows, index, rejects.path, wb_index, spill / plan_part, spill / report_part, clinical_index, cpu
+        stats,
+        rows,
+        index,
+        rejects.path,
+        wb_index,
+        spill / plan_part,
+        spill / report_part,
+        clinical_index,
+        candidate_index,
+        cpu,
     )
 
 
@@ -771,12 +836,13 @@ def _evaluate_bucket(
     rejects: _Rejects,
     stats: RunStats,
     wctx: WritebackContext | None,
+    enrol: bool = False,
 ) -> Iterator[tuple[dict[str, Any], CohortRow, list[Any], dict[str, Any]]]:
     pending: dict[str, list[Item]] = {}
     for item in _dedup(items, rejects, stats):
         record = item[3]
         if record is None:
-            _reject(item, rejects, stats, *_first_issue(item))
+            _reject_unmapped(item, rejects, stats)
             continue
         if isinstance(record, Med) and record.med_ref is not None:
             resolved = _resolve_medication(record, medications)
@@ -800,19 +866,30 @@ def _evaluate_bucket(
             _add(rec, item[3])
             issues.extend(item[4])
             origins[item[0]] = item[5]
-        result, unused, row = evaluate_patient(rec, settings, issues)
-        for u in unused:
+        evaluation = evaluate_patient(rec, settings, issues)
+        for u in evaluation.unused:
             rejects.reject(_reject_entry(origins[u.ref], u.ref, u.code, u.message))
             stats.rejected[u.ref.split("/", 1)[0]] += 1
             stats.reasons[u.code] += 1
+        result, row = evaluation.result, evaluation.row
+        if result is None or row is None:  # outside the study population (PROTOCOL.md §1)
+            code, reason = evaluation.skipped or ("unused", "not evaluated")
+            reported = {u.ref for u in evaluation.unused}
+            for item in group:
+                if item[0] not in reported:
+                    _reject(item, rejects, stats, code, reason)
+            stats.population[code] += 1
+            continue
+        candidate = result["population"] == "candidate"
+        stats.population["candidates" if candidate else "subjects"] += 1
         stats.patients += 1
         plan: list[PlanEntry] = []
-        if wctx is not None:  # None: no write-back asked for
+        if wctx is not None and (not candidate or enrol):  # a candidate is enrolled only when asked
             chosen = next((x for x in rec.subjects if x.ref == result["research_subject"]), None)
             existing = [Existing(w.ref, w.identifier, w.content_hash, w.version) for w in rec.written]
             target = (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None
             plan = plan_patient(result, existing, target, wctx)
-        extract = patient_extract(rec, settings.as_of, {u.ref for u in unused})
+        extract = patient_extract(rec, settings.as_of, {u.ref for u in evaluation.unused})
         yield result, row, plan, extract
 
 
@@ -848,16 +925,22 @@ def _resolve_medication(med: Med, medications: Mapping[str, Record | None]) -> M
     return med._replace(drug=drug, med_ref=None)
 
 
-def _first_issue(item: Item) -> tuple[str, str]:
-    if item[4]:
-        return item[4][-1].code, "; ".join(
-            i.message if i.message.startswith(i.path) else f"{i.path}: {i.message}" for i in item[4]
-        )
-    return "unused", "not used"
+def _reject_unmapped(item: Item, writer: _Rejects, stats: RunStats) -> None:
+    """Reject a record the mapper could not use, for the reason of its last issue (all its issues in words);
+    an unmapped code is named in the reject and counted for the run summary's ``unmapped_codes``."""
+    issues = item[4]
+    if not issues:
+        _reject(item, writer, stats, "unused", "not used")
+        return
+    last = issues[-1]
+    reason = "; ".join(i.message if i.message.startswith(i.path) else f"{i.path}: {i.message}" for i in issues)
+    _reject(item, writer, stats, last.code, reason, last.source_code)
+    if last.source_code is not None:
+        stats.unmapped[(f"{item[0].split('/', 1)[0]}.{last.path}", last.source_code)] += 1
 
 
-def _reject(item: Item, writer: _Rejects, stats: RunStats, code: str, reason: str) -> None:
-    writer.reject(_reject_entry(item[5], item[0], code, reason))
+def _reject(item: Item, writer: _Rejects, stats: RunStats, code: str, reason: str, unmapped: str | None = None) -> None:
+    writer.reject(_reject_entry(item[5], item[0], code, reason, unmapped))
     stats.rejected[item[0].split("/", 1)[0]] += 1
     stats.reasons[code] += 1
 
