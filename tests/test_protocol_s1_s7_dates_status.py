@@ -179,3 +179,54 @@ def test_s1_screening_date_comes_from_the_study_research_subject(mappings: Mappi
     r = run(rec, mappings)
     assert r["research_subject"] == "ResearchSubject/ours"
     assert r["eligibility"]["screening_date"] == "2004-01-06"
+
+
+@pytest.mark.parametrize(
+    "exposure",
+    [
+        thal("2005-01-10", None, "active"),  # open-ended
+        thal("2005-01-10", "2005-06-30", "active"),  # ends after the as-of date
+        thal("2005-01-10", "2005-06-30", "completed"),
+    ],
+)
+def test_s6_a_patient_on_thalidomide_is_censored_at_the_last_record_whatever_the_encoding(
+    mappings: Mappings, exposure: Med
+) -> None:
+    """§6: the last dated record on or before the as-of date; an end after it is no record yet."""
+    rec = patient([exposure])
+    rec.adverse_events = [AE("AdverseEvent/a", "Patient/p", None, "fatigue", None, 1, "reported", "2005-02-14", ORIGIN)]
+    r = run(rec, mappings)
+    assert r["os"]["end_date"] == "2005-02-14" and r["os"]["event"] is False
+    assert r["treatment_days"] == (AS_OF - date(2005, 1, 10)).days + 1  # treated up to the as-of date
+
+
+def test_s7_a_stop_reason_the_record_states_wins_over_one_derived(ctx, mappings: Mappings) -> None:  # type: ignore[no-untyped-def]
+    """A statusReason no mapping knows (a financial problem) is still a stated reason: "other", not
+    "progression" from the data."""
+    from builders import lesion
+
+    from fhiradapter.core.mappers import map_medication_use
+
+    statement = {
+        "resourceType": "MedicationStatement",
+        "id": "t",
+        "status": "stopped",
+        "statusReason": [{"coding": [{"system": "http://snomed.info/sct", "code": "224187001"}], "text": "money"}],
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]
+        },
+        "subject": {"reference": "Patient/p"},
+        "effectivePeriod": {"start": "2004-01-10", "end": "2004-04-18"},
+    }
+    med, issues = map_medication_use(statement, "MedicationStatement/t", ORIGIN, ctx, None)
+    assert med is not None and med.stop_reason == "other", issues
+    rec = patient([med])
+    rec.observations = [
+        lesion("2004-01-08", "L1", 20, 10),
+        lesion("2004-03-06", "L1", 30, 20),  # PD on day 57, before the last dose
+    ]
+    r = run(rec, mappings)
+    assert r["assessments"][0]["response"] == "PD" and r["off_treatment_reason"] == "other"
+    unstated = patient([med._replace(stop_reason=None)])
+    unstated.observations = rec.observations
+    assert run(unstated, mappings)["off_treatment_reason"] == "progression"  # none stated: derived from the PD

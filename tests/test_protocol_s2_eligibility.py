@@ -295,3 +295,28 @@ def test_s2_ecog_is_the_latest_assessment_on_or_before_screening_however_old() -
     )  # the second is after screening
     crit = next(c for c in assess(rec)["criteria"] if c["id"] == "ecog")
     assert crit["status"] == "met" and crit["value"]["value"] == 2
+
+
+@pytest.mark.parametrize(
+    ("start", "progression", "expected"),
+    [
+        ("2004-01", "2004-01-13", "unknown"),  # same month: which came first is not known (§1)
+        ("2004-01", "2004-02-02", "met"),  # certainly after any day of January
+        ("2004-01-12", "2004-01-13", "met"),  # full dates: one day later suffices
+        ("2004-01-13", "2004-01-13", "unknown"),  # the same day is not later
+        ("2003", "2003-11-01", "unknown"),
+        ("2003", "2004-01-02", "met"),
+    ],
+)
+def test_s2_a_partial_anthracycline_start_is_not_a_day(start: str, progression: str, expected: str) -> None:
+    rec = good_record()
+    dox = replace(rec, meds=[rec.meds[0]._replace(start=start, end=None)])
+    rec = replace(
+        dox,
+        observations=[o for o in dox.observations if o.concept != "disease_status"]
+        + [lab("disease_status", progression, None, coded="worsened")],
+    )
+    crit = next(c for c in assess(rec)["criteria"] if c["id"] == "prior_anthracycline_progression")
+    assert crit["status"] == expected, crit
+    if expected == "unknown" and len(start) < 10:
+        assert "no day" in crit["detail"]

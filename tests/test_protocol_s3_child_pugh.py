@@ -123,3 +123,54 @@ def test_s3_bilirubin_umol_converted_before_one_table(ctx, umol: float, points: 
     assert obs is not None and not issues
     assert obs.value is not None
     assert rising_points(obs.value, BILIRUBIN_BANDS) == points
+
+
+def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-arg]
+    """A study subject screened 2004-03-01 with Child-Pugh labs on ``labs_day`` and ascites and encephalopathy
+    assessed on ``clinical_day``."""
+    from builders import AS_OF, lab
+
+    from fhiradapter.core.evaluate import Settings, evaluate_patient
+    from fhiradapter.core.model import PatientRecord, Person, SubjectRec
+    from fhiradapter.shell.mappings_io import load_mappings
+
+    origin = ("t", "l")
+    rec = PatientRecord(
+        "Patient/p",
+        person=Person("Patient/p", "1960-01-01", "male", None, False, origin),
+        observations=[
+            lab("bilirubin", labs_day, 1.0, unit="mg/dL"),
+            lab("albumin", labs_day, 4.0, unit="g/dL"),
+            lab("inr", labs_day, 1.0),
+            lab("ascites", clinical_day, None, coded="none"),
+            lab("encephalopathy", clinical_day, 0),
+        ],
+        subjects=[
+            SubjectRec(
+                "ResearchSubject/rs",
+                "Patient/p",
+                "ResearchStudy/thal-hcc-pilot",
+                "screening",
+                "2004-03-01",
+                None,
+                True,
+                "1",
+                origin,
+            )
+        ],
+    )
+    result = evaluate_patient(rec, Settings(AS_OF, load_mappings()[0])).result
+    assert result is not None
+    return result["child_pugh"]  # type: ignore[no-any-return]
+
+
+def test_s3_ascites_and_encephalopathy_are_not_held_to_the_lab_window() -> None:
+    """§2's 28-day window is for labs: the clinical components are the latest on or before screening, as ECOG."""
+    cp = _cp_patient(labs_day="2004-02-15", clinical_day="2003-12-01")  # 91 days before screening
+    assert (cp["score"], cp["class"], cp["missing"]) == (5, "A", [])
+
+
+@pytest.mark.parametrize(("labs_day", "missing"), [("2004-02-02", []), ("2004-02-01", ["albumin", "bilirubin", "inr"])])
+def test_s3_labs_stay_within_the_28_day_window(labs_day: str, missing: list[str]) -> None:
+    cp = _cp_patient(labs_day=labs_day, clinical_day="2004-02-20")
+    assert sorted(cp["missing"]) == missing

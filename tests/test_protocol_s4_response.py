@@ -224,3 +224,22 @@ def test_s4_property_tumour_category_matches_exact_arithmetic(spd0: int, spd_k: 
     )[0]
     expected = "PD" if 4 * spd_k >= 5 * spd0 else "CR" if spd_k == 0 else "PR" if 2 * spd_k <= spd0 else "SD"
     assert result == expected
+
+
+def test_s4_a_response_after_the_first_pd_has_no_duration() -> None:
+    """PD at the first scan, then a confirmed PR months later: no duration of response (first response to
+    first PD; what comes after the first PD does not count)."""
+    r = run(
+        BASE + scan(57, 30) + scan(113, 5) + scan(169, 5),
+        [afp(-3, 100), afp(57, 100), afp(113, 100), afp(169, 100)],
+    )
+    assert [a.response for a in r.assessments] == ["PD", "PR", "PR"]
+    assert r.best == "PD" and r.duration is None
+
+
+def test_s4_a_response_before_the_first_pd_ends_at_it() -> None:
+    r = run(
+        BASE + scan(57, 5) + scan(113, 5) + scan(169, 30) + scan(225, 5) + scan(281, 5),
+        [afp(-3, 100), *(afp(n, 100) for n in (57, 113, 169, 225, 281))],
+    )
+    assert r.duration == {"start": day(57), "end": day(169), "days": 113, "censored": False}

@@ -130,3 +130,36 @@ def test_s5_table_two_counts_patients_by_worst_grade() -> None:
     assert toxicity_table([p1, p2, p3]) == [
         {"term": "nausea", "display": "Nausea", "meddra": "1", "grade_1_2": 2, "grade_3_4": 1}
     ]
+
+
+@pytest.mark.parametrize(
+    ("umol", "grade"),
+    [
+        (97, 0),  # = ULN
+        (145.5, 1),  # exactly 1.5 x ULN: G1, not G2
+        (145.6, 2),
+        (291, 2),  # exactly 3 x ULN
+        (291.1, 3),
+        (582, 3),  # exactly 6 x ULN: G3, not G4
+        (582.1, 4),
+    ],
+)
+def test_s5_creatinine_at_exactly_k_times_uln_after_unit_conversion(ctx, umol: float, grade: int) -> None:  # type: ignore[no-untyped-def]
+    """Value and ULN in µmol/L, converted to mg/dL (/ 88.4): the multiple of ULN is the one written."""
+    from fhiradapter.core.mappers import map_observation
+    from fhiradapter.core.toxicity import lab_grade
+
+    quantity = {"unit": "umol/L", "system": "http://unitsofmeasure.org", "code": "umol/L"}
+    res = {
+        "resourceType": "Observation",
+        "id": "c",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2160-0"}]},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2004-02-01",
+        "valueQuantity": {"value": umol, **quantity},
+        "referenceRange": [{"high": {"value": 97, **quantity}}],
+    }
+    obs, issues = map_observation(res, "Observation/c", ("f", "l"), ctx, None)
+    assert obs is not None and obs.unit == "mg/dL", issues
+    assert lab_grade(obs) == grade

@@ -133,3 +133,37 @@ def test_an_output_folder_inside_the_input_is_not_read(tmp_path: Path) -> None:
     first = run_evaluate([src], src / "out", AS_OF, mappings, identity, report=False)
     second = run_evaluate([src], src / "out", AS_OF, mappings, identity, report=False)
     assert first["records_read"] == second["records_read"] == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "kept_line", "rule"),
+    [
+        (
+            {"meta": {"versionId": "3"}},
+            {"meta": {"versionId": "2"}},
+            "line 2",
+            "kept: the higher meta.versionId (3), ",
+        ),
+        (
+            {"meta": {"lastUpdated": "2005-02-01T00:30:00+02:00"}},  # 2005-01-31T22:30Z: the older moment
+            {"meta": {"lastUpdated": "2005-01-31T23:00:00Z"}},
+            "line 3",
+            "kept: the later meta.lastUpdated (2005-01-31T23:00:00Z UTC), ",
+        ),
+        (
+            {"meta": {"lastUpdated": "2005-01-31T23:00:00Z"}},
+            {"meta": {"lastUpdated": "2005-02-01T00:30:00+02:00"}},
+            "line 2",
+            "kept: the later meta.lastUpdated (2005-01-31T23:00:00Z UTC), ",
+        ),
+        ({}, {}, "line 3", "kept: the copy seen last, as neither copy's meta tells which is newer, "),
+    ],
+)
+def test_duplicates_are_ordered_by_instants_and_the_reject_says_which_rule_decided(
+    tmp_path: Path, first: dict[str, Any], second: dict[str, Any], kept_line: str, rule: str
+) -> None:
+    """PROTOCOL.md §4: the newest copy by meta.versionId, then meta.lastUpdated as a moment (not as text)."""
+    _results, rejects = evaluate(tmp_path, [patient("p1"), afp("o1", 100, **first), afp("o1", 200, **second)])
+    (superseded,) = [r for r in rejects if r["code"] == "duplicate-superseded"]
+    assert superseded["locator"] != kept_line
+    assert rule in superseded["reason"] and superseded["reason"].endswith(f"data.ndjson {kept_line})")

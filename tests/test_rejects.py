@@ -166,3 +166,39 @@ def test_a_second_run_into_the_same_folder_replaces_every_output_and_leaves_noth
     run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity)
     assert sorted(p.name for p in tmp_path.iterdir()) == first
     assert json.loads((tmp_path / "writeback.json").read_text())["type"] == "transaction"
+
+
+def test_an_unmapped_code_is_named_in_its_reject_and_counted_for_the_sites_mapping_work(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    obs = [
+        {
+            "resourceType": "Observation",
+            "id": f"hr-{n}",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}, {"system": "urn:local", "code": "HR"}]},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2004-01-05",
+        }
+        for n, code in enumerate(["8867-4", "8867-4", "8867-4", "8310-5"])
+    ]
+    condition = {
+        "resourceType": "Condition",
+        "id": "c1",
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "38341003"}]},
+        "subject": {"reference": "Patient/p1"},
+    }
+    lines = [{"resourceType": "Patient", "id": "p1"}, *obs, condition]
+    (src / "x.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+    summary, rejects = evaluate([src], tmp_path / "out", candidates=True)
+    by_id = {r["id"]: r for r in rejects}
+    assert by_id["hr-0"]["code"] == "unmapped-code"
+    assert by_id["hr-0"]["unmapped"] == "http://loinc.org|8867-4, urn:local|HR"
+    assert by_id["c1"]["unmapped"] == "http://snomed.info/sct|38341003"
+    assert summary["unmapped_codes"] == {
+        "Condition.code": [{"code": "http://snomed.info/sct|38341003", "records": 1}],
+        "Observation.code": [
+            {"code": "http://loinc.org|8867-4, urn:local|HR", "records": 3},
+            {"code": "http://loinc.org|8310-5, urn:local|HR", "records": 1},
+        ],
+    }

@@ -212,15 +212,25 @@ def _anthracycline(rec: PatientRecord, screening: date) -> dict[str, Any]:
             "no anthracycline (doxorubicin/epirubicin) started before screening",
         )
     first = min(m.start or "" for m in prior)
-    progressions = [
+    worsened = [
         o
         for o in rec.observations
-        if o.concept == "disease_status"
-        and o.coded == "worsened"
-        and (o.date or "") > first[:10]
-        and dates.on_or_before(o.date, screening)
+        if o.concept == "disease_status" and o.coded == "worsened" and dates.on_or_before(o.date, screening)
     ]
+    # "Later" needs the day (PROTOCOL.md §1): a start of 2004-04 is certainly before 2004-05-02, but not
+    # before 2004-04-13. Compared at the start's own precision, a record in the same month is no evidence.
+    progressions = [o for o in worsened if (o.date or "")[: len(first)] > first]
     evidence = [m.ref for m in prior] + [o.ref for o in progressions]
+    undecided = [o for o in worsened if o not in progressions and (o.date or "")[: len(first)] == first]
+    if not progressions and undecided and len(first) < 10:
+        return criterion(
+            "prior_anthracycline_progression",
+            "unknown",
+            {"anthracycline_start": first, "progression_date": undecided[0].date},
+            evidence + [o.ref for o in undecided],
+            f"anthracycline started {first} (no day): cannot tell whether the progression on "
+            f"{undecided[0].date} came after it",
+        )
     if progressions:
         return criterion(
             "prior_anthracycline_progression",

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import score_child_pugh
-from fhiradapter.core.eligibility import assess_eligibility, by_concept, latest
+from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
 from fhiradapter.core.model import Issue, Med, PatientRecord
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.response import assess_response
@@ -28,6 +28,7 @@ from fhiradapter.core.toxicity import LAB_TERMS, dose_actions, toxicities, toxic
 
 ONGOING_MED_STATUS = frozenset({"active", "in-progress", "on-hold"})  # still on drug (on-hold: interrupted)
 RESPONSES = ("CR", "PR", "SD", "PD", "NE")
+CP_LABS = ("bilirubin", "albumin", "inr", "pt", "pt_control")  # Child-Pugh inputs held to the lab window
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +200,11 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
     # Child-Pugh and eligibility at the screening date (§2, §3).
     obs = rec.observations
     by_obs = by_concept(obs)
+    # Labs: the latest within the 28-day window (§2); ascites and encephalopathy are no labs: the latest on
+    # or before screening, however old, as for ECOG.
     cp_obs = {
-        c: latest(by_obs.get(c, ()), c, screening)
-        for c in ("bilirubin", "albumin", "inr", "pt", "pt_control", "ascites", "encephalopathy")
+        c: latest(by_obs.get(c, ()), c, screening, window_days=LAB_WINDOW_DAYS if c in CP_LABS else None)
+        for c in (*CP_LABS, "ascites", "encephalopathy")
     }
     pt_prolongation = None
     if (

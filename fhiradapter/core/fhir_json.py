@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import lru_cache
+from datetime import UTC, datetime
 from typing import Any
 
 _DATE = re.compile(r"^(\d{4})(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
@@ -134,9 +135,11 @@ def contained(resource: dict[str, Any], local_ref: str) -> dict[str, Any] | None
 
 
 def version_key(resource: dict[str, Any]) -> tuple[int, str, str]:
-    """Orders two copies of one resource: numeric ``meta.versionId``, then ``meta.lastUpdated``.
+    """Orders two copies of one resource: numeric ``meta.versionId``, then ``meta.lastUpdated`` as an instant.
 
-    Non-numeric (opaque) version ids do not order; ties are broken by the caller (last seen wins).
+    ``lastUpdated`` is compared as the moment it names, in UTC (``2005-02-01T00:30:00+02:00`` is before
+    ``2005-01-31T23:00:00Z``), never as text; one that is no instant does not order. Non-numeric (opaque)
+    version ids do not order; ties are broken by the caller (last seen wins).
     """
     meta = resource.get("meta")
     if not isinstance(meta, dict):
@@ -144,7 +147,18 @@ def version_key(resource: dict[str, Any]) -> tuple[int, str, str]:
     vid = meta.get("versionId")
     vnum = int(vid) if isinstance(vid, str) and vid.isdigit() else -1
     updated = meta.get("lastUpdated")
-    return (vnum, updated if isinstance(updated, str) else "", vid if isinstance(vid, str) else "")
+    return (vnum, utc_instant(updated) if isinstance(updated, str) else "", vid if isinstance(vid, str) else "")
+
+
+def utc_instant(value: str) -> str:
+    """A FHIR instant as a fixed-width UTC text that sorts as the moments do ("" when it is no instant)."""
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    if moment.tzinfo is None:  # an instant always has a zone; without one the moment is unknown
+        return ""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def resolve_aliases(value: Any, aliases: dict[str, str] | None) -> Any:

@@ -452,11 +452,16 @@ def map_medication_use(
     start, end = _exposure_dates(res)
     if start is None:
         return None, issues + _issue(ref, "effective[x]", "no-date", "no exposure start date")
+    # A stop reason the record states wins over one derived from the data (PROTOCOL.md §7): one that no
+    # mapping knows (a financial problem, say) is "other", never left for the rules to guess.
     reason = None
     raw_reasons = res.get("statusReason")
-    for concept in raw_reasons if isinstance(raw_reasons, list) else []:
+    stated = [c for c in raw_reasons if isinstance(c, dict) and c] if isinstance(raw_reasons, list) else []
+    for concept in stated:
         for system, code in fj.codings(concept):
             reason = reason or ctx.mappings.stop_reason.get(system, code)
+    if reason is None and stated:
+        reason = "other"
     return Med(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
 
 

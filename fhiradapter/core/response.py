@@ -303,11 +303,16 @@ def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: in
 
 
 def response_duration(assessments: Sequence[Assessment]) -> dict[str, Any] | None:
-    """From the first confirmed PR/CR to the first PD, censored at the last assessment."""
-    first = next((a for a in assessments if a.response in ("CR", "PR") and a.confirmed), None)
+    """From the first confirmed PR/CR to the first PD, censored at the last assessment (PROTOCOL.md §4).
+
+    Only a response before the first PD counts: a response after progression has no duration here.
+    """
+    first_pd = next((a for a in assessments if a.response == "PD"), None)
+    before_pd = [a for a in assessments if first_pd is None or a.date < first_pd.date]
+    first = next((a for a in before_pd if a.response in ("CR", "PR") and a.confirmed), None)
     if first is None:
         return None
-    pd = next((a for a in assessments if a.response == "PD" and a.date > first.date), None)
+    pd = first_pd
     end = pd.date if pd else max(a.date for a in assessments)
     return {
         "start": first.date.isoformat(),

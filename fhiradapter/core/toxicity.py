@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import Any
 
 from fhiradapter.core.model import AE, Obs
@@ -46,18 +46,28 @@ def grade_platelets(value: float, lln: float | None) -> int | None:
     return 1 if v < exact(lln) else 0
 
 
+RATIO_DIGITS = 10  # significant digits of a value's multiple of ULN: below them, only unit-conversion noise
+
+
 def grade_creatinine(value: float, uln: float | None) -> int | None:
-    """Creatinine by multiples of ULN: G1 (1, 1.5], G2 (1.5, 3], G3 (3, 6], G4 > 6. None without ULN."""
+    """Creatinine by multiples of ULN: G1 (1, 1.5], G2 (1.5, 3], G3 (3, 6], G4 > 6. None without ULN.
+
+    A value and its ULN converted by one factor (µmol/L / 88.4) keep their ratio only to the conversion's
+    precision (582 and 97 µmol/L give 6.58371040724 and 1.09728506787 mg/dL, whose ratio is 6.00000000002):
+    the multiple is taken to ``RATIO_DIGITS`` significant digits, so that exactly 6 × ULN is 6 × ULN.
+    """
     if uln is None or uln <= 0:
         return None
-    v, limit = exact(value), exact(uln)  # compared by multiplication, never by a rounded ratio
-    if v <= limit:
+    with localcontext() as ctx:
+        ctx.prec = RATIO_DIGITS
+        multiple = exact(value) / exact(uln)
+    if multiple <= 1:
         return 0
-    if 2 * v <= 3 * limit:
+    if multiple <= Decimal("1.5"):
         return 1
-    if v <= 3 * limit:
+    if multiple <= 3:
         return 2
-    return 3 if v <= 6 * limit else 4
+    return 3 if multiple <= 6 else 4
 
 
 def lab_grade(o: Obs) -> int | None:

@@ -74,7 +74,6 @@ SUBJECT_KEYS = ("subject", "patient", "individual")
 WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
 REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
 CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (PROTOCOL.md §1)
-SUPERSEDED = "an older copy of a resource that appears again (kept: the newest version)"
 
 # One input record on its way through the passes:
 # (ref, version key, sequence, record or None, issues, origin, patient)
@@ -900,7 +899,7 @@ def _keep_newest(kept: dict[str, Item], item: Item, rejects: _Rejects, stats: Ru
         old, item = item, old
     kept[item[0]] = item
     if old is not None:
-        _reject(old, rejects, stats, "duplicate-superseded", SUPERSEDED)
+        _reject(old, rejects, stats, "duplicate-superseded", _superseded(old, item))
 
 
 def _dedup(items: list[Item], writer: _Rejects, stats: RunStats) -> list[Item]:
@@ -909,10 +908,22 @@ def _dedup(items: list[Item], writer: _Rejects, stats: RunStats) -> list[Item]:
     winners: list[Item] = []
     for n, item in enumerate(items):
         if n + 1 < len(items) and items[n + 1][0] == item[0]:
-            _reject(item, writer, stats, "duplicate-superseded", SUPERSEDED)
+            _reject(item, writer, stats, "duplicate-superseded", _superseded(item, items[n + 1]))
         else:
             winners.append(item)
     return winners
+
+
+def _superseded(older: Item, newer: Item) -> str:
+    """Why a copy was set aside for another copy of the same resource: the rule that decided (PROTOCOL.md §4)."""
+    (old_version, old_updated, _), (new_version, new_updated, _) = older[1], newer[1]
+    if old_version != new_version:
+        rule = f"the higher meta.versionId ({new_version})"
+    elif old_updated != new_updated:
+        rule = f"the later meta.lastUpdated ({new_updated.replace('.000000Z', 'Z')} UTC)"
+    else:
+        rule = "the copy seen last, as neither copy's meta tells which is newer"
+    return f"another copy of {older[0]} supersedes this one (kept: {rule}, {newer[5][0]} {newer[5][1]})"
 
 
 def _resolve_medication(med: Med, medications: Mapping[str, Record | None]) -> Med | tuple[str, str]:
