@@ -158,6 +158,14 @@ def main() -> None:
     "without a ResearchSubject of it are counted as not in the study, and never written back.",
 )
 @click.option(
+    "--fhir-base",
+    "fhir_bases",
+    multiple=True,
+    metavar="URL",
+    help="The FHIR base URL the data came from (repeatable): its absolute references are local. A reference "
+    "to any other server is rejected (bad-reference). A pull folder's server is known already.",
+)
+@click.option(
     "--screen-candidates",
     is_flag=True,
     help="Also screen the patients who are not in the study, as candidates at the as-of date; their results "
@@ -183,6 +191,7 @@ def evaluate(
     pseudonymise: bool,
     key_file: Path | None,
     study: str | None,
+    fhir_bases: tuple[str, ...],
     screen_candidates: bool,
     enrol_candidates: bool,
 ) -> None:
@@ -232,6 +241,7 @@ def evaluate(
                 study=study,
                 screen_candidates=screen_candidates,
                 enrol_candidates=enrol_candidates,
+                fhir_bases=fhir_bases,
             )
     _print_summary(summary, out)
     if export_to:

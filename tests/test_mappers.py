@@ -118,14 +118,86 @@ def test_only_final_amended_corrected_count(ctx: MapContext, status: str) -> Non
     assert obs is None and issues == ["status-not-counted"]
 
 
-def test_absolute_and_versioned_subject_references(ctx: MapContext) -> None:
+def test_absolute_and_versioned_subject_references_under_a_declared_base(ctx: MapContext) -> None:
     res = observation(
         "1834-1",
         valueQuantity=q(1, "ng/mL"),
         subject={"reference": "https://ehr.example/fhir/Patient/p9/_history/3"},
     )
-    obs, _ = mapped(ctx, res)
+    declared = MapContext(ctx.mappings, ctx.ucum_factor, ("https://ehr.example/fhir",))
+    obs, _ = mapped(declared, res)
     assert obs.patient == "Patient/p9"
+
+
+@pytest.mark.parametrize(
+    ("reference", "why"),
+    [
+        ("http://other-server/fhir/Patient/x", "another server (http://other-server)"),
+        ("https://ehr.example/fhirx/Patient/x", "another server (https://ehr.example)"),
+        ("../../Patient/x", "not a Type/id reference"),
+        ("Patient/../../etc/passwd", "not a Type/id reference"),
+        ("Patient/" + "x" * 65, "the id breaks FHIR R4's rule"),
+        ("Patient/a b", "the id breaks FHIR R4's rule"),
+    ],
+)
+def test_foreign_or_path_walking_subject_references_are_rejected(ctx: MapContext, reference: str, why: str) -> None:
+    """An absolute reference to a server the user did not declare names another hospital's patient, and a
+    path that walks names nothing: neither is taken as the local Patient/x (bad-reference)."""
+    declared = MapContext(ctx.mappings, ctx.ucum_factor, ("https://ehr.example/fhir",))
+    res = observation("1834-1", valueQuantity=q(1, "ng/mL"), subject={"reference": reference})
+    record, issues = map_resource(res, "Observation/o1", ("f", "line 1"), declared, None)
+    assert record is None and [i.code for i in issues] == ["bad-reference"]
+    assert why in issues[0].message
+
+
+@pytest.mark.parametrize("rid", ["../../etc/passwd", "a/b", "x" * 65, "a b", "ü"])
+def test_an_id_that_breaks_r4s_rule_is_rejected(ctx: MapContext, rid: str) -> None:
+    res = {**observation("1834-1", valueQuantity=q(1, "ng/mL")), "id": rid}
+    record, issues = mapped(ctx, res)
+    assert record is None and issues == ["bad-id"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "ok"),
+    [
+        ("effectiveDateTime", "2005-02-30", False),
+        ("effectiveDateTime", "2003-02-29", False),
+        ("effectiveDateTime", "2004-02-29", True),  # a leap year
+        ("effectiveDateTime", "2005-02-28T23:00:00+09:00", True),
+        ("effectiveDateTime", "2005-13", False),
+        ("effectiveDateTime", "2005-04-31T08:00:00Z", False),
+    ],
+)
+def test_an_impossible_date_is_a_bad_date(ctx: MapContext, field: str, value: str, ok: bool) -> None:
+    res = {**observation("1834-1", valueQuantity=q(1, "ng/mL")), field: value}
+    record, issues = mapped(ctx, res)
+    assert (record is not None) is ok and (issues == [] if ok else issues == ["bad-date"])
+
+
+def test_an_impossible_birth_date_rejects_the_patient_without_echoing_it(ctx: MapContext) -> None:
+    record, issues = map_resource(
+        {"resourceType": "Patient", "id": "p", "birthDate": "1950-02-30"}, "Patient/p", ("f", "l"), ctx, None
+    )
+    assert record is None and [i.code for i in issues] == ["bad-date"]
+    assert "1950" not in issues[0].message  # a birth date is personal data: the path, not the value
+
+
+@pytest.mark.parametrize(
+    ("quantity", "ok"),
+    [
+        ({"value": 1e308}, False),
+        ({"value": 123456789012345678901234567890}, False),
+        ({"value": -1e13}, False),
+        ({"value": 1e12}, True),
+        ({"value": 5.5}, True),
+    ],
+)
+def test_a_number_no_measurement_can_be_is_a_bad_value(ctx: MapContext, quantity: dict[str, Any], ok: bool) -> None:
+    res = observation("1834-1", valueQuantity={**q(1, "ng/mL"), **quantity})
+    record, issues = mapped(ctx, res)
+    assert (record is not None) is ok and (issues == [] if ok else issues == ["bad-value"])
+    ranged = observation("1834-1", valueQuantity=q(1, "ng/mL"), referenceRange=[{"high": {"value": 1e308}}])
+    assert mapped(ctx, ranged)[1] == ["bad-value"]
 
 
 def test_bundle_urn_uuid_subject(ctx: MapContext) -> None:

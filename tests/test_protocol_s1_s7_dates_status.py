@@ -230,3 +230,11 @@ def test_s7_a_stop_reason_the_record_states_wins_over_one_derived(ctx, mappings:
     unstated = patient([med._replace(stop_reason=None)])
     unstated.observations = rec.observations
     assert run(unstated, mappings)["off_treatment_reason"] == "progression"  # none stated: derived from the PD
+
+
+def test_s7_an_exposure_ending_after_the_as_of_date_is_still_on_drug_at_it(mappings: Mappings) -> None:
+    """Its status (completed) is written later than the as-of date; at that date the patient was still taking
+    thalidomide: on-study-intervention, treated up to the as-of date."""
+    r = run(patient([thal("2005-01-10", "2005-06-30", "completed")]), mappings)
+    assert r["on_treatment_at_as_of"] is True and r["research_subject_status"] == "on-study-intervention"
+    assert r["last_dose_date"] == AS_OF.isoformat()

@@ -1,7 +1,8 @@
 """Eligibility (PROTOCOL.md §2): fourteen criteria with fixed ids, each met / not_met / unknown.
 
 Every criterion carries the value it used, the ids of the resources it came from and a detail text.
-Data are read on or before the screening date; labs (and ECOG) are the latest within 28 days before it.
+Data are read on or before the screening date; labs are the latest within 28 days before it, assessments (ECOG,
+ascites, encephalopathy, pregnancy) the latest on or before it, however old.
 Exclusion criteria (``not_...``/``no_...``) are met when no evidence is found, and say so.
 """
 

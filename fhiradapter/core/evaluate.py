@@ -37,11 +37,12 @@ class Settings:
     mappings: Mappings
     study_ref: str = ""  # ResearchStudy/<id> of the study; "" means the one the mappings name
     screen_candidates: bool = False  # evaluate patients without a ResearchSubject of the study (§1)
+    local_bases: tuple[str, ...] = ()  # FHIR base URLs whose absolute references are this data's own
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Sent to worker processes by pickle; compiled with mypyc, a frozen class cannot be rebuilt by
         # setting its fields one by one, so it is rebuilt from its constructor.
-        return (Settings, (self.as_of, self.mappings, self.study_ref, self.screen_candidates))
+        return (Settings, (self.as_of, self.mappings, self.study_ref, self.screen_candidates, self.local_bases))
 
     @property
     def study(self) -> str:
@@ -128,13 +129,14 @@ def last_record_date(rec: PatientRecord, as_of: date) -> date | None:
 def _exposure_end(m: Med, as_of: date) -> tuple[date | None, bool]:
     """(last dose date, still on drug at the as-of date) of one exposure.
 
-    An end after the as-of date counts as the as-of date (nothing after it is read); the patient is still on
-    drug when the status says the exposure goes on and it has no end before the as-of date.
+    An exposure whose end lies after the as-of date was still going on at that date, whatever its status says
+    now (a status is written later, and nothing after the as-of date is read): the treatment counts to the
+    as-of date and the patient is on drug. Without an end, the status tells (active, in-progress, on-hold).
     """
     end = dates.to_date(m.end)
     if end is not None and end > as_of:
-        end = as_of
-    if m.status in ONGOING_MED_STATUS and (end is None or end >= as_of):
+        return as_of, True
+    if m.status in ONGOING_MED_STATUS and (end is None or end == as_of):
         return as_of, True
     return (end or dates.to_date(m.start)), False
 

@@ -8,11 +8,31 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from typing import Any
 
 _DATE = re.compile(r"^(\d{4})(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
+RESOURCE_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")  # FHIR R4 id
+MAX_MAGNITUDE = 1e12  # no measurement the protocol reads comes near; beyond it a value is an error of the source
+# The dates the mappers read, as paths of nested keys: one that is present but no calendar date (2005-02-30,
+# 2005-13) makes the record a reject (``bad-date``), never a date shifted into another.
+DATE_PATHS: tuple[tuple[str, ...], ...] = (
+    ("birthDate",),
+    ("deceasedDateTime",),
+    ("effectiveDateTime",),
+    ("effectivePeriod", "start"),
+    ("effectivePeriod", "end"),
+    ("date",),
+    ("detected",),
+    ("recordedDate",),
+    ("onsetDateTime",),
+    ("onsetPeriod", "start"),
+    ("dateTime",),
+    ("period", "start"),
+    ("period", "end"),
+    ("authoredOn",),
+)
 
 
 def local_date(value: Any) -> str | None:
@@ -36,7 +56,32 @@ def _local_date(value: str) -> str | None:
     rest = value[end:]
     if rest and not rest.startswith("T"):
         return None
+    if end == 10:
+        try:
+            date.fromisoformat(value[:10])  # the pattern lets 2005-02-30 through; the calendar does not
+        except ValueError:
+            return None
     return value[:end]
+
+
+def unreadable_date(resource: dict[str, Any]) -> str | None:
+    """The path of the first date the mappers read that is present but no calendar date, else None."""
+    for path in DATE_PATHS:
+        value: Any = resource
+        for key in path:
+            value = value.get(key) if type(value) is dict else None
+        if type(value) is str and _local_date(value) is None:
+            return ".".join(path)
+    return None
+
+
+def plausible_number(value: Any) -> bool:
+    """A JSON number a measurement can be: finite, and within ``MAX_MAGNITUDE`` (not 1e308, not 30 digits)."""
+    if type(value) is int:
+        return -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE
+    if type(value) is float:
+        return -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE  # NaN and infinities fail both comparisons
+    return True  # not a number: other checks say what is wrong with it
 
 
 def is_full_date(value: str | None) -> bool:
@@ -65,6 +110,38 @@ def normalise_reference(ref: Any, aliases: dict[str, str] | None = None) -> str 
     if len(parts) < 2 or not parts[-2][:1].isupper() or not parts[-1]:
         return None
     return f"{parts[-2]}/{parts[-1]}"
+
+
+def local_reference(
+    element: Any, aliases: dict[str, str] | None, bases: tuple[str, ...]
+) -> tuple[str | None, str | None]:
+    """``(Type/id, None)`` for a reference to a resource of this data set, else ``(None, why)``.
+
+    Stricter than :func:`reference_of`, for the references that decide whose data a record is: a path that
+    walks (``../Patient/x``), an absolute URL on a server not in ``bases`` (another hospital's
+    ``Patient/x`` is not ours), or an id outside R4's ``[A-Za-z0-9-.]{1,64}`` is no local reference.
+    """
+    ref = element.get("reference") if type(element) is dict else None
+    if type(ref) is not str or not ref:
+        return None, None
+    if aliases and ref in aliases:
+        return aliases[ref], None
+    if ref.startswith("urn:"):
+        return None, "a urn: reference that no entry of its Bundle names"
+    if "://" in ref:
+        base = next((b for b in bases if ref.startswith(b.rstrip("/") + "/")), None)
+        if base is None:
+            origin = ref.split("://", 1)[0] + "://" + ref.split("://", 1)[1].split("/", 1)[0]
+            return None, f"an absolute reference to another server ({origin}), not one declared as this data's"
+        ref = ref[len(base.rstrip("/")) + 1 :]
+    if "/_history/" in ref:
+        ref = ref.split("/_history/", 1)[0]
+    parts = ref.split("/")
+    if len(parts) != 2 or not parts[0][:1].isupper() or not parts[0].isalpha():
+        return None, "not a Type/id reference (a path that walks, or a malformed one)"
+    if not RESOURCE_ID.fullmatch(parts[1]):
+        return None, "the id breaks FHIR R4's rule [A-Za-z0-9-.]{1,64}"
+    return ref, None
 
 
 def reference_of(element: Any, aliases: dict[str, str] | None = None) -> str | None:

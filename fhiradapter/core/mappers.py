@@ -55,6 +55,9 @@ class MapContext:
 
     mappings: Mappings
     ucum_factor: UcumFactor
+    # FHIR base URLs this data came from (--fhir-base, a pull's server): absolute references under them are
+    # local; any other absolute reference names another server's resource (PROTOCOL.md §1: not our patient).
+    local_bases: tuple[str, ...] = ()
     _factor_cache: dict[tuple[str, str], float | None] = field(default_factory=dict)
 
     def factor(self, unit: str, target: str) -> float | None:
@@ -95,14 +98,21 @@ def _unmapped(ref: str, path: str, concept: Any, message: str) -> list[Issue]:
 
 
 def _patient_ref(
-    res: dict[str, Any], key: str, ref: str, aliases: dict[str, str] | None
+    res: dict[str, Any], key: str, ref: str, aliases: dict[str, str] | None, bases: tuple[str, ...] = ()
 ) -> tuple[str | None, list[Issue]]:
     element = res.get(key)
     if type(element) is dict:  # fast path: a plain relative reference
         target = element.get("reference")
-        if type(target) is str and target.startswith("Patient/") and target.count("/") == 1 and len(target) > 8:
+        if (
+            type(target) is str
+            and target.startswith("Patient/")
+            and target.count("/") == 1
+            and fj.RESOURCE_ID.fullmatch(target, 8)
+        ):
             return target, []
-    target = fj.reference_of(element, aliases)
+    target, problem = fj.local_reference(element, aliases, bases)
+    if problem is not None:
+        return None, _issue(ref, key, "bad-reference", f"{key}: {problem}")
     if target is None or not target.startswith("Patient/"):
         return None, _issue(ref, key, "no-subject", f"{key} is missing or is not a reference to a Patient")
     return target, []
@@ -172,6 +182,25 @@ def _quantity(q: Any) -> tuple[float | None, str]:
     return fj.number(q.get("value")), unit if type(unit) is str else ""
 
 
+def _implausible_number(res: dict[str, Any]) -> str | None:
+    """The path of the first number an Observation carries that no measurement can be (1e308, 30 digits)."""
+    quantity = res.get("valueQuantity")
+    if type(quantity) is dict and not fj.plausible_number(quantity.get("value")):
+        return "valueQuantity.value"
+    if not fj.plausible_number(res.get("valueInteger")):
+        return "valueInteger"
+    for n, item in enumerate(res.get("referenceRange") or ()):
+        for key in ("low", "high"):
+            bound = item.get(key) if type(item) is dict else None
+            if type(bound) is dict and not fj.plausible_number(bound.get("value")):
+                return f"referenceRange[{n}].{key}.value"
+    for n, component in enumerate(res.get("component") or ()):
+        value = component.get("valueQuantity") if type(component) is dict else None
+        if type(value) is dict and not fj.plausible_number(value.get("value")):
+            return f"component[{n}].valueQuantity.value"
+    return None
+
+
 def map_observation(
     res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
@@ -192,9 +221,14 @@ def map_observation(
             "status-not-counted",
             f"status {status!r} does not count (only final, amended, corrected)",
         )
-    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
+    implausible = _implausible_number(res)
+    if implausible is not None:
+        return None, _issue(
+            ref, implausible, "bad-value", f"{implausible} is not a number a measurement can be (beyond 1e12)"
+        )
     raw_date = (
         res.get("effectiveDateTime") or res.get("effectiveInstant") or (res.get("effectivePeriod") or {}).get("start")
     )
@@ -426,7 +460,7 @@ def map_medication_use(
     status = res.get("status")
     if status in EXCLUDED_MED_STATUS:
         return None, _issue(ref, "status", "status-not-counted", f"status {status!r} is not an exposure")
-    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
     drug, code = _drug(res.get("medicationCodeableConcept"), ctx.mappings)
@@ -486,7 +520,7 @@ def map_adverse_event(
 ) -> Result:
     if res.get("actuality") == "potential":
         return None, _issue(ref, "actuality", "not-actual", "a potential event, not an actual one")
-    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
     term = meddra = None
@@ -534,7 +568,7 @@ def map_condition(
         return None, _unmapped(
             ref, "code", res.get("code"), "Condition.code is not a protocol condition in mappings/codes.toml"
         )
-    patient, issues = _patient_ref(res, "subject", ref, aliases)
+    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
     onset = fj.local_date(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start"))
@@ -555,7 +589,7 @@ def map_condition(
 def map_consent(
     res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    patient, issues = _patient_ref(res, "patient", ref, aliases)
+    patient, issues = _patient_ref(res, "patient", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
     research = any(ctx.mappings.consent_research.get(s, c) for s, c in fj.codings(res.get("scope")))
@@ -569,7 +603,7 @@ def map_consent(
 def map_research_subject(
     res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    patient, issues = _patient_ref(res, "individual", ref, aliases)
+    patient, issues = _patient_ref(res, "individual", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
     period: dict[str, Any] = res["period"] if isinstance(res.get("period"), dict) else {}
@@ -579,7 +613,7 @@ def map_research_subject(
     return SubjectRec(
         ref,
         patient,
-        fj.reference_of(res.get("study"), aliases),
+        fj.local_reference(res.get("study"), aliases, ctx.local_bases)[0],
         str(res.get("status")),
         fj.local_date(period.get("start")),
         fj.local_date(period.get("end")),
@@ -595,7 +629,7 @@ def map_other(res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, al
     if kind == "Medication":
         return Other(ref, None, medication_concept(res, ctx.mappings), origin), []
     if kind == "BodyStructure":
-        patient, issues = _patient_ref(res, "patient", ref, aliases)
+        patient, issues = _patient_ref(res, "patient", ref, aliases, ctx.local_bases)
         if patient is None:
             return None, issues
         return Other(ref, patient, None, origin), []
@@ -632,6 +666,11 @@ def map_resource(
         return None, _issue(
             ref, "resourceType", "type-not-used", f"{res.get('resourceType')} is not read by the protocol"
         )
+    if not fj.RESOURCE_ID.fullmatch(str(res.get("id"))):
+        return None, _issue(ref, "id", "bad-id", "the id breaks FHIR R4's rule [A-Za-z0-9-.]{1,64}")
+    bad_date = fj.unreadable_date(res)
+    if bad_date is not None:
+        return None, _issue(ref, bad_date, "bad-date", f"{bad_date} is not a calendar date (e.g. 30 February)")
     try:
         return mapper(res, ref, origin, ctx, aliases)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:

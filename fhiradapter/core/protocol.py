@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from fhiradapter.core.codes import CodeTable
 from fhiradapter.errors import ConfigError
 
+RULE_BOOK = "docs/protocol.md"  # the project's rule book, which results and reports cite by section
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -182,6 +184,8 @@ class Mappings:
             "version": info.version,
             "title": info.title,
             "toxicity_criteria": info.toxicity_criteria,
+            "study": self.study_ref,
+            "rules": RULE_BOOK,
         }
 
 

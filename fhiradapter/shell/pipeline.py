@@ -62,7 +62,7 @@ from fhiradapter.core.writeback import (
 )
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.mappings_io import ucum_factor
-from fhiradapter.shell.readers import Reject, Task, expand_inputs, plan_tasks, read_file
+from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, expand_inputs, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
@@ -436,6 +436,20 @@ def _references(targets: bytes) -> bytes:
     return b",".join(b'{"reference":' + orjson.dumps(t.decode()) + b"}" for t in targets.split(b"\n"))
 
 
+def pulled_from(inputs: list[Path]) -> list[str]:
+    """The servers the input folders were pulled from (their ``pull-manifest.json``): their absolute
+    references are the data's own."""
+    servers = []
+    for folder in inputs:
+        try:
+            manifest = orjson.loads((folder / PULL_MANIFEST).read_bytes()) if folder.is_dir() else None
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if isinstance(manifest, dict) and isinstance(manifest.get("server"), str):
+            servers.append(manifest["server"])
+    return servers
+
+
 def default_workers(input_bytes: int) -> int:
     """Both cores for inputs large enough to repay starting a second process."""
     return 1 if input_bytes < PARALLEL_MIN_BYTES else max(1, min(2, os.cpu_count() or 1))
@@ -454,13 +468,16 @@ def run_evaluate(
     study: str | None = None,
     screen_candidates: bool = False,
     enrol_candidates: bool = False,
+    fhir_bases: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
     ``study``: the ResearchStudy id whose subjects are evaluated (default: the one the mappings name).
     ``screen_candidates``: also evaluate patients without a ResearchSubject of the study, as screening
     candidates at the as-of date, reported apart in ``candidates.ndjson``; ``enrol_candidates``: and write
-    them back (a new ResearchSubject each). PROTOCOL.md §1.
+    them back (a new ResearchSubject each). PROTOCOL.md §1. ``fhir_bases``: the FHIR base URLs the data came
+    from, whose absolute references are local (a pull folder's server is one already); a reference to any
+    other server is rejected (``bad-reference``).
     """
     if enrol_candidates and not screen_candidates:
         raise ConfigError("enrolling candidates needs --screen-candidates too")
@@ -469,7 +486,8 @@ def run_evaluate(
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
     out.mkdir(parents=True, exist_ok=True)
-    settings = Settings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates)
+    bases = tuple(dict.fromkeys([*fhir_bases, *pulled_from(inputs)]))
+    settings = Settings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates, bases)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}  # wall time of each phase, in the run summary
 
@@ -544,7 +562,7 @@ def run_evaluate(
                 summary["writeback"] = None  # not planned (--no-writeback): no counts rather than zeros
             header = {
                 "as_of": as_of.isoformat(),
-                "protocol": mappings_identity,
+                "protocol": {**mappings_identity, "study": settings.study},
                 "adapter": {"name": "fhiradapter", "version": __version__},
                 "inputs": [str(f) for f in files],
                 "run_summary": summary,
@@ -678,7 +696,7 @@ def _pass_one_worker(
     """Read and map this worker's share of the input into its bucket files."""
     gc.disable()
     cpu = time.process_time()
-    ctx = MapContext(settings.mappings, ucum_factor)
+    ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
     stats = RunStats()
     rejects = _Rejects(spill / f"rejects-1-{worker:02d}.ndjson")
     store = _Buckets(buckets, None if in_memory else spill, worker)

@@ -365,6 +365,7 @@ def _evaluate(
         opts.mappings_identity,
         report=False,
         study=study.removeprefix("ResearchStudy/"),  # the study pulled: its subjects are the ones evaluated
+        fhir_bases=(server,),  # the server's absolute references are its own resources
     )
     keys = ("records_read", "records_used", "records_rejected", "rejects_by_reason")
     return {k: result[k] for k in keys if k in result}
