@@ -8,6 +8,7 @@ Only this module turns exceptions into messages and exit codes (see ``fhiradapte
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import Any
 import click
 
 from fhiradapter import __version__, build
-from fhiradapter.errors import AdapterError, ConfigError, ExitCode
+from fhiradapter.errors import AdapterError, ConfigError, ExitCode, NothingEvaluated
 
 
 def _parse_as_of(value: str) -> date:
@@ -45,6 +46,10 @@ _SYNC_INTERRUPTED = (
 )
 
 
+def _stopping(signum: int, frame: Any) -> None:
+    """SIGINT after the first, while the command stops: it is stopping already."""
+
+
 @contextmanager
 def _guard(interrupted: str = "run the same command again") -> Iterator[None]:
     """Turn the adapter's errors into a one-line message and its exit code; hide unexpected errors' text.
@@ -54,6 +59,9 @@ def _guard(interrupted: str = "run the same command again") -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
+        # A second Ctrl-C while stopping: no traceback, one message. A Python-level handler, not SIG_IGN, which
+        # the processes started later would inherit.
+        signal.signal(signal.SIGINT, _stopping)
         click.echo(f"interrupted (Ctrl-C): {interrupted}", err=True)
         sys.exit(INTERRUPTED)
     except AdapterError as exc:
@@ -244,9 +252,24 @@ def evaluate(
                 fhir_bases=fhir_bases,
             )
     _print_summary(summary, out)
-    if export_to:
-        with _guard():
+    with _guard():
+        if not summary["patients"]:
+            raise NothingEvaluated(_nothing_evaluated(summary))
+        if export_to:
             _run_export(out, export_to, export_format, key, mappings_dir, show)
+
+
+def _nothing_evaluated(summary: dict[str, Any]) -> str:
+    """Why a run evaluated no one, and what to do about it."""
+    population = summary.get("population") or {}
+    if not summary["records_read"]:
+        return "no patient was evaluated: the input holds no FHIR record (see rejects.ndjson for files not read)"
+    if population.get("not-in-study"):
+        return (
+            f"no patient was evaluated: {population['not-in-study']} patient(s) in the input, none with a "
+            "ResearchSubject of the study (--study names another study; --screen-candidates screens them)"
+        )
+    return "no patient was evaluated: the input holds no Patient that its records name (see rejects.ndjson)"
 
 
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
@@ -1023,5 +1046,14 @@ def _print_sync(s: Any) -> None:
         click.echo(f"  note: {line}")
 
 
+def run() -> None:
+    """The ``fhiradapter`` program: the commands, then a quiet end. A Ctrl-C that arrives while the interpreter
+    shuts down is held off, so that the exit code stays the one the command chose (130 after a Ctrl-C)."""
+    try:
+        main()
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

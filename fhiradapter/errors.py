@@ -5,8 +5,11 @@ AdapterError(Exception)                      exit_code = ExitCode.FAILURE
 ├── ConfigError(AdapterError, ValueError)    bad option, bad --as-of, unreadable or invalid mappings -> CONFIG
 ├── InputError(AdapterError, ValueError)     an input path is missing or unreadable as a whole        -> INPUT
 ├── TargetError(AdapterError)                an export target (database, folder) refused the write     -> TARGET
-└── ServerError(AdapterError)                a FHIR server refused or failed a request (after retries) -> SERVER
-    └── AnswerLost(ServerError)              the request may have reached the server, its answer did not
+├── ServerError(AdapterError)                a FHIR server refused or failed a request (after retries) -> SERVER
+│   └── AnswerLost(ServerError)              the request may have reached the server, its answer did not
+├── OutputBusy(AdapterError)                 another run holds the output folder                       -> BUSY
+├── NothingEvaluated(AdapterError)           the input held no patient to evaluate                     -> NOTHING
+└── OutputError(AdapterError)                the output folder could not be written (disk, permission) -> OUTPUT
 ```
 
 A clinical "no" (ineligible, progression, grade-3 event) is never an exception: it is a decision with
@@ -30,6 +33,9 @@ class ExitCode(enum.IntEnum):
     INPUT = 11
     TARGET = 12
     SERVER = 13
+    BUSY = 14  # another run is writing into the same --out
+    NOTHING = 15  # nothing could be evaluated (no study subject in the input)
+    OUTPUT = 16  # --out could not be written (permission, read-only, disk full, not a folder)
 
 
 class AdapterError(Exception):
@@ -69,3 +75,22 @@ class ServerError(AdapterError):
 class AnswerLost(ServerError):
     """The request may have reached the server (it timed out, or the connection dropped after it was sent), but
     no answer came back: a write may or may not have been applied, and must be checked on the server."""
+
+
+class OutputBusy(AdapterError):
+    """Another run holds the output folder's lock; nothing was written."""
+
+    exit_code = ExitCode.BUSY
+
+
+class NothingEvaluated(AdapterError):
+    """The input held no patient to evaluate (empty, or no study subject); the outputs say what was read."""
+
+    exit_code = ExitCode.NOTHING
+
+
+class OutputError(AdapterError):
+    """The output folder could not be written; the message names the path and the cause. Nothing partial is
+    left in place of an earlier run's outputs."""
+
+    exit_code = ExitCode.OUTPUT

@@ -150,7 +150,7 @@ def test_no_writeback_skips_the_bundle_and_removes_an_earlier_one(tmp_path: Path
     assert code == 0, out
     assert "Write-back: not planned (--no-writeback)" in out and "writeback.json," not in out
     assert not (tmp_path / "writeback.json").exists() and not (tmp_path / "writeback-plan.ndjson").exists()
-    assert not list(tmp_path.glob(".*"))  # the old copies are gone, not hidden
+    assert [p.name for p in tmp_path.glob(".*")] == [".fhiradapter.lock"]  # the old copies are gone, not hidden
     assert json.loads((tmp_path / "summary.json").read_text())["writeback"] is None
     lean = json.loads((tmp_path / "results.json").read_text())
     assert lean["subjects"] == full["subjects"] and lean["cohort"] == full["cohort"]  # the same evaluation

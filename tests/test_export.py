@@ -27,6 +27,7 @@ from fhiradapter.errors import ConfigError, InputError, TargetError
 from fhiradapter.shell import registry_db as db
 from fhiradapter.shell.export import export
 from fhiradapter.shell.mappings_io import load_mappings
+from fhiradapter.shell.out_folder import write_manifest
 from fhiradapter.shell.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -257,6 +258,10 @@ def test_a_results_file_in_another_layout_exports_the_same_rows(paper: Any, tmp_
     (other / "results.json").write_text(json.dumps(results, indent=2))  # a hand-edited, re-indented copy
     a, b = sqlite_url(tmp_path / "a.db"), sqlite_url(tmp_path / "b.db")
     export(out, a)
+    with pytest.raises(InputError, match="not the file its run wrote"):  # a changed set is refused ...
+        export(other, b)
+    manifest = json.loads((other / "manifest.json").read_text())  # ... unless its manifest says it is whole
+    write_manifest(other, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
     export(other, b)
     strip = {"runs": ("results_sha256", "run_id")}
     da, db_ = typed_dump(engine_of(a)), typed_dump(engine_of(b))
@@ -274,10 +279,15 @@ def test_a_truncated_results_file_is_refused_and_nothing_is_written(paper: Any, 
     lines = (cut / "results.json").read_bytes().splitlines(keepends=True)
     (cut / "results.json").write_bytes(b"".join(lines[:5]))
     url = sqlite_url(tmp_path / "r.db")
+    with pytest.raises(InputError, match="not the file its run wrote"):  # the manifest refuses it first
+        export(cut, url)
+    manifest = json.loads((cut / "manifest.json").read_text())  # and the reader, were the manifest rewritten
+    write_manifest(cut, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
     with pytest.raises(InputError, match="truncated"):
         export(cut, url)
     assert all(not rows for name, rows in dump(engine_of(url)).items() if name != "alembic_version")
     (cut / "results.json").write_bytes(b"".join([*lines[:3], b"{not json\n", *lines[4:]]))
+    write_manifest(cut, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
     with pytest.raises(InputError, match="line 4 is not an fhiradapter results record"):
         export(cut, url)
 
@@ -289,6 +299,10 @@ def test_a_subject_without_extract_is_exported_from_its_results(paper: Any, tmp_
     kept = [x for x in (part / "clinical.ndjson").read_text().splitlines() if "thal-02" not in x]
     (part / "clinical.ndjson").write_text("\n".join(kept) + "\n")
     url = sqlite_url(tmp_path / "r.db")
+    with pytest.raises(InputError, match="not the file its run wrote"):  # a changed set is refused ...
+        export(part, url)
+    manifest = json.loads((part / "manifest.json").read_text())  # ... unless its manifest says it is whole
+    write_manifest(part, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
     export(part, url)
     with engine_of(url).connect() as conn:
         rows = dict(conn.execute(text("SELECT subject_key, age_at_index FROM subjects")).all())

@@ -220,7 +220,8 @@ def test_export_refuses_bad_options_with_one_line(
 
 def test_export_of_a_folder_without_results_says_what_to_give(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["export", str(tmp_path), "--to", f"sqlite:///{tmp_path / 'r.db'}"])
-    assert result.exit_code == 11 and "results.json not found" in result.output
+    assert result.exit_code == 11 and "holds no complete output set (no manifest.json)" in result.output
+    assert "Run evaluate again" in result.output
 
 
 def test_evaluate_with_export_to_does_both(tmp_path: Path) -> None:

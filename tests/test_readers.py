@@ -125,14 +125,18 @@ def test_newest_version_entered_in_error_withdraws_the_resource(tmp_path: Path) 
     assert codes == ["duplicate-superseded", "status-not-counted"]
 
 
-def test_an_output_folder_inside_the_input_is_not_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", [".", "out", "out/deeper"])
+def test_an_output_folder_inside_an_input_is_refused(tmp_path: Path, where: str) -> None:
+    """The next run would read the outputs as input (issue: --out equal to the input read nothing, exit 0)."""
+    from fhiradapter.errors import ConfigError
+
     src = tmp_path / "data"
     src.mkdir()
     write_ndjson(src / "p.ndjson", [patient("p1")])
     mappings, identity = load_mappings()
-    first = run_evaluate([src], src / "out", AS_OF, mappings, identity, report=False)
-    second = run_evaluate([src], src / "out", AS_OF, mappings, identity, report=False)
-    assert first["records_read"] == second["records_read"] == 1
+    with pytest.raises(ConfigError, match="lies inside the input folder"):
+        run_evaluate([src], src / where, AS_OF, mappings, identity, report=False)
+    assert sorted(p.name for p in src.rglob("*")) == ["p.ndjson"]  # nothing written
 
 
 @pytest.mark.parametrize(

@@ -79,14 +79,15 @@ def test_a_figure_the_new_cohort_lacks_is_not_left_from_an_earlier_run(tmp_path:
     args = ["--as-of", "2005-03-31", "--out", str(tmp_path)]
     assert CliRunner().invoke(main, ["evaluate", str(PAPER), *args]).exit_code == 0
     assert (tmp_path / "report-swimmer.png").exists()
-    run = CliRunner().invoke(main, ["evaluate", str(ROOT / "fixtures" / "bad-inputs"), *args])
+    untreated = PAPER / "screening-candidates.json"  # study subjects screened, none treated: no figures
+    run = CliRunner().invoke(main, ["evaluate", str(untreated), *args])
     assert run.exit_code == 0, run.output
     assert not list(tmp_path.glob("*.png"))
 
 
 def test_a_cohort_with_no_treated_patient_gets_a_report_without_figures(tmp_path: Path) -> None:
-    bad = ROOT / "fixtures" / "bad-inputs"
-    run = CliRunner().invoke(main, ["evaluate", str(bad), "--as-of", "2005-03-31", "--out", str(tmp_path)])
+    untreated = PAPER / "screening-candidates.json"  # the paper's six screened subjects, none treated
+    run = CliRunner().invoke(main, ["evaluate", str(untreated), "--as-of", "2005-03-31", "--out", str(tmp_path)])
     assert run.exit_code == 0, run.output
     assert "data:image/png" not in (tmp_path / "report.html").read_text()
     assert not list(tmp_path.glob("*.png"))

@@ -28,6 +28,7 @@ from fhiradapter.core.registry import Pseudonymiser, RunInfo, SubjectView, cohor
 from fhiradapter.core.sdtm import DATASETS, ExportMappings, SdtmBuilder, data_dictionary, parse_export_mappings
 from fhiradapter.errors import ConfigError, InputError, TargetError
 from fhiradapter.shell.mappings_io import default_mappings_dir
+from fhiradapter.shell.out_folder import check_manifest, file_digest
 
 KEY_ENV = "FHIRADAPTER_PSEUDONYM_KEY"
 Format = Literal["tables", "sdtm"]
@@ -254,6 +255,8 @@ def export(
     if fmt == "sdtm" and target.kind == "sql":
         raise ConfigError("--format sdtm writes files: use --to csv:FOLDER or --to parquet:FOLDER")
     pseudo = Pseudonymiser(key) if key is not None else None
+    # Only a whole output set: a run that died half way, or files of two runs, are refused (out_folder).
+    check_manifest(results_dir, ["results.json", "clinical.ndjson"])
     reader = ResultsReader(results_dir)
     if fmt == "sdtm" and not reader.has_extract:
         raise InputError(
@@ -419,6 +422,9 @@ def _export_files(
     folder = Path(target.location)
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        # run.json goes first and comes back last, naming every file with its sha256: a folder without it, or
+        # whose files do not match it, is not a whole export (a crash between two tables' renames).
+        (folder / "run.json").unlink(missing_ok=True)
         sink = _FileSink(folder, target.kind, types)
     except OSError as exc:
         raise TargetError(f"cannot write to the export folder {folder}: {exc.strerror}") from None
@@ -442,7 +448,10 @@ def _export_files(
     finally:
         files = sink.close(complete)
     _write_csv(folder / "data-dictionary.csv", list(dictionary[0]), dictionary)
-    (folder / "run.json").write_bytes(orjson.dumps(info.__dict__, option=orjson.OPT_INDENT_2))
+    digests = {p.name: file_digest(p) for p in [*files, folder / "data-dictionary.csv"]}
+    partial = folder / "run.json.partial"
+    partial.write_bytes(orjson.dumps({**info.__dict__, "files": digests}, option=orjson.OPT_INDENT_2))
+    partial.replace(folder / "run.json")
     lines = [(name, n, 0, 0) for name, n in sink.counts.items() if name != "runs"]
     return ExportSummary(
         info, target, True, False, lines, [*files, folder / "data-dictionary.csv", folder / "run.json"]

@@ -19,10 +19,10 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from operator import itemgetter
@@ -60,10 +60,12 @@ from fhiradapter.core.writeback import (
     provenance_entry,
     run_tag,
 )
-from fhiradapter.errors import ConfigError
+from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.mappings_io import ucum_factor
+from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manifest, write_manifest, writing
 from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, expand_inputs, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
+from fhiradapter.shell.workers import run_jobs
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
 CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
@@ -482,10 +484,46 @@ def run_evaluate(
     if enrol_candidates and not screen_candidates:
         raise ConfigError("enrolling candidates needs --screen-candidates too")
     files = expand_inputs(inputs, exclude=out)
+    with claim_output(out, inputs), writing(out):
+        drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
+        return _run(
+            files,
+            inputs,
+            out,
+            as_of,
+            mappings,
+            mappings_identity,
+            progress,
+            workers,
+            report,
+            writeback,
+            study,
+            screen_candidates,
+            enrol_candidates,
+            fhir_bases,
+        )
+
+
+def _run(
+    files: list[Path],
+    inputs: list[Path],
+    out: Path,
+    as_of: date,
+    mappings: Mappings,
+    mappings_identity: dict[str, Any],
+    progress: Callable[[int], None] | None,
+    workers: int | None,
+    report: bool,
+    writeback: bool,
+    study: str | None,
+    screen_candidates: bool,
+    enrol_candidates: bool,
+    fhir_bases: tuple[str, ...],
+) -> dict[str, Any]:
+    """The run in ``out``, which ``run_evaluate`` holds (locked), its manifest removed."""
     input_bytes = sum(f.stat().st_size * (5 if f.name.endswith(".gz") else 1) for f in files)
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
-    out.mkdir(parents=True, exist_ok=True)
     bases = tuple(dict.fromkeys([*fhir_bases, *pulled_from(inputs)]))
     settings = Settings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates, bases)
     clock = time.perf_counter()
@@ -500,9 +538,12 @@ def run_evaluate(
     gc_was_enabled = gc.isenabled()
     gc.disable()  # many small long-lived objects: generational GC only costs time here
     try:
-        with tempfile.TemporaryDirectory(dir=out, prefix=".spill-") as spill_dir:
+        with tempfile.TemporaryDirectory(dir=out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700: patient data
             spill = Path(spill_dir)
-            tasks = plan_tasks(files, max(CHUNK_BYTES, input_bytes // (4 * workers) + 1))
+            try:
+                tasks = plan_tasks(files, max(CHUNK_BYTES, input_bytes // (4 * workers) + 1))
+            except OSError as exc:
+                raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
             shares = _share(tasks, workers)
             in_memory = workers == 1 and buckets == 1
             one = _run_workers(
@@ -569,38 +610,27 @@ def run_evaluate(
             }
             folder = mappings_identity.get("mappings_dir")
             report_args = (out, header, cohort, [r2.report_rows for r2 in two], summary, folder)
-            with contextlib.ExitStack() as stack:
-                drawn = None
-                if report and workers > 1:
-                    # The report (plots: seconds on a large cohort) is drawn in a second process while this
-                    # one writes results.json, writeback.json and clinical.ndjson.
-                    pool = stack.enter_context(
-                        ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork"))
-                    )
-                    drawn = pool.submit(_report, *report_args)
-                # An earlier run's outputs, replaced: unlinked while the report runs (with any a crash left).
-                retired: list[Path] = sorted(out.glob(".*.retired-*"))
-                # An output this run does not write must not be left from an earlier one, looking current.
-                skipped = (WRITEBACK_FILES if not writeback else ()) + (REPORT_FILES if not report else ())
-                skipped += (CANDIDATES_FILE,) if not screen_candidates else ()
-                retired += _retire([out / name for name in skipped])
-                _write_outputs(out, spill, parts, index, header, cohort, retired)
-                if writeback:
-                    _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header, retired)
-                clinical = [i for r2 in two for i in r2.clinical_index]
-                _write_sorted_lines(out / "clinical.ndjson", spill, clinical, retired)
-                if screen_candidates:
-                    candidates = [i for r2 in two for i in r2.candidate_index]
-                    _write_sorted_lines(out / CANDIDATES_FILE, spill, candidates, retired)
-                sweeper = threading.Thread(target=_unlink_all, args=(retired,), daemon=True)
-                sweeper.start()
-                lap("write")
-                if drawn is not None:
-                    drawn.result()  # the report's own error, if it failed
-                elif report:
-                    _report(*report_args)
-                sweeper.join()
-                lap("report")  # with two workers: what the report took beyond writing the outputs
+            # An earlier run's outputs, replaced: unlinked while the report runs (with any a crash left).
+            retired: list[Path] = sorted(out.glob(".*.retired-*"))
+            # An output this run does not write must not be left from an earlier one, looking current.
+            skipped = (WRITEBACK_FILES if not writeback else ()) + (REPORT_FILES if not report else ())
+            skipped += (CANDIDATES_FILE,) if not screen_candidates else ()
+            retired += _retire([out / name for name in skipped])
+            _write_outputs(out, spill, parts, index, header, cohort, retired)
+            if writeback:
+                _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header, retired)
+            clinical = [i for r2 in two for i in r2.clinical_index]
+            _write_sorted_lines(out / "clinical.ndjson", spill, clinical, retired)
+            if screen_candidates:
+                candidates = [i for r2 in two for i in r2.candidate_index]
+                _write_sorted_lines(out / CANDIDATES_FILE, spill, candidates, retired)
+            sweeper = threading.Thread(target=_unlink_all, args=(retired,), daemon=True)
+            sweeper.start()
+            lap("write")
+            if report:
+                _report(*report_args)
+            sweeper.join()
+            lap("report")
             summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
             # CPU seconds of each worker: how evenly the work was shared.
             summary["worker_cpu_seconds"] = {
@@ -608,6 +638,12 @@ def run_evaluate(
                 "evaluate": [round(r2.cpu, 3) for r2 in two],
             }
             (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+            written = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
+            written += list(WRITEBACK_FILES) if writeback else []
+            written += list(REPORT_FILES) if report else []
+            written += [CANDIDATES_FILE] if screen_candidates else []
+            run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
+            write_manifest(out, run, written)  # last: the set is whole
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -651,20 +687,19 @@ def _run_workers(
             return [fn(*jobs[0])]
         finally:
             _PROGRESS = None
-    ctx = multiprocessing.get_context("fork")
-    counter = ctx.Value("q", 0) if progress else None
-    _PROGRESS = counter
+    counter = multiprocessing.get_context("fork").Value("q", 0) if progress else None
+    _PROGRESS = counter  # set before the workers are forked: they inherit it
+    seen = 0
+
+    def tick() -> None:
+        nonlocal seen
+        if counter is not None and progress is not None:
+            now = counter.value
+            progress(now - seen)
+            seen = now
+
     try:
-        with ProcessPoolExecutor(max_workers=len(jobs), mp_context=ctx) as pool:
-            futures = [pool.submit(fn, *job) for job in jobs]
-            seen = 0
-            while not all(f.done() for f in futures):
-                wait(futures, timeout=0.2)
-                if counter is not None and progress is not None:
-                    now = counter.value
-                    progress(now - seen)
-                    seen = now
-            return [f.result() for f in futures]
+        return run_jobs(fn, jobs, tick)
     finally:
         _PROGRESS = None
 

@@ -33,6 +33,7 @@ from fhiradapter.core.protocol import Mappings
 from fhiradapter.errors import AdapterError
 from fhiradapter.shell.bulk import bulk_pull
 from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
+from fhiradapter.shell.out_folder import check_manifest
 from fhiradapter.shell.pipeline import run_evaluate
 from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, load_bundle, push
 from fhiradapter.shell.server_io import (
@@ -391,6 +392,7 @@ async def _push_phase(
 ) -> PushSummary:
     """The write-back, with the capabilities the pull read seconds before (no second /metadata round trip), and
     the transaction size this server refused before (the store's memory)."""
+    check_manifest(bundle_path.parent, [bundle_path.name, "writeback-plan.ndjson"])  # the run's own, whole
     bundle = load_bundle(bundle_path)
     entries = len(bundle.get("entry") or ())
     progress = opts.on_push(entries) if opts.on_push and entries else None

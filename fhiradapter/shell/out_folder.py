@@ -1,0 +1,139 @@
+"""A run's output folder: one run at a time, never inside an input, write failures named, the set published whole.
+
+- ``claim_output``: refuses an ``--out`` that is an input folder or lies inside one (the next run would read the
+  outputs as input); creates it; takes an exclusive lock on ``.fhiradapter.lock`` that the OS releases when
+  the process ends, however it ends (``kill -9`` included), so a second run into the same folder fails at once
+  (:class:`OutputBusy`, exit 14), naming the folder and the holder's pid; removes the spill folders that dead
+  runs left (a live run would hold the lock).
+- ``writing``: an ``OSError`` while writing (permission denied, read-only file system, disk full, a path under
+  a regular file) becomes an :class:`OutputError` (exit 16) naming the path and the cause.
+- The manifest: ``manifest.json`` is written last, after every other output is in place, with the run's id,
+  the as-of date and the sha256 of each file; it is removed first when a run starts. ``check_manifest`` (export,
+  sync) refuses a set without one, or whose files do not match it: a run that died half way, or files mixed
+  from two runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhiradapter.errors import ConfigError, InputError, OutputBusy, OutputError
+
+LOCK = ".fhiradapter.lock"
+MANIFEST = "manifest.json"
+SPILL_PREFIX = ".spill-"
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn an OSError raised while writing under ``path`` into an OutputError naming the file and the cause."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or path
+        cause = {
+            errno.ENOSPC: "the disk is full",
+            errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied",
+            errno.EPERM: "permission denied",
+            errno.ENOTDIR: "a part of the path is a file, not a folder",
+            errno.EEXIST: "a file of that name is in the way",
+        }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+        raise OutputError(f"cannot write {where}: {cause}") from None
+
+
+@contextlib.contextmanager
+def claim_output(out: Path, inputs: list[Path]) -> Iterator[Path]:
+    """Make ``out`` this run's, for as long as the ``with`` lasts (see the module docstring)."""
+    here = out.resolve()
+    for folder in inputs:
+        if folder.is_dir():
+            source = folder.resolve()
+            if here == source or source in here.parents:
+                raise ConfigError(
+                    f"--out {out} lies inside the input folder {folder}: the next run would read its outputs as "
+                    "input. Choose a folder outside the inputs"
+                )
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        handle = (out / LOCK).open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise OutputBusy(
+                f"{out} is being written by another fhiradapter run (pid {holder}); wait for it to finish, or "
+                "choose another --out"
+            ) from None
+        with writing(out / LOCK):
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        for dead in out.glob(SPILL_PREFIX + "*"):  # left by a run that died: this lock proves it is not running
+            shutil.rmtree(dead, ignore_errors=True)
+        yield out
+    finally:
+        handle.close()  # closing the file releases the lock
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def drop_manifest(out: Path) -> None:
+    """First thing a run does: the set in ``out`` is no longer whole until the new manifest is written."""
+    with writing(out / MANIFEST):
+        (out / MANIFEST).unlink(missing_ok=True)
+
+
+def write_manifest(out: Path, run: dict[str, Any], files: list[str]) -> None:
+    """Last thing a run does: name every output with its sha256, so a mixed or partial set can be refused."""
+    entries = {name: file_digest(out / name) for name in sorted(files) if (out / name).exists()}
+    tmp = out / (MANIFEST + ".partial")
+    with writing(tmp):
+        tmp.write_bytes(orjson.dumps({**run, "files": entries}, option=orjson.OPT_INDENT_2))
+        tmp.replace(out / MANIFEST)
+
+
+def check_manifest(folder: Path, needed: list[str]) -> dict[str, Any]:
+    """The manifest of an output set, after checking that each of ``needed`` is in it and unchanged."""
+    try:
+        manifest = orjson.loads((folder / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        raise InputError(
+            f"{folder} holds no complete output set (no {MANIFEST}): the run that wrote it did not finish, or it "
+            "is from an older fhiradapter. Run evaluate again"
+        ) from None
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise InputError(f"{folder / MANIFEST} is unreadable ({exc}): run evaluate again") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise InputError(f"{folder / MANIFEST} lists no files: run evaluate again")
+    for name in needed:
+        if name not in files:
+            raise InputError(f"{folder / name} is not part of the output set {MANIFEST} describes: run evaluate again")
+        try:
+            digest = file_digest(folder / name)
+        except OSError as exc:
+            raise InputError(f"{folder / name} unreadable: {exc.strerror}") from None
+        if digest != files[name]:
+            raise InputError(
+                f"{folder / name} is not the file its run wrote (sha256 differs from {MANIFEST}): the set mixes "
+                "two runs, or was changed. Run evaluate again"
+            )
+    return dict(manifest)
