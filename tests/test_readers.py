@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,131 @@ def test_duplicates_are_ordered_by_instants_and_the_reject_says_which_rule_decid
     (superseded,) = [r for r in rejects if r["code"] == "duplicate-superseded"]
     assert superseded["locator"] != kept_line
     assert rule in superseded["reason"] and superseded["reason"].endswith(f"data.ndjson {kept_line})")
+
+
+# ---------------------------------------------------------------------------------------------- files and formats
+
+STUDY_LINES = [patient("p1"), afp("o1", 100), STUDY_SUBJECT]
+
+
+def ndjson_bytes(resources: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in resources)
+
+
+def run_folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    mappings, identity = load_mappings()
+    summary = run_evaluate([src], tmp_path / "out", AS_OF, mappings, identity, report=False)
+    rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.ndjson").read_text().splitlines()]
+    return summary, rejects
+
+
+@pytest.mark.parametrize(
+    ("name", "pack"),
+    [
+        ("X.NDJSON", lambda b: b),
+        ("x.Ndjson.GZ", lambda b: __import__("gzip").compress(b)),
+        ("x.ndjson.bz2", lambda b: __import__("bz2").compress(b)),
+        ("x.ndjson.xz", lambda b: __import__("lzma").compress(b)),
+        ("x.ndjson.zst", lambda b: __import__("zstandard").ZstdCompressor().compress(b)),
+        ("x.jsonl", lambda b: b),
+        ("x.json.gz", lambda b: __import__("gzip").compress(b)),  # NDJSON in a .json.gz: read as NDJSON
+        ("bom.ndjson", lambda b: b"\xef\xbb\xbf" + b),  # a byte order mark at the start
+    ],
+)
+def test_every_common_name_and_compression_is_read(tmp_path: Path, name: str, pack: Any) -> None:
+    summary, rejects = run_folder(tmp_path, {name: pack(ndjson_bytes(STUDY_LINES))})
+    assert summary["records_read"] == 3 and summary["records_used"] == 3, rejects
+    assert summary["patients"] == 1
+
+
+def test_a_bundle_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in STUDY_LINES]}
+    summary, rejects = run_folder(tmp_path, {"b.json": b"\xef\xbb\xbf" + orjson.dumps(bundle)})
+    assert summary["records_used"] == 3, rejects
+
+
+def test_files_not_read_are_listed_with_the_reason(tmp_path: Path) -> None:
+    summary, rejects = run_folder(
+        tmp_path,
+        {"x.ndjson": ndjson_bytes(STUDY_LINES), "notes.txt": b"hello", "labs.csv": b"a,b\n", "y.ndjson.bz2x": b"?"},
+    )
+    not_read = {Path(r["file"]).name: r["reason"] for r in rejects if r["code"] == "not-read"}
+    assert set(not_read) == {"notes.txt", "labs.csv", "y.ndjson.bz2x"}
+    assert "suffix .txt" in not_read["notes.txt"] and "read are .ndjson, .jsonl and .json" in not_read["notes.txt"]
+    assert summary["by_type"]["(file not read)"] == {"read": 3, "used": 0, "rejected": 3}
+    assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
+
+
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz"])
+def test_a_compressed_file_that_breaks_off_says_how_much_was_read(tmp_path: Path, kind: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    count = 40_000 if kind == "bz2" else 2_000  # bz2 decompresses by blocks of 900 kB: more than one
+    lines = [patient(f"p{i}", name=[{"text": os.urandom(24).hex()}]) for i in range(count)]
+    packed = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[kind](ndjson_bytes(lines))
+    summary, rejects = run_folder(tmp_path, {f"x.ndjson.{kind}": packed[: len(packed) // 2]})
+    (broken,) = [r for r in rejects if r["code"] == "unreadable"]
+    read = int(broken["reason"].split("the file breaks off: ", 1)[1].split(" ", 1)[0])
+    assert 0 < read < count and "read before the break, the rest of the file is lost" in broken["reason"]
+    assert summary["records_read"] == read + 1  # the records read, and the break
+
+
+def test_a_large_bundle_is_streamed_with_the_results_of_the_same_data_as_ndjson(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The paper cohort as one single-line Bundle (references by urn:uuid) read entry by entry."""
+    from builders import ROOT
+
+    paper = ROOT / "fixtures" / "paper-cohort" / "input"
+    mappings, identity = load_mappings()
+    run_evaluate([paper], tmp_path / "ndjson", AS_OF, mappings, identity, report=False)
+    resources = [json.loads(line) for f in sorted(paper.glob("*.ndjson")) for line in f.read_text().splitlines()]
+    urls = {
+        f"{r['resourceType']}/{r['id']}": f"urn:uuid:00000000-0000-4000-8000-{n:012d}" for n, r in enumerate(resources)
+    }
+    text = json.dumps(resources)
+    for ref, urn in urls.items():
+        text = text.replace(f'"reference": "{ref}"', f'"reference": "{urn}"')
+    entries = [{"fullUrl": urls[f"{r['resourceType']}/{r['id']}"], "resource": r} for r in json.loads(text)]
+    src = tmp_path / "bundle"
+    src.mkdir()
+    (src / "cohort.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
+    (src / "screening.json").write_bytes((paper / "screening-candidates.json").read_bytes())
+    monkeypatch.setattr("fhiradapter.shell.readers.STREAM_BYTES", 1024)  # every Bundle file here is streamed
+    run_evaluate([src], tmp_path / "streamed", AS_OF, mappings, identity, report=False)
+    a = json.loads((tmp_path / "ndjson" / "results.json").read_text())
+    b = json.loads((tmp_path / "streamed" / "results.json").read_text())
+    assert a["subjects"] == b["subjects"] and a["cohort"] == b["cohort"]
+
+
+def test_reading_a_large_bundle_holds_one_entry_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory while reading a 6 MB single-line Bundle: well under the file's own size (held whole, its
+    parsed objects take several times the file). benchmarks/bench_bundle_memory.py measures whole runs."""
+    import tracemalloc
+
+    monkeypatch.setattr("fhiradapter.shell.readers.STREAM_BYTES", 1 << 20)
+    entries = [
+        {
+            "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}",
+            "resource": afp(f"o{n}", n, note=[{"text": "x" * 120}]),
+        }
+        for n in range(20_000)
+    ]
+    path = tmp_path / "big.json"
+    path.write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
+    del entries
+    size = path.stat().st_size
+    assert size > 1 << 20
+    tracemalloc.start()
+    try:
+        count = sum(1 for r in read_file(path) if isinstance(r, RawRecord))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == 20_000 and peak < size // 2, (peak, size)

@@ -46,11 +46,12 @@ def count_records(folder: Path) -> int:
 
 def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
     summary, rejects = evaluate([BAD], tmp_path, candidates=True)
-    assert summary["records_read"] == count_records(BAD)
+    assert summary["records_read"] == count_records(BAD) + 1  # README.md: a file not read, listed
     assert summary["records_rejected"] == len(rejects)
     assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
     got = {(Path(r["file"]).name, r["locator"]): r["code"] for r in rejects}
     assert got == {
+        ("README.md", "file"): "not-read",
         ("broken-bundle.json", "file"): "malformed-json",
         ("mixed.ndjson", "line 2"): "malformed-json",
         ("mixed.ndjson", "line 3"): "not-a-resource",

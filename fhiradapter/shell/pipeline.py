@@ -63,7 +63,7 @@ from fhiradapter.core.writeback import (
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manifest, write_manifest, writing
-from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, expand_inputs, plan_tasks, read_file
+from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, find_inputs, is_plain, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
 from fhiradapter.shell.workers import run_jobs
 
@@ -75,6 +75,7 @@ GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
 WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
 REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
+NOT_READ = "(file not read)"  # the "resource type" counted for a file of an input folder that is not read
 CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (PROTOCOL.md §1)
 
 # One input record on its way through the passes:
@@ -483,11 +484,12 @@ def run_evaluate(
     """
     if enrol_candidates and not screen_candidates:
         raise ConfigError("enrolling candidates needs --screen-candidates too")
-    files = expand_inputs(inputs, exclude=out)
+    files, unread = find_inputs(inputs, exclude=out)
     with claim_output(out, inputs), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
         return _run(
             files,
+            unread,
             inputs,
             out,
             as_of,
@@ -506,6 +508,7 @@ def run_evaluate(
 
 def _run(
     files: list[Path],
+    unread: list[Reject],
     inputs: list[Path],
     out: Path,
     as_of: date,
@@ -521,7 +524,7 @@ def _run(
     fhir_bases: tuple[str, ...],
 ) -> dict[str, Any]:
     """The run in ``out``, which ``run_evaluate`` holds (locked), its manifest removed."""
-    input_bytes = sum(f.stat().st_size * (5 if f.name.endswith(".gz") else 1) for f in files)
+    input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
     bases = tuple(dict.fromkeys([*fhir_bases, *pulled_from(inputs)]))
@@ -556,6 +559,11 @@ def _run(
             globals_: dict[str, Item] = {}
             parts = [r.rejects for r in one]
             glob_rejects = _Rejects(spill / "rejects-globals.ndjson")
+            for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
+                glob_rejects.reject(file_not_read.as_dict())
+                stats.read[NOT_READ] += 1
+                stats.rejected[NOT_READ] += 1
+                stats.reasons[file_not_read.code] += 1
             for r in one:
                 stats.merge(r.stats)
                 for item in r.globals.values():

@@ -1,25 +1,69 @@
-"""Readers: NDJSON (optionally gzip), Bundle or single-resource JSON files, and folders of them, streamed.
+"""Readers: NDJSON, Bundle or single-resource JSON files, compressed or not, and folders of them, streamed.
 
 Each input record comes out either as a :class:`RawRecord` (a resource dict with where it came from and,
 inside a Bundle, the ``urn:uuid`` aliases of its siblings) or as a :class:`Reject` naming file, line or
-entry, and the reason. Nothing is dropped silently. An NDJSON file is never held in memory whole; a JSON
-file (a Bundle) is, because JSON cannot be streamed by entry without a second parser.
+entry, and the reason. Nothing is dropped silently:
+
+- suffixes are matched whatever their case (``X.NDJSON``); ``.gz``, ``.bz2``, ``.xz`` and ``.zst`` files are
+  read through their decompressor; a file in an input folder that is not read (``.txt``, ``.csv``, a pull's
+  manifest) is listed with the reason (``not-read``);
+- a compressed file that breaks off says how many records were read before the break, and that the rest is
+  lost (``unreadable``);
+- a UTF-8 byte order mark at a file's start is accepted; a ``.json`` file that holds NDJSON is read as NDJSON;
+- an NDJSON file is never held in memory whole, and neither is a Bundle file above ``STREAM_BYTES``: its
+  entries are streamed (ijson), one at a time, in two passes (the ``urn:uuid`` aliases first), so memory
+  stays flat whatever the layout of the file.
 """
 
 from __future__ import annotations
 
+import bz2
 import gzip
+import io
+import lzma
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+import ijson
 import orjson
 
 from fhiradapter.core.model import from_fields
 from fhiradapter.errors import InputError
 
-SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
+NDJSON = (".ndjson", ".jsonl")
+DOCUMENT = (".json",)
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+SUFFIXES = tuple(f"{kind}{packed}" for kind in (*NDJSON, *DOCUMENT) for packed in ("", *COMPRESSIONS))
+STREAM_BYTES = 16 * 1024 * 1024  # a Bundle file larger than this (on disk) has its entries streamed
+BOM = b"\xef\xbb\xbf"
+
+
+def _lower(path: Path) -> str:
+    return path.name.lower()
+
+
+def is_data_file(path: Path) -> bool:
+    """Whether a file's name says it holds FHIR resources the readers read (any case)."""
+    return _lower(path).endswith(SUFFIXES)
+
+
+def _is_ndjson(path: Path) -> bool:
+    name = _lower(path)
+    for packed in COMPRESSIONS:
+        name = name.removesuffix(packed)
+    return name.endswith(NDJSON)
+
+
+def is_plain(path: Path) -> bool:
+    """Whether a file is read as it is on disk (not compressed)."""
+    return not _compression(path)
+
+
+def _compression(path: Path) -> str:
+    name = _lower(path)
+    return next((packed for packed in COMPRESSIONS if name.endswith(packed)), "")
 
 
 class RawRecord(NamedTuple):
@@ -54,25 +98,37 @@ NOT_DATA = frozenset({PULL_MANIFEST, BULK_STATE})
 
 
 def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:
-    """Files to read, folders walked recursively in name order; raise InputError for a missing path.
+    """Files to read (see :func:`find_inputs`)."""
+    return find_inputs(paths, exclude)[0]
 
-    Files under ``exclude`` (the output folder, when it lies inside an input folder) are skipped, so a run
-    never reads the results of an earlier one; so are ``pull-manifest.json`` and ``bulk-state.json``, which
-    ``fhiradapter pull`` writes beside the resources (a file named explicitly is always read).
+
+def find_inputs(paths: list[Path], exclude: Path | None = None) -> tuple[list[Path], list[Reject]]:
+    """Files to read, folders walked recursively in name order, and the files of those folders not read.
+
+    Raise InputError for a missing or unreadable path. Files under ``exclude`` (the output folder) are left
+    out; every other file in a folder that is not read is returned as a ``not-read`` Reject with the reason
+    (a file named explicitly is always read).
     """
     files: list[Path] = []
+    skipped: list[Reject] = []
     skip = exclude.resolve() if exclude is not None else None
     for path in paths:
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.is_file()
-                and p.name.endswith(SUFFIXES)
-                and p.name not in NOT_DATA
-                and (skip is None or skip not in p.resolve().parents)
-            )
-            files.extend(found)
+            for p in sorted(path.rglob("*")):
+                if not p.is_file() or (skip is not None and skip in p.resolve().parents):
+                    continue
+                if p.name in NOT_DATA:
+                    why = "written by fhiradapter pull beside the data: a description of the pull, not data"
+                    skipped.append(Reject(str(p), "file", None, None, "not-read", why))
+                elif is_data_file(p):
+                    files.append(p)
+                else:
+                    suffix = "".join(p.suffixes[-2:]) or "none"
+                    why = (
+                        f"not a FHIR data file by its name (suffix {suffix}; read are .ndjson, .jsonl and .json, "
+                        "optionally .gz, .bz2, .xz or .zst)"
+                    )
+                    skipped.append(Reject(str(p), "file", None, None, "not-read", why))
         elif path.is_file():
             files.append(path)
         else:
@@ -80,12 +136,22 @@ def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:
     for f in files:
         if not os.access(f, os.R_OK):
             raise InputError(f"input not readable: {f}")
-    return files
+    return files, skipped
 
 
 def _open(path: Path) -> BinaryIO:
-    if path.name.endswith(".gz"):
+    packed = _compression(path)
+    if packed == ".gz":
         return gzip.open(path, "rb")  # type: ignore[return-value]
+    if packed == ".bz2":
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    if packed == ".xz":
+        return lzma.open(path, "rb")  # type: ignore[return-value]
+    if packed == ".zst":
+        import zstandard  # noqa: PLC0415 - only for .zst inputs
+
+        reader = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
+        return io.BufferedReader(reader, buffer_size=1 << 20)  # lines, like the others
     return path.open("rb")
 
 
@@ -106,7 +172,7 @@ def plan_tasks(files: list[Path], chunk_bytes: int) -> list[Task]:
     tasks: list[Task] = []
     for path in files:
         size = path.stat().st_size
-        if not path.name.endswith((".ndjson", ".jsonl")) or size <= chunk_bytes:
+        if not _lower(path).endswith(NDJSON) or size <= chunk_bytes:
             tasks.append(Task(path, 0, None, 1))
             continue
         start, line = 0, 1
@@ -138,22 +204,44 @@ def _pieces(fh: BinaryIO, length: int, size: int = 1 << 20) -> Iterator[bytes]:
 def read_file(
     path: Path, on_bytes: Callable[[int], None] | None = None, task: Task | None = None
 ) -> Iterator[RawRecord | Reject]:
-    """Records of one file (or one task's share of it); NDJSON by line, anything else as one JSON document."""
+    """Records of one file (or one task's share of it): NDJSON by line; any other as one JSON document, or its
+    Bundle entries streamed when the file is large; a ``.json`` file that holds NDJSON, by line."""
     name = str(path)
-    is_ndjson = path.name.endswith((".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz"))
+    read = 0
     try:
+        if not _is_ndjson(path) and path.stat().st_size > STREAM_BYTES // (4 if _compression(path) else 1):
+            streamed = _stream_bundle(path, name, on_bytes)
+            if streamed is not None:
+                for record in streamed:
+                    read += 1
+                    yield record
+                return
         with _open(path) as fh:
-            if is_ndjson:
+            if _is_ndjson(path):
                 if task is not None and task.start:
                     fh.seek(task.start)
-                yield from _read_ndjson(fh, name, on_bytes, task.end if task else None, task.first_line if task else 1)
+                first = task.first_line if task else 1
+                for record in _read_ndjson(fh, name, on_bytes, task.end if task else None, first):
+                    read += 1
+                    yield record
             else:
                 data = fh.read()
                 if on_bytes:
                     on_bytes(len(data))
-                yield from _read_document(data, name)
-    except (OSError, EOFError) as exc:  # truncated gzip, I/O error mid-file
-        yield Reject(name, "file", None, None, "unreadable", f"file could not be read to the end: {exc}")
+                for record in _read_document(data, name):
+                    read += 1
+                    yield record
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:  # a truncated or corrupt file, an I/O error
+        what = "record was" if read == 1 else "records were"
+        yield Reject(
+            name,
+            "file",
+            None,
+            None,
+            "unreadable",
+            f"the file breaks off: {read} {what} read before the break, the rest of the file is lost "
+            f"({type(exc).__name__}: {str(exc)[:120]})",
+        )
 
 
 def _read_ndjson(
@@ -163,6 +251,8 @@ def _read_ndjson(
     pending = 0
     remaining = None if end is None else end - fh.tell()
     for lineno, line in enumerate(fh, first_line):
+        if lineno == 1 and line.startswith(BOM):
+            line = line[len(BOM) :]
         if remaining is not None:
             if remaining <= 0:
                 break
@@ -190,9 +280,13 @@ def _read_ndjson(
 
 
 def _read_document(data: bytes, name: str) -> Iterator[RawRecord | Reject]:
+    data = data.removeprefix(BOM)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
+        if _looks_like_ndjson(data):  # a .json file holding one resource per line, as some exports name it
+            yield from _read_ndjson(io.BytesIO(data), name, None)
+            return
         yield Reject(name, "file", None, None, "malformed-json", f"not valid JSON ({exc.msg})")
         return
     if isinstance(obj, list):
@@ -225,26 +319,83 @@ def _bundle(bundle: dict[str, Any], name: str, locator: str) -> Iterator[RawReco
     if not isinstance(entries, list):
         yield Reject(name, locator, "Bundle", bundle.get("id"), "invalid-field", "Bundle.entry is not a list")
         return
-    aliases: dict[str, str] = {}
-    staged: list[tuple[int, dict[str, Any]]] = []
+    aliases = dict(alias for entry in entries if (alias := _alias(entry)) is not None)
     for i, entry in enumerate(entries):
-        loc = f"entry {i}{where}"
-        res = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
-            yield Reject(name, loc, None, None, "not-a-resource", "Bundle entry without a resource")
-            continue
-        full = entry.get("fullUrl")
-        if not res.get("id") and isinstance(full, str) and full.startswith("urn:uuid:"):
-            res = {**res, "id": full[len("urn:uuid:") :]}  # a transaction entry to be created
-        if isinstance(full, str) and isinstance(res.get("id"), str):
-            aliases[full] = f"{res['resourceType']}/{res['id']}"
-        staged.append((i, res))
-    for i, res in staged:
-        loc = f"entry {i}{where}"
-        if res["resourceType"] == "Bundle":
-            yield from _bundle(res, name, loc)
-            continue
-        if not isinstance(res.get("id"), str) or not res.get("id"):
-            yield Reject(name, loc, res["resourceType"], None, "missing-id", "the resource has no id")
-            continue
-        yield RawRecord(res, (name, loc), aliases or None)
+        yield from _bundle_entry(entry, i, name, where, aliases or None)
+
+
+def _alias(entry: Any) -> tuple[str, str] | None:
+    """(fullUrl, Type/id) of a Bundle entry, for references to it by its fullUrl."""
+    res = entry.get("resource") if isinstance(entry, dict) else None
+    full = entry.get("fullUrl") if isinstance(entry, dict) else None
+    if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str) or not isinstance(full, str):
+        return None
+    rid = res.get("id") or (full[len("urn:uuid:") :] if full.startswith("urn:uuid:") else None)
+    return (full, f"{res['resourceType']}/{rid}") if isinstance(rid, str) else None
+
+
+def _bundle_entry(
+    entry: Any, i: int, name: str, where: str, aliases: dict[str, str] | None
+) -> Iterator[RawRecord | Reject]:
+    """One Bundle entry's resource (a nested Bundle's entries), or why it has none."""
+    loc = f"entry {i}{where}"
+    res = entry.get("resource") if isinstance(entry, dict) else None
+    if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
+        yield Reject(name, loc, None, None, "not-a-resource", "Bundle entry without a resource")
+        return
+    full = entry.get("fullUrl")
+    if not res.get("id") and isinstance(full, str) and full.startswith("urn:uuid:"):
+        res = {**res, "id": full[len("urn:uuid:") :]}  # a transaction entry to be created
+    if res["resourceType"] == "Bundle":
+        yield from _bundle(res, name, loc)
+        return
+    if not isinstance(res.get("id"), str) or not res.get("id"):
+        yield Reject(name, loc, res["resourceType"], None, "missing-id", "the resource has no id")
+        return
+    yield RawRecord(res, (name, loc), aliases)
+
+
+def _looks_like_ndjson(data: bytes) -> bool:
+    """Whether a document that is not one JSON value is NDJSON: its first line is a JSON object by itself."""
+    first = data.lstrip().split(b"\n", 1)[0]
+    try:
+        return isinstance(orjson.loads(first), dict) and b"\n" in data.strip()
+    except orjson.JSONDecodeError:
+        return False
+
+
+def _stream_bundle(
+    path: Path, name: str, on_bytes: Callable[[int], None] | None
+) -> Iterator[RawRecord | Reject] | None:
+    """A large Bundle file's entries, one at a time (None when the file's top level is not a Bundle).
+
+    Two passes over the file: the ``urn:uuid`` aliases of every entry first (references may point forward),
+    then the entries themselves, mapped as ``_bundle`` maps a Bundle held whole.
+    """
+    with _open(path) as fh:
+        head = fh.read(1 << 16).removeprefix(BOM)
+    if b'"Bundle"' not in head or not head.lstrip().startswith(b"{"):
+        return None
+    with _open(path) as fh:
+        kinds = ijson.items(_skip_bom(fh), "resourceType")
+        if next(kinds, None) != "Bundle":
+            return None
+    return _streamed_entries(path, name, on_bytes)
+
+
+def _streamed_entries(path: Path, name: str, on_bytes: Callable[[int], None] | None) -> Iterator[RawRecord | Reject]:
+    with _open(path) as fh:
+        entries = ijson.items(_skip_bom(fh), "entry.item", use_float=True)
+        aliases = dict(alias for entry in entries if (alias := _alias(entry)) is not None)
+    with _open(path) as fh:
+        for i, entry in enumerate(ijson.items(_skip_bom(fh), "entry.item", use_float=True)):
+            yield from _bundle_entry(entry, i, name, "", aliases or None)
+    if on_bytes:
+        on_bytes(path.stat().st_size)
+
+
+def _skip_bom(fh: BinaryIO) -> BinaryIO:
+    start = fh.read(3)
+    if start != BOM:
+        fh.seek(0)
+    return fh
