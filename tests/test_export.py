@@ -542,3 +542,28 @@ def test_age_at_index_is_completed_years_on_the_index_date() -> None:
         return view.age_at_reference
 
     assert (age("1951-06-02"), age("1951-06-03"), age("1951-06-01")) == (52, 51, 52)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_an_export_folder_is_whole_or_says_it_is_not(paper: Any, tmp_path: Path, kind: str) -> None:
+    """run.json goes first and comes back last with every file's sha256: an export that failed half way leaves
+    a folder without it, never one whose tables look current but mix two runs."""
+    import hashlib
+
+    out, _ = paper
+    folder = tmp_path / "export"
+    export(out, f"{kind}:{folder}")
+    run = json.loads((folder / "run.json").read_text())
+    assert run["files"] and all(
+        hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest for name, digest in run["files"].items()
+    )
+    assert f"subjects.{kind}" in run["files"] and "data-dictionary.csv" in run["files"]
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("fhiradapter.shell.export._FileSink.add", broken)
+        with pytest.raises(TargetError, match="No space left on device"):
+            export(out, f"{kind}:{folder}")
+    assert not (folder / "run.json").exists()  # the old set's tables remain, but no longer claim to be whole
