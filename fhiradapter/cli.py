@@ -8,6 +8,7 @@ Only this module turns exceptions into messages and exit codes (see ``fhiradapte
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -23,10 +24,12 @@ from fhiradapter.errors import AdapterError, ConfigError, ExitCode, NothingEvalu
 
 
 def _parse_as_of(value: str) -> date:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ConfigError(f"--as-of must be a date as YYYY-MM-DD, got {value!r}")
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise ConfigError(f"--as-of must be a date as YYYY-MM-DD, got {value!r}") from None
+        raise ConfigError(f"--as-of {value} is no calendar date (that month has no such day)") from None
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
@@ -67,8 +70,9 @@ def _guard(interrupted: str = "run the same command again") -> Iterator[None]:
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
-    except BrokenPipeError:  # output piped into `head`: stop quietly
-        sys.stderr.close()
+    except BrokenPipeError:  # output piped into `head`, which has read enough: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, and no error at exit
         sys.exit(int(ExitCode.OK))
     except Exception as exc:
         if os.environ.get("FHIRADAPTER_DEBUG"):
@@ -99,7 +103,7 @@ def main() -> None:
     """Apply the thalidomide-HCC pilot protocol to FHIR R4 data and report the results."""
 
 
-@main.command()
+@main.command(short_help="Apply the protocol to FHIR files: results, write-back, report.")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--as-of",
@@ -251,8 +255,8 @@ def evaluate(
                 enrol_candidates=enrol_candidates,
                 fhir_bases=fhir_bases,
             )
-    _print_summary(summary, out)
     with _guard():
+        _print_summary(summary, out)
         if not summary["patients"]:
             raise NothingEvaluated(_nothing_evaluated(summary))
         if export_to:
@@ -311,12 +315,13 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
             f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
             f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
         )
-        names.append("writeback.json")
+        names += ["writeback.json", "writeback-plan.ndjson"]
     if (out / "candidates.ndjson").exists() and population.get("candidates") is not None:
         names.append("candidates.ndjson")
-    if (out / "report.html").exists():
-        names += ["report.html", "report.md"]
-    click.echo(f"Wrote {', '.join(str(out / n) for n in names)}")
+    names += [n for n in ("report.html", "report.md", "report-km.png", "report-swimmer.png") if (out / n).exists()]
+    click.echo(f"Wrote to {out}: {', '.join(names)}, and manifest.json last.")
+    if "report.html" in names:
+        click.echo(f"Open {out / 'report.html'} in a browser to read the report.")
     seconds = summary.get("seconds") or {}
     if seconds:
         phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
@@ -367,7 +372,7 @@ def _safe_url(url: str) -> str:
     return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
 
 
-@main.command("export")
+@main.command("export", short_help="Export results to a registry database, CSV, Parquet or SDTM.")
 @click.argument("results_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--to", "to", required=True, metavar="URL", help=_EXPORT_TO_HELP)
 @click.option(
@@ -539,7 +544,7 @@ async def _open_client(o: dict[str, Any]) -> Any:
     return await open_client(ServerOptions(**{**o, "trust_origin": tuple(o.get("trust_origin") or ())}))
 
 
-@main.command("pull")
+@main.command("pull", short_help="Pull a study's data from a FHIR server into NDJSON files.")
 @_server_options
 @click.option("--study", help="ResearchStudy id, or identifier as SYSTEM|VALUE (required unless --bulk).")
 @click.option(
@@ -613,7 +618,13 @@ def pull_cmd(
                         client, str(study), out, since, progress=bar.update, on_total=total, per_search=per_search
                     )
 
-        summary = asyncio.run(run())
+        created = not out.exists()
+        try:
+            summary = asyncio.run(run())
+        except BaseException:
+            if created and out.is_dir() and not any(out.iterdir()):  # a failed pull leaves no empty folder
+                out.rmdir()
+            raise
         counts = ", ".join(f"{k} {v}" for k, v in sorted(summary.resources.items()))
         if bulk:
             resumed = " (resumed)" if summary.resumed else ""
@@ -658,7 +669,7 @@ def _check_instant(value: str) -> None:
         raise ConfigError(f"--since needs a time zone (e.g. Z or +09:00): {value!r}")
 
 
-@main.command("push")
+@main.command("push", short_help="Write a write-back Bundle to a FHIR server.")
 @_server_options
 @click.argument("bundle", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -742,7 +753,7 @@ def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-@main.command("sync")
+@main.command("sync", short_help="Pull what changed, evaluate, write the results back.")
 @_server_options
 @click.option("--study", required=True, help="ResearchStudy id, or identifier as SYSTEM|VALUE.")
 @click.option("--as-of", "as_of", required=True, metavar="YYYY-MM-DD", help="Data cut-off for the evaluation.")
@@ -888,7 +899,7 @@ def sync_cmd(
             sys.exit(int(ExitCode.SERVER))
 
 
-@main.command("runs")
+@main.command("runs", short_help="List the sync runs a store holds, newest first.")
 @_store_options
 @click.option("--server", metavar="URL", default=None, help="Only the runs against this FHIR base URL.")
 @click.option("--study", default=None, help="Only the runs of this study (as given to sync).")

@@ -78,11 +78,35 @@ def test_missing_input_is_a_one_line_error(tmp_path: Path) -> None:
     assert out.strip().splitlines() == [f"error: input not found: {tmp_path / 'nope'}"]
 
 
-@pytest.mark.parametrize("bad", ["31/03/2005", "2005-02-30", "yesterday"])
-def test_bad_as_of_is_a_config_error(tmp_path: Path, bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("31/03/2005", "--as-of must be a date as YYYY-MM-DD, got '31/03/2005'"),
+        ("yesterday", "--as-of must be a date as YYYY-MM-DD, got 'yesterday'"),
+        ("2005-02-30", "--as-of 2005-02-30 is no calendar date (that month has no such day)"),  # the date, not the form
+    ],
+)
+def test_bad_as_of_is_a_config_error_that_says_what_is_wrong(tmp_path: Path, bad: str, says: str) -> None:
     code, out = invoke("evaluate", str(PAPER), "--as-of", bad, "--out", str(tmp_path))
     assert code == ExitCode.CONFIG
-    assert "--as-of must be a date as YYYY-MM-DD" in out and "Traceback" not in out
+    assert says in out and "Traceback" not in out
+
+
+def test_the_top_level_help_cuts_no_description_short() -> None:
+    code, out = invoke("--help")
+    commands = out.split("Commands:", 1)[1].strip().splitlines()
+    assert code == 0 and len(commands) == 6 and not [line for line in commands if line.rstrip().endswith("...")]
+
+
+def test_the_summary_names_every_file_written_and_where_to_read_the_report(tmp_path: Path) -> None:
+    code, out = invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path))
+    assert code == 0, out
+    for name in ("writeback-plan.ndjson", "report-km.png", "report-swimmer.png", "manifest.json"):
+        assert name in out, name
+    assert f"Open {tmp_path / 'report.html'} in a browser" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["as_of"] == "2005-03-31" and summary["protocol"]["id"] == "thal-hcc-pilot"
+    assert summary["protocol"]["rules"] == "docs/protocol.md"
 
 
 def edited_mappings(tmp_path: Path, name: str, old: str, new: str) -> Path:
@@ -154,3 +178,29 @@ def test_no_writeback_skips_the_bundle_and_removes_an_earlier_one(tmp_path: Path
     assert json.loads((tmp_path / "summary.json").read_text())["writeback"] is None
     lean = json.loads((tmp_path / "results.json").read_text())
     assert lean["subjects"] == full["subjects"] and lean["cohort"] == full["cohort"]  # the same evaluation
+
+
+def test_output_piped_into_head_stops_quietly(tmp_path: Path) -> None:
+    """`fhiradapter evaluate ... | head -1`: the pipe closes after one line; no error, no message, exit 0."""
+    import subprocess
+    import sys
+
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--no-report"]
+    run = subprocess.Popen(
+        [sys.executable, "-c", "from fhiradapter.cli import run; run()", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert run.stdout is not None and run.stdout.readline().startswith(b"Read ")
+    run.stdout.close()  # as head does after its line
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 0 and err == b"", err
+
+
+def test_a_failed_pull_leaves_no_empty_folder(tmp_path: Path) -> None:
+    out = tmp_path / "pulled"
+    code, text = invoke(
+        "pull", "--server", "http://127.0.0.1:9/fhir", "--study", "s", "--out", str(out), "--retry-budget", "0"
+    )
+    assert code == ExitCode.SERVER and "127.0.0.1:9" in text
+    assert not out.exists()

@@ -604,7 +604,9 @@ def _run(
                 wb_index.extend(r2.writeback_index)
             cohort = summarise_cohort(rows)
             lap("cohort_statistics")
-            summary = stats.as_dict()
+            summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
+            summary["protocol"]["study"] = settings.study
+            summary |= stats.as_dict()
             summary["workers"] = workers
             summary["build"] = build()  # "compiled" (mypyc) or "python": what produced these figures
             if not writeback:
