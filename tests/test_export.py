@@ -148,11 +148,11 @@ def test_current_views_give_the_cohort_figures_of_results_json(paper: Any, tmp_p
         assert responders / treated == pytest.approx(cohort["orr"]["rate"])
 
 
-def test_readme_query_which_patients_progressed_and_when(paper: Any, tmp_path: Path) -> None:
+def test_documented_query_which_patients_progressed_and_when(paper: Any, tmp_path: Path) -> None:
     out, results = paper
     url = sqlite_url(tmp_path / "r.db")
     export(out, url)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "export.md").read_text()
     start = readme.index("-- which patients progressed, and when")
     query = readme[start : readme.index(";", start) + 1]
     assert query.strip() == (ROOT / "docs" / "queries" / "progressed.sql").read_text().strip()
