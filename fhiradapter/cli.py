@@ -49,6 +49,10 @@ _SYNC_INTERRUPTED = (
 )
 
 
+# Packages a plain `pip install fhiradapter` leaves out, by the extra that brings them (pyproject.toml).
+EXTRAS = {"sqlalchemy": "registry", "alembic": "registry", "psycopg": "postgres", "pyarrow": "parquet"}
+
+
 def _stopping(signum: int, frame: Any) -> None:
     """SIGINT after the first, while the command stops: it is stopping already."""
 
@@ -70,6 +74,15 @@ def _guard(interrupted: str = "run the same command again") -> Iterator[None]:
     except AdapterError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        extra = EXTRAS.get(package)
+        if extra is None:
+            raise
+        click.echo(
+            f"error: this needs {package}, which comes with an extra: pip install 'fhiradapter[{extra}]'", err=True
+        )
+        sys.exit(int(ExitCode.CONFIG))
     except BrokenPipeError:  # output piped into `head`, which has read enough: stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, and no error at exit
@@ -837,11 +850,12 @@ def sync_cmd(
       fhiradapter sync --server https://fhir.example.org/r4 --study thal-hcc-pilot --as-of 2005-03-31 --dry-run
     """
     from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415
-    from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415
-    from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
     with _guard(_SYNC_INTERRUPTED):
+        from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
+        from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: PLC0415
+
         cutoff = _parse_as_of(as_of)
         if since not in ("auto", "none"):
             _check_instant(since)
@@ -919,9 +933,9 @@ def runs_cmd(
     """
     import json  # noqa: PLC0415
 
-    from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415
-
     with _guard():
+        from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
+
         folder = data_dir or default_data_dir()
         if store_url is None and not (folder / "sync.db").exists():
             raise ConfigError(f"no sync store in {folder} (sync.db): give the --data-dir or --store that sync used")

@@ -204,3 +204,30 @@ def test_a_failed_pull_leaves_no_empty_folder(tmp_path: Path) -> None:
     )
     assert code == ExitCode.SERVER and "127.0.0.1:9" in text
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("missing", "command", "extra"),
+    [
+        ("sqlalchemy", ["runs", "--data-dir", "{tmp}"], "registry"),
+        ("pyarrow", ["export", "{out}", "--to", "parquet:{tmp}/p"], "parquet"),
+    ],
+)
+def test_a_missing_extra_is_named_with_its_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: str, command: list[str], extra: str
+) -> None:
+    import sys
+
+    out = tmp_path / "out"
+    assert invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(out), "--no-report")[0] == 0
+    (tmp_path / "sync.db").touch()
+    for name in [m for m in sys.modules if m == missing or m.startswith(f"{missing}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    for name in ("fhiradapter.shell.store", "fhiradapter.shell.registry_db"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setitem(sys.modules, missing, None)  # as if the package were not installed
+    code, text = invoke(*[a.format(tmp=tmp_path, out=out) for a in command])
+    assert code == ExitCode.CONFIG, text
+    assert text.strip().splitlines()[-1] == (
+        f"error: this needs {missing}, which comes with an extra: pip install 'fhiradapter[{extra}]'"
+    )

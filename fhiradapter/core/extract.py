@@ -55,7 +55,7 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
         "tumour": sorted(tumour, key=lambda x: (x["date"] or "", x["lesion"] or "", x["ref"])),
         "exposures": sorted(
             (
-                {"ref": m.ref, "drug": m.drug, "drug_code": m.drug_code, "start": m.start, "end": m.end}
+                {"ref": m.ref, "drug": m.drug, "drug_code": m.drug_code, "start": m.start, "end": _capped(m.end, as_of)}
                 for m in kept.meds
                 if m.ref not in skip
             ),
@@ -77,3 +77,9 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
             key=lambda x: (x["date"] or "", x["ref"]),
         ),
     }
+
+
+def _capped(end: str | None, as_of: date) -> str | None:
+    """An exposure's end as the extract gives it: never after the as-of date (nothing after it is read)."""
+    cut = as_of.isoformat()
+    return end if end is None or end[: len(cut)] <= cut[: len(end)] else cut
