@@ -72,6 +72,14 @@ class Retryable(Exception):
         self.response = response
 
 
+class _LostWrite(Exception):
+    """A write whose answer was lost: not retried blindly (the caller looks it up on the server)."""
+
+    def __init__(self, cause: Exception) -> None:
+        reason = f"HTTP {cause.response.status_code}" if isinstance(cause, Retryable) else type(cause).__name__
+        super().__init__(reason)
+
+
 class RequestDeadline(httpx.TimeoutException):
     """The whole request took longer than ``timeout_s`` (a server that answers, but too slowly)."""
 
@@ -409,6 +417,7 @@ class FhirClient:
             send_headers.setdefault("Content-Type", FHIR_JSON)
         what = f"{method} {_describe(url)}"
         self._check_origin(what, url)
+        write = method not in ("GET", "HEAD")
         reached = False  # whether any attempt may have reached the server (an answer lost, not a write refused)
         try:
             async for attempt in self._retrying():
@@ -417,9 +426,19 @@ class FhirClient:
                         self.retries += 1
                     try:
                         response = await self._send(method, url, params, body, send_headers)
-                    except ANSWER_LOST:
+                    except ANSWER_LOST as exc:
                         reached = True
+                        if write:  # sent again blindly, an applied update would come back as a 412 conflict
+                            raise _LostWrite(exc) from exc
                         raise
+                    except Retryable as exc:
+                        if write and exc.response.status_code in (502, 504):  # a gateway gave up; the server?
+                            raise _LostWrite(exc) from exc
+                        raise
+        except _LostWrite as lost:
+            raise AnswerLost(
+                f"{what}: its answer was lost ({lost}); the server may have applied it, to be looked up"
+            ) from None
         except Retryable as exc:
             raise ServerError(
                 f"{what}: HTTP {exc.response.status_code} after retrying for up to {s.retry_budget_s:.0f} s: "

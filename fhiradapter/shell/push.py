@@ -57,18 +57,21 @@ from fhiradapter.shell.fhir_client import (
 # (AWS HealthLake) entries per Bundle; 100 fits both. Smaller limits (Medplum: 8 entries once any is
 # conditional) are learnt in auto mode. See docs/servers.md.
 DEFAULT_CHUNK = 100
+SETTLE_ROUNDS = 3  # look-ups and sends again for writes whose answer was lost, before they count as unknown
 APPLIED = ("created", "updated", "unchanged")
 NOT_APPLIED = "not applied"
 UNKNOWN = "unknown"
 # What servers say when a transaction is refused for its size (with a 400; a 413 always means it).
 SIZE_REFUSAL = re.compile(
-    r"too many|too large|too big|more \w+ operations than allowed|exceeds? the (maximum|limit)|"
-    r"maximum (number of )?(entries|resources)|bundle size|entity too large",
+    r"too many (entries|resources|operations)|has too many|more \w+ operations than allowed|"
+    r"(bundle|transaction) (is )?too (large|big)|bundle size|maximum (number of )?(entries|resources)|"
+    r"exceeds? the maximum\b[^.]*\b(entries|resources)|entity too large",
     re.IGNORECASE,
 )
 # The 4xx answers about one entry (412 included), counted for it. Not these, which stop the push: 401, 403
 # and 405 (no write would succeed), and what the client retries (408, 429), raised once the retries are spent.
-ENTRY_REFUSALS = tuple(s for s in range(400, 500) if s not in (401, 403, 405, *RETRY_STATUS))
+STOP_STATUS = (401, 403, 405)
+ENTRY_REFUSALS = tuple(s for s in range(400, 500) if s not in (*STOP_STATUS, *RETRY_STATUS))
 Entry = dict[str, Any]
 
 
@@ -275,15 +278,18 @@ class _Writer:
             if len(entries) >= limit.refused_at:  # one patient, more than the server takes in a transaction
                 return await self._as_batch(part)
         if part.get("type") == "batch":
-            await self._batch(part, entries)
+            await self._refused_whole(self._batch(part, entries), entries)
             self._progress(len(entries))
             return []
         try:
             await self._transaction(part, entries)
         except ServerError as exc:
             if not (self.adaptive and refused_for_size(exc)):
-                raise
-            start = limit or TransactionLimit(len(entries), len(entries))
+                self._count_refused(entries, exc)
+                self._progress(len(entries))
+                return []
+            known = self.summary.limit  # another part may have learnt a smaller limit meanwhile
+            start = known or TransactionLimit(len(entries), len(entries))
             self.summary.limit = start.refused(len(entries))
             pieces = split_bundle(part, self.summary.limit.max_entries)
             if len(pieces) > 1:
@@ -293,12 +299,31 @@ class _Writer:
         self._progress(len(entries))
         return []
 
+    async def _refused_whole(self, sending: Coroutine[Any, Any, None], entries: list[Entry]) -> None:
+        """Send a batch; a refusal of the whole request is counted for each of its entries, not raised."""
+        try:
+            await sending
+        except ServerError as exc:
+            self._count_refused(entries, exc)
+
+    def _count_refused(self, entries: list[Entry], exc: ServerError) -> None:
+        """A whole part the server refused: each entry counted, so that the other parts still go and every
+        entry ends with an outcome. 401, 403 and 405 stop the push (no write would succeed)."""
+        if exc.status in STOP_STATUS:
+            raise exc
+        if exc.status is not None and 400 <= exc.status < 500:
+            outcome, why = "error", f"refused with the rest of its part: {exc}"
+        else:  # failed after its retries (5xx, no answer): the server may have applied some of it
+            outcome, why = UNKNOWN, f"its part failed: {exc}"
+        for sent in entries:
+            self._count(sent, exc.status or 0, {}, outcome=outcome, reason=why)
+
     async def _as_batch(self, part: dict[str, Any]) -> list[dict[str, Any]]:
         """A part of one patient that no transaction can hold: sent as a batch, and named in the summary."""
         entries = _entries(part)
         patients = {p for e in entries if (p := entry_patient(e))}
         self.summary.non_atomic.extend(sorted(patients))
-        await self._batch({**part, "type": "batch"}, entries)
+        await self._refused_whole(self._batch({**part, "type": "batch"}, entries), entries)
         self._progress(len(entries))
         return []
 
@@ -402,47 +427,66 @@ class _Writer:
     # ------------------------------------------------------------------------------------------ lost answers
 
     async def _settle_lost(self, entries: list[Entry], transaction: dict[str, Any] | None = None) -> dict[str, str]:
-        """Writes whose answer was lost: look each up on the server; count what was applied; send the rest once
-        more (conditional writes make that safe); count what still cannot be told as unknown.
+        """Writes whose answer was lost: look each up on the server; count what was applied; send the rest again
+        (conditional writes make that safe), up to ``SETTLE_ROUNDS`` times; count what still cannot be told as
+        unknown.
 
         ``transaction``: the entries were one transaction; when none of it was applied it is sent again whole.
         Returns where each entry was written, by fullUrl.
         """
         located: dict[str, str] = {}
-        places = await asyncio.gather(*(_find_written(self.client, sent) for sent in entries))
-        found = list(zip(entries, places, strict=True))
-        missing = [sent for sent, where in found if where is None]
-        for sent, where in found:
-            if isinstance(where, str):
-                self.summary.found_after_lost_answer += 1
-                method = str((sent.get("request") or {}).get("method", ""))
-                _locate(located, sent, self._count(sent, 201 if method == "POST" else 200, {}, location=where))
-            elif isinstance(where, _Unknown):
-                self._count(sent, 0, {}, outcome=UNKNOWN, reason=where.reason)
-        if transaction is not None and missing and len(missing) == len(entries):
+        pending = list(entries)
+        for _round in range(SETTLE_ROUNDS):
+            places = await asyncio.gather(*(_find_written(self.client, sent) for sent in pending))
+            missing = []
+            for sent, where in zip(pending, places, strict=True):
+                if isinstance(where, str):
+                    self.summary.found_after_lost_answer += 1
+                    method = str((sent.get("request") or {}).get("method", ""))
+                    _locate(located, sent, self._count(sent, 201 if method == "POST" else 200, {}, location=where))
+                elif isinstance(where, _Unknown):
+                    self._count(sent, 0, {}, outcome=UNKNOWN, reason=where.reason)
+                else:
+                    missing.append(sent)
+            if not missing:
+                return located
+            pending = await self._send_again(missing, located, transaction if len(missing) == len(entries) else None)
+            if not pending:
+                return located
+        for sent in pending:
+            self._count(sent, 0, {}, outcome=UNKNOWN, reason=f"its answer was lost {SETTLE_ROUNDS + 1} times")
+        return located
+
+    async def _send_again(
+        self, missing: list[Entry], located: dict[str, str], transaction: dict[str, Any] | None
+    ) -> list[Entry]:
+        """Send again what a look-up found not applied; return what lost its answer again (to look up)."""
+        if transaction is not None:  # nothing of the transaction was applied: it goes again whole
             try:
-                await self._transaction_once(transaction, entries)
+                await self._transaction_once(transaction, missing)
             except AnswerLost:
-                for sent in entries:
-                    self._count(sent, 0, {}, outcome=UNKNOWN, reason="its answer was lost twice")
-            return located
-        # Outside a transaction each entry is sent as it stands (a Provenance already names server ids); what
-        # is left of a transaction goes entry by entry, its Provenance last, naming what was written.
-        results, provenances = _split_provenance(missing) if transaction is not None else (missing, [])
+                return missing
+            return []
+        # Each entry as it stands (a Provenance already names server ids), the Provenance last.
+        results, provenances = _split_provenance(missing)
+        lost: list[Entry] = []
 
         async def again(sent: Entry) -> None:
             try:
                 _locate(located, sent, await self._one(sent, settle=False))
             except AnswerLost:
-                self._count(sent, 0, {}, outcome=UNKNOWN, reason="its answer was lost twice")
+                lost.append(sent)
 
         await _together(again(sent) for sent in results)
         for sent in provenances:
             try:
-                await self._provenance(sent, located, settle=False)
+                if any(str(t.get("reference", "")).startswith("urn:") for t in sent["resource"].get("target", ())):
+                    await self._provenance(sent, located, settle=False)
+                else:
+                    _locate(located, sent, await self._one(sent, settle=False))
             except AnswerLost:
-                self._count(sent, 0, {}, outcome=UNKNOWN, reason="its answer was lost twice")
-        return located
+                lost.append(sent)
+        return lost
 
     async def _transaction_once(self, bundle: dict[str, Any], entries: list[Entry]) -> None:
         """A transaction sent again after its first answer was lost (a second loss is raised, not settled)."""
