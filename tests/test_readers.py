@@ -300,3 +300,24 @@ def test_reading_a_large_bundle_holds_one_entry_at_a_time(tmp_path: Path, monkey
     finally:
         tracemalloc.stop()
     assert count == 20_000 and peak < size // 2, (peak, size)
+
+
+def test_a_large_bundle_that_breaks_off_is_one_reject_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("fhiradapter.shell.readers.STREAM_BYTES", 1024)
+    entries = [{"resource": r} for r in STUDY_LINES] + [{"resource": afp(f"x{n}", n)} for n in range(200)]
+    blob = orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries})
+    _summary, rejects = run_folder(tmp_path, {"b.json": blob[: len(blob) - 300]})
+    (broken,) = [r for r in rejects if r["code"] == "unreadable"]
+    assert "the file breaks off" in broken["reason"] and "IncompleteJSONError" in broken["reason"]
+    assert '"resourceType"' not in broken["reason"]  # the file's bytes are not quoted
+
+
+def test_a_corrupt_zstd_file_is_one_reject_not_a_crash(tmp_path: Path) -> None:
+    import zstandard
+
+    packed = bytearray(zstandard.ZstdCompressor().compress(ndjson_bytes(STUDY_LINES * 50)))
+    packed[20:40] = b"\x00" * 20
+    _summary, rejects = run_folder(tmp_path, {"x.ndjson.zst": bytes(packed)})
+    assert [r["code"] for r in rejects if r["code"] == "unreadable"] == ["unreadable"]

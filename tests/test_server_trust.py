@@ -916,7 +916,19 @@ def test_s9_more_pages_than_the_total_allows_are_stopped() -> None:
     handler, calls = paging(lambda n: f"{BASE}/Observation?cursor={n}", lambda n: [f"o{n}a", f"o{n}b"], total=10)
     with pytest.raises(ServerError, match=r"has 10 match\(es\), which 5 page\(s\) hold, yet its next links run on"):
         search_all(handler)
-    assert calls[0] == 7  # 5 pages, and a margin of 2
+    assert calls[0] == 8  # 5 pages, and a margin of 2 + a quarter
+
+
+def test_s9_later_pages_smaller_than_the_first_do_not_stop_an_honest_search() -> None:
+    """Some servers give fewer than _count on later pages: the pages expected follow the smallest page seen."""
+    sizes = [10, 3, 3, 3, 3, 3, 3, 3, 3]  # 34 matches
+
+    def ids(n: int) -> list[str]:
+        start = sum(sizes[: n - 1])
+        return [f"o{i}" for i in range(start, start + sizes[n - 1])]
+
+    handler, _ = paging(lambda n: f"{BASE}/Observation?p={n}" if n < len(sizes) else None, ids, total=34)
+    assert len(search_all(handler)) == 34
 
 
 def test_s9_a_search_without_total_stops_at_the_hard_cap() -> None:

@@ -77,6 +77,15 @@ class Evaluation(NamedTuple):
     skipped: tuple[str, str] | None = None  # (code, reason)
 
 
+def _study_of(subject: Any) -> str:
+    """Which study a ResearchSubject is of, in words (its reference may be to a server not declared)."""
+    if subject.study:
+        return f"a ResearchSubject of {subject.study}"
+    if (subject.raw or {}).get("study"):
+        return "a ResearchSubject whose study is on another server (not declared with --fhir-base) or malformed"
+    return "a ResearchSubject without a study"
+
+
 def _issue_dict(i: Issue) -> dict[str, Any]:
     return {"resource": i.ref, "path": i.path, "code": i.code, "message": i.message}
 
@@ -155,7 +164,7 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
     ours = [x for x in rec.subjects if x.study == study_ref]
     if len(ours) < len(rec.subjects):
         unused.extend(
-            Unused(x.ref, "other-study", f"a ResearchSubject of {x.study or 'no study'}, not of {study_ref}: not used")
+            Unused(x.ref, "other-study", f"{_study_of(x)}, not of {study_ref}: not used")
             for x in rec.subjects
             if x.study != study_ref
         )
@@ -166,8 +175,8 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
         return Evaluation(None, unused, None, ("not-in-study", why))
     death = dates.to_date(rec.person.deceased_date) if rec.person else None
     if candidate and death is not None and death <= as_of:
-        why = f"{rec.patient}, a screening candidate, died on {death}, on or before the screening date {as_of}"
-        return Evaluation(None, unused, None, ("not-screened", why + ": not screened"))
+        why = f"{rec.patient}, a screening candidate, died on or before the screening date {as_of}: not screened"
+        return Evaluation(None, unused, None, ("not-screened", why))
     subject = ours[0] if ours else None
     if len(ours) > 1:
         note(

@@ -196,7 +196,8 @@ class PageGuard:
         self.visited: set[str] = set()
         self.ids: set[tuple[str, str]] = set()
         self.total: int | None = None  # matches, as the first page's Bundle.total says
-        self.needed = 0  # pages that hold ``total`` at the first page's size
+        self.needed = 0  # pages that hold ``total`` at the smallest page size seen
+        self.smallest = 0
         self.pages = 0
 
     def before(self, url: str) -> None:
@@ -209,7 +210,7 @@ class PageGuard:
                 f"{self.what}: more than {self.max_pages} pages; paging stopped (--max-pages raises the cap if the "
                 "search really is that large)"
             )
-        if self.total is not None and page > self.needed + 2 + self.needed // 10:
+        if self.total is not None and page > self.needed + 2 + self.needed // 4:
             raise ServerError(
                 f"{self.what} page {page}: the server said the search has {self.total} match(es), which "
                 f"{self.needed} page(s) hold, yet its next links run on; paging stopped"
@@ -221,8 +222,12 @@ class PageGuard:
             raise ServerError(f"{self.what} page {self.pages}: the next link repeats an earlier page; paging stopped")
         new = {(str(r["resourceType"]), str(r["id"])) for r in found} - self.ids
         self.ids |= new
-        if self.pages == 1 and isinstance(total, int) and not isinstance(total, bool) and total >= 0 and found:
-            self.total, self.needed = total, math.ceil(total / len(found))
+        if self.pages == 1 and isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+            self.total = total
+        if self.total is not None and found and next_url is not None:
+            # At the smallest page size seen: servers may give fewer than _count on later pages.
+            self.smallest = min(self.smallest or len(found), len(found))
+            self.needed = math.ceil(self.total / self.smallest)
         if self.pages > 1 and next_url is not None and not new:
             raise ServerError(
                 f"{self.what} page {self.pages}: brings no resource not seen on an earlier page, yet links to "

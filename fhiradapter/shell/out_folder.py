@@ -41,6 +41,9 @@ def writing(path: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         where = exc.filename or path
+        inside = Path(where).resolve() == path.resolve() or path.resolve() in Path(where).resolve().parents
+        if not inside:  # an input gone or unreadable during the run: not the output's fault
+            raise InputError(f"input unreadable: {where}: {exc.strerror or type(exc).__name__}") from None
         cause = {
             errno.ENOSPC: "the disk is full",
             errno.EDQUOT: "the disk quota is exceeded",
