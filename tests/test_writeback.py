@@ -271,3 +271,33 @@ def _owner(entry: dict[str, Any]) -> str:
 def test_provenance_targets_are_json_whatever_the_reference_holds(targets: list[str]) -> None:
     text = b"[" + _references("\n".join(targets).encode()) + b"]"
     assert orjson.loads(text) == [{"reference": t} for t in targets]
+
+
+def test_a_parts_provenance_is_tagged_by_what_the_part_holds() -> None:
+    """The same part gets the same tag (pushed again, its Provenance is found), a part cut otherwise its own:
+    a re-push with another chunk after a partial failure never takes an older Provenance for its own."""
+    from fhiradapter.core.writeback import RUN_TAG_SYSTEM, split_bundle
+
+    def entry(p: int, n: int) -> dict:  # type: ignore[type-arg]
+        return {
+            "fullUrl": f"urn:uuid:{p}-{n}",
+            "resource": {"resourceType": "Observation", "subject": {"reference": f"Patient/p{p}"}},
+            "request": {"method": "POST", "url": "Observation"},
+        }
+
+    provenance = {
+        "fullUrl": "urn:uuid:prov",
+        "resource": {"resourceType": "Provenance", "meta": {"tag": [{"system": RUN_TAG_SYSTEM, "code": "run1"}]}},
+        "request": {"method": "POST", "url": "Provenance"},
+    }
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [*(entry(p, n) for p in range(4) for n in range(2)), provenance],
+    }
+
+    def tags(chunk: int) -> list[str]:
+        return [part["entry"][-1]["resource"]["meta"]["tag"][0]["code"] for part in split_bundle(bundle, chunk)]
+
+    assert tags(3) == tags(3) and len(set(tags(3))) == 4  # one patient a part: four tags, the same each time
+    assert not set(tags(5)) & set(tags(3))  # two patients a part: none of the one-patient parts' tags

@@ -490,7 +490,7 @@ def split_bundle(bundle: dict[str, Any], max_entries: int) -> list[dict[str, Any
     """A write-back transaction as smaller transactions, for servers that limit a transaction's size.
 
     A patient's entries are never split (each patient's results stay atomic). The Provenance is copied into
-    each part with only that part's targets, and tagged ``<run>-<n>`` so that each copy is created
+    each part with only that part's targets, and tagged ``<run>-<hash of its targets>`` so that each copy is created
     conditionally on its own tag: pushing the parts twice still adds nothing.
     """
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
@@ -513,19 +513,22 @@ def split_bundle(bundle: dict[str, Any], max_entries: int) -> list[dict[str, Any
         else:
             parts.append(list(group))
     out = []
-    for n, part in enumerate(parts, start=1):
+    for part in parts:
         chunk = list(part)
         if provenance is not None:
-            chunk.append(_provenance_part(provenance, part, n))
+            chunk.append(_provenance_part(provenance, part))
         out.append({**bundle, "entry": chunk})
     return out
 
 
-def _provenance_part(provenance: dict[str, Any], part: list[dict[str, Any]], n: int) -> dict[str, Any]:
+def _provenance_part(provenance: dict[str, Any], part: list[dict[str, Any]]) -> dict[str, Any]:
     resource = dict(provenance["resource"])
     run = next((t["code"] for t in resource.get("meta", {}).get("tag", []) if t.get("system") == RUN_TAG_SYSTEM), "")
-    tag = f"{run}-{n}"
-    resource["target"] = [{"reference": e["fullUrl"]} for e in part if e.get("fullUrl")]
+    targets = [str(e["fullUrl"]) for e in part if e.get("fullUrl")]
+    # Tagged by what the part holds, not by its number: the same part pushed again finds its Provenance, and
+    # parts cut otherwise (another chunk, a limit learnt) get Provenances of their own.
+    tag = f"{run}-{hashlib.sha256(' '.join(sorted(targets)).encode()).hexdigest()[:16]}"
+    resource["target"] = [{"reference": t} for t in targets]
     resource["meta"] = {**resource.get("meta", {}), "tag": [{"system": RUN_TAG_SYSTEM, "code": tag}]}
     request = {**provenance["request"], "ifNoneExist": f"_tag={RUN_TAG_SYSTEM}|{tag}"}
     return {**provenance, "fullUrl": f"urn:uuid:{_uuid(tag)}", "resource": resource, "request": request}
