@@ -387,15 +387,17 @@ def _safe_url(url: str) -> str:
 
 @main.command("export", short_help="Export results to a registry database, CSV, Parquet or SDTM.")
 @click.argument("results_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--to", "to", required=True, metavar="URL", help=_EXPORT_TO_HELP)
+@click.option("--export-to", "to", metavar="URL", default=None, help="Where to: " + _EXPORT_TO_HELP)
+@click.option("--to", "old_to", metavar="URL", default=None, hidden=True)  # the earlier spelling
 @click.option(
-    "--format",
+    "--export-format",
     "fmt",
     type=click.Choice(["tables", "sdtm"]),
-    default="tables",
-    show_default=True,
-    help="Registry tables (SQL or files) or SDTM datasets DM, EX, AE, LB, TU, TR, RS (csv: or parquet: only).",
+    default=None,
+    help="Registry tables (SQL or files) or SDTM datasets DM, EX, AE, LB, TU, TR, RS (csv: or parquet: only) "
+    "[default: tables].",
 )
+@click.option("--format", "old_fmt", type=click.Choice(["tables", "sdtm"]), default=None, hidden=True)
 @click.option(
     "--pseudonymise",
     is_flag=True,
@@ -414,8 +416,10 @@ def _safe_url(url: str) -> str:
 )
 def export_cmd(
     results_dir: Path,
-    to: str,
-    fmt: str,
+    to: str | None,
+    old_to: str | None,
+    fmt: str | None,
+    old_fmt: str | None,
     pseudonymise: bool,
     key_file: Path | None,
     mappings_dir: Path | None,
@@ -430,14 +434,17 @@ def export_cmd(
 
     \b
     Examples:
-      fhiradapter export out/ --to sqlite:///registry.db
-      fhiradapter export out/ --to postgresql://research@dbhost/trials
-      fhiradapter export out/ --to csv:sdtm/ --format sdtm --pseudonymise --key-file registry.key
+      fhiradapter export out/ --export-to sqlite:///registry.db
+      fhiradapter export out/ --export-to postgresql://research@dbhost/trials
+      fhiradapter export out/ --export-to csv:sdtm/ --export-format sdtm --pseudonymise --key-file registry.key
     """
+    target = to or old_to
+    if not target:
+        raise click.UsageError("Missing option '--export-to URL'.")
     with _guard():
         key = _export_key(pseudonymise, key_file)
         show = sys.stderr.isatty() if progress is None else progress
-        _run_export(results_dir, to, fmt, key, mappings_dir, show)
+        _run_export(results_dir, target, fmt or old_fmt or "tables", key, mappings_dir, show)
 
 
 # ---------------------------------------------------------------------------------------------------- server
@@ -794,6 +801,13 @@ def _store_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + _EXPORT_TO_HELP
 )
+@click.option(
+    "--export-format",
+    type=click.Choice(["tables", "sdtm"]),
+    default="tables",
+    show_default=True,
+    help="With --export-to: registry tables, or SDTM datasets (files only).",
+)
 @click.option("--pseudonymise", is_flag=True, help="With --export-to: keyed-hash subject keys, ages, no free text.")
 @click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=_KEY_HELP)
 @click.option(
@@ -825,6 +839,7 @@ def sync_cmd(
     store_url: str | None,
     mappings_dir: Path | None,
     export_to: str | None,
+    export_format: str,
     pseudonymise: bool,
     key_file: Path | None,
     chunk: int,
@@ -908,7 +923,7 @@ def sync_cmd(
             store.close()
         _print_sync(summary)
         if export_to and summary.out is not None:
-            _run_export(summary.out, export_to, "tables", key, mappings_dir, show)
+            _run_export(summary.out, export_to, export_format, key, mappings_dir, show)
         if summary.conflicts or summary.errors:
             sys.exit(int(ExitCode.SERVER))
 

@@ -231,3 +231,21 @@ def test_a_missing_extra_is_named_with_its_install_command(
     assert text.strip().splitlines()[-1] == (
         f"error: this needs {missing}, which comes with an extra: pip install 'fhiradapter[{extra}]'"
     )
+
+
+def test_one_vocabulary_for_export_flags_with_the_old_spellings_hidden(tmp_path: Path) -> None:
+    """--export-to and --export-format on evaluate, sync and export; export's --to and --format still work,
+    unlisted."""
+    for command in ("evaluate", "sync", "export"):
+        code, text = invoke(command, "--help")
+        assert "--export-to" in text and "--export-format" in text, command
+    _code, text = invoke("export", "--help")
+    assert " --to " not in text and " --format " not in text
+    out = tmp_path / "out"
+    assert invoke("evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(out), "--no-report")[0] == 0
+    new = invoke("export", str(out), "--export-to", f"csv:{tmp_path / 'a'}", "--export-format", "sdtm")
+    old = invoke("export", str(out), "--to", f"csv:{tmp_path / 'b'}", "--format", "sdtm")
+    assert new[0] == old[0] == 0, (new, old)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
+    missing = invoke("export", str(out))
+    assert missing[0] == 2 and "Missing option '--export-to URL'" in missing[1]
