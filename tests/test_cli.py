@@ -238,6 +238,7 @@ def test_one_vocabulary_for_export_flags_with_the_old_spellings_hidden(tmp_path:
     unlisted."""
     for command in ("evaluate", "sync", "export"):
         code, text = invoke(command, "--help")
+        assert code == 0, command
         assert "--export-to" in text and "--export-format" in text, command
     _code, text = invoke("export", "--help")
     assert " --to " not in text and " --format " not in text
