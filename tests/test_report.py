@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def test_report_shows_the_key_figures(out: Path, name: str) -> None:
         "Data quality",
         "Differences from the published paper",
         "152 (range 5-422)",
-        "no_prior_thalidomide",
+        "no prior thalidomide",  # the criterion's label, not its id
+        "doxorubicin (RxNorm 3639)",  # the drug's name, then its code
     ):
         assert needle in text, needle
 
@@ -91,4 +93,9 @@ def test_a_cohort_with_no_treated_patient_gets_a_report_without_figures(tmp_path
     assert run.exit_code == 0, run.output
     assert "data:image/png" not in (tmp_path / "report.html").read_text()
     assert not list(tmp_path.glob("*.png"))
-    assert "Data quality" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "Data quality" in text and "not reached" not in text  # no "not reached days (... to not reached)"
+    assert "Overall survival: no treated patient, so none to estimate." in text
+    issues = json.loads((tmp_path / "results.json").read_text())["subjects"]
+    if not any(s["issues"] for s in issues):
+        assert "Issue in used data" not in text  # a table without rows is left out

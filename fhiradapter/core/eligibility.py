@@ -50,6 +50,25 @@ CRITERIA = (
 )
 
 
+# What each criterion asks, in the words of the rule book (docs/protocol.md §2), for readers of a report.
+CRITERION_LABELS = {
+    "histology": "confirmed HCC",
+    "metastatic_measurable": "metastatic, measurable disease",
+    "prior_anthracycline_progression": "progression after an anthracycline",
+    "age": "age under 75",
+    "ecog": "ECOG 0-2",
+    "anc": "neutrophils ≥ 1.0 × 10⁹/L",
+    "platelets": "platelets ≥ 40 × 10⁹/L",
+    "creatinine": "creatinine ≤ 2.0 mg/dL",
+    "child_pugh": "Child-Pugh A or B",
+    "not_pregnant_or_breastfeeding": "not pregnant or breastfeeding",
+    "no_peripheral_neuropathy": "no peripheral neuropathy",
+    "no_prior_thalidomide": "no prior thalidomide",
+    "no_uncontrolled_infection": "no uncontrolled infection",
+    "consent": "research consent",
+}
+
+
 def criterion(cid: str, status: str, value: Any, evidence: Iterable[str], detail: str) -> dict[str, Any]:
     return {"id": cid, "status": status, "value": value, "evidence": sorted(set(evidence)), "detail": detail}
 

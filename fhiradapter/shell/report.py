@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fhiradapter import __version__
+from fhiradapter.core.eligibility import CRITERION_LABELS
 
 SWIMMER_MAX = 60  # patients drawn in the swimmer plot (the longest treatments when there are more)
 TABLE_MAX = 200  # rows of a per-patient table; results.json has every patient
@@ -32,6 +33,20 @@ Table = tuple[list[str], list[list[str]]]
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+# The anthracyclines the rule book names (docs/protocol.md §2); another code a site maps shows as its code.
+DRUG_NAMES = {"3639": "doxorubicin", "3995": "epirubicin"}
+
+
+def _drug(code: str) -> str:
+    name = DRUG_NAMES.get(code)
+    return f"{name} (RxNorm {code})" if name else f"RxNorm {code}"
+
+
+def _criteria(ids: list[str]) -> str:
+    """Screening criteria by their labels in the rule book, not their ids."""
+    return "; ".join(CRITERION_LABELS.get(c, c) for c in ids) or "-"
 
 
 def _days(x: float | None) -> str:
@@ -115,6 +130,9 @@ def _km_png(os: list[tuple[int, bool]]) -> bytes | None:
     ax.set_ylabel("Probability of survival")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Overall survival, treated patients (n = {len(os)})")
+    legend = ax.get_legend()
+    if legend is not None:  # the title and the at-risk table's label already say what the curve is
+        legend.remove()
     add_at_risk_counts(kmf, ax=ax, rows_to_show=["At risk", "Events"])
     fig.tight_layout()
     return _png(fig)
@@ -155,7 +173,12 @@ def _swimmer_png(rows: list[dict[str, Any]]) -> bytes | None:
     ax.set_xlabel("Days on thalidomide (bar colour: best overall response; markers: assessments)")
     ax.set_xlim(0, max(r["treatment_days"] for r in treated) * 1.25 + 10)
     handles = [Line2D([0], [0], marker="s", ls="", color=c, label=k, ms=9) for k, c in RESPONSE_COLOURS.items()]
+    handles += [
+        Line2D([0], [0], marker="D", ls="", color="white", markeredgecolor="black", label="assessment", ms=6),
+        Line2D([0], [0], marker="X", ls="", color=RESPONSE_COLOURS.get("PD", "#333333"), label="progression", ms=7),
+    ]
     ax.legend(handles=handles, loc="lower right", fontsize=8, title="Response", title_fontsize=8)
+    ax.set_ylim(-0.6, len(treated) - 0.4)  # the bars fill the plot: no blank band above the last
     ax.set_title("Treatment duration and response (text: why treatment stopped; † died)")
     # Margins in inches, from the longest label (8 pt: under 0.07 in per character), instead of
     # tight_layout(): that measures every text and makes savefig draw the figure twice (~0.4 s at 60 rows).
@@ -219,13 +242,21 @@ def build_sections(
                 + ".",
                 f"Objective response rate (CR + PR): {_rate(cohort['orr'])}.",
                 f"Disease control rate (CR + PR + SD): {_rate(cohort['dcr'])}.",
-                f"Median overall survival: {_days(cohort['median_os_days'])} days (95 % CI {_days(ci[0])} to "
-                f"{_days(ci[1])}); {cohort['os_events']} deaths among {cohort['os_n']} patients.",
-                f"Median treatment duration: {_days(cohort['median_treatment_days'])} days"
-                + (
-                    f" (range {cohort['treatment_days_range'][0]}-{cohort['treatment_days_range'][1]})."
-                    if cohort["treatment_days_range"]
-                    else "."
+                (
+                    f"Median overall survival: {_days(cohort['median_os_days'])} days (95 % CI {_days(ci[0])} to "
+                    f"{_days(ci[1])}); {cohort['os_events']} deaths among {cohort['os_n']} patients."
+                    if cohort["os_n"]
+                    else "Overall survival: no treated patient, so none to estimate."
+                ),
+                (
+                    f"Median treatment duration: {_days(cohort['median_treatment_days'])} days"
+                    + (
+                        f" (range {cohort['treatment_days_range'][0]}-{cohort['treatment_days_range'][1]})."
+                        if cohort["treatment_days_range"]
+                        else "."
+                    )
+                    if cohort["median_treatment_days"] is not None
+                    else "Treatment duration: no treated patient."
                 ),
             ],
         }
@@ -237,7 +268,7 @@ def build_sections(
             r["characteristics"]["sex"] or "",
             str(r["characteristics"]["ecog"] if r["characteristics"]["ecog"] is not None else ""),
             r["characteristics"]["child_pugh_class"] or "",
-            ", ".join(f"RxNorm {c}" for c in r["characteristics"]["prior_anthracycline"]),
+            ", ".join(_drug(c) for c in r["characteristics"]["prior_anthracycline"]),
             "; ".join(r["characteristics"]["metastatic_sites"]),
             _days(r["characteristics"]["baseline_afp"]) if r["characteristics"]["baseline_afp"] is not None else "",
             str(r["treatment_days"] or ""),
@@ -308,8 +339,8 @@ def build_sections(
         [
             r["patient"].split("/", 1)[1],
             r["eligibility"],
-            ", ".join(r["failed"]) or "-",
-            ", ".join(r["unknown"]) or "-",
+            _criteria(r["failed"]),
+            _criteria(r["unknown"]),
             r["status"],
         ]
         for r in screened
@@ -347,13 +378,15 @@ def build_sections(
             "best_response_counts": ", ".join(f"{v} {k}" for k, v in counts.items() if v)
             + f" (n = {cohort['n_treated']})",
             "orr": _rate(cohort["orr"]),
-            "median_treatment_days": _days(cohort["median_treatment_days"])
+            "median_treatment_days": (
+                _days(cohort["median_treatment_days"]) if cohort["median_treatment_days"] is not None else "n/a"
+            )
             + (
                 f" (range {cohort['treatment_days_range'][0]}-{cohort['treatment_days_range'][1]})"
                 if cohort["treatment_days_range"]
                 else ""
             ),
-            "median_os_days": _days(cohort["median_os_days"]),
+            "median_os_days": _days(cohort["median_os_days"]) if cohort["os_n"] else "n/a",
             "median_age": f"{statistics.median(ages):g} (range {min(ages)}-{max(ages)})" if ages else "n/a",
         }
         t4 = [
@@ -379,6 +412,8 @@ def render_markdown(title: str, meta: str, sections: list[dict[str, Any]], figur
         if s.get("figure") in figures:
             out += [f"![{s['title']}]({figures[s['figure']]})", ""]
         for head, body in s.get("tables", []):
+            if not body:  # a table without rows says nothing: left out
+                continue
             out.append("| " + " | ".join(head) + " |")
             out.append("|" + "---|" * len(head))
             out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
@@ -411,6 +446,8 @@ def render_html(title: str, meta: str, sections: list[dict[str, Any]], images: d
             data = base64.b64encode(images[s["figure"]]).decode()
             out.append(f"<img alt='{html.escape(s['title'])}' src='data:image/png;base64,{data}'>")
         for head, body in s.get("tables", []):
+            if not body:
+                continue
             out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>")
             out.append(
                 "<tbody>"
