@@ -238,6 +238,7 @@ def evaluate(
     """
     from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
     from fhiradapter.shell.pipeline import run_evaluate  # noqa: PLC0415
+    from fhiradapter.shell.progress import RunProgress  # noqa: PLC0415
     from fhiradapter.shell.readers import expand_inputs  # noqa: PLC0415
 
     with _guard():
@@ -249,17 +250,17 @@ def evaluate(
         files = expand_inputs(list(inputs), exclude=out)
         total = sum(f.stat().st_size for f in files)
         show = sys.stderr.isatty() if progress is None else progress
-        # Two passes over the data: reading and mapping, then grouping and evaluating.
-        with click.progressbar(
-            length=2 * total, label="Reading and evaluating", file=sys.stderr, show_pos=False, hidden=not show
-        ) as bar:
+        # One display for every phase: two passes over the data (reading and mapping, then grouping and
+        # evaluating), then writing the outputs and drawing the report.
+        display = RunProgress(total, tty=sys.stderr.isatty()) if show else None
+        try:
             summary = run_evaluate(
                 list(inputs),
                 out,
                 cutoff,
                 mappings,
                 identity,
-                progress=bar.update if show else None,
+                progress=display.advance if display else None,
                 workers=workers,
                 report=report,
                 writeback=writeback,
@@ -267,7 +268,11 @@ def evaluate(
                 screen_candidates=screen_candidates,
                 enrol_candidates=enrol_candidates,
                 fhir_bases=fhir_bases,
+                on_phase=display.phase if display else None,
             )
+        finally:
+            if display is not None:
+                display.close()
     with _guard():
         _print_summary(summary, out)
         if not summary["patients"]:

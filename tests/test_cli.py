@@ -250,3 +250,38 @@ def test_one_vocabulary_for_export_flags_with_the_old_spellings_hidden(tmp_path:
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(p.name for p in (tmp_path / "b").iterdir())
     missing = invoke("export", str(out))
     assert missing[0] == 2 and "Missing option '--export-to URL'" in missing[1]
+
+
+def test_progress_in_a_log_is_a_plain_line_per_phase(tmp_path: Path) -> None:
+    """stderr not a terminal (a log file): one line at each phase, with the share done, never a bare label."""
+    result = CliRunner().invoke(
+        main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--progress"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("Reading and evaluating: 0% (")
+    phases = [line.split(":", 1)[0] for line in lines]
+    assert phases.index("Writing results") < phases.index("Drawing the report") < phases.index("Done")
+    assert lines[-1].startswith("Done: 100% (")
+
+
+def test_the_progress_display_counts_every_phase_with_an_estimate() -> None:
+    import io
+
+    from fhiradapter.shell.progress import RunProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    display = RunProgress(1000, tty=False, stream=out, every=5, clock=lambda: now[0])
+    now[0] = 2.0
+    display.advance(800)  # within 5 s of the last line: no line
+    now[0] = 6.0
+    display.advance(200)  # 1000 of 2400: a line with the time left
+    display.phase("write")
+    display.phase("report")
+    display.close()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Reading and evaluating: 0% (0 s)"
+    assert lines[1] == "Reading and evaluating: 42% (6 s, about 8 s left)"
+    assert [line.split(":")[0] for line in lines[2:]] == ["Writing results", "Drawing the report", "Done"]
+    assert lines[-1].startswith("Done: 100%")

@@ -472,6 +472,7 @@ def run_evaluate(
     screen_candidates: bool = False,
     enrol_candidates: bool = False,
     fhir_bases: tuple[str, ...] = (),
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
@@ -503,6 +504,7 @@ def run_evaluate(
             screen_candidates,
             enrol_candidates,
             fhir_bases,
+            on_phase or (lambda _phase: None),
         )
 
 
@@ -522,6 +524,7 @@ def _run(
     screen_candidates: bool,
     enrol_candidates: bool,
     fhir_bases: tuple[str, ...],
+    on_phase: Callable[[str], None],
 ) -> dict[str, Any]:
     """The run in ``out``, which ``run_evaluate`` holds (locked), its manifest removed."""
     input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more
@@ -620,6 +623,7 @@ def _run(
             }
             folder = mappings_identity.get("mappings_dir")
             report_args = (out, header, cohort, [r2.report_rows for r2 in two], summary, folder)
+            on_phase("write")
             # An earlier run's outputs, replaced: unlinked while the report runs (with any a crash left).
             retired: list[Path] = sorted(out.glob(".*.retired-*"))
             # An output this run does not write must not be left from an earlier one, looking current.
@@ -638,6 +642,7 @@ def _run(
             sweeper.start()
             lap("write")
             if report:
+                on_phase("report")
                 _report(*report_args)
             sweeper.join()
             lap("report")
