@@ -41,6 +41,7 @@ def test_report_shows_the_key_figures(out: Path, name: str) -> None:
         "152 (range 5-422)",
         "no prior thalidomide",  # the criterion's label, not its id
         "doxorubicin (RxNorm 3639)",  # the drug's name, then its code
+        "rules: docs/protocol.md",  # the rule book the report's § numbers cite
     ):
         assert needle in text, needle
 

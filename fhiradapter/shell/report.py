@@ -482,7 +482,8 @@ def write_report(
     title = f"{protocol.get('title', 'Protocol evaluation')}"
     meta = (
         f"Data cut-off {header['as_of']} · protocol {protocol.get('id')} {protocol.get('version')} · "
-        f"fhiradapter {__version__} · {len(header['inputs'])} input file(s)"
+        f"fhiradapter {__version__} · {len(header['inputs'])} input file(s) · "
+        f"rules: {protocol.get('rules', 'docs/protocol.md')} (sections cited as §N)"
     )
     (out / "report.md").write_text(
         render_markdown(title, meta, sections, {k: f"report-{k}.png" for k in images}), encoding="utf-8"
