@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from base64 import b64decode
@@ -20,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from builders import AS_OF, ROOT
+from fhir_server import stop
 
 from fhiradapter.shell.mappings_io import load_mappings
 from fhiradapter.shell.pipeline import run_evaluate
@@ -125,12 +125,5 @@ def test_the_html_report_renders_in_a_real_browser_with_every_image(tmp_path: Pa
             ]
             assert errors == []
     finally:
-        os.killpg(browser.pid, signal.SIGTERM)
-        try:
-            browser.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(browser.pid, signal.SIGKILL)
-            browser.wait()
-        if browser.stderr is not None:
-            browser.stderr.close()
+        stop(browser)
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000  # a page, not a blank
