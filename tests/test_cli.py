@@ -254,6 +254,8 @@ def test_one_vocabulary_for_export_flags_with_the_old_spellings_hidden(tmp_path:
 
 def test_progress_in_a_log_is_a_plain_line_per_phase(tmp_path: Path) -> None:
     """stderr not a terminal (a log file): one line at each phase, with the share done, never a bare label."""
+    import fhiradapter.shell.progress  # noqa: F401 - imported before the run: the display finds stderr at run time
+
     result = CliRunner().invoke(
         main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--progress"]
     )

@@ -25,7 +25,7 @@ class RunProgress:
         self,
         input_bytes: int,
         tty: bool,
-        stream: TextIO = sys.stderr,
+        stream: TextIO | None = None,  # None: the process's stderr at the time the display starts
         every: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -33,12 +33,12 @@ class RunProgress:
         self.total = max(1, 2 * input_bytes) + 2 * self.tail
         self.done = 0
         self.label = "Reading and evaluating"
-        self.tty, self.stream, self.every, self.clock = tty, stream, every, clock
+        self.tty, self.stream, self.every, self.clock = tty, stream or sys.stderr, every, clock
         self.started = self.last = clock()
         self._bar: Any = None
         if tty:
             self._bar = click.progressbar(
-                length=self.total, label=self.label, file=stream, show_pos=False, show_eta=True
+                length=self.total, label=self.label, file=self.stream, show_pos=False, show_eta=True
             ).__enter__()
         else:
             self._line()
