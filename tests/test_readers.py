@@ -231,15 +231,18 @@ def test_files_not_read_are_listed_with_the_reason(tmp_path: Path) -> None:
     assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
 
 
-@pytest.mark.parametrize("kind", ["gz", "bz2", "xz"])
+@pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zst"])
 def test_a_compressed_file_that_breaks_off_says_how_much_was_read(tmp_path: Path, kind: str) -> None:
     import bz2
     import gzip
     import lzma
 
+    import zstandard
+
     count = 40_000 if kind == "bz2" else 2_000  # bz2 decompresses by blocks of 900 kB: more than one
     lines = [patient(f"p{i}", name=[{"text": os.urandom(24).hex()}]) for i in range(count)]
-    packed = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[kind](ndjson_bytes(lines))
+    zstd = zstandard.ZstdCompressor().compress  # zstandard's own reader ends quietly at such a cut
+    packed = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "zst": zstd}[kind](ndjson_bytes(lines))
     summary, rejects = run_folder(tmp_path, {f"x.ndjson.{kind}": packed[: len(packed) // 2]})
     (broken,) = [r for r in rejects if r["code"] == "unreadable"]
     read = int(broken["reason"].split("the file breaks off: ", 1)[1].split(" ", 1)[0])

@@ -154,10 +154,7 @@ def _open(path: Path) -> BinaryIO:
     if packed == ".xz":
         return lzma.open(path, "rb")  # type: ignore[return-value]
     if packed == ".zst":
-        import zstandard  # noqa: PLC0415 - only for .zst inputs
-
-        reader = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)  # lines, like the others
+        return io.BufferedReader(_ZstdFrames(path.open("rb")), buffer_size=1 << 20)  # lines, like the others
     return path.open("rb")
 
 
@@ -406,3 +403,47 @@ def _skip_bom(fh: BinaryIO) -> BinaryIO:
     if start != BOM:
         fh.seek(0)
     return fh
+
+
+class _ZstdFrames(io.RawIOBase):
+    """A .zst file decompressed frame by frame, which raises EOFError when the file ends inside a frame.
+
+    zstandard's own stream reader ends quietly at a cut, as if the file were whole: a Bulk file cut in
+    transfer would lose its second half unseen.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard  # noqa: PLC0415 - only for .zst inputs
+
+        self._raw, self._zstd = raw, zstandard
+        self._frame = zstandard.ZstdDecompressor().decompressobj()
+        self._pending = b""
+        self._started = False  # whether the current frame has taken any input
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._started and not self._frame.eof:
+                    raise EOFError("the .zst file ends inside a frame")
+                return 0
+            while chunk:
+                self._started = True
+                self._pending += self._frame.decompress(chunk)
+                chunk = b""
+                if self._frame.eof:  # a frame ended: what follows belongs to the next one
+                    rest = self._frame.unused_data
+                    self._frame = self._zstd.ZstdDecompressor().decompressobj()
+                    self._started = False
+                    chunk = rest
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
