@@ -673,7 +673,7 @@ class FhirClient:
             if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
                 target = str(link["url"])
                 here, there = urlsplit(self.base), urlsplit(target)
-                if there.netloc and (there.scheme, there.netloc) != (here.scheme, here.netloc):
+                if there.netloc and origin(target) != origin(self.base):  # the unit of trust, as for the token
                     # Often a proxy in front of the server that was not told its public address: the server
                     # then builds its links from its own. Not followed: the token would go there too.
                     raise ServerError(

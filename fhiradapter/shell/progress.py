@@ -33,7 +33,7 @@ class RunProgress:
         self.total = max(1, 2 * input_bytes) + 2 * self.tail
         self.done = 0
         self.label = "Reading and evaluating"
-        self.tty, self.stream, self.every, self.clock = tty, stream or sys.stderr, every, clock
+        self.stream, self.every, self.clock = stream or sys.stderr, every, clock
         self.started = self.last = clock()
         self._bar: Any = None
         if tty:

@@ -341,17 +341,7 @@ class _Writer:
                 f"a transaction of {len(entries)} entries was refused, none of them written: {exc}"
             )
             return
-        answered = _answer_entries(answer, "transaction-response", len(entries))
-        if answered is None or len(answered) != len(entries):
-            why = _bad_answer(answer, "transaction-response", len(entries))
-            for sent in entries:
-                self._count(sent, 0, {}, outcome=NOT_APPLIED)
-            self.summary.errors.append(
-                f"a transaction of {len(entries)} entries counts as not applied: the server answered {why}"
-            )
-            return
-        for sent, got in zip(entries, answered, strict=True):
-            self._count(sent, _status(got), got)
+        self._count_transaction(answer, entries)
 
     async def _batch(self, bundle: dict[str, Any], entries: list[Entry]) -> None:
         """A batch without its Provenance, which follows, naming what was written by the ids the server gave."""
@@ -363,7 +353,7 @@ class _Writer:
             except AnswerLost:
                 located = await self._settle_lost(results)
             else:
-                answered = _answer_entries(answer, "batch-response", len(results)) or []
+                answered = _answer_entries(answer, "batch-response") or []
                 for sent, got in zip(results, answered, strict=False):
                     _locate(located, sent, self._count(sent, _status(got), got))
                 missing = results[len(answered) :]
@@ -490,13 +480,19 @@ class _Writer:
 
     async def _transaction_once(self, bundle: dict[str, Any], entries: list[Entry]) -> None:
         """A transaction sent again after its first answer was lost (a second loss is raised, not settled)."""
-        answer = await self.client.transaction(bundle)
-        answered = _answer_entries(answer, "transaction-response", len(entries))
+        self._count_transaction(await self.client.transaction(bundle), entries)
+
+    def _count_transaction(self, answer: dict[str, Any], entries: list[Entry]) -> None:
+        """Each entry's outcome from a transaction's answer: one response entry per entry, in order (R4), or
+        the whole part counts as not applied."""
+        answered = _answer_entries(answer, "transaction-response")
         if answered is None or len(answered) != len(entries):
             for sent in entries:
                 self._count(sent, 0, {}, outcome=NOT_APPLIED)
             why = _bad_answer(answer, "transaction-response", len(entries))
-            self.summary.errors.append(f"a transaction sent again counts as not applied: the server answered {why}")
+            self.summary.errors.append(
+                f"a transaction of {len(entries)} entries counts as not applied: the server answered {why}"
+            )
             return
         for sent, got in zip(entries, answered, strict=True):
             self._count(sent, _status(got), got)
@@ -569,7 +565,7 @@ async def _find_written(client: FhirClient, sent: Entry) -> str | _Unknown | Non
     return _Unknown("it has no identifier to look it up by")
 
 
-def _answer_entries(answer: dict[str, Any], kind: str, sent: int) -> list[dict[str, Any]] | None:
+def _answer_entries(answer: dict[str, Any], kind: str) -> list[dict[str, Any]] | None:
     """A transaction or batch answer's entries, when it is a ``kind`` Bundle (else None)."""
     if answer.get("resourceType") != "Bundle" or answer.get("type") != kind:
         return None
