@@ -4,23 +4,19 @@ Each measurement runs in a fresh process, so peak RSS is that run's own (workers
 reported as ratios against the orjson baseline measured in the same run on the same machine; absolute
 numbers vary too much between machines to mean anything alone. Never run by CI (timing is not a test).
 
-Both builds are measured: ``python`` (the source tree, what an editable install runs) and ``compiled`` (the
-wheel, whose hot modules hatch_build.py compiles with mypyc; built here once per source version, about two
-minutes, and kept in the data folder). So are two output sets: ``all`` (what ``evaluate`` writes by default)
-and ``results`` (``--no-writeback --no-report``: results.json, rejects.ndjson, clinical.ndjson, summary.json).
-The configurations are measured in rounds, each round running the baseline and every configuration once.
+One worker and two are measured (``--workers``), each against the one-core baseline, and two output sets:
+``all`` (what ``evaluate`` writes by default) and ``results`` (``--no-writeback --no-report``: results.json,
+rejects.ndjson, clinical.ndjson, summary.json). The configurations are measured in rounds, each round running
+the baseline and every configuration once.
 
-    python benchmarks/bench_evaluate.py                   # 1k and 10k patients, both builds, both output sets
-    python benchmarks/bench_evaluate.py --sizes 1000 --workers 1 --build compiled --outputs all
+    python benchmarks/bench_evaluate.py                   # 1k and 10k patients, 1 and 2 workers, both output sets
+    python benchmarks/bench_evaluate.py --sizes 1000 --workers 1 --outputs all
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -66,40 +62,19 @@ dt = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"resources": summary["records_read"], "seconds": dt, "workers": summary["workers"],
-                  "build": summary["build"],
                   "peak_mb": own, "peak_worker_mb": kids, "patients": summary["patients"]}))
 """
 
 
-def measure(script: str, *args: str, path: Path | None = None) -> dict[str, Any]:
-    # PYTHONSAFEPATH: the working directory must not shadow the build asked for.
-    env = dict(os.environ, PYTHONPATH=str(path), PYTHONSAFEPATH="1") if path else None
-    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True, env=env)
+def measure(script: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def compiled_site(data: Path) -> Path:
-    """The wheel (mypyc-compiled) unpacked into a folder for PYTHONPATH; rebuilt when the sources change."""
-    digest = hashlib.sha256()
-    for f in sorted([ROOT / "hatch_build.py", ROOT / "pyproject.toml", *(ROOT / "fhiradapter").rglob("*.py")]):
-        digest.update(f.read_bytes())
-    folder = data / f"compiled-{digest.hexdigest()[:12]}"
-    if not (folder / "site").is_dir():
-        for old in data.glob("compiled-*"):
-            shutil.rmtree(old)
-        print("building the compiled wheel (mypyc) ...", flush=True)
-        env = dict(os.environ, FHIRADAPTER_COMPILE="require")
-        pip = [sys.executable, "-m", "pip", "--quiet"]
-        subprocess.run([*pip, "wheel", "--no-deps", "--wheel-dir", str(folder), str(ROOT)], check=True, env=env)
-        wheel = next(folder.glob("fhiradapter-*.whl"))
-        subprocess.run([*pip, "install", "--no-deps", "--target", str(folder / "site"), str(wheel)], check=True)
-    return folder / "site"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--workers", type=int, default=0, help="0 = the adapter's default")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--data", type=Path, default=HERE / ".data")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
     parser.add_argument(
@@ -109,11 +84,8 @@ def main() -> None:
         help="all: every output (the default of `evaluate`); results: results.json, rejects.ndjson, "
         "clinical.ndjson and summary.json only (--no-writeback --no-report)",
     )
-    parser.add_argument("--build", choices=["python", "compiled", "both"], default="both")
     args = parser.parse_args()
-    builds = ["python", "compiled"] if args.build == "both" else [args.build]
     output_sets = ["all", "results"] if args.outputs == "both" else [args.outputs]
-    paths = {"python": ROOT, **({"compiled": compiled_site(args.data)} if "compiled" in builds else {})}
     rows = []
     for size in args.sizes:
         folder = args.data / f"p{size}"
@@ -123,26 +95,22 @@ def main() -> None:
             print(f"generated {count} resources for {size} patients in {time.perf_counter() - t:.1f} s")
         # Rounds: each round measures the baseline and every configuration once, so that the machine's drift
         # over minutes (large here) falls on all of them alike; medians are taken over the rounds.
-        configs = [(build, outputs) for build in builds for outputs in output_sets]
+        configs = [(workers, outputs) for workers in args.workers for outputs in output_sets]
         base_runs: list[dict[str, Any]] = []
-        runs: dict[tuple[str, str], list[dict[str, Any]]] = {c: [] for c in configs}
+        runs: dict[tuple[int, str], list[dict[str, Any]]] = {c: [] for c in configs}
         for _ in range(args.repeat):
             base_runs.append(measure(BASELINE, str(folder)))
-            for build, outputs in configs:
+            for workers, outputs in configs:
                 out = args.data / f"out-{size}-{outputs}"
-                runs[build, outputs].append(
-                    measure(EVALUATE, str(folder), str(out), str(args.workers), outputs, path=paths[build])
-                )
+                runs[workers, outputs].append(measure(EVALUATE, str(folder), str(out), str(workers), outputs))
         base = sorted(base_runs, key=lambda r: r["seconds"])
         b = base[len(base) // 2]
-        for (build, outputs), mine in runs.items():
+        for (_workers, outputs), mine in runs.items():
             mine.sort(key=lambda r: r["seconds"])
             e = mine[len(mine) // 2]
-            assert e["build"] == build, f"asked for the {build} build, measured {e['build']}"
             rows.append(
                 {
                     "patients": size,
-                    "build": build,
                     "outputs": outputs,
                     "resources": e["resources"],
                     "workers": e["workers"],
@@ -157,24 +125,29 @@ def main() -> None:
                 }
             )
     print(
-        f"{'patients':>8} {'build':>9} {'outputs':>8} {'resources':>9} {'workers':>7} {'orjson/s':>10} "
+        f"{'patients':>8} {'outputs':>8} {'resources':>9} {'workers':>7} {'orjson/s':>10} "
         f"{'evaluate/s':>10} {'ratio':>6} {'orjson MB':>9} {'evaluate MB (parent/worker)':>28}"
     )
     for r in rows:
         print(
-            f"{r['patients']:>8} {r['build']:>9} {r['outputs']:>8} {r['resources']:>9} {r['workers']:>7} "
+            f"{r['patients']:>8} {r['outputs']:>8} {r['resources']:>9} {r['workers']:>7} "
             f"{r['orjson_per_s']:>10,.0f} {r['evaluate_per_s']:>10,.0f} {r['ratio']:>6.3f} "
             f"{r['orjson_peak_mb']:>9.0f} {r['evaluate_parent_mb']:>14.0f} / {r['evaluate_worker_mb']:<12.0f}"
         )
-    for build in builds:
+    for workers in args.workers:
         for outputs in output_sets:
-            mine = [r for r in rows if r["build"] == build and r["outputs"] == outputs]
+            mine = [r for r in rows if r["workers"] == workers and r["outputs"] == outputs]
             if len(mine) > 1:
                 growth = mine[-1]["evaluate_peak_mb"] / mine[0]["evaluate_peak_mb"]
                 print(
-                    f"{build}, {outputs} outputs: peak memory x{growth:.2f} for "
+                    f"{workers} worker(s), {outputs} outputs: peak memory x{growth:.2f} for "
                     f"x{mine[-1]['patients'] / mine[0]['patients']:.0f} input (target: within x1.20)"
                 )
+    for size in args.sizes:
+        for outputs in output_sets:
+            by = {r["workers"]: r for r in rows if r["patients"] == size and r["outputs"] == outputs}
+            if 1 in by and 2 in by:
+                print(f"{size} patients, {outputs}: two workers x{by[2]['ratio'] / by[1]['ratio']:.2f} one worker")
     (args.data / "bench-evaluate.json").write_text(json.dumps(rows, indent=1))
 
 

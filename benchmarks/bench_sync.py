@@ -25,13 +25,9 @@ concurrency alone gives; ``--patients-per-search auto`` measures what ``pull`` a
 patients per search in the two incremental runs), which makes far fewer requests and leaves concurrency
 less to overlap.
 
-The client runs the compiled build by default (what ``pip install .`` installs; the wheel is built into
-``.data`` as ``bench_evaluate.py`` does, and the script re-executes itself on it), ``--build python`` the
-source tree.
-
     python benchmarks/bench_sync.py                 # 100 patients, as in the README
     python benchmarks/bench_sync.py --patients 200 --latency-ms 50
-    python benchmarks/bench_sync.py --patients 100 --patients-per-search 20 --build python
+    python benchmarks/bench_sync.py --patients 100 --patients-per-search 20
     python benchmarks/bench_sync.py --patients-per-search auto   # as pull and sync choose by default
 """
 
@@ -56,11 +52,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from bench_evaluate import compiled_site  # noqa: E402
 from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' server helpers
 from generate import generate  # noqa: E402
 
-import fhiradapter  # noqa: E402
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier  # noqa: E402
 from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
 from fhiradapter.shell.mappings_io import load_mappings  # noqa: E402
@@ -209,18 +203,7 @@ def main() -> None:
         default=1,
         help="as the pull and sync option (auto: what they do by default); 1 measures concurrency alone",
     )
-    parser.add_argument("--build", choices=["compiled", "python"], default="compiled")
     args = parser.parse_args()
-    site = os.environ.get("FHIRADAPTER_BENCH_SITE")
-    if args.build == "compiled" and site is None:
-        site = str(compiled_site(HERE / ".data"))
-        env = dict(os.environ, PYTHONPATH=site, PYTHONSAFEPATH="1", FHIRADAPTER_BENCH_SITE=site)
-        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)  # noqa: S606 - this script again
-    loaded = Path(fhiradapter.__file__).resolve()
-    if args.build == "compiled" and not (site and loaded.is_relative_to(Path(site).resolve())):
-        raise SystemExit(f"asked for the compiled build, but fhiradapter was imported from {loaded}")
-    compiled = sorted(p.name for p in loaded.parent.rglob("*.so"))
-    print(f"build: {args.build} ({len(compiled)} compiled modules), fhiradapter from {loaded.parent}", flush=True)
     data = HERE / ".data" / f"sync-p{args.patients}"
     if not data.exists():
         generate(args.patients, data)

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from fhiradapter import __version__, build
+from fhiradapter import __version__
 from fhiradapter.errors import AdapterError, ConfigError, ExitCode, NothingEvaluated
 
 
@@ -107,11 +107,7 @@ _KEY_HELP = "File holding the pseudonymisation secret (>= 32 bytes, mode 600) [d
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(
-    __version__,
-    prog_name="fhiradapter",
-    message=f"%(prog)s %(version)s ({'core compiled with mypyc' if build() == 'compiled' else 'pure Python'})",
-)
+@click.version_option(__version__, prog_name="fhiradapter", message="%(prog)s %(version)s")
 def main() -> None:
     """Apply the thalidomide-HCC pilot protocol to FHIR R4 data and report the results."""
 
@@ -343,10 +339,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     seconds = summary.get("seconds") or {}
     if seconds:
         phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
-        click.echo(
-            f"Took {sum(seconds.values()):.1f} s with {summary['workers']} worker(s), "
-            f"{'compiled' if summary.get('build') == 'compiled' else 'pure-Python'} build ({phases})."
-        )
+        click.echo(f"Took {sum(seconds.values()):.1f} s with {summary['workers']} worker(s) ({phases}).")
 
 
 def _export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:

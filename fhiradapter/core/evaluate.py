@@ -39,11 +39,6 @@ class Settings:
     screen_candidates: bool = False  # evaluate patients without a ResearchSubject of the study (§1)
     local_bases: tuple[str, ...] = ()  # FHIR base URLs whose absolute references are this data's own
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Sent to worker processes by pickle; compiled with mypyc, a frozen class cannot be rebuilt by
-        # setting its fields one by one, so it is rebuilt from its constructor.
-        return (Settings, (self.as_of, self.mappings, self.study_ref, self.screen_candidates, self.local_bases))
-
     @property
     def study(self) -> str:
         return self.study_ref or self.mappings.study_ref

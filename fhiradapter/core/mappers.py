@@ -26,7 +26,6 @@ from fhiradapter.core.model import (
     Person,
     SubjectRec,
     Written,
-    from_fields,
 )
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import HASH_TAG_SYSTEM, IDENTIFIER_SYSTEM
@@ -303,31 +302,9 @@ def map_observation(
             return None, tissues
         issues += tissues
         unit = "mm"
-    return _obs(
+    return Obs(
         ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, str(status), note, origin
     ), issues
-
-
-def _obs(
-    ref: str,
-    patient: str,
-    concept: str,
-    date: str | None,
-    value: float | None,
-    unit: str | None,
-    coded: str | None,
-    low: float | None,
-    high: float | None,
-    focus: str | None,
-    d1: float | None,
-    d2: float | None,
-    status: str,
-    conversion: str | None,
-    origin: Origin,
-) -> Obs:
-    """``Obs(...)`` without the Python-level ``__new__`` a NamedTuple has (one Observation in four records)."""
-    fields = (ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, status, conversion, origin)
-    return from_fields(Obs, fields)  # type: ignore[no-any-return]
 
 
 def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, str] | None) -> Written | None:

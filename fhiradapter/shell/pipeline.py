@@ -8,16 +8,12 @@ in-memory bucket. Every input record ends up used or in ``rejects.ndjson``.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
-import marshal
 import multiprocessing
 import os
-import re
+import pickle
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 import zlib
@@ -31,7 +27,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from fhiradapter import __version__, build
+from fhiradapter import __version__
 from fhiradapter.core import fhir_json as fj
 from fhiradapter.core.evaluate import CohortRow, Settings, evaluate_patient, report_row, summarise_cohort
 from fhiradapter.core.extract import patient_extract
@@ -48,7 +44,6 @@ from fhiradapter.core.model import (
     Person,
     SubjectRec,
     Written,
-    from_fields,
 )
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import (
@@ -181,41 +176,17 @@ class _Buckets:
                 fh.close()
 
 
-_RECORD_TYPES: dict[str, Any] = {
-    cls.__name__: cls for cls in (Person, Obs, Med, AE, Cond, ConsentRec, SubjectRec, Written, Other)
-}
-
-
 def _dump(items: list[Item], fh: BinaryIO) -> None:
-    """Spill items as plain tuples with marshal: about twice as fast as pickling the NamedTuples."""
-    plain = [
-        (
-            ref,
-            vkey,
-            seq,
-            type(rec).__name__,
-            tuple(rec) if rec is not None else None,
-            [tuple(i) for i in issues] if issues else issues,
-            origin,
-            patient,
-        )
-        for ref, vkey, seq, rec, issues, origin, patient in items
-    ]
-    blob = marshal.dumps(plain)
-    fh.write(len(blob).to_bytes(8, "little") + blob)
+    """Spill items to a bucket file (pickled; read back by ``_load_bucket``)."""
+    pickle.dump(items, fh, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _load_bucket(paths: list[Path]) -> list[Item]:
     items: list[Item] = []
     for path in paths:
         with path.open("rb") as fh:
-            while header := fh.read(8):
-                for ref, vkey, seq, tag, fields, issues, origin, patient in marshal.loads(  # noqa: S302 - own file
-                    fh.read(int.from_bytes(header, "little"))
-                ):
-                    record = from_fields(_RECORD_TYPES[tag], fields) if fields is not None else None
-                    found = [from_fields(Issue, i) for i in issues] if issues else []
-                    items.append((ref, vkey, seq, record, found, origin, patient))
+            while fh.peek(1):
+                items.extend(pickle.load(fh))  # noqa: S301 - our own spill file, written by this run
         path.unlink()
     return items
 
@@ -235,42 +206,9 @@ class _Rejects:
             self._fh.close()
 
 
-def _publish(tmp: Path, target: Path, retired: list[Path]) -> None:
-    """Rename a finished file over ``target``; the copy it replaces is only unlinked later, off the critical path.
-
-    Renaming over a large file written moments ago (an earlier run's writeback.json) took up to 0.5 s here,
-    the kernel freeing its blocks; with a second hard link the rename only drops a name, and the blocks are
-    freed when a background thread unlinks the links ``retired`` collects.
-    """
-    if target.exists():
-        old = _retired_name(target)
-        with contextlib.suppress(OSError):  # no hard links here (some file systems): the rename frees it
-            old.unlink(missing_ok=True)
-            os.link(target, old)
-            retired.append(old)
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a finished file over ``target``: readers see the old file or the new one, never a part."""
     tmp.replace(target)
-
-
-def _retired_name(path: Path) -> Path:
-    """The hidden name an old output has until it is unlinked (what ``run_evaluate`` sweeps up)."""
-    return path.with_name(f".{path.name}.retired-{os.getpid()}")
-
-
-def _retire(paths: list[Path]) -> list[Path]:
-    """Rename existing files out of sight (hidden names in the same folder), to be unlinked later."""
-    gone = []
-    for path in paths:
-        if path.exists():
-            old = _retired_name(path)
-            path.replace(old)
-            gone.append(old)
-    return gone
-
-
-def _unlink_all(paths: list[Path]) -> None:
-    for path in paths:
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def _write_outputs(
@@ -280,10 +218,9 @@ def _write_outputs(
     subject_index: list[tuple[str, str, int, int]],
     header: dict[str, Any],
     cohort: dict[str, Any],
-    retired: list[Path],
 ) -> None:
     """results.json (subjects sorted by patient) and rejects.ndjson, each written then renamed."""
-    _concatenate(reject_parts, out / "rejects.ndjson", retired)
+    _concatenate(reject_parts, out / "rejects.ndjson")
     tmp = out / "results.json.partial"
     handles: dict[str, BinaryIO] = {}
     try:
@@ -299,10 +236,10 @@ def _write_outputs(
     finally:
         for h in handles.values():
             h.close()
-    _publish(tmp, out / "results.json", retired)
+    _publish(tmp, out / "results.json")
 
 
-def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]], retired: list[Path]) -> None:
+def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]]) -> None:
     """One blob per line in patient order (the order of results.json), from the workers' spill files."""
     handles: dict[str, BinaryIO] = {}
     tmp = target.with_name(target.name + ".partial")
@@ -316,7 +253,7 @@ def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, i
     finally:
         for h in handles.values():
             h.close()
-    _publish(tmp, target, retired)
+    _publish(tmp, target)
 
 
 def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
@@ -349,14 +286,14 @@ def _reject_entry(
     return entry
 
 
-def _concatenate(parts: list[Path], target: Path, retired: list[Path]) -> None:
+def _concatenate(parts: list[Path], target: Path) -> None:
     """Join the workers' part files into ``target``, written beside it and renamed when complete."""
     tmp = target.with_name(target.name + ".partial")
     with tmp.open("wb") as fh:
         for part in parts:
             with part.open("rb") as src:
                 shutil.copyfileobj(src, fh)
-    _publish(tmp, target, retired)
+    _publish(tmp, target)
 
 
 def _iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
@@ -368,75 +305,47 @@ def _iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
 
 
 def _write_writeback(
-    out: Path,
-    spill: Path,
-    index: list[tuple[str, str, int, int, int]],
-    plan_parts: list[Path],
-    header: dict[str, Any],
-    retired: list[Path],
+    out: Path, spill: Path, index: list[tuple[str, str, int, int, int]], plan_parts: list[Path], header: dict[str, Any]
 ) -> None:
-    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson.
-
-    The Provenance's targets are streamed from the spill files twice (once for the run tag's digest, once to
-    write them), so no list of every written resource is held in memory.
-    """
+    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson."""
     index = sorted(index)
     handles: dict[str, BinaryIO] = {}
 
-    def blobs(with_targets: bool) -> Iterator[bytes]:
-        for _pid, name, offset, length, tail in index:
-            if name not in handles:
-                handles[name] = (spill / name).open("rb")
-            handles[name].seek(offset + (length if with_targets else 0))
-            yield handles[name].read(tail if with_targets else length)
+    def read(name: str, offset: int, length: int) -> bytes:
+        if name not in handles:
+            handles[name] = (spill / name).open("rb")
+        handles[name].seek(offset)
+        return handles[name].read(length)
 
     tmp = out / "writeback.json.partial"
     try:
-        digest = hashlib.sha256()
-        for chunk in blobs(True):
-            digest.update(chunk + b"\n")
+        targets = [
+            t
+            for _pid, name, offset, length, tail in index
+            for t in read(name, offset + length, tail).decode().split("\n")
+        ]
         with tmp.open("wb") as fh:
             fh.write(b'{"resourceType":"Bundle","type":"transaction","entry":[')
-            n = 0
-            for chunk in blobs(False):
-                fh.write((b"," if n else b"") + chunk)
-                n += 1
-            if n:
-                run = run_tag(digest.hexdigest(), header["as_of"], header["protocol"])
-                prov = orjson.dumps(
-                    provenance_entry(
-                        [],
-                        adapter_version=__version__,
-                        mappings=header["protocol"],
-                        as_of=header["as_of"],
-                        inputs=header["inputs"],
-                        recorded=datetime.now(UTC).isoformat(timespec="seconds"),
-                        run=run,
-                    )
+            for n, (_pid, name, offset, length, _tail) in enumerate(index):
+                fh.write((b"," if n else b"") + read(name, offset, length))
+            if targets:
+                digest = hashlib.sha256("".join(f"{t}\n" for t in targets).encode())
+                provenance = provenance_entry(
+                    targets,
+                    adapter_version=__version__,
+                    mappings=header["protocol"],
+                    as_of=header["as_of"],
+                    inputs=header["inputs"],
+                    recorded=datetime.now(UTC).isoformat(timespec="seconds"),
+                    run=run_tag(digest.hexdigest(), header["as_of"], header["protocol"]),
                 )
-                head, _, rest = prov.partition(b'"target":[]')
-                fh.write(b"," + head + b'"target":[')
-                first = True
-                for chunk in blobs(True):
-                    fh.write((b"" if first else b",") + _references(chunk))
-                    first = False
-                fh.write(b"]" + rest)
+                fh.write(b"," + orjson.dumps(provenance))
             fh.write(b"]}")
     finally:
         for h in handles.values():
             h.close()
-    _publish(tmp, out / "writeback.json", retired)
-    _concatenate(plan_parts, out / "writeback-plan.ndjson", retired)
-
-
-_NEEDS_ESCAPE = re.compile(rb'[\x00-\x09\x0b-\x1f"\\]')
-
-
-def _references(targets: bytes) -> bytes:
-    """``{"reference": ...}`` objects, comma-separated, for newline-separated reference strings."""
-    if _NEEDS_ESCAPE.search(targets) is None:  # the usual case: nothing to escape, one join
-        return b'{"reference":"' + targets.replace(b"\n", b'"},{"reference":"') + b'"}'
-    return b",".join(b'{"reference":' + orjson.dumps(t.decode()) + b"}" for t in targets.split(b"\n"))
+    _publish(tmp, out / "writeback.json")
+    _concatenate(plan_parts, out / "writeback-plan.ndjson")
 
 
 def pulled_from(inputs: list[Path]) -> list[str]:
@@ -541,127 +450,116 @@ def _run(
         seconds[phase] = round(now - clock, 3)
         clock = now
 
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # many small long-lived objects: generational GC only costs time here
-    try:
-        with tempfile.TemporaryDirectory(dir=out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700: patient data
-            spill = Path(spill_dir)
-            try:
-                tasks = plan_tasks(files, max(CHUNK_BYTES, input_bytes // (4 * workers) + 1))
-            except OSError as exc:
-                raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
-            shares = _share(tasks, workers)
-            in_memory = workers == 1 and buckets == 1
-            one = _run_workers(
-                _pass_one_worker,
-                [(w, shares[w], buckets, spill, settings, in_memory) for w in range(workers)],
-                progress,
+    with tempfile.TemporaryDirectory(dir=out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700: patient data
+        spill = Path(spill_dir)
+        try:
+            tasks = plan_tasks(files, max(CHUNK_BYTES, input_bytes // (4 * workers) + 1))
+        except OSError as exc:
+            raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
+        shares = _share(tasks, workers)
+        in_memory = workers == 1 and buckets == 1
+        one = _run_workers(
+            _pass_one_worker,
+            [(w, shares[w], buckets, spill, settings, in_memory) for w in range(workers)],
+            progress,
+        )
+        lap("read_and_map")
+        stats = RunStats(files=len(files), input_bytes=input_bytes)
+        globals_: dict[str, Item] = {}
+        parts = [r.rejects for r in one]
+        glob_rejects = _Rejects(spill / "rejects-globals.ndjson")
+        for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
+            glob_rejects.reject(file_not_read.as_dict())
+            stats.read[NOT_READ] += 1
+            stats.rejected[NOT_READ] += 1
+            stats.reasons[file_not_read.code] += 1
+        for r in one:
+            stats.merge(r.stats)
+            for item in r.globals.values():
+                _keep_newest(globals_, item, glob_rejects, stats)
+        for item in globals_.values():
+            if item[3] is None:
+                _reject_unmapped(item, glob_rejects, stats)
+        glob_rejects.close()
+        parts.append(glob_rejects.path)
+        medications = {ref: item[3] for ref, item in globals_.items() if isinstance(item[3], Other)}
+        memory = one[0].memory if in_memory else None
+        per_bucket = sum(f.stat().st_size for f in files) // buckets  # progress: pass two counts again
+        jobs = [
+            (
+                w,
+                list(range(w, buckets, workers)),
+                [r.bucket_paths for r in one],
+                spill,
+                settings,
+                medications,
+                memory,
+                per_bucket,
+                writeback,
+                enrol_candidates,
             )
-            lap("read_and_map")
-            stats = RunStats(files=len(files), input_bytes=input_bytes)
-            globals_: dict[str, Item] = {}
-            parts = [r.rejects for r in one]
-            glob_rejects = _Rejects(spill / "rejects-globals.ndjson")
-            for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
-                glob_rejects.reject(file_not_read.as_dict())
-                stats.read[NOT_READ] += 1
-                stats.rejected[NOT_READ] += 1
-                stats.reasons[file_not_read.code] += 1
-            for r in one:
-                stats.merge(r.stats)
-                for item in r.globals.values():
-                    _keep_newest(globals_, item, glob_rejects, stats)
-            for item in globals_.values():
-                if item[3] is None:
-                    _reject_unmapped(item, glob_rejects, stats)
-            glob_rejects.close()
-            parts.append(glob_rejects.path)
-            medications = {ref: item[3] for ref, item in globals_.items() if isinstance(item[3], Other)}
-            memory = one[0].memory if in_memory else None
-            per_bucket = sum(f.stat().st_size for f in files) // buckets  # progress: pass two counts again
-            jobs = [
-                (
-                    w,
-                    list(range(w, buckets, workers)),
-                    [r.bucket_paths for r in one],
-                    spill,
-                    settings,
-                    medications,
-                    memory,
-                    per_bucket,
-                    writeback,
-                    enrol_candidates,
-                )
-                for w in range(workers)
-            ]
-            two = _run_workers(_pass_two_worker, jobs, progress)
-            lap("evaluate")
-            rows: list[CohortRow] = []
-            index: list[tuple[str, str, int, int]] = []
-            wb_index: list[tuple[str, str, int, int, int]] = []
-            for r2 in two:
-                stats.merge(r2.stats)
-                rows.extend(r2.rows)
-                index.extend(r2.index)
-                parts.append(r2.rejects)
-                wb_index.extend(r2.writeback_index)
-            cohort = summarise_cohort(rows)
-            lap("cohort_statistics")
-            summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
-            summary["protocol"]["study"] = settings.study
-            summary |= stats.as_dict()
-            summary["workers"] = workers
-            summary["build"] = build()  # "compiled" (mypyc) or "python": what produced these figures
-            if not writeback:
-                summary["writeback"] = None  # not planned (--no-writeback): no counts rather than zeros
-            header = {
-                "as_of": as_of.isoformat(),
-                "protocol": {**mappings_identity, "study": settings.study},
-                "adapter": {"name": "fhiradapter", "version": __version__},
-                "inputs": [str(f) for f in files],
-                "run_summary": summary,
-            }
-            folder = mappings_identity.get("mappings_dir")
-            report_args = (out, header, cohort, [r2.report_rows for r2 in two], summary, folder)
-            on_phase("write")
-            # An earlier run's outputs, replaced: unlinked while the report runs (with any a crash left).
-            retired: list[Path] = sorted(out.glob(".*.retired-*"))
-            # An output this run does not write must not be left from an earlier one, looking current.
-            skipped = (WRITEBACK_FILES if not writeback else ()) + (REPORT_FILES if not report else ())
-            skipped += (CANDIDATES_FILE,) if not screen_candidates else ()
-            retired += _retire([out / name for name in skipped])
-            _write_outputs(out, spill, parts, index, header, cohort, retired)
-            if writeback:
-                _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header, retired)
-            clinical = [i for r2 in two for i in r2.clinical_index]
-            _write_sorted_lines(out / "clinical.ndjson", spill, clinical, retired)
-            if screen_candidates:
-                candidates = [i for r2 in two for i in r2.candidate_index]
-                _write_sorted_lines(out / CANDIDATES_FILE, spill, candidates, retired)
-            sweeper = threading.Thread(target=_unlink_all, args=(retired,), daemon=True)
-            sweeper.start()
-            lap("write")
-            if report:
-                on_phase("report")
-                _report(*report_args)
-            sweeper.join()
-            lap("report")
-            summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
-            # CPU seconds of each worker: how evenly the work was shared.
-            summary["worker_cpu_seconds"] = {
-                "read_and_map": [round(r.cpu, 3) for r in one],
-                "evaluate": [round(r2.cpu, 3) for r2 in two],
-            }
-            (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-            written = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
-            written += list(WRITEBACK_FILES) if writeback else []
-            written += list(REPORT_FILES) if report else []
-            written += [CANDIDATES_FILE] if screen_candidates else []
-            run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
-            write_manifest(out, run, written)  # last: the set is whole
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+            for w in range(workers)
+        ]
+        two = _run_workers(_pass_two_worker, jobs, progress)
+        lap("evaluate")
+        rows: list[CohortRow] = []
+        index: list[tuple[str, str, int, int]] = []
+        wb_index: list[tuple[str, str, int, int, int]] = []
+        for r2 in two:
+            stats.merge(r2.stats)
+            rows.extend(r2.rows)
+            index.extend(r2.index)
+            parts.append(r2.rejects)
+            wb_index.extend(r2.writeback_index)
+        cohort = summarise_cohort(rows)
+        lap("cohort_statistics")
+        summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
+        summary["protocol"]["study"] = settings.study
+        summary |= stats.as_dict()
+        summary["workers"] = workers
+        if not writeback:
+            summary["writeback"] = None  # not planned (--no-writeback): no counts rather than zeros
+        header = {
+            "as_of": as_of.isoformat(),
+            "protocol": {**mappings_identity, "study": settings.study},
+            "adapter": {"name": "fhiradapter", "version": __version__},
+            "inputs": [str(f) for f in files],
+            "run_summary": summary,
+        }
+        folder = mappings_identity.get("mappings_dir")
+        report_args = (out, header, cohort, [r2.report_rows for r2 in two], summary, folder)
+        on_phase("write")
+        # An output this run does not write must not be left from an earlier one, looking current.
+        skipped = (WRITEBACK_FILES if not writeback else ()) + (REPORT_FILES if not report else ())
+        skipped += (CANDIDATES_FILE,) if not screen_candidates else ()
+        for name in skipped:
+            (out / name).unlink(missing_ok=True)
+        _write_outputs(out, spill, parts, index, header, cohort)
+        if writeback:
+            _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
+        clinical = [i for r2 in two for i in r2.clinical_index]
+        _write_sorted_lines(out / "clinical.ndjson", spill, clinical)
+        if screen_candidates:
+            candidates = [i for r2 in two for i in r2.candidate_index]
+            _write_sorted_lines(out / CANDIDATES_FILE, spill, candidates)
+        lap("write")
+        if report:
+            on_phase("report")
+            _report(*report_args)
+        lap("report")
+        summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
+        # CPU seconds of each worker: how evenly the work was shared.
+        summary["worker_cpu_seconds"] = {
+            "read_and_map": [round(r.cpu, 3) for r in one],
+            "evaluate": [round(r2.cpu, 3) for r2 in two],
+        }
+        (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        written = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
+        written += list(WRITEBACK_FILES) if writeback else []
+        written += list(REPORT_FILES) if report else []
+        written += [CANDIDATES_FILE] if screen_candidates else []
+        run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
+        write_manifest(out, run, written)  # last: the set is whole
     return summary
 
 
@@ -744,7 +642,6 @@ def _pass_one_worker(
     worker: int, tasks: list[tuple[int, Task]], buckets: int, spill: Path, settings: Settings, in_memory: bool
 ) -> _PassOne:
     """Read and map this worker's share of the input into its bucket files."""
-    gc.disable()
     cpu = time.process_time()
     ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
     stats = RunStats()
@@ -810,7 +707,6 @@ def _pass_two_worker(
     enrol: bool = False,
 ) -> _PassTwo:
     """Deduplicate, group by patient and evaluate the buckets given to this worker."""
-    gc.disable()
     cpu = time.process_time()
     stats = RunStats()
     rows: list[CohortRow] = []

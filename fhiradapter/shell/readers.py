@@ -29,7 +29,6 @@ from typing import Any, BinaryIO, NamedTuple
 import ijson
 import orjson
 
-from fhiradapter.core.model import from_fields
 from fhiradapter.errors import InputError
 
 NDJSON = (".ndjson", ".jsonl")
@@ -276,7 +275,7 @@ def _read_ndjson(
         if type(obj) is dict and (rtype := obj.get("resourceType")) is not None and rtype != "Bundle":
             rid = obj.get("id")
             if type(rid) is str and rid and type(rtype) is str:
-                yield from_fields(RawRecord, (obj, (name, f"line {lineno}"), None))
+                yield RawRecord(obj, (name, f"line {lineno}"), None)
                 continue
         yield from _records(obj, name, f"line {lineno}")
     if on_bytes is not None and pending:
