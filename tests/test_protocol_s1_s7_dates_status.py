@@ -12,6 +12,7 @@ from fhiradapter.core.evaluate import Settings, cut_off, evaluate_patient, subje
 from fhiradapter.core.fhir_json import local_date
 from fhiradapter.core.model import AE, Med, PatientRecord, Person, SubjectRec
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.results import EligibilityStatus, to_builtins
 
 ORIGIN = ("t", "l")
 STUDY = "ResearchStudy/thal-hcc-pilot"
@@ -62,7 +63,8 @@ def patient(
 
 
 def run(rec: PatientRecord, mappings: Mappings, as_of: date = AS_OF) -> dict:  # type: ignore[type-arg]
-    return evaluate_patient(rec, Settings(as_of, mappings))[0]
+    """The patient's entry as results.json holds it (the typed result, as JSON values)."""
+    return to_builtins(evaluate_patient(rec, Settings(as_of, mappings)).result)
 
 
 def test_s1_index_and_treatment_days(mappings: Mappings) -> None:
@@ -137,13 +139,13 @@ def test_s6_deceased_boolean_without_date_is_an_issue(mappings: Mappings) -> Non
         ("eligible", False, False, None, ("eligible", None)),
         ("eligible", True, True, None, ("on-study-intervention", None)),
         ("eligible", True, False, None, ("follow-up", None)),
-        ("eligible", True, False, date(2004, 5, 1), ("off-study", "2004-05-01")),
+        ("eligible", True, False, date(2004, 5, 1), ("off-study", date(2004, 5, 1))),
     ],
 )
 def test_s7_research_subject_status(
-    eligibility: str, treated: bool, on_drug: bool, death: date | None, expected: tuple[str, str | None]
+    eligibility: str, treated: bool, on_drug: bool, death: date | None, expected: tuple[str, date | None]
 ) -> None:
-    assert subject_status(eligibility, treated, on_drug, death) == expected
+    assert subject_status(EligibilityStatus(eligibility), treated, on_drug, death) == expected
 
 
 def test_s7_on_hold_interruption_is_still_on_intervention(mappings: Mappings) -> None:

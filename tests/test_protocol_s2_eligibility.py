@@ -12,6 +12,7 @@ from builders import lab, lesion
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.eligibility import CRITERIA, assess_eligibility
 from fhiradapter.core.model import Cond, ConsentRec, Med, PatientRecord, Person, SubjectRec
+from fhiradapter.core.results import to_builtins
 
 SCREEN = date(2004, 3, 1)
 ORIGIN = ("t", "l")
@@ -86,7 +87,7 @@ CP_C10 = score_child_pugh(
 
 
 def assess(rec: PatientRecord, cp: ChildPugh = CP_B9) -> dict[str, Any]:
-    return assess_eligibility(rec, SCREEN, SCREEN, cp, ["Observation/cp"])
+    return to_builtins(assess_eligibility(rec, SCREEN, SCREEN, cp, ["Observation/cp"]))  # as results.json has it
 
 
 def status_of(result: dict[str, Any], cid: str) -> str:

@@ -15,6 +15,7 @@ from fhiradapter.core.child_pugh import (
     score_child_pugh,
 )
 from fhiradapter.core.mappers import map_observation
+from fhiradapter.core.results import to_builtins
 
 
 @pytest.mark.parametrize(("value", "points"), [(1.99, 1), (2.0, 2), (3.0, 2), (3.01, 3)])
@@ -161,7 +162,7 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
     )
     result = evaluate_patient(rec, Settings(AS_OF, load_mappings()[0])).result
     assert result is not None
-    return result["child_pugh"]  # type: ignore[no-any-return]
+    return to_builtins(result.child_pugh)  # type: ignore[no-any-return]  # as results.json has it
 
 
 def test_s3_ascites_and_encephalopathy_are_not_held_to_the_lab_window() -> None:

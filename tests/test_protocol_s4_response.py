@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fhiradapter.core.model import Obs
 from fhiradapter.core.response import RANK, assess_response, classify
+from fhiradapter.core.results import ResponseDuration
 
 INDEX = date(2004, 1, 10)
 
@@ -103,7 +104,7 @@ def test_s4_cr_needs_no_tumour_and_afp_at_most_uln() -> None:
 
 def test_s4_baseline_afp_at_or_below_uln_turns_afp_criteria_off() -> None:
     r = run(BASE + scan(57, 19), [afp(-3, 10), afp(57, 50)])  # AFP x5 but not evaluable
-    assert r.baseline["afp_evaluable"] is False
+    assert r.baseline.afp_evaluable is False
     assert r.assessments[0].response == "SD"
     assert run(BASE + scan(57, 19), [afp(-3, 10.5), afp(57, 50)]).assessments[0].response == "PD"
 
@@ -165,7 +166,7 @@ def test_s4_no_baseline_is_ne() -> None:
 
 def test_s4_baseline_window_28_days_before_index() -> None:
     early = [lesion(day(-28), "L1", 20, 10)]
-    assert run([*early, lesion(day(57), "L1", 20, 10)], [afp(-28, 100), afp(57, 100)]).baseline["date"]
+    assert run([*early, lesion(day(57), "L1", 20, 10)], [afp(-28, 100), afp(57, 100)]).baseline.date
     too_early = [lesion(day(-29), "L1", 20, 10)]
     assert run(too_early, [afp(-29, 100)]).best_reason == "no_baseline_tumour_assessment"
 
@@ -175,7 +176,7 @@ def test_s4_duration_of_response_from_first_response_to_pd() -> None:
         BASE + scan(57, 5) + scan(113, 5) + scan(169, 20),
         [afp(-3, 100), afp(57, 100), afp(113, 100), afp(169, 100)],
     )
-    assert r.duration == {"start": day(57), "end": day(169), "days": 113, "censored": False}
+    assert r.duration == ResponseDuration(date.fromisoformat(day(57)), date.fromisoformat(day(169)), 113, False)
 
 
 @given(
@@ -242,4 +243,4 @@ def test_s4_a_response_before_the_first_pd_ends_at_it() -> None:
         BASE + scan(57, 5) + scan(113, 5) + scan(169, 30) + scan(225, 5) + scan(281, 5),
         [afp(-3, 100), *(afp(n, 100) for n in (57, 113, 169, 225, 281))],
     )
-    assert r.duration == {"start": day(57), "end": day(169), "days": 113, "censored": False}
+    assert r.duration == ResponseDuration(date.fromisoformat(day(57)), date.fromisoformat(day(169)), 113, False)

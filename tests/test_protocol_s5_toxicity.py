@@ -9,7 +9,9 @@ from builders import lab
 
 from fhiradapter.core.model import AE
 from fhiradapter.core.protocol import DoseRule, Mappings
+from fhiradapter.core.results import Toxicity, ToxicityCount
 from fhiradapter.core.toxicity import (
+    GradedEvent,
     dose_actions,
     grade_anc,
     grade_creatinine,
@@ -78,21 +80,21 @@ def test_s5_worst_grade_per_term_merges_reported_and_lab(mappings: Mappings) -> 
     aes = [ae("neutrophils", 2, "2004-01-20"), ae("nausea", 1, "2004-01-21"), ae("nausea", 2, "2004-02-01")]
     labs = [lab("anc", "2004-02-05", 0.7, unit="10*9/L", low=2.0, ref="Observation/anc")]
     rows, _, issues = toxicities(aes, labs, INDEX, LAST, after_days=30, mappings=mappings)
-    by_term = {r["term"]: r for r in rows}
-    assert by_term["nausea"]["worst_grade"] == 2
-    assert by_term["neutrophils"]["worst_grade"] == 3
-    assert by_term["neutrophils"]["source"] == "lab"
-    assert by_term["neutrophils"]["sources"] == ["reported", "lab"]
-    assert by_term["neutrophils"]["meddra"] == "10029366"
-    assert all(r["criteria"] == "CTC v2.0" for r in rows)
+    by_term = {r.term: r for r in rows}
+    assert by_term["nausea"].worst_grade == 2
+    assert by_term["neutrophils"].worst_grade == 3
+    assert by_term["neutrophils"].source == "lab"
+    assert by_term["neutrophils"].sources == ("reported", "lab")
+    assert by_term["neutrophils"].meddra == "10029366"
+    assert all(r.criteria == "CTC v2.0" for r in rows)
     assert not issues
 
 
 def test_s5_unmapped_term_is_kept(mappings: Mappings) -> None:
     odd = AE("AdverseEvent/x", "Patient/p", None, "Hiccups", None, 1, "derived", "2004-01-20", ORIGIN)
     rows, _, _ = toxicities([odd], [], INDEX, LAST, after_days=30, mappings=mappings)
-    assert rows[0]["term"] == "unmapped:Hiccups" and rows[0]["meddra"] is None
-    assert rows[0]["source"] == "derived"
+    assert rows[0].term == "unmapped:Hiccups" and rows[0].meddra is None
+    assert rows[0].source == "derived"
 
 
 def test_s5_ungradable_lab_is_reported(mappings: Mappings) -> None:
@@ -115,21 +117,19 @@ def test_s5_dose_actions_at_the_configured_grades(
 ) -> None:
     _, events, _ = toxicities([ae(term, grade, "2004-02-01")], [], INDEX, LAST, after_days=30, mappings=mappings)
     got = dose_actions(events, mappings.protocol.toxicity.dose_rule)
-    assert [a["action"] for a in got] == actions
+    assert [a.action for a in got] == actions
 
 
 def test_s5_dose_rules_come_from_mappings() -> None:
-    events = [{"date": "2004-02-01", "term": "fatigue", "grade": 3, "ref": "AdverseEvent/f"}]
-    assert dose_actions(events, [DoseRule(term="fatigue", min_grade=3, action="interrupt")])[0]["action"] == "interrupt"
+    events = [GradedEvent("2004-02-01", "fatigue", 3, "reported", "AdverseEvent/f")]
+    assert dose_actions(events, [DoseRule(term="fatigue", min_grade=3, action="interrupt")])[0].action == "interrupt"
 
 
 def test_s5_table_two_counts_patients_by_worst_grade() -> None:
-    p1 = [{"term": "nausea", "display": "Nausea", "meddra": "1", "worst_grade": 2}]
-    p2 = [{"term": "nausea", "display": "Nausea", "meddra": "1", "worst_grade": 3}]
-    p3 = [{"term": "nausea", "display": "Nausea", "meddra": "1", "worst_grade": 1}]
-    assert toxicity_table([p1, p2, p3]) == [
-        {"term": "nausea", "display": "Nausea", "meddra": "1", "grade_1_2": 2, "grade_3_4": 1}
-    ]
+    def worst(grade: int) -> list[Toxicity]:
+        return [Toxicity("nausea", "Nausea", "1", grade, "reported", ("reported",), "CTC v2.0", "2004-02-01", ())]
+
+    assert toxicity_table([worst(2), worst(3), worst(1)]) == [ToxicityCount("nausea", "Nausea", "1", 2, 1)]
 
 
 @pytest.mark.parametrize(

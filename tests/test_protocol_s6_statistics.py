@@ -32,8 +32,8 @@ def test_s6_clopper_pearson_bounds_solve_the_exact_binomial_tails(x: int, n: int
 
 def test_s6_orr_one_of_eight_matches_protocol_figure() -> None:
     r = rate(1, 8)
-    assert r["rate"] == 0.125
-    assert (round(100 * r["ci_low"], 1), round(100 * r["ci_high"], 1)) == (0.3, 52.7)
+    assert r.rate == 0.125 and r.ci_low is not None and r.ci_high is not None
+    assert (round(100 * r.ci_low, 1), round(100 * r.ci_high, 1)) == (0.3, 52.7)
 
 
 def test_s6_clopper_pearson_rejects_nonsense() -> None:
@@ -56,7 +56,7 @@ def test_s6_kaplan_meier_matches_product_limit_and_median() -> None:
     durations = [46, 75, 120, 180, 250, 395, 410, 422]
     events = [True, True, False, True, False, True, True, False]
     curve = kaplan_meier(durations, events)
-    by_t = {row["t"]: row["survival"] for row in curve.table}
+    by_t = {row.t: row.survival for row in curve.table}
     for t, s in product_limit(durations, events):
         assert by_t[t] == pytest.approx(s)
     expected_median = next(t for t, s in product_limit(durations, events) if s <= 0.5)
@@ -77,8 +77,8 @@ def test_s6_kaplan_meier_rejects_negative_durations() -> None:
 @given(st.lists(st.tuples(st.integers(0, 1000), st.booleans()), min_size=1, max_size=30))
 def test_s6_property_survival_in_unit_interval_and_non_increasing(data: list[tuple[int, bool]]) -> None:
     curve = kaplan_meier([d for d, _ in data], [e for _, e in data])
-    values = [row["survival"] for row in curve.table]
+    values = [row.survival for row in curve.table]
     assert all(0.0 <= v <= 1.0 for v in values)
     assert all(b <= a + 1e-12 for a, b in itertools.pairwise(values))
     if curve.median is not None:
-        assert any(row["t"] == curve.median and row["survival"] <= 0.5 for row in curve.table)
+        assert any(row.t == curve.median and row.survival <= 0.5 for row in curve.table)

@@ -10,11 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
-from typing import Any
 
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import ChildPugh
-from fhiradapter.core.model import Obs, PatientRecord
+from fhiradapter.core.model import Cond, Obs, PatientRecord
+from fhiradapter.core.results import (
+    AgeRange,
+    AnthracyclineHistory,
+    ChildPughClass,
+    Criterion,
+    CriterionStatus,
+    CriterionValue,
+    Eligibility,
+    EligibilityStatus,
+    Measurability,
+    Measurement,
+)
+
+MET, NOT_MET, UNKNOWN = CriterionStatus.MET, CriterionStatus.NOT_MET, CriterionStatus.UNKNOWN
 
 # PROTOCOL.md §2 fixed thresholds (inclusive exactly as written).
 LAB_WINDOW_DAYS = 28
@@ -69,8 +82,10 @@ CRITERION_LABELS = {
 }
 
 
-def criterion(cid: str, status: str, value: Any, evidence: Iterable[str], detail: str) -> dict[str, Any]:
-    return {"id": cid, "status": status, "value": value, "evidence": sorted(set(evidence)), "detail": detail}
+def criterion(
+    cid: str, status: CriterionStatus, value: CriterionValue, evidence: Iterable[str], detail: str
+) -> Criterion:
+    return Criterion(cid, status, value, tuple(sorted(set(evidence))), detail)
 
 
 def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int | None = LAB_WINDOW_DAYS) -> Obs | None:
@@ -93,17 +108,15 @@ def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int | None =
     return best
 
 
-def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str, window: bool = True) -> dict[str, Any]:
+def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str, window: bool = True) -> Criterion:
     if o is None or ok is None:
         when = f"within {LAB_WINDOW_DAYS} days before screening" if window else "on or before screening"
-        return criterion(cid, "unknown", None, [], f"no value for: {what}, {when}")
+        return criterion(cid, UNKNOWN, None, [], f"no value for: {what}, {when}")
     shown: float | int | None = o.value
     if shown is not None and not o.unit and float(shown).is_integer():
         shown = int(shown)  # ECOG is a score, not a measurement
-    value = {"value": shown, "unit": o.unit or None, "date": o.date}
-    if o.conversion:
-        value["conversion"] = o.conversion
-    return criterion(cid, "met" if ok else "not_met", value, [o.ref], what)
+    value = Measurement(shown, o.unit or None, o.date, o.conversion or None)
+    return criterion(cid, MET if ok else NOT_MET, value, [o.ref], what)
 
 
 def by_concept(obs: Iterable[Obs]) -> dict[str, list[Obs]]:
@@ -121,7 +134,7 @@ def assess_eligibility(
     cp: ChildPugh,
     cp_evidence: list[str],
     index: dict[str, list[Obs]] | None = None,
-) -> dict[str, Any]:
+) -> Eligibility:
     """All criteria at the screening date; ``reference`` is the index date (screening if untreated)."""
     idx = index if index is not None else by_concept(rec.observations)
     results = [
@@ -138,7 +151,7 @@ def assess_eligibility(
         results.append(
             criterion(
                 "child_pugh",
-                "unknown",
+                UNKNOWN,
                 None,
                 cp_evidence,
                 f"Child-Pugh components missing: {', '.join(cp.missing)}",
@@ -148,8 +161,8 @@ def assess_eligibility(
         results.append(
             criterion(
                 "child_pugh",
-                "met" if cp.cls in ("A", "B") else "not_met",
-                {"score": cp.score, "class": cp.cls},
+                MET if cp.cls in ("A", "B") else NOT_MET,
+                ChildPughClass(cp.score, cp.cls or ""),
                 cp_evidence,
                 "Child-Pugh class A or B (score 5-9)",
             )
@@ -161,12 +174,18 @@ def assess_eligibility(
         _infection(rec, screening),
         _consent(rec, screening),
     ]
-    statuses = {c["status"] for c in results}
-    overall = "ineligible" if "not_met" in statuses else "eligible" if statuses == {"met"} else "undetermined"
-    return {"status": overall, "screening_date": screening.isoformat(), "criteria": results}
+    statuses = {c.status for c in results}
+    overall = (
+        EligibilityStatus.INELIGIBLE
+        if NOT_MET in statuses
+        else EligibilityStatus.ELIGIBLE
+        if statuses == {MET}
+        else EligibilityStatus.UNDETERMINED
+    )
+    return Eligibility(overall, screening, tuple(results))
 
 
-def _histology(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _histology(rec: PatientRecord, screening: date) -> Criterion:
     hcc = [
         c for c in rec.conditions if c.concept == "hcc" and (c.onset is None or dates.on_or_before(c.onset, screening))
     ]
@@ -174,18 +193,18 @@ def _histology(rec: PatientRecord, screening: date) -> dict[str, Any]:
     if confirmed:
         return criterion(
             "histology",
-            "met",
+            MET,
             "confirmed",
             [c.ref for c in confirmed],
             "HCC Condition with verificationStatus confirmed",
         )
     if hcc and all(c.verification in ("refuted", "entered-in-error") for c in hcc):
-        return criterion("histology", "not_met", "refuted", [c.ref for c in hcc], "the HCC diagnosis is refuted")
+        return criterion("histology", NOT_MET, "refuted", [c.ref for c in hcc], "the HCC diagnosis is refuted")
     detail = "HCC Condition present but not confirmed" if hcc else "no HCC Condition found"
-    return criterion("histology", "unknown", hcc[0].verification if hcc else None, [c.ref for c in hcc], detail)
+    return criterion("histology", UNKNOWN, hcc[0].verification if hcc else None, [c.ref for c in hcc], detail)
 
 
-def _metastatic(rec: PatientRecord, screening: date, reference: date) -> dict[str, Any]:
+def _metastatic(rec: PatientRecord, screening: date, reference: date) -> Criterion:
     mets = [
         c
         for c in rec.conditions
@@ -202,12 +221,12 @@ def _metastatic(rec: PatientRecord, screening: date, reference: date) -> dict[st
         and (d := dates.to_date(o.date)) is not None
         and start <= d <= reference
     ]
-    value = {"metastases": len(mets), "bidimensional_lesions": len({o.focus for o in lesions})}
+    value = Measurability(len(mets), len({o.focus for o in lesions}))
     evidence = [c.ref for c in mets] + [o.ref for o in lesions]
     if mets and lesions:
         return criterion(
             "metastatic_measurable",
-            "met",
+            MET,
             value,
             evidence,
             "secondary-malignancy Condition and a lesion measured in two diameters "
@@ -218,15 +237,15 @@ def _metastatic(rec: PatientRecord, screening: date, reference: date) -> dict[st
         missing.append(
             f"no bidimensional lesion measured within {LAB_WINDOW_DAYS} days before the index/screening date"
         )
-    return criterion("metastatic_measurable", "unknown", value, evidence, "; ".join(missing))
+    return criterion("metastatic_measurable", UNKNOWN, value, evidence, "; ".join(missing))
 
 
-def _anthracycline(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _anthracycline(rec: PatientRecord, screening: date) -> Criterion:
     prior = [m for m in rec.meds if m.drug == "anthracycline" and dates.strictly_before(m.start, screening)]
     if not prior:
         return criterion(
             "prior_anthracycline_progression",
-            "unknown",
+            UNKNOWN,
             None,
             [],
             "no anthracycline (doxorubicin/epirubicin) started before screening",
@@ -245,8 +264,8 @@ def _anthracycline(rec: PatientRecord, screening: date) -> dict[str, Any]:
     if not progressions and undecided and len(first) < 10:
         return criterion(
             "prior_anthracycline_progression",
-            "unknown",
-            {"anthracycline_start": first, "progression_date": undecided[0].date},
+            UNKNOWN,
+            AnthracyclineHistory(first, undecided[0].date),
             evidence + [o.ref for o in undecided],
             f"anthracycline started {first} (no day): cannot tell whether the progression on "
             f"{undecided[0].date} came after it",
@@ -254,38 +273,38 @@ def _anthracycline(rec: PatientRecord, screening: date) -> dict[str, Any]:
     if progressions:
         return criterion(
             "prior_anthracycline_progression",
-            "met",
-            {"anthracycline_start": first, "progression_date": progressions[0].date},
+            MET,
+            AnthracyclineHistory(first, progressions[0].date),
             evidence,
             "anthracycline before screening and a later progression record",
         )
     return criterion(
         "prior_anthracycline_progression",
-        "unknown",
-        {"anthracycline_start": first},
+        UNKNOWN,
+        AnthracyclineHistory(first),
         evidence,
         "anthracycline found but no later progression record (97509-4 worsened)",
     )
 
 
-def _age(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _age(rec: PatientRecord, screening: date) -> Criterion:
     person = rec.person
     if person is None or person.birth_date is None:
-        return criterion("age", "unknown", None, [person.ref] if person else [], "no birth date")
+        return criterion("age", UNKNOWN, None, [person.ref] if person else [], "no birth date")
     bounds = dates.age_bounds(person.birth_date, screening)
     if bounds is None:
-        return criterion("age", "unknown", None, [person.ref], "birth date unreadable")
+        return criterion("age", UNKNOWN, None, [person.ref], "birth date unreadable")
     youngest, oldest = bounds
-    value: Any = youngest if youngest == oldest else {"min": youngest, "max": oldest}
+    value: int | AgeRange = youngest if youngest == oldest else AgeRange(youngest, oldest)
     partial = "" if youngest == oldest else f" (partial birth date {person.birth_date})"
     if oldest < MAX_AGE_EXCLUSIVE:
-        return criterion("age", "met", value, [person.ref], f"age at screening < 75{partial}")
+        return criterion("age", MET, value, [person.ref], f"age at screening < 75{partial}")
     if youngest >= MAX_AGE_EXCLUSIVE:
-        return criterion("age", "not_met", value, [person.ref], f"age at screening >= 75{partial}")
-    return criterion("age", "unknown", value, [person.ref], f"age 74 or 75{partial}")
+        return criterion("age", NOT_MET, value, [person.ref], f"age at screening >= 75{partial}")
+    return criterion("age", UNKNOWN, value, [person.ref], f"age 74 or 75{partial}")
 
 
-def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) -> list[Any]:
+def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) -> list[Cond]:
     return [
         c
         for c in rec.conditions
@@ -296,7 +315,7 @@ def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) 
     ]
 
 
-def _pregnancy(rec: PatientRecord, screening: date, idx: dict[str, list[Obs]]) -> dict[str, Any]:
+def _pregnancy(rec: PatientRecord, screening: date, idx: dict[str, list[Obs]]) -> Criterion:
     found = _active_conditions(rec, {"pregnancy", "breastfeeding"}, screening)
     refs = [c.ref for c in found]
     for concept, positive in (("pregnancy_status", "pregnant"), ("breastfeeding_status", "breastfeeding")):
@@ -306,56 +325,54 @@ def _pregnancy(rec: PatientRecord, screening: date, idx: dict[str, list[Obs]]) -
     if refs:
         return criterion(
             "not_pregnant_or_breastfeeding",
-            "not_met",
+            NOT_MET,
             "pregnant or breastfeeding",
             refs,
             "pregnancy or breastfeeding recorded",
         )
-    return criterion(
-        "not_pregnant_or_breastfeeding", "met", None, [], "no evidence of pregnancy or breastfeeding found"
-    )
+    return criterion("not_pregnant_or_breastfeeding", MET, None, [], "no evidence of pregnancy or breastfeeding found")
 
 
-def _neuropathy(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _neuropathy(rec: PatientRecord, screening: date) -> Criterion:
     found = _active_conditions(rec, {"peripheral_neuropathy"}, screening)
     if found:
         return criterion(
             "no_peripheral_neuropathy",
-            "not_met",
+            NOT_MET,
             "active peripheral neuropathy",
             [c.ref for c in found],
             "active peripheral neuropathy Condition",
         )
-    return criterion("no_peripheral_neuropathy", "met", None, [], "no active peripheral neuropathy Condition found")
+    return criterion("no_peripheral_neuropathy", MET, None, [], "no active peripheral neuropathy Condition found")
 
 
-def _prior_thalidomide(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _prior_thalidomide(rec: PatientRecord, screening: date) -> Criterion:
     prior = [m for m in rec.meds if m.drug == "thalidomide" and dates.strictly_before(m.start, screening)]
     if prior:
         return criterion(
             "no_prior_thalidomide",
-            "not_met",
+            NOT_MET,
             min(m.start or "" for m in prior),
             [m.ref for m in prior],
             "thalidomide exposure before screening",
         )
-    return criterion("no_prior_thalidomide", "met", None, [], "no thalidomide exposure before screening found")
+    return criterion("no_prior_thalidomide", MET, None, [], "no thalidomide exposure before screening found")
 
 
-def _infection(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _infection(rec: PatientRecord, screening: date) -> Criterion:
     found = _active_conditions(rec, {"infection"}, screening)
     if found:
         return criterion(
             "no_uncontrolled_infection",
-            "not_met",
+            NOT_MET,
             "active infection",
             [c.ref for c in found],
             "active infection Condition (mapped value set)",
         )
-    return criterion("no_uncontrolled_infection", "met", None, [], "no active infection Condition found")
+    return criterion("no_uncontrolled_infection", MET, None, [], "no active infection Condition found")
 
 
-def _consent(rec: PatientRecord, screening: date) -> dict[str, Any]:
+def _consent(rec: PatientRecord, screening: date) -> Criterion:
     active = [
         c for c in rec.consents if c.status == "active" and (c.date is None or dates.on_or_before(c.date, screening))
     ]
@@ -363,7 +380,7 @@ def _consent(rec: PatientRecord, screening: date) -> dict[str, Any]:
     if active or subjects:
         return criterion(
             "consent",
-            "met",
+            MET,
             "active research consent",
             [c.ref for c in active] + [s.ref for s in subjects],
             "active research Consent or ResearchSubject.consent",
@@ -372,9 +389,9 @@ def _consent(rec: PatientRecord, screening: date) -> dict[str, Any]:
     if refused:
         return criterion(
             "consent",
-            "not_met",
+            NOT_MET,
             refused[0].status,
             [c.ref for c in refused],
             "research consent rejected or inactive",
         )
-    return criterion("consent", "unknown", None, [], "no research consent found")
+    return criterion("consent", UNKNOWN, None, [], "no research consent found")

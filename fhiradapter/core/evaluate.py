@@ -17,17 +17,42 @@ from datetime import date
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import score_child_pugh
 from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
 from fhiradapter.core.model import Issue, Med, PatientRecord
 from fhiradapter.core.protocol import Mappings
-from fhiradapter.core.response import assess_response
+from fhiradapter.core.response import ResponseResult, assess_response
+from fhiradapter.core.results import (
+    AgeRange,
+    Baseline,
+    Characteristics,
+    ChildPughScore,
+    CohortSummary,
+    Conversion,
+    DoseAction,
+    DoseActionKind,
+    Eligibility,
+    EligibilityStatus,
+    Measurement,
+    Note,
+    PatientResult,
+    Population,
+    Response,
+    ScreeningCounts,
+    StopReason,
+    SubjectStatus,
+    Survival,
+    Toxicity,
+    to_builtins,
+)
 from fhiradapter.core.stats import kaplan_meier, rate
 from fhiradapter.core.toxicity import LAB_TERMS, dose_actions, toxicities, toxicity_table
 
 ONGOING_MED_STATUS = frozenset({"active", "in-progress", "on-hold"})  # still on drug (on-hold: interrupted)
-RESPONSES = ("CR", "PR", "SD", "PD", "NE")
 CP_LABS = ("bilirubin", "albumin", "inr", "pt", "pt_control")  # Child-Pugh inputs held to the lab window
 
 
@@ -47,13 +72,13 @@ class Settings:
 class CohortRow(NamedTuple):
     patient: str
     treated: bool
-    eligibility: str
+    eligibility: EligibilityStatus
     failed: tuple[str, ...]
-    best_response: str | None
+    best_response: Response | None
     os_days: int | None
     os_event: bool | None
     treatment_days: int | None
-    toxicities: tuple[dict[str, Any], ...]
+    toxicities: tuple[Toxicity, ...]
 
 
 class Unused(NamedTuple):
@@ -66,7 +91,7 @@ class Evaluation(NamedTuple):
     """One patient's evaluation. ``result`` is None when the patient was not evaluated; ``skipped`` then says
     why (``not-in-study``, ``not-screened``), for every record of the patient not already in ``unused``."""
 
-    result: dict[str, Any] | None
+    result: PatientResult | None
     unused: list[Unused]
     row: CohortRow | None
     skipped: tuple[str, str] | None = None  # (code, reason)
@@ -81,8 +106,8 @@ def _study_of(subject: Any) -> str:
     return "a ResearchSubject without a study"
 
 
-def _issue_dict(i: Issue) -> dict[str, Any]:
-    return {"resource": i.ref, "path": i.path, "code": i.code, "message": i.message}
+def _note(i: Issue) -> Note:
+    return Note(i.ref, i.path, i.code, i.message)
 
 
 def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[Unused]]:
@@ -148,10 +173,10 @@ def _exposure_end(m: Med, as_of: date) -> tuple[date | None, bool]:
 def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Issue] = ()) -> Evaluation:
     as_of, m = settings.as_of, settings.mappings
     rec, unused = cut_off(raw, as_of)
-    notes: list[dict[str, Any]] = [_issue_dict(i) for i in issues]
+    notes: list[Note] = [_note(i) for i in issues]
 
     def note(ref: str | None, code: str, message: str) -> None:
-        notes.append({"resource": ref, "path": "", "code": code, "message": message})
+        notes.append(Note(ref, "", code, message))
 
     # The study population (PROTOCOL.md §1): a patient is a study subject through a ResearchSubject of the
     # study. Another study's ResearchSubjects are never read as this study's (and never written).
@@ -234,38 +259,12 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
     cp_evidence = sorted(
         o.ref for k, o in cp_obs.items() if o is not None and (k not in ("inr", "pt", "pt_control") or k in used)
     )
-    eligibility = assess_eligibility(rec, screening, index or screening, cp, cp_evidence, by_obs)
-    eligibility["screening_date_source"] = screening_source
-
-    result: dict[str, Any] = {
-        "patient": rec.patient,
-        "population": "candidate" if candidate else "subject",
-        "research_subject": subject.ref if subject else None,
-        "eligibility": eligibility,
-        "child_pugh": {
-            "score": cp.score,
-            "class": cp.cls,
-            "points": cp.points,
-            "missing": list(cp.missing),
-            "used_pt_instead_of_inr": cp.used_pt,
-            "evidence": cp_evidence,
-        },
-        "treated": treated,
-        "index_date": index.isoformat() if index else None,
-        "last_dose_date": last_dose.isoformat() if last_dose else None,
-        "treatment_days": treatment_days,
-        "on_treatment_at_as_of": on_drug,
-        "assessments": [],
-        "baseline": None,
-        "best_response": None,
-        "best_response_reason": None,
-        "duration_of_response": None,
-        "os": None,
-        "toxicities": [],
-        "dose_actions": [],
-        "conversions": sorted({(o.ref, o.conversion) for o in obs if o.conversion}),
-    }
-    result["conversions"] = [{"resource": r, "conversion": c} for r, c in result["conversions"]]
+    eligibility = msgspec.structs.replace(
+        assess_eligibility(rec, screening, index or screening, cp, cp_evidence, by_obs),
+        screening_date_source=screening_source,
+    )
+    child_pugh = ChildPughScore(cp.score, cp.cls, cp.points, cp.missing, cp.used_pt, tuple(cp_evidence))
+    conversions = tuple(Conversion(r, c) for r, c in sorted({(o.ref, o.conversion) for o in obs if o.conversion}))
 
     # Death and survival (§6).
     person = rec.person
@@ -273,20 +272,20 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
         note(person.ref, "deceased-no-date", "deceasedBoolean is true but no date: censored, not counted")
     if person is None:
         note(None, "no-patient", "no Patient resource for this subject")
-    tox_rows: list[dict[str, Any]] = []
+    response: ResponseResult | None = None
+    tox_rows: list[Toxicity] = []
+    actions: list[DoseAction] = []
+    survival: Survival | None = None
+    stop: StopReason | UnsetType | None = UNSET  # written for treated patients only
     if index is not None and last_dose is not None:
-        resp = assess_response(
+        response = assess_response(
             by_obs.get("tumor_size", []),
             by_obs.get("afp", []),
             index,
             afp_window_days=m.protocol.response.afp_window_days,
             sd_min_days=m.protocol.response.sd_min_days,
         )
-        result["assessments"] = [a.as_dict() for a in resp.assessments]
-        result["baseline"] = resp.baseline
-        result["best_response"], result["best_response_reason"] = resp.best, resp.best_reason
-        result["duration_of_response"] = resp.duration
-        for text in resp.issues:
+        for text in response.issues:
             note(None, "response", text)
         tox_rows, events, tox_issues = toxicities(
             rec.adverse_events,
@@ -298,24 +297,18 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
         )
         for text in tox_issues:
             note(text.split(":", 1)[0], "lab-grade", text)
-        result["toxicities"] = tox_rows
-        result["dose_actions"] = dose_actions(events, m.protocol.toxicity.dose_rule)
+        actions = dose_actions(events, m.protocol.toxicity.dose_rule)
         if death is not None and death < index:
             note(person.ref if person else None, "death-before-index", "death date before the index date")
         end = death if death is not None else last_record_date(rec, as_of)
         if end is not None and end >= index:
-            result["os"] = {
-                "days": dates.inclusive_days(index, end),
-                "event": death is not None,
-                "end_date": end.isoformat(),
-                "basis": "Patient.deceasedDateTime" if death else "last dated record (censored)",
-            }
-        first_pd = next((a["date"] for a in result["assessments"] if a["response"] == "PD"), None)
-        result["off_treatment_reason"] = (
-            None if on_drug else _stop_reason(study, first_pd, last_dose, death, result["dose_actions"])
-        )
-    result["characteristics"] = _characteristics(rec, eligibility, cp.cls, result["baseline"])
-    status, period_end = subject_status(eligibility["status"], treated, on_drug, death)
+            basis = "Patient.deceasedDateTime" if death else "last dated record (censored)"
+            survival = Survival(dates.inclusive_days(index, end), death is not None, end, basis)
+        first_pd = next((a.date for a in response.assessments if a.response == Response.PD), None)
+        stop = None if on_drug else _stop_reason(study, first_pd, last_dose, death, actions)
+    baseline = response.baseline if response else None
+    characteristics = _characteristics(rec, eligibility, cp.cls, baseline)
+    status, period_end = subject_status(eligibility.status, treated, on_drug, death)
     period_start = dates.to_date(subject.start) if subject and subject.start else screening
     if period_end is not None and death is not None and period_start is not None and death < period_start:
         # PROTOCOL.md §7: period.end is never before period.start; such data is reported, not written.
@@ -325,132 +318,159 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
             f"death date {death} is before the ResearchSubject's period start {period_start}: period.end not set",
         )
         period_end = None
-    result["research_subject_status"] = status
-    result["research_subject_period_end"] = period_end
-    result["issues"] = notes
-    failed = tuple(c["id"] for c in eligibility["criteria"] if c["status"] == "not_met")
-    os_ = result["os"]
+    result = PatientResult(
+        patient=rec.patient,
+        population=Population.CANDIDATE if candidate else Population.SUBJECT,
+        research_subject=subject.ref if subject else None,
+        eligibility=eligibility,
+        child_pugh=child_pugh,
+        treated=treated,
+        index_date=index,
+        last_dose_date=last_dose,
+        treatment_days=treatment_days,
+        on_treatment_at_as_of=on_drug,
+        assessments=tuple(a.as_result() for a in response.assessments) if response else (),
+        baseline=baseline,
+        best_response=response.best if response else None,
+        best_response_reason=response.best_reason if response else None,
+        duration_of_response=response.duration if response else None,
+        os=survival,
+        toxicities=tuple(tox_rows),
+        dose_actions=tuple(actions),
+        conversions=conversions,
+        characteristics=characteristics,
+        research_subject_status=status,
+        research_subject_period_end=period_end,
+        issues=tuple(notes),
+        off_treatment_reason=stop,
+    )
     row = CohortRow(
         rec.patient,
         treated,
-        eligibility["status"],
-        failed,
-        result["best_response"],
-        os_["days"] if os_ else None,
-        os_["event"] if os_ else None,
+        eligibility.status,
+        eligibility.failed(),
+        result.best_response,
+        survival.days if survival else None,
+        survival.event if survival else None,
         treatment_days,
-        tuple({k: r[k] for k in ("term", "display", "meddra", "worst_grade")} for r in tox_rows),
+        result.toxicities,
     )
     return Evaluation(result, unused, row)
 
 
-def report_row(result: dict[str, Any]) -> dict[str, Any]:
+def report_row(result: PatientResult) -> dict[str, Any]:
     """The compact per-patient summary a report needs, so that no report has to re-read results.json."""
-    index = dates.to_date(result["index_date"])
+    index = result.index_date
     return {
-        "patient": result["patient"],
-        "treated": result["treated"],
-        "characteristics": result["characteristics"],
-        "treatment_days": result["treatment_days"],
-        "best_response": result["best_response"],
-        "status": result["research_subject_status"],
-        "off_treatment_reason": result.get("off_treatment_reason"),
-        "os": result["os"],
-        "eligibility": result["eligibility"]["status"],
-        "failed": [c["id"] for c in result["eligibility"]["criteria"] if c["status"] == "not_met"],
-        "unknown": [c["id"] for c in result["eligibility"]["criteria"] if c["status"] == "unknown"],
+        "patient": result.patient,
+        "treated": result.treated,
+        "characteristics": to_builtins(result.characteristics),
+        "treatment_days": result.treatment_days,
+        "best_response": result.best_response,
+        "status": result.research_subject_status,
+        "off_treatment_reason": result.off_treatment_reason or None,
+        "os": to_builtins(result.os),
+        "eligibility": result.eligibility.status,
+        "failed": list(result.eligibility.failed()),
+        "unknown": list(result.eligibility.unknown()),
         "assessments": [
-            {"day": dates.inclusive_days(index, d), "response": a["response"]}
-            for a in result["assessments"]
-            if index and (d := dates.to_date(a["date"])) is not None
+            {"day": dates.inclusive_days(index, a.date), "response": a.response} for a in result.assessments if index
         ],
-        "on_treatment": result["on_treatment_at_as_of"],
-        "issues": [i["code"] for i in result["issues"]],
+        "on_treatment": result.on_treatment_at_as_of,
+        "issues": [i.code for i in result.issues],
     }
 
 
 def _characteristics(
-    rec: PatientRecord, eligibility: dict[str, Any], cp_class: str | None, baseline: dict[str, Any] | None
-) -> dict[str, Any]:
+    rec: PatientRecord, eligibility: Eligibility, cp_class: str | None, baseline: Baseline | None
+) -> Characteristics:
     """Table 1 of a report: who the patient was at screening (values the rules already used)."""
-    crit = {c["id"]: c for c in eligibility["criteria"]}
-    ecog = crit["ecog"]["value"]["value"] if isinstance(crit["ecog"]["value"], dict) else None
-    screening = eligibility["screening_date"]
-    return {
-        "age": crit["age"]["value"],
-        "sex": rec.person.gender if rec.person else None,
-        "ecog": ecog,
-        "child_pugh_class": cp_class,
-        "prior_anthracycline": sorted({m.drug_code or "" for m in rec.meds if m.drug == "anthracycline"} - {""}),
-        "metastatic_sites": sorted(
-            {
-                c.text or c.concept
-                for c in rec.conditions
-                if c.concept == "metastasis" and (c.onset is None or c.onset[:10] <= screening)
-            }
+    ecog = eligibility.criterion("ecog").value
+    age = eligibility.criterion("age").value
+    screening = eligibility.screening_date.isoformat()
+    return Characteristics(
+        age=age if isinstance(age, int | AgeRange) else None,
+        sex=rec.person.gender if rec.person else None,
+        ecog=ecog.value if isinstance(ecog, Measurement) else None,
+        child_pugh_class=cp_class,
+        prior_anthracycline=tuple(sorted({m.drug_code or "" for m in rec.meds if m.drug == "anthracycline"} - {""})),
+        metastatic_sites=tuple(
+            sorted(
+                {
+                    c.text or c.concept
+                    for c in rec.conditions
+                    if c.concept == "metastasis" and (c.onset is None or c.onset[:10] <= screening)
+                }
+            )
         ),
-        "baseline_afp": baseline.get("afp") if baseline else None,
-    }
+        baseline_afp=baseline.afp if baseline else None,
+    )
 
 
 def _stop_reason(
     study: list[Med],
-    first_pd: str | None,
+    first_pd: date | None,
     last_dose: date | None,
     death: date | None,
-    actions: list[dict[str, Any]],
-) -> str:
+    actions: list[DoseAction],
+) -> StopReason:
     """Off-treatment reason (§7): the recorded statusReason, else inferred from PD, toxicity, death."""
     recorded = [x.stop_reason for x in study if x.stop_reason]
     if recorded:
-        return recorded[-1]
+        return StopReason(recorded[-1])
     if last_dose is None:
-        return "other"
-    if first_pd is not None and (dates.to_date(first_pd) or last_dose) <= last_dose:
-        return "progression"
-    if any(a["action"] == "discontinue" for a in actions):
-        return "toxicity"
+        return StopReason.OTHER
+    if first_pd is not None and first_pd <= last_dose:
+        return StopReason.PROGRESSION
+    if any(a.action == DoseActionKind.DISCONTINUE for a in actions):
+        return StopReason.TOXICITY
     if death is not None and (death - last_dose).days <= 1:
-        return "death"
-    return "other"
+        return StopReason.DEATH
+    return StopReason.OTHER
 
 
-def subject_status(eligibility: str, treated: bool, on_drug: bool, death: date | None) -> tuple[str, str | None]:
+def subject_status(
+    eligibility: EligibilityStatus, treated: bool, on_drug: bool, death: date | None
+) -> tuple[SubjectStatus, date | None]:
     """R4 ResearchSubject.status per PROTOCOL.md §7, and period.end (the death date when off-study)."""
     if death is not None:
-        return "off-study", death.isoformat()
+        return SubjectStatus.OFF_STUDY, death
     if treated:
-        return ("on-study-intervention" if on_drug else "follow-up"), None
-    return {"undetermined": "screening", "ineligible": "ineligible"}.get(eligibility, "eligible"), None
+        return (SubjectStatus.ON_STUDY_INTERVENTION if on_drug else SubjectStatus.FOLLOW_UP), None
+    if eligibility == EligibilityStatus.UNDETERMINED:
+        return SubjectStatus.SCREENING, None
+    if eligibility == EligibilityStatus.INELIGIBLE:
+        return SubjectStatus.INELIGIBLE, None
+    return SubjectStatus.ELIGIBLE, None
 
 
-def summarise_cohort(rows: Iterable[CohortRow]) -> dict[str, Any]:
+def summarise_cohort(rows: Iterable[CohortRow]) -> CohortSummary:
     """The cohort block of results.json, computed over the treated population (ITT)."""
     rows = list(rows)
     treated = [r for r in rows if r.treated]
     n = len(treated)
-    counts = Counter(r.best_response or "NE" for r in treated)
-    best = {k: counts.get(k, 0) for k in RESPONSES}
+    counts = Counter(r.best_response or Response.NE for r in treated)
+    best = {str(k): counts.get(k, 0) for k in Response}
     with_os = [r for r in treated if r.os_days is not None]
     curve = kaplan_meier([r.os_days or 0 for r in with_os], [bool(r.os_event) for r in with_os])
     days = [r.treatment_days for r in treated if r.treatment_days is not None]
     screening = [r for r in rows if not r.treated]
-    return {
-        "n_treated": n,
-        "n_screened_only": len(screening),
-        "best_response_counts": best,
-        "orr": rate(best["CR"] + best["PR"], n),
-        "dcr": rate(best["CR"] + best["PR"] + best["SD"], n),
-        "median_os_days": curve.median,
-        "os_ci": list(curve.ci),
-        "os_n": len(with_os),
-        "os_events": sum(1 for r in with_os if r.os_event),
-        "os_table": curve.table,
-        "median_treatment_days": statistics.median(days) if days else None,
-        "treatment_days_range": [min(days), max(days)] if days else None,
-        "toxicity_table": toxicity_table(r.toxicities for r in treated),
-        "screening": {
-            "eligibility_counts": dict(sorted(Counter(r.eligibility for r in screening).items())),
-            "failed_criteria": dict(sorted(Counter(c for r in screening for c in r.failed).items())),
-        },
-    }
+    return CohortSummary(
+        n_treated=n,
+        n_screened_only=len(screening),
+        best_response_counts=best,
+        orr=rate(best["CR"] + best["PR"], n),
+        dcr=rate(best["CR"] + best["PR"] + best["SD"], n),
+        median_os_days=curve.median,
+        os_ci=curve.ci,
+        os_n=len(with_os),
+        os_events=sum(1 for r in with_os if r.os_event),
+        os_table=tuple(curve.table),
+        median_treatment_days=statistics.median(days) if days else None,
+        treatment_days_range=(min(days), max(days)) if days else None,
+        toxicity_table=tuple(toxicity_table(r.toxicities for r in treated)),
+        screening=ScreeningCounts(
+            eligibility_counts=dict(sorted(Counter(str(r.eligibility) for r in screening).items())),
+            failed_criteria=dict(sorted(Counter(c for r in screening for c in r.failed).items())),
+        ),
+    )

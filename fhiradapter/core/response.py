@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
 
 from fhiradapter.core import dates
+from fhiradapter.core import results as r
 from fhiradapter.core.model import Obs
 
 BASELINE_WINDOW_DAYS = 28  # PROTOCOL.md §4: baseline within 28 days before (or on) the index date
@@ -45,27 +45,27 @@ class Assessment:
     afp_only: bool = False
     confirmed: bool | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "date": self.date.isoformat(),
-            "response": self.response,
-            "spd_mm2": _num(self.spd),
-            "afp": _num(self.afp),
-            "basis": self.basis,
-            "afp_only": self.afp_only,
-            "confirmed": self.confirmed,
-            "reasons": list(self.reasons),
-            "evidence": list(self.evidence),
-        }
+    def as_result(self) -> r.Assessment:
+        return r.Assessment(
+            self.date,
+            r.Response(self.response),
+            _num(self.spd),
+            _num(self.afp),
+            r.ResponseBasis(self.basis) if self.basis else None,
+            self.afp_only,
+            self.confirmed,
+            self.reasons,
+            self.evidence,
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class ResponseResult:
     assessments: tuple[Assessment, ...]
-    best: str
+    best: r.Response
     best_reason: str
-    baseline: dict[str, Any]
-    duration: dict[str, Any] | None = None
+    baseline: r.Baseline
+    duration: r.ResponseDuration | None = None
     issues: tuple[str, ...] = field(default=())
 
 
@@ -116,7 +116,7 @@ def assess_response(
     base_dates = [d for d in t_by_date if start <= d <= index]
     base_afp_dates = [d for d in a_by_date if start <= d <= index]
     if not base_dates:
-        return ResponseResult((), "NE", "no_baseline_tumour_assessment", {"date": None, "spd_mm2": None, "afp": None})
+        return ResponseResult((), r.Response.NE, "no_baseline_tumour_assessment", r.Baseline(None, None, None))
     b_date = max(base_dates)
     b_lesions = t_by_date[b_date]
     expected = {o.focus or "" for o in b_lesions}
@@ -130,16 +130,16 @@ def assess_response(
     afp_evaluable = afp0 is not None and (uln is None or afp0 > uln)
     if afp0 is not None and uln is None:
         issues.append("baseline AFP has no upper limit of normal: CR by AFP cannot be shown")
-    baseline = {
-        "date": b_date.isoformat(),
-        "spd_mm2": _num(spd0),
-        "afp": _num(afp0),
-        "afp_date": afp0_obs.date if afp0_obs else None,
-        "afp_uln": _num(uln),
-        "afp_evaluable": afp_evaluable,
-        "lesions": sorted(expected),
-        "evidence": sorted({o.ref for o in b_lesions} | ({afp0_obs.ref} if afp0_obs else set())),
-    }
+    baseline = r.Baseline(
+        b_date,
+        _num(spd0),
+        _num(afp0),
+        afp0_obs.date if afp0_obs else None,
+        _num(uln),
+        afp_evaluable,
+        tuple(sorted(expected)),
+        tuple(sorted({o.ref for o in b_lesions} | ({afp0_obs.ref} if afp0_obs else set()))),
+    )
 
     post_dates = sorted(d for d in t_by_date if d > b_date)
     post_afp = sorted(d for d in a_by_date if d > max(base_afp_dates, default=b_date))
@@ -198,7 +198,9 @@ def assess_response(
             afp_nadir = min(afp_nadir, afp_k)
     confirmed = confirm(out)
     best, reason = best_overall(confirmed, index, sd_min_days)
-    return ResponseResult(tuple(confirmed), best, reason, baseline, response_duration(confirmed), tuple(issues))
+    return ResponseResult(
+        tuple(confirmed), r.Response(best), reason, baseline, response_duration(confirmed), tuple(issues)
+    )
 
 
 def _pd(value: Decimal, nadir: Decimal) -> bool:
@@ -302,7 +304,7 @@ def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: in
     return best, reason
 
 
-def response_duration(assessments: Sequence[Assessment]) -> dict[str, Any] | None:
+def response_duration(assessments: Sequence[Assessment]) -> r.ResponseDuration | None:
     """From the first confirmed PR/CR to the first PD, censored at the last assessment (PROTOCOL.md §4).
 
     Only a response before the first PD counts: a response after progression has no duration here.
@@ -314,9 +316,4 @@ def response_duration(assessments: Sequence[Assessment]) -> dict[str, Any] | Non
         return None
     pd = first_pd
     end = pd.date if pd else max(a.date for a in assessments)
-    return {
-        "start": first.date.isoformat(),
-        "end": end.isoformat(),
-        "days": dates.inclusive_days(first.date, end),
-        "censored": pd is None,
-    }
+    return r.ResponseDuration(first.date, end, dates.inclusive_days(first.date, end), pd is None)

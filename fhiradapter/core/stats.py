@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fhiradapter.core.results import Rate, SurvivalPoint
+
 
 def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Exact two-sided (1 - alpha) interval for a binomial proportion."""
@@ -23,32 +25,19 @@ def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, flo
     return low, high
 
 
-def rate(count: int, n: int) -> dict[str, Any]:
+def rate(count: int, n: int) -> Rate:
+    """``count`` of ``n`` with its exact 95 % interval (PROTOCOL.md §6)."""
     if n == 0:
-        return {
-            "count": count,
-            "n": 0,
-            "rate": None,
-            "ci_low": None,
-            "ci_high": None,
-            "method": "clopper-pearson",
-        }
+        return Rate(count, 0, None, None, None)
     low, high = clopper_pearson(count, n)
-    return {
-        "count": count,
-        "n": n,
-        "rate": count / n,
-        "ci_low": low,
-        "ci_high": high,
-        "method": "clopper-pearson",
-    }
+    return Rate(count, n, count / n, low, high)
 
 
 @dataclass(frozen=True, slots=True)
 class SurvivalCurve:
     median: float | None  # None: not reached
     ci: tuple[float | None, float | None]
-    table: list[dict[str, Any]]
+    table: list[SurvivalPoint]
 
 
 def kaplan_meier(durations: Sequence[int], events: Sequence[bool], alpha: float = 0.05) -> SurvivalCurve:
@@ -71,16 +60,8 @@ def kaplan_meier(durations: Sequence[int], events: Sequence[bool], alpha: float 
     surv = kmf.survival_function_.iloc[:, 0]
     ci = kmf.confidence_interval_survival_function_
     counts = kmf.event_table.loc[surv.index]
-    table: list[dict[str, Any]] = [
-        {
-            "t": float(t),
-            "at_risk": int(at_risk),
-            "events": int(events),
-            "censored": int(censored),
-            "survival": float(s),
-            "ci_low": float(lo),
-            "ci_high": float(hi),
-        }
+    table = [
+        SurvivalPoint(float(t), int(at_risk), int(events), int(censored), float(s), float(lo), float(hi))
         for t, at_risk, events, censored, s, lo, hi in zip(
             surv.index.tolist(),
             counts["at_risk"].tolist(),

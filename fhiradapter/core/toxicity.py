@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
 from decimal import Decimal, localcontext
-from typing import Any
+from typing import NamedTuple
 
 from fhiradapter.core.model import AE, Obs
 from fhiradapter.core.protocol import DoseRule, Mappings
 from fhiradapter.core.response import exact
+from fhiradapter.core.results import DoseAction, DoseActionKind, Toxicity, ToxicityCount
 
 CRITERIA_VERSION = "CTC v2.0"
 LAB_TERMS = {"anc": "neutrophils", "platelets": "platelets", "creatinine": "creatinine"}
@@ -87,6 +88,16 @@ def _window(index: date, last_dose: date, after_days: int) -> tuple[str, str]:
     return index.isoformat(), (last_dose + timedelta(days=after_days)).isoformat()
 
 
+class GradedEvent(NamedTuple):
+    """One graded adverse event or lab value in the treatment-emergent window."""
+
+    date: str
+    term: str
+    grade: int
+    source: str  # reported | derived | lab
+    ref: str
+
+
 def toxicities(
     aes: Iterable[AE],
     labs: Iterable[Obs],
@@ -95,17 +106,16 @@ def toxicities(
     *,
     after_days: int,
     mappings: Mappings,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+) -> tuple[list[Toxicity], list[GradedEvent], list[str]]:
     """(worst grade per term, graded events in date order, issues) for one treated patient."""
-    rows: dict[str, dict[str, Any]] = {}
-    events: list[dict[str, Any]] = []
+    events: list[GradedEvent] = []
     issues: list[str] = []
     first, last = _window(index, last_dose, after_days)  # full ISO dates compare as strings
     for ae in aes:
         if ae.grade is None or ae.date is None or not first <= ae.date <= last:
             continue
         key = ae.term or f"unmapped:{ae.term_text}"
-        events.append({"date": ae.date, "term": key, "grade": ae.grade, "source": ae.grade_source, "ref": ae.ref})
+        events.append(GradedEvent(ae.date, key, ae.grade, ae.grade_source, ae.ref))
     for o in labs:
         if o.concept not in LAB_TERMS or o.date is None or not first <= o.date <= last:
             continue
@@ -115,72 +125,60 @@ def toxicities(
             issues.append(f"{o.ref}: {o.concept} {o.value} cannot be graded without the lab's {limit}")
             continue
         if grade > 0:
-            events.append({"date": o.date, "term": LAB_TERMS[o.concept], "grade": grade, "source": "lab", "ref": o.ref})
-    events.sort(key=lambda e: (e["date"], e["term"], e["ref"]))
+            events.append(GradedEvent(o.date, LAB_TERMS[o.concept], grade, "lab", o.ref))
+    events.sort(key=lambda e: (e.date, e.term, e.ref))
+    by_term: dict[str, list[GradedEvent]] = {}
     for e in events:
-        term = e["term"]
+        by_term.setdefault(e.term, []).append(e)
+    rows = []
+    for term, found in sorted(by_term.items()):
         info = mappings.ae_terms.get(term)
-        row = rows.get(term)
-        if row is None:
-            row = rows[term] = {
-                "term": term,
-                "display": info.display if info else term.split(":", 1)[-1],
-                "meddra": info.meddra if info else None,
-                "worst_grade": 0,
-                "source": e["source"],
-                "sources": [],
-                "criteria": CRITERIA_VERSION,
-                "first_date": e["date"],
-                "evidence": [],
-            }
-        if e["grade"] > row["worst_grade"]:
-            row["worst_grade"], row["source"] = e["grade"], e["source"]
-        if e["source"] not in row["sources"]:
-            row["sources"].append(e["source"])
-        row["evidence"].append(e["ref"])
-    return sorted(rows.values(), key=lambda r: r["term"]), events, issues
+        worst = found[0]
+        for e in found:
+            if e.grade > worst.grade:  # the first event of the worst grade gives the source
+                worst = e
+        rows.append(
+            Toxicity(
+                term=term,
+                display=info.display if info else term.split(":", 1)[-1],
+                meddra=info.meddra if info else None,
+                worst_grade=worst.grade,
+                source=worst.source,
+                sources=tuple(dict.fromkeys(e.source for e in found)),
+                criteria=CRITERIA_VERSION,
+                first_date=found[0].date,
+                evidence=tuple(e.ref for e in found),
+            )
+        )
+    return rows, events, issues
 
 
-def dose_actions(events: Sequence[dict[str, Any]], rules: Sequence[DoseRule]) -> list[dict[str, Any]]:
+def dose_actions(events: Sequence[GradedEvent], rules: Sequence[DoseRule]) -> list[DoseAction]:
     """Every graded event that meets a dose rule (PROTOCOL.md §5, configurable), in date order."""
-    out: list[dict[str, Any]] = []
+    out: list[DoseAction] = []
     seen: set[tuple[str, str, str]] = set()
     for e in events:
         for rule in rules:
-            if e["term"] == rule.term and e["grade"] >= rule.min_grade:
-                key = (e["date"], rule.action, rule.term)
+            if e.term == rule.term and e.grade >= rule.min_grade:
+                key = (e.date, rule.action, rule.term)
                 if key not in seen:
                     seen.add(key)
-                    out.append(
-                        {
-                            "date": e["date"],
-                            "action": rule.action,
-                            "term": rule.term,
-                            "grade": e["grade"],
-                            "rule": f"{rule.term} grade >= {rule.min_grade}",
-                            "evidence": [e["ref"]],
-                        }
-                    )
+                    rule_text = f"{rule.term} grade >= {rule.min_grade}"
+                    out.append(DoseAction(e.date, DoseActionKind(rule.action), rule.term, e.grade, rule_text, (e.ref,)))
     return out
 
 
-def toxicity_table(per_patient: Iterable[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+def toxicity_table(per_patient: Iterable[Sequence[Toxicity]]) -> list[ToxicityCount]:
     """Table 2: per term, patients whose worst grade is 1-2 and patients whose worst grade is >= 3."""
-    table: dict[str, dict[str, Any]] = {}
+    counts: dict[str, list[int]] = {}
+    first: dict[str, Toxicity] = {}
     for rows in per_patient:
         for r in rows:
-            t = table.setdefault(
-                r["term"],
-                {
-                    "term": r["term"],
-                    "display": r["display"],
-                    "meddra": r["meddra"],
-                    "grade_1_2": 0,
-                    "grade_3_4": 0,
-                },
-            )
-            if r["worst_grade"] >= 3:
-                t["grade_3_4"] += 1
-            elif r["worst_grade"] >= 1:
-                t["grade_1_2"] += 1
-    return sorted(table.values(), key=lambda t: (-(t["grade_1_2"] + t["grade_3_4"]), t["term"]))
+            first.setdefault(r.term, r)
+            tally = counts.setdefault(r.term, [0, 0])
+            if r.worst_grade >= 3:
+                tally[1] += 1
+            elif r.worst_grade >= 1:
+                tally[0] += 1
+    table = [ToxicityCount(t, first[t].display, first[t].meddra, low, high) for t, (low, high) in counts.items()]
+    return sorted(table, key=lambda t: (-(t.grade_1_2 + t.grade_3_4), t.term))

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
+
+from fhiradapter.core.results import PatientResult
 
 IDENTIFIER_SYSTEM = "urn:fhiradapter:result-id"
 CODE_SYSTEM = "urn:fhiradapter:code"
@@ -106,7 +109,7 @@ def _local(code: str, display: str) -> dict[str, Any]:
     return _coding(CODE_SYSTEM, code, display)
 
 
-def _refs(refs: list[str], prefix: str = "Observation/") -> list[dict[str, str]]:
+def _refs(refs: Iterable[str], prefix: str = "Observation/") -> list[dict[str, str]]:
     return [{"reference": r} for r in sorted(set(refs)) if r.startswith(prefix)]
 
 
@@ -135,23 +138,24 @@ def _quantity(value: float | None, unit: str) -> dict[str, Any] | None:
     return {"value": value, "unit": unit, "system": UCUM, "code": unit}
 
 
-def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tuple[str, dict[str, Any]]]:
-    """(kind, resource) for every result of one patient's entry in results.json."""
-    patient = subject["patient"]
+def desired_resources(subject: PatientResult, ctx: WritebackContext) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, resource) for every result of one patient."""
+    patient = subject.patient
     out: list[tuple[str, dict[str, Any]]] = []
-    baseline = subject.get("baseline") or {}
-    for a in subject.get("assessments", []):
-        code, display = RESPONSE_CODES[a["response"]]
+    baseline_evidence = list(subject.baseline.evidence) if subject.baseline else []
+    for a in subject.assessments:
+        code, display = RESPONSE_CODES[a.response]
+        day = a.date.isoformat()
         components = [
-            {"code": _local("spd", "Sum of products of diameters"), "valueQuantity": _quantity(a["spd_mm2"], "mm2")}
-            if a["spd_mm2"] is not None
+            {"code": _local("spd", "Sum of products of diameters"), "valueQuantity": _quantity(a.spd_mm2, "mm2")}
+            if a.spd_mm2 is not None
             else None,
-            {"code": _coding(LOINC, "1834-1", "Alpha-1-Fetoprotein"), "valueQuantity": _quantity(a["afp"], "ng/mL")}
-            if a["afp"] is not None
+            {"code": _coding(LOINC, "1834-1", "Alpha-1-Fetoprotein"), "valueQuantity": _quantity(a.afp, "ng/mL")}
+            if a.afp is not None
             else None,
-            {"code": _local("basis", "Response basis"), "valueString": a["basis"]} if a.get("basis") else None,
-            {"code": _local("confirmed", "Confirmed"), "valueBoolean": a["confirmed"]}
-            if a.get("confirmed") is not None
+            {"code": _local("basis", "Response basis"), "valueString": str(a.basis)} if a.basis else None,
+            {"code": _local("confirmed", "Confirmed"), "valueBoolean": a.confirmed}
+            if a.confirmed is not None
             else None,
         ]
         out.append(
@@ -161,23 +165,22 @@ def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tu
                     ctx,
                     "response",
                     patient,
-                    a["date"] + (":afp" if a.get("afp_only") else ""),
+                    day + (":afp" if a.afp_only else ""),
                     "WHO + AFP response at assessment",
-                    a["date"],
+                    day,
                     valueCodeableConcept=_coding(NCIT, code, display),
                     method={"text": RESPONSE_METHOD},
                     component=[c for c in components if c],
-                    derivedFrom=_refs(a.get("evidence", []) + baseline.get("evidence", [])),
-                    note=[{"text": "; ".join(a.get("reasons", []))}] if a.get("reasons") else None,
+                    derivedFrom=_refs([*a.evidence, *baseline_evidence]),
+                    note=[{"text": "; ".join(a.reasons)}] if a.reasons else None,
                 ),
             )
         )
-    if subject.get("treated") and subject.get("best_response"):
-        code, display = RESPONSE_CODES[subject["best_response"]]
-        confirmed = any(
-            a.get("confirmed") for a in subject.get("assessments", []) if a["response"] == subject["best_response"]
-        )
-        evidence = [e for a in subject.get("assessments", []) for e in a.get("evidence", [])]
+    best = subject.best_response
+    if subject.treated and best:
+        code, display = RESPONSE_CODES[best]
+        confirmed = any(a.confirmed for a in subject.assessments if a.response == best)
+        evidence = [e for a in subject.assessments for e in a.evidence]
         out.append(
             (
                 "best-response",
@@ -187,21 +190,19 @@ def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tu
                     patient,
                     "",
                     "Best overall response (WHO + AFP)",
-                    subject.get("index_date"),
+                    subject.index_date.isoformat() if subject.index_date else None,
                     valueCodeableConcept=_coding(NCIT, code, display),
                     method={"text": RESPONSE_METHOD},
                     component=[
                         {"code": _local("confirmed", "Confirmed"), "valueBoolean": confirmed},
-                        {
-                            "code": _local("basis", "Response basis"),
-                            "valueString": subject.get("best_response_reason") or "",
-                        },
+                        {"code": _local("basis", "Response basis"), "valueString": subject.best_response_reason or ""},
                     ],
                     derivedFrom=_refs(evidence),
                 ),
             )
         )
-    elig = subject["eligibility"]
+    elig = subject.eligibility
+    screening = elig.screening_date.isoformat()
     out.append(
         (
             "eligibility",
@@ -211,24 +212,24 @@ def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tu
                 patient,
                 "",
                 "Protocol eligibility",
-                elig["screening_date"],
-                valueCodeableConcept=_local(elig["status"], elig["status"]),
+                screening,
+                valueCodeableConcept=_local(elig.status, elig.status),
                 component=[
                     {
-                        "code": _local(f"criterion-{c['id']}", c["id"]),
-                        "valueCodeableConcept": _local(c["status"], c["status"]),
-                        **({"interpretation": [{"text": c["detail"]}]} if c.get("detail") else {}),
+                        "code": _local(f"criterion-{c.id}", c.id),
+                        "valueCodeableConcept": _local(c.status, c.status),
+                        **({"interpretation": [{"text": c.detail}]} if c.detail else {}),
                     }
-                    for c in elig["criteria"]
+                    for c in elig.criteria
                 ],
-                derivedFrom=_refs([e for c in elig["criteria"] for e in c["evidence"]]),
+                derivedFrom=_refs([e for c in elig.criteria for e in c.evidence]),
             ),
         )
     )
-    cp = subject["child_pugh"]
+    cp = subject.child_pugh
     cp_value: dict[str, Any] = (
-        {"valueInteger": cp["score"]}
-        if cp["score"] is not None
+        {"valueInteger": cp.score}
+        if cp.score is not None
         else {
             "dataAbsentReason": _coding(
                 "http://terminology.hl7.org/CodeSystem/data-absent-reason", "unknown", "Unknown"
@@ -244,24 +245,21 @@ def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tu
                 patient,
                 "",
                 "Child-Pugh score",
-                elig["screening_date"],
+                screening,
                 **cp_value,
-                component=[{"code": _local("child-pugh-class", "Child-Pugh class"), "valueString": cp["class"]}]
-                if cp["class"]
+                component=[{"code": _local("child-pugh-class", "Child-Pugh class"), "valueString": cp.cls}]
+                if cp.cls
                 else None,
-                derivedFrom=_refs(cp.get("evidence", [])),
+                derivedFrom=_refs(cp.evidence),
             ),
         )
     )
-    for t in subject.get("toxicities", []):
-        code, display = GRADE_CODES[min(t["worst_grade"], 5)]
+    for t in subject.toxicities:
+        code, display = GRADE_CODES[min(t.worst_grade, 5)]
         term = (
-            {
-                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": t["meddra"]}],
-                "text": t["display"],
-            }
-            if t.get("meddra")
-            else {"text": t["display"]}
+            {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/mdr", "code": t.meddra}], "text": t.display}
+            if t.meddra
+            else {"text": t.display}
         )
         out.append(
             (
@@ -270,18 +268,18 @@ def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tu
                     ctx,
                     "toxicity",
                     patient,
-                    t["term"],
+                    t.term,
                     "Worst toxicity grade (NCI CTC v2.0)",
-                    t.get("first_date"),
-                    valueCodeableConcept={**_coding(NCIT, code, display), "text": f"CTC v2.0 grade {t['worst_grade']}"},
+                    t.first_date,
+                    valueCodeableConcept={**_coding(NCIT, code, display), "text": f"CTC v2.0 grade {t.worst_grade}"},
                     component=[
                         {"code": _local("term", "Toxicity term"), "valueCodeableConcept": term},
-                        {"code": _local("criteria", "Grading criteria"), "valueString": t["criteria"]},
-                        {"code": _local("source", "Grade source"), "valueString": t["source"]},
+                        {"code": _local("criteria", "Grading criteria"), "valueString": t.criteria},
+                        {"code": _local("source", "Grade source"), "valueString": t.source},
                     ],
-                    derivedFrom=_refs(t.get("evidence", [])),
+                    derivedFrom=_refs(t.evidence),
                     # R4 derivedFrom cannot point at an AdverseEvent; the graded events are the focus instead.
-                    focus=_refs(t.get("evidence", []), "AdverseEvent/"),
+                    focus=_refs(t.evidence, "AdverseEvent/"),
                 ),
             )
         )
@@ -289,13 +287,14 @@ def desired_resources(subject: dict[str, Any], ctx: WritebackContext) -> list[tu
 
 
 def research_subject_update(
-    subject: dict[str, Any], raw: dict[str, Any] | None, ctx: WritebackContext
+    subject: PatientResult, raw: dict[str, Any] | None, ctx: WritebackContext
 ) -> dict[str, Any] | None:
     """The ResearchSubject as it should be: the existing one with status and period.end changed, or a new one.
 
     None when the existing resource already says what the rules decided.
     """
-    status, end = subject["research_subject_status"], subject.get("research_subject_period_end")
+    status = str(subject.research_subject_status)
+    end = subject.research_subject_period_end.isoformat() if subject.research_subject_period_end else None
     if raw is not None:
         period = dict(raw.get("period") or {})
         if raw.get("status") == status and period.get("end") == end:
@@ -314,21 +313,20 @@ def research_subject_update(
         "identifier": [
             {
                 "system": IDENTIFIER_SYSTEM,
-                "value": result_identifier(ctx.protocol_id, "research-subject", subject["patient"]),
+                "value": result_identifier(ctx.protocol_id, "research-subject", subject.patient),
             }
         ],
         "status": status,
         "study": {"reference": ctx.study},
-        "individual": {"reference": subject["patient"]},
+        "individual": {"reference": subject.patient},
     }
-    start = subject["eligibility"].get("screening_date")
-    if start or end:
-        rs["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
+    start = subject.eligibility.screening_date.isoformat()
+    rs["period"] = {k: v for k, v in (("start", start), ("end", end)) if v}
     return rs
 
 
 def plan_patient(
-    subject: dict[str, Any],
+    subject: PatientResult,
     existing: list[Existing],
     research_subject: tuple[str, str | None, dict[str, Any]] | None,
     ctx: WritebackContext,

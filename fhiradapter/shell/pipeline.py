@@ -46,6 +46,7 @@ from fhiradapter.core.model import (
     Written,
 )
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_builtins, to_json
 from fhiradapter.core.writeback import (
     Existing,
     PlanEntry,
@@ -217,7 +218,7 @@ def _write_outputs(
     reject_parts: list[Path],
     subject_index: list[tuple[str, str, int, int]],
     header: dict[str, Any],
-    cohort: dict[str, Any],
+    cohort: CohortSummary,
 ) -> None:
     """results.json (subjects sorted by patient) and rejects.ndjson, each written then renamed."""
     _concatenate(reject_parts, out / "rejects.ndjson")
@@ -232,7 +233,7 @@ def _write_outputs(
                     handles[name] = (spill / name).open("rb")
                 handles[name].seek(offset)
                 fh.write((b",\n" if n else b"") + handles[name].read(length))
-            fh.write(b'\n],"cohort":' + orjson.dumps(cohort) + b"}\n")
+            fh.write(b'\n],"cohort":' + to_json(cohort) + b"}\n")
     finally:
         for h in handles.values():
             h.close()
@@ -566,12 +567,12 @@ def _run(
 def _report(
     out: Path,
     header: dict[str, Any],
-    cohort: dict[str, Any],
+    cohort: CohortSummary,
     row_parts: list[Path],
     summary: dict[str, Any],
     folder: str | None,
 ) -> None:
-    write_report(out, header, cohort, _iter_rows(row_parts), summary, Path(folder) if folder else None)
+    write_report(out, header, to_builtins(cohort), _iter_rows(row_parts), summary, Path(folder) if folder else None)
 
 
 def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
@@ -734,16 +735,16 @@ def _pass_two_worker(
                 items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
                 evaluated = _evaluate_bucket(items, settings, medications, rejects, stats, wctx, enrol)
                 for result, row, plan, extract in evaluated:
-                    if result["population"] == "candidate":  # reported apart, never in the study's figures
-                        blob = orjson.dumps(result)
-                        candidate_index.append((result["patient"], candidate_part, candidates_out.tell(), len(blob)))
+                    if result.population == Population.CANDIDATE:  # reported apart, not in the study's figures
+                        blob = to_json(result)
+                        candidate_index.append((result.patient, candidate_part, candidates_out.tell(), len(blob)))
                         candidates_out.write(blob)
                     else:
                         blob = orjson.dumps(extract)
-                        clinical_index.append((result["patient"], clinical_part, clinical_out.tell(), len(blob)))
+                        clinical_index.append((result.patient, clinical_part, clinical_out.tell(), len(blob)))
                         clinical_out.write(blob)
-                        blob = orjson.dumps(result)
-                        index.append((result["patient"], part, subjects.tell(), len(blob)))
+                        blob = to_json(result)
+                        index.append((result.patient, part, subjects.tell(), len(blob)))
                         subjects.write(blob)
                         rows.append(row)
                         report_out.write(orjson.dumps(report_row(result)) + b"\n")
@@ -753,7 +754,7 @@ def _pass_two_worker(
                         plan_out.write(
                             orjson.dumps(
                                 {
-                                    "patient": result["patient"],
+                                    "patient": result.patient,
                                     "action": entry.action,
                                     "kind": entry.kind,
                                     "resourceType": entry.resource.get("resourceType"),
@@ -771,7 +772,7 @@ def _pass_two_worker(
                         # The entries, then the Provenance targets they add, one after the other.
                         blob = b",".join(entries)
                         tail = "\n".join(targets).encode()
-                        wb_index.append((result["patient"], wb_part, wb.tell(), len(blob), len(tail)))
+                        wb_index.append((result.patient, wb_part, wb.tell(), len(blob), len(tail)))
                         wb.write(blob + tail)
                 del items
                 _report_bytes(per_bucket)
@@ -800,7 +801,7 @@ def _evaluate_bucket(
     stats: RunStats,
     wctx: WritebackContext | None,
     enrol: bool = False,
-) -> Iterator[tuple[dict[str, Any], CohortRow, list[Any], dict[str, Any]]]:
+) -> Iterator[tuple[PatientResult, CohortRow, list[PlanEntry], dict[str, Any]]]:
     pending: dict[str, list[Item]] = {}
     for item in _dedup(items, rejects, stats):
         record = item[3]
@@ -843,12 +844,12 @@ def _evaluate_bucket(
                     _reject(item, rejects, stats, code, reason)
             stats.population[code] += 1
             continue
-        candidate = result["population"] == "candidate"
+        candidate = result.population == Population.CANDIDATE
         stats.population["candidates" if candidate else "subjects"] += 1
         stats.patients += 1
         plan: list[PlanEntry] = []
         if wctx is not None and (not candidate or enrol):  # a candidate is enrolled only when asked
-            chosen = next((x for x in rec.subjects if x.ref == result["research_subject"]), None)
+            chosen = next((x for x in rec.subjects if x.ref == result.research_subject), None)
             existing = [Existing(w.ref, w.identifier, w.content_hash, w.version) for w in rec.written]
             target = (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None
             plan = plan_patient(result, existing, target, wctx)
