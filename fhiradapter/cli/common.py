@@ -1,0 +1,142 @@
+"""What every command shares: turning errors into one line and an exit code, the as-of date, the extras'
+install hints, progress bars and counts in words."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from typing import Any
+
+import click
+
+from fhiradapter.errors import AdapterError, ConfigError, ExitCode
+
+
+def parse_as_of(value: str) -> date:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ConfigError(f"--as-of must be a date as YYYY-MM-DD, got {value!r}")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(f"--as-of {value} is no calendar date (that month has no such day)") from None
+
+
+INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT
+
+PULL_INTERRUPTED = (
+    "the NDJSON files of an unfinished pull are not put in place (a Bulk export resumes when the same command is "
+    "run again)"
+)
+PUSH_INTERRUPTED = (
+    "parts already sent may have been applied, each whole or not at all; pushing the same file again creates no "
+    "duplicates, but its updates already applied are refused as conflicts (412): pull and evaluate again, then "
+    "push the new writeback.json"
+)
+SYNC_INTERRUPTED = (
+    "the watermark was not advanced and results already written are found again by their identifiers, so "
+    "running the same command again is safe"
+)
+
+
+# Packages a plain `pip install fhiradapter` leaves out, by the extra that brings them (pyproject.toml).
+EXTRAS = {"sqlalchemy": "registry", "alembic": "registry", "psycopg": "postgres", "pyarrow": "parquet"}
+
+
+def _stopping(signum: int, frame: Any) -> None:
+    """SIGINT after the first, while the command stops: it is stopping already."""
+
+
+@contextmanager
+def guard(interrupted: str = "run the same command again") -> Iterator[None]:
+    """Turn the adapter's errors into a one-line message and its exit code; hide unexpected errors' text.
+
+    ``interrupted``: what a Ctrl-C leaves behind and what to do next, said before exiting with 130.
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        # A second Ctrl-C while stopping: no traceback, one message. A Python-level handler, not SIG_IGN, which
+        # the processes started later would inherit.
+        signal.signal(signal.SIGINT, _stopping)
+        click.echo(f"interrupted (Ctrl-C): {interrupted}", err=True)
+        sys.exit(INTERRUPTED)
+    except AdapterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        extra = EXTRAS.get(package)
+        if extra is None:
+            raise
+        click.echo(
+            f"error: this needs {package}, which comes with an extra: pip install 'fhiradapter[{extra}]'", err=True
+        )
+        sys.exit(int(ExitCode.CONFIG))
+    except BrokenPipeError:  # output piped into `head`, which has read enough: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # what is still buffered goes nowhere, and no error at exit
+        sys.exit(int(ExitCode.OK))
+    except Exception as exc:
+        if os.environ.get("FHIRADAPTER_DEBUG"):
+            raise
+        # The message of an unexpected error may quote patient data: show only its type.
+        click.echo(
+            f"error: unexpected internal error ({type(exc).__name__}); set FHIRADAPTER_DEBUG=1 "
+            "for the traceback and please report it",
+            err=True,
+        )
+        sys.exit(int(ExitCode.FAILURE))
+
+
+EXPORT_TO_HELP = (
+    "sqlite:///FILE.db, postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass, never the URL), "
+    "csv:FOLDER or parquet:FOLDER."
+)
+KEY_HELP = "File holding the pseudonymisation secret (>= 32 bytes, mode 600) [default: $FHIRADAPTER_PSEUDONYM_KEY]."
+
+
+def safe_url(url: str) -> str:
+    """The URL without any user info (the user name can be personal; a password is refused earlier)."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
+
+
+PUSH_OUTCOMES = ("created", "updated", "unchanged", "conflict", "error", "not applied", "unknown")
+
+
+class PhaseBars:
+    """One progress bar per phase of a run (pull, then push), each closed when the next one opens."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self.bar: Any = None
+
+    def open(self, label: str, length: int) -> Any:
+        self.close()
+        self.bar = click.progressbar(length=max(length, 1), label=label, file=sys.stderr, hidden=not self.show)
+        self.bar.__enter__()
+        return self.bar
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def counts_text(counts: Any, first: tuple[str, ...]) -> str:
+    """``create 92, update 13, unchanged 1``: the usual keys in reading order, then any other, zeros left out."""
+    keys = [k for k in first if counts.get(k)] + sorted(k for k in counts if k not in first and counts[k])
+    return ", ".join(f"{k} {counts[k]}" for k in keys)
+
+
+def searches_text(per_search: int | None, split: int) -> str:
+    """`` (20 patient(s) per search; 1 paged on, so read patient by patient)``, or nothing for a Bulk pull."""
+    if per_search is None:
+        return ""
+    paged_on = f"; {split} paged on, so read patient by patient" if split else ""
+    return f" ({per_search} patient(s) per search{paged_on})"

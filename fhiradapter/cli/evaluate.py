@@ -1,0 +1,243 @@
+"""``fhiradapter evaluate``: apply the protocol to FHIR files and print what the run did."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fhiradapter.cli.common import EXPORT_TO_HELP, KEY_HELP, guard, parse_as_of
+from fhiradapter.cli.export import export_key, run_export
+from fhiradapter.errors import ConfigError, NothingEvaluated
+
+
+@click.command(short_help="Apply the protocol to FHIR files: results, write-back, report.")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--as-of",
+    "as_of",
+    required=True,
+    metavar="YYYY-MM-DD",
+    help="Data cut-off: nothing dated after this day is read. Also the censoring limit.",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder for results.json, rejects.ndjson and summary.json (created if missing).",
+)
+@click.option(
+    "--mappings",
+    "mappings_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with protocol.toml, codes.toml and units.toml [default: the mappings shipped with fhiradapter].",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes to use [default: 2 for inputs over 32 MB, else 1].",
+)
+@click.option(
+    "--report/--no-report",
+    default=True,
+    help="Write report.html and report.md (tables, survival curve, swimmer plot) [default: on].",
+)
+@click.option(
+    "--writeback/--no-writeback",
+    default=True,
+    help="Write writeback.json and writeback-plan.ndjson, the results as FHIR resources to send to a server "
+    "[default: on]. Off: faster, for runs whose results stay in files.",
+)
+@click.option(
+    "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
+)
+@click.option(
+    "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
+)
+@click.option(
+    "--export-format",
+    type=click.Choice(["tables", "sdtm"]),
+    default="tables",
+    show_default=True,
+    help="With --export-to: registry tables, or SDTM datasets (files only).",
+)
+@click.option(
+    "--pseudonymise",
+    is_flag=True,
+    help="With --export-to: keyed-hash subject keys, ages instead of birth dates, no free text.",
+)
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP)
+@click.option(
+    "--study",
+    metavar="ID",
+    default=None,
+    help="The ResearchStudy id whose subjects are evaluated [default: [study] id in protocol.toml]. Patients "
+    "without a ResearchSubject of it are counted as not in the study, and never written back.",
+)
+@click.option(
+    "--fhir-base",
+    "fhir_bases",
+    multiple=True,
+    metavar="URL",
+    help="The FHIR base URL the data came from (repeatable): its absolute references are local. A reference "
+    "to any other server is rejected (bad-reference). A pull folder's server is known already.",
+)
+@click.option(
+    "--screen-candidates",
+    is_flag=True,
+    help="Also screen the patients who are not in the study, as candidates at the as-of date; their results "
+    "go to candidates.ndjson, apart from the study's. Nothing is written back for them.",
+)
+@click.option(
+    "--enrol-candidates",
+    is_flag=True,
+    help="With --screen-candidates: write the candidates back too (a new ResearchSubject each, with its "
+    "status), i.e. enrol them in the study. A person's decision: use with care.",
+)
+def evaluate(
+    inputs: tuple[Path, ...],
+    as_of: str,
+    out: Path,
+    mappings_dir: Path | None,
+    workers: int | None,
+    report: bool,
+    writeback: bool,
+    progress: bool | None,
+    export_to: str | None,
+    export_format: str,
+    pseudonymise: bool,
+    key_file: Path | None,
+    study: str | None,
+    fhir_bases: tuple[str, ...],
+    screen_candidates: bool,
+    enrol_candidates: bool,
+) -> None:
+    """Evaluate the protocol on FHIR files.
+
+    INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
+    them), JSON files holding a Bundle or a single resource, or folders of such files (read
+    recursively). Every input record is either used or listed, with the reason, in rejects.ndjson.
+
+    Only the study's subjects (patients with a ResearchSubject of the study) are evaluated and written
+    back; everyone else in the input is counted as not in the study (--screen-candidates screens them).
+
+    The results go to results.json, the FHIR R4 write-back to writeback.json (a transaction Bundle to
+    post to the hospital's server) and the study team's report to report.html and report.md.
+
+    \b
+    Example:
+      fhiradapter evaluate fixtures/paper-cohort/input --as-of 2005-03-31 --out out/
+    """
+    from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
+    from fhiradapter.shell.pipeline import run_evaluate  # noqa: PLC0415
+    from fhiradapter.shell.progress import RunProgress  # noqa: PLC0415
+    from fhiradapter.shell.readers import expand_inputs  # noqa: PLC0415
+
+    with guard():
+        cutoff = parse_as_of(as_of)
+        if enrol_candidates and not screen_candidates:
+            raise ConfigError("--enrol-candidates is only used with --screen-candidates")
+        key = export_key(pseudonymise, key_file) if export_to else None
+        mappings, identity = load_mappings(mappings_dir)
+        files = expand_inputs(list(inputs), exclude=out)
+        total = sum(f.stat().st_size for f in files)
+        show = sys.stderr.isatty() if progress is None else progress
+        # One display for every phase: two passes over the data (reading and mapping, then grouping and
+        # evaluating), then writing the outputs and drawing the report.
+        display = RunProgress(total, tty=sys.stderr.isatty()) if show else None
+        try:
+            summary = run_evaluate(
+                list(inputs),
+                out,
+                cutoff,
+                mappings,
+                identity,
+                progress=display.advance if display else None,
+                workers=workers,
+                report=report,
+                writeback=writeback,
+                study=study,
+                screen_candidates=screen_candidates,
+                enrol_candidates=enrol_candidates,
+                fhir_bases=fhir_bases,
+                on_phase=display.phase if display else None,
+            )
+        finally:
+            if display is not None:
+                display.close()
+    with guard():
+        _print_summary(summary, out)
+        if not summary["patients"]:
+            raise NothingEvaluated(_nothing_evaluated(summary))
+        if export_to:
+            run_export(out, export_to, export_format, key, mappings_dir, show)
+
+
+def _nothing_evaluated(summary: dict[str, Any]) -> str:
+    """Why a run evaluated no one, and what to do about it."""
+    population = summary.get("population") or {}
+    if not summary["records_read"]:
+        return "no patient was evaluated: the input holds no FHIR record (see rejects.ndjson for files not read)"
+    if population.get("not-in-study"):
+        return (
+            f"no patient was evaluated: {population['not-in-study']} patient(s) in the input, none with a "
+            "ResearchSubject of the study (--study names another study; --screen-candidates screens them)"
+        )
+    return "no patient was evaluated: the input holds no Patient that its records name (see rejects.ndjson)"
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    click.echo(
+        f"Read {summary['records_read']} records from {summary['files']} file(s): "
+        f"{summary['records_used']} used, {summary['records_rejected']} rejected; "
+        f"{summary['patients']} patient(s) evaluated."
+    )
+    width = max([len(t) for t in summary["by_type"]] + [13])
+    click.echo(f"  {'resource type':<{width}}  {'read':>7}  {'used':>7}  {'rejected':>8}")
+    for rtype, c in summary["by_type"].items():
+        click.echo(f"  {rtype:<{width}}  {c['read']:>7}  {c['used']:>7}  {c['rejected']:>8}")
+    if summary["rejects_by_reason"]:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())
+        click.echo(f"  rejects by reason: {reasons}")
+    population = summary.get("population") or {}
+    if any(population.get(k) for k in ("candidates", "not-in-study", "not-screened")):
+        click.echo(
+            f"  patients: {population.get('subjects', 0)} study subject(s) evaluated; "
+            + ", ".join(
+                f"{n} {label}"
+                for key, label in (
+                    ("candidates", "screening candidate(s) (candidates.ndjson)"),
+                    ("not-in-study", "not in the study (no ResearchSubject of it: not evaluated)"),
+                    ("not-screened", "candidate(s) not screened (died on or before the as-of date)"),
+                )
+                if (n := population.get(key))
+            )
+        )
+    for kind, codes in (summary.get("unmapped_codes") or {}).items():
+        shown = ", ".join(f"{c['code']} ({c['records']})" for c in codes[:3])
+        click.echo(f"  most frequent unmapped {kind}: {shown} (all in summary.json)")
+    wb = summary.get("writeback")
+    names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
+    if wb is None:
+        click.echo("Write-back: not planned (--no-writeback); no writeback.json.")
+    else:
+        click.echo(
+            f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
+            f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
+        )
+        names += ["writeback.json", "writeback-plan.ndjson"]
+    if (out / "candidates.ndjson").exists() and population.get("candidates") is not None:
+        names.append("candidates.ndjson")
+    names += [n for n in ("report.html", "report.md", "report-km.png", "report-swimmer.png") if (out / n).exists()]
+    click.echo(f"Wrote to {out}: {', '.join(names)}, and manifest.json last.")
+    if "report.html" in names:
+        click.echo(f"Open {out / 'report.html'} in a browser to read the report.")
+    seconds = summary.get("seconds") or {}
+    if seconds:
+        phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
+        click.echo(f"Took {sum(seconds.values()):.1f} s with {summary['workers']} worker(s) ({phases}).")

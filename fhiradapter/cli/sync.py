@@ -1,0 +1,326 @@
+"""``fhiradapter sync`` and ``fhiradapter runs``: pull what changed, evaluate, write back; list the runs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fhiradapter.cli.common import (
+    EXPORT_TO_HELP,
+    KEY_HELP,
+    PUSH_OUTCOMES,
+    SYNC_INTERRUPTED,
+    PhaseBars,
+    counts_text,
+    guard,
+    parse_as_of,
+    safe_url,
+    searches_text,
+)
+from fhiradapter.cli.export import export_key, run_export
+from fhiradapter.cli.pull import check_instant
+from fhiradapter.cli.server_options import open_server_client, per_search_option, server_options
+from fhiradapter.errors import ConfigError, ExitCode
+
+
+def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--data-dir and --store, shared by ``sync`` and ``runs``."""
+    f = click.option(
+        "--store",
+        "store_url",
+        metavar="URL",
+        default=None,
+        help="Where the store lives instead: sqlite:///FILE.db or postgresql://USER@HOST:PORT/DB (password from "
+        "PGPASSWORD or ~/.pgpass, never the URL) [default: sqlite in --data-dir].",
+    )(f)
+    return click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Folder for the store (sync.db) and run folders [default: $FHIRADAPTER_DATA_DIR, "
+        "~/.local/share/fhiradapter].",
+    )(f)
+
+
+@click.command("sync", short_help="Pull what changed, evaluate, write the results back.")
+@server_options
+@click.option("--study", required=True, help="ResearchStudy id, or identifier as SYSTEM|VALUE.")
+@click.option("--as-of", "as_of", required=True, metavar="YYYY-MM-DD", help="Data cut-off for the evaluation.")
+@click.option(
+    "--since",
+    default="auto",
+    show_default=True,
+    metavar="auto|none|INSTANT",
+    help="auto = what changed since the last successful sync of this study from this server; none = everything.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Pull and evaluate, print the plan (create / update / unchanged, and whose results would change), "
+    "write nothing.",
+)
+@store_options
+@click.option(
+    "--mappings",
+    "mappings_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with protocol.toml, codes.toml, units.toml [default: the mappings shipped with fhiradapter].",
+)
+@click.option(
+    "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
+)
+@click.option(
+    "--export-format",
+    type=click.Choice(["tables", "sdtm"]),
+    default="tables",
+    show_default=True,
+    help="With --export-to: registry tables, or SDTM datasets (files only).",
+)
+@click.option("--pseudonymise", is_flag=True, help="With --export-to: keyed-hash subject keys, ages, no free text.")
+@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP)
+@click.option(
+    "--chunk",
+    type=click.IntRange(2, 10000),
+    default=100,
+    show_default=True,
+    help="Largest write-back transaction, in entries (whole patients each; parts go concurrently).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "transaction", "batch", "single"]),
+    default="auto",
+    show_default=True,
+    help="How to write: auto = a transaction if the server offers one, else a batch, else one by one.",
+)
+@click.option("--bulk", is_flag=True, help="Pull through Bulk Data $export (the study's subjects still by search).")
+@click.option("--group", metavar="ID", help="With --bulk: export Group/ID's members instead of every patient.")
+@per_search_option
+@click.option(
+    "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
+)
+def sync_cmd(
+    study: str,
+    as_of: str,
+    since: str,
+    dry_run: bool,
+    data_dir: Path | None,
+    store_url: str | None,
+    mappings_dir: Path | None,
+    export_to: str | None,
+    export_format: str,
+    pseudonymise: bool,
+    key_file: Path | None,
+    chunk: int,
+    mode: str,
+    bulk: bool,
+    group: str | None,
+    per_search: int | None,
+    progress: bool | None,
+    **server: Any,
+) -> None:
+    """Sync a study with a FHIR R4 server: pull what changed, evaluate, write the results back.
+
+    The store (SQLite in --data-dir) keeps per-server watermarks, the last-seen version of every resource
+    pulled and the history of runs. Results are written with conditional creates and If-Match updates, in
+    one transaction when the server offers it; on a 412 conflict the run pulls what changed, evaluates again
+    and retries once. The watermark advances only when the run succeeds, so a run that dies is simply run
+    again. Exit code 0 when everything was written, 13 when conflicts or errors remain, 130 when
+    stopped by Ctrl-C (the run is recorded as interrupted; running it again is safe). `fhiradapter runs`
+    lists the runs and how each ended.
+
+    \b
+    Example:
+      fhiradapter sync --server https://fhir.example.org/r4 --study thal-hcc-pilot --as-of 2005-03-31 --dry-run
+    """
+    from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415
+
+    show = sys.stderr.isatty() if progress is None else progress
+    with guard(SYNC_INTERRUPTED):
+        from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
+        from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: PLC0415
+
+        cutoff = parse_as_of(as_of)
+        if since not in ("auto", "none"):
+            check_instant(since)
+        if group and not bulk:
+            raise ConfigError("--group is only used with --bulk")
+        key = export_key(pseudonymise, key_file) if export_to else None
+        mappings, identity = load_mappings(mappings_dir)
+        folder = data_dir or default_data_dir()
+        store = SyncStore(store_url, folder)
+        import asyncio  # noqa: PLC0415
+
+        client = asyncio.run(open_server_client(server))  # checks the options (and SMART discovery) before any work
+        bars = PhaseBars(show)
+        try:
+            pulling = bars.open("Pulling patients", 1)
+
+            def total(n: int) -> None:
+                pulling.length = max(n, 1)
+
+            def evaluating() -> None:
+                bars.close()
+                if show:
+                    click.echo("Evaluating the study's patients ...", err=True)
+
+            def writing(entries: int) -> Callable[[int], None]:
+                update: Callable[[int], None] = bars.open("Writing results", entries).update
+                return update
+
+            opts = SyncOptions(
+                study,
+                cutoff,
+                since,
+                dry_run,
+                folder / "runs",
+                mappings,
+                identity,
+                pulling.update,
+                total,
+                writing,
+                chunk,
+                mode,
+                bulk,
+                group,
+                per_search=per_search,
+                on_evaluate=evaluating,
+            )
+            summary = run_sync(lambda: client.fresh(), store, opts)
+        finally:
+            bars.close()
+            store.close()
+        _print_sync(summary)
+        if export_to and summary.out is not None:
+            run_export(summary.out, export_to, export_format, key, mappings_dir, show)
+        if summary.conflicts or summary.errors:
+            sys.exit(int(ExitCode.SERVER))
+
+
+@click.command("runs", short_help="List the sync runs a store holds, newest first.")
+@store_options
+@click.option("--server", metavar="URL", default=None, help="Only the runs against this FHIR base URL.")
+@click.option("--study", default=None, help="Only the runs of this study (as given to sync).")
+@click.option("--last", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many runs to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (with each run's whole summary).")
+def runs_cmd(
+    data_dir: Path | None, store_url: str | None, server: str | None, study: str | None, last: int, as_json: bool
+) -> None:
+    """List the sync runs the store holds, newest first: when, how each ended, and what it read and wrote.
+
+    For a scheduled sync: whether last night's run worked, and if not, why (a failed run keeps its error
+    message). A run still shown as running either is running now or was killed before it could finish.
+
+    \b
+    Example:
+      fhiradapter runs --data-dir /srv/fhiradapter --last 5
+    """
+    import json  # noqa: PLC0415
+
+    with guard():
+        from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
+
+        folder = data_dir or default_data_dir()
+        if store_url is None and not (folder / "sync.db").exists():
+            raise ConfigError(f"no sync store in {folder} (sync.db): give the --data-dir or --store that sync used")
+        store = SyncStore(store_url, folder)
+        try:
+            found, total = store.runs(server.rstrip("/") if server else None, study, last)
+        finally:
+            store.close()
+    where = safe_url(store_url) if store_url else str(folder / "sync.db")
+    if as_json:
+        for run in found:
+            for key in ("started_at", "finished_at"):
+                run[key] = run[key].isoformat() if run[key] is not None else None
+        click.echo(json.dumps({"store": where, "total": total, "runs": found}, indent=2))
+        return
+    if not found:
+        click.echo(f"No sync runs in {where}" + (" for that server and study." if server or study else "."))
+        return
+    click.echo(f"Sync runs in {where}, newest first ({len(found)} of {total}):")
+    for run in found:
+        click.echo(_run_line(run))
+        for line in _run_details(run):
+            click.echo(f"      {line}")
+
+
+def _run_line(run: dict[str, Any]) -> str:
+    started, finished = run["started_at"], run["finished_at"]
+    took = f"{(finished - started).total_seconds():.1f} s" if finished else "no end recorded"
+    status = run["status"] + (" (still running, or killed)" if run["status"] == "running" else "")
+    return (
+        f"  run {run['run_id']}  {started:%Y-%m-%d %H:%M:%S} UTC  {status}  ({took})  "
+        f"{run['summary'].get('study') or run['study']} on {run['server']}"
+    )
+
+
+def _run_details(run: dict[str, Any]) -> list[str]:
+    """What a run read, planned and wrote, from its stored summary; why it stopped, if it did."""
+    s = run["summary"]
+    if not s:
+        return []
+    lines = []
+    pulled = sum(s.get("pulled", {}).values())
+    if pulled or s.get("patients"):
+        since = f"changes since {run['since']}" if run["since"] else "everything"
+        read = f"{since}: {s.get('patients', 0)} patient(s), {pulled} resource(s) read"
+        lines.append(f"{read}, {s.get('deleted', 0)} deletion(s) noticed")
+    if s.get("plan"):
+        lines.append(f"plan: {counts_text(s['plan'], ('create', 'update', 'unchanged'))}")
+    if s.get("pushed") or (s.get("plan") and not run["dry_run"]):
+        pushed = counts_text(s.get("pushed", {}), ("created", "updated", "unchanged", "conflict", "error"))
+        conflicts, errors = len(s.get("conflicts", [])), len(s.get("errors", []))
+        lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {conflicts}, errors {errors}")
+    if s.get("failure"):
+        lines.append(f"stopped: {s['failure']}")
+    return lines
+
+
+def _changes(by_action: Any) -> str:
+    """``create child-pugh, eligibility; update response ×2``: one patient's changing results, by action."""
+    return "; ".join(
+        f"{action} " + ", ".join(kind + (f" ×{n}" if n > 1 else "") for kind, n in sorted(kinds.items()))
+        for action, kinds in sorted(by_action.items())
+    )
+
+
+def _print_sync(s: Any) -> None:
+    mode = "dry run, nothing written" if s.dry_run else "written"
+    since = f"changes since {s.since}" if s.since else "everything"
+    click.echo(f"Sync run {s.run_id} of {s.study} from {s.server} ({since}; {mode}).")
+    pulled = sum(s.pulled.values())
+    click.echo(f"  read from the server: {pulled} resource(s); deletions noticed {s.deleted}")
+    e = s.evaluated
+    evaluated = f"  patients evaluated {s.patients}"
+    if e:
+        evaluated += f", from {e['records_read']} stored record(s): {e['records_used']} used, "
+        evaluated += f"{e['records_rejected']} rejected"
+        if e["records_rejected"] and s.out is not None:
+            reasons = ", ".join(f"{k} {v}" for k, v in e["rejects_by_reason"].items())
+            evaluated += f" ({reasons}; see {s.out / 'rejects.ndjson'})"
+    click.echo(evaluated)
+    click.echo(f"  plan for the results: {counts_text(s.plan, ('create', 'update', 'unchanged')) or 'nothing'}")
+    if s.changes and s.out is not None:
+        verb = "would change" if s.dry_run else "change"
+        plan = s.out / "writeback-plan.ndjson"
+        click.echo(f"  results that {verb}, for {len(s.changes)} patient(s) (each entry in {plan}):")
+        for patient, by_action in list(s.changes.items())[:5]:
+            click.echo(f"    {patient}: {_changes(by_action)}")
+        if len(s.changes) > 5:
+            click.echo(f"    and {len(s.changes) - 5} more patient(s)")
+    if not s.dry_run:
+        pushed = counts_text(s.pushed, PUSH_OUTCOMES) or "nothing to send"
+        if s.provenances:
+            pushed += f" (with {s.provenances} Provenance record(s) of the run)"
+        click.echo(f"  pushed: {pushed}; conflicts {len(s.conflicts)}; errors {len(s.errors)}")
+        click.echo(f"  watermark: {s.watermark or 'not advanced'}")
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in s.seconds.items())
+    searches = searches_text(s.per_search, s.split)
+    click.echo(f"  {s.requests} request(s){searches}, {s.retries} retried ({timing}); results in {s.out}")
+    for line in [*s.warnings, *s.conflicts, *s.errors][:20]:
+        click.echo(f"  note: {line}")
