@@ -102,6 +102,9 @@ def evaluate(tmp_path: Path, resources: list[dict[str, Any]]) -> tuple[dict[str,
             "line 2",
         ),
         ({}, {}, "line 3"),  # no version information: the last one seen wins
+        # Opaque versionIds (a server's etags) do not order: the last one seen wins, whatever they spell.
+        ({"meta": {"versionId": "zz"}}, {"meta": {"versionId": "aa"}}, "line 3"),
+        ({"meta": {"versionId": "aa"}}, {"meta": {"versionId": "zz"}}, "line 3"),
     ],
 )
 def test_duplicate_resource_counts_once(

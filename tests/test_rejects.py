@@ -113,7 +113,7 @@ def test_gzip_ndjson_reads_like_plain(tmp_path: Path) -> None:
 def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evaluate([PAPER], tmp_path / "memory")
     monkeypatch.setattr("fhiradapter.shell.pipeline.BUCKET_BYTES", 20_000)  # forces about 12 buckets
-    monkeypatch.setattr("fhiradapter.shell.pipeline.FLUSH_EVERY", 7)
+    monkeypatch.setattr("fhiradapter.shell.spill.FLUSH_EVERY", 7)
     evaluate([PAPER], tmp_path / "spilled")
     a = json.loads((tmp_path / "memory" / "results.json").read_text())
     b = json.loads((tmp_path / "spilled" / "results.json").read_text())

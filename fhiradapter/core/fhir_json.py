@@ -211,22 +211,6 @@ def contained(resource: dict[str, Any], local_ref: str) -> dict[str, Any] | None
     return None
 
 
-def version_key(resource: dict[str, Any]) -> tuple[int, str, str]:
-    """Orders two copies of one resource: numeric ``meta.versionId``, then ``meta.lastUpdated`` as an instant.
-
-    ``lastUpdated`` is compared as the moment it names, in UTC (``2005-02-01T00:30:00+02:00`` is before
-    ``2005-01-31T23:00:00Z``), never as text; one that is no instant does not order. Non-numeric (opaque)
-    version ids do not order; ties are broken by the caller (last seen wins).
-    """
-    meta = resource.get("meta")
-    if not isinstance(meta, dict):
-        return (-1, "", "")
-    vid = meta.get("versionId")
-    vnum = int(vid) if isinstance(vid, str) and vid.isdigit() else -1
-    updated = meta.get("lastUpdated")
-    return (vnum, utc_instant(updated) if isinstance(updated, str) else "", vid if isinstance(vid, str) else "")
-
-
 def utc_instant(value: str) -> str:
     """A FHIR instant as a fixed-width UTC text that sorts as the moments do ("" when it is no instant)."""
     try:

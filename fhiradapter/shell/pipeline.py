@@ -8,27 +8,23 @@ in-memory bucket. Every input record ends up used or in ``rejects.ndjson``.
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
-import pickle
-import shutil
 import tempfile
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from operator import itemgetter
+from datetime import date
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
 from fhiradapter import __version__
 from fhiradapter.core import fhir_json as fj
+from fhiradapter.core.dedup import InputRecord, keep_newest, newer, superseded_reason, version_of
 from fhiradapter.core.evaluate import CohortRow, Settings, evaluate_patient, report_row, summarise_cohort
 from fhiradapter.core.extract import patient_extract
 from fhiradapter.core.mappers import MapContext, Record, map_resource
@@ -53,30 +49,25 @@ from fhiradapter.core.writeback import (
     WritebackContext,
     bundle_entry,
     plan_patient,
-    provenance_entry,
-    run_tag,
 )
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manifest, write_manifest, writing
+from fhiradapter.shell.outputs import iter_rows, write_results, write_sorted_lines, write_writeback
 from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, find_inputs, is_plain, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
+from fhiradapter.shell.spill import Buckets, RejectsFile, load_bucket
 from fhiradapter.shell.workers import run_jobs
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
 CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024  # below this one process is faster than two
-FLUSH_EVERY = 2000  # records buffered per bucket before they are written to its spill file
 GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
 WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
 REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
 NOT_READ = "(file not read)"  # the "resource type" counted for a file of an input folder that is not read
 CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (PROTOCOL.md §1)
-
-# One input record on its way through the passes:
-# (ref, version key, sequence, record or None, issues, origin, patient)
-Item = tuple[str, tuple[int, str, str], int, Record | None, list[Issue], tuple[str, str], str | None]
 
 
 @dataclass
@@ -140,123 +131,6 @@ def _most_frequent(unmapped: Counter[tuple[str, str]]) -> dict[str, list[dict[st
     return kinds
 
 
-class _Buckets:
-    """N append-only spill files of one worker (or one in-memory list when nothing needs to spill)."""
-
-    def __init__(self, count: int, folder: Path | None, worker: int = 0) -> None:
-        self.count = count
-        self._buffers: list[list[Item]] = [[] for _ in range(count)]
-        self.paths: list[Path] = []
-        self._files: list[BinaryIO] = []
-        if folder is not None:
-            self.paths = [folder / f"bucket-{worker:02d}-{i:04d}.bin" for i in range(count)]
-            self._files = [p.open("wb") for p in self.paths]
-
-    def add(self, key: str, item: Item) -> None:
-        i = zlib.crc32(key.encode()) % self.count if self.count > 1 else 0
-        buf = self._buffers[i]
-        buf.append(item)
-        if self._files and len(buf) >= FLUSH_EVERY:
-            _dump(buf, self._files[i])
-            self._buffers[i] = []
-
-    def flush(self) -> None:
-        for i, fh in enumerate(self._files):
-            if self._buffers[i]:
-                _dump(self._buffers[i], fh)
-                self._buffers[i] = []
-            fh.close()
-
-    def take(self, i: int) -> list[Item]:
-        items, self._buffers[i] = self._buffers[i], []
-        return items
-
-    def close(self) -> None:
-        for fh in self._files:
-            if not fh.closed:
-                fh.close()
-
-
-def _dump(items: list[Item], fh: BinaryIO) -> None:
-    """Spill items to a bucket file (pickled; read back by ``_load_bucket``)."""
-    pickle.dump(items, fh, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _load_bucket(paths: list[Path]) -> list[Item]:
-    items: list[Item] = []
-    for path in paths:
-        with path.open("rb") as fh:
-            while fh.peek(1):
-                items.extend(pickle.load(fh))  # noqa: S301 - our own spill file, written by this run
-        path.unlink()
-    return items
-
-
-class _Rejects:
-    """An append-only NDJSON file of rejects (one per worker and pass; concatenated at the end)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh = path.open("wb")
-
-    def reject(self, entry: dict[str, Any]) -> None:
-        self._fh.write(orjson.dumps(entry) + b"\n")
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename a finished file over ``target``: readers see the old file or the new one, never a part."""
-    tmp.replace(target)
-
-
-def _write_outputs(
-    out: Path,
-    spill: Path,
-    reject_parts: list[Path],
-    subject_index: list[tuple[str, str, int, int]],
-    header: dict[str, Any],
-    cohort: CohortSummary,
-) -> None:
-    """results.json (subjects sorted by patient) and rejects.ndjson, each written then renamed."""
-    _concatenate(reject_parts, out / "rejects.ndjson")
-    tmp = out / "results.json.partial"
-    handles: dict[str, BinaryIO] = {}
-    try:
-        with tmp.open("wb") as fh:
-            # One subject per line (still one JSON document): readable, and `export` streams it line by line.
-            fh.write(orjson.dumps(header)[:-1] + b',"subjects":[\n')
-            for n, (_pid, name, offset, length) in enumerate(sorted(subject_index)):
-                if name not in handles:
-                    handles[name] = (spill / name).open("rb")
-                handles[name].seek(offset)
-                fh.write((b",\n" if n else b"") + handles[name].read(length))
-            fh.write(b'\n],"cohort":' + to_json(cohort) + b"}\n")
-    finally:
-        for h in handles.values():
-            h.close()
-    _publish(tmp, out / "results.json")
-
-
-def _write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]]) -> None:
-    """One blob per line in patient order (the order of results.json), from the workers' spill files."""
-    handles: dict[str, BinaryIO] = {}
-    tmp = target.with_name(target.name + ".partial")
-    try:
-        with tmp.open("wb") as fh:
-            for _pid, name, offset, length in sorted(index):
-                if name not in handles:
-                    handles[name] = (spill / name).open("rb")
-                handles[name].seek(offset)
-                fh.write(handles[name].read(length) + b"\n")
-    finally:
-        for h in handles.values():
-            h.close()
-    _publish(tmp, target)
-
-
 def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
     if isinstance(record, Person):
         return record.ref
@@ -285,68 +159,6 @@ def _reject_entry(
     if unmapped is not None:  # the source's code that no mapping knows (system|code): what to add to mappings/
         entry["unmapped"] = unmapped
     return entry
-
-
-def _concatenate(parts: list[Path], target: Path) -> None:
-    """Join the workers' part files into ``target``, written beside it and renamed when complete."""
-    tmp = target.with_name(target.name + ".partial")
-    with tmp.open("wb") as fh:
-        for part in parts:
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, fh)
-    _publish(tmp, target)
-
-
-def _iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
-    """The per-patient report rows the workers wrote, one at a time."""
-    for path in paths:
-        with path.open("rb") as fh:
-            for line in fh:
-                yield orjson.loads(line)
-
-
-def _write_writeback(
-    out: Path, spill: Path, index: list[tuple[str, str, int, int, int]], plan_parts: list[Path], header: dict[str, Any]
-) -> None:
-    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson."""
-    index = sorted(index)
-    handles: dict[str, BinaryIO] = {}
-
-    def read(name: str, offset: int, length: int) -> bytes:
-        if name not in handles:
-            handles[name] = (spill / name).open("rb")
-        handles[name].seek(offset)
-        return handles[name].read(length)
-
-    tmp = out / "writeback.json.partial"
-    try:
-        targets = [
-            t
-            for _pid, name, offset, length, tail in index
-            for t in read(name, offset + length, tail).decode().split("\n")
-        ]
-        with tmp.open("wb") as fh:
-            fh.write(b'{"resourceType":"Bundle","type":"transaction","entry":[')
-            for n, (_pid, name, offset, length, _tail) in enumerate(index):
-                fh.write((b"," if n else b"") + read(name, offset, length))
-            if targets:
-                digest = hashlib.sha256("".join(f"{t}\n" for t in targets).encode())
-                provenance = provenance_entry(
-                    targets,
-                    adapter_version=__version__,
-                    mappings=header["protocol"],
-                    as_of=header["as_of"],
-                    inputs=header["inputs"],
-                    recorded=datetime.now(UTC).isoformat(timespec="seconds"),
-                    run=run_tag(digest.hexdigest(), header["as_of"], header["protocol"]),
-                )
-                fh.write(b"," + orjson.dumps(provenance))
-            fh.write(b"]}")
-    finally:
-        for h in handles.values():
-            h.close()
-    _publish(tmp, out / "writeback.json")
-    _concatenate(plan_parts, out / "writeback-plan.ndjson")
 
 
 def pulled_from(inputs: list[Path]) -> list[str]:
@@ -466,9 +278,9 @@ def _run(
         )
         lap("read_and_map")
         stats = RunStats(files=len(files), input_bytes=input_bytes)
-        globals_: dict[str, Item] = {}
+        globals_: dict[str, InputRecord] = {}
         parts = [r.rejects for r in one]
-        glob_rejects = _Rejects(spill / "rejects-globals.ndjson")
+        glob_rejects = RejectsFile(spill / "rejects-globals.ndjson")
         for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
             glob_rejects.reject(file_not_read.as_dict())
             stats.read[NOT_READ] += 1
@@ -479,11 +291,11 @@ def _run(
             for item in r.globals.values():
                 _keep_newest(globals_, item, glob_rejects, stats)
         for item in globals_.values():
-            if item[3] is None:
+            if item.record is None:
                 _reject_unmapped(item, glob_rejects, stats)
         glob_rejects.close()
         parts.append(glob_rejects.path)
-        medications = {ref: item[3] for ref, item in globals_.items() if isinstance(item[3], Other)}
+        medications = {ref: item.record for ref, item in globals_.items() if isinstance(item.record, Other)}
         memory = one[0].memory if in_memory else None
         per_bucket = sum(f.stat().st_size for f in files) // buckets  # progress: pass two counts again
         jobs = [
@@ -535,14 +347,14 @@ def _run(
         skipped += (CANDIDATES_FILE,) if not screen_candidates else ()
         for name in skipped:
             (out / name).unlink(missing_ok=True)
-        _write_outputs(out, spill, parts, index, header, cohort)
+        write_results(out, spill, parts, index, header, cohort)
         if writeback:
-            _write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
+            write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
         clinical = [i for r2 in two for i in r2.clinical_index]
-        _write_sorted_lines(out / "clinical.ndjson", spill, clinical)
+        write_sorted_lines(out / "clinical.ndjson", spill, clinical)
         if screen_candidates:
             candidates = [i for r2 in two for i in r2.candidate_index]
-            _write_sorted_lines(out / CANDIDATES_FILE, spill, candidates)
+            write_sorted_lines(out / CANDIDATES_FILE, spill, candidates)
         lap("write")
         if report:
             on_phase("report")
@@ -572,7 +384,7 @@ def _report(
     summary: dict[str, Any],
     folder: str | None,
 ) -> None:
-    write_report(out, header, to_builtins(cohort), _iter_rows(row_parts), summary, Path(folder) if folder else None)
+    write_report(out, header, to_builtins(cohort), iter_rows(row_parts), summary, Path(folder) if folder else None)
 
 
 def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
@@ -632,10 +444,10 @@ def _report_bytes(n: int) -> None:
 @dataclass
 class _PassOne:
     stats: RunStats
-    globals: dict[str, Item]
+    globals: dict[str, InputRecord]
     rejects: Path
     bucket_paths: list[Path]
-    memory: _Buckets | None
+    memory: Buckets | None
     cpu: float  # this worker's CPU seconds
 
 
@@ -646,9 +458,9 @@ def _pass_one_worker(
     cpu = time.process_time()
     ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
     stats = RunStats()
-    rejects = _Rejects(spill / f"rejects-1-{worker:02d}.ndjson")
-    store = _Buckets(buckets, None if in_memory else spill, worker)
-    globals_: dict[str, Item] = {}
+    rejects = RejectsFile(spill / f"rejects-1-{worker:02d}.ndjson")
+    store = Buckets(buckets, None if in_memory else spill, worker)
+    globals_: dict[str, InputRecord] = {}
     progress = _report_bytes if _PROGRESS is not None else None
     try:
         for rank, task in tasks:
@@ -666,9 +478,9 @@ def _pass_one_worker(
                 ref = f"{rtype}/{res['id']}"
                 stats.read[rtype] += 1
                 record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
-                item: Item = (ref, fj.version_key(res), seq, record, issues, raw.origin, _patient_key(res, record))
+                item = InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))
                 if rtype not in GLOBAL_TYPES:
-                    store.add(item[6] or ref, item)
+                    store.add(item.patient or ref, item)
                     continue
                 # Study-wide resources (few) are deduplicated at once and kept in memory.
                 _keep_newest(globals_, item, rejects, stats)
@@ -702,7 +514,7 @@ def _pass_two_worker(
     spill: Path,
     settings: Settings,
     medications: Mapping[str, Record | None],
-    memory: _Buckets | None,
+    memory: Buckets | None,
     per_bucket: int = 0,
     writeback: bool = True,
     enrol: bool = False,
@@ -712,7 +524,7 @@ def _pass_two_worker(
     stats = RunStats()
     rows: list[CohortRow] = []
     index: list[tuple[str, str, int, int]] = []
-    rejects = _Rejects(spill / f"rejects-2-{worker:02d}.ndjson")
+    rejects = RejectsFile(spill / f"rejects-2-{worker:02d}.ndjson")
     part, wb_part, plan_part = f"subjects-{worker:02d}.bin", f"writeback-{worker:02d}.bin", f"plan-{worker:02d}.ndjson"
     wb_index: list[tuple[str, str, int, int, int]] = []
     report_part = f"report-rows-{worker:02d}.ndjson"
@@ -732,7 +544,7 @@ def _pass_two_worker(
             (spill / candidate_part).open("wb") as candidates_out,
         ):
             for b in bucket_ids:
-                items = memory.take(b) if memory is not None else _load_bucket([p[b] for p in bucket_paths])
+                items = memory.take(b) if memory is not None else load_bucket([p[b] for p in bucket_paths])
                 evaluated = _evaluate_bucket(items, settings, medications, rejects, stats, wctx, enrol)
                 for result, row, plan, extract in evaluated:
                     if result.population == Population.CANDIDATE:  # reported apart, not in the study's figures
@@ -794,17 +606,17 @@ def _pass_two_worker(
 
 
 def _evaluate_bucket(
-    items: list[Item],
+    items: list[InputRecord],
     settings: Settings,
     medications: Mapping[str, Record | None],
-    rejects: _Rejects,
+    rejects: RejectsFile,
     stats: RunStats,
     wctx: WritebackContext | None,
     enrol: bool = False,
 ) -> Iterator[tuple[PatientResult, CohortRow, list[PlanEntry], dict[str, Any]]]:
-    pending: dict[str, list[Item]] = {}
+    pending: dict[str, list[InputRecord]] = {}
     for item in _dedup(items, rejects, stats):
-        record = item[3]
+        record = item.record
         if record is None:
             _reject_unmapped(item, rejects, stats)
             continue
@@ -813,8 +625,8 @@ def _evaluate_bucket(
             if not isinstance(resolved, Med):
                 _reject(item, rejects, stats, *resolved)
                 continue
-            item = (*item[:3], resolved, *item[4:])
-        patient = item[6]
+            item = item._replace(record=resolved)
+        patient = item.patient
         assert patient is not None  # noqa: S101 - every mapped record names its patient
         pending.setdefault(patient, []).append(item)
     for patient in sorted(pending):
@@ -827,9 +639,9 @@ def _evaluate_bucket(
         issues: list[Issue] = []
         origins: dict[str, tuple[str, str]] = {}
         for item in group:
-            _add(rec, item[3])
-            issues.extend(item[4])
-            origins[item[0]] = item[5]
+            _add(rec, item.record)
+            issues.extend(item.issues)
+            origins[item.ref] = item.origin
         evaluation = evaluate_patient(rec, settings, issues)
         for u in evaluation.unused:
             rejects.reject(_reject_entry(origins[u.ref], u.ref, u.code, u.message))
@@ -840,7 +652,7 @@ def _evaluate_bucket(
             code, reason = evaluation.skipped or ("unused", "not evaluated")
             reported = {u.ref for u in evaluation.unused}
             for item in group:
-                if item[0] not in reported:
+                if item.ref not in reported:
                     _reject(item, rejects, stats, code, reason)
             stats.population[code] += 1
             continue
@@ -857,38 +669,25 @@ def _evaluate_bucket(
         yield result, row, plan, extract
 
 
-def _keep_newest(kept: dict[str, Item], item: Item, rejects: _Rejects, stats: RunStats) -> None:
+def _keep_newest(kept: dict[str, InputRecord], item: InputRecord, rejects: RejectsFile, stats: RunStats) -> None:
     """Keep the newer of ``item`` and the copy already kept under its reference; reject the other."""
-    old = kept.get(item[0])
-    if old is not None and (old[1], old[2]) > (item[1], item[2]):
+    old = kept.get(item.ref)
+    if old is not None and newer(old, item):
         old, item = item, old
-    kept[item[0]] = item
+    kept[item.ref] = item
     if old is not None:
-        _reject(old, rejects, stats, "duplicate-superseded", _superseded(old, item))
+        _reject(old, rejects, stats, "duplicate-superseded", superseded_reason(old, item))
 
 
-def _dedup(items: list[Item], writer: _Rejects, stats: RunStats) -> list[Item]:
-    """Keep the newest copy of each resource (versionId, then lastUpdated, then last seen)."""
-    items.sort(key=itemgetter(0, 1, 2))
-    winners: list[Item] = []
-    for n, item in enumerate(items):
-        if n + 1 < len(items) and items[n + 1][0] == item[0]:
-            _reject(item, writer, stats, "duplicate-superseded", _superseded(item, items[n + 1]))
-        else:
+def _dedup(items: list[InputRecord], writer: RejectsFile, stats: RunStats) -> list[InputRecord]:
+    """The copy of each resource that counts (PROTOCOL.md §4); the others are rejected, saying why."""
+    winners: list[InputRecord] = []
+    for item, kept in keep_newest(items):
+        if kept is None:
             winners.append(item)
+        else:
+            _reject(item, writer, stats, "duplicate-superseded", superseded_reason(item, kept))
     return winners
-
-
-def _superseded(older: Item, newer: Item) -> str:
-    """Why a copy was set aside for another copy of the same resource: the rule that decided (PROTOCOL.md §4)."""
-    (old_version, old_updated, _), (new_version, new_updated, _) = older[1], newer[1]
-    if old_version != new_version:
-        rule = f"the higher meta.versionId ({new_version})"
-    elif old_updated != new_updated:
-        rule = f"the later meta.lastUpdated ({new_updated.replace('.000000Z', 'Z')} UTC)"
-    else:
-        rule = "the copy seen last, as neither copy's meta tells which is newer"
-    return f"another copy of {older[0]} supersedes this one (kept: {rule}, {newer[5][0]} {newer[5][1]})"
 
 
 def _resolve_medication(med: Med, medications: Mapping[str, Record | None]) -> Med | tuple[str, str]:
@@ -901,10 +700,10 @@ def _resolve_medication(med: Med, medications: Mapping[str, Record | None]) -> M
     return med._replace(drug=drug, med_ref=None)
 
 
-def _reject_unmapped(item: Item, writer: _Rejects, stats: RunStats) -> None:
+def _reject_unmapped(item: InputRecord, writer: RejectsFile, stats: RunStats) -> None:
     """Reject a record the mapper could not use, for the reason of its last issue (all its issues in words);
     an unmapped code is named in the reject and counted for the run summary's ``unmapped_codes``."""
-    issues = item[4]
+    issues = item.issues
     if not issues:
         _reject(item, writer, stats, "unused", "not used")
         return
@@ -912,12 +711,14 @@ def _reject_unmapped(item: Item, writer: _Rejects, stats: RunStats) -> None:
     reason = "; ".join(i.message if i.message.startswith(i.path) else f"{i.path}: {i.message}" for i in issues)
     _reject(item, writer, stats, last.code, reason, last.source_code)
     if last.source_code is not None:
-        stats.unmapped[(f"{item[0].split('/', 1)[0]}.{last.path}", last.source_code)] += 1
+        stats.unmapped[(f"{item.ref.split('/', 1)[0]}.{last.path}", last.source_code)] += 1
 
 
-def _reject(item: Item, writer: _Rejects, stats: RunStats, code: str, reason: str, unmapped: str | None = None) -> None:
-    writer.reject(_reject_entry(item[5], item[0], code, reason, unmapped))
-    stats.rejected[item[0].split("/", 1)[0]] += 1
+def _reject(
+    item: InputRecord, writer: RejectsFile, stats: RunStats, code: str, reason: str, unmapped: str | None = None
+) -> None:
+    writer.reject(_reject_entry(item.origin, item.ref, code, reason, unmapped))
+    stats.rejected[item.ref.split("/", 1)[0]] += 1
     stats.reasons[code] += 1
 
 
