@@ -7,7 +7,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fhiradapter.core.model import Obs
+from fhiradapter.core.model import Observed
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -24,8 +24,8 @@ def lab(
     high: float | None = None,
     ref: str | None = None,
     coded: str | None = None,
-) -> Obs:
-    return Obs(
+) -> Observed:
+    return Observed(
         ref or f"Observation/{concept}-{day}",
         "Patient/p",
         concept,
@@ -44,8 +44,8 @@ def lab(
     )
 
 
-def lesion(day: str, focus: str, d1: float | None, d2: float | None) -> Obs:
-    return Obs(
+def lesion(day: str, focus: str, d1: float | None, d2: float | None) -> Observed:
+    return Observed(
         f"Observation/ts-{day}-{focus}",
         "Patient/p",
         "tumor_size",

@@ -8,7 +8,7 @@ import pytest
 from builders import observation
 
 from fhiradapter.core.mappers import MapContext, map_resource
-from fhiradapter.core.model import AE, Med, Obs
+from fhiradapter.core.model import AdverseEvent, Exposure, Observed
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -41,7 +41,7 @@ def test_units_are_converted_to_the_canonical_unit(
     ctx: MapContext, code: str, value: float, unit: str, expected: float
 ) -> None:
     obs, issues = mapped(ctx, observation(code, valueQuantity=q(value, unit)))
-    assert isinstance(obs, Obs) and not issues
+    assert isinstance(obs, Observed) and not issues
     assert obs.value == expected
     if unit != ctx.mappings.canonical_unit[obs.concept]:
         assert obs.conversion and unit in obs.conversion
@@ -92,7 +92,7 @@ def test_tumour_size_in_cm_with_focus(ctx: MapContext) -> None:
         ],
     )
     obs, issues = mapped(ctx, res)
-    assert (obs.focus, obs.d1, obs.d2) == ("BodyStructure/l1", 25.0, 19.0) and not issues
+    assert (obs.focus, obs.longest_mm, obs.perpendicular_mm) == ("BodyStructure/l1", 25.0, 19.0) and not issues
 
 
 def test_tumour_contained_focus_uses_body_structure_identifier(ctx: MapContext) -> None:
@@ -109,7 +109,7 @@ def test_tumour_contained_focus_uses_body_structure_identifier(ctx: MapContext) 
     )
     obs, issues = mapped(ctx, res)
     assert obs.focus == "BodyStructure?identifier=urn:x|L7"
-    assert issues == ["one-diameter"] and obs.d2 is None
+    assert issues == ["one-diameter"] and obs.perpendicular_mm is None
 
 
 @pytest.mark.parametrize("status", ["preliminary", "entered-in-error", "cancelled", "registered"])
@@ -226,7 +226,7 @@ def test_ae_grade_extension_wins_over_severity(ctx: MapContext) -> None:
         }
     ]
     record, _ = mapped(ctx, ae(extension=ext, severity={"coding": [{"code": "mild"}]}))
-    assert isinstance(record, AE)
+    assert isinstance(record, AdverseEvent)
     assert (record.term, record.grade, record.grade_source, record.date) == (
         "somnolence",
         3,
@@ -302,7 +302,7 @@ def test_medication_exposures_of_three_types(ctx: MapContext, rtype: str, extra:
         **extra,
     }
     record, issues = mapped(ctx, res)
-    assert isinstance(record, Med) and not issues
+    assert isinstance(record, Exposure) and not issues
     assert (record.drug, record.start, record.end) == ("thalidomide", "2004-01-10", "2004-02-10")
 
 
@@ -335,7 +335,7 @@ def test_odd_element_types_never_raise(ctx: MapContext, bad: dict[str, Any]) -> 
     res = observation("1834-1", valueQuantity=q(5, "ng/mL"))
     res.update(bad)
     record, issues = mapped(ctx, res)  # must not raise
-    assert record is None or isinstance(record, Obs)
+    assert record is None or isinstance(record, Observed)
     assert record is not None or issues  # a record set aside always says why
 
 

@@ -8,9 +8,9 @@ import pytest
 from builders import AS_OF
 
 from fhiradapter.core import dates
-from fhiradapter.core.evaluate import Settings, cut_off, evaluate_patient, subject_status
+from fhiradapter.core.evaluate import EvaluationSettings, cut_off, evaluate_patient, subject_status
 from fhiradapter.core.fhir_json import local_date
-from fhiradapter.core.model import AE, Med, PatientRecord, Person, SubjectRec
+from fhiradapter.core.model import AdverseEvent, Exposure, PatientRecord, Person, StudySubject
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.results import EligibilityStatus, to_builtins
 
@@ -39,19 +39,19 @@ def test_s1_durations_are_end_minus_start_plus_one() -> None:
     assert dates.inclusive_days(date(2004, 1, 1), date(2004, 12, 31)) == 366
 
 
-def thal(start: str, end: str | None, status: str = "completed", ref: str = "MedicationStatement/t") -> Med:
-    return Med(ref, "Patient/p", "thalidomide", "10432", start, end, status, None, None, ORIGIN)
+def thal(start: str, end: str | None, status: str = "completed", ref: str = "MedicationStatement/t") -> Exposure:
+    return Exposure(ref, "Patient/p", "thalidomide", "10432", start, end, status, None, None, ORIGIN)
 
 
 def patient(
-    meds: list[Med],
+    meds: list[Exposure],
     deceased: str | None = None,
     subject_start: str | None = "2004-01-05",
-    aes: list[AE] | None = None,
+    aes: list[AdverseEvent] | None = None,
 ) -> PatientRecord:
     """A study subject (a ResearchSubject of the study, starting at ``subject_start``, which may be None)."""
     subjects = [
-        SubjectRec("ResearchSubject/rs", "Patient/p", STUDY, "on-study", subject_start, None, True, "1", ORIGIN)
+        StudySubject("ResearchSubject/rs", "Patient/p", STUDY, "on-study", subject_start, None, True, "1", ORIGIN)
     ]
     return PatientRecord(
         "Patient/p",
@@ -64,7 +64,7 @@ def patient(
 
 def run(rec: PatientRecord, mappings: Mappings, as_of: date = AS_OF) -> dict:  # type: ignore[type-arg]
     """The patient's entry as results.json holds it (the typed result, as JSON values)."""
-    return to_builtins(evaluate_patient(rec, Settings(as_of, mappings)).result)
+    return to_builtins(evaluate_patient(rec, EvaluationSettings(as_of, mappings)).result)
 
 
 def test_s1_index_and_treatment_days(mappings: Mappings) -> None:
@@ -97,7 +97,7 @@ def test_s1_screening_date_falls_back_to_first_thalidomide(mappings: Mappings) -
 
 
 def test_s1_nothing_after_as_of_is_read(mappings: Mappings) -> None:
-    late = AE("AdverseEvent/late", "Patient/p", "nausea", "Nausea", None, 3, "reported", "2005-04-01", ORIGIN)
+    late = AdverseEvent("AdverseEvent/late", "Patient/p", "nausea", "Nausea", None, 3, "reported", "2005-04-01", ORIGIN)
     rec = patient([thal("2005-03-01", None, "active")], aes=[late])
     kept, unused = cut_off(rec, AS_OF)
     assert kept.adverse_events == [] and [u.ref for u in unused] == ["AdverseEvent/late"]
@@ -155,7 +155,7 @@ def test_s7_on_hold_interruption_is_still_on_intervention(mappings: Mappings) ->
 
 def test_s1_screening_date_comes_from_the_study_research_subject(mappings: Mappings) -> None:
     rec = patient([thal("2004-01-10", "2004-01-19")])
-    other = SubjectRec(
+    other = StudySubject(
         "ResearchSubject/other",
         "Patient/p",
         "ResearchStudy/another-trial",
@@ -166,7 +166,7 @@ def test_s1_screening_date_comes_from_the_study_research_subject(mappings: Mappi
         "1",
         ORIGIN,
     )
-    ours = SubjectRec(
+    ours = StudySubject(
         "ResearchSubject/ours",
         "Patient/p",
         "ResearchStudy/thal-hcc-pilot",
@@ -192,11 +192,13 @@ def test_s1_screening_date_comes_from_the_study_research_subject(mappings: Mappi
     ],
 )
 def test_s6_a_patient_on_thalidomide_is_censored_at_the_last_record_whatever_the_encoding(
-    mappings: Mappings, exposure: Med
+    mappings: Mappings, exposure: Exposure
 ) -> None:
     """§6: the last dated record on or before the as-of date; an end after it is no record yet."""
     rec = patient([exposure])
-    rec.adverse_events = [AE("AdverseEvent/a", "Patient/p", None, "fatigue", None, 1, "reported", "2005-02-14", ORIGIN)]
+    rec.adverse_events = [
+        AdverseEvent("AdverseEvent/a", "Patient/p", None, "fatigue", None, 1, "reported", "2005-02-14", ORIGIN)
+    ]
     r = run(rec, mappings)
     assert r["os"]["end_date"] == "2005-02-14" and r["os"]["event"] is False
     assert r["treatment_days"] == (AS_OF - date(2005, 1, 10)).days + 1  # treated up to the as-of date

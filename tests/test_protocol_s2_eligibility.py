@@ -11,7 +11,7 @@ from builders import lab, lesion
 
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.eligibility import CRITERIA, assess_eligibility
-from fhiradapter.core.model import Cond, ConsentRec, Med, PatientRecord, Person, SubjectRec
+from fhiradapter.core.model import Condition, Consent, Exposure, PatientRecord, Person, StudySubject
 from fhiradapter.core.results import to_builtins
 
 SCREEN = date(2004, 3, 1)
@@ -32,7 +32,7 @@ def good_record() -> PatientRecord:
             lesion("2004-02-20", "BodyStructure/l1", 30, 20),
         ],
         meds=[
-            Med(
+            Exposure(
                 "MedicationStatement/dox",
                 "Patient/p",
                 "anthracycline",
@@ -46,12 +46,12 @@ def good_record() -> PatientRecord:
             )
         ],
         conditions=[
-            Cond("Condition/hcc", "Patient/p", "hcc", "confirmed", "active", "2002-01-01", None, ORIGIN),
-            Cond("Condition/met", "Patient/p", "metastasis", "confirmed", "active", "2003-01-01", None, ORIGIN),
+            Condition("Condition/hcc", "Patient/p", "hcc", "confirmed", "active", "2002-01-01", None, ORIGIN),
+            Condition("Condition/met", "Patient/p", "metastasis", "confirmed", "active", "2003-01-01", None, ORIGIN),
         ],
-        consents=[ConsentRec("Consent/c", "Patient/p", "active", "2004-03-01", ORIGIN)],
+        consents=[Consent("Consent/c", "Patient/p", "active", "2004-03-01", ORIGIN)],
         subjects=[
-            SubjectRec(
+            StudySubject(
                 "ResearchSubject/rs",
                 "Patient/p",
                 "ResearchStudy/s",
@@ -213,13 +213,15 @@ def test_s2_exclusions_met_without_evidence_and_say_so() -> None:
 )
 def test_s2_exclusion_condition_not_met(concept: str, cid: str) -> None:
     rec = good_record()
-    rec.conditions.append(Cond("Condition/x", "Patient/p", concept, None, "active", "2004-01-01", None, ORIGIN))
+    rec.conditions.append(Condition("Condition/x", "Patient/p", concept, None, "active", "2004-01-01", None, ORIGIN))
     assert status_of(assess(rec), cid) == "not_met"
 
 
 def test_s2_resolved_exclusion_condition_does_not_count() -> None:
     rec = good_record()
-    rec.conditions.append(Cond("Condition/x", "Patient/p", "infection", None, "resolved", "2004-01-01", None, ORIGIN))
+    rec.conditions.append(
+        Condition("Condition/x", "Patient/p", "infection", None, "resolved", "2004-01-01", None, ORIGIN)
+    )
     assert status_of(assess(rec), "no_uncontrolled_infection") == "met"
 
 
@@ -233,7 +235,9 @@ def test_s2_pregnancy_status_observation() -> None:
 def test_s2_prior_thalidomide_is_before_screening(start: str, expected: str) -> None:
     rec = good_record()
     rec.meds.append(
-        Med("MedicationStatement/t", "Patient/p", "thalidomide", "10432", start, None, "active", None, None, ORIGIN)
+        Exposure(
+            "MedicationStatement/t", "Patient/p", "thalidomide", "10432", start, None, "active", None, None, ORIGIN
+        )
     )
     assert status_of(assess(rec), "no_prior_thalidomide") == expected
 
@@ -244,7 +248,7 @@ def test_s2_histology_needs_confirmed() -> None:
     assert status_of(assess(rec), "histology") == "unknown"
 
 
-def replace_cond(c: Cond, verification: str) -> Cond:
+def replace_cond(c: Condition, verification: str) -> Condition:
     return c._replace(verification=verification)
 
 

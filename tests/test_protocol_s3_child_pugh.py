@@ -131,8 +131,8 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
     assessed on ``clinical_day``."""
     from builders import AS_OF, lab
 
-    from fhiradapter.core.evaluate import Settings, evaluate_patient
-    from fhiradapter.core.model import PatientRecord, Person, SubjectRec
+    from fhiradapter.core.evaluate import EvaluationSettings, evaluate_patient
+    from fhiradapter.core.model import PatientRecord, Person, StudySubject
     from fhiradapter.shell.mappings_io import load_mappings
 
     origin = ("t", "l")
@@ -147,7 +147,7 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
             lab("encephalopathy", clinical_day, 0),
         ],
         subjects=[
-            SubjectRec(
+            StudySubject(
                 "ResearchSubject/rs",
                 "Patient/p",
                 "ResearchStudy/thal-hcc-pilot",
@@ -160,7 +160,7 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
             )
         ],
     )
-    result = evaluate_patient(rec, Settings(AS_OF, load_mappings()[0])).result
+    result = evaluate_patient(rec, EvaluationSettings(AS_OF, load_mappings()[0])).result
     assert result is not None
     return to_builtins(result.child_pugh)  # type: ignore[no-any-return]  # as results.json has it
 

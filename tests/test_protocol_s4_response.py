@@ -10,8 +10,8 @@ from builders import lab, lesion
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fhiradapter.core.model import Obs
-from fhiradapter.core.response import RANK, assess_response, classify
+from fhiradapter.core.model import Observed
+from fhiradapter.core.response import RANK, assess_response, classify_assessment
 from fhiradapter.core.results import ResponseDuration
 
 INDEX = date(2004, 1, 10)
@@ -22,18 +22,18 @@ def day(n: int) -> str:
     return (INDEX + timedelta(days=n - 1 if n > 0 else n)).isoformat()
 
 
-def afp(n: int, value: float, uln: float = 10) -> Obs:
+def afp(n: int, value: float, uln: float = 10) -> Observed:
     return lab("afp", day(n), value, unit="ng/mL", high=uln, ref=f"Observation/afp-{n}")
 
 
-def run(tumour: list[Obs], afps: list[Obs], sd_min: int = 49, window: int = 14):  # type: ignore[no-untyped-def]
+def run(tumour: list[Observed], afps: list[Observed], sd_min: int = 49, window: int = 14):  # type: ignore[no-untyped-def]
     return assess_response(tumour, afps, INDEX, afp_window_days=window, sd_min_days=sd_min)
 
 
 BASE = [lesion(day(-3), "L1", 20, 10), lesion(day(-3), "L2", 10, 10)]  # SPD 300 mm²
 
 
-def scan(n: int, d1: float, d2: float = 10, l2: tuple[float, float] = (10, 10)) -> list[Obs]:
+def scan(n: int, d1: float, d2: float = 10, l2: tuple[float, float] = (10, 10)) -> list[Observed]:
     return [lesion(day(n), "L1", d1, d2), lesion(day(n), "L2", *l2)]
 
 
@@ -118,7 +118,7 @@ def test_s4_confirmation_needs_28_days() -> None:
     assert unconfirmed.best == "SD" and "unconfirmed" in unconfirmed.best_reason
 
 
-def zero_scan(n: int) -> list[Obs]:
+def zero_scan(n: int) -> list[Observed]:
     return [lesion(day(n), "L1", 0, 0), lesion(day(n), "L2", 0, 0)]
 
 
@@ -192,7 +192,7 @@ def test_s4_property_more_shrinkage_never_gives_a_worse_category(
     small, large = sorted((max(spd0 - shrink_a, 0), max(spd0 - shrink_b, 0)))
 
     def category(spd: int) -> str:
-        return classify(
+        return classify_assessment(
             spd_k=Decimal(spd),
             partial_spd=Decimal(spd),
             new_lesion=False,
@@ -211,7 +211,7 @@ def test_s4_property_more_shrinkage_never_gives_a_worse_category(
 @given(spd0=st.integers(1, 5000), spd_k=st.integers(0, 10_000))
 def test_s4_property_tumour_category_matches_exact_arithmetic(spd0: int, spd_k: int) -> None:
     """Without AFP the category is decided by 4*x >= 5*nadir and 2*x <= baseline, nothing else."""
-    result = classify(
+    result = classify_assessment(
         spd_k=Decimal(spd_k),
         partial_spd=Decimal(spd_k),
         new_lesion=False,

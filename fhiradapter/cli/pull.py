@@ -118,10 +118,10 @@ def pull_cmd(
 
 
 def print_replaced(out: Path, removed: list[str]) -> None:
-    from fhiradapter.shell.server_io import briefly  # noqa: PLC0415
+    from fhiradapter.shell.server_io import first_few  # noqa: PLC0415
 
     if removed:
-        shown = briefly(removed, 5)
+        shown = first_few(removed, 5)
         click.echo(
             f"  note: this pull replaced the earlier one in {out}; removed its {len(removed)} other file(s): {shown}"
         )

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import ChildPugh
-from fhiradapter.core.model import Cond, Obs, PatientRecord
+from fhiradapter.core.model import Condition, Observed, PatientRecord
 from fhiradapter.core.results import (
     AgeRange,
     AnthracyclineHistory,
@@ -88,7 +88,9 @@ def criterion(
     return Criterion(cid, status, value, tuple(sorted(set(evidence))), detail)
 
 
-def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int | None = LAB_WINDOW_DAYS) -> Obs | None:
+def latest(
+    obs: Iterable[Observed], concept: str, on: date, window_days: int | None = LAB_WINDOW_DAYS
+) -> Observed | None:
     """The latest observation of ``concept`` dated within ``window_days`` before ``on`` (inclusive).
 
     ``window_days=None``: the latest on or before ``on``, however old.
@@ -96,7 +98,7 @@ def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int | None =
     # Observation dates are full ISO dates (the mapper rejects others), so strings compare as dates.
     start = "" if window_days is None else (on - timedelta(days=window_days)).isoformat()
     end = on.isoformat()
-    best: Obs | None = None
+    best: Observed | None = None
     for o in obs:
         if (
             o.concept == concept
@@ -108,7 +110,7 @@ def latest(obs: Iterable[Obs], concept: str, on: date, window_days: int | None =
     return best
 
 
-def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str, window: bool = True) -> Criterion:
+def _threshold(cid: str, o: Observed | None, ok: bool | None, what: str, window: bool = True) -> Criterion:
     if o is None or ok is None:
         when = f"within {LAB_WINDOW_DAYS} days before screening" if window else "on or before screening"
         return criterion(cid, UNKNOWN, None, [], f"no value for: {what}, {when}")
@@ -119,9 +121,9 @@ def _threshold(cid: str, o: Obs | None, ok: bool | None, what: str, window: bool
     return criterion(cid, MET if ok else NOT_MET, value, [o.ref], what)
 
 
-def by_concept(obs: Iterable[Obs]) -> dict[str, list[Obs]]:
+def by_concept(obs: Iterable[Observed]) -> dict[str, list[Observed]]:
     """Observations grouped by concept, so that each rule scans only its own."""
-    out: dict[str, list[Obs]] = {}
+    out: dict[str, list[Observed]] = {}
     for o in obs:
         out.setdefault(o.concept, []).append(o)
     return out
@@ -133,7 +135,7 @@ def assess_eligibility(
     reference: date,
     cp: ChildPugh,
     cp_evidence: list[str],
-    index: dict[str, list[Obs]] | None = None,
+    index: dict[str, list[Observed]] | None = None,
 ) -> Eligibility:
     """All criteria at the screening date; ``reference`` is the index date (screening if untreated)."""
     idx = index if index is not None else by_concept(rec.observations)
@@ -217,7 +219,7 @@ def _metastatic(rec: PatientRecord, screening: date, reference: date) -> Criteri
         o
         for o in rec.observations
         if o.concept == "tumor_size"
-        and o.d2 is not None
+        and o.perpendicular_mm is not None
         and (d := dates.to_date(o.date)) is not None
         and start <= d <= reference
     ]
@@ -304,7 +306,7 @@ def _age(rec: PatientRecord, screening: date) -> Criterion:
     return criterion("age", UNKNOWN, value, [person.ref], f"age 74 or 75{partial}")
 
 
-def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) -> list[Cond]:
+def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) -> list[Condition]:
     return [
         c
         for c in rec.conditions
@@ -315,7 +317,7 @@ def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) 
     ]
 
 
-def _pregnancy(rec: PatientRecord, screening: date, idx: dict[str, list[Obs]]) -> Criterion:
+def _pregnancy(rec: PatientRecord, screening: date, idx: dict[str, list[Observed]]) -> Criterion:
     found = _active_conditions(rec, {"pregnancy", "breastfeeding"}, screening)
     refs = [c.ref for c in found]
     for concept, positive in (("pregnancy_status", "pregnant"), ("breastfeeding_status", "breastfeeding")):

@@ -23,7 +23,7 @@ from msgspec import UNSET, UnsetType
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import score_child_pugh
 from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
-from fhiradapter.core.model import Issue, Med, PatientRecord
+from fhiradapter.core.model import Exposure, Issue, PatientRecord
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.response import ResponseResult, assess_response
 from fhiradapter.core.results import (
@@ -57,7 +57,7 @@ CP_LABS = ("bilirubin", "albumin", "inr", "pt", "pt_control")  # Child-Pugh inpu
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class EvaluationSettings:
     as_of: date
     mappings: Mappings
     study_ref: str = ""  # ResearchStudy/<id> of the study; "" means the one the mappings name
@@ -81,7 +81,7 @@ class CohortRow(NamedTuple):
     toxicities: tuple[Toxicity, ...]
 
 
-class Unused(NamedTuple):
+class SetAside(NamedTuple):
     ref: str
     code: str
     message: str
@@ -92,7 +92,7 @@ class Evaluation(NamedTuple):
     why (``not-in-study``, ``not-screened``), for every record of the patient not already in ``unused``."""
 
     result: PatientResult | None
-    unused: list[Unused]
+    unused: list[SetAside]
     row: CohortRow | None
     skipped: tuple[str, str] | None = None  # (code, reason)
 
@@ -110,16 +110,16 @@ def _note(i: Issue) -> Note:
     return Note(i.ref, i.path, i.code, i.message)
 
 
-def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[Unused]]:
+def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAside]]:
     """Set aside everything dated after the as-of date (PROTOCOL.md §1: nothing after it is read)."""
-    unused: list[Unused] = []
+    unused: list[SetAside] = []
     cut = as_of.isoformat()
 
     def keep(items: list[Any], day: Any) -> list[Any]:
         late = [item for item in items if (d := day(item)) is not None and d[:10] > cut[: len(d[:10])]]
         if not late:
             return items  # the common case: nothing after the cut-off
-        unused.extend(Unused(i.ref, "after-as-of", f"dated {day(i)}, after the as-of date {cut}") for i in late)
+        unused.extend(SetAside(i.ref, "after-as-of", f"dated {day(i)}, after the as-of date {cut}") for i in late)
         late_ids = {id(item) for item in late}
         return [item for item in items if id(item) not in late_ids]
 
@@ -155,7 +155,7 @@ def last_record_date(rec: PatientRecord, as_of: date) -> date | None:
     return max(full) if full else None
 
 
-def _exposure_end(m: Med, as_of: date) -> tuple[date | None, bool]:
+def _exposure_end(m: Exposure, as_of: date) -> tuple[date | None, bool]:
     """(last dose date, still on drug at the as-of date) of one exposure.
 
     An exposure whose end lies after the as-of date was still going on at that date, whatever its status says
@@ -170,7 +170,7 @@ def _exposure_end(m: Med, as_of: date) -> tuple[date | None, bool]:
     return (end or dates.to_date(m.start)), False
 
 
-def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Issue] = ()) -> Evaluation:
+def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: Iterable[Issue] = ()) -> Evaluation:
     as_of, m = settings.as_of, settings.mappings
     rec, unused = cut_off(raw, as_of)
     notes: list[Note] = [_note(i) for i in issues]
@@ -184,7 +184,7 @@ def evaluate_patient(raw: PatientRecord, settings: Settings, issues: Iterable[Is
     ours = [x for x in rec.subjects if x.study == study_ref]
     if len(ours) < len(rec.subjects):
         unused.extend(
-            Unused(x.ref, "other-study", f"{_study_of(x)}, not of {study_ref}: not used")
+            SetAside(x.ref, "other-study", f"{_study_of(x)}, not of {study_ref}: not used")
             for x in rec.subjects
             if x.study != study_ref
         )
@@ -408,7 +408,7 @@ def _characteristics(
 
 
 def _stop_reason(
-    study: list[Med],
+    study: list[Exposure],
     first_pd: date | None,
     last_dose: date | None,
     death: date | None,

@@ -29,8 +29,10 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
     for o in kept.observations:
         if o.ref in skip:
             continue
-        if o.concept == TUMOUR and o.d1 is not None:
-            tumour.append({"ref": o.ref, "date": o.date, "lesion": o.focus, "d1": o.d1, "d2": o.d2})
+        if o.concept == TUMOUR and o.longest_mm is not None:
+            tumour.append(
+                {"ref": o.ref, "date": o.date, "lesion": o.focus, "d1": o.longest_mm, "d2": o.perpendicular_mm}
+            )
         elif o.value is not None:
             orig_value, orig_unit = as_recorded(o.conversion)
             numeric.append(

@@ -12,25 +12,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhiradapter.core import fhir_json as fj
+from fhiradapter.core import fhir_json
 from fhiradapter.core.codes import CodeTable
 from fhiradapter.core.model import (
-    AE,
-    Cond,
-    ConsentRec,
+    AdverseEvent,
+    Condition,
+    Consent,
+    EarlierResult,
+    Exposure,
     Issue,
-    Med,
-    Obs,
+    Observed,
     Origin,
-    Other,
     Person,
-    SubjectRec,
-    Written,
+    StudySubject,
+    SupportingResource,
 )
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.writeback import HASH_TAG_SYSTEM, IDENTIFIER_SYSTEM
 
-Record = Person | Obs | Med | AE | Cond | ConsentRec | SubjectRec | Written | Other
+Record = (
+    Person
+    | Observed
+    | Exposure
+    | AdverseEvent
+    | Condition
+    | Consent
+    | StudySubject
+    | EarlierResult
+    | SupportingResource
+)
 Result = tuple[Record | None, list[Issue]]
 UcumFactor = Callable[[str, str], float | None]
 
@@ -92,7 +102,7 @@ def _issue(ref: str, path: str, code: str, message: str) -> list[Issue]:
 
 def _unmapped(ref: str, path: str, concept: Any, message: str) -> list[Issue]:
     """An ``unmapped-code`` issue naming the codes found (``system|code``), so a site knows what to map."""
-    found = ", ".join(f"{system or ''}|{code or ''}" for system, code in fj.codings(concept)) or "no coding"
+    found = ", ".join(f"{system or ''}|{code or ''}" for system, code in fhir_json.codings(concept)) or "no coding"
     return [Issue(ref, path, "unmapped-code", message, found)]
 
 
@@ -106,10 +116,10 @@ def _patient_ref(
             type(target) is str
             and target.startswith("Patient/")
             and target.count("/") == 1
-            and fj.RESOURCE_ID.fullmatch(target, 8)
+            and fhir_json.RESOURCE_ID.fullmatch(target, 8)
         ):
             return target, []
-    target, problem = fj.local_reference(element, aliases, bases)
+    target, problem = fhir_json.local_reference(element, aliases, bases)
     if problem is not None:
         return None, _issue(ref, key, "bad-reference", f"{key}: {problem}")
     if target is None or not target.startswith("Patient/"):
@@ -121,10 +131,10 @@ def map_patient(
     res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     issues: list[Issue] = []
-    birth = fj.local_date(res.get("birthDate"))
+    birth = fhir_json.local_date(res.get("birthDate"))
     if res.get("birthDate") is not None and birth is None:
         issues += _issue(ref, "birthDate", "bad-date", "birthDate is not a FHIR date")
-    deceased_date = fj.local_date(res.get("deceasedDateTime"))
+    deceased_date = fhir_json.local_date(res.get("deceasedDateTime"))
     flag = res.get("deceasedBoolean") is True or deceased_date is not None
     gender = res.get("gender") if isinstance(res.get("gender"), str) else None
     return Person(ref, birth, gender, deceased_date, flag, origin), issues
@@ -178,24 +188,24 @@ def _quantity(q: Any) -> tuple[float | None, str]:
         return None, ""
     code = q.get("code")  # the coded unit (UCUM or not) when there is one, else the human-readable unit
     unit = code if type(code) is str else q.get("unit")
-    return fj.number(q.get("value")), unit if type(unit) is str else ""
+    return fhir_json.number(q.get("value")), unit if type(unit) is str else ""
 
 
 def _implausible_number(res: dict[str, Any]) -> str | None:
     """The path of the first number an Observation carries that no measurement can be (1e308, 30 digits)."""
     quantity = res.get("valueQuantity")
-    if type(quantity) is dict and not fj.plausible_number(quantity.get("value")):
+    if type(quantity) is dict and not fhir_json.plausible_number(quantity.get("value")):
         return "valueQuantity.value"
-    if not fj.plausible_number(res.get("valueInteger")):
+    if not fhir_json.plausible_number(res.get("valueInteger")):
         return "valueInteger"
     for n, item in enumerate(res.get("referenceRange") or ()):
         for key in ("low", "high"):
             bound = item.get(key) if type(item) is dict else None
-            if type(bound) is dict and not fj.plausible_number(bound.get("value")):
+            if type(bound) is dict and not fhir_json.plausible_number(bound.get("value")):
                 return f"referenceRange[{n}].{key}.value"
     for n, component in enumerate(res.get("component") or ()):
         value = component.get("valueQuantity") if type(component) is dict else None
-        if type(value) is dict and not fj.plausible_number(value.get("value")):
+        if type(value) is dict and not fhir_json.plausible_number(value.get("value")):
             return f"component[{n}].valueQuantity.value"
     return None
 
@@ -231,10 +241,10 @@ def map_observation(
     raw_date = (
         res.get("effectiveDateTime") or res.get("effectiveInstant") or (res.get("effectivePeriod") or {}).get("start")
     )
-    date = fj.local_date(raw_date)
+    date = fhir_json.local_date(raw_date)
     if date is None:
         return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
-    if not fj.is_full_date(date):
+    if not fhir_json.is_full_date(date):
         return None, _issue(
             ref,
             "effective[x]",
@@ -277,7 +287,7 @@ def map_observation(
     elif concept == "encephalopathy":
         raw = res.get("valueInteger")
         if raw is None:
-            raw = fj.number((res.get("valueQuantity") or {}).get("value"))
+            raw = fhir_json.number((res.get("valueQuantity") or {}).get("value"))
         if not isinstance(raw, int | float) or isinstance(raw, bool) or raw not in (0, 1, 2, 3, 4):
             return None, _issue(
                 ref,
@@ -288,7 +298,7 @@ def map_observation(
         value = float(raw)
     elif concept in CODED_CONCEPTS:
         table = m.answer.get(concept)
-        for system, code in fj.codings(res.get("valueCodeableConcept")):
+        for system, code in fhir_json.codings(res.get("valueCodeableConcept")):
             coded = table.get(system, code) if table else None
             if coded:
                 break
@@ -302,19 +312,19 @@ def map_observation(
             return None, tissues
         issues += tissues
         unit = "mm"
-    return Obs(
+    return Observed(
         ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, str(status), note, origin
     ), issues
 
 
-def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, str] | None) -> Written | None:
+def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, str] | None) -> EarlierResult | None:
     """A result this adapter wrote earlier: kept as such (for the write-back plan), never read as input."""
     idents = res.get("identifier")
     if type(idents) is not list:
         return None
     for ident in idents:
         if type(ident) is dict and ident.get("system") == IDENTIFIER_SYSTEM and type(ident.get("value")) is str:
-            patient = fj.reference_of(res.get("subject"), aliases)
+            patient = fhir_json.reference_of(res.get("subject"), aliases)
             if patient is None or not patient.startswith("Patient/"):
                 return None
             meta: dict[str, Any] = res["meta"] if type(res.get("meta")) is dict else {}
@@ -327,17 +337,17 @@ def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, s
                 None,
             )
             version = meta.get("versionId") if type(meta.get("versionId")) is str else None
-            return Written(ref, patient, ident["value"], digest, version, origin)
+            return EarlierResult(ref, patient, ident["value"], digest, version, origin)
     return None
 
 
 def _ecog(res: dict[str, Any], m: Mappings) -> float | None:
     raw = res.get("valueInteger")
     if raw is None and isinstance(res.get("valueQuantity"), dict):
-        raw = fj.number(res["valueQuantity"].get("value"))
+        raw = fhir_json.number(res["valueQuantity"].get("value"))
     if raw is None and "valueCodeableConcept" in res:
         table = m.answer.get("ecog")
-        for system, code in fj.codings(res.get("valueCodeableConcept")):
+        for system, code in fhir_json.codings(res.get("valueCodeableConcept")):
             hit = table.get(system, code) if table else None
             if hit is not None:
                 raw = int(hit)
@@ -353,9 +363,9 @@ def _tumour(
     focus_list = res.get("focus")
     focus = None
     if isinstance(focus_list, list) and focus_list:
-        focus = fj.reference_of(focus_list[0], aliases)
+        focus = fhir_json.reference_of(focus_list[0], aliases)
         if focus and focus.startswith("#"):
-            body = fj.contained(res, focus)
+            body = fhir_json.contained(res, focus)
             ident = (body or {}).get("identifier")
             if isinstance(ident, list) and ident and isinstance(ident[0], dict) and ident[0].get("value"):
                 focus = f"BodyStructure?identifier={ident[0].get('system', '')}|{ident[0]['value']}"
@@ -374,7 +384,7 @@ def _tumour(
         if not isinstance(comp, dict):
             continue
         kind = None
-        for system, code in fj.codings(comp.get("code")):
+        for system, code in fhir_json.codings(comp.get("code")):
             kind = ctx.mappings.tumor_component.get(system, code)
             if kind:
                 break
@@ -410,7 +420,7 @@ def _tumour(
 
 def _drug(concept: Any, m: Mappings) -> tuple[str | None, str | None]:
     first = None
-    for system, code in fj.codings(concept):
+    for system, code in fhir_json.codings(concept):
         first = first or code
         hit = m.medication.get(system, code)
         if hit:
@@ -443,9 +453,9 @@ def map_medication_use(
     drug, code = _drug(res.get("medicationCodeableConcept"), ctx.mappings)
     med_ref = None
     if drug is None and "medicationReference" in res:
-        target = fj.reference_of(res.get("medicationReference"), aliases)
+        target = fhir_json.reference_of(res.get("medicationReference"), aliases)
         if target and target.startswith("#"):
-            med = fj.contained(res, target)
+            med = fhir_json.contained(res, target)
             drug = medication_concept(med, ctx.mappings) if med else None
             if med is None:
                 issues += _issue(
@@ -469,11 +479,11 @@ def map_medication_use(
     raw_reasons = res.get("statusReason")
     stated = [c for c in raw_reasons if isinstance(c, dict) and c] if isinstance(raw_reasons, list) else []
     for concept in stated:
-        for system, code in fj.codings(concept):
+        for system, code in fhir_json.codings(concept):
             reason = reason or ctx.mappings.stop_reason.get(system, code)
     if reason is None and stated:
         reason = "other"
-    return Med(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
+    return Exposure(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
 
 
 def _exposure_dates(res: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -481,14 +491,14 @@ def _exposure_dates(res: dict[str, Any]) -> tuple[str | None, str | None]:
         for dose in res.get("dosageInstruction") or []:
             bounds = (((dose or {}).get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
             if isinstance(bounds, dict) and bounds.get("start"):
-                return fj.local_date(bounds.get("start")), fj.local_date(bounds.get("end"))
-        return fj.local_date(res.get("authoredOn")), None
-    single = fj.local_date(res.get("effectiveDateTime"))
+                return fhir_json.local_date(bounds.get("start")), fhir_json.local_date(bounds.get("end"))
+        return fhir_json.local_date(res.get("authoredOn")), None
+    single = fhir_json.local_date(res.get("effectiveDateTime"))
     if single:
         return single, single
     period = res.get("effectivePeriod")
     if isinstance(period, dict):
-        return fj.local_date(period.get("start")), fj.local_date(period.get("end"))
+        return fhir_json.local_date(period.get("start")), fhir_json.local_date(period.get("end"))
     return None, None
 
 
@@ -501,13 +511,13 @@ def map_adverse_event(
     if patient is None:
         return None, issues
     term = meddra = None
-    for system, code in fj.codings(res.get("event")):
+    for system, code in fhir_json.codings(res.get("event")):
         term = ctx.mappings.ae_term.get(system, code)
         if system in ("http://terminology.hl7.org/CodeSystem/mdr", "https://www.meddra.org"):
             meddra = meddra or code
         if term:
             break
-    text = fj.concept_text(res.get("event")) or (fj.first_code(res.get("event")) or "(no term)")
+    text = fhir_json.concept_text(res.get("event")) or (fhir_json.first_code(res.get("event")) or "(no term)")
     if term:
         meddra = ctx.mappings.ae_terms[term].meddra or meddra
     else:
@@ -518,23 +528,23 @@ def map_adverse_event(
             f"AE term {text!r} is not mapped to a CTC v2.0 term (kept as reported)",
         )
     grade, source = None, "reported"
-    for ext in fj.extension_values(res, AE_GRADE_URL):
-        for _system, code in fj.codings(ext.get("valueCodeableConcept")):
+    for ext in fhir_json.extension_values(res, AE_GRADE_URL):
+        for _system, code in fhir_json.codings(ext.get("valueCodeableConcept")):
             grade = NCIT_GRADE.get(code or "")
             if grade:
                 break
     if grade is None:
-        sev = fj.first_code(res.get("severity"))
+        sev = fhir_json.first_code(res.get("severity"))
         grade = SEVERITY_GRADE.get(sev or "")
         source = "derived"
     if grade is None:
         return None, issues + _issue(
             ref, "extension(ae-grade)", "no-grade", "neither an ae-grade extension nor a severity"
         )
-    date = fj.local_date(res.get("date") or res.get("detected") or res.get("recordedDate"))
-    if date is None or not fj.is_full_date(date):
+    date = fhir_json.local_date(res.get("date") or res.get("detected") or res.get("recordedDate"))
+    if date is None or not fhir_json.is_full_date(date):
         return None, issues + _issue(ref, "date", "no-date", "no full onset date (date/detected)")
-    return AE(ref, patient, term, text, meddra, grade, source, date, origin), issues
+    return AdverseEvent(ref, patient, term, text, meddra, grade, source, date, origin), issues
 
 
 def map_condition(
@@ -548,18 +558,18 @@ def map_condition(
     patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
-    onset = fj.local_date(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start"))
-    recorded = fj.local_date(res.get("recordedDate"))
-    return Cond(
+    onset = fhir_json.local_date(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start"))
+    recorded = fhir_json.local_date(res.get("recordedDate"))
+    return Condition(
         ref,
         patient,
         concept,
-        fj.first_code(res.get("verificationStatus")),
-        fj.first_code(res.get("clinicalStatus")),
+        fhir_json.first_code(res.get("verificationStatus")),
+        fhir_json.first_code(res.get("clinicalStatus")),
         onset,
         recorded,
         origin,
-        fj.concept_text(res.get("code")) or fj.first_code(res.get("code")),
+        fhir_json.concept_text(res.get("code")) or fhir_json.first_code(res.get("code")),
     ), issues
 
 
@@ -569,12 +579,12 @@ def map_consent(
     patient, issues = _patient_ref(res, "patient", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
-    research = any(ctx.mappings.consent_research.get(s, c) for s, c in fj.codings(res.get("scope")))
+    research = any(ctx.mappings.consent_research.get(s, c) for s, c in fhir_json.codings(res.get("scope")))
     for cat in res.get("category") or []:
-        research = research or any(ctx.mappings.consent_research.get(s, c) for s, c in fj.codings(cat))
+        research = research or any(ctx.mappings.consent_research.get(s, c) for s, c in fhir_json.codings(cat))
     if not research:
         return None, _issue(ref, "scope", "not-research", "not a research consent")
-    return ConsentRec(ref, patient, str(res.get("status")), fj.local_date(res.get("dateTime")), origin), issues
+    return Consent(ref, patient, str(res.get("status")), fhir_json.local_date(res.get("dateTime")), origin), issues
 
 
 def map_research_subject(
@@ -587,30 +597,30 @@ def map_research_subject(
     meta: dict[str, Any] = res["meta"] if isinstance(res.get("meta"), dict) else {}
     version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else None
     consent = res.get("consent")
-    return SubjectRec(
+    return StudySubject(
         ref,
         patient,
-        fj.local_reference(res.get("study"), aliases, ctx.local_bases)[0],
+        fhir_json.local_reference(res.get("study"), aliases, ctx.local_bases)[0],
         str(res.get("status")),
-        fj.local_date(period.get("start")),
-        fj.local_date(period.get("end")),
+        fhir_json.local_date(period.get("start")),
+        fhir_json.local_date(period.get("end")),
         isinstance(consent, dict) and bool(consent),
         version,
         origin,
-        fj.resolve_aliases(dict(res), aliases),
+        fhir_json.resolve_aliases(dict(res), aliases),
     ), issues
 
 
 def map_other(res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
     kind = res.get("resourceType")
     if kind == "Medication":
-        return Other(ref, None, medication_concept(res, ctx.mappings), origin), []
+        return SupportingResource(ref, None, medication_concept(res, ctx.mappings), origin), []
     if kind == "BodyStructure":
         patient, issues = _patient_ref(res, "patient", ref, aliases, ctx.local_bases)
         if patient is None:
             return None, issues
-        return Other(ref, patient, None, origin), []
-    return Other(ref, None, None, origin), []
+        return SupportingResource(ref, patient, None, origin), []
+    return SupportingResource(ref, None, None, origin), []
 
 
 Mapper = Callable[[dict[str, Any], str, Origin, MapContext, dict[str, str] | None], Result]
@@ -643,9 +653,9 @@ def map_resource(
         return None, _issue(
             ref, "resourceType", "type-not-used", f"{res.get('resourceType')} is not read by the protocol"
         )
-    if not fj.RESOURCE_ID.fullmatch(str(res.get("id"))):
+    if not fhir_json.RESOURCE_ID.fullmatch(str(res.get("id"))):
         return None, _issue(ref, "id", "bad-id", "the id breaks FHIR R4's rule [A-Za-z0-9-.]{1,64}")
-    bad_date = fj.unreadable_date(res)
+    bad_date = fhir_json.unreadable_date(res)
     if bad_date is not None:
         return None, _issue(ref, bad_date, "bad-date", f"{bad_date} is not a calendar date (e.g. 30 February)")
     try:

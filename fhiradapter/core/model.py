@@ -37,7 +37,7 @@ class Person(NamedTuple):
     origin: Origin
 
 
-class Obs(NamedTuple):
+class Observed(NamedTuple):
     """One Observation reduced to what the rules read.
 
     ``value`` is in the concept's canonical unit (``unit``); ``coded`` holds a mapped answer
@@ -54,14 +54,14 @@ class Obs(NamedTuple):
     low: float | None
     high: float | None
     focus: str | None
-    d1: float | None
-    d2: float | None
+    longest_mm: float | None  # tumour size: the longest diameter
+    perpendicular_mm: float | None  # and the greatest diameter perpendicular to it
     status: str
     conversion: str | None
     origin: Origin
 
 
-class Med(NamedTuple):
+class Exposure(NamedTuple):
     """A drug exposure (MedicationStatement / Administration / Request) with its mapped drug concept."""
 
     ref: str
@@ -76,7 +76,7 @@ class Med(NamedTuple):
     origin: Origin
 
 
-class AE(NamedTuple):
+class AdverseEvent(NamedTuple):
     ref: str
     patient: str
     term: str | None  # CTC v2.0 term key from mappings, None when unmapped
@@ -88,7 +88,7 @@ class AE(NamedTuple):
     origin: Origin
 
 
-class Cond(NamedTuple):
+class Condition(NamedTuple):
     ref: str
     patient: str
     concept: str
@@ -100,7 +100,7 @@ class Cond(NamedTuple):
     text: str | None = None  # the code's display or text, for reports
 
 
-class ConsentRec(NamedTuple):
+class Consent(NamedTuple):
     ref: str
     patient: str
     status: str
@@ -108,7 +108,7 @@ class ConsentRec(NamedTuple):
     origin: Origin
 
 
-class SubjectRec(NamedTuple):
+class StudySubject(NamedTuple):
     """A ResearchSubject: the study link, the screening date and the version for write-back."""
 
     ref: str
@@ -123,7 +123,7 @@ class SubjectRec(NamedTuple):
     raw: dict[str, Any] | None = None  # the resource itself, so that a status update changes nothing else
 
 
-class Written(NamedTuple):
+class EarlierResult(NamedTuple):
     """A result resource the adapter wrote in an earlier run (found by the adapter's identifier system)."""
 
     ref: str
@@ -134,7 +134,7 @@ class Written(NamedTuple):
     origin: Origin
 
 
-class Other(NamedTuple):
+class SupportingResource(NamedTuple):
     """A resource that is read for completeness (BodyStructure, ResearchStudy, Medication)."""
 
     ref: str
@@ -149,11 +149,11 @@ class PatientRecord:
 
     patient: str
     person: Person | None = None
-    observations: list[Obs] = field(default_factory=list)
-    meds: list[Med] = field(default_factory=list)
-    adverse_events: list[AE] = field(default_factory=list)
-    conditions: list[Cond] = field(default_factory=list)
-    consents: list[ConsentRec] = field(default_factory=list)
-    subjects: list[SubjectRec] = field(default_factory=list)
-    written: list[Written] = field(default_factory=list)
-    others: list[Other] = field(default_factory=list)
+    observations: list[Observed] = field(default_factory=list)
+    meds: list[Exposure] = field(default_factory=list)
+    adverse_events: list[AdverseEvent] = field(default_factory=list)
+    conditions: list[Condition] = field(default_factory=list)
+    consents: list[Consent] = field(default_factory=list)
+    subjects: list[StudySubject] = field(default_factory=list)
+    written: list[EarlierResult] = field(default_factory=list)
+    others: list[SupportingResource] = field(default_factory=list)

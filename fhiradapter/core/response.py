@@ -16,7 +16,7 @@ from functools import lru_cache
 
 from fhiradapter.core import dates
 from fhiradapter.core import results as r
-from fhiradapter.core.model import Obs
+from fhiradapter.core.model import Observed
 
 BASELINE_WINDOW_DAYS = 28  # PROTOCOL.md §4: baseline within 28 days before (or on) the index date
 CONFIRMATION_DAYS = 28  # PROTOCOL.md §4: a second CR/PR >= 28 days later
@@ -75,8 +75,8 @@ def _num(value: Decimal | None) -> float | int | None:
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-def _by_date(obs: Iterable[Obs]) -> dict[date, list[Obs]]:
-    out: dict[date, list[Obs]] = {}
+def _by_date(obs: Iterable[Observed]) -> dict[date, list[Observed]]:
+    out: dict[date, list[Observed]] = {}
     for o in obs:
         d = dates.to_date(o.date)
         if d is not None:
@@ -84,7 +84,7 @@ def _by_date(obs: Iterable[Obs]) -> dict[date, list[Obs]]:
     return out
 
 
-def _spd(lesions: Sequence[Obs], expected: set[str]) -> tuple[Decimal | None, Decimal, bool]:
+def _spd(lesions: Sequence[Observed], expected: set[str]) -> tuple[Decimal | None, Decimal, bool]:
     """(full SPD or None if a baseline lesion or a diameter is missing, partial sum, new lesion seen)."""
     partial = Decimal(0)
     seen: set[str] = set()
@@ -96,18 +96,18 @@ def _spd(lesions: Sequence[Obs], expected: set[str]) -> tuple[Decimal | None, De
         seen.add(o.focus or "")
         if o.focus not in expected:
             new = True
-        if o.d1 is None or o.d2 is None:
+        if o.longest_mm is None or o.perpendicular_mm is None:
             complete = False
             continue
         if o.focus in expected:
-            partial += exact(o.d1) * exact(o.d2)
+            partial += exact(o.longest_mm) * exact(o.perpendicular_mm)
     if not expected <= seen:
         complete = False
     return (partial if complete else None), partial, new
 
 
 def assess_response(
-    tumour: Sequence[Obs], afp: Sequence[Obs], index: date, *, afp_window_days: int, sd_min_days: int
+    tumour: Sequence[Observed], afp: Sequence[Observed], index: date, *, afp_window_days: int, sd_min_days: int
 ) -> ResponseResult:
     """Per-assessment responses and the best overall response for one treated patient."""
     start = index - timedelta(days=BASELINE_WINDOW_DAYS)
@@ -179,7 +179,7 @@ def assess_response(
         afp_obs = a_by_date[matched[when]] if when in matched else None
         afp_k = exact(afp_obs.value) if afp_obs and afp_obs.value is not None else None
         evidence = tuple(sorted({o.ref for o in lesions} | ({afp_obs.ref} if afp_obs else set())))
-        result = classify(
+        result = classify_assessment(
             spd_k=spd_k,
             partial_spd=partial,
             new_lesion=new,
@@ -210,7 +210,7 @@ def _pd(value: Decimal, nadir: Decimal) -> bool:
     return 4 * value >= 5 * nadir
 
 
-def classify(
+def classify_assessment(
     *,
     spd_k: Decimal | None,
     partial_spd: Decimal,

@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from decimal import Decimal, localcontext
 from typing import NamedTuple
 
-from fhiradapter.core.model import AE, Obs
+from fhiradapter.core.model import AdverseEvent, Observed
 from fhiradapter.core.protocol import DoseRule, Mappings
 from fhiradapter.core.response import exact
 from fhiradapter.core.results import DoseAction, DoseActionKind, Toxicity, ToxicityCount
@@ -71,7 +71,7 @@ def grade_creatinine(value: float, uln: float | None) -> int | None:
     return 3 if multiple <= 6 else 4
 
 
-def lab_grade(o: Obs) -> int | None:
+def lab_grade(o: Observed) -> int | None:
     if o.value is None:
         return None
     if o.concept == "anc":
@@ -99,8 +99,8 @@ class GradedEvent(NamedTuple):
 
 
 def toxicities(
-    aes: Iterable[AE],
-    labs: Iterable[Obs],
+    aes: Iterable[AdverseEvent],
+    labs: Iterable[Observed],
     index: date,
     last_dose: date,
     *,

@@ -23,23 +23,23 @@ from typing import Any
 import orjson
 
 from fhiradapter import __version__
-from fhiradapter.core import fhir_json as fj
+from fhiradapter.core import fhir_json
 from fhiradapter.core.dedup import InputRecord, keep_newest, newer, superseded_reason, version_of
-from fhiradapter.core.evaluate import CohortRow, Settings, evaluate_patient, report_row, summarise_cohort
+from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, evaluate_patient, report_row, summarise_cohort
 from fhiradapter.core.extract import patient_extract
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.model import (
-    AE,
-    Cond,
-    ConsentRec,
+    AdverseEvent,
+    Condition,
+    Consent,
+    EarlierResult,
+    Exposure,
     Issue,
-    Med,
-    Obs,
-    Other,
+    Observed,
     PatientRecord,
     Person,
-    SubjectRec,
-    Written,
+    StudySubject,
+    SupportingResource,
 )
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_builtins, to_json
@@ -138,7 +138,7 @@ def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
     if isinstance(patient, str):
         return patient
     for key in SUBJECT_KEYS:
-        target = fj.reference_of(res.get(key))
+        target = fhir_json.reference_of(res.get(key))
         if target and target.startswith("Patient/"):
             return target
     return None
@@ -253,7 +253,7 @@ def _run(
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
     bases = tuple(dict.fromkeys([*fhir_bases, *pulled_from(inputs)]))
-    settings = Settings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates, bases)
+    settings = EvaluationSettings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates, bases)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}  # wall time of each phase, in the run summary
 
@@ -295,7 +295,9 @@ def _run(
                 _reject_unmapped(item, glob_rejects, stats)
         glob_rejects.close()
         parts.append(glob_rejects.path)
-        medications = {ref: item.record for ref, item in globals_.items() if isinstance(item.record, Other)}
+        medications = {
+            ref: item.record for ref, item in globals_.items() if isinstance(item.record, SupportingResource)
+        }
         memory = one[0].memory if in_memory else None
         per_bucket = sum(f.stat().st_size for f in files) // buckets  # progress: pass two counts again
         jobs = [
@@ -452,7 +454,7 @@ class _PassOne:
 
 
 def _pass_one_worker(
-    worker: int, tasks: list[tuple[int, Task]], buckets: int, spill: Path, settings: Settings, in_memory: bool
+    worker: int, tasks: list[tuple[int, Task]], buckets: int, spill: Path, settings: EvaluationSettings, in_memory: bool
 ) -> _PassOne:
     """Read and map this worker's share of the input into its bucket files."""
     cpu = time.process_time()
@@ -512,7 +514,7 @@ def _pass_two_worker(
     bucket_ids: list[int],
     bucket_paths: list[list[Path]],
     spill: Path,
-    settings: Settings,
+    settings: EvaluationSettings,
     medications: Mapping[str, Record | None],
     memory: Buckets | None,
     per_bucket: int = 0,
@@ -607,7 +609,7 @@ def _pass_two_worker(
 
 def _evaluate_bucket(
     items: list[InputRecord],
-    settings: Settings,
+    settings: EvaluationSettings,
     medications: Mapping[str, Record | None],
     rejects: RejectsFile,
     stats: RunStats,
@@ -620,9 +622,9 @@ def _evaluate_bucket(
         if record is None:
             _reject_unmapped(item, rejects, stats)
             continue
-        if isinstance(record, Med) and record.med_ref is not None:
+        if isinstance(record, Exposure) and record.med_ref is not None:
             resolved = _resolve_medication(record, medications)
-            if not isinstance(resolved, Med):
+            if not isinstance(resolved, Exposure):
                 _reject(item, rejects, stats, *resolved)
                 continue
             item = item._replace(record=resolved)
@@ -631,7 +633,7 @@ def _evaluate_bucket(
         pending.setdefault(patient, []).append(item)
     for patient in sorted(pending):
         group = pending.pop(patient)
-        if not any(isinstance(i[3], Person) for i in group):
+        if not any(isinstance(i.record, Person) for i in group):
             for item in group:
                 _reject(item, rejects, stats, "unknown-subject", f"{patient} is not in the input (no Patient resource)")
             continue
@@ -690,11 +692,11 @@ def _dedup(items: list[InputRecord], writer: RejectsFile, stats: RunStats) -> li
     return winners
 
 
-def _resolve_medication(med: Med, medications: Mapping[str, Record | None]) -> Med | tuple[str, str]:
+def _resolve_medication(med: Exposure, medications: Mapping[str, Record | None]) -> Exposure | tuple[str, str]:
     target = medications.get(med.med_ref or "")
     if target is None:
         return "bad-reference", f"medicationReference {med.med_ref} is not in the input"
-    drug = target.code if isinstance(target, Other) else None
+    drug = target.code if isinstance(target, SupportingResource) else None
     if drug is None:
         return "unmapped-code", f"{med.med_ref} is not a protocol drug in mappings/codes.toml"
     return med._replace(drug=drug, med_ref=None)
@@ -725,19 +727,19 @@ def _reject(
 def _add(rec: PatientRecord, record: Record | None) -> None:
     if isinstance(record, Person):
         rec.person = record
-    elif isinstance(record, Obs):
+    elif isinstance(record, Observed):
         rec.observations.append(record)
-    elif isinstance(record, Med):
+    elif isinstance(record, Exposure):
         rec.meds.append(record)
-    elif isinstance(record, AE):
+    elif isinstance(record, AdverseEvent):
         rec.adverse_events.append(record)
-    elif isinstance(record, Cond):
+    elif isinstance(record, Condition):
         rec.conditions.append(record)
-    elif isinstance(record, ConsentRec):
+    elif isinstance(record, Consent):
         rec.consents.append(record)
-    elif isinstance(record, SubjectRec):
+    elif isinstance(record, StudySubject):
         rec.subjects.append(record)
-    elif isinstance(record, Written):
+    elif isinstance(record, EarlierResult):
         rec.written.append(record)
-    elif isinstance(record, Other):
+    elif isinstance(record, SupportingResource):
         rec.others.append(record)

@@ -204,7 +204,7 @@ async def push(
     return summary
 
 
-async def _together(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
+async def _run_all(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
     """Run the jobs side by side; the first failure cancels the rest and is raised as itself."""
     try:
         async with asyncio.TaskGroup() as group:
@@ -378,7 +378,7 @@ class _Writer:
             _locate(located, sent, await self._one(sent))
             self._progress(1)
 
-        await _together(one(sent) for sent in results)  # within the client's concurrency
+        await _run_all(one(sent) for sent in results)  # within the client's concurrency
         for sent in provenances:  # last, naming what was written by its server ids
             await self._provenance(sent, located)
             self._progress(1)
@@ -467,7 +467,7 @@ class _Writer:
             except AnswerLost:
                 lost.append(sent)
 
-        await _together(again(sent) for sent in results)
+        await _run_all(again(sent) for sent in results)
         for sent in provenances:
             try:
                 if any(str(t.get("reference", "")).startswith("urn:") for t in sent["resource"].get("target", ())):

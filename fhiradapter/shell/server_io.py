@@ -31,7 +31,7 @@ from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFI
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
 
 
-def briefly(items: list[str], n: int = 3, sep: str = ", ") -> str:
+def first_few(items: list[str], n: int = 3, sep: str = ", ") -> str:
     """The first ``n`` items joined, with `` ...`` when there are more: for notes that name what they count."""
     return sep.join(items[:n]) + (" ..." if len(items) > n else "")
 
@@ -193,7 +193,7 @@ def claim_folder(out: Path, bulk: bool = False) -> list[Path]:
     listed = _listed(out)
     foreign = [p for p in files if p.parent != out or not (p.name.endswith(".partial") or p.name in listed or resuming)]
     if foreign:
-        shown = briefly([str(p.relative_to(out)) for p in foreign])
+        shown = first_few([str(p.relative_to(out)) for p in foreign])
         raise ConfigError(
             f"{out} already holds files fhiradapter pull did not write ({shown}); evaluate would read them with "
             "the pulled ones: choose a new or empty folder"
@@ -273,7 +273,7 @@ async def pull_into(
         elif ref not in patients:
             patients.append(ref)
     if nobody:
-        shown = briefly(nobody, 5)
+        shown = first_few(nobody, 5)
         summary.warnings.append(f"{len(nobody)} subject(s) name no Patient on this server (individual): {shown}")
     if not patients:
         summary.warnings.append(f"{summary.study} has no subject naming a Patient: there is nothing to evaluate")
@@ -403,7 +403,7 @@ async def pull_into(
     except ExceptionGroup as errors:
         raise errors.exceptions[0] from None
     if client.skipped:
-        shown = briefly(client.skipped, sep="; ")
+        shown = first_few(client.skipped, sep="; ")
         summary.warnings.append(f"{len(client.skipped)} search entry(ies) unusable, skipped: {shown}")
     summary.resources = Counter(sink.counts)
     summary.requests, summary.retries = client.requests, client.retries

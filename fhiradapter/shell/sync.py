@@ -38,7 +38,7 @@ from fhiradapter.shell.pipeline import run_evaluate
 from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, load_bundle, push
 from fhiradapter.shell.server_io import (
     PullSummary,
-    briefly,
+    first_few,
     patient_of,
     pull_into,
     resolve_study,
@@ -301,7 +301,7 @@ async def _bulk_into(
     if outside:
         summary.warnings.append(f"the export held {outside} resource(s) of patients outside the study: left out")
     if skipped:
-        summary.warnings.append(f"{len(skipped)} exported line(s) unusable, skipped: {briefly(skipped, sep='; ')}")
+        summary.warnings.append(f"{len(skipped)} exported line(s) unusable, skipped: {first_few(skipped, sep='; ')}")
     summary.warnings.extend(f"the server's export error file says: {e}" for e in exported.errors[:20])
     return summary
 
