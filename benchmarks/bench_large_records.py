@@ -37,7 +37,8 @@ from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' ser
 from generate import generate  # noqa: E402
 
 from fhiradapter.shell.fhir_client import ClientSettings, FhirClient  # noqa: E402
-from fhiradapter.shell.server_io import NdjsonSink, pull_into  # noqa: E402
+from fhiradapter.shell.pull import pull_into  # noqa: E402
+from fhiradapter.shell.pull_folder import NdjsonSink  # noqa: E402
 
 STUDY = "thal-hcc-pilot"
 

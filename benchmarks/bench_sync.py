@@ -58,7 +58,8 @@ from generate import generate  # noqa: E402
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier  # noqa: E402
 from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
 from fhiradapter.shell.mappings_io import load_mappings  # noqa: E402
-from fhiradapter.shell.server_io import NdjsonSink, pull_into  # noqa: E402
+from fhiradapter.shell.pull import pull_into  # noqa: E402
+from fhiradapter.shell.pull_folder import NdjsonSink  # noqa: E402
 from fhiradapter.shell.store import SyncStore  # noqa: E402
 from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: E402
 

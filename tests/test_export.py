@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from fhiradapter.core.registry import Pseudonymiser, SubjectView
 from fhiradapter.errors import ConfigError, InputError, TargetError
+from fhiradapter.shell import database
 from fhiradapter.shell import registry_db as db
 from fhiradapter.shell.export import export
 from fhiradapter.shell.mappings_io import load_mappings
@@ -51,7 +52,7 @@ _ENGINES: list[Engine] = []
 
 def engine_of(url: str) -> Engine:
     """An engine closed at the end of the test (pooled connections otherwise outlive it)."""
-    engine = db.engine_for(url)
+    engine = database.engine_for(url)
     _ENGINES.append(engine)
     return engine
 
@@ -341,7 +342,7 @@ def test_database_errors_are_reported_without_row_values(paper: Any, tmp_path: P
 
 def test_a_password_in_the_url_is_refused() -> None:
     with pytest.raises(ConfigError, match="PGPASSWORD"):
-        db.engine_for("postgresql://user:secret@127.0.0.1/db")
+        database.engine_for("postgresql://user:secret@127.0.0.1/db")
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL

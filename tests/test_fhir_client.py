@@ -543,7 +543,7 @@ def test_a_server_url_that_is_not_http_is_refused() -> None:
 
 
 def test_patients_per_search_is_one_for_a_whole_pull_twenty_for_an_incremental_one() -> None:
-    from fhiradapter.shell.server_io import patients_per_search
+    from fhiradapter.shell.pull import patients_per_search
 
     assert patients_per_search(None) == 1
     assert patients_per_search("2026-11-30T00:00:00Z") == 20
@@ -746,7 +746,7 @@ class StudyServer:
 def pull_study(
     server: StudyServer, study: str, concurrency: int = 8, since: str | None = None
 ) -> tuple[Any, ListSink, list[int]]:
-    from fhiradapter.shell.server_io import pull_into
+    from fhiradapter.shell.pull import pull_into
 
     sink, progress = ListSink(), list[int]()
 
@@ -783,7 +783,7 @@ def test_pull_reads_each_patients_types_each_medication_once_and_keeps_every_slo
 
 def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_own_searches() -> None:
     """An incremental pull asks for 20 patients per search; a long chain of pages is read patient by patient."""
-    from fhiradapter.shell.server_io import pull_into
+    from fhiradapter.shell.pull import pull_into
 
     seen: list[str] = []
 
@@ -999,7 +999,7 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
     ("command", "patched", "says"),
     [
         ("sync", "fhiradapter.shell.sync.run_sync", "the watermark was not advanced"),
-        ("pull", "fhiradapter.shell.server_io.pull", "an unfinished pull are not put in place"),
+        ("pull", "fhiradapter.shell.pull.pull", "an unfinished pull are not put in place"),
         ("push", "fhiradapter.shell.push.push", "each whole or not at all"),
     ],
 )
@@ -1033,7 +1033,7 @@ def test_ctrl_c_says_what_was_left_and_exits_130(
 
 def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one_is_complete(tmp_path: Path) -> None:
     from fhiradapter.errors import ConfigError
-    from fhiradapter.shell.server_io import claim_folder, finish_folder
+    from fhiradapter.shell.pull_folder import claim_folder, finish_folder
 
     out = tmp_path / "pulled"
     assert claim_folder(out) == [] and out.is_dir()  # new: created
@@ -1058,7 +1058,7 @@ def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one
 
 
 def test_a_manifest_from_before_the_files_list_names_one_file_per_type(tmp_path: Path) -> None:
-    from fhiradapter.shell.server_io import claim_folder
+    from fhiradapter.shell.pull_folder import claim_folder
 
     (tmp_path / "pull-manifest.json").write_text('{"resources": {"Patient": 2}}')
     (tmp_path / "Patient.ndjson").write_text("{}\n")
@@ -1079,7 +1079,7 @@ def test_a_pull_refuses_a_folder_whose_files_evaluate_would_mix_in(
     tmp_path: Path, files: list[str], message: str
 ) -> None:
     from fhiradapter.errors import ConfigError
-    from fhiradapter.shell.server_io import claim_folder
+    from fhiradapter.shell.pull_folder import claim_folder
 
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -1091,7 +1091,7 @@ def test_a_pull_refuses_a_folder_whose_files_evaluate_would_mix_in(
 
 
 def test_a_bulk_pull_may_resume_in_its_own_folder(tmp_path: Path) -> None:
-    from fhiradapter.shell.server_io import claim_folder
+    from fhiradapter.shell.pull_folder import claim_folder
 
     (tmp_path / "bulk-state.json").write_text('{"status_url": "x"}')
     (tmp_path / "Observation-001.ndjson").write_text("{}\n")

@@ -156,7 +156,8 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
 async def pull_in_pages(base: str, out: Path, per_search: int, page_size: int) -> Any:
     """``pull_into`` an NDJSON folder with a given page size (not a command-line option)."""
     from fhiradapter.shell.fhir_client import ClientSettings, FhirClient
-    from fhiradapter.shell.server_io import NdjsonSink, pull_into
+    from fhiradapter.shell.pull import pull_into
+    from fhiradapter.shell.pull_folder import NdjsonSink
 
     out.mkdir()
     sink = NdjsonSink(out)

@@ -57,7 +57,7 @@ def pull_cmd(
     import asyncio  # noqa: PLC0415
 
     from fhiradapter.shell.bulk import bulk_pull  # noqa: PLC0415
-    from fhiradapter.shell.server_io import pull  # noqa: PLC0415
+    from fhiradapter.shell.pull import pull  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
     with guard(PULL_INTERRUPTED):
@@ -118,7 +118,7 @@ def pull_cmd(
 
 
 def print_replaced(out: Path, removed: list[str]) -> None:
-    from fhiradapter.shell.server_io import first_few  # noqa: PLC0415
+    from fhiradapter.shell.pull_folder import first_few  # noqa: PLC0415
 
     if removed:
         shown = first_few(removed, 5)

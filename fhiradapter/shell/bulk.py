@@ -14,7 +14,7 @@ naming both origins. File names are made from the output's resource type (checke
 ``RESOURCE_TYPE``) and a counter, never from anything else the server says: an output whose type is not a
 resource type name is refused and reported, so no file lands outside the folder.
 
-The output folder follows ``server_io.claim_folder``: new, empty, or an earlier pull's, whose files are removed
+The output folder follows ``pull_folder.claim_folder``: new, empty, or an earlier pull's, whose files are removed
 once the export is complete; ``pull-manifest.json`` then records the export (transaction time, counts).
 """
 
@@ -34,8 +34,9 @@ import orjson
 
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.fhir_client import FhirClient, origin, retry_after_s
+from fhiradapter.shell.pull import patient_of
+from fhiradapter.shell.pull_folder import claim_folder, finish_folder
 from fhiradapter.shell.readers import BULK_STATE
-from fhiradapter.shell.server_io import claim_folder, finish_folder, patient_of
 
 STATE = BULK_STATE
 DEFAULT_TYPES = (

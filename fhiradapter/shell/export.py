@@ -293,14 +293,15 @@ def _export_sql(
 ) -> ExportSummary:
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
+    from fhiradapter.shell import database  # noqa: PLC0415
     from fhiradapter.shell import registry_db as db  # noqa: PLC0415
 
-    engine = db.engine_for(target.location)
+    engine = database.engine_for(target.location)
     try:
         try:
             db.migrate(engine)
         except SQLAlchemyError as exc:
-            raise TargetError(f"cannot open or migrate the database: {db.db_reason(exc)}") from None
+            raise TargetError(f"cannot open or migrate the database: {database.db_reason(exc)}") from None
         result = db.write_run(engine, info, bundles, cohort, progress)
     finally:
         engine.dispose()

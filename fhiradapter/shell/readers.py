@@ -97,7 +97,7 @@ class Reject(NamedTuple):
 
 
 # Files a folder of pulled data holds beside the resources: described by name, never read as input.
-PULL_MANIFEST = "pull-manifest.json"  # what a pull wrote (server_io, bulk)
+PULL_MANIFEST = "pull-manifest.json"  # what a pull wrote (pull, bulk)
 BULK_STATE = "bulk-state.json"  # an unfinished Bulk export's job (bulk)
 NOT_DATA = frozenset({PULL_MANIFEST, BULK_STATE})
 

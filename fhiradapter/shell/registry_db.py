@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import (
     Boolean,
@@ -27,7 +26,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     exists,
     func,
     literal,
@@ -39,7 +37,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.core.registry import RunInfo
-from fhiradapter.errors import ConfigError, TargetError
+from fhiradapter.errors import TargetError
+from fhiradapter.shell.database import db_reason
 
 metadata = MetaData()
 
@@ -210,26 +209,6 @@ RUN_TABLES: list[Table] = [
 VIEWS = ["runs", *(t.name for t in RUN_TABLES)]  # current_<name> views, created by migrations/versions
 
 
-def engine_for(url: str) -> Engine:
-    """An engine for ``sqlite:///path`` or ``postgresql://user@host/db`` (password from PGPASSWORD or ~/.pgpass)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme
-    if scheme == "sqlite":
-        path = url.removeprefix("sqlite:///")
-        if path and path != url and path != ":memory:":
-            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return create_engine(url)
-    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
-        if parts.password:
-            raise ConfigError(
-                "the database URL contains a password; give it through PGPASSWORD or ~/.pgpass instead "
-                "(command-line arguments are visible to every user of the machine)"
-            )
-        rest = url.split("://", 1)[1]
-        return create_engine(f"postgresql+psycopg://{rest}")
-    raise ConfigError(f"unsupported database URL scheme {scheme!r}: use sqlite:///FILE or postgresql://HOST/DB")
-
-
 def migrate(engine: Engine) -> None:
     """Bring the schema to the latest Alembic revision (creates it on an empty database)."""
     from alembic import command  # noqa: PLC0415 - only when exporting to SQL
@@ -373,10 +352,3 @@ def _current_runs(conn: Connection, info: RunInfo) -> list[str]:
         runs.c.superseded_by.is_(None),
     )
     return [r[0] for r in conn.execute(query)]
-
-
-def db_reason(exc: SQLAlchemyError) -> str:
-    """The driver's first message line only: later lines (PostgreSQL's DETAIL) can quote row values."""
-    orig = getattr(exc, "orig", None)
-    text = str(orig if orig is not None else exc).strip().splitlines()
-    return f"{type(orig or exc).__name__}: {text[0] if text else ''}"

@@ -46,8 +46,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.errors import ConfigError, TargetError
+from fhiradapter.shell.database import db_reason, engine_for
 from fhiradapter.shell.push import TransactionLimit
-from fhiradapter.shell.registry_db import db_reason, engine_for
 
 SCHEMA_VERSION = 1
 DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"

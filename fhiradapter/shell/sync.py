@@ -35,15 +35,15 @@ from fhiradapter.shell.bulk import bulk_pull
 from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.out_folder import check_manifest
 from fhiradapter.shell.pipeline import run_evaluate
-from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, load_bundle, push
-from fhiradapter.shell.server_io import (
+from fhiradapter.shell.pull import (
     PullSummary,
-    first_few,
     patient_of,
     pull_into,
     resolve_study,
     study_subjects,
 )
+from fhiradapter.shell.pull_folder import first_few
+from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, load_bundle, push
 from fhiradapter.shell.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
@@ -123,13 +123,13 @@ class SyncOptions:
     # The push's: given the number of entries to send, returns what to call as parts are answered.
     on_push: Callable[[int], Callable[[int], None]] | None = None
     chunk: int = DEFAULT_CHUNK
-    mode: str = "auto"  # auto | transaction | batch | single (see server_io.push)
+    mode: str = "auto"  # auto | transaction | batch | single (see push.push)
     bulk: bool = False  # pull through Bulk Data $export instead of searches
     group: str | None = None  # with bulk: Group/<id>/$export
     # How far before the pull's start the next watermark is set: covers writes that commit with an earlier
     # lastUpdated than their visibility (in-flight transactions), and clock steps on the server.
     overlap: timedelta = SKEW_MARGIN
-    per_search: int | None = None  # patients per search in the pull; None: server_io.patients_per_search
+    per_search: int | None = None  # patients per search in the pull; None: pull.patients_per_search
     on_evaluate: Callable[[], None] | None = None  # called as evaluation starts (between the two bars)
 
 
