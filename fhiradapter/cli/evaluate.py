@@ -14,7 +14,7 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
 
 
 @click.command(short_help="Apply the protocol to FHIR files: results, write-back, report.")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
 @click.option(
     "--as-of",
     "as_of",
@@ -99,8 +99,22 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
     help="With --screen-candidates: write the candidates back too (a new ResearchSubject each, with its "
     "status), i.e. enrol them in the study. A person's decision: use with care.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: this machine's cores. spark: an Apache Spark session (pip install 'fhiradapter[spark]'), "
+    "which also reads inputs by URL (hdfs://, s3a://). Same results either way.",
+)
+@click.option(
+    "--spark-master",
+    metavar="URL",
+    default=None,
+    help="With --engine spark: the master, e.g. spark://host:7077 [default: local[*]; under spark-submit, its own].",
+)
 def evaluate(
-    inputs: tuple[Path, ...],
+    inputs: tuple[str, ...],
     as_of: str,
     out: Path,
     mappings_dir: Path | None,
@@ -116,12 +130,15 @@ def evaluate(
     fhir_bases: tuple[str, ...],
     screen_candidates: bool,
     enrol_candidates: bool,
+    engine: str,
+    spark_master: str | None,
 ) -> None:
     """Evaluate the protocol on FHIR files.
 
     INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
     them), JSON files holding a Bundle or a single resource, or folders of such files (read
     recursively). Every input record is either used or listed, with the reason, in rejects.ndjson.
+    With --engine spark an INPUT may also be a URL Spark reads (hdfs://..., s3a://...).
 
     Only the study's subjects (patients with a ResearchSubject of the study) are evaluated and written
     back; everyone else in the input is counted as not in the study (--screen-candidates screens them).
@@ -144,7 +161,11 @@ def evaluate(
             raise ConfigError("--enrol-candidates is only used with --screen-candidates")
         key = export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
-        files = expand_inputs(list(inputs), exclude=out)
+        urls = tuple(i for i in inputs if "://" in i)
+        paths = [Path(i) for i in inputs if "://" not in i]
+        if spark_master and engine != "spark":
+            raise ConfigError("--spark-master is only used with --engine spark")
+        files = expand_inputs(paths, exclude=out)
         total = sum(f.stat().st_size for f in files)
         show = sys.stderr.isatty() if progress is None else progress
         # One display for every phase: two passes over the data (reading and mapping, then grouping and
@@ -152,7 +173,7 @@ def evaluate(
         display = RunProgress(total, tty=sys.stderr.isatty()) if show else None
         try:
             summary = run_evaluate(
-                list(inputs),
+                paths,
                 out,
                 cutoff,
                 mappings,
@@ -166,6 +187,9 @@ def evaluate(
                 enrol_candidates=enrol_candidates,
                 fhir_bases=fhir_bases,
                 on_phase=display.phase if display else None,
+                engine=engine,
+                spark_master=spark_master,
+                urls=urls,
             )
         finally:
             if display is not None:

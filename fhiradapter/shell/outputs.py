@@ -7,9 +7,12 @@ and writeback-plan.ndjson. A reader sees an old file or a new one, never a part.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shutil
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -17,11 +20,9 @@ from typing import Any, BinaryIO
 import orjson
 
 from fhiradapter import __version__
-from fhiradapter.core.results import CohortSummary, to_json
-from fhiradapter.core.writeback import (
-    provenance_entry,
-    run_tag,
-)
+from fhiradapter.core.evaluate import report_row
+from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
+from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
 
 
 def publish(tmp: Path, target: Path) -> None:
@@ -93,7 +94,11 @@ def iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
 
 
 def write_writeback(
-    out: Path, spill: Path, index: list[tuple[str, str, int, int, int]], plan_parts: list[Path], header: dict[str, Any]
+    out: Path,
+    spill: Path,
+    index: list[tuple[str, str, int, int, int]],
+    plan_index: list[tuple[str, str, int, int]],
+    header: dict[str, Any],
 ) -> None:
     """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson."""
     index = sorted(index)
@@ -133,4 +138,78 @@ def write_writeback(
         for h in handles.values():
             h.close()
     publish(tmp, out / "writeback.json")
-    concatenate(plan_parts, out / "writeback-plan.ndjson")
+    write_sorted_lines(out / "writeback-plan.ndjson", spill, plan_index)
+
+
+@dataclass
+class PartsIndex:
+    """Where one writer's per-patient outputs lie in the spill folder (file, offset, length per patient)."""
+
+    subjects: list[tuple[str, str, int, int]] = field(default_factory=list)
+    clinical: list[tuple[str, str, int, int]] = field(default_factory=list)
+    candidates: list[tuple[str, str, int, int]] = field(default_factory=list)  # screening candidates (§1)
+    writeback: list[tuple[str, str, int, int, int]] = field(default_factory=list)  # entries, then targets
+    plan: list[tuple[str, str, int, int]] = field(default_factory=list)  # each patient's plan lines
+    report_rows: Path | None = None
+    actions: Counter[str] = field(default_factory=Counter)  # write-back plan entries by action
+
+
+class PatientParts:
+    """One writer's share of the per-patient outputs, appended to part files in the spill folder: each
+    patient's result (or a candidate's), clinical extract, report row, plan lines and write-back entries.
+    ``write_results`` and its siblings join the parts of every writer in patient order. The local engine's
+    workers and the Spark engine's driver both write through here."""
+
+    def __init__(self, spill: Path, tag: str) -> None:
+        self.spill = spill
+        self.names = {k: f"{k}-{tag}.bin" for k in ("subjects", "clinical", "candidates", "writeback", "plan")}
+        self.index = PartsIndex(report_rows=spill / f"report-rows-{tag}.ndjson")
+        with contextlib.ExitStack() as opened:  # a file that cannot be opened closes those opened before it
+            self._files: dict[str, BinaryIO] = {
+                k: opened.enter_context((spill / name).open("wb")) for k, name in self.names.items()
+            }
+            self._report = opened.enter_context((spill / f"report-rows-{tag}.ndjson").open("wb"))
+            self._open = opened.pop_all()
+
+    def _append(self, kind: str, blob: bytes, index: list[tuple[str, str, int, int]], patient: str) -> None:
+        fh = self._files[kind]
+        index.append((patient, self.names[kind], fh.tell(), len(blob)))
+        fh.write(blob)
+
+    def add(self, result: PatientResult, plan: list[PlanEntry], extract: dict[str, Any]) -> None:
+        patient = result.patient
+        if result.population == Population.CANDIDATE:  # reported apart, never in the study's figures
+            self._append("candidates", to_json(result), self.index.candidates, patient)
+        else:
+            self._append("clinical", orjson.dumps(extract), self.index.clinical, patient)
+            self._append("subjects", to_json(result), self.index.subjects, patient)
+            self._report.write(orjson.dumps(report_row(result)) + b"\n")
+        entries, targets, lines = [], [], []
+        for entry in plan:
+            self.index.actions[entry.action] += 1
+            line = {
+                "patient": patient,
+                "action": entry.action,
+                "kind": entry.kind,
+                "resourceType": entry.resource.get("resourceType"),
+                "identifier": entry.identifier,
+                "existing": entry.ref,
+            }
+            lines.append(orjson.dumps(line))
+            bundled = bundle_entry(entry)
+            if bundled is not None:
+                entries.append(orjson.dumps(bundled))
+                targets.append(bundled["fullUrl"])
+        if lines:  # one line per plan entry; write_sorted_lines ends the last
+            self._append("plan", b"\n".join(lines), self.index.plan, patient)
+        if entries:  # the entries, then the Provenance targets they add, one after the other
+            blob = b",".join(entries)
+            tail = "\n".join(targets).encode()
+            fh = self._files["writeback"]
+            self.index.writeback.append((patient, self.names["writeback"], fh.tell(), len(blob), len(tail)))
+            fh.write(blob + tail)
+
+    def close(self) -> PartsIndex:
+        """Close every part file (each one, even when another fails to flush: a full disk, say)."""
+        self._open.close()
+        return self.index

@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -25,7 +25,7 @@ import orjson
 from fhiradapter import __version__
 from fhiradapter.core import fhir_json
 from fhiradapter.core.dedup import InputRecord, keep_newest, newer, superseded_reason, version_of
-from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, evaluate_patient, report_row, summarise_cohort
+from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, evaluate_patient, summarise_cohort
 from fhiradapter.core.extract import patient_extract
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.model import (
@@ -42,21 +42,27 @@ from fhiradapter.core.model import (
     SupportingResource,
 )
 from fhiradapter.core.protocol import Mappings
-from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_builtins, to_json
+from fhiradapter.core.results import PatientResult, Population, to_builtins
 from fhiradapter.core.writeback import (
     Existing,
     PlanEntry,
     WritebackContext,
-    bundle_entry,
     plan_patient,
 )
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manifest, write_manifest, writing
-from fhiradapter.shell.outputs import iter_rows, write_results, write_sorted_lines, write_writeback
+from fhiradapter.shell.outputs import (
+    PartsIndex,
+    PatientParts,
+    iter_rows,
+    write_results,
+    write_sorted_lines,
+    write_writeback,
+)
 from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, find_inputs, is_plain, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
-from fhiradapter.shell.spill import Buckets, RejectsFile, load_bucket
+from fhiradapter.shell.spill import Buckets, RejectsFile, RejectSink, load_bucket
 from fhiradapter.shell.workers import run_jobs
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
@@ -195,6 +201,9 @@ def run_evaluate(
     enrol_candidates: bool = False,
     fhir_bases: tuple[str, ...] = (),
     on_phase: Callable[[str], None] | None = None,
+    engine: str = "local",
+    spark_master: str | None = None,
+    urls: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
@@ -203,57 +212,51 @@ def run_evaluate(
     candidates at the as-of date, reported apart in ``candidates.ndjson``; ``enrol_candidates``: and write
     them back (a new ResearchSubject each). PROTOCOL.md §1. ``fhir_bases``: the FHIR base URLs the data came
     from, whose absolute references are local (a pull folder's server is one already); a reference to any
-    other server is rejected (``bad-reference``).
+    other server is rejected (``bad-reference``). ``engine``: ``local`` (this machine's cores) or ``spark``
+    (a Spark session at ``spark_master``, ``local[*]`` by default; ``shell/spark_engine.py``), which also
+    reads ``urls``: inputs by URL (``hdfs://``, ``s3a://``, as the Spark configuration allows).
     """
     if enrol_candidates and not screen_candidates:
         raise ConfigError("enrolling candidates needs --screen-candidates too")
+    if engine not in ("local", "spark"):
+        raise ConfigError(f"unknown engine {engine!r}: local or spark")
+    if urls and engine != "spark":
+        raise ConfigError(f"{urls[0]}: an input by URL is read by Spark: add --engine spark")
     files, unread = find_inputs(inputs, exclude=out)
+    bases = tuple(dict.fromkeys([*fhir_bases, *pulled_from(inputs)]))
+    settings = EvaluationSettings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates, bases)
+    run = RunRequest(
+        files,
+        unread,
+        out,
+        mappings_identity,
+        report,
+        writeback,
+        screen_candidates,
+        enrol_candidates,
+        on_phase or (lambda _phase: None),
+        list(urls),
+    )
     with claim_output(out, inputs), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
-        return _run(
-            files,
-            unread,
-            inputs,
-            out,
-            as_of,
-            mappings,
-            mappings_identity,
-            progress,
-            workers,
-            report,
-            writeback,
-            study,
-            screen_candidates,
-            enrol_candidates,
-            fhir_bases,
-            on_phase or (lambda _phase: None),
-        )
+        if engine == "spark":
+            from fhiradapter.shell.spark_engine import run_spark  # noqa: PLC0415 - pyspark only when asked
+
+            return run_spark(run, settings, spark_master, progress)
+        return _run_local(run, settings, progress, workers)
 
 
-def _run(
-    files: list[Path],
-    unread: list[Reject],
-    inputs: list[Path],
-    out: Path,
-    as_of: date,
-    mappings: Mappings,
-    mappings_identity: dict[str, Any],
+def _run_local(
+    run: RunRequest,
+    settings: EvaluationSettings,
     progress: Callable[[int], None] | None,
     workers: int | None,
-    report: bool,
-    writeback: bool,
-    study: str | None,
-    screen_candidates: bool,
-    enrol_candidates: bool,
-    fhir_bases: tuple[str, ...],
-    on_phase: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The run in ``out``, which ``run_evaluate`` holds (locked), its manifest removed."""
+    """The run on this machine's cores, in ``run.out``, which ``run_evaluate`` holds (locked)."""
+    files, out = run.files, run.out
     input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
-    bases = tuple(dict.fromkeys([*fhir_bases, *pulled_from(inputs)]))
-    settings = EvaluationSettings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates, bases)
     clock = time.perf_counter()
     seconds: dict[str, float] = {}  # wall time of each phase, in the run summary
 
@@ -278,26 +281,13 @@ def _run(
         )
         lap("read_and_map")
         stats = RunStats(files=len(files), input_bytes=input_bytes)
-        globals_: dict[str, InputRecord] = {}
-        parts = [r.rejects for r in one]
-        glob_rejects = RejectsFile(spill / "rejects-globals.ndjson")
-        for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
-            glob_rejects.reject(file_not_read.as_dict())
-            stats.read[NOT_READ] += 1
-            stats.rejected[NOT_READ] += 1
-            stats.reasons[file_not_read.code] += 1
         for r in one:
             stats.merge(r.stats)
-            for item in r.globals.values():
-                _keep_newest(globals_, item, glob_rejects, stats)
-        for item in globals_.values():
-            if item.record is None:
-                _reject_unmapped(item, glob_rejects, stats)
-        glob_rejects.close()
-        parts.append(glob_rejects.path)
-        medications = {
-            ref: item.record for ref, item in globals_.items() if isinstance(item.record, SupportingResource)
-        }
+        glob_rejects = RejectsFile(spill / "rejects-globals.ndjson")
+        try:
+            medications = settle_globals([g for r in one for g in r.globals.values()], run.unread, glob_rejects, stats)
+        finally:
+            glob_rejects.close()
         memory = one[0].memory if in_memory else None
         per_bucket = sum(f.stat().st_size for f in files) // buckets  # progress: pass two counts again
         jobs = [
@@ -310,83 +300,134 @@ def _run(
                 medications,
                 memory,
                 per_bucket,
-                writeback,
-                enrol_candidates,
+                run.writeback,
+                run.enrol_candidates,
             )
             for w in range(workers)
         ]
         two = _run_workers(_pass_two_worker, jobs, progress)
         lap("evaluate")
-        rows: list[CohortRow] = []
-        index: list[tuple[str, str, int, int]] = []
-        wb_index: list[tuple[str, str, int, int, int]] = []
         for r2 in two:
             stats.merge(r2.stats)
-            rows.extend(r2.rows)
-            index.extend(r2.index)
-            parts.append(r2.rejects)
-            wb_index.extend(r2.writeback_index)
-        cohort = summarise_cohort(rows)
-        lap("cohort_statistics")
-        summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
-        summary["protocol"]["study"] = settings.study
-        summary |= stats.as_dict()
-        summary["workers"] = workers
-        if not writeback:
-            summary["writeback"] = None  # not planned (--no-writeback): no counts rather than zeros
-        header = {
-            "as_of": as_of.isoformat(),
-            "protocol": {**mappings_identity, "study": settings.study},
-            "adapter": {"name": "fhiradapter", "version": __version__},
-            "inputs": [str(f) for f in files],
-            "run_summary": summary,
-        }
+        evaluated = Evaluated(
+            stats,
+            [row for r2 in two for row in r2.rows],
+            [r.rejects for r in one] + [glob_rejects.path] + [r2.rejects for r2 in two],
+            [r2.parts for r2 in two],
+            workers,
+            {"read_and_map": [round(r.cpu, 3) for r in one], "evaluate": [round(r2.cpu, 3) for r2 in two]},
+        )
+        return publish_run(run, settings, spill, evaluated, lap, seconds)
+
+
+@dataclass
+class RunRequest:
+    """What a run is asked to do: inputs, where the outputs go, and which outputs."""
+
+    files: list[Path]
+    unread: list[Reject]
+    out: Path
+    mappings_identity: dict[str, Any]
+    report: bool = True
+    writeback: bool = True
+    screen_candidates: bool = False
+    enrol_candidates: bool = False
+    on_phase: Callable[[str], None] = field(default=lambda _phase: None)
+    urls: list[str] = field(default_factory=list)  # inputs Spark reads by URL (hdfs://, s3a://): --engine spark
+
+
+@dataclass
+class Evaluated:
+    """What an engine hands back once every patient is evaluated: the counts, one small row per patient for
+    the cohort statistics, the reject files, and where each writer's per-patient outputs lie."""
+
+    stats: RunStats
+    rows: list[CohortRow]
+    reject_parts: list[Path]
+    parts: list[PartsIndex]
+    workers: int
+    cpu: dict[str, list[float]]  # CPU seconds per worker and pass (summary.json: how evenly work was shared)
+
+
+def settle_globals(
+    items: Iterable[InputRecord], unread: list[Reject], rejects: RejectSink, stats: RunStats
+) -> dict[str, Record | None]:
+    """The study-wide resources (Medication, ResearchStudy), one copy each, and the files not read.
+
+    Returns the Medications by reference, which every patient's exposures may name.
+    """
+    for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
+        rejects.reject(file_not_read.as_dict())
+        stats.read[NOT_READ] += 1
+        stats.rejected[NOT_READ] += 1
+        stats.reasons[file_not_read.code] += 1
+    kept: dict[str, InputRecord] = {}
+    for item in items:
+        keep_newest_global(kept, item, rejects, stats)
+    for item in kept.values():
+        if item.record is None:
+            _reject_unmapped(item, rejects, stats)
+    return {ref: item.record for ref, item in kept.items() if isinstance(item.record, SupportingResource)}
+
+
+def publish_run(
+    run: RunRequest,
+    settings: EvaluationSettings,
+    spill: Path,
+    done: Evaluated,
+    lap: Callable[[str], None],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The cohort statistics, then every output in ``run.out``, manifest.json last; returns the run summary.
+
+    Both engines finish through here, so their outputs are written by the same code.
+    """
+    out, as_of, mappings_identity = run.out, settings.as_of, run.mappings_identity
+    cohort = summarise_cohort(done.rows)
+    lap("cohort_statistics")
+    summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
+    summary["protocol"]["study"] = settings.study
+    summary |= done.stats.as_dict()
+    summary["workers"] = done.workers
+    if not run.writeback:
+        summary["writeback"] = None  # not planned (--no-writeback): no counts rather than zeros
+    header = {
+        "as_of": as_of.isoformat(),
+        "protocol": {**mappings_identity, "study": settings.study},
+        "adapter": {"name": "fhiradapter", "version": __version__},
+        "inputs": [str(f) for f in run.files],
+        "run_summary": summary,
+    }
+    run.on_phase("write")
+    # An output this run does not write must not be left from an earlier one, looking current.
+    skipped = (WRITEBACK_FILES if not run.writeback else ()) + (REPORT_FILES if not run.report else ())
+    skipped += (CANDIDATES_FILE,) if not run.screen_candidates else ()
+    for name in skipped:
+        (out / name).unlink(missing_ok=True)
+    write_results(out, spill, done.reject_parts, [i for p in done.parts for i in p.subjects], header, cohort)
+    if run.writeback:
+        wb_index = [i for p in done.parts for i in p.writeback]
+        write_writeback(out, spill, wb_index, [i for p in done.parts for i in p.plan], header)
+    write_sorted_lines(out / "clinical.ndjson", spill, [i for p in done.parts for i in p.clinical])
+    if run.screen_candidates:
+        write_sorted_lines(out / CANDIDATES_FILE, spill, [i for p in done.parts for i in p.candidates])
+    lap("write")
+    if run.report:
+        run.on_phase("report")
         folder = mappings_identity.get("mappings_dir")
-        report_args = (out, header, cohort, [r2.report_rows for r2 in two], summary, folder)
-        on_phase("write")
-        # An output this run does not write must not be left from an earlier one, looking current.
-        skipped = (WRITEBACK_FILES if not writeback else ()) + (REPORT_FILES if not report else ())
-        skipped += (CANDIDATES_FILE,) if not screen_candidates else ()
-        for name in skipped:
-            (out / name).unlink(missing_ok=True)
-        write_results(out, spill, parts, index, header, cohort)
-        if writeback:
-            write_writeback(out, spill, wb_index, [r2.plan for r2 in two], header)
-        clinical = [i for r2 in two for i in r2.clinical_index]
-        write_sorted_lines(out / "clinical.ndjson", spill, clinical)
-        if screen_candidates:
-            candidates = [i for r2 in two for i in r2.candidate_index]
-            write_sorted_lines(out / CANDIDATES_FILE, spill, candidates)
-        lap("write")
-        if report:
-            on_phase("report")
-            _report(*report_args)
-        lap("report")
-        summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
-        # CPU seconds of each worker: how evenly the work was shared.
-        summary["worker_cpu_seconds"] = {
-            "read_and_map": [round(r.cpu, 3) for r in one],
-            "evaluate": [round(r2.cpu, 3) for r2 in two],
-        }
-        (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-        written = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
-        written += list(WRITEBACK_FILES) if writeback else []
-        written += list(REPORT_FILES) if report else []
-        written += [CANDIDATES_FILE] if screen_candidates else []
-        run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
-        write_manifest(out, run, written)  # last: the set is whole
+        rows = iter_rows([p.report_rows for p in done.parts if p.report_rows])
+        write_report(out, header, to_builtins(cohort), rows, summary, Path(folder) if folder else None)
+    lap("report")
+    summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
+    summary["worker_cpu_seconds"] = done.cpu
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    written = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
+    written += list(WRITEBACK_FILES) if run.writeback else []
+    written += list(REPORT_FILES) if run.report else []
+    written += [CANDIDATES_FILE] if run.screen_candidates else []
+    manifest_run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
+    write_manifest(out, manifest_run, written)  # last: the set is whole
     return summary
-
-
-def _report(
-    out: Path,
-    header: dict[str, Any],
-    cohort: CohortSummary,
-    row_parts: list[Path],
-    summary: dict[str, Any],
-    folder: str | None,
-) -> None:
-    write_report(out, header, to_builtins(cohort), iter_rows(row_parts), summary, Path(folder) if folder else None)
 
 
 def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
@@ -453,6 +494,36 @@ class _PassOne:
     cpu: float  # this worker's CPU seconds
 
 
+def read_task(
+    rank: int,
+    task: Task,
+    ctx: MapContext,
+    rejects: RejectSink,
+    stats: RunStats,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[InputRecord]:
+    """Read and map one task (a file, or a line-aligned share of one): every record mapped, or rejected.
+
+    ``rank`` is the task's place in input order: with the line's place in the task it orders copies of a
+    resource by where they were seen (the "last seen" tie-breaker of dedup). The local engine and the Spark
+    engine both read through here.
+    """
+    for seq, raw in enumerate(read_file(task.path, progress, task), rank * 1_000_000_000):
+        if isinstance(raw, Reject):
+            kind = raw.resource_type or "(not a resource)"
+            stats.read[kind] += 1
+            stats.rejected[kind] += 1
+            stats.reasons[raw.code] += 1
+            rejects.reject(raw.as_dict())
+            continue
+        res = raw.resource
+        rtype = res["resourceType"]
+        ref = f"{rtype}/{res['id']}"
+        stats.read[rtype] += 1
+        record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
+        yield InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))
+
+
 def _pass_one_worker(
     worker: int, tasks: list[tuple[int, Task]], buckets: int, spill: Path, settings: EvaluationSettings, in_memory: bool
 ) -> _PassOne:
@@ -466,26 +537,11 @@ def _pass_one_worker(
     progress = _report_bytes if _PROGRESS is not None else None
     try:
         for rank, task in tasks:
-            # seq orders copies of a resource by where they were seen: the "last seen" tie-breaker of dedup.
-            for seq, raw in enumerate(read_file(task.path, progress, task), rank * 1_000_000_000):
-                if isinstance(raw, Reject):
-                    kind = raw.resource_type or "(not a resource)"
-                    stats.read[kind] += 1
-                    stats.rejected[kind] += 1
-                    stats.reasons[raw.code] += 1
-                    rejects.reject(raw.as_dict())
-                    continue
-                res = raw.resource
-                rtype = res["resourceType"]
-                ref = f"{rtype}/{res['id']}"
-                stats.read[rtype] += 1
-                record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
-                item = InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))
-                if rtype not in GLOBAL_TYPES:
-                    store.add(item.patient or ref, item)
-                    continue
-                # Study-wide resources (few) are deduplicated at once and kept in memory.
-                _keep_newest(globals_, item, rejects, stats)
+            for item in read_task(rank, task, ctx, rejects, stats, progress):
+                if item.ref.split("/", 1)[0] not in GLOBAL_TYPES:
+                    store.add(item.patient or item.ref, item)
+                else:  # study-wide resources (few) are deduplicated at once and kept in memory
+                    keep_newest_global(globals_, item, rejects, stats)
         if not in_memory:
             store.flush()
     finally:
@@ -499,13 +555,8 @@ def _pass_one_worker(
 class _PassTwo:
     stats: RunStats
     rows: list[CohortRow]
-    index: list[tuple[str, str, int, int]]
     rejects: Path
-    writeback_index: list[tuple[str, str, int, int, int]]
-    plan: Path
-    report_rows: Path
-    clinical_index: list[tuple[str, str, int, int]]
-    candidate_index: list[tuple[str, str, int, int]]  # screening candidates' results (candidates.ndjson)
+    parts: PartsIndex
     cpu: float  # this worker's CPU seconds
 
 
@@ -525,93 +576,37 @@ def _pass_two_worker(
     cpu = time.process_time()
     stats = RunStats()
     rows: list[CohortRow] = []
-    index: list[tuple[str, str, int, int]] = []
     rejects = RejectsFile(spill / f"rejects-2-{worker:02d}.ndjson")
-    part, wb_part, plan_part = f"subjects-{worker:02d}.bin", f"writeback-{worker:02d}.bin", f"plan-{worker:02d}.ndjson"
-    wb_index: list[tuple[str, str, int, int, int]] = []
-    report_part = f"report-rows-{worker:02d}.ndjson"
-    clinical_part = f"clinical-{worker:02d}.bin"
-    clinical_index: list[tuple[str, str, int, int]] = []
-    candidate_part = f"candidates-{worker:02d}.bin"
-    candidate_index: list[tuple[str, str, int, int]] = []
-    protocol_id = settings.mappings.protocol.protocol.id
-    wctx = WritebackContext(protocol_id, settings.study) if writeback else None
+    parts = PatientParts(spill, f"{worker:02d}")
+    wctx = writeback_context(settings, writeback)
     try:
-        with (
-            (spill / part).open("wb") as subjects,
-            (spill / wb_part).open("wb") as wb,
-            (spill / plan_part).open("wb") as plan_out,
-            (spill / report_part).open("wb") as report_out,
-            (spill / clinical_part).open("wb") as clinical_out,
-            (spill / candidate_part).open("wb") as candidates_out,
-        ):
-            for b in bucket_ids:
-                items = memory.take(b) if memory is not None else load_bucket([p[b] for p in bucket_paths])
-                evaluated = _evaluate_bucket(items, settings, medications, rejects, stats, wctx, enrol)
-                for result, row, plan, extract in evaluated:
-                    if result.population == Population.CANDIDATE:  # reported apart, not in the study's figures
-                        blob = to_json(result)
-                        candidate_index.append((result.patient, candidate_part, candidates_out.tell(), len(blob)))
-                        candidates_out.write(blob)
-                    else:
-                        blob = orjson.dumps(extract)
-                        clinical_index.append((result.patient, clinical_part, clinical_out.tell(), len(blob)))
-                        clinical_out.write(blob)
-                        blob = to_json(result)
-                        index.append((result.patient, part, subjects.tell(), len(blob)))
-                        subjects.write(blob)
-                        rows.append(row)
-                        report_out.write(orjson.dumps(report_row(result)) + b"\n")
-                    entries, targets = [], []
-                    for entry in plan:
-                        stats.plan[entry.action] += 1
-                        plan_out.write(
-                            orjson.dumps(
-                                {
-                                    "patient": result.patient,
-                                    "action": entry.action,
-                                    "kind": entry.kind,
-                                    "resourceType": entry.resource.get("resourceType"),
-                                    "identifier": entry.identifier,
-                                    "existing": entry.ref,
-                                }
-                            )
-                            + b"\n"
-                        )
-                        bundled = bundle_entry(entry)
-                        if bundled is not None:
-                            entries.append(orjson.dumps(bundled))
-                            targets.append(bundled["fullUrl"])
-                    if entries:
-                        # The entries, then the Provenance targets they add, one after the other.
-                        blob = b",".join(entries)
-                        tail = "\n".join(targets).encode()
-                        wb_index.append((result.patient, wb_part, wb.tell(), len(blob), len(tail)))
-                        wb.write(blob + tail)
-                del items
-                _report_bytes(per_bucket)
+        for b in bucket_ids:
+            items = memory.take(b) if memory is not None else load_bucket([p[b] for p in bucket_paths])
+            for result, row, plan, extract in evaluate_group(items, settings, medications, rejects, stats, wctx, enrol):
+                parts.add(result, plan, extract)
+                if result.population != Population.CANDIDATE:
+                    rows.append(row)
+            del items
+            _report_bytes(per_bucket)
     finally:
-        rejects.close()
-    cpu = time.process_time() - cpu
-    return _PassTwo(
-        stats,
-        rows,
-        index,
-        rejects.path,
-        wb_index,
-        spill / plan_part,
-        spill / report_part,
-        clinical_index,
-        candidate_index,
-        cpu,
-    )
+        try:
+            rejects.close()
+        finally:
+            index = parts.close()
+    stats.plan.update(index.actions)
+    return _PassTwo(stats, rows, rejects.path, index, time.process_time() - cpu)
 
 
-def _evaluate_bucket(
+def writeback_context(settings: EvaluationSettings, writeback: bool) -> WritebackContext | None:
+    """What the write-back plan needs to know of the run (None: no write-back)."""
+    return WritebackContext(settings.mappings.protocol.protocol.id, settings.study) if writeback else None
+
+
+def evaluate_group(
     items: list[InputRecord],
     settings: EvaluationSettings,
     medications: Mapping[str, Record | None],
-    rejects: RejectsFile,
+    rejects: RejectSink,
     stats: RunStats,
     wctx: WritebackContext | None,
     enrol: bool = False,
@@ -671,7 +666,7 @@ def _evaluate_bucket(
         yield result, row, plan, extract
 
 
-def _keep_newest(kept: dict[str, InputRecord], item: InputRecord, rejects: RejectsFile, stats: RunStats) -> None:
+def keep_newest_global(kept: dict[str, InputRecord], item: InputRecord, rejects: RejectSink, stats: RunStats) -> None:
     """Keep the newer of ``item`` and the copy already kept under its reference; reject the other."""
     old = kept.get(item.ref)
     if old is not None and newer(old, item):
@@ -681,7 +676,7 @@ def _keep_newest(kept: dict[str, InputRecord], item: InputRecord, rejects: Rejec
         _reject(old, rejects, stats, "duplicate-superseded", superseded_reason(old, item))
 
 
-def _dedup(items: list[InputRecord], writer: RejectsFile, stats: RunStats) -> list[InputRecord]:
+def _dedup(items: list[InputRecord], writer: RejectSink, stats: RunStats) -> list[InputRecord]:
     """The copy of each resource that counts (PROTOCOL.md §4); the others are rejected, saying why."""
     winners: list[InputRecord] = []
     for item, kept in keep_newest(items):
@@ -702,7 +697,7 @@ def _resolve_medication(med: Exposure, medications: Mapping[str, Record | None])
     return med._replace(drug=drug, med_ref=None)
 
 
-def _reject_unmapped(item: InputRecord, writer: RejectsFile, stats: RunStats) -> None:
+def _reject_unmapped(item: InputRecord, writer: RejectSink, stats: RunStats) -> None:
     """Reject a record the mapper could not use, for the reason of its last issue (all its issues in words);
     an unmapped code is named in the reject and counted for the run summary's ``unmapped_codes``."""
     issues = item.issues
@@ -717,7 +712,7 @@ def _reject_unmapped(item: InputRecord, writer: RejectsFile, stats: RunStats) ->
 
 
 def _reject(
-    item: InputRecord, writer: RejectsFile, stats: RunStats, code: str, reason: str, unmapped: str | None = None
+    item: InputRecord, writer: RejectSink, stats: RunStats, code: str, reason: str, unmapped: str | None = None
 ) -> None:
     writer.reject(_reject_entry(item.origin, item.ref, code, reason, unmapped))
     stats.rejected[item.ref.split("/", 1)[0]] += 1

@@ -22,7 +22,7 @@ import gzip
 import io
 import lzma
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -280,6 +280,16 @@ def _read_ndjson(
         yield from _records(obj, name, f"line {lineno}")
     if on_bytes is not None and pending:
         on_bytes(pending)
+
+
+def read_lines(lines: Iterable[bytes], name: str, first_line: int = 1) -> Iterator[RawRecord | Reject]:
+    """NDJSON lines that another reader split (Spark's text files), numbered from ``first_line``."""
+    yield from _read_ndjson(io.BytesIO(b"\n".join(lines)), name, None, first_line=first_line)
+
+
+def read_document(data: bytes, name: str) -> Iterator[RawRecord | Reject]:
+    """One whole JSON file's records (a Bundle, a resource, a list; NDJSON named .json)."""
+    yield from _read_document(data, name)
 
 
 def _read_document(data: bytes, name: str) -> Iterator[RawRecord | Reject]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -68,6 +68,19 @@ def load_bucket(paths: list[Path]) -> list[InputRecord]:
                 items.extend(pickle.load(fh))  # noqa: S301 - our own spill file, written by this run
         path.unlink()
     return items
+
+
+class RejectSink(Protocol):
+    """Where rejects go: a file of one worker (``RejectsFile``), or a list a Spark task hands back."""
+
+    def reject(self, entry: dict[str, Any]) -> None: ...
+
+
+class RejectList(list[dict[str, Any]]):
+    """Rejects kept in memory (a Spark task's, returned to the driver)."""
+
+    def reject(self, entry: dict[str, Any]) -> None:
+        self.append(entry)
 
 
 class RejectsFile:

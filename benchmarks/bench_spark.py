@@ -1,0 +1,96 @@
+"""The Spark engine against the local engine on this machine: ``evaluate`` at 10k and 100k patients.
+
+Each run is a fresh process on the seeded synthetic cohort of ``generate.py``: the local engine with its
+default workers (two here) and Spark in local mode (``local[2]``, the same two cores), results only
+(``--no-writeback --no-report``) and with every output. The figure is Spark's wall time as a ratio to the
+local engine's in the same round: the price of Spark's machinery (a JVM, task scheduling, pickling records
+between the JVM and Python, the shuffle) on a machine the local engine already uses fully.
+
+It also reports what a cluster estimate needs: the Spark run's read-and-map and evaluate seconds (the work
+the executors share) and the driver's part (collecting each patient's result and writing every file), which
+no number of executors shortens. ``docs/spark.md`` turns those into an estimate.
+
+    python benchmarks/bench_spark.py                       # 10k and 100k patients, both output sets
+    python benchmarks/bench_spark.py --sizes 10000 --outputs results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from generate import generate  # noqa: E402 - the generator lives beside this script
+
+RUN = """
+import json, os, resource, sys, time
+from datetime import date
+from pathlib import Path
+os.environ["PYSPARK_PYTHON"] = sys.executable
+from fhiradapter.shell.mappings_io import load_mappings
+from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.core.stats import clopper_pearson, kaplan_meier
+kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
+mappings, identity = load_mappings()
+engine, everything = sys.argv[3], sys.argv[4] == "all"
+t = time.perf_counter()
+summary = run_evaluate([Path(sys.argv[1])], Path(sys.argv[2]), date(2005, 12, 31), mappings, identity,
+                       report=everything, writeback=everything, engine=engine, spark_master="local[2]")
+dt = time.perf_counter() - t
+print(json.dumps({"seconds": dt, "phases": summary["seconds"], "resources": summary["records_read"],
+                  "patients": summary["patients"],
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--outputs", choices=["all", "results", "both"], default="both")
+    parser.add_argument("--data", type=Path, default=HERE / ".data")
+    args = parser.parse_args()
+    output_sets = ["results", "all"] if args.outputs == "both" else [args.outputs]
+    rows = []
+    for size in args.sizes:
+        folder = args.data / f"p{size}"
+        if not (folder / "Observation.ndjson").exists():
+            t = time.perf_counter()
+            count = generate(size, folder, seed=7)
+            print(f"generated {count} resources for {size} patients in {time.perf_counter() - t:.1f} s", flush=True)
+        for outputs in output_sets:
+            local = measure(str(folder), str(args.data / f"out-local-{size}"), "local", outputs)
+            spark = measure(str(folder), str(args.data / f"out-spark-{size}"), "spark", outputs)
+            assert local["patients"] == spark["patients"] == size
+            phases = spark["phases"]
+            row = {
+                "patients": size,
+                "resources": local["resources"],
+                "outputs": outputs,
+                "local_s": round(local["seconds"], 1),
+                "spark_s": round(spark["seconds"], 1),
+                "ratio": round(spark["seconds"] / local["seconds"], 2),
+                "spark_read_map_s": phases.get("read_and_map"),
+                "spark_evaluate_s": phases.get("evaluate"),
+                "driver_write_s": round(sum(phases.get(k, 0) for k in ("cohort_statistics", "write", "report")), 1),
+                "local_peak_mb": round(local["peak_mb"]),
+                "spark_driver_peak_mb": round(spark["peak_mb"]),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    (args.data / "bench-spark.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,269 @@
+"""``evaluate --engine spark``: the same run on Apache Spark, for inputs one machine cannot take.
+
+Nothing of the protocol is written twice. The plan:
+
+1. **Read and map** on the executors with the local engine's code: local files are cut into the same
+   line-aligned tasks (``readers.plan_tasks``) and read by ``pipeline.read_task``; an input Spark reads by URL
+   (``hdfs://``, ``s3a://``, ...) is split by Spark (NDJSON, ``.gz`` included) or read whole (``.json``
+   Bundles), then parsed by the same reader functions. Every line becomes an ``InputRecord`` or a reject.
+2. **Study-wide resources** (Medication, ResearchStudy; few) are collected to the driver, settled with the
+   same duplicate rule, and broadcast.
+3. **Group by patient** (a record's key is its patient, or its own reference when it has none: as the local
+   engine's buckets) and call ``pipeline.evaluate_group`` on each group: the duplicate rule, then
+   ``evaluate_patient``, the one per-patient function both engines share. Its inputs and outputs pickle.
+4. **The driver** receives each patient's typed result, write-back plan and extract, writes them through
+   ``outputs.PatientParts`` and finishes with ``pipeline.publish_run``: the cohort statistics from one small
+   row per patient, then every output file, written by the same code as the local engine's.
+
+Copies of a resource are ordered by where they were read exactly as in the local engine (the task's place
+in input order, then the line), so the "seen last" rule keeps the same copy.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fhiradapter.core.dedup import InputRecord, version_of
+from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
+from fhiradapter.core.mappers import MapContext, Record, map_resource
+from fhiradapter.core.results import Population
+from fhiradapter.errors import ConfigError, InputError
+from fhiradapter.shell.mappings_io import ucum_factor
+from fhiradapter.shell.out_folder import SPILL_PREFIX
+from fhiradapter.shell.outputs import PatientParts
+from fhiradapter.shell.pipeline import (
+    CHUNK_BYTES,
+    GLOBAL_TYPES,
+    Evaluated,
+    RunRequest,
+    RunStats,
+    _patient_key,
+    evaluate_group,
+    publish_run,
+    read_task,
+    settle_globals,
+    writeback_context,
+)
+from fhiradapter.shell.readers import RawRecord, Reject, Task, plan_tasks, read_document, read_lines
+from fhiradapter.shell.spill import RejectList, RejectsFile
+
+INSTALL_HINT = "--engine spark needs pyspark and Java 17 or newer: pip install 'fhiradapter[spark]'"
+# Where a record read from a URL input ranks among the local inputs' tasks (after all of them).
+URL_RANK_BASE = 1_000_000
+
+# What an executor hands back: ("item", key, InputRecord) or, once per task, ("done", stats, rejects).
+Tagged = tuple[str, Any, Any]
+
+
+def _map_raw(raw: RawRecord | Reject, seq: int, ctx: MapContext, rejects: RejectList, stats: RunStats) -> Tagged | None:
+    """One record read from a URL input, mapped as ``pipeline.read_task`` maps a local file's."""
+    if isinstance(raw, Reject):
+        kind = raw.resource_type or "(not a resource)"
+        stats.read[kind] += 1
+        stats.rejected[kind] += 1
+        stats.reasons[raw.code] += 1
+        rejects.reject(raw.as_dict())
+        return None
+    res = raw.resource
+    rtype = res["resourceType"]
+    ref = f"{rtype}/{res['id']}"
+    stats.read[rtype] += 1
+    record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
+    item = InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))
+    return ("item", item.patient or item.ref, item)
+
+
+def _read_tasks(settings: EvaluationSettings) -> Callable[[Iterable[tuple[int, Task]]], Iterator[Tagged]]:
+    def run(tasks: Iterable[tuple[int, Task]]) -> Iterator[Tagged]:
+        ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
+        for rank, task in tasks:
+            stats, rejects = RunStats(), RejectList()
+            for item in read_task(rank, task, ctx, rejects, stats):
+                yield ("item", item.patient or item.ref, item)
+            yield ("done", stats, rejects)
+
+    return run
+
+
+def _read_text(
+    settings: EvaluationSettings, name: str, rank: int
+) -> Callable[[int, Iterable[tuple[str, int]]], Iterator[Tagged]]:
+    """A partition of a text input Spark split: its lines, numbered by ``zipWithIndex``."""
+
+    def run(_partition: int, lines: Iterable[tuple[str, int]]) -> Iterator[Tagged]:
+        ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
+        stats, rejects = RunStats(), RejectList()
+        rows = list(lines)
+        if rows:
+            first = rows[0][1]
+            raws = read_lines([line.encode() for line, _n in rows], name, first_line=first + 1)
+            for n, raw in enumerate(raws):
+                tagged = _map_raw(raw, rank * 1_000_000_000 + first + n, ctx, rejects, stats)
+                if tagged is not None:
+                    yield tagged
+        yield ("done", stats, rejects)
+
+    return run
+
+
+def _read_whole(settings: EvaluationSettings, rank: int) -> Callable[[Iterable[tuple[str, bytes]]], Iterator[Tagged]]:
+    """Whole JSON files (Bundles) of a URL input."""
+
+    def run(files: Iterable[tuple[str, bytes]]) -> Iterator[Tagged]:
+        ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
+        stats, rejects = RunStats(), RejectList()
+        for n_file, (name, data) in enumerate(files):
+            for n, raw in enumerate(read_document(data, name)):
+                seq = (rank + n_file) * 1_000_000_000 + n
+                tagged = _map_raw(raw, seq, ctx, rejects, stats)
+                if tagged is not None:
+                    yield tagged
+        yield ("done", stats, rejects)
+
+    return run
+
+
+def _evaluate_groups(
+    settings: EvaluationSettings, medications: Any, writeback: bool, enrol: bool
+) -> Callable[[Iterable[tuple[str, Iterable[InputRecord]]]], Iterator[Tagged]]:
+    """Each patient's records through ``pipeline.evaluate_group`` (the local engine's per-patient step)."""
+
+    def run(groups: Iterable[tuple[str, Iterable[InputRecord]]]) -> Iterator[Tagged]:
+        stats, rejects = RunStats(), RejectList()
+        wctx = writeback_context(settings, writeback)
+        meds: dict[str, Record | None] = medications.value
+        for _key, items in groups:
+            for evaluated in evaluate_group(list(items), settings, meds, rejects, stats, wctx, enrol):
+                yield ("patient", evaluated, None)
+        yield ("done", stats, rejects)
+
+    return run
+
+
+def run_spark(
+    run: RunRequest, settings: EvaluationSettings, master: str | None, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """The run on a Spark session at ``master`` (``local[*]``, ``spark://host:7077``, ``yarn``, ...).
+
+    Without ``master``: the one ``spark-submit`` set (its ``--master``), else ``local[*]``.
+    """
+    try:
+        from pyspark import SparkConf  # noqa: PLC0415 - an optional extra
+        from pyspark.sql import SparkSession  # noqa: PLC0415
+    except ModuleNotFoundError:
+        raise ConfigError(INSTALL_HINT) from None
+    if master is None:
+        try:
+            master = str(SparkConf().get("spark.master", "local[*]"))  # spark-submit passes it as a property
+        except Exception as exc:  # noqa: BLE001 - no Java: one line, not a JVM trace
+            raise ConfigError(f"cannot start Spark: {type(exc).__name__}: {str(exc)[:200]} ({INSTALL_HINT})") from None
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[phase] = round(now - clock, 3)
+        clock = now
+
+    # A session already running in this process (spark-submit, a notebook, the tests) is used as it is, and
+    # left running; one started here is stopped at the end.
+    ours = SparkSession.getActiveSession() is None
+    builder = SparkSession.builder.appName("fhiradapter evaluate").master(master)
+    if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        # Executors on this machine run this interpreter, which has fhiradapter (not whatever python3 is first
+        # on PATH). On a cluster, the executors' Python is the cluster's (docs/spark.md).
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+    try:
+        spark = builder.config("spark.ui.showConsoleProgress", "false").getOrCreate()
+    except Exception as exc:  # noqa: BLE001 - no JVM, a cluster that cannot be reached: say so in one line
+        raise ConfigError(f"cannot start Spark at {master}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    sc = spark.sparkContext
+    sc.setLogLevel("ERROR")
+    try:
+        with tempfile.TemporaryDirectory(dir=run.out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700
+            return _run(spark, run, settings, Path(spill_dir), lap, seconds)
+    finally:
+        if ours:
+            spark.stop()
+
+
+def _run(
+    spark: Any,
+    run: RunRequest,
+    settings: EvaluationSettings,
+    spill: Path,
+    lap: Callable[[str], None],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    sc = spark.sparkContext
+    local = [f for f in run.files if "://" not in str(f)]
+    try:
+        tasks = plan_tasks(local, CHUNK_BYTES)
+    except OSError as exc:
+        raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
+    parts = []
+    if tasks:
+        parts.append(sc.parallelize(list(enumerate(tasks)), len(tasks)).mapPartitions(_read_tasks(settings)))
+    for n, url in enumerate(run.urls):
+        rank = URL_RANK_BASE + n * 1000
+        if url.lower().endswith(".json"):
+            parts.append(sc.binaryFiles(url).mapPartitions(_read_whole(settings, rank)))
+        else:
+            lines = sc.textFile(url).zipWithIndex()
+            parts.append(lines.mapPartitionsWithIndex(_read_text(settings, url, rank)))
+    if not parts:
+        raise InputError("nothing to read: no input file")
+    mapped = sc.union(parts).persist()
+    stats = RunStats(files=len(run.files) + len(run.urls), input_bytes=sum(f.stat().st_size for f in local))
+    reject_files: list[Path] = []
+    read_rejects = RejectsFile(spill / "rejects-read.ndjson")
+    try:
+        for _tag, task_stats, rejects in mapped.filter(lambda t: t[0] == "done").collect():
+            stats.merge(task_stats)
+            for entry in rejects:
+                read_rejects.reject(entry)
+        study_wide = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] in GLOBAL_TYPES)
+        medications = settle_globals([t[2] for t in study_wide.collect()], run.unread, read_rejects, stats)
+    finally:
+        read_rejects.close()
+    reject_files.append(read_rejects.path)
+    lap("read_and_map")
+    by_patient = (
+        mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] not in GLOBAL_TYPES)
+        .map(lambda t: (t[1], t[2]))
+        .groupByKey()
+    )
+    shared = sc.broadcast(medications)
+    evaluated = by_patient.mapPartitions(_evaluate_groups(settings, shared, run.writeback, run.enrol_candidates))
+    rows: list[CohortRow] = []
+    patient_parts = PatientParts(spill, "spark")
+    eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson")
+    try:
+        for tag, payload, rejects in evaluated.toLocalIterator():
+            if tag == "done":
+                stats.merge(payload)
+                for entry in rejects:
+                    eval_rejects.reject(entry)
+                continue
+            result, row, plan, extract = payload
+            patient_parts.add(result, plan, extract)
+            if result.population != Population.CANDIDATE:
+                rows.append(row)
+    finally:
+        try:
+            eval_rejects.close()
+        finally:
+            index = patient_parts.close()
+    reject_files.append(eval_rejects.path)
+    stats.plan.update(index.actions)
+    mapped.unpersist()
+    lap("evaluate")
+    done = Evaluated(stats, rows, reject_files, [index], sc.defaultParallelism, {})
+    return publish_run(run, settings, spill, done, lap, seconds)

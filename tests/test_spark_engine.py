@@ -1,0 +1,184 @@
+"""``evaluate --engine spark`` gives the local engine's results (issue: run on Apache Spark).
+
+Spark runs in local mode (``local[2]``), one session for the module. The comparisons are whole: results.json's
+``subjects`` and ``cohort``, the clinical extract, the write-back plan and Bundle entries, and the rejects as a
+set. In CI these tests run (pyspark is in the dev extras, Java 17 on the machine); elsewhere they skip saying
+what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builders import ROOT
+from click.testing import CliRunner
+
+from fhiradapter.cli import main
+from fhiradapter.errors import ExitCode
+from fhiradapter.shell.mappings_io import load_mappings
+from fhiradapter.shell.pipeline import run_evaluate
+
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
+GENERATE = ROOT / "benchmarks" / "generate.py"
+AS_OF = date(2005, 3, 31)
+
+
+def _spark_missing() -> str | None:
+    try:
+        import pyspark  # noqa: F401
+    except ModuleNotFoundError:
+        return "pyspark is not installed (pip install -e '.[dev]' brings it)"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "no Java runtime (Spark 4 needs Java 17 or newer)"
+    return None
+
+
+MISSING = _spark_missing()
+if MISSING and os.environ.get("CI"):
+    raise RuntimeError(f"CI must run the Spark tests: {MISSING}")
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    """One local Spark session for the module; the engine uses it and leaves it running."""
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("fhiradapter tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def run(inputs: list[Path], out: Path, engine: str, **kw: Any) -> dict[str, Any]:
+    mappings, identity = load_mappings()
+    as_of = kw.pop("as_of", AS_OF)
+    return run_evaluate(inputs, out, as_of, mappings, identity, engine=engine, **kw)
+
+
+def outputs(out: Path) -> dict[str, Any]:
+    """What both engines must agree on, read from the files they wrote."""
+    results = json.loads((out / "results.json").read_text())
+    bundle = json.loads((out / "writeback.json").read_text())
+    entries = bundle["entry"][:-1]  # the Provenance (last) records the time of the run
+    return {
+        "subjects": results["subjects"],
+        "cohort": results["cohort"],
+        "rejects": sorted((out / "rejects.ndjson").read_text().splitlines()),
+        "clinical": (out / "clinical.ndjson").read_text(),
+        "plan": (out / "writeback-plan.ndjson").read_text(),
+        "entries": entries,
+        "targets": sorted(t["reference"] for t in bundle["entry"][-1]["resource"]["target"]),
+    }
+
+
+def assert_same(local: Path, spark: Path) -> None:
+    a, b = outputs(local), outputs(spark)
+    assert a["subjects"] and a["cohort"]["n_treated"] > 0  # something was compared
+    for key in a:
+        assert a[key] == b[key], f"{key} differs between the local engine and Spark"
+
+
+def test_the_paper_cohort_gives_the_local_engines_results(tmp_path: Path, spark: Any) -> None:
+    run([PAPER], tmp_path / "local", "local")
+    summary = run([PAPER], tmp_path / "spark", "spark")
+    assert_same(tmp_path / "local", tmp_path / "spark")
+    assert summary["patients"] == 14 and summary["records_rejected"] == 3
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("generated") / "p2000"
+    subprocess.run(
+        [sys.executable, str(GENERATE), "--patients", "2000", "--out", str(folder), "--seed", "11"],
+        check=True,
+        capture_output=True,
+    )
+    return folder
+
+
+def test_a_generated_cohort_of_2000_patients_gives_the_local_engines_results(
+    tmp_path: Path, spark: Any, generated: Path
+) -> None:
+    as_of = date(2005, 12, 31)
+    run([generated], tmp_path / "local", "local", as_of=as_of, report=False, workers=2)
+    summary = run([generated], tmp_path / "spark", "spark", as_of=as_of, report=False)
+    assert summary["patients"] == 2000
+    assert_same(tmp_path / "local", tmp_path / "spark")
+
+
+def test_duplicates_across_partitions_and_files_keep_the_same_copy(
+    tmp_path: Path, spark: Any, generated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies of one resource in other files, read by other tasks (small tasks: many partitions): the copy
+    kept is the local engine's, by versionId, then lastUpdated, then the copy seen last."""
+    data = tmp_path / "data"
+    shutil.copytree(generated, data)
+    lines = (data / "Observation.ndjson").read_text().splitlines()
+    later, again = [], []
+    for n, line in enumerate(lines[:3000:7]):
+        res = json.loads(line)
+        if res.get("valueQuantity"):
+            res["valueQuantity"]["value"] = round(res["valueQuantity"]["value"] * 1.5, 2)
+        if n % 2:
+            res["meta"]["versionId"] = "2"  # a newer version: it wins wherever it lies
+            later.append(json.dumps(res))
+        else:
+            res.pop("meta")  # says nothing of which is newer: the copy read last wins
+            again.append(json.dumps(res))
+    (data / "zz-later-versions.ndjson").write_text("\n".join(later) + "\n")
+    (data / "aa-unversioned-copies.ndjson").write_text("\n".join(again) + "\n")
+    monkeypatch.setattr("fhiradapter.shell.spark_engine.CHUNK_BYTES", 1 << 20)  # dozens of tasks
+    as_of = date(2005, 12, 31)
+    run([data], tmp_path / "local", "local", as_of=as_of, report=False)
+    summary = run([data], tmp_path / "spark", "spark", as_of=as_of, report=False)
+    assert summary["rejects_by_reason"]["duplicate-superseded"] == len(later) + len(again)
+    assert_same(tmp_path / "local", tmp_path / "spark")
+
+
+def test_inputs_by_url_are_read_by_spark(tmp_path: Path, spark: Any) -> None:
+    """An input Spark reads by URL (here file://; hdfs:// and s3a:// as the Spark configuration allows)."""
+    urls = tuple(p.resolve().as_uri() for p in sorted(PAPER.iterdir()))  # NDJSON files and a Bundle (.json)
+    run([PAPER], tmp_path / "local", "local")
+    run([], tmp_path / "spark", "spark", urls=urls)
+    local, remote = outputs(tmp_path / "local"), outputs(tmp_path / "spark")
+    assert local["subjects"] == remote["subjects"] and local["cohort"] == remote["cohort"]
+
+    def what(line: str) -> tuple[str, str, str]:
+        r = json.loads(line)
+        return (r["resourceType"], r["id"], r["code"])
+
+    assert sorted(map(what, local["rejects"])) == sorted(map(what, remote["rejects"]))
+    assert {json.loads(x)["file"] for x in remote["rejects"]} <= set(urls)
+
+
+def test_a_url_without_the_spark_engine_says_to_add_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["evaluate", "hdfs://namenode/export", "--as-of", "2005-03-31", "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == ExitCode.CONFIG
+    assert "read by Spark: add --engine spark" in result.output
+
+
+def test_without_pyspark_the_engine_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pyspark.sql", None)  # as if the extra were not installed
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "out"), "--engine", "spark"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.CONFIG
+    assert "pip install 'fhiradapter[spark]'" in result.output
