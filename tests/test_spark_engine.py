@@ -182,3 +182,59 @@ def test_without_pyspark_the_engine_says_how_to_install_it(tmp_path: Path, monke
     result = CliRunner().invoke(main, args)
     assert result.exit_code == ExitCode.CONFIG
     assert "pip install 'fhiradapter[spark]'" in result.output
+
+
+def _lines(folder: Path) -> list[str]:
+    return [line for part in sorted(folder.glob("part-*")) for line in part.read_text().splitlines() if line]
+
+
+def test_a_results_dir_holds_the_local_engines_results_and_export_reads_it(tmp_path: Path, spark: Any) -> None:
+    """--results-dir: each patient's result and extract written by Spark in patient order, which export reads."""
+    run([PAPER], tmp_path / "local", "local")
+    url = (tmp_path / "parts").as_uri()
+    summary = run([PAPER], tmp_path / "spark", "spark", results_dir=url, writeback=False)
+    assert summary["results_dir"] == url
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    parts = tmp_path / "parts"
+    assert [json.loads(x) for x in _lines(parts / "subjects")] == local["subjects"]
+    assert _lines(parts / "clinical") == (tmp_path / "local" / "clinical.ndjson").read_text().splitlines()
+    written = json.loads(_lines(parts / "run")[0])
+    assert written["cohort"] == local["cohort"] and written["header"]["as_of"] == "2005-03-31"
+    assert not (tmp_path / "spark" / "results.json").exists()  # the results are in the results folder only
+    assert sorted((tmp_path / "spark" / "rejects.ndjson").read_text().splitlines()) == sorted(
+        (tmp_path / "local" / "rejects.ndjson").read_text().splitlines()
+    )
+    tables = {}
+    for name, folder in (("local", tmp_path / "local"), ("spark", parts)):
+        result = CliRunner().invoke(main, ["export", str(folder), "--export-to", f"csv:{tmp_path / ('csv-' + name)}"])
+        assert result.exit_code == 0, result.output
+        tables[name] = {
+            p.name: [line.split(",", 1)[1] for line in p.read_text().splitlines()[1:]]  # without the run key
+            for p in (tmp_path / f"csv-{name}").glob("*.csv")
+            if p.name != "runs.csv"  # the run's key and results digest differ: other files, other bytes
+        }
+    assert tables["local"] and tables["local"] == tables["spark"]
+    assert sum(len(rows) for rows in tables["local"].values()) > 100
+
+
+def test_export_refuses_a_results_dir_whose_run_did_not_finish(tmp_path: Path, spark: Any) -> None:
+    url = (tmp_path / "parts").as_uri()
+    run([PAPER], tmp_path / "out", "spark", results_dir=url, writeback=False, report=False)
+    (tmp_path / "parts" / "run" / "_SUCCESS").unlink()
+    result = CliRunner().invoke(main, ["export", str(tmp_path / "parts"), "--export-to", f"csv:{tmp_path / 'csv'}"])
+    assert result.exit_code == ExitCode.INPUT
+    assert "not a whole results folder (run without _SUCCESS)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--results-dir", "file:///tmp/x", "--no-writeback"], "--results-dir is written by Spark: add --engine spark"),
+        (["--results-dir", "file:///tmp/x", "--engine", "spark"], "add --no-writeback"),
+    ],
+)
+def test_results_dir_asks_for_what_it_needs(tmp_path: Path, extra: list[str], message: str) -> None:
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "out"), *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.CONFIG
+    assert message in result.output

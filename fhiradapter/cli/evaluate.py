@@ -113,6 +113,15 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
     default=None,
     help="With --engine spark: the master, e.g. spark://host:7077 [default: local[*]; under spark-submit, its own].",
 )
+@click.option(
+    "--results-dir",
+    metavar="URL",
+    default="",
+    help="With --engine spark, for runs too large for one results file: Spark writes each patient's result and "
+    "clinical extract there as partitioned NDJSON, in patient order (any URL Spark writes: hdfs://, s3a://, "
+    "file://). `fhiradapter export` reads that folder. --out keeps summary.json, rejects.ndjson and the "
+    "report. Needs --no-writeback.",
+)
 def evaluate(
     inputs: tuple[str, ...],
     as_of: str,
@@ -132,6 +141,7 @@ def evaluate(
     enrol_candidates: bool,
     engine: str,
     spark_master: str | None,
+    results_dir: str,
 ) -> None:
     """Evaluate the protocol on FHIR files.
 
@@ -190,6 +200,7 @@ def evaluate(
                 engine=engine,
                 spark_master=spark_master,
                 urls=urls,
+                results_dir=results_dir,
             )
         finally:
             if display is not None:
@@ -247,6 +258,12 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         click.echo(f"  most frequent unmapped {kind}: {shown} (all in summary.json)")
     wb = summary.get("writeback")
     names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
+    if summary.get("results_dir"):
+        names = ["rejects.ndjson", "summary.json"]
+        click.echo(
+            f"Each patient's result and clinical extract: in {summary['results_dir']} (subjects/, clinical/, and "
+            "run/ with the cohort), written by Spark; `fhiradapter export` reads that folder."
+        )
     if wb is None:
         click.echo("Write-back: not planned (--no-writeback); no writeback.json.")
     else:

@@ -91,8 +91,36 @@ COHORT_OPEN = b'],"cohort":'
 Rows = dict[str, list[dict[str, Any]]]
 
 
+SPARK_PARTS = ("run", "subjects", "clinical")  # evaluate --engine spark --results-dir: each a folder of parts
+
+
+def is_spark_results(folder: Path) -> bool:
+    """Whether ``folder`` is a ``--results-dir`` that Spark wrote (not an evaluate --out folder)."""
+    return (folder / "subjects").is_dir() and not (folder / "results.json").exists()
+
+
+def check_spark_results(folder: Path) -> None:
+    """A ``--results-dir`` is whole when each of its folders holds Spark's ``_SUCCESS`` (``run`` is written last)."""
+    missing = [name for name in SPARK_PARTS if not (folder / name / "_SUCCESS").exists()]
+    if missing:
+        raise InputError(
+            f"{folder} is not a whole results folder ({', '.join(missing)} without _SUCCESS): the Spark run "
+            "did not finish; run it again"
+        )
+
+
+def _part_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("part-*") if p.is_file())
+
+
 def count_subjects(results_dir: Path) -> int:
     """The number of subjects a results folder holds, from its header line (0 when unknown), for progress bars."""
+    if is_spark_results(results_dir):
+        try:
+            with _part_files(results_dir / "run")[0].open("rb") as fh:
+                return int(orjson.loads(fh.readline())["header"]["run_summary"]["patients"])
+        except (OSError, IndexError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return 0
     try:
         with (results_dir / "results.json").open("rb") as fh:
             head = fh.readline().rstrip()
@@ -116,6 +144,10 @@ class ResultsReader:
         self.has_extract = self.clinical.exists()
         self.cohort: dict[str, Any] | None = None
         self._whole: list[dict[str, Any]] | None = None
+        self._parts: Path | None = None
+        if is_spark_results(folder):
+            self._open_parts(folder)
+            return
         digest = hashlib.sha256()
         try:
             with self.path.open("rb") as fh:
@@ -138,6 +170,32 @@ class ResultsReader:
                 raise InputError(f"{self.path} is not an fhiradapter results file (no subjects/cohort)")
             self.header, self._whole, self.cohort = doc, subjects, cohort
 
+    def _open_parts(self, folder: Path) -> None:
+        """A --results-dir Spark wrote: the header and cohort in run/, subjects and extracts in parts."""
+        self._parts = self.path = folder / "subjects"
+        self.clinical = folder / "clinical"
+        self.has_extract = True
+        run = _part_files(folder / "run")
+        if len(run) != 1:
+            raise InputError(f"{folder / 'run'} should hold one part file, holds {len(run)}")
+        doc = self._load(run[0].read_bytes(), "run/part-00000")
+        if not isinstance(doc.get("header"), dict) or not isinstance(doc.get("cohort"), dict):
+            raise InputError(f"{run[0]} is not an fhiradapter run record (no header/cohort)")
+        self.header, self.cohort = doc["header"], doc["cohort"]
+        digest = hashlib.sha256()
+        for part in _part_files(self._parts):
+            with part.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    digest.update(chunk)
+        self.sha256 = digest.hexdigest()
+
+    def _part_lines(self, folder: Path) -> Iterator[tuple[str, bytes]]:
+        for part in _part_files(folder):
+            with part.open("rb") as fh:
+                for n, line in enumerate(fh, start=1):
+                    if line.strip():
+                        yield f"{part.name} line {n}", line
+
     def _load(self, raw: bytes, where: str) -> dict[str, Any]:
         try:
             doc = orjson.loads(raw)
@@ -152,6 +210,13 @@ class ResultsReader:
         return int(self.header.get("run_summary", {}).get("patients", 0))
 
     def _subjects(self) -> Iterator[dict[str, Any]]:
+        if self._parts is not None:
+            for where, line in self._part_lines(self._parts):
+                subject = self._load(line, where)
+                if "patient" not in subject:
+                    raise InputError(f"{self.path}: {where} is not a subject (no patient)")
+                yield subject
+            return
         if self._whole is not None:
             yield from self._whole
             return
@@ -170,6 +235,14 @@ class ResultsReader:
 
     def _extracts(self) -> Iterator[tuple[str, dict[str, Any]]]:
         if not self.has_extract:
+            return
+        if self._parts is not None:
+            for where, line in self._part_lines(self.clinical):
+                try:
+                    item = orjson.loads(line)
+                    yield str(item["patient"]), item
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    raise InputError(f"{self.clinical}: {where} is not a clinical extract record") from None
             return
         with self.clinical.open("rb") as fh:
             for n, line in enumerate(fh, start=1):
@@ -256,7 +329,10 @@ def export(
         raise ConfigError("--format sdtm writes files: use --to csv:FOLDER or --to parquet:FOLDER")
     pseudo = Pseudonymiser(key) if key is not None else None
     # Only a whole output set: a run that died half way, or files of two runs, are refused (out_folder).
-    check_manifest(results_dir, ["results.json", "clinical.ndjson"])
+    if is_spark_results(results_dir):
+        check_spark_results(results_dir)  # evaluate --engine spark --results-dir: Spark's _SUCCESS markers
+    else:
+        check_manifest(results_dir, ["results.json", "clinical.ndjson"])
     reader = ResultsReader(results_dir)
     if fmt == "sdtm" and not reader.has_extract:
         raise InputError(

@@ -42,7 +42,7 @@ from fhiradapter.core.model import (
     SupportingResource,
 )
 from fhiradapter.core.protocol import Mappings
-from fhiradapter.core.results import PatientResult, Population, to_builtins
+from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_builtins
 from fhiradapter.core.writeback import (
     Existing,
     PlanEntry,
@@ -55,6 +55,7 @@ from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manife
 from fhiradapter.shell.outputs import (
     PartsIndex,
     PatientParts,
+    concatenate,
     iter_rows,
     write_results,
     write_sorted_lines,
@@ -204,6 +205,7 @@ def run_evaluate(
     engine: str = "local",
     spark_master: str | None = None,
     urls: tuple[str, ...] = (),
+    results_dir: str = "",
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
@@ -220,6 +222,13 @@ def run_evaluate(
         raise ConfigError("enrolling candidates needs --screen-candidates too")
     if engine not in ("local", "spark"):
         raise ConfigError(f"unknown engine {engine!r}: local or spark")
+    if results_dir and engine != "spark":
+        raise ConfigError("--results-dir is written by Spark: add --engine spark")
+    if results_dir and writeback:
+        raise ConfigError(
+            "--results-dir writes the results only: add --no-writeback (the write-back of a run that "
+            "size goes through the driver; evaluate it without --results-dir to write it back)"
+        )
     if urls and engine != "spark":
         raise ConfigError(f"{urls[0]}: an input by URL is read by Spark: add --engine spark")
     files, unread = find_inputs(inputs, exclude=out)
@@ -236,6 +245,7 @@ def run_evaluate(
         enrol_candidates,
         on_phase or (lambda _phase: None),
         list(urls),
+        results_dir,
     )
     with claim_output(out, inputs), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
@@ -334,6 +344,7 @@ class RunRequest:
     enrol_candidates: bool = False
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
     urls: list[str] = field(default_factory=list)  # inputs Spark reads by URL (hdfs://, s3a://): --engine spark
+    results_dir: str = ""  # --engine spark: per-patient results go to this URL, written by Spark
 
 
 @dataclass
@@ -377,10 +388,13 @@ def publish_run(
     done: Evaluated,
     lap: Callable[[str], None],
     seconds: dict[str, float],
+    elsewhere: Callable[[dict[str, Any], CohortSummary], None] | None = None,
 ) -> dict[str, Any]:
     """The cohort statistics, then every output in ``run.out``, manifest.json last; returns the run summary.
 
-    Both engines finish through here, so their outputs are written by the same code.
+    Both engines finish through here, so their outputs are written by the same code. ``elsewhere``: the
+    per-patient results were written by Spark to ``run.results_dir``; it writes the header and the cohort
+    there too, and ``run.out`` gets no results.json, clinical.ndjson or candidates.ndjson.
     """
     out, as_of, mappings_identity = run.out, settings.as_of, run.mappings_identity
     cohort = summarise_cohort(done.rows)
@@ -404,13 +418,20 @@ def publish_run(
     skipped += (CANDIDATES_FILE,) if not run.screen_candidates else ()
     for name in skipped:
         (out / name).unlink(missing_ok=True)
-    write_results(out, spill, done.reject_parts, [i for p in done.parts for i in p.subjects], header, cohort)
+    if elsewhere is not None:
+        summary["results_dir"] = run.results_dir
+        for name in ("results.json", "clinical.ndjson", CANDIDATES_FILE):
+            (out / name).unlink(missing_ok=True)
+        concatenate(done.reject_parts, out / "rejects.ndjson")
+        elsewhere(header, cohort)
+    else:
+        write_results(out, spill, done.reject_parts, [i for p in done.parts for i in p.subjects], header, cohort)
+        write_sorted_lines(out / "clinical.ndjson", spill, [i for p in done.parts for i in p.clinical])
+        if run.screen_candidates:
+            write_sorted_lines(out / CANDIDATES_FILE, spill, [i for p in done.parts for i in p.candidates])
     if run.writeback:
         wb_index = [i for p in done.parts for i in p.writeback]
         write_writeback(out, spill, wb_index, [i for p in done.parts for i in p.plan], header)
-    write_sorted_lines(out / "clinical.ndjson", spill, [i for p in done.parts for i in p.clinical])
-    if run.screen_candidates:
-        write_sorted_lines(out / CANDIDATES_FILE, spill, [i for p in done.parts for i in p.candidates])
     lap("write")
     if run.report:
         run.on_phase("report")
@@ -421,10 +442,11 @@ def publish_run(
     summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
     summary["worker_cpu_seconds"] = done.cpu
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-    written = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
+    written = ["rejects.ndjson", "summary.json"]
+    written += ["results.json", "clinical.ndjson"] if elsewhere is None else []
     written += list(WRITEBACK_FILES) if run.writeback else []
     written += list(REPORT_FILES) if run.report else []
-    written += [CANDIDATES_FILE] if run.screen_candidates else []
+    written += [CANDIDATES_FILE] if run.screen_candidates and elsewhere is None else []
     manifest_run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
     write_manifest(out, manifest_run, written)  # last: the set is whole
     return summary

@@ -29,14 +29,16 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fhiradapter.core.dedup import InputRecord, version_of
-from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
+from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, report_row
 from fhiradapter.core.mappers import MapContext, Record, map_resource
-from fhiradapter.core.results import Population
+from fhiradapter.core.results import CohortSummary, Population, to_builtins, to_json
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.out_folder import SPILL_PREFIX
-from fhiradapter.shell.outputs import PatientParts
+from fhiradapter.shell.outputs import PartsIndex, PatientParts
 from fhiradapter.shell.pipeline import (
     CHUNK_BYTES,
     GLOBAL_TYPES,
@@ -242,6 +244,8 @@ def _run(
     )
     shared = sc.broadcast(medications)
     evaluated = by_patient.mapPartitions(_evaluate_groups(settings, shared, run.writeback, run.enrol_candidates))
+    if run.results_dir:
+        return _to_results_dir(sc, run, settings, spill, evaluated, stats, reject_files, lap, seconds, mapped)
     rows: list[CohortRow] = []
     patient_parts = PatientParts(spill, "spark")
     eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson")
@@ -267,3 +271,64 @@ def _run(
     lap("evaluate")
     done = Evaluated(stats, rows, reject_files, [index], sc.defaultParallelism, {})
     return publish_run(run, settings, spill, done, lap, seconds)
+
+
+def _to_results_dir(
+    sc: Any,
+    run: RunRequest,
+    settings: EvaluationSettings,
+    spill: Path,
+    evaluated: Any,
+    stats: RunStats,
+    reject_files: list[Path],
+    lap: Callable[[str], None],
+    seconds: dict[str, float],
+    mapped: Any,
+) -> dict[str, Any]:
+    """``--results-dir``: the per-patient results written by Spark, in patient order, as partitioned NDJSON.
+
+    ``URL/subjects/part-*`` holds results.json's subjects (one per line), ``URL/clinical/part-*`` the clinical
+    extract, ``URL/candidates/part-*`` screening candidates (with --screen-candidates), and ``URL/run/part-00000``
+    the run's header and cohort summary, written last; each folder ends with Spark's ``_SUCCESS``. The driver
+    holds one small row per patient (the cohort statistics, the report) and writes the rest of ``--out``.
+    ``fhiradapter export`` reads such a folder as it reads an evaluate folder.
+    """
+    url = run.results_dir.rstrip("/")
+    evaluated.persist()
+    try:
+        done = evaluated.filter(lambda t: t[0] == "done").map(lambda t: (t[1], t[2])).collect()
+        eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson")
+        try:
+            for task_stats, rejects in done:
+                stats.merge(task_stats)
+                for entry in rejects:
+                    eval_rejects.reject(entry)
+        finally:
+            eval_rejects.close()
+        reject_files.append(eval_rejects.path)
+        patients = evaluated.filter(lambda t: t[0] == "patient").map(lambda t: (t[1][0].patient, t[1]))
+        ordered = patients.sortByKey().persist()
+        subjects = ordered.filter(lambda kv: kv[1][0].population != Population.CANDIDATE)
+        subjects.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/subjects")
+        subjects.map(lambda kv: orjson.dumps(kv[1][3]).decode()).saveAsTextFile(f"{url}/clinical")
+        if run.screen_candidates:
+            candidates = ordered.filter(lambda kv: kv[1][0].population == Population.CANDIDATE)
+            candidates.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/candidates")
+        small = subjects.map(lambda kv: (kv[1][1], orjson.dumps(report_row(kv[1][0])))).collect()
+        ordered.unpersist()
+    finally:
+        evaluated.unpersist()
+        mapped.unpersist()
+    lap("evaluate")
+    rows = [row for row, _report in small]
+    report_rows = spill / "report-rows-spark.ndjson"
+    report_rows.write_bytes(b"".join(line + b"\n" for _row, line in small))
+    evaluated_run = Evaluated(
+        stats, rows, reject_files, [PartsIndex(report_rows=report_rows)], sc.defaultParallelism, {}
+    )
+
+    def write_run(header: dict[str, Any], cohort: CohortSummary) -> None:
+        line = orjson.dumps({"header": header, "cohort": to_builtins(cohort)}).decode()
+        sc.parallelize([line], 1).saveAsTextFile(f"{url}/run")
+
+    return publish_run(run, settings, spill, evaluated_run, lap, seconds, write_run)
