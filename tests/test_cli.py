@@ -110,6 +110,14 @@ def test_unreadable_mappings_name_file_and_key(tmp_path: Path) -> None:
     assert "protocol.toml" in out and "afp_windw_days" in out
 
 
+def test_a_stop_reason_outside_the_five_is_a_config_error(tmp_path: Path) -> None:
+    """PROTOCOL.md §7: a mapped statusReason is progression, toxicity, refusal, death or other."""
+    folder = edited_mappings(tmp_path, "codes.toml", 'concept = "refusal"', 'concept = "financial"')
+    code, out = evaluate_with(tmp_path, folder)
+    assert code == ExitCode.CONFIG
+    assert "codes.toml" in out and "stop_reason" in out and "unexpected internal error" not in out
+
+
 def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
     folder = edited_mappings(tmp_path, "codes.toml", "[systems]", "[systems")
     code, out = evaluate_with(tmp_path, folder)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from fhiradapter.core.model import Observed
 from fhiradapter.core.response import RANK, assess_response, classify_assessment
-from fhiradapter.core.results import ResponseDuration
+from fhiradapter.core.results import ResponseDuration, to_builtins
 
 INDEX = date(2004, 1, 10)
 
@@ -162,6 +162,8 @@ def test_s4_missing_lesion_is_ne_unless_partial_data_already_show_pd() -> None:
 def test_s4_no_baseline_is_ne() -> None:
     r = run(scan(57, 10), [afp(57, 100)])
     assert r.best == "NE" and r.best_reason == "no_baseline_tumour_assessment"
+    # results.json's baseline then holds these three keys, null, and no others
+    assert to_builtins(r.baseline) == {"date": None, "spd_mm2": None, "afp": None}
 
 
 def test_s4_baseline_window_28_days_before_index() -> None:

@@ -175,6 +175,11 @@ def evaluate(
         paths = [Path(i) for i in inputs if "://" not in i]
         if spark_master and engine != "spark":
             raise ConfigError("--spark-master is only used with --engine spark")
+        if results_dir and export_to:
+            raise ConfigError(
+                "--export-to exports --out, which --results-dir leaves without results.json: run "
+                "`fhiradapter export` on the results folder once it is on this machine"
+            )
         files = expand_inputs(paths, exclude=out)
         total = sum(f.stat().st_size for f in files)
         show = sys.stderr.isatty() if progress is None else progress

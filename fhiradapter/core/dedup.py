@@ -40,7 +40,7 @@ def version_of(resource: dict[str, Any]) -> Version:
     vid = meta.get("versionId")
     updated = meta.get("lastUpdated")
     return Version(
-        int(vid) if isinstance(vid, str) and vid.isdigit() else -1,
+        int(vid) if isinstance(vid, str) and vid.isascii() and vid.isdecimal() else -1,
         updated if isinstance(updated, str) else "",
         vid if isinstance(vid, str) else "",
     )

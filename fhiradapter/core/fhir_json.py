@@ -215,11 +215,11 @@ def utc_instant(value: str) -> str:
     """A FHIR instant as a fixed-width UTC text that sorts as the moments do ("" when it is no instant)."""
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if moment.tzinfo is None:  # an instant always has a zone; without one the moment is unknown
+            return ""
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except (ValueError, OverflowError):  # no instant, or one that leaves the calendar in UTC (year 1 or 9999)
         return ""
-    if moment.tzinfo is None:  # an instant always has a zone; without one the moment is unknown
-        return ""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def resolve_aliases(value: Any, aliases: dict[str, str] | None) -> Any:

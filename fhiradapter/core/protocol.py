@@ -7,7 +7,7 @@ The result, :class:`Mappings`, also holds the compiled code lookups the mappers 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -69,6 +69,13 @@ class ConceptCodes(_Strict):
     codes: list[str]
 
 
+class StopReasonCodes(_Strict):
+    """A statusReason code and the stop reason it means (PROTOCOL.md §7: one of five)."""
+
+    concept: Literal["progression", "toxicity", "refusal", "death", "other"]
+    codes: list[str]
+
+
 class ObservationCodes(ConceptCodes):
     unit: str
 
@@ -101,7 +108,7 @@ class CodesFile(_Strict):
     condition: list[ConceptCodes]
     medication: list[ConceptCodes]
     consent: ConsentCodes
-    stop_reason: list[ConceptCodes] = []
+    stop_reason: list[StopReasonCodes] = []
     ae_term: list[AETerm]
 
 
@@ -199,7 +206,7 @@ def _resolver(systems: Mapping[str, str]) -> Any:
     return resolve
 
 
-def _table(entries: list[ConceptCodes], resolve: Any) -> CodeTable:
+def _table(entries: Sequence[ConceptCodes | StopReasonCodes], resolve: Any) -> CodeTable:
     table = CodeTable()
     for entry in entries:
         for system, code in map(resolve, entry.codes):

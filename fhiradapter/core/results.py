@@ -173,14 +173,17 @@ class Assessment(msgspec.Struct, frozen=True):
 
 
 class Baseline(msgspec.Struct, frozen=True):
+    """The baseline tumour assessment and AFP. Without one (best response NE), only the first three are
+    written, as null."""
+
     date: date | None
     spd_mm2: float | int | None
     afp: float | int | None
-    afp_date: str | None = None
-    afp_uln: float | int | None = None
-    afp_evaluable: bool | None = None
-    lesions: tuple[str, ...] = ()
-    evidence: tuple[str, ...] = ()
+    afp_date: str | UnsetType | None = UNSET
+    afp_uln: float | int | UnsetType | None = UNSET
+    afp_evaluable: bool | UnsetType = UNSET
+    lesions: tuple[str, ...] | UnsetType = UNSET
+    evidence: tuple[str, ...] | UnsetType = UNSET
 
 
 class ResponseDuration(msgspec.Struct, frozen=True):

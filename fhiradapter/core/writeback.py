@@ -142,7 +142,8 @@ def desired_resources(subject: PatientResult, ctx: WritebackContext) -> list[tup
     """(kind, resource) for every result of one patient."""
     patient = subject.patient
     out: list[tuple[str, dict[str, Any]]] = []
-    baseline_evidence = list(subject.baseline.evidence) if subject.baseline else []
+    evidence_of_baseline = subject.baseline.evidence if subject.baseline else ()
+    baseline_evidence = list(evidence_of_baseline) if isinstance(evidence_of_baseline, tuple) else []
     for a in subject.assessments:
         code, display = RESPONSE_CODES[a.response]
         day = a.date.isoformat()

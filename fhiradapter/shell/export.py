@@ -100,13 +100,32 @@ def is_spark_results(folder: Path) -> bool:
 
 
 def check_spark_results(folder: Path) -> None:
-    """A ``--results-dir`` is whole when each of its folders holds Spark's ``_SUCCESS`` (``run`` is written last)."""
+    """A ``--results-dir`` is whole when each of its folders holds Spark's ``_SUCCESS`` (``run`` is written last)
+    and as many lines as ``run`` says were written (a copy that stopped half way has the markers, not the lines).
+    """
     missing = [name for name in SPARK_PARTS if not (folder / name / "_SUCCESS").exists()]
     if missing:
         raise InputError(
             f"{folder} is not a whole results folder ({', '.join(missing)} without _SUCCESS): the Spark run "
             "did not finish; run it again"
         )
+    try:
+        with _part_files(folder / "run")[0].open("rb") as fh:
+            counts = orjson.loads(fh.readline()).get("lines") or {}
+    except (OSError, IndexError, orjson.JSONDecodeError, AttributeError):
+        raise InputError(f"{folder / 'run'} holds no run record: the Spark run did not finish") from None
+    for name, expected in counts.items():
+        found = sum(_count_lines(part) for part in _part_files(folder / name))
+        if found != expected:
+            raise InputError(
+                f"{folder / name} holds {found} line(s), the run wrote {expected}: the folder is not whole "
+                "(a copy that stopped?); copy it again"
+            )
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
 
 
 def _part_files(folder: Path) -> list[Path]:
