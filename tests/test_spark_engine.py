@@ -168,6 +168,45 @@ def test_inputs_by_url_are_read_by_spark(tmp_path: Path, spark: Any) -> None:
     assert {json.loads(x)["file"] for x in remote["rejects"]} <= set(urls)
 
 
+def test_a_resource_moved_to_another_patient_counts_once(tmp_path: Path, spark: Any) -> None:
+    """Two copies of one Observation naming different patients: the newer copy is the one that counts, in
+    both engines (the copies meet by reference before they are grouped by patient)."""
+    data = tmp_path / "data"
+    shutil.copytree(PAPER, data)
+    lines = (data / "Observation.ndjson").read_text().splitlines()
+    moved = next(json.loads(x) for x in lines if '"Patient/thal-01"' in x and "ecog" in x)
+    moved["subject"] = {"reference": "Patient/thal-02"}
+    moved["meta"] = {"versionId": "9"}
+    (data / "zz-moved.ndjson").write_text(json.dumps(moved) + "\n")
+    run([data], tmp_path / "local", "local")
+    run([data], tmp_path / "spark", "spark")
+    assert_same(tmp_path / "local", tmp_path / "spark")
+    rejects = [json.loads(x) for x in (tmp_path / "spark" / "rejects.ndjson").read_text().splitlines()]
+    assert [r["id"] for r in rejects if r["code"] == "duplicate-superseded"].count(moved["id"]) == 1
+
+
+def test_a_folder_by_url_is_walked_as_a_local_folder_is(tmp_path: Path, spark: Any) -> None:
+    """A folder URL: its data files are read (NDJSON and a Bundle), and a pull's manifest is listed, not read."""
+    data = tmp_path / "data"
+    shutil.copytree(PAPER, data)
+    (data / "pull-manifest.json").write_text('{"server": "https://fhir.example.org/r4", "files": []}')
+    run([data], tmp_path / "local", "local")
+    run([], tmp_path / "spark", "spark", urls=(data.as_uri(),))
+    local, remote = outputs(tmp_path / "local"), outputs(tmp_path / "spark")
+    assert local["subjects"] == remote["subjects"] and local["cohort"] == remote["cohort"]
+    codes = sorted(json.loads(x)["code"] for x in remote["rejects"])
+    assert codes == sorted(json.loads(x)["code"] for x in local["rejects"])
+    assert "not-read" in codes
+
+
+def test_a_results_dir_that_exists_is_refused(tmp_path: Path, spark: Any) -> None:
+    (tmp_path / "parts").mkdir()
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "out"), "--engine", "spark"]
+    result = CliRunner().invoke(main, [*args, "--results-dir", (tmp_path / "parts").as_uri(), "--no-writeback"])
+    assert result.exit_code == ExitCode.CONFIG
+    assert "exists already" in result.output
+
+
 def test_a_url_without_the_spark_engine_says_to_add_it(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         main, ["evaluate", "hdfs://namenode/export", "--as-of", "2005-03-31", "--out", str(tmp_path / "out")]

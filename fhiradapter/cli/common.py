@@ -100,12 +100,6 @@ EXPORT_TO_HELP = (
 KEY_HELP = "File holding the pseudonymisation secret (>= 32 bytes, mode 600) [default: $FHIRADAPTER_PSEUDONYM_KEY]."
 
 
-def safe_url(url: str) -> str:
-    """The URL without any user info (the user name can be personal; a password is refused earlier)."""
-    scheme, sep, rest = url.partition("://")
-    return f"{scheme}{sep}{rest.rsplit('@', 1)[-1]}" if sep else url
-
-
 PUSH_OUTCOMES = ("created", "updated", "unchanged", "conflict", "error", "not applied", "unknown")
 
 

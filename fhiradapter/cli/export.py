@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from fhiradapter.cli.common import EXPORT_TO_HELP, KEY_HELP, guard, safe_url
+from fhiradapter.cli.common import EXPORT_TO_HELP, KEY_HELP, guard
 from fhiradapter.errors import ConfigError
+from fhiradapter.shell.urls import safe_url
 
 
 def export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:

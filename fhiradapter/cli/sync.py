@@ -18,13 +18,13 @@ from fhiradapter.cli.common import (
     counts_text,
     guard,
     parse_as_of,
-    safe_url,
     searches_text,
 )
 from fhiradapter.cli.export import export_key, run_export
 from fhiradapter.cli.pull import check_instant
 from fhiradapter.cli.server_options import open_server_client, per_search_option, server_options
 from fhiradapter.errors import ConfigError, ExitCode
+from fhiradapter.shell.urls import safe_url
 
 
 def store_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -64,6 +64,7 @@ from fhiradapter.shell.outputs import (
 from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, find_inputs, is_plain, plan_tasks, read_file
 from fhiradapter.shell.report import write_report
 from fhiradapter.shell.spill import Buckets, RejectsFile, RejectSink, load_bucket
+from fhiradapter.shell.urls import safe_url
 from fhiradapter.shell.workers import run_jobs
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
@@ -409,7 +410,7 @@ def publish_run(
         "as_of": as_of.isoformat(),
         "protocol": {**mappings_identity, "study": settings.study},
         "adapter": {"name": "fhiradapter", "version": __version__},
-        "inputs": [str(f) for f in run.files],
+        "inputs": [str(f) for f in run.files] + run.urls,
         "run_summary": summary,
     }
     run.on_phase("write")
@@ -419,7 +420,7 @@ def publish_run(
     for name in skipped:
         (out / name).unlink(missing_ok=True)
     if elsewhere is not None:
-        summary["results_dir"] = run.results_dir
+        summary["results_dir"] = safe_url(run.results_dir)
         for name in ("results.json", "clinical.ndjson", CANDIDATES_FILE):
             (out / name).unlink(missing_ok=True)
         concatenate(done.reject_parts, out / "rejects.ndjson")
@@ -598,8 +599,12 @@ def _pass_two_worker(
     cpu = time.process_time()
     stats = RunStats()
     rows: list[CohortRow] = []
-    rejects = RejectsFile(spill / f"rejects-2-{worker:02d}.ndjson")
     parts = PatientParts(spill, f"{worker:02d}")
+    try:
+        rejects = RejectsFile(spill / f"rejects-2-{worker:02d}.ndjson")
+    except BaseException:
+        parts.close()
+        raise
     wctx = writeback_context(settings, writeback)
     try:
         for b in bucket_ids:
@@ -696,6 +701,11 @@ def keep_newest_global(kept: dict[str, InputRecord], item: InputRecord, rejects:
     kept[item.ref] = item
     if old is not None:
         _reject(old, rejects, stats, "duplicate-superseded", superseded_reason(old, item))
+
+
+def reject_superseded(older: InputRecord, kept: InputRecord, rejects: RejectSink, stats: RunStats) -> None:
+    """Reject a copy another copy of the same resource supersedes, saying which rule decided."""
+    _reject(older, rejects, stats, "duplicate-superseded", superseded_reason(older, kept))
 
 
 def _dedup(items: list[InputRecord], writer: RejectSink, stats: RunStats) -> list[InputRecord]:

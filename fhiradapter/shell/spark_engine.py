@@ -21,6 +21,7 @@ in input order, then the line), so the "seen last" rule keeps the same copy.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from fhiradapter.core.dedup import InputRecord, version_of
+from fhiradapter.core.dedup import InputRecord, keep_newest, version_of
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, report_row
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.results import CohortSummary, Population, to_builtins, to_json
@@ -49,18 +50,44 @@ from fhiradapter.shell.pipeline import (
     evaluate_group,
     publish_run,
     read_task,
+    reject_superseded,
     settle_globals,
     writeback_context,
 )
-from fhiradapter.shell.readers import RawRecord, Reject, Task, plan_tasks, read_document, read_lines
+from fhiradapter.shell.readers import (
+    NOT_DATA,
+    PULL_MANIFEST,
+    RawRecord,
+    Reject,
+    Task,
+    is_data_file,
+    is_plain,
+    plan_tasks,
+    read_document,
+    read_lines,
+)
 from fhiradapter.shell.spill import RejectList, RejectsFile
+from fhiradapter.shell.urls import safe_url
 
 INSTALL_HINT = "--engine spark needs pyspark and Java 17 or newer: pip install 'fhiradapter[spark]'"
-# Where a record read from a URL input ranks among the local inputs' tasks (after all of them).
-URL_RANK_BASE = 1_000_000
+# A record's place in the input ("seen"), the last-seen tie-breaker of the duplicate rule: local tasks are
+# numbered as in the local engine (task rank x 10^9 + record); files found under a URL come after them, each
+# file a block of its own, each Spark partition of a file a block within it, in the order they are read.
+FILE_BLOCK = 10**18
+PARTITION_BLOCK = 10**12
 
 # What an executor hands back: ("item", key, InputRecord) or, once per task, ("done", stats, rejects).
 Tagged = tuple[str, Any, Any]
+
+
+def _newest_copy(group: tuple[str, Iterable[InputRecord]]) -> Iterator[Tagged]:
+    """The copy of one resource that counts, keyed by its patient, and each superseded copy with the winner."""
+    copies = list(group[1])
+    for item, kept in keep_newest(copies):
+        if kept is None:
+            yield ("item", item.patient or item.ref, item)
+        else:
+            yield ("superseded", item, kept)
 
 
 def _map_raw(raw: RawRecord | Reject, seq: int, ctx: MapContext, rejects: RejectList, stats: RunStats) -> Tagged | None:
@@ -94,11 +121,11 @@ def _read_tasks(settings: EvaluationSettings) -> Callable[[Iterable[tuple[int, T
 
 
 def _read_text(
-    settings: EvaluationSettings, name: str, rank: int
+    settings: EvaluationSettings, name: str, base: int
 ) -> Callable[[int, Iterable[tuple[str, int]]], Iterator[Tagged]]:
-    """A partition of a text input Spark split: its lines, numbered by ``zipWithIndex``."""
+    """A partition of an NDJSON file Spark split: its lines, numbered in the file by ``zipWithIndex``."""
 
-    def run(_partition: int, lines: Iterable[tuple[str, int]]) -> Iterator[Tagged]:
+    def run(partition: int, lines: Iterable[tuple[str, int]]) -> Iterator[Tagged]:
         ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
         stats, rejects = RunStats(), RejectList()
         rows = list(lines)
@@ -106,7 +133,7 @@ def _read_text(
             first = rows[0][1]
             raws = read_lines([line.encode() for line, _n in rows], name, first_line=first + 1)
             for n, raw in enumerate(raws):
-                tagged = _map_raw(raw, rank * 1_000_000_000 + first + n, ctx, rejects, stats)
+                tagged = _map_raw(raw, base + partition * PARTITION_BLOCK + n, ctx, rejects, stats)
                 if tagged is not None:
                     yield tagged
         yield ("done", stats, rejects)
@@ -114,21 +141,76 @@ def _read_text(
     return run
 
 
-def _read_whole(settings: EvaluationSettings, rank: int) -> Callable[[Iterable[tuple[str, bytes]]], Iterator[Tagged]]:
-    """Whole JSON files (Bundles) of a URL input."""
+def _read_whole(settings: EvaluationSettings, name: str, base: int) -> Callable[[Iterable[bytes]], Iterator[Tagged]]:
+    """A whole JSON file (a Bundle) found under a URL input."""
 
-    def run(files: Iterable[tuple[str, bytes]]) -> Iterator[Tagged]:
+    def run(files: Iterable[bytes]) -> Iterator[Tagged]:
         ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
         stats, rejects = RunStats(), RejectList()
-        for n_file, (name, data) in enumerate(files):
+        for data in files:
             for n, raw in enumerate(read_document(data, name)):
-                seq = (rank + n_file) * 1_000_000_000 + n
-                tagged = _map_raw(raw, seq, ctx, rejects, stats)
+                tagged = _map_raw(raw, base + n, ctx, rejects, stats)
                 if tagged is not None:
                     yield tagged
         yield ("done", stats, rejects)
 
     return run
+
+
+def _pulled_from(sc: Any, listed: Reject) -> str | None:
+    """The server a pull folder found under a URL was pulled from (its pull-manifest.json), if it says."""
+    if not listed.file.endswith("/" + PULL_MANIFEST):
+        return None
+    try:
+        manifest = orjson.loads("".join(sc.textFile(listed.file).collect()))
+    except Exception:  # noqa: BLE001 - unreadable (any cause): the references stay foreign
+        return None
+    server = manifest.get("server") if isinstance(manifest, dict) else None
+    return server if isinstance(server, str) else None
+
+
+def _exists(sc: Any, url: str) -> bool:
+    path = sc._jvm.org.apache.hadoop.fs.Path(url)
+    return bool(path.getFileSystem(sc._jsc.hadoopConfiguration()).exists(path))
+
+
+def list_url(sc: Any, url: str) -> tuple[list[tuple[str, int]], list[Reject]]:
+    """The data files under ``url`` (a file, a folder walked recursively, or a glob) with their sizes, through
+    Spark's own file systems; and the files there that are not read, as ``not-read`` rejects (the local
+    reader's rules: by name)."""
+    jvm = sc._jvm
+    path = jvm.org.apache.hadoop.fs.Path(url)
+    fs = path.getFileSystem(sc._jsc.hadoopConfiguration())
+    matches = fs.globStatus(path)
+    if matches is None or len(matches) == 0:
+        raise InputError(f"input not found: {url}")
+    files: list[tuple[str, int]] = []
+    for status in matches:
+        if status.isDirectory():
+            found = fs.listFiles(status.getPath(), True)
+            while found.hasNext():
+                item = found.next()
+                files.append((str(item.getPath().toString()), int(item.getLen())))
+        else:
+            files.append((str(status.getPath().toString()), int(status.getLen())))
+    # Hadoop writes a local path as file:/x; shown (and read) as the file:///x a user gives.
+    files = sorted(
+        (f"file://{n[5:]}" if n.startswith("file:/") and not n.startswith("file://") else n, s) for n, s in files
+    )
+    data, skipped = [], []
+    for name, size in files:
+        base = name.rsplit("/", 1)[-1]
+        if base in NOT_DATA:
+            why = "written by fhiradapter pull beside the data: a description of the pull, not data"
+            skipped.append(Reject(name, "file", None, None, "not-read", why))
+        elif base.startswith(("_", ".")):  # Hadoop's and Spark's own markers (_SUCCESS, .crc files)
+            continue
+        elif is_data_file(Path(base)):
+            data.append((name, size))
+        else:
+            why = "not a FHIR data file by its name (read are .ndjson, .jsonl and .json, optionally compressed)"
+            skipped.append(Reject(name, "file", None, None, "not-read", why))
+    return data, skipped
 
 
 def _evaluate_groups(
@@ -183,11 +265,21 @@ def run_spark(
         # on PATH). On a cluster, the executors' Python is the cluster's (docs/spark.md).
         os.environ["PYSPARK_PYTHON"] = sys.executable
     try:
-        spark = builder.config("spark.ui.showConsoleProgress", "false").getOrCreate()
+        show = "true" if progress is not None else "false"  # Spark's own stage bars, when a display is wanted
+        spark = builder.config("spark.ui.showConsoleProgress", show).getOrCreate()
     except Exception as exc:  # noqa: BLE001 - no JVM, a cluster that cannot be reached: say so in one line
         raise ConfigError(f"cannot start Spark at {master}: {type(exc).__name__}: {str(exc)[:200]}") from None
     sc = spark.sparkContext
-    sc.setLogLevel("ERROR")
+    # An executor's failure is logged with its Python traceback, whose message may quote a record: nothing is
+    # logged unless FHIRADAPTER_DEBUG asks (the error still stops the run, with its type only).
+    sc.setLogLevel("ERROR" if os.environ.get("FHIRADAPTER_DEBUG") else "OFF")
+    if run.results_dir and _exists(sc, run.results_dir):
+        if ours:
+            spark.stop()
+        raise ConfigError(
+            f"--results-dir {safe_url(run.results_dir)} exists already: give a new folder (a run never mixes "
+            "its results with another's)"
+        )
     try:
         with tempfile.TemporaryDirectory(dir=run.out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700
             return _run(spark, run, settings, Path(spill_dir), lap, seconds)
@@ -205,47 +297,65 @@ def _run(
     seconds: dict[str, float],
 ) -> dict[str, Any]:
     sc = spark.sparkContext
-    local = [f for f in run.files if "://" not in str(f)]
     try:
-        tasks = plan_tasks(local, CHUNK_BYTES)
+        tasks = plan_tasks(run.files, CHUNK_BYTES)
     except OSError as exc:
         raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
     parts = []
     if tasks:
         parts.append(sc.parallelize(list(enumerate(tasks)), len(tasks)).mapPartitions(_read_tasks(settings)))
-    for n, url in enumerate(run.urls):
-        rank = URL_RANK_BASE + n * 1000
-        if url.lower().endswith(".json"):
-            parts.append(sc.binaryFiles(url).mapPartitions(_read_whole(settings, rank)))
-        else:
-            lines = sc.textFile(url).zipWithIndex()
-            parts.append(lines.mapPartitionsWithIndex(_read_text(settings, url, rank)))
+    url_files, unread = [], list(run.unread)
+    for url in run.urls:
+        found, skipped = list_url(sc, url)
+        url_files += found
+        unread += skipped
+    servers = [server for r in unread if (server := _pulled_from(sc, r))]
+    if servers:  # a pull folder read by URL: its server's absolute references are its own, as for a local one
+        bases = tuple(dict.fromkeys([*settings.local_bases, *servers]))
+        settings = dataclasses.replace(settings, local_bases=bases)
+    first_block = (len(tasks) + 1) * 10**9
+    for n, (name, _size) in enumerate(url_files):
+        base = first_block + n * FILE_BLOCK
+        if is_plain(Path(name)) and name.lower().endswith(".json"):
+            parts.append(sc.binaryFiles(name).values().mapPartitions(_read_whole(settings, name, base)))
+        else:  # NDJSON, compressed or not (Spark's codecs: .gz, .bz2, ...)
+            lines = sc.textFile(name).zipWithIndex()
+            parts.append(lines.mapPartitionsWithIndex(_read_text(settings, name, base)))
     if not parts:
         raise InputError("nothing to read: no input file")
     mapped = sc.union(parts).persist()
-    stats = RunStats(files=len(run.files) + len(run.urls), input_bytes=sum(f.stat().st_size for f in local))
+    input_bytes = sum(f.stat().st_size for f in run.files) + sum(size for _name, size in url_files)
+    stats = RunStats(files=len(run.files) + len(url_files), input_bytes=input_bytes)
     reject_files: list[Path] = []
     read_rejects = RejectsFile(spill / "rejects-read.ndjson")
     try:
-        for _tag, task_stats, rejects in mapped.filter(lambda t: t[0] == "done").collect():
+        for _tag, task_stats, rejects in mapped.filter(lambda t: t[0] == "done").toLocalIterator():
             stats.merge(task_stats)
             for entry in rejects:
                 read_rejects.reject(entry)
         study_wide = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] in GLOBAL_TYPES)
-        medications = settle_globals([t[2] for t in study_wide.collect()], run.unread, read_rejects, stats)
+        medications = settle_globals([t[2] for t in study_wide.collect()], unread, read_rejects, stats)
+        # The duplicate rule by reference, before grouping by patient: copies of one resource that name
+        # different patients (a record moved to another patient) meet here, whatever their patient.
+        records = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] not in GLOBAL_TYPES)
+        resolved = records.map(lambda t: (t[2].ref, t[2])).groupByKey().flatMap(_newest_copy).persist()
+        for older, kept in (
+            resolved.filter(lambda t: t[0] == "superseded").map(lambda t: (t[1], t[2])).toLocalIterator()
+        ):
+            reject_superseded(older, kept, read_rejects, stats)
     finally:
         read_rejects.close()
     reject_files.append(read_rejects.path)
     lap("read_and_map")
-    by_patient = (
-        mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] not in GLOBAL_TYPES)
-        .map(lambda t: (t[1], t[2]))
-        .groupByKey()
-    )
+    by_patient = resolved.filter(lambda t: t[0] == "item").map(lambda t: (t[1], t[2])).groupByKey()
     shared = sc.broadcast(medications)
     evaluated = by_patient.mapPartitions(_evaluate_groups(settings, shared, run.writeback, run.enrol_candidates))
     if run.results_dir:
-        return _to_results_dir(sc, run, settings, spill, evaluated, stats, reject_files, lap, seconds, mapped)
+        try:
+            return _to_results_dir(sc, run, settings, spill, evaluated, stats, reject_files, lap, seconds)
+        finally:
+            resolved.unpersist()
+            mapped.unpersist()
     rows: list[CohortRow] = []
     patient_parts = PatientParts(spill, "spark")
     eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson")
@@ -267,6 +377,7 @@ def _run(
             index = patient_parts.close()
     reject_files.append(eval_rejects.path)
     stats.plan.update(index.actions)
+    resolved.unpersist()
     mapped.unpersist()
     lap("evaluate")
     done = Evaluated(stats, rows, reject_files, [index], sc.defaultParallelism, {})
@@ -283,7 +394,6 @@ def _to_results_dir(
     reject_files: list[Path],
     lap: Callable[[str], None],
     seconds: dict[str, float],
-    mapped: Any,
 ) -> dict[str, Any]:
     """``--results-dir``: the per-patient results written by Spark, in patient order, as partitioned NDJSON.
 
@@ -296,7 +406,7 @@ def _to_results_dir(
     url = run.results_dir.rstrip("/")
     evaluated.persist()
     try:
-        done = evaluated.filter(lambda t: t[0] == "done").map(lambda t: (t[1], t[2])).collect()
+        done = evaluated.filter(lambda t: t[0] == "done").map(lambda t: (t[1], t[2])).toLocalIterator()
         eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson")
         try:
             for task_stats, rejects in done:
@@ -315,10 +425,12 @@ def _to_results_dir(
             candidates = ordered.filter(lambda kv: kv[1][0].population == Population.CANDIDATE)
             candidates.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/candidates")
         small = subjects.map(lambda kv: (kv[1][1], orjson.dumps(report_row(kv[1][0])))).collect()
+        lines = {"subjects": len(small), "clinical": len(small)}
+        if run.screen_candidates:
+            lines["candidates"] = candidates.count()
         ordered.unpersist()
     finally:
         evaluated.unpersist()
-        mapped.unpersist()
     lap("evaluate")
     rows = [row for row, _report in small]
     report_rows = spill / "report-rows-spark.ndjson"
@@ -328,7 +440,7 @@ def _to_results_dir(
     )
 
     def write_run(header: dict[str, Any], cohort: CohortSummary) -> None:
-        line = orjson.dumps({"header": header, "cohort": to_builtins(cohort)}).decode()
+        line = orjson.dumps({"header": header, "cohort": to_builtins(cohort), "lines": lines}).decode()
         sc.parallelize([line], 1).saveAsTextFile(f"{url}/run")
 
     return publish_run(run, settings, spill, evaluated_run, lap, seconds, write_run)
