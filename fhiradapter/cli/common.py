@@ -7,9 +7,10 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import click
@@ -134,3 +135,28 @@ def searches_text(per_search: int | None, split: int) -> str:
         return ""
     paged_on = f"; {split} paged on, so read patient by patient" if split else ""
     return f" ({per_search} patient(s) per search{paged_on})"
+
+
+def export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--export-to, --export-format, --pseudonymise and --key-file: a command that exports its results after."""
+    options = [
+        click.option(
+            "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
+        ),
+        click.option(
+            "--export-format",
+            type=click.Choice(["tables", "sdtm"]),
+            default="tables",
+            show_default=True,
+            help="With --export-to: registry tables, or SDTM datasets (files only).",
+        ),
+        click.option(
+            "--pseudonymise",
+            is_flag=True,
+            help="With --export-to: keyed-hash subject keys, ages instead of birth dates, no free text.",
+        ),
+        click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from fhiradapter.cli.common import EXPORT_TO_HELP, KEY_HELP, guard, parse_as_of
+from fhiradapter.cli.common import export_options, guard, parse_as_of
 from fhiradapter.cli.export import export_key, run_export
 from fhiradapter.errors import ConfigError, NothingEvaluated
 
@@ -56,22 +56,7 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
-@click.option(
-    "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
-)
-@click.option(
-    "--export-format",
-    type=click.Choice(["tables", "sdtm"]),
-    default="tables",
-    show_default=True,
-    help="With --export-to: registry tables, or SDTM datasets (files only).",
-)
-@click.option(
-    "--pseudonymise",
-    is_flag=True,
-    help="With --export-to: keyed-hash subject keys, ages instead of birth dates, no free text.",
-)
-@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP)
+@export_options
 @click.option(
     "--study",
     metavar="ID",

@@ -10,12 +10,11 @@ from typing import Any
 import click
 
 from fhiradapter.cli.common import (
-    EXPORT_TO_HELP,
-    KEY_HELP,
     PUSH_OUTCOMES,
     SYNC_INTERRUPTED,
     PhaseBars,
     counts_text,
+    export_options,
     guard,
     parse_as_of,
     searches_text,
@@ -71,18 +70,7 @@ def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="Folder with protocol.toml, codes.toml, units.toml [default: the mappings shipped with fhiradapter].",
 )
-@click.option(
-    "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
-)
-@click.option(
-    "--export-format",
-    type=click.Choice(["tables", "sdtm"]),
-    default="tables",
-    show_default=True,
-    help="With --export-to: registry tables, or SDTM datasets (files only).",
-)
-@click.option("--pseudonymise", is_flag=True, help="With --export-to: keyed-hash subject keys, ages, no free text.")
-@click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP)
+@export_options
 @click.option(
     "--chunk",
     type=click.IntRange(2, 10000),

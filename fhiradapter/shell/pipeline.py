@@ -268,14 +268,7 @@ def _run_local(
     input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
-    clock = time.perf_counter()
-    seconds: dict[str, float] = {}  # wall time of each phase, in the run summary
-
-    def lap(phase: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[phase] = round(now - clock, 3)
-        clock = now
+    clock = PhaseClock()
 
     with tempfile.TemporaryDirectory(dir=out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700: patient data
         spill = Path(spill_dir)
@@ -290,7 +283,7 @@ def _run_local(
             [(w, shares[w], buckets, spill, settings, in_memory) for w in range(workers)],
             progress,
         )
-        lap("read_and_map")
+        clock.lap("read_and_map")
         stats = RunStats(files=len(files), input_bytes=input_bytes)
         for r in one:
             stats.merge(r.stats)
@@ -317,7 +310,7 @@ def _run_local(
             for w in range(workers)
         ]
         two = _run_workers(_pass_two_worker, jobs, progress)
-        lap("evaluate")
+        clock.lap("evaluate")
         for r2 in two:
             stats.merge(r2.stats)
         evaluated = Evaluated(
@@ -328,7 +321,20 @@ def _run_local(
             workers,
             {"read_and_map": [round(r.cpu, 3) for r in one], "evaluate": [round(r2.cpu, 3) for r2 in two]},
         )
-        return publish_run(run, settings, spill, evaluated, lap, seconds)
+        return publish_run(run, settings, spill, evaluated, clock)
+
+
+class PhaseClock:
+    """The wall time of each phase of a run, for summary.json's ``seconds``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._since = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(now - self._since, 3)
+        self._since = now
 
 
 @dataclass
@@ -387,8 +393,7 @@ def publish_run(
     settings: EvaluationSettings,
     spill: Path,
     done: Evaluated,
-    lap: Callable[[str], None],
-    seconds: dict[str, float],
+    clock: PhaseClock,
     elsewhere: Callable[[dict[str, Any], CohortSummary], None] | None = None,
 ) -> dict[str, Any]:
     """The cohort statistics, then every output in ``run.out``, manifest.json last; returns the run summary.
@@ -399,7 +404,7 @@ def publish_run(
     """
     out, as_of, mappings_identity = run.out, settings.as_of, run.mappings_identity
     cohort = summarise_cohort(done.rows)
-    lap("cohort_statistics")
+    clock.lap("cohort_statistics")
     summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
     summary["protocol"]["study"] = settings.study
     summary |= done.stats.as_dict()
@@ -433,14 +438,14 @@ def publish_run(
     if run.writeback:
         wb_index = [i for p in done.parts for i in p.writeback]
         write_writeback(out, spill, wb_index, [i for p in done.parts for i in p.plan], header)
-    lap("write")
+    clock.lap("write")
     if run.report:
         run.on_phase("report")
         folder = mappings_identity.get("mappings_dir")
         rows = iter_rows([p.report_rows for p in done.parts if p.report_rows])
         write_report(out, header, to_builtins(cohort), rows, summary, Path(folder) if folder else None)
-    lap("report")
-    summary["seconds"] = seconds  # in summary.json, not in results.json (which stays reproducible)
+    clock.lap("report")
+    summary["seconds"] = clock.seconds  # in summary.json, not in results.json (which stays reproducible)
     summary["worker_cpu_seconds"] = done.cpu
     (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     written = ["rejects.ndjson", "summary.json"]

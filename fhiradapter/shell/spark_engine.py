@@ -25,7 +25,6 @@ import dataclasses
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from fhiradapter.shell.pipeline import (
     CHUNK_BYTES,
     GLOBAL_TYPES,
     Evaluated,
+    PhaseClock,
     RunRequest,
     RunStats,
     _patient_key,
@@ -247,14 +247,7 @@ def run_spark(
             master = str(SparkConf().get("spark.master", "local[*]"))  # spark-submit passes it as a property
         except Exception as exc:  # noqa: BLE001 - no Java: one line, not a JVM trace
             raise ConfigError(f"cannot start Spark: {type(exc).__name__}: {str(exc)[:200]} ({INSTALL_HINT})") from None
-    clock = time.perf_counter()
-    seconds: dict[str, float] = {}
-
-    def lap(phase: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[phase] = round(now - clock, 3)
-        clock = now
+    clock = PhaseClock()
 
     # A session already running in this process (spark-submit, a notebook, the tests) is used as it is, and
     # left running; one started here is stopped at the end.
@@ -282,7 +275,7 @@ def run_spark(
         )
     try:
         with tempfile.TemporaryDirectory(dir=run.out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700
-            return _run(spark, run, settings, Path(spill_dir), lap, seconds)
+            return _run(spark, run, settings, Path(spill_dir), clock)
     finally:
         if ours:
             spark.stop()
@@ -293,8 +286,7 @@ def _run(
     run: RunRequest,
     settings: EvaluationSettings,
     spill: Path,
-    lap: Callable[[str], None],
-    seconds: dict[str, float],
+    clock: PhaseClock,
 ) -> dict[str, Any]:
     sc = spark.sparkContext
     try:
@@ -346,13 +338,13 @@ def _run(
     finally:
         read_rejects.close()
     reject_files.append(read_rejects.path)
-    lap("read_and_map")
+    clock.lap("read_and_map")
     by_patient = resolved.filter(lambda t: t[0] == "item").map(lambda t: (t[1], t[2])).groupByKey()
     shared = sc.broadcast(medications)
     evaluated = by_patient.mapPartitions(_evaluate_groups(settings, shared, run.writeback, run.enrol_candidates))
     if run.results_dir:
         try:
-            return _to_results_dir(sc, run, settings, spill, evaluated, stats, reject_files, lap, seconds)
+            return _to_results_dir(sc, run, settings, spill, evaluated, stats, reject_files, clock)
         finally:
             resolved.unpersist()
             mapped.unpersist()
@@ -379,9 +371,9 @@ def _run(
     stats.plan.update(index.actions)
     resolved.unpersist()
     mapped.unpersist()
-    lap("evaluate")
+    clock.lap("evaluate")
     done = Evaluated(stats, rows, reject_files, [index], sc.defaultParallelism, {})
-    return publish_run(run, settings, spill, done, lap, seconds)
+    return publish_run(run, settings, spill, done, clock)
 
 
 def _to_results_dir(
@@ -392,8 +384,7 @@ def _to_results_dir(
     evaluated: Any,
     stats: RunStats,
     reject_files: list[Path],
-    lap: Callable[[str], None],
-    seconds: dict[str, float],
+    clock: PhaseClock,
 ) -> dict[str, Any]:
     """``--results-dir``: the per-patient results written by Spark, in patient order, as partitioned NDJSON.
 
@@ -431,7 +422,7 @@ def _to_results_dir(
         ordered.unpersist()
     finally:
         evaluated.unpersist()
-    lap("evaluate")
+    clock.lap("evaluate")
     rows = [row for row, _report in small]
     report_rows = spill / "report-rows-spark.ndjson"
     report_rows.write_bytes(b"".join(line + b"\n" for _row, line in small))
@@ -443,4 +434,4 @@ def _to_results_dir(
         line = orjson.dumps({"header": header, "cohort": to_builtins(cohort), "lines": lines}).decode()
         sc.parallelize([line], 1).saveAsTextFile(f"{url}/run")
 
-    return publish_run(run, settings, spill, evaluated_run, lap, seconds, write_run)
+    return publish_run(run, settings, spill, evaluated_run, clock, write_run)
