@@ -61,7 +61,16 @@ from fhiradapter.shell.outputs import (
     write_sorted_lines,
     write_writeback,
 )
-from fhiradapter.shell.readers import PULL_MANIFEST, Reject, Task, find_inputs, is_plain, plan_tasks, read_file
+from fhiradapter.shell.readers import (
+    PULL_MANIFEST,
+    RawRecord,
+    Reject,
+    Task,
+    find_inputs,
+    is_plain,
+    plan_tasks,
+    read_file,
+)
 from fhiradapter.shell.report import write_report
 from fhiradapter.shell.spill import Buckets, RejectsFile, RejectSink, load_bucket
 from fhiradapter.shell.urls import safe_url
@@ -537,19 +546,29 @@ def read_task(
     engine both read through here.
     """
     for seq, raw in enumerate(read_file(task.path, progress, task), rank * 1_000_000_000):
-        if isinstance(raw, Reject):
-            kind = raw.resource_type or "(not a resource)"
-            stats.read[kind] += 1
-            stats.rejected[kind] += 1
-            stats.reasons[raw.code] += 1
-            rejects.reject(raw.as_dict())
-            continue
-        res = raw.resource
-        rtype = res["resourceType"]
-        ref = f"{rtype}/{res['id']}"
-        stats.read[rtype] += 1
-        record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
-        yield InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))
+        item = map_raw(raw, seq, ctx, rejects, stats)
+        if item is not None:
+            yield item
+
+
+def map_raw(
+    raw: RawRecord | Reject, seq: int, ctx: MapContext, rejects: RejectSink, stats: RunStats
+) -> InputRecord | None:
+    """One record as a reader gave it, mapped (or, a reader's reject, reported and counted). ``seq`` is its
+    place in the input, the last-seen tie-breaker."""
+    if isinstance(raw, Reject):
+        kind = raw.resource_type or "(not a resource)"
+        stats.read[kind] += 1
+        stats.rejected[kind] += 1
+        stats.reasons[raw.code] += 1
+        rejects.reject(raw.as_dict())
+        return None
+    res = raw.resource
+    rtype = res["resourceType"]
+    ref = f"{rtype}/{res['id']}"
+    stats.read[rtype] += 1
+    record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
+    return InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))
 
 
 def _pass_one_worker(

@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
-from fhiradapter.core.dedup import InputRecord, keep_newest, version_of
+from fhiradapter.core.dedup import InputRecord, keep_newest
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, report_row
-from fhiradapter.core.mappers import MapContext, Record, map_resource
+from fhiradapter.core.mappers import MapContext, Record
 from fhiradapter.core.results import CohortSummary, Population, to_builtins, to_json
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.mappings_io import ucum_factor
@@ -46,8 +46,8 @@ from fhiradapter.shell.pipeline import (
     PhaseClock,
     RunRequest,
     RunStats,
-    _patient_key,
     evaluate_group,
+    map_raw,
     publish_run,
     read_task,
     reject_superseded,
@@ -92,20 +92,8 @@ def _newest_copy(group: tuple[str, Iterable[InputRecord]]) -> Iterator[Tagged]:
 
 def _map_raw(raw: RawRecord | Reject, seq: int, ctx: MapContext, rejects: RejectList, stats: RunStats) -> Tagged | None:
     """One record read from a URL input, mapped as ``pipeline.read_task`` maps a local file's."""
-    if isinstance(raw, Reject):
-        kind = raw.resource_type or "(not a resource)"
-        stats.read[kind] += 1
-        stats.rejected[kind] += 1
-        stats.reasons[raw.code] += 1
-        rejects.reject(raw.as_dict())
-        return None
-    res = raw.resource
-    rtype = res["resourceType"]
-    ref = f"{rtype}/{res['id']}"
-    stats.read[rtype] += 1
-    record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
-    item = InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))
-    return ("item", item.patient or item.ref, item)
+    item = map_raw(raw, seq, ctx, rejects, stats)
+    return None if item is None else ("item", item.patient or item.ref, item)
 
 
 def _read_tasks(settings: EvaluationSettings) -> Callable[[Iterable[tuple[int, Task]]], Iterator[Tagged]]:
