@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import msgspec
 import pytest
 from builders import observation
 
+from fhiradapter.core.fhir_types import FAST_DECODER
 from fhiradapter.core.mappers import MapContext, map_resource
 from fhiradapter.core.model import AdverseEvent, Exposure, Observed
 
@@ -18,7 +21,16 @@ def q(value: Any, unit: str) -> dict[str, Any]:
 
 
 def mapped(ctx: MapContext, res: dict[str, Any], aliases: dict[str, str] | None = None) -> Any:
-    record, issues = map_resource(res, f"{res['resourceType']}/{res.get('id')}", ("f", "line 1"), ctx, aliases)
+    """Map a resource as a Bundle entry (a dict) and, where the typed decoder takes it, as an NDJSON line:
+    both paths must give the same record and issues."""
+    ref = f"{res['resourceType']}/{res.get('id')}"
+    record, issues = map_resource(res, ref, ("f", "line 1"), ctx, aliases)
+    try:
+        typed = FAST_DECODER.decode(json.dumps(res))
+    except msgspec.ValidationError:  # another type, or a mistyped field: the reader reads it as a dict
+        typed = None
+    if typed is not None:
+        assert map_resource(typed, ref, ("f", "line 1"), ctx, aliases) == (record, issues)
     return record, [i.code for i in issues]
 
 

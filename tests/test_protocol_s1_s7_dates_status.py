@@ -209,7 +209,7 @@ def test_s7_a_stop_reason_the_record_states_wins_over_one_derived(ctx, mappings:
     "progression" from the data."""
     from builders import lesion
 
-    from fhiradapter.core.mappers import map_medication_use
+    from fhiradapter.core.mappers import map_resource
 
     statement = {
         "resourceType": "MedicationStatement",
@@ -222,7 +222,7 @@ def test_s7_a_stop_reason_the_record_states_wins_over_one_derived(ctx, mappings:
         "subject": {"reference": "Patient/p"},
         "effectivePeriod": {"start": "2004-01-10", "end": "2004-04-18"},
     }
-    med, issues = map_medication_use(statement, "MedicationStatement/t", ORIGIN, ctx, None)
+    med, issues = map_resource(statement, "MedicationStatement/t", ORIGIN, ctx, None)
     assert med is not None and med.stop_reason == "other", issues
     rec = patient([med])
     rec.observations = [

@@ -14,7 +14,7 @@ from fhiradapter.core.child_pugh import (
     rising_points,
     score_child_pugh,
 )
-from fhiradapter.core.mappers import map_observation
+from fhiradapter.core.mappers import map_resource
 from fhiradapter.core.results import to_builtins
 
 
@@ -120,7 +120,7 @@ def test_s3_bilirubin_umol_converted_before_one_table(ctx, umol: float, points: 
             "code": "umol/L",
         },
     }
-    obs, issues = map_observation(res, "Observation/b", ("t", "l"), ctx, None)
+    obs, issues = map_resource(res, "Observation/b", ("t", "l"), ctx, None)
     assert obs is not None and not issues
     assert obs.value is not None
     assert rising_points(obs.value, BILIRUBIN_BANDS) == points

@@ -146,7 +146,7 @@ def test_s5_table_two_counts_patients_by_worst_grade() -> None:
 )
 def test_s5_creatinine_at_exactly_k_times_uln_after_unit_conversion(ctx, umol: float, grade: int) -> None:  # type: ignore[no-untyped-def]
     """Value and ULN in µmol/L, converted to mg/dL (/ 88.4): the multiple of ULN is the one written."""
-    from fhiradapter.core.mappers import map_observation
+    from fhiradapter.core.mappers import map_resource
     from fhiradapter.core.toxicity import lab_grade
 
     quantity = {"unit": "umol/L", "system": "http://unitsofmeasure.org", "code": "umol/L"}
@@ -160,6 +160,6 @@ def test_s5_creatinine_at_exactly_k_times_uln_after_unit_conversion(ctx, umol: f
         "valueQuantity": {"value": umol, **quantity},
         "referenceRange": [{"high": {"value": 97, **quantity}}],
     }
-    obs, issues = map_observation(res, "Observation/c", ("f", "l"), ctx, None)
+    obs, issues = map_resource(res, "Observation/c", ("f", "l"), ctx, None)
     assert obs is not None and obs.unit == "mg/dL", issues
     assert lab_grade(obs) == grade

@@ -56,21 +56,25 @@ def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
         ("mixed.ndjson", "line 2"): "malformed-json",
         ("mixed.ndjson", "line 3"): "not-a-resource",
         ("mixed.ndjson", "line 4"): "missing-id",
-        ("mixed.ndjson", "line 5"): "no-value",
+        ("mixed.ndjson", "line 5"): "invalid-field",
         ("mixed.ndjson", "line 6"): "unknown-subject",
         ("mixed.ndjson", "line 7"): "unmapped-code",
         ("mixed.ndjson", "line 8"): "bad-unit",
         ("mixed.ndjson", "line 9"): "no-grade",
         ("mixed.ndjson", "line 10"): "partial-date",
         ("mixed.ndjson", "line 12"): "type-not-used",
-        ("mixed.ndjson", "line 13"): "no-subject",
+        ("mixed.ndjson", "line 13"): "invalid-field",
         ("mixed.ndjson", "line 14"): "bad-reference",
-        ("mixed.ndjson", "line 15"): "no-value",
-        ("mixed.ndjson", "line 16"): "no-value",
+        ("mixed.ndjson", "line 15"): "invalid-field",
+        ("mixed.ndjson", "line 16"): "invalid-field",
         ("transaction-bundle.json", "entry 0"): "not-a-resource",
         ("transaction-bundle.json", "entry 3"): "not-a-resource",
     }
     assert all(r["reason"] for r in rejects)
+    # A field of the wrong JSON type names its path and what FHIR has there, never the value it holds.
+    mistyped = {r["locator"]: r["reason"] for r in rejects if r["code"] == "invalid-field"}
+    assert "valueQuantity.value" in mistyped["line 5"] and "38" not in mistyped["line 5"]
+    assert "subject" in mistyped["line 13"] and "component" in mistyped["line 15"]
     candidates = [json.loads(line) for line in (tmp_path / "candidates.ndjson").read_text().splitlines()]
     patients = {s["patient"] for s in candidates}
     # The transaction Bundle's Patient had no id: it takes the urn:uuid, and its AFP resolves to it.

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from fhiradapter.core.fhir_json import utc_instant
+from fhiradapter.core.fhir_types import Resource
 from fhiradapter.core.mappers import Record
 from fhiradapter.core.model import Issue, Origin
 
@@ -33,12 +34,16 @@ class Version(NamedTuple):
 NO_VERSION = Version(-1, "", "")
 
 
-def version_of(resource: dict[str, Any]) -> Version:
-    meta = resource.get("meta")
-    if not isinstance(meta, dict):
+def version_of(resource: Resource | dict[str, Any]) -> Version:
+    if isinstance(resource, dict):
+        meta = resource.get("meta")
+        if not isinstance(meta, dict):
+            return NO_VERSION
+        vid, updated = meta.get("versionId"), meta.get("lastUpdated")
+    elif resource.meta is None:
         return NO_VERSION
-    vid = meta.get("versionId")
-    updated = meta.get("lastUpdated")
+    else:
+        vid, updated = resource.meta.version_id, resource.meta.last_updated
     return Version(
         int(vid) if isinstance(vid, str) and vid.isascii() and vid.isdecimal() else -1,
         updated if isinstance(updated, str) else "",

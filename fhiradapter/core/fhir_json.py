@@ -1,7 +1,8 @@
-"""Small, tolerant accessors over raw FHIR R4 JSON dicts: references, dates, codings, extensions.
+"""Small accessors over decoded FHIR R4 elements (:mod:`fhir_types`): references, dates, codings.
 
-Nothing here raises on odd input: a missing or mistyped element reads as ``None`` and the mapper decides
-whether that is an issue. camelCase FHIR names live only here and in the mappers.
+Nothing here raises on odd input: a missing element or an unreadable date reads as ``None`` and the mapper
+decides whether that is an issue. Dates stay as written (``2004-07``, ``2005-03-31``): never shifted through
+UTC, and partial dates keep their precision.
 """
 
 from __future__ import annotations
@@ -10,29 +11,17 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
+
+from fhiradapter.core.fhir_types import CodeableConcept, Reference, Resource, as_typed, get_path
+
+R = TypeVar("R", bound=Resource)
 
 _DATE = re.compile(r"^(\d{4})(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
 RESOURCE_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")  # FHIR R4 id
 MAX_MAGNITUDE = 1e12  # no measurement the protocol reads comes near; beyond it a value is an error of the source
-# The dates the mappers read, as paths of nested keys: one that is present but no calendar date (2005-02-30,
-# 2005-13) makes the record a reject (``bad-date``), never a date shifted into another.
-DATE_PATHS: tuple[tuple[str, ...], ...] = (
-    ("birthDate",),
-    ("deceasedDateTime",),
-    ("effectiveDateTime",),
-    ("effectivePeriod", "start"),
-    ("effectivePeriod", "end"),
-    ("date",),
-    ("detected",),
-    ("recordedDate",),
-    ("onsetDateTime",),
-    ("onsetPeriod", "start"),
-    ("dateTime",),
-    ("period", "start"),
-    ("period", "end"),
-    ("authoredOn",),
-)
 
 
 def local_date(value: Any) -> str | None:
@@ -64,14 +53,13 @@ def _local_date(value: str) -> str | None:
     return value[:end]
 
 
-def unreadable_date(resource: dict[str, Any]) -> str | None:
-    """The path of the first date the mappers read that is present but no calendar date, else None."""
-    for path in DATE_PATHS:
-        value: Any = resource
-        for key in path:
-            value = value.get(key) if type(value) is dict else None
+def unreadable_date(resource: Resource) -> str | None:
+    """The FHIR path of the first date the mappers read that is present but no calendar date (2005-02-30,
+    2005-13), else None: such a record is a reject (``bad-date``), never a date shifted into another."""
+    for path in resource.DATES:
+        value = get_path(resource, path)
         if type(value) is str and _local_date(value) is None:
-            return ".".join(path)
+            return path
     return None
 
 
@@ -113,7 +101,7 @@ def normalise_reference(ref: Any, aliases: dict[str, str] | None = None) -> str 
 
 
 def local_reference(
-    element: Any, aliases: dict[str, str] | None, bases: tuple[str, ...]
+    element: Reference | None, aliases: dict[str, str] | None, bases: tuple[str, ...]
 ) -> tuple[str | None, str | None]:
     """``(Type/id, None)`` for a reference to a resource of this data set, else ``(None, why)``.
 
@@ -121,8 +109,8 @@ def local_reference(
     walks (``../Patient/x``), an absolute URL on a server not in ``bases`` (another hospital's
     ``Patient/x`` is not ours), or an id outside R4's ``[A-Za-z0-9-.]{1,64}`` is no local reference.
     """
-    ref = element.get("reference") if type(element) is dict else None
-    if type(ref) is not str or not ref:
+    ref = element.reference if element is not None else None
+    if not ref:
         return None, None
     if aliases and ref in aliases:
         return aliases[ref], None
@@ -144,70 +132,49 @@ def local_reference(
     return ref, None
 
 
-def reference_of(element: Any, aliases: dict[str, str] | None = None) -> str | None:
-    if type(element) is dict:
-        ref = element.get("reference")
-        if aliases and type(ref) is str and ref in aliases:
-            return aliases[ref]
-        return normalise_reference(ref, aliases)
-    return None
-
-
-def codings(concept: Any) -> Iterator[tuple[str | None, str | None]]:
-    """``(system, code)`` pairs of a CodeableConcept (or of a bare Coding)."""
-    if not isinstance(concept, dict):
-        return
-    items = concept.get("coding")
-    if items is None and "code" in concept:
-        items = [concept]
-    if not isinstance(items, list):
-        return
-    for coding in items:
-        if isinstance(coding, dict):
-            system, code = coding.get("system"), coding.get("code")
-            yield (system if isinstance(system, str) else None, code if isinstance(code, str) else None)
-
-
-def concept_text(concept: Any) -> str | None:
-    if not isinstance(concept, dict):
+def reference_of(element: Reference | None, aliases: dict[str, str] | None = None) -> str | None:
+    if element is None:
         return None
-    text = concept.get("text")
-    if isinstance(text, str) and text:
-        return text
-    for coding in concept.get("coding") or []:
-        if isinstance(coding, dict) and isinstance(coding.get("display"), str):
-            return str(coding["display"])
+    ref = element.reference
+    if aliases and ref is not None and ref in aliases:
+        return aliases[ref]
+    return normalise_reference(ref, aliases)
+
+
+def codings(concept: CodeableConcept | None) -> Iterator[tuple[str | None, str | None]]:
+    """``(system, code)`` pairs of a CodeableConcept."""
+    if concept is not None and concept.coding:
+        for coding in concept.coding:
+            yield coding.system, coding.code
+
+
+def concept_text(concept: CodeableConcept | None) -> str | None:
+    if concept is None:
+        return None
+    if concept.text:
+        return concept.text
+    for coding in concept.coding or ():
+        if coding.display is not None:
+            return coding.display
     return None
 
 
-def first_code(concept: Any) -> str | None:
+def first_code(concept: CodeableConcept | None) -> str | None:
     for _system, code in codings(concept):
         if code:
             return code
     return None
 
 
-def extension_values(resource: dict[str, Any], url: str) -> Iterator[Any]:
-    for ext in resource.get("extension") or []:
-        if isinstance(ext, dict) and ext.get("url") == url:
-            yield ext
-
-
-def number(value: Any) -> float | None:
-    """A JSON number as float; strings and booleans are not numbers."""
-    kind = type(value)  # exact types: a bool is not a number (and JSON parsers give no subclasses)
-    if kind is float:
-        return value  # type: ignore[no-any-return]
-    if kind is int:
-        return float(value)
-    return None
-
-
-def contained(resource: dict[str, Any], local_ref: str) -> dict[str, Any] | None:
+def contained(items: list[dict[str, Any]] | None, local_ref: str, kind: type[R]) -> R | None:
+    """The contained resource a ``#id`` reference names, as ``kind`` (None when absent or not readable)."""
     wanted = local_ref[1:]
-    for item in resource.get("contained") or []:
-        if isinstance(item, dict) and item.get("id") == wanted:
-            return item
+    for item in items or ():
+        if isinstance(item, dict) and item.get("id") == wanted and item.get("resourceType") == kind.__name__:
+            try:
+                return as_typed(item, kind)  # type: ignore[return-value]
+            except msgspec.ValidationError:
+                return None
     return None
 
 

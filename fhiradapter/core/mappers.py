@@ -1,4 +1,8 @@
-"""Mappers: one function per FHIR resource type, raw JSON dict -> (domain record | None, issues).
+"""Mappers: one function per FHIR resource type, decoded resource -> (domain record | None, issues).
+
+Resources come decoded into :mod:`fhir_types` Structs (an NDJSON line straight from its bytes), or as JSON
+dicts (a Bundle's entries), which :func:`map_resource` converts first; a field of the wrong JSON type is then
+an ``invalid-field`` reject naming its path.
 
 A ``None`` record means the resource is not used; its issues say why (and it is reported as a reject).
 A record with issues is used, and the issues are reported with the patient. Mappers never raise on bad
@@ -12,7 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from fhiradapter.core import fhir_json
+from fhiradapter.core import fhir_types as fhir
 from fhiradapter.core.codes import CodeTable
 from fhiradapter.core.model import (
     AdverseEvent,
@@ -76,18 +83,14 @@ class MapContext:
         return self._factor_cache[key]
 
 
-def _lookup(concept: Any, table: CodeTable) -> str | None:
-    """The first coding of a CodeableConcept that ``table`` knows (hot path: no generator)."""
-    if type(concept) is not dict:
+def _lookup(concept: fhir.CodeableConcept | None, table: CodeTable) -> str | None:
+    """The first coding of a CodeableConcept that ``table`` knows."""
+    if concept is None or not concept.coding:
         return None
-    items = concept.get("coding")
-    if type(items) is not list:
-        return None
-    for coding in items:
-        if type(coding) is dict:
-            hit = table.get(coding.get("system"), coding.get("code"))
-            if hit is not None:
-                return hit
+    for coding in concept.coding:
+        hit = table.get(coding.system, coding.code)
+        if hit is not None:
+            return hit
     return None
 
 
@@ -100,25 +103,23 @@ def _issue(ref: str, path: str, code: str, message: str) -> list[Issue]:
     return [Issue(ref, path, code, message)]
 
 
-def _unmapped(ref: str, path: str, concept: Any, message: str) -> list[Issue]:
+def _unmapped(ref: str, path: str, concept: fhir.CodeableConcept | None, message: str) -> list[Issue]:
     """An ``unmapped-code`` issue naming the codes found (``system|code``), so a site knows what to map."""
     found = ", ".join(f"{system or ''}|{code or ''}" for system, code in fhir_json.codings(concept)) or "no coding"
     return [Issue(ref, path, "unmapped-code", message, found)]
 
 
 def _patient_ref(
-    res: dict[str, Any], key: str, ref: str, aliases: dict[str, str] | None, bases: tuple[str, ...] = ()
+    element: fhir.Reference | None, key: str, ref: str, aliases: dict[str, str] | None, bases: tuple[str, ...] = ()
 ) -> tuple[str | None, list[Issue]]:
-    element = res.get(key)
-    if type(element) is dict:  # fast path: a plain relative reference
-        target = element.get("reference")
-        if (
-            type(target) is str
-            and target.startswith("Patient/")
-            and target.count("/") == 1
-            and fhir_json.RESOURCE_ID.fullmatch(target, 8)
-        ):
-            return target, []
+    target = element.reference if element is not None else None
+    if (  # fast path: a plain relative reference
+        target is not None
+        and target.startswith("Patient/")
+        and target.count("/") == 1
+        and fhir_json.RESOURCE_ID.fullmatch(target, 8)
+    ):
+        return target, []
     target, problem = fhir_json.local_reference(element, aliases, bases)
     if problem is not None:
         return None, _issue(ref, key, "bad-reference", f"{key}: {problem}")
@@ -127,17 +128,14 @@ def _patient_ref(
     return target, []
 
 
-def map_patient(
-    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
-) -> Result:
+def map_patient(res: fhir.Patient, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
     issues: list[Issue] = []
-    birth = fhir_json.local_date(res.get("birthDate"))
-    if res.get("birthDate") is not None and birth is None:
+    birth = fhir_json.local_date(res.birth_date)
+    if res.birth_date is not None and birth is None:
         issues += _issue(ref, "birthDate", "bad-date", "birthDate is not a FHIR date")
-    deceased_date = fhir_json.local_date(res.get("deceasedDateTime"))
-    flag = res.get("deceasedBoolean") is True or deceased_date is not None
-    gender = res.get("gender") if isinstance(res.get("gender"), str) else None
-    return Person(ref, birth, gender, deceased_date, flag, origin), issues
+    deceased_date = fhir_json.local_date(res.deceased_date_time)
+    flag = res.deceased_boolean is True or deceased_date is not None
+    return Person(ref, birth, res.gender, deceased_date, flag, origin), issues
 
 
 def _convert(
@@ -183,54 +181,51 @@ def as_recorded(conversion: str | None) -> tuple[float | None, str | None]:
         return None, None
 
 
-def _quantity(q: Any) -> tuple[float | None, str]:
-    if type(q) is not dict:
+def _quantity(q: fhir.Quantity | None) -> tuple[float | None, str]:
+    if q is None:
         return None, ""
-    code = q.get("code")  # the coded unit (UCUM or not) when there is one, else the human-readable unit
-    unit = code if type(code) is str else q.get("unit")
-    return fhir_json.number(q.get("value")), unit if type(unit) is str else ""
+    # The coded unit (UCUM or not) when there is one, else the human-readable unit.
+    return q.value, q.code if q.code is not None else q.unit or ""
 
 
-def _implausible_number(res: dict[str, Any]) -> str | None:
+def _implausible_number(res: fhir.Observation) -> str | None:
     """The path of the first number an Observation carries that no measurement can be (1e308, 30 digits)."""
-    quantity = res.get("valueQuantity")
-    if type(quantity) is dict and not fhir_json.plausible_number(quantity.get("value")):
+    if res.value_quantity is not None and not fhir_json.plausible_number(res.value_quantity.value):
         return "valueQuantity.value"
-    if not fhir_json.plausible_number(res.get("valueInteger")):
+    if not fhir_json.plausible_number(res.value_integer):
         return "valueInteger"
-    for n, item in enumerate(res.get("referenceRange") or ()):
-        for key in ("low", "high"):
-            bound = item.get(key) if type(item) is dict else None
-            if type(bound) is dict and not fhir_json.plausible_number(bound.get("value")):
+    for n, item in enumerate(res.reference_range or ()):
+        for key, bound in (("low", item.low), ("high", item.high)):
+            if bound is not None and not fhir_json.plausible_number(bound.value):
                 return f"referenceRange[{n}].{key}.value"
-    for n, component in enumerate(res.get("component") or ()):
-        value = component.get("valueQuantity") if type(component) is dict else None
-        if type(value) is dict and not fhir_json.plausible_number(value.get("value")):
+    for n, component in enumerate(res.component or ()):
+        value = component.value_quantity
+        if value is not None and not fhir_json.plausible_number(value.value):
             return f"component[{n}].valueQuantity.value"
     return None
 
 
 def map_observation(
-    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
+    res: fhir.Observation, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
     m = ctx.mappings
     written = _written(res, ref, origin, aliases)
     if written is not None:
         return written, []
-    concept = _lookup(res.get("code"), m.observation)
+    concept = _lookup(res.code, m.observation)
     if concept is None:
         return None, _unmapped(
-            ref, "code", res.get("code"), "Observation.code is not a protocol concept in mappings/codes.toml"
+            ref, "code", res.code, "Observation.code is not a protocol concept in mappings/codes.toml"
         )
-    status = res.get("status")
-    if status not in COUNTED_OBS_STATUS:
+    status = res.status
+    if status is None or status not in COUNTED_OBS_STATUS:
         return None, _issue(
             ref,
             "status",
             "status-not-counted",
             f"status {status!r} does not count (only final, amended, corrected)",
         )
-    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
+    patient, issues = _patient_ref(res.subject, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
     implausible = _implausible_number(res)
@@ -238,9 +233,7 @@ def map_observation(
         return None, _issue(
             ref, implausible, "bad-value", f"{implausible} is not a number a measurement can be (beyond 1e12)"
         )
-    raw_date = (
-        res.get("effectiveDateTime") or res.get("effectiveInstant") or (res.get("effectivePeriod") or {}).get("start")
-    )
+    raw_date = res.effective_date_time or res.effective_instant or (res.effective_period or fhir.Period()).start
     date = fhir_json.local_date(raw_date)
     if date is None:
         return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
@@ -253,10 +246,10 @@ def map_observation(
         )
     value = low = high = d1 = d2 = None
     unit = coded = focus = note = None
-    if "dataAbsentReason" in res and not any(k.startswith("value") for k in res):
+    if res.data_absent_reason is not None and not res.has_value():
         return None, _issue(ref, "dataAbsentReason", "no-value", "no value (dataAbsentReason)")
     if concept in NUMERIC_CONCEPTS:
-        value, unit_in = _quantity(res.get("valueQuantity"))
+        value, unit_in = _quantity(res.value_quantity)
         if value is None:
             return None, _issue(
                 ref, "valueQuantity.value", "no-value", "valueQuantity.value is missing or not a number"
@@ -265,10 +258,10 @@ def map_observation(
         if bad:
             return None, bad
         unit = m.canonical_unit[concept]
-        rr = res.get("referenceRange")
-        if isinstance(rr, list) and rr and isinstance(rr[0], dict):
-            for key in ("low", "high"):
-                v, u = _quantity(rr[0].get(key))
+        if res.reference_range:
+            first = res.reference_range[0]
+            for key, bound in (("low", first.low), ("high", first.high)):
+                v, u = _quantity(bound)
                 if v is None:
                     continue
                 conv, _n, bad = _convert(concept, v, u or unit_in, ctx, ref, f"referenceRange[0].{key}")
@@ -285,10 +278,10 @@ def map_observation(
                 ref, "value[x]", "bad-value", "ECOG needs valueInteger 0-5 or a mapped LOINC answer code"
             )
     elif concept == "encephalopathy":
-        raw = res.get("valueInteger")
-        if raw is None:
-            raw = fhir_json.number((res.get("valueQuantity") or {}).get("value"))
-        if not isinstance(raw, int | float) or isinstance(raw, bool) or raw not in (0, 1, 2, 3, 4):
+        raw = res.value_integer
+        if raw is None and res.value_quantity is not None:
+            raw = res.value_quantity.value
+        if raw not in (0, 1, 2, 3, 4):
             return None, _issue(
                 ref,
                 "valueInteger",
@@ -298,7 +291,7 @@ def map_observation(
         value = float(raw)
     elif concept in CODED_CONCEPTS:
         table = m.answer.get(concept)
-        for system, code in fhir_json.codings(res.get("valueCodeableConcept")):
+        for system, code in fhir_json.codings(res.value_codeable_concept):
             coded = table.get(system, code) if table else None
             if coded:
                 break
@@ -313,62 +306,50 @@ def map_observation(
         issues += tissues
         unit = "mm"
     return Observed(
-        ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, str(status), note, origin
+        ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, status, note, origin
     ), issues
 
 
-def _written(res: dict[str, Any], ref: str, origin: Origin, aliases: dict[str, str] | None) -> EarlierResult | None:
+def _written(res: fhir.Observation, ref: str, origin: Origin, aliases: dict[str, str] | None) -> EarlierResult | None:
     """A result this adapter wrote earlier: kept as such (for the write-back plan), never read as input."""
-    idents = res.get("identifier")
-    if type(idents) is not list:
-        return None
-    for ident in idents:
-        if type(ident) is dict and ident.get("system") == IDENTIFIER_SYSTEM and type(ident.get("value")) is str:
-            patient = fhir_json.reference_of(res.get("subject"), aliases)
+    for ident in res.identifier or ():
+        if ident.system == IDENTIFIER_SYSTEM and ident.value is not None:
+            patient = fhir_json.reference_of(res.subject, aliases)
             if patient is None or not patient.startswith("Patient/"):
                 return None
-            meta: dict[str, Any] = res["meta"] if type(res.get("meta")) is dict else {}
-            digest = next(
-                (
-                    t.get("code")
-                    for t in meta.get("tag") or []
-                    if type(t) is dict and t.get("system") == HASH_TAG_SYSTEM
-                ),
-                None,
-            )
-            version = meta.get("versionId") if type(meta.get("versionId")) is str else None
-            return EarlierResult(ref, patient, ident["value"], digest, version, origin)
+            meta = res.meta or fhir.Meta()
+            digest = next((t.code for t in meta.tag or () if t.system == HASH_TAG_SYSTEM), None)
+            return EarlierResult(ref, patient, ident.value, digest, meta.version_id, origin)
     return None
 
 
-def _ecog(res: dict[str, Any], m: Mappings) -> float | None:
-    raw = res.get("valueInteger")
-    if raw is None and isinstance(res.get("valueQuantity"), dict):
-        raw = fhir_json.number(res["valueQuantity"].get("value"))
-    if raw is None and "valueCodeableConcept" in res:
+def _ecog(res: fhir.Observation, m: Mappings) -> float | None:
+    raw = res.value_integer
+    if raw is None and res.value_quantity is not None:
+        raw = res.value_quantity.value
+    if raw is None and res.value_codeable_concept is not None:
         table = m.answer.get("ecog")
-        for system, code in fhir_json.codings(res.get("valueCodeableConcept")):
+        for system, code in fhir_json.codings(res.value_codeable_concept):
             hit = table.get(system, code) if table else None
             if hit is not None:
                 raw = int(hit)
                 break
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw not in range(6):
+    if raw is None or raw not in range(6):
         return None
     return float(raw)
 
 
 def _tumour(
-    res: dict[str, Any], ref: str, ctx: MapContext, aliases: dict[str, str] | None
+    res: fhir.Observation, ref: str, ctx: MapContext, aliases: dict[str, str] | None
 ) -> tuple[str | None, float | None, float | None, list[Issue]]:
-    focus_list = res.get("focus")
     focus = None
-    if isinstance(focus_list, list) and focus_list:
-        focus = fhir_json.reference_of(focus_list[0], aliases)
+    if res.focus:
+        focus = fhir_json.reference_of(res.focus[0], aliases)
         if focus and focus.startswith("#"):
-            body = fhir_json.contained(res, focus)
-            ident = (body or {}).get("identifier")
-            if isinstance(ident, list) and ident and isinstance(ident[0], dict) and ident[0].get("value"):
-                focus = f"BodyStructure?identifier={ident[0].get('system', '')}|{ident[0]['value']}"
+            body = fhir_json.contained(res.contained, focus, fhir.BodyStructure)
+            ident = body.identifier if body is not None else None
+            if ident and ident[0].value:
+                focus = f"BodyStructure?identifier={ident[0].system or ''}|{ident[0].value}"
             else:
                 focus = f"{ref}{focus}"
     if focus is None:
@@ -380,17 +361,15 @@ def _tumour(
         )
     dims: dict[str, float] = {}
     issues: list[Issue] = []
-    for i, comp in enumerate(res.get("component") or []):
-        if not isinstance(comp, dict):
-            continue
+    for i, comp in enumerate(res.component or ()):
         kind = None
-        for system, code in fhir_json.codings(comp.get("code")):
+        for system, code in fhir_json.codings(comp.code):
             kind = ctx.mappings.tumor_component.get(system, code)
             if kind:
                 break
         if kind is None or kind in dims:
             continue
-        v, u = _quantity(comp.get("valueQuantity"))
+        v, u = _quantity(comp.value_quantity)
         if v is None or v < 0:
             issues += _issue(ref, f"component[{i}].valueQuantity", "bad-value", "diameter missing or negative")
             continue
@@ -418,7 +397,7 @@ def _tumour(
     return focus, dims["longest"], dims.get("perpendicular"), issues
 
 
-def _drug(concept: Any, m: Mappings) -> tuple[str | None, str | None]:
+def _drug(concept: fhir.CodeableConcept | None, m: Mappings) -> tuple[str | None, str | None]:
     first = None
     for system, code in fhir_json.codings(concept):
         first = first or code
@@ -428,34 +407,33 @@ def _drug(concept: Any, m: Mappings) -> tuple[str | None, str | None]:
     return None, first
 
 
-def medication_concept(res: dict[str, Any], m: Mappings) -> str | None:
+def medication_concept(res: fhir.Medication, m: Mappings) -> str | None:
     """The protocol drug a Medication resource is (by its code or an ingredient's code)."""
-    drug, _ = _drug(res.get("code"), m)
+    drug, _ = _drug(res.code, m)
     if drug:
         return drug
-    for ing in res.get("ingredient") or []:
-        if isinstance(ing, dict):
-            drug, _ = _drug(ing.get("itemCodeableConcept"), m)
-            if drug:
-                return drug
+    for ing in res.ingredient or ():
+        drug, _ = _drug(ing.item_codeable_concept, m)
+        if drug:
+            return drug
     return None
 
 
 def map_medication_use(
-    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
+    res: fhir.MedicationUse, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    status = res.get("status")
+    status = res.status
     if status in EXCLUDED_MED_STATUS:
         return None, _issue(ref, "status", "status-not-counted", f"status {status!r} is not an exposure")
-    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
+    patient, issues = _patient_ref(res.subject, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
-    drug, code = _drug(res.get("medicationCodeableConcept"), ctx.mappings)
+    drug, code = _drug(res.medication_codeable_concept, ctx.mappings)
     med_ref = None
-    if drug is None and "medicationReference" in res:
-        target = fhir_json.reference_of(res.get("medicationReference"), aliases)
+    if drug is None and res.medication_reference is not None:
+        target = fhir_json.reference_of(res.medication_reference, aliases)
         if target and target.startswith("#"):
-            med = fhir_json.contained(res, target)
+            med = fhir_json.contained(res.contained, target, fhir.Medication)
             drug = medication_concept(med, ctx.mappings) if med else None
             if med is None:
                 issues += _issue(
@@ -467,7 +445,7 @@ def map_medication_use(
         return None, issues + _unmapped(
             ref,
             "medication[x]",
-            res.get("medicationCodeableConcept"),
+            res.medication_codeable_concept,
             "the medication is not a protocol drug in mappings/codes.toml",
         )
     start, end = _exposure_dates(res)
@@ -476,8 +454,7 @@ def map_medication_use(
     # A stop reason the record states wins over one derived from the data (PROTOCOL.md §7): one that no
     # mapping knows (a financial problem, say) is "other", never left for the rules to guess.
     reason = None
-    raw_reasons = res.get("statusReason")
-    stated = [c for c in raw_reasons if isinstance(c, dict) and c] if isinstance(raw_reasons, list) else []
+    stated = [c for c in res.stop_reasons() if c.coding or c.text]
     for concept in stated:
         for system, code in fhir_json.codings(concept):
             reason = reason or ctx.mappings.stop_reason.get(system, code)
@@ -486,38 +463,37 @@ def map_medication_use(
     return Exposure(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
 
 
-def _exposure_dates(res: dict[str, Any]) -> tuple[str | None, str | None]:
-    if res.get("resourceType") == "MedicationRequest":
-        for dose in res.get("dosageInstruction") or []:
-            bounds = (((dose or {}).get("timing") or {}).get("repeat") or {}).get("boundsPeriod")
-            if isinstance(bounds, dict) and bounds.get("start"):
-                return fhir_json.local_date(bounds.get("start")), fhir_json.local_date(bounds.get("end"))
-        return fhir_json.local_date(res.get("authoredOn")), None
-    single = fhir_json.local_date(res.get("effectiveDateTime"))
+def _exposure_dates(res: fhir.MedicationUse) -> tuple[str | None, str | None]:
+    if isinstance(res, fhir.MedicationRequest):
+        for dose in res.dosage_instruction or ():
+            bounds = dose.timing.repeat.bounds_period if dose.timing and dose.timing.repeat else None
+            if bounds is not None and bounds.start:
+                return fhir_json.local_date(bounds.start), fhir_json.local_date(bounds.end)
+        return fhir_json.local_date(res.authored_on), None
+    single = fhir_json.local_date(res.effective_date_time)
     if single:
         return single, single
-    period = res.get("effectivePeriod")
-    if isinstance(period, dict):
-        return fhir_json.local_date(period.get("start")), fhir_json.local_date(period.get("end"))
+    if res.effective_period is not None:
+        return fhir_json.local_date(res.effective_period.start), fhir_json.local_date(res.effective_period.end)
     return None, None
 
 
 def map_adverse_event(
-    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
+    res: fhir.AdverseEvent, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    if res.get("actuality") == "potential":
+    if res.actuality == "potential":
         return None, _issue(ref, "actuality", "not-actual", "a potential event, not an actual one")
-    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
+    patient, issues = _patient_ref(res.subject, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
     term = meddra = None
-    for system, code in fhir_json.codings(res.get("event")):
+    for system, code in fhir_json.codings(res.event):
         term = ctx.mappings.ae_term.get(system, code)
         if system in ("http://terminology.hl7.org/CodeSystem/mdr", "https://www.meddra.org"):
             meddra = meddra or code
         if term:
             break
-    text = fhir_json.concept_text(res.get("event")) or (fhir_json.first_code(res.get("event")) or "(no term)")
+    text = fhir_json.concept_text(res.event) or fhir_json.first_code(res.event) or "(no term)"
     if term:
         meddra = ctx.mappings.ae_terms[term].meddra or meddra
     else:
@@ -528,102 +504,99 @@ def map_adverse_event(
             f"AE term {text!r} is not mapped to a CTC v2.0 term (kept as reported)",
         )
     grade, source = None, "reported"
-    for ext in fhir_json.extension_values(res, AE_GRADE_URL):
-        for _system, code in fhir_json.codings(ext.get("valueCodeableConcept")):
+    for ext in res.extension or ():
+        if ext.url != AE_GRADE_URL:
+            continue
+        for _system, code in fhir_json.codings(ext.value_codeable_concept):
             grade = NCIT_GRADE.get(code or "")
             if grade:
                 break
     if grade is None:
-        sev = fhir_json.first_code(res.get("severity"))
+        sev = fhir_json.first_code(res.severity)
         grade = SEVERITY_GRADE.get(sev or "")
         source = "derived"
     if grade is None:
         return None, issues + _issue(
             ref, "extension(ae-grade)", "no-grade", "neither an ae-grade extension nor a severity"
         )
-    date = fhir_json.local_date(res.get("date") or res.get("detected") or res.get("recordedDate"))
+    date = fhir_json.local_date(res.date or res.detected or res.recorded_date)
     if date is None or not fhir_json.is_full_date(date):
         return None, issues + _issue(ref, "date", "no-date", "no full onset date (date/detected)")
     return AdverseEvent(ref, patient, term, text, meddra, grade, source, date, origin), issues
 
 
 def map_condition(
-    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
+    res: fhir.Condition, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    concept = _lookup(res.get("code"), ctx.mappings.condition)
+    concept = _lookup(res.code, ctx.mappings.condition)
     if concept is None:
         return None, _unmapped(
-            ref, "code", res.get("code"), "Condition.code is not a protocol condition in mappings/codes.toml"
+            ref, "code", res.code, "Condition.code is not a protocol condition in mappings/codes.toml"
         )
-    patient, issues = _patient_ref(res, "subject", ref, aliases, ctx.local_bases)
+    patient, issues = _patient_ref(res.subject, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
-    onset = fhir_json.local_date(res.get("onsetDateTime") or (res.get("onsetPeriod") or {}).get("start"))
-    recorded = fhir_json.local_date(res.get("recordedDate"))
+    onset = fhir_json.local_date(res.onset_date_time or (res.onset_period or fhir.Period()).start)
+    recorded = fhir_json.local_date(res.recorded_date)
     return Condition(
         ref,
         patient,
         concept,
-        fhir_json.first_code(res.get("verificationStatus")),
-        fhir_json.first_code(res.get("clinicalStatus")),
+        fhir_json.first_code(res.verification_status),
+        fhir_json.first_code(res.clinical_status),
         onset,
         recorded,
         origin,
-        fhir_json.concept_text(res.get("code")) or fhir_json.first_code(res.get("code")),
+        fhir_json.concept_text(res.code) or fhir_json.first_code(res.code),
     ), issues
 
 
-def map_consent(
-    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
-) -> Result:
-    patient, issues = _patient_ref(res, "patient", ref, aliases, ctx.local_bases)
+def map_consent(res: fhir.Consent, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
+    patient, issues = _patient_ref(res.patient, "patient", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
-    research = any(ctx.mappings.consent_research.get(s, c) for s, c in fhir_json.codings(res.get("scope")))
-    for cat in res.get("category") or []:
+    research = any(ctx.mappings.consent_research.get(s, c) for s, c in fhir_json.codings(res.scope))
+    for cat in res.category or ():
         research = research or any(ctx.mappings.consent_research.get(s, c) for s, c in fhir_json.codings(cat))
     if not research:
         return None, _issue(ref, "scope", "not-research", "not a research consent")
-    return Consent(ref, patient, str(res.get("status")), fhir_json.local_date(res.get("dateTime")), origin), issues
+    return Consent(ref, patient, str(res.status), fhir_json.local_date(res.date_time), origin), issues
 
 
 def map_research_subject(
-    res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
+    res: fhir.ResearchSubject, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    patient, issues = _patient_ref(res, "individual", ref, aliases, ctx.local_bases)
+    """The subject's record; its whole JSON (``raw``, for write-back) is set by :func:`map_resource`."""
+    patient, issues = _patient_ref(res.individual, "individual", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
-    period: dict[str, Any] = res["period"] if isinstance(res.get("period"), dict) else {}
-    meta: dict[str, Any] = res["meta"] if isinstance(res.get("meta"), dict) else {}
-    version = meta.get("versionId") if isinstance(meta.get("versionId"), str) else None
-    consent = res.get("consent")
+    period = res.period or fhir.Period()
     return StudySubject(
         ref,
         patient,
-        fhir_json.local_reference(res.get("study"), aliases, ctx.local_bases)[0],
-        str(res.get("status")),
-        fhir_json.local_date(period.get("start")),
-        fhir_json.local_date(period.get("end")),
-        isinstance(consent, dict) and bool(consent),
-        version,
+        fhir_json.local_reference(res.study, aliases, ctx.local_bases)[0],
+        str(res.status),
+        fhir_json.local_date(period.start),
+        fhir_json.local_date(period.end),
+        res.consent is not None and res.consent.given(),
+        res.meta.version_id if res.meta is not None else None,
         origin,
-        fhir_json.resolve_aliases(dict(res), aliases),
+        None,
     ), issues
 
 
-def map_other(res: dict[str, Any], ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
-    kind = res.get("resourceType")
-    if kind == "Medication":
+def map_other(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
+    if isinstance(res, fhir.Medication):
         return SupportingResource(ref, None, medication_concept(res, ctx.mappings), origin), []
-    if kind == "BodyStructure":
-        patient, issues = _patient_ref(res, "patient", ref, aliases, ctx.local_bases)
+    if isinstance(res, fhir.BodyStructure):
+        patient, issues = _patient_ref(res.patient, "patient", ref, aliases, ctx.local_bases)
         if patient is None:
             return None, issues
         return SupportingResource(ref, patient, None, origin), []
     return SupportingResource(ref, None, None, origin), []
 
 
-Mapper = Callable[[dict[str, Any], str, Origin, MapContext, dict[str, str] | None], Result]
+Mapper = Callable[[Any, str, Origin, MapContext, dict[str, str] | None], Result]
 MAPPERS: dict[str, Mapper] = {
     "Patient": map_patient,
     "Observation": map_observation,
@@ -641,27 +614,42 @@ MAPPERS: dict[str, Mapper] = {
 
 
 def map_resource(
-    res: dict[str, Any],
+    res: fhir.Resource | dict[str, Any],
     ref: str,
     origin: Origin,
     ctx: MapContext,
     aliases: dict[str, str] | None = None,
 ) -> Result:
-    """Map any resource; types the protocol does not read give ``None`` and a ``type-not-used`` issue."""
-    mapper = MAPPERS.get(str(res.get("resourceType")))
+    """Map any resource, decoded or as a JSON dict; types the protocol does not read give ``None`` and a
+    ``type-not-used`` issue, a field of the wrong JSON type an ``invalid-field`` issue naming its path."""
+    if isinstance(res, dict):
+        kind, rid = str(res.get("resourceType")), res.get("id")
+    else:
+        kind, rid = fhir.resource_type(res), res.id
+    mapper = MAPPERS.get(kind)
     if mapper is None:
-        return None, _issue(
-            ref, "resourceType", "type-not-used", f"{res.get('resourceType')} is not read by the protocol"
-        )
-    if not fhir_json.RESOURCE_ID.fullmatch(str(res.get("id"))):
+        return None, _issue(ref, "resourceType", "type-not-used", f"{kind} is not read by the protocol")
+    if type(rid) is not str or not fhir_json.RESOURCE_ID.fullmatch(rid):
         return None, _issue(ref, "id", "bad-id", "the id breaks FHIR R4's rule [A-Za-z0-9-.]{1,64}")
-    bad_date = fhir_json.unreadable_date(res)
+    if isinstance(res, dict):
+        try:
+            typed = fhir.as_typed(res, fhir.TYPES[kind])
+        except msgspec.ValidationError as exc:
+            path, reason = fhir.error_path(exc)
+            return None, _issue(ref, path, "invalid-field", f"{path} is not what FHIR R4 has there: {reason}")
+    else:
+        typed = res
+    bad_date = fhir_json.unreadable_date(typed)
     if bad_date is not None:
         return None, _issue(ref, bad_date, "bad-date", f"{bad_date} is not a calendar date (e.g. 30 February)")
     try:
-        return mapper(res, ref, origin, ctx, aliases)
+        record, issues = mapper(typed, ref, origin, ctx, aliases)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
-        # An element of an unexpected JSON type deep in the resource: report it, never crash the run.
+        # A defect the decoding let through: report it, never crash the run.
         return None, _issue(
             ref, "(structure)", "invalid-field", f"an element has an unexpected type ({type(exc).__name__})"
         )
+    if isinstance(record, StudySubject):  # write-back updates the subject: keep its whole JSON
+        whole = res if isinstance(res, dict) else msgspec.to_builtins(typed)
+        record = record._replace(raw=fhir_json.resolve_aliases(dict(whole), aliases))
+    return record, issues

@@ -27,6 +27,7 @@ from fhiradapter.core import fhir_json
 from fhiradapter.core.dedup import InputRecord, keep_newest, newer, superseded_reason, version_of
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, evaluate_patient, summarise_cohort
 from fhiradapter.core.extract import patient_extract
+from fhiradapter.core.fhir_types import Resource, resource_type
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.model import (
     AdverseEvent,
@@ -148,14 +149,19 @@ def _most_frequent(unmapped: Counter[tuple[str, str]]) -> dict[str, list[dict[st
     return kinds
 
 
-def _patient_key(res: dict[str, Any], record: Record | None) -> str | None:
+def _patient_key(res: Resource | dict[str, Any], record: Record | None) -> str | None:
+    """The patient whose record this is: the mapped record's, else the one its JSON names (a reject's)."""
     if isinstance(record, Person):
         return record.ref
     patient = getattr(record, "patient", None)
     if isinstance(patient, str):
         return patient
     for key in SUBJECT_KEYS:
-        target = fhir_json.reference_of(res.get(key))
+        if isinstance(res, dict):
+            element = res.get(key)
+            target = fhir_json.normalise_reference(element.get("reference")) if isinstance(element, dict) else None
+        else:
+            target = fhir_json.reference_of(getattr(res, key, None))
         if target and target.startswith("Patient/"):
             return target
     return None
@@ -564,8 +570,11 @@ def map_raw(
         rejects.reject(raw.as_dict())
         return None
     res = raw.resource
-    rtype = res["resourceType"]
-    ref = f"{rtype}/{res['id']}"
+    if isinstance(res, dict):
+        rtype, rid = res["resourceType"], res["id"]
+    else:
+        rtype, rid = resource_type(res), res.id
+    ref = f"{rtype}/{rid}"
     stats.read[rtype] += 1
     record, issues = map_resource(res, ref, raw.origin, ctx, raw.aliases)
     return InputRecord(ref, version_of(res), seq, record, issues, raw.origin, _patient_key(res, record))

@@ -1,6 +1,6 @@
 """Readers: NDJSON, Bundle or single-resource JSON files, compressed or not, and folders of them, streamed.
 
-Each input record comes out either as a :class:`RawRecord` (a resource dict with where it came from and,
+Each input record comes out either as a :class:`RawRecord` (a resource with where it came from and,
 inside a Bundle, the ``urn:uuid`` aliases of its siblings) or as a :class:`Reject` naming file, line or
 entry, and the reason. Nothing is dropped silently:
 
@@ -10,6 +10,9 @@ entry, and the reason. Nothing is dropped silently:
 - a compressed file that breaks off says how many records were read before the break, and that the rest is
   lost (``unreadable``);
 - a UTF-8 byte order mark at a file's start is accepted; a ``.json`` file that holds NDJSON is read as NDJSON;
+- an NDJSON line of a type the protocol reads is decoded straight into its Struct (:mod:`fhir_types`), every
+  field the mappers do not read skipped; any other line (another type, a Bundle, a mistyped field, broken
+  JSON) is read as a dict, so that what is wrong with it is reported exactly;
 - an NDJSON file is never held in memory whole, and neither is a Bundle file above ``STREAM_BYTES``: its
   entries are streamed (ijson), one at a time, in two passes (the ``urn:uuid`` aliases first), so memory
   stays flat whatever the layout of the file.
@@ -27,8 +30,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 import ijson
+import msgspec
 import orjson
 
+from fhiradapter.core.fhir_types import FAST_DECODER, Resource
 from fhiradapter.errors import InputError
 
 NDJSON = (".ndjson", ".jsonl")
@@ -72,7 +77,9 @@ def _compression(path: Path) -> str:
 
 
 class RawRecord(NamedTuple):
-    resource: dict[str, Any]
+    """One resource as read: decoded straight into its Struct (an NDJSON line), or as its JSON dict."""
+
+    resource: Resource | dict[str, Any]
     origin: tuple[str, str]
     aliases: dict[str, str] | None
 
@@ -250,7 +257,8 @@ def read_file(
 def _read_ndjson(
     fh: BinaryIO, name: str, on_bytes: Callable[[int], None] | None, end: int | None = None, first_line: int = 1
 ) -> Iterator[RawRecord | Reject]:
-    loads, decode_error = orjson.loads, orjson.JSONDecodeError
+    decode, loads, decode_error = FAST_DECODER.decode, orjson.loads, orjson.JSONDecodeError
+    not_typed = msgspec.DecodeError
     pending = 0
     remaining = None if end is None else end - fh.tell()
     for lineno, line in enumerate(fh, first_line):
@@ -265,13 +273,20 @@ def _read_ndjson(
             if pending > 1 << 20:  # report progress per MiB, not per line
                 on_bytes(pending)
                 pending = 0
+        # The common case: a line decoded straight into the typed resource, every other field skipped.
+        try:
+            typed = decode(line)
+            if typed.id:
+                yield RawRecord(typed, (name, f"line {lineno}"), None)
+                continue
+        except not_typed:
+            pass  # another type, a Bundle, a mistyped field, broken JSON: read as a dict, to report it exactly
         try:
             obj = loads(line)
         except decode_error as exc:
             if line.strip():
                 yield Reject(name, f"line {lineno}", None, None, "malformed-json", f"not valid JSON ({exc.msg})")
             continue
-        # The common case, inline: a plain resource with an id (hot path, one call per line).
         if type(obj) is dict and (rtype := obj.get("resourceType")) is not None and rtype != "Bundle":
             rid = obj.get("id")
             if type(rid) is str and rid and type(rtype) is str:
