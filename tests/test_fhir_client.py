@@ -985,7 +985,7 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
     store = SyncStore(data_dir=tmp_path / "data")
     try:
         with pytest.raises(type(stop)):
-            run_sync(lambda: FhirClient(BASE, transport=httpx.MockTransport(handler)), store, opts)
+            run_sync(FhirClient(BASE, transport=httpx.MockTransport(handler)), store, opts)
         with store.engine.connect() as conn:
             assert conn.execute(select(sync_runs.c.status)).scalars().all() == [status]
             assert conn.execute(select(watermarks)).all() == []
@@ -1132,7 +1132,9 @@ def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Pa
     ) in summary.warnings
 
 
-def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_watermark(tmp_path: Path) -> None:
+def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_watermark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Writes one by one (no transaction or batch offered); every write for p2 is refused (422)."""
     from fhiradapter.shell.mappings_io import load_mappings
     from fhiradapter.shell.store import SyncStore
@@ -1167,7 +1169,16 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
     store = SyncStore(data_dir=tmp_path / "data")
     try:
         server = Refusing()
-        summary = run_sync(lambda: FhirClient(BASE, transport=httpx.MockTransport(server)), store, opts)
+        loops = []
+        real_run = asyncio.run
+
+        def counted(main: Any, **kwargs: Any) -> Any:
+            loops.append(main)
+            return real_run(main, **kwargs)
+
+        monkeypatch.setattr(asyncio, "run", counted)
+        summary = run_sync(FhirClient(BASE, transport=httpx.MockTransport(server)), store, opts)
+        assert len(loops) == 1  # pull, evaluate and push in one event loop
         refused = sum(n for what, n in sent.items() if what.endswith("Patient/p2"))
         assert refused > 0 and len(summary.errors) == refused and summary.conflicts == []
         reason = "HTTP 422: error processing: Observation.valueCodeableConcept: code not in the required value set"

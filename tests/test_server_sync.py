@@ -374,11 +374,11 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
         with sekmet_server(tmp_path) as base:
             load_input(base, PAPER)
             before = versions(base, "Observation") | versions(base, "ResearchSubject")
-            dry = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True))
+            dry = run_sync(FhirClient(base), store, sync_opts(tmp_path, dry_run=True))
             assert dry.plan["create"] > 0 and not dry.pushed
             assert versions(base, "Observation") | versions(base, "ResearchSubject") == before  # nothing written
             assert store.watermark(base, "thal-hcc-pilot") is None
-            first = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            first = run_sync(FhirClient(base), store, sync_opts(tmp_path))
             assert first.provenances >= 1  # one per transaction part
             assert first.pushed["created"] == first.plan["create"] + first.provenances
             assert first.pushed["updated"] == first.plan["update"]
@@ -390,12 +390,12 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
                 located = conn.exec_driver_sql("SELECT count(*) FROM written WHERE location IS NULL").scalar()
             assert recorded == dict(first.pushed) and located == 0
             after = versions(base, "Observation") | versions(base, "ResearchSubject")
-            second = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            second = run_sync(FhirClient(base), store, sync_opts(tmp_path))
             assert second.since == first.watermark and set(second.plan) == {"unchanged"} and not second.pushed
             assert versions(base, "Observation") | versions(base, "ResearchSubject") == after
             # A deleted AFP value is noticed from the server's history: thal-03's assessment loses its AFP.
             assert httpx.delete(f"{base}/Observation/thal-03-afp-a1", timeout=10).status_code in (200, 204)
-            third = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            third = run_sync(FhirClient(base), store, sync_opts(tmp_path))
             assert third.deleted == 1 and third.plan["update"] >= 1
             assert set(third.changes) == {"Patient/thal-03"}  # only its results change, and only by updates
             assert set(third.changes["Patient/thal-03"]) == {"update"} and not third.plan["create"]
@@ -430,11 +430,11 @@ def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(tmp_pa
 
             monkeypatch.setattr(store, "set_watermark", crash)
             with pytest.raises(KeyboardInterrupt):
-                run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+                run_sync(FhirClient(base), store, sync_opts(tmp_path))
             monkeypatch.undo()
             written = result_identifiers(base)
             assert written and store.watermark(base, "thal-hcc-pilot") is None
-            again = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            again = run_sync(FhirClient(base), store, sync_opts(tmp_path))
             assert set(again.plan) == {"unchanged"} and not again.pushed  # the results were already there
             assert sorted(result_identifiers(base)) == sorted(written)
             with store.engine.connect() as conn:
@@ -470,18 +470,18 @@ def test_a_sync_stopped_half_way_through_its_push_finishes_the_rest_without_dupl
     try:
         with sekmet_server(tmp_path) as base:
             load_input(base, PAPER)
-            dry = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True, chunk=10))
+            dry = run_sync(FhirClient(base), store, sync_opts(tmp_path, dry_run=True, chunk=10))
             stop = StopAtTransaction(3)
             with pytest.raises(KeyboardInterrupt):
                 run_sync(
-                    lambda: FhirClient(base, settings=one_at_a_time, transport=stop),
+                    FhirClient(base, settings=one_at_a_time, transport=stop),
                     store,
                     sync_opts(tmp_path, chunk=10),
                 )
             assert stop.sent == 3 and store.watermark(base, "thal-hcc-pilot") is None
             partial = result_identifiers(base)
             assert 0 < len(partial) < dry.plan["create"]  # two whole parts landed, the rest did not
-            again = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, chunk=10))
+            again = run_sync(FhirClient(base), store, sync_opts(tmp_path, chunk=10))
             assert again.errors == [] and again.conflicts == []
             # The second run creates exactly what the first did not, and updates what is still to update.
             assert again.plan["create"] == dry.plan["create"] - len(partial)
@@ -498,7 +498,7 @@ def test_a_sync_stopped_half_way_through_its_push_finishes_the_rest_without_dupl
             with store.engine.connect() as conn:
                 statuses = [r[0] for r in conn.exec_driver_sql("SELECT status FROM sync_runs ORDER BY run_id")]
             assert statuses == ["dry-run", "interrupted", "ok"]
-            final = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            final = run_sync(FhirClient(base), store, sync_opts(tmp_path))
             assert set(final.plan) == {"unchanged"} and not final.pushed
     finally:
         store.close()
@@ -525,7 +525,7 @@ def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path,
                 return await original(client, bundle, *args)
 
             monkeypatch.setattr(sync_mod, "_push_phase", meanwhile)
-            summary = sync_mod.run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path))
+            summary = sync_mod.run_sync(FhirClient(base), store, sync_opts(tmp_path))
             assert len(calls) == 2 and summary.conflicts == [] and summary.errors == []
             assert any("conflict on push" in w for w in summary.warnings)
             rs = httpx.get(f"{base}/ResearchSubject/thal-01-rs", timeout=10).json()
@@ -644,10 +644,10 @@ def test_sync_on_the_strict_medplum_server(tmp_path: Path) -> None:
     try:
         with medplum_server(tmp_path) as base:
             load_input(base, PAPER)
-            first = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, mode="batch", chunk=30))
+            first = run_sync(FhirClient(base), store, sync_opts(tmp_path, mode="batch", chunk=30))
             assert first.errors == [] and first.conflicts == []
             assert first.pushed["created"] >= first.plan["create"] and first.pushed["updated"] == first.plan["update"]
-            second = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, mode="batch", chunk=30))
+            second = run_sync(FhirClient(base), store, sync_opts(tmp_path, mode="batch", chunk=30))
             assert set(second.plan) == {"unchanged"} and not second.pushed
             assert any("no _history" in w for w in second.warnings)  # said, not silently skipped
             written = result_identifiers(base)
@@ -668,10 +668,8 @@ def test_sync_through_bulk_export_keeps_only_the_studys_patients(tmp_path: Path)
             # A patient of the hospital who is not in the study: exported by Patient/$export, never evaluated.
             other = {"resourceType": "Patient", "id": "not-enrolled", "gender": "female", "birthDate": "1950-01-01"}
             assert httpx.put(f"{base}/Patient/not-enrolled", json=other, timeout=10).status_code in (200, 201)
-            by_search = run_sync(lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True, since="none"))
-            by_bulk = run_sync(
-                lambda: FhirClient(base), store, sync_opts(tmp_path, dry_run=True, since="none", bulk=True)
-            )
+            by_search = run_sync(FhirClient(base), store, sync_opts(tmp_path, dry_run=True, since="none"))
+            by_bulk = run_sync(FhirClient(base), store, sync_opts(tmp_path, dry_run=True, since="none", bulk=True))
             assert by_bulk.plan == by_search.plan and by_bulk.patients == by_search.patients == 14
             assert any("outside the study" in w for w in by_bulk.warnings)
             results = json.loads((by_bulk.out / "results.json").read_text())

@@ -456,7 +456,7 @@ def test_s4_a_sync_with_writes_not_accounted_for_keeps_its_watermark(tmp_path: P
     opts = SyncOptions("s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
     store = SyncStore(data_dir=tmp_path / "data")
     try:
-        summary = run_sync(lambda: FhirClient(BASE, transport=httpx.MockTransport(Quiet())), store, opts)
+        summary = run_sync(FhirClient(BASE, transport=httpx.MockTransport(Quiet())), store, opts)
         assert summary.pushed["not applied"] > 0 and summary.errors
         assert summary.watermark is None and store.watermark(BASE, "s1") is None
         (run,), _ = store.runs()
@@ -724,7 +724,7 @@ def test_s6_sync_with_default_flags_on_the_stock_medplum_router(tmp_path: Path) 
             assert refused.status_code == 400 and "too many entries" in refused.text
             load_input(base, paper, chunk=50)
             opts = SyncOptions("thal-hcc-pilot", AS_OF, "auto", False, tmp_path / "runs", mappings, identity)
-            first = run_sync(lambda: FhirClient(base), store, opts)
+            first = run_sync(FhirClient(base), store, opts)
             assert first.errors == [] and first.conflicts == [] and first.watermark is not None
             assert first.pushed["created"] == first.plan["create"] + first.provenances
             assert first.non_atomic and all(p.startswith("Patient/thal-") for p in first.non_atomic)
@@ -733,7 +733,7 @@ def test_s6_sync_with_default_flags_on_the_stock_medplum_router(tmp_path: Path) 
             assert first.out is not None
             result = json.loads((first.out / "results.json").read_text())
             assert result["subjects"] == files["subjects"] and result["cohort"] == files["cohort"]
-            second = run_sync(lambda: FhirClient(base), store, opts)
+            second = run_sync(FhirClient(base), store, opts)
             assert set(second.plan) == {"unchanged"} and not second.pushed and second.errors == []
     finally:
         store.close()

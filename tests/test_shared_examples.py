@@ -95,7 +95,7 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
                 from_files = {s["patient"]: s for s in json.loads((files / "results.json").read_text())["subjects"]}
                 assert set(from_files) == patients
                 opts = SyncOptions(study, AS_OF, "auto", False, tmp_path / "runs", mappings, identity, **write)
-                first = run_sync(lambda: FhirClient(base), store, opts)
+                first = run_sync(FhirClient(base), store, opts)
                 assert first.errors == [] and first.conflicts == [] and first.patients == len(patients), study
                 assert first.pushed["created"] > 0
                 plan = [json.loads(x) for x in (first.out / "writeback-plan.ndjson").read_text().splitlines()]
@@ -104,7 +104,7 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
                 assert {s["patient"] for s in synced} == patients
                 for subject in synced:
                     assert subject == from_files[subject["patient"]], (study, subject["patient"])
-                second = run_sync(lambda: FhirClient(base), store, opts)
+                second = run_sync(FhirClient(base), store, opts)
                 assert set(second.plan) == {"unchanged"} and not second.pushed, (study, second.plan)
             results = [r for r in server_resources(base, "Observation") if is_result(r)]
             written = [i["value"] for r in results for i in r["identifier"] if i["system"] == IDENTIFIER_SYSTEM]

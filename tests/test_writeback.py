@@ -292,3 +292,23 @@ def test_a_parts_provenance_is_tagged_by_what_the_part_holds() -> None:
 
     assert tags(3) == tags(3) and len(set(tags(3))) == 4  # one patient a part: four tags, the same each time
     assert not set(tags(5)) & set(tags(3))  # two patients a part: none of the one-patient parts' tags
+
+
+def test_the_write_back_handed_in_memory_is_what_the_files_hold(tmp_path: Path) -> None:
+    """Sync pushes the write-back evaluate hands over in memory: the same Bundle and plan as the files."""
+    from collections import Counter
+
+    from fhiradapter.shell.outputs import Writeback
+
+    mappings, identity = load_mappings()
+    handed: list[Writeback] = []
+    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity, report=False, on_writeback=handed.append)
+    (kept,) = handed
+    assert kept.bundle == json.loads((tmp_path / "writeback.json").read_text())
+    plan = [json.loads(x) for x in (tmp_path / "writeback-plan.ndjson").read_text().splitlines()]
+    assert kept.actions == Counter(p["action"] for p in plan) and sum(kept.actions.values()) > 0
+    changed = {p["patient"] for p in plan if p["action"] != "unchanged"}
+    assert set(kept.changes) == changed
+    assert sum(sum(kinds.values()) for acts in kept.changes.values() for kinds in acts.values()) == sum(
+        1 for p in plan if p["action"] != "unchanged"
+    )

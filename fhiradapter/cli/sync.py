@@ -178,7 +178,7 @@ def sync_cmd(
                 per_search=per_search,
                 on_evaluate=evaluating,
             )
-            summary = run_sync(lambda: client.fresh(), store, opts)
+            summary = run_sync(client.fresh(), store, opts)  # the discovery's loop is closed: a new client
         finally:
             bars.close()
             store.close()

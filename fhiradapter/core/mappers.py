@@ -244,7 +244,7 @@ def map_observation(
             "partial-date",
             f"effective date {date!r} has no day; an observation needs one",
         )
-    value = low = high = d1 = d2 = None
+    value = low = high = longest = perpendicular = None
     unit = coded = focus = note = None
     if res.data_absent_reason is not None and not res.has_value():
         return None, _issue(ref, "dataAbsentReason", "no-value", "no value (dataAbsentReason)")
@@ -300,13 +300,13 @@ def map_observation(
                 ref, "valueCodeableConcept", "unmapped-value", f"the {concept} answer is not a mapped code"
             )
     elif concept == "tumor_size":
-        focus, d1, d2, tissues = _tumour(res, ref, ctx, aliases)
-        if focus is None or d1 is None:
+        focus, longest, perpendicular, tissues = _tumour(res, ref, ctx, aliases)
+        if focus is None or longest is None:
             return None, tissues
         issues += tissues
         unit = "mm"
     return Observed(
-        ref, patient, concept, date, value, unit, coded, low, high, focus, d1, d2, status, note, origin
+        ref, patient, concept, date, value, unit, coded, low, high, focus, longest, perpendicular, status, note, origin
     ), issues
 
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 
@@ -58,8 +58,11 @@ def write_results(
     publish(tmp, out / "results.json")
 
 
-def write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, int, int]]) -> None:
-    """One blob per line in patient order (the order of results.json), from the workers' spill files."""
+def write_sorted_lines(
+    target: Path, spill: Path, index: list[tuple[str, str, int, int]], keep: list[bytes] | None = None
+) -> None:
+    """One blob per line in patient order (the order of results.json), from the workers' spill files; each
+    line also appended to ``keep`` when given."""
     handles: dict[str, BinaryIO] = {}
     tmp = target.with_name(target.name + ".partial")
     try:
@@ -68,7 +71,10 @@ def write_sorted_lines(target: Path, spill: Path, index: list[tuple[str, str, in
                 if name not in handles:
                     handles[name] = (spill / name).open("rb")
                 handles[name].seek(offset)
-                fh.write(handles[name].read(length) + b"\n")
+                line = handles[name].read(length)
+                fh.write(line + b"\n")
+                if keep is not None:
+                    keep.append(line)
     finally:
         for h in handles.values():
             h.close()
@@ -93,15 +99,28 @@ def iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
                 yield orjson.loads(line)
 
 
+class Writeback(NamedTuple):
+    """What a run wrote to writeback.json and writeback-plan.ndjson, handed in memory to a caller that pushes
+    it at once (sync): the transaction Bundle, the plan's entries per action, and per patient whose results
+    are created or updated, how many of each kind (``{"update": {"response": 2}}``)."""
+
+    bundle: dict[str, Any]
+    actions: Counter[str]
+    changes: dict[str, dict[str, Counter[str]]]
+
+
 def write_writeback(
     out: Path,
     spill: Path,
     index: list[tuple[str, str, int, int, int]],
     plan_index: list[tuple[str, str, int, int]],
     header: dict[str, Any],
-) -> None:
-    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson."""
+    keep: bool = False,
+) -> Writeback | None:
+    """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson;
+    with ``keep``, also what they hold, as a :class:`Writeback`."""
     index = sorted(index)
+    kept: list[bytes] = []  # with ``keep``: the Bundle's entries as written (a patient's, comma-separated)
     handles: dict[str, BinaryIO] = {}
 
     def read(name: str, offset: int, length: int) -> bytes:
@@ -120,7 +139,10 @@ def write_writeback(
         with tmp.open("wb") as fh:
             fh.write(b'{"resourceType":"Bundle","type":"transaction","entry":[')
             for n, (_pid, name, offset, length, _tail) in enumerate(index):
-                fh.write((b"," if n else b"") + read(name, offset, length))
+                entry = read(name, offset, length)
+                fh.write((b"," if n else b"") + entry)
+                if keep:
+                    kept.append(entry)
             if targets:
                 digest = hashlib.sha256("".join(f"{t}\n" for t in targets).encode())
                 provenance = provenance_entry(
@@ -132,13 +154,33 @@ def write_writeback(
                     recorded=datetime.now(UTC).isoformat(timespec="seconds"),
                     run=run_tag(digest.hexdigest(), header["as_of"], header["protocol"]),
                 )
-                fh.write(b"," + orjson.dumps(provenance))
+                entry = orjson.dumps(provenance)
+                fh.write(b"," + entry)
+                if keep:
+                    kept.append(entry)
             fh.write(b"]}")
     finally:
         for h in handles.values():
             h.close()
     publish(tmp, out / "writeback.json")
-    write_sorted_lines(out / "writeback-plan.ndjson", spill, plan_index)
+    plan: list[bytes] | None = [] if keep else None
+    write_sorted_lines(out / "writeback-plan.ndjson", spill, plan_index, plan)
+    if plan is None:
+        return None
+    actions: Counter[str] = Counter()
+    changes: dict[str, dict[str, Counter[str]]] = {}
+    for line in (line for blob in plan for line in blob.split(b"\n") if line):  # a blob holds a patient's lines
+        entry = orjson.loads(line)
+        action = str(entry["action"])
+        actions[action] += 1
+        if action != "unchanged":
+            changes.setdefault(str(entry["patient"]), {}).setdefault(action, Counter())[str(entry["kind"])] += 1
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [x for e in kept for x in orjson.loads(b"[" + e + b"]")],
+    }
+    return Writeback(bundle, actions, changes)
 
 
 @dataclass

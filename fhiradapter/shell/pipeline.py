@@ -56,6 +56,7 @@ from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manife
 from fhiradapter.shell.outputs import (
     PartsIndex,
     PatientParts,
+    Writeback,
     concatenate,
     iter_rows,
     write_results,
@@ -222,6 +223,7 @@ def run_evaluate(
     spark_master: str | None = None,
     urls: tuple[str, ...] = (),
     results_dir: str = "",
+    on_writeback: Callable[[Writeback], None] | None = None,
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
@@ -233,6 +235,8 @@ def run_evaluate(
     other server is rejected (``bad-reference``). ``engine``: ``local`` (this machine's cores) or ``spark``
     (a Spark session at ``spark_master``, ``local[*]`` by default; ``shell/spark_engine.py``), which also
     reads ``urls``: inputs by URL (``hdfs://``, ``s3a://``, as the Spark configuration allows).
+    ``on_writeback``: called with the write-back as published (the Bundle and the plan), so that a caller
+    that pushes it at once (sync) need not read the files back.
     """
     if enrol_candidates and not screen_candidates:
         raise ConfigError("enrolling candidates needs --screen-candidates too")
@@ -262,6 +266,7 @@ def run_evaluate(
         on_phase or (lambda _phase: None),
         list(urls),
         results_dir,
+        on_writeback,
     )
     with claim_output(out, inputs), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
@@ -367,6 +372,7 @@ class RunRequest:
     on_phase: Callable[[str], None] = field(default=lambda _phase: None)
     urls: list[str] = field(default_factory=list)  # inputs Spark reads by URL (hdfs://, s3a://): --engine spark
     results_dir: str = ""  # --engine spark: per-patient results go to this URL, written by Spark
+    on_writeback: Callable[[Writeback], None] | None = None  # given the write-back in memory, once published
 
 
 @dataclass
@@ -450,9 +456,12 @@ def publish_run(
         write_sorted_lines(out / "clinical.ndjson", spill, [i for p in done.parts for i in p.clinical])
         if run.screen_candidates:
             write_sorted_lines(out / CANDIDATES_FILE, spill, [i for p in done.parts for i in p.candidates])
+    handed = None
     if run.writeback:
         wb_index = [i for p in done.parts for i in p.writeback]
-        write_writeback(out, spill, wb_index, [i for p in done.parts for i in p.plan], header)
+        handed = write_writeback(
+            out, spill, wb_index, [i for p in done.parts for i in p.plan], header, keep=run.on_writeback is not None
+        )
     clock.lap("write")
     if run.report:
         run.on_phase("report")
@@ -470,6 +479,8 @@ def publish_run(
     written += [CANDIDATES_FILE] if run.screen_candidates and elsewhere is None else []
     manifest_run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
     write_manifest(out, manifest_run, written)  # last: the set is whole
+    if run.on_writeback is not None and handed is not None:
+        run.on_writeback(handed)
     return summary
 
 

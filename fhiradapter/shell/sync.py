@@ -6,13 +6,17 @@ One run:
 2. pull into the store's mirror: everything on the first run (or ``--since none``), else only what changed after
    the watermark (``--since auto``) or an instant; deletions are noticed from the server's ``_history`` (or, on
    a full pull, as resources no longer seen);
-3. evaluate the study's whole mirror (an incremental pull still evaluates whole patients) into the run folder;
-4. push the write-back (unless ``--dry-run``; see ``push.py``), cut below the transaction size this server
+3. evaluate the study's whole mirror (an incremental pull still evaluates whole patients) into the run folder,
+   which keeps every output for the record; the write-back comes back in memory (not read from the folder);
+4. push that write-back (unless ``--dry-run``; see ``push.py``), cut below the transaction size this server
    refused before (the store remembers it per server). A 412 conflict (someone changed a resource after we read it):
    pull again what changed since this run started, re-evaluate, push once more; what still conflicts is reported;
 5. only then store the new watermark. A run that dies before that leaves the old watermark: the next run pulls
    again and, since writes are conditional and the plan sees the results already on the server, writes nothing
    twice.
+
+The whole run is one event loop with one client: the pull, the evaluation (on the loop's thread, while no
+request is in flight) and the push share its connections.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from fhiradapter.core.protocol import Mappings
 from fhiradapter.errors import AdapterError
 from fhiradapter.shell.bulk import bulk_pull
 from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
-from fhiradapter.shell.out_folder import check_manifest
+from fhiradapter.shell.outputs import Writeback
 from fhiradapter.shell.pipeline import run_evaluate
 from fhiradapter.shell.pull import (
     PullSummary,
@@ -43,7 +47,7 @@ from fhiradapter.shell.pull import (
     study_subjects,
 )
 from fhiradapter.shell.pull_folder import first_few
-from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, load_bundle, push
+from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, push
 from fhiradapter.shell.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
@@ -133,53 +137,16 @@ class SyncOptions:
     on_evaluate: Callable[[], None] | None = None  # called as evaluation starts (between the two bars)
 
 
-def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: SyncOptions) -> SyncSummary:
-    """The whole run (see the module docstring); the event loop runs only around network phases."""
-    probe = make_client()
-    server = probe.base
+def run_sync(client: FhirClient, store: SyncStore, opts: SyncOptions) -> SyncSummary:
+    """The whole run (see the module docstring), in one event loop with ``client`` (not yet opened)."""
+    server = client.base
     since = (
         store.watermark(server, opts.study) if opts.since == "auto" else None if opts.since == "none" else opts.since
     )
     run_id = store.start_run(server, opts.study, since, opts.dry_run)
     summary = SyncSummary(run_id, server, since=since, dry_run=opts.dry_run)
     try:
-        clock = time.perf_counter()
-        cap, started = asyncio.run(_pull_phase(make_client(), store, opts, summary, since, run_id))
-        summary.seconds["pull"] = time.perf_counter() - clock
-        out = opts.work_dir / f"run-{run_id}"
-        clock = time.perf_counter()
-        if opts.on_evaluate:
-            opts.on_evaluate()
-        summary.evaluated = _evaluate(store, server, summary.study, out, opts)
-        summary.seconds["evaluate"] = time.perf_counter() - clock
-        summary.out = out / "out"
-        summary.plan, summary.changes = _plan(summary.out)
-        if not opts.dry_run:
-            clock = time.perf_counter()
-            limit = store.transaction_limit(server)
-            pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap, limit))
-            summary.seconds["push"] = time.perf_counter() - clock
-            _add_push(summary, pushed)
-            if pushed.limit and pushed.limit != limit:
-                store.set_transaction_limit(server, pushed.limit, run_id)
-            store.record_written(server, opts.study, run_id, pushed.written)
-            if pushed.conflicts:
-                # Someone changed what we read: pull what changed since this run started, evaluate, push once more.
-                summary.warnings.append("conflict on push: pulled the changes made meanwhile, evaluated again, pushed")
-                summary.conflicts = []
-                asyncio.run(_pull_phase(make_client(), store, opts, summary, started, run_id, full=False))
-                summary.evaluated = _evaluate(store, server, summary.study, out, opts, again=True)
-                summary.out = out / "out-retry"
-                summary.plan, summary.changes = _plan(summary.out)
-                limit = store.transaction_limit(server)
-                pushed = asyncio.run(_push_phase(make_client(), summary.out / "writeback.json", opts, cap, limit))
-                _add_push(summary, pushed)
-                if pushed.limit and pushed.limit != limit:
-                    store.set_transaction_limit(server, pushed.limit, run_id)
-                store.record_written(server, opts.study, run_id, pushed.written)
-            if not summary.errors:
-                summary.watermark = started
-                store.set_watermark(server, opts.study, started, run_id)
+        asyncio.run(_sync(client, store, opts, summary, run_id))
         status = "conflicts" if summary.conflicts else "errors" if summary.errors else "ok"
         store.finish_run(run_id, "dry-run" if opts.dry_run else status, summary.as_dict())
     except BaseException as exc:
@@ -188,6 +155,38 @@ def run_sync(make_client: Callable[[], FhirClient], store: SyncStore, opts: Sync
         store.finish_run(run_id, status, summary.as_dict())
         raise
     return summary
+
+
+async def _sync(client: FhirClient, store: SyncStore, opts: SyncOptions, summary: SyncSummary, run_id: int) -> None:
+    server = summary.server
+    async with client:
+        try:
+            clock = time.perf_counter()
+            cap, started = await _pull_phase(client, store, opts, summary, summary.since, run_id)
+            summary.seconds["pull"] = time.perf_counter() - clock
+            out = opts.work_dir / f"run-{run_id}"
+            clock = time.perf_counter()
+            if opts.on_evaluate:
+                opts.on_evaluate()
+            planned = _evaluate(store, server, summary, out, opts)
+            summary.seconds["evaluate"] = time.perf_counter() - clock
+            if opts.dry_run:
+                return
+            clock = time.perf_counter()
+            pushed = await _push_phase(client, store, planned, opts, cap, summary)
+            summary.seconds["push"] = time.perf_counter() - clock
+            if pushed.conflicts:
+                # Someone changed what we read: pull what changed since this run started, evaluate, push once more.
+                summary.warnings.append("conflict on push: pulled the changes made meanwhile, evaluated again, pushed")
+                summary.conflicts = []
+                await _pull_phase(client, store, opts, summary, started, run_id, full=False)
+                planned = _evaluate(store, server, summary, out, opts, again=True)
+                await _push_phase(client, store, planned, opts, cap, summary)
+            if not summary.errors:
+                summary.watermark = started
+                store.set_watermark(server, opts.study, started, run_id)
+        finally:
+            summary.requests, summary.retries = client.requests, client.retries
 
 
 def _failure(exc: BaseException) -> str:
@@ -208,52 +207,49 @@ async def _pull_phase(
     run_id: int,
     full: bool = True,
 ) -> tuple[Capability, str]:
-    async with client:
-        cap = await client.capabilities()
-        assert client.server_time is not None  # noqa: S101 - set by capabilities()
-        started = (client.server_time - opts.overlap).strftime("%Y-%m-%dT%H:%M:%SZ")
-        sink = store.sink(client.base, opts.study, run_id)
-        history = None
-        if not (since is None and full) and cap.history_system:
-            # Deletions come from the server's history, read (page after page) while the pull runs.
-            history = asyncio.create_task(_timed(_deletions(client, since or started), summary, "history"))
-        try:
-            if opts.bulk:
-                pulled = await _bulk_into(client, cap, opts, sink, since, run_id)
-            else:
-                pulled = await pull_into(
-                    client,
-                    cap,
-                    opts.study,
-                    sink,
-                    since,
-                    progress=opts.progress,
-                    on_total=opts.on_total,
-                    per_search=opts.per_search,
-                )
-        except BaseException:
-            if history is not None:
-                history.cancel()
-                with contextlib.suppress(BaseException):
-                    await history
-            raise
-        sink.flush()
-        summary.study, summary.patients = pulled.study, pulled.patients
-        if not opts.bulk:
-            if summary.per_search is None:  # the run's own pull, not a re-pull after a conflict
-                summary.per_search = pulled.per_search
-            summary.split += pulled.split
-        summary.pulled.update(sink.counts)
-        summary.warnings.extend(w for w in pulled.warnings if w not in summary.warnings)
-        if since is None and full:
-            summary.deleted += store.mark_unseen_deleted(client.base, opts.study, run_id)
-        elif history is not None:
-            summary.deleted += store.mark_deleted(client.base, opts.study, await history)
+    cap = await client.capabilities()
+    assert client.server_time is not None  # noqa: S101 - set by capabilities()
+    started = (client.server_time - opts.overlap).strftime("%Y-%m-%dT%H:%M:%SZ")
+    sink = store.sink(client.base, opts.study, run_id)
+    history = None
+    if not (since is None and full) and cap.history_system:
+        # Deletions come from the server's history, read (page after page) while the pull runs.
+        history = asyncio.create_task(_timed(_deletions(client, since or started), summary, "history"))
+    try:
+        if opts.bulk:
+            pulled = await _bulk_into(client, cap, opts, sink, since, run_id)
         else:
-            summary.warnings.append("the server offers no _history: deletions since the last run are not noticed")
-        summary.requests += client.requests
-        summary.retries += client.retries
-        return cap, started
+            pulled = await pull_into(
+                client,
+                cap,
+                opts.study,
+                sink,
+                since,
+                progress=opts.progress,
+                on_total=opts.on_total,
+                per_search=opts.per_search,
+            )
+    except BaseException:
+        if history is not None:
+            history.cancel()
+            with contextlib.suppress(BaseException):
+                await history
+        raise
+    sink.flush()
+    summary.study, summary.patients = pulled.study, pulled.patients
+    if not opts.bulk:
+        if summary.per_search is None:  # the run's own pull, not a re-pull after a conflict
+            summary.per_search = pulled.per_search
+        summary.split += pulled.split
+    summary.pulled.update(sink.counts)
+    summary.warnings.extend(w for w in pulled.warnings if w not in summary.warnings)
+    if since is None and full:
+        summary.deleted += store.mark_unseen_deleted(client.base, opts.study, run_id)
+    elif history is not None:
+        summary.deleted += store.mark_deleted(client.base, opts.study, await history)
+    else:
+        summary.warnings.append("the server offers no _history: deletions since the last run are not noticed")
+    return cap, started
 
 
 async def _bulk_into(
@@ -353,11 +349,16 @@ async def _deletions(client: FhirClient, since: str) -> list[tuple[str, str]]:
 
 
 def _evaluate(
-    store: SyncStore, server: str, study: str, out: Path, opts: SyncOptions, again: bool = False
-) -> dict[str, Any]:
-    """Evaluate the study's mirror; return what the sync summary repeats of evaluate's (records used, rejected)."""
+    store: SyncStore, server: str, summary: SyncSummary, out: Path, opts: SyncOptions, again: bool = False
+) -> Writeback:
+    """Evaluate the study's mirror into the run folder; the write-back comes back in memory, for the push.
+
+    Evaluation runs on the event loop's thread: nothing else is in flight meanwhile, and its worker processes
+    are forked from a process whose only other threads are idle.
+    """
     folder = out / "input"
     store.write_ndjson(server, opts.study, folder)
+    handed: list[Writeback] = []
     result = run_evaluate(
         [folder],
         out / ("out-retry" if again else "out"),
@@ -365,41 +366,32 @@ def _evaluate(
         opts.mappings,
         opts.mappings_identity,
         report=False,
-        study=study.removeprefix("ResearchStudy/"),  # the study pulled: its subjects are the ones evaluated
+        study=summary.study.removeprefix("ResearchStudy/"),  # the study pulled: its subjects are evaluated
         fhir_bases=(server,),  # the server's absolute references are its own resources
+        on_writeback=handed.append,
     )
     keys = ("records_read", "records_used", "records_rejected", "rejects_by_reason")
-    return {k: result[k] for k in keys if k in result}
-
-
-def _plan(out: Path) -> tuple[Counter[str], dict[str, dict[str, Counter[str]]]]:
-    """The plan's entries by action, and per patient what is created or updated (``{"update": {"response": 2}}``)."""
-    counts: Counter[str] = Counter()
-    changes: dict[str, dict[str, Counter[str]]] = {}
-    with (out / "writeback-plan.ndjson").open("rb") as fh:
-        for line in fh:
-            entry = orjson.loads(line)
-            action = str(entry["action"])
-            counts[action] += 1
-            if action != "unchanged":
-                by_action = changes.setdefault(str(entry["patient"]), {})
-                by_action.setdefault(action, Counter())[str(entry["kind"])] += 1
-    return counts, changes
+    summary.evaluated = {k: result[k] for k in keys if k in result}
+    summary.out = out / ("out-retry" if again else "out")
+    (planned,) = handed
+    summary.plan, summary.changes = planned.actions, planned.changes
+    return planned
 
 
 async def _push_phase(
-    client: FhirClient, bundle_path: Path, opts: SyncOptions, cap: Capability, limit: TransactionLimit | None
+    client: FhirClient, store: SyncStore, planned: Writeback, opts: SyncOptions, cap: Capability, summary: SyncSummary
 ) -> PushSummary:
-    """The write-back, with the capabilities the pull read seconds before (no second /metadata round trip), and
-    the transaction size this server refused before (the store's memory)."""
-    check_manifest(bundle_path.parent, [bundle_path.name, "writeback-plan.ndjson"])  # the run's own, whole
-    bundle = load_bundle(bundle_path)
-    entries = len(bundle.get("entry") or ())
+    """Push the write-back evaluate handed over, with the capabilities the pull read seconds before (no second
+    /metadata round trip), cut below the transaction size this server refused before (the store's memory)."""
+    limit = store.transaction_limit(summary.server)
+    entries = len(planned.bundle["entry"])
     progress = opts.on_push(entries) if opts.on_push and entries else None
-    async with client:
-        result = await push(client, bundle, opts.mode, opts.chunk, progress=progress, cap=cap, limit=limit)
-        result.requests, result.retries = client.requests, client.retries
-        return result
+    pushed = await push(client, planned.bundle, opts.mode, opts.chunk, progress=progress, cap=cap, limit=limit)
+    _add_push(summary, pushed)
+    if pushed.limit and pushed.limit != limit:
+        store.set_transaction_limit(summary.server, pushed.limit, summary.run_id)
+    store.record_written(summary.server, opts.study, summary.run_id, pushed.written)
+    return pushed
 
 
 def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:
@@ -409,5 +401,3 @@ def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:
     summary.errors.extend(pushed.errors)
     summary.warnings.extend(pushed.notes())
     summary.non_atomic.extend(p for p in pushed.non_atomic if p not in summary.non_atomic)
-    summary.requests += pushed.requests
-    summary.retries += pushed.retries
