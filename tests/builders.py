@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from fhiradapter.core.dates import PartialDate, partial_date
 from fhiradapter.core.model import Observed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ def lab(
         ref or f"Observation/{concept}-{day}",
         "Patient/p",
         concept,
-        day,
+        date.fromisoformat(day),
         value,
         unit,
         coded,
@@ -49,7 +50,7 @@ def lesion(day: str, focus: str, d1: float | None, d2: float | None) -> Observed
         f"Observation/ts-{day}-{focus}",
         "Patient/p",
         "tumor_size",
-        day,
+        date.fromisoformat(day),
         None,
         "mm",
         None,
@@ -110,3 +111,8 @@ def is_result(resource: dict[str, Any]) -> bool:
     from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
 
     return any(i.get("system") == IDENTIFIER_SYSTEM for i in resource.get("identifier", []))
+
+
+def partial(text: str | None) -> PartialDate | None:
+    """A (possibly partial) FHIR date as the mappers give it: ``"2004-07"`` -> ``PartialDate(2004, 7)``."""
+    return partial_date(text) if text is not None else None

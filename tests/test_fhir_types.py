@@ -3,6 +3,7 @@ a field of the wrong JSON type is an ``invalid-field`` reject naming its path; u
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +108,7 @@ def test_unknown_fields_are_skipped_and_known_ones_read(ctx: MapContext) -> None
     assert isinstance(typed, fhir.Observation)
     record, issues = map_resource(typed, "Observation/o", ("f", "l"), ctx)
     assert isinstance(record, Observed) and issues == []
-    assert (record.patient, record.date, record.value, record.unit) == ("Patient/p", "2004-01-10", 5.0, "ng/mL")
+    assert (record.patient, record.date, record.value, record.unit) == ("Patient/p", date(2004, 1, 10), 5.0, "ng/mL")
 
 
 def test_the_reader_decodes_lines_typed_and_falls_back_to_a_dict(tmp_path: Path) -> None:

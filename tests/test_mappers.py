@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -243,7 +244,7 @@ def test_ae_grade_extension_wins_over_severity(ctx: MapContext) -> None:
         "somnolence",
         3,
         "reported",
-        "2004-02-01",
+        date(2004, 2, 1),
     )
 
 
@@ -315,7 +316,7 @@ def test_medication_exposures_of_three_types(ctx: MapContext, rtype: str, extra:
     }
     record, issues = mapped(ctx, res)
     assert isinstance(record, Exposure) and not issues
-    assert (record.drug, record.start, record.end) == ("thalidomide", "2004-01-10", "2004-02-10")
+    assert (record.drug, str(record.start), str(record.end)) == ("thalidomide", "2004-01-10", "2004-02-10")
 
 
 def test_separate_medication_reference_is_left_for_the_pipeline(ctx: MapContext) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from builders import AS_OF
+from builders import AS_OF, partial
 
 from fhiradapter.core import dates
 from fhiradapter.core.evaluate import EvaluationSettings, cut_off, evaluate_patient, subject_status
@@ -40,7 +40,7 @@ def test_s1_durations_are_end_minus_start_plus_one() -> None:
 
 
 def thal(start: str, end: str | None, status: str = "completed", ref: str = "MedicationStatement/t") -> Exposure:
-    return Exposure(ref, "Patient/p", "thalidomide", "10432", start, end, status, None, None, ORIGIN)
+    return Exposure(ref, "Patient/p", "thalidomide", "10432", partial(start), partial(end), status, None, None, ORIGIN)
 
 
 def patient(
@@ -51,11 +51,13 @@ def patient(
 ) -> PatientRecord:
     """A study subject (a ResearchSubject of the study, starting at ``subject_start``, which may be None)."""
     subjects = [
-        StudySubject("ResearchSubject/rs", "Patient/p", STUDY, "on-study", subject_start, None, True, "1", ORIGIN)
+        StudySubject(
+            "ResearchSubject/rs", "Patient/p", STUDY, "on-study", partial(subject_start), None, True, "1", ORIGIN
+        )
     ]
     return PatientRecord(
         "Patient/p",
-        person=Person("Patient/p", "1960-01-01", "male", deceased, deceased is not None, ORIGIN),
+        person=Person("Patient/p", partial("1960-01-01"), "male", partial(deceased), deceased is not None, ORIGIN),
         meds=meds,
         subjects=subjects,
         adverse_events=aes or [],
@@ -97,7 +99,9 @@ def test_s1_screening_date_falls_back_to_first_thalidomide(mappings: Mappings) -
 
 
 def test_s1_nothing_after_as_of_is_read(mappings: Mappings) -> None:
-    late = AdverseEvent("AdverseEvent/late", "Patient/p", "nausea", "Nausea", None, 3, "reported", "2005-04-01", ORIGIN)
+    late = AdverseEvent(
+        "AdverseEvent/late", "Patient/p", "nausea", "Nausea", None, 3, "reported", date(2005, 4, 1), ORIGIN
+    )
     rec = patient([thal("2005-03-01", None, "active")], aes=[late])
     kept, unused = cut_off(rec, AS_OF)
     assert kept.adverse_events == [] and [u.ref for u in unused] == ["AdverseEvent/late"]
@@ -125,7 +129,7 @@ def test_s6_death_after_as_of_is_not_seen(mappings: Mappings) -> None:
 
 def test_s6_deceased_boolean_without_date_is_an_issue(mappings: Mappings) -> None:
     rec = patient([thal("2004-01-10", "2004-02-08")])
-    rec.person = Person("Patient/p", "1960-01-01", "male", None, True, ORIGIN)
+    rec.person = Person("Patient/p", partial("1960-01-01"), "male", None, True, ORIGIN)
     r = run(rec, mappings)
     assert r["os"]["event"] is False
     assert "deceased-no-date" in [i["code"] for i in r["issues"]]
@@ -160,7 +164,7 @@ def test_s1_screening_date_comes_from_the_study_research_subject(mappings: Mappi
         "Patient/p",
         "ResearchStudy/another-trial",
         "on-study",
-        "2003-01-01",
+        partial("2003-01-01"),
         None,
         True,
         "1",
@@ -171,7 +175,7 @@ def test_s1_screening_date_comes_from_the_study_research_subject(mappings: Mappi
         "Patient/p",
         "ResearchStudy/thal-hcc-pilot",
         "on-study",
-        "2004-01-06",
+        partial("2004-01-06"),
         None,
         True,
         "1",
@@ -197,7 +201,7 @@ def test_s6_a_patient_on_thalidomide_is_censored_at_the_last_record_whatever_the
     """§6: the last dated record on or before the as-of date; an end after it is no record yet."""
     rec = patient([exposure])
     rec.adverse_events = [
-        AdverseEvent("AdverseEvent/a", "Patient/p", None, "fatigue", None, 1, "reported", "2005-02-14", ORIGIN)
+        AdverseEvent("AdverseEvent/a", "Patient/p", None, "fatigue", None, 1, "reported", date(2005, 2, 14), ORIGIN)
     ]
     r = run(rec, mappings)
     assert r["os"]["end_date"] == "2005-02-14" and r["os"]["event"] is False
@@ -242,3 +246,46 @@ def test_s7_an_exposure_ending_after_the_as_of_date_is_still_on_drug_at_it(mappi
     r = run(patient([thal("2005-01-10", "2005-06-30", "completed")]), mappings)
     assert r["on_treatment_at_as_of"] is True and r["research_subject_status"] == "on-study-intervention"
     assert r["last_dose_date"] == AS_OF.isoformat()
+
+
+@pytest.mark.parametrize("text", ["2004", "2004-07", "2004-07-15", "2004-02-29"])
+def test_s1_a_partial_date_keeps_its_precision(text: str) -> None:
+    value = partial(text)
+    assert value is not None and str(value) == text
+    assert (value.full is not None) is (len(text) == 10)
+
+
+@pytest.mark.parametrize("text", ["2005-02-29", "2004-13", "2004-00", "04-07-15", "2004-07-15-1", "July"])
+def test_s1_text_that_is_no_calendar_date_is_no_partial_date(text: str) -> None:
+    from fhiradapter.core.dates import partial_date
+
+    assert partial_date(text) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "on_or_before", "strictly_before", "after"),
+    [
+        # PROTOCOL.md §1: a partial date compares at its own precision with the day 2004-07-15.
+        ("2004-07-14", True, True, False),
+        ("2004-07-15", True, False, False),
+        ("2004-07-16", False, False, True),
+        ("2004-06", True, True, False),
+        ("2004-07", True, False, False),  # the same month: maybe before, maybe after
+        ("2004-08", False, False, True),
+        ("2003", True, True, False),
+        ("2004", True, False, False),
+        ("2005", False, False, True),
+    ],
+)
+def test_s1_partial_dates_compare_at_their_own_precision(
+    text: str, on_or_before: bool, strictly_before: bool, after: bool
+) -> None:
+    from fhiradapter.core import dates
+
+    day = date(2004, 7, 15)
+    value = partial(text)
+    assert dates.on_or_before(value, day) is on_or_before
+    assert dates.strictly_before(value, day) is strictly_before
+    assert dates.after(value, day) is after
+    if value is not None and value.full is not None:
+        assert dates.after(value.full, day) is after  # a full date compares as the day it is

@@ -7,7 +7,7 @@ from datetime import date
 from typing import Any
 
 import pytest
-from builders import lab, lesion
+from builders import lab, lesion, partial
 
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.eligibility import CRITERIA, assess_eligibility
@@ -22,7 +22,7 @@ def good_record() -> PatientRecord:
     """A patient who meets every criterion on 2004-03-01."""
     return PatientRecord(
         "Patient/p",
-        person=Person("Patient/p", "1960-01-15", "male", None, False, ORIGIN),
+        person=Person("Patient/p", partial("1960-01-15"), "male", None, False, ORIGIN),
         observations=[
             lab("ecog", "2004-02-27", 1),
             lab("anc", "2004-02-27", 2.5, unit="10*9/L"),
@@ -37,8 +37,8 @@ def good_record() -> PatientRecord:
                 "Patient/p",
                 "anthracycline",
                 "3639",
-                "2003-06-01",
-                "2003-09-01",
+                partial("2003-06-01"),
+                partial("2003-09-01"),
                 "completed",
                 None,
                 None,
@@ -46,17 +46,19 @@ def good_record() -> PatientRecord:
             )
         ],
         conditions=[
-            Condition("Condition/hcc", "Patient/p", "hcc", "confirmed", "active", "2002-01-01", None, ORIGIN),
-            Condition("Condition/met", "Patient/p", "metastasis", "confirmed", "active", "2003-01-01", None, ORIGIN),
+            Condition("Condition/hcc", "Patient/p", "hcc", "confirmed", "active", partial("2002-01-01"), None, ORIGIN),
+            Condition(
+                "Condition/met", "Patient/p", "metastasis", "confirmed", "active", partial("2003-01-01"), None, ORIGIN
+            ),
         ],
-        consents=[Consent("Consent/c", "Patient/p", "active", "2004-03-01", ORIGIN)],
+        consents=[Consent("Consent/c", "Patient/p", "active", partial("2004-03-01"), ORIGIN)],
         subjects=[
             StudySubject(
                 "ResearchSubject/rs",
                 "Patient/p",
                 "ResearchStudy/s",
                 "screening",
-                "2004-03-01",
+                partial("2004-03-01"),
                 None,
                 False,
                 "1",
@@ -117,7 +119,7 @@ def test_s2_all_met_is_eligible_with_fixed_ids() -> None:
 )
 def test_s2_age_below_75(birth: str, expected: str) -> None:
     rec = good_record()
-    rec = replace(rec, person=Person("Patient/p", birth, "male", None, False, ORIGIN))
+    rec = replace(rec, person=Person("Patient/p", partial(birth), "male", None, False, ORIGIN))
     assert status_of(assess(rec), "age") == expected
 
 
@@ -213,14 +215,16 @@ def test_s2_exclusions_met_without_evidence_and_say_so() -> None:
 )
 def test_s2_exclusion_condition_not_met(concept: str, cid: str) -> None:
     rec = good_record()
-    rec.conditions.append(Condition("Condition/x", "Patient/p", concept, None, "active", "2004-01-01", None, ORIGIN))
+    rec.conditions.append(
+        Condition("Condition/x", "Patient/p", concept, None, "active", partial("2004-01-01"), None, ORIGIN)
+    )
     assert status_of(assess(rec), cid) == "not_met"
 
 
 def test_s2_resolved_exclusion_condition_does_not_count() -> None:
     rec = good_record()
     rec.conditions.append(
-        Condition("Condition/x", "Patient/p", "infection", None, "resolved", "2004-01-01", None, ORIGIN)
+        Condition("Condition/x", "Patient/p", "infection", None, "resolved", partial("2004-01-01"), None, ORIGIN)
     )
     assert status_of(assess(rec), "no_uncontrolled_infection") == "met"
 
@@ -236,7 +240,16 @@ def test_s2_prior_thalidomide_is_before_screening(start: str, expected: str) -> 
     rec = good_record()
     rec.meds.append(
         Exposure(
-            "MedicationStatement/t", "Patient/p", "thalidomide", "10432", start, None, "active", None, None, ORIGIN
+            "MedicationStatement/t",
+            "Patient/p",
+            "thalidomide",
+            "10432",
+            partial(start),
+            None,
+            "active",
+            None,
+            None,
+            ORIGIN,
         )
     )
     assert status_of(assess(rec), "no_prior_thalidomide") == expected
@@ -315,7 +328,7 @@ def test_s2_ecog_is_the_latest_assessment_on_or_before_screening_however_old() -
 )
 def test_s2_a_partial_anthracycline_start_is_not_a_day(start: str, progression: str, expected: str) -> None:
     rec = good_record()
-    dox = replace(rec, meds=[rec.meds[0]._replace(start=start, end=None)])
+    dox = replace(rec, meds=[rec.meds[0]._replace(start=partial(start), end=None)])
     rec = replace(
         dox,
         observations=[o for o in dox.observations if o.concept != "disease_status"]

@@ -129,7 +129,7 @@ def test_s3_bilirubin_umol_converted_before_one_table(ctx, umol: float, points: 
 def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-arg]
     """A study subject screened 2004-03-01 with Child-Pugh labs on ``labs_day`` and ascites and encephalopathy
     assessed on ``clinical_day``."""
-    from builders import AS_OF, lab
+    from builders import AS_OF, lab, partial
 
     from fhiradapter.core.evaluate import EvaluationSettings, evaluate_patient
     from fhiradapter.core.model import PatientRecord, Person, StudySubject
@@ -138,7 +138,7 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
     origin = ("t", "l")
     rec = PatientRecord(
         "Patient/p",
-        person=Person("Patient/p", "1960-01-01", "male", None, False, origin),
+        person=Person("Patient/p", partial("1960-01-01"), "male", None, False, origin),
         observations=[
             lab("bilirubin", labs_day, 1.0, unit="mg/dL"),
             lab("albumin", labs_day, 4.0, unit="g/dL"),
@@ -152,7 +152,7 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
                 "Patient/p",
                 "ResearchStudy/thal-hcc-pilot",
                 "screening",
-                "2004-03-01",
+                partial("2004-03-01"),
                 None,
                 True,
                 "1",

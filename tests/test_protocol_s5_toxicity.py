@@ -62,7 +62,17 @@ def test_s5_creatinine_without_uln_is_not_graded() -> None:
 
 
 def ae(term: str, grade: int, day: str, source: str = "reported", ref: str | None = None) -> AdverseEvent:
-    return AdverseEvent(ref or f"AdverseEvent/{term}-{day}", "Patient/p", term, term, None, grade, source, day, ORIGIN)
+    return AdverseEvent(
+        ref or f"AdverseEvent/{term}-{day}",
+        "Patient/p",
+        term,
+        term,
+        None,
+        grade,
+        source,
+        date.fromisoformat(day),
+        ORIGIN,
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,7 +101,7 @@ def test_s5_worst_grade_per_term_merges_reported_and_lab(mappings: Mappings) -> 
 
 
 def test_s5_unmapped_term_is_kept(mappings: Mappings) -> None:
-    odd = AdverseEvent("AdverseEvent/x", "Patient/p", None, "Hiccups", None, 1, "derived", "2004-01-20", ORIGIN)
+    odd = AdverseEvent("AdverseEvent/x", "Patient/p", None, "Hiccups", None, 1, "derived", date(2004, 1, 20), ORIGIN)
     rows, _, _ = toxicities([odd], [], INDEX, LAST, after_days=30, mappings=mappings)
     assert rows[0].term == "unmapped:Hiccups" and rows[0].meddra is None
     assert rows[0].source == "derived"

@@ -95,17 +95,10 @@ def latest(
 
     ``window_days=None``: the latest on or before ``on``, however old.
     """
-    # Observation dates are full ISO dates (the mapper rejects others), so strings compare as dates.
-    start = "" if window_days is None else (on - timedelta(days=window_days)).isoformat()
-    end = on.isoformat()
+    start = date.min if window_days is None else on - timedelta(days=window_days)
     best: Observed | None = None
     for o in obs:
-        if (
-            o.concept == concept
-            and o.date is not None
-            and start <= o.date <= end
-            and (best is None or o.date >= (best.date or ""))
-        ):
+        if o.concept == concept and start <= o.date <= on and (best is None or o.date >= best.date):
             best = o
     return best
 
@@ -218,10 +211,7 @@ def _metastatic(rec: PatientRecord, screening: date, reference: date) -> Criteri
     lesions = [
         o
         for o in rec.observations
-        if o.concept == "tumor_size"
-        and o.perpendicular_mm is not None
-        and (d := dates.to_date(o.date)) is not None
-        and start <= d <= reference
+        if o.concept == "tumor_size" and o.perpendicular_mm is not None and start <= o.date <= reference
     ]
     value = Measurability(len(mets), len({o.focus for o in lesions}))
     evidence = [c.ref for c in mets] + [o.ref for o in lesions]
@@ -252,22 +242,20 @@ def _anthracycline(rec: PatientRecord, screening: date) -> Criterion:
             [],
             "no anthracycline (doxorubicin/epirubicin) started before screening",
         )
-    first = min(m.start or "" for m in prior)
+    first = min(m.start for m in prior if m.start is not None)
     worsened = [
-        o
-        for o in rec.observations
-        if o.concept == "disease_status" and o.coded == "worsened" and dates.on_or_before(o.date, screening)
+        o for o in rec.observations if o.concept == "disease_status" and o.coded == "worsened" and o.date <= screening
     ]
     # "Later" needs the day (PROTOCOL.md §1): a start of 2004-04 is certainly before 2004-05-02, but not
     # before 2004-04-13. Compared at the start's own precision, a record in the same month is no evidence.
-    progressions = [o for o in worsened if (o.date or "")[: len(first)] > first]
+    progressions = [o for o in worsened if first.cut(o.date) > first]
     evidence = [m.ref for m in prior] + [o.ref for o in progressions]
-    undecided = [o for o in worsened if o not in progressions and (o.date or "")[: len(first)] == first]
-    if not progressions and undecided and len(first) < 10:
+    undecided = [o for o in worsened if o not in progressions and first.cut(o.date) == first]
+    if not progressions and undecided and first.full is None:
         return criterion(
             "prior_anthracycline_progression",
             UNKNOWN,
-            AnthracyclineHistory(first, undecided[0].date),
+            AnthracyclineHistory(str(first), undecided[0].date),
             evidence + [o.ref for o in undecided],
             f"anthracycline started {first} (no day): cannot tell whether the progression on "
             f"{undecided[0].date} came after it",
@@ -276,14 +264,14 @@ def _anthracycline(rec: PatientRecord, screening: date) -> Criterion:
         return criterion(
             "prior_anthracycline_progression",
             MET,
-            AnthracyclineHistory(first, progressions[0].date),
+            AnthracyclineHistory(str(first), progressions[0].date),
             evidence,
             "anthracycline before screening and a later progression record",
         )
     return criterion(
         "prior_anthracycline_progression",
         UNKNOWN,
-        AnthracyclineHistory(first),
+        AnthracyclineHistory(str(first)),
         evidence,
         "anthracycline found but no later progression record (97509-4 worsened)",
     )
@@ -293,10 +281,7 @@ def _age(rec: PatientRecord, screening: date) -> Criterion:
     person = rec.person
     if person is None or person.birth_date is None:
         return criterion("age", UNKNOWN, None, [person.ref] if person else [], "no birth date")
-    bounds = dates.age_bounds(person.birth_date, screening)
-    if bounds is None:
-        return criterion("age", UNKNOWN, None, [person.ref], "birth date unreadable")
-    youngest, oldest = bounds
+    youngest, oldest = dates.age_bounds(person.birth_date, screening)
     value: int | AgeRange = youngest if youngest == oldest else AgeRange(youngest, oldest)
     partial = "" if youngest == oldest else f" (partial birth date {person.birth_date})"
     if oldest < MAX_AGE_EXCLUSIVE:
@@ -354,7 +339,7 @@ def _prior_thalidomide(rec: PatientRecord, screening: date) -> Criterion:
         return criterion(
             "no_prior_thalidomide",
             NOT_MET,
-            min(m.start or "" for m in prior),
+            str(min(m.start for m in prior if m.start is not None)),
             [m.ref for m in prior],
             "thalidomide exposure before screening",
         )

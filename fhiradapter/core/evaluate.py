@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import date
 from operator import attrgetter
@@ -22,6 +22,7 @@ from msgspec import UNSET, UnsetType
 
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import score_child_pugh
+from fhiradapter.core.dates import PartialDate
 from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
 from fhiradapter.core.model import Exposure, Issue, PatientRecord
 from fhiradapter.core.protocol import Mappings
@@ -113,19 +114,18 @@ def _note(i: Issue) -> Note:
 def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAside]]:
     """Set aside everything dated after the as-of date (PROTOCOL.md §1: nothing after it is read)."""
     unused: list[SetAside] = []
-    cut = as_of.isoformat()
 
-    def keep(items: list[Any], day: Any) -> list[Any]:
-        late = [item for item in items if (d := day(item)) is not None and d[:10] > cut[: len(d[:10])]]
+    def keep(items: list[Any], day: Callable[[Any], PartialDate | date | None]) -> list[Any]:
+        late = [item for item in items if dates.after(day(item), as_of)]
         if not late:
             return items  # the common case: nothing after the cut-off
-        unused.extend(SetAside(i.ref, "after-as-of", f"dated {day(i)}, after the as-of date {cut}") for i in late)
+        unused.extend(SetAside(i.ref, "after-as-of", f"dated {day(i)}, after the as-of date {as_of}") for i in late)
         late_ids = {id(item) for item in late}
         return [item for item in items if id(item) not in late_ids]
 
     meds = keep(rec.meds, lambda m: m.start)  # an end after the cut-off is kept: _exposure_end reads it
     person = rec.person
-    if person is not None and person.deceased_date is not None and person.deceased_date > cut:
+    if person is not None and dates.after(person.deceased_date, as_of):
         person = person._replace(deceased_date=None, deceased_flag=False)
     new = replace(
         rec,
@@ -143,16 +143,16 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAsi
 def last_record_date(rec: PatientRecord, as_of: date) -> date | None:
     """The latest full date of any record on or before ``as_of``: the censoring date of a living patient
     (PROTOCOL.md §6). An exposure's end after the as-of date is no record date (it has not happened yet)."""
-    candidates: list[str | None] = [o.date for o in rec.observations]
-    candidates += [a.date for a in rec.adverse_events]
+    partial: list[PartialDate | None] = []
     for m in rec.meds:
-        candidates += [m.start, m.end]
-    candidates += [c.onset for c in rec.conditions] + [c.recorded for c in rec.conditions]
-    candidates += [c.date for c in rec.consents]
+        partial += [m.start, m.end]
+    partial += [c.onset for c in rec.conditions] + [c.recorded for c in rec.conditions]
+    partial += [c.date for c in rec.consents]
     for s in rec.subjects:
-        candidates += [s.start, s.end]
-    full = [d for d in map(dates.to_date, candidates) if d is not None and d <= as_of]
-    return max(full) if full else None
+        partial += [s.start, s.end]
+    full = [o.date for o in rec.observations] + [a.date for a in rec.adverse_events]
+    full += [d for d in map(dates.full_day, partial) if d is not None]
+    return max((d for d in full if d <= as_of), default=None)
 
 
 def _exposure_end(m: Exposure, as_of: date) -> tuple[date | None, bool]:
@@ -162,12 +162,12 @@ def _exposure_end(m: Exposure, as_of: date) -> tuple[date | None, bool]:
     now (a status is written later, and nothing after the as-of date is read): the treatment counts to the
     as-of date and the patient is on drug. Without an end, the status tells (active, in-progress, on-hold).
     """
-    end = dates.to_date(m.end)
+    end = dates.full_day(m.end)
     if end is not None and end > as_of:
         return as_of, True
     if m.status in ONGOING_MED_STATUS and (end is None or end == as_of):
         return as_of, True
-    return (end or dates.to_date(m.start)), False
+    return (end or dates.full_day(m.start)), False
 
 
 def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: Iterable[Issue] = ()) -> Evaluation:
@@ -193,7 +193,7 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
     if candidate and not settings.screen_candidates:
         why = f"{rec.patient} has no ResearchSubject of {study_ref} on or before the as-of date: not in the study"
         return Evaluation(None, unused, None, ("not-in-study", why))
-    death = dates.to_date(rec.person.deceased_date) if rec.person else None
+    death = dates.full_day(rec.person.deceased_date) if rec.person else None
     if candidate and death is not None and death <= as_of:
         why = f"{rec.patient}, a screening candidate, died on or before the screening date {as_of}: not screened"
         return Evaluation(None, unused, None, ("not-screened", why))
@@ -204,20 +204,20 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
             "several-subjects",
             f"{len(ours)} ResearchSubjects for this study; the first ({subject.ref if subject else ''}) is used",
         )
-    thal = sorted((x for x in rec.meds if x.drug == "thalidomide"), key=lambda x: x.start or "")
-    screening = dates.to_date(subject.start) if subject and subject.start else None
+    thal = sorted((x for x in rec.meds if x.drug == "thalidomide"), key=lambda x: x.start or PartialDate(0))
+    screening = dates.full_day(subject.start) if subject else None
     screening_source = "ResearchSubject.period.start"
     if candidate:  # screened at the as-of date (PROTOCOL.md §1)
         screening, screening_source = as_of, "as-of date (screening candidate)"
     if screening is None and thal:
-        screening, screening_source = dates.to_date(thal[0].start), "first thalidomide exposure"
+        screening, screening_source = dates.full_day(thal[0].start), "first thalidomide exposure"
     if screening is None:
         screening, screening_source = as_of, "as-of date"
-    study = [x for x in thal if (d := dates.to_date(x.start)) is not None and d >= screening]
+    study = [x for x in thal if (d := dates.full_day(x.start)) is not None and d >= screening]
     for x in thal:
-        if x.start and len(x.start) < 10:
+        if x.start is not None and x.start.full is None:
             note(x.ref, "partial-date", f"thalidomide start {x.start} has no day: not counted as study drug")
-    index = min((d for x in study if (d := dates.to_date(x.start)) is not None), default=None)
+    index = min((d for x in study if (d := dates.full_day(x.start)) is not None), default=None)
     treated = index is not None
     last_dose: date | None = None
     on_drug = False
@@ -309,7 +309,7 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
     baseline = response.baseline if response else None
     characteristics = _characteristics(rec, eligibility, cp.cls, baseline)
     status, period_end = subject_status(eligibility.status, treated, on_drug, death)
-    period_start = dates.to_date(subject.start) if subject and subject.start else screening
+    period_start = dates.full_day(subject.start) if subject and subject.start else screening
     if period_end is not None and death is not None and period_start is not None and death < period_start:
         # PROTOCOL.md §7: period.end is never before period.start; such data is reported, not written.
         note(
@@ -387,7 +387,7 @@ def _characteristics(
     """Table 1 of a report: who the patient was at screening (values the rules already used)."""
     ecog = eligibility.criterion("ecog").value
     age = eligibility.criterion("age").value
-    screening = eligibility.screening_date.isoformat()
+    screening = eligibility.screening_date
     return Characteristics(
         age=age if isinstance(age, int | AgeRange) else None,
         sex=rec.person.gender if rec.person else None,
@@ -399,7 +399,7 @@ def _characteristics(
                 {
                     c.text or c.concept
                     for c in rec.conditions
-                    if c.concept == "metastasis" and (c.onset is None or c.onset[:10] <= screening)
+                    if c.concept == "metastasis" and (c.onset is None or dates.on_or_before(c.onset, screening))
                 }
             )
         ),

@@ -12,6 +12,8 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from fhiradapter.core import dates
+from fhiradapter.core.dates import PartialDate
 from fhiradapter.core.evaluate import cut_off
 from fhiradapter.core.mappers import as_recorded
 from fhiradapter.core.model import PatientRecord
@@ -31,7 +33,13 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
             continue
         if o.concept == TUMOUR and o.longest_mm is not None:
             tumour.append(
-                {"ref": o.ref, "date": o.date, "lesion": o.focus, "d1": o.longest_mm, "d2": o.perpendicular_mm}
+                {
+                    "ref": o.ref,
+                    "date": o.date.isoformat(),
+                    "lesion": o.focus,
+                    "d1": o.longest_mm,
+                    "d2": o.perpendicular_mm,
+                }
             )
         elif o.value is not None:
             orig_value, orig_unit = as_recorded(o.conversion)
@@ -39,7 +47,7 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
                 {
                     "ref": o.ref,
                     "concept": o.concept,
-                    "date": o.date,
+                    "date": o.date.isoformat(),
                     "value": o.value,
                     "unit": o.unit,
                     "orig_value": orig_value if o.conversion else o.value,
@@ -50,14 +58,20 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
             )
     return {
         "patient": rec.patient,
-        "birth_date": person.birth_date if person else None,
+        "birth_date": _text(person.birth_date) if person else None,
         "sex": person.gender if person else None,
-        "deceased_date": person.deceased_date if person else None,
+        "deceased_date": _text(person.deceased_date) if person else None,
         "observations": sorted(numeric, key=lambda x: (x["date"] or "", x["concept"], x["ref"])),
         "tumour": sorted(tumour, key=lambda x: (x["date"] or "", x["lesion"] or "", x["ref"])),
         "exposures": sorted(
             (
-                {"ref": m.ref, "drug": m.drug, "drug_code": m.drug_code, "start": m.start, "end": _capped(m.end, as_of)}
+                {
+                    "ref": m.ref,
+                    "drug": m.drug,
+                    "drug_code": m.drug_code,
+                    "start": _text(m.start),
+                    "end": _capped(m.end, as_of),
+                }
                 for m in kept.meds
                 if m.ref not in skip
             ),
@@ -71,7 +85,7 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
                     "verbatim": a.term_text,
                     "meddra": a.meddra,
                     "grade": a.grade,
-                    "date": a.date,
+                    "date": a.date.isoformat(),
                 }
                 for a in kept.adverse_events
                 if a.ref not in skip
@@ -81,7 +95,10 @@ def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[s
     }
 
 
-def _capped(end: str | None, as_of: date) -> str | None:
+def _text(value: PartialDate | None) -> str | None:
+    return str(value) if value is not None else None
+
+
+def _capped(end: PartialDate | None, as_of: date) -> str | None:
     """An exposure's end as the extract gives it: never after the as-of date (nothing after it is read)."""
-    cut = as_of.isoformat()
-    return end if end is None or end[: len(cut)] <= cut[: len(end)] else cut
+    return as_of.isoformat() if dates.after(end, as_of) else _text(end)

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from fhiradapter.core import dates
+from fhiradapter.core.dates import PartialDate
 from fhiradapter.core.fhir_types import CodeableConcept, Reference, Resource, as_typed, get_path
 
 R = TypeVar("R", bound=Resource)
@@ -51,6 +53,22 @@ def _local_date(value: str) -> str | None:
         except ValueError:
             return None
     return value[:end]
+
+
+def partial_date(value: str | None) -> PartialDate | None:
+    """The calendar date written in a FHIR date/dateTime/instant, as precise as written (see local_date)."""
+    text = local_date(value)
+    return dates.partial_date(text) if text is not None else None
+
+
+@lru_cache(maxsize=1 << 16)
+def _full_date(text: str) -> date | None:
+    return date.fromisoformat(text) if len(text) == 10 else None
+
+
+def full_date(text: str | None) -> date | None:
+    """A checked ``YYYY-MM-DD`` (from :func:`local_date`) as a date; a partial or missing one gives None."""
+    return _full_date(text) if text is not None else None
 
 
 def unreadable_date(resource: Resource) -> str | None:

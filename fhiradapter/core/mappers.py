@@ -21,6 +21,7 @@ import msgspec
 from fhiradapter.core import fhir_json
 from fhiradapter.core import fhir_types as fhir
 from fhiradapter.core.codes import CodeTable
+from fhiradapter.core.dates import PartialDate
 from fhiradapter.core.model import (
     AdverseEvent,
     Condition,
@@ -130,10 +131,10 @@ def _patient_ref(
 
 def map_patient(res: fhir.Patient, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
     issues: list[Issue] = []
-    birth = fhir_json.local_date(res.birth_date)
+    birth = fhir_json.partial_date(res.birth_date)
     if res.birth_date is not None and birth is None:
         issues += _issue(ref, "birthDate", "bad-date", "birthDate is not a FHIR date")
-    deceased_date = fhir_json.local_date(res.deceased_date_time)
+    deceased_date = fhir_json.partial_date(res.deceased_date_time)
     flag = res.deceased_boolean is True or deceased_date is not None
     return Person(ref, birth, res.gender, deceased_date, flag, origin), issues
 
@@ -234,15 +235,16 @@ def map_observation(
             ref, implausible, "bad-value", f"{implausible} is not a number a measurement can be (beyond 1e12)"
         )
     raw_date = res.effective_date_time or res.effective_instant or (res.effective_period or fhir.Period()).start
-    date = fhir_json.local_date(raw_date)
-    if date is None:
+    effective = fhir_json.local_date(raw_date)
+    if effective is None:
         return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
-    if not fhir_json.is_full_date(date):
+    day = fhir_json.full_date(effective)
+    if day is None:
         return None, _issue(
             ref,
             "effective[x]",
             "partial-date",
-            f"effective date {date!r} has no day; an observation needs one",
+            f"effective date {effective!r} has no day; an observation needs one",
         )
     value = low = high = longest = perpendicular = None
     unit = coded = focus = note = None
@@ -306,7 +308,7 @@ def map_observation(
         issues += tissues
         unit = "mm"
     return Observed(
-        ref, patient, concept, date, value, unit, coded, low, high, focus, longest, perpendicular, status, note, origin
+        ref, patient, concept, day, value, unit, coded, low, high, focus, longest, perpendicular, status, note, origin
     ), issues
 
 
@@ -463,18 +465,18 @@ def map_medication_use(
     return Exposure(ref, patient, drug, code, start, end, str(status), med_ref, reason, origin), issues
 
 
-def _exposure_dates(res: fhir.MedicationUse) -> tuple[str | None, str | None]:
+def _exposure_dates(res: fhir.MedicationUse) -> tuple[PartialDate | None, PartialDate | None]:
     if isinstance(res, fhir.MedicationRequest):
         for dose in res.dosage_instruction or ():
             bounds = dose.timing.repeat.bounds_period if dose.timing and dose.timing.repeat else None
             if bounds is not None and bounds.start:
-                return fhir_json.local_date(bounds.start), fhir_json.local_date(bounds.end)
-        return fhir_json.local_date(res.authored_on), None
-    single = fhir_json.local_date(res.effective_date_time)
+                return fhir_json.partial_date(bounds.start), fhir_json.partial_date(bounds.end)
+        return fhir_json.partial_date(res.authored_on), None
+    single = fhir_json.partial_date(res.effective_date_time)
     if single:
         return single, single
     if res.effective_period is not None:
-        return fhir_json.local_date(res.effective_period.start), fhir_json.local_date(res.effective_period.end)
+        return fhir_json.partial_date(res.effective_period.start), fhir_json.partial_date(res.effective_period.end)
     return None, None
 
 
@@ -519,8 +521,8 @@ def map_adverse_event(
         return None, issues + _issue(
             ref, "extension(ae-grade)", "no-grade", "neither an ae-grade extension nor a severity"
         )
-    date = fhir_json.local_date(res.date or res.detected or res.recorded_date)
-    if date is None or not fhir_json.is_full_date(date):
+    date = fhir_json.full_date(fhir_json.local_date(res.date or res.detected or res.recorded_date))
+    if date is None:
         return None, issues + _issue(ref, "date", "no-date", "no full onset date (date/detected)")
     return AdverseEvent(ref, patient, term, text, meddra, grade, source, date, origin), issues
 
@@ -536,8 +538,8 @@ def map_condition(
     patient, issues = _patient_ref(res.subject, "subject", ref, aliases, ctx.local_bases)
     if patient is None:
         return None, issues
-    onset = fhir_json.local_date(res.onset_date_time or (res.onset_period or fhir.Period()).start)
-    recorded = fhir_json.local_date(res.recorded_date)
+    onset = fhir_json.partial_date(res.onset_date_time or (res.onset_period or fhir.Period()).start)
+    recorded = fhir_json.partial_date(res.recorded_date)
     return Condition(
         ref,
         patient,
@@ -560,7 +562,7 @@ def map_consent(res: fhir.Consent, ref: str, origin: Origin, ctx: MapContext, al
         research = research or any(ctx.mappings.consent_research.get(s, c) for s, c in fhir_json.codings(cat))
     if not research:
         return None, _issue(ref, "scope", "not-research", "not a research consent")
-    return Consent(ref, patient, str(res.status), fhir_json.local_date(res.date_time), origin), issues
+    return Consent(ref, patient, str(res.status), fhir_json.partial_date(res.date_time), origin), issues
 
 
 def map_research_subject(
@@ -576,8 +578,8 @@ def map_research_subject(
         patient,
         fhir_json.local_reference(res.study, aliases, ctx.local_bases)[0],
         str(res.status),
-        fhir_json.local_date(period.start),
-        fhir_json.local_date(period.end),
+        fhir_json.partial_date(period.start),
+        fhir_json.partial_date(period.end),
         res.consent is not None and res.consent.given(),
         res.meta.version_id if res.meta is not None else None,
         origin,

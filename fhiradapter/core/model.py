@@ -1,15 +1,20 @@
 """Domain values: compact, immutable records mapped from FHIR resources, and the per-patient record.
 
 Records are ``NamedTuple``s on purpose: they are small (the pipeline holds only these, never raw JSON),
-cheap to pickle when the grouping step spills to disk, and immutable. Dates are ISO strings
-(``YYYY-MM-DD``, or a partial ``YYYY-MM``/``YYYY`` that rules must treat as such); every record keeps
+cheap to pickle when the grouping step spills to disk, and immutable. A date the mapper requires in full
+(an observation's, an adverse event's) is a ``datetime.date``; one a record may give without its day or
+month is a :class:`~fhiradapter.core.dates.PartialDate`, which the rules compare at its own precision. Every
+record keeps
 ``ref`` ("Type/id") for evidence and ``origin`` (file, locator) for reject reports.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, NamedTuple
+
+from fhiradapter.core.dates import PartialDate
 
 Origin = tuple[str, str]  # (source file, "line 12" | "entry 3" | "entry 3 (Bundle in line 5)")
 
@@ -30,9 +35,9 @@ class Issue(NamedTuple):
 
 class Person(NamedTuple):
     ref: str
-    birth_date: str | None
+    birth_date: PartialDate | None
     gender: str | None
-    deceased_date: str | None
+    deceased_date: PartialDate | None
     deceased_flag: bool
     origin: Origin
 
@@ -47,7 +52,7 @@ class Observed(NamedTuple):
     ref: str
     patient: str
     concept: str
-    date: str | None
+    date: date
     value: float | None
     unit: str | None
     coded: str | None
@@ -68,8 +73,8 @@ class Exposure(NamedTuple):
     patient: str
     drug: str | None
     drug_code: str | None
-    start: str | None
-    end: str | None
+    start: PartialDate | None
+    end: PartialDate | None
     status: str
     med_ref: str | None  # unresolved reference to a separate Medication, resolved after reading
     stop_reason: str | None  # mapped statusReason: progression | toxicity | refusal | death | other
@@ -84,7 +89,7 @@ class AdverseEvent(NamedTuple):
     meddra: str | None
     grade: int | None
     grade_source: str  # "reported" (ae-grade extension) | "derived" (from severity)
-    date: str | None
+    date: date
     origin: Origin
 
 
@@ -94,8 +99,8 @@ class Condition(NamedTuple):
     concept: str
     verification: str | None
     clinical: str | None
-    onset: str | None
-    recorded: str | None
+    onset: PartialDate | None
+    recorded: PartialDate | None
     origin: Origin
     text: str | None = None  # the code's display or text, for reports
 
@@ -104,7 +109,7 @@ class Consent(NamedTuple):
     ref: str
     patient: str
     status: str
-    date: str | None
+    date: PartialDate | None
     origin: Origin
 
 
@@ -115,8 +120,8 @@ class StudySubject(NamedTuple):
     patient: str
     study: str | None
     status: str
-    start: str | None
-    end: str | None
+    start: PartialDate | None
+    end: PartialDate | None
     has_consent: bool
     version: str | None
     origin: Origin

@@ -136,8 +136,8 @@ class SubjectView:
         if not birth or ref is None:
             age = self.result.get("characteristics", {}).get("age")
             return age if isinstance(age, int) else None
-        bounds = dates.age_bounds(str(birth), ref)
-        return bounds[0] if bounds else None
+        born = dates.partial_date(str(birth))
+        return dates.age_bounds(born, ref)[0] if born is not None else None
 
     def study_day(self, value: str | None) -> int | None:
         """SDTM --DY: days from the index date, day 1 = index date, no day 0."""

@@ -78,9 +78,7 @@ def _num(value: Decimal | None) -> float | int | None:
 def _by_date(obs: Iterable[Observed]) -> dict[date, list[Observed]]:
     out: dict[date, list[Observed]] = {}
     for o in obs:
-        d = dates.to_date(o.date)
-        if d is not None:
-            out.setdefault(d, []).append(o)
+        out.setdefault(o.date, []).append(o)
     return out
 
 

@@ -12,6 +12,7 @@ process hands them back), and encoded to JSON by msgspec straight from the attri
 
 from __future__ import annotations
 
+import datetime
 from datetime import date
 from enum import StrEnum
 from typing import Any
@@ -92,7 +93,7 @@ class Measurement(msgspec.Struct, frozen=True, omit_defaults=True):
 
     value: float | int | None
     unit: str | None
-    date: str | None
+    date: date | None
     conversion: str | None = None  # the unit conversion applied, when there was one (written only then)
 
 
@@ -115,7 +116,7 @@ class ChildPughClass(msgspec.Struct, frozen=True):
 
 class AnthracyclineHistory(msgspec.Struct, frozen=True, omit_defaults=True):
     anthracycline_start: str  # as precise as the record (a partial date stays partial)
-    progression_date: str | None = None
+    progression_date: date | None = None
 
 
 CriterionValue = int | str | Measurement | AgeRange | Measurability | ChildPughClass | AnthracyclineHistory | None
@@ -179,7 +180,7 @@ class Baseline(msgspec.Struct, frozen=True):
     date: date | None
     spd_mm2: float | int | None
     afp: float | int | None
-    afp_date: str | UnsetType | None = UNSET
+    afp_date: datetime.date | UnsetType | None = UNSET
     afp_uln: float | int | UnsetType | None = UNSET
     afp_evaluable: bool | UnsetType = UNSET
     lesions: tuple[str, ...] | UnsetType = UNSET
@@ -206,12 +207,12 @@ class Toxicity(msgspec.Struct, frozen=True):
     source: str  # what the worst grade came from: reported | derived | lab
     sources: tuple[str, ...]
     criteria: str
-    first_date: str
+    first_date: date
     evidence: tuple[str, ...]
 
 
 class DoseAction(msgspec.Struct, frozen=True):
-    date: str
+    date: date
     action: DoseActionKind
     term: str
     grade: int

@@ -83,15 +83,15 @@ def lab_grade(o: Observed) -> int | None:
     return None
 
 
-def _window(index: date, last_dose: date, after_days: int) -> tuple[str, str]:
+def _window(index: date, last_dose: date, after_days: int) -> tuple[date, date]:
     """Treatment-emergent window: the index date to ``after_days`` after the last dose, inclusive."""
-    return index.isoformat(), (last_dose + timedelta(days=after_days)).isoformat()
+    return index, last_dose + timedelta(days=after_days)
 
 
 class GradedEvent(NamedTuple):
     """One graded adverse event or lab value in the treatment-emergent window."""
 
-    date: str
+    date: date
     term: str
     grade: int
     source: str  # reported | derived | lab
@@ -110,14 +110,14 @@ def toxicities(
     """(worst grade per term, graded events in date order, issues) for one treated patient."""
     events: list[GradedEvent] = []
     issues: list[str] = []
-    first, last = _window(index, last_dose, after_days)  # full ISO dates compare as strings
+    first, last = _window(index, last_dose, after_days)
     for ae in aes:
-        if ae.grade is None or ae.date is None or not first <= ae.date <= last:
+        if ae.grade is None or not first <= ae.date <= last:
             continue
         key = ae.term or f"unmapped:{ae.term_text}"
         events.append(GradedEvent(ae.date, key, ae.grade, ae.grade_source, ae.ref))
     for o in labs:
-        if o.concept not in LAB_TERMS or o.date is None or not first <= o.date <= last:
+        if o.concept not in LAB_TERMS or not first <= o.date <= last:
             continue
         grade = lab_grade(o)
         if grade is None:
@@ -156,7 +156,7 @@ def toxicities(
 def dose_actions(events: Sequence[GradedEvent], rules: Sequence[DoseRule]) -> list[DoseAction]:
     """Every graded event that meets a dose rule (PROTOCOL.md §5, configurable), in date order."""
     out: list[DoseAction] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[date, str, str]] = set()
     for e in events:
         for rule in rules:
             if e.term == rule.term and e.grade >= rule.min_grade:

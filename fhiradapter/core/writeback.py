@@ -271,7 +271,7 @@ def desired_resources(subject: PatientResult, ctx: WritebackContext) -> list[tup
                     patient,
                     t.term,
                     "Worst toxicity grade (NCI CTC v2.0)",
-                    t.first_date,
+                    t.first_date.isoformat(),
                     valueCodeableConcept={**_coding(NCIT, code, display), "text": f"CTC v2.0 grade {t.worst_grade}"},
                     component=[
                         {"code": _local("term", "Toxicity term"), "valueCodeableConcept": term},
