@@ -144,7 +144,8 @@ def test_duplicates_across_partitions_and_files_keep_the_same_copy(
             again.append(json.dumps(res))
     (data / "zz-later-versions.ndjson").write_text("\n".join(later) + "\n")
     (data / "aa-unversioned-copies.ndjson").write_text("\n".join(again) + "\n")
-    monkeypatch.setattr("fhiradapter.shell.spark_engine.CHUNK_BYTES", 1 << 20)  # dozens of tasks
+    # Small tasks: Observation.ndjson (98 MB) alone is cut into a dozen partitions.
+    monkeypatch.setattr("fhiradapter.shell.spark_engine.CHUNK_BYTES", 8 << 20)
     as_of = date(2005, 12, 31)
     run([data], tmp_path / "local", "local", as_of=as_of, report=False)
     summary = run([data], tmp_path / "spark", "spark", as_of=as_of, report=False)
