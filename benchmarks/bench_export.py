@@ -79,7 +79,7 @@ def results_folder(patients: int) -> Path:
     if not (out / "clinical.ndjson").exists():
         src = DATA / f"p{patients}"
         if not src.exists():
-            generate(src, patients)
+            generate(patients, src)
         subprocess.run(
             ["fhiradapter", "evaluate", str(src), "--as-of", "2005-12-31", "--out", str(out), "--no-report"],
             check=True,

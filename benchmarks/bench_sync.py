@@ -121,7 +121,7 @@ def _sync(
     time.sleep(OVERLAP.total_seconds() + 1)  # outside the timing: the previous run's writes fall before its watermark
     server_cpu = server_cpu_s(config)
     t = time.perf_counter()
-    summary = run_sync(client, store, opts)
+    summary = run_sync(client(), store, opts)
     seconds = time.perf_counter() - t
     server_after = server_cpu_s(config)
     return {

@@ -248,13 +248,13 @@ class Gen:
             for key in ("anc", "plt", "cre"):
                 self.lab(pid, key, f"m{k}", day, rng.uniform(0.4, 1.4))
         for k in range(4):
-            code, display = AE_TERMS[rng.randrange(len(AE_TERMS))]
+            ae_code, ae_display = AE_TERMS[rng.randrange(len(AE_TERMS))]
             self.emit(
                 {
                     "resourceType": "AdverseEvent",
                     "id": f"{pid}-ae{k}",
                     "actuality": "actual",
-                    "event": cc(MEDDRA, code, display),
+                    "event": cc(MEDDRA, ae_code, ae_display),
                     "subject": {"reference": f"Patient/{pid}"},
                     "date": (index + timedelta(days=rng.randrange(0, days))).isoformat(),
                     "seriousness": cc(
