@@ -219,7 +219,7 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     print(
         f"{args.patients} patients, {args.latency_ms:.0f} ms added latency per request, "
-        f"{args.patients_per_search or 'auto'} patient(s) per search, {args.build} build"
+        f"{args.patients_per_search or 'auto'} patient(s) per search"
     )
     print(f"{'concurrency':>11} {'pull pat/s':>10} {'requests':>8} {'CPU ms/req':>10}")
     for r in rows:
@@ -247,8 +247,8 @@ def main() -> None:
         "the most this server allows (seconds at concurrency 1 / its CPU seconds at 8): "
         + ", ".join(f"{k} {'?' if v is None else f'{v:.1f}x'}" for k, v in ceilings.items())
     )
-    out = HERE / ".data" / f"bench-sync-{args.patients}-{args.patients_per_search or 'auto'}-{args.build}.json"
-    out.write_text(json.dumps({"build": args.build, "rows": rows, "ratios": ratios, "ceilings": ceilings}, indent=2))
+    out = HERE / ".data" / f"bench-sync-{args.patients}-{args.patients_per_search or 'auto'}.json"
+    out.write_text(json.dumps({"rows": rows, "ratios": ratios, "ceilings": ceilings}, indent=2))
 
 
 def _ceiling(seconds_at_1: float, server_cpu_at_8: float | None) -> float | None:

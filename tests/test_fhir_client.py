@@ -1194,3 +1194,26 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
         assert run["status"] == "errors" and run["summary"]["errors"] == summary.errors
     finally:
         store.close()
+
+
+def test_ctrl_c_stops_a_syncs_evaluation_at_once_inside_the_event_loop() -> None:
+    """Within asyncio.run, Ctrl-C would only cancel the main task at its next await: the evaluation (blocking
+    work between the pull and the push) must stop where it is, as it does outside the loop."""
+    import os
+    import signal
+    import time
+
+    from fhiradapter.shell.sync import interruptible
+
+    async def evaluate_for_five_seconds() -> float:
+        started = time.monotonic()
+        with interruptible():
+            os.kill(os.getpid(), signal.SIGINT)
+            while time.monotonic() - started < 5:
+                time.sleep(0.01)  # blocking work, never awaiting
+        return time.monotonic() - started
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(evaluate_for_five_seconds())
+    assert time.monotonic() - started < 2

@@ -154,3 +154,52 @@ def test_a_research_subject_keeps_its_whole_json_for_write_back(ctx: MapContext)
     record, issues = map_resource(res, "ResearchSubject/s", ("f", "l"), ctx, {"urn:uuid:1": "Patient/p"})
     assert isinstance(record, StudySubject) and issues == []
     assert record.raw == {**res, "individual": {"reference": "Patient/p"}}
+
+
+def test_a_line_nested_too_deeply_or_not_utf8_is_reported_and_the_next_line_read() -> None:
+    deep = b'{"resourceType":"Patient","id":"p1","x":' + b"[" * 1000 + b"]" * 1000 + b"}"
+    deeper = b'{"resourceType":"Patient","id":"p2","x":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    bad_text = b'{"resourceType":"Patient","id":"p3","name":[{"text":"\xff"}]}'
+    good = b'{"resourceType":"Patient","id":"p4"}'
+    records = list(read_lines([deep, deeper, bad_text, good], "f.ndjson"))
+    assert [(r.code, r.locator) for r in records if isinstance(r, Reject)] == [
+        ("malformed-json", "line 2"),
+        ("malformed-json", "line 3"),
+    ]
+    kept = [r for r in records if isinstance(r, RawRecord)]
+    assert [r.origin[1] for r in kept] == ["line 1", "line 4"]
+
+
+def test_a_contained_resource_is_read_for_what_the_mapper_needs_only(ctx: MapContext) -> None:
+    """A contained BodyStructure with another field of the wrong type still names its lesion (a lesion key
+    that changed from one assessment to the next would look like a new lesion: progression)."""
+    res = {
+        "resourceType": "Observation",
+        "id": "ts",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "21889-1"}]},
+        "subject": {"reference": "Patient/p"},
+        "effectiveDateTime": "2004-01-10",
+        "focus": [{"reference": "#bs1"}],
+        "contained": [
+            {
+                "resourceType": "BodyStructure",
+                "id": "bs1",
+                "patient": "Patient/p",  # a string where R4 has a Reference: not read here
+                "identifier": [{"system": "urn:lesions", "value": "liver-1"}],
+            }
+        ],
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "33728-7"}]},
+                "valueQuantity": {"value": 30, "code": "mm"},
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "33729-5"}]},
+                "valueQuantity": {"value": 20, "code": "mm"},
+            },
+        ],
+    }
+    record, issues = map_resource(res, "Observation/ts", ("f", "l"), ctx)
+    assert isinstance(record, Observed) and issues == []
+    assert record.focus == "BodyStructure?identifier=urn:lesions|liver-1"

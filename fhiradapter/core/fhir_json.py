@@ -17,9 +17,9 @@ import msgspec
 
 from fhiradapter.core import dates
 from fhiradapter.core.dates import PartialDate
-from fhiradapter.core.fhir_types import CodeableConcept, Reference, Resource, as_typed, get_path
+from fhiradapter.core.fhir_types import CodeableConcept, Element, Reference, Resource, get_path
 
-R = TypeVar("R", bound=Resource)
+E = TypeVar("E", bound=Element)
 
 _DATE = re.compile(r"^(\d{4})(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?")
 RESOURCE_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")  # FHIR R4 id
@@ -184,13 +184,15 @@ def first_code(concept: CodeableConcept | None) -> str | None:
     return None
 
 
-def contained(items: list[dict[str, Any]] | None, local_ref: str, kind: type[R]) -> R | None:
-    """The contained resource a ``#id`` reference names, as ``kind`` (None when absent or not readable)."""
+def contained(items: list[dict[str, Any]] | None, local_ref: str, resource_type: str, kind: type[E]) -> E | None:
+    """The contained resource of ``resource_type`` a ``#id`` reference names, read as ``kind`` (a Struct of
+    only the fields read there, so that another field of the wrong type does not hide it); None when it is
+    absent or those fields are unreadable."""
     wanted = local_ref[1:]
     for item in items or ():
-        if isinstance(item, dict) and item.get("id") == wanted and item.get("resourceType") == kind.__name__:
+        if isinstance(item, dict) and item.get("id") == wanted and item.get("resourceType") == resource_type:
             try:
-                return as_typed(item, kind)  # type: ignore[return-value]
+                return msgspec.convert(item, kind)
             except msgspec.ValidationError:
                 return None
     return None

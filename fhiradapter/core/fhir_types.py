@@ -263,6 +263,19 @@ class BodyStructure(Resource, frozen=True):
     identifier: list[Identifier] | None = None
 
 
+class ContainedBodyStructure(Element, frozen=True):
+    """A contained BodyStructure: only its identifier, which names the lesion, is read."""
+
+    identifier: list[Identifier] | None = None
+
+
+class ContainedMedication(Element, frozen=True):
+    """A contained Medication: only what says which drug it is."""
+
+    code: CodeableConcept | None = None
+    ingredient: list[Ingredient] | None = None
+
+
 TYPES: dict[str, type[Resource]] = {
     cls.__name__: cls
     for cls in (

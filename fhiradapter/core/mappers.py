@@ -348,7 +348,7 @@ def _tumour(
     if res.focus:
         focus = fhir_json.reference_of(res.focus[0], aliases)
         if focus and focus.startswith("#"):
-            body = fhir_json.contained(res.contained, focus, fhir.BodyStructure)
+            body = fhir_json.contained(res.contained, focus, "BodyStructure", fhir.ContainedBodyStructure)
             ident = body.identifier if body is not None else None
             if ident and ident[0].value:
                 focus = f"BodyStructure?identifier={ident[0].system or ''}|{ident[0].value}"
@@ -409,7 +409,7 @@ def _drug(concept: fhir.CodeableConcept | None, m: Mappings) -> tuple[str | None
     return None, first
 
 
-def medication_concept(res: fhir.Medication, m: Mappings) -> str | None:
+def medication_concept(res: fhir.Medication | fhir.ContainedMedication, m: Mappings) -> str | None:
     """The protocol drug a Medication resource is (by its code or an ingredient's code)."""
     drug, _ = _drug(res.code, m)
     if drug:
@@ -435,11 +435,14 @@ def map_medication_use(
     if drug is None and res.medication_reference is not None:
         target = fhir_json.reference_of(res.medication_reference, aliases)
         if target and target.startswith("#"):
-            med = fhir_json.contained(res.contained, target, fhir.Medication)
+            med = fhir_json.contained(res.contained, target, "Medication", fhir.ContainedMedication)
             drug = medication_concept(med, ctx.mappings) if med else None
             if med is None:
                 issues += _issue(
-                    ref, "medicationReference", "bad-reference", f"contained Medication {target} not found"
+                    ref,
+                    "medicationReference",
+                    "bad-reference",
+                    f"contained Medication {target} not found, or its code unreadable",
                 )
         elif target and target.startswith("Medication/"):
             med_ref = target
@@ -639,6 +642,8 @@ def map_resource(
         except msgspec.ValidationError as exc:
             path, reason = fhir.error_path(exc)
             return None, _issue(ref, path, "invalid-field", f"{path} is not what FHIR R4 has there: {reason}")
+        except RecursionError:
+            return None, _issue(ref, "(structure)", "invalid-field", "the resource is nested too deeply to read")
     else:
         typed = res
     bad_date = fhir_json.unreadable_date(typed)

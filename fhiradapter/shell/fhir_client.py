@@ -160,6 +160,11 @@ class AdaptiveLimit:
         self._last_cut = -1
         self._changed = asyncio.Condition()
 
+    def watch_from_now(self) -> None:
+        """Count ``lowest`` from the present level: a new phase on the same client (sync's push after its
+        pull) reports what happened during it, not before."""
+        self.lowest = max(1, int(self.limit))
+
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[int]:
         """Wait for a free slot; yields the request's sequence number (for ``overloaded``)."""

@@ -186,6 +186,7 @@ async def push(
     entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
     if cap is None:
         cap = await client.capabilities()
+    client.limit.watch_from_now()  # the slow-server note speaks of this push only
     adaptive = mode == "auto"
     if mode == "auto":
         mode = "transaction" if cap.transaction else "batch" if cap.batch else "single"

@@ -275,11 +275,13 @@ def _read_ndjson(
                 pending = 0
         # The common case: a line decoded straight into the typed resource, every other field skipped.
         try:
+            if not line.isascii():
+                line.decode()  # msgspec does not check the text of the fields it skips; orjson reports bad UTF-8
             typed = decode(line)
             if typed.id:
                 yield RawRecord(typed, (name, f"line {lineno}"), None)
                 continue
-        except not_typed:
+        except (not_typed, UnicodeDecodeError, RecursionError):
             pass  # another type, a Bundle, a mistyped field, broken JSON: read as a dict, to report it exactly
         try:
             obj = loads(line)

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -168,7 +170,8 @@ async def _sync(client: FhirClient, store: SyncStore, opts: SyncOptions, summary
             clock = time.perf_counter()
             if opts.on_evaluate:
                 opts.on_evaluate()
-            planned = _evaluate(store, server, summary, out, opts)
+            with interruptible():
+                planned = _evaluate(store, server, summary, out, opts)
             summary.seconds["evaluate"] = time.perf_counter() - clock
             if opts.dry_run:
                 return
@@ -180,7 +183,8 @@ async def _sync(client: FhirClient, store: SyncStore, opts: SyncOptions, summary
                 summary.warnings.append("conflict on push: pulled the changes made meanwhile, evaluated again, pushed")
                 summary.conflicts = []
                 await _pull_phase(client, store, opts, summary, started, run_id, full=False)
-                planned = _evaluate(store, server, summary, out, opts, again=True)
+                with interruptible():
+                    planned = _evaluate(store, server, summary, out, opts, again=True)
                 await _push_phase(client, store, planned, opts, cap, summary)
             if not summary.errors:
                 summary.watermark = started
@@ -348,6 +352,24 @@ async def _deletions(client: FhirClient, since: str) -> list[tuple[str, str]]:
     return gone
 
 
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Ctrl-C stops blocking work inside the event loop at once.
+
+    Within ``asyncio.run``, Ctrl-C only cancels the main task, which takes effect at its next ``await``: an
+    evaluation (seconds to minutes, with its workers) would run to its end first. Python's own handler
+    raises KeyboardInterrupt where the work is, as outside the loop.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _evaluate(
     store: SyncStore, server: str, summary: SyncSummary, out: Path, opts: SyncOptions, again: bool = False
 ) -> Writeback:
@@ -399,5 +421,5 @@ def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:
     summary.provenances += sum(1 for _method, url, *_ in pushed.written if url == "Provenance")
     summary.conflicts.extend(pushed.conflicts)
     summary.errors.extend(pushed.errors)
-    summary.warnings.extend(pushed.notes())
+    summary.warnings.extend(w for w in pushed.notes() if w not in summary.warnings)  # a retry repeats them
     summary.non_atomic.extend(p for p in pushed.non_atomic if p not in summary.non_atomic)
