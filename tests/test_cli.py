@@ -111,7 +111,7 @@ def test_unreadable_mappings_name_file_and_key(tmp_path: Path) -> None:
 
 
 def test_a_stop_reason_outside_the_five_is_a_config_error(tmp_path: Path) -> None:
-    """PROTOCOL.md §7: a mapped statusReason is progression, toxicity, refusal, death or other."""
+    """docs/protocol.md §7: a mapped statusReason is progression, toxicity, refusal, death or other."""
     folder = edited_mappings(tmp_path, "codes.toml", 'concept = "refusal"', 'concept = "financial"')
     code, out = evaluate_with(tmp_path, folder)
     assert code == ExitCode.CONFIG
@@ -125,7 +125,7 @@ def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_configurable_albumin_cut_off_changes_child_pugh(tmp_path: Path) -> None:
-    """PROTOCOL.md §3: the 2.8 g/dL cut-off lives in mappings/; with 3.0 a 2.8 g/dL albumin scores 3."""
+    """docs/protocol.md §3: the 2.8 g/dL cut-off lives in mappings/; with 3.0 a 2.8 g/dL albumin scores 3."""
     folder = edited_mappings(tmp_path, "protocol.toml", "albumin_lower_g_dl = 2.8", "albumin_lower_g_dl = 3.0")
     code, _ = evaluate_with(tmp_path, folder)
     assert code == 0

@@ -124,7 +124,7 @@ def test_the_reader_decodes_lines_typed_and_falls_back_to_a_dict(tmp_path: Path)
 
 
 def test_a_medication_request_states_its_one_stop_reason(ctx: MapContext) -> None:
-    """PROTOCOL.md §7: a stated stop reason wins; MedicationRequest has one statusReason, not a list."""
+    """docs/protocol.md §7: a stated stop reason wins; MedicationRequest has one statusReason, not a list."""
     res = {
         "resourceType": "MedicationRequest",
         "id": "r",

@@ -1,7 +1,7 @@
 """Golden test: the paper's eight treated patients, computed by the CLI, compared with what the paper reports.
 
 Expected figures come from ``fixtures/paper-cohort/published.json`` (the paper's numbers), never from the
-code. Where the paper's own numbers cannot be reproduced (PROTOCOL.md §6), the test pins our computed
+code. Where the paper's own numbers cannot be reproduced (docs/protocol.md §6), the test pins our computed
 value and asserts that it differs from the printed one, so the difference stays documented.
 """
 
@@ -40,7 +40,7 @@ def test_golden_response_counts_and_orr(results: dict[str, Any]) -> None:
     assert cohort["best_response_counts"] == PUBLISHED["best_response_counts"]
     orr = cohort["orr"]
     assert (orr["count"], orr["n"], orr["rate"]) == (1, 8, PUBLISHED["orr_printed"]["rate"])
-    # PROTOCOL.md §6: exact Clopper-Pearson 0.3 %-52.7 %, not the printed 0-42 % (or 0-45 %).
+    # docs/protocol.md §6: exact Clopper-Pearson 0.3 %-52.7 %, not the printed 0-42 % (or 0-45 %).
     assert (round(orr["ci_low"] * 100, 1), round(orr["ci_high"] * 100, 1)) == (0.3, 52.7)
     assert round(orr["ci_high"], 2) != PUBLISHED["orr_printed"]["ci_printed"][1]
     assert round(orr["ci_high"], 2) != PUBLISHED["orr_ci_discussion_printed"][1]
@@ -83,7 +83,7 @@ def test_golden_median_treatment_days_computed_not_copied(results: dict[str, Any
     cohort = results["cohort"]
     from_table = statistics.median(p["treatment_days"] for p in PUBLISHED["per_patient"])
     assert cohort["median_treatment_days"] == from_table == 97.5
-    # PROTOCOL.md §6: the paper printed 152, which its own table does not give.
+    # docs/protocol.md §6: the paper printed 152, which its own table does not give.
     assert cohort["median_treatment_days"] != PUBLISHED["median_treatment_days_printed"]
     assert cohort["treatment_days_range"] == PUBLISHED["treatment_days_range_printed"]
 

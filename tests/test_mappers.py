@@ -354,7 +354,7 @@ def test_odd_element_types_never_raise(ctx: MapContext, bad: dict[str, Any]) -> 
 
 @pytest.mark.parametrize(("umol", "over"), [(176.8, False), (176.9, True)])
 def test_s2_creatinine_boundary_in_umol_per_litre(ctx: MapContext, umol: float, over: bool) -> None:
-    """PROTOCOL.md §2: 2.0 mg/dL is 176.8 µmol/L exactly; 176.9 is over the limit."""
+    """docs/protocol.md §2: 2.0 mg/dL is 176.8 µmol/L exactly; 176.9 is over the limit."""
     obs, _ = mapped(ctx, observation("14682-9", valueQuantity=q(umol, "umol/L")))
     assert (obs.value > 2.0) is over
     assert obs.value >= 2.0

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §1 dates and populations, §6 survival inputs and §7 ResearchSubject status, on whole patients."""
+"""docs/protocol.md §1 dates and populations, §6 survival inputs and §7 ResearchSubject status, on whole patients."""
 
 from __future__ import annotations
 
@@ -265,7 +265,7 @@ def test_s1_text_that_is_no_calendar_date_is_no_partial_date(text: str) -> None:
 @pytest.mark.parametrize(
     ("text", "on_or_before", "strictly_before", "after"),
     [
-        # PROTOCOL.md §1: a partial date compares at its own precision with the day 2004-07-15.
+        # docs/protocol.md §1: a partial date compares at its own precision with the day 2004-07-15.
         ("2004-07-14", True, True, False),
         ("2004-07-15", True, False, False),
         ("2004-07-16", False, False, True),

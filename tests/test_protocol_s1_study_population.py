@@ -1,4 +1,4 @@
-"""PROTOCOL.md §1 study population and §7 period: only the study's subjects are evaluated and written back.
+"""docs/protocol.md §1 study population and §7 period: only the study's subjects are evaluated and written back.
 
 A mixed input (the paper cohort plus patients in no study, a subject of another study, and one of ours who also
 has another study's ResearchSubject) gives the paper cohort's results unchanged, writes nothing for anyone

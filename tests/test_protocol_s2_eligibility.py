@@ -1,4 +1,4 @@
-"""PROTOCOL.md §2 eligibility: each criterion, both sides of every threshold, the lab window, overall status."""
+"""docs/protocol.md §2 eligibility: each criterion, both sides of every threshold, the lab window, overall status."""
 
 from __future__ import annotations
 

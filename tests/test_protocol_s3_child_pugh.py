@@ -1,4 +1,4 @@
-"""PROTOCOL.md §3 Child-Pugh: every band boundary on both sides, the configurable albumin cut-off, PT fallback."""
+"""docs/protocol.md §3 Child-Pugh: every band boundary on both sides, the configurable albumin cut-off, PT fallback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §4 WHO + AFP response: exact boundaries, precedence, AFP rules, confirmation, SD time, BOR."""
+"""docs/protocol.md §4 WHO + AFP response: exact boundaries, precedence, AFP rules, confirmation, SD time, BOR."""
 
 from __future__ import annotations
 

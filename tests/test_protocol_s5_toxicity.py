@@ -1,4 +1,4 @@
-"""PROTOCOL.md §5 toxicity: CTC v2.0 lab grade boundaries, the treatment-emergent window, worst grade, dose actions."""
+"""docs/protocol.md §5 toxicity: CTC v2.0 lab grade boundaries, treatment-emergent window, worst grade, dose actions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PROTOCOL.md §6 statistics: Clopper-Pearson intervals and Kaplan-Meier, checked against independent arithmetic."""
+"""docs/protocol.md §6 statistics: Clopper-Pearson and Kaplan-Meier, checked against independent arithmetic."""
 
 from __future__ import annotations
 

@@ -170,7 +170,7 @@ def test_an_output_folder_inside_an_input_is_refused(tmp_path: Path, where: str)
 def test_duplicates_are_ordered_by_instants_and_the_reject_says_which_rule_decided(
     tmp_path: Path, first: dict[str, Any], second: dict[str, Any], kept_line: str, rule: str
 ) -> None:
-    """PROTOCOL.md §4: the newest copy by meta.versionId, then meta.lastUpdated as a moment (not as text)."""
+    """docs/protocol.md §4: the newest copy by meta.versionId, then meta.lastUpdated as a moment (not as text)."""
     _results, rejects = evaluate(tmp_path, [patient("p1"), afp("o1", 100, **first), afp("o1", 200, **second)])
     (superseded,) = [r for r in rejects if r["code"] == "duplicate-superseded"]
     assert superseded["locator"] != kept_line

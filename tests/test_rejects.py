@@ -74,6 +74,9 @@ def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
     # A field of the wrong JSON type names its path and what FHIR has there, never the value it holds.
     mistyped = {r["locator"]: r["reason"] for r in rejects if r["code"] == "invalid-field"}
     assert "valueQuantity.value" in mistyped["line 5"] and "38" not in mistyped["line 5"]
+    # A clinical date is personal data: a reason says what is wrong with it, not what it is.
+    partial = next(r["reason"] for r in rejects if r["code"] == "partial-date")
+    assert "has no day" in partial and "2004" not in partial
     assert "subject" in mistyped["line 13"] and "component" in mistyped["line 15"]
     candidates = [json.loads(line) for line in (tmp_path / "candidates.ndjson").read_text().splitlines()]
     patients = {s["patient"] for s in candidates}
@@ -87,6 +90,8 @@ def test_paper_cohort_every_record_accounted_for(tmp_path: Path) -> None:
     assert summary["records_read"] == count_records(PAPER)
     assert summary["records_rejected"] == len(rejects)
     assert sorted(r["code"] for r in rejects) == ["after-as-of", "duplicate-superseded", "status-not-counted"]
+    late = next(r["reason"] for r in rejects if r["code"] == "after-as-of")
+    assert late == "dated after the as-of date 2005-03-31"  # the run's own date, never the record's
 
 
 def test_truncated_gzip_keeps_what_was_read_and_reports_the_rest(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Child-Pugh score and class (PROTOCOL.md §3), from values already in canonical units.
+"""Child-Pugh score and class (docs/protocol.md §3), from values already in canonical units.
 
 Bilirubin mg/dL, albumin g/dL, INR (PT prolongation in seconds only when INR is missing), ascites
 (none/mild/moderate/severe) and encephalopathy (West Haven grade 0-4). Middle bands are closed at both
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# PROTOCOL.md §3 fixed bands (the albumin lower cut-off is configurable and passed in).
+# docs/protocol.md §3 fixed bands (the albumin lower cut-off is configurable and passed in).
 BILIRUBIN_BANDS = (2.0, 3.0)
 ALBUMIN_UPPER = 3.5
 INR_BANDS = (1.7, 2.3)

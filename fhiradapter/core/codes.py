@@ -1,7 +1,7 @@
 """Code lookup tables: ``(system, code)`` to a mapped value, as built from ``mappings/codes.toml``.
 
-A module of its own so that the wheel compiles it (every coding of every resource is looked up here) while
-``protocol.py``, which holds the pydantic models of the mappings files, stays Python.
+Apart from ``protocol.py`` (the pydantic models of the mappings files): every coding of every resource is
+looked up here, on the hot path, with no validation machinery around it.
 """
 
 from __future__ import annotations

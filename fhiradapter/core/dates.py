@@ -1,4 +1,4 @@
-"""Dates as the protocol's rules read them (PROTOCOL.md §1): full dates are ``datetime.date``; a FHIR date
+"""Dates as the protocol's rules read them (docs/protocol.md §1): full dates are ``datetime.date``; a FHIR date
 that may lack its day or month is a :class:`PartialDate`. Helpers compare either with a day, and count days.
 """
 

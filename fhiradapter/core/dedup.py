@@ -1,4 +1,4 @@
-"""Which copy of a resource counts when the input holds several (PROTOCOL.md §4 of the data rules).
+"""Which copy of a resource counts when the input holds several (docs/protocol.md §4 of the data rules).
 
 Exports overlap: a resource may come twice, in two files or two versions. The copy kept is the one with the
 higher numeric ``meta.versionId``, then the later ``meta.lastUpdated`` (compared as the instant it names, in

@@ -1,4 +1,4 @@
-"""Eligibility (PROTOCOL.md §2): fourteen criteria with fixed ids, each met / not_met / unknown.
+"""Eligibility (docs/protocol.md §2): fourteen criteria with fixed ids, each met / not_met / unknown.
 
 Every criterion carries the value it used, the ids of the resources it came from and a detail text.
 Data are read on or before the screening date; labs are the latest within 28 days before it, assessments (ECOG,
@@ -29,7 +29,7 @@ from fhiradapter.core.results import (
 
 MET, NOT_MET, UNKNOWN = CriterionStatus.MET, CriterionStatus.NOT_MET, CriterionStatus.UNKNOWN
 
-# PROTOCOL.md §2 fixed thresholds (inclusive exactly as written).
+# docs/protocol.md §2 fixed thresholds (inclusive exactly as written).
 LAB_WINDOW_DAYS = 28
 MAX_AGE_EXCLUSIVE = 75
 ECOG_MAX = 2
@@ -37,7 +37,7 @@ ANC_MIN = 1.0  # 10*9/L
 PLATELETS_MIN = 40.0  # 10*9/L
 CREATININE_MAX = 2.0  # mg/dL
 ACTIVE_CLINICAL = frozenset({None, "active", "recurrence", "relapse"})
-# The four threshold criteria (PROTOCOL.md §2): id (= the observation concept), rule, wording, lab window.
+# The four threshold criteria (docs/protocol.md §2): id (= the observation concept), rule, wording, lab window.
 # ECOG is an assessment, not a lab: the latest on or before screening counts, however old.
 THRESHOLDS: tuple[tuple[str, Callable[[float], bool], str, bool], ...] = (
     ("ecog", lambda v: v <= ECOG_MAX, "ECOG performance status <= 2", False),
@@ -246,7 +246,7 @@ def _anthracycline(rec: PatientRecord, screening: date) -> Criterion:
     worsened = [
         o for o in rec.observations if o.concept == "disease_status" and o.coded == "worsened" and o.date <= screening
     ]
-    # "Later" needs the day (PROTOCOL.md §1): a start of 2004-04 is certainly before 2004-05-02, but not
+    # "Later" needs the day (docs/protocol.md §1): a start of 2004-04 is certainly before 2004-05-02, but not
     # before 2004-04-13. Compared at the start's own precision, a record in the same month is no evidence.
     progressions = [o for o in worsened if first.cut(o.date) > first]
     evidence = [m.ref for m in prior] + [o.ref for o in progressions]

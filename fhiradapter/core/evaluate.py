@@ -1,9 +1,9 @@
-"""Apply the whole protocol to one patient, and summarise the cohort (PROTOCOL.md §1-§7).
+"""Apply the whole protocol to one patient, and summarise the cohort (docs/protocol.md §1-§7).
 
 ``evaluate_patient`` returns an :class:`Evaluation`: the patient's entry of ``results.json``, the records it
 set aside (dated after the as-of date, or another study's ResearchSubjects) and a small :class:`CohortRow`
 that is all the cohort statistics need, so the pipeline can drop each patient's records as soon as the
-patient is done. A patient outside the study population (PROTOCOL.md §1) is not evaluated: the Evaluation
+patient is done. A patient outside the study population (docs/protocol.md §1) is not evaluated: the Evaluation
 says why (``skipped``), and the pipeline reports the patient's records with that reason.
 """
 
@@ -112,14 +112,14 @@ def _note(i: Issue) -> Note:
 
 
 def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAside]]:
-    """Set aside everything dated after the as-of date (PROTOCOL.md §1: nothing after it is read)."""
+    """Set aside everything dated after the as-of date (docs/protocol.md §1: nothing after it is read)."""
     unused: list[SetAside] = []
 
     def keep(items: list[Any], day: Callable[[Any], PartialDate | date | None]) -> list[Any]:
         late = [item for item in items if dates.after(day(item), as_of)]
         if not late:
             return items  # the common case: nothing after the cut-off
-        unused.extend(SetAside(i.ref, "after-as-of", f"dated {day(i)}, after the as-of date {as_of}") for i in late)
+        unused.extend(SetAside(i.ref, "after-as-of", f"dated after the as-of date {as_of}") for i in late)
         late_ids = {id(item) for item in late}
         return [item for item in items if id(item) not in late_ids]
 
@@ -142,7 +142,7 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAsi
 
 def last_record_date(rec: PatientRecord, as_of: date) -> date | None:
     """The latest full date of any record on or before ``as_of``: the censoring date of a living patient
-    (PROTOCOL.md §6). An exposure's end after the as-of date is no record date (it has not happened yet)."""
+    (docs/protocol.md §6). An exposure's end after the as-of date is no record date (it has not happened yet)."""
     partial: list[PartialDate | None] = []
     for m in rec.meds:
         partial += [m.start, m.end]
@@ -178,7 +178,7 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
     def note(ref: str | None, code: str, message: str) -> None:
         notes.append(Note(ref, "", code, message))
 
-    # The study population (PROTOCOL.md §1): a patient is a study subject through a ResearchSubject of the
+    # The study population (docs/protocol.md §1): a patient is a study subject through a ResearchSubject of the
     # study. Another study's ResearchSubjects are never read as this study's (and never written).
     study_ref = settings.study
     ours = [x for x in rec.subjects if x.study == study_ref]
@@ -207,7 +207,7 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
     thal = sorted((x for x in rec.meds if x.drug == "thalidomide"), key=lambda x: x.start or PartialDate(0))
     screening = dates.full_day(subject.start) if subject else None
     screening_source = "ResearchSubject.period.start"
-    if candidate:  # screened at the as-of date (PROTOCOL.md §1)
+    if candidate:  # screened at the as-of date (docs/protocol.md §1)
         screening, screening_source = as_of, "as-of date (screening candidate)"
     if screening is None and thal:
         screening, screening_source = dates.full_day(thal[0].start), "first thalidomide exposure"
@@ -216,7 +216,7 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
     study = [x for x in thal if (d := dates.full_day(x.start)) is not None and d >= screening]
     for x in thal:
         if x.start is not None and x.start.full is None:
-            note(x.ref, "partial-date", f"thalidomide start {x.start} has no day: not counted as study drug")
+            note(x.ref, "partial-date", "the thalidomide start has no day: not counted as study drug")
     index = min((d for x in study if (d := dates.full_day(x.start)) is not None), default=None)
     treated = index is not None
     last_dose: date | None = None
@@ -311,11 +311,11 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
     status, period_end = subject_status(eligibility.status, treated, on_drug, death)
     period_start = dates.full_day(subject.start) if subject and subject.start else screening
     if period_end is not None and death is not None and period_start is not None and death < period_start:
-        # PROTOCOL.md §7: period.end is never before period.start; such data is reported, not written.
+        # docs/protocol.md §7: period.end is never before period.start; such data is reported, not written.
         note(
             person.ref if person else None,
             "death-before-period-start",
-            f"death date {death} is before the ResearchSubject's period start {period_start}: period.end not set",
+            "the death date is before the ResearchSubject's period start: period.end not set",
         )
         period_end = None
     result = PatientResult(
@@ -432,7 +432,7 @@ def _stop_reason(
 def subject_status(
     eligibility: EligibilityStatus, treated: bool, on_drug: bool, death: date | None
 ) -> tuple[SubjectStatus, date | None]:
-    """R4 ResearchSubject.status per PROTOCOL.md §7, and period.end (the death date when off-study)."""
+    """R4 ResearchSubject.status per docs/protocol.md §7, and period.end (the death date when off-study)."""
     if death is not None:
         return SubjectStatus.OFF_STUDY, death
     if treated:

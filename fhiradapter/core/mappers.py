@@ -53,10 +53,10 @@ Result = tuple[Record | None, list[Issue]]
 UcumFactor = Callable[[str, str], float | None]
 
 AE_GRADE_URL = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/ae-grade"
-# PROTOCOL.md §5: NCIt grade codes of the ae-grade extension, and the severity fallback (marked derived).
+# docs/protocol.md §5: NCIt grade codes of the ae-grade extension, and the severity fallback (marked derived).
 NCIT_GRADE = {"C41338": 1, "C41339": 2, "C41340": 3, "C41337": 4, "C48275": 5}
 SEVERITY_GRADE = {"mild": 1, "moderate": 2, "severe": 3}
-# PROTOCOL.md §4: only these Observation statuses count.
+# docs/protocol.md §4: only these Observation statuses count.
 COUNTED_OBS_STATUS = frozenset({"final", "amended", "corrected"})
 NUMERIC_CONCEPTS = frozenset(
     {"afp", "anc", "platelets", "creatinine", "bilirubin", "albumin", "inr", "pt", "pt_control"}
@@ -73,7 +73,7 @@ class MapContext:
     mappings: Mappings
     ucum_factor: UcumFactor
     # FHIR base URLs this data came from (--fhir-base, a pull's server): absolute references under them are
-    # local; any other absolute reference names another server's resource (PROTOCOL.md §1: not our patient).
+    # local; any other absolute reference names another server's resource (docs/protocol.md §1: not our patient).
     local_bases: tuple[str, ...] = ()
     _factor_cache: dict[tuple[str, str], float | None] = field(default_factory=dict)
 
@@ -244,7 +244,7 @@ def map_observation(
             ref,
             "effective[x]",
             "partial-date",
-            f"effective date {effective!r} has no day; an observation needs one",
+            "the effective date has no day (a month or a year only); an observation needs one",
         )
     value = low = high = longest = perpendicular = None
     unit = coded = focus = note = None
@@ -456,7 +456,7 @@ def map_medication_use(
     start, end = _exposure_dates(res)
     if start is None:
         return None, issues + _issue(ref, "effective[x]", "no-date", "no exposure start date")
-    # A stop reason the record states wins over one derived from the data (PROTOCOL.md §7): one that no
+    # A stop reason the record states wins over one derived from the data (docs/protocol.md §7): one that no
     # mapping knows (a financial problem, say) is "other", never left for the rules to guess.
     reason = None
     stated = [c for c in res.stop_reasons() if c.coding or c.text]

@@ -3,9 +3,8 @@
 Records are ``NamedTuple``s on purpose: they are small (the pipeline holds only these, never raw JSON),
 cheap to pickle when the grouping step spills to disk, and immutable. A date the mapper requires in full
 (an observation's, an adverse event's) is a ``datetime.date``; one a record may give without its day or
-month is a :class:`~fhiradapter.core.dates.PartialDate`, which the rules compare at its own precision. Every
-record keeps
-``ref`` ("Type/id") for evidence and ``origin`` (file, locator) for reject reports.
+month is a :class:`~fhiradapter.core.dates.PartialDate`, which the rules compare at its own precision.
+Every record keeps ``ref`` ("Type/id") for evidence and ``origin`` (file, locator) for reject reports.
 """
 
 from __future__ import annotations
@@ -34,6 +33,8 @@ class Issue(NamedTuple):
 
 
 class Person(NamedTuple):
+    """A Patient: birth date and sex for age and Table 1, death for survival (docs/protocol.md §6)."""
+
     ref: str
     birth_date: PartialDate | None
     gender: str | None
@@ -82,6 +83,8 @@ class Exposure(NamedTuple):
 
 
 class AdverseEvent(NamedTuple):
+    """An AdverseEvent with its CTC v2.0 term and grade (reported, or derived from severity), for §5."""
+
     ref: str
     patient: str
     term: str | None  # CTC v2.0 term key from mappings, None when unmapped
@@ -94,6 +97,8 @@ class AdverseEvent(NamedTuple):
 
 
 class Condition(NamedTuple):
+    """A Condition of a protocol concept (HCC, metastasis, neuropathy, infection...) for §2."""
+
     ref: str
     patient: str
     concept: str
@@ -106,6 +111,8 @@ class Condition(NamedTuple):
 
 
 class Consent(NamedTuple):
+    """A research Consent, for the consent criterion of §2."""
+
     ref: str
     patient: str
     status: str

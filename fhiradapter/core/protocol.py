@@ -30,7 +30,7 @@ class ProtocolInfo(_Strict):
 
 
 class StudyInfo(_Strict):
-    """PROTOCOL.md §1: the study. A patient is a study subject when a ResearchSubject's ``study`` references
+    """docs/protocol.md §1: the study. A patient is a study subject when a ResearchSubject's ``study`` references
     ``ResearchStudy/<id>``."""
 
     id: str = Field(pattern=r"^[A-Za-z0-9\-\.]{1,64}$")
@@ -70,7 +70,7 @@ class ConceptCodes(_Strict):
 
 
 class StopReasonCodes(_Strict):
-    """A statusReason code and the stop reason it means (PROTOCOL.md §7: one of five)."""
+    """A statusReason code and the stop reason it means (docs/protocol.md §7: one of five)."""
 
     concept: Literal["progression", "toxicity", "refusal", "death", "other"]
     codes: list[str]

@@ -1,4 +1,4 @@
-"""Tumour response by WHO bidimensional measurements plus serum AFP (PROTOCOL.md §4).
+"""Tumour response by WHO bidimensional measurements plus serum AFP (docs/protocol.md §4).
 
 Per assessment: PD (SPD >= 1.25 x nadir, a new lesion, or AFP >= 1.25 x nadir AFP), else CR (no
 measurable tumour and AFP <= ULN), else PR (SPD or AFP <= 0.5 x baseline, basis recorded), else SD when
@@ -18,8 +18,8 @@ from fhiradapter.core import dates
 from fhiradapter.core import results as r
 from fhiradapter.core.model import Observed
 
-BASELINE_WINDOW_DAYS = 28  # PROTOCOL.md §4: baseline within 28 days before (or on) the index date
-CONFIRMATION_DAYS = 28  # PROTOCOL.md §4: a second CR/PR >= 28 days later
+BASELINE_WINDOW_DAYS = 28  # docs/protocol.md §4: baseline within 28 days before (or on) the index date
+CONFIRMATION_DAYS = 28  # docs/protocol.md §4: a second CR/PR >= 28 days later
 RANK = {"CR": 4, "PR": 3, "SD": 2, "PD": 1, "NE": 0}
 
 
@@ -28,7 +28,7 @@ def exact(value: float) -> Decimal:
     """The decimal a value was written as, exactly (0.1 -> 0.1, not the binary float's expansion).
 
     Sums and products of such decimals stay exact within Decimal's 28 significant digits, far more than
-    any diameter, SPD or AFP needs; comparisons are then exact, as PROTOCOL.md §4 requires.
+    any diameter, SPD or AFP needs; comparisons are then exact, as docs/protocol.md §4 requires.
     """
     return Decimal(repr(value))
 
@@ -202,7 +202,7 @@ def assess_response(
 
 
 def _pd(value: Decimal, nadir: Decimal) -> bool:
-    """PROTOCOL.md §4: value >= 1.25 x nadir, exactly; after a nadir of 0 any reappearance is PD."""
+    """docs/protocol.md §4: value >= 1.25 x nadir, exactly; after a nadir of 0 any reappearance is PD."""
     if nadir == 0:
         return value > 0
     return 4 * value >= 5 * nadir
@@ -303,7 +303,7 @@ def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: in
 
 
 def response_duration(assessments: Sequence[Assessment]) -> r.ResponseDuration | None:
-    """From the first confirmed PR/CR to the first PD, censored at the last assessment (PROTOCOL.md §4).
+    """From the first confirmed PR/CR to the first PD, censored at the last assessment (docs/protocol.md §4).
 
     Only a response before the first PD counts: a response after progression has no duration here.
     """

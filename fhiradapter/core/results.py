@@ -34,14 +34,14 @@ class EligibilityStatus(StrEnum):
 
 
 class Population(StrEnum):
-    """PROTOCOL.md §1: a study subject (a ResearchSubject of the study) or a screening candidate."""
+    """docs/protocol.md §1: a study subject (a ResearchSubject of the study) or a screening candidate."""
 
     SUBJECT = "subject"
     CANDIDATE = "candidate"
 
 
 class Response(StrEnum):
-    """WHO + AFP response of an assessment, and the best overall response (PROTOCOL.md §4)."""
+    """WHO + AFP response of an assessment, and the best overall response (docs/protocol.md §4)."""
 
     CR = "CR"
     PR = "PR"
@@ -60,7 +60,7 @@ class ResponseBasis(StrEnum):
 
 
 class SubjectStatus(StrEnum):
-    """R4 ResearchSubject.status as PROTOCOL.md §7 sets it."""
+    """R4 ResearchSubject.status as docs/protocol.md §7 sets it."""
 
     SCREENING = "screening"
     INELIGIBLE = "ineligible"
@@ -71,7 +71,7 @@ class SubjectStatus(StrEnum):
 
 
 class StopReason(StrEnum):
-    """Why the study drug stopped (PROTOCOL.md §7): recorded in statusReason, else inferred."""
+    """Why the study drug stopped (docs/protocol.md §7): recorded in statusReason, else inferred."""
 
     PROGRESSION = "progression"
     TOXICITY = "toxicity"

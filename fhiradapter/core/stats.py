@@ -1,4 +1,4 @@
-"""Cohort statistics (PROTOCOL.md §6): exact Clopper-Pearson rates and Kaplan-Meier overall survival.
+"""Cohort statistics (docs/protocol.md §6): exact Clopper-Pearson rates and Kaplan-Meier overall survival.
 
 scipy and lifelines are imported inside the functions: they are pure but slow to import, and the CLI's
 ``--help`` should not pay for them.
@@ -26,7 +26,7 @@ def clopper_pearson(count: int, n: int, alpha: float = 0.05) -> tuple[float, flo
 
 
 def rate(count: int, n: int) -> Rate:
-    """``count`` of ``n`` with its exact 95 % interval (PROTOCOL.md §6)."""
+    """``count`` of ``n`` with its exact 95 % interval (docs/protocol.md §6)."""
     if n == 0:
         return Rate(count, 0, None, None, None)
     low, high = clopper_pearson(count, n)

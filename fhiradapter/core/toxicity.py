@@ -1,4 +1,4 @@
-"""Toxicity by NCI CTC v2.0 (PROTOCOL.md §5): lab grades, worst grade per term, dose actions, Table 2.
+"""Toxicity by NCI CTC v2.0 (docs/protocol.md §5): lab grades, worst grade per term, dose actions, Table 2.
 
 Reported grades come from the ``ae-grade`` extension (or severity, marked derived) and are never
 overwritten. Lab grades are computed from the value and the lab's reference range on the sample date.
@@ -154,7 +154,7 @@ def toxicities(
 
 
 def dose_actions(events: Sequence[GradedEvent], rules: Sequence[DoseRule]) -> list[DoseAction]:
-    """Every graded event that meets a dose rule (PROTOCOL.md §5, configurable), in date order."""
+    """Every graded event that meets a dose rule (docs/protocol.md §5, configurable), in date order."""
     out: list[DoseAction] = []
     seen: set[tuple[date, str, str]] = set()
     for e in events:

@@ -34,7 +34,7 @@ OBS_CATEGORY = {
         {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey", "display": "Survey"}
     ]
 }
-# NCIt response categories (reference/domain.md §4.5) and CTC grade codes (PROTOCOL.md §5).
+# NCIt response categories (reference/domain.md §4.5) and CTC grade codes (docs/protocol.md §5).
 RESPONSE_CODES = {
     "CR": ("C4870", "Complete Response"),
     "PR": ("C18058", "Partial Response"),

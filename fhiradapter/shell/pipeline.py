@@ -86,7 +86,7 @@ SUBJECT_KEYS = ("subject", "patient", "individual")
 WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
 REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
 NOT_READ = "(file not read)"  # the "resource type" counted for a file of an input folder that is not read
-CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (PROTOCOL.md §1)
+CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (docs/protocol.md §1)
 
 
 @dataclass
@@ -98,7 +98,7 @@ class RunStats:
     patients: int = 0
     files: int = 0
     input_bytes: int = 0
-    # PROTOCOL.md §1: subjects, candidates (screened), not-in-study, not-screened (candidates who had died)
+    # docs/protocol.md §1: subjects, candidates (screened), not-in-study, not-screened (candidates who had died)
     population: Counter[str] = field(default_factory=Counter)
     unmapped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (what, "system|code") not mapped
 
@@ -230,7 +230,7 @@ def run_evaluate(
     ``study``: the ResearchStudy id whose subjects are evaluated (default: the one the mappings name).
     ``screen_candidates``: also evaluate patients without a ResearchSubject of the study, as screening
     candidates at the as-of date, reported apart in ``candidates.ndjson``; ``enrol_candidates``: and write
-    them back (a new ResearchSubject each). PROTOCOL.md §1. ``fhir_bases``: the FHIR base URLs the data came
+    them back (a new ResearchSubject each). docs/protocol.md §1. ``fhir_bases``: the FHIR base URLs the data came
     from, whose absolute references are local (a pull folder's server is one already); a reference to any
     other server is rejected (``bad-reference``). ``engine``: ``local`` (this machine's cores) or ``spark``
     (a Spark session at ``spark_master``, ``local[*]`` by default; ``shell/spark_engine.py``), which also
@@ -716,7 +716,7 @@ def evaluate_group(
             stats.rejected[u.ref.split("/", 1)[0]] += 1
             stats.reasons[u.code] += 1
         result, row = evaluation.result, evaluation.row
-        if result is None or row is None:  # outside the study population (PROTOCOL.md §1)
+        if result is None or row is None:  # outside the study population (docs/protocol.md §1)
             code, reason = evaluation.skipped or ("unused", "not evaluated")
             reported = {u.ref for u in evaluation.unused}
             for item in group:
@@ -753,7 +753,7 @@ def reject_superseded(older: InputRecord, kept: InputRecord, rejects: RejectSink
 
 
 def _dedup(items: list[InputRecord], writer: RejectSink, stats: RunStats) -> list[InputRecord]:
-    """The copy of each resource that counts (PROTOCOL.md §4); the others are rejected, saying why."""
+    """The copy of each resource that counts (docs/protocol.md §4); the others are rejected, saying why."""
     winners: list[InputRecord] = []
     for item, kept in keep_newest(items):
         if kept is None:

@@ -76,7 +76,9 @@ def upgrade() -> None:
         sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("assessment_date", sa.Date(), nullable=True),
         sa.Column("study_day", sa.Integer(), nullable=True, comment="day 1 = index date"),
-        sa.Column("response", sa.String(length=2), nullable=True, comment="CR | PR | SD | PD | NE (PROTOCOL.md §4)"),
+        sa.Column(
+            "response", sa.String(length=2), nullable=True, comment="CR | PR | SD | PD | NE (docs/protocol.md §4)"
+        ),
         sa.Column("spd_mm2", sa.Float(), nullable=True, comment="sum of products of diameters"),
         sa.Column("afp_ng_ml", sa.Float(), nullable=True),
         sa.Column("basis", sa.String(length=16), nullable=True),
@@ -156,7 +158,7 @@ def upgrade() -> None:
         "eligibility_criteria",
         sa.Column("run_id", sa.String(length=32), nullable=False, comment="the export run"),
         sa.Column("subject_key", sa.String(length=64), nullable=False, comment="Patient id, or its pseudonym (HMAC)"),
-        sa.Column("criterion_id", sa.String(length=48), nullable=False, comment="PROTOCOL.md §2 criterion id"),
+        sa.Column("criterion_id", sa.String(length=48), nullable=False, comment="docs/protocol.md §2 criterion id"),
         sa.Column("status", sa.String(length=16), nullable=False, comment="met | not_met | unknown"),
         sa.Column("value", sa.Text(), nullable=True, comment="the value judged (JSON when structured)"),
         sa.Column("detail", sa.Text(), nullable=True, comment="dropped when pseudonymised"),
