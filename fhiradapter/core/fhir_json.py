@@ -90,10 +90,6 @@ def plausible_number(value: Any) -> bool:
     return True  # not a number: other checks say what is wrong with it
 
 
-def is_full_date(value: str | None) -> bool:
-    return value is not None and len(value) == 10
-
-
 def normalise_reference(ref: Any, aliases: dict[str, str] | None = None) -> str | None:
     """``Type/id`` for a relative, absolute or versioned reference; Bundle ``urn:uuid:`` via ``aliases``.
 
