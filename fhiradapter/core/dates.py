@@ -65,8 +65,10 @@ def full_day(value: PartialDate | None) -> date | None:
     return value.full if value is not None else None
 
 
+@lru_cache(maxsize=1 << 16)
 def to_date(value: str | None) -> date | None:
-    """A full ``YYYY-MM-DD`` as a date; partial or missing dates give ``None``."""
+    """A full ``YYYY-MM-DD`` as a date; partial or missing dates give ``None``. Memoised: a cohort repeats its
+    dates, and every observation's goes through here."""
     if value is None or len(value) != 10:
         return None
     try:

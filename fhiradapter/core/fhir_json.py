@@ -61,16 +61,6 @@ def partial_date(value: str | None) -> PartialDate | None:
     return dates.partial_date(text) if text is not None else None
 
 
-@lru_cache(maxsize=1 << 16)
-def _full_date(text: str) -> date | None:
-    return date.fromisoformat(text) if len(text) == 10 else None
-
-
-def full_date(text: str | None) -> date | None:
-    """A checked ``YYYY-MM-DD`` (from :func:`local_date`) as a date; a partial or missing one gives None."""
-    return _full_date(text) if text is not None else None
-
-
 def unreadable_date(resource: Resource) -> str | None:
     """The FHIR path of the first date the mappers read that is present but no calendar date (2005-02-30,
     2005-13), else None: such a record is a reject (``bad-date``), never a date shifted into another."""

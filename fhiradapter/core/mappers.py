@@ -18,7 +18,7 @@ from typing import Any
 
 import msgspec
 
-from fhiradapter.core import fhir_json
+from fhiradapter.core import dates, fhir_json
 from fhiradapter.core import fhir_types as fhir
 from fhiradapter.core.codes import CodeTable
 from fhiradapter.core.dates import PartialDate
@@ -238,7 +238,7 @@ def map_observation(
     effective = fhir_json.local_date(raw_date)
     if effective is None:
         return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
-    day = fhir_json.full_date(effective)
+    day = dates.to_date(effective)
     if day is None:
         return None, _issue(
             ref,
@@ -524,7 +524,7 @@ def map_adverse_event(
         return None, issues + _issue(
             ref, "extension(ae-grade)", "no-grade", "neither an ae-grade extension nor a severity"
         )
-    date = fhir_json.full_date(fhir_json.local_date(res.date or res.detected or res.recorded_date))
+    date = dates.to_date(fhir_json.local_date(res.date or res.detected or res.recorded_date))
     if date is None:
         return None, issues + _issue(ref, "date", "no-date", "no full onset date (date/detected)")
     return AdverseEvent(ref, patient, term, text, meddra, grade, source, date, origin), issues
