@@ -200,3 +200,162 @@ def test_s7_a_death_before_the_period_start_is_reported_not_written(tmp_path: Pa
 def test_s1_the_study_is_named_in_the_mappings_or_on_the_command_line(tmp_path: Path, study: str | None) -> None:
     summary = evaluate(PAPER, tmp_path / "o", study=study)
     assert summary["population"]["subjects"] == 14
+
+
+STUDY_ID = {"system": "urn:example:studies", "value": "THAL-HCC-2003"}
+
+
+def logical_input(tmp_path: Path, *, with_study: dict[str, Any] | None) -> Path:
+    """The paper cohort whose ResearchSubjects name the study by identifier (a logical reference) only.
+
+    ``with_study``: the ResearchStudy the input carries instead of the paper's (None: none at all).
+    """
+    folder = tmp_path / "logical"
+    shutil.copytree(PAPER, folder)
+    subjects = [orjson.loads(x) for x in (folder / "ResearchSubject.ndjson").read_bytes().splitlines() if x.strip()]
+    for rs in subjects:
+        rs["study"] = {"type": "ResearchStudy", "identifier": STUDY_ID}
+    (folder / "ResearchSubject.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in subjects))
+    bundle = json.loads((folder / "screening-candidates.json").read_text())
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "ResearchSubject":
+            entry["resource"]["study"] = {"identifier": STUDY_ID}
+    (folder / "screening-candidates.json").write_text(json.dumps(bundle))
+    (folder / "ResearchStudy.ndjson").unlink()
+    if with_study is not None:
+        (folder / "ResearchStudy.ndjson").write_bytes(orjson.dumps(with_study) + b"\n")
+    return folder
+
+
+def site_mappings(tmp_path: Path, study_section: str) -> Path:
+    """A copy of the shipped mappings whose ``[study]`` section is ``study_section``."""
+    from fhiradapter.shell.mappings_io import default_mappings_dir
+
+    folder = tmp_path / "site-mappings"
+    shutil.copytree(default_mappings_dir(), folder)
+    text = (folder / "protocol.toml").read_text()
+    start = text.index("[study]")
+    end = text.index("\n[", start + 1)
+    (folder / "protocol.toml").write_text(text[:start] + study_section + text[end:])
+    return folder
+
+
+@pytest.mark.parametrize(
+    "study_section",
+    [
+        '[study]\nidentifier = "urn:example:studies|THAL-HCC-2003"\n',
+        '[study]\nid = "thal-hcc-pilot"\nidentifier = ["urn:example:other|X", "urn:example:studies|THAL-HCC-2003"]\n',
+    ],
+)
+def test_s1_a_logical_reference_to_an_identifier_in_the_mappings_is_a_study_subject(
+    tmp_path: Path, study_section: str
+) -> None:
+    """§1: both references are FHIR references, of equal worth: the same subjects, the same results."""
+    src = logical_input(tmp_path, with_study=None)
+    mappings, identity = load_mappings(site_mappings(tmp_path, study_section))
+    run_evaluate([src], tmp_path / "o", AS_OF, mappings, identity, report=False)
+    paper = results(evaluate_paper(tmp_path))
+    assert results(tmp_path / "o")["subjects"] == paper["subjects"]
+    assert "other-study" not in rejects(tmp_path / "o").values()
+
+
+def test_s1_an_identifier_the_studys_own_researchstudy_carries_names_it(tmp_path: Path) -> None:
+    """§1: with the shipped mappings (id only), the study's ResearchStudy in the data lends its identifiers."""
+    study = {"resourceType": "ResearchStudy", "id": "thal-hcc-pilot", "status": "completed", "identifier": [STUDY_ID]}
+    src = logical_input(tmp_path, with_study=study)
+    evaluate(src, tmp_path / "o")
+    assert results(tmp_path / "o")["subjects"] == results(evaluate_paper(tmp_path))["subjects"]
+    # Without that ResearchStudy, nothing says the identifier is this study's: nobody is in the study.
+    bare = logical_input(tmp_path / "bare", with_study=None)
+    summary = evaluate(bare, tmp_path / "bare-out")
+    assert summary["population"]["subjects"] == 0
+    assert set(rejects(tmp_path / "bare-out").values()) >= {"other-study"}
+
+
+def test_s1_a_logical_reference_to_another_identifier_is_another_study(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    rs = subject("rs-x", "p1", OTHER)
+    rs["study"] = {"identifier": {"system": "urn:example:studies", "value": "SOMETHING-ELSE"}}
+    (src / "x.ndjson").write_bytes(orjson.dumps(patient("p1")) + b"\n" + orjson.dumps(rs) + b"\n")
+    mappings, identity = load_mappings(
+        site_mappings(tmp_path, '[study]\nidentifier = "urn:example:studies|THAL-HCC-2003"\n')
+    )
+    run_evaluate([src], tmp_path / "o", AS_OF, mappings, identity, report=False)
+    assert results(tmp_path / "o")["subjects"] == []
+    reasons = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "o" / "rejects.ndjson").read_text().splitlines()}
+    assert reasons["rs-x"]["code"] == "other-study"
+    assert "identifier urn:example:studies|SOMETHING-ELSE" in reasons["rs-x"]["reason"]
+
+
+def test_s1_the_cli_takes_the_study_by_identifier(tmp_path: Path) -> None:
+    src = logical_input(tmp_path, with_study=None)
+    args = ["evaluate", str(src), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"), "--no-report"]
+    result = CliRunner().invoke(main, [*args, "--study", "urn:example:studies|THAL-HCC-2003"])
+    assert result.exit_code == 0, result.output
+    assert "14 patient(s) evaluated" in result.output
+    header = results(tmp_path / "o")
+    assert header["protocol"]["study"] == "ResearchStudy?identifier=urn:example:studies|THAL-HCC-2003"
+    bad = CliRunner().invoke(main, [*args, "--study", "urn:example:studies|"])
+    assert bad.exit_code == 10 and "SYSTEM|VALUE" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("study_section", "message"),
+    [
+        ('[study]\nidentifier = "THAL-HCC-2003"\n', "not an identifier written SYSTEM|VALUE"),
+        ("[study]\n", "name the study by id, by identifier"),
+    ],
+)
+def test_s1_a_study_the_mappings_cannot_name_is_a_settings_error(
+    tmp_path: Path, study_section: str, message: str
+) -> None:
+    from fhiradapter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_mappings(site_mappings(tmp_path, study_section))
+
+
+def test_s1_a_candidate_enrolled_in_a_study_known_by_identifier_gets_a_logical_reference(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "x.ndjson").write_bytes(orjson.dumps(patient("p1")) + b"\n" + orjson.dumps(ecog("e1", "p1")) + b"\n")
+    mappings, identity = load_mappings(
+        site_mappings(tmp_path, '[study]\nidentifier = "urn:example:studies|THAL-HCC-2003"\n')
+    )
+    run_evaluate(
+        [src], tmp_path / "o", AS_OF, mappings, identity, report=False, screen_candidates=True, enrol_candidates=True
+    )
+    bundle = json.loads((tmp_path / "o" / "writeback.json").read_text())
+    (new,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchSubject"]
+    assert new["study"] == {"type": "ResearchStudy", "identifier": STUDY_ID}
+
+
+def test_s1_a_death_before_the_index_date_names_both_records_and_computes_no_os(tmp_path: Path) -> None:
+    """§1: a death dated before the first dose contradicts the data: no OS, one issue naming both records."""
+    src = tmp_path / "in"
+    src.mkdir()
+    dose = {
+        "resourceType": "MedicationStatement",
+        "id": "ms-1",
+        "status": "completed",
+        "medicationCodeableConcept": {
+            "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "10432"}]
+        },
+        "subject": {"reference": "Patient/p1"},
+        "effectivePeriod": {"start": "2004-03-05", "end": "2004-04-01"},
+    }
+    for death, expect_os in (("2004-03-04", False), ("2004-03-05", True)):  # the day before, and the index day
+        lines = [patient("p1", deceasedDateTime=death), subject("rs-p1", "p1", "ResearchStudy/thal-hcc-pilot"), dose]
+        (src / "x.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in lines))
+        out = tmp_path / f"out-{death}"
+        evaluate(src, out)
+        (result,) = results(out)["subjects"]
+        assert result["index_date"] == "2004-03-05"
+        issues = [i for i in result["issues"] if i["code"] == "death-before-index"]
+        if expect_os:
+            assert issues == [] and result["os"]["days"] == 1 and result["os"]["event"] is True
+        else:
+            (issue,) = issues
+            assert result["os"] is None
+            assert "Patient/p1" in issue["message"] and "MedicationStatement/ms-1" in issue["message"]

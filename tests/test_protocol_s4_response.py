@@ -246,3 +246,14 @@ def test_s4_a_response_before_the_first_pd_ends_at_it() -> None:
         [afp(-3, 100), *(afp(n, 100) for n in (57, 113, 169, 225, 281))],
     )
     assert r.duration == ResponseDuration(date.fromisoformat(day(57)), date.fromisoformat(day(169)), 113, False)
+
+
+@pytest.mark.parametrize(("afp_day", "dated", "afp_only"), [(57, 57, False), (71, 57, False), (72, 72, True)])
+def test_s4_a_pd_its_afp_establishes_is_dated_at_the_scan(afp_day: int, dated: int, afp_only: bool) -> None:
+    """§4: an assessment is dated at its scan, also when its AFP (within ± 14 days) makes it PD; only an AFP
+    matched to no assessment is dated at its own sample. Day 71 is 14 days after the scan (matched), 72 is 15."""
+    tumour = BASE + scan(57, 19)  # SPD 290 of 300: the tumour alone is SD
+    r = run(tumour, [afp(-3, 100), afp(afp_day, 125)])
+    pd = [a for a in r.assessments if a.response == "PD"]
+    assert [(a.date, a.afp_only, a.basis) for a in pd] == [(date.fromisoformat(day(dated)), afp_only, "afp")]
+    assert r.best == "PD"

@@ -676,3 +676,48 @@ def test_sync_through_bulk_export_keeps_only_the_studys_patients(tmp_path: Path)
             assert "Patient/not-enrolled" not in {s["patient"] for s in results["subjects"]}
     finally:
         store.close()
+
+
+def test_s1_pull_finds_subjects_that_name_the_study_by_identifier(
+    tmp_path: Path, files_results: dict[str, Any]
+) -> None:
+    """docs/protocol.md §1: half the paper's ResearchSubjects name the study by identifier (a logical reference).
+
+    A pull by id and a pull by identifier both bring every subject, and evaluate gives the files' results.
+    """
+    import shutil
+
+    from fhiradapter.shell.fhir_client import FhirClient
+    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.sync import run_sync
+
+    src = tmp_path / "in"
+    shutil.copytree(PAPER, src)
+    ident = {"system": "urn:example:studies", "value": "THAL-HCC-2003"}
+    (study,) = [json.loads(x) for x in (src / "ResearchStudy.ndjson").read_text().splitlines()]
+    (src / "ResearchStudy.ndjson").write_text(json.dumps({**study, "identifier": [ident]}) + "\n")
+    subjects = [json.loads(x) for x in (src / "ResearchSubject.ndjson").read_text().splitlines()]
+    for n, rs in enumerate(subjects):
+        if n % 2:
+            rs["study"] = {"type": "ResearchStudy", "identifier": ident}
+    (src / "ResearchSubject.ndjson").write_text("".join(json.dumps(r) + "\n" for r in subjects))
+    with sekmet_server(tmp_path) as base:
+        load_input(base, src)
+        for study_arg in ("thal-hcc-pilot", "urn:example:studies|THAL-HCC-2003"):
+            out = tmp_path / f"p-{len(study_arg)}"
+            result = cli("pull", "--server", base, "--study", study_arg, "--out", str(out))
+            assert result.exit_code == 0, result.output
+            pulled = {json.loads(x)["id"] for x in (out / "ResearchSubject.ndjson").read_text().splitlines()}
+            in_bundle = json.loads((src / "screening-candidates.json").read_text())["entry"]
+            listed = [e["resource"] for e in in_bundle if e["resource"]["resourceType"] == "ResearchSubject"]
+            assert pulled == {r["id"] for r in subjects + listed}
+            assert evaluate(out, tmp_path / f"e-{len(study_arg)}")["subjects"] == files_results["subjects"]
+            # sync (dry run: nothing written) evaluates the same subjects from its own pull.
+            store = SyncStore(f"sqlite:///{tmp_path / f'sync-{len(study_arg)}.db'}")
+            try:
+                dry = run_sync(
+                    FhirClient(base), store, sync_opts(tmp_path / f"s-{len(study_arg)}", study=study_arg, dry_run=True)
+                )
+            finally:
+                store.close()
+            assert json.loads((dry.out / "results.json").read_text())["subjects"] == files_results["subjects"]

@@ -59,10 +59,11 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
 @export_options
 @click.option(
     "--study",
-    metavar="ID",
+    metavar="ID|SYSTEM|VALUE",
     default=None,
-    help="The ResearchStudy id whose subjects are evaluated [default: [study] id in protocol.toml]. Patients "
-    "without a ResearchSubject of it are counted as not in the study, and never written back.",
+    help="The study whose subjects are evaluated, by ResearchStudy id or by identifier SYSTEM|VALUE [default: "
+    "[study] in protocol.toml]. A ResearchSubject names it by reference or by identifier. Patients without a "
+    "ResearchSubject of it are counted as not in the study, and never written back.",
 )
 @click.option(
     "--fhir-base",

@@ -24,8 +24,8 @@ from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import score_child_pugh
 from fhiradapter.core.dates import PartialDate
 from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
-from fhiradapter.core.model import Exposure, Issue, PatientRecord
-from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.model import Exposure, Issue, PatientRecord, SupportingResource
+from fhiradapter.core.protocol import Mappings, StudyKey
 from fhiradapter.core.response import ResponseResult, assess_response
 from fhiradapter.core.results import (
     AgeRange,
@@ -61,13 +61,31 @@ CP_LABS = ("bilirubin", "albumin", "inr", "pt", "pt_control")  # Child-Pugh inpu
 class EvaluationSettings:
     as_of: date
     mappings: Mappings
-    study_ref: str = ""  # ResearchStudy/<id> of the study; "" means the one the mappings name
+    study_key: StudyKey | None = None  # the study (id and/or identifiers); None: the one the mappings name
     screen_candidates: bool = False  # evaluate patients without a ResearchSubject of the study (§1)
     local_bases: tuple[str, ...] = ()  # FHIR base URLs whose absolute references are this data's own
 
     @property
+    def study_of_run(self) -> StudyKey:
+        """The study whose subjects are evaluated (docs/protocol.md §1)."""
+        return self.study_key or self.mappings.study
+
+    @property
     def study(self) -> str:
-        return self.study_ref or self.mappings.study_ref
+        """The study as results and messages name it."""
+        return self.study_of_run.label
+
+    def with_study_from_data(self, supporting: Iterable[object]) -> EvaluationSettings:
+        """The study widened by its own ResearchStudy in the input: its id and identifiers also name it.
+
+        docs/protocol.md §1: a logical reference names the study through an identifier given in the mappings or
+        carried by the study's ResearchStudy in the data.
+        """
+        key = self.study_of_run
+        for item in supporting:
+            if isinstance(item, SupportingResource) and item.ref.startswith("ResearchStudy/"):
+                key = key.with_resource(item.ref.removeprefix("ResearchStudy/"), item.identifiers)
+        return self if key == self.study_of_run else replace(self, study_key=key)
 
 
 class CohortRow(NamedTuple):
@@ -102,6 +120,9 @@ def _study_of(subject: Any) -> str:
     """Which study a ResearchSubject is of, in words (its reference may be to a server not declared)."""
     if subject.study:
         return f"a ResearchSubject of {subject.study}"
+    if subject.study_identifier:
+        system, value = subject.study_identifier
+        return f"a ResearchSubject of the study with identifier {system}|{value}"
     if (subject.raw or {}).get("study"):
         return "a ResearchSubject whose study is on another server (not declared with --fhir-base) or malformed"
     return "a ResearchSubject without a study"
@@ -180,13 +201,13 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
 
     # The study population (docs/protocol.md §1): a patient is a study subject through a ResearchSubject of the
     # study. Another study's ResearchSubjects are never read as this study's (and never written).
-    study_ref = settings.study
-    ours = [x for x in rec.subjects if x.study == study_ref]
+    the_study, study_ref = settings.study_of_run, settings.study
+    ours = [x for x in rec.subjects if the_study.names(x.study, x.study_identifier)]
     if len(ours) < len(rec.subjects):
         unused.extend(
             SetAside(x.ref, "other-study", f"{_study_of(x)}, not of {study_ref}: not used")
             for x in rec.subjects
-            if x.study != study_ref
+            if x not in ours
         )
         rec = replace(rec, subjects=ours)
     candidate = not ours
@@ -299,7 +320,15 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
             note(text.split(":", 1)[0], "lab-grade", text)
         actions = dose_actions(events, m.protocol.toxicity.dose_rule)
         if death is not None and death < index:
-            note(person.ref if person else None, "death-before-index", "death date before the index date")
+            # docs/protocol.md §1: the data contradict each other; OS is not computed, and both records are named.
+            first = next(x.ref for x in study if dates.full_day(x.start) == index)
+            note(
+                person.ref if person else None,
+                "death-before-index",
+                f"the death date ({person.ref if person else 'Patient'}.deceasedDateTime) is before the index "
+                f"date, the first dose of study thalidomide ({first}): overall survival not computed; check both "
+                "records",
+            )
         end = death if death is not None else last_record_date(rec, as_of)
         if end is not None and end >= index:
             basis = "Patient.deceasedDateTime" if death else "last dated record (censored)"

@@ -250,7 +250,7 @@ class ResearchSubject(Resource, frozen=True):
 
 
 class ResearchStudy(Resource, frozen=True):
-    pass
+    identifier: list[Identifier] | None = None  # docs/protocol.md §1: a study may be referenced by identifier
 
 
 class Medication(Resource, frozen=True):

@@ -587,12 +587,24 @@ def map_research_subject(
         res.meta.version_id if res.meta is not None else None,
         origin,
         None,
+        _logical(res.study),
     ), issues
+
+
+def _logical(ref: fhir.Reference | None) -> tuple[str, str] | None:
+    """A logical reference's identifier as ``(system, value)`` (docs/protocol.md §1), when it has both."""
+    ident = ref.identifier if ref is not None else None
+    if ident is None or not ident.system or not ident.value:
+        return None
+    return ident.system, ident.value
 
 
 def map_other(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
     if isinstance(res, fhir.Medication):
         return SupportingResource(ref, None, medication_concept(res, ctx.mappings), origin), []
+    if isinstance(res, fhir.ResearchStudy):
+        idents = tuple((i.system, i.value) for i in res.identifier or () if i.system and i.value)
+        return SupportingResource(ref, None, None, origin, idents), []
     if isinstance(res, fhir.BodyStructure):
         patient, issues = _patient_ref(res.patient, "patient", ref, aliases, ctx.local_bases)
         if patient is None:

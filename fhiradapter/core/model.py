@@ -133,6 +133,7 @@ class StudySubject(NamedTuple):
     version: str | None
     origin: Origin
     raw: dict[str, Any] | None = None  # the resource itself, so that a status update changes nothing else
+    study_identifier: tuple[str, str] | None = None  # a logical ``study`` reference: (system, value)
 
 
 class EarlierResult(NamedTuple):
@@ -153,6 +154,7 @@ class SupportingResource(NamedTuple):
     patient: str | None
     code: str | None  # for Medication: the mapped drug concept
     origin: Origin
+    identifiers: tuple[tuple[str, str], ...] = ()  # for ResearchStudy: its identifiers (system, value)
 
 
 @dataclass(slots=True)

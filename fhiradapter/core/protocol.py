@@ -8,7 +8,7 @@ The result, :class:`Mappings`, also holds the compiled code lookups the mappers 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -29,11 +29,78 @@ class ProtocolInfo(_Strict):
     toxicity_criteria: str
 
 
-class StudyInfo(_Strict):
-    """docs/protocol.md §1: the study. A patient is a study subject when a ResearchSubject's ``study`` references
-    ``ResearchStudy/<id>``."""
+ID_PATTERN = r"^[A-Za-z0-9\-\.]{1,64}$"  # FHIR R4 id
 
-    id: str = Field(pattern=r"^[A-Za-z0-9\-\.]{1,64}$")
+
+class StudyKey(NamedTuple):
+    """docs/protocol.md §1: the study, by id, by identifiers (``(system, value)``), or both.
+
+    A ResearchSubject is of the study when its ``study`` is a literal reference to ``ResearchStudy/<id>`` or a
+    logical reference whose identifier is one of ``identifiers``: both are FHIR references, of equal worth.
+    """
+
+    id: str | None
+    identifiers: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def label(self) -> str:
+        """How reports and messages name the study: ``ResearchStudy/<id>``, else its first identifier."""
+        if self.id:
+            return f"ResearchStudy/{self.id}"
+        system, value = min(self.identifiers)
+        return f"ResearchStudy?identifier={system}|{value}"
+
+    def names(self, reference: str | None, identifier: tuple[str, str] | None) -> bool:
+        """Whether a ``study`` reference (literal, already made local, and/or logical) names this study."""
+        if reference is not None and self.id is not None and reference == f"ResearchStudy/{self.id}":
+            return True
+        return identifier is not None and identifier in self.identifiers
+
+    def with_resource(self, rid: str, identifiers: Sequence[tuple[str, str]]) -> StudyKey:
+        """The key widened by the study's own ResearchStudy found in the data (its id and its identifiers).
+
+        A ResearchStudy is the study's when its id is the study's id or it carries one of the study's
+        identifiers; anything else leaves the key as it is.
+        """
+        if rid == self.id or self.identifiers.intersection(identifiers):
+            return StudyKey(self.id or rid, self.identifiers | frozenset(identifiers))
+        return self
+
+
+def parse_identifier(text: str, where: str) -> tuple[str, str]:
+    """``SYSTEM|VALUE`` as a pair; both parts must be there."""
+    system, bar, value = text.partition("|")
+    if not bar or not system.strip() or not value.strip():
+        raise ValueError(f"{where}: {text!r} is not an identifier written SYSTEM|VALUE")
+    return system.strip(), value.strip()
+
+
+class StudyInfo(_Strict):
+    """docs/protocol.md §1: the study, named by ``id``, by ``identifier`` (``SYSTEM|VALUE``, one or a list), or
+    both. A patient is a study subject when a ResearchSubject's ``study`` references it, literally or
+    logically."""
+
+    id: str | None = Field(default=None, pattern=ID_PATTERN)
+    identifier: list[str] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_many(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("identifier"), str):
+            return {**data, "identifier": [data["identifier"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _named(self) -> StudyInfo:
+        if self.id is None and not self.identifier:
+            raise ValueError("name the study by id, by identifier (SYSTEM|VALUE), or both")
+        for text in self.identifier:
+            parse_identifier(text, "identifier")
+        return self
+
+    @property
+    def key(self) -> StudyKey:
+        return StudyKey(self.id, frozenset(parse_identifier(t, "identifier") for t in self.identifier))
 
 
 class ChildPughParams(_Strict):
@@ -178,10 +245,15 @@ class Mappings:
             raise ConfigError(f"protocol.toml [[toxicity.dose_rule]]: unknown term(s) {unknown}")
 
     @property
-    def study_ref(self) -> str:
-        """``ResearchStudy/<id>``: the study whose ResearchSubjects make a patient a study subject."""
+    def study(self) -> StudyKey:
+        """The study whose ResearchSubjects make a patient a study subject (``[study]``, else the protocol id)."""
         study = self.protocol.study
-        return f"ResearchStudy/{study.id if study else self.protocol.protocol.id}"
+        return study.key if study else StudyKey(self.protocol.protocol.id)
+
+    @property
+    def study_ref(self) -> str:
+        """The study as reports name it: ``ResearchStudy/<id>``, or by identifier when no id is configured."""
+        return self.study.label
 
     @property
     def identity(self) -> dict[str, str]:

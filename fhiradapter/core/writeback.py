@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from fhiradapter.core.protocol import StudyKey
 from fhiradapter.core.results import PatientResult
 
 IDENTIFIER_SYSTEM = "urn:fhiradapter:result-id"
@@ -81,7 +82,15 @@ class PlanEntry(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class WritebackContext:
     protocol_id: str
-    study: str  # "ResearchStudy/<id>"
+    study: StudyKey  # the study a new ResearchSubject references (literally by id, else by identifier)
+
+
+def study_reference(study: StudyKey) -> dict[str, Any]:
+    """A Reference to the study: literal when its id is known, else logical (docs/protocol.md §1)."""
+    if study.id:
+        return {"reference": f"ResearchStudy/{study.id}"}
+    system, value = min(study.identifiers)
+    return {"type": "ResearchStudy", "identifier": {"system": system, "value": value}}
 
 
 def result_identifier(protocol_id: str, kind: str, patient: str, key: str = "") -> str:
@@ -318,7 +327,7 @@ def research_subject_update(
             }
         ],
         "status": status,
-        "study": {"reference": ctx.study},
+        "study": study_reference(ctx.study),
         "individual": {"reference": subject.patient},
     }
     start = subject.eligibility.screening_date.isoformat()

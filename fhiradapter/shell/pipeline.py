@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -42,7 +43,7 @@ from fhiradapter.core.model import (
     StudySubject,
     SupportingResource,
 )
-from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.protocol import ID_PATTERN, Mappings, StudyKey, parse_identifier
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_builtins
 from fhiradapter.core.writeback import (
     Existing,
@@ -253,7 +254,7 @@ def run_evaluate(
         raise ConfigError(f"{urls[0]}: an input by URL is read by Spark: add --engine spark")
     files, unread = find_inputs(inputs, exclude=out)
     bases = tuple(dict.fromkeys([*fhir_bases, *pulled_from(inputs)]))
-    settings = EvaluationSettings(as_of, mappings, f"ResearchStudy/{study}" if study else "", screen_candidates, bases)
+    settings = EvaluationSettings(as_of, mappings, study_key(study), screen_candidates, bases)
     run = RunRequest(
         files,
         unread,
@@ -312,6 +313,7 @@ def _run_local(
             medications = settle_globals([g for r in one for g in r.globals.values()], run.unread, glob_rejects, stats)
         finally:
             glob_rejects.close()
+        settings = settings.with_study_from_data(medications.values())
         memory = one[0].memory if in_memory else None
         per_bucket = sum(f.stat().st_size for f in files) // buckets  # progress: pass two counts again
         jobs = [
@@ -386,6 +388,20 @@ class Evaluated:
     parts: list[PartsIndex]
     workers: int
     cpu: dict[str, list[float]]  # CPU seconds per worker and pass (summary.json: how evenly work was shared)
+
+
+def study_key(study: str | None) -> StudyKey | None:
+    """``--study``: an id, or an identifier ``SYSTEM|VALUE`` (docs/protocol.md §1); None: the mappings' study."""
+    if not study:
+        return None
+    if "|" in study:
+        try:
+            return StudyKey(None, frozenset({parse_identifier(study, "--study")}))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    if not re.fullmatch(ID_PATTERN.strip("^$"), study):
+        raise ConfigError(f"--study {study!r}: not a FHIR id ([A-Za-z0-9-.], at most 64) nor SYSTEM|VALUE")
+    return StudyKey(study)
 
 
 def settle_globals(
@@ -670,7 +686,7 @@ def _pass_two_worker(
 
 def writeback_context(settings: EvaluationSettings, writeback: bool) -> WritebackContext | None:
     """What the write-back plan needs to know of the run (None: no write-back)."""
-    return WritebackContext(settings.mappings.protocol.protocol.id, settings.study) if writeback else None
+    return WritebackContext(settings.mappings.protocol.protocol.id, settings.study_of_run) if writeback else None
 
 
 def evaluate_group(

@@ -61,7 +61,15 @@ class Sink(Protocol):
 async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:
     """The ResearchStudy named by id, or by ``system|value`` identifier (exactly one must match)."""
     if "|" in study:
-        found = [r async for r in client.search("ResearchStudy", [("identifier", study)])]
+        wanted = study.split("|", 1)
+        try:
+            found = [r async for r in client.search("ResearchStudy", [("identifier", study)])]
+        except ServerError as exc:  # no identifier search here: the studies are few, read them all
+            if exc.status is None or not 400 <= exc.status < 500:
+                raise
+            found = [r async for r in client.search("ResearchStudy", [])]
+        # Filtered here too: a server that ignores the parameter must not make every study this one.
+        found = [r for r in found if tuple(wanted) in study_identifiers(r)]
         if len(found) != 1:
             raise ServerError(f"--study {study}: {len(found)} ResearchStudy resources have this identifier; need one")
         return found[0]
@@ -87,6 +95,62 @@ async def study_subjects(
         async for r in client.search("ResearchSubject", [])
         if str((r.get("study") or {}).get("reference", "")).removeprefix(client.base + "/") == ref
     ]
+
+
+def study_identifiers(research_study: dict[str, Any]) -> list[tuple[str, str]]:
+    """The ResearchStudy's identifiers as ``(system, value)``: the names a logical reference may use."""
+    found = []
+    for ident in research_study.get("identifier") or ():
+        if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
+            found.append((ident["system"], ident["value"]))
+    return found
+
+
+def names_study(subject: dict[str, Any], ref: str, identifiers: list[tuple[str, str]], base: str) -> bool:
+    """docs/protocol.md §1: a ResearchSubject's ``study`` names the study literally or logically."""
+    study = subject.get("study")
+    if not isinstance(study, dict):
+        return False
+    if str(study.get("reference", "")).removeprefix(base + "/") == ref:
+        return True
+    ident = study.get("identifier")
+    return isinstance(ident, dict) and (ident.get("system"), ident.get("value")) in identifiers
+
+
+async def logical_subjects(
+    client: FhirClient, research_study: dict[str, Any], cap: Capability, warnings: list[str], seen: set[str]
+) -> list[dict[str, Any]]:
+    """The ResearchSubjects whose ``study`` is a logical reference to one of the study's identifiers (§1).
+
+    Asked with the ``study:identifier`` search; a server that refuses the modifier (4xx) has every
+    ResearchSubject read and filtered here, with a warning. What comes back is filtered here too, so a server
+    that ignores the modifier adds nobody. ``seen``: ids already found by the literal reference.
+    """
+    identifiers = study_identifiers(research_study)
+    if not identifiers:
+        return []
+    ref = f"ResearchStudy/{research_study['id']}"
+    found: list[dict[str, Any]] = []
+    try:
+        if "study" not in cap.search_params.get("ResearchSubject", set()):
+            raise ServerError("no study search", 400)
+        for system, value in identifiers:
+            found += [r async for r in client.search("ResearchSubject", [("study:identifier", f"{system}|{value}")])]
+    except ServerError as exc:
+        if exc.status is None or not 400 <= exc.status < 500:
+            raise
+        warnings.append(
+            "the server has no `study:identifier` search for ResearchSubject: every ResearchSubject was read "
+            "and those naming the study by identifier kept here"
+        )
+        found = [r async for r in client.search("ResearchSubject", [])]
+    out: list[dict[str, Any]] = []
+    for subject in found:
+        rid = str(subject.get("id"))
+        if rid not in seen and names_study(subject, ref, identifiers, client.base):
+            seen.add(rid)
+            out.append(subject)
+    return out
 
 
 async def pull(
@@ -161,6 +225,9 @@ async def pull_into(
         except ExceptionGroup as errors:
             raise errors.exceptions[0] from None
         research_study, subjects = found.result(), listed.result()
+    subjects += await logical_subjects(
+        client, research_study, cap, summary.warnings, {str(r.get("id")) for r in subjects}
+    )
     summary.study = f"ResearchStudy/{research_study['id']}"
     sink.add(research_study)
     patients: list[str] = []

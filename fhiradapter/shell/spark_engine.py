@@ -315,6 +315,7 @@ def _run(
                 read_rejects.reject(entry)
         study_wide = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] in GLOBAL_TYPES)
         medications = settle_globals([t[2] for t in study_wide.collect()], unread, read_rejects, stats)
+        settings = settings.with_study_from_data(medications.values())
         # The duplicate rule by reference, before grouping by patient: copies of one resource that name
         # different patients (a record moved to another patient) meet here, whatever their patient.
         records = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] not in GLOBAL_TYPES)

@@ -43,6 +43,7 @@ from fhiradapter.shell.outputs import Writeback
 from fhiradapter.shell.pipeline import run_evaluate
 from fhiradapter.shell.pull import (
     PullSummary,
+    logical_subjects,
     patient_of,
     pull_into,
     resolve_study,
@@ -265,7 +266,11 @@ async def _bulk_into(
     summary.study = f"ResearchStudy/{research_study['id']}"
     sink.add(research_study)
     patients: set[str] = set()
-    for subject in await study_subjects(client, str(research_study["id"]), cap, summary.warnings):
+    subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
+    subjects += await logical_subjects(
+        client, research_study, cap, summary.warnings, {str(r.get("id")) for r in subjects}
+    )
+    for subject in subjects:
         sink.add(subject)
         owner = patient_of(subject, client.base)
         if owner:
