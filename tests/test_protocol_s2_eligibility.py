@@ -338,3 +338,53 @@ def test_s2_a_partial_anthracycline_start_is_not_a_day(start: str, progression: 
     assert crit["status"] == expected, crit
     if expected == "unknown" and len(start) < 10:
         assert "no day" in crit["detail"]
+
+
+def _without_observations(concept: str) -> Any:
+    return lambda rec: replace(rec, observations=[o for o in rec.observations if o.concept != concept])
+
+
+CP_MISSING = score_child_pugh(
+    bilirubin=None,
+    albumin=2.8,
+    inr=1.5,
+    pt_prolongation=None,
+    ascites="mild",
+    encephalopathy=1,
+    albumin_lower=2.8,
+)
+
+
+@pytest.mark.parametrize(
+    ("cid", "remove", "missing"),
+    [
+        ("histology", lambda rec: replace(rec, conditions=[c for c in rec.conditions if c.concept != "hcc"]), "HCC"),
+        (
+            "metastatic_measurable",
+            lambda rec: replace(rec, conditions=[c for c in rec.conditions if c.concept != "metastasis"]),
+            "secondary-malignancy",
+        ),
+        ("metastatic_measurable", _without_observations("tumor_size"), "bidimensional lesion"),
+        ("prior_anthracycline_progression", lambda rec: replace(rec, meds=[]), "anthracycline"),
+        ("prior_anthracycline_progression", _without_observations("disease_status"), "progression"),
+        ("age", lambda rec: replace(rec, person=rec.person._replace(birth_date=None)), "birth date"),
+        ("ecog", _without_observations("ecog"), "ECOG"),
+        ("anc", _without_observations("anc"), "neutrophils"),
+        ("platelets", _without_observations("platelets"), "platelets"),
+        ("creatinine", _without_observations("creatinine"), "creatinine"),
+        ("child_pugh", None, "bilirubin"),
+        ("consent", lambda rec: replace(rec, consents=[]), "consent"),
+    ],
+)
+def test_s2_an_inclusion_criterion_without_its_record_is_unknown_and_names_what_is_missing(
+    cid: str, remove: Any, missing: str
+) -> None:
+    """§2 (amended): a missing record is undocumented, not failed: unknown, never not_met; the patient is
+    undetermined, and the detail names what is missing."""
+    rec = good_record()
+    result = assess(remove(rec), CP_MISSING) if remove else assess(rec, CP_MISSING)
+    criterion = next(c for c in result["criteria"] if c["id"] == cid)
+    assert criterion["status"] == "unknown"
+    assert missing.lower() in criterion["detail"].lower()
+    assert result["status"] == "undetermined"
+    assert all(c["status"] != "not_met" for c in result["criteria"])
