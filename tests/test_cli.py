@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -273,3 +274,16 @@ def test_the_progress_display_counts_every_phase_with_an_estimate() -> None:
     assert lines[1] == "Reading and evaluating: 42% (6 s, about 8 s left)"
     assert [line.split(":")[0] for line in lines[2:]] == ["Writing results", "Drawing the report", "Done"]
     assert lines[-1].startswith("Done: 100%")
+
+
+def test_the_command_reference_shows_real_defaults(tmp_path: Path) -> None:
+    """docs/cli.md is generated from the commands: no placeholder (click's Sentinel.UNSET) may show as a default."""
+    mkdocs = shutil.which("mkdocs", path=str(Path(sys.executable).parent)) or shutil.which("mkdocs")
+    if mkdocs is None:
+        pytest.skip("mkdocs is not installed (pip install -e '.[dev]')")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    subprocess.run([mkdocs, "build", "--quiet", "--site-dir", str(tmp_path)], cwd=ROOT, check=True, env=env)
+    page = (tmp_path / "cli" / "index.html").read_text()
+    assert "Sentinel" not in page and "UNSET" not in page
+    assert "[default: tables]" in page  # a real default, as --help says it
+    assert "FHIRADAPTER_MAPPINGS" in page and "mappings init" in page  # every command, the new ones too

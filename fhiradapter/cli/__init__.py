@@ -12,6 +12,7 @@ import click
 from fhiradapter import __version__
 from fhiradapter.cli.evaluate import evaluate
 from fhiradapter.cli.export import export_cmd
+from fhiradapter.cli.mappings import mappings_cmd
 from fhiradapter.cli.pull import pull_cmd
 from fhiradapter.cli.push import push_cmd
 from fhiradapter.cli.sync import runs_cmd, sync_cmd
@@ -23,7 +24,7 @@ def main() -> None:
     """Apply the thalidomide-HCC pilot protocol to FHIR R4 data and report the results."""
 
 
-for command in (evaluate, export_cmd, pull_cmd, push_cmd, sync_cmd, runs_cmd):
+for command in (evaluate, export_cmd, pull_cmd, push_cmd, sync_cmd, runs_cmd, mappings_cmd):
     main.add_command(command)
 
 

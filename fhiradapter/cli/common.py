@@ -1,5 +1,6 @@
-"""What every command shares: turning errors into one line and an exit code, the as-of date, the extras'
-install hints, progress bars and counts in words."""
+"""What every command shares: turning errors into one line and an exit code, the as-of date, the mappings
+folder (option, environment variable, which one a run used), the extras' install hints, progress bars and
+counts in words."""
 
 from __future__ import annotations
 
@@ -25,6 +26,38 @@ def parse_as_of(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"--as-of {value} is no calendar date (that month has no such day)") from None
+
+
+MAPPINGS_ENV = "FHIRADAPTER_MAPPINGS"  # = fhiradapter.shell.mappings_io.ENV_VAR (kept here: --help stays fast)
+
+
+def mappings_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--mappings DIR``, also from ``$FHIRADAPTER_MAPPINGS``: a site's own mappings folder for every command."""
+    return click.option(
+        "--mappings",
+        "mappings_dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        envvar=MAPPINGS_ENV,
+        show_envvar=True,
+        help=f"Folder with {what} [default: the mappings shipped with fhiradapter; `fhiradapter mappings init DIR` "
+        "makes a site's own copy].",
+    )
+
+
+def announce_mappings(used: Path) -> None:
+    """Say which mappings folder the run uses, and warn when ./mappings differs from it (edits not in use)."""
+    from fhiradapter.shell.mappings_io import default_mappings_dir, differing_local_mappings  # noqa: PLC0415
+
+    shipped = used.resolve() == default_mappings_dir().resolve()
+    click.echo(f"Mappings: {used}{' (shipped with fhiradapter)' if shipped else ''}")
+    local = differing_local_mappings(used, Path())  # relative: the message names ./mappings as the user sees it
+    if local is not None:
+        click.echo(
+            f"warning: {local} differs from the mappings this run uses ({used}), and is not read. To use it, "
+            f"add --mappings {local} or set {MAPPINGS_ENV}={local.resolve()}",
+            err=True,
+        )
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from fhiradapter.cli.common import export_options, guard, parse_as_of
+from fhiradapter.cli.common import announce_mappings, export_options, guard, mappings_option, parse_as_of
 from fhiradapter.cli.export import export_key, run_export
 from fhiradapter.errors import ConfigError, NothingEvaluated
 
@@ -29,13 +29,7 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
     type=click.Path(path_type=Path, file_okay=False),
     help="Folder for results.json, rejects.ndjson and summary.json (created if missing).",
 )
-@click.option(
-    "--mappings",
-    "mappings_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Folder with protocol.toml, codes.toml and units.toml [default: the mappings shipped with fhiradapter].",
-)
+@mappings_option("protocol.toml, codes.toml and units.toml")
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -157,6 +151,7 @@ def evaluate(
             raise ConfigError("--enrol-candidates is only used with --screen-candidates")
         key = export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
+        announce_mappings(Path(identity["mappings_dir"]))
         urls = tuple(i for i in inputs if "://" in i)
         paths = [Path(i) for i in inputs if "://" not in i]
         if spark_master and engine != "spark":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fhiradapter.cli.common import EXPORT_TO_HELP, KEY_HELP, guard
+from fhiradapter.cli.common import EXPORT_TO_HELP, KEY_HELP, guard, mappings_option
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.urls import safe_url
 
@@ -66,13 +66,7 @@ def run_export(results: Path, to: str, fmt: str, key: bytes | None, mappings_dir
     help="Keyed-hash subject keys, age instead of birth date, no free text or resource ids.",
 )
 @click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP)
-@click.option(
-    "--mappings",
-    "mappings_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Folder with export.toml (SDTM test codes and units) [default: the mappings shipped with fhiradapter].",
-)
+@mappings_option("export.toml (SDTM test codes and units)")
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )

@@ -13,9 +13,11 @@ from fhiradapter.cli.common import (
     PUSH_OUTCOMES,
     SYNC_INTERRUPTED,
     PhaseBars,
+    announce_mappings,
     counts_text,
     export_options,
     guard,
+    mappings_option,
     parse_as_of,
     searches_text,
 )
@@ -63,13 +65,7 @@ def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
     "write nothing.",
 )
 @store_options
-@click.option(
-    "--mappings",
-    "mappings_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Folder with protocol.toml, codes.toml, units.toml [default: the mappings shipped with fhiradapter].",
-)
+@mappings_option("protocol.toml, codes.toml and units.toml")
 @export_options
 @click.option(
     "--chunk",
@@ -139,6 +135,7 @@ def sync_cmd(
             raise ConfigError("--group is only used with --bulk")
         key = export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
+        announce_mappings(Path(identity["mappings_dir"]))
         folder = data_dir or default_data_dir()
         store = SyncStore(store_url, folder)
         import asyncio  # noqa: PLC0415

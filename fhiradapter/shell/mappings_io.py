@@ -1,7 +1,8 @@
-"""Load ``mappings/`` (protocol.toml, codes.toml, units.toml) and provide UCUM unit factors.
+"""Load ``mappings/`` (protocol.toml, codes.toml, units.toml), make a site's own copy, and give UCUM factors.
 
 The embedded default mappings ship inside the package (``fhiradapter/_mappings`` in a wheel; the
-repository's ``mappings/`` folder in a source checkout). ``--mappings DIR`` replaces them.
+repository's ``mappings/`` folder in a source checkout). A site's own folder replaces them: ``--mappings DIR``
+or the ``FHIRADAPTER_MAPPINGS`` environment variable (``fhiradapter mappings init DIR`` creates one).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fhiradapter.core.protocol import Mappings, parse_mappings
 from fhiradapter.errors import ConfigError
 
 FILES = ("protocol.toml", "codes.toml", "units.toml")
+ENV_VAR = "FHIRADAPTER_MAPPINGS"  # a site's mappings folder, for every command
 
 
 def default_mappings_dir() -> Path:
@@ -25,6 +27,57 @@ def default_mappings_dir() -> Path:
         if (candidate / "protocol.toml").is_file():
             return candidate
     raise ConfigError("the embedded mappings are missing from this installation; pass --mappings DIR")
+
+
+def shipped_files() -> list[Path]:
+    """The shipped mappings files: the three the rules read, export.toml and published.toml."""
+    return sorted(default_mappings_dir().glob("*.toml"))
+
+
+def init_site_mappings(target: Path) -> list[Path]:
+    """Copy the shipped mappings into ``target`` (a site's own folder, to edit); returns the files written.
+
+    An existing folder is used only if it holds none of the files: nothing a site edited is overwritten.
+    """
+    files = shipped_files()
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"{target} exists and is not a folder")
+    clash = [f.name for f in files if (target / f.name).exists()]
+    if clash:
+        raise ConfigError(f"{target} already holds {', '.join(clash)}: nothing was changed (choose a new folder)")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        written = []
+        for source in files:
+            dest = target / source.name
+            with dest.open("xb") as fh:  # never through a file (or link) that appeared since the check
+                fh.write(source.read_bytes())
+            written.append(dest)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the mappings folder {target}: {exc.strerror}") from None
+    return written
+
+
+def differing_local_mappings(used: Path, cwd: Path) -> Path | None:
+    """A ``mappings/`` folder in ``cwd`` that is not the one used and whose files differ from it, if any.
+
+    After ``pip install .`` the installed copy is read, not the checkout's ``mappings/``: a site that edited
+    the latter would otherwise see its change silently ignored.
+    """
+    local = cwd / "mappings"
+    if not (local / "protocol.toml").is_file():
+        return None
+    try:
+        if local.resolve() == used.resolve():
+            return None
+        names = {p.name for p in local.glob("*.toml")} | {p.name for p in used.glob("*.toml")}
+        for name in sorted(names):
+            mine, theirs = local / name, used / name
+            if not (mine.is_file() and theirs.is_file()) or mine.read_bytes() != theirs.read_bytes():
+                return local
+    except OSError:
+        return local
+    return None
 
 
 def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, Any]]:
