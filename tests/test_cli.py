@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from builders import ROOT
@@ -74,7 +75,7 @@ def test_bad_as_of_is_a_config_error_that_says_what_is_wrong(tmp_path: Path, bad
 def test_the_top_level_help_cuts_no_description_short() -> None:
     code, out = invoke("--help")
     commands = out.split("Commands:", 1)[1].strip().splitlines()
-    assert code == 0 and len(commands) == 6 and not [line for line in commands if line.rstrip().endswith("...")]
+    assert code == 0 and len(commands) == 7 and not [line for line in commands if line.rstrip().endswith("...")]
 
 
 def test_the_summary_names_every_file_written_and_where_to_read_the_report(tmp_path: Path) -> None:
@@ -287,3 +288,71 @@ def test_the_command_reference_shows_real_defaults(tmp_path: Path) -> None:
     assert "Sentinel" not in page and "UNSET" not in page
     assert "[default: tables]" in page  # a real default, as --help says it
     assert "FHIRADAPTER_MAPPINGS" in page and "mappings init" in page  # every command, the new ones too
+
+
+def test_a_stopped_run_leaves_the_progress_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while reading: the display must not jump to 100 % before saying the run was interrupted."""
+    from fhiradapter.shell import pipeline
+
+    def interrupted(*args: object, progress: Any = None, **kw: object) -> None:
+        progress(300)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "run_evaluate", interrupted)
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path / "o"), "--progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    lines = result.output.splitlines()
+    stopped = [line for line in lines if line.startswith("Stopped:")]
+    assert stopped and "100%" not in stopped[0] and not any(line.startswith("Done:") for line in lines)
+    assert lines.index(stopped[0]) < next(n for n, line in enumerate(lines) if "interrupted" in line)
+
+
+def test_a_rerun_into_the_same_out_says_what_it_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    base = ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(out), "--no-report"]
+    first = CliRunner().invoke(main, [*base, "--screen-candidates"])
+    assert first.exit_code == 0 and "replaced" not in first.output
+    assert (out / "candidates.ndjson").exists()
+    second = CliRunner().invoke(main, base)
+    assert second.exit_code == 0
+    assert f"note: this run replaced the outputs of an earlier run in {out} (as-of 2005-03-31)" in second.output
+    assert "removed its candidates.ndjson (not written by this run)" in second.output
+
+
+def test_a_run_that_evaluated_no_one_says_so_and_export_has_nothing_to_do(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "p.ndjson").write_text('{"resourceType":"Patient","id":"x"}\n')
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["evaluate", str(src), "--as-of", "2005-03-31", "--out", str(out)])
+    assert result.exit_code == ExitCode.NOTHING
+    assert "in a browser" not in result.output
+    assert "No one was evaluated" in result.output and "rejects.ndjson says why" in result.output
+    db = tmp_path / "r.db"
+    export = CliRunner().invoke(main, ["export", str(out), "--export-to", f"sqlite:///{db}"])
+    assert export.exit_code == ExitCode.NOTHING and "evaluated no one" in export.output
+    assert not db.exists()  # no empty database left behind
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["export", "{tmp}/nowhere", "--export-to", "sqlite:///{tmp}/r.db"], "nowhere does not exist"),
+        (["export", "{out}", "--export-to", "mysql://h/db"], "--export-to 'mysql://h/db': use sqlite"),
+        (["export", "{out}", "--export-to", "csv:"], "--export-to csv: needs a folder"),
+    ],
+)
+def test_export_errors_name_the_folder_and_the_option_as_spelt_in_help(
+    tmp_path: Path, args: list[str], says: str
+) -> None:
+    out = tmp_path / "o"
+    assert (
+        CliRunner()
+        .invoke(main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(out), "--no-report"])
+        .exit_code
+        == 0
+    )
+    result = CliRunner().invoke(main, [a.format(tmp=tmp_path, out=out) for a in args])
+    assert result.exit_code in (ExitCode.CONFIG, ExitCode.INPUT)
+    assert says in result.output and "did not finish" not in result.output

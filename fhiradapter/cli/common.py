@@ -45,12 +45,18 @@ def mappings_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., A
     )
 
 
-def announce_mappings(used: Path) -> None:
-    """Say which mappings folder the run uses, and warn when ./mappings differs from it (edits not in use)."""
-    from fhiradapter.shell.mappings_io import default_mappings_dir, differing_local_mappings  # noqa: PLC0415
+def mappings_line(used: Path) -> str:
+    """``Mappings: DIR``, the line every run prints, saying which mappings folder it used."""
+    from fhiradapter.shell.mappings_io import default_mappings_dir  # noqa: PLC0415
 
     shipped = used.resolve() == default_mappings_dir().resolve()
-    click.echo(f"Mappings: {used}{' (shipped with fhiradapter)' if shipped else ''}")
+    return f"Mappings: {used}{' (shipped with fhiradapter)' if shipped else ''}"
+
+
+def warn_unused_mappings(used: Path) -> None:
+    """Warn (stderr) when ./mappings differs from the folder the run uses: edits there would not be read."""
+    from fhiradapter.shell.mappings_io import differing_local_mappings  # noqa: PLC0415
+
     local = differing_local_mappings(used, Path())  # relative: the message names ./mappings as the user sees it
     if local is not None:
         click.echo(

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from fhiradapter.cli.common import announce_mappings, export_options, guard, mappings_option, parse_as_of
+from fhiradapter.cli.common import (
+    export_options,
+    guard,
+    mappings_line,
+    mappings_option,
+    parse_as_of,
+    warn_unused_mappings,
+)
 from fhiradapter.cli.export import export_key, run_export
 from fhiradapter.errors import ConfigError, NothingEvaluated
 
@@ -151,7 +159,7 @@ def evaluate(
             raise ConfigError("--enrol-candidates is only used with --screen-candidates")
         key = export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
-        announce_mappings(Path(identity["mappings_dir"]))
+        warn_unused_mappings(Path(identity["mappings_dir"]))
         urls = tuple(i for i in inputs if "://" in i)
         paths = [Path(i) for i in inputs if "://" not in i]
         if spark_master and engine != "spark":
@@ -166,7 +174,9 @@ def evaluate(
         show = sys.stderr.isatty() if progress is None else progress
         # One display for every phase: two passes over the data (reading and mapping, then grouping and
         # evaluating), then writing the outputs and drawing the report.
+        earlier = _earlier_run(out)
         display = RunProgress(total, tty=sys.stderr.isatty()) if show else None
+        finished = False
         try:
             summary = run_evaluate(
                 paths,
@@ -188,15 +198,36 @@ def evaluate(
                 urls=urls,
                 results_dir=results_dir,
             )
+            finished = True
         finally:
             if display is not None:
-                display.close()
+                display.close(finished)  # a stopped run's bar stays where it stopped
     with guard():
         _print_summary(summary, out)
+        _print_replaced(earlier, out)
         if not summary["patients"]:
             raise NothingEvaluated(_nothing_evaluated(summary))
         if export_to:
             run_export(out, export_to, export_format, key, mappings_dir, show)
+
+
+def _earlier_run(out: Path) -> tuple[str, list[str]] | None:
+    """The as-of date and files of a whole earlier run in ``out`` (its manifest.json), if there is one."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_bytes())
+        return str(manifest.get("as_of", "?")), sorted(manifest.get("files") or {})
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _print_replaced(earlier: tuple[str, list[str]] | None, out: Path) -> None:
+    """Say that a rerun replaced an earlier run's outputs, and name what of it is gone."""
+    if earlier is None:
+        return
+    as_of, files = earlier
+    gone = [name for name in files if not (out / name).exists()]
+    removed = f"; removed its {', '.join(gone)} (not written by this run)" if gone else ""
+    click.echo(f"note: this run replaced the outputs of an earlier run in {out} (as-of {as_of}){removed}.")
 
 
 def _nothing_evaluated(summary: dict[str, Any]) -> str:
@@ -222,6 +253,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     click.echo(f"  {'resource type':<{width}}  {'read':>7}  {'used':>7}  {'rejected':>8}")
     for rtype, c in summary["by_type"].items():
         click.echo(f"  {rtype:<{width}}  {c['read']:>7}  {c['used']:>7}  {c['rejected']:>8}")
+    click.echo(f"  {mappings_line(Path(summary['protocol']['mappings_dir']))}")
     if summary["rejects_by_reason"]:
         reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())
         click.echo(f"  rejects by reason: {reasons}")
@@ -262,8 +294,10 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         names.append("candidates.ndjson")
     names += [n for n in ("report.html", "report.md", "report-km.png", "report-swimmer.png") if (out / n).exists()]
     click.echo(f"Wrote to {out}: {', '.join(names)}, and manifest.json last.")
-    if "report.html" in names:
+    if "report.html" in names and summary["patients"]:
         click.echo(f"Open {out / 'report.html'} in a browser to read the report.")
+    elif not summary["patients"]:
+        click.echo(f"No one was evaluated: the results and the report are empty; {out / 'rejects.ndjson'} says why.")
     seconds = summary.get("seconds") or {}
     if seconds:
         phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fhiradapter.cli.common import MAPPINGS_ENV, announce_mappings, guard
+from fhiradapter.cli.common import MAPPINGS_ENV, guard, mappings_line, warn_unused_mappings
 
 
 @click.group("mappings", short_help="Make a site's own mappings folder; show which one is used.")
@@ -57,7 +57,8 @@ def show_cmd(mappings_dir: Path | None) -> None:
     with guard():
         mappings, identity = load_mappings(mappings_dir)
         source = "--mappings" if mappings_dir and os.environ.get(MAPPINGS_ENV) != str(mappings_dir) else MAPPINGS_ENV
-        announce_mappings(Path(identity["mappings_dir"]))
+        click.echo(mappings_line(Path(identity["mappings_dir"])))
+        warn_unused_mappings(Path(identity["mappings_dir"]))
         if mappings_dir:
             click.echo(f"  (from {source})")
         click.echo(f"  protocol {identity['id']} {identity['version']}; study {mappings.study_ref}")

@@ -13,13 +13,14 @@ from fhiradapter.cli.common import (
     PUSH_OUTCOMES,
     SYNC_INTERRUPTED,
     PhaseBars,
-    announce_mappings,
     counts_text,
     export_options,
     guard,
+    mappings_line,
     mappings_option,
     parse_as_of,
     searches_text,
+    warn_unused_mappings,
 )
 from fhiradapter.cli.export import export_key, run_export
 from fhiradapter.cli.pull import check_instant
@@ -135,7 +136,7 @@ def sync_cmd(
             raise ConfigError("--group is only used with --bulk")
         key = export_key(pseudonymise, key_file) if export_to else None
         mappings, identity = load_mappings(mappings_dir)
-        announce_mappings(Path(identity["mappings_dir"]))
+        warn_unused_mappings(Path(identity["mappings_dir"]))
         folder = data_dir or default_data_dir()
         store = SyncStore(store_url, folder)
         import asyncio  # noqa: PLC0415
@@ -180,6 +181,7 @@ def sync_cmd(
             bars.close()
             store.close()
         _print_sync(summary)
+        click.echo(f"  {mappings_line(Path(identity['mappings_dir']))}")
         if export_to and summary.out is not None:
             run_export(summary.out, export_to, export_format, key, mappings_dir, show)
         if summary.conflicts or summary.errors:

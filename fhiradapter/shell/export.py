@@ -26,7 +26,7 @@ import orjson
 
 from fhiradapter.core.registry import Pseudonymiser, RunInfo, SubjectView, cohort_row, run_info, table_rows
 from fhiradapter.core.sdtm import DATASETS, ExportMappings, SdtmBuilder, data_dictionary, parse_export_mappings
-from fhiradapter.errors import ConfigError, InputError, TargetError
+from fhiradapter.errors import ConfigError, InputError, NothingEvaluated, TargetError
 from fhiradapter.shell.mappings_io import default_mappings_dir
 from fhiradapter.shell.out_folder import check_manifest, file_digest
 
@@ -47,9 +47,11 @@ def parse_target(url: str) -> Target:
         if url.startswith(f"{kind}:"):
             folder = url.split(":", 1)[1].removeprefix("//")
             if not folder:
-                raise ConfigError(f"--to {kind}: needs a folder, e.g. {kind}:exports/")
+                raise ConfigError(f"--export-to {kind}: needs a folder, e.g. {kind}:exports/")
             return Target(kind, folder)
-    raise ConfigError(f"--to {url!r}: use sqlite:///FILE.db, postgresql://USER@HOST/DB, csv:FOLDER or parquet:FOLDER")
+    raise ConfigError(
+        f"--export-to {url!r}: use sqlite:///FILE.db, postgresql://USER@HOST/DB, csv:FOLDER or parquet:FOLDER"
+    )
 
 
 def load_key(key_file: Path | None) -> bytes:
@@ -228,6 +230,15 @@ class ResultsReader:
     def patients(self) -> int:
         return int(self.header.get("run_summary", {}).get("patients", 0))
 
+    @property
+    def subjects_evaluated(self) -> int:
+        """Study subjects in the results (screening candidates are not exported: they are in candidates.ndjson)."""
+        summary = self.header.get("run_summary", {})
+        population = summary.get("population")
+        if isinstance(population, dict) and "subjects" in population:
+            return int(population["subjects"])
+        return int(summary.get("patients", 0))
+
     def _subjects(self) -> Iterator[dict[str, Any]]:
         if self._parts is not None:
             for where, line in self._part_lines(self._parts):
@@ -242,6 +253,8 @@ class ResultsReader:
         with self.path.open("rb") as fh:
             fh.readline()
             for n, line in enumerate(fh, start=2):
+                if not line.strip():  # the empty line of a run with no subject
+                    continue
                 if line.startswith(COHORT_OPEN):
                     cohort = self._load(line.rstrip()[len(COHORT_OPEN) : -1], f"line {n}")
                     self.cohort = cohort
@@ -345,14 +358,22 @@ def export(
     """Export one results folder; ``key`` set = pseudonymise. ``progress(n)`` is called as subjects are written."""
     target = parse_target(to)
     if fmt == "sdtm" and target.kind == "sql":
-        raise ConfigError("--format sdtm writes files: use --to csv:FOLDER or --to parquet:FOLDER")
+        raise ConfigError("--export-format sdtm writes files: use --export-to csv:FOLDER or --export-to parquet:FOLDER")
     pseudo = Pseudonymiser(key) if key is not None else None
+    if not results_dir.is_dir():
+        what = "is not a folder" if results_dir.exists() else "does not exist"
+        raise InputError(f"{results_dir} {what}: give the --out folder of an `fhiradapter evaluate` run")
     # Only a whole output set: a run that died half way, or files of two runs, are refused (out_folder).
     if is_spark_results(results_dir):
         check_spark_results(results_dir)  # evaluate --engine spark --results-dir: Spark's _SUCCESS markers
     else:
         check_manifest(results_dir, ["results.json", "clinical.ndjson"])
     reader = ResultsReader(results_dir)
+    if not reader.subjects_evaluated:
+        raise NothingEvaluated(
+            f"{results_dir}: the run evaluated no one (0 study subjects; its rejects.ndjson says why): "
+            "nothing to export"
+        )
     if fmt == "sdtm" and not reader.has_extract:
         raise InputError(
             f"{results_dir / 'clinical.ndjson'} not found: SDTM datasets need it; re-run evaluate with this version"

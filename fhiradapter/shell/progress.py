@@ -61,14 +61,17 @@ class RunProgress:
         else:
             self._line()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """End the display: full when the run finished; where it stopped otherwise (an error, Ctrl-C)."""
         if self._bar is not None:
-            self._bar.update(self.total)
+            if finished:
+                self._bar.update(self.total)
             self._bar.__exit__(None, None, None)
             self._bar = None
         else:
-            self.done = self.total
-            self.label = "Done"
+            if finished:
+                self.done = self.total
+            self.label = "Done" if finished else "Stopped"
             self._line()
 
     def _line(self) -> None:
