@@ -40,16 +40,19 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 @contextmanager
-def sekmet_server(folder: Path, extra_config: str = "", tls: tuple[Path, Path, Path] | None = None) -> Iterator[str]:
+def sekmet_server(
+    folder: Path, extra_config: str = "", tls: tuple[Path, Path, Path] | None = None, port: int | None = None
+) -> Iterator[str]:
     """Start ``sekmet serve`` on ``folder/data`` (kept between starts); yield the FHIR base URL; stop it by PID.
 
     ``extra_config`` is appended to the YAML configuration (e.g. a ``server_auth`` block). ``tls``: the
     server's certificate chain, its key, and the CA that signed it (PEM files): the server speaks HTTPS.
+    ``port``: where to listen (default: a free port). ``scripts/local-fhir-server`` uses this to try sync by hand.
     """
     exe = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or shutil.which("sekmet")
     if exe is None:
         raise RuntimeError("sekmet-fhir is not installed (pip install -e '.[dev]')")
-    port = free_port()
+    port = port or free_port()
     base = f"{'https' if tls else 'http'}://127.0.0.1:{port}/fhir"
     config = folder / "sekmet.yaml"
     config.write_text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -356,3 +357,15 @@ def test_export_errors_name_the_folder_and_the_option_as_spelt_in_help(
     result = CliRunner().invoke(main, [a.format(tmp=tmp_path, out=out) for a in args])
     assert result.exit_code in (ExitCode.CONFIG, ExitCode.INPUT)
     assert says in result.output and "did not finish" not in result.output
+
+
+def test_docs_export_names_an_existing_extra_for_every_install() -> None:
+    """docs/export.md says which extra each export needs; each named extra must exist in pyproject.toml."""
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    text = (ROOT / "docs" / "export.md").read_text()
+    named = {e.strip() for group in re.findall(r'pip install "\.\[([a-z,]+)\]"', text) for e in group.split(",")}
+    assert {"registry", "postgres", "parquet", "all"} <= named <= extras
+    first_block = text.split("```\n", 2)[1]
+    assert first_block.startswith('pip install ".[registry]"')  # before the commands that need it
