@@ -27,6 +27,7 @@ from fhir_server import SERVERS, load_input, sekmet_server, server_resources
 from pg_server import fresh_database
 
 from fhiradapter.cli import main
+from fhiradapter.core.writeback import RESPONSE_CODES
 from fhiradapter.shell.mappings_io import load_mappings
 from fhiradapter.shell.pipeline import run_evaluate
 
@@ -574,7 +575,7 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         plan = [json.loads(line) for line in (run_out / "writeback-plan.ndjson").read_text().splitlines()]
         changing = list(dict.fromkeys(p["patient"] for p in plan if p["action"] != "unchanged"))
         assert len(changing) > 5
-        assert f"results that change, for {len(changing)} patient(s)" in first.output
+        assert f"changes this run makes to the hospital record, for {len(changing)} patient(s)" in first.output
         assert f"    and {len(changing) - 5} more patient(s)" in first.output
         first_kinds = sorted(p["kind"] for p in plan if p["patient"] == changing[0] and p["action"] == "create")
         assert f"    {changing[0]}: create {', '.join(first_kinds)}" in first.output
@@ -587,15 +588,37 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
         assert "Evaluating" not in grouped.output
         assert requests_made(grouped) * 3 < requests_made(first)
         assert " request(s) (20 patient(s) per search), 0 retried (" in grouped.output
-        assert "results that" not in grouped.output
+        assert "changes this run" not in grouped.output
         # One AFP value changes: a dry run names the one patient whose results would change, and how.
         obs = httpx.get(f"{base}/Observation/thal-03-afp-a1", timeout=10).json()
         obs["valueQuantity"]["value"] = 2100
         assert httpx.put(f"{base}/Observation/thal-03-afp-a1", json=obs, timeout=10).status_code == 200
         dry = cli(*args, "--dry-run")
         assert dry.exit_code == 0 and "plan for the results: update 2, unchanged " in dry.output, dry.output
-        assert "results that would change, for 1 patient(s)" in dry.output
-        assert "    Patient/thal-03: update best-response, response\n" in dry.output
+        assert "changes this run would make to the hospital record, for 1 patient(s)" in dry.output
+        # What changes, old and new: the old as the server holds it, the new as results.json says.
+        run_out = tmp_path / "data" / "runs" / "run-3" / "out"
+        dry_plan = [json.loads(x) for x in (run_out / "writeback-plan.ndjson").read_text().splitlines()]
+        thal03 = next(
+            r
+            for r in json.loads((run_out / "results.json").read_text())["subjects"]
+            if r["patient"] == "Patient/thal-03"
+        )
+        updates = [p for p in dry_plan if p["action"] == "update"]
+        assert {p["kind"] for p in updates} == {"best-response", "response"}
+        category = {code: name for name, (code, _display) in RESPONSE_CODES.items()}
+        for p in updates:
+            written = httpx.get(f"{base}/{p['existing']}", timeout=10).json()
+            assert p["old"]["response"] == category[written["valueCodeableConcept"]["coding"][0]["code"]]
+            assert p["changes"] and all(
+                c["old"] != c["new"] and p["new"][c["element"]] == c["new"] for c in p["changes"]
+            )
+            if p["kind"] == "response":
+                (assessment,) = [a for a in thal03["assessments"] if a["date"] == p["new"]["date"]]
+                assert (p["new"]["response"], p["new"]["afp"]) == (assessment["response"], assessment["afp"])
+            else:
+                assert p["new"]["response"] == thal03["best_response"]
+        assert "    Patient/thal-03:\n      update Observation/" in dry.output
         bad = cli(*args[:-3], "--since", "yesterday")
         assert bad.exit_code == 10 and "--since" in bad.output
         # A run that fails is recorded with why; `runs` lists them all, newest first, as each run said.

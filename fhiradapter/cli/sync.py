@@ -276,6 +276,9 @@ def _changes(by_action: Any) -> str:
     )
 
 
+SHOWN_IN_FULL = 50  # patients whose changes a dry run lists one by one; the plan file holds every one
+
+
 def _print_sync(s: Any) -> None:
     mode = "dry run, nothing written" if s.dry_run else "written"
     since = f"changes since {s.since}" if s.since else "everything"
@@ -293,13 +296,21 @@ def _print_sync(s: Any) -> None:
     click.echo(evaluated)
     click.echo(f"  plan for the results: {counts_text(s.plan, ('create', 'update', 'unchanged')) or 'nothing'}")
     if s.changes and s.out is not None:
-        verb = "would change" if s.dry_run else "change"
+        verb = "would make" if s.dry_run else "makes"
         plan = s.out / "writeback-plan.ndjson"
-        click.echo(f"  results that {verb}, for {len(s.changes)} patient(s) (each entry in {plan}):")
-        for patient, by_action in list(s.changes.items())[:5]:
-            click.echo(f"    {patient}: {_changes(by_action)}")
-        if len(s.changes) > 5:
-            click.echo(f"    and {len(s.changes) - 5} more patient(s)")
+        click.echo(
+            f"  changes this run {verb} to the hospital record, for {len(s.changes)} patient(s) (all in {plan}):"
+        )
+        shown = SHOWN_IN_FULL if s.dry_run else 5  # a dry run is read to decide: it says what each change is
+        for patient, by_action in list(s.changes.items())[:shown]:
+            if s.dry_run and s.in_words.get(patient):
+                click.echo(f"    {patient}:")
+                for line in s.in_words[patient]:
+                    click.echo(f"      {line}")
+            else:
+                click.echo(f"    {patient}: {_changes(by_action)}")
+        if len(s.changes) > shown:
+            click.echo(f"    and {len(s.changes) - shown} more patient(s)")
     if not s.dry_run:
         pushed = counts_text(s.pushed, PUSH_OUTCOMES) or "nothing to send"
         if s.provenances:

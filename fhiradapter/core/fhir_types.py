@@ -78,6 +78,10 @@ class ReferenceRange(Element, frozen=True):
 class Component(Element, frozen=True):
     code: CodeableConcept | None = None
     value_quantity: Quantity | None = None
+    # Read only from the adapter's own earlier results (what a write-back update changes): kept as JSON, any type.
+    value_codeable_concept: Any = None
+    value_string: Any = None
+    value_boolean: Any = None
 
 
 class Repeat(Element, frozen=True):

@@ -321,7 +321,7 @@ def _written(res: fhir.Observation, ref: str, origin: Origin, aliases: dict[str,
                 return None
             meta = res.meta or fhir.Meta()
             digest = next((t.code for t in meta.tag or () if t.system == HASH_TAG_SYSTEM), None)
-            return EarlierResult(ref, patient, ident.value, digest, meta.version_id, origin)
+            return EarlierResult(ref, patient, ident.value, digest, meta.version_id, origin, msgspec.to_builtins(res))
     return None
 
 

@@ -145,6 +145,7 @@ class EarlierResult(NamedTuple):
     content_hash: str | None
     version: str | None
     origin: Origin
+    content: dict[str, Any] | None = None  # what it said (the fields read), so a plan can show old and new
 
 
 class SupportingResource(NamedTuple):

@@ -68,6 +68,7 @@ class Existing(NamedTuple):
     identifier: str
     content_hash: str | None
     version: str | None
+    content: dict[str, Any] | None = None  # what it says now (the fields read), for the plan's old values
 
 
 class PlanEntry(NamedTuple):
@@ -77,6 +78,7 @@ class PlanEntry(NamedTuple):
     identifier: str
     ref: str | None  # the existing resource for update/unchanged
     version: str | None
+    old: dict[str, Any] | None = None  # for update: what the existing resource says (the plan shows old -> new)
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,13 +357,13 @@ def plan_patient(
             plan.append(PlanEntry("unchanged", kind, res, ident, old.ref, old.version))
         else:
             res["id"] = old.ref.split("/", 1)[1]
-            plan.append(PlanEntry("update", kind, res, ident, old.ref, old.version))
+            plan.append(PlanEntry("update", kind, res, ident, old.ref, old.version, old.content))
     ref, version, raw = research_subject if research_subject else (None, None, None)
     rs = research_subject_update(subject, raw, ctx)
     if rs is None and ref is not None:
         plan.append(PlanEntry("unchanged", "research-subject", raw or {}, ref, ref, version))
     elif rs is not None and ref is not None:
-        plan.append(PlanEntry("update", "research-subject", rs, ref, ref, version))
+        plan.append(PlanEntry("update", "research-subject", rs, ref, ref, version, raw))
     elif rs is not None:
         ident = rs["identifier"][0]["value"]
         old = known.get(ident)

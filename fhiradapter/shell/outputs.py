@@ -22,6 +22,7 @@ import orjson
 from fhiradapter import __version__
 from fhiradapter.core.evaluate import report_row
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
+from fhiradapter.core.review import by_patient, criteria_in_words, describe
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
 
 
@@ -107,6 +108,7 @@ class Writeback(NamedTuple):
     bundle: dict[str, Any]
     actions: Counter[str]
     changes: dict[str, dict[str, Counter[str]]]
+    in_words: dict[str, list[str]]  # per patient whose results change, each change as a reviewer reads it
 
 
 def write_writeback(
@@ -169,8 +171,8 @@ def write_writeback(
         return None
     actions: Counter[str] = Counter()
     changes: dict[str, dict[str, Counter[str]]] = {}
-    for line in (line for blob in plan for line in blob.split(b"\n") if line):  # a blob holds a patient's lines
-        entry = orjson.loads(line)
+    lines = [orjson.loads(line) for blob in plan for line in blob.split(b"\n") if line]  # a blob: a patient's
+    for entry in lines:
         action = str(entry["action"])
         actions[action] += 1
         if action != "unchanged":
@@ -180,7 +182,7 @@ def write_writeback(
         "type": "transaction",
         "entry": [x for e in kept for x in orjson.loads(b"[" + e + b"]")],
     }
-    return Writeback(bundle, actions, changes)
+    return Writeback(bundle, actions, changes, by_patient(lines))
 
 
 @dataclass
@@ -227,6 +229,7 @@ class PatientParts:
             self._append("subjects", to_json(result), self.index.subjects, patient)
             self._report.write(orjson.dumps(report_row(result)) + b"\n")
         entries, targets, lines = [], [], []
+        words = criteria_in_words(result) if plan else {}
         for entry in plan:
             self.index.actions[entry.action] += 1
             line = {
@@ -236,6 +239,7 @@ class PatientParts:
                 "resourceType": entry.resource.get("resourceType"),
                 "identifier": entry.identifier,
                 "existing": entry.ref,
+                **describe(entry, words).as_json(),  # what it says, the rule, and for an update old -> new
             }
             lines.append(orjson.dumps(line))
             bundled = bundle_entry(entry)

@@ -746,7 +746,7 @@ def evaluate_group(
         plan: list[PlanEntry] = []
         if wctx is not None and (not candidate or enrol):  # a candidate is enrolled only when asked
             chosen = next((x for x in rec.subjects if x.ref == result.research_subject), None)
-            existing = [Existing(w.ref, w.identifier, w.content_hash, w.version) for w in rec.written]
+            existing = [Existing(w.ref, w.identifier, w.content_hash, w.version, w.content) for w in rec.written]
             target = (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None
             plan = plan_patient(result, existing, target, wctx)
         extract = patient_extract(rec, settings.as_of, {u.ref for u in evaluation.unused})

@@ -73,6 +73,7 @@ class SyncSummary:
     plan: Counter[str] = field(default_factory=Counter)
     # per patient whose results the plan creates or updates: per action, how many results of each kind
     changes: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
+    in_words: dict[str, list[str]] = field(default_factory=dict)  # those changes as a reviewer reads them
     pushed: Counter[str] = field(default_factory=Counter)
     provenances: int = 0  # of the entries pushed, the run's own Provenance records (one per transaction part)
     conflicts: list[str] = field(default_factory=list)
@@ -401,7 +402,7 @@ def _evaluate(
     summary.evaluated = {k: result[k] for k in keys if k in result}
     summary.out = out / ("out-retry" if again else "out")
     (planned,) = handed
-    summary.plan, summary.changes = planned.actions, planned.changes
+    summary.plan, summary.changes, summary.in_words = planned.actions, planned.changes, planned.in_words
     return planned
 
 

@@ -1,0 +1,264 @@
+"""What a write-back changes in the hospital's record, in data and in words, for a person to review.
+
+Each plan entry (create / update / unchanged, one result resource or the ResearchSubject) is described by
+the values its FHIR resource states, read back from the resource itself (:func:`stated`): the same reading
+for the new resource and for the existing one it replaces, so an update lists exactly the elements whose
+value changes, old and new. :func:`describe` adds a sentence a clinician reads ("Best overall response: PR,
+confirmed") and the rule book's section that produced the result. Pure: no I/O; JSON in, typed values out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from fhiradapter.core.eligibility import CRITERION_LABELS
+from fhiradapter.core.results import (
+    AgeRange,
+    ChildPughClass,
+    CriterionStatus,
+    CriterionValue,
+    Measurement,
+    PatientResult,
+)
+from fhiradapter.core.writeback import CODE_SYSTEM, GRADE_CODES, KINDS, RESPONSE_CODES, PlanEntry
+
+Scalar = str | int | float | bool | None
+Values = dict[str, Scalar | list[str]]
+
+# Which section of docs/protocol.md decides each kind of result (the plan and the report cite it).
+RULES = {
+    "response": "docs/protocol.md §4",
+    "best-response": "docs/protocol.md §4",
+    "eligibility": "docs/protocol.md §2",
+    "child-pugh": "docs/protocol.md §3",
+    "toxicity": "docs/protocol.md §5",
+    "research-subject": "docs/protocol.md §7",
+}
+UNIT_WORDS = {"10*9/L": "× 10⁹/L"}  # UCUM codes as a report prints them
+_CATEGORY = {code: name for name, (code, _display) in RESPONSE_CODES.items()}
+_GRADE = {code: grade for grade, (code, _display) in GRADE_CODES.items()}
+_KIND_OF_CODE = {code: kind for kind, code in KINDS.items()}
+
+
+class Change(NamedTuple):
+    """One element of a resource whose value an update changes."""
+
+    element: str
+    old: Scalar | list[str]
+    new: Scalar | list[str]
+
+
+class Description(NamedTuple):
+    """A plan entry for a reviewer: what the resource will say, in words and values, and what changes."""
+
+    says: str
+    rule: str
+    new: Values
+    old: Values | None  # update only: what the existing resource says now
+    changes: tuple[Change, ...]  # update only: the elements whose value changes
+
+    def as_json(self) -> dict[str, Any]:
+        """The plan line's review fields (writeback-plan.ndjson)."""
+        out: dict[str, Any] = {"says": self.says, "rule": self.rule, "new": self.new}
+        if self.old is not None:
+            out["old"] = self.old
+            out["changes"] = [{"element": c.element, "old": c.old, "new": c.new} for c in self.changes]
+        return out
+
+
+def _code(concept: Any) -> str | None:
+    """The first coding's code of a CodeableConcept given as JSON."""
+    if not isinstance(concept, dict):
+        return None
+    codings = concept.get("coding")
+    if not isinstance(codings, list) or not codings or not isinstance(codings[0], dict):
+        return None
+    code = codings[0].get("code")
+    return code if isinstance(code, str) else None
+
+
+def _components(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for comp in resource.get("component") or ():
+        if isinstance(comp, dict) and (code := _code(comp.get("code"))) is not None:
+            out[code] = comp
+    return out
+
+
+def _quantity(comp: dict[str, Any] | None) -> float | int | None:
+    quantity = (comp or {}).get("valueQuantity")
+    value = quantity.get("value") if isinstance(quantity, dict) else None
+    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def stated(kind: str, resource: dict[str, Any]) -> Values:
+    """The values a result resource (or the ResearchSubject) states, by element, as a reviewer compares them."""
+    if kind == "research-subject":
+        found = resource.get("period")
+        period: dict[str, Any] = found if isinstance(found, dict) else {}
+        return {
+            "status": _text(resource.get("status")),
+            "period.start": _text(period.get("start")),
+            "period.end": _text(period.get("end")),
+        }
+    comps = _components(resource)
+    value = _code(resource.get("valueCodeableConcept"))
+    if kind in ("response", "best-response"):
+        confirmed = (comps.get("confirmed") or {}).get("valueBoolean")
+        values: Values = {
+            "response": _CATEGORY.get(value or "", value),
+            "confirmed": confirmed if isinstance(confirmed, bool) else None,
+            "basis": _text((comps.get("basis") or {}).get("valueString")),
+        }
+        if kind == "response":
+            values = {
+                "date": _text(resource.get("effectiveDateTime")),
+                **values,
+                "spd_mm2": _quantity(comps.get("spd")),
+                "afp": _quantity(comps.get("1834-1")),
+            }
+        return values
+    if kind == "eligibility":
+        criteria = {
+            code.removeprefix("criterion-"): _code(comp.get("valueCodeableConcept"))
+            for code, comp in comps.items()
+            if code.startswith("criterion-")
+        }
+        return {
+            "status": value,
+            "not_met": sorted(c for c, s in criteria.items() if s == "not_met"),
+            "unknown": sorted(c for c, s in criteria.items() if s == "unknown"),
+        }
+    if kind == "child-pugh":
+        score = resource.get("valueInteger")
+        cls = _text((comps.get("child-pugh-class") or {}).get("valueString"))
+        return {"score": score if isinstance(score, int) and not isinstance(score, bool) else None, "class": cls}
+    if kind == "toxicity":
+        term = (comps.get("term") or {}).get("valueCodeableConcept")
+        return {
+            "term": _text(term.get("text")) if isinstance(term, dict) else None,
+            "grade": _GRADE.get(value or ""),
+            "source": _text((comps.get("source") or {}).get("valueString")),
+            "first_date": _text(resource.get("effectiveDateTime")),
+        }
+    return {}
+
+
+def kind_of(resource: dict[str, Any]) -> str | None:
+    """Which kind of result an adapter-written Observation is (by its local code), None for anything else."""
+    code = resource.get("code")
+    codings = code.get("coding") if isinstance(code, dict) else None
+    for coding in codings if isinstance(codings, list) else ():
+        if isinstance(coding, dict) and coding.get("system") == CODE_SYSTEM:
+            return _KIND_OF_CODE.get(str(coding.get("code")))
+    return None
+
+
+def _sentence(kind: str, v: Values, criteria_text: dict[str, str] | None) -> str:
+    if kind == "research-subject":
+        end = f", period end {v['period.end']}" if v.get("period.end") else ""
+        return f"ResearchSubject status: {v.get('status')}{end}"
+    if kind == "response":
+        confirmed = ", confirmed" if v.get("confirmed") else ""
+        basis = f" (by {v['basis']})" if v.get("basis") else ""
+        sizes = [f"SPD {v['spd_mm2']} mm²" if v.get("spd_mm2") is not None else "", ""]
+        sizes[1] = f"AFP {v['afp']} ng/mL" if v.get("afp") is not None else ""
+        measured = "; ".join(s for s in sizes if s)
+        return f"Response at the assessment of {v.get('date')}: {v.get('response')}{basis}{confirmed}" + (
+            f"; {measured}" if measured else ""
+        )
+    if kind == "best-response":
+        confirmed = ", confirmed" if v.get("confirmed") else ""
+        return f"Best overall response: {v.get('response')}{confirmed}" + (f" ({v['basis']})" if v.get("basis") else "")
+    if kind == "eligibility":
+        texts = criteria_text or {}
+        failed = [texts.get(str(c), str(c)) for c in v.get("not_met") or []]  # type: ignore[union-attr]
+        missing = [texts.get(str(c), str(c)) for c in v.get("unknown") or []]  # type: ignore[union-attr]
+        parts = [f"not met: {'; '.join(failed)}"] if failed else []
+        parts += [f"unknown: {'; '.join(missing)}"] if missing else []
+        return f"Eligibility: {v.get('status')}" + (f" ({'. '.join(parts)})" if parts else "")
+    if kind == "child-pugh":
+        if v.get("score") is None:
+            return "Child-Pugh score: unknown (a component is missing)"
+        return f"Child-Pugh score {v.get('score')} (class {v.get('class')})"
+    if kind == "toxicity":
+        return f"Worst grade of {v.get('term')}: grade {v.get('grade')} (NCI CTC v2.0, {v.get('source')})"
+    return kind
+
+
+def describe(entry: PlanEntry, criteria_text: dict[str, str] | None = None) -> Description:
+    """A plan entry for a reviewer. ``criteria_text``: for eligibility, each criterion in words with the
+    patient's value (criterion id -> text); without it the criterion ids are named."""
+    new = stated(entry.kind, entry.resource)
+    says = _sentence(entry.kind, new, criteria_text)
+    rule = RULES.get(entry.kind, "docs/protocol.md")
+    if entry.kind == "research-subject" and entry.action == "create":
+        rule = "docs/protocol.md §1, §7"  # a candidate enrolled (evaluate --enrol-candidates)
+    if entry.action != "update":
+        return Description(says, rule, new, None, ())
+    old = stated(entry.kind, entry.old or {})
+    changes = tuple(Change(k, old.get(k), value) for k, value in new.items() if old.get(k) != value)
+    return Description(says, rule, new, old, changes)
+
+
+def _value_text(value: CriterionValue) -> str | None:
+    if isinstance(value, Measurement):
+        unit = f" {UNIT_WORDS.get(value.unit, value.unit)}" if value.unit else ""
+        return None if value.value is None else f"{value.value}{unit}"
+    if isinstance(value, AgeRange):
+        return f"{value.min} or {value.max}"
+    if isinstance(value, ChildPughClass):
+        return f"class {value.cls} (score {value.score})"
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | str):
+        return str(value)
+    return None
+
+
+def criteria_in_words(result: PatientResult) -> dict[str, str]:
+    """Each criterion not met or unknown, in words with the patient's value: ``age 75 (must be: age under
+    75)``; an unknown criterion says what is missing (its detail)."""
+    out: dict[str, str] = {}
+    for c in result.eligibility.criteria:
+        if c.status == CriterionStatus.NOT_MET:
+            shown = _value_text(c.value)
+            label = CRITERION_LABELS.get(c.id, c.id)
+            out[c.id] = f"{c.id} {shown} (must be: {label})" if shown else f"{c.id}: {c.detail}"
+        elif c.status == CriterionStatus.UNKNOWN:
+            out[c.id] = f"{c.id}: {c.detail}"
+    return out
+
+
+def _shown(value: Any) -> str:
+    if value is None or value == []:
+        return "none"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def in_words(line: dict[str, Any]) -> str:
+    """One writeback-plan.ndjson line as a reviewer reads it (sync --dry-run, approve, the report)."""
+    action, says, rule = line.get("action"), line.get("says") or line.get("kind"), line.get("rule") or ""
+    if action == "update":
+        changes = "; ".join(
+            f"{c.get('element')} {_shown(c.get('old'))} → {_shown(c.get('new'))}" for c in line.get("changes") or ()
+        )
+        return f"update {line.get('existing')}: {changes or 'content'} ({says}; {rule})"
+    if action == "create":
+        return f"create: {says} ({rule})"
+    return f"unchanged: {says}"
+
+
+def by_patient(lines: list[dict[str, Any]], include_unchanged: bool = False) -> dict[str, list[str]]:
+    """Plan lines in words, grouped by patient, in the plan's order (patients sorted as in the plan)."""
+    out: dict[str, list[str]] = {}
+    for line in lines:
+        if include_unchanged or line.get("action") != "unchanged":
+            out.setdefault(str(line.get("patient")), []).append(in_words(line))
+    return out
