@@ -38,8 +38,13 @@ def neutralise(text: str) -> str:
     return NEUTRALISER + text if is_formula_like(text) else text
 
 
+_SUSPECT_START = FORMULA_TRIGGERS | {" "}
+
+
 def csv_cell(value: object) -> str | int | float:
     """One value as a CSV cell: numbers as they are (200.0 as 200), text neutralised, None empty."""
+    if isinstance(value, str):  # most cells: only those with a suspect first character are looked at further
+        return NEUTRALISER + value if value[:1] in _SUSPECT_START and is_formula_like(value) else value
     if value is None:
         return ""
     if isinstance(value, bool):
