@@ -232,7 +232,7 @@ def test_export_mappings_reject_unknown_keys() -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--to", "sqlite:///x.db", "--format", "sdtm"], 10, "--format sdtm writes files"),
+        (["--to", "sqlite:///x.db", "--format", "sdtm"], 10, "--export-format sdtm writes files"),
         (["--to", "mysql://h/db"], 10, "use sqlite:///FILE.db"),
         (["--to", "postgresql://me:hunter2@127.0.0.1/db"], 10, "PGPASSWORD"),
         (["--to", "sqlite:///x.db", "--key-file", "k"], 10, "only used with --pseudonymise"),
