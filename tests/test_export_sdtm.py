@@ -90,14 +90,44 @@ def test_dm_has_one_row_per_subject_and_every_domain_links_to_it(sdtm: Any) -> N
             keys = [(r["USUBJID"], int(r[seq])) for r in sdtm["data"][name]]
             assert len(keys) == len(set(keys)), f"{seq} repeats within a subject"
     by_subject = {r["SUBJID"]: r for r in dm}
+    armcd = load_export_mappings(None).study.armcd
+    seen = set()
     for s in results["subjects"]:
         row = by_subject[s["patient"].removeprefix("Patient/")]
         assert row["RFSTDTC"] == (s["index_date"] or "")
-        assert row["ACTARMCD"] == ("THAL200" if s["treated"] else row["ACTARMCD"])
-        if s["eligibility"]["status"] == "ineligible":
-            assert row["ARMCD"] == "SCRNFAIL"
+        status = s["eligibility"]["status"]
+        assert (row["ARMCD"], row["ACTARMCD"]) == expected_arms(armcd, status, s["treated"]), s["patient"]
+        seen.add(row["ACTARMCD"])
         if s["os"] and s["os"]["event"]:
             assert row["DTHFL"] == "Y" and row["DTHDTC"] == s["os"]["end_date"]
+    assert {armcd, "SCRNFAIL"} <= seen  # treated and screen-failed subjects both checked
+
+
+def expected_arms(armcd: str, status: str, treated: bool) -> tuple[str, str]:
+    """(ARMCD, ACTARMCD) by the SDTM IG's rules, from the subject's results: the planned arm for an eligible or
+    treated subject, SCRNFAIL for a screen failure, NOTASSGN when eligibility is not settled; the actual arm only
+    for a treated subject, NOTTRT for one eligible but never dosed."""
+    if treated:
+        return armcd, armcd
+    if status == "eligible":
+        return armcd, "NOTTRT"
+    if status == "ineligible":
+        return "SCRNFAIL", "SCRNFAIL"
+    return "NOTASSGN", "NOTASSGN"
+
+
+@pytest.mark.parametrize(
+    ("status", "treated"),
+    [("eligible", True), ("eligible", False), ("ineligible", False), ("undetermined", False), ("ineligible", True)],
+)
+def test_dm_arms_follow_treatment_and_eligibility(status: str, treated: bool) -> None:
+    """Every arm case, including those the paper cohort lacks (eligible but never dosed)."""
+    cfg = load_export_mappings(None)
+    builder = SdtmBuilder(cfg)
+    result = {"patient": "Patient/p", "treated": treated, "eligibility": {"status": status}}
+    builder.add(SubjectView({**result, "index_date": "2003-06-02" if treated else None}, {}, None))
+    (row,) = builder.rows["DM"]
+    assert (row["ARMCD"], row["ACTARMCD"]) == expected_arms(cfg.study.armcd, status, treated)
 
 
 def test_lb_holds_every_lab_value_of_the_extract(sdtm: Any) -> None:
@@ -202,7 +232,7 @@ def test_export_mappings_reject_unknown_keys() -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["--to", "sqlite:///x.db", "--format", "sdtm"], 10, "--format sdtm writes files"),
+        (["--to", "sqlite:///x.db", "--format", "sdtm"], 10, "--export-format sdtm writes files"),
         (["--to", "mysql://h/db"], 10, "use sqlite:///FILE.db"),
         (["--to", "postgresql://me:hunter2@127.0.0.1/db"], 10, "PGPASSWORD"),
         (["--to", "sqlite:///x.db", "--key-file", "k"], 10, "only used with --pseudonymise"),

@@ -53,6 +53,28 @@ def test_table_two_rows_in_the_markdown(out: Path) -> None:
     assert "| Neuropathy-sensory | 10034620 | 2 | 1 |" in md
 
 
+def test_line_breaks_in_the_data_stay_inside_their_table_cell(tmp_path: Path) -> None:
+    """A text from the input with line breaks (here Patient.gender) must not end a Markdown table row and start a
+    heading of its own."""
+    import shutil
+
+    src = tmp_path / "in"
+    shutil.copytree(PAPER, src)
+    lines = []
+    for line in (src / "Patient.ndjson").read_text().splitlines():
+        res = json.loads(line)
+        if res["id"] == "thal-04":
+            res["gender"] = "male\r\n\n# Injected heading | x"
+        lines.append(json.dumps(res))
+    (src / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+    run = CliRunner().invoke(main, ["evaluate", str(src), "--as-of", "2005-03-31", "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0, run.output
+    md = (tmp_path / "out" / "report.md").read_text()
+    rows = [line for line in md.splitlines() if "Injected heading" in line]
+    assert rows == [next(r for r in rows if r.startswith("| thal-04 | "))]
+    assert "| male # Injected heading / x |" in rows[0]
+
+
 def test_html_is_self_contained_with_embedded_pngs(out: Path) -> None:
     page = (out / "report.html").read_text()
     assert not re.search(r"""(src|href)=['"]?(https?:|//|[\w.-]+\.(png|css|js))""", page)

@@ -4,7 +4,8 @@ Streams ``results.json`` (one subject per line, as evaluate writes it) joined wi
 patient order), builds each subject's rows with the pure core (``core/registry.py`` for the registry tables,
 ``core/sdtm.py`` for SDTM datasets) and writes them: SQL targets through ``registry_db`` (one transaction per
 run, inserted in batches), folders as one file per table plus a data dictionary, each file written beside its
-final name and renamed when complete. Memory holds one batch, not the cohort. Pseudonymised rows are spooled
+final name and renamed when complete; every CSV cell goes through ``core/spreadsheet.py`` (text a spreadsheet
+would evaluate as a formula is neutralised). Memory holds one batch, not the cohort. Pseudonymised rows are spooled
 to a temporary file and written in pseudonym order, so no output keeps the patients' order.
 """
 
@@ -26,6 +27,7 @@ import orjson
 
 from fhiradapter.core.registry import Pseudonymiser, RunInfo, SubjectView, cohort_row, run_info, table_rows
 from fhiradapter.core.sdtm import DATASETS, ExportMappings, SdtmBuilder, data_dictionary, parse_export_mappings
+from fhiradapter.core.spreadsheet import csv_cell
 from fhiradapter.errors import ConfigError, InputError, NothingEvaluated, TargetError
 from fhiradapter.shell.mappings_io import default_mappings_dir
 from fhiradapter.shell.out_folder import check_manifest, file_digest
@@ -576,16 +578,9 @@ def _export_files(
 
 
 def _cells(columns: list[str], rows: list[dict[str, Any]]) -> Iterator[list[Any]]:
+    """The CSV cells of ``rows``: every CSV writer here goes through this, so no text cell is a formula."""
     for row in rows:
-        yield ["" if row.get(c) is None else _csv_value(row.get(c)) for c in columns]
-
-
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return int(value)  # 200, not 200.0
-    return value
+        yield [csv_cell(row.get(c)) for c in columns]
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:

@@ -403,6 +403,11 @@ def build_sections(
     return sections
 
 
+def _md_cell(text: str) -> str:
+    """A Markdown table cell: a ``|`` or a line break from the data (a Patient.gender, say) would end the row."""
+    return " ".join(part for part in text.replace("|", "/").splitlines() if part.strip())
+
+
 def render_markdown(title: str, meta: str, sections: list[dict[str, Any]], figures: dict[str, str]) -> str:
     out = [f"# {title}", "", meta, ""]
     for s in sections:
@@ -416,7 +421,7 @@ def render_markdown(title: str, meta: str, sections: list[dict[str, Any]], figur
                 continue
             out.append("| " + " | ".join(head) + " |")
             out.append("|" + "---|" * len(head))
-            out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in body]
             out.append("")
     return "\n".join(out)
 
