@@ -97,7 +97,9 @@ def test_no_report_option_also_removes_an_earlier_runs_report(tmp_path: Path) ->
     run = CliRunner().invoke(main, [*args, "--no-report"])
     assert run.exit_code == 0
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("report", ".report"))]
-    assert "report.html" not in run.output
+    wrote = next(line for line in run.output.splitlines() if line.startswith("Wrote to"))
+    assert "report.html" not in wrote and "in a browser" not in run.output
+    assert "removed its " in run.output and "report.html" in run.output  # the earlier run's, said once
 
 
 def test_a_figure_the_new_cohort_lacks_is_not_left_from_an_earlier_run(tmp_path: Path) -> None:
