@@ -36,6 +36,7 @@ class ExitCode(enum.IntEnum):
     BUSY = 14  # another run is writing into the same --out
     NOTHING = 15  # nothing could be evaluated (no study subject in the input)
     OUTPUT = 16  # --out could not be written (permission, read-only, disk full, not a folder)
+    NOT_APPROVED = 17  # a write-back without an approval that covers it: nothing was sent
 
 
 class AdapterError(Exception):
@@ -94,3 +95,9 @@ class OutputError(AdapterError):
     left in place of an earlier run's outputs."""
 
     exit_code = ExitCode.OUTPUT
+
+
+class NotApproved(AdapterError):
+    """A write-back that no approval covers (none, or the files changed after it): nothing was sent."""
+
+    exit_code = ExitCode.NOT_APPROVED

@@ -116,3 +116,59 @@ def is_result(resource: dict[str, Any]) -> bool:
 def partial(text: str | None) -> PartialDate | None:
     """A (possibly partial) FHIR date as the mappers give it: ``"2004-07"`` -> ``PartialDate(2004, 7)``."""
     return partial_date(text) if text is not None else None
+
+
+# Four eyes (docs/review-and-approve.md): tests that push approve first, as a person would; tests that sync
+# run under a standing rule that lets every change out.
+TEST_APPROVER = "Test Runner"
+APPROVE_ALL = (
+    '[standing_rule]\nsigned_by = "Test Runner"\nrole = "test suite"\nsigned_on = "2026-12-07"\nallow = ["*:*"]\n'
+)
+
+
+def approve(folder: Path, *extra: str) -> None:
+    """``fhiradapter approve FOLDER --by "Test Runner" --yes``: the write-back an evaluate wrote there, approved."""
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    result = CliRunner().invoke(main, ["approve", str(folder), "--by", TEST_APPROVER, "--yes", *extra])
+    assert result.exit_code == 0, result.output
+
+
+def approve_bundle(path: Path) -> Path:
+    """Approve a hand-made Bundle file for push: put it at ``writeback.json`` with an (empty, if none) plan beside
+    it, and record an approval of both. Returns the writeback.json path."""
+    from fhiradapter.core.approval import Approval
+    from fhiradapter.shell.approvals import digests, write_approval
+
+    target = path.parent / "writeback.json"
+    if path != target:
+        target.write_bytes(path.read_bytes())
+    plan = path.parent / "writeback-plan.ndjson"
+    if not plan.exists():
+        plan.write_bytes(b"")
+    wb, pl = digests(path.parent)
+    write_approval(
+        path.parent,
+        Approval(approved_by=TEST_APPROVER, role="test suite", approved_at="2026-12-07T00:00:00+00:00",
+                 writeback_sha256=wb, plan_sha256=pl),
+    )  # fmt: skip
+    return target
+
+
+def trusting_mappings(folder: Path) -> Path:
+    """A copy of the shipped mappings with a standing rule that lets every change out (for sync tests)."""
+    import shutil
+
+    from fhiradapter.shell.mappings_io import default_mappings_dir
+
+    shutil.copytree(default_mappings_dir(), folder, dirs_exist_ok=True)
+    (folder / "approval.toml").write_text(APPROVE_ALL)
+    return folder
+
+
+def standing_rule_all() -> Any:
+    from fhiradapter.core.approval import StandingRule
+
+    return StandingRule(signed_by=TEST_APPROVER, role="test suite", signed_on="2026-12-07", allow=("*:*",))

@@ -52,10 +52,15 @@ def test_the_try_a_server_page_runs_as_written(tmp_path: Path) -> None:
             run = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
             assert run.returncode == 0, (line, run.stdout, run.stderr)
             outputs.append(run.stdout)
-        pull, first_sync, second_sync, runs = outputs
+        pull, first_sync, approved, pushed, second_sync, runs = outputs
         assert "Pulled ResearchStudy/thal-hcc-pilot: 14 patient(s)" in pull
         assert "plan for the results: create 92, update 13, unchanged 1" in first_sync
-        assert "pushed: created 94, updated 13 (with 2 Provenance record(s) of the run)" in first_sync
+        assert "held for a person's approval: 105 change(s)" in first_sync and "pushed: nothing to send" in first_sync
+        assert (
+            "update ResearchSubject/thal-01-rs: status on-study → off-study; period.end none → 2004-06-30" in approved
+        )
+        assert "Approved by A. Data Manager" in approved
+        assert "created 94, updated 13" in pushed
         assert re.search(r"plan for the results: unchanged 106\n", second_sync)
         assert "pushed: nothing to send" in second_sync
         assert "newest first (2 of 2)" in runs

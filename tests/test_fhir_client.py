@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 import httpx
 import jwt
 import pytest
+from builders import approve_bundle, standing_rule_all
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
@@ -981,7 +982,9 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
         raise stop  # while the study is being read
 
     mappings, identity = load_mappings()
-    opts = SyncOptions("s", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
+    opts = SyncOptions(
+        "s", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+    )
     store = SyncStore(data_dir=tmp_path / "data")
     try:
         with pytest.raises(type(stop)):
@@ -1016,6 +1019,7 @@ def test_ctrl_c_says_what_was_left_and_exits_130(
     monkeypatch.setattr(patched, stop)
     bundle = tmp_path / "writeback.json"
     bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": []}))
+    approve_bundle(bundle)
     server = ["--server", "http://127.0.0.1:9/fhir"]
     args = {
         "sync": [*server, "--study", "s", "--as-of", "2005-03-31", "--data-dir", str(tmp_path / "d")],
@@ -1024,7 +1028,7 @@ def test_ctrl_c_says_what_was_left_and_exits_130(
     }[command]
     result = CliRunner().invoke(main, [command, *args])
     assert result.exit_code == 130, result.output
-    assert result.output.startswith("interrupted (Ctrl-C): ") and says in result.output
+    assert ("\n" + result.output).count("\ninterrupted (Ctrl-C): ") == 1 and says in result.output
     assert "Aborted" not in result.output and "Traceback" not in result.output
 
 
@@ -1118,7 +1122,9 @@ def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Pa
 
     monkeypatch.setattr(sync_mod, "bulk_pull", exported)
     mappings, identity = load_mappings()
-    opts = sync_mod.SyncOptions("s1", date(2005, 3, 31), "none", False, tmp_path / "runs", mappings, identity)
+    opts = sync_mod.SyncOptions(
+        "s1", date(2005, 3, 31), "none", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+    )
     sink = ListSink()
 
     async def go(client: FhirClient) -> Any:
@@ -1165,7 +1171,9 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
             return fhir({}, 201, Location=f"{BASE}/{written[-1]}/_history/2")
 
     mappings, identity = load_mappings()
-    opts = SyncOptions("s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
+    opts = SyncOptions(
+        "s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+    )
     store = SyncStore(data_dir=tmp_path / "data")
     try:
         server = Refusing()

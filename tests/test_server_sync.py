@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from builders import AS_OF, ROOT, heart_rates, is_result
+from builders import AS_OF, ROOT, approve, heart_rates, is_result, standing_rule_all, trusting_mappings
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -89,6 +89,7 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         assert pulled_lines(tmp_path / "p1s") == pulled_lines(tmp_path / "p1")
         # 2. Push the write-back, as several smaller transactions: created and updated, no conflict.
         writeback = str(tmp_path / "e1" / "writeback.json")
+        approve(tmp_path / "e1")
         pushed = cli("push", "--server", base, *WRITE[server], "--progress", writeback)
         assert pushed.exit_code == 0, pushed.output
         assert " parts: " in pushed.output and "Writing" in pushed.output  # --progress: the bar's label
@@ -113,6 +114,7 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         plan2 = [json.loads(x) for x in (tmp_path / "e2" / "writeback-plan.ndjson").read_text().splitlines()]
         assert {p["action"] for p in plan2} == {"unchanged"}
         assert json.loads((tmp_path / "e2" / "writeback.json").read_text())["entry"] == []
+        approve(tmp_path / "e2")
         nothing = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e2" / "writeback.json"))
         assert nothing.exit_code == 0 and "nothing to send" in nothing.output
         # 4. The stale first write-back is refused (as a whole on sekmet, entry by entry in Medplum's batches):
@@ -150,6 +152,7 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
         assert {p["patient"] for p in changed} == {"Patient/thal-03"}
         assert {(p["action"], p["kind"]) for p in changed} == {("update", "response"), ("update", "best-response")}
         assert next(s for s in third["subjects"] if s["patient"] == "Patient/thal-03")["best_response"] == "PD"
+        approve(tmp_path / "e3")
         final = cli("push", "--server", base, *WRITE[server], str(tmp_path / "e3" / "writeback.json"))
         assert final.exit_code == 0 and f"updated {len(changed)}" in final.output, final.output
 
@@ -329,6 +332,7 @@ def test_smart_backend_services_against_the_servers_token_endpoint(tmp_path: Pat
         assert "14 patient(s)" in ok.output and "BEGIN" not in ok.output
         # A read-only client cannot write: the server's 403 is shown, nothing is retried.
         evaluate(tmp_path / "s", tmp_path / "e")
+        approve(tmp_path / "e")
         denied = cli("push", *args, "--scope", "system/*.read", str(tmp_path / "e" / "writeback.json"))
         assert denied.exit_code == 13 and "HTTP 403" in denied.output, denied.output
 
@@ -341,6 +345,7 @@ def sync_opts(tmp_path: Path, **kw: Any) -> Any:
 
     mappings, identity = load_mappings()
     base = {"study": "thal-hcc-pilot", "as_of": AS_OF, "since": "auto", "dry_run": False}
+    base["standing_rule"] = standing_rule_all()  # these tests are of sync's writing, not of its approvals
     base.update(kw)
     return SyncOptions(work_dir=tmp_path / "runs", mappings=mappings, mappings_identity=identity, **base)
 
@@ -544,7 +549,8 @@ def test_sync_cli_prints_the_summary_and_exit_code(tmp_path: Path) -> None:
     with sekmet_server(tmp_path) as base:
         load_input(base, PAPER)
         args = ["sync", "--server", base, "--study", "thal-hcc-pilot", "--as-of", AS_OF.isoformat()]
-        args += ["--data-dir", str(tmp_path / "data"), "--no-progress"]
+        args += ["--mappings", str(trusting_mappings(tmp_path / "site")), "--data-dir", str(tmp_path / "data")]
+        args += ["--no-progress"]
         first = cli(*args[:-1], "--progress", "--export-to", f"sqlite:///{tmp_path / 'registry.db'}")
         assert first.exit_code == 0, first.output
         assert "Pulling patients" in first.output and "Writing results" in first.output  # a bar per phase

@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from builders import approve_bundle, standing_rule_all
 from click.testing import CliRunner
 from stub_server import Reply, Seen, drip_server, stub_server
 
@@ -426,6 +427,7 @@ def test_s4_the_cli_exits_13_for_a_write_the_server_did_not_account_for(tmp_path
 
     bundle = tmp_path / "writeback.json"
     bundle.write_text(json.dumps(writeback()))
+    approve_bundle(bundle)
     with stub_server(server) as stub:
         result = CliRunner().invoke(main, ["push", "--server", f"{stub.base}/fhir", str(bundle)])
     assert result.exit_code == 13, result.output
@@ -453,7 +455,9 @@ def test_s4_a_sync_with_writes_not_accounted_for_keeps_its_watermark(tmp_path: P
             return super().answer(request)
 
     mappings, identity = load_mappings()
-    opts = SyncOptions("s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity)
+    opts = SyncOptions(
+        "s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+    )
     store = SyncStore(data_dir=tmp_path / "data")
     try:
         summary = run_sync(FhirClient(BASE, transport=httpx.MockTransport(Quiet())), store, opts)
@@ -723,7 +727,16 @@ def test_s6_sync_with_default_flags_on_the_stock_medplum_router(tmp_path: Path) 
             refused = post(base, nine)
             assert refused.status_code == 400 and "too many entries" in refused.text
             load_input(base, paper, chunk=50)
-            opts = SyncOptions("thal-hcc-pilot", AS_OF, "auto", False, tmp_path / "runs", mappings, identity)
+            opts = SyncOptions(
+                "thal-hcc-pilot",
+                AS_OF,
+                "auto",
+                False,
+                tmp_path / "runs",
+                mappings,
+                identity,
+                standing_rule=standing_rule_all(),
+            )
             first = run_sync(FhirClient(base), store, opts)
             assert first.errors == [] and first.conflicts == [] and first.watermark is not None
             assert first.pushed["created"] == first.plan["create"] + first.provenances

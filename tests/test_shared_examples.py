@@ -10,7 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from builders import SHARED_DATA, is_result
+from builders import SHARED_DATA, is_result, standing_rule_all
 
 from fhiradapter.shell.mappings_io import load_mappings
 from fhiradapter.shell.pipeline import run_evaluate
@@ -94,7 +94,10 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
                 run_evaluate([EXAMPLES], files, AS_OF, mappings, identity, report=False, study=study)
                 from_files = {s["patient"]: s for s in json.loads((files / "results.json").read_text())["subjects"]}
                 assert set(from_files) == patients
-                opts = SyncOptions(study, AS_OF, "auto", False, tmp_path / "runs", mappings, identity, **write)
+                opts = SyncOptions(
+                    study, AS_OF, "auto", False, tmp_path / "runs", mappings, identity, **write,
+                    standing_rule=standing_rule_all(),
+                )  # fmt: skip
                 first = run_sync(FhirClient(base), store, opts)
                 assert first.errors == [] and first.conflicts == [] and first.patients == len(patients), study
                 assert first.pushed["created"] > 0

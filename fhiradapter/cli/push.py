@@ -35,19 +35,28 @@ from fhiradapter.errors import ExitCode
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
 def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **server: Any) -> None:
-    """Apply a write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
+    """Apply an approved write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
+
+    Nothing is sent unless `fhiradapter approve` recorded an approval of exactly this writeback.json and its
+    plan (exit code 17 otherwise); patients the approval excludes are left out, and the approver is written
+    into the run's Provenance.
 
     Creates are conditional (If-None-Exist on the result's identifier) and updates carry If-Match with the
     version evaluate read, so pushing twice never duplicates and never overwrites a newer version: a
     changed resource is reported as a conflict (re-run pull and evaluate, then push the new writeback.json).
-    Exit code 0 when everything was applied, 13 when anything conflicted or failed.
+    Exit code 0 when everything was applied, 13 when anything conflicted or failed, 17 when not approved.
     """
     import asyncio  # noqa: PLC0415
 
+    from fhiradapter.shell.approvals import approved_for_push  # noqa: PLC0415
     from fhiradapter.shell.push import load_bundle, push  # noqa: PLC0415
 
     with guard(PUSH_INTERRUPTED):
-        doc = load_bundle(bundle)
+        doc, approval, left_out = approved_for_push(bundle, load_bundle(bundle))
+        excluded = (
+            f"; {len(approval.excluded)} patient(s) excluded, {len(left_out)} entries not sent" if left_out else ""
+        )
+        click.echo(f"Approved by {approval.approved_by} ({approval.role}) at {approval.approved_at}{excluded}.")
 
         show = sys.stderr.isatty() if progress is None else progress
         total = len(doc.get("entry") or [])

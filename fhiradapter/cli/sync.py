@@ -126,6 +126,7 @@ def sync_cmd(
 
     show = sys.stderr.isatty() if progress is None else progress
     with guard(SYNC_INTERRUPTED):
+        from fhiradapter.shell.approvals import load_standing_rule  # noqa: PLC0415
         from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
         from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: PLC0415
 
@@ -175,6 +176,7 @@ def sync_cmd(
                 group,
                 per_search=per_search,
                 on_evaluate=evaluating,
+                standing_rule=load_standing_rule(Path(identity["mappings_dir"])),
             )
             summary = run_sync(client.fresh(), store, opts)  # the discovery's loop is closed: a new client
         finally:
@@ -311,7 +313,16 @@ def _print_sync(s: Any) -> None:
                 click.echo(f"    {patient}: {_changes(by_action)}")
         if len(s.changes) > shown:
             click.echo(f"    and {len(s.changes) - shown} more patient(s)")
+    if not s.dry_run and s.held and s.held_folder is not None:
+        why = f"outside the {s.approved_by}" if s.approved_by else "no standing rule in the mappings (approval.toml)"
+        click.echo(
+            f"  held for a person's approval: {s.held} change(s) ({why}), in {s.held_folder}. Review and approve "
+            f'them with `fhiradapter approve {s.held_folder} --by "NAME"`, then `fhiradapter push --server '
+            f"{s.server} {s.held_folder / 'writeback.json'}`"
+        )
     if not s.dry_run:
+        if s.approved_by:
+            click.echo(f"  written under the {s.approved_by}")
         pushed = counts_text(s.pushed, PUSH_OUTCOMES) or "nothing to send"
         if s.provenances:
             pushed += f" (with {s.provenances} Provenance record(s) of the run)"

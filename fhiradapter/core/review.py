@@ -34,6 +34,12 @@ RULES = {
     "toxicity": "docs/protocol.md §5",
     "research-subject": "docs/protocol.md §7",
 }
+BASIS_WORDS = {
+    "tumour": "by tumour size",
+    "afp": "by AFP",
+    "both": "by tumour size and AFP",
+    "new_lesion": "a new lesion",
+}
 UNIT_WORDS = {"10*9/L": "× 10⁹/L"}  # UCUM codes as a report prints them
 _CATEGORY = {code: name for name, (code, _display) in RESPONSE_CODES.items()}
 _GRADE = {code: grade for grade, (code, _display) in GRADE_CODES.items()}
@@ -107,6 +113,10 @@ def stated(kind: str, resource: dict[str, Any]) -> Values:
         }
     comps = _components(resource)
     value = _code(resource.get("valueCodeableConcept"))
+    return {**_result_values(kind, resource, comps, value), "status": _text(resource.get("status"))}
+
+
+def _result_values(kind: str, resource: dict[str, Any], comps: dict[str, dict[str, Any]], value: str | None) -> Values:
     if kind in ("response", "best-response"):
         confirmed = (comps.get("confirmed") or {}).get("valueBoolean")
         values: Values = {
@@ -129,7 +139,7 @@ def stated(kind: str, resource: dict[str, Any]) -> Values:
             if code.startswith("criterion-")
         }
         return {
-            "status": value,
+            "eligibility": value,
             "not_met": sorted(c for c, s in criteria.items() if s == "not_met"),
             "unknown": sorted(c for c, s in criteria.items() if s == "unknown"),
         }
@@ -164,7 +174,7 @@ def _sentence(kind: str, v: Values, criteria_text: dict[str, str] | None) -> str
         return f"ResearchSubject status: {v.get('status')}{end}"
     if kind == "response":
         confirmed = ", confirmed" if v.get("confirmed") else ""
-        basis = f" (by {v['basis']})" if v.get("basis") else ""
+        basis = f" ({BASIS_WORDS.get(str(v['basis']), v['basis'])})" if v.get("basis") else ""
         sizes = [f"SPD {v['spd_mm2']} mm²" if v.get("spd_mm2") is not None else "", ""]
         sizes[1] = f"AFP {v['afp']} ng/mL" if v.get("afp") is not None else ""
         measured = "; ".join(s for s in sizes if s)
@@ -180,7 +190,7 @@ def _sentence(kind: str, v: Values, criteria_text: dict[str, str] | None) -> str
         missing = [texts.get(str(c), str(c)) for c in v.get("unknown") or []]  # type: ignore[union-attr]
         parts = [f"not met: {'; '.join(failed)}"] if failed else []
         parts += [f"unknown: {'; '.join(missing)}"] if missing else []
-        return f"Eligibility: {v.get('status')}" + (f" ({'. '.join(parts)})" if parts else "")
+        return f"Eligibility: {v.get('eligibility')}" + (f" ({'. '.join(parts)})" if parts else "")
     if kind == "child-pugh":
         if v.get("score") is None:
             return "Child-Pugh score: unknown (a component is missing)"

@@ -379,7 +379,7 @@ def bundle_entry(entry: PlanEntry) -> dict[str, Any] | None:
     if entry.action == "create":
         system = IDENTIFIER_SYSTEM
         return {
-            "fullUrl": f"urn:uuid:{_uuid(entry.identifier)}",
+            "fullUrl": f"urn:uuid:{uuid_of(entry.identifier)}",
             "resource": res,
             "request": {"method": "POST", "url": rtype, "ifNoneExist": f"identifier={system}|{entry.identifier}"},
         }
@@ -391,7 +391,8 @@ def bundle_entry(entry: PlanEntry) -> dict[str, Any] | None:
     return None
 
 
-def _uuid(identifier: str) -> str:
+def uuid_of(identifier: str) -> str:
+    """A Bundle entry's urn:uuid for a hex identifier (deterministic: the same result, the same fullUrl)."""
     h = identifier.ljust(32, "0")[:32]
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
@@ -446,7 +447,7 @@ def provenance_entry(
     }
     return {
         "resource": res,
-        "fullUrl": f"urn:uuid:{_uuid(run)}",
+        "fullUrl": f"urn:uuid:{uuid_of(run)}",
         "request": {"method": "POST", "url": "Provenance", "ifNoneExist": f"_tag={RUN_TAG_SYSTEM}|{run}"},
     }
 
@@ -526,12 +527,13 @@ def split_bundle(bundle: dict[str, Any], max_entries: int) -> list[dict[str, Any
     for part in parts:
         chunk = list(part)
         if provenance is not None:
-            chunk.append(_provenance_part(provenance, part))
+            chunk.append(provenance_for(provenance, part))
         out.append({**bundle, "entry": chunk})
     return out
 
 
-def _provenance_part(provenance: dict[str, Any], part: list[dict[str, Any]]) -> dict[str, Any]:
+def provenance_for(provenance: dict[str, Any], part: list[dict[str, Any]]) -> dict[str, Any]:
+    """A copy of the run's Provenance naming only ``part``'s entries, tagged by them (pushed twice: added once)."""
     resource = dict(provenance["resource"])
     run = next((t["code"] for t in resource.get("meta", {}).get("tag", []) if t.get("system") == RUN_TAG_SYSTEM), "")
     targets = [str(e["fullUrl"]) for e in part if e.get("fullUrl")]
@@ -541,4 +543,4 @@ def _provenance_part(provenance: dict[str, Any], part: list[dict[str, Any]]) -> 
     resource["target"] = [{"reference": t} for t in targets]
     resource["meta"] = {**resource.get("meta", {}), "tag": [{"system": RUN_TAG_SYSTEM, "code": tag}]}
     request = {**provenance["request"], "ifNoneExist": f"_tag={RUN_TAG_SYSTEM}|{tag}"}
-    return {**provenance, "fullUrl": f"urn:uuid:{_uuid(tag)}", "resource": resource, "request": request}
+    return {**provenance, "fullUrl": f"urn:uuid:{uuid_of(tag)}", "resource": resource, "request": request}

@@ -24,6 +24,7 @@ from fhiradapter.core.evaluate import report_row
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
+from fhiradapter.shell.out_folder import write_manifest
 
 
 def publish(tmp: Path, target: Path) -> None:
@@ -109,6 +110,7 @@ class Writeback(NamedTuple):
     actions: Counter[str]
     changes: dict[str, dict[str, Counter[str]]]
     in_words: dict[str, list[str]]  # per patient whose results change, each change as a reviewer reads it
+    plan_lines: list[dict[str, Any]]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
 
 
 def write_writeback(
@@ -182,7 +184,7 @@ def write_writeback(
         "type": "transaction",
         "entry": [x for e in kept for x in orjson.loads(b"[" + e + b"]")],
     }
-    return Writeback(bundle, actions, changes, by_patient(lines))
+    return Writeback(bundle, actions, changes, by_patient(lines), lines)
 
 
 @dataclass
@@ -259,3 +261,19 @@ class PatientParts:
         """Close every part file (each one, even when another fails to flush: a full disk, say)."""
         self._open.close()
         return self.index
+
+
+def write_held(folder: Path, bundle: dict[str, Any], plan_lines: list[dict[str, Any]]) -> Path:
+    """A sync's changes that wait for a person: a write-back of their own (Bundle, plan, manifest) in ``folder``,
+    which `fhiradapter approve` reviews and `fhiradapter push` sends once approved."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in (
+        ("writeback.json", orjson.dumps(bundle)),
+        ("writeback-plan.ndjson", b"".join(orjson.dumps(line) + b"\n" for line in plan_lines)),
+    ):
+        tmp = folder / f"{name}.partial"
+        tmp.unlink(missing_ok=True)
+        tmp.write_bytes(data)
+        publish(tmp, folder / name)
+    write_manifest(folder, {"held_for_approval": True}, ["writeback.json", "writeback-plan.ndjson"])
+    return folder

@@ -271,6 +271,8 @@ def run_evaluate(
     )
     with claim_output(out, inputs), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
+        with writing(out / "approval.json"):  # an approval is of the write-back it reviewed, not of this run's
+            (out / "approval.json").unlink(missing_ok=True)
         if engine == "spark":
             from fhiradapter.shell.spark_engine import run_spark  # noqa: PLC0415 - pyspark only when asked
 

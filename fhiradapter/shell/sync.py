@@ -35,11 +35,12 @@ from typing import Any, TypeVar
 
 import orjson
 
+from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, split_by_rule
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.errors import AdapterError
 from fhiradapter.shell.bulk import bulk_pull
 from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
-from fhiradapter.shell.outputs import Writeback
+from fhiradapter.shell.outputs import Writeback, write_held
 from fhiradapter.shell.pipeline import run_evaluate
 from fhiradapter.shell.pull import (
     PullSummary,
@@ -74,6 +75,9 @@ class SyncSummary:
     # per patient whose results the plan creates or updates: per action, how many results of each kind
     changes: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
     in_words: dict[str, list[str]] = field(default_factory=dict)  # those changes as a reviewer reads them
+    held: int = 0  # changes not covered by the standing rule: written to ``held_folder`` for a person to approve
+    held_folder: Path | None = None
+    approved_by: str | None = None  # the standing rule the changes written went out under
     pushed: Counter[str] = field(default_factory=Counter)
     provenances: int = 0  # of the entries pushed, the run's own Provenance records (one per transaction part)
     conflicts: list[str] = field(default_factory=list)
@@ -102,6 +106,9 @@ class SyncSummary:
             "evaluated": self.evaluated,
             "plan": dict(self.plan),
             "changes": {p: {a: dict(kinds) for a, kinds in acts.items()} for p, acts in self.changes.items()},
+            "held": self.held,
+            "held_folder": str(self.held_folder) if self.held_folder else None,
+            "approved_by": self.approved_by,
             "pushed": dict(self.pushed),
             "provenances": self.provenances,
             "conflicts": self.conflicts,
@@ -139,6 +146,9 @@ class SyncOptions:
     overlap: timedelta = SKEW_MARGIN
     per_search: int | None = None  # patients per search in the pull; None: pull.patients_per_search
     on_evaluate: Callable[[], None] | None = None  # called as evaluation starts (between the two bars)
+    # docs/review-and-approve.md: what a scheduled sync may write without a person's review (None: nothing; every
+    # change is held, in the run's held/ folder, for `fhiradapter approve` and `fhiradapter push`).
+    standing_rule: StandingRule | None = None
 
 
 def run_sync(client: FhirClient, store: SyncStore, opts: SyncOptions) -> SyncSummary:
@@ -412,14 +422,37 @@ async def _push_phase(
     """Push the write-back evaluate handed over, with the capabilities the pull read seconds before (no second
     /metadata round trip), cut below the transaction size this server refused before (the store's memory)."""
     limit = store.transaction_limit(summary.server)
-    entries = len(planned.bundle["entry"])
+    bundle = _approved_part(planned, opts, summary)
+    entries = len(bundle["entry"])
     progress = opts.on_push(entries) if opts.on_push and entries else None
-    pushed = await push(client, planned.bundle, opts.mode, opts.chunk, progress=progress, cap=cap, limit=limit)
+    pushed = await push(client, bundle, opts.mode, opts.chunk, progress=progress, cap=cap, limit=limit)
     _add_push(summary, pushed)
     if pushed.limit and pushed.limit != limit:
         store.set_transaction_limit(summary.server, pushed.limit, summary.run_id)
     store.record_written(summary.server, opts.study, summary.run_id, pushed.written)
     return pushed
+
+
+def _approved_part(planned: Writeback, opts: SyncOptions, summary: SyncSummary) -> dict[str, Any]:
+    """What the standing rule lets this run write; the rest goes to ``<run out>/held`` for a person to approve."""
+    rule = opts.standing_rule
+    allowed, held, _allowed_lines, held_lines = split_by_rule(planned.bundle, planned.plan_lines, rule)
+    summary.held = len(held_lines)
+    if held_lines and summary.out is not None:
+        summary.held_folder = write_held(summary.out / "held", held, held_lines)
+    if rule is None or not allowed["entry"]:
+        return {**allowed, "entry": []}
+    approval = Approval(
+        approved_by=rule.signed_by,
+        role=rule.role,
+        approved_at=rule.signed_on,
+        writeback_sha256="",
+        plan_sha256="",
+        standing_rule=rule.name,
+    )
+    summary.approved_by = rule.name
+    sent, _left_out = approved_bundle(allowed, approval)
+    return sent
 
 
 def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:

@@ -1,0 +1,205 @@
+"""Four eyes on the hospital's record: approvals of a write-back, standing rules, and what an approval lets out.
+
+An :class:`Approval` is bound to the exact content a person reviewed: the sha256 of ``writeback.json`` and of
+``writeback-plan.ndjson``. Push writes nothing an approval does not cover (the shell checks the digests). An
+approval may exclude patients: their entries are not sent (:func:`approved_bundle`). The approver is written
+into the Provenance of every write, as an agent with a role, so the record itself says on whose authority each
+result entered it. A :class:`StandingRule`, signed by a named person in the site's configuration
+(``approval.toml`` in its mappings folder), stands in for a per-run approval in scheduled syncs, for the kinds
+of change it lists; :func:`split_by_rule` holds the rest for a person. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fhiradapter.core.writeback import KINDS, entry_patient, provenance_for, uuid_of
+from fhiradapter.errors import ConfigError
+
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+ACTIONS = ("create", "update")
+CHANGE_KINDS = (*KINDS, "research-subject")
+
+
+class Approval(msgspec.Struct, frozen=True, kw_only=True):
+    """Who approved which write-back, when, and which patients they kept out (approval.json)."""
+
+    approved_by: str
+    role: str
+    approved_at: str  # ISO 8601 instant, UTC
+    writeback_sha256: str
+    plan_sha256: str
+    excluded: tuple[str, ...] = ()
+    standing_rule: str | None = None  # set when a standing rule, not a person reviewing this run, approved it
+
+
+class StandingRule(BaseModel):
+    """``approval.toml [standing_rule]``: the kinds of change a named person lets scheduled syncs write unreviewed.
+
+    ``allow`` lists ``ACTION:KIND`` (``create:response``, ``update:research-subject``; ``*`` for any action or
+    kind). Everything else waits for a person's approval.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    signed_by: str = Field(min_length=1)
+    role: str = Field(min_length=1)
+    signed_on: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+    allow: tuple[str, ...]
+
+    @field_validator("allow")
+    @classmethod
+    def _known(cls, allow: tuple[str, ...]) -> tuple[str, ...]:
+        for item in allow:
+            action, colon, kind = item.partition(":")
+            if not colon or action not in (*ACTIONS, "*") or kind not in (*CHANGE_KINDS, "*"):
+                raise ValueError(
+                    f"{item!r}: write ACTION:KIND, ACTION one of {', '.join(ACTIONS)} or *, KIND one of "
+                    f"{', '.join(CHANGE_KINDS)} or *"
+                )
+        return allow
+
+    def covers(self, action: str, kind: str) -> bool:
+        return any(a in (action, "*") and k in (kind, "*") for a, _c, k in (item.partition(":") for item in self.allow))
+
+    @property
+    def name(self) -> str:
+        return f"standing rule signed by {self.signed_by} ({self.role}) on {self.signed_on}"
+
+
+def parse_standing_rule(doc: Mapping[str, Any], where: str) -> StandingRule | None:
+    """``approval.toml`` as a :class:`StandingRule` (None when it holds none)."""
+    unknown = set(doc) - {"standing_rule"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}: only [standing_rule]")
+    if "standing_rule" not in doc:
+        return None
+    try:
+        return StandingRule.model_validate(doc["standing_rule"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{where}: [standing_rule] {path}: {first['msg']}") from None
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def approver_agent(name: str, role: str) -> dict[str, Any]:
+    """The Provenance agent that says on whose authority the write was made."""
+    return {
+        "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "verifier", "display": "Verifier"}]},
+        "role": [{"text": role}],
+        "who": {"display": name},
+    }
+
+
+def _is_provenance(entry: Mapping[str, Any]) -> bool:
+    resource = entry.get("resource")
+    return isinstance(resource, dict) and resource.get("resourceType") == "Provenance"
+
+
+def approved_bundle(bundle: Mapping[str, Any], approval: Approval) -> tuple[dict[str, Any], list[str]]:
+    """The Bundle as it may be sent: excluded patients' entries left out, the approver in every Provenance.
+
+    Returns the Bundle and the entries left out (their fullUrls). A Provenance keeps only the targets that are
+    still sent; with none left it is dropped.
+    """
+    excluded = set(approval.excluded)
+    kept: list[dict[str, Any]] = []
+    left_out: list[str] = []
+    provenances: list[dict[str, Any]] = []
+    for entry in bundle.get("entry") or ():
+        if not isinstance(entry, dict):
+            continue
+        if _is_provenance(entry):
+            provenances.append(entry)
+        elif entry_patient(entry) in excluded:
+            left_out.append(str(entry.get("fullUrl")))
+        else:
+            kept.append(entry)
+    sent = {str(e.get("fullUrl")) for e in kept}
+    agent = approver_agent(
+        approval.approved_by,
+        approval.role if not approval.standing_rule else f"{approval.role}, {approval.standing_rule}",
+    )
+    for entry in provenances:
+        resource = dict(entry["resource"])
+        targets = [t for t in resource.get("target") or () if isinstance(t, dict) and t.get("reference") in sent]
+        if not targets:
+            continue
+        resource["target"] = targets
+        resource["agent"] = [*(resource.get("agent") or ()), agent]
+        kept.append({**entry, "resource": resource})
+    return {**bundle, "entry": kept}, left_out
+
+
+def split_by_rule(
+    bundle: Mapping[str, Any], plan: Iterable[Mapping[str, Any]], rule: StandingRule | None
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A write-back cut in two: what ``rule`` covers, and what waits for a person.
+
+    ``plan``: the plan's lines (each names its patient, action, kind, and the entry's identifier or existing
+    reference). Returns (allowed Bundle, held Bundle, allowed plan lines, held plan lines); each Bundle keeps a
+    Provenance naming only its own targets. Unchanged lines go with the allowed part (nothing is sent).
+    """
+    allowed_refs: set[str] = set()
+    held_lines: list[dict[str, Any]] = []
+    allowed_lines: list[dict[str, Any]] = []
+    for line in plan:
+        action, kind = str(line.get("action")), str(line.get("kind"))
+        url = _entry_url(line)
+        if action == "unchanged" or (rule is not None and rule.covers(action, kind)):
+            allowed_lines.append(dict(line))
+            allowed_refs.add(url)
+        else:
+            held_lines.append(dict(line))
+    allowed: list[dict[str, Any]] = []
+    held: list[dict[str, Any]] = []
+    provenance = None
+    for entry in bundle.get("entry") or ():
+        if not isinstance(entry, dict):
+            continue
+        if _is_provenance(entry):
+            provenance = entry
+        elif str(entry.get("fullUrl")) in allowed_refs:
+            allowed.append(entry)
+        else:
+            held.append(entry)
+    return (
+        {**bundle, "entry": _with_provenance(allowed, provenance)},
+        {**bundle, "entry": _with_provenance(held, provenance)},
+        allowed_lines,
+        held_lines,
+    )
+
+
+def _entry_url(line: Mapping[str, Any]) -> str:
+    """The fullUrl of a plan line's Bundle entry (as writeback.bundle_entry gives it)."""
+    return (
+        f"urn:uuid:{uuid_of(str(line.get('identifier')))}"
+        if line.get("action") == "create"
+        else str(line.get("existing"))
+    )
+
+
+def _with_provenance(entries: list[dict[str, Any]], provenance: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return [*entries, provenance_for(provenance, entries)] if entries and provenance is not None else entries
+
+
+Decision = Literal["approved", "missing", "changed"]
+
+
+def check(approval: Approval | None, writeback_sha256: str, plan_sha256: str) -> Decision:
+    """Whether an approval covers exactly these files."""
+    if approval is None:
+        return "missing"
+    if approval.writeback_sha256 != writeback_sha256 or approval.plan_sha256 != plan_sha256:
+        return "changed"
+    return "approved"

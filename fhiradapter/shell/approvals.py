@@ -1,0 +1,112 @@
+"""approval.json beside a write-back: recorded by ``fhiradapter approve``, checked before anything is sent.
+
+An approval names the sha256 of ``writeback.json`` and ``writeback-plan.ndjson`` as they were reviewed; a push
+of a Bundle that no approval covers, or that changed since, is refused before any request. The standing rule
+of scheduled syncs comes from ``approval.toml`` in the site's mappings folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import orjson
+
+from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, digest, parse_standing_rule
+from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
+
+APPROVAL = "approval.json"
+WRITEBACK = "writeback.json"
+PLAN = "writeback-plan.ndjson"
+RULE_FILE = "approval.toml"
+
+
+def digests(folder: Path) -> tuple[str, str]:
+    """The sha256 of the write-back and of its plan, as an approval names them."""
+    try:
+        return digest((folder / WRITEBACK).read_bytes()), digest((folder / PLAN).read_bytes())
+    except FileNotFoundError as exc:
+        raise InputError(
+            f"{exc.filename} not found: give the --out folder of an `fhiradapter evaluate` run that wrote a write-back"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{exc.filename} unreadable: {exc.strerror}") from None
+
+
+def read_plan(folder: Path) -> list[dict[str, Any]]:
+    """The plan's lines (JSON at the edge: each is shown to a person, and checked, as it is)."""
+    try:
+        return [orjson.loads(line) for line in (folder / PLAN).read_bytes().splitlines() if line.strip()]
+    except OSError as exc:
+        raise InputError(f"{folder / PLAN} unreadable: {exc.strerror}") from None
+    except orjson.JSONDecodeError:
+        raise InputError(f"{folder / PLAN} is not a write-back plan (a line is not JSON)") from None
+
+
+def read_approval(folder: Path) -> Approval | None:
+    path = folder / APPROVAL
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=Approval)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError) as exc:
+        raise InputError(f"{path} is not an approval fhiradapter wrote ({exc}); approve the write-back again") from None
+
+
+def write_approval(folder: Path, approval: Approval) -> Path:
+    """approval.json, mode 0600, written beside its final name and renamed (a planted link is replaced, not
+    followed)."""
+    tmp = folder / f".{APPROVAL}.partial"
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(msgspec.json.format(msgspec.json.encode(approval), indent=2) + b"\n")
+        tmp.replace(folder / APPROVAL)
+    except OSError as exc:
+        raise OutputError(f"cannot write {folder / APPROVAL}: {exc.strerror}") from None
+    return folder / APPROVAL
+
+
+def approved_for_push(bundle_path: Path, bundle: dict[str, Any]) -> tuple[dict[str, Any], Approval, list[str]]:
+    """The Bundle as the approval beside it lets it out, the approval, and the entries it leaves out.
+
+    Refused (:class:`NotApproved`) when there is no approval, or the files changed after it.
+    """
+    folder = bundle_path.parent
+    if bundle_path.name != WRITEBACK:
+        raise NotApproved(
+            f"{bundle_path}: push sends a write-back as evaluate wrote it ({WRITEBACK}, beside its plan and its "
+            "approval); nothing was sent"
+        )
+    approval = read_approval(folder)
+    state = check(approval, *digests(folder))
+    if state == "missing" or approval is None:
+        raise NotApproved(
+            f"{bundle_path} is not approved: review it and record an approval with `fhiradapter approve {folder} "
+            '--by "NAME"`, then push again. Nothing was sent'
+        )
+    if state == "changed":
+        raise NotApproved(
+            f"{bundle_path} (or its plan) changed after {approval.approved_by} approved it on {approval.approved_at}: "
+            f'review it and approve it again (`fhiradapter approve {folder} --by "NAME"`). Nothing was sent'
+        )
+    sent, left_out = approved_bundle(bundle, approval)
+    return sent, approval, left_out
+
+
+def load_standing_rule(mappings_dir: Path) -> StandingRule | None:
+    """``approval.toml`` of a mappings folder (None when the folder has none: every change waits for a person)."""
+    path = mappings_dir / RULE_FILE
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} unreadable: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_standing_rule(doc, str(path))
