@@ -1,9 +1,8 @@
 """One malformed field never stops a run: any field of a real record given another JSON type, or removed.
 
 Property test over one treated patient of the paper cohort (every resource type the protocol reads): the run
-completes, and every input record is used or in rejects.ndjson. scripts/check runs it on both builds; the
-compiled one checks argument types at function boundaries, so a wrong type reaching typed code would crash
-there first.
+completes, and every input record is used or in rejects.ndjson: a wrong JSON type is caught where the typed
+decoding reads it (an invalid-field reject naming its path), never deeper in the rules.
 """
 
 from __future__ import annotations
