@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fhiradapter.cli.common import MAPPINGS_ENV, guard, mappings_line, warn_unused_mappings
+from fhiradapter.cli.common import MAPPINGS_ENV, guard, mappings_line, mappings_option, warn_unused_mappings
 
 
 @click.group("mappings", short_help="Make a site's own mappings folder; show which one is used.")
@@ -41,15 +41,7 @@ def init_cmd(folder: Path) -> None:
 
 
 @mappings_cmd.command("show")
-@click.option(
-    "--mappings",
-    "mappings_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    envvar=MAPPINGS_ENV,
-    show_envvar=True,
-    help="A mappings folder to check [default: the shipped mappings].",
-)
+@mappings_option("protocol.toml, codes.toml and units.toml to check")
 def show_cmd(mappings_dir: Path | None) -> None:
     """Say which mappings folder a run would use, check that it reads, and name its study."""
     from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415

@@ -63,9 +63,18 @@ async def _version_of(client: FhirClient, ref: str) -> tuple[dict[str, Any] | No
     return current, str(version) if version is not None else None
 
 
-async def _put(client: FhirClient, ref: str, resource: dict[str, Any], version: str | None) -> str:
+async def _put(
+    client: FhirClient, ref: str, resource: dict[str, Any], version: str | None, summary: UndoSummary
+) -> str | None:
+    """PUT with If-Match on the version read; the new version's reference, or None on a 412 (a conflict)."""
     headers = {"If-Match": f'W/"{version}"'} if version else {}
-    answer = await client.json("PUT", ref, json=resource, headers=headers)
+    try:
+        answer = await client.json("PUT", ref, json=resource, headers=headers)
+    except ServerError as exc:
+        if exc.status == 412:
+            summary.conflicts.append(f"{ref}: changed while the undo ran: left alone")
+            return None
+        raise
     new_version = (answer or {}).get("meta", {}).get("versionId") if isinstance(answer, dict) else None
     return f"{ref}/_history/{new_version}" if new_version else ref
 
@@ -142,14 +151,9 @@ async def _undo_create(client: FhirClient, resource: dict[str, Any], summary: Un
     ]
     if rtype == "ResearchSubject":  # R4 has no entered-in-error status for a ResearchSubject: withdrawn
         marked = {**_without_meta(current), "status": "withdrawn"}
-    try:
-        written = await _put(client, ref, marked, str(version) if version is not None else None)
-    except ServerError as exc:
-        if exc.status == 412:
-            summary.conflicts.append(f"{ref}: changed while the undo ran: left alone")
-            return None
-        raise
-    summary.marked.append(ref)
+    written = await _put(client, ref, marked, str(version) if version is not None else None, summary)
+    if written is not None:
+        summary.marked.append(ref)
     return written
 
 
@@ -182,14 +186,9 @@ async def _undo_update(
     if dry_run:
         summary.restored.append(ref)
         return None
-    try:
-        written = await _put(client, ref, {**_without_meta(previous), "id": ref.split("/", 1)[1]}, version)
-    except ServerError as exc:
-        if exc.status == 412:
-            summary.conflicts.append(f"{ref}: changed while the undo ran: left alone")
-            return None
-        raise
-    summary.restored.append(ref)
+    written = await _put(client, ref, {**_without_meta(previous), "id": ref.split("/", 1)[1]}, version, summary)
+    if written is not None:
+        summary.restored.append(ref)
     return written
 
 
