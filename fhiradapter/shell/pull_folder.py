@@ -13,7 +13,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from fhiradapter.errors import ConfigError
+from fhiradapter.core.resource_types import is_resource_type
+from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
@@ -35,6 +36,8 @@ class NdjsonSink:
 
     def add(self, resource: dict[str, Any]) -> None:
         rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
+        if not is_resource_type(rtype):  # the pull reports such entries before they get here: a file is never
+            raise ServerError("a resource whose resourceType is not a FHIR R4 resource type reached the pull folder")
         if (rtype, rid) in self.seen:
             return
         self.seen.add((rtype, rid))
