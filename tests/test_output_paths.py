@@ -9,6 +9,8 @@ symbolic links planted in an output folder are never written through; patient-le
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -180,3 +182,134 @@ def test_a_store_holding_a_resource_typed_as_a_path_writes_no_file_for_it(tmp_pa
     assert counts == {"Patient": 1} and len(refused) == 1 and refused[0].startswith("stored resource id x1: its ")
     assert files_under(tmp_path / "run") == ["input/Patient.ndjson"]
     assert not list(tmp_path.glob("escaped*"))
+
+
+# ------------------------------------------------------------------------------------- 7. inputs in --out
+
+
+def evaluate_args(inputs: list[Path], out: Path, *extra: str) -> list[str]:
+    return ["evaluate", *map(str, inputs), "--as-of", "2005-03-31", "--out", str(out), *extra]
+
+
+def site_export(folder: Path, rename: dict[str, str]) -> list[Path]:
+    """The paper cohort as a site's export in ``folder``, some files under other names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in sorted(PAPER.iterdir()):
+        (folder / rename.get(source.name, source.name)).write_bytes(source.read_bytes())
+    return sorted(folder.iterdir())
+
+
+@pytest.mark.parametrize("name", ["clinical.ndjson", "results.json", "rejects.ndjson", "manifest.json.partial"])
+def test_an_input_file_an_output_would_replace_is_refused_before_anything_is_written(tmp_path: Path, name: str) -> None:
+    """Issue 32, 7: ``evaluate *.ndjson --out .`` replaced a site's lab export named clinical.ndjson."""
+    site = tmp_path / "site"
+    inputs = site_export(site, {"Observation.ndjson": name})
+    before = {p.name: p.read_bytes() for p in inputs}
+    result = CliRunner().invoke(main, evaluate_args(inputs, site, "--no-report"))
+    assert result.exit_code == ExitCode.CONFIG == 10, result.output
+    assert f"{site / name} is an input, but --out {site} is where this run writes its {name}" in result.output
+    assert {p.name: p.read_bytes() for p in site.iterdir()} == before  # nothing written, not even the lock
+
+
+def test_an_input_reached_through_a_link_in_out_is_refused_too(tmp_path: Path) -> None:
+    """A link in another folder to ``out/clinical.ndjson``: the run would change what the link reads."""
+    out = tmp_path / "out"
+    site_export(out, {"Observation.ndjson": "clinical.ndjson"})
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "labs.ndjson").symlink_to(out / "clinical.ndjson")
+    result = CliRunner().invoke(main, evaluate_args([inputs / "labs.ndjson", out / "Patient.ndjson"], out))
+    assert result.exit_code == 10 and "where this run writes its clinical.ndjson" in result.output
+
+
+def test_inputs_in_out_by_other_names_are_still_read(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    inputs = site_export(site, {"Observation.ndjson": "labs.ndjson"})
+    result = CliRunner().invoke(main, evaluate_args(inputs, site, "--no-report"))
+    assert result.exit_code == 0, result.output
+    assert (site / "labs.ndjson").read_bytes() == (PAPER / "Observation.ndjson").read_bytes()
+    assert json.loads((site / "summary.json").read_text())["records_read"] > 0
+
+
+# ------------------------------------------------------------------------------------- 9. links in --out, modes
+
+
+def plant(folder: Path, names: list[str], victims: Path) -> dict[Path, str]:
+    """A link in ``folder`` for each name, to a file of its own in ``victims``; what each victim holds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    victims.mkdir(exist_ok=True)
+    held = {}
+    for name in names:
+        victim = victims / f"victim-{name}"
+        victim.write_text(f"not yours: {name}\n")
+        (folder / name).symlink_to(victim)
+        held[victim] = victim.read_text()
+    return held
+
+
+def modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.lstat().st_mode) for p in folder.iterdir() if p.is_file()}
+
+
+@pytest.fixture
+def umask_022() -> Any:
+    """The usual default umask, under which files were created 0644."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_a_link_planted_as_the_lock_is_refused_and_not_written_through(tmp_path: Path) -> None:
+    """Issue 32, 9: a run wrote its pid through ``.fhiradapter.lock`` into the link's target."""
+    out = tmp_path / "out"
+    held = plant(out, [".fhiradapter.lock"], tmp_path / "victims")
+    result = CliRunner().invoke(main, evaluate_args([PAPER], out, "--no-report"))
+    assert result.exit_code == ExitCode.OUTPUT == 16, result.output
+    assert f"cannot write {out / '.fhiradapter.lock'}: it is a symbolic link" in result.output
+    assert {v: v.read_text() for v in held} == held and sorted(p.name for p in out.iterdir()) == [".fhiradapter.lock"]
+
+
+def test_links_planted_as_outputs_and_their_parts_are_replaced_never_written_through(
+    tmp_path: Path, umask_022: Any
+) -> None:
+    """Issue 32, 9 and "also noted": links named as every output or its part; every output is mode 0600."""
+    out = tmp_path / "out"
+    names = ["manifest.json.partial", "results.json.partial", "clinical.ndjson", "summary.json", "report.md"]
+    names += ["rejects.ndjson.partial", "writeback.json", "report-km.png.partial", "summary.json.partial"]
+    held = plant(out, names, tmp_path / "victims")
+    result = CliRunner().invoke(main, evaluate_args([PAPER], out))
+    assert result.exit_code == 0, result.output
+    assert {v: v.read_text() for v in held} == held
+    assert not [p for p in out.iterdir() if p.is_symlink()]
+    written = modes(out)
+    assert {"results.json", "clinical.ndjson", "rejects.ndjson", "writeback.json", "report.html"} <= set(written)
+    assert set(written.values()) == {0o600}, written
+
+
+def test_a_pull_writes_through_no_link_and_its_files_are_private(tmp_path: Path, umask_022: Any) -> None:
+    out = tmp_path / "out"
+    held = plant(out, ["Observation.ndjson.partial", "pull-manifest.json.partial"], tmp_path / "victims")
+    with stub_server(Hostile([])) as stub:
+        args = ["pull", "--server", f"{stub.base}/fhir", "--study", "s1", "--out", str(out), "--no-progress"]
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert {v: v.read_text() for v in held} == held and not [p for p in out.iterdir() if p.is_symlink()]
+    written = modes(out)
+    assert {"Observation.ndjson", "Patient.ndjson", "pull-manifest.json"} <= set(written)
+    assert set(written.values()) == {0o600}, written
+
+
+def test_exports_write_through_no_link_and_are_private(tmp_path: Path, umask_022: Any) -> None:
+    results = tmp_path / "results"
+    assert CliRunner().invoke(main, evaluate_args([PAPER], results, "--no-report")).exit_code == 0
+    csv = tmp_path / "csv"
+    held = plant(csv, ["subjects.csv.partial", "run.json.partial", "data-dictionary.csv"], tmp_path / "victims")
+    for target in (f"csv:{csv}", f"parquet:{tmp_path / 'parquet'}", f"sqlite:///{tmp_path / 'registry.db'}"):
+        result = CliRunner().invoke(main, ["export", str(results), "--to", target])
+        assert result.exit_code == 0, result.output
+    assert {v: v.read_text() for v in held} == held and not [p for p in csv.iterdir() if p.is_symlink()]
+    for folder in (csv, tmp_path / "parquet"):
+        written = modes(folder)
+        assert "subjects.csv" in written or "subjects.parquet" in written
+        assert set(written.values()) == {0o600}, written
+    assert stat.S_IMODE((tmp_path / "registry.db").stat().st_mode) == 0o600

@@ -34,6 +34,7 @@ import orjson
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.fhir_client import FhirClient, origin, retry_after_s
+from fhiradapter.shell.files import open_new, replace, write_new
 from fhiradapter.shell.pull import patient_of
 from fhiradapter.shell.pull_folder import claim_folder, finish_folder
 from fhiradapter.shell.readers import BULK_STATE
@@ -80,9 +81,7 @@ def _load_state(out: Path) -> dict[str, Any] | None:
 
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
-    tmp = out / (STATE + ".partial")
-    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
-    tmp.replace(out / STATE)
+    write_new(out / STATE, orjson.dumps(state, option=orjson.OPT_INDENT_2))
 
 
 async def kick_off(client: FhirClient, group: str | None, types: list[str], since: str | None) -> str:
@@ -194,13 +193,13 @@ async def _search_missing(
         path = out / f"{rtype}-search.ndjson"
         partial = path.with_name(path.name + ".partial")
         n = 0
-        with partial.open("wb") as fh:
+        with open_new(partial) as fh:
             async for resource in client.search(rtype, params):
                 owner = patient_of(resource, client.base)
                 if owner is None or owner in patients:
                     fh.write(orjson.dumps(resource) + b"\n")
                     n += 1
-        partial.replace(path)
+        replace(partial, path)
         summary.files.append(path)
         summary.resources[rtype] += n
         summary.searched.append(rtype)
@@ -252,7 +251,7 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
             finally:
                 client.requests += storage.requests
                 client.retries += storage.retries
-    partial.replace(path)
+    replace(partial, path)
 
 
 def _count_lines(path: Path) -> int:

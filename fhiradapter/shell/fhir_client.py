@@ -43,6 +43,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from fhiradapter import __version__
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import AnswerLost, ConfigError, ServerError
+from fhiradapter.shell.files import open_new
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"
@@ -557,7 +558,7 @@ class FhirClient:
                             response.status_code,
                         )
                     started, received = loop.time(), 0
-                    with path.open("wb") as fh:
+                    with open_new(path) as fh:  # never through a link planted in the folder; mode 0600
                         async for chunk in response.aiter_bytes():
                             fh.write(chunk)
                             received += len(chunk)

@@ -48,6 +48,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import ConfigError, TargetError
 from fhiradapter.shell.database import db_reason, engine_for
+from fhiradapter.shell.files import open_new_text
 from fhiradapter.shell.push import TransactionLimit
 
 SCHEMA_VERSION = 1
@@ -326,7 +327,7 @@ class SyncStore:
                         refused.append(f"stored resource id {rid}: {problem}")
                         continue
                     if rtype not in handles:
-                        handles[rtype] = (folder / f"{rtype}.ndjson").open("w", encoding="utf-8")
+                        handles[rtype] = open_new_text(folder / f"{rtype}.ndjson")  # mode 0600, no link followed
                     handles[rtype].write(body + "\n")
                     counts[rtype] += 1
         finally:
