@@ -153,7 +153,7 @@ def test_sync_dry_run_writes_no_file_a_server_names(tmp_path: Path) -> None:
     with stub_server(Hostile(hostile)) as stub:
         args = ["sync", "--server", f"{stub.base}/fhir", "--study", "s1", "--as-of", "2005-03-31", "--dry-run"]
         result = CliRunner().invoke(main, [*args, "--data-dir", str(data), "--no-progress"])
-    assert result.exit_code in (ExitCode.OK, ExitCode.NOTHING), result.output
+    assert result.exit_code == 0, result.output
     assert victim.read_text() == '{"resourceType":"Observation","id":"theirs"}\n'
     assert files_under(tmp_path / "other-study") == ["Observation.ndjson"]
     assert not [p for p in files_under(tmp_path) if not p.startswith(("data/", "other-study/"))]
@@ -313,3 +313,30 @@ def test_exports_write_through_no_link_and_are_private(tmp_path: Path, umask_022
         assert "subjects.csv" in written or "subjects.parquet" in written
         assert set(written.values()) == {0o600}, written
     assert stat.S_IMODE((tmp_path / "registry.db").stat().st_mode) == 0o600
+
+
+def test_a_bulk_state_file_cannot_name_a_file_outside_the_folder_for_removal(tmp_path: Path) -> None:
+    """bulk-state.json lies in the folder; the names of an earlier pull's files it lists, to be removed once the
+    export is complete, are taken only as plain names of the folder."""
+    victim = tmp_path / "victim.ndjson"
+    victim.write_text("theirs\n")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def server(request: Seen) -> Reply:
+        if request.path.startswith("/fhir/status/1"):
+            output = [{"type": "Patient", "url": "/fhir/f/1"}]
+            return Reply(200, {"transactionTime": "t", "requiresAccessToken": False, "output": output, "error": []})
+        if request.path.startswith("/fhir/f/"):
+            return Reply(200, b'{"resourceType":"Patient","id":"p1"}\n')
+        return Reply(200, {"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+    with stub_server(server) as stub:
+        replaces = ["../victim.ndjson", str(victim), "old.ndjson"]
+        state = {"status_url": f"{stub.base}/fhir/status/1", "done": [], "replaces": replaces}
+        (out / "bulk-state.json").write_text(json.dumps(state))
+        (out / "old.ndjson").write_text('{"resourceType":"Patient","id":"old"}\n')
+        result = CliRunner().invoke(main, ["pull", "--server", f"{stub.base}/fhir", "--bulk", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "theirs\n" and not (out / "old.ndjson").exists()
+    assert "Patient-001.ndjson" in [p.name for p in out.iterdir()]
