@@ -70,7 +70,7 @@ async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:
         if answer is None:
             raise ServerError(f"--study {study}: ResearchStudy/{study} not found on the server")
         resource = answer
-    if resource.get("resourceType") != "ResearchStudy" or unusable(resource):  # its type and id name things
+    if resource.get("resourceType") != "ResearchStudy" or unusable(resource):  # it is kept, so checked as any entry
         raise ServerError(f"--study {study}: the server's answer is not a ResearchStudy with an id")
     return resource
 
