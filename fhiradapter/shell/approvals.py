@@ -7,7 +7,6 @@ of scheduled syncs comes from ``approval.toml`` in the site's mappings folder.
 
 from __future__ import annotations
 
-import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import orjson
 
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, digest, parse_standing_rule
 from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
+from fhiradapter.shell.files import write_new
 
 APPROVAL = "approval.json"
 WRITEBACK = "writeback.json"
@@ -59,13 +59,8 @@ def read_approval(folder: Path) -> Approval | None:
 def write_approval(folder: Path, approval: Approval) -> Path:
     """approval.json, mode 0600, written beside its final name and renamed (a planted link is replaced, not
     followed)."""
-    tmp = folder / f".{APPROVAL}.partial"
     try:
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(msgspec.json.format(msgspec.json.encode(approval), indent=2) + b"\n")
-        tmp.replace(folder / APPROVAL)
+        write_new(folder / APPROVAL, msgspec.json.format(msgspec.json.encode(approval), indent=2) + b"\n")
     except OSError as exc:
         raise OutputError(f"cannot write {folder / APPROVAL}: {exc.strerror}") from None
     return folder / APPROVAL

@@ -10,8 +10,8 @@ export on the server (``DELETE`` on the status URL).
 The access token goes only where it belongs: the status URL must be on the server's own origin (or one the user
 trusted, ``--trust-origin``); output files get the token only when the manifest says ``requiresAccessToken``
 and they are on such an origin, and are fetched without any credential otherwise; anything else is refused,
-naming both origins. File names are made from the output's resource type (checked against
-``RESOURCE_TYPE``) and a counter, never from anything else the server says: an output whose type is not a
+naming both origins. File names are made from the output's resource type (one of FHIR R4's names,
+``core.resource_types``) and a counter, never from anything else the server says: an output whose type is not a
 resource type name is refused and reported, so no file lands outside the folder.
 
 The output folder follows ``pull_folder.claim_folder``: new, empty, or an earlier pull's, whose files are removed
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,8 +31,10 @@ from urllib.parse import urljoin
 
 import orjson
 
-from fhiradapter.errors import ServerError
+from fhiradapter.core.resource_types import is_resource_type
+from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.fhir_client import FhirClient, origin, retry_after_s
+from fhiradapter.shell.files import open_new, replace, write_new
 from fhiradapter.shell.pull import patient_of
 from fhiradapter.shell.pull_folder import claim_folder, finish_folder
 from fhiradapter.shell.readers import BULK_STATE
@@ -52,7 +53,6 @@ DEFAULT_TYPES = (
     "ResearchSubject",
 )
 MAX_WAIT_S = 120.0
-RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # what a file name may be made of (with a counter)
 
 
 @dataclass
@@ -81,9 +81,7 @@ def _load_state(out: Path) -> dict[str, Any] | None:
 
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
-    tmp = out / (STATE + ".partial")
-    tmp.write_bytes(orjson.dumps(state, option=orjson.OPT_INDENT_2))
-    tmp.replace(out / STATE)
+    write_new(out / STATE, orjson.dumps(state, option=orjson.OPT_INDENT_2))
 
 
 async def kick_off(client: FhirClient, group: str | None, types: list[str], since: str | None) -> str:
@@ -125,7 +123,8 @@ async def bulk_pull(
         state = {"status_url": status_url, "group": group, "since": since, "done": [], "replaces": replaces}
         _save_state(out, state)
     else:
-        earlier = [out / str(name) for name in state.get("replaces") or ()]
+        # The state file lies in the folder: only plain names of this folder are taken from it.
+        earlier = [out / name for name in state.get("replaces") or () if _plain_name(name)]
     summary = BulkSummary(str(state["status_url"]), resumed=resumed)
     try:
         manifest = await _wait(client, summary, on_progress, sleep)
@@ -138,7 +137,7 @@ async def bulk_pull(
     done: list[str] = list(state.get("done") or [])
     for n, item in enumerate(manifest.get("output") or (), start=1):
         rtype, url = (item.get("type"), item.get("url")) if isinstance(item, dict) else (None, None)
-        if not (isinstance(rtype, str) and RESOURCE_TYPE.fullmatch(rtype)) or not isinstance(url, str):
+        if not is_resource_type(rtype) or not isinstance(url, str):
             shown = repr(rtype)[:80] if isinstance(rtype, str) else "none"
             summary.refused.append(f"output {n}: its type ({shown}) is not a FHIR resource type; not downloaded")
             continue
@@ -189,16 +188,18 @@ async def _search_missing(
                 patients.update(f"Patient/{orjson.loads(line)['id']}" for line in fh if line.strip())
     params = [("_lastUpdated", f"gt{since}")] if since else []
     for rtype in missing:
+        if not is_resource_type(rtype):  # ours (DEFAULT_TYPES or the caller's): still checked before it names a file
+            raise ConfigError(f"bulk export: {rtype!r} is not a FHIR R4 resource type")
         path = out / f"{rtype}-search.ndjson"
         partial = path.with_name(path.name + ".partial")
         n = 0
-        with partial.open("wb") as fh:
+        with open_new(partial) as fh:
             async for resource in client.search(rtype, params):
                 owner = patient_of(resource, client.base)
                 if owner is None or owner in patients:
                     fh.write(orjson.dumps(resource) + b"\n")
                     n += 1
-        partial.replace(path)
+        replace(partial, path)
         summary.files.append(path)
         summary.resources[rtype] += n
         summary.searched.append(rtype)
@@ -250,7 +251,7 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
             finally:
                 client.requests += storage.requests
                 client.retries += storage.retries
-    partial.replace(path)
+    replace(partial, path)
 
 
 def _count_lines(path: Path) -> int:
@@ -271,3 +272,14 @@ def _outcome_lines(path: Path) -> list[str]:
                     str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code"))
                 )
     return out
+
+
+def _plain_name(name: Any) -> bool:
+    """Whether ``name`` is a file name of this folder alone (no folder part, no ``..``)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\0" not in name
+    )

@@ -1,7 +1,8 @@
 """The database connection the sync store and the registry export share: SQLite or PostgreSQL, by URL.
 
 A password is never taken from the URL (command lines are visible to every user of the machine): PostgreSQL
-reads it from PGPASSWORD or ~/.pgpass through libpq. A driver's error is reported by its first line only.
+reads it from PGPASSWORD or ~/.pgpass through libpq. A driver's error is reported by its first line only. A new
+SQLite file is created with mode 0600 (SQLite gives its journals the database file's mode).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.errors import ConfigError
+from fhiradapter.shell.files import create_private
 
 
 def engine_for(url: str) -> Engine:
@@ -24,6 +26,8 @@ def engine_for(url: str) -> Engine:
         path = url.removeprefix("sqlite:///")
         if path and path != url and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            if "?" not in path and Path(path).parent.is_dir():
+                create_private(Path(path))  # mode 0600 when new (SQLite would follow the umask): patient data
         return create_engine(url)
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         if parts.password:

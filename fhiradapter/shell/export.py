@@ -29,8 +29,9 @@ from fhiradapter.core.registry import Pseudonymiser, RunInfo, SubjectView, cohor
 from fhiradapter.core.sdtm import DATASETS, ExportMappings, SdtmBuilder, data_dictionary, parse_export_mappings
 from fhiradapter.core.spreadsheet import csv_cell
 from fhiradapter.errors import ConfigError, InputError, NothingEvaluated, TargetError
+from fhiradapter.shell.files import open_new, open_new_text, replace, write_new
 from fhiradapter.shell.mappings_io import default_mappings_dir
-from fhiradapter.shell.out_folder import check_manifest, file_digest
+from fhiradapter.shell.out_folder import MANIFEST, check_manifest, file_digest, inputs_in_the_way
 
 KEY_ENV = "FHIRADAPTER_PSEUDONYM_KEY"
 Format = Literal["tables", "sdtm"]
@@ -376,6 +377,7 @@ def export(
             f"{results_dir}: the run evaluated no one (0 study subjects; its rejects.ndjson says why): "
             "nothing to export"
         )
+    read = [results_dir / name for name in ("results.json", "clinical.ndjson", MANIFEST)]  # none may be written
     if fmt == "sdtm" and not reader.has_extract:
         raise InputError(
             f"{results_dir / 'clinical.ndjson'} not found: SDTM datasets need it; re-run evaluate with this version"
@@ -386,14 +388,14 @@ def export(
     if fmt == "sdtm":
         cfg = load_export_mappings(mappings_dir)
         bundles = in_key_order(((v.key, _sdtm_rows(cfg, v)) for v in views), spool, pseudo is not None)
-        return _export_files(target, info, bundles, _sdtm_types(), data_dictionary(), None, progress)
+        return _export_files(target, info, bundles, _sdtm_types(), data_dictionary(), None, progress, read)
     bundles = in_key_order(((v.key, _sort_rows(table_rows(v))) for v in views), spool, pseudo is not None)
     if target.kind == "sql":
         return _export_sql(target, info, bundles, reader.cohort_row, progress)
     from fhiradapter.shell import registry_db as db  # noqa: PLC0415 - SQLAlchemy only when needed
 
     types = {t.name: {c.name: _sql_kind(c.type) for c in t.columns} for t in (db.runs, *db.RUN_TABLES)}
-    return _export_files(target, info, bundles, types, _table_dictionary(), reader.cohort_row, progress)
+    return _export_files(target, info, bundles, types, _table_dictionary(), reader.cohort_row, progress, read)
 
 
 def _sdtm_rows(cfg: ExportMappings, view: SubjectView) -> Rows:
@@ -475,11 +477,12 @@ class _FileSink:
         self.counts = dict.fromkeys(types, 0)
         self._csv: dict[str, tuple[Any, Any]] = {}
         self._parquet: dict[str, Any] = {}
+        self._parquet_files: list[Any] = []  # the files the Parquet writers write into (created here: files.py)
         self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in types}
         for name, columns in types.items():
             path = self._partial(name)
             if kind == "csv":
-                fh = path.open("w", newline="", encoding="utf-8")
+                fh = open_new_text(path, newline="")
                 writer = csv.writer(fh)
                 writer.writerow(list(columns))
                 self._csv[name] = (fh, writer)
@@ -504,7 +507,8 @@ class _FileSink:
         rows, self._buffers[name] = self._buffers[name], []
         table = _arrow_table(rows, self.types[name])
         if name not in self._parquet:
-            self._parquet[name] = pq.ParquetWriter(self._partial(name), table.schema)
+            self._parquet_files.append(open_new(self._partial(name)))
+            self._parquet[name] = pq.ParquetWriter(self._parquet_files[-1], table.schema)
         if rows:
             self._parquet[name].write_table(table)
 
@@ -517,12 +521,14 @@ class _FileSink:
                     self._flush(name)
             for writer in self._parquet.values():
                 writer.close()
+            for fh in self._parquet_files:
+                fh.close()
         done = []
         for name in self.types:
             partial = self._partial(name)
             if complete:
                 final = self.folder / f"{name}.{self.ext}"
-                partial.replace(final)
+                replace(partial, final)
                 done.append(final)
             else:
                 partial.unlink(missing_ok=True)
@@ -537,8 +543,12 @@ def _export_files(
     dictionary: list[dict[str, Any]],
     cohort: Callable[[], dict[str, Any]] | None,
     progress: Callable[[int], None] | None,
+    inputs: list[Path],
 ) -> ExportSummary:
     folder = Path(target.location)
+    ext = "csv" if target.kind == "csv" else "parquet"
+    names = {f"{name}.{ext}" for name in types} | {"data-dictionary.csv", "run.json"}
+    inputs_in_the_way(folder, inputs, lambda name: name.removesuffix(".partial") in names, option="--to")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         # run.json goes first and comes back last, naming every file with its sha256: a folder without it, or
@@ -568,9 +578,7 @@ def _export_files(
         files = sink.close(complete)
     _write_csv(folder / "data-dictionary.csv", list(dictionary[0]), dictionary)
     digests = {p.name: file_digest(p) for p in [*files, folder / "data-dictionary.csv"]}
-    partial = folder / "run.json.partial"
-    partial.write_bytes(orjson.dumps({**info.__dict__, "files": digests}, option=orjson.OPT_INDENT_2))
-    partial.replace(folder / "run.json")
+    write_new(folder / "run.json", orjson.dumps({**info.__dict__, "files": digests}, option=orjson.OPT_INDENT_2))
     lines = [(name, n, 0, 0) for name, n in sink.counts.items() if name != "runs"]
     return ExportSummary(
         info, target, True, False, lines, [*files, folder / "data-dictionary.csv", folder / "run.json"]
@@ -585,11 +593,11 @@ def _cells(columns: list[str], rows: list[dict[str, Any]]) -> Iterator[list[Any]
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(path.name + ".partial")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with open_new_text(tmp, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
         writer.writerows(_cells(columns, rows))
-    tmp.replace(path)
+    replace(tmp, path)
 
 
 def _arrow_table(rows: list[dict[str, Any]], types: dict[str, str]) -> Any:

@@ -41,7 +41,9 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from fhiradapter import __version__
+from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import AnswerLost, ConfigError, ServerError
+from fhiradapter.shell.files import open_new
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"
@@ -556,7 +558,7 @@ class FhirClient:
                             response.status_code,
                         )
                     started, received = loop.time(), 0
-                    with path.open("wb") as fh:
+                    with open_new(path) as fh:  # never through a link planted in the folder; mode 0600
                         async for chunk in response.aiter_bytes():
                             fh.write(chunk)
                             received += len(chunk)
@@ -725,8 +727,9 @@ def unusable(resource: Any) -> str | None:
     """Why a search entry's resource cannot be kept (None when it can)."""
     if not isinstance(resource, dict):
         return "no resource"
-    if not isinstance(resource.get("resourceType"), str) or not resource["resourceType"]:
-        return "resource without resourceType"
+    problem = type_problem(resource.get("resourceType"))  # a type names files (pull, sync): R4's names only
+    if problem:
+        return problem
     if not isinstance(resource.get("id"), str) or not resource["id"]:
         return f"{resource['resourceType']} without id"
     return None

@@ -1,10 +1,12 @@
 """A run's output folder: one run at a time, never inside an input, write failures named, the set published whole.
 
 - ``claim_output``: refuses an ``--out`` that is an input folder or lies inside one (the next run would read the
-  outputs as input); creates it; takes an exclusive lock on ``.fhiradapter.lock`` that the OS releases when
-  the process ends, however it ends (``kill -9`` included), so a second run into the same folder fails at once
-  (:class:`OutputBusy`, exit 14), naming the folder and the holder's pid; removes the spill folders that dead
-  runs left (a live run would hold the lock).
+  outputs as input), and an input file in ``--out`` that an output would replace (``inputs_in_the_way``:
+  ``evaluate *.ndjson --out .`` with a site's own ``clinical.ndjson``); creates it; takes an exclusive lock on
+  ``.fhiradapter.lock`` (never through a symbolic link) that the OS releases when the process ends, however it
+  ends (``kill -9`` included), so a second run into the same folder fails at once (:class:`OutputBusy`, exit
+  14), naming the folder and the holder's pid; removes the spill folders that dead runs left (a live run would
+  hold the lock).
 - ``writing``: an ``OSError`` while writing (permission denied, read-only file system, disk full, a path under
   a regular file) becomes an :class:`OutputError` (exit 16) naming the path and the cause.
 - The manifest: ``manifest.json`` is written last, after every other output is in place, with the run's id,
@@ -21,13 +23,15 @@ import fcntl
 import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+import stat
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from fhiradapter.errors import ConfigError, InputError, OutputBusy, OutputError
+from fhiradapter.shell.files import FILE_MODE, open_new, replace
 
 LOCK = ".fhiradapter.lock"
 MANIFEST = "manifest.json"
@@ -52,13 +56,39 @@ def writing(path: Path) -> Iterator[None]:
             errno.EPERM: "permission denied",
             errno.ENOTDIR: "a part of the path is a file, not a folder",
             errno.EEXIST: "a file of that name is in the way",
+            errno.ELOOP: "it is a symbolic link, which a run never writes through",
         }.get(exc.errno or 0, exc.strerror or type(exc).__name__)
         raise OutputError(f"cannot write {where}: {cause}") from None
 
 
+def inputs_in_the_way(out: Path, inputs: Iterable[Path], writes: Callable[[str], bool], option: str = "--out") -> None:
+    """Refuse (ConfigError) an input file that writing into ``out`` would replace or remove: one directly in
+    ``out`` (by its own name, or where a link to it leads) whose name ``writes`` says a run writes, or one
+    inside a spill folder there (a run removes those). Nothing has been written when this is called."""
+    here = out.resolve()
+    for given in inputs:
+        if not given.is_file():
+            continue
+        for where in (given.absolute().parent.resolve() / given.name, given.resolve()):
+            spill = here in where.parents and where.relative_to(here).parts[0].startswith(SPILL_PREFIX)
+            if (where.parent == here and writes(where.name)) or spill:
+                raise ConfigError(
+                    f"{given} is an input, but {option} {out} is where this run writes its {where.name}: it would be "
+                    f"replaced. Move the input out of {out}, or choose another {option}"
+                )
+
+
+def output_names(names: Collection[str]) -> Callable[[str], bool]:
+    """Whether a run writing ``names`` into its folder (with its lock and manifest) writes a file of that name,
+    or its part (``NAME.partial``)."""
+    ours = {*names, LOCK, MANIFEST}
+    return lambda name: name.removesuffix(".partial") in ours
+
+
 @contextlib.contextmanager
-def claim_output(out: Path, inputs: list[Path]) -> Iterator[Path]:
-    """Make ``out`` this run's, for as long as the ``with`` lasts (see the module docstring)."""
+def claim_output(out: Path, inputs: list[Path], writes: Collection[str] = ()) -> Iterator[Path]:
+    """Make ``out`` this run's, for as long as the ``with`` lasts (see the module docstring); ``writes``: the
+    names of the files the run may write or remove in ``out``."""
     here = out.resolve()
     for folder in inputs:
         if folder.is_dir():
@@ -68,9 +98,10 @@ def claim_output(out: Path, inputs: list[Path]) -> Iterator[Path]:
                     f"--out {out} lies inside the input folder {folder}: the next run would read its outputs as "
                     "input. Choose a folder outside the inputs"
                 )
+    inputs_in_the_way(out, inputs, output_names(writes))
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        handle = (out / LOCK).open("a+")
+        handle = _open_lock(out / LOCK)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -93,6 +124,26 @@ def claim_output(out: Path, inputs: list[Path]) -> Iterator[Path]:
         handle.close()  # closing the file releases the lock
 
 
+def _open_lock(path: Path) -> Any:
+    """The lock file, created with mode 0600 if missing; a symbolic link there (or a file with other names, a
+    hard link) is refused, not written through (its pid would land in the file it leads to)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(
+                f"cannot write {path}: it is a symbolic link, which a run never writes through; remove it"
+            ) from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise OutputError(
+            f"cannot write {path}: it is not a plain file of its own (a hard link, or not a file); remove it"
+        )
+    return os.fdopen(fd, "r+")
+
+
 def file_digest(path: Path) -> str:
     with path.open("rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -109,8 +160,9 @@ def write_manifest(out: Path, run: dict[str, Any], files: list[str]) -> None:
     entries = {name: file_digest(out / name) for name in sorted(files) if (out / name).exists()}
     tmp = out / (MANIFEST + ".partial")
     with writing(tmp):
-        tmp.write_bytes(orjson.dumps({**run, "files": entries}, option=orjson.OPT_INDENT_2))
-        tmp.replace(out / MANIFEST)
+        with open_new(tmp) as fh:
+            fh.write(orjson.dumps({**run, "files": entries}, option=orjson.OPT_INDENT_2))
+        replace(tmp, out / MANIFEST)
 
 
 def check_manifest(folder: Path, needed: list[str]) -> dict[str, Any]:

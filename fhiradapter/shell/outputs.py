@@ -2,7 +2,8 @@
 
 The workers leave their parts in the spill folder (per-patient blobs with an index); these functions join
 them in patient order into results.json, clinical.ndjson, candidates.ndjson, rejects.ndjson, writeback.json
-and writeback-plan.ndjson. A reader sees an old file or a new one, never a part.
+and writeback-plan.ndjson. A reader sees an old file or a new one, never a part. Each part is created afresh
+(never through a link planted in the folder) with mode 0600: ``files``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from fhiradapter.core.evaluate import report_row
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
+from fhiradapter.shell.files import open_new, replace, write_new
 from fhiradapter.shell.out_folder import write_manifest
 
 
 def publish(tmp: Path, target: Path) -> None:
     """Rename a finished file over ``target``: readers see the old file or the new one, never a part."""
-    tmp.replace(target)
+    replace(tmp, target)
 
 
 def write_results(
@@ -45,7 +47,7 @@ def write_results(
     tmp = out / "results.json.partial"
     handles: dict[str, BinaryIO] = {}
     try:
-        with tmp.open("wb") as fh:
+        with open_new(tmp) as fh:
             # One subject per line (still one JSON document): readable, and `export` streams it line by line.
             fh.write(orjson.dumps(header)[:-1] + b',"subjects":[\n')
             for n, (_pid, name, offset, length) in enumerate(sorted(subject_index)):
@@ -68,7 +70,7 @@ def write_sorted_lines(
     handles: dict[str, BinaryIO] = {}
     tmp = target.with_name(target.name + ".partial")
     try:
-        with tmp.open("wb") as fh:
+        with open_new(tmp) as fh:
             for _pid, name, offset, length in sorted(index):
                 if name not in handles:
                     handles[name] = (spill / name).open("rb")
@@ -86,7 +88,7 @@ def write_sorted_lines(
 def concatenate(parts: list[Path], target: Path) -> None:
     """Join the workers' part files into ``target``, written beside it and renamed when complete."""
     tmp = target.with_name(target.name + ".partial")
-    with tmp.open("wb") as fh:
+    with open_new(tmp) as fh:
         for part in parts:
             with part.open("rb") as src:
                 shutil.copyfileobj(src, fh)
@@ -140,7 +142,7 @@ def write_writeback(
             for _pid, name, offset, length, tail in index
             for t in read(name, offset + length, tail).decode().split("\n")
         ]
-        with tmp.open("wb") as fh:
+        with open_new(tmp) as fh:
             fh.write(b'{"resourceType":"Bundle","type":"transaction","entry":[')
             for n, (_pid, name, offset, length, _tail) in enumerate(index):
                 entry = read(name, offset, length)
@@ -271,9 +273,6 @@ def write_held(folder: Path, bundle: dict[str, Any], plan_lines: list[dict[str, 
         ("writeback.json", orjson.dumps(bundle)),
         ("writeback-plan.ndjson", b"".join(orjson.dumps(line) + b"\n" for line in plan_lines)),
     ):
-        tmp = folder / f"{name}.partial"
-        tmp.unlink(missing_ok=True)
-        tmp.write_bytes(data)
-        publish(tmp, folder / name)
+        write_new(folder / name, data)  # mode 0600, never through a link
     write_manifest(folder, {"held_for_approval": True}, ["writeback.json", "writeback-plan.ndjson"])
     return folder

@@ -52,6 +52,7 @@ from fhiradapter.core.writeback import (
     plan_patient,
 )
 from fhiradapter.errors import ConfigError, InputError
+from fhiradapter.shell.files import write_new
 from fhiradapter.shell.mappings_io import ucum_factor
 from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manifest, write_manifest, writing
 from fhiradapter.shell.outputs import (
@@ -88,6 +89,18 @@ WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
 REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
 NOT_READ = "(file not read)"  # the "resource type" counted for a file of an input folder that is not read
 CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (docs/protocol.md §1)
+# Every file a run may write or remove in --out (whatever its options): an input by one of these names there is
+# refused before anything is written (``out_folder.inputs_in_the_way``).
+OUTPUT_FILES = (
+    "results.json",
+    "clinical.ndjson",
+    "rejects.ndjson",
+    "summary.json",
+    CANDIDATES_FILE,
+    *WRITEBACK_FILES,
+    *REPORT_FILES,
+    "approval.json",  # removed by each run: an approval is of the write-back it reviewed
+)
 
 
 @dataclass
@@ -269,7 +282,7 @@ def run_evaluate(
         results_dir,
         on_writeback,
     )
-    with claim_output(out, inputs), writing(out):
+    with claim_output(out, inputs, OUTPUT_FILES), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
         with writing(out / "approval.json"):  # an approval is of the write-back it reviewed, not of this run's
             (out / "approval.json").unlink(missing_ok=True)
@@ -489,7 +502,7 @@ def publish_run(
     clock.lap("report")
     summary["seconds"] = clock.seconds  # in summary.json, not in results.json (which stays reproducible)
     summary["worker_cpu_seconds"] = done.cpu
-    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    write_new(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     written = ["rejects.ndjson", "summary.json"]
     written += ["results.json", "clinical.ndjson"] if elsewhere is None else []
     written += list(WRITEBACK_FILES) if run.writeback else []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.fhir_client import Capability, FhirClient
+from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.pull_folder import NdjsonSink, claim_folder, finish_folder, first_few
 
 # What evaluate reads per patient, and the search parameter naming the patient for each type.
@@ -72,10 +72,14 @@ async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:
         found = [r for r in found if tuple(wanted) in study_identifiers(r)]
         if len(found) != 1:
             raise ServerError(f"--study {study}: {len(found)} ResearchStudy resources have this identifier; need one")
-        return found[0]
-    resource = await client.read("ResearchStudy", study)
-    if resource is None:
-        raise ServerError(f"--study {study}: ResearchStudy/{study} not found on the server")
+        resource = found[0]
+    else:
+        answer = await client.read("ResearchStudy", study)
+        if answer is None:
+            raise ServerError(f"--study {study}: ResearchStudy/{study} not found on the server")
+        resource = answer
+    if resource.get("resourceType") != "ResearchStudy" or unusable(resource):  # it is kept, so checked as any entry
+        raise ServerError(f"--study {study}: the server's answer is not a ResearchStudy with an id")
     return resource
 
 
@@ -273,8 +277,13 @@ async def pull_into(
     async def read(ref: str) -> None:
         rtype, rid = ref.split("/", 1)
         resource = await client.read(rtype, rid)
-        if resource is not None:
-            add(resource)
+        if resource is None:
+            return
+        problem = unusable(resource)  # its type names a file: it must be the type asked for
+        if problem or resource["resourceType"] != rtype:
+            client.skipped.append(f"read {ref}: {problem or f'the answer is not a {rtype}'}")
+            return
+        add(resource)
 
     @contextlib.contextmanager
     def changes_refused() -> Iterator[None]:

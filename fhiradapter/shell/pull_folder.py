@@ -13,7 +13,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from fhiradapter.errors import ConfigError
+from fhiradapter.core.resource_types import is_resource_type
+from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.shell.files import open_new, replace, write_new
 from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
@@ -35,11 +37,13 @@ class NdjsonSink:
 
     def add(self, resource: dict[str, Any]) -> None:
         rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
+        if not is_resource_type(rtype):  # the pull reports such entries before they get here: a file is never
+            raise ServerError("a resource whose resourceType is not a FHIR R4 resource type reached the pull folder")
         if (rtype, rid) in self.seen:
             return
         self.seen.add((rtype, rid))
         if rtype not in self.handles:
-            self.handles[rtype] = (self.folder / f"{rtype}.ndjson.partial").open("wb")
+            self.handles[rtype] = open_new(self.folder / f"{rtype}.ndjson.partial")
         self.handles[rtype].write(orjson.dumps(resource) + b"\n")
         self.counts[rtype] += 1
 
@@ -50,7 +54,7 @@ class NdjsonSink:
             partial = self.folder / f"{rtype}.ndjson.partial"
             if complete:
                 final = self.folder / f"{rtype}.ndjson"
-                partial.replace(final)
+                replace(partial, final)
                 done.append(final)
             else:
                 partial.unlink(missing_ok=True)
@@ -103,7 +107,7 @@ def _listed(out: Path) -> set[str]:
 def finish_folder(out: Path, manifest: dict[str, Any], earlier: list[Path], files: list[Path]) -> list[str]:
     """Write the complete pull's manifest (with its files), then remove the earlier pull's files not rewritten."""
     names = sorted(p.name for p in files)
-    (out / PULL_MANIFEST).write_bytes(orjson.dumps({**manifest, "files": names}, option=orjson.OPT_INDENT_2))
+    write_new(out / PULL_MANIFEST, orjson.dumps({**manifest, "files": names}, option=orjson.OPT_INDENT_2))
     removed = []
     for path in earlier:
         if path.name not in names and path.exists():

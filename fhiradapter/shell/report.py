@@ -23,6 +23,7 @@ from typing import Any
 
 from fhiradapter import __version__
 from fhiradapter.core.eligibility import CRITERION_LABELS
+from fhiradapter.shell.files import write_new
 
 SWIMMER_MAX = 60  # patients drawn in the swimmer plot (the longest treatments when there are more)
 TABLE_MAX = 200  # rows of a per-patient table; results.json has every patient
@@ -480,7 +481,7 @@ def write_report(
     images = _figures(digest)
     for key in ("km", "swimmer"):  # a figure this cohort has none of must not be left from an earlier run
         if key in images:
-            (out / f"report-{key}.png").write_bytes(images[key])
+            write_new(out / f"report-{key}.png", images[key])
         else:
             (out / f"report-{key}.png").unlink(missing_ok=True)
     protocol = header["protocol"]
@@ -490,7 +491,5 @@ def write_report(
         f"fhiradapter {__version__} · {len(header['inputs'])} input file(s) · "
         f"rules: {protocol.get('rules', 'docs/protocol.md')} (sections cited as §N)"
     )
-    (out / "report.md").write_text(
-        render_markdown(title, meta, sections, {k: f"report-{k}.png" for k in images}), encoding="utf-8"
-    )
-    (out / "report.html").write_text(render_html(title, meta, sections, images), encoding="utf-8")
+    write_new(out / "report.md", render_markdown(title, meta, sections, {k: f"report-{k}.png" for k in images}))
+    write_new(out / "report.html", render_html(title, meta, sections, images))

@@ -45,8 +45,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import ConfigError, TargetError
 from fhiradapter.shell.database import db_reason, engine_for
+from fhiradapter.shell.files import open_new_text
 from fhiradapter.shell.push import TransactionLimit
 
 SCHEMA_VERSION = 1
@@ -302,29 +304,36 @@ class SyncStore:
             )
             return int(result.rowcount)
 
-    def write_ndjson(self, server: str, study: str, folder: Path) -> Counter[str]:
-        """Every live resource of the study into ``folder/<Type>.ndjson`` (the input of evaluate)."""
+    def write_ndjson(self, server: str, study: str, folder: Path) -> tuple[Counter[str], list[str]]:
+        """Every live resource of the study into ``folder/<Type>.ndjson`` (the input of evaluate); returns the
+        count per type, and the resources left out because their type is not a FHIR R4 resource type name
+        (a pull reports those and never stores them, but a store written before that check may hold some)."""
         folder.mkdir(parents=True, exist_ok=True)
         for old in folder.glob("*.ndjson"):
             old.unlink()
         counts: Counter[str] = Counter()
+        refused: list[str] = []
         handles: dict[str, Any] = {}
         try:
             with self.engine.connect() as conn:
                 query = (
-                    select(resources.c.rtype, resources.c.body)
+                    select(resources.c.rtype, resources.c.rid, resources.c.body)
                     .where(resources.c.server == server, resources.c.study == study, resources.c.deleted.is_(False))
                     .order_by(resources.c.rtype, resources.c.rid)
                 )
-                for rtype, body in conn.execution_options(stream_results=True).execute(query):
+                for rtype, rid, body in conn.execution_options(stream_results=True).execute(query):
+                    problem = type_problem(rtype)  # the type names the file: never a path of the server's choosing
+                    if problem:
+                        refused.append(f"stored resource id {rid}: {problem}")
+                        continue
                     if rtype not in handles:
-                        handles[rtype] = (folder / f"{rtype}.ndjson").open("w", encoding="utf-8")
+                        handles[rtype] = open_new_text(folder / f"{rtype}.ndjson")  # mode 0600, no link followed
                     handles[rtype].write(body + "\n")
                     counts[rtype] += 1
         finally:
             for fh in handles.values():
                 fh.close()
-        return counts
+        return counts, refused
 
 
 def _key(server: str, study: str, rtype: str, rid: str) -> tuple[Any, ...]:

@@ -395,7 +395,11 @@ def _evaluate(
     are forked from a process whose only other threads are idle.
     """
     folder = out / "input"
-    store.write_ndjson(server, opts.study, folder)
+    _counts, refused = store.write_ndjson(server, opts.study, folder)
+    if refused:
+        summary.warnings.append(
+            f"{len(refused)} stored resource(s) left out of the evaluation: {first_few(refused, sep='; ')}"
+        )
     handed: list[Writeback] = []
     result = run_evaluate(
         [folder],
