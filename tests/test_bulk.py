@@ -38,6 +38,7 @@ class FakeExport:
         self.polls, self.errors, self.requires_token = polls, errors, requires_token
         self.patient_url = patient_url or f"{BASE}/files/p.ndjson"  # another host: cloud storage
         self.log: list[str] = []
+        self.broken: set[str] = set()  # files answered 404
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -61,6 +62,8 @@ class FakeExport:
                 "error": [{"type": "OperationOutcome", "url": f"{BASE}/files/e.ndjson"}] if self.errors else [],
             }
             return httpx.Response(200, json=manifest)
+        if path.rsplit("/", 1)[-1] in self.broken:
+            return httpx.Response(404)
         if path.endswith("/files/p.ndjson"):
             return httpx.Response(200, content=b'{"resourceType":"Patient","id":"p1"}\n')
         if path.endswith("/files/o.ndjson"):
@@ -110,21 +113,30 @@ def test_error_files_are_reported_and_kept_apart_from_the_data(tmp_path: Path) -
 
 
 def test_an_interrupted_pull_resumes_the_same_export(tmp_path: Path) -> None:
-    (tmp_path / STATE).write_text(json.dumps({"status_url": f"{BASE}/status/1", "done": [f"{BASE}/files/p.ndjson"]}))
-    (tmp_path / "Patient-001.ndjson").write_text('{"resourceType":"Patient","id":"p1"}\n')
+    """A pull that fails after the kick-off keeps its folder beside --out, and the export: run again, it resumes."""
+    out = tmp_path / "out"
     server = FakeExport(polls=0)
-    summary, _, _ = run(server, tmp_path)
+    server.broken.add("o.ndjson")
+    with pytest.raises(ServerError):
+        run(server, out)
+    assert not out.exists() and "DELETE /r4/status/1" not in server.log  # nothing in place; the export kept
+    server.broken.clear()
+    server.log.clear()
+    summary, _, _ = run(server, out)
     assert summary.resumed and not any("$export" in line for line in server.log)  # no second kick-off
     assert "GET /r4/files/p.ndjson" not in server.log and "GET /r4/files/o.ndjson" in server.log
-    assert summary.resources == {"Patient": 1, "Observation": 2} and not (tmp_path / STATE).exists()
+    assert summary.resources == {"Patient": 1, "Observation": 2} and not (out / STATE).exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the folder it was written in is the pull's now
 
 
 def test_an_export_replaces_an_earlier_pull_when_complete_even_across_a_resume(tmp_path: Path) -> None:
-    """The earlier pull's files stay while the export runs (it may never finish) and go once it is complete."""
+    """The earlier pull stays as it was while the export runs (it may never finish), and is replaced whole once
+    it is complete."""
     earlier = ["Condition.ndjson", "Observation.ndjson", "Patient.ndjson"]
     for name in earlier:
         (tmp_path / name).write_text("{}\n")
     (tmp_path / "pull-manifest.json").write_text(json.dumps({"files": earlier}))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
     async def stop(seconds: float) -> None:
         raise KeyboardInterrupt  # the first run is stopped while the export is being prepared
@@ -136,12 +148,13 @@ def test_an_export_replaces_an_earlier_pull_when_complete_even_across_a_resume(t
 
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(first())
-    assert sorted(p.name for p in tmp_path.glob("*.ndjson")) == earlier  # nothing removed yet
-    # A resumed export remembers which files it replaces (the folder by then also holds its own downloads).
-    state = {"status_url": f"{BASE}/status/1", "done": [f"{BASE}/files/p.ndjson"], "replaces": earlier}
-    (tmp_path / STATE).write_text(json.dumps(state))
-    (tmp_path / "Patient-001.ndjson").write_text('{"resourceType":"Patient","id":"p1"}\n')
-    summary, _, _ = run(FakeExport(polls=0), tmp_path)
+    server = FakeExport(polls=0)
+    server.broken.add("o.ndjson")
+    with pytest.raises(ServerError):  # the second fails part-way, after the Patient file
+        run(server, tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing removed, nothing added
+    server.broken.clear()
+    summary, _, _ = run(server, tmp_path)
     assert summary.resumed and summary.replaced == earlier
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "Observation-002.ndjson",
