@@ -16,6 +16,7 @@ import pytest
 from builders import AS_OF, ROOT
 from click.testing import CliRunner
 from fhir_server import load_input, sekmet_server
+from stub_server import Reply, Seen, Stub, stub_server
 
 from fhiradapter.cli import main
 from fhiradapter.errors import ServerError
@@ -259,3 +260,131 @@ def test_bulk_pull_from_a_real_server_gives_the_results_of_the_files(tmp_path: P
         grouped = evaluate(tmp_path / "g", tmp_path / "ge")
         assert [s["patient"] for s in grouped["subjects"]] == [f"Patient/thal-0{n}" for n in range(1, 9)]
         assert grouped["cohort"]["orr"] == files["cohort"]["orr"]
+
+
+# ------------------------------------------------------------------------------ through the CLI, on real sockets
+
+
+class BulkStub:
+    """A Bulk Data server on a real socket: ``files`` (name -> body, or None for a 404) in its manifest, in order;
+    every search answered with an empty searchset unless ``searches_fail`` (then a 400)."""
+
+    def __init__(self, files: dict[str, bytes | None]) -> None:
+        self.files = files
+        self.searches_fail = False
+        self.exports = 0
+
+    def __call__(self, request: Seen) -> Reply:
+        path = request.path.split("?", 1)[0]
+        if path.endswith("$export"):
+            self.exports += 1
+            return Reply(202, headers={"Content-Location": f"/fhir/status/{self.exports}"})
+        if path.startswith("/fhir/status/"):
+            if request.method == "DELETE":
+                return Reply(202)
+            output = [{"type": name.split("-")[0], "url": f"/fhir/files/{name}"} for name in self.files]
+            return Reply(200, {"transactionTime": "t1", "requiresAccessToken": False, "output": output, "error": []})
+        if path.startswith("/fhir/files/"):
+            body = self.files[path.rsplit("/", 1)[-1]]
+            return Reply(404, {"resourceType": "OperationOutcome", "issue": []}) if body is None else Reply(200, body)
+        if self.searches_fail:
+            return Reply(400, {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "no search today"}]})
+        return Reply(200, {"resourceType": "Bundle", "type": "searchset", "entry": []})
+
+
+def bulk_cli(base: str, out: Path) -> Any:
+    return CliRunner().invoke(main, ["pull", "--server", f"{base}/fhir", "--bulk", "--out", str(out)])
+
+
+def deleted(stub: Stub) -> list[str]:
+    return [r.path for r in stub.seen if r.method == "DELETE"]
+
+
+def test_bad_lines_in_a_bulk_file_are_rejects_listed_in_the_pull_folder_not_a_crash(tmp_path: Path) -> None:
+    """Issue 32.4: one bad line crashed the pull (KeyError, JSONDecodeError, TypeError; exit 1) after the export
+    was deleted on the server, and left a file that blocked the next run."""
+    patients = b"\n".join(
+        [
+            b'{"resourceType":"Patient","id":"p1"}',
+            b'{"resourceType":"Patient","id":"p2","na',  # cut off
+            b"[1, 2]",  # no resource
+            b'{"resourceType":"Patient","name":[{"family":"X"}]}',  # no id
+            b'{"resourceType":"Patient","id":"p3"}',
+        ]
+    )
+    subjects = b'{"resourceType":"ResearchSubject","id":"rs1","individual":{"reference":"Patient/p1"}}\n'
+    server = BulkStub({"Patient-a.ndjson": patients + b"\n", "ResearchSubject-b.ndjson": subjects})
+    out = tmp_path / "pulled"
+    with stub_server(server) as stub:
+        result = bulk_cli(stub.base, out)
+        assert result.exit_code == 0, result.output
+        assert deleted(stub) == ["/fhir/status/1"]  # the pull is whole: the server may delete the export
+    assert "Patient 2, ResearchStudy 0, ResearchSubject 1." in result.output
+    assert "rejected: 3 line(s) of the export are no resource evaluate can read" in result.output
+    assert "Patient-001.ndjson line 2 (malformed-json), Patient-001.ndjson line 3 (not-a-resource)" in result.output
+    rejects = [json.loads(line) for line in (out / "pull-rejects.ndjson").read_text().splitlines()]
+    assert [(r["file"], r["locator"], r["code"], r["resourceType"]) for r in rejects] == [
+        ("Patient-001.ndjson", "line 2", "malformed-json", None),
+        ("Patient-001.ndjson", "line 3", "not-a-resource", None),
+        ("Patient-001.ndjson", "line 4", "missing-id", "Patient"),
+    ]
+    assert set(rejects[0]) == {"file", "locator", "resourceType", "id", "code", "reason"}  # evaluate's fields
+    assert "X" not in (out / "pull-rejects.ndjson").read_text()  # no record content
+    manifest = json.loads((out / "pull-manifest.json").read_text())
+    assert manifest["rejected"] == 3 and manifest["resources"]["Patient"] == 2
+    # evaluate reads the folder: the lines are rejected there too, pull-rejects.ndjson is not read as data.
+    # (It exits 15, as this export has no ResearchStudy: the rejects are written all the same.)
+    CliRunner().invoke(main, ["evaluate", str(out), "--as-of", "2005-03-31", "--out", str(tmp_path / "e")])
+    found = [json.loads(line) for line in (tmp_path / "e" / "rejects.ndjson").read_text().splitlines()]
+    assert {(Path(r["file"]).name, r["locator"], r["code"]) for r in found} >= {
+        ("Patient-001.ndjson", "line 2", "malformed-json"),
+        ("pull-rejects.ndjson", "file", "not-read"),
+    }
+    # A second pull into the same folder is not blocked by anything the first left.
+    with stub_server(server) as stub:
+        assert bulk_cli(stub.base, out).exit_code == 0
+
+
+def test_a_bulk_pull_that_fails_part_way_leaves_the_earlier_pull_whole_and_the_export_on_the_server(
+    tmp_path: Path,
+) -> None:
+    """Issue 32.5: a Bulk pull that failed part-way into an earlier pull's folder left Patient v2 beside
+    ResearchSubject v1 and the old pull-manifest.json, which evaluate read silently. And 32.4: the export was
+    deleted on the server before the pull was whole."""
+    v1 = {
+        "Patient-a.ndjson": b'{"resourceType":"Patient","id":"p1","meta":{"versionId":"1"}}\n',
+        "ResearchSubject-b.ndjson": b'{"resourceType":"ResearchSubject","id":"rs1","meta":{"versionId":"1"}}\n',
+    }
+    out = tmp_path / "pulled"
+    with stub_server(BulkStub(v1)) as stub:
+        assert bulk_cli(stub.base, out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"Patient-001.ndjson", "ResearchSubject-002.ndjson", "pull-manifest.json"} < set(before)
+
+    v2 = {
+        "Patient-a.ndjson": b'{"resourceType":"Patient","id":"p1","meta":{"versionId":"2"}}\n',
+        "ResearchSubject-b.ndjson": None,  # 404: the pull fails after the Patient file
+    }
+    server = BulkStub(v2)
+    with stub_server(server) as stub:  # one server throughout: the status URL names its port
+        failed = bulk_cli(stub.base, out)
+        assert failed.exit_code == 13, failed.output
+        assert deleted(stub) == []  # the export stays on the server, to resume
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier pull, whole
+
+        # Missing types are searched after the files: a failed search is a failure before the pull is whole too.
+        server.files["ResearchSubject-b.ndjson"] = v1["ResearchSubject-b.ndjson"].replace(b'"1"', b'"2"')
+        server.searches_fail = True
+        failed = bulk_cli(stub.base, out)
+        assert failed.exit_code == 13, failed.output
+        assert deleted(stub) == [] and server.exports == 1  # resumed, not exported again
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+        server.searches_fail = False
+        result = bulk_cli(stub.base, out)
+        assert result.exit_code == 0, result.output
+        assert deleted(stub) == ["/fhir/status/1"] and "(resumed)" in result.output and server.exports == 1
+    assert all(
+        b'"versionId":"2"' in (out / name).read_bytes() for name in ("Patient-001.ndjson", "ResearchSubject-002.ndjson")
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # nothing left beside it
