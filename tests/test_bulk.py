@@ -351,7 +351,7 @@ def test_a_bulk_pull_that_fails_part_way_leaves_the_earlier_pull_whole_and_the_e
     """Issue 32.5: a Bulk pull that failed part-way into an earlier pull's folder left Patient v2 beside
     ResearchSubject v1 and the old pull-manifest.json, which evaluate read silently. And 32.4: the export was
     deleted on the server before the pull was whole."""
-    v1 = {
+    v1: dict[str, bytes | None] = {
         "Patient-a.ndjson": b'{"resourceType":"Patient","id":"p1","meta":{"versionId":"1"}}\n',
         "ResearchSubject-b.ndjson": b'{"resourceType":"ResearchSubject","id":"rs1","meta":{"versionId":"1"}}\n',
     }
@@ -373,7 +373,10 @@ def test_a_bulk_pull_that_fails_part_way_leaves_the_earlier_pull_whole_and_the_e
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier pull, whole
 
         # Missing types are searched after the files: a failed search is a failure before the pull is whole too.
-        server.files["ResearchSubject-b.ndjson"] = v1["ResearchSubject-b.ndjson"].replace(b'"1"', b'"2"')
+        server.files["ResearchSubject-b.ndjson"] = (
+            b'{"resourceType":"ResearchSubject","id":"rs1","meta":{"versionId":"2"}}\n'
+        )
+
         server.searches_fail = True
         failed = bulk_cli(stub.base, out)
         assert failed.exit_code == 13, failed.output
