@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -390,4 +390,90 @@ def test_a_bulk_pull_that_fails_part_way_leaves_the_earlier_pull_whole_and_the_e
     assert all(
         b'"versionId":"2"' in (out / name).read_bytes() for name in ("Patient-001.ndjson", "ResearchSubject-002.ndjson")
     )
+    assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # nothing left beside it
+
+
+class SearchStub:
+    """A study of one patient for a search pull, on a real socket; its Observation search answers 400 while
+    ``failing`` (after the study, its subject and the Patient have been read)."""
+
+    CAP: ClassVar[dict[str, Any]] = {
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": "4.0.1",
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [
+                    {"type": "ResearchSubject", "searchParam": [{"name": "study"}]},
+                    *({"type": t, "searchParam": [{"name": "subject"}]} for t in ("Observation", "Condition")),
+                    *(
+                        {"type": t, "searchParam": [{"name": "subject"}]}
+                        for t in ("MedicationStatement", "AdverseEvent")
+                    ),
+                    *({"type": t, "searchParam": [{"name": "patient"}]} for t in ("Consent", "BodyStructure")),
+                ],
+            }
+        ],
+    }
+
+    def __init__(self, version: str) -> None:
+        self.version, self.failing = version, False
+
+    def __call__(self, request: Seen) -> Reply:
+        path = request.path.split("?", 1)[0].removeprefix("/fhir/")
+        meta = {"versionId": self.version}
+        found: list[dict[str, Any]] = []
+        if path == "metadata":
+            return Reply(200, self.CAP)
+        if path == "ResearchStudy/s1":
+            return Reply(200, {"resourceType": "ResearchStudy", "id": "s1", "meta": meta})
+        if path == "Patient/p1":
+            return Reply(200, {"resourceType": "Patient", "id": "p1", "meta": meta})
+        if path == "ResearchSubject":
+            study, individual = {"reference": "ResearchStudy/s1"}, {"reference": "Patient/p1"}
+            found = [{"resourceType": "ResearchSubject", "id": "rs1", "study": study, "individual": individual}]
+        if path == "Observation":
+            if self.failing:
+                return Reply(400, {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "not today"}]})
+            found = [{"resourceType": "Observation", "id": "o1", "meta": meta, "subject": {"reference": "Patient/p1"}}]
+        entries = [{"resource": r, "search": {"mode": "match"}} for r in found]
+        return Reply(200, {"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+
+def test_a_search_pull_is_written_apart_and_replaces_the_earlier_pull_whole_or_not_at_all(tmp_path: Path) -> None:
+    """Issue 32.5 for search pulls: a new pull never writes into --out; it replaces it whole once complete, keeps
+    the files no pull wrote and the folder's mode, and a pull that fails leaves --out exactly as it was."""
+    out = tmp_path / "pulled"
+
+    def pull(stub: Stub) -> Any:
+        return CliRunner().invoke(main, ["pull", "--server", f"{stub.base}/fhir", "--study", "s1", "--out", str(out)])
+
+    with stub_server(SearchStub("1")) as stub:
+        assert pull(stub).exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o700  # a new folder of patient data: the owner's only
+    out.chmod(0o750)
+    (out / "notes.txt").write_text("site contact: ...\n")  # not a pull's: kept
+    (out / "Consent.ndjson.partial").write_text("{}\n")  # a stopped pull's leftover: goes
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    server = SearchStub("2")
+    server.failing = True
+    with stub_server(server) as stub:
+        failed = pull(stub)
+        assert failed.exit_code == 13 and "not today" in failed.output, failed.output
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # as it was, nothing of version 2
+        server.failing = False
+        result = pull(stub)
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "Observation.ndjson",
+        "Patient.ndjson",
+        "ResearchStudy.ndjson",
+        "ResearchSubject.ndjson",
+        "notes.txt",
+        "pull-manifest.json",
+    ]
+    assert b'"versionId":"2"' in (out / "Patient.ndjson").read_bytes()
+    assert (out / "notes.txt").read_bytes() == before["notes.txt"] and out.stat().st_mode & 0o777 == 0o750
     assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # nothing left beside it
