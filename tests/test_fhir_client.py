@@ -1062,6 +1062,21 @@ def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one
         claim_folder(out)
 
 
+def test_a_pull_is_not_put_in_place_of_the_current_folder(tmp_path: Path, monkeypatch: Any) -> None:
+    """A pull replaces its folder whole: --out . would leave the shell in a removed folder."""
+    from fhiradapter.errors import ConfigError
+    from fhiradapter.shell.pull_folder import pull_target
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for given in (".", "..", str(tmp_path)):
+        with pytest.raises(ConfigError, match="is the current folder or holds it"):
+            pull_target(Path(given))
+    assert pull_target(Path("pulled")) == tmp_path / "here" / "pulled"
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    assert pull_target(tmp_path / "link") == tmp_path / "elsewhere"  # the folder the link names
+
+
 def test_a_manifest_from_before_the_files_list_names_one_file_per_type(tmp_path: Path) -> None:
     from fhiradapter.shell.pull_folder import claim_folder
 

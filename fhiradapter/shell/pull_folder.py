@@ -67,9 +67,17 @@ class NdjsonSink:
 
 
 def pull_target(out: Path) -> Path:
-    """``--out`` as the absolute path a pull replaces: through a symlink to the folder it names."""
+    """``--out`` as the absolute path a pull replaces: through a symlink to the folder it names. The current
+    folder (or one holding it) is refused: replaced whole, it would leave the shell in a removed folder."""
     path = Path(os.path.abspath(out))
-    return path.resolve() if path.is_symlink() else path
+    path = path.resolve() if path.is_symlink() else path
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise ConfigError(
+            f"--out {out} is the current folder or holds it; a pull replaces its folder whole: give another "
+            "folder (e.g. from the parent folder: --out NAME)"
+        )
+    return path
 
 
 def claim_folder(out: Path, bulk: bool = False) -> list[Path]:
@@ -89,9 +97,12 @@ def claim_folder(out: Path, bulk: bool = False) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"cannot use {out} for a pull: it is not a folder")
     resuming = (out / BULK_STATE).exists()  # an export an earlier fhiradapter left in the folder
-    if (resuming or unfinished_export(out)) and not bulk:
+    unfinished = unfinished_export(out)
+    if (resuming or unfinished) and not bulk:
+        where = f" beside it, in {unfinished.name}" if unfinished and not resuming else ""
         raise ConfigError(
-            f"{out} holds an unfinished Bulk export ({BULK_STATE}): finish it with --bulk, or choose another folder"
+            f"{out} holds an unfinished Bulk export ({BULK_STATE}{where}): finish it with --bulk, or choose "
+            "another folder"
         )
     files = [p for p in found if p.name.endswith((*SUFFIXES, BULK_ERRORS, ".partial")) and p.name not in NOT_DATA]
     listed = _listed(out)
