@@ -107,13 +107,13 @@ def pull_cmd(
                 click.echo(f"  server error file: {error}")
             for refused in summary.refused:
                 click.echo(f"  refused: {refused}")
-            if summary.rejects:
+            if summary.rejected:
                 from fhiradapter.shell.pull_folder import first_few  # noqa: PLC0415
                 from fhiradapter.shell.readers import PULL_REJECTS  # noqa: PLC0415
 
                 where = [f"{r.file} {r.locator} ({r.code})" for r in summary.rejects]
                 click.echo(
-                    f"  rejected: {len(summary.rejects)} line(s) of the export are no resource evaluate can read, "
+                    f"  rejected: {summary.rejected} line(s) of the export are no resource evaluate can read, "
                     f"listed in {out / PULL_REJECTS} (evaluate rejects them too): {first_few(where, 5)}"
                 )
             print_replaced(out, summary.replaced)

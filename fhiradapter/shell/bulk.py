@@ -65,6 +65,7 @@ DEFAULT_TYPES = (
     "ResearchSubject",
 )
 MAX_WAIT_S = 120.0
+SHOWN_REJECTS = 20  # rejects kept in the summary to print; all of them are in pull-rejects.ndjson
 RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")  # what a file name may be made of (with a counter)
 
 
@@ -80,7 +81,8 @@ class BulkSummary:
     searched: list[str] = field(default_factory=list)  # types read by search because the export had none
     refused: list[str] = field(default_factory=list)  # manifest outputs not downloaded, and why
     replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
-    rejects: list[Reject] = field(default_factory=list)  # lines of the output files no reader can use
+    rejected: int = 0  # lines of the output files no reader can use (listed in pull-rejects.ndjson)
+    rejects: list[Reject] = field(default_factory=list)  # the first ``SHOWN_REJECTS`` of them
 
 
 def _load_state(out: Path) -> dict[str, Any] | None:
@@ -160,6 +162,7 @@ async def bulk_pull(
     needs_token = manifest.get("requiresAccessToken") is True
     done: list[str] = list(state.get("done") or [])
     patients: set[str] = set()
+    (work / PULL_REJECTS).unlink(missing_ok=True)  # a resumed pull reads every file again
     for n, item in enumerate(manifest.get("output") or (), start=1):
         rtype, url = (item.get("type"), item.get("url")) if isinstance(item, dict) else (None, None)
         if not (isinstance(rtype, str) and RESOURCE_TYPE.fullmatch(rtype)) or not isinstance(url, str):
@@ -187,9 +190,6 @@ async def bulk_pull(
     missing = [t for t in (types or DEFAULT_TYPES) if summary.resources[t] == 0]
     if missing:
         await _search_missing(client, work, missing, since, summary, patients)
-    if summary.rejects:
-        with (work / PULL_REJECTS).open("wb") as fh:
-            fh.writelines(orjson.dumps(r.as_dict()) + b"\n" for r in summary.rejects)
     record = {
         "server": client.base,
         "bulk": {"group": group, "transaction_time": summary.transaction_time, "searched": summary.searched},
@@ -197,7 +197,7 @@ async def bulk_pull(
         "resources": dict(sorted(summary.resources.items())),
         "errors": len(summary.errors),
         "refused": summary.refused,
-        "rejected": len(summary.rejects),
+        "rejected": summary.rejected,
     }
     summary.replaced = finish_folder(out, work, record, earlier, [*summary.files, *error_files])
     summary.files = [out / p.name for p in summary.files]
@@ -206,16 +206,24 @@ async def bulk_pull(
 
 
 def _check_lines(path: Path, summary: BulkSummary, patients: set[str]) -> None:
-    """Read an output file as evaluate does: count its resources, note its Patients, list the lines no reader
-    can use as rejects (named by the file's name in the pull's folder and the line)."""
-    for record in read_file(path):
-        if isinstance(record, Reject):
-            summary.rejects.append(record._replace(file=path.name))
-            continue
-        rtype, rid = _type_and_id(record)
-        summary.resources[rtype] += 1
-        if rtype == "Patient":
-            patients.add(f"Patient/{rid}")
+    """Read an output file as evaluate does: count its resources, note its Patients, and append the lines no
+    reader can use to ``pull-rejects.ndjson`` beside it (named by the file's name in the pull's folder and the
+    line), keeping the first few in the summary."""
+    with (path.parent / PULL_REJECTS).open("ab") as rejects:
+        for record in read_file(path):
+            if isinstance(record, Reject):
+                reject = record._replace(file=path.name)
+                rejects.write(orjson.dumps(reject.as_dict()) + b"\n")
+                summary.rejected += 1
+                if len(summary.rejects) < SHOWN_REJECTS:
+                    summary.rejects.append(reject)
+                continue
+            rtype, rid = _type_and_id(record)
+            summary.resources[rtype] += 1
+            if rtype == "Patient":
+                patients.add(f"Patient/{rid}")
+    if (path.parent / PULL_REJECTS).stat().st_size == 0:
+        (path.parent / PULL_REJECTS).unlink()
 
 
 def _type_and_id(record: RawRecord) -> tuple[str, str]:

@@ -176,6 +176,8 @@ def finish_folder(out: Path, work: Path, manifest: dict[str, Any], earlier: list
     try:
         (work / PULL_MANIFEST).write_bytes(orjson.dumps({**manifest, "files": names}, option=orjson.OPT_INDENT_2))
         (work / BULK_STATE).unlink(missing_ok=True)  # complete: nothing to resume
+        for left in work.glob("*.partial"):  # a download or file cut off before it was retried
+            left.unlink()
         _replace(out, work, {p.name for p in earlier} | NOT_DATA)
     except BaseException:
         discard(work)
