@@ -71,7 +71,10 @@ def pull_target(out: Path) -> Path:
     folder (or one holding it) is refused: replaced whole, it would leave the shell in a removed folder."""
     path = Path(os.path.abspath(out))
     path = path.resolve() if path.is_symlink() else path
-    here = Path.cwd().resolve()
+    try:
+        here = Path.cwd().resolve()
+    except OSError:  # the current folder was removed: nothing to keep the shell in
+        return path
     if path.resolve() == here or path.resolve() in here.parents:
         raise ConfigError(
             f"--out {out} is the current folder or holds it; a pull replaces its folder whole: give another "
