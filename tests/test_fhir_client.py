@@ -1037,28 +1037,48 @@ def test_ctrl_c_says_what_was_left_and_exits_130(
 
 def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one_is_complete(tmp_path: Path) -> None:
     from fhiradapter.errors import ConfigError
-    from fhiradapter.shell.pull_folder import claim_folder, finish_folder
+    from fhiradapter.shell.pull_folder import claim_folder, finish_folder, start_folder
 
     out = tmp_path / "pulled"
-    assert claim_folder(out) == [] and out.is_dir()  # new: created
+    assert claim_folder(out) == [] and not out.exists()  # new: made only when a pull is complete
+    out.mkdir(mode=0o750)
     for name in ("Observation.ndjson", "Condition.ndjson", "notes.txt"):
         (out / name).write_text("{}\n")
     (out / "pull-manifest.json").write_text('{"files": ["Condition.ndjson", "Observation.ndjson"]}')
     (out / "Consent.ndjson.partial").write_text("{}\n")  # a stopped pull's leftover
     earlier = claim_folder(out)
     assert [p.name for p in earlier] == ["Condition.ndjson", "Consent.ndjson.partial", "Observation.ndjson"]
-    new = out / "Observation.ndjson"
+    work = start_folder(out)
+    assert work.parent == tmp_path and work.name.startswith(".pulled.pull-") and work.stat().st_mode & 0o777 == 0o700
+    new = work / "Observation.ndjson"
     new.write_text('{"resourceType":"Observation","id":"new"}\n')
-    removed = finish_folder(out, {"since": "2024-01-01T00:00:00Z"}, earlier, [new])
+    removed = finish_folder(out, work, {"since": "2024-01-01T00:00:00Z"}, earlier, [new])
     assert removed == ["Condition.ndjson", "Consent.ndjson.partial"]
     assert sorted(p.name for p in out.iterdir()) == ["Observation.ndjson", "notes.txt", "pull-manifest.json"]
+    assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # nothing left beside it
+    assert out.stat().st_mode & 0o777 == 0o750  # the folder keeps its mode
     manifest = {"since": "2024-01-01T00:00:00Z", "files": ["Observation.ndjson"]}
     assert json.loads((out / "pull-manifest.json").read_text()) == manifest
-    assert "new" in new.read_text()  # the new pull's file of the same name is kept
+    assert "new" in (out / "Observation.ndjson").read_text()  # the new pull's file of the same name
     # A file added to the folder since is not the earlier pull's: refused, not deleted.
     (out / "added.ndjson").write_text("{}\n")
     with pytest.raises(ConfigError, match=r"did not write \(added.ndjson\)"):
         claim_folder(out)
+
+
+def test_a_pull_is_not_put_in_place_of_the_current_folder(tmp_path: Path, monkeypatch: Any) -> None:
+    """A pull replaces its folder whole: --out . would leave the shell in a removed folder."""
+    from fhiradapter.errors import ConfigError
+    from fhiradapter.shell.pull_folder import pull_target
+
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    for given in (".", "..", str(tmp_path)):
+        with pytest.raises(ConfigError, match="is the current folder or holds it"):
+            pull_target(Path(given))
+    assert pull_target(Path("pulled")) == tmp_path / "here" / "pulled"
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    assert pull_target(tmp_path / "link") == tmp_path / "elsewhere"  # the folder the link names
 
 
 def test_a_manifest_from_before_the_files_list_names_one_file_per_type(tmp_path: Path) -> None:

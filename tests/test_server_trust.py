@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import stat
 import time
 from collections import Counter
@@ -750,6 +751,88 @@ def test_s6_sync_with_default_flags_on_the_stock_medplum_router(tmp_path: Path) 
             assert set(second.plan) == {"unchanged"} and not second.pushed and second.errors == []
     finally:
         store.close()
+
+
+class RefusingProxy:
+    """A proxy on a real socket in front of the real server: while ``refusing``, every transaction is answered 413
+    (an overloaded gateway); otherwise every request goes through, the server's own URLs made the proxy's."""
+
+    HEADERS = ("content-type", "accept", "prefer", "if-none-exist", "if-match", "authorization")
+
+    def __init__(self, target: str) -> None:
+        self.target, self.base, self.refusing = target, "", True
+        self.transactions: list[int] = []  # sizes of the transactions let through
+
+    def __call__(self, request: Seen) -> Reply:
+        body = json.loads(request.body) if request.body else None
+        if isinstance(body, dict) and body.get("resourceType") == "Bundle" and body.get("type") == "transaction":
+            if self.refusing:
+                issue = {"severity": "error", "code": "too-costly", "diagnostics": "Payload Too Large"}
+                return Reply(413, {"resourceType": "OperationOutcome", "issue": [issue]})
+            self.transactions.append(len(body["entry"]))
+        headers = {k: v for k, v in request.headers.items() if k.lower() in self.HEADERS}
+        origin = self.target.removesuffix("/fhir")
+        got = httpx.request(request.method, origin + request.path, content=request.body, headers=headers, timeout=60)
+        passed = {k: v.replace(self.target, self.base) for k, v in got.headers.items() if k.lower() == "location"}
+        return Reply(got.status_code, got.content.replace(self.target.encode(), self.base.encode()), passed)
+
+
+def test_s6_a_learnt_transaction_limit_is_probed_upward_shown_and_reset(tmp_path: Path) -> None:
+    """Issue 32.6: a server that answered 413 to every transaction for a while left the store's limit at 1 entry,
+    and every later sync sent each patient as a non-atomic batch. Each sync that writes now tries twice the
+    learnt size (up to --chunk); `runs` shows the limit; `runs --reset-limits URL` forgets it."""
+    from builders import AS_OF, ROOT
+    from fhir_server import load_input, sekmet_server
+
+    paper = ROOT / "fixtures" / "paper-cohort" / "input"
+    data = ["--data-dir", str(tmp_path / "data")]
+    with sekmet_server(tmp_path) as target:
+        load_input(target, paper)
+        proxy = RefusingProxy(target)
+        with stub_server(proxy) as stub:
+            proxy.base = f"{stub.base}/fhir"
+            sync = ["sync", "--server", proxy.base, "--study", "thal-hcc-pilot", "--as-of", AS_OF.isoformat()]
+            sync += [*data, "--chunk", "4", "--no-progress"]
+            afp = f"{target}/Observation/thal-03-afp-a1"
+            values = [httpx.get(afp, timeout=10).json()["valueQuantity"]["value"], 2100]
+
+            def change() -> None:  # a lab value toggled: thal-03's responses are updated (3 entries)
+                obs = httpx.get(afp, timeout=10).json()
+                obs["valueQuantity"]["value"] = values[values.index(obs["valueQuantity"]["value"]) - 1]
+                assert httpx.put(afp, json=obs, timeout=10).status_code == 200
+
+            first = CliRunner().invoke(main, sync)
+            assert first.exit_code == 0, first.output
+            assert "were written as a batch (each write conditional, but not atomic)" in first.output
+            listed = CliRunner().invoke(main, ["runs", *data])
+            assert f"  {proxy.base}: parts of 1 entries, refused at 3 (run 1)" in listed.output, listed.output
+
+            proxy.refusing = False  # the server is healthy again
+            sizes = []
+            for _run in range(3):
+                change()
+                again = CliRunner().invoke(main, sync)
+                assert again.exit_code == 0, again.output
+                sizes.append(re.findall(r"this run tried (parts of \d+ entries|--chunk 4)", again.output))
+            # Parts of 1 (a patient of 3 refused) -> 2 (a patient of fewer than 6 entries is tried whole again) ->
+            # 4 = --chunk: no limit left, the next run is told nothing. thal-03's 3 entries go as one transaction.
+            assert sizes == [["parts of 2 entries"], ["--chunk 4"], []], sizes
+            assert proxy.transactions == [3, 3, 3], proxy.transactions
+            listed = CliRunner().invoke(main, ["runs", *data, "--json"])
+            assert json.loads(listed.output)["transaction_limits"] == []  # recovered: nothing left to cut by
+            assert (
+                "      transaction limit: found 2 entries, tried none, left none"
+                in CliRunner().invoke(main, ["runs", *data]).output
+            )
+
+            proxy.refusing = True  # refused again: learnt again, and forgotten on request
+            change()
+            assert CliRunner().invoke(main, sync).exit_code == 0
+            reset = CliRunner().invoke(main, ["runs", *data, "--reset-limits", proxy.base])
+            assert reset.exit_code == 0 and "Forgot the transaction limit learnt for" in reset.output, reset.output
+            assert "Transaction limits learnt" not in CliRunner().invoke(main, ["runs", *data]).output
+            again = CliRunner().invoke(main, ["runs", *data, "--reset-limits", proxy.base])
+            assert "No transaction limit was learnt for" in again.output
 
 
 # ------------------------------------------------------------------------------------- 7. concurrency adapts

@@ -44,10 +44,12 @@ def pull_cmd(
     Observation, MedicationStatement, AdverseEvent, Condition, Consent and BodyStructure resources are
     searched (paged along `next` links, `Prefer: handling=strict`), then the Medications they reference.
     With --bulk: one Bulk Data $export, polled until ready (Retry-After, X-Progress), its files downloaded;
-    an interrupted bulk pull resumes the same export when run again; Ctrl-C cancels it on the server.
+    an interrupted bulk pull resumes the same export when run again; Ctrl-C cancels it on the server. A line
+    of an exported file that is no resource is a reject, listed in pull-rejects.ndjson.
     The folder is what `fhiradapter evaluate` reads; pull-manifest.json records what was pulled from where.
-    It holds one pull: --out must be new, empty, or an earlier pull's folder, whose files are replaced when
-    the new pull is complete (a --since pull then leaves only what changed).
+    It holds one pull: --out must be new, empty, or an earlier pull's folder. A pull is written in a folder
+    beside it and replaces it whole once complete (a --since pull then leaves only what changed); a pull
+    that fails leaves --out as it was.
 
     \b
     Examples:
@@ -105,6 +107,15 @@ def pull_cmd(
                 click.echo(f"  server error file: {error}")
             for refused in summary.refused:
                 click.echo(f"  refused: {refused}")
+            if summary.rejected:
+                from fhiradapter.shell.pull_folder import first_few  # noqa: PLC0415
+                from fhiradapter.shell.readers import PULL_REJECTS  # noqa: PLC0415
+
+                where = [f"{r.file} {r.locator} ({r.code})" for r in summary.rejects]
+                click.echo(
+                    f"  rejected: {summary.rejected} line(s) of the export are no resource evaluate can read, "
+                    f"listed in {out / PULL_REJECTS} (evaluate rejects them too): {first_few(where, 5)}"
+                )
             print_replaced(out, summary.replaced)
             return
         click.echo(f"Pulled {summary.study}: {summary.patients} patient(s); {counts}.")

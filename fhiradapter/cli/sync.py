@@ -196,13 +196,29 @@ def sync_cmd(
 @click.option("--study", default=None, help="Only the runs of this study (as given to sync).")
 @click.option("--last", type=click.IntRange(1, 10000), default=10, show_default=True, help="How many runs to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON (with each run's whole summary).")
+@click.option(
+    "--reset-limits",
+    "reset",
+    metavar="URL",
+    default=None,
+    help="Forget the transaction size learnt for this FHIR base URL (the next sync starts from --chunk), "
+    "instead of listing.",
+)
 def runs_cmd(
-    data_dir: Path | None, store_url: str | None, server: str | None, study: str | None, last: int, as_json: bool
+    data_dir: Path | None,
+    store_url: str | None,
+    server: str | None,
+    study: str | None,
+    last: int,
+    as_json: bool,
+    reset: str | None,
 ) -> None:
     """List the sync runs the store holds, newest first: when, how each ended, and what it read and wrote.
 
     For a scheduled sync: whether last night's run worked, and if not, why (a failed run keeps its error
     message). A run still shown as running either is running now or was killed before it could finish.
+    Then the transaction size each server was learnt to take (from its refusals; each sync that writes tries
+    twice that, so a limit that no longer holds wears off); --reset-limits URL forgets one.
 
     \b
     Example:
@@ -218,15 +234,32 @@ def runs_cmd(
             raise ConfigError(f"no sync store in {folder} (sync.db): give the --data-dir or --store that sync used")
         store = SyncStore(store_url, folder)
         try:
-            found, total = store.runs(server.rstrip("/") if server else None, study, last)
+            if reset is not None:
+                forgot = store.clear_transaction_limit(reset.rstrip("/"))
+            else:
+                found, total = store.runs(server.rstrip("/") if server else None, study, last)
+                limits = [x for x in store.transaction_limits() if server is None or x[0] == server.rstrip("/")]
         finally:
             store.close()
+    if reset is not None:
+        if forgot is None:
+            click.echo(f"No transaction limit was learnt for {reset}: nothing to forget.")
+        else:
+            click.echo(
+                f"Forgot the transaction limit learnt for {reset} (parts of {forgot.max_entries} entries, refused at "
+                f"{forgot.refused_at}): the next sync starts from --chunk."
+            )
+        return
     where = safe_url(store_url) if store_url else str(folder / "sync.db")
     if as_json:
         for run in found:
             for key in ("started_at", "finished_at"):
                 run[key] = run[key].isoformat() if run[key] is not None else None
-        click.echo(json.dumps({"store": where, "total": total, "runs": found}, indent=2))
+        learnt = [
+            {"server": s, "max_entries": limit.max_entries, "refused_at": limit.refused_at, "run_id": run_id}
+            for s, limit, run_id in limits
+        ]
+        click.echo(json.dumps({"store": where, "total": total, "runs": found, "transaction_limits": learnt}, indent=2))
         return
     if not found:
         click.echo(f"No sync runs in {where}" + (" for that server and study." if server or study else "."))
@@ -236,6 +269,13 @@ def runs_cmd(
         click.echo(_run_line(run))
         for line in _run_details(run):
             click.echo(f"      {line}")
+    if limits:
+        click.echo("Transaction limits learnt from the servers' refusals (each sync that writes tries twice these):")
+    for url, limit, run_id in limits:
+        click.echo(
+            f"  {url}: parts of {limit.max_entries} entries, refused at {limit.refused_at} (run {run_id}); "
+            f"fhiradapter runs --reset-limits {url} forgets it"
+        )
 
 
 def _run_line(run: dict[str, Any]) -> str:
@@ -265,6 +305,12 @@ def _run_details(run: dict[str, Any]) -> list[str]:
         pushed = counts_text(s.get("pushed", {}), ("created", "updated", "unchanged", "conflict", "error"))
         conflicts, errors = len(s.get("conflicts", [])), len(s.get("errors", []))
         lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {conflicts}, errors {errors}")
+    limits = s.get("transaction_limit") or {}
+    if any(limits.values()):
+        shown = {k: f"{v['max_entries']} entries" if v else "none" for k, v in limits.items()}
+        lines.append(
+            f"transaction limit: found {shown.get('found')}, tried {shown.get('tried')}, left {shown.get('left')}"
+        )
     if s.get("failure"):
         lines.append(f"stopped: {s['failure']}")
     return lines

@@ -3,9 +3,14 @@
 Kick-off ``Group/[id]/$export`` or ``Patient/$export`` with ``_type`` and ``_since`` (``Prefer: respond-async``),
 then poll the status URL, honouring ``Retry-After`` and showing ``X-Progress``; on completion download every
 output file (streamed to ``.partial``, renamed when complete) and every ``error`` file, whose OperationOutcomes
-are reported. The job's state (status URL, files done) is kept in ``bulk-state.json`` in the output folder, so
-an interrupted pull resumes the same export instead of starting another; Ctrl-C during the wait cancels the
-export on the server (``DELETE`` on the status URL).
+are reported. Each output file is then read as ``evaluate`` reads it (``readers.read_file``): a line no reader
+can use (not JSON, no resource, no id) is a reject, listed in ``pull-rejects.ndjson`` with evaluate's reject
+fields, counted in the summary, and left in its file, where evaluate rejects it again; it never stops the pull.
+Everything is written in a folder beside ``out`` (``pull_folder.start_folder``), which replaces ``out`` whole
+when the pull is complete; only then is the export deleted on the server (``DELETE`` on the status URL: the
+spec's "done, you may delete the files"), so a pull that fails can be run again. The job's state (status URL,
+files done) is kept in that folder's ``bulk-state.json``, so an interrupted pull resumes the same export
+instead of starting another; Ctrl-C during the wait cancels the export on the server.
 
 The access token goes only where it belongs: the status URL must be on the server's own origin (or one the user
 trusted, ``--trust-origin``); output files get the token only when the manifest says ``requiresAccessToken``
@@ -14,8 +19,8 @@ naming both origins. File names are made from the output's resource type (one of
 ``core.resource_types``) and a counter, never from anything else the server says: an output whose type is not a
 resource type name is refused and reported, so no file lands outside the folder.
 
-The output folder follows ``pull_folder.claim_folder``: new, empty, or an earlier pull's, whose files are removed
-once the export is complete; ``pull-manifest.json`` then records the export (transaction time, counts).
+The output folder follows ``pull_folder.claim_folder``: new, empty, or an earlier pull's, which the complete
+export replaces whole; ``pull-manifest.json`` then records the export (transaction time, counts, rejects).
 """
 
 from __future__ import annotations
@@ -31,13 +36,21 @@ from urllib.parse import urljoin
 
 import orjson
 
+from fhiradapter.core.fhir_types import resource_type
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.fhir_client import FhirClient, origin, retry_after_s
 from fhiradapter.shell.files import open_new, replace, write_new
 from fhiradapter.shell.pull import patient_of
-from fhiradapter.shell.pull_folder import claim_folder, finish_folder
-from fhiradapter.shell.readers import BULK_STATE
+from fhiradapter.shell.pull_folder import (
+    claim_folder,
+    discard,
+    finish_folder,
+    pull_target,
+    start_folder,
+    unfinished_export,
+)
+from fhiradapter.shell.readers import BULK_STATE, PULL_REJECTS, RawRecord, Reject, read_file
 
 STATE = BULK_STATE
 DEFAULT_TYPES = (
@@ -53,6 +66,7 @@ DEFAULT_TYPES = (
     "ResearchSubject",
 )
 MAX_WAIT_S = 120.0
+SHOWN_REJECTS = 20  # rejects kept in the summary to print; all of them are in pull-rejects.ndjson
 
 
 @dataclass
@@ -67,6 +81,8 @@ class BulkSummary:
     searched: list[str] = field(default_factory=list)  # types read by search because the export had none
     refused: list[str] = field(default_factory=list)  # manifest outputs not downloaded, and why
     replaced: list[str] = field(default_factory=list)  # an earlier pull's files this one removed
+    rejected: int = 0  # lines of the output files no reader can use (listed in pull-rejects.ndjson)
+    rejects: list[Reject] = field(default_factory=list)  # the first ``SHOWN_REJECTS`` of them
 
 
 def _load_state(out: Path) -> dict[str, Any] | None:
@@ -112,29 +128,39 @@ async def bulk_pull(
     on_progress: Callable[[str], None] | None = None,
     sleep: Callable[[float], Any] = asyncio.sleep,
 ) -> BulkSummary:
-    """Run (or resume) an export into ``out``; returns what was downloaded."""
+    """Run (or resume) an export into ``out``; returns what was downloaded.
+
+    Written in a folder beside ``out`` that replaces it whole once complete; the export is deleted on the server
+    only then. A failure after the kick-off keeps that folder (and the export), so that the same command resumes.
+    """
+    out = pull_target(out)
     earlier = claim_folder(out, bulk=True)
-    state = _load_state(out)
+    work = unfinished_export(out)
+    state = _load_state(work) if work is not None else None
     resumed = state is not None
-    if state is None:
-        status_url = await kick_off(client, group, list(types or DEFAULT_TYPES), since)
-        # The earlier pull's files, removed when this export is complete (remembered across a resume).
-        replaces = [p.name for p in earlier]
-        state = {"status_url": status_url, "group": group, "since": since, "done": [], "replaces": replaces}
-        _save_state(out, state)
-    else:
-        # The state file lies in the folder: only plain names of this folder are taken from it.
-        earlier = [out / name for name in state.get("replaces") or () if _plain_name(name)]
+    if state is None or work is None:
+        if work is not None:  # its state is unreadable: nothing to resume
+            discard(work)
+        work = start_folder(out)
+        try:
+            status_url = await kick_off(client, group, list(types or DEFAULT_TYPES), since)
+            state = {"status_url": status_url, "group": group, "since": since, "done": []}
+            _save_state(work, state)
+        except BaseException:
+            discard(work)
+            raise
     summary = BulkSummary(str(state["status_url"]), resumed=resumed)
     try:
         manifest = await _wait(client, summary, on_progress, sleep)
     except (asyncio.CancelledError, KeyboardInterrupt):
         await _cancel(client, summary.status_url)
-        (out / STATE).unlink(missing_ok=True)
+        discard(work)
         raise
     summary.transaction_time = manifest.get("transactionTime")
     needs_token = manifest.get("requiresAccessToken") is True
     done: list[str] = list(state.get("done") or [])
+    patients: set[str] = set()
+    (work / PULL_REJECTS).unlink(missing_ok=True)  # a resumed pull reads every file again
     for n, item in enumerate(manifest.get("output") or (), start=1):
         rtype, url = (item.get("type"), item.get("url")) if isinstance(item, dict) else (None, None)
         if not is_resource_type(rtype) or not isinstance(url, str):
@@ -142,28 +168,26 @@ async def bulk_pull(
             summary.refused.append(f"output {n}: its type ({shown}) is not a FHIR resource type; not downloaded")
             continue
         url = urljoin(client.base + "/", url)
-        path = out / f"{rtype}-{n:03d}.ndjson"
+        path = work / f"{rtype}-{n:03d}.ndjson"
         if url not in done or not path.exists():
             await _download(client, url, path, needs_token)
             done.append(url)
-            _save_state(out, {**state, "done": done})
+            _save_state(work, {**state, "done": done})
         summary.files.append(path)
-        summary.resources[rtype] += _count_lines(path)
+        _check_lines(path, summary, patients)
     error_files = []
     for n, item in enumerate(manifest.get("error") or (), start=1):
         url = item.get("url") if isinstance(item, dict) else None
         if not isinstance(url, str):
             summary.refused.append(f"error file {n}: no URL")
             continue
-        path = out / f"errors-{n:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
+        path = work / f"errors-{n:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
         await _download(client, urljoin(client.base + "/", url), path, needs_token)
         summary.errors.extend(_outcome_lines(path))
         error_files.append(path)
-    (out / STATE).unlink(missing_ok=True)  # downloaded: a second run would start a new export
-    await _cancel(client, summary.status_url)  # the spec's "done, you may delete the files"
     missing = [t for t in (types or DEFAULT_TYPES) if summary.resources[t] == 0]
     if missing:
-        await _search_missing(client, out, missing, since, summary)
+        await _search_missing(client, work, missing, since, summary, patients)
     record = {
         "server": client.base,
         "bulk": {"group": group, "transaction_time": summary.transaction_time, "searched": summary.searched},
@@ -171,21 +195,47 @@ async def bulk_pull(
         "resources": dict(sorted(summary.resources.items())),
         "errors": len(summary.errors),
         "refused": summary.refused,
+        "rejected": summary.rejected,
     }
-    summary.replaced = finish_folder(out, record, earlier, [*summary.files, *error_files])
+    summary.replaced = finish_folder(out, work, record, earlier, [*summary.files, *error_files])
+    summary.files = [out / p.name for p in summary.files]
+    await _cancel(client, summary.status_url)  # the pull is whole and in place: the spec's "you may delete the files"
     return summary
 
 
+def _check_lines(path: Path, summary: BulkSummary, patients: set[str]) -> None:
+    """Read an output file as evaluate does: count its resources, note its Patients, and append the lines no
+    reader can use to ``pull-rejects.ndjson`` beside it (named by the file's name in the pull's folder and the
+    line), keeping the first few in the summary."""
+    with (path.parent / PULL_REJECTS).open("ab") as rejects:
+        for record in read_file(path):
+            if isinstance(record, Reject):
+                reject = record._replace(file=path.name)
+                rejects.write(orjson.dumps(reject.as_dict()) + b"\n")
+                summary.rejected += 1
+                if len(summary.rejects) < SHOWN_REJECTS:
+                    summary.rejects.append(reject)
+                continue
+            rtype, rid = _type_and_id(record)
+            summary.resources[rtype] += 1
+            if rtype == "Patient":
+                patients.add(f"Patient/{rid}")
+    if (path.parent / PULL_REJECTS).stat().st_size == 0:
+        (path.parent / PULL_REJECTS).unlink()
+
+
+def _type_and_id(record: RawRecord) -> tuple[str, str]:
+    resource = record.resource
+    if isinstance(resource, dict):
+        return str(resource.get("resourceType")), str(resource.get("id"))
+    return resource_type(resource), str(resource.id)
+
+
 async def _search_missing(
-    client: FhirClient, out: Path, missing: list[str], since: str | None, summary: BulkSummary
+    client: FhirClient, out: Path, missing: list[str], since: str | None, summary: BulkSummary, patients: set[str]
 ) -> None:
     """Types the export did not return (outside the Patient compartment, or not exported by this server):
-    read by search, and for patient-linked types kept only for the exported patients."""
-    patients: set[str] = set()
-    for path in summary.files:
-        if path.name.startswith("Patient-"):
-            with path.open("rb") as fh:
-                patients.update(f"Patient/{orjson.loads(line)['id']}" for line in fh if line.strip())
+    read by search, and for patient-linked types kept only for the exported ``patients``."""
     params = [("_lastUpdated", f"gt{since}")] if since else []
     for rtype in missing:
         if not is_resource_type(rtype):  # ours (DEFAULT_TYPES or the caller's): still checked before it names a file
@@ -254,11 +304,6 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
     replace(partial, path)
 
 
-def _count_lines(path: Path) -> int:
-    with path.open("rb") as fh:
-        return sum(1 for line in fh if line.strip())
-
-
 def _outcome_lines(path: Path) -> list[str]:
     out = []
     with path.open("rb") as fh:
@@ -272,14 +317,3 @@ def _outcome_lines(path: Path) -> list[str]:
                     str(issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code"))
                 )
     return out
-
-
-def _plain_name(name: Any) -> bool:
-    """Whether ``name`` is a file name of this folder alone (no folder part, no ``..``)."""
-    return (
-        isinstance(name, str)
-        and name not in ("", ".", "..")
-        and "/" not in name
-        and "\\" not in name
-        and "\0" not in name
-    )

@@ -3,8 +3,9 @@
 ``pull``: the study (by id, or ``system|value`` identifier), its ResearchSubjects, then per patient the
 Patient and every resource type the protocol reads, and the separate Medications the MedicationStatements
 reference as they are found: one queue of single requests, ``concurrency`` at a time. Files are written as
-``<Type>.ndjson.partial`` and renamed when the pull is complete, with ``pull-manifest.json`` (server, study,
-counts, ``--since``). ``fhiradapter evaluate`` reads the folder as it reads any export.
+``<Type>.ndjson`` in a folder beside ``out``, with ``pull-manifest.json`` (server, study, counts, ``--since``),
+which replaces ``out`` whole when the pull is complete. ``fhiradapter evaluate`` reads the folder as it reads
+any export.
 
 The folder itself (claiming it, the NDJSON files, the manifest) is ``pull_folder``'s.
 """
@@ -22,7 +23,15 @@ from typing import Any, Protocol
 
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
-from fhiradapter.shell.pull_folder import NdjsonSink, claim_folder, finish_folder, first_few
+from fhiradapter.shell.pull_folder import (
+    NdjsonSink,
+    claim_folder,
+    discard,
+    finish_folder,
+    first_few,
+    pull_target,
+    start_folder,
+)
 
 # What evaluate reads per patient, and the search parameter naming the patient for each type.
 PATIENT_TYPES: list[tuple[str, str]] = [
@@ -166,10 +175,12 @@ async def pull(
     on_total: Callable[[int], None] | None = None,
     per_search: int | None = None,
 ) -> PullSummary:
-    """Pull the study's data into NDJSON files in ``out`` (renamed into place only when complete)."""
+    """Pull the study's data into NDJSON files in ``out``: written beside it, put in place whole when complete."""
+    out = pull_target(out)
     earlier = claim_folder(out)
     cap = await client.capabilities()
-    writer = NdjsonSink(out)
+    work = start_folder(out)
+    writer = NdjsonSink(work)
     complete = False
     try:
         summary = await pull_into(
@@ -178,7 +189,8 @@ async def pull(
         complete = True
     finally:
         files = writer.close(complete)
-    summary.files = files
+        if not complete:
+            discard(work)  # nothing of an unfinished pull is in place: ``out`` is as it was
     manifest = {
         "server": client.base,
         "study": summary.study,
@@ -190,7 +202,8 @@ async def pull(
         "fhir_version": cap.fhir_version,
         "software": cap.software,
     }
-    summary.replaced = finish_folder(out, manifest, earlier, files)
+    summary.replaced = finish_folder(out, work, manifest, earlier, files)
+    summary.files = [out / p.name for p in files]
     return summary
 
 

@@ -22,7 +22,8 @@ In ``auto`` mode the server's limits are learnt as the push goes (``TransactionL
 refused for its size (413, or a 400 that says so, as Medplum's "too many entries") is split in halves, and
 later parts are cut to the size that worked; a patient whose entries still cannot go as one transaction is
 sent as a batch (each write conditional and idempotent, but not atomic), and named in the summary. What was
-learnt is returned (``PushSummary.limit``) for the sync store to remember per server.
+learnt is returned (``PushSummary.limit``) for the sync store to remember per server; the next sync starts
+from twice that (``TransactionLimit.probe``), so that a limit learnt from a passing refusal does not last.
 
 Outside a transaction, each Provenance is sent after the entries it names, naming them by their ids on the
 server (a batch's entries may not refer to each other, R4 3.1.0.11.4).
@@ -87,6 +88,19 @@ class TransactionLimit:
         """After a transaction of ``entries`` was refused for its size: its halves are what to try next."""
         return TransactionLimit(min(self.max_entries, max(1, entries // 2)), min(self.refused_at, entries))
 
+    def probe(self, ceiling: int) -> TransactionLimit | None:
+        """What the next run tries: twice the parts and twice the patient that were learnt, up to ``ceiling``
+        (``--chunk``); None once that cuts nothing any more (the server takes what the run is configured for).
+
+        Learnt from refusals, a limit can be a passing state of the server (an overloaded proxy answering 413 to
+        everything leaves 1 entry). Doubling once per run finds a server that recovered within a few runs that
+        write (1 entry to 100 in 7), and costs a server still limited only the parts it refuses once per run
+        (at most ``--concurrency``), which the run then halves as before."""
+        max_entries, refused_at = min(ceiling, self.max_entries * 2), self.refused_at * 2
+        if max_entries >= ceiling and refused_at > ceiling:
+            return None
+        return TransactionLimit(max_entries, refused_at)
+
 
 @dataclass
 class PushSummary:
@@ -99,6 +113,7 @@ class PushSummary:
     errors: list[str] = field(default_factory=list)
     non_atomic: list[str] = field(default_factory=list)  # patients written as a batch: too large for a transaction
     limit: TransactionLimit | None = None  # what the server takes in one transaction (learnt, or given)
+    size_refusals: int = 0  # transactions this push saw refused for their size
     found_after_lost_answer: int = 0  # writes whose answer was lost, found applied on the server
     lowest_concurrency: int = 0  # the adaptive limit's lowest point (below --concurrency: the server was slow)
     concurrency: int = 0  # --concurrency
@@ -119,7 +134,7 @@ class PushSummary:
                 f"{len(self.non_atomic)} patient(s) had more results than the server takes in one transaction and "
                 f"were written as a batch (each write conditional, but not atomic): {shown}"
             )
-        if self.limit and self.mode == "transaction":
+        if self.limit and self.mode == "transaction" and self.size_refusals:
             notes.append(
                 f"the server refuses transactions of {self.limit.refused_at} entries or more: they went in parts of "
                 f"at most {self.limit.max_entries}"
@@ -289,6 +304,7 @@ class _Writer:
                 self._count_refused(entries, exc)
                 self._progress(len(entries))
                 return []
+            self.summary.size_refusals += 1
             known = self.summary.limit  # another part may have learnt a smaller limit meanwhile
             start = known or TransactionLimit(len(entries), len(entries))
             self.summary.limit = start.refused(len(entries))

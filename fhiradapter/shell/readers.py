@@ -106,7 +106,8 @@ class Reject(NamedTuple):
 # Files a folder of pulled data holds beside the resources: described by name, never read as input.
 PULL_MANIFEST = "pull-manifest.json"  # what a pull wrote (pull, bulk)
 BULK_STATE = "bulk-state.json"  # an unfinished Bulk export's job (bulk)
-NOT_DATA = frozenset({PULL_MANIFEST, BULK_STATE})
+PULL_REJECTS = "pull-rejects.ndjson"  # the lines of a Bulk export no reader could use (bulk), as rejects
+NOT_DATA = frozenset({PULL_MANIFEST, BULK_STATE, PULL_REJECTS})
 
 
 def expand_inputs(paths: list[Path], exclude: Path | None = None) -> list[Path]:

@@ -12,7 +12,10 @@ SQLite in the data folder by default (``sync.db``); ``--store`` takes ``sqlite:/
   the study's non-deleted resources from here, so an incremental pull still evaluates whole patients;
 - ``written``: every write the sync sent (method, url, condition, status, the server's location, outcome);
 - ``server_limits``: per server, what it takes in one transaction (``push.TransactionLimit``, learnt from its
-  refusals), so that the next run sends parts it takes from the start.
+  refusals), so that the next run sends parts it takes from the start. Each run that writes tries twice that
+  (``TransactionLimit.probe``) and keeps what it finds, so a limit learnt from a passing refusal wears off;
+  the row goes once the server takes ``--chunk``. ``fhiradapter runs`` shows the rows; ``runs
+  --reset-limits SERVER`` removes one.
 The schema is created on first use (``create_all``) and carries a version row; a store from a newer
 fhiradapter is refused rather than misread.
 """
@@ -232,6 +235,25 @@ class SyncStore:
                     run_id=run_id,
                 )
             )
+
+    def transaction_limits(self) -> list[tuple[str, TransactionLimit, int | None]]:
+        """Every server's learnt transaction limit, with the run that learnt it, by server."""
+        columns = (
+            server_limits.c.server,
+            server_limits.c.transaction_max_entries,
+            server_limits.c.transaction_refused_at,
+            server_limits.c.run_id,
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*columns).order_by(server_limits.c.server)).all()
+        return [(str(r[0]), TransactionLimit(int(r[1]), int(r[2])), r[3]) for r in rows]
+
+    def clear_transaction_limit(self, server: str) -> TransactionLimit | None:
+        """Forget what ``server`` was learnt to take in one transaction; returns what that was (None: nothing)."""
+        found = self.transaction_limit(server)
+        with self.engine.begin() as conn:
+            conn.execute(server_limits.delete().where(server_limits.c.server == server))
+        return found
 
     def record_written(self, server: str, study: str, run_id: int, rows: list[tuple[Any, ...]]) -> None:
         if not rows:

@@ -9,8 +9,10 @@ One run:
 3. evaluate the study's whole mirror (an incremental pull still evaluates whole patients) into the run folder,
    which keeps every output for the record; the write-back comes back in memory (not read from the folder);
 4. push that write-back (unless ``--dry-run``; see ``push.py``), cut below the transaction size this server
-   refused before (the store remembers it per server). A 412 conflict (someone changed a resource after we read it):
-   pull again what changed since this run started, re-evaluate, push once more; what still conflicts is reported;
+   refused before (the store remembers it per server), probing twice that size on each run that writes
+   (``TransactionLimit.probe``: a server that recovered gets whole transactions again). A 412 conflict
+   (someone changed a resource after we read it): pull again what changed since this run started, re-evaluate,
+   push once more; what still conflicts is reported;
 5. only then store the new watermark. A run that dies before that leaves the old watermark: the next run pulls
    again and, since writes are conditional and the plan sees the results already on the server, writes nothing
    twice.
@@ -51,7 +53,7 @@ from fhiradapter.shell.pull import (
     study_subjects,
 )
 from fhiradapter.shell.pull_folder import first_few
-from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, push
+from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, push
 from fhiradapter.shell.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
@@ -84,6 +86,8 @@ class SyncSummary:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     non_atomic: list[str] = field(default_factory=list)  # patients written as a batch: too large for a transaction
+    # The store's transaction limit for this server as the run found it, what the run tried, and what it left.
+    transaction_limit: dict[str, Any] | None = None
     requests: int = 0
     retries: int = 0
     per_search: int | None = None  # patients asked for in one search by the run's pull (None: a Bulk pull)
@@ -115,6 +119,7 @@ class SyncSummary:
             "errors": self.errors,
             "warnings": self.warnings,
             "non_atomic": self.non_atomic,
+            "transaction_limit": self.transaction_limit,
             "requests": self.requests,
             "retries": self.retries,
             "patients_per_search": self.per_search,
@@ -424,15 +429,36 @@ async def _push_phase(
     client: FhirClient, store: SyncStore, planned: Writeback, opts: SyncOptions, cap: Capability, summary: SyncSummary
 ) -> PushSummary:
     """Push the write-back evaluate handed over, with the capabilities the pull read seconds before (no second
-    /metadata round trip), cut below the transaction size this server refused before (the store's memory)."""
-    limit = store.transaction_limit(summary.server)
+    /metadata round trip), cut below the transaction size this server refused before (the store's memory): the
+    run's first push tries twice that (``TransactionLimit.probe``); what it learns replaces it, or removes it
+    once the server takes what ``--chunk`` asks."""
+    learnt = store.transaction_limit(summary.server)
     bundle = _approved_part(planned, opts, summary)
     entries = len(bundle["entry"])
+    first = summary.transaction_limit is None
+    limit = learnt.probe(opts.chunk) if learnt and first else learnt
+    if learnt and entries and first:
+        tried = f"parts of {limit.max_entries} entries" if limit else f"--chunk {opts.chunk}"
+        summary.warnings.append(
+            f"this server refused transactions before: the store keeps parts of {learnt.max_entries} entries "
+            f"(refused at {learnt.refused_at}); this run tried {tried} (fhiradapter runs --reset-limits "
+            f"{summary.server} forgets it)"
+        )
     progress = opts.on_push(entries) if opts.on_push and entries else None
     pushed = await push(client, bundle, opts.mode, opts.chunk, progress=progress, cap=cap, limit=limit)
     _add_push(summary, pushed)
-    if pushed.limit and pushed.limit != limit:
-        store.set_transaction_limit(summary.server, pushed.limit, summary.run_id)
+    if opts.mode == "auto" and pushed.mode == "transaction" and entries:  # transactions were sent: evidence
+        if pushed.limit is None:
+            if learnt:
+                store.clear_transaction_limit(summary.server)
+        elif pushed.limit != learnt:
+            store.set_transaction_limit(summary.server, pushed.limit, summary.run_id)
+    now = store.transaction_limit(summary.server)
+    summary.transaction_limit = {
+        "found": _limit_dict(learnt) if first else (summary.transaction_limit or {}).get("found"),
+        "tried": _limit_dict(limit),
+        "left": _limit_dict(now),
+    }
     store.record_written(summary.server, opts.study, summary.run_id, pushed.written)
     return pushed
 
@@ -457,6 +483,10 @@ def _approved_part(planned: Writeback, opts: SyncOptions, summary: SyncSummary) 
     summary.approved_by = rule.name
     sent, _left_out = approved_bundle(allowed, approval)
     return sent
+
+
+def _limit_dict(limit: TransactionLimit | None) -> dict[str, int] | None:
+    return {"max_entries": limit.max_entries, "refused_at": limit.refused_at} if limit else None
 
 
 def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:
