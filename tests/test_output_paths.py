@@ -316,14 +316,16 @@ def test_exports_write_through_no_link_and_are_private(tmp_path: Path, umask_022
 
 
 def test_a_bulk_state_file_cannot_name_a_file_outside_the_folder_for_removal(tmp_path: Path) -> None:
-    """bulk-state.json lies in the folder; the names of an earlier pull's files it lists, to be removed once the
-    export is complete, are taken only as plain names of the folder."""
+    """A pull is written apart and replaces the folder whole (pull_folder): nothing a state file in the folder
+    says makes it remove a file elsewhere, even one it names as an earlier pull's."""
     victim = tmp_path / "victim.ndjson"
     victim.write_text("theirs\n")
     out = tmp_path / "out"
     out.mkdir()
 
     def server(request: Seen) -> Reply:
+        if "$export" in request.path:
+            return Reply(202, b"", {"Content-Location": "/fhir/status/1"})
         if request.path.startswith("/fhir/status/1"):
             output = [{"type": "Patient", "url": "/fhir/f/1"}]
             return Reply(200, {"transactionTime": "t", "requiresAccessToken": False, "output": output, "error": []})
@@ -332,11 +334,10 @@ def test_a_bulk_state_file_cannot_name_a_file_outside_the_folder_for_removal(tmp
         return Reply(200, {"resourceType": "Bundle", "type": "searchset", "entry": []})
 
     with stub_server(server) as stub:
-        replaces = ["../victim.ndjson", str(victim), "old.ndjson"]
+        replaces = ["../victim.ndjson", str(victim)]
         state = {"status_url": f"{stub.base}/fhir/status/1", "done": [], "replaces": replaces}
         (out / "bulk-state.json").write_text(json.dumps(state))
-        (out / "old.ndjson").write_text('{"resourceType":"Patient","id":"old"}\n')
         result = CliRunner().invoke(main, ["pull", "--server", f"{stub.base}/fhir", "--bulk", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert victim.read_text() == "theirs\n" and not (out / "old.ndjson").exists()
+    assert victim.read_text() == "theirs\n"
     assert "Patient-001.ndjson" in [p.name for p in out.iterdir()]

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from builders import approve_bundle, standing_rule_all
+from builders import approve_bundle, standing_rule_all, trusting_mappings
 from click.testing import CliRunner
 from stub_server import Reply, Seen, drip_server, stub_server
 
@@ -792,7 +792,7 @@ def test_s6_a_learnt_transaction_limit_is_probed_upward_shown_and_reset(tmp_path
         with stub_server(proxy) as stub:
             proxy.base = f"{stub.base}/fhir"
             sync = ["sync", "--server", proxy.base, "--study", "thal-hcc-pilot", "--as-of", AS_OF.isoformat()]
-            sync += [*data, "--chunk", "4", "--no-progress"]
+            sync += [*data, "--chunk", "4", "--no-progress", "--mappings", str(trusting_mappings(tmp_path / "site"))]
             afp = f"{target}/Observation/thal-03-afp-a1"
             values = [httpx.get(afp, timeout=10).json()["valueQuantity"]["value"], 2100]
 
