@@ -31,8 +31,10 @@ SWIMMER_MAX = 60  # patients drawn in the swimmer plot (the longest treatments w
 TABLE_MAX = 200  # rows of a per-patient table; results.json has every patient
 RESPONSE_COLOURS = {"CR": "#1a9850", "PR": "#66bd63", "SD": "#fdae61", "PD": "#d73027", "NE": "#999999"}
 
-# A table: its header, its rows (a cell's lines split by "\n"), and the sentence shown instead when it has no rows.
-Table = tuple[list[str], list[list[str]], str]
+# A table: its header, its rows, and the sentence shown instead when it has no rows. A cell is a text, or
+# several items (each criterion a patient did not meet), shown one under the other.
+Cell = str | tuple[str, ...]
+Table = tuple[list[str], list[list[Cell]], str]
 NONE = "none"  # how an empty cell or list reads
 
 
@@ -49,9 +51,9 @@ def _drug(code: str) -> str:
     return f"{name} (RxNorm {code})" if name else f"RxNorm {code}"
 
 
-def _lines(texts: Iterable[str]) -> str:
-    """A cell of several lines (criteria each with its value and limit: ``eligibility.explain``)."""
-    return "\n".join(texts) or NONE
+def _items(texts: Iterable[str]) -> Cell:
+    """A cell of several items (criteria each with its value and limit: ``eligibility.explain``)."""
+    return tuple(texts) or NONE
 
 
 def _days(x: float | None) -> str:
@@ -228,7 +230,7 @@ class Candidates:
     one counted, the first ``TABLE_MAX`` by patient kept as table rows."""
 
     def __init__(self) -> None:
-        self.rows: list[list[str]] = []
+        self.rows: list[list[Cell]] = []
         self.n = 0
         self.by_status: Counter[str] = Counter()
 
@@ -246,7 +248,7 @@ class Candidates:
             except (KeyError, ValueError):  # not this version's value: its detail still says what it found
                 text = str(obj.get("detail") or obj.get("id"))
             (failed if obj["status"] == CriterionStatus.NOT_MET else unknown).append(text)
-        row = [result["patient"].split("/", 1)[-1], eligibility["status"], _lines(failed), _lines(unknown)]
+        row = [result["patient"].split("/", 1)[-1], eligibility["status"], _items(failed), _items(unknown)]
         self.rows.append(row)
         if len(self.rows) >= 2 * TABLE_MAX:
             self.rows = sorted(self.rows)[:TABLE_MAX]
@@ -520,7 +522,7 @@ def build_sections(
         }
     )
     t3 = [
-        [r["patient"].split("/", 1)[1], r["eligibility"], _lines(r["failed"]), _lines(r["unknown"]), r["status"]]
+        [r["patient"].split("/", 1)[1], r["eligibility"], _items(r["failed"]), _items(r["unknown"]), r["status"]]
         for r in screened
     ]
     sections.append(
@@ -574,9 +576,16 @@ def build_sections(
     return sections
 
 
-def _md_cell(text: str) -> str:
-    """A Markdown table cell: a ``|`` or a line break from the data (a Patient.gender, say) would end the row."""
+def _md_text(text: str) -> str:
+    """Text in a Markdown table cell: a ``|`` or a line break from the data (a Patient.gender, say) would end the
+    row."""
     return " ".join(part for part in text.replace("|", "/").splitlines() if part.strip())
+
+
+def _md_cell(cell: Cell) -> str:
+    if isinstance(cell, str):
+        return _md_text(cell)
+    return _md_text(cell[0]) if len(cell) == 1 else "<br>".join(f"• {_md_text(item)}" for item in cell)
 
 
 def render_markdown(title: str, meta: str, sections: list[dict[str, Any]], figures: dict[str, str]) -> str:
@@ -614,17 +623,13 @@ def _inline(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def _cell(text: str) -> str:
-    """A cell of several lines as a list, so that a line the column wraps is not taken for two."""
-    lines = text.split("\n")
-    if len(lines) == 1:
-        return html.escape(text)
-    return "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>"
-
-
-def _md_cell(text: str) -> str:
-    lines = text.replace("|", "/").split("\n")
-    return lines[0] if len(lines) == 1 else "<br>".join(f"• {line}" for line in lines)
+def _cell(cell: Cell) -> str:
+    """A cell of several items as a list, so that an item the column wraps is not taken for two."""
+    if isinstance(cell, str):
+        return html.escape(cell)
+    if len(cell) == 1:
+        return html.escape(cell[0])
+    return "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in cell) + "</ul>"
 
 
 def render_html(title: str, meta: str, sections: list[dict[str, Any]], images: dict[str, bytes]) -> str:
