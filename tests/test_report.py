@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.eligibility import assess_eligibility, criterion_from_json, explain
 from fhiradapter.core.model import Condition, Consent, Exposure, Observed, PatientRecord
 from fhiradapter.core.results import to_builtins
+from fhiradapter.shell.report import Digest, _paper_section
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"
@@ -433,14 +435,18 @@ def test_each_criterion_kind_reads_as_the_value_found_and_the_limit(
 def test_the_paper_is_compared_only_with_the_papers_cohort(screened: Path, synthetic: Path) -> None:
     """Item 6: the paper cohort's report compares and says which cohort; a generated cohort's does not."""
     paper = section((screened / "report.md").read_text(), "Differences from the published paper")
-    assert "Compared because this run's treated patients are the paper's cohort" in paper
-    assert "protocol thal-hcc-pilot, 8 treated patients thal-01 to thal-08" in paper
+    assert "This run is the paper's cohort (protocol thal-hcc-pilot; treated patients thal-01 to thal-08" in paper
     assert "| Median treatment duration (days) | 97.5 (range 5-422) | 152 (range 5-422) |" in paper
     md, page = (synthetic / "report.md").read_text(), (synthetic / "report.html").read_text()
     for text in (md, page):
         assert "Differences from the published paper" not in text and "152 (range 5-422)" not in text
         assert "Printed in the paper" not in text
-    assert "This cohort (9 treated patients) is not the one the paper describes" in section(md, "Published paper")
+    said = (
+        "Not compared: the paper's figures describe the paper's cohort (protocol thal-hcc-pilot; treated patients "
+        "thal-01 to thal-08, as fixtures/paper-cohort encodes the pilot study), and this run's 9 treated patient(s) "
+        "are not that cohort."
+    )
+    assert said in section(md, "Published paper")
 
 
 def test_a_cohort_of_eight_other_patients_is_not_the_papers(tmp_path: Path) -> None:
@@ -476,3 +482,22 @@ def test_every_subject_treated_says_none_under_screening_outcomes(synthetic: Pat
     """Item 7: a cohort whose study subjects were all treated has no screening outcome to list."""
     outcomes = section((synthetic / "report.md").read_text(), "Screening outcomes")
     assert "None: every study subject was treated." in outcomes and "| Patient" not in outcomes
+
+
+@pytest.mark.parametrize(("cohort_of", "asked", "compared"), [("synthetic", True, True), ("screened", False, False)])
+def test_the_comparison_can_be_asked_for_or_refused(
+    request: pytest.FixtureRequest, cohort_of: str, asked: bool, compared: bool
+) -> None:
+    """Item 6: ``compare_with_paper`` overrides the choice, and the report still says which cohort it is."""
+    results = json.loads((request.getfixturevalue(cohort_of) / "results.json").read_text())
+    digest = Digest()
+    for subject in results["subjects"]:
+        digest.add({**subject, "issues": [i["code"] for i in subject["issues"]]})
+    published = tomllib.loads((ROOT / "mappings" / "published.toml").read_text())
+    section = _paper_section(published, {"protocol": results["protocol"]}, results["cohort"], digest, asked)
+    assert bool(section.get("tables")) is compared
+    if compared:
+        assert section["paragraphs"][0].startswith("Compared on request: this run's 9 treated patient(s) are not")
+    else:
+        assert section["title"] == "Published paper: not compared"
+        assert section["paragraphs"][0].startswith("Not compared, on request (protocol thal-hcc-pilot;")

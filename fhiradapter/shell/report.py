@@ -327,9 +327,8 @@ def _is_the_papers(published: dict[str, Any], header: dict[str, Any], digest: Di
     if not treated or not cohort.get("protocol"):
         return False, "mappings/published.toml names no cohort ([cohort] protocol and treated)"
     first, last = treated[0].split("/", 1)[-1], treated[-1].split("/", 1)[-1]
-    described = (
-        f"{cohort.get('description') or 'the paper cohort'}: protocol {cohort['protocol']}, "
-        f"{len(treated)} treated patients {first} to {last}"
+    described = f"protocol {cohort['protocol']}; treated patients {first} to {last}" + (
+        f", {cohort['description']}" if cohort.get("description") else ""
     )
     same = (
         cohort["protocol"] == header["protocol"].get("id")
@@ -348,8 +347,10 @@ def _paper_section(
         return {
             "title": "Published paper: not compared",
             "paragraphs": [
-                f"This cohort ({cohort['n_treated']} treated patients) is not the one the paper describes "
-                f"({described}), so the paper's figures are not set beside its own."
+                f"Not compared, on request ({described})."
+                if same
+                else f"Not compared: the paper's figures describe the paper's cohort ({described}), and this run's "
+                f"{cohort['n_treated']} treated patient(s) are not that cohort."
             ],
         }
     counts = cohort["best_response_counts"]
@@ -373,9 +374,11 @@ def _paper_section(
         for f in published.get("figure", [])
     ]
     which = (
-        f"Compared because this run's treated patients are the paper's cohort ({described})."
+        f"This run is the paper's cohort ({described}), so each figure the paper printed is set beside the one "
+        "computed here."
         if same
-        else f"Compared on request, although this cohort is not the paper's ({described})."
+        else f"Compared on request: this run's {cohort['n_treated']} treated patient(s) are not the paper's cohort "
+        f"({described})."
     )
     return {
         "title": "Differences from the published paper",
@@ -612,6 +615,7 @@ padding:0 1em;color:#222}h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px
 margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}th,td{border:1px solid #ccc;
 padding:.25em .55em;text-align:left;vertical-align:top}th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
 img{max-width:100%}.meta{color:#555;font-size:.9em}td:first-child,code{white-space:nowrap}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.95em}
 td ul{margin:0;padding-left:1.1em}td li+li{margin-top:.2em}"""
 
 
