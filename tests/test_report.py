@@ -501,3 +501,21 @@ def test_the_comparison_can_be_asked_for_or_refused(
     else:
         assert section["title"] == "Published paper: not compared"
         assert section["paragraphs"][0].startswith("Not compared, on request (protocol thal-hcc-pilot;")
+
+
+def test_a_published_toml_without_its_cohort_compares_no_run(screened: Path) -> None:
+    """Item 6: a site's older published.toml (no [cohort]) never sets the paper beside a run unasked."""
+    results = json.loads((screened / "results.json").read_text())
+    digest = Digest()
+    for subject in results["subjects"]:
+        digest.add({**subject, "issues": []})
+    published = tomllib.loads((ROOT / "mappings" / "published.toml").read_text())
+    del published["cohort"]
+    section = _paper_section(published, {"protocol": results["protocol"]}, results["cohort"], digest, None)
+    assert section == {
+        "title": "Published paper: not compared",
+        "paragraphs": [
+            "Not compared: published.toml names no cohort ([cohort] with protocol and treated), so no run is the "
+            "paper's."
+        ],
+    }

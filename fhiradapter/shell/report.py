@@ -316,8 +316,9 @@ def _candidates_section(
     }
 
 
-def _is_the_papers(published: dict[str, Any], header: dict[str, Any], digest: Digest) -> tuple[bool, str]:
-    """Whether this run's cohort is the one the paper describes (published.toml ``[cohort]``), and that cohort.
+def _is_the_papers(published: dict[str, Any], header: dict[str, Any], digest: Digest) -> tuple[bool, str | None]:
+    """Whether this run's cohort is the one the paper describes (published.toml ``[cohort]``), and that cohort
+    in words (None when published.toml names none).
 
     It is when the protocol id is the paper's and the treated patients are exactly the paper's: figures computed
     from any other cohort would be set beside the paper's for no reason.
@@ -325,7 +326,7 @@ def _is_the_papers(published: dict[str, Any], header: dict[str, Any], digest: Di
     cohort = published.get("cohort") or {}
     treated = sorted(str(p) for p in cohort.get("treated") or [])
     if not treated or not cohort.get("protocol"):
-        return False, "mappings/published.toml names no cohort ([cohort] protocol and treated)"
+        return False, None
     first, last = treated[0].split("/", 1)[-1], treated[-1].split("/", 1)[-1]
     described = f"protocol {cohort['protocol']}; treated patients {first} to {last}" + (
         f", {cohort['description']}" if cohort.get("description") else ""
@@ -343,6 +344,9 @@ def _paper_section(
 ) -> dict[str, Any]:
     """The paper's printed figures beside this run's, when this run is the paper's cohort (or ``asked``)."""
     same, described = _is_the_papers(published, header, digest)
+    if described is None and not asked:
+        why = "published.toml names no cohort ([cohort] with protocol and treated), so no run is the paper's"
+        return {"title": "Published paper: not compared", "paragraphs": [f"Not compared: {why}."]}
     if asked is False or (asked is None and not same):
         return {
             "title": "Published paper: not compared",
@@ -378,7 +382,7 @@ def _paper_section(
         "computed here."
         if same
         else f"Compared on request: this run's {cohort['n_treated']} treated patient(s) are not the paper's cohort "
-        f"({described})."
+        f"({described or 'published.toml names none'})."
     )
     return {
         "title": "Differences from the published paper",
