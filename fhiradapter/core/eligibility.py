@@ -4,6 +4,8 @@ Every criterion carries the value it used, the ids of the resources it came from
 Data are read on or before the screening date; labs are the latest within 28 days before it, assessments (ECOG,
 ascites, encephalopathy, pregnancy) the latest on or before it, however old.
 Exclusion criteria (``not_...``/``no_...``) are met when no evidence is found, and say so.
+The limits are written once (``THRESHOLDS``, ``MAX_AGE_EXCLUSIVE``): the rules, the details and the words a
+report prints for a criterion not met or unknown (``explain``: the value found and the limit) derive from them.
 """
 
 from __future__ import annotations

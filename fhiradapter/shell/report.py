@@ -2,9 +2,12 @@
 
 Sections: response summary with exact CIs, Table 1 (patient characteristics and results) and Table 2
 (toxicity by grade) in the paper's layout, the Kaplan-Meier overall-survival curve with the number at risk,
-a swimmer plot of treatment durations, screening outcomes, data quality, and the differences from the
-published paper (``mappings/published.toml``). Built from the cohort summary and the compact per-patient
-rows of the run, never by re-reading results.json, so its memory does not grow with the input.
+a swimmer plot of treatment durations, screening outcomes of the study subjects not treated, the screening
+candidates (read from candidates.ndjson line by line), data quality, and, when the run is the paper's own
+cohort (``mappings/published.toml`` ``[cohort]``), the differences from the published paper. Each criterion
+not met or unknown reads as the value found and the limit (``eligibility.explain``); a section with nothing
+to show says "none". Built from the cohort summary and the compact per-patient rows of the run, never by
+re-reading results.json, so its memory does not grow with the input.
 """
 
 from __future__ import annotations
