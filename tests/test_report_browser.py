@@ -113,6 +113,11 @@ def test_the_html_report_renders_in_a_real_browser_with_every_image(tmp_path: Pa
             assert all(complete and width > 100 for _, complete, width in loaded), loaded
             title = page.call("Runtime.evaluate", expression="document.title", returnByValue=True)["result"]["value"]
             assert "Thalidomide" in title
+            # What a reader sees: each criterion with the value found and its limit, no Markdown left over.
+            text = page.call("Runtime.evaluate", expression="document.body.innerText", returnByValue=True)
+            seen = text["result"]["value"]
+            assert "age 75; must be under 75" in seen and "neutrophils 0.9 × 10⁹/L; must be ≥ 1.0 × 10⁹/L" in seen
+            assert "Not screened: this run was made without --screen-candidates." in seen and "`" not in seen
             shot = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             ARTIFACTS.mkdir(exist_ok=True)
             (ARTIFACTS / "report.png").write_bytes(b64decode(shot["data"]))

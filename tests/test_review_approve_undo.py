@@ -124,8 +124,8 @@ def test_every_plan_line_says_what_changes_old_from_the_input_new_from_the_resul
             assert p["action"] == "create" and "old" not in p  # the paper cohort holds no earlier result
     # The eligibility sentence shows the patient's value and the limit (scr-01 is 75, scr-02's ANC 0.9).
     says = {(p["patient"], p["kind"]): p["says"] for p in plan}
-    assert "age 75 (must be: age under 75)" in says[("Patient/scr-01", "eligibility")]
-    assert "anc 0.9 × 10⁹/L (must be: neutrophils ≥ 1.0 × 10⁹/L)" in says[("Patient/scr-02", "eligibility")]
+    assert "age 75; must be under 75" in says[("Patient/scr-01", "eligibility")]
+    assert "neutrophils 0.9 × 10⁹/L; must be ≥ 1.0 × 10⁹/L" in says[("Patient/scr-02", "eligibility")]
 
 
 def versions(base: str, rtype: str) -> dict[str, str]:

@@ -15,6 +15,7 @@ ALBUMIN_UPPER = 3.5
 INR_BANDS = (1.7, 2.3)
 PT_BANDS = (4.0, 6.0)
 ASCITES_POINTS = {"none": 1, "mild": 2, "moderate": 3, "severe": 3}
+CLASS_A_MAX, CLASS_B_MAX = 6, 9  # class A 5-6, B 7-9, C 10-15
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ def encephalopathy_points(grade: int) -> int:
 
 
 def child_pugh_class(score: int) -> str:
-    return "A" if score <= 6 else "B" if score <= 9 else "C"
+    return "A" if score <= CLASS_A_MAX else "B" if score <= CLASS_B_MAX else "C"
 
 
 def score_child_pugh(

@@ -4,15 +4,21 @@ Every criterion carries the value it used, the ids of the resources it came from
 Data are read on or before the screening date; labs are the latest within 28 days before it, assessments (ECOG,
 ascites, encephalopathy, pregnancy) the latest on or before it, however old.
 Exclusion criteria (``not_...``/``no_...``) are met when no evidence is found, and say so.
+The limits are written once (``THRESHOLDS``, ``MAX_AGE_EXCLUSIVE``): the rules, the details and the words a
+report prints for a criterion not met or unknown (``explain``: the value found and the limit) derive from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
+from typing import Any, NamedTuple
+
+import msgspec
 
 from fhiradapter.core import dates
-from fhiradapter.core.child_pugh import ChildPugh
+from fhiradapter.core.child_pugh import CLASS_B_MAX, ChildPugh
+from fhiradapter.core.mappers import as_recorded
 from fhiradapter.core.model import Condition, Observed, PatientRecord
 from fhiradapter.core.results import (
     AgeRange,
@@ -37,13 +43,54 @@ ANC_MIN = 1.0  # 10*9/L
 PLATELETS_MIN = 40.0  # 10*9/L
 CREATININE_MAX = 2.0  # mg/dL
 ACTIVE_CLINICAL = frozenset({None, "active", "recurrence", "relapse"})
-# The four threshold criteria (docs/protocol.md §2): id (= the observation concept), rule, wording, lab window.
+
+
+class Threshold(NamedTuple):
+    """One of the four threshold criteria (docs/protocol.md §2): the limit is written here once, and the rule,
+    the detail results.json gives and the wording a report prints are all derived from it."""
+
+    cid: str  # the criterion id, which is also the observation concept
+    name: str  # what the rule book calls the value
+    op: str  # "<=" (at most the limit) or ">=" (at least)
+    limit: float
+    decimals: int  # as the rule book prints the limit: 1.0 x10^9/L, 40 x10^9/L
+    unit: str  # the concept's canonical (UCUM) unit; "" for a score
+    lab: bool  # a lab within LAB_WINDOW_DAYS; else an assessment, the latest on or before screening
+
+    def ok(self, value: float) -> bool:
+        return value <= self.limit if self.op == "<=" else value >= self.limit
+
+    @property
+    def rule(self) -> str:
+        """The rule in plain ASCII, as results.json's detail has always given it."""
+        unit = {"10*9/L": " x10^9/L"}.get(self.unit, f" {self.unit}" if self.unit else "")
+        return f"{self.name} {self.op} {self.limit:.{self.decimals}f}{unit}"
+
+    @property
+    def must(self) -> str:
+        """The limit as a report prints it: "≥ 1.0 × 10⁹/L"."""
+        return f"{PRINTED_OPS[self.op]} {self.limit:.{self.decimals}f}{printed_unit(self.unit)}"
+
+    @property
+    def window(self) -> str:
+        return f"within {LAB_WINDOW_DAYS} days before screening" if self.lab else "on or before screening"
+
+
+PRINTED_OPS = {"<=": "≤", ">=": "≥"}
+PRINTED_UNITS = {"10*9/L": "× 10⁹/L"}  # UCUM codes whose printed form differs from the code
+
+
+def printed_unit(unit: str | None) -> str:
+    """A canonical unit as a report prints it, with its leading space ("" for a score)."""
+    return f" {PRINTED_UNITS.get(unit, unit)}" if unit else ""
+
+
 # ECOG is an assessment, not a lab: the latest on or before screening counts, however old.
-THRESHOLDS: tuple[tuple[str, Callable[[float], bool], str, bool], ...] = (
-    ("ecog", lambda v: v <= ECOG_MAX, "ECOG performance status <= 2", False),
-    ("anc", lambda v: v >= ANC_MIN, "neutrophils >= 1.0 x10^9/L", True),
-    ("platelets", lambda v: v >= PLATELETS_MIN, "platelets >= 40 x10^9/L", True),
-    ("creatinine", lambda v: v <= CREATININE_MAX, "serum creatinine <= 2.0 mg/dL", True),
+THRESHOLDS: tuple[Threshold, ...] = (
+    Threshold("ecog", "ECOG performance status", "<=", ECOG_MAX, 0, "", False),
+    Threshold("anc", "neutrophils", ">=", ANC_MIN, 1, "10*9/L", True),
+    Threshold("platelets", "platelets", ">=", PLATELETS_MIN, 0, "10*9/L", True),
+    Threshold("creatinine", "serum creatinine", "<=", CREATININE_MAX, 1, "mg/dL", True),
 )
 CRITERIA = (
     "histology",
@@ -68,12 +115,9 @@ CRITERION_LABELS = {
     "histology": "confirmed HCC",
     "metastatic_measurable": "metastatic, measurable disease",
     "prior_anthracycline_progression": "progression after an anthracycline",
-    "age": "age under 75",
-    "ecog": "ECOG 0-2",
-    "anc": "neutrophils ≥ 1.0 × 10⁹/L",
-    "platelets": "platelets ≥ 40 × 10⁹/L",
-    "creatinine": "creatinine ≤ 2.0 mg/dL",
-    "child_pugh": "Child-Pugh A or B",
+    "age": f"age under {MAX_AGE_EXCLUSIVE}",
+    **{t.cid: f"{t.name} {t.must}" for t in THRESHOLDS},
+    "child_pugh": f"Child-Pugh class A or B (score 5-{CLASS_B_MAX})",
     "not_pregnant_or_breastfeeding": "not pregnant or breastfeeding",
     "no_peripheral_neuropathy": "no peripheral neuropathy",
     "no_prior_thalidomide": "no prior thalidomide",
@@ -103,10 +147,10 @@ def latest(
     return best
 
 
-def _threshold(cid: str, o: Observed | None, ok: bool | None, what: str, window: bool = True) -> Criterion:
+def _threshold(t: Threshold, o: Observed | None, ok: bool | None) -> Criterion:
+    cid, what = t.cid, t.rule
     if o is None or ok is None:
-        when = f"within {LAB_WINDOW_DAYS} days before screening" if window else "on or before screening"
-        return criterion(cid, UNKNOWN, None, [], f"no value for: {what}, {when}")
+        return criterion(cid, UNKNOWN, None, [], f"no value for: {what}, {t.window}")
     shown: float | int | None = o.value
     if shown is not None and not o.unit and float(shown).is_integer():
         shown = int(shown)  # ECOG is a score, not a measurement
@@ -138,10 +182,10 @@ def assess_eligibility(
         _anthracycline(rec, screening),
         _age(rec, screening),
     ]
-    for cid, rule, what, window in THRESHOLDS:
-        o = latest(idx.get(cid, ()), cid, screening, window_days=LAB_WINDOW_DAYS if window else None)
-        ok = None if o is None or o.value is None else rule(o.value)
-        results.append(_threshold(cid, o, ok, what, window=window))
+    for t in THRESHOLDS:
+        o = latest(idx.get(t.cid, ()), t.cid, screening, window_days=LAB_WINDOW_DAYS if t.lab else None)
+        ok = None if o is None or o.value is None else t.ok(o.value)
+        results.append(_threshold(t, o, ok))
     if cp.score is None:
         results.append(
             criterion(
@@ -159,7 +203,7 @@ def assess_eligibility(
                 MET if cp.cls in ("A", "B") else NOT_MET,
                 ChildPughClass(cp.score, cp.cls or ""),
                 cp_evidence,
-                "Child-Pugh class A or B (score 5-9)",
+                f"Child-Pugh class A or B (score 5-{CLASS_B_MAX})",
             )
         )
     results += [
@@ -285,10 +329,10 @@ def _age(rec: PatientRecord, screening: date) -> Criterion:
     value: int | AgeRange = youngest if youngest == oldest else AgeRange(youngest, oldest)
     partial = "" if youngest == oldest else f" (partial birth date {person.birth_date})"
     if oldest < MAX_AGE_EXCLUSIVE:
-        return criterion("age", MET, value, [person.ref], f"age at screening < 75{partial}")
+        return criterion("age", MET, value, [person.ref], f"age at screening < {MAX_AGE_EXCLUSIVE}{partial}")
     if youngest >= MAX_AGE_EXCLUSIVE:
-        return criterion("age", NOT_MET, value, [person.ref], f"age at screening >= 75{partial}")
-    return criterion("age", UNKNOWN, value, [person.ref], f"age 74 or 75{partial}")
+        return criterion("age", NOT_MET, value, [person.ref], f"age at screening >= {MAX_AGE_EXCLUSIVE}{partial}")
+    return criterion("age", UNKNOWN, value, [person.ref], f"age {youngest} or {oldest}{partial}")
 
 
 def _active_conditions(rec: PatientRecord, concepts: set[str], screening: date) -> list[Condition]:
@@ -382,3 +426,83 @@ def _consent(rec: PatientRecord, screening: date) -> Criterion:
             "research consent rejected or inactive",
         )
     return criterion("consent", UNKNOWN, None, [], "no research consent found")
+
+
+# --- For readers of a report: what a criterion found, beside what it asks ----------------------------------
+
+# The type of each criterion's value (results.json has one union; each id uses one part of it).
+VALUE_TYPES: dict[str, Any] = {
+    "age": int | AgeRange | None,
+    "metastatic_measurable": Measurability | None,
+    "prior_anthracycline_progression": AnthracyclineHistory | None,
+    "child_pugh": ChildPughClass | None,
+    **{t.cid: Measurement | None for t in THRESHOLDS},
+}
+
+
+def criterion_from_json(obj: Mapping[str, Any]) -> Criterion:
+    """A criterion as results.json and candidates.ndjson give it, typed again.
+
+    Raises ValueError (msgspec.ValidationError) when the value is not of its criterion's type.
+    """
+    cid = str(obj["id"])
+    value = msgspec.convert(obj.get("value"), VALUE_TYPES.get(cid, int | str | None))
+    return Criterion(cid, CriterionStatus(obj["status"]), value, tuple(obj.get("evidence") or ()), str(obj["detail"]))
+
+
+# The exclusion criteria that one record of the condition fails: what was found, and what they ask.
+FOUND = {
+    "not_pregnant_or_breastfeeding": "pregnancy or breastfeeding recorded; must be neither",
+    "no_peripheral_neuropathy": "active peripheral neuropathy recorded; must have none",
+    "no_uncontrolled_infection": "active infection recorded; must have none",
+}
+
+
+def explain(c: Criterion) -> str:
+    """What a criterion that is not met or unknown found in the patient's record, and what it asks.
+
+    "age 75; must be under 75", "neutrophils 0.9 × 10⁹/L; must be ≥ 1.0 × 10⁹/L", and for an unknown one what
+    is missing: "no value for: ECOG performance status on or before screening; must be ≤ 2". The limits come
+    from the constants above, so that a report never repeats one.
+    """
+    v = c.value
+    threshold = next((t for t in THRESHOLDS if t.cid == c.id), None)
+    if threshold is not None:
+        must = f"must be {threshold.must}"
+        if isinstance(v, Measurement) and v.value is not None:
+            recorded_value, recorded_unit = as_recorded(v.conversion)
+            recorded = f" (recorded as {recorded_value:g} {recorded_unit})" if recorded_value is not None else ""
+            return f"{threshold.name} {v.value:g}{printed_unit(v.unit)}{recorded}; {must}"
+        return f"no value for: {threshold.name} {threshold.window}; {must}"
+    if c.id == "age":
+        must = f"must be under {MAX_AGE_EXCLUSIVE}"
+        if isinstance(v, AgeRange):
+            return f"age {v.min} or {v.max} (birth date without month or day); {must}"
+        return f"age {v}; {must}" if isinstance(v, int) else f"no birth date; {must}"
+    if c.id == "child_pugh":
+        must = f"must be class A or B (score 5-{CLASS_B_MAX})"
+        if isinstance(v, ChildPughClass):
+            return f"Child-Pugh class {v.cls} (score {v.score}); {must}"
+        return f"{c.detail}; {must}"
+    if c.id == "metastatic_measurable" and isinstance(v, Measurability):
+        return (
+            f"{c.detail} (found: {v.metastases} metastasis Condition(s), "
+            f"{v.bidimensional_lesions} lesion(s) measured in two diameters)"
+        )
+    if c.id == "prior_anthracycline_progression" and isinstance(v, AnthracyclineHistory) and not v.progression_date:
+        return f"anthracycline started {v.anthracycline_start}, but no later progression record (97509-4 worsened)"
+    if c.id == "histology":
+        if c.status is NOT_MET:
+            return "the HCC diagnosis is refuted; must be confirmed HCC"
+        status = f" (verificationStatus {v})" if isinstance(v, str) and v else ""
+        return f"{c.detail}{status}; must be confirmed HCC"
+    if c.id == "no_prior_thalidomide" and c.status is NOT_MET:
+        started = f" started {v}" if isinstance(v, str) and v else ""
+        return f"thalidomide{started}, before screening; must have had none"
+    if c.id == "consent":
+        if c.status is NOT_MET:
+            return f"research consent {v}; must be active"
+        return f"{c.detail}; must be active"
+    if c.status is NOT_MET and c.id in FOUND:
+        return FOUND[c.id]
+    return c.detail  # already names what is missing

@@ -23,7 +23,7 @@ from msgspec import UNSET, UnsetType
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import score_child_pugh
 from fhiradapter.core.dates import PartialDate
-from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
+from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, explain, latest
 from fhiradapter.core.model import Exposure, Issue, PatientRecord, SupportingResource
 from fhiradapter.core.protocol import Mappings, StudyKey
 from fhiradapter.core.response import ResponseResult, assess_response
@@ -34,6 +34,7 @@ from fhiradapter.core.results import (
     ChildPughScore,
     CohortSummary,
     Conversion,
+    CriterionStatus,
     DoseAction,
     DoseActionKind,
     Eligibility,
@@ -400,8 +401,9 @@ def report_row(result: PatientResult) -> dict[str, Any]:
         "off_treatment_reason": result.off_treatment_reason or None,
         "os": to_builtins(result.os),
         "eligibility": result.eligibility.status,
-        "failed": list(result.eligibility.failed()),
-        "unknown": list(result.eligibility.unknown()),
+        # Each criterion not met or unknown, as a reader needs it: the value found and the limit (§2).
+        "failed": [explain(c) for c in result.eligibility.criteria if c.status is CriterionStatus.NOT_MET],
+        "unknown": [explain(c) for c in result.eligibility.criteria if c.status is CriterionStatus.UNKNOWN],
         "assessments": [
             {"day": dates.inclusive_days(index, a.date), "response": a.response} for a in result.assessments if index
         ],

@@ -11,15 +11,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from fhiradapter.core.eligibility import CRITERION_LABELS
-from fhiradapter.core.results import (
-    AgeRange,
-    ChildPughClass,
-    CriterionStatus,
-    CriterionValue,
-    Measurement,
-    PatientResult,
-)
+from fhiradapter.core.eligibility import explain
+from fhiradapter.core.results import CriterionStatus, PatientResult
 from fhiradapter.core.writeback import CODE_SYSTEM, GRADE_CODES, KINDS, RESPONSE_CODES, PlanEntry
 
 Scalar = str | int | float | bool | None
@@ -40,7 +33,6 @@ BASIS_WORDS = {
     "both": "by tumour size and AFP",
     "new_lesion": "a new lesion",
 }
-UNIT_WORDS = {"10*9/L": "× 10⁹/L"}  # UCUM codes as a report prints them
 _CATEGORY = {code: name for name, (code, _display) in RESPONSE_CODES.items()}
 _GRADE = {code: grade for grade, (code, _display) in GRADE_CODES.items()}
 _KIND_OF_CODE = {code: kind for kind, code in KINDS.items()}
@@ -215,33 +207,14 @@ def describe(entry: PlanEntry, criteria_text: dict[str, str] | None = None) -> D
     return Description(says, rule, new, old, changes)
 
 
-def _value_text(value: CriterionValue) -> str | None:
-    if isinstance(value, Measurement):
-        unit = f" {UNIT_WORDS.get(value.unit, value.unit)}" if value.unit else ""
-        return None if value.value is None else f"{value.value}{unit}"
-    if isinstance(value, AgeRange):
-        return f"{value.min} or {value.max}"
-    if isinstance(value, ChildPughClass):
-        return f"class {value.cls} (score {value.score})"
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | str):
-        return str(value)
-    return None
-
-
 def criteria_in_words(result: PatientResult) -> dict[str, str]:
-    """Each criterion not met or unknown, in words with the patient's value: ``age 75 (must be: age under
-    75)``; an unknown criterion says what is missing (its detail)."""
-    out: dict[str, str] = {}
-    for c in result.eligibility.criteria:
-        if c.status == CriterionStatus.NOT_MET:
-            shown = _value_text(c.value)
-            label = CRITERION_LABELS.get(c.id, c.id)
-            out[c.id] = f"{c.id} {shown} (must be: {label})" if shown else f"{c.id}: {c.detail}"
-        elif c.status == CriterionStatus.UNKNOWN:
-            out[c.id] = f"{c.id}: {c.detail}"
-    return out
+    """Each criterion not met or unknown, as the report words it: the patient's value and the limit ("age 75;
+    must be under 75"), or what is missing (``eligibility.explain``: one wording, one place for every limit)."""
+    return {
+        c.id: explain(c)
+        for c in result.eligibility.criteria
+        if c.status in (CriterionStatus.NOT_MET, CriterionStatus.UNKNOWN)
+    }
 
 
 def _shown(value: Any) -> str:

@@ -2,9 +2,12 @@
 
 Sections: response summary with exact CIs, Table 1 (patient characteristics and results) and Table 2
 (toxicity by grade) in the paper's layout, the Kaplan-Meier overall-survival curve with the number at risk,
-a swimmer plot of treatment durations, screening outcomes, data quality, and the differences from the
-published paper (``mappings/published.toml``). Built from the cohort summary and the compact per-patient
-rows of the run, never by re-reading results.json, so its memory does not grow with the input.
+a swimmer plot of treatment durations, screening outcomes of the study subjects not treated, the screening
+candidates (read from candidates.ndjson line by line), data quality, and, when the run is the paper's own
+cohort (``mappings/published.toml`` ``[cohort]``), the differences from the published paper. Each criterion
+not met or unknown reads as the value found and the limit (``eligibility.explain``); a section with nothing
+to show says "none". Built from the cohort summary and the compact per-patient rows of the run, never by
+re-reading results.json, so its memory does not grow with the input.
 """
 
 from __future__ import annotations
@@ -21,15 +24,23 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fhiradapter import __version__
-from fhiradapter.core.eligibility import CRITERION_LABELS
+from fhiradapter.core.eligibility import criterion_from_json, explain
+from fhiradapter.core.results import CriterionStatus
+from fhiradapter.core.review import in_words
 from fhiradapter.shell.files import write_new
 
 SWIMMER_MAX = 60  # patients drawn in the swimmer plot (the longest treatments when there are more)
 TABLE_MAX = 200  # rows of a per-patient table; results.json has every patient
 RESPONSE_COLOURS = {"CR": "#1a9850", "PR": "#66bd63", "SD": "#fdae61", "PD": "#d73027", "NE": "#999999"}
 
-Table = tuple[list[str], list[list[str]]]
+# A table: its header, its rows, and the sentence shown instead when it has no rows. A cell is a text, or
+# several items (each criterion a patient did not meet), shown one under the other.
+Cell = str | tuple[str, ...]
+Table = tuple[list[str], list[list[Cell]], str]
+NONE = "none"  # how an empty cell or list reads
 
 
 def _pct(x: float | None) -> str:
@@ -45,9 +56,9 @@ def _drug(code: str) -> str:
     return f"{name} (RxNorm {code})" if name else f"RxNorm {code}"
 
 
-def _criteria(ids: list[str]) -> str:
-    """Screening criteria by their labels in the rule book, not their ids."""
-    return "; ".join(CRITERION_LABELS.get(c, c) for c in ids) or "-"
+def _items(texts: Iterable[str]) -> Cell:
+    """A cell of several items (criteria each with its value and limit: ``eligibility.explain``)."""
+    return tuple(texts) or NONE
 
 
 def _days(x: float | None) -> str:
@@ -215,8 +226,215 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _cut(n: int) -> list[str]:
-    return [f"The first {TABLE_MAX} of {n} patients are listed; results.json has all of them."] if n > TABLE_MAX else []
+def _cut(n: int, where: str = "results.json") -> list[str]:
+    return [f"The first {TABLE_MAX} of {n} patients are listed; {where} has all of them."] if n > TABLE_MAX else []
+
+
+class Candidates:
+    """The screening candidates of a run (docs/protocol.md §1), read from candidates.ndjson line by line: every
+    one counted, the first ``TABLE_MAX`` by patient kept as table rows."""
+
+    def __init__(self) -> None:
+        self.rows: list[list[Cell]] = []
+        self.n = 0
+        self.by_status: Counter[str] = Counter()
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.n += 1
+        eligibility = result["eligibility"]
+        self.by_status[eligibility["status"]] += 1
+        failed: list[str] = []
+        unknown: list[str] = []
+        for obj in eligibility["criteria"]:
+            if obj["status"] == CriterionStatus.MET:
+                continue
+            try:
+                text = explain(criterion_from_json(obj))
+            except (KeyError, ValueError):  # not this version's value: its detail still says what it found
+                text = str(obj.get("detail") or obj.get("id"))
+            (failed if obj["status"] == CriterionStatus.NOT_MET else unknown).append(text)
+        row = [result["patient"].split("/", 1)[-1], eligibility["status"], _items(failed), _items(unknown)]
+        self.rows.append(row)
+        if len(self.rows) >= 2 * TABLE_MAX:
+            self.rows = sorted(self.rows)[:TABLE_MAX]
+
+
+def _changes_section(plan: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """What the write-back would change in the hospital's record, grouped by patient, in a reviewer's words
+    (``core.review``; the same lines `approve` and `sync --dry-run` print). Read line by line: every change
+    counted, the first ``TABLE_MAX`` patients' changes listed."""
+    title = "Changes to the hospital record"
+    if summary.get("writeback") is None or not plan.is_file():
+        return {"title": title, "paragraphs": ["Not planned: this run was made with `--no-writeback`."]}
+    actions: Counter[str] = Counter()
+    rows: list[list[Cell]] = []
+    current: tuple[str, list[str]] | None = None
+    patients = 0
+    with plan.open("rb") as lines:
+        for raw in lines:
+            if not raw.strip():
+                continue
+            line = orjson.loads(raw)
+            actions[str(line.get("action"))] += 1
+            if line.get("action") == "unchanged":
+                continue
+            patient = str(line.get("patient"))
+            if current is None or current[0] != patient:
+                patients += 1
+                if current is not None and len(rows) < TABLE_MAX:
+                    rows.append([current[0].split("/", 1)[-1], _items(current[1])])
+                current = (patient, [])
+            current[1].append(in_words(line))
+    if current is not None and len(rows) < TABLE_MAX:
+        rows.append([current[0].split("/", 1)[-1], _items(current[1])])
+    return {
+        "title": title,
+        "paragraphs": [
+            f"writeback.json would create {actions['create']} and update {actions['update']} resource(s) for "
+            f"{patients} patient(s); {actions['unchanged']} resource(s) already say what this run decided. "
+            "Nothing is written until a person approves it (`fhiradapter approve`); each change names the rule "
+            "book's section that decided it, and an update shows each element's old and new value.",
+            *_cut(patients, "writeback-plan.ndjson"),
+        ],
+        "tables": [(["Patient", "Changes"], rows, "None: the record already says what this run decided.")],
+    }
+
+
+def read_candidates(path: Path) -> Candidates | None:
+    """The candidates a run screened; None when it screened none (no candidates.ndjson: no --screen-candidates)."""
+    if not path.is_file():
+        return None
+    found = Candidates()
+    with path.open("rb") as lines:
+        for line in lines:
+            if line.strip():
+                found.add(orjson.loads(line))
+    found.rows = sorted(found.rows)[:TABLE_MAX]
+    return found
+
+
+def _candidates_section(
+    candidates: Candidates | None, header: dict[str, Any], summary: dict[str, Any]
+) -> dict[str, Any]:
+    population = summary.get("population") or {}
+    title = "Screening candidates (patients not in the study)"
+    outside = population.get("not-in-study", 0)
+    if candidates is None:
+        if summary.get("results_dir") and population.get("candidates"):  # the Spark engine wrote them there
+            where = f"{summary['results_dir']}/candidates/"
+            return {
+                "title": title,
+                "paragraphs": [f"{population['candidates']} candidate(s) screened; their results are in {where}."],
+            }
+        return {
+            "title": title,
+            "paragraphs": [
+                "Not screened: this run was made without `--screen-candidates`. "
+                + (
+                    f"{outside} patient(s) in the input have no ResearchSubject of the study and were not "
+                    "evaluated (rejects.ndjson lists their records as not-in-study); `evaluate "
+                    "--screen-candidates` screens them."
+                    if outside
+                    else "Every patient in the input is a study subject."
+                )
+            ],
+        }
+    paragraphs = [
+        f"Patients in the input without a ResearchSubject of the study, screened at the data cut-off "
+        f"({header['as_of']}) against every criterion of docs/protocol.md §2. They are in no figure above; their "
+        "results are in candidates.ndjson, and nothing is written back for them unless `--enrol-candidates` is given."
+    ]
+    if candidates.n:
+        counts = ", ".join(f"{candidates.by_status[k]} {k}" for k in ("eligible", "ineligible", "undetermined"))
+        paragraphs.append(f"**{candidates.n}** candidate(s): {counts}.")
+    dead = population.get("not-screened", 0)
+    if dead:
+        paragraphs.append(
+            f"{dead} patient(s) outside the study died on or before the data cut-off and were not screened "
+            "(rejects.ndjson: not-screened)."
+        )
+    paragraphs += _cut(candidates.n, "candidates.ndjson")
+    head = ["Patient", "Eligibility", "Not met: value found; limit", "Not determined: what is missing"]
+    return {
+        "title": title,
+        "paragraphs": paragraphs,
+        "tables": [(head, candidates.rows, "None: no patient outside the study was screened.")],
+    }
+
+
+def _is_the_papers(published: dict[str, Any], header: dict[str, Any], digest: Digest) -> tuple[bool, str | None]:
+    """Whether this run's cohort is the one the paper describes (published.toml ``[cohort]``), and that cohort
+    in words (None when published.toml names none).
+
+    It is when the protocol id is the paper's and the treated patients are exactly the paper's: figures computed
+    from any other cohort would be set beside the paper's for no reason.
+    """
+    cohort = published.get("cohort") or {}
+    treated = sorted(str(p) for p in cohort.get("treated") or [])
+    if not treated or not cohort.get("protocol"):
+        return False, None
+    first, last = treated[0].split("/", 1)[-1], treated[-1].split("/", 1)[-1]
+    described = f"protocol {cohort['protocol']}; treated patients {first} to {last}" + (
+        f", {cohort['description']}" if cohort.get("description") else ""
+    )
+    same = (
+        cohort["protocol"] == header["protocol"].get("id")
+        and digest.n_treated == len(treated)
+        and sorted(r["patient"] for r in digest.treated) == treated
+    )
+    return same, described
+
+
+def _paper_section(
+    published: dict[str, Any], header: dict[str, Any], cohort: dict[str, Any], digest: Digest, asked: bool | None
+) -> dict[str, Any]:
+    """The paper's printed figures beside this run's, when this run is the paper's cohort (or ``asked``)."""
+    same, described = _is_the_papers(published, header, digest)
+    if described is None and not asked:
+        why = "published.toml names no cohort ([cohort] with protocol and treated), so no run is the paper's"
+        return {"title": "Published paper: not compared", "paragraphs": [f"Not compared: {why}."]}
+    if asked is False or (asked is None and not same):
+        return {
+            "title": "Published paper: not compared",
+            "paragraphs": [
+                f"Not compared, on request ({described})."
+                if same
+                else f"Not compared: the paper's figures describe the paper's cohort ({described}), and this run's "
+                f"{cohort['n_treated']} treated patient(s) are not that cohort."
+            ],
+        }
+    counts = cohort["best_response_counts"]
+    ages = digest.ages
+    computed = {
+        "best_response_counts": ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" (n = {cohort['n_treated']})",
+        "orr": _rate(cohort["orr"]),
+        "median_treatment_days": (
+            _days(cohort["median_treatment_days"]) if cohort["median_treatment_days"] is not None else "n/a"
+        )
+        + (
+            f" (range {cohort['treatment_days_range'][0]}-{cohort['treatment_days_range'][1]})"
+            if cohort["treatment_days_range"]
+            else ""
+        ),
+        "median_os_days": _days(cohort["median_os_days"]) if cohort["os_n"] else "n/a",
+        "median_age": f"{statistics.median(ages):g} (range {min(ages)}-{max(ages)})" if ages else "n/a",
+    }
+    rows = [
+        [f["label"], computed.get(f["key"], "n/a"), f["printed"], f.get("note", "")]
+        for f in published.get("figure", [])
+    ]
+    which = (
+        f"This run is the paper's cohort ({described}), so each figure the paper printed is set beside the one "
+        "computed here."
+        if same
+        else f"Compared on request: this run's {cohort['n_treated']} treated patient(s) are not the paper's cohort "
+        f"({described or 'published.toml names none'})."
+    )
+    return {
+        "title": "Differences from the published paper",
+        "paragraphs": [which, f"Source: {published.get('source', '')}."],
+        "tables": [(["Figure", "Computed here", "Printed in the paper", "Note"], rows, "None: no figure listed.")],
+    }
 
 
 def build_sections(
@@ -225,8 +443,14 @@ def build_sections(
     digest: Digest,
     summary: dict[str, Any],
     published: dict[str, Any] | None,
+    candidates: Candidates | None = None,
+    compare_with_paper: bool | None = None,
 ) -> list[dict[str, Any]]:
-    """The report as data: sections of paragraphs, tables and figure names."""
+    """The report as data: sections of paragraphs, tables and figure names.
+
+    ``compare_with_paper``: None compares with the published paper only when the cohort is the paper's;
+    True or False decide it.
+    """
     treated = sorted(digest.treated, key=lambda r: r["patient"])[:TABLE_MAX]
     screened = sorted(digest.screened, key=lambda r: r["patient"])[:TABLE_MAX]
     counts = cohort["best_response_counts"]
@@ -279,6 +503,7 @@ def build_sections(
         ]
         for r in treated
     ]
+    no_one = "None: no patient was treated."
     sections.append(
         {
             "title": "Table 1. Patient characteristics and results",
@@ -300,6 +525,7 @@ def build_sections(
                         "Stopped for",
                     ],
                     t1,
+                    no_one,
                 )
             ],
         }
@@ -308,11 +534,19 @@ def build_sections(
     sections.append(
         {
             "title": "Table 2. Toxicity (NCI CTC v2.0): patients by worst grade",
-            "tables": [(["Toxicity", "MedDRA LLT", "Grade 1-2", "Grade 3-4"], t2)],
+            "tables": [
+                (
+                    ["Toxicity", "MedDRA LLT", "Grade 1-2", "Grade 3-4"],
+                    t2,
+                    "None: no toxicity was graded." if cohort["n_treated"] else no_one,
+                )
+            ],
             "paragraphs": [
                 f"Treatment-emergent events of the {cohort['n_treated']} treated patients; "
                 "reported and lab-derived grades, one row per term."
-            ],
+            ]
+            if cohort["n_treated"]
+            else [],
         }
     )
     sections.append(
@@ -322,6 +556,8 @@ def build_sections(
             "paragraphs": [
                 "Time from the first thalidomide dose to death; living patients are censored "
                 "at their last dated record on or before the as-of date."
+                if digest.os
+                else "None: no treated patient, so no survival curve."
             ],
         }
     )
@@ -330,31 +566,42 @@ def build_sections(
             "title": "Treatment durations",
             "figure": "swimmer",
             "paragraphs": [
-                f"The {SWIMMER_MAX} longest treatments are shown."
+                "None: no treated patient."
+                if not digest.swimmer
+                else f"The {SWIMMER_MAX} longest treatments are shown."
                 if digest.n_treated > SWIMMER_MAX
                 else "Every treated patient is shown."
             ],
         }
     )
     t3 = [
-        [
-            r["patient"].split("/", 1)[1],
-            r["eligibility"],
-            _criteria(r["failed"]),
-            _criteria(r["unknown"]),
-            r["status"],
-        ]
+        [r["patient"].split("/", 1)[1], r["eligibility"], _items(r["failed"]), _items(r["unknown"]), r["status"]]
         for r in screened
     ]
     sections.append(
         {
-            "title": "Screening outcomes",
-            "paragraphs": _cut(digest.n_screened),
+            "title": "Screening outcomes: study subjects not treated",
+            "paragraphs": [
+                "Study subjects (a ResearchSubject of the study) who never had study thalidomide, with each "
+                "criterion not met or not determined at their screening date.",
+                *_cut(digest.n_screened),
+            ],
             "tables": [
-                (["Candidate", "Eligibility", "Failed criteria", "Not determined", "ResearchSubject status"], t3)
+                (
+                    [
+                        "Patient",
+                        "Eligibility",
+                        "Not met: value found; limit",
+                        "Not determined: what is missing",
+                        "ResearchSubject status",
+                    ],
+                    t3,
+                    "None: every study subject was treated.",
+                )
             ],
         }
     )
+    sections.append(_candidates_section(candidates, header, summary))
     by_type = [[t, str(c["read"]), str(c["used"]), str(c["rejected"])] for t, c in summary["by_type"].items()]
     reasons = [[k, str(v)] for k, v in summary["rejects_by_reason"].items()]
     issues = digest.issues
@@ -367,46 +614,31 @@ def build_sections(
                 "file, line and reason)."
             ],
             "tables": [
-                (["Resource type", "Read", "Used", "Rejected"], by_type),
-                (["Reject reason", "Records"], reasons),
-                (["Issue in used data", "Occurrences"], [[k, str(v)] for k, v in sorted(issues.items())]),
+                (["Resource type", "Read", "Used", "Rejected"], by_type, "Input records: none."),
+                (["Reject reason", "Records"], reasons, "Rejected records: none."),
+                (
+                    ["Issue in used data", "Occurrences"],
+                    [[k, str(v)] for k, v in sorted(issues.items())],
+                    "Issues in used data: none.",
+                ),
             ],
         }
     )
     if published:
-        ages = digest.ages
-        computed = {
-            "best_response_counts": ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-            + f" (n = {cohort['n_treated']})",
-            "orr": _rate(cohort["orr"]),
-            "median_treatment_days": (
-                _days(cohort["median_treatment_days"]) if cohort["median_treatment_days"] is not None else "n/a"
-            )
-            + (
-                f" (range {cohort['treatment_days_range'][0]}-{cohort['treatment_days_range'][1]})"
-                if cohort["treatment_days_range"]
-                else ""
-            ),
-            "median_os_days": _days(cohort["median_os_days"]) if cohort["os_n"] else "n/a",
-            "median_age": f"{statistics.median(ages):g} (range {min(ages)}-{max(ages)})" if ages else "n/a",
-        }
-        t4 = [
-            [f["label"], computed.get(f["key"], "n/a"), f["printed"], f.get("note", "")]
-            for f in published.get("figure", [])
-        ]
-        sections.append(
-            {
-                "title": "Differences from the published paper",
-                "paragraphs": [f"Source: {published.get('source', '')}."],
-                "tables": [(["Figure", "Computed here", "Printed in the paper", "Note"], t4)],
-            }
-        )
+        sections.append(_paper_section(published, header, cohort, digest, compare_with_paper))
     return sections
 
 
-def _md_cell(text: str) -> str:
-    """A Markdown table cell: a ``|`` or a line break from the data (a Patient.gender, say) would end the row."""
+def _md_text(text: str) -> str:
+    """Text in a Markdown table cell: a ``|`` or a line break from the data (a Patient.gender, say) would end the
+    row."""
     return " ".join(part for part in text.replace("|", "/").splitlines() if part.strip())
+
+
+def _md_cell(cell: Cell) -> str:
+    if isinstance(cell, str):
+        return _md_text(cell)
+    return _md_text(cell[0]) if len(cell) == 1 else "<br>".join(f"• {_md_text(item)}" for item in cell)
 
 
 def render_markdown(title: str, meta: str, sections: list[dict[str, Any]], figures: dict[str, str]) -> str:
@@ -417,8 +649,9 @@ def render_markdown(title: str, meta: str, sections: list[dict[str, Any]], figur
             out += [p, ""]
         if s.get("figure") in figures:
             out += [f"![{s['title']}]({figures[s['figure']]})", ""]
-        for head, body in s.get("tables", []):
-            if not body:  # a table without rows says nothing: left out
+        for head, body, empty in s.get("tables", []):
+            if not body:  # a table without rows says so in words
+                out += [empty, ""]
                 continue
             out.append("| " + " | ".join(head) + " |")
             out.append("|" + "---|" * len(head))
@@ -431,12 +664,26 @@ CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max
 padding:0 1em;color:#222}h1{font-size:1.6em}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;
 margin-top:1.8em}table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.88em}th,td{border:1px solid #ccc;
 padding:.25em .55em;text-align:left;vertical-align:top}th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
-img{max-width:100%}.meta{color:#555;font-size:.9em}"""
+img{max-width:100%}.meta{color:#555;font-size:.9em}td:first-child,code{white-space:nowrap}
+code{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.95em}
+td ul{margin:0;padding-left:1.1em}td li+li{margin-top:.2em}"""
 
 
 def _inline(text: str) -> str:
+    """Markdown's **bold** and `code` (an option's name, never broken at its hyphens) as HTML."""
     parts = html.escape(text).split("**")
-    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    text = "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _cell(cell: Cell) -> str:
+    """A cell of several items as a list, so that an item the column wraps is not taken for two."""
+    if isinstance(cell, str):
+        return html.escape(cell)
+    if len(cell) == 1:
+        return html.escape(cell[0])
+    return "<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in cell) + "</ul>"
 
 
 def render_html(title: str, meta: str, sections: list[dict[str, Any]], images: dict[str, bytes]) -> str:
@@ -451,13 +698,14 @@ def render_html(title: str, meta: str, sections: list[dict[str, Any]], images: d
         if s.get("figure") in images:
             data = base64.b64encode(images[s["figure"]]).decode()
             out.append(f"<img alt='{html.escape(s['title'])}' src='data:image/png;base64,{data}'>")
-        for head, body in s.get("tables", []):
+        for head, body, empty in s.get("tables", []):
             if not body:
+                out.append(f"<p>{_inline(empty)}</p>")
                 continue
             out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr></thead>")
             out.append(
                 "<tbody>"
-                + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+                + "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in body)
                 + "</tbody></table>"
             )
     out.append("</body></html>")
@@ -471,13 +719,20 @@ def write_report(
     rows: Iterable[dict[str, Any]],
     summary: dict[str, Any],
     mappings_dir: Path | None,
+    compare_with_paper: bool | None = None,
 ) -> None:
-    """report.md (with report-km.png and report-swimmer.png beside it) and a self-contained report.html."""
+    """report.md (with report-km.png and report-swimmer.png beside it) and a self-contained report.html.
+
+    The screening candidates are read from ``out``/candidates.ndjson, written before the report when the run
+    screened them. ``compare_with_paper``: see :func:`build_sections`.
+    """
     published = _load_published(mappings_dir)
     digest = Digest()
     for row in rows:
         digest.add(row)
-    sections = build_sections(header, cohort, digest, summary, published)
+    candidates = read_candidates(out / "candidates.ndjson")
+    sections = build_sections(header, cohort, digest, summary, published, candidates, compare_with_paper)
+    sections.insert(-1 if published else len(sections), _changes_section(out / "writeback-plan.ndjson", summary))
     images = _figures(digest)
     for key in ("km", "swimmer"):  # a figure this cohort has none of must not be left from an earlier run
         if key in images:
