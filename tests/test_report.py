@@ -536,3 +536,14 @@ def test_the_report_lists_the_changes_to_the_hospital_record_by_patient(tmp_path
     quiet = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "n"), "--no-writeback"])
     assert quiet.exit_code == 0
     assert "Not planned: this run was made with `--no-writeback`." in (tmp_path / "n" / "report.md").read_text()
+
+
+def test_evaluate_asks_for_or_refuses_the_paper_comparison(tmp_path: Path) -> None:
+    """--compare-with-paper / --no-compare-with-paper reach the report; unset, the paper cohort is compared."""
+    args = ["evaluate", str(PAPER), "--as-of", "2005-03-31"]
+    for flag, compared in ((None, True), ("--no-compare-with-paper", False)):
+        out = tmp_path / (flag or "default")
+        result = CliRunner().invoke(main, [*args, "--out", str(out), *([flag] if flag else [])])
+        assert result.exit_code == 0, result.output
+        report = (out / "report.md").read_text()
+        assert ("Published paper: not compared" in report) is not compared

@@ -68,6 +68,12 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
     "ResearchSubject of it are counted as not in the study, and never written back.",
 )
 @click.option(
+    "--compare-with-paper/--no-compare-with-paper",
+    default=None,
+    help="Show the paper's printed figures beside the computed ones in the report [default: only when the "
+    "cohort is the paper's own: its protocol and its eight treated patients].",
+)
+@click.option(
     "--fhir-base",
     "fhir_bases",
     multiple=True,
@@ -124,6 +130,7 @@ def evaluate(
     pseudonymise: bool,
     key_file: Path | None,
     study: str | None,
+    compare_with_paper: bool | None,
     fhir_bases: tuple[str, ...],
     screen_candidates: bool,
     enrol_candidates: bool,
@@ -197,6 +204,7 @@ def evaluate(
                 spark_master=spark_master,
                 urls=urls,
                 results_dir=results_dir,
+                compare_with_paper=compare_with_paper,
             )
             finished = True
         finally:

@@ -238,6 +238,7 @@ def run_evaluate(
     urls: tuple[str, ...] = (),
     results_dir: str = "",
     on_writeback: Callable[[Writeback], None] | None = None,
+    compare_with_paper: bool | None = None,
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
@@ -281,6 +282,7 @@ def run_evaluate(
         list(urls),
         results_dir,
         on_writeback,
+        compare_with_paper,
     )
     with claim_output(out, inputs, OUTPUT_FILES), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
@@ -390,6 +392,7 @@ class RunRequest:
     urls: list[str] = field(default_factory=list)  # inputs Spark reads by URL (hdfs://, s3a://): --engine spark
     results_dir: str = ""  # --engine spark: per-patient results go to this URL, written by Spark
     on_writeback: Callable[[Writeback], None] | None = None  # given the write-back in memory, once published
+    compare_with_paper: bool | None = None  # the report's comparison with the paper: None = when it is its cohort
 
 
 @dataclass
@@ -498,7 +501,9 @@ def publish_run(
         run.on_phase("report")
         folder = mappings_identity.get("mappings_dir")
         rows = iter_rows([p.report_rows for p in done.parts if p.report_rows])
-        write_report(out, header, to_builtins(cohort), rows, summary, Path(folder) if folder else None)
+        write_report(
+            out, header, to_builtins(cohort), rows, summary, Path(folder) if folder else None, run.compare_with_paper
+        )
     clock.lap("report")
     summary["seconds"] = clock.seconds  # in summary.json, not in results.json (which stays reproducible)
     summary["worker_cpu_seconds"] = done.cpu
