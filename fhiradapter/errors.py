@@ -64,13 +64,20 @@ class TargetError(AdapterError):
 
 
 class ServerError(AdapterError):
-    """A FHIR server refused a request or kept failing it; the message holds its OperationOutcome text."""
+    """A FHIR server refused a request or kept failing it; the message holds its OperationOutcome text.
+
+    What it is about, for code that decides on it rather than on the message: ``status`` (the HTTP status, when
+    an answer came), ``request`` (method and where, without query or credentials) and ``outcome`` (the
+    OperationOutcome's issues as text, "" when the answer had none).
+    """
 
     exit_code = ExitCode.SERVER
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, request: str = "", outcome: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.request = request
+        self.outcome = outcome
 
 
 class AnswerLost(ServerError):

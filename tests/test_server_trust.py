@@ -687,7 +687,37 @@ def test_s5_an_update_whose_answer_was_lost_is_not_sent_blindly_again() -> None:
     ],
 )
 def test_s6_what_counts_as_a_refusal_for_size(status: int, text: str, size: bool) -> None:
-    assert refused_for_size(ServerError(f"POST /: HTTP {status}: error invalid: {text}", status)) is size
+    """Decided on the error's OperationOutcome text, never on its message (which names the request)."""
+    outcome = f"error invalid: {text}"
+    error = ServerError(f"POST /: HTTP {status}: {outcome}", status, request="POST /", outcome=outcome)
+    assert refused_for_size(error) is size
+    # The same words in the request's own description are no refusal for size.
+    named = ServerError(f"POST /too-many-entries: HTTP {status}: error", status, request="POST /too-many-entries")
+    assert refused_for_size(named) is (status == 413)
+
+
+def test_a_refusal_carries_its_status_request_and_outcome() -> None:
+    """errors.ServerError: what it is about, not only text (issue 29)."""
+
+    async def run() -> ServerError:
+        def server(request: Seen) -> Reply:
+            issue = {
+                "severity": "error",
+                "code": "too-costly",
+                "diagnostics": "Bundle exceeds the maximum of 500 entries",
+            }
+            outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
+            return Reply(400, outcome)
+
+        with stub_server(server) as stub:
+            async with FhirClient(f"{stub.base}/fhir") as client:
+                with pytest.raises(ServerError) as caught:
+                    await client.json("POST", "", json={"resourceType": "Bundle", "type": "transaction"})
+        return caught.value
+
+    error = asyncio.run(run())
+    assert error.status == 400 and error.request.startswith("POST ")
+    assert error.outcome == "error too-costly: Bundle exceeds the maximum of 500 entries" and refused_for_size(error)
 
 
 def test_s6_the_store_remembers_the_transaction_size_per_server(tmp_path: Path) -> None:

@@ -460,7 +460,10 @@ class FhirClient:
             raise self._transport_failure(what, exc, reached) from None
         if response.is_success or response.status_code in ok:
             return response
-        raise ServerError(f"{what}: HTTP {response.status_code}: {outcome_text(response)}", response.status_code)
+        outcome = outcome_text(response)
+        raise ServerError(
+            f"{what}: HTTP {response.status_code}: {outcome}", response.status_code, request=what, outcome=outcome
+        )
 
     async def _send(
         self,

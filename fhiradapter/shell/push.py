@@ -180,7 +180,7 @@ def outcome_of(method: str, status: int) -> str:
 
 def refused_for_size(exc: ServerError) -> bool:
     """Whether a refused transaction was refused for its size (so that smaller ones may pass)."""
-    return exc.status == 413 or (exc.status == 400 and SIZE_REFUSAL.search(str(exc)) is not None)
+    return exc.status == 413 or (exc.status == 400 and SIZE_REFUSAL.search(exc.outcome) is not None)
 
 
 async def push(
