@@ -6,6 +6,8 @@ Nothing of the protocol is written twice. The plan:
    line-aligned tasks (``readers.plan_tasks``) and read by ``pipeline.read_task``; an input Spark reads by URL
    (``hdfs://``, ``s3a://``, ...) is split by Spark (NDJSON, ``.gz`` included) or read whole (``.json``
    Bundles), then parsed by the same reader functions. Every line becomes an ``InputRecord`` or a reject.
+   No record over ``--max-record-bytes`` is read: a plain NDJSON file by URL goes through Hadoop's line
+   reader with that maximum, and the lines it skips are found from the offsets (``line_layout``).
 2. **Study-wide resources** (Medication, ResearchStudy; few) are collected to the driver, settled with the
    same duplicate rule, and broadcast.
 3. **Group by patient** (a record's key is its patient, or its own reference when it has none: as the local
