@@ -26,10 +26,14 @@ from fhiradapter.cli import main
 from fhiradapter.errors import ExitCode
 from fhiradapter.shell.mappings_io import load_mappings
 from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.readers import InputLimits
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"
 AS_OF = date(2005, 3, 31)
+# Every reject listed: past --max-rejects-per-file, which of a file's rejects are listed depends on the order
+# the engine meets them in (the counts do not), and these tests compare the rejects themselves.
+EVERY_REJECT = InputLimits(rejects_per_file=0)
 
 
 def _spark_missing() -> str | None:
@@ -117,8 +121,8 @@ def test_a_generated_cohort_of_2000_patients_gives_the_local_engines_results(
     tmp_path: Path, spark: Any, generated: Path
 ) -> None:
     as_of = date(2005, 12, 31)
-    run([generated], tmp_path / "local", "local", as_of=as_of, report=False, workers=2)
-    summary = run([generated], tmp_path / "spark", "spark", as_of=as_of, report=False)
+    run([generated], tmp_path / "local", "local", as_of=as_of, report=False, workers=2, limits=EVERY_REJECT)
+    summary = run([generated], tmp_path / "spark", "spark", as_of=as_of, report=False, limits=EVERY_REJECT)
     assert summary["patients"] == 2000
     assert_same(tmp_path / "local", tmp_path / "spark")
 
@@ -147,8 +151,8 @@ def test_duplicates_across_partitions_and_files_keep_the_same_copy(
     # Small tasks: Observation.ndjson (98 MB) alone is cut into a dozen partitions.
     monkeypatch.setattr("fhiradapter.shell.spark_engine.CHUNK_BYTES", 8 << 20)
     as_of = date(2005, 12, 31)
-    run([data], tmp_path / "local", "local", as_of=as_of, report=False)
-    summary = run([data], tmp_path / "spark", "spark", as_of=as_of, report=False)
+    run([data], tmp_path / "local", "local", as_of=as_of, report=False, limits=EVERY_REJECT)
+    summary = run([data], tmp_path / "spark", "spark", as_of=as_of, report=False, limits=EVERY_REJECT)
     assert summary["rejects_by_reason"]["duplicate-superseded"] == len(later) + len(again)
     assert_same(tmp_path / "local", tmp_path / "spark")
 
@@ -278,3 +282,70 @@ def test_results_dir_asks_for_what_it_needs(tmp_path: Path, extra: list[str], me
     result = CliRunner().invoke(main, args)
     assert result.exit_code == ExitCode.CONFIG
     assert message in result.output
+
+
+def test_lines_over_the_limit_read_by_url_are_rejects_and_every_line_keeps_its_number(
+    tmp_path: Path, spark: Any
+) -> None:
+    """Issue 32, item 8: a line too large for the JVM killed Spark. Read by URL from a plain file, a line over
+    --max-record-bytes is skipped by Hadoop unread and is one too-large reject, as in the local engine; the
+    lines after it keep their numbers, across partitions (100 kB splits here, which the large lines cross)
+    and at the end of the file."""
+    limit = 64 * 1024
+    big = b'{"resourceType": "Patient", "id": "big", "name": [{"text": "' + b"x" * (150 * 1024) + b'"}]}'
+    filler = b'{"resourceType": "Patient", "id": "f%d", "name": [{"text": "' + b"y" * 600 + b'"}]}'
+    lines = [big, b"{oops", big, b"{}", big]  # 1 too large, 2 malformed, 3 too large, 4 not a resource, 5 big
+    lines += [filler % n for n in range(300)] + [b"", b"{also broken", big]  # 306 empty, 307 malformed, 308 big
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "odd.ndjson").write_bytes(b"\n".join(lines))  # the last line has no newline
+    limits = InputLimits(record_bytes=limit)
+    run([PAPER, data], tmp_path / "local", "local", limits=limits)
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    small = {"fs.local.block.size": str(100 * 1024), "fs.file.impl.disable.cache": "true"}
+    for key, value in small.items():
+        conf.set(key, value)
+    try:
+        summary = run([PAPER], tmp_path / "spark", "spark", urls=((data / "odd.ndjson").as_uri(),), limits=limits)
+    finally:
+        for key in small:
+            conf.unset(key)
+
+    def odd(out: Path) -> list[tuple[str, str, str | None]]:
+        rejects = [json.loads(x) for x in (out / "rejects.ndjson").read_text().splitlines()]
+        return sorted((r["locator"], r["code"], r["id"]) for r in rejects if r["file"].endswith("odd.ndjson"))
+
+    local, remote = odd(tmp_path / "local"), odd(tmp_path / "spark")
+    refused = [(x[0], x[1]) for x in remote if x[1] in ("too-large", "malformed-json", "not-a-resource")]
+    assert refused == [
+        ("line 1", "too-large"),
+        ("line 2", "malformed-json"),
+        ("line 3", "too-large"),
+        ("line 307", "malformed-json"),
+        ("line 308", "too-large"),
+        ("line 4", "not-a-resource"),
+        ("line 5", "too-large"),
+    ]
+    assert remote == local and len(remote) == 307  # and the 300 Patients not in the study, each at its line
+    assert summary["patients"] == 14
+
+
+def test_a_jvm_that_dies_is_reported_as_the_input_not_as_the_output(
+    tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 32, item 8: when Spark's JVM died (a 200 MB line), the run said "cannot write --out: Connection
+    refused" (exit 16). The connection to a dead JVM is refused: the message names the input instead."""
+
+    def jvm_gone(*_args: Any) -> dict[str, Any]:
+        raise ConnectionRefusedError(111, "Connection refused")  # what py4j raises once the JVM is gone
+
+    monkeypatch.setattr("fhiradapter.shell.spark_engine._run", jvm_gone)
+    url = (PAPER / "Observation.ndjson").resolve().as_uri()
+    out = tmp_path / "out"
+    args = ["evaluate", url, "--engine", "spark", "--as-of", "2005-03-31", "--out", str(out), "--no-report"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == ExitCode.INPUT, result.output
+    assert "cannot write" not in result.output
+    assert "Spark stopped while reading the input (ConnectionRefusedError" in result.output
+    assert f"most likely on a record too large for its memory in {url}" in result.output
+    assert "--max-record-bytes (67108864 bytes)" in result.output

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -64,6 +64,34 @@ def warn_unused_mappings(used: Path) -> None:
             f"add --mappings {local} or set {MAPPINGS_ENV}={local.resolve()}",
             err=True,
         )
+
+
+class ByteSize(click.ParamType):  # type: ignore[type-arg]
+    """A number of bytes: ``67108864``, ``64MiB``, ``512KiB``, ``1GiB`` (also kB, MB, GB: powers of 1000)."""
+
+    name = "SIZE"
+    UNITS: ClassVar[dict[str, int]] = {
+        "": 1,
+        "b": 1,
+        "kib": 1 << 10,
+        "mib": 1 << 20,
+        "gib": 1 << 30,
+        "kb": 10**3,
+        "mb": 10**6,
+        "gb": 10**9,
+    }
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in self.UNITS:
+            self.fail(f"{value!r} is not a size such as 67108864, 64MiB or 1GiB", param, ctx)
+        size = int(match.group(1)) * self.UNITS[unit]
+        if size < 1024:
+            self.fail(f"{value!r} is under 1 KiB: no FHIR resource is that small", param, ctx)
+        return size
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by SIGINT

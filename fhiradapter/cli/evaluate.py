@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from fhiradapter.cli.common import (
+    ByteSize,
     export_options,
     guard,
     mappings_line,
@@ -116,6 +117,22 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
     "file://). `fhiradapter export` reads that folder. --out keeps summary.json, rejects.ndjson and the "
     "report. Needs --no-writeback.",
 )
+@click.option(
+    "--max-record-bytes",
+    type=ByteSize(),
+    default="64MiB",
+    show_default=True,
+    help="The largest line, JSON document or Bundle entry read (decompressed). A larger one is one too-large "
+    "reject, skipped without being held in memory: a compressed file cannot exhaust the memory.",
+)
+@click.option(
+    "--max-rejects-per-file",
+    type=click.IntRange(0),
+    default=1000,
+    show_default=True,
+    help="Rejects listed one by one in rejects.ndjson per input file; the rest of a file's are counted "
+    "(summary.json) and said in one not-listed line. 0: list them all.",
+)
 def evaluate(
     inputs: tuple[str, ...],
     as_of: str,
@@ -137,6 +154,8 @@ def evaluate(
     engine: str,
     spark_master: str | None,
     results_dir: str,
+    max_record_bytes: int,
+    max_rejects_per_file: int,
 ) -> None:
     """Evaluate the protocol on FHIR files.
 
@@ -158,7 +177,7 @@ def evaluate(
     from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
     from fhiradapter.shell.pipeline import run_evaluate  # noqa: PLC0415
     from fhiradapter.shell.progress import RunProgress  # noqa: PLC0415
-    from fhiradapter.shell.readers import expand_inputs  # noqa: PLC0415
+    from fhiradapter.shell.readers import InputLimits, expand_inputs  # noqa: PLC0415
 
     with guard():
         cutoff = parse_as_of(as_of)
@@ -205,6 +224,7 @@ def evaluate(
                 urls=urls,
                 results_dir=results_dir,
                 compare_with_paper=compare_with_paper,
+                limits=InputLimits(max_record_bytes, max_rejects_per_file),
             )
             finished = True
         finally:

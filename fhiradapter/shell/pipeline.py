@@ -8,6 +8,7 @@ in-memory bucket. Every input record ends up used or in ``rejects.ndjson``.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import re
@@ -66,7 +67,9 @@ from fhiradapter.shell.outputs import (
     write_writeback,
 )
 from fhiradapter.shell.readers import (
+    MAX_RECORD_BYTES,
     PULL_MANIFEST,
+    InputLimits,
     RawRecord,
     Reject,
     Task,
@@ -76,7 +79,7 @@ from fhiradapter.shell.readers import (
     read_file,
 )
 from fhiradapter.shell.report import write_report
-from fhiradapter.shell.spill import Buckets, RejectsFile, RejectSink, load_bucket
+from fhiradapter.shell.spill import Buckets, RejectsFile, RejectSink, cap_rejects, load_bucket
 from fhiradapter.shell.urls import safe_url
 from fhiradapter.shell.workers import run_jobs
 
@@ -115,6 +118,7 @@ class RunStats:
     # docs/protocol.md §1: subjects, candidates (screened), not-in-study, not-screened (candidates who had died)
     population: Counter[str] = field(default_factory=Counter)
     unmapped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (what, "system|code") not mapped
+    unlisted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (file, code): rejects counted, not listed
 
     def merge(self, other: RunStats) -> None:
         self.read.update(other.read)
@@ -124,6 +128,7 @@ class RunStats:
         self.patients += other.patients
         self.population.update(other.population)
         self.unmapped.update(other.unmapped)
+        self.unlisted.update(other.unlisted)
 
     def as_dict(self) -> dict[str, Any]:
         types = sorted(set(self.read) | set(self.rejected))
@@ -143,6 +148,7 @@ class RunStats:
                 for t in types
             },
             "rejects_by_reason": dict(sorted(self.reasons.items())),
+            "rejects_not_listed": _by_file(self.unlisted),
             "population": {k: self.population.get(k, 0) for k in POPULATIONS},
             "unmapped_codes": _most_frequent(self.unmapped),
             "writeback": {k: self.plan.get(k, 0) for k in ("create", "update", "unchanged")},
@@ -151,6 +157,14 @@ class RunStats:
 
 POPULATIONS = ("subjects", "candidates", "not-in-study", "not-screened")
 UNMAPPED_SHOWN = 20  # per kind of code, in the run summary
+
+
+def _by_file(unlisted: Counter[tuple[str, str]]) -> dict[str, int]:
+    """Per input file, its rejects counted but not listed one by one in rejects.ndjson (over the cap)."""
+    files: Counter[str] = Counter()
+    for (name, _code), n in unlisted.items():
+        files[name] += n
+    return dict(sorted(files.items()))
 
 
 def _most_frequent(unmapped: Counter[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
@@ -239,6 +253,7 @@ def run_evaluate(
     results_dir: str = "",
     on_writeback: Callable[[Writeback], None] | None = None,
     compare_with_paper: bool | None = None,
+    limits: InputLimits | None = None,
 ) -> dict[str, Any]:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
@@ -251,7 +266,8 @@ def run_evaluate(
     (a Spark session at ``spark_master``, ``local[*]`` by default; ``shell/spark_engine.py``), which also
     reads ``urls``: inputs by URL (``hdfs://``, ``s3a://``, as the Spark configuration allows).
     ``on_writeback``: called with the write-back as published (the Bundle and the plan), so that a caller
-    that pushes it at once (sync) need not read the files back.
+    that pushes it at once (sync) need not read the files back. ``limits``: the largest record read, and how
+    many rejects of one file are listed one by one (``--max-record-bytes``, ``--max-rejects-per-file``).
     """
     if enrol_candidates and not screen_candidates:
         raise ConfigError("enrolling candidates needs --screen-candidates too")
@@ -283,6 +299,7 @@ def run_evaluate(
         results_dir,
         on_writeback,
         compare_with_paper,
+        limits or InputLimits(),
     )
     with claim_output(out, inputs, OUTPUT_FILES), writing(out):
         drop_manifest(out)  # until the new one is written, the set in ``out`` is not whole
@@ -318,14 +335,14 @@ def _run_local(
         in_memory = workers == 1 and buckets == 1
         one = _run_workers(
             _pass_one_worker,
-            [(w, shares[w], buckets, spill, settings, in_memory) for w in range(workers)],
+            [(w, shares[w], buckets, spill, settings, in_memory, run.limits) for w in range(workers)],
             progress,
         )
         clock.lap("read_and_map")
         stats = RunStats(files=len(files), input_bytes=input_bytes)
         for r in one:
             stats.merge(r.stats)
-        glob_rejects = RejectsFile(spill / "rejects-globals.ndjson")
+        glob_rejects = RejectsFile(spill / "rejects-globals.ndjson", run.reject_cap, stats.unlisted)
         try:
             medications = settle_globals([g for r in one for g in r.globals.values()], run.unread, glob_rejects, stats)
         finally:
@@ -345,6 +362,7 @@ def _run_local(
                 per_bucket,
                 run.writeback,
                 run.enrol_candidates,
+                run.reject_cap,
             )
             for w in range(workers)
         ]
@@ -393,6 +411,12 @@ class RunRequest:
     results_dir: str = ""  # --engine spark: per-patient results go to this URL, written by Spark
     on_writeback: Callable[[Writeback], None] | None = None  # given the write-back in memory, once published
     compare_with_paper: bool | None = None  # the report's comparison with the paper: None = when it is its cohort
+    limits: InputLimits = field(default_factory=InputLimits)  # the largest record; rejects listed per file
+
+    @property
+    def reject_cap(self) -> int | None:
+        """Rejects listed one by one per input file (None: all of them)."""
+        return self.limits.rejects_per_file or None
 
 
 @dataclass
@@ -458,6 +482,9 @@ def publish_run(
     there too, and ``run.out`` gets no results.json, clinical.ndjson or candidates.ndjson.
     """
     out, as_of, mappings_identity = run.out, settings.as_of, run.mappings_identity
+    # One bad file lists at most so many rejects; the rest are counted (summary.json) and said in one line.
+    capped = cap_rejects(done.reject_parts, spill / "rejects-capped.ndjson", run.reject_cap, done.stats.unlisted)
+    done = dataclasses.replace(done, reject_parts=[capped])
     cohort = summarise_cohort(done.rows)
     clock.lap("cohort_statistics")
     summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
@@ -591,6 +618,7 @@ def read_task(
     rejects: RejectSink,
     stats: RunStats,
     progress: Callable[[int], None] | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Iterator[InputRecord]:
     """Read and map one task (a file, or a line-aligned share of one): every record mapped, or rejected.
 
@@ -598,7 +626,8 @@ def read_task(
     resource by where they were seen (the "last seen" tie-breaker of dedup). The local engine and the Spark
     engine both read through here.
     """
-    for seq, raw in enumerate(read_file(task.path, progress, task), rank * 1_000_000_000):
+    records = read_file(task.path, progress, task, max_record_bytes)
+    for seq, raw in enumerate(records, rank * 1_000_000_000):
         item = map_raw(raw, seq, ctx, rejects, stats)
         if item is not None:
             yield item
@@ -628,19 +657,25 @@ def map_raw(
 
 
 def _pass_one_worker(
-    worker: int, tasks: list[tuple[int, Task]], buckets: int, spill: Path, settings: EvaluationSettings, in_memory: bool
+    worker: int,
+    tasks: list[tuple[int, Task]],
+    buckets: int,
+    spill: Path,
+    settings: EvaluationSettings,
+    in_memory: bool,
+    limits: InputLimits,
 ) -> _PassOne:
     """Read and map this worker's share of the input into its bucket files."""
     cpu = time.process_time()
     ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
     stats = RunStats()
-    rejects = RejectsFile(spill / f"rejects-1-{worker:02d}.ndjson")
+    rejects = RejectsFile(spill / f"rejects-1-{worker:02d}.ndjson", limits.rejects_per_file or None, stats.unlisted)
     store = Buckets(buckets, None if in_memory else spill, worker)
     globals_: dict[str, InputRecord] = {}
     progress = _report_bytes if _PROGRESS is not None else None
     try:
         for rank, task in tasks:
-            for item in read_task(rank, task, ctx, rejects, stats, progress):
+            for item in read_task(rank, task, ctx, rejects, stats, progress, limits.record_bytes):
                 if item.ref.split("/", 1)[0] not in GLOBAL_TYPES:
                     store.add(item.patient or item.ref, item)
                 else:  # study-wide resources (few) are deduplicated at once and kept in memory
@@ -674,6 +709,7 @@ def _pass_two_worker(
     per_bucket: int = 0,
     writeback: bool = True,
     enrol: bool = False,
+    reject_cap: int | None = None,
 ) -> _PassTwo:
     """Deduplicate, group by patient and evaluate the buckets given to this worker."""
     cpu = time.process_time()
@@ -681,7 +717,7 @@ def _pass_two_worker(
     rows: list[CohortRow] = []
     parts = PatientParts(spill, f"{worker:02d}")
     try:
-        rejects = RejectsFile(spill / f"rejects-2-{worker:02d}.ndjson")
+        rejects = RejectsFile(spill / f"rejects-2-{worker:02d}.ndjson", reject_cap, stats.unlisted)
     except BaseException:
         parts.close()
         raise

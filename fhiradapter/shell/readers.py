@@ -15,7 +15,12 @@ entry, and the reason. Nothing is dropped silently:
   JSON) is read as a dict, so that what is wrong with it is reported exactly;
 - an NDJSON file is never held in memory whole, and neither is a Bundle file above ``STREAM_BYTES``: its
   entries are streamed (ijson), one at a time, in two passes (the ``urn:uuid`` aliases first), so memory
-  stays flat whatever the layout of the file.
+  stays flat whatever the layout of the file;
+- every format is decompressed as a stream, a bounded piece at a time (a small ``.zst`` file may hold
+  gigabytes), and no record is held whole above ``max_record_bytes`` (``evaluate --max-record-bytes``): a
+  longer line is one ``too-large`` reject, skipped to the next newline without being held; a longer JSON
+  document (or Bundle entry) is one ``too-large`` reject too. Runs of empty lines are skipped a block at a
+  time.
 """
 
 from __future__ import annotations
@@ -46,8 +51,21 @@ try:
     _ZSTD_ERRORS: tuple[type[Exception], ...] = (ZstdError,)
 except ImportError:  # pragma: no cover - zstandard is a dependency
     _ZSTD_ERRORS = ()
-STREAM_BYTES = 16 * 1024 * 1024  # a Bundle file larger than this (on disk) has its entries streamed
+STREAM_BYTES = 16 * 1024 * 1024  # a Bundle larger than this (decompressed) has its entries streamed
+MAX_RECORD_BYTES = 64 * 1024 * 1024  # a line, JSON document or Bundle entry above this is refused (too-large)
+MAX_REJECTS_PER_FILE = 1000  # rejects.ndjson lists this many per input file; the rest are counted
 BOM = b"\xef\xbb\xbf"
+PIECE = 1 << 20  # bytes read at a time when a line over the limit is skipped
+BLANK_RUN = 1 << 16  # bytes of empty lines looked at, and skipped, at a time
+ZSTD_FEED = 256  # compressed bytes per zstd call: at most about 8 MiB out (zstd expands at most ~32,000 times)
+
+
+class InputLimits(NamedTuple):
+    """How much of the input one record, and one file's rejects, may take (``evaluate --max-record-bytes``,
+    ``--max-rejects-per-file``)."""
+
+    record_bytes: int = MAX_RECORD_BYTES
+    rejects_per_file: int = MAX_REJECTS_PER_FILE
 
 
 def _lower(path: Path) -> str:
@@ -101,6 +119,12 @@ class Reject(NamedTuple):
             "code": self.code,
             "reason": self.reason,
         }
+
+
+def too_large(name: str, locator: str, limit: int, rest: str = "") -> Reject:
+    """The reject of one record over the size limit: where it is and the limit, never its content."""
+    reason = f"larger than the limit of {limit} bytes per record (--max-record-bytes): not read{rest}"
+    return Reject(name, locator, None, None, "too-large", reason)
 
 
 # Files a folder of pulled data holds beside the resources: described by name, never read as input.
@@ -194,10 +218,15 @@ def plan_tasks(files: list[Path], chunk_bytes: int) -> list[Task]:
                     break
                 fh.seek(start)
                 lines = sum(piece.count(b"\n") for piece in _pieces(fh, target - start))  # streamed: flat memory
-                tail = fh.readline()  # finish the line the target falls in
-                end = target + len(tail)
+                tail, ended = 0, 0  # finish the line the target falls in, a piece at a time (it may be huge)
+                while piece := fh.readline(PIECE):
+                    tail += len(piece)
+                    if piece.endswith(b"\n"):
+                        ended = 1
+                        break
+                end = target + tail
                 tasks.append(Task(path, start, end, line))
-                line += lines + tail.count(b"\n")
+                line += lines + ended
                 start = end
     return tasks
 
@@ -212,35 +241,24 @@ def _pieces(fh: BinaryIO, length: int, size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def read_file(
-    path: Path, on_bytes: Callable[[int], None] | None = None, task: Task | None = None
+    path: Path,
+    on_bytes: Callable[[int], None] | None = None,
+    task: Task | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Iterator[RawRecord | Reject]:
     """Records of one file (or one task's share of it): NDJSON by line; any other as one JSON document, or its
-    Bundle entries streamed when the file is large; a ``.json`` file that holds NDJSON, by line."""
+    Bundle entries streamed when it is large; a ``.json`` file that holds NDJSON, by line. A line, document or
+    entry above ``max_record_bytes`` is one ``too-large`` reject, never held whole."""
     name = str(path)
     read = 0
     try:
-        if not _is_ndjson(path) and path.stat().st_size > STREAM_BYTES // (4 if _compression(path) else 1):
-            streamed = _stream_bundle(path, name, on_bytes)
-            if streamed is not None:
-                for record in streamed:
-                    read += 1
-                    yield record
-                return
-        with _open(path) as fh:
-            if _is_ndjson(path):
-                if task is not None and task.start:
-                    fh.seek(task.start)
-                first = task.first_line if task else 1
-                for record in _read_ndjson(fh, name, on_bytes, task.end if task else None, first):
-                    read += 1
-                    yield record
-            else:
-                data = fh.read()
-                if on_bytes:
-                    on_bytes(len(data))
-                for record in _read_document(data, name):
-                    read += 1
-                    yield record
+        if _is_ndjson(path):
+            records = _ndjson_file(path, name, on_bytes, task, max_record_bytes)
+        else:
+            records = _json_file(path, name, on_bytes, max_record_bytes)
+        for record in records:
+            read += 1
+            yield record
     except (OSError, EOFError, lzma.LZMAError, ValueError, ijson.JSONError, *_ZSTD_ERRORS) as exc:
         # A truncated or corrupt file, an I/O error. Only the error's type: its text can quote the file's bytes.
         what = "record was" if read == 1 else "records were"
@@ -255,25 +273,93 @@ def read_file(
         )
 
 
-def _read_ndjson(
-    fh: BinaryIO, name: str, on_bytes: Callable[[int], None] | None, end: int | None = None, first_line: int = 1
+def _ndjson_file(
+    path: Path, name: str, on_bytes: Callable[[int], None] | None, task: Task | None, limit: int
 ) -> Iterator[RawRecord | Reject]:
+    with _open(path) as fh:
+        if task is not None and task.start:
+            fh.seek(task.start)
+        first = task.first_line if task else 1
+        yield from _read_ndjson(fh, name, on_bytes, task.end if task else None, first, limit)
+
+
+def _json_file(
+    path: Path, name: str, on_bytes: Callable[[int], None] | None, limit: int
+) -> Iterator[RawRecord | Reject]:
+    """A JSON file: parsed whole up to ``STREAM_BYTES`` (decompressed); above it a Bundle's entries are
+    streamed, NDJSON named .json is read by line, and any other document is parsed whole up to ``limit``."""
+    whole = min(STREAM_BYTES, limit)
+    with _open(path) as fh:
+        data = fh.read(whole + 1)
+        if len(data) > whole:
+            if _is_bundle(path, data, limit):
+                fh.close()
+                yield from _streamed_entries(path, name, on_bytes, limit)
+                return
+            if _first_line_is_object(data):  # NDJSON in a .json file, as some exports name it
+                fh.close()
+                yield from _ndjson_file(path, name, on_bytes, None, limit)
+                return
+            data += fh.read(limit + 1 - len(data))
+            if len(data) > limit:  # refused before it is held whole (or parsed: several times its size)
+                del data
+                if on_bytes:
+                    on_bytes(path.stat().st_size)
+                yield too_large(name, "file", limit)
+                return
+    if on_bytes:
+        on_bytes(path.stat().st_size)
+    yield from _read_document(data, name, limit)
+
+
+def _read_ndjson(
+    fh: BinaryIO,
+    name: str,
+    on_bytes: Callable[[int], None] | None,
+    end: int | None = None,
+    first_line: int = 1,
+    limit: int = MAX_RECORD_BYTES,
+) -> Iterator[RawRecord | Reject]:
+    """NDJSON lines from ``fh`` (up to byte ``end``), numbered from ``first_line``. No more than ``limit`` + 1
+    bytes of one line are ever held: a longer line is skipped to its newline, a piece at a time."""
     decode, loads, decode_error = FAST_DECODER.decode, orjson.loads, orjson.JSONDecodeError
     not_typed = msgspec.DecodeError
+    readline = fh.readline
+    peek = getattr(fh, "peek", None)  # buffered readers: runs of empty lines are skipped a block at a time
     pending = 0
     remaining = None if end is None else end - fh.tell()
-    for lineno, line in enumerate(fh, first_line):
-        if lineno == 1 and line.startswith(BOM):
-            line = line[len(BOM) :]
+    lineno = first_line - 1
+    while remaining is None or remaining > 0:
+        line = readline(limit + 1)
+        if not line:
+            break
+        lineno += 1
+        used = len(line)
+        oversized = used > limit and not line.endswith(b"\n")
+        if oversized:
+            line = b""
+            used += _skip_line(readline)
+            reject = too_large(name, f"line {lineno}", limit)
+        elif line.isspace():
+            if peek is not None:
+                lines, skipped = _skip_blank(fh)
+                lineno += lines
+                used += skipped
+            line = b""
         if remaining is not None:
-            if remaining <= 0:
-                break
-            remaining -= len(line)
+            remaining -= used
         if on_bytes is not None:
-            pending += len(line)
+            pending += used
             if pending > 1 << 20:  # report progress per MiB, not per line
                 on_bytes(pending)
                 pending = 0
+        if oversized:
+            yield reject
+            continue
+        if not line:  # empty lines are not records
+            continue
+        if lineno == 1 and line.startswith(BOM):
+            line = line[len(BOM) :]
         # The common case: a line decoded straight into the typed resource, every other field skipped.
         try:
             if not line.isascii():
@@ -300,23 +386,55 @@ def _read_ndjson(
         on_bytes(pending)
 
 
-def read_lines(lines: Iterable[bytes], name: str, first_line: int = 1) -> Iterator[RawRecord | Reject]:
+def _skip_line(readline: Callable[[int], bytes]) -> int:
+    """Read past the rest of a line, a piece at a time; the bytes skipped."""
+    used = 0
+    while piece := readline(PIECE):
+        used += len(piece)
+        if piece.endswith(b"\n"):
+            break
+    return used
+
+
+def _skip_blank(fh: BinaryIO) -> tuple[int, int]:
+    """Skip the empty (whitespace) lines that follow, a block at a time; the lines and bytes skipped."""
+    lines = used = 0
+    while True:
+        ahead = fh.peek(BLANK_RUN)[:BLANK_RUN]  # type: ignore[attr-defined]
+        blank = len(ahead) - len(ahead.lstrip())
+        cut = ahead.rfind(b"\n", 0, blank) + 1  # up to the last newline of the run: the next line starts there
+        if not cut:
+            return lines, used
+        fh.read(cut)
+        lines += ahead.count(b"\n", 0, cut)
+        used += cut
+        if blank < len(ahead):
+            return lines, used
+
+
+def read_lines(
+    lines: Iterable[bytes], name: str, first_line: int = 1, max_record_bytes: int = MAX_RECORD_BYTES
+) -> Iterator[RawRecord | Reject]:
     """NDJSON lines that another reader split (Spark's text files), numbered from ``first_line``."""
-    yield from _read_ndjson(io.BytesIO(b"\n".join(lines)), name, None, first_line=first_line)
+    buffered = io.BufferedReader(io.BytesIO(b"\n".join(lines)))
+    yield from _read_ndjson(buffered, name, None, first_line=first_line, limit=max_record_bytes)
 
 
-def read_document(data: bytes, name: str) -> Iterator[RawRecord | Reject]:
+def read_document(data: bytes, name: str, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[RawRecord | Reject]:
     """One whole JSON file's records (a Bundle, a resource, a list; NDJSON named .json)."""
-    yield from _read_document(data, name)
+    if len(data) > max_record_bytes:
+        yield too_large(name, "file", max_record_bytes)
+        return
+    yield from _read_document(data, name, max_record_bytes)
 
 
-def _read_document(data: bytes, name: str) -> Iterator[RawRecord | Reject]:
+def _read_document(data: bytes, name: str, limit: int = MAX_RECORD_BYTES) -> Iterator[RawRecord | Reject]:
     data = data.removeprefix(BOM)
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         if _looks_like_ndjson(data):  # a .json file holding one resource per line, as some exports name it
-            yield from _read_ndjson(io.BytesIO(data), name, None)
+            yield from _read_ndjson(io.BytesIO(data), name, None, limit=limit)
             return
         yield Reject(name, "file", None, None, "malformed-json", f"not valid JSON ({exc.msg})")
         return
@@ -388,39 +506,87 @@ def _bundle_entry(
 
 def _looks_like_ndjson(data: bytes) -> bool:
     """Whether a document that is not one JSON value is NDJSON: its first line is a JSON object by itself."""
-    first = data.lstrip().split(b"\n", 1)[0]
+    return _first_line_is_object(data) and b"\n" in data.strip()
+
+
+def _first_line_is_object(data: bytes) -> bool:
+    first = data.removeprefix(BOM).lstrip().split(b"\n", 1)[0]
     try:
-        return isinstance(orjson.loads(first), dict) and b"\n" in data.strip()
+        return isinstance(orjson.loads(first), dict)
     except orjson.JSONDecodeError:
         return False
 
 
-def _stream_bundle(
-    path: Path, name: str, on_bytes: Callable[[int], None] | None
-) -> Iterator[RawRecord | Reject] | None:
-    """A large Bundle file's entries, one at a time (None when the file's top level is not a Bundle).
+class _TooLarge(Exception):
+    """More than the limit read while one value was being built (see ``_Metered``)."""
+
+
+class _Metered:
+    """A file ijson reads, which refuses to read on when ``limit`` bytes (and ijson's read-ahead) have passed
+    since the last ``mark()``: a Bundle entry that large is never built whole."""
+
+    SLACK = 1 << 17  # ijson reads 64 KiB at a time, and may have read ahead into the next entry
+
+    def __init__(self, fh: BinaryIO, limit: int) -> None:
+        self._fh, self._limit = fh, limit
+        self._read = self._mark = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._fh.read(size if size >= 0 else 1 << 16)
+        self._read += len(data)
+        if self._read - self._mark > self._limit + self.SLACK:
+            raise _TooLarge
+        return data
+
+    def mark(self) -> None:
+        self._mark = self._read
+
+
+def _is_bundle(path: Path, head: bytes, limit: int) -> bool:
+    """Whether a large JSON file's top level is a Bundle (its ``resourceType``, read as a stream)."""
+    head = head[: 1 << 16].removeprefix(BOM)
+    if b'"Bundle"' not in head or not head.lstrip().startswith(b"{"):
+        return False
+    with _open(path) as fh:
+        metered = _Metered(_skip_bom(fh), limit)
+        try:
+            for prefix, event, value in ijson.parse(metered):
+                metered.mark()
+                if prefix == "resourceType" and event == "string":
+                    return bool(value == "Bundle")
+        except (_TooLarge, ijson.JSONError):
+            return False
+    return False
+
+
+def _streamed_entries(
+    path: Path, name: str, on_bytes: Callable[[int], None] | None, limit: int
+) -> Iterator[RawRecord | Reject]:
+    """A large Bundle file's entries, one at a time.
 
     Two passes over the file: the ``urn:uuid`` aliases of every entry first (references may point forward),
-    then the entries themselves, mapped as ``_bundle`` maps a Bundle held whole.
+    then the entries themselves, mapped as ``_bundle`` maps a Bundle held whole. An entry above ``limit`` is
+    one ``too-large`` reject, and ends the file: a JSON document cannot be resumed after a value not read.
     """
+    aliases: dict[str, str] = {}
     with _open(path) as fh:
-        head = fh.read(1 << 16).removeprefix(BOM)
-    if b'"Bundle"' not in head or not head.lstrip().startswith(b"{"):
-        return None
+        metered = _Metered(_skip_bom(fh), limit)
+        try:
+            for entry in ijson.items(metered, "entry.item", use_float=True):
+                metered.mark()
+                if (alias := _alias(entry)) is not None:
+                    aliases[alias[0]] = alias[1]
+        except _TooLarge:
+            pass  # the second pass stops at the same entry, and says so
     with _open(path) as fh:
-        kinds = ijson.items(_skip_bom(fh), "resourceType")
-        if next(kinds, None) != "Bundle":
-            return None
-    return _streamed_entries(path, name, on_bytes)
-
-
-def _streamed_entries(path: Path, name: str, on_bytes: Callable[[int], None] | None) -> Iterator[RawRecord | Reject]:
-    with _open(path) as fh:
-        entries = ijson.items(_skip_bom(fh), "entry.item", use_float=True)
-        aliases = dict(alias for entry in entries if (alias := _alias(entry)) is not None)
-    with _open(path) as fh:
-        for i, entry in enumerate(ijson.items(_skip_bom(fh), "entry.item", use_float=True)):
-            yield from _bundle_entry(entry, i, name, "", aliases or None)
+        metered = _Metered(_skip_bom(fh), limit)
+        i = 0
+        try:
+            for i, entry in enumerate(ijson.items(metered, "entry.item", use_float=True), 1):
+                metered.mark()
+                yield from _bundle_entry(entry, i - 1, name, "", aliases or None)
+        except _TooLarge:
+            yield too_large(name, f"entry {i}", limit, ", nor the rest of the file")
     if on_bytes:
         on_bytes(path.stat().st_size)
 
@@ -436,7 +602,8 @@ class _ZstdFrames(io.RawIOBase):
     """A .zst file decompressed frame by frame, which raises EOFError when the file ends inside a frame.
 
     zstandard's own stream reader ends quietly at a cut, as if the file were whole: a Bulk file cut in
-    transfer would lose its second half unseen.
+    transfer would lose its second half unseen. Its decompressor is fed ``ZSTD_FEED`` bytes at a time, so
+    that what one call gives back stays small (a few hundred kilobytes of .zst may hold gigabytes).
     """
 
     def __init__(self, raw: BinaryIO) -> None:
@@ -444,31 +611,40 @@ class _ZstdFrames(io.RawIOBase):
 
         self._raw, self._zstd = raw, zstandard
         self._frame = zstandard.ZstdDecompressor().decompressobj()
-        self._pending = b""
+        self._in, self._in_at = b"", 0  # compressed bytes read, and how far they were fed
+        self._carry = b""  # what followed the end of a frame in the last piece fed
+        self._out, self._out_at = b"", 0  # decompressed bytes, and how far they were handed on
         self._started = False  # whether the current frame has taken any input
 
     def readable(self) -> bool:
         return True
 
+    def _feed(self) -> bytes:
+        if self._carry:
+            piece, self._carry = self._carry, b""
+            return piece
+        if self._in_at >= len(self._in):
+            self._in, self._in_at = self._raw.read(1 << 20), 0
+        piece = self._in[self._in_at : self._in_at + ZSTD_FEED]
+        self._in_at += len(piece)
+        return piece
+
     def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = self._raw.read(1 << 20)
-            if not chunk:
+        while self._out_at >= len(self._out):
+            piece = self._feed()
+            if not piece:
                 if self._started and not self._frame.eof:
                     raise EOFError("the .zst file ends inside a frame")
                 return 0
-            while chunk:
-                self._started = True
-                self._pending += self._frame.decompress(chunk)
-                chunk = b""
-                if self._frame.eof:  # a frame ended: what follows belongs to the next one
-                    rest = self._frame.unused_data
-                    self._frame = self._zstd.ZstdDecompressor().decompressobj()
-                    self._started = False
-                    chunk = rest
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+            self._started = True
+            self._out, self._out_at = self._frame.decompress(piece), 0
+            if self._frame.eof:  # a frame ended: what follows belongs to the next one
+                self._carry = self._frame.unused_data
+                self._frame = self._zstd.ZstdDecompressor().decompressobj()
+                self._started = False
+        n = min(len(buffer), len(self._out) - self._out_at)
+        buffer[:n] = memoryview(self._out)[self._out_at : self._out_at + n]
+        self._out_at += n
         return n
 
     def close(self) -> None:

@@ -6,6 +6,8 @@ Nothing of the protocol is written twice. The plan:
    line-aligned tasks (``readers.plan_tasks``) and read by ``pipeline.read_task``; an input Spark reads by URL
    (``hdfs://``, ``s3a://``, ...) is split by Spark (NDJSON, ``.gz`` included) or read whole (``.json``
    Bundles), then parsed by the same reader functions. Every line becomes an ``InputRecord`` or a reject.
+   No record over ``--max-record-bytes`` is read: a plain NDJSON file by URL goes through Hadoop's line
+   reader with that maximum, and the lines it skips are found from the offsets (``line_layout``).
 2. **Study-wide resources** (Medication, ResearchStudy; few) are collected to the driver, settled with the
    same duplicate rule, and broadcast.
 3. **Group by patient** (a record's key is its patient, or its own reference when it has none: as the local
@@ -21,13 +23,14 @@ in input order, then the line), so the "seen last" rule keeps the same copy.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -57,6 +60,7 @@ from fhiradapter.shell.pipeline import (
 from fhiradapter.shell.readers import (
     NOT_DATA,
     PULL_MANIFEST,
+    InputLimits,
     RawRecord,
     Reject,
     Task,
@@ -65,6 +69,7 @@ from fhiradapter.shell.readers import (
     plan_tasks,
     read_document,
     read_lines,
+    too_large,
 )
 from fhiradapter.shell.spill import RejectList, RejectsFile
 from fhiradapter.shell.urls import safe_url
@@ -78,6 +83,18 @@ PARTITION_BLOCK = 10**12
 
 # What an executor hands back: ("item", key, InputRecord) or, once per task, ("done", stats, rejects).
 Tagged = tuple[str, Any, Any]
+# A plain NDJSON file read by URL: (byte offset, line) pairs, Hadoop skipping a line over MAX_LINE bytes unread.
+# The older API's reader: its offset is the line's own (the newer one gives where the lines it skipped began).
+TEXT_FORMAT = (
+    "org.apache.hadoop.mapred.TextInputFormat",
+    "org.apache.hadoop.io.LongWritable",
+    "org.apache.hadoop.io.Text",
+)
+MAX_LINE = "mapreduce.input.linerecordreader.line.maxlength"
+MIN_SPLIT = "mapreduce.input.fileinputformat.split.minsize"
+INPUT_DIR = "mapreduce.input.fileinputformat.inputdir"
+SKIPPED = " (skipped unread by Spark's reader)"
+SEVERAL = "; {} bytes were skipped there, perhaps several such lines in a row: they are one reject, one line"
 
 
 def _newest_copy(group: tuple[str, Iterable[InputRecord]]) -> Iterator[Tagged]:
@@ -96,12 +113,15 @@ def _map_raw(raw: RawRecord | Reject, seq: int, ctx: MapContext, rejects: Reject
     return None if item is None else ("item", item.patient or item.ref, item)
 
 
-def _read_tasks(settings: EvaluationSettings) -> Callable[[Iterable[tuple[int, Task]]], Iterator[Tagged]]:
+def _read_tasks(
+    settings: EvaluationSettings, limits: InputLimits
+) -> Callable[[Iterable[tuple[int, Task]]], Iterator[Tagged]]:
     def run(tasks: Iterable[tuple[int, Task]]) -> Iterator[Tagged]:
         ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
         for rank, task in tasks:
-            stats, rejects = RunStats(), RejectList()
-            for item in read_task(rank, task, ctx, rejects, stats):
+            stats = RunStats()
+            rejects = RejectList(limits.rejects_per_file or None, stats.unlisted)
+            for item in read_task(rank, task, ctx, rejects, stats, None, limits.record_bytes):
                 yield ("item", item.patient or item.ref, item)
             yield ("done", stats, rejects)
 
@@ -109,17 +129,19 @@ def _read_tasks(settings: EvaluationSettings) -> Callable[[Iterable[tuple[int, T
 
 
 def _read_text(
-    settings: EvaluationSettings, name: str, base: int
+    settings: EvaluationSettings, name: str, base: int, limits: InputLimits
 ) -> Callable[[int, Iterable[tuple[str, int]]], Iterator[Tagged]]:
     """A partition of an NDJSON file Spark split: its lines, numbered in the file by ``zipWithIndex``."""
 
     def run(partition: int, lines: Iterable[tuple[str, int]]) -> Iterator[Tagged]:
         ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
-        stats, rejects = RunStats(), RejectList()
+        stats = RunStats()
+        rejects = RejectList(limits.rejects_per_file or None, stats.unlisted)
         rows = list(lines)
         if rows:
             first = rows[0][1]
-            raws = read_lines([line.encode() for line, _n in rows], name, first_line=first + 1)
+            encoded = [line.encode() for line, _n in rows]
+            raws = read_lines(encoded, name, first_line=first + 1, max_record_bytes=limits.record_bytes)
             for n, raw in enumerate(raws):
                 tagged = _map_raw(raw, base + partition * PARTITION_BLOCK + n, ctx, rejects, stats)
                 if tagged is not None:
@@ -129,14 +151,137 @@ def _read_text(
     return run
 
 
-def _read_whole(settings: EvaluationSettings, name: str, base: int) -> Callable[[Iterable[bytes]], Iterator[Tagged]]:
-    """A whole JSON file (a Bundle) found under a URL input."""
+def _read_text_bounded(
+    settings: EvaluationSettings,
+    name: str,
+    base: int,
+    limits: InputLimits,
+    layout: LineLayout,
+) -> Callable[[int, Iterable[tuple[int, str]]], Iterator[Tagged]]:
+    """A partition of a plain NDJSON file read by URL: its (byte offset, line) pairs, Hadoop having skipped
+    each line over the limit unread; each skipped line is a ``too-large`` reject, and every line keeps its
+    number in the file (``layout``)."""
+    limit = limits.record_bytes
+
+    def skipped(line: int, size: int) -> Reject:
+        several = size >= 2 * (limit + 3)  # room for more than one such line: Hadoop does not say how many
+        return too_large(name, f"line {line}", limit, SKIPPED + (SEVERAL.format(size) if several else ""))
+
+    def raws(partition: int, rows: Iterable[tuple[int, str]]) -> Iterator[RawRecord | Reject]:
+        line, before = layout.starts.get(partition, (1, 0))
+        if before:
+            yield skipped(line - 1, before)
+        batch: list[bytes] = []
+        first, last = line, -1
+        for offset, text in rows:
+            if last >= 0 and offset - last > limit + 2:  # a line Hadoop skipped lies between
+                yield from read_lines(batch, name, first, limit)
+                yield skipped(line, offset - last - len(batch[-1]) - 1)
+                line += 1
+                batch, first = [], line
+            batch.append(text.encode())
+            line += 1
+            last = offset
+        yield from read_lines(batch, name, first, limit)
+        if partition == layout.last_partition and layout.tail is not None:
+            yield skipped(*layout.tail)
+
+    def run(partition: int, rows: Iterable[tuple[int, str]]) -> Iterator[Tagged]:
+        ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
+        stats = RunStats()
+        rejects = RejectList(limits.rejects_per_file or None, stats.unlisted)
+        for n, raw in enumerate(raws(partition, rows)):
+            tagged = _map_raw(raw, base + partition * PARTITION_BLOCK + n, ctx, rejects, stats)
+            if tagged is not None:
+                yield tagged
+        yield ("done", stats, rejects)
+
+    return run
+
+
+class LineLayout(NamedTuple):
+    """Where the lines of a plain NDJSON file read by Spark fall: per partition, the number of its first line
+    and the bytes skipped just before it (lines over the limit; 0: none); the number and bytes of skipped last
+    lines; and how many places lines were skipped at."""
+
+    starts: dict[int, tuple[int, int]]
+    last_partition: int
+    tail: tuple[int, int] | None
+    skips: int
+
+
+def _bounded_lines(sc: Any, name: str, size: int, limit: int) -> tuple[Any, LineLayout]:
+    """A plain NDJSON file by URL as (offset, line) pairs, no line over ``limit`` held by the JVM, and where
+    its lines fall.
+
+    Hadoop skips a line over the limit whole only when the line does not cross the end of a split (it stops
+    inside one that does, and what follows would be read as a line): so a file where a line was skipped is
+    read again as one split, and then every line it skips is skipped whole.
+    """
+    # hadoopRDD, not hadoopFile: PySpark's hadoopFile leaves out the configuration given to it.
+    conf = {MAX_LINE: str(limit + 3), INPUT_DIR: name.replace(",", "\\,")}
+    while True:
+        pairs = sc.hadoopRDD(*TEXT_FORMAT, conf=conf)
+        layout = line_layout(pairs.mapPartitionsWithIndex(_partition_layout(limit)).collect(), size, limit)
+        if not layout.skips or MIN_SPLIT in conf or pairs.getNumPartitions() == 1:
+            return pairs, layout
+        conf[MIN_SPLIT] = str(1 << 62)
+
+
+def _partition_layout(limit: int) -> Callable[[int, Iterable[tuple[int, str]]], Iterator[tuple[int, ...]]]:
+    """(partition, lines, first offset, last offset, last line's end, lines skipped inside) of each partition."""
+
+    def run(partition: int, rows: Iterable[tuple[int, str]]) -> Iterator[tuple[int, ...]]:
+        count = inside = 0
+        first = last = end = -1
+        for offset, text in rows:
+            if count and offset - last > limit + 2:
+                inside += 1
+            if not count:
+                first = offset
+            last = offset
+            end = offset + len(text.encode()) + 1
+            count += 1
+        yield (partition, count, first, last, end, inside)
+
+    return run
+
+
+def line_layout(partitions: list[tuple[int, ...]], size: int, limit: int) -> LineLayout:
+    """Number the lines of a plain NDJSON file from its partitions' layout (``_partition_layout``).
+
+    Hadoop skips a line of ``limit`` + 3 bytes or more (newline included) and keeps any shorter one, so two
+    lines it kept one after the other start at most ``limit`` + 2 bytes apart: a larger step between offsets,
+    a first line that does not start at 0, or a last one ending more than that before the end of the file,
+    means a line was skipped there.
+    """
+    starts: dict[int, tuple[int, int]] = {}
+    line, last, end, skips = 1, -1, 0, 0
+    for partition, count, first, final, final_end, inside in sorted(partitions):
+        if not count:
+            starts[partition] = (line, 0)
+            continue
+        before = first > 0 if last < 0 else first - last > limit + 2
+        line += before
+        starts[partition] = (line, first - end if before else 0)
+        line += count + inside
+        skips += before + inside
+        last, end = final, final_end
+    tail = size > 0 if last < 0 else size - last > limit + 2
+    return LineLayout(starts, max(starts, default=0), (line, size - end) if tail else None, skips + tail)
+
+
+def _read_whole(
+    settings: EvaluationSettings, name: str, base: int, limits: InputLimits
+) -> Callable[[Iterable[bytes]], Iterator[Tagged]]:
+    """A whole JSON file (a Bundle) found under a URL input (no larger than the limit: see ``_run``)."""
 
     def run(files: Iterable[bytes]) -> Iterator[Tagged]:
         ctx = MapContext(settings.mappings, ucum_factor, settings.local_bases)
-        stats, rejects = RunStats(), RejectList()
+        stats = RunStats()
+        rejects = RejectList(limits.rejects_per_file or None, stats.unlisted)
         for data in files:
-            for n, raw in enumerate(read_document(data, name)):
+            for n, raw in enumerate(read_document(data, name, limits.record_bytes)):
                 tagged = _map_raw(raw, base + n, ctx, rejects, stats)
                 if tagged is not None:
                     yield tagged
@@ -202,12 +347,13 @@ def list_url(sc: Any, url: str) -> tuple[list[tuple[str, int]], list[Reject]]:
 
 
 def _evaluate_groups(
-    settings: EvaluationSettings, medications: Any, writeback: bool, enrol: bool
+    settings: EvaluationSettings, medications: Any, writeback: bool, enrol: bool, cap: int | None
 ) -> Callable[[Iterable[tuple[str, Iterable[InputRecord]]]], Iterator[Tagged]]:
     """Each patient's records through ``pipeline.evaluate_group`` (the local engine's per-patient step)."""
 
     def run(groups: Iterable[tuple[str, Iterable[InputRecord]]]) -> Iterator[Tagged]:
-        stats, rejects = RunStats(), RejectList()
+        stats = RunStats()
+        rejects = RejectList(cap, stats.unlisted)
         wctx = writeback_context(settings, writeback)
         meds: dict[str, Record | None] = medications.value
         for _key, items in groups:
@@ -261,12 +407,34 @@ def run_spark(
             f"--results-dir {safe_url(run.results_dir)} exists already: give a new folder (a run never mixes "
             "its results with another's)"
         )
+    from py4j.protocol import Py4JJavaError, Py4JNetworkError  # noqa: PLC0415 - comes with pyspark
+
     try:
         with tempfile.TemporaryDirectory(dir=run.out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700
             return _run(spark, run, settings, Path(spill_dir), clock)
+    except (ConnectionError, Py4JNetworkError) as exc:  # the JVM is gone: not a fault of --out
+        raise InputError(jvm_lost(run, type(exc).__name__)) from None
+    except Py4JJavaError as exc:
+        if "OutOfMemoryError" not in str(exc):  # looked for, never shown: a Java message may quote a record
+            raise
+        raise InputError(jvm_lost(run, "OutOfMemoryError")) from None
     finally:
         if ours:
-            spark.stop()
+            with contextlib.suppress(Exception):  # a JVM that died cannot be stopped: the cause is said above
+                spark.stop()
+
+
+def jvm_lost(run: RunRequest, what: str) -> str:
+    """Why a run stopped when Spark's JVM died or ran out of memory: most likely a record of the input."""
+    inputs = [safe_url(u) for u in run.urls] or [str(f) for f in run.files]
+    named = ", ".join(inputs[:5]) + (f" and {len(inputs) - 5} more" if len(inputs) > 5 else "")
+    return (
+        f"Spark stopped while reading the input ({what}: its JVM died or ran out of memory), most likely on a "
+        f"record too large for its memory in {named or 'the input'}. Lines over --max-record-bytes "
+        f"({run.limits.record_bytes} bytes) are refused unread in plain files, but a line of a compressed file "
+        "read by URL reaches Spark whole: look for such a line, or give Spark more memory (spark.driver.memory, "
+        "spark.executor.memory)"
+    )
 
 
 def _run(
@@ -283,7 +451,9 @@ def _run(
         raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
     parts = []
     if tasks:
-        parts.append(sc.parallelize(list(enumerate(tasks)), len(tasks)).mapPartitions(_read_tasks(settings)))
+        parts.append(
+            sc.parallelize(list(enumerate(tasks)), len(tasks)).mapPartitions(_read_tasks(settings, run.limits))
+        )
     url_files, unread = [], list(run.unread)
     for url in run.urls:
         found, skipped = list_url(sc, url)
@@ -294,20 +464,27 @@ def _run(
         bases = tuple(dict.fromkeys([*settings.local_bases, *servers]))
         settings = dataclasses.replace(settings, local_bases=bases)
     first_block = (len(tasks) + 1) * 10**9
-    for n, (name, _size) in enumerate(url_files):
+    for n, (name, size) in enumerate(url_files):
         base = first_block + n * FILE_BLOCK
-        if is_plain(Path(name)) and name.lower().endswith(".json"):
-            parts.append(sc.binaryFiles(name).values().mapPartitions(_read_whole(settings, name, base)))
-        else:  # NDJSON, compressed or not (Spark's codecs: .gz, .bz2, ...)
+        plain = is_plain(Path(name))
+        if plain and name.lower().endswith(".json"):
+            if size > run.limits.record_bytes:  # read whole by Spark: refused unread
+                unread.append(too_large(name, "file", run.limits.record_bytes))
+                continue
+            parts.append(sc.binaryFiles(name).values().mapPartitions(_read_whole(settings, name, base, run.limits)))
+        elif plain:  # NDJSON: Hadoop skips a line over the limit without holding it; the gap it leaves is found
+            pairs, layout = _bounded_lines(sc, name, size, run.limits.record_bytes)
+            parts.append(pairs.mapPartitionsWithIndex(_read_text_bounded(settings, name, base, run.limits, layout)))
+        else:  # compressed NDJSON (Spark's codecs: .gz, .bz2, ...): a line over the limit is refused by Python
             lines = sc.textFile(name).zipWithIndex()
-            parts.append(lines.mapPartitionsWithIndex(_read_text(settings, name, base)))
+            parts.append(lines.mapPartitionsWithIndex(_read_text(settings, name, base, run.limits)))
     if not parts:
         raise InputError("nothing to read: no input file")
     mapped = sc.union(parts).persist()
     input_bytes = sum(f.stat().st_size for f in run.files) + sum(size for _name, size in url_files)
     stats = RunStats(files=len(run.files) + len(url_files), input_bytes=input_bytes)
     reject_files: list[Path] = []
-    read_rejects = RejectsFile(spill / "rejects-read.ndjson")
+    read_rejects = RejectsFile(spill / "rejects-read.ndjson", run.reject_cap, stats.unlisted)
     try:
         for _tag, task_stats, rejects in mapped.filter(lambda t: t[0] == "done").toLocalIterator():
             stats.merge(task_stats)
@@ -330,7 +507,9 @@ def _run(
     clock.lap("read_and_map")
     by_patient = resolved.filter(lambda t: t[0] == "item").map(lambda t: (t[1], t[2])).groupByKey()
     shared = sc.broadcast(medications)
-    evaluated = by_patient.mapPartitions(_evaluate_groups(settings, shared, run.writeback, run.enrol_candidates))
+    evaluated = by_patient.mapPartitions(
+        _evaluate_groups(settings, shared, run.writeback, run.enrol_candidates, run.reject_cap)
+    )
     if run.results_dir:
         try:
             return _to_results_dir(sc, run, settings, spill, evaluated, stats, reject_files, clock)
@@ -339,7 +518,7 @@ def _run(
             mapped.unpersist()
     rows: list[CohortRow] = []
     patient_parts = PatientParts(spill, "spark")
-    eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson")
+    eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson", run.reject_cap, stats.unlisted)
     try:
         for tag, payload, rejects in evaluated.toLocalIterator():
             if tag == "done":
@@ -387,7 +566,7 @@ def _to_results_dir(
     evaluated.persist()
     try:
         done = evaluated.filter(lambda t: t[0] == "done").map(lambda t: (t[1], t[2])).toLocalIterator()
-        eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson")
+        eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson", run.reject_cap, stats.unlisted)
         try:
             for task_stats, rejects in done:
                 stats.merge(task_stats)

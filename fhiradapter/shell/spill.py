@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import zlib
+from collections import Counter
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -76,23 +77,77 @@ class RejectSink(Protocol):
     def reject(self, entry: dict[str, Any]) -> None: ...
 
 
+class _PerFile:
+    """At most ``cap`` rejects of one input file are kept (None: all); the rest are counted by (file, code)
+    in ``unlisted``, so that one bad file cannot fill the disk or the memory with its rejects."""
+
+    def __init__(self, cap: int | None, unlisted: Counter[tuple[str, str]] | None) -> None:
+        self._cap = cap
+        self._kept: Counter[str] = Counter()
+        self.unlisted: Counter[tuple[str, str]] = Counter() if unlisted is None else unlisted
+
+    def keep(self, entry: dict[str, Any]) -> bool:
+        if self._cap is None:
+            return True
+        name = str(entry.get("file"))
+        self._kept[name] += 1
+        if self._kept[name] <= self._cap:
+            return True
+        self.unlisted[(name, str(entry.get("code")))] += 1
+        return False
+
+
 class RejectList(list[dict[str, Any]]):
-    """Rejects kept in memory (a Spark task's, returned to the driver)."""
+    """Rejects kept in memory (a Spark task's, returned to the driver), at most ``cap`` per input file."""
+
+    def __init__(self, cap: int | None = None, unlisted: Counter[tuple[str, str]] | None = None) -> None:
+        super().__init__()
+        self._per_file = _PerFile(cap, unlisted)
 
     def reject(self, entry: dict[str, Any]) -> None:
-        self.append(entry)
+        if self._per_file.keep(entry):
+            self.append(entry)
 
 
 class RejectsFile:
-    """An append-only NDJSON file of rejects (one per worker and pass; concatenated at the end)."""
+    """An append-only NDJSON file of rejects (one per worker and pass; concatenated at the end), at most
+    ``cap`` per input file: the rest are counted in ``unlisted`` (the run summary's)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cap: int | None = None, unlisted: Counter[tuple[str, str]] | None = None) -> None:
         self.path = path
+        self._per_file = _PerFile(cap, unlisted)
         self._fh = path.open("wb")
 
     def reject(self, entry: dict[str, Any]) -> None:
-        self._fh.write(orjson.dumps(entry) + b"\n")
+        if self._per_file.keep(entry):
+            self._fh.write(orjson.dumps(entry) + b"\n")
 
     def close(self) -> None:
         if not self._fh.closed:
             self._fh.close()
+
+
+def cap_rejects(parts: list[Path], target: Path, cap: int | None, unlisted: Counter[tuple[str, str]]) -> Path:
+    """The workers' reject files joined into ``target``, at most ``cap`` per input file in all (each worker
+    kept up to ``cap`` of its own), then one ``not-listed`` line per file saying how many more of its rejects
+    ``unlisted`` counts, and of which codes. ``unlisted`` gains those left out here."""
+    per_file = _PerFile(cap, unlisted)
+    with target.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as fh:
+                for line in fh:
+                    if cap is None or per_file.keep(orjson.loads(line)):
+                        out.write(line)
+        by_file: dict[str, Counter[str]] = {}
+        for (name, code), n in unlisted.items():
+            by_file.setdefault(name, Counter())[code] += n
+        for name in sorted(by_file):
+            codes = by_file[name]
+            reason = (
+                f"{codes.total()} more rejects of this file are not listed one by one (at most {cap} per file, "
+                f"--max-rejects-per-file): {', '.join(f'{c} {n}' for c, n in sorted(codes.items()))}; "
+                "summary.json counts every one"
+            )
+            entry = {"file": name, "locator": "file", "resourceType": None, "id": None, "code": "not-listed"}
+            out.write(orjson.dumps({**entry, "reason": reason}) + b"\n")
+    return target
