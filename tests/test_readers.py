@@ -230,7 +230,9 @@ def test_files_not_read_are_listed_with_the_reason(tmp_path: Path) -> None:
     not_read = {Path(r["file"]).name: r["reason"] for r in rejects if r["code"] == "not-read"}
     assert set(not_read) == {"notes.txt", "labs.csv", "y.ndjson.bz2x"}
     assert "suffix .txt" in not_read["notes.txt"] and "read are .ndjson, .jsonl and .json" in not_read["notes.txt"]
-    assert summary["by_type"]["(file not read)"] == {"read": 3, "used": 0, "rejected": 3}
+    # Files, not records (issue 28): counted apart, never as records read or rejected.
+    assert sorted(Path(f).name for f in summary["files_not_read"]) == ["labs.csv", "notes.txt", "y.ndjson.bz2x"]
+    assert summary["records_read"] == len(STUDY_LINES) and "(file not read)" not in summary["by_type"]
     assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
 
 

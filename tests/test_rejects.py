@@ -46,8 +46,9 @@ def count_records(folder: Path) -> int:
 
 def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
     summary, rejects = evaluate([BAD], tmp_path, candidates=True)
-    assert summary["records_read"] == count_records(BAD) + 1  # README.md: a file not read, listed
-    assert summary["records_rejected"] == len(rejects)
+    assert summary["records_read"] == count_records(BAD)  # README.md: a file not read, listed apart, no record
+    assert [Path(f).name for f in summary["files_not_read"]] == ["README.md"]
+    assert summary["records_rejected"] == len(rejects) - 1
     assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
     got = {(Path(r["file"]).name, r["locator"]): r["code"] for r in rejects}
     assert got == {
@@ -212,3 +213,58 @@ def test_an_unmapped_code_is_named_in_its_reject_and_counted_for_the_sites_mappi
             {"code": "http://loinc.org|8310-5, urn:local|HR", "records": 1},
         ],
     }
+
+
+def test_rejects_name_the_fhir_path_apart_and_come_in_file_and_line_order(tmp_path: Path) -> None:
+    """Issue 28 item 9: the element a reject is about is a field of its own (not a prefix of the reason), and
+    rejects.ndjson lists a file's rejects by line (mixed.ndjson came out as 2, 3, 4, ..., 9, 14, 8, 16, 10, ...)."""
+    _summary, rejects = evaluate([BAD / "mixed.ndjson"], tmp_path)
+    furlong = next(r for r in rejects if r["id"] == "afp-furlongs")
+    assert furlong["path"] == "valueQuantity.code" and furlong["reason"].startswith("unit 'furlong'")
+    lines = [int(r["locator"].split()[1]) for r in rejects if r["locator"].startswith("line ")]
+    assert lines == sorted(lines) and len(lines) == len(set(lines)) > 10
+
+
+def test_files_that_hold_no_data_are_not_counted_as_records(tmp_path: Path) -> None:
+    """Issue 28 item 10: README.md, notes.txt and a pull folder's own pull-manifest.json are files not read."""
+    from click.testing import CliRunner
+
+    from fhiradapter.cli import main
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "Patient.ndjson").write_bytes((ROOT / "fixtures" / "paper-cohort" / "input" / "Patient.ndjson").read_bytes())
+    (src / "README.md").write_text("# notes\n")
+    (src / "notes.txt").write_text("hello\n")
+    (src / "pull-manifest.json").write_text('{"server": "x"}\n')
+    result = CliRunner().invoke(main, ["evaluate", str(src), "--as-of", "2005-03-31", "--out", str(tmp_path / "o")])
+    patients = len((src / "Patient.ndjson").read_text().splitlines())
+    assert f"Read {patients} records from 1 file(s)" in result.output, result.output
+    assert (
+        "not read: 3 other file(s), no FHIR data by their names (README.md, notes.txt, pull-manifest.json"
+        in result.output
+    )
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["records_read"] == patients and summary["records_rejected"] == patients  # none in the study
+    assert len(summary["files_not_read"]) == 3
+
+
+@pytest.mark.parametrize(("kind", "suffix"), [("gzip", ".gz"), ("zstd", ".zst")])
+def test_compressed_bytes_under_a_plain_name_are_said_to_be_compressed(tmp_path: Path, kind: str, suffix: str) -> None:
+    """Issue 28 item 11: gzip content in a file named .ndjson was 'malformed-json ... surrogates not allowed',
+    line after line: it is one reject that says what the file holds and how to name it."""
+    import gzip
+
+    import zstandard
+
+    data = (ROOT / "fixtures" / "paper-cohort" / "input" / "Patient.ndjson").read_bytes()
+    packed = gzip.compress(data) if kind == "gzip" else zstandard.ZstdCompressor().compress(data)
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "Patient.ndjson").write_bytes(packed)
+    _summary, rejects = evaluate([src], tmp_path / "o")
+    (reject,) = rejects
+    assert reject["code"] == "compressed-content" and reject["locator"] == "file"
+    assert (
+        f"holds {kind}-compressed data" in reject["reason"] and f"rename it Patient.ndjson{suffix}" in reject["reason"]
+    )

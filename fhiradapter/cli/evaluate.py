@@ -281,6 +281,14 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     click.echo(f"  {'resource type':<{width}}  {'read':>7}  {'used':>7}  {'rejected':>8}")
     for rtype, c in summary["by_type"].items():
         click.echo(f"  {rtype:<{width}}  {c['read']:>7}  {c['used']:>7}  {c['rejected']:>8}")
+    not_read = summary.get("files_not_read") or []
+    if not_read:
+        shown = ", ".join(Path(n).name for n in not_read[:5]) + (
+            f" and {len(not_read) - 5} more" if len(not_read) > 5 else ""
+        )
+        click.echo(
+            f"  not read: {len(not_read)} other file(s), no FHIR data by their names ({shown}; in rejects.ndjson)"
+        )
     click.echo(f"  {mappings_line(Path(summary['protocol']['mappings_dir']))}")
     if summary["rejects_by_reason"]:
         reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())

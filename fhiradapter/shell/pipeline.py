@@ -90,7 +90,6 @@ GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
 WRITEBACK_FILES = ("writeback.json", "writeback-plan.ndjson")
 REPORT_FILES = ("report.html", "report.md", "report-km.png", "report-swimmer.png")
-NOT_READ = "(file not read)"  # the "resource type" counted for a file of an input folder that is not read
 CANDIDATES_FILE = "candidates.ndjson"  # screening candidates' results, with --screen-candidates (docs/protocol.md §1)
 # Every file a run may write or remove in --out (whatever its options): an input by one of these names there is
 # refused before anything is written (``out_folder.inputs_in_the_way``).
@@ -119,6 +118,7 @@ class RunStats:
     population: Counter[str] = field(default_factory=Counter)
     unmapped: Counter[tuple[str, str]] = field(default_factory=Counter)  # (what, "system|code") not mapped
     unlisted: Counter[tuple[str, str]] = field(default_factory=Counter)  # (file, code): rejects counted, not listed
+    not_read: list[str] = field(default_factory=list)  # files of an input folder that hold no FHIR data: no records
 
     def merge(self, other: RunStats) -> None:
         self.read.update(other.read)
@@ -129,11 +129,13 @@ class RunStats:
         self.population.update(other.population)
         self.unmapped.update(other.unmapped)
         self.unlisted.update(other.unlisted)
+        self.not_read.extend(other.not_read)
 
     def as_dict(self) -> dict[str, Any]:
         types = sorted(set(self.read) | set(self.rejected))
         return {
             "files": self.files,
+            "files_not_read": sorted(self.not_read),  # listed in rejects.ndjson with why; they hold no records
             "input_bytes": self.input_bytes,
             "patients": self.patients,
             "records_read": sum(self.read.values()),
@@ -197,7 +199,12 @@ def _patient_key(res: Resource | dict[str, Any], record: Record | None) -> str |
 
 
 def _reject_entry(
-    origin: tuple[str, str], ref: str | None, code: str, reason: str, unmapped: str | None = None
+    origin: tuple[str, str],
+    ref: str | None,
+    code: str,
+    reason: str,
+    unmapped: str | None = None,
+    path: str | None = None,
 ) -> dict[str, Any]:
     rtype, _, rid = (ref or "").partition("/")
     entry = {
@@ -206,6 +213,7 @@ def _reject_entry(
         "resourceType": rtype or None,
         "id": rid or None,
         "code": code,
+        **({"path": path} if path else {}),  # the FHIR element the reason is about (Observation.valueQuantity.code)
         "reason": reason,
     }
     if unmapped is not None:  # the source's code that no mapping knows (system|code): what to add to mappings/
@@ -455,9 +463,7 @@ def settle_globals(
     """
     for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
         rejects.reject(file_not_read.as_dict())
-        stats.read[NOT_READ] += 1
-        stats.rejected[NOT_READ] += 1
-        stats.reasons[file_not_read.code] += 1
+        stats.not_read.append(file_not_read.file)  # a file, not a record: counted apart from the records
     kept: dict[str, InputRecord] = {}
     for item in items:
         keep_newest_global(kept, item, rejects, stats)
@@ -853,16 +859,30 @@ def _reject_unmapped(item: InputRecord, writer: RejectSink, stats: RunStats) -> 
         _reject(item, writer, stats, "unused", "not used")
         return
     last = issues[-1]
-    reason = "; ".join(i.message if i.message.startswith(i.path) else f"{i.path}: {i.message}" for i in issues)
-    _reject(item, writer, stats, last.code, reason, last.source_code)
+    # The element the reject is about is a field of its own; other issues of the record keep theirs in the text.
+    reason = "; ".join(
+        _without_path(i.message, i.path) if i.path == last.path else f"{i.path}: {_without_path(i.message, i.path)}"
+        for i in issues
+    )
+    _reject(item, writer, stats, last.code, reason, last.source_code, last.path)
     if last.source_code is not None:
         stats.unmapped[(f"{item.ref.split('/', 1)[0]}.{last.path}", last.source_code)] += 1
 
 
+def _without_path(message: str, path: str) -> str:
+    return message.removeprefix(f"{path}: ") if path else message
+
+
 def _reject(
-    item: InputRecord, writer: RejectSink, stats: RunStats, code: str, reason: str, unmapped: str | None = None
+    item: InputRecord,
+    writer: RejectSink,
+    stats: RunStats,
+    code: str,
+    reason: str,
+    unmapped: str | None = None,
+    path: str | None = None,
 ) -> None:
-    writer.reject(_reject_entry(item.origin, item.ref, code, reason, unmapped))
+    writer.reject(_reject_entry(item.origin, item.ref, code, reason, unmapped, path))
     stats.rejected[item.ref.split("/", 1)[0]] += 1
     stats.reasons[code] += 1
 

@@ -176,6 +176,23 @@ def find_inputs(paths: list[Path], exclude: Path | None = None) -> tuple[list[Pa
     return files, skipped
 
 
+# The first bytes of each compressed format read, and the name suffix that says so.
+MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+PACKED_SUFFIX = {"gzip": ".gz", "zstd": ".zst", "bzip2": ".bz2", "xz": ".xz"}
+
+
+def packed_without_suffix(path: Path) -> str | None:
+    """The compression of a file whose name says it is plain, by its first bytes (None: plain, or named so)."""
+    if _compression(path):
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(6)
+    except OSError:
+        return None  # read_file reports it
+    return next((kind for magic, kind in MAGIC.items() if head.startswith(magic)), None)
+
+
 def _open(path: Path) -> BinaryIO:
     packed = _compression(path)
     if packed == ".gz":
@@ -251,6 +268,19 @@ def read_file(
     entry above ``max_record_bytes`` is one ``too-large`` reject, never held whole."""
     name = str(path)
     read = 0
+    packed = packed_without_suffix(path)
+    if packed is not None:  # compressed bytes under a plain name: one reject for the file, not one per "line"
+        if task is None or task.start == 0:
+            yield Reject(
+                name,
+                "file",
+                None,
+                None,
+                "compressed-content",
+                f"the file holds {packed}-compressed data but its name does not say so: rename it "
+                f"{path.name}{PACKED_SUFFIX[packed]} (nothing of it was read)",
+            )
+        return
     try:
         if _is_ndjson(path):
             records = _ndjson_file(path, name, on_bytes, task, max_record_bytes)

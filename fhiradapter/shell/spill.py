@@ -6,6 +6,8 @@ one bucket at a time. Memory is bounded by one bucket, not by the input. Small r
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import pickle
 import zlib
 from collections import Counter
@@ -127,27 +129,54 @@ class RejectsFile:
             self._fh.close()
 
 
+def _locator_key(locator: str) -> tuple[int, int, str]:
+    """Where in its file a reject lies, for ordering: the file itself first, then lines and entries by number."""
+    if locator == "file":
+        return (0, 0, "")
+    kind, _, number = locator.partition(" ")
+    return (1, int(number), kind) if number.isdigit() else (2, 0, locator)
+
+
 def cap_rejects(parts: list[Path], target: Path, cap: int | None, unlisted: Counter[tuple[str, str]]) -> Path:
-    """The workers' reject files joined into ``target``, at most ``cap`` per input file in all (each worker
-    kept up to ``cap`` of its own), then one ``not-listed`` line per file saying how many more of its rejects
-    ``unlisted`` counts, and of which codes. ``unlisted`` gains those left out here."""
+    """The workers' reject files joined into ``target`` in file and line order, at most ``cap`` per input file
+    in all (each worker kept up to ``cap`` of its own; of those, the first ``cap`` in order are listed), each
+    file's rejects followed by one ``not-listed`` line saying how many more ``unlisted`` counts, and of which
+    codes. ``unlisted`` gains those left out here. Only where each line lies is held in memory."""
+    places: list[tuple[str, tuple[int, int, str], int, int, int]] = []
+    for n, part in enumerate(parts):
+        offset = 0
+        with part.open("rb") as fh:
+            for line in fh:
+                entry = orjson.loads(line)
+                places.append((str(entry.get("file")), _locator_key(str(entry.get("locator"))), n, offset, len(line)))
+                offset += len(line)
+    places.sort()
     per_file = _PerFile(cap, unlisted)
-    with target.open("wb") as out:
-        for part in parts:
-            with part.open("rb") as fh:
-                for line in fh:
-                    if cap is None or per_file.keep(orjson.loads(line)):
-                        out.write(line)
-        by_file: dict[str, Counter[str]] = {}
-        for (name, code), n in unlisted.items():
-            by_file.setdefault(name, Counter())[code] += n
-        for name in sorted(by_file):
-            codes = by_file[name]
-            reason = (
-                f"{codes.total()} more rejects of this file are not listed one by one (at most {cap} per file, "
-                f"--max-rejects-per-file): {', '.join(f'{c} {n}' for c, n in sorted(codes.items()))}; "
-                "summary.json counts every one"
-            )
-            entry = {"file": name, "locator": "file", "resourceType": None, "id": None, "code": "not-listed"}
-            out.write(orjson.dumps({**entry, "reason": reason}) + b"\n")
+    said: set[str] = set()
+    with contextlib.ExitStack() as stack, target.open("wb") as out:
+        handles = [stack.enter_context(part.open("rb")) for part in parts]
+        for name, group in itertools.groupby(places, key=lambda place: place[0]):
+            for _name, _key, n, offset, length in group:
+                handles[n].seek(offset)
+                line = handles[n].read(length)
+                if cap is None or per_file.keep(orjson.loads(line)):
+                    out.write(line)
+            out.write(_not_listed(name, unlisted, cap))
+            said.add(name)
+        for name in sorted({name for name, _code in unlisted} - said):
+            out.write(_not_listed(name, unlisted, cap))
     return target
+
+
+def _not_listed(name: str, unlisted: Counter[tuple[str, str]], cap: int | None) -> bytes:
+    """The line that says how many rejects of ``name`` are not listed ("" when all are)."""
+    codes = Counter({code: n for (file, code), n in unlisted.items() if file == name})
+    if not codes:
+        return b""
+    reason = (
+        f"{codes.total()} more rejects of this file are not listed one by one (at most {cap} per file, "
+        f"--max-rejects-per-file): {', '.join(f'{c} {n}' for c, n in sorted(codes.items()))}; "
+        "summary.json counts every one"
+    )
+    entry = {"file": name, "locator": "file", "resourceType": None, "id": None, "code": "not-listed"}
+    return orjson.dumps({**entry, "reason": reason}) + b"\n"
