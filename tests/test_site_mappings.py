@@ -125,3 +125,13 @@ def test_show_names_the_folder_and_the_study(tmp_path: Path) -> None:
     assert "study ResearchStudy/thal-hcc-pilot" in shown.output
     missing = CliRunner().invoke(main, ["mappings", "show", "--mappings", str(tmp_path / "nope")])
     assert missing.exit_code == 10 and "mappings folder not found" in missing.output
+
+
+def test_the_shipped_mappings_cite_the_projects_own_rule_book() -> None:
+    """Issue 28 item 3: a user never has ../shared; the comments cite docs/protocol.md, which ships."""
+    from fhiradapter.shell.mappings_io import shipped_files
+
+    for path in shipped_files():
+        comments = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#")]
+        assert not [c for c in comments if "PROTOCOL.md" in c or "shared/" in c], path.name
+    assert "docs/protocol.md §1" in (ROOT / "mappings" / "protocol.toml").read_text()
