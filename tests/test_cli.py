@@ -369,3 +369,26 @@ def test_docs_export_names_an_existing_extra_for_every_install() -> None:
     assert {"registry", "postgres", "parquet", "all"} <= named <= extras
     first_block = text.split("```\n", 2)[1]
     assert first_block.startswith('pip install ".[registry]"')  # before the commands that need it
+
+
+def test_the_messages_a_newcomer_needed(tmp_path: Path) -> None:
+    """A future --as-of is warned about; --study takes ResearchStudy/<id>; a study no subject names says which
+    studies the input's subjects do name; screening that finds no candidate says so."""
+    base = ["evaluate", str(PAPER), "--no-report", "--out"]
+    future = CliRunner().invoke(main, [*base, str(tmp_path / "f"), "--as-of", "2050-03-31"])
+    assert future.exit_code == 0 and "warning: --as-of 2050-03-31 is after today" in future.output
+    prefixed = CliRunner().invoke(
+        main, [*base, str(tmp_path / "p"), "--as-of", "2005-03-31", "--study", "ResearchStudy/thal-hcc-pilot"]
+    )
+    assert prefixed.exit_code == 0 and "14 patient(s) evaluated" in prefixed.output
+    typo = CliRunner().invoke(main, [*base, str(tmp_path / "t"), "--as-of", "2005-03-31", "--study", "thal-hcc-pilott"])
+    assert typo.exit_code == ExitCode.NOTHING
+    assert (
+        "none with a ResearchSubject of ResearchStudy/thal-hcc-pilott; "
+        "14 ResearchSubject(s) of the input name another study" in typo.output
+    )
+    screened = CliRunner().invoke(main, [*base, str(tmp_path / "s"), "--as-of", "2005-03-31", "--screen-candidates"])
+    assert screened.exit_code == 0
+    assert (
+        "screening candidates: none: every patient in the input has a ResearchSubject of the study" in screened.output
+    )

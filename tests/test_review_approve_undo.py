@@ -325,3 +325,35 @@ def test_an_approval_leaves_excluded_patients_out_and_names_the_approver(tmp_pat
     assert [p for p in allowed_lines if p["action"] != "unchanged"] == []
     assert allowed["entry"] == [] and len(held_lines) == sum(p["action"] != "unchanged" for p in plan)
     assert len(held["entry"]) == len(bundle["entry"])  # every entry and a Provenance of its own
+
+
+def test_approve_says_what_a_folder_is_when_it_is_no_write_back(tmp_path: Path) -> None:
+    """A newcomer's tries: a folder that does not exist, an input folder, a run made with --no-writeback."""
+    missing = cli("approve", str(tmp_path / "nowhere"), "--by", "A. Kim", "--yes")
+    assert missing.exit_code == ExitCode.INPUT and "does not exist" in missing.output
+    inputs = cli("approve", str(PAPER), "--by", "A. Kim", "--yes")
+    assert (
+        inputs.exit_code == ExitCode.INPUT
+        and "is not the --out folder of an `fhiradapter evaluate` run" in inputs.output
+    )
+    quiet = tmp_path / "quiet"
+    assert (
+        cli(
+            "evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(quiet), "--no-report", "--no-writeback"
+        ).exit_code
+        == 0
+    )
+    nothing = cli("approve", str(quiet), "--by", "A. Kim", "--yes")
+    assert (
+        nothing.exit_code == ExitCode.INPUT
+        and "made with --no-writeback: there is nothing to approve" in nothing.output
+    )
+
+
+def test_exclude_takes_a_patient_id_without_its_prefix(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    evaluate(PAPER, out)
+    result = cli("approve", str(out), "--by", "A. Kim", "--exclude", "thal-04", "--yes")
+    assert result.exit_code == 0, result.output
+    assert "(1 excluded: not sent)" in result.output
+    assert json.loads((out / "approval.json").read_text())["excluded"] == ["Patient/thal-04"]

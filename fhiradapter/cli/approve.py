@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from fhiradapter.cli.common import guard
-from fhiradapter.errors import ConfigError
+from fhiradapter.errors import ConfigError, InputError
 
 SHOWN = 200  # patients listed one by one; the plan and the report hold every one
 
@@ -51,18 +51,26 @@ def approve_cmd(out: Path, approver: str, role: str, excluded: tuple[str, ...], 
     with guard():
         if not approver.strip():
             raise ConfigError("--by needs the approver's name")
+        if not out.is_dir():
+            raise InputError(f"{out} does not exist: give the --out folder of an `fhiradapter evaluate` run")
+        if not (out / "manifest.json").exists() and not (out / "writeback.json").exists():
+            raise InputError(f"{out} is not the --out folder of an `fhiradapter evaluate` run (no write-back in it)")
+        if (out / "manifest.json").exists() and not (out / "writeback.json").exists():
+            raise InputError(f"{out}: that run was made with --no-writeback: there is nothing to approve")
         check_manifest(out, ["writeback.json", "writeback-plan.ndjson"])  # a whole run's, unchanged
         writeback_sha, plan_sha = digests(out)
         plan = read_plan(out)
         patients = list(dict.fromkeys(str(line.get("patient")) for line in plan))
+        excluded = tuple(p if "/" in p else f"Patient/{p}" for p in excluded)  # thal-04 means Patient/thal-04
         unknown = [p for p in excluded if p not in patients]
         if unknown:
             raise ConfigError(f"--exclude {', '.join(unknown)}: not in this write-back's plan (see {out})")
         words = by_patient(plan)
         counts = {a: sum(1 for line in plan if line.get("action") == a) for a in ("create", "update", "unchanged")}
         click.echo(
-            f"Changes to the hospital record in {out / 'writeback.json'}: {len(words)} patient(s) of {len(patients)}; "
-            f"create {counts['create']}, update {counts['update']}, unchanged {counts['unchanged']}."
+            f"Changes to the hospital record in {out / 'writeback.json'}: {len(words)} patient(s) of {len(patients)}"
+            + (f" ({len(excluded)} excluded: not sent)" if excluded else "")
+            + f"; create {counts['create']}, update {counts['update']}, unchanged {counts['unchanged']}."
         )
         for patient, lines in list(words.items())[:SHOWN]:
             mark = "  (excluded: not sent)" if patient in excluded else ""

@@ -10,7 +10,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,9 +23,12 @@ def parse_as_of(value: str) -> date:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         raise ConfigError(f"--as-of must be a date as YYYY-MM-DD, got {value!r}")
     try:
-        return date.fromisoformat(value)
+        cutoff = date.fromisoformat(value)
     except ValueError:
         raise ConfigError(f"--as-of {value} is no calendar date (that month has no such day)") from None
+    if cutoff > datetime.now(UTC).date():  # a typo (2050 for 2005) reads records a real cut-off leaves out: say so
+        click.echo(f"warning: --as-of {value} is after today: is it the cut-off you meant?", err=True)
+    return cutoff
 
 
 MAPPINGS_ENV = "FHIRADAPTER_MAPPINGS"  # = fhiradapter.shell.mappings_io.ENV_VAR (kept here: --help stays fast)

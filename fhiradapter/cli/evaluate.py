@@ -264,9 +264,17 @@ def _nothing_evaluated(summary: dict[str, Any]) -> str:
     if not summary["records_read"]:
         return "no patient was evaluated: the input holds no FHIR record (see rejects.ndjson for files not read)"
     if population.get("not-in-study"):
+        study = summary.get("protocol", {}).get("study", "the study")
+        others = (summary.get("rejects_by_reason") or {}).get("other-study", 0)
+        hint = (
+            f"; {others} ResearchSubject(s) of the input name another study (rejects.ndjson, other-study, says "
+            "which): is --study, or [study] in the mappings, the one you meant?"
+            if others
+            else "; --screen-candidates screens them"
+        )
         return (
             f"no patient was evaluated: {population['not-in-study']} patient(s) in the input, none with a "
-            "ResearchSubject of the study (--study names another study; --screen-candidates screens them)"
+            f"ResearchSubject of {study}{hint}"
         )
     return "no patient was evaluated: the input holds no Patient that its records name (see rejects.ndjson)"
 
@@ -330,6 +338,8 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         names.append("candidates.ndjson")
     names += [n for n in ("report.html", "report.md", "report-km.png", "report-swimmer.png") if (out / n).exists()]
     click.echo(f"Wrote to {out}: {', '.join(names)}, and manifest.json last.")
+    if population.get("candidates") == 0 and (out / "candidates.ndjson").exists():
+        click.echo("  screening candidates: none: every patient in the input has a ResearchSubject of the study")
     if "report.html" in names and summary["patients"]:
         click.echo(f"Open {out / 'report.html'} in a browser to read the report.")
     elif not summary["patients"]:

@@ -71,6 +71,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
 
         summary = asyncio.run(run())
         outcomes = counts_text(summary.outcomes, PUSH_OUTCOMES) or "nothing to send"
+        provenances = sum(1 for _method, url, *_rest in summary.written if url == "Provenance")
+        if provenances:  # created counts them too: say so, or the counts do not add up to the plan's
+            outcomes += f" (with {provenances} Provenance record(s) of the run)"
         parts = f" in {summary.parts} parts" if summary.parts > 1 else ""
         click.echo(
             f"Pushed {bundle} as {summary.mode}{parts}: {outcomes}. "

@@ -328,7 +328,7 @@ SHOWN_IN_FULL = 50  # patients whose changes a dry run lists one by one; the pla
 
 
 def _print_sync(s: Any) -> None:
-    mode = "dry run, nothing written" if s.dry_run else "written"
+    mode = "dry run, nothing written" if s.dry_run else "written" if sum(s.pushed.values()) else "nothing written"
     since = f"changes since {s.since}" if s.since else "everything"
     click.echo(f"Sync run {s.run_id} of {s.study} from {s.server} ({since}; {mode}).")
     pulled = sum(s.pulled.values())

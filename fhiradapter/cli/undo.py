@@ -71,14 +71,20 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> No
         click.echo(f"  {len(s.marked)} result(s) it created {verb[0]} entered-in-error")
         click.echo(f"  {len(s.restored)} resource(s) it updated {verb[1]} their previous version back")
         click.echo(f"  {len(s.unchanged)} already as before; {len(s.never_written)} never written by the run")
-        if s.restored:  # the ResearchSubjects, above all: their status and period are back
-            shown = ", ".join(s.restored[:20]) + (f" and {len(s.restored) - 20} more" if len(s.restored) > 20 else "")
-            click.echo(f"  previous version{' would be' if dry_run else ''} back: {shown}")
+        subjects = [r.split("/", 1)[1] for r in s.restored if r.startswith("ResearchSubject/")]
+        if subjects:  # above all the ResearchSubjects: their status and period are back
+            shown = ", ".join(subjects[:20]) + (f" and {len(subjects) - 20} more" if len(subjects) > 20 else "")
+            others = len(s.restored) - len(subjects)
+            rest = f"; and {others} result(s) it had updated" if others else ""
+            click.echo(f"  previous version{' would be' if dry_run else ''} back for ResearchSubject {shown}{rest}")
         for line in s.conflicts[:20]:
             click.echo(f"  conflict: {line}")
         if s.provenance:
             click.echo(f"  recorded in {s.provenance} (by {who.strip()}, {role.strip()})")
         if not s.changed and not s.conflicts:
-            click.echo("  nothing to take back.")
+            click.echo(
+                "  nothing to take back: nothing of this write-back is on the server as it wrote it (never pushed, "
+                "or already taken back)."
+            )
         if s.conflicts:
             sys.exit(int(ExitCode.SERVER))

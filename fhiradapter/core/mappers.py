@@ -216,7 +216,7 @@ def map_observation(
     concept = _lookup(res.code, m.observation)
     if concept is None:
         return None, _unmapped(
-            ref, "code", res.code, "Observation.code is not a protocol concept in mappings/codes.toml"
+            ref, "code", res.code, "Observation.code is not a protocol concept in the mappings' codes.toml"
         )
     status = res.status
     if status is None or status not in COUNTED_OBS_STATUS:
@@ -451,7 +451,7 @@ def map_medication_use(
             ref,
             "medication[x]",
             res.medication_codeable_concept,
-            "the medication is not a protocol drug in mappings/codes.toml",
+            "the medication is not a protocol drug in the mappings' codes.toml",
         )
     start, end = _exposure_dates(res)
     if start is None:
@@ -536,7 +536,7 @@ def map_condition(
     concept = _lookup(res.code, ctx.mappings.condition)
     if concept is None:
         return None, _unmapped(
-            ref, "code", res.code, "Condition.code is not a protocol condition in mappings/codes.toml"
+            ref, "code", res.code, "Condition.code is not a protocol condition in the mappings' codes.toml"
         )
     patient, issues = _patient_ref(res.subject, "subject", ref, aliases, ctx.local_bases)
     if patient is None:

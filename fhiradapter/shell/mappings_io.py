@@ -100,7 +100,7 @@ def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, An
             raise ConfigError(f"mappings file is not valid TOML: {path}: {exc}") from None
         digest.update(raw)
     mappings = parse_mappings(*docs)
-    identity = {**mappings.identity, "mappings_dir": str(folder), "sha256": digest.hexdigest()}
+    identity = {**mappings.identity, "mappings_dir": str(folder.resolve()), "sha256": digest.hexdigest()}
     return mappings, identity
 
 

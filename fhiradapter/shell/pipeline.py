@@ -444,6 +444,7 @@ def study_key(study: str | None) -> StudyKey | None:
     """``--study``: an id, or an identifier ``SYSTEM|VALUE`` (docs/protocol.md §1); None: the mappings' study."""
     if not study:
         return None
+    study = study.removeprefix("ResearchStudy/")  # the reference as a ResearchSubject writes it names the same
     if "|" in study:
         try:
             return StudyKey(None, frozenset({parse_identifier(study, "--study")}))
