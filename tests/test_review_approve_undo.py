@@ -249,6 +249,9 @@ def test_a_standing_rule_lets_a_sync_write_what_it_covers_and_holds_the_rest(tmp
         assert {(p["action"], p["kind"]) for p in held_plan} == {("update", "research-subject")} and len(
             held_plan
         ) == 13
+        listed = cli("runs", "--data-dir", str(tmp_path / "data"))
+        assert f"held for a person's approval: 13 change(s) in {held}" in listed.output
+        assert "written under the standing rule signed by Dr. P. Investigator" in listed.output
         # A person approves the held changes, and pushes them.
         assert cli("approve", str(held), "--by", "A. Kim", "--yes").exit_code == 0
         pushed = cli("push", "--server", base, str(held / "writeback.json"))

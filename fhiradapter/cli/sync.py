@@ -305,6 +305,10 @@ def _run_details(run: dict[str, Any]) -> list[str]:
         pushed = counts_text(s.get("pushed", {}), ("created", "updated", "unchanged", "conflict", "error"))
         conflicts, errors = len(s.get("conflicts", [])), len(s.get("errors", []))
         lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {conflicts}, errors {errors}")
+    if s.get("approved_by"):
+        lines.append(f"written under the {s['approved_by']}")
+    if s.get("held"):  # the rest waits for a person: `approve` and `push` of that folder (not recorded here)
+        lines.append(f"held for a person's approval: {s['held']} change(s) in {s.get('held_folder')}")
     limits = s.get("transaction_limit") or {}
     if any(limits.values()):
         shown = {k: f"{v['max_entries']} entries" if v else "none" for k, v in limits.items()}
