@@ -1076,3 +1076,29 @@ def test_s9_max_pages_is_an_option_of_every_server_command() -> None:
         result = CliRunner().invoke(main, [command, "--help"])
         assert "--max-pages" in result.output and "--trust-origin" in result.output
         assert "--allow-insecure-http" in result.output
+
+
+def test_a_server_that_makes_the_cli_wait_is_said_once(tmp_path: Path) -> None:
+    """A newcomer pushed to a server that did not answer: 49 s of silence. The first wait is now said, with
+    why (status or error type, never a body) and for how long it may go on; later waits are not repeated."""
+    seen = Counter[str]()
+
+    def server(request: Seen) -> Reply:
+        seen[request.path] += 1
+        if request.path.endswith("/metadata") and seen[request.path] <= 2:
+            return Reply(503, {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "x"}]})
+        if request.path.endswith("/metadata"):
+            return Reply(200, json.loads(capability("transaction").content))
+        return Reply(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": []})
+
+    bundle = tmp_path / "writeback.json"
+    bundle.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": []}))
+    approve_bundle(bundle)
+    with stub_server(server) as stub:
+        result = CliRunner().invoke(main, ["push", "--server", f"{stub.base}/fhir", str(bundle)])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if "is not answering as it should" in line]
+    assert notes == [
+        f"note: {stub.base}/fhir is not answering as it should (HTTP 503): retrying, "
+        "for up to 120 s a request (Ctrl-C stops)"
+    ]

@@ -336,10 +336,16 @@ class FhirClient:
         self.retries = 0
         self.server_time: datetime | None = None  # from the Date header of /metadata
         self.skipped: list[str] = []  # search entries that are no resource with a type and an id: where, and why
+        # Told once, when a request first has to wait for the server (not answering, overloaded): a person at the
+        # console learns why nothing happens, and for how long it may go on. The CLI prints it.
+        self.on_wait: Callable[[str], None] | None = None
+        self._waited = False
 
     def fresh(self) -> FhirClient:
         """A new client with the same server, auth and settings (one per event loop; the auth's token is shared)."""
-        return FhirClient(self.base, self._auth, self.settings, self._transport, self._sleep, self.trusted)
+        client = FhirClient(self.base, self._auth, self.settings, self._transport, self._sleep, self.trusted)
+        client.on_wait = self.on_wait
+        return client
 
     def elsewhere(self, url: str) -> FhirClient:
         """A client for another origin: the same settings and retries, never our credential."""
@@ -408,7 +414,20 @@ class FhirClient:
             stop=stop_after_attempt(s.max_attempts) | stop_after_delay(s.retry_budget_s),
             wait=self._wait,
             sleep=self._sleep,
+            before_sleep=self._told_to_wait,
             reraise=True,
+        )
+
+    def _told_to_wait(self, state: RetryCallState) -> None:
+        """The first wait of this client: say why (the error's type or status, never a body) and for how long."""
+        if self._waited or self.on_wait is None:
+            return
+        self._waited = True
+        exc = state.outcome.exception() if state.outcome else None
+        why = f"HTTP {exc.response.status_code}" if isinstance(exc, Retryable) else type(exc).__name__
+        self.on_wait(
+            f"{self.base} is not answering as it should ({why}): retrying, for up to "
+            f"{self.settings.retry_budget_s:.0f} s a request (Ctrl-C stops)"
         )
 
     async def request(
