@@ -6,6 +6,7 @@ write) and lists the runs. The server is stopped by its PID at the end, whatever
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -53,15 +55,30 @@ def test_the_try_a_server_page_runs_as_written(tmp_path: Path) -> None:
             assert run.returncode == 0, (line, run.stdout, run.stderr)
             outputs.append(run.stdout)
         pull, first_sync, approved, pushed, second_sync, runs = outputs
-        assert "Pulled ResearchStudy/thal-hcc-pilot: 14 patient(s)" in pull
-        assert "plan for the results: create 92, update 13, unchanged 1" in first_sync
-        assert "held for a person's approval: 105 change(s)" in first_sync and "pushed: nothing to send" in first_sync
+        plan = [
+            json.loads(x)
+            for x in (tmp_path / "sync-data/runs/run-1/out/writeback-plan.ndjson").read_text().splitlines()
+        ]
+        n = Counter(p["action"] for p in plan)
+        patients = len({p["patient"] for p in plan})
+        assert f"Pulled ResearchStudy/thal-hcc-pilot: {patients} patient(s)" in pull
+        planned = f"create {n['create']}, update {n['update']}, unchanged {n['unchanged']}"
+        assert f"plan for the results: {planned}" in first_sync
+        held = n["create"] + n["update"]
+        assert (
+            f"held for a person's approval: {held} change(s)" in first_sync and "pushed: nothing to send" in first_sync
+        )
         assert (
             "update ResearchSubject/thal-01-rs: status on-study → off-study; period.end none → 2004-06-30" in approved
         )
         assert "Approved by A. Data Manager" in approved
-        assert "created 94, updated 13" in pushed
-        assert re.search(r"plan for the results: unchanged 106\n", second_sync)
+        provenances = re.search(r"with (\d+) Provenance record", pushed)  # one per transaction part, also created
+        assert provenances, pushed
+        assert f"created {n['create'] + int(provenances[1])}, updated {n['update']}" in pushed
+        assert re.search(rf"plan for the results: unchanged {sum(n.values())}\n", second_sync)
+        # The page says what a reader will see: the same figures.
+        page = PAGE.read_text()
+        assert planned in page and f"{held} change(s)" in page and f"unchanged {sum(n.values())}" in page
         assert "pushed: nothing to send" in second_sync
         assert "newest first (2 of 2)" in runs
         assert (tmp_path / "fhir-server-data").is_dir() and (tmp_path / "pulled" / "Patient.ndjson").exists()

@@ -17,7 +17,8 @@ import pytest
 from builders import AS_OF, ROOT, raise_thal03_afp
 from fhir_server import load_input, post, sekmet_server, server_resources
 
-from fhiradapter.core.writeback import IDENTIFIER_SYSTEM, read_back
+from fhiradapter.core.review import read_back
+from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
 from fhiradapter.shell.mappings_io import load_mappings
 from fhiradapter.shell.pipeline import run_evaluate
 

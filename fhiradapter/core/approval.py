@@ -11,14 +11,13 @@ of change it lists; :func:`split_by_rule` holds the rest for a person. Pure: no 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fhiradapter.core.writeback import KINDS, entry_patient, provenance_for, uuid_of
+from fhiradapter.core.writeback import KINDS, entry_patient, full_url, provenance_for
 from fhiradapter.errors import ConfigError
 
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -85,10 +84,6 @@ def parse_standing_rule(doc: Mapping[str, Any], where: str) -> StandingRule | No
         first = exc.errors()[0]
         path = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{where}: [standing_rule] {path}: {first['msg']}") from None
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def approver_agent(name: str, role: str) -> dict[str, Any]:
@@ -181,12 +176,7 @@ def split_by_rule(
 
 
 def _entry_url(line: Mapping[str, Any]) -> str:
-    """The fullUrl of a plan line's Bundle entry (as writeback.bundle_entry gives it)."""
-    return (
-        f"urn:uuid:{uuid_of(str(line.get('identifier')))}"
-        if line.get("action") == "create"
-        else str(line.get("existing"))
-    )
+    return full_url(str(line.get("action")), str(line.get("identifier")), line.get("existing"))
 
 
 def _with_provenance(entries: list[dict[str, Any]], provenance: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ confirmed") and the rule book's section that produced the result. Pure: no I/O; 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from fhiradapter.core.eligibility import explain
@@ -108,6 +109,39 @@ def stated(kind: str, resource: dict[str, Any]) -> Values:
     return {**_result_values(kind, resource, comps, value), "status": _text(resource.get("status"))}
 
 
+def _criteria(comps: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+    """An eligibility result's criteria: id -> met / not_met / unknown."""
+    return {
+        code.removeprefix("criterion-"): _code(comp.get("valueCodeableConcept"))
+        for code, comp in comps.items()
+        if code.startswith("criterion-")
+    }
+
+
+def read_back(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """One patient's results as its written result Observations state them (the inverse of
+    ``writeback.desired_resources``), read with :func:`stated`, the reading a reviewer's plan uses."""
+    out: dict[str, Any] = {"assessments": [], "toxicities": {}}
+    for res in resources:
+        kind = kind_of(res) if res.get("resourceType") == "Observation" else None
+        if kind is None:
+            continue
+        v = stated(kind, res)
+        if kind == "response":
+            out["assessments"].append({k: v[k] for k in ("date", "response", "spd_mm2", "afp")})
+        elif kind == "best-response":
+            out["best_response"] = v["response"]
+        elif kind == "eligibility":
+            out["eligibility"] = v["eligibility"]
+            out["criteria"] = _criteria(_components(res))
+        elif kind == "child-pugh":
+            out["child_pugh"] = v["score"]
+        elif kind == "toxicity":
+            out["toxicities"][v["term"]] = v["grade"]
+    out["assessments"].sort(key=lambda a: a["date"])
+    return out
+
+
 def _result_values(kind: str, resource: dict[str, Any], comps: dict[str, dict[str, Any]], value: str | None) -> Values:
     if kind in ("response", "best-response"):
         confirmed = (comps.get("confirmed") or {}).get("valueBoolean")
@@ -125,11 +159,7 @@ def _result_values(kind: str, resource: dict[str, Any], comps: dict[str, dict[st
             }
         return values
     if kind == "eligibility":
-        criteria = {
-            code.removeprefix("criterion-"): _code(comp.get("valueCodeableConcept"))
-            for code, comp in comps.items()
-            if code.startswith("criterion-")
-        }
+        criteria = _criteria(comps)
         return {
             "eligibility": value,
             "not_met": sorted(c for c, s in criteria.items() if s == "not_met"),

@@ -379,7 +379,7 @@ def bundle_entry(entry: PlanEntry) -> dict[str, Any] | None:
     if entry.action == "create":
         system = IDENTIFIER_SYSTEM
         return {
-            "fullUrl": f"urn:uuid:{uuid_of(entry.identifier)}",
+            "fullUrl": full_url(entry.action, entry.identifier, entry.ref),
             "resource": res,
             "request": {"method": "POST", "url": rtype, "ifNoneExist": f"identifier={system}|{entry.identifier}"},
         }
@@ -387,8 +387,18 @@ def bundle_entry(entry: PlanEntry) -> dict[str, Any] | None:
         request: dict[str, Any] = {"method": "PUT", "url": entry.ref}
         if entry.version:
             request["ifMatch"] = f'W/"{entry.version}"'
-        return {"fullUrl": entry.ref, "resource": {**res, "id": entry.ref.split("/", 1)[1]}, "request": request}
+        return {
+            "fullUrl": full_url(entry.action, entry.identifier, entry.ref),
+            "resource": {**res, "id": entry.ref.split("/", 1)[1]},
+            "request": request,
+        }
     return None
+
+
+def full_url(action: str, identifier: str, existing: str | None) -> str:
+    """A plan entry's fullUrl in the Bundle: a urn:uuid from the identifier of a create, else the resource it
+    updates. The plan lines name both, so whatever cuts a Bundle by its plan finds each entry by this."""
+    return f"urn:uuid:{uuid_of(identifier)}" if action == "create" else str(existing)
 
 
 def uuid_of(identifier: str) -> str:
@@ -400,6 +410,14 @@ def uuid_of(identifier: str) -> str:
 def run_tag(targets_digest: str, as_of: str, mappings: dict[str, Any]) -> str:
     """The Provenance's run tag: a hash of what the run wrote (the targets' digest), as-of and mappings."""
     return hashlib.sha256(f"{targets_digest}|{as_of}|{mappings.get('sha256', '')}".encode()).hexdigest()[:32]
+
+
+def assembler_agent(adapter_version: str) -> dict[str, Any]:
+    """The Provenance agent that names fhiradapter, which assembled what was written."""
+    return {
+        "type": _coding("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "assembler", "Assembler"),
+        "who": {"display": f"fhiradapter {adapter_version}"},
+    }
 
 
 def provenance_entry(
@@ -426,14 +444,7 @@ def provenance_entry(
         "policy": [f"{CODE_SYSTEM}:protocol:{mappings.get('id')}:{mappings.get('version')}"],
         "reason": [{"text": f"Protocol evaluation as of {as_of}"}],
         "activity": _coding("http://terminology.hl7.org/CodeSystem/v3-DataOperation", "UPDATE", "revise"),
-        "agent": [
-            {
-                "type": _coding(
-                    "http://terminology.hl7.org/CodeSystem/provenance-participant-type", "assembler", "Assembler"
-                ),
-                "who": {"display": f"fhiradapter {adapter_version}"},
-            }
-        ],
+        "agent": [assembler_agent(adapter_version)],
         "entity": [
             {
                 "role": "source",
@@ -450,41 +461,6 @@ def provenance_entry(
         "fullUrl": f"urn:uuid:{uuid_of(run)}",
         "request": {"method": "POST", "url": "Provenance", "ifNoneExist": f"_tag={RUN_TAG_SYSTEM}|{run}"},
     }
-
-
-def read_back(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    """Results as read from written result Observations (the inverse of ``desired_resources``)."""
-    out: dict[str, Any] = {"assessments": [], "toxicities": {}}
-    by_code = {v: k for k, v in KINDS.items()}
-    for res in resources:
-        if res.get("resourceType") != "Observation":
-            continue
-        kind = by_code.get(res["code"]["coding"][0]["code"])
-        value = res.get("valueCodeableConcept", {}).get("coding", [{}])[0].get("code")
-        category = {c: k for k, (c, _d) in RESPONSE_CODES.items()}.get(value or "")
-        comps = {c["code"]["coding"][0]["code"]: c for c in res.get("component", [])}
-        if kind == "response":
-            spd = comps.get("spd", {}).get("valueQuantity", {}).get("value")
-            afp = comps.get("1834-1", {}).get("valueQuantity", {}).get("value")
-            out["assessments"].append(
-                {"date": res["effectiveDateTime"], "response": category, "spd_mm2": spd, "afp": afp}
-            )
-        elif kind == "best-response":
-            out["best_response"] = category
-        elif kind == "eligibility":
-            out["eligibility"] = value
-            out["criteria"] = {
-                c[len("criterion-") :]: comp["valueCodeableConcept"]["coding"][0]["code"]
-                for c, comp in comps.items()
-                if c.startswith("criterion-")
-            }
-        elif kind == "child-pugh":
-            out["child_pugh"] = res.get("valueInteger")
-        elif kind == "toxicity":
-            grade = {c: g for g, (c, _d) in GRADE_CODES.items()}.get(value or "")
-            out["toxicities"][comps["term"]["valueCodeableConcept"]["text"]] = grade
-    out["assessments"].sort(key=lambda a: a["date"])
-    return out
 
 
 def entry_patient(entry: dict[str, Any]) -> str | None:

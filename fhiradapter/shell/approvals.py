@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 import orjson
 
-from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, digest, parse_standing_rule
+from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, parse_standing_rule
 from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
 from fhiradapter.shell.files import write_new
+from fhiradapter.shell.out_folder import file_digest
 
 APPROVAL = "approval.json"
 WRITEBACK = "writeback.json"
@@ -27,7 +28,7 @@ RULE_FILE = "approval.toml"
 def digests(folder: Path) -> tuple[str, str]:
     """The sha256 of the write-back and of its plan, as an approval names them."""
     try:
-        return digest((folder / WRITEBACK).read_bytes()), digest((folder / PLAN).read_bytes())
+        return file_digest(folder / WRITEBACK), file_digest(folder / PLAN)
     except FileNotFoundError as exc:
         raise InputError(
             f"{exc.filename} not found: give the --out folder of an `fhiradapter evaluate` run that wrote a write-back"

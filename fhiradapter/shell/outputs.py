@@ -105,14 +105,31 @@ def iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
 
 class Writeback(NamedTuple):
     """What a run wrote to writeback.json and writeback-plan.ndjson, handed in memory to a caller that pushes
-    it at once (sync): the transaction Bundle, the plan's entries per action, and per patient whose results
-    are created or updated, how many of each kind (``{"update": {"response": 2}}``)."""
+    it at once (sync): the transaction Bundle and the plan's lines; the rest is read from the lines."""
 
     bundle: dict[str, Any]
-    actions: Counter[str]
-    changes: dict[str, dict[str, Counter[str]]]
-    in_words: dict[str, list[str]]  # per patient whose results change, each change as a reviewer reads it
     plan_lines: list[dict[str, Any]]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
+
+    @property
+    def actions(self) -> Counter[str]:
+        """The plan's entries per action."""
+        return Counter(str(line["action"]) for line in self.plan_lines)
+
+    @property
+    def changes(self) -> dict[str, dict[str, Counter[str]]]:
+        """Per patient whose results are created or updated, how many of each kind (``{"update": {"response":
+        2}}``)."""
+        changes: dict[str, dict[str, Counter[str]]] = {}
+        for line in self.plan_lines:
+            if line["action"] != "unchanged":
+                by_action = changes.setdefault(str(line["patient"]), {})
+                by_action.setdefault(str(line["action"]), Counter())[str(line["kind"])] += 1
+        return changes
+
+    @property
+    def in_words(self) -> dict[str, list[str]]:
+        """Per patient whose results change, each change as a reviewer reads it."""
+        return by_patient(self.plan_lines)
 
 
 def write_writeback(
@@ -173,20 +190,13 @@ def write_writeback(
     write_sorted_lines(out / "writeback-plan.ndjson", spill, plan_index, plan)
     if plan is None:
         return None
-    actions: Counter[str] = Counter()
-    changes: dict[str, dict[str, Counter[str]]] = {}
     lines = [orjson.loads(line) for blob in plan for line in blob.split(b"\n") if line]  # a blob: a patient's
-    for entry in lines:
-        action = str(entry["action"])
-        actions[action] += 1
-        if action != "unchanged":
-            changes.setdefault(str(entry["patient"]), {}).setdefault(action, Counter())[str(entry["kind"])] += 1
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [x for e in kept for x in orjson.loads(b"[" + e + b"]")],
     }
-    return Writeback(bundle, actions, changes, by_patient(lines), lines)
+    return Writeback(bundle, lines)
 
 
 @dataclass

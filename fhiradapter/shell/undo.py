@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhiradapter.core.approval import approver_agent
-from fhiradapter.core.writeback import CODE_SYSTEM, HASH_TAG_SYSTEM, IDENTIFIER_SYSTEM, RUN_TAG_SYSTEM, content_hash
+from fhiradapter.core.writeback import (
+    CODE_SYSTEM,
+    HASH_TAG_SYSTEM,
+    IDENTIFIER_SYSTEM,
+    RUN_TAG_SYSTEM,
+    assembler_agent,
+    content_hash,
+    entry_patient,
+)
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.fhir_client import FhirClient
 
@@ -91,8 +99,6 @@ async def undo(
     dry_run: bool = False,
 ) -> UndoSummary:
     """Take back what ``bundle`` (a pushed write-back) wrote; see the module docstring."""
-    from fhiradapter.core.writeback import entry_patient  # noqa: PLC0415
-
     summary = UndoSummary(_run_tag(bundle))
     targets: list[str] = []
     for entry in bundle.get("entry") or ():
@@ -213,18 +219,7 @@ def _undo_provenance(
         },
         "agent": [
             approver_agent(by, role),
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
-                            "code": "assembler",
-                            "display": "Assembler",
-                        }
-                    ]
-                },
-                "who": {"display": f"fhiradapter {version}"},
-            },
+            assembler_agent(version),
         ],
         "entity": [{"role": "removal", "what": {"display": f"fhiradapter run {run}"}}],
     }
