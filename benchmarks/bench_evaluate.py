@@ -47,8 +47,8 @@ EVALUATE = """
 import json, resource, sys, time
 from datetime import date
 from pathlib import Path
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier
 # Lazy imports (lifelines, scipy) are paid before timing: start-up is not throughput.
 kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)

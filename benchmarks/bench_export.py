@@ -59,7 +59,7 @@ print(json.dumps({"rows": n, "seconds": dt, "peak_mb": resource.getrusage(resour
 EXPORT = """
 import json, resource, sys, time
 from pathlib import Path
-from fhiradapter.shell.export import export
+from fhiradapter.shell.registry.export import export
 key = b"k" * 32 if sys.argv[4] == "pseudo" else None
 t = time.perf_counter()
 summary = export(Path(sys.argv[1]), sys.argv[2], sys.argv[3], key)

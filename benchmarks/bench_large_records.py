@@ -36,9 +36,9 @@ from builders import heart_rates  # noqa: E402 - the tests' builders
 from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' server helpers
 from generate import generate  # noqa: E402
 
-from fhiradapter.shell.fhir_client import ClientSettings, FhirClient  # noqa: E402
-from fhiradapter.shell.pull import pull_into  # noqa: E402
-from fhiradapter.shell.pull_folder import NdjsonSink  # noqa: E402
+from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient  # noqa: E402
+from fhiradapter.shell.server.pull import pull_into  # noqa: E402
+from fhiradapter.shell.server.pull_folder import NdjsonSink  # noqa: E402
 
 STUDY = "thal-hcc-pilot"
 

@@ -34,8 +34,8 @@ import json, os, resource, sys, time
 from datetime import date
 from pathlib import Path
 os.environ["PYSPARK_PYTHON"] = sys.executable
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier
 kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
 mappings, identity = load_mappings()

@@ -56,12 +56,12 @@ from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' ser
 from generate import generate  # noqa: E402
 
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier  # noqa: E402
-from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
-from fhiradapter.shell.mappings_io import load_mappings  # noqa: E402
-from fhiradapter.shell.pull import pull_into  # noqa: E402
-from fhiradapter.shell.pull_folder import NdjsonSink  # noqa: E402
-from fhiradapter.shell.store import SyncStore  # noqa: E402
-from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: E402
+from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
+from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: E402
+from fhiradapter.shell.server.pull import pull_into  # noqa: E402
+from fhiradapter.shell.server.pull_folder import NdjsonSink  # noqa: E402
+from fhiradapter.shell.server.store import SyncStore  # noqa: E402
+from fhiradapter.shell.server.sync import SyncOptions, run_sync  # noqa: E402
 
 
 class Latency(httpx.AsyncBaseTransport):

@@ -140,7 +140,7 @@ def approve_bundle(path: Path) -> Path:
     """Approve a hand-made Bundle file for push: put it at ``writeback.json`` with an (empty, if none) plan beside
     it, and record an approval of both. Returns the writeback.json path."""
     from fhiradapter.core.approval import Approval
-    from fhiradapter.shell.approvals import digests, write_approval
+    from fhiradapter.shell.server.approvals import digests, write_approval
 
     target = path.parent / "writeback.json"
     if path != target:
@@ -161,7 +161,7 @@ def trusting_mappings(folder: Path) -> Path:
     """A copy of the shipped mappings with a standing rule that lets every change out (for sync tests)."""
     import shutil
 
-    from fhiradapter.shell.mappings_io import default_mappings_dir
+    from fhiradapter.shell.common.mappings_io import default_mappings_dir
 
     shutil.copytree(default_mappings_dir(), folder, dirs_exist_ok=True)
     (folder / "approval.toml").write_text(APPROVE_ALL)

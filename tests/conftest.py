@@ -11,7 +11,7 @@ from pg_server import pg_bin, postgres_cluster
 
 from fhiradapter.core.mappers import MapContext
 from fhiradapter.core.protocol import Mappings
-from fhiradapter.shell.mappings_io import load_mappings, ucum_factor
+from fhiradapter.shell.common.mappings_io import load_mappings, ucum_factor
 
 # hypothesis's pytest plugin imports hypothesis in its terminal summary when no test has yet. A run of only
 # some tests then rewrote its modules there, deep in the session's end, and on CPython 3.11.7 that

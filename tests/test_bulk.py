@@ -20,10 +20,10 @@ from stub_server import Reply, Seen, Stub, stub_server
 
 from fhiradapter.cli import main
 from fhiradapter.errors import ServerError
-from fhiradapter.shell.bulk import STATE, bulk_pull
-from fhiradapter.shell.fhir_client import ClientSettings, FhirClient
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
+from fhiradapter.shell.server.bulk import STATE, bulk_pull
+from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient
 
 BASE = "https://fhir.test/r4"
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -188,7 +188,7 @@ def test_ctrl_c_while_waiting_cancels_the_export_on_the_server(tmp_path: Path) -
 
 
 def test_a_token_file_on_another_host_is_refused(tmp_path: Path) -> None:
-    from fhiradapter.shell.auth import BearerAuth
+    from fhiradapter.shell.server.auth import BearerAuth
 
     async def go() -> None:
         server = FakeExport(polls=0, patient_url="https://storage.example/files/p.ndjson")
@@ -200,7 +200,7 @@ def test_a_token_file_on_another_host_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retries(tmp_path: Path) -> None:
-    from fhiradapter.shell.auth import BearerAuth
+    from fhiradapter.shell.server.auth import BearerAuth
 
     class Storage(FakeExport):
         """The manifest points the Patient file at cloud storage, which drops the first connection."""

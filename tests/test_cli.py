@@ -212,7 +212,7 @@ def test_a_missing_extra_is_named_with_its_install_command(
     (tmp_path / "sync.db").touch()
     for name in [m for m in sys.modules if m == missing or m.startswith(f"{missing}.")]:
         monkeypatch.delitem(sys.modules, name)
-    for name in ("fhiradapter.shell.store", "fhiradapter.shell.registry_db"):
+    for name in ("fhiradapter.shell.server.store", "fhiradapter.shell.registry.registry_db"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.setitem(sys.modules, missing, None)  # as if the package were not installed
     code, text = invoke(*[a.format(tmp=tmp_path, out=out) for a in command])
@@ -243,7 +243,7 @@ def test_one_vocabulary_for_export_flags_with_the_old_spellings_hidden(tmp_path:
 
 def test_progress_in_a_log_is_a_plain_line_per_phase(tmp_path: Path) -> None:
     """stderr not a terminal (a log file): one line at each phase, with the share done, never a bare label."""
-    import fhiradapter.shell.progress  # noqa: F401 - imported before the run: the display finds stderr at run time
+    import fhiradapter.shell.common.progress  # noqa: F401 - imported before the run: the display finds stderr at run time
 
     result = CliRunner().invoke(
         main, ["evaluate", str(PAPER), "--as-of", "2005-03-31", "--out", str(tmp_path), "--progress"]
@@ -259,7 +259,7 @@ def test_progress_in_a_log_is_a_plain_line_per_phase(tmp_path: Path) -> None:
 def test_the_progress_display_counts_every_phase_with_an_estimate() -> None:
     import io
 
-    from fhiradapter.shell.progress import RunProgress
+    from fhiradapter.shell.common.progress import RunProgress
 
     now = [0.0]
     out = io.StringIO()
@@ -293,7 +293,7 @@ def test_the_command_reference_shows_real_defaults(tmp_path: Path) -> None:
 
 def test_a_stopped_run_leaves_the_progress_where_it_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C while reading: the display must not jump to 100 % before saying the run was interrupted."""
-    from fhiradapter.shell import pipeline
+    from fhiradapter.shell.run import pipeline
 
     def interrupted(*args: object, progress: Any = None, **kw: object) -> None:
         progress(300)

@@ -24,12 +24,12 @@ from sqlalchemy.engine import Engine
 
 from fhiradapter.core.registry import Pseudonymiser, SubjectView
 from fhiradapter.errors import ConfigError, InputError, TargetError
-from fhiradapter.shell import database
-from fhiradapter.shell import registry_db as db
-from fhiradapter.shell.export import export
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.out_folder import write_manifest
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.common.out_folder import write_manifest
+from fhiradapter.shell.registry import database
+from fhiradapter.shell.registry import registry_db as db
+from fhiradapter.shell.registry.export import export
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 KEY = b"0123456789abcdef0123456789abcdef-test-key"
@@ -564,7 +564,7 @@ def test_an_export_folder_is_whole_or_says_it_is_not(paper: Any, tmp_path: Path,
         raise OSError(28, "No space left on device")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("fhiradapter.shell.export._FileSink.add", broken)
+        patch.setattr("fhiradapter.shell.registry.export._FileSink.add", broken)
         with pytest.raises(TargetError, match="No space left on device"):
             export(out, f"{kind}:{folder}")
     assert not (folder / "run.json").exists()  # the old set's tables remain, but no longer claim to be whole

@@ -18,9 +18,9 @@ from fhiradapter.cli import main
 from fhiradapter.core.registry import SubjectView
 from fhiradapter.core.sdtm import DATASETS, SdtmBuilder, parse_export_mappings
 from fhiradapter.errors import ConfigError
-from fhiradapter.shell.export import load_export_mappings
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.registry.export import load_export_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 

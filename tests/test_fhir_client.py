@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from fhiradapter.errors import ServerError
-from fhiradapter.shell.auth import BearerAuth, SmartBackendAuth
-from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, retry_after_s
-from fhiradapter.shell.push import push
+from fhiradapter.shell.server.auth import BearerAuth, SmartBackendAuth
+from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, retry_after_s
+from fhiradapter.shell.server.push import push
 
 BASE = "https://fhir.test/r4"
 FAST = ClientSettings(retry_budget_s=60, max_attempts=6, backoff_base_s=0.5, backoff_max_s=8)
@@ -544,7 +544,7 @@ def test_a_server_url_that_is_not_http_is_refused() -> None:
 
 
 def test_patients_per_search_is_one_for_a_whole_pull_twenty_for_an_incremental_one() -> None:
-    from fhiradapter.shell.pull import patients_per_search
+    from fhiradapter.shell.server.pull import patients_per_search
 
     assert patients_per_search(None) == 1
     assert patients_per_search("2026-11-30T00:00:00Z") == 20
@@ -578,14 +578,14 @@ def test_a_store_url_with_a_password_is_refused_without_echoing_it(tmp_path: Pat
 
 def test_an_unreachable_store_says_why() -> None:
     from fhiradapter.errors import TargetError
-    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.server.store import SyncStore
 
     with pytest.raises(TargetError, match=r"cannot open the sync store: OperationalError: .*refused"):
         SyncStore("postgresql://registrar@127.0.0.1:1/sync")  # nothing listens on port 1
 
 
 def test_deletions_count_only_a_resources_latest_history_event() -> None:
-    from fhiradapter.shell.sync import _deletions
+    from fhiradapter.shell.server.sync import _deletions
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path.endswith("/_history") and request.url.params["_since"] == "2024-01-01T00:00:00Z"
@@ -747,7 +747,7 @@ class StudyServer:
 def pull_study(
     server: StudyServer, study: str, concurrency: int = 8, since: str | None = None
 ) -> tuple[Any, ListSink, list[int]]:
-    from fhiradapter.shell.pull import pull_into
+    from fhiradapter.shell.server.pull import pull_into
 
     sink, progress = ListSink(), list[int]()
 
@@ -784,7 +784,7 @@ def test_pull_reads_each_patients_types_each_medication_once_and_keeps_every_slo
 
 def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_own_searches() -> None:
     """An incremental pull asks for 20 patients per search; a long chain of pages is read patient by patient."""
-    from fhiradapter.shell.pull import pull_into
+    from fhiradapter.shell.server.pull import pull_into
 
     seen: list[str] = []
 
@@ -924,7 +924,7 @@ def test_tls_context_is_built_once_verifies_and_cannot_be_turned_off() -> None:
 
     import certifi
 
-    from fhiradapter.shell.fhir_client import tls_context
+    from fhiradapter.shell.server.fhir_client import tls_context
 
     assert tls_context(True) is tls_context(True)  # shared by every client of the process
     bundle = tls_context(certifi.where())  # as --ca-bundle FILE
@@ -972,9 +972,9 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
 ) -> None:
     from sqlalchemy import select
 
-    from fhiradapter.shell.mappings_io import load_mappings
-    from fhiradapter.shell.store import SyncStore, sync_runs, watermarks
-    from fhiradapter.shell.sync import SyncOptions, run_sync
+    from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.server.store import SyncStore, sync_runs, watermarks
+    from fhiradapter.shell.server.sync import SyncOptions, run_sync
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("metadata"):
@@ -1001,9 +1001,9 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
 @pytest.mark.parametrize(
     ("command", "patched", "says"),
     [
-        ("sync", "fhiradapter.shell.sync.run_sync", "the watermark was not advanced"),
-        ("pull", "fhiradapter.shell.pull.pull", "an unfinished pull are not put in place"),
-        ("push", "fhiradapter.shell.push.push", "each whole or not at all"),
+        ("sync", "fhiradapter.shell.server.sync.run_sync", "the watermark was not advanced"),
+        ("pull", "fhiradapter.shell.server.pull.pull", "an unfinished pull are not put in place"),
+        ("push", "fhiradapter.shell.server.push.push", "each whole or not at all"),
     ],
 )
 def test_ctrl_c_says_what_was_left_and_exits_130(
@@ -1037,7 +1037,7 @@ def test_ctrl_c_says_what_was_left_and_exits_130(
 
 def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one_is_complete(tmp_path: Path) -> None:
     from fhiradapter.errors import ConfigError
-    from fhiradapter.shell.pull_folder import claim_folder, finish_folder, start_folder
+    from fhiradapter.shell.server.pull_folder import claim_folder, finish_folder, start_folder
 
     out = tmp_path / "pulled"
     assert claim_folder(out) == [] and not out.exists()  # new: made only when a pull is complete
@@ -1069,7 +1069,7 @@ def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one
 def test_a_pull_is_not_put_in_place_of_the_current_folder(tmp_path: Path, monkeypatch: Any) -> None:
     """A pull replaces its folder whole: --out . would leave the shell in a removed folder."""
     from fhiradapter.errors import ConfigError
-    from fhiradapter.shell.pull_folder import pull_target
+    from fhiradapter.shell.server.pull_folder import pull_target
 
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
@@ -1082,7 +1082,7 @@ def test_a_pull_is_not_put_in_place_of_the_current_folder(tmp_path: Path, monkey
 
 
 def test_a_manifest_from_before_the_files_list_names_one_file_per_type(tmp_path: Path) -> None:
-    from fhiradapter.shell.pull_folder import claim_folder
+    from fhiradapter.shell.server.pull_folder import claim_folder
 
     (tmp_path / "pull-manifest.json").write_text('{"resources": {"Patient": 2}}')
     (tmp_path / "Patient.ndjson").write_text("{}\n")
@@ -1103,7 +1103,7 @@ def test_a_pull_refuses_a_folder_whose_files_evaluate_would_mix_in(
     tmp_path: Path, files: list[str], message: str
 ) -> None:
     from fhiradapter.errors import ConfigError
-    from fhiradapter.shell.pull_folder import claim_folder
+    from fhiradapter.shell.server.pull_folder import claim_folder
 
     for name in files:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -1115,7 +1115,7 @@ def test_a_pull_refuses_a_folder_whose_files_evaluate_would_mix_in(
 
 
 def test_a_bulk_pull_may_resume_in_its_own_folder(tmp_path: Path) -> None:
-    from fhiradapter.shell.pull_folder import claim_folder
+    from fhiradapter.shell.server.pull_folder import claim_folder
 
     (tmp_path / "bulk-state.json").write_text('{"status_url": "x"}')
     (tmp_path / "Observation-001.ndjson").write_text("{}\n")
@@ -1123,9 +1123,9 @@ def test_a_bulk_pull_may_resume_in_its_own_folder(tmp_path: Path) -> None:
 
 
 def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Path, monkeypatch: Any) -> None:
-    from fhiradapter.shell import sync as sync_mod
-    from fhiradapter.shell.bulk import BulkSummary
-    from fhiradapter.shell.mappings_io import load_mappings
+    from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.server import sync as sync_mod
+    from fhiradapter.shell.server.bulk import BulkSummary
 
     lines = [
         b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}',
@@ -1162,9 +1162,9 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Writes one by one (no transaction or batch offered); every write for p2 is refused (422)."""
-    from fhiradapter.shell.mappings_io import load_mappings
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import SyncOptions, run_sync
+    from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import SyncOptions, run_sync
 
     sent: Counter[str] = Counter()
     written: list[str] = []  # Type/id of every write accepted, in order
@@ -1231,7 +1231,7 @@ def test_ctrl_c_stops_a_syncs_evaluation_at_once_inside_the_event_loop() -> None
     import signal
     import time
 
-    from fhiradapter.shell.sync import interruptible
+    from fhiradapter.shell.server.sync import interruptible
 
     async def evaluate_for_five_seconds() -> float:
         started = time.monotonic()

@@ -13,7 +13,7 @@ import pytest
 from fhiradapter.core import fhir_types as fhir
 from fhiradapter.core.mappers import MapContext, map_resource
 from fhiradapter.core.model import Exposure, Observed, StudySubject
-from fhiradapter.shell.readers import RawRecord, Reject, read_file, read_lines
+from fhiradapter.shell.run.readers import RawRecord, Reject, read_file, read_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"

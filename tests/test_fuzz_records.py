@@ -18,8 +18,8 @@ from builders import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 PATIENT = b'"Patient/thal-01"'

@@ -242,7 +242,7 @@ def test_max_record_bytes_takes_sizes_and_refuses_nonsense(tmp_path: Path) -> No
     from click.testing import CliRunner
 
     from fhiradapter.cli import main
-    from fhiradapter.shell.readers import MAX_RECORD_BYTES, MAX_REJECTS_PER_FILE
+    from fhiradapter.shell.run.readers import MAX_RECORD_BYTES, MAX_REJECTS_PER_FILE
 
     help_text = CliRunner().invoke(main, ["evaluate", "--help"]).output
     assert "64MiB" in help_text and 64 * MiB == MAX_RECORD_BYTES and MAX_REJECTS_PER_FILE == 1000

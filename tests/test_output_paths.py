@@ -169,7 +169,7 @@ def test_sync_dry_run_writes_no_file_a_server_names(tmp_path: Path) -> None:
 
 def test_a_store_holding_a_resource_typed_as_a_path_writes_no_file_for_it(tmp_path: Path) -> None:
     """A store filled before the check (the mirror is the sync's input): the row is left out and reported."""
-    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.server.store import SyncStore
 
     store = SyncStore(data_dir=tmp_path / "data")
     try:

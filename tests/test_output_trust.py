@@ -22,7 +22,7 @@ from click.testing import CliRunner
 
 from fhiradapter.cli import main
 from fhiradapter.errors import ExitCode, InputError, OutputBusy
-from fhiradapter.shell.out_folder import LOCK, MANIFEST, check_manifest, claim_output
+from fhiradapter.shell.common.out_folder import LOCK, MANIFEST, check_manifest, claim_output
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"

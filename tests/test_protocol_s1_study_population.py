@@ -19,8 +19,8 @@ from builders import AS_OF, ROOT
 from click.testing import CliRunner
 
 from fhiradapter.cli import main
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 OTHER = "ResearchStudy/some-other-trial"
@@ -229,7 +229,7 @@ def logical_input(tmp_path: Path, *, with_study: dict[str, Any] | None) -> Path:
 
 def site_mappings(tmp_path: Path, study_section: str) -> Path:
     """A copy of the shipped mappings whose ``[study]`` section is ``study_section``."""
-    from fhiradapter.shell.mappings_io import default_mappings_dir
+    from fhiradapter.shell.common.mappings_io import default_mappings_dir
 
     folder = tmp_path / "site-mappings"
     shutil.copytree(default_mappings_dir(), folder)

@@ -133,7 +133,7 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
 
     from fhiradapter.core.evaluate import EvaluationSettings, evaluate_patient
     from fhiradapter.core.model import PatientRecord, Person, StudySubject
-    from fhiradapter.shell.mappings_io import load_mappings
+    from fhiradapter.shell.common.mappings_io import load_mappings
 
     origin = ("t", "l")
     rec = PatientRecord(

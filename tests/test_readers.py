@@ -11,9 +11,9 @@ import orjson
 import pytest
 from builders import AS_OF
 
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
-from fhiradapter.shell.readers import RawRecord, Reject, read_file
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
+from fhiradapter.shell.run.readers import RawRecord, Reject, read_file
 
 
 def patient(pid: str, **extra: Any) -> dict[str, Any]:
@@ -276,7 +276,7 @@ def test_a_large_bundle_is_streamed_with_the_results_of_the_same_data_as_ndjson(
     src.mkdir()
     (src / "cohort.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
     (src / "screening.json").write_bytes((paper / "screening-candidates.json").read_bytes())
-    monkeypatch.setattr("fhiradapter.shell.readers.STREAM_BYTES", 1024)  # every Bundle file here is streamed
+    monkeypatch.setattr("fhiradapter.shell.run.readers.STREAM_BYTES", 1024)  # every Bundle file here is streamed
     run_evaluate([src], tmp_path / "streamed", AS_OF, mappings, identity, report=False)
     a = json.loads((tmp_path / "ndjson" / "results.json").read_text())
     b = json.loads((tmp_path / "streamed" / "results.json").read_text())
@@ -288,7 +288,7 @@ def test_reading_a_large_bundle_holds_one_entry_at_a_time(tmp_path: Path, monkey
     objects take several times the file). benchmarks/bench_bundle_memory.py measures whole runs."""
     import tracemalloc
 
-    monkeypatch.setattr("fhiradapter.shell.readers.STREAM_BYTES", 1 << 20)
+    monkeypatch.setattr("fhiradapter.shell.run.readers.STREAM_BYTES", 1 << 20)
     entries = [
         {
             "fullUrl": f"urn:uuid:00000000-0000-4000-8000-{n:012d}",
@@ -314,7 +314,7 @@ def test_reading_a_large_bundle_holds_one_entry_at_a_time(tmp_path: Path, monkey
 def test_a_large_bundle_that_breaks_off_is_one_reject_not_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("fhiradapter.shell.readers.STREAM_BYTES", 1024)
+    monkeypatch.setattr("fhiradapter.shell.run.readers.STREAM_BYTES", 1024)
     entries = [{"resource": r} for r in STUDY_LINES] + [{"resource": afp(f"x{n}", n)} for n in range(200)]
     blob = orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries})
     _summary, rejects = run_folder(tmp_path, {"b.json": blob[: len(blob) - 300]})

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from builders import AS_OF, ROOT
 
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 BAD = ROOT / "fixtures" / "bad-inputs"
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -122,8 +122,8 @@ def test_gzip_ndjson_reads_like_plain(tmp_path: Path) -> None:
 
 def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evaluate([PAPER], tmp_path / "memory")
-    monkeypatch.setattr("fhiradapter.shell.pipeline.BUCKET_BYTES", 20_000)  # forces about 12 buckets
-    monkeypatch.setattr("fhiradapter.shell.spill.FLUSH_EVERY", 7)
+    monkeypatch.setattr("fhiradapter.shell.run.pipeline.BUCKET_BYTES", 20_000)  # forces about 12 buckets
+    monkeypatch.setattr("fhiradapter.shell.run.spill.FLUSH_EVERY", 7)
     evaluate([PAPER], tmp_path / "spilled")
     a = json.loads((tmp_path / "memory" / "results.json").read_text())
     b = json.loads((tmp_path / "spilled" / "results.json").read_text())
@@ -134,8 +134,8 @@ def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monke
     """Forked workers over line-aligned chunks of one file: identical results, rejects and line numbers."""
     mappings, identity = load_mappings()
     single = run_evaluate([PAPER, BAD], tmp_path / "one", AS_OF, mappings, identity, workers=1)
-    monkeypatch.setattr("fhiradapter.shell.pipeline.CHUNK_BYTES", 4_000)  # many chunks per file
-    monkeypatch.setattr("fhiradapter.shell.pipeline.BUCKET_BYTES", 50_000)
+    monkeypatch.setattr("fhiradapter.shell.run.pipeline.CHUNK_BYTES", 4_000)  # many chunks per file
+    monkeypatch.setattr("fhiradapter.shell.run.pipeline.BUCKET_BYTES", 50_000)
     double = run_evaluate([PAPER, BAD], tmp_path / "two", AS_OF, mappings, identity, workers=2)
     varies = ("workers", "seconds", "worker_cpu_seconds")
     assert {k: v for k, v in single.items() if k not in varies} == {k: v for k, v in double.items() if k not in varies}
@@ -156,7 +156,7 @@ def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monke
 
 
 def test_plan_tasks_splits_at_line_boundaries_and_counts_lines(tmp_path: Path) -> None:
-    from fhiradapter.shell.readers import plan_tasks, read_file
+    from fhiradapter.shell.run.readers import plan_tasks, read_file
 
     src = PAPER / "Observation.ndjson"
     tasks = plan_tasks([src], 10_000)

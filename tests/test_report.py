@@ -27,7 +27,7 @@ from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.eligibility import assess_eligibility, criterion_from_json, explain
 from fhiradapter.core.model import Condition, Consent, Exposure, Observed, PatientRecord
 from fhiradapter.core.results import to_builtins
-from fhiradapter.shell.report import Digest, _paper_section
+from fhiradapter.shell.report.report import Digest, _paper_section
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"

@@ -28,8 +28,8 @@ from pg_server import fresh_database
 
 from fhiradapter.cli import main
 from fhiradapter.core.writeback import RESPONSE_CODES
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 
@@ -159,9 +159,9 @@ def test_pull_evaluate_push_then_nothing_new_then_one_change(
 
 async def pull_in_pages(base: str, out: Path, per_search: int, page_size: int) -> Any:
     """``pull_into`` an NDJSON folder with a given page size (not a command-line option)."""
-    from fhiradapter.shell.fhir_client import ClientSettings, FhirClient
-    from fhiradapter.shell.pull import pull_into
-    from fhiradapter.shell.pull_folder import NdjsonSink
+    from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient
+    from fhiradapter.shell.server.pull import pull_into
+    from fhiradapter.shell.server.pull_folder import NdjsonSink
 
     out.mkdir()
     sink = NdjsonSink(out)
@@ -341,7 +341,7 @@ def test_smart_backend_services_against_the_servers_token_endpoint(tmp_path: Pat
 
 
 def sync_opts(tmp_path: Path, **kw: Any) -> Any:
-    from fhiradapter.shell.sync import SyncOptions
+    from fhiradapter.shell.server.sync import SyncOptions
 
     mappings, identity = load_mappings()
     base = {"study": "thal-hcc-pilot", "as_of": AS_OF, "since": "auto", "dry_run": False}
@@ -371,9 +371,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path, store_url: str) -> None:
-    from fhiradapter.shell.fhir_client import FhirClient
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import run_sync
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import run_sync
 
     store = SyncStore(store_url)
     try:
@@ -422,9 +422,9 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
 
 
 def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(tmp_path: Path, monkeypatch: Any) -> None:
-    from fhiradapter.shell.fhir_client import FhirClient
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import run_sync
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import run_sync
 
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -467,9 +467,9 @@ class StopAtTransaction(httpx.AsyncHTTPTransport):
 
 def test_a_sync_stopped_half_way_through_its_push_finishes_the_rest_without_duplicates(tmp_path: Path) -> None:
     from fhiradapter.core.writeback import RUN_TAG_SYSTEM
-    from fhiradapter.shell.fhir_client import ClientSettings, FhirClient
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import run_sync
+    from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import run_sync
 
     store = SyncStore(data_dir=tmp_path / "data")
     one_at_a_time = ClientSettings(concurrency=1)  # parts go in order, so "the first two" is well defined
@@ -511,9 +511,9 @@ def test_a_sync_stopped_half_way_through_its_push_finishes_the_rest_without_dupl
 
 
 def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path, monkeypatch: Any) -> None:
-    from fhiradapter.shell import sync as sync_mod
-    from fhiradapter.shell.fhir_client import FhirClient
-    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.server import sync as sync_mod
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
 
     store = SyncStore(data_dir=tmp_path / "data")
     original = sync_mod._push_phase
@@ -665,9 +665,9 @@ def test_sync_on_the_strict_medplum_server(tmp_path: Path) -> None:
     """Every write is validated by Medplum's engine (required bindings included); the second sync writes nothing."""
     from fhir_server import medplum_server
 
-    from fhiradapter.shell.fhir_client import FhirClient
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import run_sync
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import run_sync
 
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -686,9 +686,9 @@ def test_sync_on_the_strict_medplum_server(tmp_path: Path) -> None:
 
 
 def test_sync_through_bulk_export_keeps_only_the_studys_patients(tmp_path: Path) -> None:
-    from fhiradapter.shell.fhir_client import FhirClient
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import run_sync
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import run_sync
 
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -716,9 +716,9 @@ def test_s1_pull_finds_subjects_that_name_the_study_by_identifier(
     """
     import shutil
 
-    from fhiradapter.shell.fhir_client import FhirClient
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import run_sync
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import run_sync
 
     src = tmp_path / "in"
     shutil.copytree(PAPER, src)

@@ -26,11 +26,11 @@ from stub_server import Reply, Seen, drip_server, stub_server
 
 from fhiradapter.cli import main
 from fhiradapter.errors import AnswerLost, ConfigError, ServerError
-from fhiradapter.shell.auth import BearerAuth
-from fhiradapter.shell.bulk import bulk_pull
-from fhiradapter.shell.connection import ServerOptions, open_client
-from fhiradapter.shell.fhir_client import AdaptiveLimit, ClientSettings, FhirClient
-from fhiradapter.shell.push import push, refused_for_size
+from fhiradapter.shell.server.auth import BearerAuth
+from fhiradapter.shell.server.bulk import bulk_pull
+from fhiradapter.shell.server.connection import ServerOptions, open_client
+from fhiradapter.shell.server.fhir_client import AdaptiveLimit, ClientSettings, FhirClient
+from fhiradapter.shell.server.push import push, refused_for_size
 
 BASE = "https://fhir.test/r4"
 TOKEN = "tok-s3cret"  # noqa: S105 - a test token
@@ -440,9 +440,9 @@ def test_s4_a_sync_with_writes_not_accounted_for_keeps_its_watermark(tmp_path: P
 
     from test_fhir_client import StudyServer
 
-    from fhiradapter.shell.mappings_io import load_mappings
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import SyncOptions, run_sync
+    from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import SyncOptions, run_sync
 
     class Quiet(StudyServer):
         CAP: ClassVar[dict[str, Any]] = {
@@ -721,8 +721,8 @@ def test_a_refusal_carries_its_status_request_and_outcome() -> None:
 
 
 def test_s6_the_store_remembers_the_transaction_size_per_server(tmp_path: Path) -> None:
-    from fhiradapter.shell.push import TransactionLimit
-    from fhiradapter.shell.store import SyncStore
+    from fhiradapter.shell.server.push import TransactionLimit
+    from fhiradapter.shell.server.store import SyncStore
 
     store = SyncStore(data_dir=tmp_path)
     try:
@@ -741,10 +741,10 @@ def test_s6_sync_with_default_flags_on_the_stock_medplum_router(tmp_path: Path) 
     from builders import AS_OF, ROOT
     from fhir_server import load_input, medplum_server, post
 
-    from fhiradapter.shell.mappings_io import load_mappings
-    from fhiradapter.shell.pipeline import run_evaluate
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import SyncOptions, run_sync
+    from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.run.pipeline import run_evaluate
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import SyncOptions, run_sync
 
     paper = ROOT / "fixtures" / "paper-cohort" / "input"
     mappings, identity = load_mappings()

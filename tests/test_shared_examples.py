@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from builders import SHARED_DATA, is_result, standing_rule_all
 
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 EXAMPLES = SHARED_DATA / "hl7-ae-research-examples"
 AS_OF = date(2026, 1, 1)  # the IG examples are dated up to 2025
@@ -64,9 +64,9 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
     from fhir_server import SERVERS, server_resources
 
     from fhiradapter.core.writeback import IDENTIFIER_SYSTEM, RUN_TAG_SYSTEM
-    from fhiradapter.shell.fhir_client import FhirClient
-    from fhiradapter.shell.store import SyncStore
-    from fhiradapter.shell.sync import SyncOptions, run_sync
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import SyncOptions, run_sync
 
     mappings, identity = load_mappings()
     examples = [json.loads(f.read_text()) for f in sorted(EXAMPLES.glob("*.json"))]

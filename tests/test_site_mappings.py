@@ -129,7 +129,7 @@ def test_show_names_the_folder_and_the_study(tmp_path: Path) -> None:
 
 def test_the_shipped_mappings_cite_the_projects_own_rule_book() -> None:
     """Issue 28 item 3: a user never has ../shared; the comments cite docs/protocol.md, which ships."""
-    from fhiradapter.shell.mappings_io import shipped_files
+    from fhiradapter.shell.common.mappings_io import shipped_files
 
     for path in shipped_files():
         comments = [line for line in path.read_text().splitlines() if line.lstrip().startswith("#")]

@@ -24,9 +24,9 @@ from click.testing import CliRunner
 
 from fhiradapter.cli import main
 from fhiradapter.errors import ExitCode
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
-from fhiradapter.shell.readers import InputLimits
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
+from fhiradapter.shell.run.readers import InputLimits
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"
@@ -149,7 +149,7 @@ def test_duplicates_across_partitions_and_files_keep_the_same_copy(
     (data / "zz-later-versions.ndjson").write_text("\n".join(later) + "\n")
     (data / "aa-unversioned-copies.ndjson").write_text("\n".join(again) + "\n")
     # Small tasks: Observation.ndjson (98 MB) alone is cut into a dozen partitions.
-    monkeypatch.setattr("fhiradapter.shell.spark_engine.CHUNK_BYTES", 8 << 20)
+    monkeypatch.setattr("fhiradapter.shell.run.spark_engine.CHUNK_BYTES", 8 << 20)
     as_of = date(2005, 12, 31)
     run([data], tmp_path / "local", "local", as_of=as_of, report=False, limits=EVERY_REJECT)
     summary = run([data], tmp_path / "spark", "spark", as_of=as_of, report=False, limits=EVERY_REJECT)
@@ -339,7 +339,7 @@ def test_a_jvm_that_dies_is_reported_as_the_input_not_as_the_output(
     def jvm_gone(*_args: Any) -> dict[str, Any]:
         raise ConnectionRefusedError(111, "Connection refused")  # what py4j raises once the JVM is gone
 
-    monkeypatch.setattr("fhiradapter.shell.spark_engine._run", jvm_gone)
+    monkeypatch.setattr("fhiradapter.shell.run.spark_engine._run", jvm_gone)
     url = (PAPER / "Observation.ndjson").resolve().as_uri()
     out = tmp_path / "out"
     args = ["evaluate", url, "--engine", "spark", "--as-of", "2005-03-31", "--out", str(out), "--no-report"]

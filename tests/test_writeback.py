@@ -19,8 +19,8 @@ from fhir_server import load_input, post, sekmet_server, server_resources
 
 from fhiradapter.core.review import read_back
 from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
-from fhiradapter.shell.mappings_io import load_mappings
-from fhiradapter.shell.pipeline import run_evaluate
+from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 SCHEMA = (
@@ -299,7 +299,7 @@ def test_the_write_back_handed_in_memory_is_what_the_files_hold(tmp_path: Path) 
     """Sync pushes the write-back evaluate hands over in memory: the same Bundle and plan as the files."""
     from collections import Counter
 
-    from fhiradapter.shell.outputs import Writeback
+    from fhiradapter.shell.run.outputs import Writeback
 
     mappings, identity = load_mappings()
     handed: list[Writeback] = []

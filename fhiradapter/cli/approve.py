@@ -45,8 +45,8 @@ def approve_cmd(out: Path, approver: str, role: str, excluded: tuple[str, ...], 
     """
     from fhiradapter.core.approval import Approval  # noqa: PLC0415
     from fhiradapter.core.review import by_patient  # noqa: PLC0415
-    from fhiradapter.shell.approvals import digests, read_plan, write_approval  # noqa: PLC0415
-    from fhiradapter.shell.out_folder import check_manifest  # noqa: PLC0415
+    from fhiradapter.shell.common.out_folder import check_manifest  # noqa: PLC0415
+    from fhiradapter.shell.server.approvals import digests, read_plan, write_approval  # noqa: PLC0415
 
     with guard():
         if not approver.strip():

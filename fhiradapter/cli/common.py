@@ -31,7 +31,7 @@ def parse_as_of(value: str) -> date:
     return cutoff
 
 
-MAPPINGS_ENV = "FHIRADAPTER_MAPPINGS"  # = fhiradapter.shell.mappings_io.ENV_VAR (kept here: --help stays fast)
+MAPPINGS_ENV = "FHIRADAPTER_MAPPINGS"  # = fhiradapter.shell.common.mappings_io.ENV_VAR (kept here: --help stays fast)
 
 
 def mappings_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -50,7 +50,7 @@ def mappings_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., A
 
 def mappings_line(used: Path) -> str:
     """``Mappings: DIR``, the line every run prints, saying which mappings folder it used."""
-    from fhiradapter.shell.mappings_io import default_mappings_dir  # noqa: PLC0415
+    from fhiradapter.shell.common.mappings_io import default_mappings_dir  # noqa: PLC0415
 
     shipped = used.resolve() == default_mappings_dir().resolve()
     return f"Mappings: {used}{' (shipped with fhiradapter)' if shipped else ''}"
@@ -58,7 +58,7 @@ def mappings_line(used: Path) -> str:
 
 def warn_unused_mappings(used: Path) -> None:
     """Warn (stderr) when ./mappings differs from the folder the run uses: edits there would not be read."""
-    from fhiradapter.shell.mappings_io import differing_local_mappings  # noqa: PLC0415
+    from fhiradapter.shell.common.mappings_io import differing_local_mappings  # noqa: PLC0415
 
     local = differing_local_mappings(used, Path())  # relative: the message names ./mappings as the user sees it
     if local is not None:

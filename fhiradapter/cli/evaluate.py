@@ -174,10 +174,10 @@ def evaluate(
     Example:
       fhiradapter evaluate fixtures/paper-cohort/input --as-of 2005-03-31 --out out/
     """
-    from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
-    from fhiradapter.shell.pipeline import run_evaluate  # noqa: PLC0415
-    from fhiradapter.shell.progress import RunProgress  # noqa: PLC0415
-    from fhiradapter.shell.readers import InputLimits, expand_inputs  # noqa: PLC0415
+    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
+    from fhiradapter.shell.common.progress import RunProgress  # noqa: PLC0415
+    from fhiradapter.shell.run.pipeline import run_evaluate  # noqa: PLC0415
+    from fhiradapter.shell.run.readers import InputLimits, expand_inputs  # noqa: PLC0415
 
     with guard():
         cutoff = parse_as_of(as_of)

@@ -9,11 +9,11 @@ import click
 
 from fhiradapter.cli.common import EXPORT_TO_HELP, KEY_HELP, guard, mappings_option
 from fhiradapter.errors import ConfigError
-from fhiradapter.shell.urls import safe_url
+from fhiradapter.shell.common.urls import safe_url
 
 
 def export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:
-    from fhiradapter.shell.export import load_key  # noqa: PLC0415
+    from fhiradapter.shell.registry.export import load_key  # noqa: PLC0415
 
     if key_file is not None and not pseudonymise:
         raise ConfigError("--key-file is only used with --pseudonymise")
@@ -21,8 +21,8 @@ def export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:
 
 
 def run_export(results: Path, to: str, fmt: str, key: bytes | None, mappings_dir: Path | None, show: bool) -> None:
-    from fhiradapter.shell.export import count_subjects  # noqa: PLC0415
-    from fhiradapter.shell.export import export as run_export  # noqa: PLC0415
+    from fhiradapter.shell.registry.export import count_subjects  # noqa: PLC0415
+    from fhiradapter.shell.registry.export import export as run_export  # noqa: PLC0415
 
     total = count_subjects(results)
     with click.progressbar(

@@ -28,7 +28,7 @@ def init_cmd(folder: Path) -> None:
       fhiradapter mappings init /etc/fhiradapter/mappings
       export FHIRADAPTER_MAPPINGS=/etc/fhiradapter/mappings
     """
-    from fhiradapter.shell.mappings_io import init_site_mappings, load_mappings  # noqa: PLC0415
+    from fhiradapter.shell.common.mappings_io import init_site_mappings, load_mappings  # noqa: PLC0415
 
     with guard():
         written = init_site_mappings(folder)
@@ -44,7 +44,7 @@ def init_cmd(folder: Path) -> None:
 @mappings_option("protocol.toml, codes.toml and units.toml to check")
 def show_cmd(mappings_dir: Path | None) -> None:
     """Say which mappings folder a run would use, check that it reads, and name its study."""
-    from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415
+    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415
 
     with guard():
         mappings, identity = load_mappings(mappings_dir)

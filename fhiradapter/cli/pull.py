@@ -58,8 +58,8 @@ def pull_cmd(
     """
     import asyncio  # noqa: PLC0415
 
-    from fhiradapter.shell.bulk import bulk_pull  # noqa: PLC0415
-    from fhiradapter.shell.pull import pull  # noqa: PLC0415
+    from fhiradapter.shell.server.bulk import bulk_pull  # noqa: PLC0415
+    from fhiradapter.shell.server.pull import pull  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
     with guard(PULL_INTERRUPTED):
@@ -108,8 +108,8 @@ def pull_cmd(
             for refused in summary.refused:
                 click.echo(f"  refused: {refused}")
             if summary.rejected:
-                from fhiradapter.shell.pull_folder import first_few  # noqa: PLC0415
-                from fhiradapter.shell.readers import PULL_REJECTS  # noqa: PLC0415
+                from fhiradapter.shell.run.readers import PULL_REJECTS  # noqa: PLC0415
+                from fhiradapter.shell.server.pull_folder import first_few  # noqa: PLC0415
 
                 where = [f"{r.file} {r.locator} ({r.code})" for r in summary.rejects]
                 click.echo(
@@ -129,7 +129,7 @@ def pull_cmd(
 
 
 def print_replaced(out: Path, removed: list[str]) -> None:
-    from fhiradapter.shell.pull_folder import first_few  # noqa: PLC0415
+    from fhiradapter.shell.server.pull_folder import first_few  # noqa: PLC0415
 
     if removed:
         shown = first_few(removed, 5)

@@ -48,8 +48,8 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
     """
     import asyncio  # noqa: PLC0415
 
-    from fhiradapter.shell.approvals import approved_for_push  # noqa: PLC0415
-    from fhiradapter.shell.push import load_bundle, push  # noqa: PLC0415
+    from fhiradapter.shell.server.approvals import approved_for_push  # noqa: PLC0415
+    from fhiradapter.shell.server.push import load_bundle, push  # noqa: PLC0415
 
     with guard(PUSH_INTERRUPTED):
         doc, approval, left_out = approved_for_push(bundle, load_bundle(bundle))

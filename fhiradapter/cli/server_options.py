@@ -118,7 +118,7 @@ def server_options(fn: Any) -> Any:
 
 async def open_server_client(o: dict[str, Any]) -> Any:
     """A FhirClient for the server options (the shell's ``open_client``; SMART discovery happens there)."""
-    from fhiradapter.shell.connection import ServerOptions, open_client  # noqa: PLC0415
+    from fhiradapter.shell.server.connection import ServerOptions, open_client  # noqa: PLC0415
 
     client = await open_client(ServerOptions(**{**o, "trust_origin": tuple(o.get("trust_origin") or ())}))
     client.on_wait = lambda text: click.echo(f"note: {text}", err=True)

@@ -26,7 +26,7 @@ from fhiradapter.cli.export import export_key, run_export
 from fhiradapter.cli.pull import check_instant
 from fhiradapter.cli.server_options import open_server_client, per_search_option, server_options
 from fhiradapter.errors import ConfigError, ExitCode
-from fhiradapter.shell.urls import safe_url
+from fhiradapter.shell.common.urls import safe_url
 
 
 def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,13 +122,13 @@ def sync_cmd(
     Example:
       fhiradapter sync --server https://fhir.example.org/r4 --study thal-hcc-pilot --as-of 2005-03-31 --dry-run
     """
-    from fhiradapter.shell.mappings_io import load_mappings  # noqa: PLC0415
+    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415
 
     show = sys.stderr.isatty() if progress is None else progress
     with guard(SYNC_INTERRUPTED):
-        from fhiradapter.shell.approvals import load_standing_rule  # noqa: PLC0415
-        from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
-        from fhiradapter.shell.sync import SyncOptions, run_sync  # noqa: PLC0415
+        from fhiradapter.shell.server.approvals import load_standing_rule  # noqa: PLC0415
+        from fhiradapter.shell.server.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
+        from fhiradapter.shell.server.sync import SyncOptions, run_sync  # noqa: PLC0415
 
         cutoff = parse_as_of(as_of)
         if since not in ("auto", "none"):
@@ -227,7 +227,7 @@ def runs_cmd(
     import json  # noqa: PLC0415
 
     with guard():
-        from fhiradapter.shell.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
+        from fhiradapter.shell.server.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
 
         folder = data_dir or default_data_dir()
         if store_url is None and not (folder / "sync.db").exists():

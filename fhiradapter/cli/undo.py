@@ -38,9 +38,9 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> No
     import asyncio  # noqa: PLC0415
 
     from fhiradapter import __version__  # noqa: PLC0415
-    from fhiradapter.shell.approvals import read_approval  # noqa: PLC0415
-    from fhiradapter.shell.push import load_bundle  # noqa: PLC0415
-    from fhiradapter.shell.undo import undo  # noqa: PLC0415
+    from fhiradapter.shell.server.approvals import read_approval  # noqa: PLC0415
+    from fhiradapter.shell.server.push import load_bundle  # noqa: PLC0415
+    from fhiradapter.shell.server.undo import undo  # noqa: PLC0415
 
     with guard("a run half taken back is finished by running the same command again"):
         if not who.strip():

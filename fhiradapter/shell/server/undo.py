@@ -30,7 +30,7 @@ from fhiradapter.core.writeback import (
     entry_patient,
 )
 from fhiradapter.errors import ServerError
-from fhiradapter.shell.fhir_client import FhirClient
+from fhiradapter.shell.server.fhir_client import FhirClient
 
 VERSION = re.compile(r'^W/"(.+)"$')
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from fhiradapter.errors import ConfigError
-from fhiradapter.shell.auth import (
+from fhiradapter.shell.server.auth import (
     SMART_KEY_ENV,
     TOKEN_ENV,
     BearerAuth,
@@ -25,7 +25,7 @@ from fhiradapter.shell.auth import (
     require_tls,
     smart_token_url,
 )
-from fhiradapter.shell.fhir_client import ClientSettings, FhirClient, tls_context
+from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, tls_context
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ from fhiradapter.core.registry import Pseudonymiser, RunInfo, SubjectView, cohor
 from fhiradapter.core.sdtm import DATASETS, ExportMappings, SdtmBuilder, data_dictionary, parse_export_mappings
 from fhiradapter.core.spreadsheet import csv_cell
 from fhiradapter.errors import ConfigError, InputError, NothingEvaluated, TargetError
-from fhiradapter.shell.files import open_new, open_new_text, replace, write_new
-from fhiradapter.shell.mappings_io import default_mappings_dir
-from fhiradapter.shell.out_folder import MANIFEST, check_manifest, file_digest, inputs_in_the_way
+from fhiradapter.shell.common.files import open_new, open_new_text, replace, write_new
+from fhiradapter.shell.common.mappings_io import default_mappings_dir
+from fhiradapter.shell.common.out_folder import MANIFEST, check_manifest, file_digest, inputs_in_the_way
 
 KEY_ENV = "FHIRADAPTER_PSEUDONYM_KEY"
 Format = Literal["tables", "sdtm"]
@@ -392,7 +392,7 @@ def export(
     bundles = in_key_order(((v.key, _sort_rows(table_rows(v))) for v in views), spool, pseudo is not None)
     if target.kind == "sql":
         return _export_sql(target, info, bundles, reader.cohort_row, progress)
-    from fhiradapter.shell import registry_db as db  # noqa: PLC0415 - SQLAlchemy only when needed
+    from fhiradapter.shell.registry import registry_db as db  # noqa: PLC0415 - SQLAlchemy only when needed
 
     types = {t.name: {c.name: _sql_kind(c.type) for c in t.columns} for t in (db.runs, *db.RUN_TABLES)}
     return _export_files(target, info, bundles, types, _table_dictionary(), reader.cohort_row, progress, read)
@@ -413,8 +413,8 @@ def _export_sql(
 ) -> ExportSummary:
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
-    from fhiradapter.shell import database  # noqa: PLC0415
-    from fhiradapter.shell import registry_db as db  # noqa: PLC0415
+    from fhiradapter.shell.registry import database  # noqa: PLC0415
+    from fhiradapter.shell.registry import registry_db as db  # noqa: PLC0415
 
     engine = database.engine_for(target.location)
     try:
@@ -449,7 +449,7 @@ def _sdtm_types() -> dict[str, dict[str, str]]:
 
 
 def _table_dictionary() -> list[dict[str, Any]]:
-    from fhiradapter.shell import registry_db as db  # noqa: PLC0415
+    from fhiradapter.shell.registry import registry_db as db  # noqa: PLC0415
 
     return [
         {

@@ -26,7 +26,7 @@ import jwt
 import orjson
 
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.fhir_client import certificate_refused, is_loopback
+from fhiradapter.shell.server.fhir_client import certificate_refused, is_loopback
 
 TOKEN_ENV = "FHIRADAPTER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 SMART_KEY_ENV = "FHIRADAPTER_SMART_KEY"

@@ -39,10 +39,11 @@ import orjson
 from fhiradapter.core.fhir_types import resource_type
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.fhir_client import FhirClient, origin, retry_after_s
-from fhiradapter.shell.files import open_new, replace, write_new
-from fhiradapter.shell.pull import patient_of
-from fhiradapter.shell.pull_folder import (
+from fhiradapter.shell.common.files import open_new, replace, write_new
+from fhiradapter.shell.run.readers import BULK_STATE, PULL_REJECTS, RawRecord, Reject, read_file
+from fhiradapter.shell.server.fhir_client import FhirClient, origin, retry_after_s
+from fhiradapter.shell.server.pull import patient_of
+from fhiradapter.shell.server.pull_folder import (
     claim_folder,
     discard,
     finish_folder,
@@ -50,7 +51,6 @@ from fhiradapter.shell.pull_folder import (
     start_folder,
     unfinished_export,
 )
-from fhiradapter.shell.readers import BULK_STATE, PULL_REJECTS, RawRecord, Reject, read_file
 
 STATE = BULK_STATE
 DEFAULT_TYPES = (

@@ -50,9 +50,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import ConfigError, TargetError
-from fhiradapter.shell.database import db_reason, engine_for
-from fhiradapter.shell.files import open_new_text
-from fhiradapter.shell.push import TransactionLimit
+from fhiradapter.shell.common.files import open_new_text
+from fhiradapter.shell.registry.database import db_reason, engine_for
+from fhiradapter.shell.server.push import TransactionLimit
 
 SCHEMA_VERSION = 1
 DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"

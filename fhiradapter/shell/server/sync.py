@@ -40,11 +40,11 @@ import orjson
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, split_by_rule
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.errors import AdapterError
-from fhiradapter.shell.bulk import bulk_pull
-from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
-from fhiradapter.shell.outputs import Writeback, write_held
-from fhiradapter.shell.pipeline import run_evaluate
-from fhiradapter.shell.pull import (
+from fhiradapter.shell.run.outputs import Writeback, write_held
+from fhiradapter.shell.run.pipeline import run_evaluate
+from fhiradapter.shell.server.bulk import bulk_pull
+from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
+from fhiradapter.shell.server.pull import (
     PullSummary,
     logical_subjects,
     patient_of,
@@ -52,9 +52,9 @@ from fhiradapter.shell.pull import (
     resolve_study,
     study_subjects,
 )
-from fhiradapter.shell.pull_folder import first_few
-from fhiradapter.shell.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, push
-from fhiradapter.shell.store import MirrorSink, SyncStore
+from fhiradapter.shell.server.pull_folder import first_few
+from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, push
+from fhiradapter.shell.server.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
 SKEW_MARGIN = timedelta(minutes=2)

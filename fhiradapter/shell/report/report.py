@@ -30,7 +30,7 @@ from fhiradapter import __version__
 from fhiradapter.core.eligibility import criterion_from_json, explain
 from fhiradapter.core.results import CriterionStatus
 from fhiradapter.core.review import in_words
-from fhiradapter.shell.files import write_new
+from fhiradapter.shell.common.files import write_new
 
 SWIMMER_MAX = 60  # patients drawn in the swimmer plot (the longest treatments when there are more)
 TABLE_MAX = 200  # rows of a per-patient table; results.json has every patient

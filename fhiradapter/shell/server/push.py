@@ -45,7 +45,7 @@ import orjson
 from fhiradapter.core.fhir_json import normalise_reference
 from fhiradapter.core.writeback import entry_patient, split_bundle
 from fhiradapter.errors import AnswerLost, InputError, ServerError
-from fhiradapter.shell.fhir_client import (
+from fhiradapter.shell.server.fhir_client import (
     RETRY_STATUS,
     RETURN_MINIMAL,
     Capability,

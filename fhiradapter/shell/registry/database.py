@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.errors import ConfigError
-from fhiradapter.shell.files import create_private
+from fhiradapter.shell.common.files import create_private
 
 
 def engine_for(url: str) -> Engine:

@@ -25,8 +25,8 @@ from fhiradapter.core.evaluate import report_row
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
-from fhiradapter.shell.files import open_new, replace, write_new
-from fhiradapter.shell.out_folder import write_manifest
+from fhiradapter.shell.common.files import open_new, replace, write_new
+from fhiradapter.shell.common.out_folder import write_manifest
 
 
 def publish(tmp: Path, target: Path) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from fhiradapter.errors import ConfigError, InputError, OutputBusy, OutputError
-from fhiradapter.shell.files import FILE_MODE, open_new, replace
+from fhiradapter.shell.common.files import FILE_MODE, open_new, replace
 
 LOCK = ".fhiradapter.lock"
 MANIFEST = "manifest.json"

@@ -39,10 +39,11 @@ from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, report_row
 from fhiradapter.core.mappers import MapContext, Record
 from fhiradapter.core.results import CohortSummary, Population, to_builtins, to_json
 from fhiradapter.errors import ConfigError, InputError
-from fhiradapter.shell.mappings_io import ucum_factor
-from fhiradapter.shell.out_folder import SPILL_PREFIX
-from fhiradapter.shell.outputs import PartsIndex, PatientParts
-from fhiradapter.shell.pipeline import (
+from fhiradapter.shell.common.mappings_io import ucum_factor
+from fhiradapter.shell.common.out_folder import SPILL_PREFIX
+from fhiradapter.shell.common.urls import safe_url
+from fhiradapter.shell.run.outputs import PartsIndex, PatientParts
+from fhiradapter.shell.run.pipeline import (
     CHUNK_BYTES,
     GLOBAL_TYPES,
     Evaluated,
@@ -57,7 +58,7 @@ from fhiradapter.shell.pipeline import (
     settle_globals,
     writeback_context,
 )
-from fhiradapter.shell.readers import (
+from fhiradapter.shell.run.readers import (
     NOT_DATA,
     PULL_MANIFEST,
     InputLimits,
@@ -71,8 +72,7 @@ from fhiradapter.shell.readers import (
     read_lines,
     too_large,
 )
-from fhiradapter.shell.spill import RejectList, RejectsFile
-from fhiradapter.shell.urls import safe_url
+from fhiradapter.shell.run.spill import RejectList, RejectsFile
 
 INSTALL_HINT = "--engine spark needs pyspark and Java 17 or newer: pip install 'fhiradapter[spark]'"
 # A record's place in the input ("seen"), the last-seen tie-breaker of the duplicate rule: local tasks are

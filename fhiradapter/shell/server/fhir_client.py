@@ -43,7 +43,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from fhiradapter import __version__
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import AnswerLost, ConfigError, ServerError
-from fhiradapter.shell.files import open_new
+from fhiradapter.shell.common.files import open_new
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"

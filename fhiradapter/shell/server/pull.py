@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.fhir_client import Capability, FhirClient, unusable
-from fhiradapter.shell.pull_folder import (
+from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
+from fhiradapter.shell.server.pull_folder import (
     NdjsonSink,
     claim_folder,
     discard,

@@ -53,10 +53,12 @@ from fhiradapter.core.writeback import (
     plan_patient,
 )
 from fhiradapter.errors import ConfigError, InputError
-from fhiradapter.shell.files import write_new
-from fhiradapter.shell.mappings_io import ucum_factor
-from fhiradapter.shell.out_folder import SPILL_PREFIX, claim_output, drop_manifest, write_manifest, writing
-from fhiradapter.shell.outputs import (
+from fhiradapter.shell.common.files import write_new
+from fhiradapter.shell.common.mappings_io import ucum_factor
+from fhiradapter.shell.common.out_folder import SPILL_PREFIX, claim_output, drop_manifest, write_manifest, writing
+from fhiradapter.shell.common.urls import safe_url
+from fhiradapter.shell.report.report import write_report
+from fhiradapter.shell.run.outputs import (
     PartsIndex,
     PatientParts,
     Writeback,
@@ -66,7 +68,7 @@ from fhiradapter.shell.outputs import (
     write_sorted_lines,
     write_writeback,
 )
-from fhiradapter.shell.readers import (
+from fhiradapter.shell.run.readers import (
     MAX_RECORD_BYTES,
     PULL_MANIFEST,
     InputLimits,
@@ -78,10 +80,8 @@ from fhiradapter.shell.readers import (
     plan_tasks,
     read_file,
 )
-from fhiradapter.shell.report import write_report
-from fhiradapter.shell.spill import Buckets, RejectsFile, RejectSink, cap_rejects, load_bucket
-from fhiradapter.shell.urls import safe_url
-from fhiradapter.shell.workers import run_jobs
+from fhiradapter.shell.run.spill import Buckets, RejectsFile, RejectSink, cap_rejects, load_bucket
+from fhiradapter.shell.run.workers import run_jobs
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
 CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
@@ -314,7 +314,7 @@ def run_evaluate(
         with writing(out / "approval.json"):  # an approval is of the write-back it reviewed, not of this run's
             (out / "approval.json").unlink(missing_ok=True)
         if engine == "spark":
-            from fhiradapter.shell.spark_engine import run_spark  # noqa: PLC0415 - pyspark only when asked
+            from fhiradapter.shell.run.spark_engine import run_spark  # noqa: PLC0415 - pyspark only when asked
 
             return run_spark(run, settings, spark_master, progress)
         return _run_local(run, settings, progress, workers)

@@ -22,7 +22,7 @@ ENV_VAR = "FHIRADAPTER_MAPPINGS"  # a site's mappings folder, for every command
 
 
 def default_mappings_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # the fhiradapter package
     for candidate in (here / "_mappings", here.parent / "mappings"):
         if (candidate / "protocol.toml").is_file():
             return candidate

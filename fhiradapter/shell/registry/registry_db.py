@@ -38,7 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from fhiradapter.core.registry import RunInfo
 from fhiradapter.errors import TargetError
-from fhiradapter.shell.database import db_reason
+from fhiradapter.shell.registry.database import db_reason
 
 metadata = MetaData()
 

@@ -24,8 +24,8 @@ import orjson
 
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.files import open_new, replace, write_new
-from fhiradapter.shell.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
+from fhiradapter.shell.common.files import open_new, replace, write_new
+from fhiradapter.shell.run.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
 

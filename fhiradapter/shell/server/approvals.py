@@ -16,8 +16,8 @@ import orjson
 
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, parse_standing_rule
 from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
-from fhiradapter.shell.files import write_new
-from fhiradapter.shell.out_folder import file_digest
+from fhiradapter.shell.common.files import write_new
+from fhiradapter.shell.common.out_folder import file_digest
 
 APPROVAL = "approval.json"
 WRITEBACK = "writeback.json"
