@@ -122,7 +122,7 @@ def test_gzip_ndjson_reads_like_plain(tmp_path: Path) -> None:
 
 def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evaluate([PAPER], tmp_path / "memory")
-    monkeypatch.setattr("fhiradapter.shell.run.pipeline.BUCKET_BYTES", 20_000)  # forces about 12 buckets
+    monkeypatch.setattr("fhiradapter.shell.run.local_engine.BUCKET_BYTES", 20_000)  # forces about 12 buckets
     monkeypatch.setattr("fhiradapter.shell.run.spill.FLUSH_EVERY", 7)
     evaluate([PAPER], tmp_path / "spilled")
     a = json.loads((tmp_path / "memory" / "results.json").read_text())
@@ -134,8 +134,8 @@ def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monke
     """Forked workers over line-aligned chunks of one file: identical results, rejects and line numbers."""
     mappings, identity = load_mappings()
     single = run_evaluate([PAPER, BAD], tmp_path / "one", AS_OF, mappings, identity, workers=1)
-    monkeypatch.setattr("fhiradapter.shell.run.pipeline.CHUNK_BYTES", 4_000)  # many chunks per file
-    monkeypatch.setattr("fhiradapter.shell.run.pipeline.BUCKET_BYTES", 50_000)
+    monkeypatch.setattr("fhiradapter.shell.run.local_engine.CHUNK_BYTES", 4_000)  # many chunks per file
+    monkeypatch.setattr("fhiradapter.shell.run.local_engine.BUCKET_BYTES", 50_000)
     double = run_evaluate([PAPER, BAD], tmp_path / "two", AS_OF, mappings, identity, workers=2)
     varies = ("workers", "seconds", "worker_cpu_seconds")
     assert {k: v for k, v in single.items() if k not in varies} == {k: v for k, v in double.items() if k not in varies}

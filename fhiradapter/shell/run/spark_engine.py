@@ -3,7 +3,7 @@
 Nothing of the protocol is written twice. The plan:
 
 1. **Read and map** on the executors with the local engine's code: local files are cut into the same
-   line-aligned tasks (``readers.plan_tasks``) and read by ``pipeline.read_task``; an input Spark reads by URL
+   line-aligned tasks (``readers.plan_tasks``) and read by ``steps.read_task``; an input Spark reads by URL
    (``hdfs://``, ``s3a://``, ...) is split by Spark (NDJSON, ``.gz`` included) or read whole (``.json``
    Bundles), then parsed by the same reader functions. Every line becomes an ``InputRecord`` or a reject.
    No record over ``--max-record-bytes`` is read: a plain NDJSON file by URL goes through Hadoop's line
@@ -11,10 +11,10 @@ Nothing of the protocol is written twice. The plan:
 2. **Study-wide resources** (Medication, ResearchStudy; few) are collected to the driver, settled with the
    same duplicate rule, and broadcast.
 3. **Group by patient** (a record's key is its patient, or its own reference when it has none: as the local
-   engine's buckets) and call ``pipeline.evaluate_group`` on each group: the duplicate rule, then
+   engine's buckets) and call ``steps.evaluate_group`` on each group: the duplicate rule, then
    ``evaluate_patient``, the one per-patient function both engines share. Its inputs and outputs pickle.
 4. **The driver** receives each patient's typed result, write-back plan and extract, writes them through
-   ``outputs.PatientParts`` and finishes with ``pipeline.publish_run``: the cohort statistics from one small
+   ``outputs.PatientParts`` and finishes with ``publish.publish_run``: the cohort statistics from one small
    row per patient, then every output file, written by the same code as the local engine's.
 
 Copies of a resource are ordered by where they were read exactly as in the local engine (the task's place
@@ -42,22 +42,9 @@ from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
 from fhiradapter.shell.common.urls import safe_url
+from fhiradapter.shell.run.engine import Evaluated, PhaseClock, RunRequest, RunStats
 from fhiradapter.shell.run.outputs import PartsIndex, PatientParts
-from fhiradapter.shell.run.pipeline import (
-    CHUNK_BYTES,
-    GLOBAL_TYPES,
-    Evaluated,
-    PhaseClock,
-    RunRequest,
-    RunStats,
-    evaluate_group,
-    map_raw,
-    publish_run,
-    read_task,
-    reject_superseded,
-    settle_globals,
-    writeback_context,
-)
+from fhiradapter.shell.run.publish import publish_run
 from fhiradapter.shell.run.readers import (
     NOT_DATA,
     PULL_MANIFEST,
@@ -73,6 +60,16 @@ from fhiradapter.shell.run.readers import (
     too_large,
 )
 from fhiradapter.shell.run.spill import RejectList, RejectsFile
+from fhiradapter.shell.run.steps import (
+    CHUNK_BYTES,
+    GLOBAL_TYPES,
+    evaluate_group,
+    map_raw,
+    read_task,
+    reject_superseded,
+    settle_globals,
+    writeback_context,
+)
 
 INSTALL_HINT = "--engine spark needs pyspark and Java 17 or newer: pip install 'fhiradapter[spark]'"
 # A record's place in the input ("seen"), the last-seen tie-breaker of the duplicate rule: local tasks are
@@ -108,7 +105,7 @@ def _newest_copy(group: tuple[str, Iterable[InputRecord]]) -> Iterator[Tagged]:
 
 
 def _map_raw(raw: RawRecord | Reject, seq: int, ctx: MapContext, rejects: RejectList, stats: RunStats) -> Tagged | None:
-    """One record read from a URL input, mapped as ``pipeline.read_task`` maps a local file's."""
+    """One record read from a URL input, mapped as ``steps.read_task`` maps a local file's."""
     item = map_raw(raw, seq, ctx, rejects, stats)
     return None if item is None else ("item", item.patient or item.ref, item)
 
@@ -349,7 +346,7 @@ def list_url(sc: Any, url: str) -> tuple[list[tuple[str, int]], list[Reject]]:
 def _evaluate_groups(
     settings: EvaluationSettings, medications: Any, writeback: bool, enrol: bool, cap: int | None
 ) -> Callable[[Iterable[tuple[str, Iterable[InputRecord]]]], Iterator[Tagged]]:
-    """Each patient's records through ``pipeline.evaluate_group`` (the local engine's per-patient step)."""
+    """Each patient's records through ``steps.evaluate_group`` (the local engine's per-patient step)."""
 
     def run(groups: Iterable[tuple[str, Iterable[InputRecord]]]) -> Iterator[Tagged]:
         stats = RunStats()
