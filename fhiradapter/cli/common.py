@@ -115,7 +115,13 @@ SYNC_INTERRUPTED = (
 
 
 # Packages a plain `pip install fhiradapter` leaves out, by the extra that brings them (pyproject.toml).
-EXTRAS = {"sqlalchemy": "registry", "alembic": "registry", "psycopg": "postgres", "pyarrow": "parquet"}
+EXTRAS = {
+    "sqlalchemy": "registry",
+    "alembic": "registry",
+    "psycopg": "postgres",
+    "pyarrow": "parquet",
+    "duckdb": "duckdb",
+}
 
 
 def _stopping(signum: int, frame: Any) -> None:

@@ -24,6 +24,7 @@ from fhiradapter.core.results import Population
 from fhiradapter.errors import InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
+from fhiradapter.shell.run.duckdb_reader import read_task_any, whole_files
 from fhiradapter.shell.run.engine import Evaluated, PhaseClock, RunRequest, RunStats
 from fhiradapter.shell.run.outputs import (
     PartsIndex,
@@ -42,7 +43,6 @@ from fhiradapter.shell.run.steps import (
     GLOBAL_TYPES,
     evaluate_group,
     keep_newest_global,
-    read_task,
     settle_globals,
     writeback_context,
 )
@@ -75,7 +75,7 @@ def run_local(
     with tempfile.TemporaryDirectory(dir=out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700: patient data
         spill = Path(spill_dir)
         try:
-            tasks = plan_tasks(files, max(CHUNK_BYTES, input_bytes // (4 * workers) + 1))
+            tasks = plan_tasks(files, whole_files(max(CHUNK_BYTES, input_bytes // (4 * workers) + 1)))
         except OSError as exc:
             raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
         shares = _share(tasks, workers)
@@ -211,7 +211,7 @@ def _pass_one_worker(
     progress = _report_bytes if _PROGRESS is not None else None
     try:
         for rank, task in tasks:
-            for item in read_task(rank, task, ctx, rejects, stats, progress, limits.record_bytes):
+            for item in read_task_any(rank, task, ctx, rejects, stats, progress, limits.record_bytes):
                 if item.ref.split("/", 1)[0] not in GLOBAL_TYPES:
                     store.add(item.patient or item.ref, item)
                 else:  # study-wide resources (few) are deduplicated at once and kept in memory
