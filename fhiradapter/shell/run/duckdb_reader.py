@@ -19,15 +19,14 @@ over the size limit, broken JSON) is read by the Python path whole. See docs/per
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from fhiradapter.core.dates import to_date
+import msgspec
+
 from fhiradapter.core.dedup import InputRecord, Version
-from fhiradapter.core.fhir_json import RESOURCE_ID, local_date
 from fhiradapter.core.mappers import COUNTED_OBS_STATUS, NUMERIC_CONCEPTS, MapContext, _convert
 from fhiradapter.core.model import Issue, Observed
 from fhiradapter.shell.run.engine import RunStats
@@ -53,8 +52,15 @@ if TYPE_CHECKING:
 READER_VARIABLE = "FHIRADAPTER_READER"  # "duckdb": pass one reads NDJSON through DuckDB; anything else: Python
 PACKED = ("", ".gz", ".zst")  # what DuckDB decompresses itself; other files are read by the Python path
 SEPARATOR = "\x1f"  # between system and code in the SQL code table (no JSON string without escapes holds it)
-# What DuckDB's JSON parser accepts and orjson does not (NaN, Infinity, trailing commas): such lines go to Python.
-_LAX_JSON = re.compile(rb",\s*[}\]]|NaN|[Ii]nf")
+
+
+# DuckDB's JSON parser accepts NaN, Infinity and trailing commas, which the reader's parsers refuse: a line goes
+# through SQL only when msgspec, as strict as the reader, also reads it as JSON (every field skipped, quickly).
+class _AnyObject(msgspec.Struct):
+    """A JSON object, every field skipped unread."""
+
+
+_STRICT = msgspec.json.Decoder(_AnyObject)
 
 # Every column is JSON text at its leaves, so that the SQL can tell a string from a number.
 _QUANTITY = "STRUCT(value JSON, unit JSON, code JSON)"
@@ -155,7 +161,9 @@ def _sql(ctx: MapContext, limit: int) -> list[str]:
     codes = _code_map(ctx)
     code = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
     statements = [statement.strip() for statement in code.split(";\n") if statement.strip()]
-    select = statements[-1].replace("{columns}", columns).replace("{codes}", codes).replace("$limit", str(limit))
+    counted = "(" + ", ".join(f"'{status}'" for status in sorted(COUNTED_OBS_STATUS)) + ")"
+    select = statements[-1].replace("{columns}", columns).replace("{codes}", codes).replace("{counted}", counted)
+    select = select.replace("$limit", str(limit))
     return [*statements[:-1], select]
 
 
@@ -319,6 +327,15 @@ def _same(rid: str | None, line: bytes) -> bool:
     return rid is not None and f'"id":"{rid}"'.encode() in line
 
 
+def _strict(line: bytes) -> bool:
+    """Whether the reader's own parser reads the line as one JSON object (NaN, Infinity, trailing commas: no)."""
+    try:
+        _STRICT.decode(line)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
 def _version(row: Row) -> Version:
     """``dedup.version_of`` from the row's meta (both strings, or absent)."""
     vid, updated = row[10], row[11]
@@ -333,19 +350,11 @@ def _fast(
     row: Row, line: bytes, lineno: int, ctx: MapContext, name: str
 ) -> tuple[Observed, list[Issue], Version] | None:
     """The Observation a row maps to, as ``mappers.map_observation`` maps it; None: the Python path decides."""
-    (_n, rid, fast, concept, status, subject, effective, value, unit, unit_code) = row[:10]
-    if not fast or concept not in NUMERIC_CONCEPTS or status not in COUNTED_OBS_STATUS:
+    (_n, rid, fast, concept, status, subject, day, value, unit, unit_code) = row[:10]
+    if not fast or concept not in NUMERIC_CONCEPTS:  # the SQL checked id, status, subject and date
         return None
-    if b"\\" in line or not line.isascii() or _LAX_JSON.search(line):
+    if b"\\" in line or not line.isascii() or not _strict(line):
         return None  # escapes, non-ASCII text, lax JSON: read as the Python reader reads them
-    if not RESOURCE_ID.fullmatch(rid) or not subject.startswith("Patient/") or subject.count("/") != 1:
-        return None
-    if not RESOURCE_ID.fullmatch(subject, 8):
-        return None
-    written = local_date(effective)
-    day = to_date(written) if written is not None else None
-    if day is None:
-        return None
     ref = f"Observation/{rid}"
     unit_in = unit_code if unit_code is not None else unit or ""
     converted, note, bad = _convert(concept, float(value), unit_in, ctx, ref, "valueQuantity.code")

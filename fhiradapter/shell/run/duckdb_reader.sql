@@ -5,7 +5,7 @@
 -- Such a line is mapped from the values below; every other line goes to the Python reader and mapper.
 -- Every leaf is read as JSON text, so that its JSON type is known: a string starts with '"', a number with
 -- '-' or a digit. Objects and lists are typed: a line where one is something else fails the query, and the
--- whole file is then read by the Python reader. {columns} and {codes} are filled in by the Python module.
+-- whole file is then read by the Python reader. {columns}, {codes} and {counted} are filled in by the Python module.
 CREATE OR REPLACE TEMP MACRO is_str(j) AS (j IS NULL OR starts_with(j::VARCHAR, '"'));
 CREATE OR REPLACE TEMP MACRO is_num(j) AS (j IS NULL OR left(j::VARCHAR, 1) IN ('-', '0', '1', '2', '3', '4', '5', '6', '7', '8', '9'));
 CREATE OR REPLACE TEMP MACRO text_of(j) AS (CASE WHEN starts_with(j::VARCHAR, '"') THEN (j::VARCHAR)[2:-2] END);
@@ -32,6 +32,13 @@ SELECT
         AND is_str(subject.display)
         AND (subject.identifier IS NULL OR (is_str(subject.identifier.system) AND is_str(subject.identifier.value)))
         AND starts_with(effectiveDateTime::VARCHAR, '"')
+        -- docs/protocol.md §1 (fhir_json.local_date): the calendar date written, never shifted; a full day only
+        AND regexp_matches(text_of(effectiveDateTime), '^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])(T|$)')
+        AND NOT starts_with(text_of(effectiveDateTime), '0000')
+        AND TRY_CAST(left(text_of(effectiveDateTime), 10) AS DATE) IS NOT NULL
+        AND regexp_full_match(text_of(id), '[A-Za-z0-9\-\.]{1,64}')
+        AND regexp_full_match(text_of(subject.reference), 'Patient/[A-Za-z0-9\-\.]{1,64}')
+        AND text_of(status) IN {counted}
         AND valueQuantity IS NOT NULL AND quantity_ok(valueQuantity) AND valueQuantity.value IS NOT NULL
         AND plausible(valueQuantity.value)
         AND coalesce(list_bool_and(list_transform(referenceRange, lambda r:
@@ -43,7 +50,7 @@ SELECT
     )[1] AS concept,
     text_of(status) AS status,
     text_of(subject.reference) AS subject,
-    text_of(effectiveDateTime) AS effective,
+    TRY_CAST(left(text_of(effectiveDateTime), 10) AS DATE) AS day,
     valueQuantity.value::VARCHAR AS value,
     text_of(valueQuantity.unit) AS unit,
     text_of(valueQuantity.code) AS unit_code,
