@@ -50,6 +50,7 @@ from pathlib import Path
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier
+from fhiradapter.shell.run.readers import InputLimits
 # Lazy imports (lifelines, scipy) are paid before timing: start-up is not throughput.
 kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
 mappings, identity = load_mappings()
@@ -57,7 +58,8 @@ workers = int(sys.argv[3]) or None
 t = time.perf_counter()
 everything = sys.argv[4] == "all"
 summary = run_evaluate([Path(sys.argv[1])], Path(sys.argv[2]), date(2005, 12, 31), mappings, identity,
-                       workers=workers, report=everything, writeback=everything)
+                       workers=workers, report=everything, writeback=everything,
+                       limits=InputLimits(reader=sys.argv[5]))
 dt = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -76,6 +78,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--data", type=Path, default=HERE / ".data")
+    parser.add_argument(
+        "--readers",
+        nargs="+",
+        default=["python"],
+        choices=["python", "duckdb"],
+        help="pass one's reader(s): evaluate --reader",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is kept")
     parser.add_argument(
         "--outputs",
@@ -95,23 +104,26 @@ def main() -> None:
             print(f"generated {count} resources for {size} patients in {time.perf_counter() - t:.1f} s")
         # Rounds: each round measures the baseline and every configuration once, so that the machine's drift
         # over minutes (large here) falls on all of them alike; medians are taken over the rounds.
-        configs = [(workers, outputs) for workers in args.workers for outputs in output_sets]
+        configs = [(w, o, r) for w in args.workers for o in output_sets for r in args.readers]
         base_runs: list[dict[str, Any]] = []
-        runs: dict[tuple[int, str], list[dict[str, Any]]] = {c: [] for c in configs}
+        runs: dict[tuple[int, str, str], list[dict[str, Any]]] = {c: [] for c in configs}
         for _ in range(args.repeat):
             base_runs.append(measure(BASELINE, str(folder)))
-            for workers, outputs in configs:
+            for workers, outputs, reader in configs:
                 out = args.data / f"out-{size}-{outputs}"
-                runs[workers, outputs].append(measure(EVALUATE, str(folder), str(out), str(workers), outputs))
+                runs[workers, outputs, reader].append(
+                    measure(EVALUATE, str(folder), str(out), str(workers), outputs, reader)
+                )
         base = sorted(base_runs, key=lambda r: r["seconds"])
         b = base[len(base) // 2]
-        for (_workers, outputs), mine in runs.items():
+        for (_workers, outputs, reader), mine in runs.items():
             mine.sort(key=lambda r: r["seconds"])
             e = mine[len(mine) // 2]
             rows.append(
                 {
                     "patients": size,
                     "outputs": outputs,
+                    "reader": reader,
                     "resources": e["resources"],
                     "workers": e["workers"],
                     "orjson_per_s": b["resources"] / b["seconds"],
@@ -125,29 +137,33 @@ def main() -> None:
                 }
             )
     print(
-        f"{'patients':>8} {'outputs':>8} {'resources':>9} {'workers':>7} {'orjson/s':>10} "
+        f"{'patients':>8} {'outputs':>8} {'reader':>6} {'resources':>9} {'workers':>7} {'orjson/s':>10} "
         f"{'evaluate/s':>10} {'ratio':>6} {'orjson MB':>9} {'evaluate MB (parent/worker)':>28}"
     )
     for r in rows:
         print(
-            f"{r['patients']:>8} {r['outputs']:>8} {r['resources']:>9} {r['workers']:>7} "
+            f"{r['patients']:>8} {r['outputs']:>8} {r['reader']:>6} {r['resources']:>9} {r['workers']:>7} "
             f"{r['orjson_per_s']:>10,.0f} {r['evaluate_per_s']:>10,.0f} {r['ratio']:>6.3f} "
             f"{r['orjson_peak_mb']:>9.0f} {r['evaluate_parent_mb']:>14.0f} / {r['evaluate_worker_mb']:<12.0f}"
         )
-    for workers in args.workers:
-        for outputs in output_sets:
-            mine = [r for r in rows if r["workers"] == workers and r["outputs"] == outputs]
-            if len(mine) > 1:
-                growth = mine[-1]["evaluate_peak_mb"] / mine[0]["evaluate_peak_mb"]
-                print(
-                    f"{workers} worker(s), {outputs} outputs: peak memory x{growth:.2f} for "
-                    f"x{mine[-1]['patients'] / mine[0]['patients']:.0f} input (target: within x1.20)"
-                )
+    for workers, outputs, reader in sorted({(r["workers"], r["outputs"], r["reader"]) for r in rows}):
+        mine = [r for r in rows if (r["workers"], r["outputs"], r["reader"]) == (workers, outputs, reader)]
+        if len(mine) > 1:
+            growth = mine[-1]["evaluate_peak_mb"] / mine[0]["evaluate_peak_mb"]
+            print(
+                f"{workers} worker(s), {outputs} outputs, {reader}: peak memory x{growth:.2f} for "
+                f"x{mine[-1]['patients'] / mine[0]['patients']:.0f} input (target: within x1.20)"
+            )
     for size in args.sizes:
-        for outputs in output_sets:
-            by = {r["workers"]: r for r in rows if r["patients"] == size and r["outputs"] == outputs}
+        for outputs, reader in sorted({(r["outputs"], r["reader"]) for r in rows}):
+            by = {
+                r["workers"]: r for r in rows if (r["patients"], r["outputs"], r["reader"]) == (size, outputs, reader)
+            }
             if 1 in by and 2 in by:
-                print(f"{size} patients, {outputs}: two workers x{by[2]['ratio'] / by[1]['ratio']:.2f} one worker")
+                print(
+                    f"{size} patients, {outputs}, {reader}: two workers "
+                    f"x{by[2]['ratio'] / by[1]['ratio']:.2f} one worker"
+                )
     (args.data / "bench-evaluate.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -16,16 +16,19 @@ import orjson
 import pytest
 import zstandard
 from builders import ROOT
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz_records import DELETE, JSON_VALUES, SLICE, _change, _paths
 
+from fhiradapter.cli import main
 from fhiradapter.core.dedup import InputRecord, keep_newest
 from fhiradapter.core.mappers import MapContext
+from fhiradapter.errors import ExitCode
 from fhiradapter.shell.common.mappings_io import load_mappings, ucum_factor
-from fhiradapter.shell.run import duckdb_reader
+from fhiradapter.shell.run import duckdb_reader, local_engine
 from fhiradapter.shell.run.engine import RunStats
-from fhiradapter.shell.run.readers import Task, is_data_file
+from fhiradapter.shell.run.readers import MAX_RECORD_BYTES, Task, is_data_file
 from fhiradapter.shell.run.spill import RejectList
 from fhiradapter.shell.run.steps import read_task
 
@@ -52,19 +55,20 @@ class Pass:
         return dict(groups)
 
 
-def _read(path: Path, through_duckdb: bool, monkeypatch: pytest.MonkeyPatch, limit: int | None = None) -> Pass:
-    monkeypatch.setenv(duckdb_reader.READER_VARIABLE, "duckdb" if through_duckdb else "python")
+def _read(path: Path, through_duckdb: bool, limit: int = MAX_RECORD_BYTES) -> Pass:
     ctx = MapContext(MAPPINGS, ucum_factor)
     rejects, stats = RejectList(), RunStats()
-    reader = duckdb_reader.read_task_any if through_duckdb else read_task
-    extra = () if limit is None else (None, limit)
-    items = list(reader(3, Task(path, 0, None, 1), ctx, rejects, stats, *extra))
+    task = Task(path, 0, None, 1)
+    if through_duckdb:
+        items = list(duckdb_reader.read_task_any(3, task, ctx, rejects, stats, None, limit, "duckdb"))
+    else:
+        items = list(read_task(3, task, ctx, rejects, stats, None, limit))
     return Pass(items, list(rejects), stats)
 
 
-def _same(path: Path, monkeypatch: pytest.MonkeyPatch, limit: int | None = None) -> Pass:
-    python = _read(path, False, monkeypatch, limit)
-    duck = _read(path, True, monkeypatch, limit)
+def _same(path: Path, limit: int = MAX_RECORD_BYTES) -> Pass:
+    python = _read(path, False, limit)
+    duck = _read(path, True, limit)
     assert duck.items == python.items
     assert duck.per_patient() == python.per_patient()
     assert duck.rejects == python.rejects
@@ -83,25 +87,25 @@ def _fast_lines(path: Path) -> int:
 
 
 @pytest.mark.parametrize("path", sorted(PAPER.glob("*.ndjson")), ids=lambda p: p.name)
-def test_paper_cohort_files_read_alike(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _same(path, monkeypatch)
+def test_paper_cohort_files_read_alike(path: Path) -> None:
+    _same(path)
 
 
-def test_the_paper_cohort_observations_go_through_sql(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_paper_cohort_observations_go_through_sql() -> None:
     assert _fast_lines(PAPER / "Observation.ndjson") > 50
 
 
 @pytest.mark.parametrize("path", sorted(p for p in BAD.rglob("*") if is_data_file(p)), ids=lambda p: p.name)
-def test_bad_inputs_read_alike(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _same(path, monkeypatch)
+def test_bad_inputs_read_alike(path: Path) -> None:
+    _same(path)
 
 
-def test_shared_examples_read_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shared_examples_read_alike() -> None:
     files = sorted(p for p in SHARED.rglob("*") if p.is_file() and is_data_file(p)) if SHARED.is_dir() else []
     if not files:
         pytest.skip(f"no FHIR data files under {SHARED}")
     for path in files:
-        _same(path, monkeypatch)
+        _same(path)
 
 
 @pytest.fixture(scope="module")
@@ -114,27 +118,27 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_a_generated_cohort_reads_alike_mostly_through_sql(generated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_generated_cohort_reads_alike_mostly_through_sql(generated: Path) -> None:
     for path in sorted(generated.glob("*.ndjson")):
-        _same(path, monkeypatch)
+        _same(path)
     lines = (generated / "Observation.ndjson").read_bytes().count(b"\n")
     assert _fast_lines(generated / "Observation.ndjson") > lines // 2
 
 
-def test_compressed_files_read_alike(generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compressed_files_read_alike(generated: Path, tmp_path: Path) -> None:
     data = (generated / "Observation.ndjson").read_bytes()
     (tmp_path / "o.ndjson.gz").write_bytes(gzip.compress(data))
     (tmp_path / "o.ndjson.zst").write_bytes(zstandard.ZstdCompressor().compress(data))
     (tmp_path / "cut.ndjson.zst").write_bytes(zstandard.ZstdCompressor().compress(data)[:-200])
     (tmp_path / "cut.ndjson.gz").write_bytes(gzip.compress(data)[:-200])
-    plain = _same(generated / "Observation.ndjson", monkeypatch)
+    plain = _same(generated / "Observation.ndjson")
     for name in ("o.ndjson.gz", "o.ndjson.zst"):
-        packed = _same(tmp_path / name, monkeypatch)
+        packed = _same(tmp_path / name)
         assert [i.record for i in packed.items] == [
             i.record._replace(origin=(str(tmp_path / name), i.record.origin[1])) for i in plain.items
         ]
     for name in ("cut.ndjson.zst", "cut.ndjson.gz"):
-        assert _same(tmp_path / name, monkeypatch).rejects[-1]["code"] == "unreadable"
+        assert _same(tmp_path / name).rejects[-1]["code"] == "unreadable"
 
 
 def _observation(**changes: Any) -> dict[str, Any]:
@@ -182,20 +186,20 @@ EDGE_LINES = [
 
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n"])
-def test_edge_lines_read_alike(ending: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_edge_lines_read_alike(ending: bytes, tmp_path: Path) -> None:
     path = tmp_path / "edge.ndjson"
     path.write_bytes(b"\xef\xbb\xbf" + ending.join(EDGE_LINES) + ending)
-    _same(path, monkeypatch)
+    _same(path)
     path.write_bytes(ending.join(EDGE_LINES[:13]) + ending)  # DuckDB reads this file: part of it through SQL
     assert _fast_lines(path) >= 3
-    _same(path, monkeypatch)
+    _same(path)
 
 
-def test_a_line_over_the_limit_reads_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_line_over_the_limit_reads_alike(tmp_path: Path) -> None:
     path = tmp_path / "long.ndjson"
     long = orjson.dumps(_observation(id="long", note=[{"text": "x" * 3000}]))
     path.write_bytes(b"\n".join([EDGE_LINES[0], long, EDGE_LINES[3]]) + b"\n")
-    assert _same(path, monkeypatch, limit=2000).rejects[0]["code"] == "too-large"
+    assert _same(path, limit=2000).rejects[0]["code"] == "too-large"
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -208,5 +212,61 @@ def test_fuzzed_records_read_alike(tmp_path_factory: Any, data: st.DataObject) -
     folder: Path = tmp_path_factory.mktemp("fuzz")
     file = folder / "all.ndjson"
     file.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        _same(file, monkeypatch)
+    _same(file)
+
+
+# Outputs that differ between two runs of the same reader: the manifest (digests of the rest, and times),
+# writeback.json (its provenance's recorded time); summary.json's timings are left out below.
+RUN_TO_RUN = {"manifest.json", "writeback.json"}
+
+
+def _evaluate(folder: Path, out: Path, *options: str) -> dict[str, bytes]:
+    result = CliRunner().invoke(main, ["evaluate", str(folder), "--as-of", "2005-03-31", "--out", str(out), *options])
+    assert result.exit_code == 0, result.output
+    files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file() and p.name not in RUN_TO_RUN}
+    summary = orjson.loads(files.pop("summary.json"))
+    for timing in ("seconds", "worker_cpu_seconds"):
+        summary.pop(timing)
+    return {**files, "summary.json": orjson.dumps(summary)}
+
+
+@pytest.mark.parametrize("cohort", ["paper", "generated"])
+def test_every_output_is_byte_identical_through_the_cli(cohort: str, generated: Path, tmp_path: Path) -> None:
+    folder = PAPER if cohort == "paper" else generated
+    python = _evaluate(folder, tmp_path / "python")
+    duck = _evaluate(folder, tmp_path / "duckdb", "--reader", "duckdb")
+    assert {"results.json", "rejects.ndjson", "writeback-plan.ndjson", "report.md"} <= python.keys()
+    assert duck == python
+
+
+def test_the_reader_comes_from_the_environment_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+    real = duckdb_reader.read_task_any
+
+    def spy(*args: Any) -> Any:
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(local_engine, "read_task_any", spy)
+    monkeypatch.setenv("FHIRADAPTER_READER", "duckdb")
+    _evaluate(PAPER, tmp_path / "env", "--no-report", "--workers", "1")
+    assert seen and set(seen) == {"duckdb"}
+
+
+def test_duckdb_is_refused_with_spark(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            str(PAPER),
+            "--as-of",
+            "2005-03-31",
+            "--out",
+            str(tmp_path),
+            "--engine",
+            "spark",
+            "--reader",
+            "duckdb",
+        ],
+    )
+    assert result.exit_code == ExitCode.CONFIG and "local engine" in result.output

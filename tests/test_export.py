@@ -52,7 +52,7 @@ _ENGINES: list[Engine] = []
 
 def engine_of(url: str) -> Engine:
     """An engine closed at the end of the test (pooled connections otherwise outlive it)."""
-    engine = database.engine_for(url)
+    engine = database.engine_for(url, duckdb=url.startswith("duckdb:"))
     _ENGINES.append(engine)
     return engine
 
@@ -387,6 +387,54 @@ def test_postgresql_schema_matches_and_failures_roll_back(paper: Any, pg_url: st
     assert dump(engine) == before
     second = export(tmp_path / "changed-out", pg_url)
     assert second.new_run and {n: s for n, _i, _u, s in second.lines}["subjects"] == 14
+
+
+# ---------------------------------------------------------------------------------------------- DuckDB
+
+
+def test_duckdb_and_sqlite_hold_the_same_rows(paper: Any, tmp_path: Path) -> None:
+    pytest.importorskip("duckdb_engine")
+    out, results = paper
+    lite, duck = sqlite_url(tmp_path / "r.db"), f"duckdb:///{tmp_path / 'r.duckdb'}"
+    export(out, lite)
+    first = export(out, duck)
+    assert stat.S_IMODE((tmp_path / "r.duckdb").stat().st_mode) == 0o600  # patient data: never the umask's mode
+    assert not list(tmp_path.glob(".duckdb-*"))  # the folder it was created in is gone
+    assert {name: c for name, c, _u, _s in first.lines} == expected_counts(results)
+    dk, sq = typed_dump(engine_of(duck)), typed_dump(engine_of(lite))
+    assert dk.keys() == sq.keys()
+    for table, rows in dk.items():
+        assert len(rows) == len(sq[table]) == expected_counts(results).get(table, 1), table
+        for a, b in zip(rows, sq[table], strict=True):
+            assert a.keys() == b.keys()
+            for key, value in a.items():
+                assert b[key] == (pytest.approx(value) if isinstance(value, float) else value), (table, key)
+    for _engine in _ENGINES:
+        _engine.dispose()  # DuckDB lets one process hold a file at a time
+    assert not export(out, duck).new_run
+    with pytest.raises(ConfigError, match="registry exports only"):  # the sync store stays SQLite or PostgreSQL
+        database.engine_for(duck)
+
+
+def test_duckdb_keeps_history_supersedes_and_rolls_back(paper: Any, tmp_path: Path) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    pytest.importorskip("duckdb_engine")
+    out, _ = paper
+    url = f"duckdb:///{tmp_path / 'r.duckdb'}"
+    first = export(out, url)
+    changed = changed_cohort(tmp_path)
+    with pytest.raises(Boom):
+        export(tmp_path / "changed-out", url, progress=fail_after(7))
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as conn:  # the failed run left nothing
+        assert conn.execute("SELECT count(*), count(DISTINCT run_id) FROM subjects").fetchone() == (14, 1)
+    second = export(tmp_path / "changed-out", url)
+    assert second.new_run and {n: s for n, _i, _u, s in second.lines}["subjects"] == 14
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as conn:  # as a researcher opens it
+        runs = dict(conn.execute("SELECT run_id, superseded_by FROM runs").fetchall())
+        assert runs == {first.run.run_id: second.run.run_id, second.run.run_id: None}
+        best = dict(conn.execute("SELECT subject_key, best_response FROM current_best_responses").fetchall())
+        assert best == {s["patient"][8:]: s["best_response"] for s in changed["subjects"] if s["treated"]}
+        assert conn.execute("SELECT count(*) FROM subjects").fetchone() == (28,)
 
 
 # ---------------------------------------------------------------------------------------------- pseudonymisation

@@ -121,6 +121,7 @@ EXTRAS = {
     "psycopg": "postgres",
     "pyarrow": "parquet",
     "duckdb": "duckdb",
+    "duckdb_engine": "duckdb",
 }
 
 
@@ -171,7 +172,8 @@ def guard(interrupted: str = "run the same command again") -> Iterator[None]:
 
 
 EXPORT_TO_HELP = (
-    "sqlite:///FILE.db, postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or ~/.pgpass, never the URL), "
+    "sqlite:///FILE.db, duckdb:///FILE.duckdb, postgresql://USER@HOST:PORT/DB (password from PGPASSWORD or "
+    "~/.pgpass, never the URL), "
     "csv:FOLDER or parquet:FOLDER."
 )
 KEY_HELP = "File holding the pseudonymisation secret (>= 32 bytes, mode 600) [default: $FHIRADAPTER_PSEUDONYM_KEY]."

@@ -91,6 +91,7 @@ def export_cmd(
     \b
     Examples:
       fhiradapter export out/ --export-to sqlite:///registry.db
+      fhiradapter export out/ --export-to duckdb:///registry.duckdb
       fhiradapter export out/ --export-to postgresql://research@dbhost/trials
       fhiradapter export out/ --export-to csv:sdtm/ --export-format sdtm --pseudonymise --key-file registry.key
     """

@@ -1,4 +1,5 @@
-"""``fhiradapter export``: a results folder into a registry database (SQLite, PostgreSQL) or CSV/Parquet files.
+"""``fhiradapter export``: a results folder into a registry database (SQLite, DuckDB, PostgreSQL) or CSV/Parquet
+files.
 
 Streams ``results.json`` (one subject per line, as evaluate writes it) joined with ``clinical.ndjson`` (same
 patient order), builds each subject's rows with the pure core (``core/registry.py`` for the registry tables,
@@ -44,7 +45,7 @@ class Target:
 
 
 def parse_target(url: str) -> Target:
-    if url.startswith(("sqlite:", "postgresql:", "postgres:", "postgresql+psycopg:")):
+    if url.startswith(("sqlite:", "duckdb:", "postgresql:", "postgres:", "postgresql+psycopg:")):
         return Target("sql", url)
     for kind in ("csv", "parquet"):
         if url.startswith(f"{kind}:"):
@@ -53,7 +54,8 @@ def parse_target(url: str) -> Target:
                 raise ConfigError(f"--export-to {kind}: needs a folder, e.g. {kind}:exports/")
             return Target(kind, folder)
     raise ConfigError(
-        f"--export-to {url!r}: use sqlite:///FILE.db, postgresql://USER@HOST/DB, csv:FOLDER or parquet:FOLDER"
+        f"--export-to {url!r}: use sqlite:///FILE.db, duckdb:///FILE.duckdb, postgresql://USER@HOST/DB, "
+        "csv:FOLDER or parquet:FOLDER"
     )
 
 
@@ -416,7 +418,7 @@ def _export_sql(
     from fhiradapter.shell.registry import database  # noqa: PLC0415
     from fhiradapter.shell.registry import registry_db as db  # noqa: PLC0415
 
-    engine = database.engine_for(target.location)
+    engine = database.engine_for(target.location, duckdb=True)
     try:
         try:
             db.migrate(engine)

@@ -1,4 +1,4 @@
-"""Pass one through DuckDB (``FHIRADAPTER_READER=duckdb``): NDJSON files decoded and classified in SQL.
+"""Pass one through DuckDB (``evaluate --reader duckdb``): NDJSON files decoded and classified in SQL.
 
 DuckDB reads each NDJSON file (plain, ``.gz``, ``.zst``) with explicit columns (``duckdb_reader.sql``) and says,
 line by line, whether the line is an Observation that the SQL can classify exactly: every field the typed
@@ -18,7 +18,6 @@ over the size limit, broken JSON) is read by the Python path whole. See docs/per
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -49,7 +48,6 @@ from fhiradapter.shell.run.steps import map_raw, read_task
 if TYPE_CHECKING:
     from duckdb import DuckDBPyConnection
 
-READER_VARIABLE = "FHIRADAPTER_READER"  # "duckdb": pass one reads NDJSON through DuckDB; anything else: Python
 PACKED = ("", ".gz", ".zst")  # what DuckDB decompresses itself; other files are read by the Python path
 SEPARATOR = "\x1f"  # between system and code in the SQL code table (no JSON string without escapes holds it)
 
@@ -104,14 +102,9 @@ Row = tuple[Any, ...]  # one row of duckdb_reader.sql's SELECT, in its column or
 FETCH_ROWS = 8192
 
 
-def enabled() -> bool:
-    """Whether pass one reads NDJSON through DuckDB (``FHIRADAPTER_READER=duckdb``)."""
-    return os.environ.get(READER_VARIABLE, "").lower() == "duckdb"
-
-
-def whole_files(chunk_bytes: int) -> int:
+def whole_files(chunk_bytes: int, reader: str) -> int:
     """The share of a file one task reads: DuckDB reads a file whole, so files are not cut into chunks."""
-    return 1 << 62 if enabled() else chunk_bytes
+    return 1 << 62 if reader == "duckdb" else chunk_bytes
 
 
 def read_task_any(
@@ -122,20 +115,20 @@ def read_task_any(
     stats: RunStats,
     progress: Callable[[int], None] | None = None,
     max_record_bytes: int = MAX_RECORD_BYTES,
+    reader: str = "python",
 ) -> Iterator[InputRecord]:
-    """One task read through DuckDB when ``enabled()``, else (and for what DuckDB does not read) as today."""
-    if not enabled() or not _duckdb_reads(task):
+    """One task read through DuckDB when ``reader`` is ``duckdb``, else (and for what DuckDB does not read) as
+    today (``steps.read_task``)."""
+    if reader != "duckdb" or not _duckdb_reads(task):
         yield from read_task(rank, task, ctx, rejects, stats, progress, max_record_bytes)
         return
     import duckdb  # noqa: PLC0415 - the extra `duckdb`, needed only when asked for (cli names the extra)
 
     try:
         cursor = _query(task.path, ctx, max_record_bytes)
-    except (
-        duckdb.InvalidInputException,
-        duckdb.ConversionException,
-        duckdb.IOException,
-    ):  # a line DuckDB cannot type: the Python path reads the file and says what is wrong
+    # A line DuckDB cannot type (its error text can hold a cut multi-byte character, which the binding fails to
+    # decode: UnicodeDecodeError): the Python path reads the file and says what is wrong.
+    except (UnicodeDecodeError, duckdb.Error):
         yield from read_task(rank, task, ctx, rejects, stats, progress, max_record_bytes)
         return
     try:
@@ -209,7 +202,7 @@ class _Rows:
 
             try:
                 self._block, self._at = self._cursor.fetchmany(FETCH_ROWS), 0
-            except (duckdb.InvalidInputException, duckdb.ConversionException, duckdb.IOException):
+            except (UnicodeDecodeError, duckdb.Error):  # as in read_task_any
                 self._block = []  # a line further on DuckDB cannot read: the Python path reads from here on
             if not self._block:
                 return None

@@ -75,7 +75,9 @@ def run_local(
     with tempfile.TemporaryDirectory(dir=out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700: patient data
         spill = Path(spill_dir)
         try:
-            tasks = plan_tasks(files, whole_files(max(CHUNK_BYTES, input_bytes // (4 * workers) + 1)))
+            tasks = plan_tasks(
+                files, whole_files(max(CHUNK_BYTES, input_bytes // (4 * workers) + 1), run.limits.reader)
+            )
         except OSError as exc:
             raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
         shares = _share(tasks, workers)
@@ -211,7 +213,7 @@ def _pass_one_worker(
     progress = _report_bytes if _PROGRESS is not None else None
     try:
         for rank, task in tasks:
-            for item in read_task_any(rank, task, ctx, rejects, stats, progress, limits.record_bytes):
+            for item in read_task_any(rank, task, ctx, rejects, stats, progress, limits.record_bytes, limits.reader):
                 if item.ref.split("/", 1)[0] not in GLOBAL_TYPES:
                     store.add(item.patient or item.ref, item)
                 else:  # study-wide resources (few) are deduplicated at once and kept in memory

@@ -60,12 +60,17 @@ BLANK_RUN = 1 << 16  # bytes of empty lines looked at, and skipped, at a time
 ZSTD_FEED = 256  # compressed bytes per zstd call: at most about 8 MiB out (zstd expands at most ~32,000 times)
 
 
+READERS = ("python", "duckdb")  # pass one's NDJSON reader: ours (the reference), or DuckDB (extra `duckdb`)
+
+
 class InputLimits(NamedTuple):
-    """How much of the input one record, and one file's rejects, may take (``evaluate --max-record-bytes``,
-    ``--max-rejects-per-file``)."""
+    """How the input is read: how much of it one record, and one file's rejects, may take
+    (``evaluate --max-record-bytes``, ``--max-rejects-per-file``), and which reader reads NDJSON
+    (``--reader``; ``shell/run/duckdb_reader.py``)."""
 
     record_bytes: int = MAX_RECORD_BYTES
     rejects_per_file: int = MAX_REJECTS_PER_FILE
+    reader: str = "python"
 
 
 def _lower(path: Path) -> str:
