@@ -96,8 +96,13 @@ def test_the_paper_cohort_observations_go_through_sql() -> None:
 
 
 @pytest.mark.parametrize("path", sorted(p for p in BAD.rglob("*") if is_data_file(p)), ids=lambda p: p.name)
-def test_bad_inputs_read_alike(path: Path) -> None:
+def test_bad_inputs_read_alike(path: Path, tmp_path: Path) -> None:
     _same(path)
+    if path.name.endswith((".ndjson", ".jsonl")):  # and through DuckDB, which reads files that open on an Observation
+        led = tmp_path / path.name
+        led.write_bytes(EDGE_LINES[0] + b"\n" + path.read_bytes())
+        assert duckdb_reader._observations_first(led, MAX_RECORD_BYTES)
+        _same(led)
 
 
 def test_shared_examples_read_alike() -> None:
@@ -211,7 +216,10 @@ def test_fuzzed_records_read_alike(tmp_path_factory: Any, data: st.DataObject) -
     _change(target, path, data.draw(st.just(DELETE) | JSON_VALUES, label="value"))
     folder: Path = tmp_path_factory.mktemp("fuzz")
     file = folder / "all.ndjson"
+    records.sort(key=lambda r: not isinstance(r, dict) or r.get("resourceType") != "Observation")
     file.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    if records[0].get("resourceType") == "Observation":  # DuckDB reads a file that opens on one
+        assert duckdb_reader._observations_first(file, MAX_RECORD_BYTES)
     _same(file)
 
 
@@ -270,3 +278,14 @@ def test_duckdb_is_refused_with_spark(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == ExitCode.CONFIG and "local engine" in result.output
+
+
+def test_duckdb_reads_only_files_that_open_on_an_observation(generated: Path, tmp_path: Path) -> None:
+    first = duckdb_reader._observations_first
+    assert first(generated / "Observation.ndjson", MAX_RECORD_BYTES)
+    assert not first(generated / "Patient.ndjson", MAX_RECORD_BYTES)  # every line would go to Python anyway
+    packed = tmp_path / "o.ndjson.gz"
+    packed.write_bytes(gzip.compress(b"\n  \n" + (generated / "Observation.ndjson").read_bytes()))
+    assert first(packed, MAX_RECORD_BYTES)
+    (tmp_path / "cut.ndjson.gz").write_bytes(packed.read_bytes()[:5])
+    assert not first(tmp_path / "cut.ndjson.gz", MAX_RECORD_BYTES)  # the Python path says what is wrong

@@ -18,6 +18,7 @@ over the size limit, broken JSON) is read by the Python path whole. See docs/per
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -119,7 +120,7 @@ def read_task_any(
 ) -> Iterator[InputRecord]:
     """One task read through DuckDB when ``reader`` is ``duckdb``, else (and for what DuckDB does not read) as
     today (``steps.read_task``)."""
-    if reader != "duckdb" or not _duckdb_reads(task):
+    if reader != "duckdb" or not _duckdb_reads(task) or not _observations_first(task.path, max_record_bytes):
         yield from read_task(rank, task, ctx, rejects, stats, progress, max_record_bytes)
         return
     import duckdb  # noqa: PLC0415 - the extra `duckdb`, needed only when asked for (cli names the extra)
@@ -146,6 +147,25 @@ def _duckdb_reads(task: Task) -> bool:
         and any(name.endswith((f".ndjson{packed}", f".jsonl{packed}")) for packed in PACKED)
         and packed_without_suffix(task.path) is None
     )
+
+
+_OBSERVATION = re.compile(rb'"resourceType"\s*:\s*"Observation"')
+FIRST_LINES = 64  # blank lines looked past for the first record
+
+
+def _observations_first(path: Path, limit: int) -> bool:
+    """Whether the file's first record is an Observation, the one type the SQL maps: any other file (a Bulk
+    export writes one type per file) would be parsed twice, by DuckDB for nothing and by the Python reader.
+    Either answer is safe: the Python path reads what DuckDB does not map."""
+    try:
+        with _open(path) as fh:
+            for _ in range(FIRST_LINES):
+                line = fh.readline(min(limit, 1 << 16))
+                if not line or not line.isspace():
+                    return _OBSERVATION.search(line) is not None
+    except _BROKEN:
+        return False  # the Python path says what is wrong
+    return False
 
 
 def _sql(ctx: MapContext, limit: int) -> list[str]:
