@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -63,6 +64,7 @@ NUMERIC_CONCEPTS = frozenset(
 )
 CODED_CONCEPTS = frozenset({"disease_status", "ascites", "pregnancy_status", "breastfeeding_status"})
 UNITLESS = frozenset({"", "1", "{INR}", "{ratio}", "{score}"})
+TUMOUR_SIZE = "tumor_size"  # the concept of a tumour measurement (docs/protocol.md §4)
 EXCLUDED_MED_STATUS = frozenset({"entered-in-error", "not-taken", "not-done", "cancelled", "draft", "intended"})
 
 
@@ -209,11 +211,12 @@ def _implausible_number(res: fhir.Observation) -> str | None:
 def map_observation(
     res: fhir.Observation, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    m = ctx.mappings
+    """An Observation of a protocol concept, dated to the day, its value in the concept's canonical unit; or
+    why it is not used (docs/protocol.md §2-§5). A result this adapter wrote earlier is kept as such."""
     written = _written(res, ref, origin, aliases)
     if written is not None:
         return written, []
-    concept = _lookup(res.code, m.observation)
+    concept = _lookup(res.code, ctx.mappings.observation)
     if concept is None:
         return None, _unmapped(
             ref, "code", res.code, "Observation.code is not a protocol concept in the mappings' codes.toml"
@@ -234,65 +237,144 @@ def map_observation(
         return None, _issue(
             ref, implausible, "bad-value", f"{implausible} is not a number a measurement can be (beyond 1e12)"
         )
+    day = _observation_day(res, ref)
+    if not isinstance(day, date):
+        return None, day
+    if res.data_absent_reason is not None and not res.has_value():
+        return None, _issue(ref, "dataAbsentReason", "no-value", "no value (dataAbsentReason)")
+    if concept in NUMERIC_CONCEPTS:
+        return _measured(res, ref, origin, ctx, concept, patient, day, status, issues)
+    if concept == TUMOUR_SIZE:
+        return _tumour_size(res, ref, origin, ctx, aliases, patient, day, status, issues)
+    return _assessed(res, ref, origin, ctx.mappings, concept, patient, day, status, issues)
+
+
+def _observation_day(res: fhir.Observation, ref: str) -> date | list[Issue]:
+    """The day an Observation was made (effective[x]), or the issue why it has none an observation can use."""
     raw_date = res.effective_date_time or res.effective_instant or (res.effective_period or fhir.Period()).start
     effective = fhir_json.local_date(raw_date)
     if effective is None:
-        return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
+        return _issue(ref, "effective[x]", "no-date", "no usable effective date")
     day = dates.to_date(effective)
     if day is None:
-        return None, _issue(
+        return _issue(
             ref,
             "effective[x]",
             "partial-date",
             "the effective date has no day (a month or a year only); an observation needs one",
         )
-    value = low = high = longest = perpendicular = None
-    unit = coded = focus = note = None
-    if res.data_absent_reason is not None and not res.has_value():
-        return None, _issue(ref, "dataAbsentReason", "no-value", "no value (dataAbsentReason)")
-    if concept in NUMERIC_CONCEPTS:
-        value, unit_in = _quantity(res.value_quantity)
-        if value is None:
-            return None, _issue(
-                ref, "valueQuantity.value", "no-value", "valueQuantity.value is missing or not a number"
+    return day
+
+
+def _measured(
+    res: fhir.Observation,
+    ref: str,
+    origin: Origin,
+    ctx: MapContext,
+    concept: str,
+    patient: str,
+    day: date,
+    status: str,
+    issues: list[Issue],
+) -> Result:
+    """A lab (a NUMERIC_CONCEPT): valueQuantity and the first reference range, in the canonical unit."""
+    value, unit_in = _quantity(res.value_quantity)
+    if value is None:
+        return None, _issue(ref, "valueQuantity.value", "no-value", "valueQuantity.value is missing or not a number")
+    value, note, bad = _convert(concept, value, unit_in, ctx, ref, "valueQuantity.code")
+    if bad:
+        return None, bad
+    unit = ctx.mappings.canonical_unit[concept]
+    low = high = None
+    if res.reference_range:
+        first = res.reference_range[0]
+        for key, bound in (("low", first.low), ("high", first.high)):
+            bound_value, bound_unit = _quantity(bound)
+            if bound_value is None:
+                continue
+            converted, _note, bad = _convert(
+                concept, bound_value, bound_unit or unit_in, ctx, ref, f"referenceRange[0].{key}"
             )
-        value, note, bad = _convert(concept, value, unit_in, ctx, ref, "valueQuantity.code")
-        if bad:
-            return None, bad
-        unit = m.canonical_unit[concept]
-        if res.reference_range:
-            first = res.reference_range[0]
-            for key, bound in (("low", first.low), ("high", first.high)):
-                v, u = _quantity(bound)
-                if v is None:
-                    continue
-                conv, _n, bad = _convert(concept, v, u or unit_in, ctx, ref, f"referenceRange[0].{key}")
-                if bad:
-                    issues += bad
-                elif key == "low":
-                    low = conv
-                else:
-                    high = conv
-    elif concept == "ecog":
-        value = _ecog(res, m)
+            if bad:
+                issues += bad
+            elif key == "low":
+                low = converted
+            else:
+                high = converted
+    return Observed(
+        ref, patient, concept, day, value, unit, None, low, high, None, None, None, status, note, origin
+    ), issues
+
+
+def _tumour_size(
+    res: fhir.Observation,
+    ref: str,
+    origin: Origin,
+    ctx: MapContext,
+    aliases: dict[str, str] | None,
+    patient: str,
+    day: date,
+    status: str,
+    issues: list[Issue],
+) -> Result:
+    """A tumour measurement (docs/protocol.md §4): the lesion and its two diameters in mm."""
+    focus, longest, perpendicular, tissues = _tumour(res, ref, ctx, aliases)
+    if focus is None or longest is None:
+        return None, tissues
+    issues += tissues
+    return Observed(
+        ref,
+        patient,
+        TUMOUR_SIZE,
+        day,
+        None,
+        "mm",
+        None,
+        None,
+        None,
+        focus,
+        longest,
+        perpendicular,
+        status,
+        None,
+        origin,
+    ), issues
+
+
+def _assessed(
+    res: fhir.Observation,
+    ref: str,
+    origin: Origin,
+    mappings: Mappings,
+    concept: str,
+    patient: str,
+    day: date,
+    status: str,
+    issues: list[Issue],
+) -> Result:
+    """An assessment: ECOG (0-5), encephalopathy (West Haven 0-4), or a coded answer (ascites, pregnancy, ...)."""
+    value: float | None = None
+    coded = None
+    if concept == "ecog":
+        value = _ecog(res, mappings)
         if value is None:
             return None, _issue(
                 ref, "value[x]", "bad-value", "ECOG needs valueInteger 0-5 or a mapped LOINC answer code"
             )
     elif concept == "encephalopathy":
-        raw = res.value_integer
-        if raw is None and res.value_quantity is not None:
-            raw = res.value_quantity.value
-        if raw not in (0, 1, 2, 3, 4):
+        grade = res.value_integer
+        if grade is None and res.value_quantity is not None:
+            grade = res.value_quantity.value
+        if grade not in (0, 1, 2, 3, 4):
             return None, _issue(
                 ref,
                 "valueInteger",
                 "bad-value",
                 "encephalopathy needs a West Haven grade 0-4 as valueInteger",
             )
-        value = float(raw)
+        value = float(grade)
     elif concept in CODED_CONCEPTS:
-        table = m.answer.get(concept)
+        table = mappings.answer.get(concept)
         for system, code in fhir_json.codings(res.value_codeable_concept):
             coded = table.get(system, code) if table else None
             if coded:
@@ -301,14 +383,8 @@ def map_observation(
             return None, _issue(
                 ref, "valueCodeableConcept", "unmapped-value", f"the {concept} answer is not a mapped code"
             )
-    elif concept == "tumor_size":
-        focus, longest, perpendicular, tissues = _tumour(res, ref, ctx, aliases)
-        if focus is None or longest is None:
-            return None, tissues
-        issues += tissues
-        unit = "mm"
     return Observed(
-        ref, patient, concept, day, value, unit, coded, low, high, focus, longest, perpendicular, status, note, origin
+        ref, patient, concept, day, value, None, coded, None, None, None, None, None, status, None, origin
     ), issues
 
 
