@@ -14,12 +14,12 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from builders import ROOT, lab, lesion, partial
 from click.testing import CliRunner
+from msgspec.structs import replace
 from test_protocol_s2_eligibility import CP_B9, CP_C10, ORIGIN, SCREEN, good_record
 
 from fhiradapter.cli import main

@@ -192,7 +192,7 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAsi
     person = rec.person
     if person is not None and dates.after(person.deceased_date, as_of):
         person = person._replace(deceased_date=None, deceased_flag=False)
-    new = replace(
+    new = msgspec.structs.replace(
         rec,
         person=person,
         meds=meds,
@@ -294,7 +294,7 @@ def _study_subjects(
             for subject in rec.subjects
             if subject not in ours
         )
-        rec = replace(rec, subjects=ours)
+        rec = msgspec.structs.replace(rec, subjects=ours)
     return rec, ours
 
 

@@ -9,9 +9,11 @@ Every record keeps ``ref`` ("Type/id") for evidence and ``origin`` (file, locato
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, NamedTuple
+
+import msgspec
+from msgspec import field
 
 from fhiradapter.core.dates import PartialDate
 
@@ -158,9 +160,8 @@ class SupportingResource(NamedTuple):
     identifiers: tuple[tuple[str, str], ...] = ()  # for ResearchStudy: its identifiers (system, value)
 
 
-@dataclass(slots=True)
-class PatientRecord:
-    """Everything known about one patient, as mapped records."""
+class PatientRecord(msgspec.Struct):
+    """Everything known about one patient, as mapped records (filled record by record as they are grouped)."""
 
     patient: str
     person: Person | None = None

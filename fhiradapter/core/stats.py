@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from fhiradapter.core.results import Rate, SurvivalPoint
 
@@ -33,8 +34,9 @@ def rate(count: int, n: int) -> Rate:
     return Rate(count, n, count / n, low, high)
 
 
-@dataclass(frozen=True, slots=True)
-class SurvivalCurve:
+class SurvivalCurve(msgspec.Struct, frozen=True):
+    """A Kaplan-Meier estimate: the median survival, its confidence interval and the curve's steps."""
+
     median: float | None  # None: not reached
     ci: tuple[float | None, float | None]
     table: list[SurvivalPoint]
