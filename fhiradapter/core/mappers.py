@@ -401,12 +401,12 @@ def _written(res: fhir.Observation, ref: str, origin: Origin, aliases: dict[str,
     return None
 
 
-def _ecog(res: fhir.Observation, m: Mappings) -> float | None:
+def _ecog(res: fhir.Observation, mappings: Mappings) -> float | None:
     raw = res.value_integer
     if raw is None and res.value_quantity is not None:
         raw = res.value_quantity.value
     if raw is None and res.value_codeable_concept is not None:
-        table = m.answer.get("ecog")
+        table = mappings.answer.get("ecog")
         for system, code in fhir_json.codings(res.value_codeable_concept):
             hit = table.get(system, code) if table else None
             if hit is not None:
@@ -475,23 +475,23 @@ def _tumour(
     return focus, dims["longest"], dims.get("perpendicular"), issues
 
 
-def _drug(concept: fhir.CodeableConcept | None, m: Mappings) -> tuple[str | None, str | None]:
+def _drug(concept: fhir.CodeableConcept | None, mappings: Mappings) -> tuple[str | None, str | None]:
     first = None
     for system, code in fhir_json.codings(concept):
         first = first or code
-        hit = m.medication.get(system, code)
+        hit = mappings.medication.get(system, code)
         if hit:
             return hit, code
     return None, first
 
 
-def medication_concept(res: fhir.Medication | fhir.ContainedMedication, m: Mappings) -> str | None:
+def medication_concept(res: fhir.Medication | fhir.ContainedMedication, mappings: Mappings) -> str | None:
     """The protocol drug a Medication resource is (by its code or an ingredient's code)."""
-    drug, _ = _drug(res.code, m)
+    drug, _ = _drug(res.code, mappings)
     if drug:
         return drug
     for ing in res.ingredient or ():
-        drug, _ = _drug(ing.item_codeable_concept, m)
+        drug, _ = _drug(ing.item_codeable_concept, mappings)
         if drug:
             return drug
     return None
@@ -689,25 +689,27 @@ def map_other(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, ali
     return SupportingResource(ref, None, None, origin), []
 
 
-Mapper = Callable[[Any, str, Origin, MapContext, dict[str, str] | None], Result]
-MAPPERS: dict[str, Mapper] = {
-    "Patient": map_patient,
-    "Observation": map_observation,
-    "MedicationStatement": map_medication_use,
-    "MedicationAdministration": map_medication_use,
-    "MedicationRequest": map_medication_use,
-    "AdverseEvent": map_adverse_event,
-    "Condition": map_condition,
-    "Consent": map_consent,
-    "ResearchSubject": map_research_subject,
-    "ResearchStudy": map_other,
-    "BodyStructure": map_other,
-    "Medication": map_other,
-}
+def _map_typed(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
+    """The mapper of the resource's type: one for each type of ``fhir_types.TYPES``, the types the protocol reads."""
+    if isinstance(res, fhir.Observation):
+        return map_observation(res, ref, origin, ctx, aliases)
+    if isinstance(res, fhir.MedicationUse):  # MedicationStatement, -Administration, -Request
+        return map_medication_use(res, ref, origin, ctx, aliases)
+    if isinstance(res, fhir.Patient):
+        return map_patient(res, ref, origin, ctx, aliases)
+    if isinstance(res, fhir.AdverseEvent):
+        return map_adverse_event(res, ref, origin, ctx, aliases)
+    if isinstance(res, fhir.Condition):
+        return map_condition(res, ref, origin, ctx, aliases)
+    if isinstance(res, fhir.Consent):
+        return map_consent(res, ref, origin, ctx, aliases)
+    if isinstance(res, fhir.ResearchSubject):
+        return map_research_subject(res, ref, origin, ctx, aliases)
+    return map_other(res, ref, origin, ctx, aliases)  # ResearchStudy, BodyStructure, Medication
 
 
 def map_resource(
-    res: fhir.Resource | dict[str, Any],
+    res: fhir.Resource | dict[str, Any],  # JSON edge: a Bundle entry's resource, as parsed, before typing
     ref: str,
     origin: Origin,
     ctx: MapContext,
@@ -719,8 +721,7 @@ def map_resource(
         kind, rid = str(res.get("resourceType")), res.get("id")
     else:
         kind, rid = fhir.resource_type(res), res.id
-    mapper = MAPPERS.get(kind)
-    if mapper is None:
+    if kind not in fhir.TYPES:
         return None, _issue(ref, "resourceType", "type-not-used", f"{kind} is not read by the protocol")
     if type(rid) is not str or not fhir_json.RESOURCE_ID.fullmatch(rid):
         return None, _issue(ref, "id", "bad-id", "the id breaks FHIR R4's rule [A-Za-z0-9-.]{1,64}")
@@ -738,7 +739,7 @@ def map_resource(
     if bad_date is not None:
         return None, _issue(ref, bad_date, "bad-date", f"{bad_date} is not a calendar date (e.g. 30 February)")
     try:
-        record, issues = mapper(typed, ref, origin, ctx, aliases)
+        record, issues = _map_typed(typed, ref, origin, ctx, aliases)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
         # A defect the decoding let through: report it, never crash the run.
         return None, _issue(
