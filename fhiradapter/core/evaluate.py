@@ -571,7 +571,9 @@ def _characteristics(
         sex=rec.person.gender if rec.person else None,
         ecog=ecog.value if isinstance(ecog, Measurement) else None,
         child_pugh_class=cp_class,
-        prior_anthracycline=tuple(sorted({m.drug_code or "" for m in rec.meds if m.drug == "anthracycline"} - {""})),
+        prior_anthracycline=tuple(
+            sorted({exposure.drug_code or "" for exposure in rec.meds if exposure.drug == "anthracycline"} - {""})
+        ),
         metastatic_sites=tuple(
             sorted(
                 {
@@ -593,7 +595,7 @@ def _stop_reason(
     actions: list[DoseAction],
 ) -> StopReason:
     """Off-treatment reason (§7): the recorded statusReason, else inferred from PD, toxicity, death."""
-    recorded = [x.stop_reason for x in study if x.stop_reason]
+    recorded = [exposure.stop_reason for exposure in study if exposure.stop_reason]
     if recorded:
         return StopReason(recorded[-1])
     if last_dose is None:

@@ -134,7 +134,8 @@ class StudySubject(NamedTuple):
     has_consent: bool
     version: str | None
     origin: Origin
-    raw: dict[str, Any] | None = None  # the resource itself, so that a status update changes nothing else
+    # JSON edge: the resource itself, as read, so that a status update written back changes nothing else
+    raw: dict[str, Any] | None = None
     study_identifier: tuple[str, str] | None = None  # a logical ``study`` reference: (system, value)
 
 
@@ -147,7 +148,8 @@ class EarlierResult(NamedTuple):
     content_hash: str | None
     version: str | None
     origin: Origin
-    content: dict[str, Any] | None = None  # what it said (the fields read), so a plan can show old and new
+    # JSON edge: what it said (the fields read), as read, so that a plan can show old and new
+    content: dict[str, Any] | None = None
 
 
 class SupportingResource(NamedTuple):
