@@ -4,8 +4,8 @@
 ``shell/run/publish.py``); ``export`` reads it beside ``results.json``. It holds what the rules read, after the
 as-of cut-off and without the records the run rejected: birth date and sex, numeric observations (value in the
 canonical unit and as recorded), tumour measurements per lesion, drug exposures and adverse events. Like
-results.json it names patients: it stays in the
-results folder, and only the pseudonymising export may take it elsewhere.
+results.json it names patients: it stays in the results folder, and only the pseudonymising export may take it
+elsewhere.
 """
 
 from __future__ import annotations
