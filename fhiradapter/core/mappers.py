@@ -690,20 +690,25 @@ def map_other(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, ali
 
 
 def _map_typed(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
-    """The mapper of the resource's type: one for each type of ``fhir_types.TYPES``, the types the protocol reads."""
-    if isinstance(res, fhir.Observation):
+    """The mapper of the resource's type: one for each type of ``fhir_types.TYPES``, the types the protocol reads.
+
+    Exact type tests, most frequent first: each costs a fraction of what ``isinstance`` costs on a Struct.
+    """
+    if type(res) is fhir.Observation:
         return map_observation(res, ref, origin, ctx, aliases)
-    if isinstance(res, fhir.MedicationUse):  # MedicationStatement, -Administration, -Request
-        return map_medication_use(res, ref, origin, ctx, aliases)
-    if isinstance(res, fhir.Patient):
-        return map_patient(res, ref, origin, ctx, aliases)
-    if isinstance(res, fhir.AdverseEvent):
+    if type(res) is fhir.AdverseEvent:
         return map_adverse_event(res, ref, origin, ctx, aliases)
-    if isinstance(res, fhir.Condition):
+    if type(res) is fhir.Condition:
         return map_condition(res, ref, origin, ctx, aliases)
-    if isinstance(res, fhir.Consent):
+    if type(res) is fhir.MedicationStatement or type(res) is fhir.MedicationAdministration:
+        return map_medication_use(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.MedicationRequest:
+        return map_medication_use(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.Patient:
+        return map_patient(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.Consent:
         return map_consent(res, ref, origin, ctx, aliases)
-    if isinstance(res, fhir.ResearchSubject):
+    if type(res) is fhir.ResearchSubject:
         return map_research_subject(res, ref, origin, ctx, aliases)
     return map_other(res, ref, origin, ctx, aliases)  # ResearchStudy, BodyStructure, Medication
 
