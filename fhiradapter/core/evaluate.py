@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from operator import attrgetter
@@ -143,13 +143,13 @@ class TreatedOutcome(NamedTuple):
     """What only a treated patient has (docs/protocol.md §4-§7): response, toxicity, survival, why they stopped."""
 
     response: ResponseResult | None
-    toxicities: list[Toxicity]
-    dose_actions: list[DoseAction]
+    toxicities: Sequence[Toxicity]
+    dose_actions: Sequence[DoseAction]
     survival: Survival | None
     stop: StopReason | UnsetType | None  # UNSET: not written (untreated); None: still on drug
 
 
-NOT_TREATED = TreatedOutcome(None, [], [], None, UNSET)
+NOT_TREATED = TreatedOutcome(None, (), (), None, UNSET)
 
 
 def _study_of(subject: StudySubject) -> str:
@@ -164,8 +164,8 @@ def _study_of(subject: StudySubject) -> str:
     return "a ResearchSubject without a study"
 
 
-def _note(i: Issue) -> Note:
-    return Note(i.ref, i.path, i.code, i.message)
+def _note(issue: Issue) -> Note:
+    return Note(issue.ref, issue.path, issue.code, issue.message)
 
 
 def _add_note(notes: list[Note], ref: str | None, code: str, message: str) -> None:
@@ -239,7 +239,7 @@ def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: I
     """The whole protocol for one patient (docs/protocol.md §1-§7), on the records dated up to the as-of date."""
     as_of, mappings = settings.as_of, settings.mappings
     rec, unused = cut_off(raw, as_of)
-    notes: list[Note] = [_note(i) for i in issues]
+    notes: list[Note] = [_note(issue) for issue in issues]
     rec, ours = _study_subjects(rec, settings, unused)
     candidate = not ours
     death = dates.full_day(rec.person.deceased_date) if rec.person else None
