@@ -721,7 +721,7 @@ def test_a_refusal_carries_its_status_request_and_outcome() -> None:
 
 
 def test_s6_the_store_remembers_the_transaction_size_per_server(tmp_path: Path) -> None:
-    from fhiradapter.shell.server.push import TransactionLimit
+    from fhiradapter.shell.server.limits import TransactionLimit
     from fhiradapter.shell.server.store import SyncStore
 
     store = SyncStore(data_dir=tmp_path)

@@ -11,7 +11,7 @@ SQLite in the data folder by default (``sync.db``); ``--store`` takes ``sqlite:/
 - ``resources``: the last-seen version of every pulled resource (JSON), with a deleted flag; evaluation reads
   the study's non-deleted resources from here, so an incremental pull still evaluates whole patients;
 - ``written``: every write the sync sent (method, url, condition, status, the server's location, outcome);
-- ``server_limits``: per server, what it takes in one transaction (``push.TransactionLimit``, learnt from its
+- ``server_limits``: per server, what it takes in one transaction (``limits.TransactionLimit``, learnt from its
   refusals), so that the next run sends parts it takes from the start. Each run that writes tries twice that
   (``TransactionLimit.probe``) and keeps what it finds, so a limit learnt from a passing refusal wears off;
   the row goes once the server takes ``--chunk``. ``fhiradapter runs`` shows the rows; ``runs
@@ -52,7 +52,7 @@ from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import ConfigError, TargetError
 from fhiradapter.shell.common.files import open_new_text
 from fhiradapter.shell.registry.database import db_reason, engine_for
-from fhiradapter.shell.server.push import TransactionLimit
+from fhiradapter.shell.server.limits import TransactionLimit
 
 SCHEMA_VERSION = 1
 DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"

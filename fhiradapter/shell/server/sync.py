@@ -44,6 +44,7 @@ from fhiradapter.shell.run.outputs import Writeback, write_held
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.server.bulk import bulk_pull
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
+from fhiradapter.shell.server.limits import TransactionLimit
 from fhiradapter.shell.server.pull import (
     PullSummary,
     logical_subjects,
@@ -53,7 +54,7 @@ from fhiradapter.shell.server.pull import (
     study_subjects,
 )
 from fhiradapter.shell.server.pull_folder import first_few
-from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, push
+from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, push
 from fhiradapter.shell.server.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
