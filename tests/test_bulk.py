@@ -21,6 +21,7 @@ from stub_server import Reply, Seen, Stub, stub_server
 from fhiradapter.cli import main
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.server.bulk import STATE, bulk_pull
 from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient
@@ -236,7 +237,9 @@ def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retri
 
 def evaluate(src: Path, out: Path) -> dict[str, Any]:
     mappings, identity = load_mappings()
-    run_evaluate([src], out, AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
+    )
     return json.loads((out / "results.json").read_text())
 
 

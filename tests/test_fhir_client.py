@@ -983,7 +983,14 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
 
     mappings, identity = load_mappings()
     opts = SyncOptions(
-        "s", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+        study="s",
+        as_of=date(2005, 3, 31),
+        since="auto",
+        dry_run=False,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),
     )
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -1143,7 +1150,14 @@ def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Pa
     monkeypatch.setattr(sync_mod, "bulk_pull", exported)
     mappings, identity = load_mappings()
     opts = sync_mod.SyncOptions(
-        "s1", date(2005, 3, 31), "none", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+        study="s1",
+        as_of=date(2005, 3, 31),
+        since="none",
+        dry_run=False,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),
     )
     sink = ListSink()
 
@@ -1192,7 +1206,14 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
 
     mappings, identity = load_mappings()
     opts = SyncOptions(
-        "s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+        study="s1",
+        as_of=date(2005, 3, 31),
+        since="auto",
+        dry_run=False,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),
     )
     store = SyncStore(data_dir=tmp_path / "data")
     try:

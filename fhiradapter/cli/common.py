@@ -4,12 +4,14 @@ counts in words."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -207,14 +209,68 @@ def searches_text(per_search: int | None, split: int) -> str:
     return f" ({per_search} patient(s) per search{paged_on})"
 
 
-def export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--export-to, --export-format, --pseudonymise and --key-file: a command that exports its results after."""
+Command = Callable[..., None]
+
+
+def gathered(
+    name: str, build: Callable[..., object], options: Sequence[Callable[[Command], Command]]
+) -> Callable[[Command], Command]:
+    """Apply ``options`` to a command, and hand it their values as one typed value: ``name=build(**values)``.
+
+    Click gives each option as a keyword argument; gathered this way, a command takes a few typed values rather
+    than a long list of loose ones, and a value that travels on (the server options to the client) keeps its
+    type. ``build`` runs when the command does, so it may import what ``--help`` need not.
+    """
+
+    def decorate(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def command(*args: object, **values: object) -> None:
+            own = {key: values.pop(key) for key in names}
+            fn(*args, **values, **{name: build(**own)})
+
+        params: list[click.Parameter] = command.__dict__.setdefault("__click_params__", [])
+        before = len(params)
+        for option in reversed(options):
+            option(command)
+        names = [param.name for param in params[before:] if param.name]
+        return command
+
+    return decorate
+
+
+def command_options(build: Callable[..., object]) -> Callable[[Command], Command]:
+    """The command's remaining options (those not gathered already) as one typed value: the command takes
+    ``options=build(**values)``; the decorator closest to the function."""
+
+    def decorate(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def command(**values: object) -> None:
+            fn(build(**values))
+
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """--export-to, --export-format, --pseudonymise and --key-file: where a command exports its results after."""
+
+    to: str | None = None
+    format: str = "tables"
+    pseudonymise: bool = False
+    key_file: Path | None = None
+
+
+def export_options(fn: Command) -> Command:
+    """--export-to, --export-format, --pseudonymise and --key-file, as one ``export: ExportOptions``."""
     options = [
         click.option(
-            "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
+            "--export-to", "to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
         ),
         click.option(
             "--export-format",
+            "format",
             type=click.Choice(["tables", "sdtm"]),
             default="tables",
             show_default=True,
@@ -227,6 +283,4 @@ def export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return gathered("export", ExportOptions, options)(fn)

@@ -80,7 +80,7 @@ def differing_local_mappings(used: Path, cwd: Path) -> Path | None:
     return None
 
 
-def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, Any]]:
+def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, str]]:
     """Parsed mappings and their identity (id, version, folder, sha256 of the three files)."""
     folder = directory or default_mappings_dir()
     if not folder.is_dir():

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from fhiradapter.core.dedup import InputRecord
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
@@ -24,7 +24,7 @@ from fhiradapter.core.results import Population
 from fhiradapter.errors import InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
-from fhiradapter.shell.run.engine import Evaluated, PhaseClock, RunRequest, RunStats
+from fhiradapter.shell.run.engine import Evaluated, FoundInputs, PhaseClock, RunRequest, RunStats
 from fhiradapter.shell.run.outputs import (
     PartsIndex,
     PatientParts,
@@ -59,14 +59,22 @@ def default_workers(input_bytes: int) -> int:
     return 1 if input_bytes < PARALLEL_MIN_BYTES else max(1, min(2, os.cpu_count() or 1))
 
 
-def run_local(
-    run: RunRequest,
-    settings: EvaluationSettings,
-    progress: Callable[[int], None] | None,
-    workers: int | None,
-) -> dict[str, Any]:
-    """The run on this machine's cores, in ``run.out``, which ``run_evaluate`` holds (locked)."""
-    files, out = run.files, run.out
+@dataclass(frozen=True)
+class LocalEngine:
+    """The run on this machine's cores: ``workers`` processes (None: as many as the input's size repays,
+    ``default_workers``)."""
+
+    workers: int | None = None
+    name: ClassVar[str] = "local"
+
+    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> dict[str, Any]:
+        """The run in ``request.out``, which ``run_evaluate`` holds (locked)."""
+        return run_local(request, found, settings, self.workers)
+
+
+def run_local(run: RunRequest, found: FoundInputs, settings: EvaluationSettings, workers: int | None) -> dict[str, Any]:
+    """The two passes over ``found.files`` with ``workers`` processes, then ``publish_run``."""
+    files, out, progress = found.files, run.out, run.progress
     input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
@@ -91,7 +99,9 @@ def run_local(
             stats.merge(r.stats)
         glob_rejects = RejectsFile(spill / "rejects-globals.ndjson", run.reject_cap, stats.unlisted)
         try:
-            medications = settle_globals([g for r in one for g in r.globals.values()], run.unread, glob_rejects, stats)
+            medications = settle_globals(
+                [g for r in one for g in r.globals.values()], found.unread, glob_rejects, stats
+            )
         finally:
             glob_rejects.close()
         settings = settings.with_study_from_data(medications.values())
@@ -125,7 +135,7 @@ def run_local(
             workers,
             {"read_and_map": [round(r.cpu, 3) for r in one], "evaluate": [round(r2.cpu, 3) for r2 in two]},
         )
-        return publish_run(run, settings, spill, evaluated, clock)
+        return publish_run(run, found, settings, spill, evaluated, clock)
 
 
 def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:

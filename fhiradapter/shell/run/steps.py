@@ -54,6 +54,11 @@ GLOBAL_TYPES = frozenset({"Medication", "ResearchStudy"})
 SUBJECT_KEYS = ("subject", "patient", "individual")
 
 
+# One evaluated patient, as ``evaluate_group`` yields it: the result, the cohort row, the write-back plan, and the
+# clinical extract (``extract.patient_extract``: a JSON line, written as it is).
+PatientOutputs = tuple[PatientResult, CohortRow, list[PlanEntry], dict[str, Any]]
+
+
 def _patient_key(res: Resource | dict[str, Any], record: Record | None) -> str | None:
     """The patient whose record this is: the mapped record's, else the one its JSON names (a reject's)."""
     if isinstance(record, Person):
@@ -187,7 +192,7 @@ def evaluate_group(
     stats: RunStats,
     wctx: WritebackContext | None,
     enrol: bool = False,
-) -> Iterator[tuple[PatientResult, CohortRow, list[PlanEntry], dict[str, Any]]]:
+) -> Iterator[PatientOutputs]:
     pending: dict[str, list[InputRecord]] = {}
     for item in _dedup(items, rejects, stats):
         record = item.record

@@ -40,6 +40,7 @@ import orjson
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, split_by_rule
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.errors import AdapterError
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.outputs import Writeback, write_held
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.server.bulk import bulk_pull
@@ -130,15 +131,18 @@ class SyncSummary:
         }
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class SyncOptions:
+    """What a sync run is asked to do (keyword-built; a dataclass, as it holds callbacks): the study, the day and
+    the mappings, where the run folders go, how to pull and how to push, and who is told what as it goes."""
+
     study: str
     as_of: date
-    since: str  # "auto" | "none" | an instant
-    dry_run: bool
+    since: str = "auto"  # "auto" | "none" | an instant
+    dry_run: bool = False
     work_dir: Path
     mappings: Mappings
-    mappings_identity: dict[str, Any]
+    mappings_identity: dict[str, str]  # id, version, mappings_dir, sha256 (``mappings_io.load_mappings``)
     progress: Callable[[int], None] | None = None  # the pull's, per patient
     on_total: Callable[[int], None] | None = None
     # The push's: given the number of entries to send, returns what to call as parts are answered.
@@ -408,15 +412,17 @@ def _evaluate(
         )
     handed: list[Writeback] = []
     result = run_evaluate(
-        [folder],
-        out / ("out-retry" if again else "out"),
-        opts.as_of,
-        opts.mappings,
-        opts.mappings_identity,
-        report=False,
-        study=summary.study.removeprefix("ResearchStudy/"),  # the study pulled: its subjects are evaluated
-        fhir_bases=(server,),  # the server's absolute references are its own resources
-        on_writeback=handed.append,
+        RunRequest(
+            inputs=(folder,),
+            out=out / ("out-retry" if again else "out"),
+            as_of=opts.as_of,
+            mappings=opts.mappings,
+            mappings_identity=opts.mappings_identity,
+            report=False,
+            study=summary.study.removeprefix("ResearchStudy/"),  # the study pulled: its subjects are evaluated
+            fhir_bases=(server,),  # the server's absolute references are its own resources
+            on_writeback=handed.append,
+        )
     )
     keys = ("records_read", "records_used", "records_rejected", "rejects_by_reason")
     summary.evaluated = {k: result[k] for k in keys if k in result}
