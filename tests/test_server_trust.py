@@ -472,7 +472,7 @@ def test_s4_a_sync_with_writes_not_accounted_for_keeps_its_watermark(tmp_path: P
         assert summary.pushed["not applied"] > 0 and summary.errors
         assert summary.watermark is None and store.watermark(BASE, "s1") is None
         (run,), _ = store.runs()
-        assert run["status"] == "errors"
+        assert run.status == "errors"
     finally:
         store.close()
 

@@ -9,16 +9,22 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from types import FrameType
+from typing import TYPE_CHECKING, ClassVar
 
 import click
 
 from fhiradapter.errors import AdapterError, ConfigError, ExitCode
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
+
+Command = Callable[..., None]  # a click command's function, before click.command makes it one
 
 
 def parse_as_of(value: str) -> date:
@@ -36,7 +42,7 @@ def parse_as_of(value: str) -> date:
 MAPPINGS_ENV = "FHIRADAPTER_MAPPINGS"  # = fhiradapter.shell.common.mappings_io.ENV_VAR (kept here: --help stays fast)
 
 
-def mappings_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def mappings_option(what: str) -> Callable[[Command], Command]:
     """``--mappings DIR``, also from ``$FHIRADAPTER_MAPPINGS``: a site's own mappings folder for every command."""
     return click.option(
         "--mappings",
@@ -86,7 +92,7 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
         "gb": 10**9,
     }
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
@@ -120,7 +126,7 @@ SYNC_INTERRUPTED = (
 EXTRAS = {"sqlalchemy": "registry", "alembic": "registry", "psycopg": "postgres", "pyarrow": "parquet"}
 
 
-def _stopping(signum: int, frame: Any) -> None:
+def _stopping(signum: int, frame: FrameType | None) -> None:
     """SIGINT after the first, while the command stops: it is stopping already."""
 
 
@@ -181,9 +187,9 @@ class PhaseBars:
 
     def __init__(self, show: bool) -> None:
         self.show = show
-        self.bar: Any = None
+        self.bar: ProgressBar[int] | None = None
 
-    def open(self, label: str, length: int) -> Any:
+    def open(self, label: str, length: int) -> ProgressBar[int]:
         self.close()
         self.bar = click.progressbar(length=max(length, 1), label=label, file=sys.stderr, hidden=not self.show)
         self.bar.__enter__()
@@ -195,7 +201,7 @@ class PhaseBars:
             self.bar = None
 
 
-def counts_text(counts: Any, first: tuple[str, ...]) -> str:
+def counts_text(counts: Mapping[str, int], first: tuple[str, ...]) -> str:
     """``create 92, update 13, unchanged 1``: the usual keys in reading order, then any other, zeros left out."""
     keys = [k for k in first if counts.get(k)] + sorted(k for k in counts if k not in first and counts[k])
     return ", ".join(f"{k} {counts[k]}" for k in keys)
@@ -207,9 +213,6 @@ def searches_text(per_search: int | None, split: int) -> str:
         return ""
     paged_on = f"; {split} paged on, so read patient by patient" if split else ""
     return f" ({per_search} patient(s) per search{paged_on})"
-
-
-Command = Callable[..., None]
 
 
 def gathered(

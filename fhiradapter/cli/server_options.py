@@ -21,7 +21,7 @@ class PerSearch(click.ParamType):  # type: ignore[type-arg]
 
     name = "auto|N"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
         if value is None or isinstance(value, int):
             return value
         if str(value).strip().lower() == "auto":

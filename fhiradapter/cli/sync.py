@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fhiradapter.cli.common import (
     PUSH_OUTCOMES,
     SYNC_INTERRUPTED,
+    Command,
     ExportOptions,
     PhaseBars,
     command_options,
@@ -35,10 +37,11 @@ from fhiradapter.shell.common.urls import safe_url
 if TYPE_CHECKING:
     from fhiradapter.core.protocol import Mappings
     from fhiradapter.shell.server.connection import ServerOptions
+    from fhiradapter.shell.server.store import SyncRun
     from fhiradapter.shell.server.sync import SyncOptions, SyncSummary
 
 
-def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def store_options(f: Command) -> Command:
     """--data-dir and --store, shared by ``sync`` and ``runs``."""
     f = click.option(
         "--store",
@@ -281,14 +284,19 @@ def runs_cmd(
         return
     where = safe_url(store_url) if store_url else str(folder / "sync.db")
     if as_json:
-        for run in found:
-            for key in ("started_at", "finished_at"):
-                run[key] = run[key].isoformat() if run[key] is not None else None
+        shown = [
+            {
+                **dataclasses.asdict(run),
+                "started_at": run.started_at.isoformat(),
+                "finished_at": run.finished_at.isoformat() if run.finished_at is not None else None,
+            }
+            for run in found
+        ]
         learnt = [
             {"server": s, "max_entries": limit.max_entries, "refused_at": limit.refused_at, "run_id": run_id}
             for s, limit, run_id in limits
         ]
-        click.echo(json.dumps({"store": where, "total": total, "runs": found, "transaction_limits": learnt}, indent=2))
+        click.echo(json.dumps({"store": where, "total": total, "runs": shown, "transaction_limits": learnt}, indent=2))
         return
     if not found:
         click.echo(f"No sync runs in {where}" + (" for that server and study." if server or study else "."))
@@ -307,30 +315,30 @@ def runs_cmd(
         )
 
 
-def _run_line(run: dict[str, Any]) -> str:
-    started, finished = run["started_at"], run["finished_at"]
+def _run_line(run: SyncRun) -> str:
+    started, finished = run.started_at, run.finished_at
     took = f"{(finished - started).total_seconds():.1f} s" if finished else "no end recorded"
-    status = run["status"] + (" (still running, or killed)" if run["status"] == "running" else "")
+    status = run.status + (" (still running, or killed)" if run.status == "running" else "")
     return (
-        f"  run {run['run_id']}  {started:%Y-%m-%d %H:%M:%S} UTC  {status}  ({took})  "
-        f"{run['summary'].get('study') or run['study']} on {run['server']}"
+        f"  run {run.run_id}  {started:%Y-%m-%d %H:%M:%S} UTC  {status}  ({took})  "
+        f"{run.summary.get('study') or run.study} on {run.server}"
     )
 
 
-def _run_details(run: dict[str, Any]) -> list[str]:
+def _run_details(run: SyncRun) -> list[str]:
     """What a run read, planned and wrote, from its stored summary; why it stopped, if it did."""
-    s = run["summary"]
+    s = run.summary
     if not s:
         return []
     lines = []
     pulled = sum(s.get("pulled", {}).values())
     if pulled or s.get("patients"):
-        since = f"changes since {run['since']}" if run["since"] else "everything"
+        since = f"changes since {run.since}" if run.since else "everything"
         read = f"{since}: {s.get('patients', 0)} patient(s), {pulled} resource(s) read"
         lines.append(f"{read}, {s.get('deleted', 0)} deletion(s) noticed")
     if s.get("plan"):
         lines.append(f"plan: {counts_text(s['plan'], ('create', 'update', 'unchanged'))}")
-    if s.get("pushed") or (s.get("plan") and not run["dry_run"]):
+    if s.get("pushed") or (s.get("plan") and not run.dry_run):
         pushed = counts_text(s.get("pushed", {}), ("created", "updated", "unchanged", "conflict", "error"))
         conflicts, errors = len(s.get("conflicts", [])), len(s.get("errors", []))
         lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {conflicts}, errors {errors}")
@@ -349,7 +357,7 @@ def _run_details(run: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _changes(by_action: Any) -> str:
+def _changes(by_action: Mapping[str, Mapping[str, int]]) -> str:
     """``create child-pugh, eligibility; update response ×2``: one patient's changing results, by action."""
     return "; ".join(
         f"{action} " + ", ".join(kind + (f" ×{n}" if n > 1 else "") for kind, n in sorted(kinds.items()))

@@ -12,10 +12,11 @@ import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from fhiradapter.core.dedup import InputRecord
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
@@ -47,6 +48,8 @@ from fhiradapter.shell.run.steps import (
     writeback_context,
 )
 from fhiradapter.shell.run.workers import run_jobs
+
+R = TypeVar("R")  # what one worker returns
 
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
 
@@ -150,12 +153,22 @@ def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
     return [sorted(share) for share in shares]
 
 
-_PROGRESS: Any = None  # a shared counter of bytes read, inherited by forked workers
+class SharedCounter(Protocol):
+    """A counter in shared memory (``multiprocessing.Value``), which forked workers add to under its lock."""
+
+    value: int
+
+    def get_lock(self) -> AbstractContextManager[object]: ...
+
+
+# Where workers report the bytes they read: the display itself (one worker, in this process), a shared counter
+# (forked workers inherit it), or no one.
+_PROGRESS: Callable[[int], None] | SharedCounter | None = None
 
 
 def _run_workers(
-    fn: Callable[..., Any], jobs: list[tuple[Any, ...]], progress: Callable[[int], None] | None
-) -> list[Any]:
+    fn: Callable[..., R], jobs: Sequence[tuple[object, ...]], progress: Callable[[int], None] | None
+) -> list[R]:
     """Run one job per worker: in this process when there is one, else in forked processes."""
     global _PROGRESS  # the one way to hand a shared counter to forked workers
     if len(jobs) == 1:
@@ -164,7 +177,7 @@ def _run_workers(
             return [fn(*jobs[0])]
         finally:
             _PROGRESS = None
-    counter = multiprocessing.get_context("fork").Value("q", 0) if progress else None
+    counter: SharedCounter | None = multiprocessing.get_context("fork").Value("q", 0) if progress else None
     _PROGRESS = counter  # set before the workers are forked: they inherit it
     seen = 0
 

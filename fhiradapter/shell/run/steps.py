@@ -43,7 +43,7 @@ from fhiradapter.shell.run.readers import (
     Task,
     read_file,
 )
-from fhiradapter.shell.run.spill import RejectSink
+from fhiradapter.shell.run.spill import RejectEntry, RejectSink
 
 CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
 
@@ -84,9 +84,9 @@ def _reject_entry(
     reason: str,
     unmapped: str | None = None,
     path: str | None = None,
-) -> dict[str, Any]:
+) -> RejectEntry:
     rtype, _, rid = (ref or "").partition("/")
-    entry = {
+    entry: RejectEntry = {
         "file": origin[0],
         "locator": origin[1],
         "resourceType": rtype or None,

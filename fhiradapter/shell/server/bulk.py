@@ -31,7 +31,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin
 
 import msgspec
@@ -41,6 +40,7 @@ from fhiradapter.core.fhir_types import resource_type
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new, replace, write_new
+from fhiradapter.shell.common.json_types import JsonObject, JsonValue, text
 from fhiradapter.shell.run.readers import BULK_STATE, PULL_REJECTS, RawRecord, Reject, read_file
 from fhiradapter.shell.server.fhir_client import FhirClient, origin, request_target, retry_after_s
 from fhiradapter.shell.server.pull import patient_of
@@ -160,7 +160,7 @@ async def bulk_pull(
         await _cancel(client, summary.status_url)
         discard(work)
         raise
-    summary.transaction_time = manifest.get("transactionTime")
+    summary.transaction_time = text(manifest, "transactionTime")
     needs_token = manifest.get("requiresAccessToken") is True
     patients = await _download_outputs(client, work, manifest, state, needs_token, summary)
     error_files = await _download_error_files(client, work, manifest, needs_token, summary)
@@ -207,7 +207,7 @@ async def _start_or_resume(
 async def _download_outputs(
     client: FhirClient,
     work: Path,
-    manifest: dict[str, Any],  # the completion manifest as the server sent it: JSON, read here
+    manifest: JsonObject,  # the completion manifest as the server sent it
     state: ExportState,
     needs_token: bool,
     summary: BulkSummary,
@@ -216,7 +216,7 @@ async def _download_outputs(
     it; an output whose type is no resource type is refused. Returns the exported Patients (``Patient/id``)."""
     patients: set[str] = set()
     (work / PULL_REJECTS).unlink(missing_ok=True)  # a resumed pull reads every file again
-    for n, item in enumerate(manifest.get("output") or (), start=1):
+    for n, item in enumerate(_array(manifest, "output"), start=1):
         rtype, url = (item.get("type"), item.get("url")) if isinstance(item, dict) else (None, None)
         if not is_resource_type(rtype) or not isinstance(url, str):
             shown = repr(rtype)[:80] if isinstance(rtype, str) else "none"
@@ -236,13 +236,13 @@ async def _download_outputs(
 async def _download_error_files(
     client: FhirClient,
     work: Path,
-    manifest: dict[str, Any],  # the completion manifest as the server sent it: JSON, read here
+    manifest: JsonObject,  # the completion manifest as the server sent it
     needs_token: bool,
     summary: BulkSummary,
 ) -> list[Path]:
     """The manifest's error files, their OperationOutcomes said in the summary; returns where they are."""
     error_files = []
-    for n, item in enumerate(manifest.get("error") or (), start=1):
+    for n, item in enumerate(_array(manifest, "error"), start=1):
         url = item.get("url") if isinstance(item, dict) else None
         if not isinstance(url, str):
             summary.refused.append(f"error file {n}: no URL")
@@ -311,7 +311,7 @@ async def _wait(
     summary: BulkSummary,
     on_progress: Callable[[str], None] | None,
     sleep: Callable[[float], Awaitable[None]],
-) -> dict[str, Any]:  # the completion manifest as the server sent it: JSON, read by the caller
+) -> JsonObject:  # the completion manifest as the server sent it
     delay = 1.0
     polled = f"GET {request_target(summary.status_url)}"
     while True:
@@ -358,6 +358,12 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
                 client.requests += storage.requests
                 client.retries += storage.retries
     replace(partial, path)
+
+
+def _array(manifest: JsonObject, key: str) -> list[JsonValue]:
+    """The manifest's array under ``key`` (``output``, ``error``); none if it is not one."""
+    found = manifest.get(key)
+    return found if isinstance(found, list) else []
 
 
 def _outcome_lines(path: Path) -> list[str]:

@@ -44,7 +44,7 @@ from fhiradapter import __version__
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import AnswerLost, ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new
-from fhiradapter.shell.common.json_types import JsonValue
+from fhiradapter.shell.common.json_types import JsonObject, JsonValue, items, member, text
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"
@@ -227,7 +227,7 @@ class PageGuard:
                 request=f"GET {request_target(url)}",
             )
 
-    def after(self, found: list[dict[str, Any]], total: Any, next_url: str | None) -> None:
+    def after(self, found: list[JsonObject], total: JsonValue, next_url: str | None) -> None:
         """Called with a page's matching resources, its ``Bundle.total``, and its next link (None: the last)."""
         if next_url in self.visited:
             raise ServerError(
@@ -290,15 +290,14 @@ def outcome_text(response: httpx.Response) -> str:
     return (issues_text(body) or response.reason_phrase or "no detail")[:300]
 
 
-def issues_text(body: Any) -> str:
+def issues_text(body: JsonValue) -> str:
     """An OperationOutcome's issues as ``severity code: diagnostics``, joined by "; " ("" for anything else)."""
     if not (isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"):
         return ""
     parts = []
-    for issue in body.get("issue") or ():
-        if isinstance(issue, dict):
-            detail = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
-            parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
+    for issue in items(body, "issue"):
+        detail = issue.get("diagnostics") or (member(issue, "details") or {}).get("text")
+        parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
     return "; ".join(parts)
 
 
@@ -677,14 +676,16 @@ class FhirClient:
             type_interactions,
         )
 
-    async def read(self, rtype: str, rid: str) -> dict[str, Any] | None:
+    async def read(self, rtype: str, rid: str) -> dict[str, Any] | None:  # the resource as sent: JSON, read by key
         """A resource, or None when the server says it is gone (404 or 410)."""
         response = await self.request("GET", f"{rtype}/{rid}", ok=(404, 410))
         if response.status_code in (404, 410):
             return None
         return _bundle_or_resource(response, f"{rtype}/{rid}")
 
-    async def search(self, rtype: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
+    async def search(
+        self, rtype: str, params: list[tuple[str, str]]
+    ) -> AsyncIterator[dict[str, Any]]:  # resources as sent: JSON, read by key (push, undo) or kept as is (pull)
         """Every matching resource (entries with search.mode ``match``), page by page along ``next`` links."""
         async with contextlib.aclosing(self.pages(rtype, params)) as pages:
             async for found, _more in pages:
@@ -693,7 +694,7 @@ class FhirClient:
 
     async def pages(
         self, rtype: str, params: list[tuple[str, str]], skipped: list[str] | None = None
-    ) -> AsyncGenerator[tuple[list[dict[str, Any]], bool], None]:
+    ) -> AsyncGenerator[tuple[list[JsonObject], bool], None]:
         """A search page by page along ``next`` links: each page's matching resources, and whether more follow.
 
         Unusable entries are reported in ``skipped`` (default: ``self.skipped``); a caller that may set pages
@@ -716,7 +717,7 @@ class FhirClient:
 
     async def _page(
         self, rtype: str, url: str, query: list[tuple[str, str]] | None, page: int, skipped: list[str] | None = None
-    ) -> tuple[list[dict[str, Any]], str | None, Any]:
+    ) -> tuple[list[JsonObject], str | None, JsonValue]:
         """One search page: its usable matching resources, the ``next`` link's URL (or None), its ``total``."""
         response = await self.request("GET", url, params=query, headers={"Prefer": "handling=strict"})
         bundle = _bundle_or_resource(response, f"{rtype} search page {page}")
@@ -726,25 +727,25 @@ class FhirClient:
                 response.status_code,
                 request=f"GET {request_target(url)}",
             )
-        found: list[dict[str, Any]] = []
+        found: list[JsonObject] = []
         reports = self.skipped if skipped is None else skipped
-        for n, entry in enumerate(bundle.get("entry") or (), start=1):
+        entries = bundle.get("entry")
+        for n, entry in enumerate(entries if isinstance(entries, list) else (), start=1):
             resource = entry.get("resource") if isinstance(entry, dict) else None
-            mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
+            mode = (member(entry, "search") or {}).get("mode", "match")
             if mode != "match":
                 continue
             problem = unusable(resource)
-            if problem:  # reported, not kept: two id-less entries would otherwise be kept as one
+            if problem or not isinstance(resource, dict):  # reported, not kept: two id-less entries would be one
                 reports.append(f"{rtype} search page {page} entry {n}: {problem}")
                 continue
-            assert isinstance(resource, dict)  # noqa: S101 - checked by unusable
             found.append(resource)
         return found, self._next_link(bundle, rtype, page), bundle.get("total")
 
-    def _next_link(self, bundle: dict[str, Any], rtype: str, page: int) -> str | None:
-        for link in bundle.get("link") or ():
-            if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-                target = str(link["url"])
+    def _next_link(self, bundle: JsonObject, rtype: str, page: int) -> str | None:
+        for link in items(bundle, "link"):
+            target = text(link, "url")
+            if link.get("relation") == "next" and target is not None:
                 here, there = urlsplit(self.base), urlsplit(target)
                 if there.netloc and origin(target) != origin(self.base):  # the unit of trust, as for the token
                     # Often a proxy in front of the server that was not told its public address: the server
@@ -758,7 +759,7 @@ class FhirClient:
                 return target
         return None
 
-    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:  # write-back Bundles: JSON, built by push
         """POST a transaction or batch Bundle to the base; the response Bundle.
 
         ``Prefer: return=minimal``: only each entry's status and location are read, so the server need not
@@ -768,7 +769,7 @@ class FhirClient:
         return _bundle_or_resource(response, f"{bundle.get('type', 'transaction')} Bundle")
 
 
-def _bundle_or_resource(response: httpx.Response, what: str) -> dict[str, Any]:
+def _bundle_or_resource(response: httpx.Response, what: str) -> JsonObject:
     """The answer's FHIR resource (a Bundle, or the resource read): JSON, read by its caller."""
     request = f"{response.request.method} {request_target(str(response.request.url))}"
     try:
@@ -796,7 +797,7 @@ def _server_time(response: httpx.Response) -> datetime:
     return datetime.now(UTC)
 
 
-def unusable(resource: Any) -> str | None:
+def unusable(resource: JsonValue) -> str | None:
     """Why a search entry's resource cannot be kept (None when it can)."""
     if not isinstance(resource, dict):
         return "no resource"

@@ -7,7 +7,9 @@ reference as they are found: one queue of single requests, ``concurrency`` at a 
 which replaces ``out`` whole when the pull is complete. ``fhiradapter evaluate`` reads the folder as it reads
 any export.
 
-The folder itself (claiming it, the NDJSON files, the manifest) is ``pull_folder``'s.
+The folder itself (claiming it, the NDJSON files, the manifest) is ``pull_folder``'s. What the server sends is
+JSON (``JsonObject``), kept as it came: it is written to NDJSON or the store untouched, and decoded into typed
+values only when evaluate reads it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.shell.common.json_types import JsonObject, JsonValue, items, member, text
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.server.pull_folder import (
     NdjsonSink,
@@ -64,10 +67,10 @@ class Sink(Protocol):
 
     counts: Counter[str]
 
-    def add(self, resource: dict[str, Any]) -> None: ...
+    def add(self, resource: JsonObject) -> None: ...
 
 
-async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:  # the resource as sent: JSON, kept
+async def resolve_study(client: FhirClient, study: str) -> JsonObject:
     """The ResearchStudy named by id, or by ``system|value`` identifier (exactly one must match)."""
     if "|" in study:
         wanted = study.split("|", 1)
@@ -96,9 +99,7 @@ async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:  # th
     return resource
 
 
-async def study_subjects(
-    client: FhirClient, study_id: str, cap: Capability, warnings: list[str]
-) -> list[dict[str, Any]]:
+async def study_subjects(client: FhirClient, study_id: str, cap: Capability, warnings: list[str]) -> list[JsonObject]:
     """The study's ResearchSubjects: by the ``study`` search when the server has it, else filtered here."""
     ref = f"ResearchStudy/{study_id}"
     if "study" in cap.search_params.get("ResearchSubject", set()):
@@ -114,29 +115,30 @@ async def study_subjects(
     ]
 
 
-def study_identifiers(research_study: dict[str, Any]) -> list[tuple[str, str]]:
+def study_identifiers(research_study: JsonObject) -> list[tuple[str, str]]:
     """The ResearchStudy's identifiers as ``(system, value)``: the names a logical reference may use."""
     found = []
-    for ident in research_study.get("identifier") or ():
-        if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
-            found.append((ident["system"], ident["value"]))
+    for ident in items(research_study, "identifier"):
+        system, value = text(ident, "system"), text(ident, "value")
+        if system is not None and value is not None:
+            found.append((system, value))
     return found
 
 
-def names_study(subject: dict[str, Any], ref: str, identifiers: list[tuple[str, str]], base: str) -> bool:
+def names_study(subject: JsonObject, ref: str, identifiers: list[tuple[str, str]], base: str) -> bool:
     """docs/protocol.md §1: a ResearchSubject's ``study`` names the study literally or logically."""
-    study = subject.get("study")
-    if not isinstance(study, dict):
+    study = member(subject, "study")
+    if study is None:
         return False
     if str(study.get("reference", "")).removeprefix(base + "/") == ref:
         return True
-    ident = study.get("identifier")
-    return isinstance(ident, dict) and (ident.get("system"), ident.get("value")) in identifiers
+    ident = member(study, "identifier")
+    return ident is not None and (ident.get("system"), ident.get("value")) in identifiers
 
 
 async def logical_subjects(
-    client: FhirClient, research_study: dict[str, Any], cap: Capability, warnings: list[str], seen: set[str]
-) -> list[dict[str, Any]]:
+    client: FhirClient, research_study: JsonObject, cap: Capability, warnings: list[str], seen: set[str]
+) -> list[JsonObject]:
     """The ResearchSubjects whose ``study`` is a logical reference to one of the study's identifiers (§1).
 
     Asked with the ``study:identifier`` search; a server that refuses the modifier (4xx) has every
@@ -147,7 +149,7 @@ async def logical_subjects(
     if not identifiers:
         return []
     ref = f"ResearchStudy/{research_study['id']}"
-    found: list[dict[str, Any]] = []
+    found: list[JsonObject] = []
     try:
         if "study" not in cap.search_params.get("ResearchSubject", set()):
             raise ServerError("no study search", 400)
@@ -161,7 +163,7 @@ async def logical_subjects(
             "and those naming the study by identifier kept here"
         )
         found = [r async for r in client.search("ResearchSubject", [])]
-    out: list[dict[str, Any]] = []
+    out: list[JsonObject] = []
     for subject in found:
         rid = str(subject.get("id"))
         if rid not in seen and names_study(subject, ref, identifiers, client.base):
@@ -261,7 +263,7 @@ async def pull_into(
 
 async def _study_and_subjects(
     client: FhirClient, cap: Capability, study: str, warnings: list[str]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # FHIR resources as the server sent them: JSON, kept as is
+) -> tuple[JsonObject, list[JsonObject]]:
     """The ResearchStudy and its ResearchSubjects, those naming it by reference and those naming it by
     identifier."""
     if "|" in study:  # an identifier: the id is known only once the study is found
@@ -279,7 +281,7 @@ async def _study_and_subjects(
     return research_study, subjects
 
 
-def _subjects_into(sink: Sink, subjects: list[dict[str, Any]], base: str, summary: PullSummary) -> list[str]:
+def _subjects_into(sink: Sink, subjects: list[JsonObject], base: str, summary: PullSummary) -> list[str]:
     """Each subject into ``sink``; the patients they name (``Patient/id``, in order, once each), also kept in the
     summary; a subject that names no Patient on this server is a warning."""
     patients: list[str] = []
@@ -367,7 +369,7 @@ class _PullQueue:
         except ExceptionGroup as errors:
             raise errors.exceptions[0] from None
 
-    def add(self, resource: dict[str, Any]) -> None:  # a FHIR resource as the server sent it: JSON, kept as is
+    def add(self, resource: JsonObject) -> None:
         """Keep a resource; queue the read of a Medication it references, once."""
         self.sink.add(resource)
         ref = _reference(resource.get("medicationReference"), self.client.base)
@@ -426,7 +428,7 @@ class _PullQueue:
         """
         extra = self.extra
         params = [(param, ",".join(_or_value(p) for p in batch)), *extra]
-        kept: list[dict[str, Any]] = []  # FHIR resources as the server sent them: JSON, kept as is
+        kept: list[JsonObject] = []
         reports: list[str] = []  # its unusable entries: reported only if it is kept (else the own searches do)
         with self.changes_refused():
             async with contextlib.aclosing(self.client.pages(rtype, params, reports)) as pages:
@@ -470,7 +472,7 @@ def _or_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
-def _reference(value: Any, base: str) -> str | None:
+def _reference(value: JsonValue, base: str) -> str | None:
     ref = value.get("reference") if isinstance(value, dict) else None
     return ref.removeprefix(base + "/") if isinstance(ref, str) else None
 
@@ -488,7 +490,7 @@ def _search_plan(cap: Capability) -> tuple[list[tuple[str, str]], list[str]]:
     return per_patient, scanned
 
 
-def patient_of(resource: dict[str, Any], base: str) -> str | None:
+def patient_of(resource: JsonObject, base: str) -> str | None:
     """The patient a resource belongs to (subject, patient or individual), relative to the server's base."""
     for key in ("subject", "patient", "individual"):
         ref = _reference(resource.get(key), base)

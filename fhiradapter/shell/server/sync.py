@@ -89,7 +89,7 @@ class SyncSummary:
     warnings: list[str] = field(default_factory=list)
     non_atomic: list[str] = field(default_factory=list)  # patients written as a batch: too large for a transaction
     # The store's transaction limit for this server as the run found it, what the run tried, and what it left.
-    transaction_limit: dict[str, Any] | None = None
+    transaction_limit: dict[str, dict[str, int] | None] | None = None
     requests: int = 0
     retries: int = 0
     per_search: int | None = None  # patients asked for in one search by the run's pull (None: a Bulk pull)
@@ -98,7 +98,7 @@ class SyncSummary:
     out: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:  # the run's summary as the store keeps it (JSON) and `runs` reads it
         return {
             "run_id": self.run_id,
             "server": self.server,
@@ -470,7 +470,9 @@ async def _push_phase(
     return pushed
 
 
-def _approved_part(planned: Writeback, opts: SyncOptions, summary: SyncSummary) -> dict[str, Any]:
+def _approved_part(
+    planned: Writeback, opts: SyncOptions, summary: SyncSummary
+) -> dict[str, Any]:  # a write-back Bundle: JSON, as core.approval builds it and push sends it
     """What the standing rule lets this run write; the rest goes to ``<run out>/held`` for a person to approve."""
     rule = opts.standing_rule
     allowed, held, _allowed_lines, held_lines = split_by_rule(planned.bundle, planned.plan_lines, rule)
