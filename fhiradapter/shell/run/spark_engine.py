@@ -305,7 +305,7 @@ def _pulled_from(sc: SparkContext, listed: Reject) -> str | None:
 
 
 def _hadoop_path(sc: SparkContext, url: str) -> tuple[Any, Any]:
-    """Hadoop's FileSystem for ``url`` and its Path: py4j proxies of JVM objects, untyped (Any) on this side."""
+    """Hadoop's FileSystem for ``url`` and its Path: py4j proxies of JVM objects, untyped on this side."""
     jvm = sc._jvm
     if jvm is None:  # pragma: no cover - a SparkContext that is running has its gateway
         raise ConfigError("Spark's JVM is not running")
