@@ -185,8 +185,8 @@ def evaluate(options: EvaluateOptions) -> None:
       fhiradapter evaluate fixtures/paper-cohort/input --as-of 2005-03-31 --out out/
     """
     with guard():
-        key = export_key(options.export.pseudonymise, options.export.key_file) if options.export.to else None
         request = _run_request(options)
+        key = export_key(options.export.pseudonymise, options.export.key_file) if options.export.to else None
         show = sys.stderr.isatty() if options.progress is None else options.progress
         earlier = _earlier_run(options.out)
         summary = _run_shown(request, show)
@@ -252,9 +252,9 @@ def _run_shown(request: RunRequest, show: bool) -> dict[str, Any]:
     from fhiradapter.shell.run.pipeline import run_evaluate  # noqa: PLC0415
     from fhiradapter.shell.run.readers import expand_inputs  # noqa: PLC0415
 
-    total = sum(f.stat().st_size for f in expand_inputs(list(request.inputs), exclude=request.out))
     if not show:
         return run_evaluate(request)
+    total = sum(f.stat().st_size for f in expand_inputs(list(request.inputs), exclude=request.out))
     display = RunProgress(total, tty=sys.stderr.isatty())
     finished = False
     try:
