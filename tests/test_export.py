@@ -29,6 +29,7 @@ from fhiradapter.shell.common.out_folder import write_manifest
 from fhiradapter.shell.registry import database
 from fhiradapter.shell.registry import registry_db as db
 from fhiradapter.shell.registry.export import export
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -37,7 +38,9 @@ KEY = b"0123456789abcdef0123456789abcdef-test-key"
 
 def evaluate(src: Path, out: Path) -> dict[str, Any]:
     mappings, identity = load_mappings()
-    run_evaluate([src], out, AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
+    )
     return json.loads((out / "results.json").read_text())
 
 

@@ -20,6 +20,7 @@ from fhiradapter.core.sdtm import DATASETS, SdtmBuilder, parse_export_mappings
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.registry.export import load_export_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -29,7 +30,11 @@ PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 def sdtm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("sdtm")
     mappings, identity = load_mappings()
-    run_evaluate([PAPER], base / "out", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(PAPER,), out=base / "out", as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False
+        )
+    )
     runner = CliRunner()
     for kind in ("csv", "parquet"):
         result = runner.invoke(

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 from fhiradapter.cli import main
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -73,7 +74,11 @@ def mixed_input(tmp_path: Path) -> Path:
 
 def evaluate(src: Path, out: Path, **kw: Any) -> dict[str, Any]:
     mappings, identity = load_mappings()
-    return run_evaluate([src], out, AS_OF, mappings, identity, report=False, **kw)
+    return run_evaluate(
+        RunRequest(
+            inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False, **kw
+        )
+    )
 
 
 def evaluate_paper(tmp_path: Path) -> Path:
@@ -253,7 +258,11 @@ def test_s1_a_logical_reference_to_an_identifier_in_the_mappings_is_a_study_subj
     """§1: both references are FHIR references, of equal worth: the same subjects, the same results."""
     src = logical_input(tmp_path, with_study=None)
     mappings, identity = load_mappings(site_mappings(tmp_path, study_section))
-    run_evaluate([src], tmp_path / "o", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(src,), out=tmp_path / "o", as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False
+        )
+    )
     paper = results(evaluate_paper(tmp_path))
     assert results(tmp_path / "o")["subjects"] == paper["subjects"]
     assert "other-study" not in rejects(tmp_path / "o").values()
@@ -281,7 +290,11 @@ def test_s1_a_logical_reference_to_another_identifier_is_another_study(tmp_path:
     mappings, identity = load_mappings(
         site_mappings(tmp_path, '[study]\nidentifier = "urn:example:studies|THAL-HCC-2003"\n')
     )
-    run_evaluate([src], tmp_path / "o", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(src,), out=tmp_path / "o", as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False
+        )
+    )
     assert results(tmp_path / "o")["subjects"] == []
     reasons = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "o" / "rejects.ndjson").read_text().splitlines()}
     assert reasons["rs-x"]["code"] == "other-study"
@@ -324,7 +337,16 @@ def test_s1_a_candidate_enrolled_in_a_study_known_by_identifier_gets_a_logical_r
         site_mappings(tmp_path, '[study]\nidentifier = "urn:example:studies|THAL-HCC-2003"\n')
     )
     run_evaluate(
-        [src], tmp_path / "o", AS_OF, mappings, identity, report=False, screen_candidates=True, enrol_candidates=True
+        RunRequest(
+            inputs=(src,),
+            out=tmp_path / "o",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            report=False,
+            screen_candidates=True,
+            enrol_candidates=True,
+        )
     )
     bundle = json.loads((tmp_path / "o" / "writeback.json").read_text())
     (new,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchSubject"]

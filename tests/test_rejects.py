@@ -13,6 +13,8 @@ import pytest
 from builders import AS_OF, ROOT
 
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 BAD = ROOT / "fixtures" / "bad-inputs"
@@ -23,7 +25,16 @@ def evaluate(inputs: list[Path], out: Path, candidates: bool = False) -> tuple[d
     """Evaluate; ``candidates``: patients outside the study too (the bad inputs' patients have no
     ResearchSubject), so that what is wrong with each record, not its patient's study, is reported."""
     mappings, identity = load_mappings()
-    summary = run_evaluate(inputs, out, AS_OF, mappings, identity, screen_candidates=candidates)
+    summary = run_evaluate(
+        RunRequest(
+            inputs=tuple(inputs),
+            out=out,
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            screen_candidates=candidates,
+        )
+    )
     rejects = [json.loads(line) for line in (out / "rejects.ndjson").read_text().splitlines()]
     return summary, rejects
 
@@ -133,10 +144,28 @@ def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeyp
 def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forked workers over line-aligned chunks of one file: identical results, rejects and line numbers."""
     mappings, identity = load_mappings()
-    single = run_evaluate([PAPER, BAD], tmp_path / "one", AS_OF, mappings, identity, workers=1)
+    single = run_evaluate(
+        RunRequest(
+            inputs=(PAPER, BAD),
+            out=tmp_path / "one",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            engine=LocalEngine(1),
+        )
+    )
     monkeypatch.setattr("fhiradapter.shell.run.local_engine.CHUNK_BYTES", 4_000)  # many chunks per file
     monkeypatch.setattr("fhiradapter.shell.run.local_engine.BUCKET_BYTES", 50_000)
-    double = run_evaluate([PAPER, BAD], tmp_path / "two", AS_OF, mappings, identity, workers=2)
+    double = run_evaluate(
+        RunRequest(
+            inputs=(PAPER, BAD),
+            out=tmp_path / "two",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            engine=LocalEngine(2),
+        )
+    )
     varies = ("workers", "seconds", "worker_cpu_seconds")
     assert {k: v for k, v in single.items() if k not in varies} == {k: v for k, v in double.items() if k not in varies}
     a = json.loads((tmp_path / "one" / "results.json").read_text())
@@ -171,10 +200,10 @@ def test_plan_tasks_splits_at_line_boundaries_and_counts_lines(tmp_path: Path) -
 def test_a_second_run_into_the_same_folder_replaces_every_output_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """Outputs are renamed over the old ones; the old copies, kept as hidden links meanwhile, are removed."""
     mappings, identity = load_mappings()
-    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity)
+    run_evaluate(RunRequest(inputs=(PAPER,), out=tmp_path, as_of=AS_OF, mappings=mappings, mappings_identity=identity))
     first = sorted(p.name for p in tmp_path.iterdir())
     (tmp_path / "writeback.json").write_text("stale")
-    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity)
+    run_evaluate(RunRequest(inputs=(PAPER,), out=tmp_path, as_of=AS_OF, mappings=mappings, mappings_identity=identity))
     assert sorted(p.name for p in tmp_path.iterdir()) == first
     assert json.loads((tmp_path / "writeback.json").read_text())["type"] == "transaction"
 

@@ -25,8 +25,11 @@ from click.testing import CliRunner
 from fhiradapter.cli import main
 from fhiradapter.errors import ExitCode
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.run.readers import InputLimits
+from fhiradapter.shell.run.spark_engine import SparkEngine
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"
@@ -71,9 +74,15 @@ def spark() -> Iterator[Any]:
 
 
 def run(inputs: list[Path], out: Path, engine: str, **kw: Any) -> dict[str, Any]:
+    """One run by ``engine`` (``local``, with ``workers`` if given, or ``spark``); ``kw``: the request's fields."""
     mappings, identity = load_mappings()
     as_of = kw.pop("as_of", AS_OF)
-    return run_evaluate(inputs, out, as_of, mappings, identity, engine=engine, **kw)
+    workers = kw.pop("workers", None)
+    chosen = SparkEngine() if engine == "spark" else LocalEngine(workers)
+    request = RunRequest(
+        inputs=tuple(inputs), out=out, as_of=as_of, mappings=mappings, mappings_identity=identity, engine=chosen, **kw
+    )
+    return run_evaluate(request)
 
 
 def outputs(out: Path) -> dict[str, Any]:

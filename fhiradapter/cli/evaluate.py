@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhiradapter.cli.common import (
     ByteSize,
+    ExportOptions,
+    command_options,
     export_options,
     guard,
     mappings_line,
@@ -20,6 +24,34 @@ from fhiradapter.cli.common import (
 )
 from fhiradapter.cli.export import export_key, run_export
 from fhiradapter.errors import ConfigError, NothingEvaluated
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.run.engine import Engine, RunRequest
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+    """What ``evaluate`` was given, by option (``_run_request`` turns it into the shell's ``RunRequest``)."""
+
+    inputs: tuple[str, ...]
+    as_of: str
+    out: Path
+    mappings_dir: Path | None
+    workers: int | None
+    report: bool
+    writeback: bool
+    progress: bool | None
+    export: ExportOptions
+    study: str | None
+    compare_with_paper: bool | None
+    fhir_bases: tuple[str, ...]
+    screen_candidates: bool
+    enrol_candidates: bool
+    engine: str
+    spark_master: str | None
+    results_dir: str
+    max_record_bytes: int
+    max_rejects_per_file: int
 
 
 @click.command(short_help="Apply the protocol to FHIR files: results, write-back, report.")
@@ -133,30 +165,8 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
     help="Rejects listed one by one in rejects.ndjson per input file; the rest of a file's are counted "
     "(summary.json) and said in one not-listed line. 0: list them all.",
 )
-def evaluate(
-    inputs: tuple[str, ...],
-    as_of: str,
-    out: Path,
-    mappings_dir: Path | None,
-    workers: int | None,
-    report: bool,
-    writeback: bool,
-    progress: bool | None,
-    export_to: str | None,
-    export_format: str,
-    pseudonymise: bool,
-    key_file: Path | None,
-    study: str | None,
-    compare_with_paper: bool | None,
-    fhir_bases: tuple[str, ...],
-    screen_candidates: bool,
-    enrol_candidates: bool,
-    engine: str,
-    spark_master: str | None,
-    results_dir: str,
-    max_record_bytes: int,
-    max_rejects_per_file: int,
-) -> None:
+@command_options(EvaluateOptions)
+def evaluate(options: EvaluateOptions) -> None:
     """Evaluate the protocol on FHIR files.
 
     INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
@@ -174,69 +184,85 @@ def evaluate(
     Example:
       fhiradapter evaluate fixtures/paper-cohort/input --as-of 2005-03-31 --out out/
     """
-    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
-    from fhiradapter.shell.common.progress import RunProgress  # noqa: PLC0415
-    from fhiradapter.shell.run.pipeline import run_evaluate  # noqa: PLC0415
-    from fhiradapter.shell.run.readers import InputLimits, expand_inputs  # noqa: PLC0415
-
     with guard():
-        cutoff = parse_as_of(as_of)
-        if enrol_candidates and not screen_candidates:
-            raise ConfigError("--enrol-candidates is only used with --screen-candidates")
-        key = export_key(pseudonymise, key_file) if export_to else None
-        mappings, identity = load_mappings(mappings_dir)
-        warn_unused_mappings(Path(identity["mappings_dir"]))
-        urls = tuple(i for i in inputs if "://" in i)
-        paths = [Path(i) for i in inputs if "://" not in i]
-        if spark_master and engine != "spark":
-            raise ConfigError("--spark-master is only used with --engine spark")
-        if results_dir and export_to:
-            raise ConfigError(
-                "--export-to exports --out, which --results-dir leaves without results.json: run "
-                "`fhiradapter export` on the results folder once it is on this machine"
-            )
-        files = expand_inputs(paths, exclude=out)
-        total = sum(f.stat().st_size for f in files)
-        show = sys.stderr.isatty() if progress is None else progress
-        # One display for every phase: two passes over the data (reading and mapping, then grouping and
-        # evaluating), then writing the outputs and drawing the report.
-        earlier = _earlier_run(out)
-        display = RunProgress(total, tty=sys.stderr.isatty()) if show else None
-        finished = False
-        try:
-            summary = run_evaluate(
-                paths,
-                out,
-                cutoff,
-                mappings,
-                identity,
-                progress=display.advance if display else None,
-                workers=workers,
-                report=report,
-                writeback=writeback,
-                study=study,
-                screen_candidates=screen_candidates,
-                enrol_candidates=enrol_candidates,
-                fhir_bases=fhir_bases,
-                on_phase=display.phase if display else None,
-                engine=engine,
-                spark_master=spark_master,
-                urls=urls,
-                results_dir=results_dir,
-                compare_with_paper=compare_with_paper,
-                limits=InputLimits(max_record_bytes, max_rejects_per_file),
-            )
-            finished = True
-        finally:
-            if display is not None:
-                display.close(finished)  # a stopped run's bar stays where it stopped
+        request = _run_request(options)
+        key = export_key(options.export.pseudonymise, options.export.key_file) if options.export.to else None
+        show = sys.stderr.isatty() if options.progress is None else options.progress
+        earlier = _earlier_run(options.out)
+        summary = _run_shown(request, show)
+    out = options.out
     with guard():
         _print_summary(summary, out)
         _print_replaced(earlier, out)
         if not summary["patients"]:
             raise NothingEvaluated(_nothing_evaluated(summary))
-        if export_to:
-            run_export(out, export_to, export_format, key, mappings_dir, show)
+        if options.export.to:
+            run_export(out, options.export.to, options.export.format, key, options.mappings_dir, show)
+
+
+def _run_request(options: EvaluateOptions) -> RunRequest:
+    """The run the options ask for: the as-of date, the mappings, the inputs (paths and URLs), the engine; the
+    options that do not go together are refused here, before anything is read."""
+    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
+    from fhiradapter.shell.run.engine import RunRequest  # noqa: PLC0415
+    from fhiradapter.shell.run.local_engine import LocalEngine  # noqa: PLC0415
+    from fhiradapter.shell.run.readers import InputLimits  # noqa: PLC0415
+
+    cutoff = parse_as_of(options.as_of)
+    if options.enrol_candidates and not options.screen_candidates:
+        raise ConfigError("--enrol-candidates is only used with --screen-candidates")
+    if options.spark_master and options.engine != "spark":
+        raise ConfigError("--spark-master is only used with --engine spark")
+    if options.results_dir and options.export.to:
+        raise ConfigError(
+            "--export-to exports --out, which --results-dir leaves without results.json: run "
+            "`fhiradapter export` on the results folder once it is on this machine"
+        )
+    mappings, identity = load_mappings(options.mappings_dir)
+    warn_unused_mappings(Path(identity["mappings_dir"]))
+    engine: Engine = LocalEngine(options.workers)
+    if options.engine == "spark":
+        from fhiradapter.shell.run.spark_engine import SparkEngine  # noqa: PLC0415
+
+        engine = SparkEngine(options.spark_master)
+    return RunRequest(
+        inputs=tuple(Path(i) for i in options.inputs if "://" not in i),
+        urls=tuple(i for i in options.inputs if "://" in i),
+        out=options.out,
+        as_of=cutoff,
+        mappings=mappings,
+        mappings_identity=identity,
+        study=options.study,
+        fhir_bases=options.fhir_bases,
+        report=options.report,
+        writeback=options.writeback,
+        screen_candidates=options.screen_candidates,
+        enrol_candidates=options.enrol_candidates,
+        compare_with_paper=options.compare_with_paper,
+        limits=InputLimits(options.max_record_bytes, options.max_rejects_per_file),
+        results_dir=options.results_dir,
+        engine=engine,
+    )
+
+
+def _run_shown(request: RunRequest, show: bool) -> dict[str, Any]:
+    """Run, with one display for every phase when ``show``: two passes over the data (reading and mapping, then
+    grouping and evaluating), then writing the outputs and drawing the report."""
+    from fhiradapter.shell.common.progress import RunProgress  # noqa: PLC0415
+    from fhiradapter.shell.run.pipeline import run_evaluate  # noqa: PLC0415
+    from fhiradapter.shell.run.readers import expand_inputs  # noqa: PLC0415
+
+    if not show:
+        return run_evaluate(request)
+    total = sum(f.stat().st_size for f in expand_inputs(list(request.inputs), exclude=request.out))
+    display = RunProgress(total, tty=sys.stderr.isatty())
+    finished = False
+    try:
+        summary = run_evaluate(dataclasses.replace(request, progress=display.advance, on_phase=display.phase))
+        finished = True
+    finally:
+        display.close(finished)  # a stopped run's bar stays where it stopped
+    return summary
 
 
 def _earlier_run(out: Path) -> tuple[str, list[str]] | None:

@@ -18,7 +18,7 @@ from fhiradapter.shell.common.files import write_new
 from fhiradapter.shell.common.out_folder import write_manifest
 from fhiradapter.shell.common.urls import safe_url
 from fhiradapter.shell.report.report import write_report
-from fhiradapter.shell.run.engine import Evaluated, PhaseClock, RunRequest
+from fhiradapter.shell.run.engine import Evaluated, FoundInputs, PhaseClock, RunRequest
 from fhiradapter.shell.run.outputs import (
     concatenate,
     iter_rows,
@@ -53,6 +53,7 @@ OUTPUT_FILES = (
 
 def publish_run(
     run: RunRequest,
+    found: FoundInputs,
     settings: EvaluationSettings,
     spill: Path,
     done: Evaluated,
@@ -81,7 +82,7 @@ def publish_run(
         "as_of": as_of.isoformat(),
         "protocol": {**mappings_identity, "study": settings.study},
         "adapter": {"name": "fhiradapter", "version": __version__},
-        "inputs": [str(f) for f in run.files] + run.urls,
+        "inputs": [str(f) for f in found.files] + list(run.urls),
         "run_summary": summary,
     }
     run.on_phase("write")
