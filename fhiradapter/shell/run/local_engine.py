@@ -20,7 +20,7 @@ from typing import Any
 from fhiradapter.core.dedup import InputRecord
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
 from fhiradapter.core.mappers import MapContext, Record
-from fhiradapter.core.results import Population
+from fhiradapter.core.results import Population, TimedRunSummary
 from fhiradapter.errors import InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
@@ -64,7 +64,7 @@ def run_local(
     settings: EvaluationSettings,
     progress: Callable[[int], None] | None,
     workers: int | None,
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     """The run on this machine's cores, in ``run.out``, which ``run_evaluate`` holds (locked)."""
     files, out = run.files, run.out
     input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more

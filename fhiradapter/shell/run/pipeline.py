@@ -12,6 +12,7 @@ import orjson
 
 from fhiradapter.core.evaluate import EvaluationSettings
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.results import TimedRunSummary
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.out_folder import claim_output, drop_manifest, writing
 from fhiradapter.shell.run.engine import RunRequest
@@ -64,7 +65,7 @@ def run_evaluate(
     on_writeback: Callable[[Writeback], None] | None = None,
     compare_with_paper: bool | None = None,
     limits: InputLimits | None = None,
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     """Run the whole job; returns the run summary (also written to ``summary.json``).
 
     ``study``: the ResearchStudy id whose subjects are evaluated (default: the one the mappings name).

@@ -35,13 +35,15 @@ from typing import Any, NamedTuple
 import orjson
 
 from fhiradapter.core.dedup import InputRecord, keep_newest
-from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, report_row
+from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
 from fhiradapter.core.mappers import MapContext, Record
-from fhiradapter.core.results import CohortSummary, Population, to_builtins, to_json
+from fhiradapter.core.readback import RunRecord
+from fhiradapter.core.results import CohortSummary, Population, ResultsHeader, TimedRunSummary, to_json
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
 from fhiradapter.shell.common.urls import safe_url
+from fhiradapter.shell.report.rows import encode_row, report_row
 from fhiradapter.shell.run.engine import Evaluated, PhaseClock, RunRequest, RunStats
 from fhiradapter.shell.run.outputs import PartsIndex, PatientParts
 from fhiradapter.shell.run.publish import publish_run
@@ -363,7 +365,7 @@ def _evaluate_groups(
 
 def run_spark(
     run: RunRequest, settings: EvaluationSettings, master: str | None, progress: Callable[[int], None] | None = None
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     """The run on a Spark session at ``master`` (``local[*]``, ``spark://host:7077``, ``yarn``, ...).
 
     Without ``master``: the one ``spark-submit`` set (its ``--master``), else ``local[*]``.
@@ -440,7 +442,7 @@ def _run(
     settings: EvaluationSettings,
     spill: Path,
     clock: PhaseClock,
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     sc = spark.sparkContext
     try:
         tasks = plan_tasks(run.files, CHUNK_BYTES)
@@ -550,7 +552,7 @@ def _to_results_dir(
     stats: RunStats,
     reject_files: list[Path],
     clock: PhaseClock,
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     """``--results-dir``: the per-patient results written by Spark, in patient order, as partitioned NDJSON.
 
     ``URL/subjects/part-*`` holds results.json's subjects (one per line), ``URL/clinical/part-*`` the clinical
@@ -580,7 +582,7 @@ def _to_results_dir(
         if run.screen_candidates:
             candidates = ordered.filter(lambda kv: kv[1][0].population == Population.CANDIDATE)
             candidates.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/candidates")
-        small = subjects.map(lambda kv: (kv[1][1], orjson.dumps(report_row(kv[1][0])))).collect()
+        small = subjects.map(lambda kv: (kv[1][1], encode_row(report_row(kv[1][0])))).collect()
         lines = {"subjects": len(small), "clinical": len(small)}
         if run.screen_candidates:
             lines["candidates"] = candidates.count()
@@ -595,8 +597,8 @@ def _to_results_dir(
         stats, rows, reject_files, [PartsIndex(report_rows=report_rows)], sc.defaultParallelism, {}
     )
 
-    def write_run(header: dict[str, Any], cohort: CohortSummary) -> None:
-        line = orjson.dumps({"header": header, "cohort": to_builtins(cohort), "lines": lines}).decode()
+    def write_run(header: ResultsHeader, cohort: CohortSummary) -> None:
+        line = to_json(RunRecord(header, cohort, lines)).decode()
         sc.parallelize([line], 1).saveAsTextFile(f"{url}/run")
 
     return publish_run(run, settings, spill, evaluated_run, clock, write_run)
