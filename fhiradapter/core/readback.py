@@ -16,7 +16,7 @@ Every function raises ``msgspec.ValidationError`` or ``msgspec.DecodeError`` wit
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 
@@ -77,11 +77,13 @@ def _criterion(read: _CriterionOnDisk, n: int) -> Criterion:
     return Criterion(read.id, read.status, value, read.evidence, read.detail)
 
 
-def _typed(read: msgspec.Struct, struct: type[msgspec.Struct], **typed: object) -> Any:
-    """``read``'s fields (a read-side type of ``struct``), with ``typed`` in place of those that needed a step."""
-    # The read side's fields are ``struct``'s by construction (``_read_side``): a dict only for the hand-over.
-    fields: dict[str, Any] = msgspec.structs.asdict(read)
-    return struct(**(fields | typed))
+Typed = TypeVar("Typed", bound=msgspec.Struct)
+
+
+def _typed(read: msgspec.Struct, struct: type[Typed], **typed: object) -> Typed:
+    """``read``'s fields (a read-side type of ``struct``), with ``typed`` in place of those that needed a step.
+    The read side's fields are ``struct``'s by construction (``_read_side``): the dict is only the hand-over."""
+    return struct(**(msgspec.structs.asdict(read) | typed))
 
 
 def decode_subject(raw: bytes | msgspec.Raw) -> PatientResult:
@@ -89,9 +91,8 @@ def decode_subject(raw: bytes | msgspec.Raw) -> PatientResult:
     read = _subject.decode(raw)
     on_disk = getattr(read, "eligibility")  # noqa: B009 - a field of the read-side type built above
     criteria = tuple(_criterion(c, n) for n, c in enumerate(on_disk.criteria))
-    eligibility: Eligibility = _typed(on_disk, Eligibility, criteria=criteria)
-    result: PatientResult = _typed(read, PatientResult, eligibility=eligibility)
-    return result
+    eligibility = _typed(on_disk, Eligibility, criteria=criteria)
+    return _typed(read, PatientResult, eligibility=eligibility)
 
 
 def decode_header(raw: bytes) -> ResultsHeader:
