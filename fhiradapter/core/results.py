@@ -451,6 +451,7 @@ def to_json(value: msgspec.Struct) -> bytes:
     return _encoder.encode(value)
 
 
-def to_builtins(value: Any) -> Any:
-    """A result as its JSON holds it, in plain dicts, lists, strings and numbers (for the report and tests)."""
+def to_builtins(value: Any) -> Any:  # any result, as arbitrary JSON: the tests compare it with results.json's
+    """A result as its JSON holds it, in plain dicts, lists, strings and numbers (for tests: the code reads the
+    typed values, and reads results back with ``readback``)."""
     return msgspec.json.decode(_encoder.encode(value))

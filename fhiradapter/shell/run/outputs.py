@@ -238,6 +238,8 @@ class PatientParts:
         fh.write(blob)
 
     def add(self, result: PatientResult, plan: list[PlanEntry], extract: dict[str, Any]) -> None:
+        """One patient's outputs. ``extract``: clinical.ndjson's line as ``core/extract.py`` builds it (JSON,
+        written as it is; ``readback.ClinicalExtract`` reads it back typed)."""
         patient = result.patient
         if result.population == Population.CANDIDATE:  # reported apart, never in the study's figures
             self._append("candidates", to_json(result), self.index.candidates, patient)
