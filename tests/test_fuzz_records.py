@@ -101,7 +101,7 @@ def test_a_field_of_any_type_is_used_or_rejected_never_a_crash(tmp_path_factory:
             report=False,
         )
     )
-    assert summary["records_read"] == len(records)
-    assert summary["records_used"] + summary["records_rejected"] == len(records)
+    assert summary.records_read == len(records)
+    assert summary.records_used + summary.records_rejected == len(records)
     rejects = (folder / "out" / "rejects.ndjson").read_bytes().splitlines()
-    assert len(rejects) == summary["records_rejected"]
+    assert len(rejects) == summary.records_rejected

@@ -228,14 +228,14 @@ def run_folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[dict[str, Any],
 )
 def test_every_common_name_and_compression_is_read(tmp_path: Path, name: str, pack: Any) -> None:
     summary, rejects = run_folder(tmp_path, {name: pack(ndjson_bytes(STUDY_LINES))})
-    assert summary["records_read"] == 3 and summary["records_used"] == 3, rejects
-    assert summary["patients"] == 1
+    assert summary.records_read == 3 and summary.records_used == 3, rejects
+    assert summary.patients == 1
 
 
 def test_a_bundle_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in STUDY_LINES]}
     summary, rejects = run_folder(tmp_path, {"b.json": b"\xef\xbb\xbf" + orjson.dumps(bundle)})
-    assert summary["records_used"] == 3, rejects
+    assert summary.records_used == 3, rejects
 
 
 def test_files_not_read_are_listed_with_the_reason(tmp_path: Path) -> None:
@@ -247,9 +247,9 @@ def test_files_not_read_are_listed_with_the_reason(tmp_path: Path) -> None:
     assert set(not_read) == {"notes.txt", "labs.csv", "y.ndjson.bz2x"}
     assert "suffix .txt" in not_read["notes.txt"] and "read are .ndjson, .jsonl and .json" in not_read["notes.txt"]
     # Files, not records (issue 28): counted apart, never as records read or rejected.
-    assert sorted(Path(f).name for f in summary["files_not_read"]) == ["labs.csv", "notes.txt", "y.ndjson.bz2x"]
-    assert summary["records_read"] == len(STUDY_LINES) and "(file not read)" not in summary["by_type"]
-    assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
+    assert sorted(Path(f).name for f in summary.files_not_read) == ["labs.csv", "notes.txt", "y.ndjson.bz2x"]
+    assert summary.records_read == len(STUDY_LINES) and "(file not read)" not in summary.by_type
+    assert summary.records_used + summary.records_rejected == summary.records_read
 
 
 @pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zst"])
@@ -268,7 +268,7 @@ def test_a_compressed_file_that_breaks_off_says_how_much_was_read(tmp_path: Path
     (broken,) = [r for r in rejects if r["code"] == "unreadable"]
     read = int(broken["reason"].split("the file breaks off: ", 1)[1].split(" ", 1)[0])
     assert 0 < read < count and "read before the break, the rest of the file is lost" in broken["reason"]
-    assert summary["records_read"] == read + 1  # the records read, and the break
+    assert summary.records_read == read + 1  # the records read, and the break
 
 
 def test_a_large_bundle_is_streamed_with_the_results_of_the_same_data_as_ndjson(

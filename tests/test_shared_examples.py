@@ -30,11 +30,11 @@ def test_hl7_ae_examples_are_read_and_every_file_accounted_for(tmp_path: Path) -
         )
     )
     files = sorted(EXAMPLES.glob("*.json"))
-    assert summary["files"] == len(files)
-    assert summary["records_read"] == len(files)  # one resource per file
+    assert summary.files == len(files)
+    assert summary.records_read == len(files)  # one resource per file
     rejects = (tmp_path / "rejects.ndjson").read_text().splitlines()
-    assert summary["records_rejected"] == len(rejects)
-    assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
+    assert summary.records_rejected == len(rejects)
+    assert summary.records_used + summary.records_rejected == summary.records_read
     results = json.loads((tmp_path / "results.json").read_text())
     patients = {s["patient"] for s in results["subjects"]}
     assert "Patient/patient-example-kaitlyn-b" in patients

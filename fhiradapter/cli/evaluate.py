@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -23,6 +23,7 @@ from fhiradapter.cli.common import (
     warn_unused_mappings,
 )
 from fhiradapter.cli.export import export_key, run_export
+from fhiradapter.core.results import RunSummary, TimedRunSummary
 from fhiradapter.errors import ConfigError, NothingEvaluated
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def evaluate(options: EvaluateOptions) -> None:
     with guard():
         _print_summary(summary, out)
         _print_replaced(earlier, out)
-        if not summary["patients"]:
+        if not summary.patients:
             raise NothingEvaluated(_nothing_evaluated(summary))
         if options.export.to:
             run_export(out, options.export.to, options.export.format, key, options.mappings_dir, show)
@@ -245,7 +246,7 @@ def _run_request(options: EvaluateOptions) -> RunRequest:
     )
 
 
-def _run_shown(request: RunRequest, show: bool) -> dict[str, Any]:
+def _run_shown(request: RunRequest, show: bool) -> TimedRunSummary:
     """Run, with one display for every phase when ``show``: two passes over the data (reading and mapping, then
     grouping and evaluating), then writing the outputs and drawing the report."""
     from fhiradapter.shell.common.progress import RunProgress  # noqa: PLC0415
@@ -284,14 +285,14 @@ def _print_replaced(earlier: tuple[str, list[str]] | None, out: Path) -> None:
     click.echo(f"note: this run replaced the outputs of an earlier run in {out} (as-of {as_of}){removed}.")
 
 
-def _nothing_evaluated(summary: dict[str, Any]) -> str:
+def _nothing_evaluated(summary: RunSummary) -> str:
     """Why a run evaluated no one, and what to do about it."""
-    population = summary.get("population") or {}
-    if not summary["records_read"]:
+    population = summary.population
+    if not summary.records_read:
         return "no patient was evaluated: the input holds no FHIR record (see rejects.ndjson for files not read)"
-    if population.get("not-in-study"):
-        study = summary.get("protocol", {}).get("study", "the study")
-        others = (summary.get("rejects_by_reason") or {}).get("other-study", 0)
+    if population.not_in_study:
+        study = summary.protocol.study
+        others = summary.rejects_by_reason.get("other-study", 0)
         hint = (
             f"; {others} ResearchSubject(s) of the input name another study (rejects.ndjson, other-study, says "
             "which): is --study, or [study] in the mappings, the one you meant?"
@@ -299,23 +300,23 @@ def _nothing_evaluated(summary: dict[str, Any]) -> str:
             else "; --screen-candidates screens them"
         )
         return (
-            f"no patient was evaluated: {population['not-in-study']} patient(s) in the input, none with a "
+            f"no patient was evaluated: {population.not_in_study} patient(s) in the input, none with a "
             f"ResearchSubject of {study}{hint}"
         )
     return "no patient was evaluated: the input holds no Patient that its records name (see rejects.ndjson)"
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
+def _print_summary(summary: TimedRunSummary, out: Path) -> None:
     click.echo(
-        f"Read {summary['records_read']} records from {summary['files']} file(s): "
-        f"{summary['records_used']} used, {summary['records_rejected']} rejected; "
-        f"{summary['patients']} patient(s) evaluated."
+        f"Read {summary.records_read} records from {summary.files} file(s): "
+        f"{summary.records_used} used, {summary.records_rejected} rejected; "
+        f"{summary.patients} patient(s) evaluated."
     )
-    width = max([len(t) for t in summary["by_type"]] + [13])
+    width = max([len(t) for t in summary.by_type] + [13])
     click.echo(f"  {'resource type':<{width}}  {'read':>7}  {'used':>7}  {'rejected':>8}")
-    for rtype, c in summary["by_type"].items():
-        click.echo(f"  {rtype:<{width}}  {c['read']:>7}  {c['used']:>7}  {c['rejected']:>8}")
-    not_read = summary.get("files_not_read") or []
+    for rtype, c in summary.by_type.items():
+        click.echo(f"  {rtype:<{width}}  {c.read:>7}  {c.used:>7}  {c.rejected:>8}")
+    not_read = summary.files_not_read
     if not_read:
         shown = ", ".join(Path(n).name for n in not_read[:5]) + (
             f" and {len(not_read) - 5} more" if len(not_read) > 5 else ""
@@ -323,54 +324,54 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         click.echo(
             f"  not read: {len(not_read)} other file(s), no FHIR data by their names ({shown}; in rejects.ndjson)"
         )
-    click.echo(f"  {mappings_line(Path(summary['protocol']['mappings_dir']))}")
-    if summary["rejects_by_reason"]:
-        reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())
+    click.echo(f"  {mappings_line(Path(summary.protocol.mappings_dir))}")
+    if summary.rejects_by_reason:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary.rejects_by_reason.items())
         click.echo(f"  rejects by reason: {reasons}")
-    population = summary.get("population") or {}
-    if any(population.get(k) for k in ("candidates", "not-in-study", "not-screened")):
+    population = summary.population
+    if population.candidates or population.not_in_study or population.not_screened:
         click.echo(
-            f"  patients: {population.get('subjects', 0)} study subject(s) evaluated; "
+            f"  patients: {population.subjects} study subject(s) evaluated; "
             + ", ".join(
                 f"{n} {label}"
-                for key, label in (
-                    ("candidates", "screening candidate(s) (candidates.ndjson)"),
-                    ("not-in-study", "not in the study (no ResearchSubject of it: not evaluated)"),
-                    ("not-screened", "candidate(s) not screened (died on or before the as-of date)"),
+                for n, label in (
+                    (population.candidates, "screening candidate(s) (candidates.ndjson)"),
+                    (population.not_in_study, "not in the study (no ResearchSubject of it: not evaluated)"),
+                    (population.not_screened, "candidate(s) not screened (died on or before the as-of date)"),
                 )
-                if (n := population.get(key))
+                if n
             )
         )
-    for kind, codes in (summary.get("unmapped_codes") or {}).items():
-        shown = ", ".join(f"{c['code']} ({c['records']})" for c in codes[:3])
+    for kind, codes in summary.unmapped_codes.items():
+        shown = ", ".join(f"{c.code} ({c.records})" for c in codes[:3])
         click.echo(f"  most frequent unmapped {kind}: {shown} (all in summary.json)")
-    wb = summary.get("writeback")
+    wb = summary.writeback
     names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
-    if summary.get("results_dir"):
+    if summary.results_dir:
         names = ["rejects.ndjson", "summary.json"]
         click.echo(
-            f"Each patient's result and clinical extract: in {summary['results_dir']} (subjects/, clinical/, and "
+            f"Each patient's result and clinical extract: in {summary.results_dir} (subjects/, clinical/, and "
             "run/ with the cohort), written by Spark; `fhiradapter export` reads that folder."
         )
     if wb is None:
         click.echo("Write-back: not planned (--no-writeback); no writeback.json.")
     else:
         click.echo(
-            f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
-            f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
+            f"Write-back plan: {wb.create} to create, {wb.update} to update, "
+            f"{wb.unchanged} unchanged (writeback.json, writeback-plan.ndjson)."
         )
         names += ["writeback.json", "writeback-plan.ndjson"]
-    if (out / "candidates.ndjson").exists() and population.get("candidates") is not None:
+    if (out / "candidates.ndjson").exists():
         names.append("candidates.ndjson")
     names += [n for n in ("report.html", "report.md", "report-km.png", "report-swimmer.png") if (out / n).exists()]
     click.echo(f"Wrote to {out}: {', '.join(names)}, and manifest.json last.")
-    if population.get("candidates") == 0 and (out / "candidates.ndjson").exists():
+    if population.candidates == 0 and (out / "candidates.ndjson").exists():
         click.echo("  screening candidates: none: every patient in the input has a ResearchSubject of the study")
-    if "report.html" in names and summary["patients"]:
+    if "report.html" in names and summary.patients:
         click.echo(f"Open {out / 'report.html'} in a browser to read the report.")
-    elif not summary["patients"]:
+    elif not summary.patients:
         click.echo(f"No one was evaluated: the results and the report are empty; {out / 'rejects.ndjson'} says why.")
-    seconds = summary.get("seconds") or {}
+    seconds = summary.seconds
     if seconds:
         phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
-        click.echo(f"Took {sum(seconds.values()):.1f} s with {summary['workers']} worker(s) ({phases}).")
+        click.echo(f"Took {sum(seconds.values()):.1f} s with {summary.workers} worker(s) ({phases}).")

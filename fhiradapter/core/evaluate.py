@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from operator import attrgetter
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -23,7 +23,7 @@ from msgspec import UNSET, UnsetType
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.dates import PartialDate
-from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, explain, latest
+from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
 from fhiradapter.core.model import (
     AdverseEvent,
     Condition,
@@ -44,7 +44,6 @@ from fhiradapter.core.results import (
     ChildPughScore,
     CohortSummary,
     Conversion,
-    CriterionStatus,
     DoseAction,
     DoseActionKind,
     Eligibility,
@@ -59,7 +58,6 @@ from fhiradapter.core.results import (
     SubjectStatus,
     Survival,
     Toxicity,
-    to_builtins,
 )
 from fhiradapter.core.stats import kaplan_meier, rate
 from fhiradapter.core.toxicity import LAB_TERMS, dose_actions, toxicities, toxicity_table
@@ -533,30 +531,6 @@ def _cohort_row(result: PatientResult, survival: Survival | None) -> CohortRow:
         result.treatment_days,
         result.toxicities,
     )
-
-
-def report_row(result: PatientResult) -> dict[str, Any]:
-    """The compact per-patient summary a report needs, so that no report has to re-read results.json."""
-    index = result.index_date
-    return {
-        "patient": result.patient,
-        "treated": result.treated,
-        "characteristics": to_builtins(result.characteristics),
-        "treatment_days": result.treatment_days,
-        "best_response": result.best_response,
-        "status": result.research_subject_status,
-        "off_treatment_reason": result.off_treatment_reason or None,
-        "os": to_builtins(result.os),
-        "eligibility": result.eligibility.status,
-        # Each criterion not met or unknown, as a reader needs it: the value found and the limit (§2).
-        "failed": [explain(c) for c in result.eligibility.criteria if c.status is CriterionStatus.NOT_MET],
-        "unknown": [explain(c) for c in result.eligibility.criteria if c.status is CriterionStatus.UNKNOWN],
-        "assessments": [
-            {"day": dates.inclusive_days(index, a.date), "response": a.response} for a in result.assessments if index
-        ],
-        "on_treatment": result.on_treatment_at_as_of,
-        "issues": [i.code for i in result.issues],
-    }
 
 
 def _characteristics(

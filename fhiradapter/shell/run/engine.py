@@ -10,10 +10,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from msgspec import UNSET
 
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.results import (
+    PlanCounts,
+    PopulationCounts,
+    ProtocolIdentity,
+    RunSummary,
+    TimedRunSummary,
+    TypeCounts,
+    UnmappedCode,
+)
 from fhiradapter.shell.run.outputs import (
     PartsIndex,
     Writeback,
@@ -50,30 +61,34 @@ class RunStats:
         self.unlisted.update(other.unlisted)
         self.not_read.extend(other.not_read)
 
-    def as_dict(self) -> dict[str, Any]:
+    def summary(
+        self, as_of: date, protocol: ProtocolIdentity, workers: int, writeback: bool, results_dir: str = ""
+    ) -> RunSummary:
+        """The run summary (results.json's ``run_summary``): these counts, and what the run was. ``writeback``:
+        whether the write-back was planned (without it, no counts rather than zeros)."""
         types = sorted(set(self.read) | set(self.rejected))
-        return {
-            "files": self.files,
-            "files_not_read": sorted(self.not_read),  # listed in rejects.ndjson with why; they hold no records
-            "input_bytes": self.input_bytes,
-            "patients": self.patients,
-            "records_read": sum(self.read.values()),
-            "records_used": sum(self.read.values()) - sum(self.rejected.values()),
-            "records_rejected": sum(self.rejected.values()),
-            "by_type": {
-                t: {
-                    "read": self.read[t],
-                    "used": self.read[t] - self.rejected[t],
-                    "rejected": self.rejected[t],
-                }
-                for t in types
-            },
-            "rejects_by_reason": dict(sorted(self.reasons.items())),
-            "rejects_not_listed": _by_file(self.unlisted),
-            "population": {k: self.population.get(k, 0) for k in POPULATIONS},
-            "unmapped_codes": _most_frequent(self.unmapped),
-            "writeback": {k: self.plan.get(k, 0) for k in ("create", "update", "unchanged")},
-        }
+        population = [self.population.get(k, 0) for k in POPULATIONS]
+        return RunSummary(
+            as_of=as_of,
+            protocol=protocol,
+            files=self.files,
+            files_not_read=tuple(sorted(self.not_read)),
+            input_bytes=self.input_bytes,
+            patients=self.patients,
+            records_read=sum(self.read.values()),
+            records_used=sum(self.read.values()) - sum(self.rejected.values()),
+            records_rejected=sum(self.rejected.values()),
+            by_type={t: TypeCounts(self.read[t], self.read[t] - self.rejected[t], self.rejected[t]) for t in types},
+            rejects_by_reason=dict(sorted(self.reasons.items())),
+            rejects_not_listed=_by_file(self.unlisted),
+            population=PopulationCounts(*population),
+            unmapped_codes=_most_frequent(self.unmapped),
+            writeback=PlanCounts(*(self.plan.get(k, 0) for k in ("create", "update", "unchanged")))
+            if writeback
+            else None,
+            workers=workers,
+            results_dir=results_dir or UNSET,
+        )
 
 
 POPULATIONS = ("subjects", "candidates", "not-in-study", "not-screened")
@@ -90,15 +105,15 @@ def _by_file(unlisted: Counter[tuple[str, str]]) -> dict[str, int]:
     return dict(sorted(files.items()))
 
 
-def _most_frequent(unmapped: Counter[tuple[str, str]]) -> dict[str, list[dict[str, Any]]]:
+def _most_frequent(unmapped: Counter[tuple[str, str]]) -> dict[str, tuple[UnmappedCode, ...]]:
     """The codes most often left unmapped, per kind (``Observation.code``, ...): where a site's mapping work
     starts (each is a line to add to mappings/codes.toml)."""
-    kinds: dict[str, list[dict[str, Any]]] = {}
+    kinds: dict[str, list[UnmappedCode]] = {}
     for (kind, code), n in sorted(unmapped.items(), key=lambda kv: (kv[0][0], -kv[1], kv[0][1])):
         shown = kinds.setdefault(kind, [])
         if len(shown) < UNMAPPED_SHOWN:
-            shown.append({"code": code, "records": n})
-    return kinds
+            shown.append(UnmappedCode(code, n))
+    return {kind: tuple(shown) for kind, shown in kinds.items()}
 
 
 class PhaseClock:
@@ -181,7 +196,7 @@ class Engine(Protocol):
         """``local`` or ``spark``, as ``--engine`` names it."""
         ...
 
-    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> dict[str, Any]:
+    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> TimedRunSummary:
         """The run, in ``request.out``, which ``pipeline.run_evaluate`` holds (locked)."""
         ...
 

@@ -16,12 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 from fhiradapter.core.dedup import InputRecord
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
 from fhiradapter.core.mappers import MapContext, Record
-from fhiradapter.core.results import Population
+from fhiradapter.core.results import Population, TimedRunSummary
 from fhiradapter.errors import InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
@@ -70,12 +70,14 @@ class LocalEngine:
     workers: int | None = None
     name: ClassVar[str] = "local"
 
-    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> dict[str, Any]:
+    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> TimedRunSummary:
         """The run in ``request.out``, which ``run_evaluate`` holds (locked)."""
         return run_local(request, found, settings, self.workers)
 
 
-def run_local(run: RunRequest, found: FoundInputs, settings: EvaluationSettings, workers: int | None) -> dict[str, Any]:
+def run_local(
+    run: RunRequest, found: FoundInputs, settings: EvaluationSettings, workers: int | None
+) -> TimedRunSummary:
     """The two passes over ``found.files`` with ``workers`` processes, then ``publish_run``."""
     files, out, progress = found.files, run.out, run.progress
     input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more

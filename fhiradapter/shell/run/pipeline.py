@@ -5,11 +5,11 @@ where they meet). Both finish through ``publish.publish_run``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from fhiradapter.core.evaluate import EvaluationSettings
+from fhiradapter.core.results import TimedRunSummary
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.out_folder import claim_output, drop_manifest, writing
 from fhiradapter.shell.run.engine import Engine, FoundInputs, RunRequest
@@ -36,7 +36,7 @@ def pulled_from(inputs: list[Path]) -> list[str]:
     return servers
 
 
-def run_evaluate(request: RunRequest) -> dict[str, Any]:
+def run_evaluate(request: RunRequest) -> TimedRunSummary:
     """Run the whole job; returns the run summary (also written to ``summary.json``). What the request's
     fields mean: ``engine.RunRequest``."""
     engine = request.engine or LocalEngine()

@@ -35,13 +35,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import orjson
 
 from fhiradapter.core.dedup import InputRecord, keep_newest
-from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, report_row
+from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
 from fhiradapter.core.mappers import MapContext, Record
-from fhiradapter.core.results import CohortSummary, Population, to_builtins, to_json
+from fhiradapter.core.readback import RunRecord
+from fhiradapter.core.results import CohortSummary, Population, ResultsHeader, TimedRunSummary, to_json
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
 from fhiradapter.shell.common.urls import safe_url
+from fhiradapter.shell.report.rows import encode_row, report_row
 from fhiradapter.shell.run.engine import Evaluated, FoundInputs, PhaseClock, RunRequest, RunStats
 from fhiradapter.shell.run.outputs import PartsIndex, PatientParts
 from fhiradapter.shell.run.publish import publish_run
@@ -385,12 +387,12 @@ class SparkEngine:
     master: str | None = None
     name: ClassVar[str] = "spark"
 
-    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> dict[str, Any]:
+    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> TimedRunSummary:
         """The run in ``request.out``, which ``run_evaluate`` holds (locked)."""
         return run_spark(request, found, settings, self.master)
 
 
-def run_spark(run: RunRequest, found: FoundInputs, settings: EvaluationSettings, master: str | None) -> dict[str, Any]:
+def run_spark(run: RunRequest, found: FoundInputs, settings: EvaluationSettings, master: str | None) -> TimedRunSummary:
     """Start (or join) the Spark session, run, and stop a session started here; a JVM lost is said in one line."""
     try:
         from pyspark import SparkConf  # noqa: PLC0415 - an optional extra
@@ -476,7 +478,7 @@ def _run(
     settings: EvaluationSettings,
     spill: Path,
     clock: PhaseClock,
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     """Read and map on the executors, settle the study-wide resources and duplicates on the driver, evaluate each
     patient on the executors, and publish (or write the results to ``--results-dir``)."""
     read = _read_inputs(sc, run, found, settings)
@@ -610,7 +612,7 @@ def _to_results_dir(
     stats: RunStats,
     reject_files: list[Path],
     clock: PhaseClock,
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     """``--results-dir``: the per-patient results written by Spark, in patient order, as partitioned NDJSON.
 
     ``URL/subjects/part-*`` holds results.json's subjects (one per line), ``URL/clinical/part-*`` the clinical
@@ -640,7 +642,7 @@ def _to_results_dir(
         if run.screen_candidates:
             candidates = ordered.filter(lambda kv: kv[1][0].population == Population.CANDIDATE)
             candidates.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/candidates")
-        small = subjects.map(lambda kv: (kv[1][1], orjson.dumps(report_row(kv[1][0])))).collect()
+        small = subjects.map(lambda kv: (kv[1][1], encode_row(report_row(kv[1][0])))).collect()
         lines = {"subjects": len(small), "clinical": len(small)}
         if run.screen_candidates:
             lines["candidates"] = candidates.count()
@@ -655,8 +657,8 @@ def _to_results_dir(
         stats, rows, reject_files, [PartsIndex(report_rows=report_rows)], sc.defaultParallelism, {}
     )
 
-    def write_run(header: dict[str, Any], cohort: CohortSummary) -> None:
-        line = orjson.dumps({"header": header, "cohort": to_builtins(cohort), "lines": lines}).decode()
+    def write_run(header: ResultsHeader, cohort: CohortSummary) -> None:
+        line = to_json(RunRecord(header, cohort, lines)).decode()
         sc.parallelize([line], 1).saveAsTextFile(f"{url}/run")
 
     return publish_run(run, found, settings, spill, evaluated_run, clock, write_run)

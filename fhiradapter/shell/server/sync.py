@@ -424,8 +424,12 @@ def _evaluate(
             on_writeback=handed.append,
         )
     )
-    keys = ("records_read", "records_used", "records_rejected", "rejects_by_reason")
-    summary.evaluated = {k: result[k] for k in keys if k in result}
+    summary.evaluated = {
+        "records_read": result.records_read,
+        "records_used": result.records_used,
+        "records_rejected": result.records_rejected,
+        "rejects_by_reason": result.rejects_by_reason,
+    }
     summary.out = out / ("out-retry" if again else "out")
     (planned,) = handed
     summary.plan, summary.changes, summary.in_words = planned.actions, planned.changes, planned.in_words
