@@ -22,9 +22,10 @@ import orjson
 
 from fhiradapter import __version__
 from fhiradapter.core.evaluate import report_row
+from fhiradapter.core.fhir_out import encode
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
-from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
+from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, resource_type, run_tag
 from fhiradapter.shell.common.files import open_new, replace, write_new
 from fhiradapter.shell.common.out_folder import write_manifest
 
@@ -177,7 +178,7 @@ def write_writeback(
                     recorded=datetime.now(UTC).isoformat(timespec="seconds"),
                     run=run_tag(digest.hexdigest(), header["as_of"], header["protocol"]),
                 )
-                entry = orjson.dumps(provenance)
+                entry = encode(provenance)
                 fh.write(b"," + entry)
                 if keep:
                     kept.append(entry)
@@ -250,7 +251,7 @@ class PatientParts:
                 "patient": patient,
                 "action": entry.action,
                 "kind": entry.kind,
-                "resourceType": entry.resource.get("resourceType"),
+                "resourceType": resource_type(entry.resource),
                 "identifier": entry.identifier,
                 "existing": entry.ref,
                 **describe(entry, words).as_json(),  # what it says, the rule, and for an update old -> new
@@ -258,8 +259,8 @@ class PatientParts:
             lines.append(orjson.dumps(line))
             bundled = bundle_entry(entry)
             if bundled is not None:
-                entries.append(orjson.dumps(bundled))
-                targets.append(bundled["fullUrl"])
+                entries.append(encode(bundled))
+                targets.append(bundled.full_url)
         if lines:  # one line per plan entry; write_sorted_lines ends the last
             self._append("plan", b"\n".join(lines), self.index.plan, patient)
         if entries:  # the entries, then the Provenance targets they add, one after the other
