@@ -34,7 +34,9 @@ from fhiradapter.errors import ExitCode
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
-def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **server: Any) -> None:
+def push_cmd(
+    bundle: Path, mode: str, chunk: int, progress: bool | None, **server: Any
+) -> None:  # click hands the server options over as keywords
     """Apply an approved write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
 
     Nothing is sent unless `fhiradapter approve` recorded an approval of exactly this writeback.json and its
@@ -48,8 +50,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
     """
     import asyncio  # noqa: PLC0415
 
+    from fhiradapter.core.writeback import entries_of  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import approved_for_push  # noqa: PLC0415
-    from fhiradapter.shell.server.push import load_bundle, push  # noqa: PLC0415
+    from fhiradapter.shell.server.push import PushSummary, load_bundle, push  # noqa: PLC0415
 
     with guard(PUSH_INTERRUPTED):
         doc, approval, left_out = approved_for_push(bundle, load_bundle(bundle))
@@ -59,9 +62,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
         click.echo(f"Approved by {approval.approved_by} ({approval.role}) at {approval.approved_at}{excluded}.")
 
         show = sys.stderr.isatty() if progress is None else progress
-        total = len(doc.get("entry") or [])
+        total = len(entries_of(doc))
 
-        async def run() -> Any:
+        async def run() -> PushSummary:
             client = await open_server_client(server)
             async with client:
                 with click.progressbar(

@@ -22,7 +22,9 @@ from fhiradapter.errors import ConfigError, ExitCode
 )
 @click.option("--role", default="data manager", show_default=True, help="Their role, as the Provenance records it.")
 @click.option("--dry-run", is_flag=True, help="Say what would be taken back; change nothing.")
-def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> None:
+def undo_cmd(
+    out: Path, who: str, role: str, dry_run: bool, **server: Any
+) -> None:  # click hands the server options over as keywords
     """Take back on the server what the write-back in OUT wrote (OUT: the folder it was pushed from).
 
     Each result the run created is marked entered-in-error (never deleted: the record keeps its history);
@@ -40,7 +42,7 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> No
     from fhiradapter import __version__  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import read_approval  # noqa: PLC0415
     from fhiradapter.shell.server.push import load_bundle  # noqa: PLC0415
-    from fhiradapter.shell.server.undo import undo  # noqa: PLC0415
+    from fhiradapter.shell.server.undo import UndoSummary, undo  # noqa: PLC0415
 
     with guard("a run half taken back is finished by running the same command again"):
         if not who.strip():
@@ -49,7 +51,7 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> No
         approval = read_approval(out)
         excluded = approval.excluded if approval else ()
 
-        async def run() -> Any:
+        async def run() -> UndoSummary:
             client = await open_server_client(server)
             async with client:
                 return await undo(

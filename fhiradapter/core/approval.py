@@ -12,7 +12,7 @@ of change it lists; :func:`split_by_rule` holds the rest for a person. Pure: no 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -81,7 +81,7 @@ class StandingRule(BaseModel):
         return f"standing rule signed by {self.signed_by} ({self.role}) on {self.signed_on}"
 
 
-def parse_standing_rule(doc: Mapping[str, Any], where: str) -> StandingRule | None:
+def parse_standing_rule(doc: Mapping[str, object], where: str) -> StandingRule | None:
     """``approval.toml`` as a :class:`StandingRule` (None when it holds none)."""
     unknown = set(doc) - {"standing_rule"}
     if unknown:

@@ -10,8 +10,6 @@ validate every encoded resource with ``fhir.resources.R4B``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 # An element or resource as arbitrary JSON: what a server sent, or a resource of the server's the adapter
@@ -181,5 +179,7 @@ def to_json(value: msgspec.Struct | JsonObject) -> JsonObject:
     """A written value as plain JSON (for what reads or sends resources as JSON: the review, a diff, a POST)."""
     if isinstance(value, dict):
         return value
-    built: Any = msgspec.to_builtins(value)  # msgspec types it Any; it is a JSON object of a Struct
-    return dict(built)
+    built = msgspec.to_builtins(value)
+    if not isinstance(built, dict):
+        raise TypeError(f"{type(value).__name__} is not encoded as a JSON object")
+    return built

@@ -22,7 +22,7 @@ import orjson
 
 from fhiradapter import __version__
 from fhiradapter.core.evaluate import report_row
-from fhiradapter.core.fhir_out import encode
+from fhiradapter.core.fhir_out import JsonObject, encode
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, resource_type, run_tag
@@ -108,8 +108,8 @@ class Writeback(NamedTuple):
     """What a run wrote to writeback.json and writeback-plan.ndjson, handed in memory to a caller that pushes
     it at once (sync): the transaction Bundle and the plan's lines; the rest is read from the lines."""
 
-    bundle: dict[str, Any]
-    plan_lines: list[dict[str, Any]]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
+    bundle: JsonObject  # the Bundle as written, read back: push sends it as it is
+    plan_lines: list[JsonObject]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
 
     @property
     def actions(self) -> Counter[str]:
@@ -192,7 +192,7 @@ def write_writeback(
     if plan is None:
         return None
     lines = [orjson.loads(line) for blob in plan for line in blob.split(b"\n") if line]  # a blob: a patient's
-    bundle = {
+    bundle: JsonObject = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [x for e in kept for x in orjson.loads(b"[" + e + b"]")],
@@ -276,7 +276,7 @@ class PatientParts:
         return self.index
 
 
-def write_held(folder: Path, bundle: dict[str, Any], plan_lines: list[dict[str, Any]]) -> Path:
+def write_held(folder: Path, bundle: JsonObject, plan_lines: list[JsonObject]) -> Path:
     """A sync's changes that wait for a person: a write-back of their own (Bundle, plan, manifest) in ``folder``,
     which `fhiradapter approve` reviews and `fhiradapter push` sends once approved."""
     folder.mkdir(parents=True, exist_ok=True)
