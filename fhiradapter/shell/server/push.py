@@ -347,10 +347,11 @@ class _Ledger:
 
 class _Sender:
     """Sending: one entry as its own request, a transaction, a batch; every answer counted in the ledger.
-    A write whose answer was lost is looked up and settled (:meth:`settle`) unless the caller settles it."""
+    A write whose answer was lost is handed to :class:`_LostAnswers` unless the caller settles it."""
 
     def __init__(self, client: FhirClient, ledger: _Ledger) -> None:
         self.client, self.ledger = client, ledger
+        self.lost = _LostAnswers(self)
 
     async def one(self, sent: Outgoing, settle: bool = True) -> str | None:
         """One entry as its own request; a refusal of that entry alone (a 4xx) is counted, not raised."""
@@ -366,7 +367,7 @@ class _Sender:
         except AnswerLost:
             if not settle:
                 raise
-            return (await self.settle([sent])).get(str(sent.full_url))
+            return (await self.lost.settle([sent])).get(str(sent.full_url))
         status = response.status_code
         reason = outcome_text(response) if status >= 400 and status != 412 else ""
         return self.ledger.count(sent, status, {"location": response.headers.get("Location")}, reason)
@@ -392,7 +393,7 @@ class _Sender:
         try:
             answer = await self.client.transaction(bundle)
         except AnswerLost:
-            await self.settle(entries, transaction=bundle)
+            await self.lost.settle(entries, transaction=bundle)
             return
         except ServerError as exc:
             if exc.status != 412:
@@ -409,7 +410,7 @@ class _Sender:
             try:
                 answer = await self.client.transaction(_with_entries(bundle, results))
             except AnswerLost:
-                located = await self.settle(results)
+                located = await self.lost.settle(results)
             else:
                 located = self.ledger.count_batch(answer, results)
         for sent in provenances:
@@ -437,7 +438,13 @@ class _Sender:
             await self.provenance(sent, located)
             self.ledger.progress(1)
 
-    # ------------------------------------------------------------------------------------------ lost answers
+
+class _LostAnswers:
+    """Writes whose answer was lost (:class:`AnswerLost`): looked up on the server by their identifier, counted
+    when found, sent once more when not (the conditional writes make that safe)."""
+
+    def __init__(self, sender: _Sender) -> None:
+        self.sender = sender
 
     async def settle(self, entries: list[Outgoing], transaction: JsonObject | None = None) -> dict[str, str]:
         """Writes whose answer was lost: look each up on the server; count what was applied; send the rest again
@@ -449,16 +456,17 @@ class _Sender:
         """
         located: dict[str, str] = {}
         pending = list(entries)
+        ledger = self.sender.ledger
         for _round in range(SETTLE_ROUNDS):
-            places = await asyncio.gather(*(_find_written(self.client, sent) for sent in pending))
+            places = await asyncio.gather(*(_find_written(self.sender.client, sent) for sent in pending))
             missing = []
             for sent, where in zip(pending, places, strict=True):
                 if isinstance(where, str):
-                    self.ledger.summary.found_after_lost_answer += 1
+                    ledger.summary.found_after_lost_answer += 1
                     status = 201 if sent.method == "POST" else 200
-                    _locate(located, sent, self.ledger.count(sent, status, {}, location=where))
+                    _locate(located, sent, ledger.count(sent, status, {}, location=where))
                 elif isinstance(where, _Unknown):
-                    self.ledger.count(sent, 0, {}, outcome=UNKNOWN, reason=where.reason)
+                    ledger.count(sent, 0, {}, outcome=UNKNOWN, reason=where.reason)
                 else:
                     missing.append(sent)
             if not missing:
@@ -467,7 +475,7 @@ class _Sender:
             if not pending:
                 return located
         for sent in pending:
-            self.ledger.count(sent, 0, {}, outcome=UNKNOWN, reason=f"its answer was lost {SETTLE_ROUNDS + 1} times")
+            ledger.count(sent, 0, {}, outcome=UNKNOWN, reason=f"its answer was lost {SETTLE_ROUNDS + 1} times")
         return located
 
     async def _send_again(
@@ -476,7 +484,7 @@ class _Sender:
         """Send again what a look-up found not applied; return what lost its answer again (to look up)."""
         if transaction is not None:  # nothing of the transaction was applied: it goes again whole
             try:  # a second loss is looked up again, not settled here
-                self.ledger.count_transaction(await self.client.transaction(transaction), missing)
+                self.sender.ledger.count_transaction(await self.sender.client.transaction(transaction), missing)
             except AnswerLost:
                 return missing
             return []
@@ -486,7 +494,7 @@ class _Sender:
 
         async def again(sent: Outgoing) -> None:
             try:
-                _locate(located, sent, await self.one(sent, settle=False))
+                _locate(located, sent, await self.sender.one(sent, settle=False))
             except AnswerLost:
                 lost.append(sent)
 
@@ -494,9 +502,9 @@ class _Sender:
         for sent in provenances:
             try:
                 if _names_urns(sent):
-                    await self.provenance(sent, located, settle=False)
+                    await self.sender.provenance(sent, located, settle=False)
                 else:
-                    _locate(located, sent, await self.one(sent, settle=False))
+                    _locate(located, sent, await self.sender.one(sent, settle=False))
             except AnswerLost:
                 lost.append(sent)
         return lost
