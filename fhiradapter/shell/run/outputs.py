@@ -22,9 +22,10 @@ import msgspec
 import orjson
 
 from fhiradapter import __version__
+from fhiradapter.core.fhir_out import JsonObject, encode
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, ResultsHeader, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
-from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
+from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, resource_type, run_tag
 from fhiradapter.shell.common.files import open_new, replace, write_new
 from fhiradapter.shell.common.out_folder import write_manifest
 from fhiradapter.shell.report.rows import ReportRow, decode_row, encode_row, report_row
@@ -108,8 +109,8 @@ class Writeback(NamedTuple):
     """What a run wrote to writeback.json and writeback-plan.ndjson, handed in memory to a caller that pushes
     it at once (sync): the transaction Bundle and the plan's lines; the rest is read from the lines."""
 
-    bundle: dict[str, Any]
-    plan_lines: list[dict[str, Any]]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
+    bundle: JsonObject  # the Bundle as written, read back: push sends it as it is
+    plan_lines: list[JsonObject]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
 
     @property
     def actions(self) -> Counter[str]:
@@ -180,7 +181,7 @@ def write_writeback(
                     recorded=datetime.now(UTC).isoformat(timespec="seconds"),
                     run=run_tag(digest.hexdigest(), as_of, protocol),
                 )
-                entry = orjson.dumps(provenance)
+                entry = encode(provenance)
                 fh.write(b"," + entry)
                 if keep:
                     kept.append(entry)
@@ -194,7 +195,7 @@ def write_writeback(
     if plan is None:
         return None
     lines = [orjson.loads(line) for blob in plan for line in blob.split(b"\n") if line]  # a blob: a patient's
-    bundle = {
+    bundle: JsonObject = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [x for e in kept for x in orjson.loads(b"[" + e + b"]")],
@@ -255,7 +256,7 @@ class PatientParts:
                 "patient": patient,
                 "action": entry.action,
                 "kind": entry.kind,
-                "resourceType": entry.resource.get("resourceType"),
+                "resourceType": resource_type(entry.resource),
                 "identifier": entry.identifier,
                 "existing": entry.ref,
                 **describe(entry, words).as_json(),  # what it says, the rule, and for an update old -> new
@@ -263,8 +264,8 @@ class PatientParts:
             lines.append(orjson.dumps(line))
             bundled = bundle_entry(entry)
             if bundled is not None:
-                entries.append(orjson.dumps(bundled))
-                targets.append(bundled["fullUrl"])
+                entries.append(encode(bundled))
+                targets.append(bundled.full_url)
         if lines:  # one line per plan entry; write_sorted_lines ends the last
             self._append("plan", b"\n".join(lines), self.index.plan, patient)
         if entries:  # the entries, then the Provenance targets they add, one after the other
@@ -280,7 +281,7 @@ class PatientParts:
         return self.index
 
 
-def write_held(folder: Path, bundle: dict[str, Any], plan_lines: list[dict[str, Any]]) -> Path:
+def write_held(folder: Path, bundle: JsonObject, plan_lines: list[JsonObject]) -> Path:
     """A sync's changes that wait for a person: a write-back of their own (Bundle, plan, manifest) in ``folder``,
     which `fhiradapter approve` reviews and `fhiradapter push` sends once approved."""
     folder.mkdir(parents=True, exist_ok=True)
