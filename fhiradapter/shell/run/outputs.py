@@ -16,12 +16,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import msgspec
 import orjson
 
 from fhiradapter import __version__
+from fhiradapter.core.extract import ClinicalExtract
 from fhiradapter.core.fhir_out import JsonObject, encode
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, ResultsHeader, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
@@ -238,14 +239,14 @@ class PatientParts:
         index.append((patient, self.names[kind], fh.tell(), len(blob)))
         fh.write(blob)
 
-    def add(self, result: PatientResult, plan: list[PlanEntry], extract: dict[str, Any]) -> None:
-        """One patient's outputs. ``extract``: clinical.ndjson's line as ``core/extract.py`` builds it (JSON,
-        written as it is; ``readback.ClinicalExtract`` reads it back typed)."""
+    def add(self, result: PatientResult, plan: list[PlanEntry], extract: ClinicalExtract) -> None:
+        """One patient's outputs. ``extract``: clinical.ndjson's line (read back as the same type by
+        ``readback.decode_extract``)."""
         patient = result.patient
         if result.population == Population.CANDIDATE:  # reported apart, never in the study's figures
             self._append("candidates", to_json(result), self.index.candidates, patient)
         else:
-            self._append("clinical", orjson.dumps(extract), self.index.clinical, patient)
+            self._append("clinical", msgspec.json.encode(extract), self.index.clinical, patient)
             self._append("subjects", to_json(result), self.index.subjects, patient)
             self._report.write(encode_row(report_row(result)) + b"\n")
         entries, targets, lines = [], [], []
