@@ -17,16 +17,8 @@ from typing import Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fhiradapter.core.fhir_out import (
-    CodeableConcept,
-    Coding,
-    JsonObject,
-    JsonValue,
-    ProvenanceAgent,
-    Reference,
-    as_object,
-    to_json,
-)
+from fhiradapter.core.fhir_out import CodeableConcept, Coding, ProvenanceAgent, Reference, to_json
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import KINDS, entry_patient, full_url, outgoing, provenance_for
 from fhiradapter.errors import ConfigError
 

@@ -12,15 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
-# An element or resource as arbitrary JSON: what a server sent, or a resource of the server's the adapter
-# patches without knowing all its elements (an existing ResearchSubject).
-JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
-JsonObject = dict[str, JsonValue]
-
-
-def as_object(value: JsonValue) -> JsonObject:
-    """``value`` when it is a JSON object, else an empty one (an element of the wrong type reads as empty)."""
-    return value if isinstance(value, dict) else {}
+from fhiradapter.core.json_types import JsonObject
 
 
 class _Element(msgspec.Struct, omit_defaults=True, rename="camel"):

@@ -29,8 +29,6 @@ from fhiradapter.core.fhir_out import (
     CodeableConcept,
     Coding,
     Identifier,
-    JsonObject,
-    JsonValue,
     Meta,
     Observation,
     ObservationComponent,
@@ -43,9 +41,9 @@ from fhiradapter.core.fhir_out import (
     Reference,
     ResearchSubject,
     Written,
-    as_object,
     encode_sorted,
 )
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.protocol import StudyKey
 from fhiradapter.core.results import Assessment, PatientResult, Toxicity
 

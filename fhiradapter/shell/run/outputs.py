@@ -23,7 +23,8 @@ import orjson
 
 from fhiradapter import __version__
 from fhiradapter.core.extract import ClinicalExtract
-from fhiradapter.core.fhir_out import JsonObject, encode
+from fhiradapter.core.fhir_out import encode
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, ResultsHeader, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, resource_type, run_tag

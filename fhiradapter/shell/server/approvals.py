@@ -14,7 +14,7 @@ import msgspec
 import orjson
 
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, parse_standing_rule
-from fhiradapter.core.fhir_out import JsonObject
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
 from fhiradapter.shell.common.files import write_new
 from fhiradapter.shell.common.out_folder import file_digest

@@ -43,7 +43,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from fhiradapter.core.fhir_json import normalise_reference
-from fhiradapter.core.fhir_out import JsonObject, JsonValue, as_object
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import Outgoing, entry_patient, outgoing, split_bundle
 from fhiradapter.errors import AnswerLost, InputError, ServerError
 from fhiradapter.shell.server.fhir_client import (

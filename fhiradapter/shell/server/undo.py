@@ -19,18 +19,8 @@ import re
 from dataclasses import dataclass, field
 
 from fhiradapter.core.approval import approver_agent
-from fhiradapter.core.fhir_out import (
-    CodeableConcept,
-    Coding,
-    JsonObject,
-    JsonValue,
-    Meta,
-    Provenance,
-    ProvenanceEntity,
-    Reference,
-    as_object,
-    to_json,
-)
+from fhiradapter.core.fhir_out import CodeableConcept, Coding, Meta, Provenance, ProvenanceEntity, Reference, to_json
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import (
     CODE_SYSTEM,
     HASH_TAG_SYSTEM,
