@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fhiradapter.cli.common import PUSH_INTERRUPTED, PUSH_OUTCOMES, counts_text, guard
 from fhiradapter.cli.server_options import open_server_client, server_options
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
+
 from fhiradapter.errors import ExitCode
 
 
@@ -34,7 +38,7 @@ from fhiradapter.errors import ExitCode
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
-def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **server: Any) -> None:
+def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, server: ServerOptions) -> None:
     """Apply an approved write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
 
     Nothing is sent unless `fhiradapter approve` recorded an approval of exactly this writeback.json and its
@@ -48,8 +52,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
     """
     import asyncio  # noqa: PLC0415
 
+    from fhiradapter.core.writeback import entries_of  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import approved_for_push  # noqa: PLC0415
-    from fhiradapter.shell.server.push import load_bundle, push  # noqa: PLC0415
+    from fhiradapter.shell.server.push import PushSummary, load_bundle, push  # noqa: PLC0415
 
     with guard(PUSH_INTERRUPTED):
         doc, approval, left_out = approved_for_push(bundle, load_bundle(bundle))
@@ -59,9 +64,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **serve
         click.echo(f"Approved by {approval.approved_by} ({approval.role}) at {approval.approved_at}{excluded}.")
 
         show = sys.stderr.isatty() if progress is None else progress
-        total = len(doc.get("entry") or [])
+        total = len(entries_of(doc))
 
-        async def run() -> Any:
+        async def run() -> PushSummary:
             client = await open_server_client(server)
             async with client:
                 with click.progressbar(

@@ -4,9 +4,15 @@ files or the environment, never from the command line)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from fhiradapter.cli.common import Command, gathered
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
+    from fhiradapter.shell.server.fhir_client import FhirClient
 
 
 # pull and sync: how many patients one search asks for
@@ -15,7 +21,7 @@ class PerSearch(click.ParamType):  # type: ignore[type-arg]
 
     name = "auto|N"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
         if value is None or isinstance(value, int):
             return value
         if str(value).strip().lower() == "auto":
@@ -41,8 +47,16 @@ per_search_option = click.option(
 )
 
 
-def server_options(fn: Any) -> Any:
-    """Options shared by the commands that talk to a FHIR server (secrets only from files or environment)."""
+def _server_options(**values: Any) -> ServerOptions:  # click's values (Any): the options' types check them
+    """The server options as the shell takes them (imported when a command runs: ``--help`` stays fast)."""
+    from fhiradapter.shell.server.connection import ServerOptions  # noqa: PLC0415
+
+    return ServerOptions(**values)
+
+
+def server_options(fn: Command) -> Command:
+    """Options shared by the commands that talk to a FHIR server (secrets only from files or environment), given
+    to the command as one ``server: ServerOptions``."""
     options = [
         click.option(
             "--server", required=True, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.org/r4"
@@ -111,15 +125,13 @@ def server_options(fn: Any) -> Any:
             help="Send the credential over plain http:// to a host other than this machine (a trusted network).",
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return gathered("server", _server_options, options)(fn)
 
 
-async def open_server_client(o: dict[str, Any]) -> Any:
+async def open_server_client(options: ServerOptions) -> FhirClient:
     """A FhirClient for the server options (the shell's ``open_client``; SMART discovery happens there)."""
-    from fhiradapter.shell.server.connection import ServerOptions, open_client  # noqa: PLC0415
+    from fhiradapter.shell.server.connection import open_client  # noqa: PLC0415
 
-    client = await open_client(ServerOptions(**{**o, "trust_origin": tuple(o.get("trust_origin") or ())}))
+    client = await open_client(options)
     client.on_wait = lambda text: click.echo(f"note: {text}", err=True)
     return client

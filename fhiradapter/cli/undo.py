@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fhiradapter.cli.common import guard
 from fhiradapter.cli.server_options import open_server_client, server_options
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
+
 from fhiradapter.errors import ConfigError, ExitCode
 
 
@@ -22,7 +26,7 @@ from fhiradapter.errors import ConfigError, ExitCode
 )
 @click.option("--role", default="data manager", show_default=True, help="Their role, as the Provenance records it.")
 @click.option("--dry-run", is_flag=True, help="Say what would be taken back; change nothing.")
-def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> None:
+def undo_cmd(out: Path, who: str, role: str, dry_run: bool, server: ServerOptions) -> None:
     """Take back on the server what the write-back in OUT wrote (OUT: the folder it was pushed from).
 
     Each result the run created is marked entered-in-error (never deleted: the record keeps its history);
@@ -40,7 +44,7 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> No
     from fhiradapter import __version__  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import read_approval  # noqa: PLC0415
     from fhiradapter.shell.server.push import load_bundle  # noqa: PLC0415
-    from fhiradapter.shell.server.undo import undo  # noqa: PLC0415
+    from fhiradapter.shell.server.undo import UndoSummary, undo  # noqa: PLC0415
 
     with guard("a run half taken back is finished by running the same command again"):
         if not who.strip():
@@ -49,7 +53,7 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> No
         approval = read_approval(out)
         excluded = approval.excluded if approval else ()
 
-        async def run() -> Any:
+        async def run() -> UndoSummary:
             client = await open_server_client(server)
             async with client:
                 return await undo(

@@ -7,7 +7,7 @@ ends; a missing component makes the score unknown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 # docs/protocol.md §3 fixed bands (the albumin lower cut-off is configurable and passed in).
 BILIRUBIN_BANDS = (2.0, 3.0)
@@ -18,8 +18,9 @@ ASCITES_POINTS = {"none": 1, "mild": 2, "moderate": 3, "severe": 3}
 CLASS_A_MAX, CLASS_B_MAX = 6, 9  # class A 5-6, B 7-9, C 10-15
 
 
-@dataclass(frozen=True, slots=True)
-class ChildPugh:
+class ChildPugh(msgspec.Struct, frozen=True):
+    """A Child-Pugh score (None when a component is missing), its class, each component's points."""
+
     score: int | None
     cls: str | None
     points: dict[str, int]

@@ -12,20 +12,21 @@ import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Protocol, TypeVar
 
 from fhiradapter.core.dedup import InputRecord
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
 from fhiradapter.core.mappers import MapContext, Record
-from fhiradapter.core.results import Population
+from fhiradapter.core.results import Population, TimedRunSummary
 from fhiradapter.errors import InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
 from fhiradapter.shell.run.duckdb_reader import read_task_any, whole_files
-from fhiradapter.shell.run.engine import Evaluated, PhaseClock, RunRequest, RunStats
+from fhiradapter.shell.run.engine import Evaluated, FoundInputs, PhaseClock, RunRequest, RunStats
 from fhiradapter.shell.run.outputs import (
     PartsIndex,
     PatientParts,
@@ -48,6 +49,8 @@ from fhiradapter.shell.run.steps import (
 )
 from fhiradapter.shell.run.workers import run_jobs
 
+R = TypeVar("R")  # what one worker returns
+
 BUCKET_BYTES = 48 * 1024 * 1024  # input bytes per bucket: about 50 MB of records held at once per worker
 
 
@@ -59,14 +62,24 @@ def default_workers(input_bytes: int) -> int:
     return 1 if input_bytes < PARALLEL_MIN_BYTES else max(1, min(2, os.cpu_count() or 1))
 
 
+@dataclass(frozen=True)
+class LocalEngine:
+    """The run on this machine's cores: ``workers`` processes (None: as many as the input's size repays,
+    ``default_workers``)."""
+
+    workers: int | None = None
+    name: ClassVar[str] = "local"
+
+    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> TimedRunSummary:
+        """The run in ``request.out``, which ``run_evaluate`` holds (locked)."""
+        return run_local(request, found, settings, self.workers)
+
+
 def run_local(
-    run: RunRequest,
-    settings: EvaluationSettings,
-    progress: Callable[[int], None] | None,
-    workers: int | None,
-) -> dict[str, Any]:
-    """The run on this machine's cores, in ``run.out``, which ``run_evaluate`` holds (locked)."""
-    files, out = run.files, run.out
+    run: RunRequest, found: FoundInputs, settings: EvaluationSettings, workers: int | None
+) -> TimedRunSummary:
+    """The two passes over ``found.files`` with ``workers`` processes, then ``publish_run``."""
+    files, out, progress = found.files, run.out, run.progress
     input_bytes = sum(f.stat().st_size * (1 if is_plain(f) else 5) for f in files)  # packed: about 5 times more
     buckets = max(1, -(-input_bytes // BUCKET_BYTES))
     workers = workers or default_workers(input_bytes)
@@ -93,7 +106,9 @@ def run_local(
             stats.merge(r.stats)
         glob_rejects = RejectsFile(spill / "rejects-globals.ndjson", run.reject_cap, stats.unlisted)
         try:
-            medications = settle_globals([g for r in one for g in r.globals.values()], run.unread, glob_rejects, stats)
+            medications = settle_globals(
+                [g for r in one for g in r.globals.values()], found.unread, glob_rejects, stats
+            )
         finally:
             glob_rejects.close()
         settings = settings.with_study_from_data(medications.values())
@@ -127,7 +142,7 @@ def run_local(
             workers,
             {"read_and_map": [round(r.cpu, 3) for r in one], "evaluate": [round(r2.cpu, 3) for r2 in two]},
         )
-        return publish_run(run, settings, spill, evaluated, clock)
+        return publish_run(run, found, settings, spill, evaluated, clock)
 
 
 def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
@@ -142,12 +157,22 @@ def _share(tasks: list[Task], workers: int) -> list[list[tuple[int, Task]]]:
     return [sorted(share) for share in shares]
 
 
-_PROGRESS: Any = None  # a shared counter of bytes read, inherited by forked workers
+class SharedCounter(Protocol):
+    """A counter in shared memory (``multiprocessing.Value``), which forked workers add to under its lock."""
+
+    value: int
+
+    def get_lock(self) -> AbstractContextManager[object]: ...
+
+
+# Where workers report the bytes they read: the display itself (one worker, in this process), a shared counter
+# (forked workers inherit it), or no one.
+_PROGRESS: Callable[[int], None] | SharedCounter | None = None
 
 
 def _run_workers(
-    fn: Callable[..., Any], jobs: list[tuple[Any, ...]], progress: Callable[[int], None] | None
-) -> list[Any]:
+    fn: Callable[..., R], jobs: Sequence[tuple[object, ...]], progress: Callable[[int], None] | None
+) -> list[R]:
     """Run one job per worker: in this process when there is one, else in forked processes."""
     global _PROGRESS  # the one way to hand a shared counter to forked workers
     if len(jobs) == 1:
@@ -156,7 +181,7 @@ def _run_workers(
             return [fn(*jobs[0])]
         finally:
             _PROGRESS = None
-    counter = multiprocessing.get_context("fork").Value("q", 0) if progress else None
+    counter: SharedCounter | None = multiprocessing.get_context("fork").Value("q", 0) if progress else None
     _PROGRESS = counter  # set before the workers are forked: they inherit it
     seen = 0
 

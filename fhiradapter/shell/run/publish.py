@@ -7,18 +7,24 @@ import dataclasses
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+import msgspec
 import orjson
 
 from fhiradapter import __version__
 from fhiradapter.core.evaluate import EvaluationSettings, summarise_cohort
-from fhiradapter.core.results import CohortSummary, to_builtins
+from fhiradapter.core.results import (
+    AdapterInfo,
+    CohortSummary,
+    ProtocolIdentity,
+    ResultsHeader,
+    TimedRunSummary,
+)
 from fhiradapter.shell.common.files import write_new
 from fhiradapter.shell.common.out_folder import write_manifest
 from fhiradapter.shell.common.urls import safe_url
 from fhiradapter.shell.report.report import write_report
-from fhiradapter.shell.run.engine import Evaluated, PhaseClock, RunRequest
+from fhiradapter.shell.run.engine import Evaluated, FoundInputs, PhaseClock, RunRequest
 from fhiradapter.shell.run.outputs import (
     concatenate,
     iter_rows,
@@ -53,37 +59,33 @@ OUTPUT_FILES = (
 
 def publish_run(
     run: RunRequest,
+    found: FoundInputs,
     settings: EvaluationSettings,
     spill: Path,
     done: Evaluated,
     clock: PhaseClock,
-    elsewhere: Callable[[dict[str, Any], CohortSummary], None] | None = None,
-) -> dict[str, Any]:
-    """The cohort statistics, then every output in ``run.out``, manifest.json last; returns the run summary.
+    elsewhere: Callable[[ResultsHeader, CohortSummary], None] | None = None,
+) -> TimedRunSummary:
+    """The cohort statistics, then every output in ``run.out``, manifest.json last; returns the run summary
+    (summary.json's: with the timings).
 
     Both engines finish through here, so their outputs are written by the same code. ``elsewhere``: the
     per-patient results were written by Spark to ``run.results_dir``; it writes the header and the cohort
     there too, and ``run.out`` gets no results.json, clinical.ndjson or candidates.ndjson.
     """
-    out, as_of, mappings_identity = run.out, settings.as_of, run.mappings_identity
+    out, as_of = run.out, settings.as_of
     # One bad file lists at most so many rejects; the rest are counted (summary.json) and said in one line.
     capped = cap_rejects(done.reject_parts, spill / "rejects-capped.ndjson", run.reject_cap, done.stats.unlisted)
     done = dataclasses.replace(done, reject_parts=[capped])
     cohort = summarise_cohort(done.rows)
     clock.lap("cohort_statistics")
-    summary: dict[str, Any] = {"as_of": as_of.isoformat(), "protocol": {**mappings_identity}}
-    summary["protocol"]["study"] = settings.study
-    summary |= done.stats.as_dict()
-    summary["workers"] = done.workers
-    if not run.writeback:
-        summary["writeback"] = None  # not planned (--no-writeback): no counts rather than zeros
-    header = {
-        "as_of": as_of.isoformat(),
-        "protocol": {**mappings_identity, "study": settings.study},
-        "adapter": {"name": "fhiradapter", "version": __version__},
-        "inputs": [str(f) for f in run.files] + run.urls,
-        "run_summary": summary,
-    }
+    # The mappings' identity is a plain mapping up to here (mappings_io); from here on, one typed value.
+    protocol = msgspec.convert({**run.mappings_identity, "study": settings.study}, ProtocolIdentity)
+    results_dir = safe_url(run.results_dir) if elsewhere is not None else ""
+    summary = done.stats.summary(as_of, protocol, done.workers, run.writeback, results_dir)
+    header = ResultsHeader(
+        as_of, protocol, AdapterInfo("fhiradapter", __version__), (*map(str, found.files), *run.urls), summary
+    )
     run.on_phase("write")
     # An output this run does not write must not be left from an earlier one, looking current.
     skipped = (WRITEBACK_FILES if not run.writeback else ()) + (REPORT_FILES if not run.report else ())
@@ -91,7 +93,6 @@ def publish_run(
     for name in skipped:
         (out / name).unlink(missing_ok=True)
     if elsewhere is not None:
-        summary["results_dir"] = safe_url(run.results_dir)
         for name in ("results.json", "clinical.ndjson", CANDIDATES_FILE):
             (out / name).unlink(missing_ok=True)
         concatenate(done.reject_parts, out / "rejects.ndjson")
@@ -110,22 +111,21 @@ def publish_run(
     clock.lap("write")
     if run.report:
         run.on_phase("report")
-        folder = mappings_identity.get("mappings_dir")
         rows = iter_rows([p.report_rows for p in done.parts if p.report_rows])
-        write_report(
-            out, header, to_builtins(cohort), rows, summary, Path(folder) if folder else None, run.compare_with_paper
-        )
+        folder = Path(protocol.mappings_dir) if protocol.mappings_dir else None
+        write_report(out, header, cohort, rows, folder, run.compare_with_paper)
     clock.lap("report")
-    summary["seconds"] = clock.seconds  # in summary.json, not in results.json (which stays reproducible)
-    summary["worker_cpu_seconds"] = done.cpu
-    write_new(out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    # summary.json: the summary and the run's timings (not in results.json, which stays reproducible).
+    timed = TimedRunSummary(**msgspec.structs.asdict(summary), seconds=dict(clock.seconds), worker_cpu_seconds=done.cpu)
+    write_new(out / "summary.json", orjson.dumps(msgspec.to_builtins(timed), option=orjson.OPT_INDENT_2))
     written = ["rejects.ndjson", "summary.json"]
     written += ["results.json", "clinical.ndjson"] if elsewhere is None else []
     written += list(WRITEBACK_FILES) if run.writeback else []
     written += list(REPORT_FILES) if run.report else []
     written += [CANDIDATES_FILE] if run.screen_candidates and elsewhere is None else []
-    manifest_run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": header["protocol"]}
+    # manifest.json is a JSON edge of its own (out_folder): the mappings' identity as it writes it.
+    manifest_run = {"run_id": uuid.uuid4().hex, "as_of": as_of.isoformat(), "protocol": msgspec.to_builtins(protocol)}
     write_manifest(out, manifest_run, written)  # last: the set is whole
     if run.on_writeback is not None and handed is not None:
         run.on_writeback(handed)
-    return summary
+    return timed
