@@ -72,11 +72,18 @@ def create_private_duckdb(path: Path) -> None:
 
 def register_duckdb_migrations() -> None:
     """Alembic has no implementation for DuckDB's dialect (duckdb_engine): the default one, which the
-    registry's migrations need (CREATE TABLE, CREATE VIEW), serves."""
+    registry's migrations need (CREATE TABLE, CREATE VIEW), serves. And a ``Float`` column is a DOUBLE there,
+    as in SQLite and PostgreSQL: DuckDB's FLOAT is 4 bytes, which would change the figures of results.json."""
     from alembic.ddl.impl import DefaultImpl  # noqa: PLC0415
+    from sqlalchemy import Float  # noqa: PLC0415
+    from sqlalchemy.ext.compiler import compiles  # noqa: PLC0415
 
     class _DuckDBImpl(DefaultImpl):
         __dialect__ = "duckdb"
+
+    @compiles(Float, "duckdb")
+    def _double(type_: Float[float], compiler: object, **kw: object) -> str:
+        return "DOUBLE"
 
 
 def db_reason(exc: SQLAlchemyError) -> str:

@@ -298,7 +298,10 @@ def write_run(
 
             def flush(name: str) -> None:
                 if buffers[name]:
-                    conn.execute(by_name[name].insert(), buffers[name])
+                    if conn.dialect.name == "duckdb":
+                        _insert_columns(conn, by_name[name], buffers[name])
+                    else:
+                        conn.execute(by_name[name].insert(), buffers[name])
                     inserted[name] += len(buffers[name])
                     buffers[name] = []
 
@@ -323,6 +326,17 @@ def write_run(
     except SQLAlchemyError as exc:
         raise TargetError(f"database write failed, nothing was changed: {db_reason(exc)}") from None
     return result
+
+
+def _insert_columns(conn: Connection, table: Table, rows: list[SqlRow]) -> None:
+    """A batch into DuckDB in one INSERT, a list per column unnested side by side: DuckDB runs an executemany
+    one row at a time (a 10k-patient export took 24.6 s that way, against 4.1 s into SQLite)."""
+    columns = [c for c in table.columns if any(c.name in row for row in rows)]
+    unnested = ", ".join(f"unnest(${n}::{c.type.compile(dialect=conn.dialect)}[])" for n, c in enumerate(columns, 1))
+    names = ", ".join(c.name for c in columns)
+    # Table and column names come from the schema above, never from the data; the values are bound.
+    sql = f"INSERT INTO {table.name} ({names}) SELECT {unnested}"
+    conn.exec_driver_sql(sql, tuple([row.get(c.name) for row in rows] for c in columns))
 
 
 def _count(conn: Connection, table: Table, run_ids: list[str]) -> int:
