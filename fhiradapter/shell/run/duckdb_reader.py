@@ -1,19 +1,21 @@
 """Pass one through DuckDB (``evaluate --reader duckdb``): NDJSON files decoded and classified in SQL.
 
-DuckDB reads each NDJSON file (plain, ``.gz``, ``.zst``) with explicit columns (``duckdb_reader.sql``) and says,
-line by line, whether the line is an Observation that the SQL can classify exactly: every field the typed
-decoding reads has the JSON type :mod:`fhiradapter.core.fhir_types` gives it, and nothing in it needs the
-Python mapper's detail (a focus, components, contained resources, identifiers, a value other than
-``valueQuantity``). Those lines are mapped here from the values DuckDB extracted, through the mapper's own
-helpers (code tables, dates, units). Every other line, and every line DuckDB and the Python reader might read
-differently (a backslash escape, non-ASCII text, what DuckDB's JSON parser tolerates and orjson does not), goes
-to today's reader and mapper, which stay the reference: rejects keep their reason, path and locator.
+DuckDB reads each NDJSON file (plain, ``.gz``, ``.zst``) whose first record is an Observation (any other file goes
+to the Python path whole) with explicit columns (``duckdb_reader.sql``) and says, line by line, whether the line is
+an Observation that the SQL can classify exactly: every field the typed decoding reads has the JSON type
+:mod:`fhiradapter.core.fhir_types` gives it, and nothing in it needs the Python mapper's detail (a focus,
+components, contained resources, identifiers, a value other than ``valueQuantity``). Those lines are mapped here
+from the values DuckDB extracted, through the mapper's own helpers (code tables, dates, units). Every other line,
+and every line DuckDB and the Python reader might read differently (a backslash escape, non-ASCII text, what
+DuckDB's JSON parser tolerates and orjson does not), goes to today's reader and mapper, which stay the reference:
+rejects keep their reason, path and locator.
 
-The Python reader still reads every line (it is cheap; decoding and mapping are not), so line numbers, blank
+The Python reader still reads every line (reading is cheap next to decoding and mapping), so line numbers, blank
 lines, too-large lines, byte order marks and a file that breaks off are handled exactly as before. Each line
 DuckDB maps is checked to be the line it read (its id); at the first disagreement the rest of the file is read
 by the Python path alone. A file DuckDB cannot read (a line that is not an object where one is typed, a line
-over the size limit, broken JSON) is read by the Python path whole. See docs/performance.md.
+over the size limit, broken JSON) is read by the Python path whole. Not the default: measured slower than the
+Python path, and why, in docs/performance.md.
 """
 
 from __future__ import annotations
