@@ -9,6 +9,7 @@ AdapterError(Exception)                      exit_code = ExitCode.FAILURE
 │   └── AnswerLost(ServerError)              the request may have reached the server, its answer did not
 ├── OutputBusy(AdapterError)                 another run holds the output folder                       -> BUSY
 ├── NothingEvaluated(AdapterError)           the input held no patient to evaluate                     -> NOTHING
+├── NotApproved(AdapterError)                a write-back no approval covers: nothing was sent   -> NOT_APPROVED
 └── OutputError(AdapterError)                the output folder could not be written (disk, permission) -> OUTPUT
 ```
 

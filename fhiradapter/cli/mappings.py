@@ -49,9 +49,9 @@ def show_cmd(mappings_dir: Path | None) -> None:
     with guard():
         mappings, identity = load_mappings(mappings_dir)
         source = "--mappings" if mappings_dir and os.environ.get(MAPPINGS_ENV) != str(mappings_dir) else MAPPINGS_ENV
-        click.echo(mappings_line(Path(identity["mappings_dir"])))
-        warn_unused_mappings(Path(identity["mappings_dir"]))
+        click.echo(mappings_line(Path(identity.mappings_dir)))
+        warn_unused_mappings(Path(identity.mappings_dir))
         if mappings_dir:
             click.echo(f"  (from {source})")
-        click.echo(f"  protocol {identity['id']} {identity['version']}; study {mappings.study_ref}")
-        click.echo(f"  sha256 of protocol.toml, codes.toml, units.toml: {identity['sha256']}")
+        click.echo(f"  protocol {identity.id} {identity.version}; study {mappings.study_ref}")
+        click.echo(f"  sha256 of protocol.toml, codes.toml, units.toml: {identity.sha256}")

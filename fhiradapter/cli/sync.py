@@ -36,6 +36,7 @@ from fhiradapter.shell.common.urls import safe_url
 
 if TYPE_CHECKING:
     from fhiradapter.core.protocol import Mappings
+    from fhiradapter.core.results import ProtocolIdentity
     from fhiradapter.shell.server.connection import ServerOptions
     from fhiradapter.shell.server.store import SyncRun
     from fhiradapter.shell.server.sync import SyncOptions, SyncSummary
@@ -149,7 +150,7 @@ def sync_cmd(options: SyncCommandOptions) -> None:
         cutoff = _checked(options)
         key = export_key(export.pseudonymise, export.key_file) if export.to else None
         mappings, identity = load_mappings(options.mappings_dir)
-        warn_unused_mappings(Path(identity["mappings_dir"]))
+        warn_unused_mappings(Path(identity.mappings_dir))
         folder = options.data_dir or default_data_dir()
         store = SyncStore(options.store_url, folder)
         client = asyncio.run(open_server_client(options.server))  # checks the options (and SMART discovery) first
@@ -161,7 +162,7 @@ def sync_cmd(options: SyncCommandOptions) -> None:
             bars.close()
             store.close()
         _print_sync(summary)
-        click.echo(f"  {mappings_line(Path(identity['mappings_dir']))}")
+        click.echo(f"  {mappings_line(Path(identity.mappings_dir))}")
         if export.to and summary.out is not None:
             run_export(summary.out, export.to, export.format, key, options.mappings_dir, show)
         if summary.conflicts or summary.errors:
@@ -179,7 +180,7 @@ def _checked(options: SyncCommandOptions) -> date:
 
 
 def _sync_options(
-    options: SyncCommandOptions, as_of: date, loaded: tuple[Mappings, dict[str, str]], folder: Path, bars: PhaseBars
+    options: SyncCommandOptions, as_of: date, loaded: tuple[Mappings, ProtocolIdentity], folder: Path, bars: PhaseBars
 ) -> SyncOptions:
     """The run the options ask for, with the mappings ``loaded``, its progress shown on ``bars``: one bar for the
     pull, a line as the evaluation starts, one bar for the push."""
@@ -218,7 +219,7 @@ def _sync_options(
         group=options.group,
         per_search=options.per_search,
         on_evaluate=evaluating,
-        standing_rule=load_standing_rule(Path(identity["mappings_dir"])),
+        standing_rule=load_standing_rule(Path(identity.mappings_dir)),
     )
 
 

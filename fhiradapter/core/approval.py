@@ -17,7 +17,7 @@ from typing import Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fhiradapter.core.fhir_out import CodeableConcept, Coding, ProvenanceAgent, Reference, to_json
+from fhiradapter.core.fhir_out import CodeableConcept, Coding, ProvenanceAgent, Reference, as_json_object
 from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import KINDS, entry_patient, full_url, outgoing, provenance_for
 from fhiradapter.errors import ConfigError
@@ -116,7 +116,7 @@ def approved_bundle(bundle: JsonObject, approval: Approval) -> tuple[JsonObject,
         else:
             kept.append(sent.entry)
     names = {str(as_object(e).get("fullUrl")) for e in kept}
-    agent = to_json(
+    agent = as_json_object(
         approver_agent(
             approval.approved_by,
             approval.role if not approval.standing_rule else f"{approval.role}, {approval.standing_rule}",

@@ -10,11 +10,9 @@ report prints for a criterion not met or unknown (``explain``: the value found a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import date, timedelta
-from typing import Any, NamedTuple
-
-import msgspec
+from typing import NamedTuple
 
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import CLASS_B_MAX, ChildPugh
@@ -446,16 +444,6 @@ VALUE_TYPES: dict[str, object] = {  # type expressions, for msgspec.convert
     "child_pugh": ChildPughClass | None,
     **{t.cid: Measurement | None for t in THRESHOLDS},
 }
-
-
-def criterion_from_json(obj: Mapping[str, Any]) -> Criterion:  # JSON edge: a criterion as read back from a file
-    """A criterion as results.json and candidates.ndjson give it, typed again.
-
-    Raises ValueError (msgspec.ValidationError) when the value is not of its criterion's type.
-    """
-    cid = str(obj["id"])
-    value = msgspec.convert(obj.get("value"), VALUE_TYPES.get(cid, int | str | None))
-    return Criterion(cid, CriterionStatus(obj["status"]), value, tuple(obj.get("evidence") or ()), str(obj["detail"]))
 
 
 # The exclusion criteria that one record of the condition fails: what was found, and what they ask.

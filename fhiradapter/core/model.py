@@ -1,9 +1,10 @@
 """Domain values: compact, immutable records mapped from FHIR resources, and the per-patient record.
 
-Records are ``NamedTuple``s on purpose: they are small (the pipeline holds only these, never raw JSON),
-cheap to pickle when the grouping step spills to disk, and immutable. A date the mapper requires in full
-(an observation's, an adverse event's) is a ``datetime.date``; one a record may give without its day or
-month is a :class:`~fhiradapter.core.dates.PartialDate`, which the rules compare at its own precision.
+Records are ``NamedTuple``s on purpose: they are small (the pipeline holds only these; raw JSON only where a
+resource is written back as it was, ``StudySubject.raw`` and ``EarlierResult.content``), cheap to pickle when
+the grouping step spills to disk, and immutable. A date the mapper requires in full (an observation's, an
+adverse event's) is a ``datetime.date``; one a record may give without its day or month is a
+:class:`~fhiradapter.core.dates.PartialDate`, which the rules compare at its own precision.
 Every record keeps ``ref`` ("Type/id") for evidence and ``origin`` (file, locator) for reject reports.
 """
 

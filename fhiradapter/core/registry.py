@@ -20,17 +20,31 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 import msgspec
 
 from fhiradapter.core import dates
 from fhiradapter.core.extract import ClinicalExtract
-from fhiradapter.core.results import CohortSummary, Criterion, PatientResult, ResultsHeader
+from fhiradapter.core.results import CohortSummary, Criterion, PatientResult, Response, ResultsHeader
 from fhiradapter.errors import ConfigError
 
 # A row of an export table: its cells by column name, each as a database column or a CSV/Parquet cell holds it.
 Cell = str | int | float | bool | None
 Row = dict[str, Cell]
+
+# What an export writes: the registry tables, or SDTM datasets (``export --export-format``).
+ExportFormat = Literal["tables", "sdtm"]
+EXPORT_FORMATS: dict[str, ExportFormat] = {"tables": "tables", "sdtm": "sdtm"}
+
+
+def export_format(name: str) -> ExportFormat:
+    """``name`` as an export format; a ConfigError naming the choices when it is none."""
+    try:
+        return EXPORT_FORMATS[name]
+    except KeyError:
+        raise ConfigError(f"export format {name!r}: one of {', '.join(EXPORT_FORMATS)}") from None
+
 
 MIN_KEY_BYTES = 32  # HMAC-SHA-256 key: at least the hash's own size (RFC 2104 §3)
 PSEUDONYM_CHARS = 32
@@ -296,11 +310,11 @@ def cohort_row(cohort: CohortSummary) -> Row:
     return {
         "n_treated": cohort.n_treated,
         "n_screened_only": cohort.n_screened_only,
-        "cr": counts.get("CR", 0),
-        "pr": counts.get("PR", 0),
-        "sd": counts.get("SD", 0),
-        "pd": counts.get("PD", 0),
-        "ne": counts.get("NE", 0),
+        "cr": counts.get(Response.CR, 0),
+        "pr": counts.get(Response.PR, 0),
+        "sd": counts.get(Response.SD, 0),
+        "pd": counts.get(Response.PD, 0),
+        "ne": counts.get(Response.NE, 0),
         "orr_count": orr.count,
         "orr_n": orr.n,
         "orr_rate": orr.rate,

@@ -331,7 +331,7 @@ class CohortSummary(msgspec.Struct, frozen=True):
 
     n_treated: int
     n_screened_only: int
-    best_response_counts: dict[str, int]
+    best_response_counts: dict[Response, int]
     orr: Rate
     dcr: Rate
     median_os_days: float | None

@@ -13,16 +13,13 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple, TypedDict
 
 from fhiradapter.core.eligibility import explain
-from fhiradapter.core.fhir_out import to_json
+from fhiradapter.core.fhir_out import as_json_object
+from fhiradapter.core.json_types import JsonObject, JsonValue
 from fhiradapter.core.results import CriterionStatus, PatientResult
 from fhiradapter.core.writeback import CODE_SYSTEM, GRADE_CODES, KINDS, RESPONSE_CODES, PlanEntry
 
 Scalar = str | int | float | bool | None
 Values = dict[str, Scalar | list[str]]
-# FHIR resources as JSON: the adapter's own and a server's (the existing one an update replaces), which may hold
-# anything, so every element is looked at before it is used; and writeback-plan.ndjson's lines as read back.
-JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
-JsonObject = dict[str, JsonValue]
 
 # Which section of docs/protocol.md decides each kind of result (the plan and the report cite it).
 RULES = {
@@ -246,7 +243,7 @@ def _sentence(kind: str, v: Values, criteria_text: dict[str, str] | None) -> str
 def describe(entry: PlanEntry, criteria_text: dict[str, str] | None = None) -> Description:
     """A plan entry for a reviewer. ``criteria_text``: for eligibility, each criterion in words with the
     patient's value (criterion id -> text); without it the criterion ids are named."""
-    new = stated(entry.kind, to_json(entry.resource))
+    new = stated(entry.kind, as_json_object(entry.resource))
     says = _sentence(entry.kind, new, criteria_text)
     rule = RULES.get(entry.kind, "docs/protocol.md")
     if entry.kind == "research-subject" and entry.action == "create":

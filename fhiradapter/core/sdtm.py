@@ -12,32 +12,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from fhiradapter.core.extract import AdverseEventEntry, DrugExposure, NumericObservation, TumourMeasurement
+from fhiradapter.core.protocol import StrictModel
 from fhiradapter.core.registry import Row, SubjectView, iso
 from fhiradapter.core.results import EligibilityStatus
 from fhiradapter.errors import ConfigError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StudyCfg(_Strict):
+class StudyCfg(StrictModel):
     studyid: str
     arm: str
     armcd: str
 
 
-class LbTest(_Strict):
+class LbTest(StrictModel):
     concept: str
     testcd: str
     test: str
     cat: str
 
 
-class ExDrug(_Strict):
+class ExDrug(StrictModel):
     drug: str
     extrt: str
     dose: float
@@ -46,24 +43,24 @@ class ExDrug(_Strict):
     route: str
 
 
-class TestCode(_Strict):
+class TestCode(StrictModel):
     testcd: str
     test: str
 
 
-class TrCfg(_Strict):
+class TrCfg(StrictModel):
     longest: TestCode
     perpendicular: TestCode
     unit: str
 
 
-class RsCfg(_Strict):
+class RsCfg(StrictModel):
     cat: str
     overall: TestCode
     best: TestCode
 
 
-class ExportMappings(_Strict):
+class ExportMappings(StrictModel):
     study: StudyCfg
     lb: list[LbTest]
     units: dict[str, str]
@@ -200,7 +197,6 @@ def _num_text(value: float | None) -> str | None:
 
 
 # The cells of one SDTM record by variable (``registry.Row``): the columns of its dataset's file.
-Record = Row
 
 
 class SdtmBuilder:
@@ -210,14 +206,14 @@ class SdtmBuilder:
         self.cfg = cfg
         self.lb = {t.concept: t for t in cfg.lb}
         self.ex = {d.drug: d for d in cfg.ex}
-        self.rows: dict[str, list[Record]] = {name: [] for name in DATASETS}
+        self.rows: dict[str, list[Row]] = {name: [] for name in DATASETS}
 
     def unit(self, ucum: str | None) -> str | None:
         if ucum is None or ucum == "":
             return None
         return self.cfg.units.get(ucum, ucum)
 
-    def _base(self, domain: str, v: SubjectView) -> Record:
+    def _base(self, domain: str, v: SubjectView) -> Row:
         studyid = self.cfg.study.studyid
         return {"STUDYID": studyid, "DOMAIN": domain, "USUBJID": f"{studyid}-{v.key}"}
 
@@ -406,7 +402,7 @@ class SdtmBuilder:
 
     def _rs_row(
         self, v: SubjectView, seq: int, code: TestCode, value: str | None, visit: str | None, day: str | None
-    ) -> Record:
+    ) -> Row:
         return {
             **self._base("RS", v),
             "RSSEQ": seq,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fhiradapter.core.protocol import Mappings, parse_mappings
+from fhiradapter.core.results import ProtocolIdentity
 from fhiradapter.errors import ConfigError
 
 FILES = ("protocol.toml", "codes.toml", "units.toml")
@@ -80,8 +81,8 @@ def differing_local_mappings(used: Path, cwd: Path) -> Path | None:
     return None
 
 
-def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, str]]:
-    """Parsed mappings and their identity (id, version, folder, sha256 of the three files)."""
+def load_mappings(directory: Path | None = None) -> tuple[Mappings, ProtocolIdentity]:
+    """Parsed mappings and their identity (id, version, the study they name, folder, sha256 of the three files)."""
     folder = directory or default_mappings_dir()
     if not folder.is_dir():
         raise ConfigError(f"mappings folder not found: {folder}")
@@ -100,7 +101,7 @@ def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, st
             raise ConfigError(f"mappings file is not valid TOML: {path}: {exc}") from None
         digest.update(raw)
     mappings = parse_mappings(*docs)
-    identity = {**mappings.identity, "mappings_dir": str(folder.resolve()), "sha256": digest.hexdigest()}
+    identity = ProtocolIdentity(**mappings.identity, mappings_dir=str(folder.resolve()), sha256=digest.hexdigest())
     return mappings, identity
 
 

@@ -172,16 +172,15 @@ def write_writeback(
                     kept.append(entry)
             if targets:
                 digest = hashlib.sha256("".join(f"{t}\n" for t in targets).encode())
-                protocol = msgspec.to_builtins(header.protocol)  # provenance_entry takes the mappings as JSON
                 as_of = header.as_of.isoformat()
                 provenance = provenance_entry(
                     targets,
                     adapter_version=__version__,
-                    mappings=protocol,
+                    mappings=header.protocol,
                     as_of=as_of,
                     inputs=list(header.inputs),
                     recorded=datetime.now(UTC).isoformat(timespec="seconds"),
-                    run=run_tag(digest.hexdigest(), as_of, protocol),
+                    run=run_tag(digest.hexdigest(), as_of, header.protocol),
                 )
                 entry = encode(provenance)
                 fh.write(b"," + entry)

@@ -39,6 +39,7 @@ import orjson
 
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, split_by_rule
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.results import ProtocolIdentity
 from fhiradapter.errors import AdapterError
 from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.outputs import Writeback, write_held
@@ -142,7 +143,7 @@ class SyncOptions:
     dry_run: bool = False
     work_dir: Path
     mappings: Mappings
-    mappings_identity: dict[str, str]  # id, version, mappings_dir, sha256 (``mappings_io.load_mappings``)
+    mappings_identity: ProtocolIdentity  # ``mappings_io.load_mappings``
     progress: Callable[[int], None] | None = None  # the pull's, per patient
     on_total: Callable[[int], None] | None = None
     # The push's: given the number of entries to send, returns what to call as parts are answered.

@@ -19,7 +19,15 @@ import re
 from dataclasses import dataclass, field
 
 from fhiradapter.core.approval import approver_agent
-from fhiradapter.core.fhir_out import CodeableConcept, Coding, Meta, Provenance, ProvenanceEntity, Reference, to_json
+from fhiradapter.core.fhir_out import (
+    CodeableConcept,
+    Coding,
+    Meta,
+    Provenance,
+    ProvenanceEntity,
+    Reference,
+    as_json_object,
+)
 from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import (
     CODE_SYSTEM,
@@ -138,7 +146,7 @@ async def undo(
         provenance = _undo_provenance(
             targets, summary.run, by=by, role=role, recorded=recorded, version=adapter_version
         )
-        answer = await client.json("POST", "Provenance", json=to_json(provenance))
+        answer = await client.json("POST", "Provenance", json=as_json_object(provenance))
         summary.provenance = f"Provenance/{answer.get('id')}" if isinstance(answer, dict) else "Provenance"
     return summary
 
