@@ -16,10 +16,9 @@ from functools import lru_cache
 
 from fhiradapter.core import dates
 from fhiradapter.core import results as r
+from fhiradapter.core.limits import BASELINE_WINDOW_DAYS, CONFIRMATION_DAYS
 from fhiradapter.core.model import Observed
 
-BASELINE_WINDOW_DAYS = 28  # docs/protocol.md §4: baseline within 28 days before (or on) the index date
-CONFIRMATION_DAYS = 28  # docs/protocol.md §4: a second CR/PR >= 28 days later
 RANK = {"CR": 4, "PR": 3, "SD": 2, "PD": 1, "NE": 0}
 
 
