@@ -43,9 +43,18 @@ per_search_option = click.option(
 
 def server_options(fn: Any) -> Any:
     """Options shared by the commands that talk to a FHIR server (secrets only from files or environment)."""
+    return _server_options(fn, required=True)
+
+
+def optional_server_options(fn: Any) -> Any:
+    """The server options of a command that may also run without a server (``study``)."""
+    return _server_options(fn, required=False)
+
+
+def _server_options(fn: Any, required: bool) -> Any:
     options = [
         click.option(
-            "--server", required=True, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.org/r4"
+            "--server", required=required, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.org/r4"
         ),
         click.option(
             "--auth",

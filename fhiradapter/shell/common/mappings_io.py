@@ -1,4 +1,5 @@
-"""Load ``mappings/`` (protocol.toml, codes.toml, units.toml), make a site's own copy, and give UCUM factors.
+"""Load ``mappings/`` (protocol.toml, codes.toml, units.toml, and a site's ``conceptmap*.json``), make a site's
+own copy, and give UCUM factors.
 
 The embedded default mappings ship inside the package (``fhiradapter/_mappings`` in a wheel; the
 repository's ``mappings/`` folder in a source checkout). A site's own folder replaces them: ``--mappings DIR``
@@ -14,10 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fhiradapter.core.concept_map import LocalCode, parse_concept_map, read_mappings, with_local_codes
 from fhiradapter.core.protocol import Mappings, parse_mappings
 from fhiradapter.errors import ConfigError
 
 FILES = ("protocol.toml", "codes.toml", "units.toml")
+CONCEPT_MAPS = "conceptmap*.json"  # a site's ConceptMaps (FHIR R4 JSON), local codes -> the standard ones
 ENV_VAR = "FHIRADAPTER_MAPPINGS"  # a site's mappings folder, for every command
 
 
@@ -100,8 +103,33 @@ def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, An
             raise ConfigError(f"mappings file is not valid TOML: {path}: {exc}") from None
         digest.update(raw)
     mappings = parse_mappings(*docs)
-    identity = {**mappings.identity, "mappings_dir": str(folder.resolve()), "sha256": digest.hexdigest()}
+    maps = sorted(folder.glob(CONCEPT_MAPS))
+    if maps:  # a site's local codes, mapped where it maintains them (their bytes join the digest)
+        mappings = with_concept_maps(mappings, maps, digest.update)
+    identity: dict[str, Any] = {
+        **mappings.identity,
+        "mappings_dir": str(folder.resolve()),
+        "sha256": digest.hexdigest(),
+    }
+    if maps:
+        identity["concept_maps"] = [path.name for path in maps]
     return mappings, identity
+
+
+def with_concept_maps(
+    mappings: Mappings, paths: list[Path], digest: Callable[[bytes], object] | None = None
+) -> Mappings:
+    """The mappings with the local codes of the ConceptMap files added to codes.toml's lists (core/concept_map)."""
+    local: list[LocalCode] = []
+    for path in paths:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"ConceptMap unreadable: {path}: {exc.strerror}") from None
+        if digest is not None:
+            digest(raw)
+        local += read_mappings(parse_concept_map(raw, str(path)), str(path)).mapped
+    return with_local_codes(mappings, local)[0]
 
 
 @functools.cache

@@ -1,0 +1,176 @@
+"""The published study as a write-back: its resources, what a server already holds, the plan and the Bundle.
+
+``build_study`` makes the resources (``study_fhir``, ``study_plan``). ``plan_study`` compares each with the
+server's copy by a content-hash tag, as the results' write-back does: ``create`` (PUT at the resource's id,
+which references and ResearchSubjects use), ``update`` (PUT with If-Match the version read; a ResearchStudy the
+hospital already holds keeps the elements the adapter does not write) or ``unchanged`` (nothing sent).
+``bundle_entry`` and ``plan_line`` give writeback.json's entries and writeback-plan.ndjson's lines, in the
+shape `fhiradapter approve` shows and `fhiradapter push` sends. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+
+from fhiradapter.core.protocol import RULE_BOOK, Mappings
+from fhiradapter.core.study_fhir import (
+    StudyInputs,
+    build_group,
+    build_research_study,
+    build_value_set,
+    study_ids,
+    value_set_specs,
+)
+from fhiradapter.core.study_plan import build_activity, build_plan
+from fhiradapter.core.study_resources import (
+    ActivityDefinition,
+    Group,
+    PlanDefinition,
+    ResearchStudy,
+    StudyResource,
+    ValueSet,
+)
+from fhiradapter.core.writeback import HASH_TAG_SYSTEM, PlanEntry, content_hash
+
+# The plan's lines group by "patient": the study's definition is about no patient. Without a "/" it can never
+# be excluded by `approve --exclude` (which names patients as Patient/ID).
+STUDY_DEFINITION = "(study definition)"
+KINDS = {
+    "ResearchStudy": "research-study",
+    "Group": "eligibility-group",
+    "PlanDefinition": "plan-definition",
+    "ActivityDefinition": "activity-definition",
+    "ValueSet": "value-set",
+}
+RULES = {
+    "ResearchStudy": f"{RULE_BOOK} §1",
+    "Group": f"{RULE_BOOK} §2",
+    "PlanDefinition": f"{RULE_BOOK} §2-§5",
+    "ActivityDefinition": f"{RULE_BOOK} (header)",
+    "ValueSet": "mappings codes.toml",
+}
+NOT_WRITTEN = ("meta", "id", "text")  # what a server's copy has that the adapter does not state
+
+
+class ServerCopy(msgspec.Struct, frozen=True, kw_only=True):
+    """A published resource as a server holds it: version, the content-hash tag, and its content."""
+
+    version: str | None
+    content_hash: str | None
+    content: dict[str, Any]  # JSON at the edge: the server's resource as read (an update keeps what it adds)
+
+
+def build_study(mappings: Mappings, inputs: StudyInputs) -> list[StudyResource]:
+    """ResearchStudy, eligibility Group, PlanDefinition, ActivityDefinition and one ValueSet per code list."""
+    ids = study_ids(mappings, inputs.publication)
+    specs = value_set_specs(mappings)
+    protocol_id = mappings.protocol.protocol.id
+    value_sets = {spec.name: build_value_set(spec, ids, protocol_id) for spec in specs}
+    group = build_group(ids, mappings, value_sets)
+    activity = build_activity(ids, inputs.drug, specs)
+    plan = build_plan(ids, mappings, inputs.drug, specs, activity)
+    study = build_research_study(ids, mappings, inputs, specs, plan.id, group.id)
+    return [study, group, plan, activity, *value_sets.values()]
+
+
+def reference_of(resource: StudyResource) -> str:
+    return f"{type(resource).__name__}/{resource.id}"
+
+
+def as_json(resource: StudyResource) -> dict[str, Any]:
+    """A resource as R4 JSON (the edge: hashed, compared with a server's copy, written into the Bundle)."""
+    built: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(resource))
+    return built
+
+
+def says(resource: StudyResource) -> str:
+    """What a published resource states, in words, for the reviewer."""
+    if isinstance(resource, ResearchStudy):
+        return f"ResearchStudy {resource.id}: {resource.title} ({resource.status})"
+    if isinstance(resource, Group):
+        excluded = sum(1 for c in resource.characteristic if c.exclude)
+        return f"Eligibility criteria: {len(resource.characteristic)} characteristics, {excluded} of them exclusions"
+    if isinstance(resource, PlanDefinition):
+        rules = sum(1 for a in resource.action if a.id.startswith("dose-rule-"))
+        return f"Treatment plan: {len(resource.action)} actions, {rules} of them dose rules"
+    if isinstance(resource, ActivityDefinition):
+        return f"Study drug: {resource.title}"
+    codes = sum(len(i.concept) + len(i.filter) for i in resource.compose.include)
+    return f"ValueSet {resource.title}: {codes} code(s) or code range(s)"
+
+
+def plan_study(resources: Sequence[StudyResource], existing: Mapping[str, ServerCopy]) -> list[PlanEntry]:
+    """create / update / unchanged for each published resource (``existing``: the server's copies by reference)."""
+    plan: list[PlanEntry] = []
+    for resource in resources:
+        ref = reference_of(resource)
+        body = as_json(resource)
+        digest = content_hash(body)
+        kind = KINDS[type(resource).__name__]
+        old = existing.get(ref)
+        if old is not None and old.content_hash == digest:
+            plan.append(PlanEntry("unchanged", kind, body, ref, ref, old.version))
+            continue
+        if old is not None and isinstance(resource, ResearchStudy):  # the hospital's study: keep what it adds
+            body = {**{k: v for k, v in old.content.items() if k not in NOT_WRITTEN}, **body}
+        body["meta"] = {"tag": [{"system": HASH_TAG_SYSTEM, "code": digest}]}
+        if old is None:
+            plan.append(PlanEntry("create", kind, body, ref, None, None))
+        else:
+            plan.append(PlanEntry("update", kind, body, ref, ref, old.version, old.content))
+    return plan
+
+
+def bundle_entry(entry: PlanEntry) -> dict[str, Any] | None:
+    """The transaction entry of a create or an update (PUT at the resource's id); None for unchanged."""
+    if entry.action == "unchanged":
+        return None
+    ref = entry.identifier
+    request: dict[str, Any] = {"method": "PUT", "url": ref}
+    if entry.action == "update" and entry.version:
+        request["ifMatch"] = f'W/"{entry.version}"'
+    return {"fullUrl": ref, "resource": entry.resource, "request": request}
+
+
+def _shown(value: Any) -> str | int | float | bool | None:
+    """An element's value as a reviewer compares it: a scalar as it is, a list or object by size and digest."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    digest = hashlib.sha256(msgspec.json.encode(value, order="sorted")).hexdigest()[:8]
+    size = f"{len(value)} item(s)" if isinstance(value, list) else "object"
+    return f"{size} #{digest}"
+
+
+def stated(body: Mapping[str, Any]) -> dict[str, str | int | float | bool | None]:
+    return {k: _shown(v) for k, v in body.items() if k not in ("meta", "resourceType")}
+
+
+def plan_line(entry: PlanEntry, resource: StudyResource) -> dict[str, Any]:
+    """One writeback-plan.ndjson line (JSON at the edge, the shape approve reads and shows)."""
+    new = stated(entry.resource)
+    line: dict[str, Any] = {
+        "patient": STUDY_DEFINITION,
+        "action": entry.action,
+        "kind": entry.kind,
+        "resourceType": type(resource).__name__,
+        "identifier": entry.identifier,
+        "existing": entry.ref,
+        "says": says(resource),
+        "rule": RULES[type(resource).__name__],
+        "new": new,
+    }
+    if entry.action == "update":
+        old = stated(entry.old or {})
+        line["old"] = old
+        line["changes"] = [
+            {"element": k, "old": old.get(k), "new": v} for k, v in new.items() if old.get(k) != v and k != "id"
+        ]
+    return line
+
+
+def value_sets_of(resources: Sequence[StudyResource]) -> list[ValueSet]:
+    return [r for r in resources if isinstance(r, ValueSet)]
