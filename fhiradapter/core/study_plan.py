@@ -31,13 +31,14 @@ from fhiradapter.core.study_resources import (
     Timing,
     TimingRepeat,
 )
+from fhiradapter.errors import ConfigError
 
 DOSE_ACTION_SYSTEM = "urn:fhiradapter:dose-action"
 PLAN_TYPE = CodeableConcept(
     coding=(Coding(system="http://terminology.hl7.org/CodeSystem/plan-definition-type", code="clinical-protocol"),)
 )
 # CDISC frequency -> (times, per period in days); the rule book's drug is taken once daily.
-FREQUENCIES = {"QD": (1, 1.0), "BID": (2, 1.0), "TID": (3, 1.0), "QID": (4, 1.0), "QOD": (1, 2.0)}
+FREQUENCIES = {"QD": (1, 1), "BID": (2, 1), "TID": (3, 1), "QID": (4, 1), "QOD": (1, 2)}
 ROUTES = {"ORAL": Coding(system="http://snomed.info/sct", code="26643006", display="Oral route")}
 BEDTIME = "HS"  # docs/protocol.md (header): thalidomide at bedtime (EventTiming HS)
 # A condition is stated in words (``description``) and codes (the action's ``reason``). R4 needs a language
@@ -59,7 +60,9 @@ def _words(kind: Literal["applicability", "start", "stop"], words: str) -> Actio
 
 
 def build_activity(ids: StudyIds, drug: StudyDrug, specs: Sequence[ValueSetSpec]) -> ActivityDefinition:
-    times, period = FREQUENCIES.get(drug.frequency, (1, 1.0))
+    if drug.frequency not in FREQUENCIES:
+        raise ConfigError(f"export.toml [[ex]] dosfrq {drug.frequency!r}: not one of {', '.join(FREQUENCIES)}")
+    times, period = FREQUENCIES[drug.frequency]
     rid = ids.of(drug.concept)
     text = f"{drug.concept} {drug.dose:g} {drug.unit} {drug.frequency} at bedtime, {drug.route.lower()}, no escalation"
     return ActivityDefinition(

@@ -1,0 +1,391 @@
+"""Issue 31: the study itself as FHIR, built from the mappings the rules run on and the rule book's fixed limits.
+
+- Every published resource (and the Bundle) is valid R4: fhir.resources R4B models and the HL7 R4 JSON Schema;
+  each typed resource round-trips (encoded, then decoded, equals itself).
+- Each limit is written once: core/limits.py; the rule modules and the publishing modules write none of its
+  values themselves, and the Group states exactly the values the rules apply.
+- A site's mappings folder: a configurable value changed and a local code added change both the rules' outcome
+  and the published resources; a local code mapped only by the site's ConceptMap is used by the rules and
+  appears in its ValueSet.
+- On a real FHIR server (sekmet-fhir, 127.0.0.1): study --server, approve, push; the second study --server plans
+  nothing and nothing changes; sync's ResearchSubjects reference the ResearchStudy that was published.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from builders import ROOT, approve, standing_rule_all
+from click.testing import CliRunner, Result
+from fhir_server import load_input, sekmet_server, server_resources
+
+from fhiradapter.cli import main
+from fhiradapter.core import limits
+from fhiradapter.core.eligibility import CRITERIA, THRESHOLDS
+from fhiradapter.core.study_fhir import StudyDrug, StudyInputs, StudyPublication
+from fhiradapter.core.study_publish import as_json, build_study, plan_study
+from fhiradapter.core.study_resources import decode_resource, encode_resource
+from fhiradapter.core.writeback import study_reference
+from fhiradapter.shell.common.mappings_io import load_mappings
+
+PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
+SCHEMA = (
+    ROOT / "tests" / "js" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4" / "fhir.schema.json"
+)
+LOCAL_ANC = ("urn:oid:1.2.410.200.4", "ANC-LOCAL")
+INPUTS = StudyInputs(
+    publication=StudyPublication(status="completed", phase="phase-2"),
+    citation="Han SH et al. Korean J Intern Med 2005;20(4):225-229",
+    drug=StudyDrug(concept="thalidomide", dose=200, unit="mg", frequency="QD", route="ORAL"),
+)
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture(scope="module")
+def schema() -> Any:
+    from jsonschema import Draft6Validator
+
+    if not SCHEMA.exists():
+        pytest.fail(f"{SCHEMA} is missing: run `npm ci --prefix tests/js` (scripts/check does)")
+    definitions = json.loads(SCHEMA.read_text())["definitions"]
+    return lambda rtype: Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": definitions})
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`fhiradapter study OUT` with the shipped mappings, no server."""
+    out = tmp_path_factory.mktemp("study") / "out"
+    result = cli("study", str(out))
+    assert result.exit_code == 0, result.output
+    assert "create 53, update 0, unchanged 0" in result.output
+    return out
+
+
+def bundle_resources(out: Path) -> dict[str, dict[str, Any]]:
+    bundle = json.loads((out / "writeback.json").read_text())
+    return {f"{e['resource']['resourceType']}/{e['resource'].get('id')}": e["resource"] for e in bundle["entry"]}
+
+
+# ------------------------------------------------------------------------------------------------ valid R4
+
+
+def test_every_published_resource_is_valid_r4(shipped: Path, schema: Any) -> None:
+    from fhir.resources.R4B import get_fhir_model_class
+
+    bundle = json.loads((shipped / "writeback.json").read_text())
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert kinds[:4] == ["ResearchStudy", "Group", "PlanDefinition", "ActivityDefinition"]
+    assert kinds[-1] == "Provenance" and kinds.count("ValueSet") == 49
+    for entry in bundle["entry"]:
+        res = entry["resource"]
+        errors = [f"{list(e.path)}: {e.message[:120]}" for e in schema(res["resourceType"]).iter_errors(res)]
+        assert errors == [], (res["resourceType"], errors)
+        get_fhir_model_class(res["resourceType"]).model_validate(res)
+    assert list(schema("Bundle").iter_errors(bundle)) == []
+
+
+def test_the_schema_check_is_live(shipped: Path, schema: Any) -> None:
+    """A negative control: a status outside ResearchStudy's required binding is caught."""
+    study = bundle_resources(shipped)["ResearchStudy/thal-hcc-pilot"]
+    assert list(schema("ResearchStudy").iter_errors({**study, "status": "finished"}))
+
+
+def test_each_typed_resource_round_trips() -> None:
+    mappings, _identity = load_mappings()
+    for resource in build_study(mappings, INPUTS):
+        assert decode_resource(encode_resource(resource)) == resource
+
+
+def test_the_study_links_its_plan_group_and_value_sets(shipped: Path) -> None:
+    found = bundle_resources(shipped)
+    study = found["ResearchStudy/thal-hcc-pilot"]
+    assert study["enrollment"] == [{"reference": "Group/thal-hcc-pilot-eligibility", "display": "eligibility criteria"}]
+    assert study["protocol"][0]["reference"] == "PlanDefinition/thal-hcc-pilot-plan"
+    assert {"type": "citation", "citation": study["relatedArtifact"][0]["citation"]} == study["relatedArtifact"][0]
+    assert study["relatedArtifact"][0]["citation"].startswith("Han SH et al.")
+    assert {"system": "http://snomed.info/sct", "code": "109841003"} in study["condition"][0]["coding"]
+    assert (study["status"], study["phase"]["coding"][0]["code"]) == ("completed", "phase-2")
+    urls = {r["url"] for r in found.values() if r["resourceType"] == "ValueSet"}
+    group = found["Group/thal-hcc-pilot-eligibility"]
+    for char in group["characteristic"]:
+        for ext in char.get("extension", []):
+            assert ext["valueCanonical"] in urls  # every code list a criterion names is published
+        if "valueReference" in char:
+            assert char["valueReference"]["reference"] in found
+    plan = found["PlanDefinition/thal-hcc-pilot-plan"]
+    drug = next(a for a in plan["action"] if a["id"] == "study-drug")
+    assert drug["definitionCanonical"] == found["ActivityDefinition/thal-hcc-pilot-thalidomide"]["url"]
+    assert drug["timingTiming"] == {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d", "when": ["HS"]}}
+    dose = found["ActivityDefinition/thal-hcc-pilot-thalidomide"]["dosage"][0]["doseAndRate"][0]["doseQuantity"]
+    assert (dose["value"], dose["code"]) == (200, "mg")
+
+
+# ------------------------------------------------------------------------------------------------ one table
+
+
+def test_the_group_states_exactly_the_limits_the_rules_apply(shipped: Path) -> None:
+    group = bundle_resources(shipped)["Group/thal-hcc-pilot-eligibility"]
+    chars = {c["id"]: c for c in group["characteristic"]}
+    assert list(chars) == list(CRITERIA)  # one characteristic per criterion, named by its id
+    for c in group["characteristic"]:
+        assert c["code"]["coding"][0]["code"] == c["id"]
+        assert c["exclude"] == c["id"].startswith(("not_", "no_"))
+    for threshold in THRESHOLDS:  # what eligibility compares against
+        quantity = chars[threshold.cid]["valueQuantity"]
+        assert (quantity["comparator"], quantity["value"]) == (threshold.op, threshold.limit)
+        assert quantity.get("code", "") == threshold.unit
+    age = chars["age"]["valueQuantity"]
+    assert (age["comparator"], age["value"], age["code"]) == ("<", limits.AGE.value, "a")
+    assert chars["child_pugh"]["valueRange"] == {
+        "low": {"value": limits.CHILD_PUGH_MIN_SCORE},
+        "high": {"value": limits.CLASS_B_MAX},
+    }
+    assert chars["anc"]["valueQuantity"]["value"] == 1.0 and age["value"] == 75  # the rule book's values
+
+
+RULE_MODULES = ("eligibility", "child_pugh", "response", "evaluate")
+PUBLISHING_MODULES = ("study_fhir", "study_plan", "study_publish", "study_resources")
+
+
+def numeric_literals(module: str) -> set[tuple[type, float]]:
+    tree = ast.parse((ROOT / "fhiradapter" / "core" / f"{module}.py").read_text())
+    return {
+        (type(node.value), node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float)
+    }
+
+
+def test_no_limit_is_written_twice() -> None:
+    """The fixed limits are in core/limits.py only: neither the rules nor the publishing modules write one.
+
+    Small integers (0-5) are also counters, Child-Pugh points and the exact ratios of §4 (4x >= 5 nadir) in
+    the other modules; the §2 rules (eligibility) must not hold them either.
+    """
+    fixed: set[tuple[type, float]] = {(type(lim.value), lim.value) for lim in limits.FIXED_LIMITS.values()}
+    fixed |= {(int, days) for days in limits.FIXED_DAYS.values()}
+    fixed |= {(float, v) for v in (*limits.BILIRUBIN_BANDS, *limits.INR_BANDS, *limits.PT_BANDS, limits.ALBUMIN_UPPER)}
+    fixed |= {(int, limits.CLASS_A_MAX), (int, limits.CLASS_B_MAX), (int, limits.CHILD_PUGH_MIN_SCORE)}
+    small = {(int, n) for n in range(6)}
+    for module in (*RULE_MODULES, *PUBLISHING_MODULES):
+        written = numeric_literals(module) & fixed
+        if module != "eligibility":
+            written -= small
+        assert written == set(), f"core/{module}.py writes a fixed limit itself: {sorted(written)}"
+    assert numeric_literals("limits") >= fixed - small  # ... and core/limits.py does
+
+
+# ------------------------------------------------------------------------------------------------ a site
+
+
+def paper_with_local_anc(tmp_path: Path) -> Path:
+    """The paper cohort with thal-01's screening ANC coded with the hospital's local code only."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for f in PAPER.iterdir():
+        text = f.read_text()
+        if f.name == "Observation.ndjson":
+            lines = []
+            for line in text.splitlines():
+                res = json.loads(line)
+                if res["id"] == "thal-01-anc-scr":
+                    res["code"] = {"coding": [{"system": LOCAL_ANC[0], "code": LOCAL_ANC[1]}]}
+                lines.append(json.dumps(res))
+            text = "\n".join(lines) + "\n"
+        (src / f.name).write_text(text)
+    return src
+
+
+def evaluate(src: Path, out: Path, *extra: str) -> dict[str, Any]:
+    result = cli("evaluate", str(src), "--as-of", "2005-03-31", "--out", str(out), "--no-report", *extra)
+    assert result.exit_code == 0, result.output
+    return {s["patient"]: s for s in json.loads((out / "results.json").read_text())["subjects"]}
+
+
+def criterion(subject: dict[str, Any], cid: str) -> str:
+    return str(next(c["status"] for c in subject["eligibility"]["criteria"] if c["id"] == cid))
+
+
+def value_set_codes(out: Path, name: str) -> set[tuple[str, str]]:
+    vs = bundle_resources(out)[f"ValueSet/thal-hcc-pilot-{name}"]
+    return {(inc["system"], c["code"]) for inc in vs["compose"]["include"] for c in inc.get("concept", [])}
+
+
+def site_folder(tmp_path: Path) -> Path:
+    site = tmp_path / "site"
+    assert cli("mappings", "init", str(site)).exit_code == 0
+    return site
+
+
+def test_a_sites_value_and_local_code_change_the_rules_and_the_published_study(tmp_path: Path, shipped: Path) -> None:
+    src = paper_with_local_anc(tmp_path)
+    site = site_folder(tmp_path)
+    codes = (site / "codes.toml").read_text()
+    anc = '"loinc|751-8", "loinc|753-4", "loinc|26499-4"]'
+    assert anc in codes
+    (site / "codes.toml").write_text(codes.replace(anc, anc[:-1] + f', "{LOCAL_ANC[0]}|{LOCAL_ANC[1]}"]'))
+    protocol = (site / "protocol.toml").read_text()
+    rule = 'term = "sensory_neuropathy"\nmin_grade = 2'
+    assert rule in protocol
+    (site / "protocol.toml").write_text(protocol.replace(rule, 'term = "sensory_neuropathy"\nmin_grade = 3'))
+
+    before = evaluate(src, tmp_path / "shipped-run")
+    after = evaluate(src, tmp_path / "site-run", "--mappings", str(site))
+    assert criterion(before["Patient/thal-01"], "anc") == "unknown"  # the local code is not mapped
+    assert criterion(after["Patient/thal-01"], "anc") == "met"  # mapped in the site's codes.toml, and used
+    assert [a["action"] for a in before["Patient/thal-08"]["dose_actions"]] == ["discontinue"]  # grade 2 >= 2
+    assert after["Patient/thal-08"]["dose_actions"] == []  # grade 2 < 3
+
+    published = tmp_path / "site-study"
+    result = cli("study", str(published), "--mappings", str(site))
+    assert result.exit_code == 0, result.output
+    assert LOCAL_ANC not in value_set_codes(shipped, "observation-anc")
+    assert LOCAL_ANC in value_set_codes(published, "observation-anc")
+
+    def neuropathy_rule(out: Path) -> str:
+        plan = bundle_resources(out)["PlanDefinition/thal-hcc-pilot-plan"]
+        return str(next(a["title"] for a in plan["action"] if "sensory_neuropathy" in a["title"]))
+
+    assert "grade >= 2" in neuropathy_rule(shipped) and "grade >= 3" in neuropathy_rule(published)
+
+
+CONCEPT_MAP = {
+    "resourceType": "ConceptMap",
+    "id": "site-labs",
+    "status": "active",
+    "group": [
+        {
+            "source": LOCAL_ANC[0],
+            "target": "http://loinc.org",
+            "element": [
+                {"code": LOCAL_ANC[1], "target": [{"code": "751-8", "equivalence": "equivalent"}]},
+                {"code": "ANC-ESTIMATE", "target": [{"code": "751-8", "equivalence": "narrower"}]},
+            ],
+        }
+    ],
+}
+
+
+def test_a_local_code_mapped_only_by_the_sites_concept_map_is_used_and_published(tmp_path: Path) -> None:
+    src = paper_with_local_anc(tmp_path)
+    site = site_folder(tmp_path)
+    (site / "conceptmap-labs.json").write_text(json.dumps(CONCEPT_MAP))
+    mappings, identity = load_mappings(site)
+    assert identity["concept_maps"] == ["conceptmap-labs.json"]
+    assert mappings.observation.get(*LOCAL_ANC) == "anc"
+    assert mappings.observation.get(LOCAL_ANC[0], "ANC-ESTIMATE") is None  # narrower: left out
+    subjects = evaluate(src, tmp_path / "run", "--mappings", str(site))
+    assert criterion(subjects["Patient/thal-01"], "anc") == "met"
+    published = tmp_path / "study"
+    assert cli("study", str(published), "--mappings", str(site)).exit_code == 0
+    assert LOCAL_ANC in value_set_codes(published, "observation-anc")
+    (site / "conceptmap-labs.json").write_text(json.dumps({"resourceType": "ValueSet"}))
+    refused = cli("study", str(tmp_path / "study2"), "--mappings", str(site))
+    assert refused.exit_code == 10 and "conceptmap-labs.json" in refused.output and "not 'ConceptMap'" in refused.output
+
+
+def test_plan_against_a_server_copy() -> None:
+    """Unchanged when the server's copy carries the same content hash; an update keeps the hospital's own
+    elements of its ResearchStudy; a create otherwise."""
+    from fhiradapter.core.study_publish import ServerCopy
+
+    mappings, _identity = load_mappings()
+    resources = build_study(mappings, INPUTS)
+    first = plan_study(resources, {})
+    assert {e.action for e in first} == {"create"}
+    copies = {
+        e.identifier: ServerCopy(version="1", content_hash=e.resource["meta"]["tag"][0]["code"], content=e.resource)
+        for e in first
+    }
+    hospitals = {
+        "resourceType": "ResearchStudy",
+        "id": "thal-hcc-pilot",
+        "status": "active",
+        "keyword": [{"text": "x"}],
+    }
+    copies["ResearchStudy/thal-hcc-pilot"] = ServerCopy(version="3", content_hash=None, content=hospitals)
+    second = plan_study(resources, copies)
+    assert [e.action for e in second].count("unchanged") == len(resources) - 1
+    update = second[0]
+    assert (update.action, update.version) == ("update", "3")
+    assert update.resource["keyword"] == [{"text": "x"}] and update.resource["status"] == "completed"
+    assert as_json(resources[0])["status"] == "completed"
+
+
+# ------------------------------------------------------------------------------------------------ a server
+
+
+def versions(base: str, rtype: str) -> dict[str, str]:
+    return {r["id"]: r["meta"]["versionId"] for r in server_resources(base, rtype)}
+
+
+DEFINITIONS = ("ResearchStudy", "Group", "PlanDefinition", "ActivityDefinition", "ValueSet")
+
+
+def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_references_it(
+    tmp_path: Path, schema: Any
+) -> None:
+    from fhiradapter.shell.server.fhir_client import FhirClient
+    from fhiradapter.shell.server.store import SyncStore
+    from fhiradapter.shell.server.sync import SyncOptions, run_sync
+
+    with sekmet_server(tmp_path) as base:
+        load_input(base, PAPER)  # the hospital already holds ResearchStudy/thal-hcc-pilot (status, title)
+        first = tmp_path / "first"
+        planned = cli("study", "--server", base, str(first))
+        assert planned.exit_code == 0, planned.output
+        assert "create 52, update 1, unchanged 0" in planned.output
+        refused = cli("push", "--server", base, str(first / "writeback.json"))
+        assert refused.exit_code == 17  # approval before anything is written
+        assert versions(base, "ResearchStudy") == {"thal-hcc-pilot": "1"}
+        approve(first)
+        pushed = cli("push", "--server", base, str(first / "writeback.json"))
+        assert pushed.exit_code == 0, pushed.output
+        assert "created 53, updated 1 (with 1 Provenance record(s) of the run)" in pushed.output
+        provenance = next(iter(server_resources(base, "Provenance")))
+        assert any(a["who"]["display"] == "Test Runner" for a in provenance["agent"])  # the approver
+        written = {t: versions(base, t) for t in DEFINITIONS}
+        assert sum(len(v) for v in written.values()) == 53
+        for rtype in DEFINITIONS:
+            for res in server_resources(base, rtype):
+                assert [e.message for e in schema(rtype).iter_errors(res)] == []
+
+        second = tmp_path / "second"
+        again = cli("study", "--server", base, str(second))
+        assert again.exit_code == 0, again.output
+        assert "create 0, update 0, unchanged 53" in again.output and "Nothing to write" in again.output
+        assert json.loads((second / "writeback.json").read_text())["entry"] == []
+        approve(second)
+        assert cli("push", "--server", base, str(second / "writeback.json")).exit_code == 0
+        assert {t: versions(base, t) for t in DEFINITIONS} == written  # nothing changed
+
+        mappings, identity = load_mappings()
+        store = SyncStore(f"sqlite:///{tmp_path / 'sync.db'}")
+        try:
+            options = SyncOptions(
+                work_dir=tmp_path / "runs",
+                mappings=mappings,
+                mappings_identity=identity,
+                study="thal-hcc-pilot",
+                as_of=__import__("datetime").date(2005, 3, 31),
+                since="auto",
+                dry_run=False,
+                standing_rule=standing_rule_all(),
+            )
+            synced = run_sync(FhirClient(base), store, options)
+        finally:
+            store.close()
+        assert synced.plan["update"] > 0  # the ResearchSubjects' status, written back
+        published = httpx.get(f"{base}/ResearchStudy/thal-hcc-pilot", timeout=10).json()
+        assert published["enrollment"][0]["reference"] == "Group/thal-hcc-pilot-eligibility"
+        assert study_reference(mappings.study) == {"reference": "ResearchStudy/thal-hcc-pilot"}
+        subjects = list(server_resources(base, "ResearchSubject"))
+        assert subjects and {s["study"]["reference"] for s in subjects} == {"ResearchStudy/thal-hcc-pilot"}
