@@ -389,3 +389,37 @@ def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_re
         assert study_reference(mappings.study) == {"reference": "ResearchStudy/thal-hcc-pilot"}
         subjects = list(server_resources(base, "ResearchSubject"))
         assert subjects and {s["study"]["reference"] for s in subjects} == {"ResearchStudy/thal-hcc-pilot"}
+
+
+# ------------------------------------------------------------------------------------------------ the docs
+
+
+def doc_excerpts() -> dict[str, Any]:
+    """What docs/study-fhir.md shows, by marker, regenerated from the shipped mappings."""
+    from fhiradapter.shell.common.mappings_io import default_mappings_dir
+    from fhiradapter.shell.study.publish import load_study_inputs
+
+    mappings, _identity = load_mappings()
+    built = {
+        f"{r['resourceType']}/{r['id']}": r
+        for r in map(as_json, build_study(mappings, load_study_inputs(default_mappings_dir(), mappings)))
+    }
+    chars = {c["id"]: c for c in built["Group/thal-hcc-pilot-eligibility"]["characteristic"]}
+    actions = {a["id"]: a for a in built["PlanDefinition/thal-hcc-pilot-plan"]["action"]}
+    return {
+        "ResearchStudy": built["ResearchStudy/thal-hcc-pilot"],
+        "chars": [chars["anc"], chars["no_peripheral_neuropathy"]],
+        "acts": [actions["dose-rule-2"]],
+        "vs": built["ValueSet/thal-hcc-pilot-observation-afp"]["compose"],
+    }
+
+
+def test_the_docs_page_shows_what_study_writes_today() -> None:
+    import re
+
+    page = (ROOT / "docs" / "study-fhir.md").read_text()
+    shown = {
+        name: json.loads(body)
+        for name, body in re.findall(r"<!-- study-fhir: (\w+) -->\n```json\n(.*?)\n```", page, re.S)
+    }
+    assert shown == doc_excerpts()

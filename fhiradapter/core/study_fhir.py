@@ -30,6 +30,7 @@ from fhiradapter.core.protocol import RULE_BOOK, Mappings
 from fhiradapter.core.study_resources import (
     CodeableConcept,
     Coding,
+    Designation,
     Extension,
     Group,
     GroupCharacteristic,
@@ -212,9 +213,7 @@ def value_set_specs(mappings: Mappings) -> list[ValueSetSpec]:
         )
     )
     specs += [
-        ValueSetSpec(
-            f"ae-term-{slug(t.term)}", f"{t.display} (CTC v2.0 term)", "[[ae_term]]", resolved(t.codes, t.display)
-        )
+        ValueSetSpec(f"ae-term-{slug(t.term)}", f"{t.display} (CTC v2.0 term)", "[[ae_term]]", resolved(t.codes))
         for t in codes.ae_term
     ]
     specs += [
@@ -229,12 +228,13 @@ def value_set_specs(mappings: Mappings) -> list[ValueSetSpec]:
 def build_value_set(spec: ValueSetSpec, ids: StudyIds, protocol_id: str) -> ValueSet:
     """A ValueSet of one code list: exact codes as concepts, ``C77*`` prefixes as an is-a filter, by system."""
     by_system: dict[str, tuple[list[ValueSetConcept], list[ValueSetFilter]]] = {}
-    for system, code, display in spec.codes:
+    for system, code, meaning in spec.codes:
         concepts, filters = by_system.setdefault(system, ([], []))
         if code.endswith("*"):
             filters.append(ValueSetFilter(property="concept", op="is-a", value=code[:-1]))
         elif all(c.code != code for c in concepts):
-            concepts.append(ValueSetConcept(code=code, display=display))
+            designation = (Designation(value=meaning),) if meaning else ()
+            concepts.append(ValueSetConcept(code=code, designation=designation))
     rid = ids.of(spec.name)
     includes: list[ValueSetInclude] = []
     for system, (concepts, filters) in by_system.items():
@@ -249,8 +249,8 @@ def build_value_set(spec: ValueSetSpec, ids: StudyIds, protocol_id: str) -> Valu
         status="active",
         name=_name_of(f"{protocol_id} {spec.name}"),
         title=f"{spec.title} ({protocol_id})",
-        description=f"The codes that mean {spec.title}, as the rules read them: mappings codes.toml {spec.source} "
-        "(the site's local codes included).",
+        description=f"{spec.title}: the codes the rules read, from mappings codes.toml {spec.source} (the site's "
+        "local codes and its ConceptMaps' included).",
         compose=ValueSetCompose(include=tuple(includes)),
     )
 

@@ -32,7 +32,6 @@ from fhiradapter.core.study_resources import (
     PlanDefinition,
     ResearchStudy,
     StudyResource,
-    ValueSet,
 )
 from fhiradapter.core.writeback import HASH_TAG_SYSTEM, PlanEntry, content_hash
 
@@ -170,7 +169,3 @@ def plan_line(entry: PlanEntry, resource: StudyResource) -> dict[str, Any]:
             {"element": k, "old": old.get(k), "new": v} for k, v in new.items() if old.get(k) != v and k != "id"
         ]
     return line
-
-
-def value_sets_of(resources: Sequence[StudyResource]) -> list[ValueSet]:
-    return [r for r in resources if isinstance(r, ValueSet)]

@@ -81,9 +81,13 @@ class RelatedArtifact(_Element, frozen=True, kw_only=True):
 # ---------------------------------------------------------------------------------------------- ValueSet
 
 
+class Designation(_Element, frozen=True, kw_only=True):
+    value: str
+
+
 class ValueSetConcept(_Element, frozen=True, kw_only=True):
     code: str
-    display: str | None = None
+    designation: tuple[Designation, ...] = ()  # what the rules read the code as (an answer's meaning)
 
 
 class ValueSetFilter(_Element, frozen=True, kw_only=True):
@@ -142,13 +146,6 @@ class Group(_Element, frozen=True, kw_only=True, tag_field="resourceType", tag="
 
 
 # ---------------------------------------------------------------------------------------------- plans
-
-
-class Duration(_Element, frozen=True, kw_only=True):
-    value: float
-    unit: str
-    system: str = "http://unitsofmeasure.org"
-    code: str
 
 
 class TimingRepeat(_Element, frozen=True, kw_only=True):
