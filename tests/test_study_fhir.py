@@ -115,11 +115,18 @@ def test_the_study_links_its_plan_group_and_value_sets(shipped: Path) -> None:
     assert (study["status"], study["phase"]["coding"][0]["code"]) == ("completed", "phase-2")
     urls = {r["url"] for r in found.values() if r["resourceType"] == "ValueSet"}
     group = found["Group/thal-hcc-pilot-eligibility"]
+    by_url = {r["url"]: r for r in found.values() if r["resourceType"] == "ValueSet"}
     for char in group["characteristic"]:
-        for ext in char.get("extension", []):
-            assert ext["valueCanonical"] in urls  # every code list a criterion names is published
-        if "valueReference" in char:
-            assert char["valueReference"]["reference"] in found
+        named = [ext["valueCanonical"] for ext in char.get("extension", [])]
+        assert set(named) <= urls  # every code list a criterion names is published
+        listed = {
+            (inc["system"], c["code"])
+            for url in named
+            for inc in by_url[url]["compose"]["include"]
+            for c in inc.get("concept", [])
+        }
+        for coding in char.get("valueCodeableConcept", {}).get("coding", []):
+            assert (coding["system"], coding["code"]) in listed  # a coded criterion's value: codes it reads
     plan = found["PlanDefinition/thal-hcc-pilot-plan"]
     drug = next(a for a in plan["action"] if a["id"] == "study-drug")
     assert drug["definitionCanonical"] == found["ActivityDefinition/thal-hcc-pilot-thalidomide"]["url"]
@@ -149,6 +156,34 @@ def test_the_group_states_exactly_the_limits_the_rules_apply(shipped: Path) -> N
         "high": {"value": limits.CLASS_B_MAX},
     }
     assert chars["anc"]["valueQuantity"]["value"] == 1.0 and age["value"] == 75  # the rule book's values
+
+
+def test_each_characteristic_says_what_it_looks_at(shipped: Path) -> None:
+    """As a data manager reads it: a measured criterion names the Observation codes it compares, a coded one
+    the codes that meet or exclude, every code of every list it reads (pregnancy and breastfeeding alike)."""
+    mappings, _identity = load_mappings()
+    chars = {c["id"]: c for c in bundle_resources(shipped)["Group/thal-hcc-pilot-eligibility"]["characteristic"]}
+    systems = mappings.codes.systems
+
+    def exact(concept: str, kind: str = "condition") -> set[tuple[str, str]]:
+        lists = {"condition": mappings.codes.condition, "observation": mappings.codes.observation}[kind]
+        entries = next(e.codes for e in lists if e.concept == concept)
+        return {(systems[c.split("|")[0]], c.split("|")[1]) for c in entries if not c.endswith("*")}
+
+    def codes(c: dict[str, Any], element: str) -> set[tuple[str, str]]:
+        return {(x["system"], x["code"]) for x in c[element]["coding"]}
+
+    for threshold in THRESHOLDS:
+        assert codes(chars[threshold.cid], "code") - {("urn:fhiradapter:criterion", threshold.cid)} == exact(
+            threshold.cid, "observation"
+        )
+    pregnancy = chars["not_pregnant_or_breastfeeding"]
+    assert codes(pregnancy, "valueCodeableConcept") == exact("pregnancy") | exact("breastfeeding")
+    assert pregnancy["exclude"] is True and "breastfeeding" in pregnancy["valueCodeableConcept"]["text"]
+    neuropathy = chars["no_peripheral_neuropathy"]["valueCodeableConcept"]
+    assert codes(chars["no_peripheral_neuropathy"], "valueCodeableConcept") == exact("peripheral_neuropathy")
+    assert "G62" in neuropathy["text"]  # the ICD-10 range, which a CodeableConcept cannot hold, in words
+    assert all("_" not in char["code"]["text"] for char in chars.values())
 
 
 RULE_MODULES = ("eligibility", "child_pugh", "response", "evaluate")
@@ -407,11 +442,37 @@ def doc_excerpts() -> dict[str, Any]:
     chars = {c["id"]: c for c in built["Group/thal-hcc-pilot-eligibility"]["characteristic"]}
     actions = {a["id"]: a for a in built["PlanDefinition/thal-hcc-pilot-plan"]["action"]}
     return {
+        "Group": built["Group/thal-hcc-pilot-eligibility"],
         "ResearchStudy": built["ResearchStudy/thal-hcc-pilot"],
         "chars": [chars["anc"], chars["no_peripheral_neuropathy"]],
         "acts": [actions["dose-rule-2"]],
         "vs": built["ValueSet/thal-hcc-pilot-observation-afp"]["compose"],
     }
+
+
+def criteria_table(group: dict[str, Any]) -> str:
+    """The eligibility Group as the docs page's table: one row per characteristic, what it states."""
+
+    mappings, _identity = load_mappings()
+    alias = {uri: name for name, uri in mappings.codes.systems.items()}
+
+    def value(c: dict[str, Any]) -> str:
+        if "valueQuantity" in c:
+            q = c["valueQuantity"]
+            return f"`{q['comparator']} {q['value']}{' ' + q['unit'] if 'unit' in q else ''}`"
+        if "valueRange" in c:
+            return f"score `{c['valueRange']['low']['value']}`-`{c['valueRange']['high']['value']}`"
+        codes = ", ".join(
+            f"{alias.get(x['system'], x['system'])} {x['code']}" for x in c["valueCodeableConcept"]["coding"]
+        )
+        return f"{c['valueCodeableConcept']['text']}: {codes}"
+
+    rows = ["| criterion (`id`) | exclude | states (`code.text`) | value |", "|---|---|---|---|"]
+    rows += [
+        f"| `{c['id']}` | {'yes' if c['exclude'] else 'no'} | {c['code']['text']} | {value(c)} |"
+        for c in group["characteristic"]
+    ]
+    return "\n".join(rows)
 
 
 def test_the_docs_page_shows_what_study_writes_today() -> None:
@@ -422,4 +483,7 @@ def test_the_docs_page_shows_what_study_writes_today() -> None:
         name: json.loads(body)
         for name, body in re.findall(r"<!-- study-fhir: (\w+) -->\n```json\n(.*?)\n```", page, re.S)
     }
-    assert shown == doc_excerpts()
+    excerpts = doc_excerpts()
+    assert shown == {k: v for k, v in excerpts.items() if k != "Group"}
+    table = re.findall(r"<!-- study-fhir: criteria -->\n(.*?)\n\n", page, re.S)
+    assert table == [criteria_table(excerpts["Group"])]

@@ -25,7 +25,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhiradapter.core.eligibility import CRITERIA, CRITERION_LABELS, THRESHOLDS
-from fhiradapter.core.limits import CHILD_PUGH_MIN_SCORE, CLASS_B_MAX, FIXED_LIMITS, Limit
+from fhiradapter.core.limits import CHILD_PUGH_MIN_SCORE, CLASS_B_MAX, FIXED_LIMITS, LAB_WINDOW_DAYS, Limit
 from fhiradapter.core.protocol import RULE_BOOK, Mappings
 from fhiradapter.core.study_resources import (
     CodeableConcept,
@@ -175,9 +175,15 @@ def value_set_specs(mappings: Mappings) -> list[ValueSetSpec]:
     def slug(text: str) -> str:
         return text.replace("_", "-")
 
+    def words(text: str) -> str:
+        return text.replace("_", " ")
+
     specs = [
         ValueSetSpec(
-            f"observation-{slug(o.concept)}", f"{o.concept} Observation codes", "[[observation]]", resolved(o.codes)
+            f"observation-{slug(o.concept)}",
+            f"{words(o.concept)} Observation codes",
+            "[[observation]]",
+            resolved(o.codes),
         )
         for o in codes.observation
     ]
@@ -185,7 +191,7 @@ def value_set_specs(mappings: Mappings) -> list[ValueSetSpec]:
     for answer in codes.answer:
         answers.setdefault(answer.concept, []).extend(resolved(answer.codes, answer.value))
     specs += [
-        ValueSetSpec(f"answer-{slug(concept)}", f"{concept} answer codes", "[[answer]]", tuple(found))
+        ValueSetSpec(f"answer-{slug(concept)}", f"{words(concept)} answer codes", "[[answer]]", tuple(found))
         for concept, found in answers.items()
     ]
     specs += [
@@ -198,12 +204,14 @@ def value_set_specs(mappings: Mappings) -> list[ValueSetSpec]:
         ),
     ]
     specs += [
-        ValueSetSpec(f"condition-{slug(c.concept)}", f"{c.concept} Condition codes", "[[condition]]", resolved(c.codes))
+        ValueSetSpec(
+            f"condition-{slug(c.concept)}", f"{words(c.concept)} Condition codes", "[[condition]]", resolved(c.codes)
+        )
         for c in codes.condition
     ]
     specs += [
         ValueSetSpec(
-            f"medication-{slug(m.concept)}", f"{m.concept} medication codes", "[[medication]]", resolved(m.codes)
+            f"medication-{slug(m.concept)}", f"{words(m.concept)} medication codes", "[[medication]]", resolved(m.codes)
         )
         for m in codes.medication
     ]
@@ -218,7 +226,10 @@ def value_set_specs(mappings: Mappings) -> list[ValueSetSpec]:
     ]
     specs += [
         ValueSetSpec(
-            f"stop-reason-{slug(s.concept)}", f"{s.concept} (reason to stop)", "[[stop_reason]]", resolved(s.codes)
+            f"stop-reason-{slug(s.concept)}",
+            f"{words(s.concept)} (reason to stop)",
+            "[[stop_reason]]",
+            resolved(s.codes),
         )
         for s in codes.stop_reason
     ]
@@ -313,6 +324,33 @@ def _excludes(cid: str) -> bool:
     return cid.startswith(("not_", "no_"))
 
 
+# What a coded criterion looks for, in words a data manager reads beside the codes (docs/protocol.md §2). The
+# windows are the rule book's (core/limits.py); the codes are the site's (codes.toml, as ValueSets).
+CODED_CRITERIA: dict[str, tuple[tuple[str, ...], str]] = {  # id -> (the lists whose codes are the value, words)
+    "histology": (("condition-hcc",), "hepatocellular carcinoma, a Condition with verificationStatus confirmed"),
+    "metastatic_measurable": (
+        ("condition-metastasis",),
+        "a secondary-malignancy Condition, and at least one lesion with both diameters measured within "
+        f"{LAB_WINDOW_DAYS} days before the first dose (or screening)",
+    ),
+    "prior_anthracycline_progression": (
+        ("medication-anthracycline",),
+        "an anthracycline started before screening, and a later disease-status record of progression",
+    ),
+    "not_pregnant_or_breastfeeding": (
+        ("condition-pregnancy", "condition-breastfeeding"),
+        "pregnant or breastfeeding (a Condition, or a pregnancy or breastfeeding status Observation) on or before "
+        "screening",
+    ),
+    "no_peripheral_neuropathy": (("condition-peripheral-neuropathy",), "active peripheral neuropathy (a Condition)"),
+    "no_prior_thalidomide": (("medication-thalidomide",), "any thalidomide started before screening"),
+    "no_uncontrolled_infection": (("condition-infection",), "an active infection (a Condition)"),
+    "consent": (("consent-research",), "an active research Consent, or ResearchSubject.consent set"),
+}
+# The Observation codes a measured criterion compares (the characteristic's code names what is measured).
+MEASURED_CRITERIA = {t.cid: f"observation-{t.cid}" for t in THRESHOLDS}
+
+
 def _criterion_text(cid: str) -> str:
     """What the characteristic states: the criterion's label (for an exclusion, what excludes)."""
     label = CRITERION_LABELS[cid]
@@ -322,32 +360,56 @@ def _criterion_text(cid: str) -> str:
     return label.removeprefix("not ").removeprefix("no ") if _excludes(cid) else label
 
 
-def characteristic(cid: str, value_sets: dict[str, ValueSet]) -> GroupCharacteristic:
-    """One criterion as a Group characteristic: its id, its code lists, and its limit or value set."""
+def _exact_codings(specs: dict[str, ValueSetSpec], names: Iterable[str]) -> tuple[Coding, ...]:
+    """The exact codes of some code lists, each once (the prefixes, ``C77*``, are in the lists' ValueSets)."""
+    found = [
+        (system, code)
+        for name in names
+        for system, code, _meaning in (specs[name].codes if name in specs else ())
+        if not code.endswith("*")
+    ]
+    return tuple(Coding(system=system, code=code) for system, code in dict.fromkeys(found))
+
+
+def characteristic(cid: str, specs: dict[str, ValueSetSpec], value_sets: dict[str, ValueSet]) -> GroupCharacteristic:
+    """One criterion as a Group characteristic: its id, what it looks at, and its limit or its codes.
+
+    ``code`` names the criterion (``urn:fhiradapter:criterion``), and for a measured one also the Observation
+    codes compared; ``value`` is the limit (a Quantity with its comparator, the Child-Pugh score as a Range) or,
+    for a coded criterion, the codes that meet (or, with ``exclude``, exclude) with their meaning in words. Every
+    code list the criterion reads is named in an extension by its ValueSet's canonical url.
+    """
     label = CRITERION_LABELS[cid]
-    read = [value_sets[name] for name in CRITERION_VALUE_SETS.get(cid, ()) if name in value_sets]
-    code = CodeableConcept(
-        coding=(Coding(system=CRITERION_SYSTEM, code=cid, display=label),), text=_criterion_text(cid)
+    extension = tuple(
+        Extension(url=VALUE_SET_EXTENSION, value_canonical=value_sets[name].url)
+        for name in CRITERION_VALUE_SETS.get(cid, ())
+        if name in value_sets
     )
-    extension = tuple(Extension(url=VALUE_SET_EXTENSION, value_canonical=vs.url) for vs in read)
+    measured = _exact_codings(specs, (MEASURED_CRITERIA[cid],)) if cid in MEASURED_CRITERIA else ()
+    code = CodeableConcept(
+        coding=(Coding(system=CRITERION_SYSTEM, code=cid, display=label), *measured), text=_criterion_text(cid)
+    )
+    excluded = _excludes(cid)
     limit = FIXED_LIMITS.get(cid)
     if limit is not None:
-        return GroupCharacteristic(
-            id=cid, extension=extension, code=code, value_quantity=limit_quantity(limit), exclude=False
-        )
+        quantity = limit_quantity(limit)
+        return GroupCharacteristic(id=cid, extension=extension, code=code, value_quantity=quantity, exclude=excluded)
     if cid == "child_pugh":
         score = Range(low=Quantity(value=CHILD_PUGH_MIN_SCORE), high=Quantity(value=CLASS_B_MAX))
-        return GroupCharacteristic(id=cid, extension=extension, code=code, value_range=score, exclude=False)
-    if read:
-        first = read[0]
-        reference = Reference(reference=f"ValueSet/{first.id}", display=first.title)
-        return GroupCharacteristic(
-            id=cid, extension=extension, code=code, value_reference=reference, exclude=_excludes(cid)
-        )
-    return GroupCharacteristic(id=cid, extension=extension, code=code, value_boolean=True, exclude=_excludes(cid))
+        return GroupCharacteristic(id=cid, extension=extension, code=code, value_range=score, exclude=excluded)
+    names, words = CODED_CRITERIA[cid]
+    prefixes = dict.fromkeys(code for n in names if n in specs for _s, code, _m in specs[n].codes if code.endswith("*"))
+    if prefixes:  # a CodeableConcept holds exact codes only: say the ranges in words
+        words += f"; also every code under {', '.join(p.removesuffix('*') for p in prefixes)} (in the ValueSets)"
+    value = CodeableConcept(coding=_exact_codings(specs, names), text=words)
+    return GroupCharacteristic(id=cid, extension=extension, code=code, value_codeable_concept=value, exclude=excluded)
 
 
-def build_group(ids: StudyIds, mappings: Mappings, value_sets: dict[str, ValueSet]) -> Group:
+def build_group(
+    ids: StudyIds, mappings: Mappings, specs: Sequence[ValueSetSpec], value_sets: dict[str, ValueSet]
+) -> Group:
+    """The eligibility Group: one characteristic per criterion of docs/protocol.md §2, in its order."""
+    by_name = {spec.name: spec for spec in specs}
     rid = ids.of("eligibility")
     return Group(
         id=rid,
@@ -356,7 +418,7 @@ def build_group(ids: StudyIds, mappings: Mappings, value_sets: dict[str, ValueSe
         type="person",
         actual=False,
         name=f"Eligibility: {mappings.protocol.protocol.title} ({RULE_BOOK} §2)",
-        characteristic=tuple(characteristic(cid, value_sets) for cid in CRITERIA),
+        characteristic=tuple(characteristic(cid, by_name, value_sets) for cid in CRITERIA),
     )
 
 

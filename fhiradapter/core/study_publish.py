@@ -69,7 +69,7 @@ def build_study(mappings: Mappings, inputs: StudyInputs) -> list[StudyResource]:
     specs = value_set_specs(mappings)
     protocol_id = mappings.protocol.protocol.id
     value_sets = {spec.name: build_value_set(spec, ids, protocol_id) for spec in specs}
-    group = build_group(ids, mappings, value_sets)
+    group = build_group(ids, mappings, specs, value_sets)
     activity = build_activity(ids, inputs.drug, specs)
     plan = build_plan(ids, mappings, inputs.drug, specs, activity)
     study = build_research_study(ids, mappings, inputs, specs, plan.id, group.id)
