@@ -513,3 +513,47 @@ def test_the_docs_page_shows_what_study_writes_today() -> None:
     assert shown == {k: v for k, v in excerpts.items() if k != "Group"}
     table = re.findall(r"<!-- study-fhir: criteria -->\n(.*?)\n\n", page, re.S)
     assert table == [criteria_table(excerpts["Group"])]
+
+
+STUDY_IDENTIFIER = ("urn:example:studies", "THAL-HCC-2003")
+
+
+def identified_site(tmp_path: Path, name: str, keep_id: bool) -> Path:
+    """A site whose protocol.toml [study] names the study by its identifier (and by id when ``keep_id``)."""
+    site = tmp_path / name
+    assert cli("mappings", "init", str(site)).exit_code == 0
+    text = (site / "protocol.toml").read_text()
+    block = 'id = "thal-hcc-pilot"\n# identifier = "urn:example:studies|THAL-HCC-2003"'
+    assert block in text
+    named = f'identifier = "{STUDY_IDENTIFIER[0]}|{STUDY_IDENTIFIER[1]}"'
+    (site / "protocol.toml").write_text(text.replace(block, ('id = "thal-hcc-pilot"\n' if keep_id else "") + named))
+    return site
+
+
+def test_a_study_named_by_identifier_is_published_as_the_one_the_server_holds(tmp_path: Path) -> None:
+    """Conditional on identifier: the hospital's ResearchStudy with the study's identifier is updated under its
+    own id (no second ResearchStudy); a configured id that disagrees with the server is refused."""
+    with sekmet_server(tmp_path) as base:
+        hospitals = {
+            "resourceType": "ResearchStudy",
+            "id": "hosp-study-7",
+            "status": "active",
+            "identifier": [{"system": STUDY_IDENTIFIER[0], "value": STUDY_IDENTIFIER[1]}],
+        }
+        assert httpx.put(f"{base}/ResearchStudy/hosp-study-7", json=hospitals, timeout=10).status_code in (200, 201)
+        out = tmp_path / "out"
+        planned = cli("study", "--server", base, "--mappings", str(identified_site(tmp_path, "s1", False)), str(out))
+        assert planned.exit_code == 0, planned.output
+        assert "create 52, update 1, unchanged 0" in planned.output
+        found = bundle_resources(out)
+        assert found["ResearchStudy/hosp-study-7"]["enrollment"][0]["reference"] == "Group/hosp-study-7-eligibility"
+        assert "Group/hosp-study-7-eligibility" in found
+        approve(out)
+        assert cli("push", "--server", base, str(out / "writeback.json")).exit_code == 0
+        assert versions(base, "ResearchStudy") == {"hosp-study-7": "2"}  # updated, no second study
+
+        disagreeing = identified_site(tmp_path, "s2", True)
+        refused = cli("study", "--server", base, "--mappings", str(disagreeing), str(tmp_path / "out2"))
+        assert refused.exit_code != 0
+        assert "ResearchStudy/hosp-study-7" in refused.output and "'thal-hcc-pilot'" in refused.output
+        assert not (tmp_path / "out2").exists()

@@ -22,8 +22,10 @@ def study_cmd(out: Path, mappings_dir: Path | None, **server: Any) -> None:
     codes.toml (the site's local codes, and those of its conceptmap*.json, included).
 
     All of it is built from the mappings the rules run on and the rule book's fixed limits (core/limits.py).
-    With --server, each resource is compared with the server's copy: unchanged ones are not written, changed
-    ones are updates (If-Match the version read). Without it, every resource is planned as a create.
+    With --server, the study is first looked up by its identifiers (protocol.toml [study]): a ResearchStudy the
+    server holds under one of them is the one published (its id kept). Then each resource is compared with the
+    server's copy: unchanged ones are not written, changed ones are updates (If-Match the version read).
+    Without --server, every resource is planned as a create.
 
     OUT holds writeback.json and writeback-plan.ndjson, as evaluate's write-back does: review and approve them
     with `fhiradapter approve OUT --by NAME`, then `fhiradapter push --server URL OUT/writeback.json`.
@@ -36,6 +38,8 @@ def study_cmd(out: Path, mappings_dir: Path | None, **server: Any) -> None:
     """
     import asyncio  # noqa: PLC0415
 
+    import msgspec  # noqa: PLC0415
+
     from fhiradapter.core.study_publish import build_study  # noqa: PLC0415
     from fhiradapter.shell.common.mappings_io import default_mappings_dir, load_mappings  # noqa: PLC0415
     from fhiradapter.shell.study.publish import (  # noqa: PLC0415
@@ -43,6 +47,7 @@ def study_cmd(out: Path, mappings_dir: Path | None, **server: Any) -> None:
         load_study_inputs,
         publish,
         server_copies,
+        study_id_on_server,
     )
 
     with guard():
@@ -55,12 +60,15 @@ def study_cmd(out: Path, mappings_dir: Path | None, **server: Any) -> None:
         copies = None
         if server.get("server"):
 
-            async def read() -> Any:
+            async def read() -> tuple[str | None, Any]:
                 client = await open_server_client(server)
                 async with client:
-                    return await server_copies(client, build_study(mappings, inputs))
+                    found = await study_id_on_server(client, mappings)
+                    built = build_study(mappings, msgspec.structs.replace(inputs, study_id=found))
+                    return found, await server_copies(client, built)
 
-            copies = asyncio.run(read())
+            found_id, copies = asyncio.run(read())
+            inputs = msgspec.structs.replace(inputs, study_id=found_id)
         published = publish(out, mappings, identity, inputs, copies, server.get("server"))
         counts = ", ".join(f"{a} {published.count(a)}" for a in ("create", "update", "unchanged"))
         against = f"compared with {server['server']}" if copies is not None else "not compared with a server"

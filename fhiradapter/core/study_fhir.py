@@ -106,6 +106,7 @@ class StudyInputs(msgspec.Struct, frozen=True, kw_only=True):
     publication: StudyPublication
     citation: str | None  # published.toml ``source``: the paper
     drug: StudyDrug
+    study_id: str | None = None  # the id a server holds the study under (found by its identifier), if any
 
 
 class ValueSetSpec(msgspec.Struct, frozen=True):
@@ -137,11 +138,12 @@ class StudyIds(msgspec.Struct, frozen=True):
         return (Identifier(system=RESOURCE_IDENTIFIER_SYSTEM, value=rid),)
 
 
-def study_ids(mappings: Mappings, publication: StudyPublication) -> StudyIds:
-    """The study's id (the one ResearchSubjects reference; derived from its identifier when none is configured)."""
+def study_ids(mappings: Mappings, publication: StudyPublication, found_id: str | None = None) -> StudyIds:
+    """The study's id: the one ResearchSubjects reference (configured), else the one a server holds the study's
+    identifier under (``found_id``), else derived from its identifier."""
     key = mappings.study
-    if key.id:
-        sid = key.id
+    if key.id or found_id:
+        sid = key.id or str(found_id)
     else:
         system, value = min(key.identifiers)
         sid = "study-" + hashlib.sha256(f"{system}|{value}".encode()).hexdigest()[:24]

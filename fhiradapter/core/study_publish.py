@@ -65,7 +65,7 @@ class ServerCopy(msgspec.Struct, frozen=True, kw_only=True):
 
 def build_study(mappings: Mappings, inputs: StudyInputs) -> list[StudyResource]:
     """ResearchStudy, eligibility Group, PlanDefinition, ActivityDefinition and one ValueSet per code list."""
-    ids = study_ids(mappings, inputs.publication)
+    ids = study_ids(mappings, inputs.publication, inputs.study_id)
     specs = value_set_specs(mappings)
     protocol_id = mappings.protocol.protocol.id
     value_sets = {spec.name: build_value_set(spec, ids, protocol_id) for spec in specs}

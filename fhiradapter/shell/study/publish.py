@@ -34,11 +34,12 @@ from fhiradapter.core.study_publish import (
 )
 from fhiradapter.core.study_resources import StudyResource
 from fhiradapter.core.writeback import HASH_TAG_SYSTEM, PlanEntry, provenance_entry, run_tag
-from fhiradapter.errors import ConfigError, InputError, OutputError
+from fhiradapter.errors import ConfigError, InputError, OutputError, ServerError
 from fhiradapter.shell.common.files import write_new
 from fhiradapter.shell.common.out_folder import MANIFEST, write_manifest
 from fhiradapter.shell.registry.export import load_export_mappings
 from fhiradapter.shell.server.fhir_client import FhirClient
+from fhiradapter.shell.server.pull import study_identifiers
 
 STUDY_FILE = "study.toml"
 WRITTEN = ("writeback.json", "writeback-plan.ndjson")
@@ -102,6 +103,38 @@ def _tag(resource: dict[str, Any]) -> str | None:
         if isinstance(tag, dict) and tag.get("system") == HASH_TAG_SYSTEM and isinstance(tag.get("code"), str):
             return str(tag["code"])
     return None
+
+
+async def study_id_on_server(client: FhirClient, mappings: Mappings) -> str | None:
+    """The id of the ResearchStudy the server holds under one of the study's configured identifiers (conditional
+    on identifier, as the results' write-back is): None when it holds none. A configured id must agree.
+
+    Raises ConfigError when the identifiers name several studies, or a study under another id than the
+    configured one (publishing then would make a second ResearchStudy of the same study).
+    """
+    key = mappings.study
+    found: set[str] = set()
+    for system, value in sorted(key.identifiers):
+        token = f"{system}|{value}"
+        try:
+            answers = [r async for r in client.search("ResearchStudy", [("identifier", token)])]
+        except ServerError as exc:  # no identifier search here: the studies are few, read them all
+            if exc.status is None or not 400 <= exc.status < 500:
+                raise
+            answers = [r async for r in client.search("ResearchStudy", [])]
+        # Filtered here too: a server that ignores the parameter must not make every study this one.
+        found |= {str(r["id"]) for r in answers if (system, value) in study_identifiers(r) and r.get("id")}
+    if len(found) > 1:
+        raise ConfigError(
+            f"{client.base}: the study's identifiers name {len(found)} ResearchStudy resources: "
+            f"{', '.join(sorted(found))}; need one"
+        )
+    if found and key.id and found != {key.id}:
+        raise ConfigError(
+            f"{client.base} holds the study's identifier as ResearchStudy/{min(found)}, but protocol.toml [study] "
+            f"id is {key.id!r}: publishing would make a second ResearchStudy of it; correct the id"
+        )
+    return min(found) if found else None
 
 
 async def server_copies(client: FhirClient, resources: Sequence[StudyResource]) -> dict[str, ServerCopy]:
