@@ -557,3 +557,27 @@ def test_a_study_named_by_identifier_is_published_as_the_one_the_server_holds(tm
         assert refused.exit_code != 0
         assert "ResearchStudy/hosp-study-7" in refused.output and "'thal-hcc-pilot'" in refused.output
         assert not (tmp_path / "out2").exists()
+
+
+def test_a_concept_map_read_from_the_sites_terminology_server(tmp_path: Path) -> None:
+    """The site keeps its map on its terminology server: `mappings conceptmap` copies it into the folder, by
+    canonical url; the rules use the local code and the published ValueSet lists it."""
+    url = "https://tx.hospital.example/fhir/ConceptMap/site-labs"
+    site = site_folder(tmp_path)
+    with sekmet_server(tmp_path) as base:
+        put = httpx.put(f"{base}/ConceptMap/site-labs", json={**CONCEPT_MAP, "url": url}, timeout=10)
+        assert put.status_code in (200, 201), put.text
+        missing = cli("mappings", "conceptmap", "--server", base, "--url", url + "-v2", str(site))
+        assert missing.exit_code != 0 and "0 ConceptMap resources have url" in missing.output
+        assert not list(site.glob("conceptmap*.json"))
+        copied = cli("mappings", "conceptmap", "--server", base, "--url", url, str(site))
+        assert copied.exit_code == 0, copied.output
+        assert "1 mapping(s) of local codes used, 1 left out" in copied.output
+    assert json.loads((site / "conceptmap-site-labs.json").read_text())["url"] == url
+    mappings, identity = load_mappings(site)
+    assert identity["concept_maps"] == ["conceptmap-site-labs.json"]
+    assert mappings.observation.get(*LOCAL_ANC) == "anc"
+    subjects = evaluate(paper_with_local_anc(tmp_path), tmp_path / "run", "--mappings", str(site))
+    assert criterion(subjects["Patient/thal-01"], "anc") == "met"
+    assert cli("study", str(tmp_path / "study"), "--mappings", str(site)).exit_code == 0
+    assert LOCAL_ANC in value_set_codes(tmp_path / "study", "observation-anc")

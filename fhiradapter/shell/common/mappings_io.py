@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 from fhiradapter.core.concept_map import LocalCode, parse_concept_map, read_mappings, with_local_codes
 from fhiradapter.core.protocol import Mappings, parse_mappings
 from fhiradapter.errors import ConfigError
+from fhiradapter.shell.common.files import write_new
 
 FILES = ("protocol.toml", "codes.toml", "units.toml")
 CONCEPT_MAPS = "conceptmap*.json"  # a site's ConceptMaps (FHIR R4 JSON), local codes -> the standard ones
@@ -130,6 +133,27 @@ def with_concept_maps(
             digest(raw)
         local += read_mappings(parse_concept_map(raw, str(path)), str(path)).mapped
     return with_local_codes(mappings, local)[0]
+
+
+def save_concept_map(folder: Path, resource: dict[str, Any], where: str) -> tuple[Path, int, int]:
+    """A ConceptMap (read from ``where``) written into a site's mappings folder as ``conceptmap-<id>.json``.
+
+    Checked first as ``load_mappings`` checks the folder's files; then written whole (a copy read earlier is
+    replaced). Returns the file, how many of its mappings keep the meaning, and how many are left out.
+    """
+    if not (folder / "codes.toml").is_file():
+        raise ConfigError(f"{folder} is no mappings folder (no codes.toml): `fhiradapter mappings init` makes one")
+    raw = json.dumps(resource, indent=2, ensure_ascii=False).encode()
+    reading = read_mappings(parse_concept_map(raw, where), where)
+    rid = resource.get("id")
+    if not isinstance(rid, str) or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", rid):
+        raise ConfigError(f"{where}: the ConceptMap has no FHIR id to name its file by")
+    path = folder / f"conceptmap-{rid}.json"
+    try:
+        write_new(path, raw + b"\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    return path, len(reading.mapped), reading.left_out
 
 
 @functools.cache
