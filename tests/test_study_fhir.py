@@ -428,6 +428,7 @@ def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_re
         assert cli("push", "--server", base, str(second / "writeback.json")).exit_code == 0
         assert {t: versions(base, t) for t in DEFINITIONS} == written  # nothing changed
 
+        subjects_before = versions(base, "ResearchSubject")
         mappings, identity = load_mappings()
         store = SyncStore(f"sqlite:///{tmp_path / 'sync.db'}")
         try:
@@ -445,10 +446,13 @@ def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_re
         finally:
             store.close()
         assert synced.plan["update"] > 0  # the ResearchSubjects' status, written back
+        assert synced.study == "ResearchStudy/thal-hcc-pilot"  # the study sync pulled and evaluated ...
         published = httpx.get(f"{base}/ResearchStudy/thal-hcc-pilot", timeout=10).json()
-        assert published["enrollment"][0]["reference"] == "Group/thal-hcc-pilot-eligibility"
+        assert published["enrollment"][0]["reference"] == "Group/thal-hcc-pilot-eligibility"  # ... the published one
+        assert versions(base, "ResearchStudy") == written["ResearchStudy"]  # which sync reads, never writes
         assert study_reference(mappings.study) == {"reference": "ResearchStudy/thal-hcc-pilot"}
-        subjects = list(server_resources(base, "ResearchSubject"))
+        moved = {rid for rid, v in versions(base, "ResearchSubject").items() if v != subjects_before.get(rid)}
+        subjects = [s for s in server_resources(base, "ResearchSubject") if s["id"] in moved]
         assert subjects and {s["study"]["reference"] for s in subjects} == {"ResearchStudy/thal-hcc-pilot"}
 
 
