@@ -313,9 +313,9 @@ def test_a_sites_value_and_local_code_change_the_rules_and_the_published_study(t
 
     def neuropathy_rule(out: Path) -> str:
         plan = bundle_resources(out)["PlanDefinition/thal-hcc-pilot-plan"]
-        return str(next(a["title"] for a in plan["action"] if "sensory_neuropathy" in a["title"]))
+        return str(next(a["title"] for a in plan["action"] if "sensory_neuropathy" in a["description"]))
 
-    assert "grade >= 2" in neuropathy_rule(shipped) and "grade >= 3" in neuropathy_rule(published)
+    assert "grade 2 or higher" in neuropathy_rule(shipped) and "grade 3 or higher" in neuropathy_rule(published)
 
 
 CONCEPT_MAP = {
@@ -585,3 +585,16 @@ def test_a_concept_map_read_from_the_sites_terminology_server(tmp_path: Path) ->
     assert criterion(subjects["Patient/thal-01"], "anc") == "met"
     assert cli("study", str(tmp_path / "study"), "--mappings", str(site)).exit_code == 0
     assert LOCAL_ANC in value_set_codes(tmp_path / "study", "observation-anc")
+
+
+def test_the_study_drug_is_stated_as_export_toml_gives_it() -> None:
+    """The dose and frequency come from export.toml [[ex]]: a site's twice-daily 100 mg is what is published."""
+    import msgspec
+
+    mappings, _identity = load_mappings()
+    twice = msgspec.structs.replace(INPUTS, drug=msgspec.structs.replace(INPUTS.drug, dose=100, frequency="BID"))
+    built = {f"{type(r).__name__}/{r.id}": as_json(r) for r in build_study(mappings, twice)}
+    activity = built["ActivityDefinition/thal-hcc-pilot-thalidomide"]
+    assert activity["title"] == "thalidomide 100 mg twice daily"
+    assert activity["dosage"][0]["timing"]["repeat"]["frequency"] == 2
+    assert activity["dosage"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 100

@@ -37,8 +37,14 @@ DOSE_ACTION_SYSTEM = "urn:fhiradapter:dose-action"
 PLAN_TYPE = CodeableConcept(
     coding=(Coding(system="http://terminology.hl7.org/CodeSystem/plan-definition-type", code="clinical-protocol"),)
 )
-# CDISC frequency -> (times, per period in days); the rule book's drug is taken once daily.
-FREQUENCIES = {"QD": (1, 1), "BID": (2, 1), "TID": (3, 1), "QID": (4, 1), "QOD": (1, 2)}
+# CDISC frequency -> (times, per period in days, in words); the rule book's drug is taken once daily.
+FREQUENCIES = {
+    "QD": (1, 1, "once daily"),
+    "BID": (2, 1, "twice daily"),
+    "TID": (3, 1, "three times daily"),
+    "QID": (4, 1, "four times daily"),
+    "QOD": (1, 2, "every other day"),
+}
 ROUTES = {"ORAL": Coding(system="http://snomed.info/sct", code="26643006", display="Oral route")}
 BEDTIME = "HS"  # docs/protocol.md (header): thalidomide at bedtime (EventTiming HS)
 # A condition is stated in words (``description``) and codes (the action's ``reason``). R4 needs a language
@@ -62,16 +68,16 @@ def _words(kind: Literal["applicability", "start", "stop"], words: str) -> Actio
 def build_activity(ids: StudyIds, drug: StudyDrug, specs: Sequence[ValueSetSpec]) -> ActivityDefinition:
     if drug.frequency not in FREQUENCIES:
         raise ConfigError(f"export.toml [[ex]] dosfrq {drug.frequency!r}: not one of {', '.join(FREQUENCIES)}")
-    times, period = FREQUENCIES[drug.frequency]
+    times, period, often = FREQUENCIES[drug.frequency]
     rid = ids.of(drug.concept)
-    text = f"{drug.concept} {drug.dose:g} {drug.unit} {drug.frequency} at bedtime, {drug.route.lower()}, no escalation"
+    text = f"{drug.concept} {drug.dose:g} {drug.unit} {often} at bedtime, {drug.route.lower()}, no escalation"
     return ActivityDefinition(
         id=rid,
         url=ids.url("ActivityDefinition", rid),
         identifier=ids.identifier(rid),
         version=ids.version,
         name=f"StudyDrug{drug.concept.title().replace('_', '')}",
-        title=f"{drug.concept} {drug.dose:g} {drug.unit} daily",
+        title=f"{drug.concept} {drug.dose:g} {drug.unit} {often}",
         status="active",
         kind="MedicationRequest",
         intent="order",
@@ -153,12 +159,13 @@ def dose_rule_actions(mappings: Mappings, specs: Sequence[ValueSetSpec]) -> list
     actions = []
     for n, rule in enumerate(mappings.protocol.toxicity.dose_rule, start=1):
         term = mappings.ae_terms[rule.term]
-        words = f"{term.display} ({rule.term}) of {criteria} grade >= {rule.min_grade}"
+        words = f"{term.display}, {criteria} grade {rule.min_grade} or higher"
         actions.append(
             PlanAction(
                 id=f"dose-rule-{n}",
                 title=f"{rule.action.capitalize()} the study drug: {words}",
-                description=f"Dose rule of {RULE_BOOK} §5: when a patient has {words}, {rule.action} the study drug.",
+                description=f"Dose rule of {RULE_BOOK} §5: when a patient has {words} (the term {rule.term!r} of "
+                f"codes.toml [[ae_term]], its codes the reason below), {rule.action} the study drug.",
                 code=(
                     CodeableConcept(coding=(Coding(system=DOSE_ACTION_SYSTEM, code=rule.action),), text=rule.action),
                 ),
