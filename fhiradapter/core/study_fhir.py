@@ -73,6 +73,16 @@ StudyStatus = Literal[
 StudyPhase = Literal[
     "n-a", "early-phase-1", "phase-1", "phase-1-phase-2", "phase-2", "phase-2-phase-3", "phase-3", "phase-4"
 ]
+PHASES: dict[str, str] = {  # the research-study-phase code system's displays
+    "n-a": "N/A",
+    "early-phase-1": "Early Phase 1",
+    "phase-1": "Phase 1",
+    "phase-1-phase-2": "Phase 1/Phase 2",
+    "phase-2": "Phase 2",
+    "phase-2-phase-3": "Phase 2/Phase 3",
+    "phase-3": "Phase 3",
+    "phase-4": "Phase 4",
+}
 
 
 class StudyPublication(BaseModel):
@@ -452,7 +462,10 @@ def build_research_study(
         else None
     )
     phase = (
-        CodeableConcept(coding=(Coding(system=PHASE_SYSTEM, code=publication.phase),), text=publication.phase)
+        CodeableConcept(
+            coding=(Coding(system=PHASE_SYSTEM, code=publication.phase, display=PHASES[publication.phase]),),
+            text=PHASES[publication.phase],
+        )
         if publication.phase
         else None
     )
