@@ -598,3 +598,35 @@ def test_the_study_drug_is_stated_as_export_toml_gives_it() -> None:
     assert activity["title"] == "thalidomide 100 mg twice daily"
     assert activity["dosage"][0]["timing"]["repeat"]["frequency"] == 2
     assert activity["dosage"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 100
+
+
+def test_an_update_names_the_criterion_and_the_codes_that_changed() -> None:
+    """What approve shows: the server's Group states ANC >= 1.5 and its AFP ValueSet lacks a code; the plan's
+    lines name characteristic[anc] and the ValueSet's codes, old and new, not a digest of the whole list."""
+    import copy
+
+    from fhiradapter.core.review import in_words
+    from fhiradapter.core.study_publish import ServerCopy, plan_line
+
+    mappings, _identity = load_mappings()
+    resources = build_study(mappings, INPUTS)
+    first = plan_study(resources, {})
+    copies = {
+        e.identifier: ServerCopy(version="1", content_hash=e.resource["meta"]["tag"][0]["code"], content=e.resource)
+        for e in first
+    }
+    group = copy.deepcopy(copies["Group/thal-hcc-pilot-eligibility"].content)
+    next(c for c in group["characteristic"] if c["id"] == "anc")["valueQuantity"]["value"] = 1.5
+    copies["Group/thal-hcc-pilot-eligibility"] = ServerCopy(version="4", content_hash="older", content=group)
+    afp = copy.deepcopy(copies["ValueSet/thal-hcc-pilot-observation-afp"].content)
+    afp["compose"]["include"][0]["concept"].pop()
+    copies["ValueSet/thal-hcc-pilot-observation-afp"] = ServerCopy(version="2", content_hash="older", content=afp)
+    plan = plan_study(resources, copies)
+    lines = {e.identifier: plan_line(e, r) for e, r in zip(plan, resources, strict=True) if e.action == "update"}
+    assert set(lines) == {"Group/thal-hcc-pilot-eligibility", "ValueSet/thal-hcc-pilot-observation-afp"}
+    [anc] = lines["Group/thal-hcc-pilot-eligibility"]["changes"]
+    assert anc["element"] == "characteristic[anc]"
+    assert anc["old"].endswith(">= 1.5 10^9/L") and anc["new"].endswith(">= 1.0 10^9/L")
+    [codes] = lines["ValueSet/thal-hcc-pilot-observation-afp"]["changes"]
+    assert codes["element"] == "compose" and "53961-9" in codes["new"] and "53961-9" not in codes["old"]
+    assert "characteristic[anc]" in in_words(lines["Group/thal-hcc-pilot-eligibility"])

@@ -144,8 +144,57 @@ def _shown(value: Any) -> str | int | float | bool | None:
     return f"{size} #{digest}"
 
 
+def _characteristic_words(char: Mapping[str, Any]) -> str:
+    """A Group characteristic as a reviewer reads it: ``neutrophils ... : >= 1.0 10^9/L`` (exclusions marked)."""
+    code = char.get("code")
+    text = code.get("text") if isinstance(code, dict) else None
+    quantity, span, concept = (char.get(k) for k in ("valueQuantity", "valueRange", "valueCodeableConcept"))
+    if isinstance(quantity, dict):
+        value = " ".join(str(quantity[k]) for k in ("comparator", "value", "unit") if k in quantity)
+    elif isinstance(span, dict):
+        value = "-".join(str((span.get(end) or {}).get("value")) for end in ("low", "high"))
+    elif isinstance(concept, dict):
+        codings = concept.get("coding")
+        codes = ", ".join(str(c.get("code")) for c in codings or () if isinstance(c, dict))
+        value = f"{concept.get('text')} [{codes}]"
+    else:
+        value = str(_shown(next((v for k, v in char.items() if k.startswith("value")), None)))
+    return f"{'exclude: ' if char.get('exclude') else ''}{text}: {value}"
+
+
+def _compose_words(compose: Mapping[str, Any]) -> str:
+    """A ValueSet's codes as a reviewer reads them: ``http://loinc.org 1834-1, 83073-7; ... is-a C77``."""
+    parts = []
+    includes = compose.get("include")
+    for inc in includes if isinstance(includes, list) else ():
+        if not isinstance(inc, dict):
+            continue
+        concepts = [str(c.get("code")) for c in inc.get("concept") or () if isinstance(c, dict)]
+        filters = [f"{f.get('op')} {f.get('value')}" for f in inc.get("filter") or () if isinstance(f, dict)]
+        parts.append(f"{inc.get('system')} {', '.join(concepts + filters)}")
+    return "; ".join(parts)
+
+
 def stated(body: Mapping[str, Any]) -> dict[str, str | int | float | bool | None]:
-    return {k: _shown(v) for k, v in body.items() if k not in ("meta", "resourceType")}
+    """A resource's elements as a reviewer compares them: each eligibility characteristic and each plan action
+    apart (by its id) and a ValueSet's codes in full, so an update names the criterion or code that changed."""
+    out: dict[str, str | int | float | bool | None] = {}
+    for key, value in body.items():
+        if key in ("meta", "resourceType"):
+            continue
+        if key == "characteristic" and isinstance(value, list):
+            out |= {f"characteristic[{c.get('id')}]": _characteristic_words(c) for c in value if isinstance(c, dict)}
+        elif key == "action" and isinstance(value, list):
+            out |= {
+                f"action[{a.get('id')}]": f"{a.get('title')}: {a.get('description')}"
+                for a in value
+                if isinstance(a, dict)
+            }
+        elif key == "compose" and isinstance(value, dict):
+            out["compose"] = _compose_words(value)
+        else:
+            out[key] = _shown(value)
+    return out
 
 
 def plan_line(entry: PlanEntry, resource: StudyResource) -> dict[str, Any]:
@@ -166,6 +215,8 @@ def plan_line(entry: PlanEntry, resource: StudyResource) -> dict[str, Any]:
         old = stated(entry.old or {})
         line["old"] = old
         line["changes"] = [
-            {"element": k, "old": old.get(k), "new": v} for k, v in new.items() if old.get(k) != v and k != "id"
+            {"element": k, "old": old.get(k), "new": new.get(k)}
+            for k in dict.fromkeys([*new, *old])
+            if old.get(k) != new.get(k) and k != "id"
         ]
     return line
