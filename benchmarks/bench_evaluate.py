@@ -48,6 +48,8 @@ import json, resource, sys, time
 from datetime import date
 from pathlib import Path
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier
 # Lazy imports (lifelines, scipy) are paid before timing: start-up is not throughput.
@@ -56,8 +58,9 @@ mappings, identity = load_mappings()
 workers = int(sys.argv[3]) or None
 t = time.perf_counter()
 everything = sys.argv[4] == "all"
-summary = run_evaluate([Path(sys.argv[1])], Path(sys.argv[2]), date(2005, 12, 31), mappings, identity,
-                       workers=workers, report=everything, writeback=everything)
+summary = run_evaluate(RunRequest(inputs=(Path(sys.argv[1]),), out=Path(sys.argv[2]), as_of=date(2005, 12, 31),
+                                  mappings=mappings, mappings_identity=identity, engine=LocalEngine(workers),
+                                  report=everything, writeback=everything))
 dt = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024

@@ -35,14 +35,19 @@ from datetime import date
 from pathlib import Path
 os.environ["PYSPARK_PYTHON"] = sys.executable
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
+from fhiradapter.shell.run.spark_engine import SparkEngine
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier
 kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
 mappings, identity = load_mappings()
 engine, everything = sys.argv[3], sys.argv[4] == "all"
 t = time.perf_counter()
-summary = run_evaluate([Path(sys.argv[1])], Path(sys.argv[2]), date(2005, 12, 31), mappings, identity,
-                       report=everything, writeback=everything, engine=engine, spark_master="local[2]")
+summary = run_evaluate(RunRequest(inputs=(Path(sys.argv[1]),), out=Path(sys.argv[2]), as_of=date(2005, 12, 31),
+                                  mappings=mappings, mappings_identity=identity, report=everything,
+                                  writeback=everything,
+                                  engine=SparkEngine("local[2]") if engine == "spark" else LocalEngine()))
 dt = time.perf_counter() - t
 print(json.dumps({"seconds": dt, "phases": summary["seconds"], "resources": summary["records_read"],
                   "patients": summary["patients"],

@@ -56,8 +56,8 @@ from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' ser
 from generate import generate  # noqa: E402
 
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier  # noqa: E402
-from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
 from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: E402
+from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
 from fhiradapter.shell.server.pull import pull_into  # noqa: E402
 from fhiradapter.shell.server.pull_folder import NdjsonSink  # noqa: E402
 from fhiradapter.shell.server.store import SyncStore  # noqa: E402
@@ -164,13 +164,13 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path, per_sear
         mappings, identity = load_mappings()
         store = SyncStore(data_dir=work / "data")
         opts = SyncOptions(
-            "thal-hcc-pilot",
-            date(2005, 12, 31),
-            "auto",
-            False,
-            work / "runs",
-            mappings,
-            identity,
+            study="thal-hcc-pilot",
+            as_of=date(2005, 12, 31),
+            since="auto",
+            dry_run=False,
+            work_dir=work / "runs",
+            mappings=mappings,
+            mappings_identity=identity,
             overlap=OVERLAP,
             per_search=per_search,
         )

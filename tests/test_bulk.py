@@ -21,6 +21,7 @@ from stub_server import Reply, Seen, Stub, stub_server
 from fhiradapter.cli import main
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.server.bulk import STATE, bulk_pull
 from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient
@@ -236,7 +237,9 @@ def test_a_file_on_another_host_is_fetched_without_the_token_with_the_same_retri
 
 def evaluate(src: Path, out: Path) -> dict[str, Any]:
     mappings, identity = load_mappings()
-    run_evaluate([src], out, AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
+    )
     return json.loads((out / "results.json").read_text())
 
 
@@ -477,3 +480,16 @@ def test_a_search_pull_is_written_apart_and_replaces_the_earlier_pull_whole_or_n
     assert b'"versionId":"2"' in (out / "Patient.ndjson").read_bytes()
     assert (out / "notes.txt").read_bytes() == before["notes.txt"] and out.stat().st_mode & 0o777 == 0o750
     assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # nothing left beside it
+
+
+def test_the_export_state_reads_back_as_written(tmp_path: Path) -> None:
+    """bulk-state.json: written, then read back, is the same typed value; an unreadable one is nothing to resume."""
+    from fhiradapter.shell.server.bulk import ExportState, _load_state, _save_state
+
+    state = ExportState(status_url=f"{BASE}/status/7", group="cohort", since="2024-01-31T00:00:00Z")
+    state.done.append(f"{BASE}/files/Patient-1.ndjson")
+    _save_state(tmp_path, state)
+    assert _load_state(tmp_path) == state
+    assert json.loads((tmp_path / STATE).read_text())["done"] == [f"{BASE}/files/Patient-1.ndjson"]
+    (tmp_path / STATE).write_text('{"done": []}')  # no status URL: nothing to poll
+    assert _load_state(tmp_path) is None

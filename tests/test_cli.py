@@ -9,7 +9,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from builders import ROOT
@@ -18,6 +17,7 @@ from click.testing import CliRunner
 from fhiradapter import __version__
 from fhiradapter.cli import main
 from fhiradapter.errors import ExitCode
+from fhiradapter.shell.run.engine import RunRequest
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 
@@ -295,8 +295,9 @@ def test_a_stopped_run_leaves_the_progress_where_it_stopped(tmp_path: Path, monk
     """Ctrl-C while reading: the display must not jump to 100 % before saying the run was interrupted."""
     from fhiradapter.shell.run import pipeline
 
-    def interrupted(*args: object, progress: Any = None, **kw: object) -> None:
-        progress(300)
+    def interrupted(request: RunRequest) -> None:
+        assert request.progress is not None
+        request.progress(300)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(pipeline, "run_evaluate", interrupted)

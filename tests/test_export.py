@@ -12,23 +12,30 @@ import json
 import shutil
 import stat
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow.parquet as pq
 import pytest
 from builders import AS_OF, ROOT, raise_thal03_afp
 from pg_server import fresh_database
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import Engine
+from test_protocol_s2_eligibility import SCREEN, good_record
 
+from fhiradapter.core.evaluate import EvaluationSettings, evaluate_patient
+from fhiradapter.core.readback import ClinicalExtract
 from fhiradapter.core.registry import Pseudonymiser, SubjectView
+from fhiradapter.core.results import PatientResult
 from fhiradapter.errors import ConfigError, InputError, TargetError
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.common.out_folder import write_manifest
 from fhiradapter.shell.registry import database
 from fhiradapter.shell.registry import registry_db as db
 from fhiradapter.shell.registry.export import export
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -37,7 +44,9 @@ KEY = b"0123456789abcdef0123456789abcdef-test-key"
 
 def evaluate(src: Path, out: Path) -> dict[str, Any]:
     mappings, identity = load_mappings()
-    run_evaluate([src], out, AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
+    )
     return json.loads((out / "results.json").read_text())
 
 
@@ -529,17 +538,31 @@ def _csv(path: Path) -> list[dict[str, str]]:
 # ---------------------------------------------------------------------------------------------- study days
 
 
+def a_result(**changes: Any) -> PatientResult:
+    """One patient's result (screened, every criterion known), with ``changes``: what a test varies."""
+    mappings = load_mappings()[0]
+    result = evaluate_patient(good_record(), EvaluationSettings(SCREEN, mappings, screen_candidates=True)).result
+    assert result is not None
+    return msgspec.structs.replace(result, **changes)
+
+
+def an_extract(**changes: Any) -> ClinicalExtract:
+    """A clinical extract with nothing in it, but ``changes``."""
+    empty = ClinicalExtract("Patient/p", None, None, None, (), (), (), ())
+    return msgspec.structs.replace(empty, **changes)
+
+
 @pytest.mark.parametrize(
     ("day", "expected"), [("2003-06-01", -1), ("2003-06-02", 1), ("2003-06-03", 2), ("2003-05-03", -30), (None, None)]
 )
 def test_study_day_has_no_day_zero(day: str | None, expected: int | None) -> None:
-    view = SubjectView({"patient": "Patient/x", "index_date": "2003-06-02"}, None, None)
+    view = SubjectView(a_result(index_date=date(2003, 6, 2)), None, None)
     assert view.study_day(day) == expected
 
 
 def test_age_at_index_is_completed_years_on_the_index_date() -> None:
     def age(birth: str) -> int | None:
-        view = SubjectView({"patient": "Patient/x", "index_date": "2003-06-02"}, {"birth_date": birth}, None)
+        view = SubjectView(a_result(index_date=date(2003, 6, 2)), an_extract(birth_date=birth), None)
         return view.age_at_reference
 
     assert (age("1951-06-02"), age("1951-06-03"), age("1951-06-01")) == (52, 51, 52)

@@ -6,20 +6,26 @@ from __future__ import annotations
 import csv
 import json
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow.parquet as pq
 import pytest
 from builders import AS_OF, ROOT
 from click.testing import CliRunner
+from test_export import a_result, an_extract
 
 from fhiradapter.cli import main
+from fhiradapter.core.readback import ExtractObservation
 from fhiradapter.core.registry import SubjectView
+from fhiradapter.core.results import EligibilityStatus
 from fhiradapter.core.sdtm import DATASETS, SdtmBuilder, parse_export_mappings
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.registry.export import load_export_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -29,7 +35,11 @@ PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 def sdtm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("sdtm")
     mappings, identity = load_mappings()
-    run_evaluate([PAPER], base / "out", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(PAPER,), out=base / "out", as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False
+        )
+    )
     runner = CliRunner()
     for kind in ("csv", "parquet"):
         result = runner.invoke(
@@ -124,8 +134,10 @@ def test_dm_arms_follow_treatment_and_eligibility(status: str, treated: bool) ->
     """Every arm case, including those the paper cohort lacks (eligible but never dosed)."""
     cfg = load_export_mappings(None)
     builder = SdtmBuilder(cfg)
-    result = {"patient": "Patient/p", "treated": treated, "eligibility": {"status": status}}
-    builder.add(SubjectView({**result, "index_date": "2003-06-02" if treated else None}, {}, None))
+    screened = a_result()
+    eligibility = msgspec.structs.replace(screened.eligibility, status=EligibilityStatus(status))
+    index = date(2003, 6, 2) if treated else None
+    builder.add(SubjectView(a_result(treated=treated, eligibility=eligibility, index_date=index), an_extract(), None))
     (row,) = builder.rows["DM"]
     assert (row["ARMCD"], row["ACTARMCD"]) == expected_arms(cfg.study.armcd, status, treated)
 
@@ -189,24 +201,11 @@ def test_ae_rows_are_the_extract_events_with_grade_and_verbatim_term(sdtm: Any) 
 
 def test_lb_keeps_the_original_unit_and_the_standard_one() -> None:
     builder = SdtmBuilder(load_export_mappings(None))
-    view = SubjectView(
-        {"patient": "Patient/p", "index_date": "2003-06-02", "eligibility": {"status": "eligible"}},
-        {
-            "observations": [
-                {
-                    "ref": "Observation/c",
-                    "concept": "creatinine",
-                    "date": "2003-06-01",
-                    "value": 1.0,
-                    "unit": "mg/dL",
-                    "orig_value": 88.4,
-                    "orig_unit": "umol/L",
-                },
-                {"ref": "Observation/n", "concept": "anc", "date": "2003-06-02", "value": 2.5, "unit": "10*9/L"},
-            ]
-        },
-        None,
+    observations = (
+        ExtractObservation("Observation/c", "creatinine", "2003-06-01", 1.0, "mg/dL", 88.4, "umol/L", None, None),
+        ExtractObservation("Observation/n", "anc", "2003-06-02", 2.5, "10*9/L", None, None, None, None),
     )
+    view = SubjectView(a_result(index_date=date(2003, 6, 2)), an_extract(observations=observations), None)
     builder.add(view)
     cre, anc = builder.rows["LB"]
     assert (cre["LBORRES"], cre["LBORRESU"], cre["LBSTRESN"], cre["LBSTRESU"], cre["LBDY"]) == (

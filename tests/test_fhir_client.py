@@ -983,7 +983,14 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
 
     mappings, identity = load_mappings()
     opts = SyncOptions(
-        "s", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+        study="s",
+        as_of=date(2005, 3, 31),
+        since="auto",
+        dry_run=False,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),
     )
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -993,7 +1000,7 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
             assert conn.execute(select(sync_runs.c.status)).scalars().all() == [status]
             assert conn.execute(select(watermarks)).all() == []
         (run,), total = store.runs()
-        assert total == 1 and run["status"] == status and run["summary"]["failure"] == failure
+        assert total == 1 and run.status == status and run.summary["failure"] == failure
     finally:
         store.close()
 
@@ -1143,7 +1150,14 @@ def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Pa
     monkeypatch.setattr(sync_mod, "bulk_pull", exported)
     mappings, identity = load_mappings()
     opts = sync_mod.SyncOptions(
-        "s1", date(2005, 3, 31), "none", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+        study="s1",
+        as_of=date(2005, 3, 31),
+        since="none",
+        dry_run=False,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),
     )
     sink = ListSink()
 
@@ -1192,7 +1206,14 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
 
     mappings, identity = load_mappings()
     opts = SyncOptions(
-        "s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+        study="s1",
+        as_of=date(2005, 3, 31),
+        since="auto",
+        dry_run=False,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),
     )
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -1219,7 +1240,7 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
         assert written[-1].startswith("Provenance/") and max(writing) > 1  # the rest went side by side
         assert summary.watermark is None and store.watermark(BASE, "s1") is None  # the next run pulls it all again
         (run,), _ = store.runs()
-        assert run["status"] == "errors" and run["summary"]["errors"] == summary.errors
+        assert run.status == "errors" and run.summary["errors"] == summary.errors
     finally:
         store.close()
 
@@ -1245,3 +1266,62 @@ def test_ctrl_c_stops_a_syncs_evaluation_at_once_inside_the_event_loop() -> None
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(evaluate_for_five_seconds())
     assert time.monotonic() - started < 2
+
+
+# ---------------------------------------------------------------------------------------------- what errors carry
+
+
+def test_an_error_after_retries_carries_its_status_request_and_outcome() -> None:
+    """Code that decides on an error reads its fields, not its text: a 503 storm that outlasts the budget."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return outcome("database maintenance", 503)
+
+    with pytest.raises(ServerError) as err:
+        run(handler, collect, settings=ClientSettings(retry_budget_s=1, max_attempts=2, backoff_base_s=0.1))
+    assert err.value.status == 503
+    assert err.value.request == "GET Observation"  # no query: search values can name patients
+    assert err.value.outcome == "error processing: database maintenance"
+
+
+def test_a_search_page_that_is_no_bundle_names_its_request_and_status() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return fhir({"resourceType": "Patient", "id": "p1"})
+
+    with pytest.raises(ServerError, match="Observation search page 1 is not a Bundle") as err:
+        run(handler, collect)
+    assert (err.value.status, err.value.request) == (200, "GET Observation")
+
+
+def test_a_next_link_to_another_origin_names_the_request_it_refused() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return page(["a"], "https://elsewhere.test/r4/Observation?page=2&subject=Patient/p1")
+
+    with pytest.raises(ServerError, match="not followed") as err:
+        run(handler, collect)
+    assert err.value.request == "GET https://elsewhere.test/r4/Observation" and err.value.status is None
+
+
+def test_a_lost_answer_names_its_request() -> None:
+    from fhiradapter.errors import AnswerLost
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset by peer", request=request)
+
+    async def write(client: FhirClient) -> Any:
+        return await client.request("PUT", "Observation/o1?x=1", json={"resourceType": "Observation", "id": "o1"})
+
+    with pytest.raises(AnswerLost) as err:
+        run(handler, write)
+    assert err.value.request == "PUT Observation/o1" and err.value.status is None
+
+
+def test_a_study_not_on_the_server_names_the_read() -> None:
+    from fhiradapter.shell.server.pull import resolve_study
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return outcome("not found", 404)
+
+    with pytest.raises(ServerError, match="ResearchStudy/s9 not found") as err:
+        run(handler, lambda client: resolve_study(client, "s9"))
+    assert err.value.request == "GET ResearchStudy/s9"

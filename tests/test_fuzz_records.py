@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -89,9 +91,17 @@ def test_a_field_of_any_type_is_used_or_rejected_never_a_crash(tmp_path_factory:
     (folder / "in").mkdir()
     (folder / "in" / "all.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
     summary = run_evaluate(
-        [folder / "in"], folder / "out", date(2005, 3, 31), MAPPINGS, IDENTITY, workers=1, report=False
+        RunRequest(
+            inputs=(folder / "in",),
+            out=folder / "out",
+            as_of=date(2005, 3, 31),
+            mappings=MAPPINGS,
+            mappings_identity=IDENTITY,
+            engine=LocalEngine(1),
+            report=False,
+        )
     )
-    assert summary["records_read"] == len(records)
-    assert summary["records_used"] + summary["records_rejected"] == len(records)
+    assert summary.records_read == len(records)
+    assert summary.records_used + summary.records_rejected == len(records)
     rejects = (folder / "out" / "rejects.ndjson").read_bytes().splitlines()
-    assert len(rejects) == summary["records_rejected"]
+    assert len(rejects) == summary.records_rejected

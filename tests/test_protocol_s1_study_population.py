@@ -19,7 +19,9 @@ from builders import AS_OF, ROOT
 from click.testing import CliRunner
 
 from fhiradapter.cli import main
+from fhiradapter.core.results import PopulationCounts, TimedRunSummary
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -71,9 +73,13 @@ def mixed_input(tmp_path: Path) -> Path:
     return folder
 
 
-def evaluate(src: Path, out: Path, **kw: Any) -> dict[str, Any]:
+def evaluate(src: Path, out: Path, **kw: Any) -> TimedRunSummary:
     mappings, identity = load_mappings()
-    return run_evaluate([src], out, AS_OF, mappings, identity, report=False, **kw)
+    return run_evaluate(
+        RunRequest(
+            inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False, **kw
+        )
+    )
 
 
 def evaluate_paper(tmp_path: Path) -> Path:
@@ -109,7 +115,7 @@ def test_s1_a_mixed_input_gives_the_paper_cohorts_results_and_writes_for_no_one_
     summary = evaluate(mixed_input(tmp_path), tmp_path / "out")
     paper, mixed = results(tmp_path / "paper"), results(tmp_path / "out")
     assert mixed["subjects"] == paper["subjects"] and mixed["cohort"] == paper["cohort"]
-    assert summary["population"] == {"subjects": 14, "candidates": 0, "not-in-study": 3, "not-screened": 0}
+    assert summary.population == PopulationCounts(subjects=14, candidates=0, not_in_study=3, not_screened=0)
     named = written_patients(tmp_path / "out")
     assert named == written_patients(tmp_path / "paper")
     assert not {"Patient/nobody-1", "Patient/nobody-2", "Patient/elsewhere", OTHER} & named
@@ -121,7 +127,7 @@ def test_s1_a_mixed_input_gives_the_paper_cohorts_results_and_writes_for_no_one_
     assert got["ResearchSubject/elsewhere-rs"] == "other-study"
     assert got["ResearchSubject/thal-01-other-rs"] == "other-study"
     # Every record used or reported.
-    assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
+    assert summary.records_used + summary.records_rejected == summary.records_read
     assert not (tmp_path / "out" / "candidates.ndjson").exists()
 
 
@@ -144,7 +150,7 @@ def test_s1_another_studys_subject_is_never_taken_as_ours(tmp_path: Path) -> Non
 def test_s1_candidates_are_screened_apart_and_enrolled_only_when_asked(tmp_path: Path) -> None:
     src = mixed_input(tmp_path)
     summary = evaluate(src, tmp_path / "screened", screen_candidates=True)
-    assert summary["population"] == {"subjects": 14, "candidates": 2, "not-in-study": 0, "not-screened": 1}
+    assert summary.population == PopulationCounts(subjects=14, candidates=2, not_in_study=0, not_screened=1)
     screened, paper = results(tmp_path / "screened"), results(evaluate_paper(tmp_path))
     assert screened["subjects"] == paper["subjects"] and screened["cohort"] == paper["cohort"]  # apart
     candidates = [json.loads(x) for x in (tmp_path / "screened" / "candidates.ndjson").read_text().splitlines()]
@@ -199,7 +205,7 @@ def test_s7_a_death_before_the_period_start_is_reported_not_written(tmp_path: Pa
 @pytest.mark.parametrize("study", [None, "thal-hcc-pilot"])
 def test_s1_the_study_is_named_in_the_mappings_or_on_the_command_line(tmp_path: Path, study: str | None) -> None:
     summary = evaluate(PAPER, tmp_path / "o", study=study)
-    assert summary["population"]["subjects"] == 14
+    assert summary.population.subjects == 14
 
 
 STUDY_ID = {"system": "urn:example:studies", "value": "THAL-HCC-2003"}
@@ -253,7 +259,11 @@ def test_s1_a_logical_reference_to_an_identifier_in_the_mappings_is_a_study_subj
     """§1: both references are FHIR references, of equal worth: the same subjects, the same results."""
     src = logical_input(tmp_path, with_study=None)
     mappings, identity = load_mappings(site_mappings(tmp_path, study_section))
-    run_evaluate([src], tmp_path / "o", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(src,), out=tmp_path / "o", as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False
+        )
+    )
     paper = results(evaluate_paper(tmp_path))
     assert results(tmp_path / "o")["subjects"] == paper["subjects"]
     assert "other-study" not in rejects(tmp_path / "o").values()
@@ -268,7 +278,7 @@ def test_s1_an_identifier_the_studys_own_researchstudy_carries_names_it(tmp_path
     # Without that ResearchStudy, nothing says the identifier is this study's: nobody is in the study.
     bare = logical_input(tmp_path / "bare", with_study=None)
     summary = evaluate(bare, tmp_path / "bare-out")
-    assert summary["population"]["subjects"] == 0
+    assert summary.population.subjects == 0
     assert set(rejects(tmp_path / "bare-out").values()) >= {"other-study"}
 
 
@@ -281,7 +291,11 @@ def test_s1_a_logical_reference_to_another_identifier_is_another_study(tmp_path:
     mappings, identity = load_mappings(
         site_mappings(tmp_path, '[study]\nidentifier = "urn:example:studies|THAL-HCC-2003"\n')
     )
-    run_evaluate([src], tmp_path / "o", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(src,), out=tmp_path / "o", as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False
+        )
+    )
     assert results(tmp_path / "o")["subjects"] == []
     reasons = {json.loads(x)["id"]: json.loads(x) for x in (tmp_path / "o" / "rejects.ndjson").read_text().splitlines()}
     assert reasons["rs-x"]["code"] == "other-study"
@@ -324,7 +338,16 @@ def test_s1_a_candidate_enrolled_in_a_study_known_by_identifier_gets_a_logical_r
         site_mappings(tmp_path, '[study]\nidentifier = "urn:example:studies|THAL-HCC-2003"\n')
     )
     run_evaluate(
-        [src], tmp_path / "o", AS_OF, mappings, identity, report=False, screen_candidates=True, enrol_candidates=True
+        RunRequest(
+            inputs=(src,),
+            out=tmp_path / "o",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            report=False,
+            screen_candidates=True,
+            enrol_candidates=True,
+        )
     )
     bundle = json.loads((tmp_path / "o" / "writeback.json").read_text())
     (new,) = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchSubject"]

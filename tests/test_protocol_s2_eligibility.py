@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import date
 from typing import Any
 
 import pytest
 from builders import lab, lesion, partial
+from msgspec.structs import replace
 
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.eligibility import CRITERIA, assess_eligibility

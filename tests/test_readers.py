@@ -12,6 +12,7 @@ import pytest
 from builders import AS_OF
 
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.run.readers import RawRecord, Reject, read_file
 
@@ -85,7 +86,9 @@ def evaluate(tmp_path: Path, resources: list[dict[str, Any]]) -> tuple[dict[str,
     src.mkdir()
     write_ndjson(src / "data.ndjson", [*resources, STUDY_SUBJECT])
     mappings, identity = load_mappings()
-    run_evaluate([src], tmp_path / "out", AS_OF, mappings, identity)
+    run_evaluate(
+        RunRequest(inputs=(src,), out=tmp_path / "out", as_of=AS_OF, mappings=mappings, mappings_identity=identity)
+    )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.ndjson").read_text().splitlines()]
     return results, rejects
@@ -139,7 +142,11 @@ def test_an_output_folder_inside_an_input_is_refused(tmp_path: Path, where: str)
     write_ndjson(src / "p.ndjson", [patient("p1")])
     mappings, identity = load_mappings()
     with pytest.raises(ConfigError, match="lies inside the input folder"):
-        run_evaluate([src], src / where, AS_OF, mappings, identity, report=False)
+        run_evaluate(
+            RunRequest(
+                inputs=(src,), out=src / where, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False
+            )
+        )
     assert sorted(p.name for p in src.rglob("*")) == ["p.ndjson"]  # nothing written
 
 
@@ -192,7 +199,16 @@ def run_folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[dict[str, Any],
     for name, data in files.items():
         (src / name).write_bytes(data)
     mappings, identity = load_mappings()
-    summary = run_evaluate([src], tmp_path / "out", AS_OF, mappings, identity, report=False)
+    summary = run_evaluate(
+        RunRequest(
+            inputs=(src,),
+            out=tmp_path / "out",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            report=False,
+        )
+    )
     rejects = [json.loads(x) for x in (tmp_path / "out" / "rejects.ndjson").read_text().splitlines()]
     return summary, rejects
 
@@ -212,14 +228,14 @@ def run_folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[dict[str, Any],
 )
 def test_every_common_name_and_compression_is_read(tmp_path: Path, name: str, pack: Any) -> None:
     summary, rejects = run_folder(tmp_path, {name: pack(ndjson_bytes(STUDY_LINES))})
-    assert summary["records_read"] == 3 and summary["records_used"] == 3, rejects
-    assert summary["patients"] == 1
+    assert summary.records_read == 3 and summary.records_used == 3, rejects
+    assert summary.patients == 1
 
 
 def test_a_bundle_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in STUDY_LINES]}
     summary, rejects = run_folder(tmp_path, {"b.json": b"\xef\xbb\xbf" + orjson.dumps(bundle)})
-    assert summary["records_used"] == 3, rejects
+    assert summary.records_used == 3, rejects
 
 
 def test_files_not_read_are_listed_with_the_reason(tmp_path: Path) -> None:
@@ -231,9 +247,9 @@ def test_files_not_read_are_listed_with_the_reason(tmp_path: Path) -> None:
     assert set(not_read) == {"notes.txt", "labs.csv", "y.ndjson.bz2x"}
     assert "suffix .txt" in not_read["notes.txt"] and "read are .ndjson, .jsonl and .json" in not_read["notes.txt"]
     # Files, not records (issue 28): counted apart, never as records read or rejected.
-    assert sorted(Path(f).name for f in summary["files_not_read"]) == ["labs.csv", "notes.txt", "y.ndjson.bz2x"]
-    assert summary["records_read"] == len(STUDY_LINES) and "(file not read)" not in summary["by_type"]
-    assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
+    assert sorted(Path(f).name for f in summary.files_not_read) == ["labs.csv", "notes.txt", "y.ndjson.bz2x"]
+    assert summary.records_read == len(STUDY_LINES) and "(file not read)" not in summary.by_type
+    assert summary.records_used + summary.records_rejected == summary.records_read
 
 
 @pytest.mark.parametrize("kind", ["gz", "bz2", "xz", "zst"])
@@ -252,7 +268,7 @@ def test_a_compressed_file_that_breaks_off_says_how_much_was_read(tmp_path: Path
     (broken,) = [r for r in rejects if r["code"] == "unreadable"]
     read = int(broken["reason"].split("the file breaks off: ", 1)[1].split(" ", 1)[0])
     assert 0 < read < count and "read before the break, the rest of the file is lost" in broken["reason"]
-    assert summary["records_read"] == read + 1  # the records read, and the break
+    assert summary.records_read == read + 1  # the records read, and the break
 
 
 def test_a_large_bundle_is_streamed_with_the_results_of_the_same_data_as_ndjson(
@@ -263,7 +279,16 @@ def test_a_large_bundle_is_streamed_with_the_results_of_the_same_data_as_ndjson(
 
     paper = ROOT / "fixtures" / "paper-cohort" / "input"
     mappings, identity = load_mappings()
-    run_evaluate([paper], tmp_path / "ndjson", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(paper,),
+            out=tmp_path / "ndjson",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            report=False,
+        )
+    )
     resources = [json.loads(line) for f in sorted(paper.glob("*.ndjson")) for line in f.read_text().splitlines()]
     urls = {
         f"{r['resourceType']}/{r['id']}": f"urn:uuid:00000000-0000-4000-8000-{n:012d}" for n, r in enumerate(resources)
@@ -277,7 +302,16 @@ def test_a_large_bundle_is_streamed_with_the_results_of_the_same_data_as_ndjson(
     (src / "cohort.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
     (src / "screening.json").write_bytes((paper / "screening-candidates.json").read_bytes())
     monkeypatch.setattr("fhiradapter.shell.run.readers.STREAM_BYTES", 1024)  # every Bundle file here is streamed
-    run_evaluate([src], tmp_path / "streamed", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(src,),
+            out=tmp_path / "streamed",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            report=False,
+        )
+    )
     a = json.loads((tmp_path / "ndjson" / "results.json").read_text())
     b = json.loads((tmp_path / "streamed" / "results.json").read_text())
     assert a["subjects"] == b["subjects"] and a["cohort"] == b["cohort"]

@@ -8,22 +8,35 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from builders import AS_OF, ROOT
 
+from fhiradapter.core.results import TimedRunSummary, UnmappedCode
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 BAD = ROOT / "fixtures" / "bad-inputs"
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 
 
-def evaluate(inputs: list[Path], out: Path, candidates: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(inputs: list[Path], out: Path, candidates: bool = False) -> tuple[TimedRunSummary, list[dict[str, Any]]]:
     """Evaluate; ``candidates``: patients outside the study too (the bad inputs' patients have no
     ResearchSubject), so that what is wrong with each record, not its patient's study, is reported."""
     mappings, identity = load_mappings()
-    summary = run_evaluate(inputs, out, AS_OF, mappings, identity, screen_candidates=candidates)
+    summary = run_evaluate(
+        RunRequest(
+            inputs=tuple(inputs),
+            out=out,
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            screen_candidates=candidates,
+        )
+    )
     rejects = [json.loads(line) for line in (out / "rejects.ndjson").read_text().splitlines()]
     return summary, rejects
 
@@ -46,10 +59,10 @@ def count_records(folder: Path) -> int:
 
 def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
     summary, rejects = evaluate([BAD], tmp_path, candidates=True)
-    assert summary["records_read"] == count_records(BAD)  # README.md: a file not read, listed apart, no record
-    assert [Path(f).name for f in summary["files_not_read"]] == ["README.md"]
-    assert summary["records_rejected"] == len(rejects) - 1
-    assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
+    assert summary.records_read == count_records(BAD)  # README.md: a file not read, listed apart, no record
+    assert [Path(f).name for f in summary.files_not_read] == ["README.md"]
+    assert summary.records_rejected == len(rejects) - 1
+    assert summary.records_used + summary.records_rejected == summary.records_read
     got = {(Path(r["file"]).name, r["locator"]): r["code"] for r in rejects}
     assert got == {
         ("README.md", "file"): "not-read",
@@ -88,8 +101,8 @@ def test_bad_inputs_every_record_used_or_rejected(tmp_path: Path) -> None:
 
 def test_paper_cohort_every_record_accounted_for(tmp_path: Path) -> None:
     summary, rejects = evaluate([PAPER], tmp_path)
-    assert summary["records_read"] == count_records(PAPER)
-    assert summary["records_rejected"] == len(rejects)
+    assert summary.records_read == count_records(PAPER)
+    assert summary.records_rejected == len(rejects)
     assert sorted(r["code"] for r in rejects) == ["after-as-of", "duplicate-superseded", "status-not-counted"]
     late = next(r["reason"] for r in rejects if r["code"] == "after-as-of")
     assert late == "dated after the as-of date 2005-03-31"  # the run's own date, never the record's
@@ -103,7 +116,7 @@ def test_truncated_gzip_keeps_what_was_read_and_reports_the_rest(tmp_path: Path)
     (src / "Patient.ndjson.gz").write_bytes(blob[: len(blob) // 2])
     summary, rejects = evaluate([src], tmp_path / "out", candidates=True)
     assert rejects[-1]["code"] == "unreadable" and rejects[-1]["locator"] == "file"
-    assert 0 < summary["patients"] < 200
+    assert 0 < summary.patients < 200
 
 
 def test_gzip_ndjson_reads_like_plain(tmp_path: Path) -> None:
@@ -114,7 +127,7 @@ def test_gzip_ndjson_reads_like_plain(tmp_path: Path) -> None:
     (src / "screening-candidates.json").write_bytes((PAPER / "screening-candidates.json").read_bytes())
     plain, _ = evaluate([PAPER], tmp_path / "a")
     zipped, _ = evaluate([src], tmp_path / "b")
-    assert plain["records_read"] == zipped["records_read"] and plain["patients"] == zipped["patients"]
+    assert plain.records_read == zipped.records_read and plain.patients == zipped.patients
     a = json.loads((tmp_path / "a" / "results.json").read_text())
     b = json.loads((tmp_path / "b" / "results.json").read_text())
     assert a["cohort"] == b["cohort"]
@@ -122,7 +135,7 @@ def test_gzip_ndjson_reads_like_plain(tmp_path: Path) -> None:
 
 def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     evaluate([PAPER], tmp_path / "memory")
-    monkeypatch.setattr("fhiradapter.shell.run.pipeline.BUCKET_BYTES", 20_000)  # forces about 12 buckets
+    monkeypatch.setattr("fhiradapter.shell.run.local_engine.BUCKET_BYTES", 20_000)  # forces about 12 buckets
     monkeypatch.setattr("fhiradapter.shell.run.spill.FLUSH_EVERY", 7)
     evaluate([PAPER], tmp_path / "spilled")
     a = json.loads((tmp_path / "memory" / "results.json").read_text())
@@ -133,12 +146,30 @@ def test_spilled_buckets_give_the_same_results_as_memory(tmp_path: Path, monkeyp
 def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Forked workers over line-aligned chunks of one file: identical results, rejects and line numbers."""
     mappings, identity = load_mappings()
-    single = run_evaluate([PAPER, BAD], tmp_path / "one", AS_OF, mappings, identity, workers=1)
-    monkeypatch.setattr("fhiradapter.shell.run.pipeline.CHUNK_BYTES", 4_000)  # many chunks per file
-    monkeypatch.setattr("fhiradapter.shell.run.pipeline.BUCKET_BYTES", 50_000)
-    double = run_evaluate([PAPER, BAD], tmp_path / "two", AS_OF, mappings, identity, workers=2)
-    varies = ("workers", "seconds", "worker_cpu_seconds")
-    assert {k: v for k, v in single.items() if k not in varies} == {k: v for k, v in double.items() if k not in varies}
+    single = run_evaluate(
+        RunRequest(
+            inputs=(PAPER, BAD),
+            out=tmp_path / "one",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            engine=LocalEngine(1),
+        )
+    )
+    monkeypatch.setattr("fhiradapter.shell.run.local_engine.CHUNK_BYTES", 4_000)  # many chunks per file
+    monkeypatch.setattr("fhiradapter.shell.run.local_engine.BUCKET_BYTES", 50_000)
+    double = run_evaluate(
+        RunRequest(
+            inputs=(PAPER, BAD),
+            out=tmp_path / "two",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            engine=LocalEngine(2),
+        )
+    )
+    same = {"workers": 1, "seconds": {}, "worker_cpu_seconds": {}}  # what varies with the workers and the clock
+    assert msgspec.structs.replace(single, **same) == msgspec.structs.replace(double, **same)
     a = json.loads((tmp_path / "one" / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     a["run_summary"].pop("workers")
@@ -171,10 +202,10 @@ def test_plan_tasks_splits_at_line_boundaries_and_counts_lines(tmp_path: Path) -
 def test_a_second_run_into_the_same_folder_replaces_every_output_and_leaves_nothing_behind(tmp_path: Path) -> None:
     """Outputs are renamed over the old ones; the old copies, kept as hidden links meanwhile, are removed."""
     mappings, identity = load_mappings()
-    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity)
+    run_evaluate(RunRequest(inputs=(PAPER,), out=tmp_path, as_of=AS_OF, mappings=mappings, mappings_identity=identity))
     first = sorted(p.name for p in tmp_path.iterdir())
     (tmp_path / "writeback.json").write_text("stale")
-    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity)
+    run_evaluate(RunRequest(inputs=(PAPER,), out=tmp_path, as_of=AS_OF, mappings=mappings, mappings_identity=identity))
     assert sorted(p.name for p in tmp_path.iterdir()) == first
     assert json.loads((tmp_path / "writeback.json").read_text())["type"] == "transaction"
 
@@ -206,12 +237,12 @@ def test_an_unmapped_code_is_named_in_its_reject_and_counted_for_the_sites_mappi
     assert by_id["hr-0"]["code"] == "unmapped-code"
     assert by_id["hr-0"]["unmapped"] == "http://loinc.org|8867-4, urn:local|HR"
     assert by_id["c1"]["unmapped"] == "http://snomed.info/sct|38341003"
-    assert summary["unmapped_codes"] == {
-        "Condition.code": [{"code": "http://snomed.info/sct|38341003", "records": 1}],
-        "Observation.code": [
-            {"code": "http://loinc.org|8867-4, urn:local|HR", "records": 3},
-            {"code": "http://loinc.org|8310-5, urn:local|HR", "records": 1},
-        ],
+    assert summary.unmapped_codes == {
+        "Condition.code": (UnmappedCode("http://snomed.info/sct|38341003", 1),),
+        "Observation.code": (
+            UnmappedCode("http://loinc.org|8867-4, urn:local|HR", 3),
+            UnmappedCode("http://loinc.org|8310-5, urn:local|HR", 1),
+        ),
     }
 
 

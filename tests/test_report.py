@@ -12,22 +12,26 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
+import msgspec
 import pytest
 from builders import ROOT, lab, lesion, partial
 from click.testing import CliRunner
+from msgspec.structs import replace
 from test_protocol_s2_eligibility import CP_B9, CP_C10, ORIGIN, SCREEN, good_record
 
 from fhiradapter.cli import main
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.eligibility import assess_eligibility, criterion_from_json, explain
 from fhiradapter.core.model import Condition, Consent, Exposure, Observed, PatientRecord
+from fhiradapter.core.readback import decode_subject, split_whole
 from fhiradapter.core.results import to_builtins
-from fhiradapter.shell.report.report import Digest, _paper_section
+from fhiradapter.shell.report.render import Section
+from fhiradapter.shell.report.report import load_published
+from fhiradapter.shell.report.rows import report_row
+from fhiradapter.shell.report.sections import Digest, paper_section
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"
@@ -489,36 +493,37 @@ def test_the_comparison_can_be_asked_for_or_refused(
     request: pytest.FixtureRequest, cohort_of: str, asked: bool, compared: bool
 ) -> None:
     """Item 6: ``compare_with_paper`` overrides the choice, and the report still says which cohort it is."""
-    results = json.loads((request.getfixturevalue(cohort_of) / "results.json").read_text())
+    header, subjects, cohort = split_whole((request.getfixturevalue(cohort_of) / "results.json").read_bytes())
     digest = Digest()
-    for subject in results["subjects"]:
-        digest.add({**subject, "issues": [i["code"] for i in subject["issues"]]})
-    published = tomllib.loads((ROOT / "mappings" / "published.toml").read_text())
-    section = _paper_section(published, {"protocol": results["protocol"]}, results["cohort"], digest, asked)
-    assert bool(section.get("tables")) is compared
+    for subject in subjects:
+        digest.add(report_row(decode_subject(subject)))
+    published = load_published(ROOT / "mappings")
+    assert published is not None
+    section = paper_section(published, header, cohort, digest, asked)
+    assert bool(section.tables) is compared
     if compared:
-        assert section["paragraphs"][0].startswith("Compared on request: this run's 9 treated patient(s) are not")
+        assert section.paragraphs[0].startswith("Compared on request: this run's 9 treated patient(s) are not")
     else:
-        assert section["title"] == "Published paper: not compared"
-        assert section["paragraphs"][0].startswith("Not compared, on request (protocol thal-hcc-pilot;")
+        assert section.title == "Published paper: not compared"
+        assert section.paragraphs[0].startswith("Not compared, on request (protocol thal-hcc-pilot;")
 
 
 def test_a_published_toml_without_its_cohort_compares_no_run(screened: Path) -> None:
     """Item 6: a site's older published.toml (no [cohort]) never sets the paper beside a run unasked."""
-    results = json.loads((screened / "results.json").read_text())
+    header, subjects, cohort = split_whole((screened / "results.json").read_bytes())
     digest = Digest()
-    for subject in results["subjects"]:
-        digest.add({**subject, "issues": []})
-    published = tomllib.loads((ROOT / "mappings" / "published.toml").read_text())
-    del published["cohort"]
-    section = _paper_section(published, {"protocol": results["protocol"]}, results["cohort"], digest, None)
-    assert section == {
-        "title": "Published paper: not compared",
-        "paragraphs": [
+    for subject in subjects:
+        digest.add(report_row(decode_subject(subject)))
+    published = load_published(ROOT / "mappings")
+    assert published is not None
+    section = paper_section(msgspec.structs.replace(published, cohort=None), header, cohort, digest, None)
+    assert section == Section(
+        "Published paper: not compared",
+        [
             "Not compared: published.toml names no cohort ([cohort] with protocol and treated), so no run is the "
             "paper's."
         ],
-    }
+    )
 
 
 def test_the_report_lists_the_changes_to_the_hospital_record_by_patient(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from builders import AS_OF, ROOT
 from fhir_server import stop
 
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -62,7 +63,15 @@ def test_the_html_report_renders_in_a_real_browser_with_every_image(tmp_path: Pa
     assert CHROMIUM is not None, "CI installs Chromium (.ci/run)"
     mappings, identity = load_mappings()
     out = tmp_path / "out"
-    run_evaluate([ROOT / "fixtures" / "paper-cohort" / "input"], out, AS_OF, mappings, identity)
+    run_evaluate(
+        RunRequest(
+            inputs=(ROOT / "fixtures" / "paper-cohort" / "input",),
+            out=out,
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+        )
+    )
     browser = subprocess.Popen(
         [
             CHROMIUM,

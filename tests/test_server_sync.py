@@ -29,6 +29,7 @@ from pg_server import fresh_database
 from fhiradapter.cli import main
 from fhiradapter.core.writeback import RESPONSE_CODES
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -40,7 +41,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> Result:
 
 def evaluate(src: Path, out: Path) -> dict[str, Any]:
     mappings, identity = load_mappings()
-    run_evaluate([src], out, AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
+    )
     return json.loads((out / "results.json").read_text())
 
 
@@ -411,10 +414,11 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             assert all("Observation/thal-03-afp-a1" not in a["evidence"] for a in thal03["assessments"])
             # The store lists the four runs newest first, each with the summary it returned.
             listed, total = store.runs(base, "thal-hcc-pilot", last=3)
-            assert total == 4 and [r["run_id"] for r in listed] == [third.run_id, second.run_id, first.run_id]
-            assert [r["status"] for r in listed] == ["ok", "ok", "ok"] and listed[0]["summary"]["deleted"] == 1
+            assert total == 4 and [r.run_id for r in listed] == [third.run_id, second.run_id, first.run_id]
+            assert [r.status for r in listed] == ["ok", "ok", "ok"] and listed[0].summary["deleted"] == 1
             assert all(
-                r["started_at"].utcoffset() == timedelta(0) <= r["finished_at"] - r["started_at"] for r in listed
+                r.finished_at is not None and r.started_at.utcoffset() == timedelta(0) <= r.finished_at - r.started_at
+                for r in listed
             )
             assert store.runs(base, "another-study") == ([], 0)
     finally:

@@ -457,7 +457,14 @@ def test_s4_a_sync_with_writes_not_accounted_for_keeps_its_watermark(tmp_path: P
 
     mappings, identity = load_mappings()
     opts = SyncOptions(
-        "s1", date(2005, 3, 31), "auto", False, tmp_path / "runs", mappings, identity, standing_rule=standing_rule_all()
+        study="s1",
+        as_of=date(2005, 3, 31),
+        since="auto",
+        dry_run=False,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),
     )
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -465,7 +472,7 @@ def test_s4_a_sync_with_writes_not_accounted_for_keeps_its_watermark(tmp_path: P
         assert summary.pushed["not applied"] > 0 and summary.errors
         assert summary.watermark is None and store.watermark(BASE, "s1") is None
         (run,), _ = store.runs()
-        assert run["status"] == "errors"
+        assert run.status == "errors"
     finally:
         store.close()
 
@@ -721,7 +728,7 @@ def test_a_refusal_carries_its_status_request_and_outcome() -> None:
 
 
 def test_s6_the_store_remembers_the_transaction_size_per_server(tmp_path: Path) -> None:
-    from fhiradapter.shell.server.push import TransactionLimit
+    from fhiradapter.shell.server.limits import TransactionLimit
     from fhiradapter.shell.server.store import SyncStore
 
     store = SyncStore(data_dir=tmp_path)
@@ -742,13 +749,23 @@ def test_s6_sync_with_default_flags_on_the_stock_medplum_router(tmp_path: Path) 
     from fhir_server import load_input, medplum_server, post
 
     from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.run.engine import RunRequest
     from fhiradapter.shell.run.pipeline import run_evaluate
     from fhiradapter.shell.server.store import SyncStore
     from fhiradapter.shell.server.sync import SyncOptions, run_sync
 
     paper = ROOT / "fixtures" / "paper-cohort" / "input"
     mappings, identity = load_mappings()
-    run_evaluate([paper], tmp_path / "files", AS_OF, mappings, identity, report=False)
+    run_evaluate(
+        RunRequest(
+            inputs=(paper,),
+            out=tmp_path / "files",
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            report=False,
+        )
+    )
     files = json.loads((tmp_path / "files" / "results.json").read_text())
     store = SyncStore(data_dir=tmp_path / "data")
     try:
@@ -759,13 +776,13 @@ def test_s6_sync_with_default_flags_on_the_stock_medplum_router(tmp_path: Path) 
             assert refused.status_code == 400 and "too many entries" in refused.text
             load_input(base, paper, chunk=50)
             opts = SyncOptions(
-                "thal-hcc-pilot",
-                AS_OF,
-                "auto",
-                False,
-                tmp_path / "runs",
-                mappings,
-                identity,
+                study="thal-hcc-pilot",
+                as_of=AS_OF,
+                since="auto",
+                dry_run=False,
+                work_dir=tmp_path / "runs",
+                mappings=mappings,
+                mappings_identity=identity,
                 standing_rule=standing_rule_all(),
             )
             first = run_sync(FhirClient(base), store, opts)

@@ -13,6 +13,7 @@ import pytest
 from builders import SHARED_DATA, is_result, standing_rule_all
 
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 EXAMPLES = SHARED_DATA / "hl7-ae-research-examples"
@@ -23,13 +24,17 @@ pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason=f"{EXAMPLES} is no
 
 def test_hl7_ae_examples_are_read_and_every_file_accounted_for(tmp_path: Path) -> None:
     mappings, identity = load_mappings()
-    summary = run_evaluate([EXAMPLES], tmp_path, AS_OF, mappings, identity, study=COMPASS)
+    summary = run_evaluate(
+        RunRequest(
+            inputs=(EXAMPLES,), out=tmp_path, as_of=AS_OF, mappings=mappings, mappings_identity=identity, study=COMPASS
+        )
+    )
     files = sorted(EXAMPLES.glob("*.json"))
-    assert summary["files"] == len(files)
-    assert summary["records_read"] == len(files)  # one resource per file
+    assert summary.files == len(files)
+    assert summary.records_read == len(files)  # one resource per file
     rejects = (tmp_path / "rejects.ndjson").read_text().splitlines()
-    assert summary["records_rejected"] == len(rejects)
-    assert summary["records_used"] + summary["records_rejected"] == summary["records_read"]
+    assert summary.records_rejected == len(rejects)
+    assert summary.records_used + summary.records_rejected == summary.records_read
     results = json.loads((tmp_path / "results.json").read_text())
     patients = {s["patient"] for s in results["subjects"]}
     assert "Patient/patient-example-kaitlyn-b" in patients
@@ -43,7 +48,11 @@ def test_hl7_ae_examples_are_read_and_every_file_accounted_for(tmp_path: Path) -
 
 def test_hl7_research_subject_and_consent_display(tmp_path: Path) -> None:
     mappings, identity = load_mappings()
-    run_evaluate([EXAMPLES], tmp_path, AS_OF, mappings, identity, study=COMPASS)
+    run_evaluate(
+        RunRequest(
+            inputs=(EXAMPLES,), out=tmp_path, as_of=AS_OF, mappings=mappings, mappings_identity=identity, study=COMPASS
+        )
+    )
     results = json.loads((tmp_path / "results.json").read_text())
     kaitlyn = next(s for s in results["subjects"] if s["patient"] == "Patient/patient-example-kaitlyn-b")
     assert kaitlyn["research_subject"] is not None
@@ -91,13 +100,28 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
             updated: set[str] = set()  # the ResearchSubjects the runs updated
             for study, patients in sorted(studies.items()):
                 files = tmp_path / f"files-{study}"
-                run_evaluate([EXAMPLES], files, AS_OF, mappings, identity, report=False, study=study)
+                run_evaluate(
+                    RunRequest(
+                        inputs=(EXAMPLES,),
+                        out=files,
+                        as_of=AS_OF,
+                        mappings=mappings,
+                        mappings_identity=identity,
+                        report=False,
+                        study=study,
+                    )
+                )
                 from_files = {s["patient"]: s for s in json.loads((files / "results.json").read_text())["subjects"]}
                 assert set(from_files) == patients
                 opts = SyncOptions(
-                    study, AS_OF, "auto", False, tmp_path / "runs", mappings, identity, **write,
+                    study=study,
+                    work_dir=tmp_path / "runs",
+                    as_of=AS_OF,
+                    mappings=mappings,
+                    mappings_identity=identity,
                     standing_rule=standing_rule_all(),
-                )  # fmt: skip
+                    **write,
+                )
                 first = run_sync(FhirClient(base), store, opts)
                 assert first.errors == [] and first.conflicts == [] and first.patients == len(patients), study
                 assert first.pushed["created"] > 0

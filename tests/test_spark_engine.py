@@ -23,10 +23,14 @@ from builders import ROOT
 from click.testing import CliRunner
 
 from fhiradapter.cli import main
+from fhiradapter.core.results import TimedRunSummary
 from fhiradapter.errors import ExitCode
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.run.readers import InputLimits
+from fhiradapter.shell.run.spark_engine import SparkEngine
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 GENERATE = ROOT / "benchmarks" / "generate.py"
@@ -70,10 +74,16 @@ def spark() -> Iterator[Any]:
     session.stop()
 
 
-def run(inputs: list[Path], out: Path, engine: str, **kw: Any) -> dict[str, Any]:
+def run(inputs: list[Path], out: Path, engine: str, **kw: Any) -> TimedRunSummary:
+    """One run by ``engine`` (``local``, with ``workers`` if given, or ``spark``); ``kw``: the request's fields."""
     mappings, identity = load_mappings()
     as_of = kw.pop("as_of", AS_OF)
-    return run_evaluate(inputs, out, as_of, mappings, identity, engine=engine, **kw)
+    workers = kw.pop("workers", None)
+    chosen = SparkEngine() if engine == "spark" else LocalEngine(workers)
+    request = RunRequest(
+        inputs=tuple(inputs), out=out, as_of=as_of, mappings=mappings, mappings_identity=identity, engine=chosen, **kw
+    )
+    return run_evaluate(request)
 
 
 def outputs(out: Path) -> dict[str, Any]:
@@ -103,7 +113,7 @@ def test_the_paper_cohort_gives_the_local_engines_results(tmp_path: Path, spark:
     run([PAPER], tmp_path / "local", "local")
     summary = run([PAPER], tmp_path / "spark", "spark")
     assert_same(tmp_path / "local", tmp_path / "spark")
-    assert summary["patients"] == 14 and summary["records_rejected"] == 3
+    assert summary.patients == 14 and summary.records_rejected == 3
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +133,7 @@ def test_a_generated_cohort_of_2000_patients_gives_the_local_engines_results(
     as_of = date(2005, 12, 31)
     run([generated], tmp_path / "local", "local", as_of=as_of, report=False, workers=2, limits=EVERY_REJECT)
     summary = run([generated], tmp_path / "spark", "spark", as_of=as_of, report=False, limits=EVERY_REJECT)
-    assert summary["patients"] == 2000
+    assert summary.patients == 2000
     assert_same(tmp_path / "local", tmp_path / "spark")
 
 
@@ -153,7 +163,7 @@ def test_duplicates_across_partitions_and_files_keep_the_same_copy(
     as_of = date(2005, 12, 31)
     run([data], tmp_path / "local", "local", as_of=as_of, report=False, limits=EVERY_REJECT)
     summary = run([data], tmp_path / "spark", "spark", as_of=as_of, report=False, limits=EVERY_REJECT)
-    assert summary["rejects_by_reason"]["duplicate-superseded"] == len(later) + len(again)
+    assert summary.rejects_by_reason["duplicate-superseded"] == len(later) + len(again)
     assert_same(tmp_path / "local", tmp_path / "spark")
 
 
@@ -237,7 +247,7 @@ def test_a_results_dir_holds_the_local_engines_results_and_export_reads_it(tmp_p
     run([PAPER], tmp_path / "local", "local")
     url = (tmp_path / "parts").as_uri()
     summary = run([PAPER], tmp_path / "spark", "spark", results_dir=url, writeback=False)
-    assert summary["results_dir"] == url
+    assert summary.results_dir == url
     local = json.loads((tmp_path / "local" / "results.json").read_text())
     parts = tmp_path / "parts"
     assert [json.loads(x) for x in _lines(parts / "subjects")] == local["subjects"]
@@ -327,7 +337,7 @@ def test_lines_over_the_limit_read_by_url_are_rejects_and_every_line_keeps_its_n
         ("line 5", "too-large"),
     ]
     assert remote == local and len(remote) == 307  # and the 300 Patients not in the study, each at its line
-    assert summary["patients"] == 14
+    assert summary.patients == 14
 
 
 def test_a_jvm_that_dies_is_reported_as_the_input_not_as_the_output(

@@ -20,6 +20,7 @@ from fhir_server import load_input, post, sekmet_server, server_resources
 from fhiradapter.core.review import read_back
 from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
 from fhiradapter.shell.common.mappings_io import load_mappings
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -30,7 +31,7 @@ SCHEMA = (
 
 def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     mappings, identity = load_mappings()
-    run_evaluate(inputs, out, AS_OF, mappings, identity)
+    run_evaluate(RunRequest(inputs=tuple(inputs), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity))
     bundle = json.loads((out / "writeback.json").read_text())
     results = json.loads((out / "results.json").read_text())
     plan = [json.loads(x) for x in (out / "writeback-plan.ndjson").read_text().splitlines()]
@@ -303,7 +304,17 @@ def test_the_write_back_handed_in_memory_is_what_the_files_hold(tmp_path: Path) 
 
     mappings, identity = load_mappings()
     handed: list[Writeback] = []
-    run_evaluate([PAPER], tmp_path, AS_OF, mappings, identity, report=False, on_writeback=handed.append)
+    run_evaluate(
+        RunRequest(
+            inputs=(PAPER,),
+            out=tmp_path,
+            as_of=AS_OF,
+            mappings=mappings,
+            mappings_identity=identity,
+            report=False,
+            on_writeback=handed.append,
+        )
+    )
     (kept,) = handed
     assert kept.bundle == json.loads((tmp_path / "writeback.json").read_text())
     plan = [json.loads(x) for x in (tmp_path / "writeback-plan.ndjson").read_text().splitlines()]

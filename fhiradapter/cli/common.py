@@ -4,19 +4,27 @@ counts in words."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from types import FrameType
+from typing import TYPE_CHECKING, ClassVar
 
 import click
 
 from fhiradapter.errors import AdapterError, ConfigError, ExitCode
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
+
+Command = Callable[..., None]  # a click command's function, before click.command makes it one
 
 
 def parse_as_of(value: str) -> date:
@@ -34,7 +42,7 @@ def parse_as_of(value: str) -> date:
 MAPPINGS_ENV = "FHIRADAPTER_MAPPINGS"  # = fhiradapter.shell.common.mappings_io.ENV_VAR (kept here: --help stays fast)
 
 
-def mappings_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def mappings_option(what: str) -> Callable[[Command], Command]:
     """``--mappings DIR``, also from ``$FHIRADAPTER_MAPPINGS``: a site's own mappings folder for every command."""
     return click.option(
         "--mappings",
@@ -84,7 +92,7 @@ class ByteSize(click.ParamType):  # type: ignore[type-arg]
         "gb": 10**9,
     }
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
@@ -118,7 +126,7 @@ SYNC_INTERRUPTED = (
 EXTRAS = {"sqlalchemy": "registry", "alembic": "registry", "psycopg": "postgres", "pyarrow": "parquet"}
 
 
-def _stopping(signum: int, frame: Any) -> None:
+def _stopping(signum: int, frame: FrameType | None) -> None:
     """SIGINT after the first, while the command stops: it is stopping already."""
 
 
@@ -179,9 +187,9 @@ class PhaseBars:
 
     def __init__(self, show: bool) -> None:
         self.show = show
-        self.bar: Any = None
+        self.bar: ProgressBar[int] | None = None
 
-    def open(self, label: str, length: int) -> Any:
+    def open(self, label: str, length: int) -> ProgressBar[int]:
         self.close()
         self.bar = click.progressbar(length=max(length, 1), label=label, file=sys.stderr, hidden=not self.show)
         self.bar.__enter__()
@@ -193,7 +201,7 @@ class PhaseBars:
             self.bar = None
 
 
-def counts_text(counts: Any, first: tuple[str, ...]) -> str:
+def counts_text(counts: Mapping[str, int], first: tuple[str, ...]) -> str:
     """``create 92, update 13, unchanged 1``: the usual keys in reading order, then any other, zeros left out."""
     keys = [k for k in first if counts.get(k)] + sorted(k for k in counts if k not in first and counts[k])
     return ", ".join(f"{k} {counts[k]}" for k in keys)
@@ -207,14 +215,65 @@ def searches_text(per_search: int | None, split: int) -> str:
     return f" ({per_search} patient(s) per search{paged_on})"
 
 
-def export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """--export-to, --export-format, --pseudonymise and --key-file: a command that exports its results after."""
+def gathered(
+    name: str, build: Callable[..., object], options: Sequence[Callable[[Command], Command]]
+) -> Callable[[Command], Command]:
+    """Apply ``options`` to a command, and hand it their values as one typed value: ``name=build(**values)``.
+
+    Click gives each option as a keyword argument; gathered this way, a command takes a few typed values rather
+    than a long list of loose ones, and a value that travels on (the server options to the client) keeps its
+    type. ``build`` runs when the command does, so it may import what ``--help`` need not.
+    """
+
+    def decorate(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def command(*args: object, **values: object) -> None:
+            own = {key: values.pop(key) for key in names}
+            fn(*args, **values, **{name: build(**own)})
+
+        params: list[click.Parameter] = command.__dict__.setdefault("__click_params__", [])
+        before = len(params)
+        for option in reversed(options):
+            option(command)
+        names = [param.name for param in params[before:] if param.name]
+        return command
+
+    return decorate
+
+
+def command_options(build: Callable[..., object]) -> Callable[[Command], Command]:
+    """The command's remaining options (those not gathered already) as one typed value: the command takes
+    ``options=build(**values)``; the decorator closest to the function."""
+
+    def decorate(fn: Command) -> Command:
+        @functools.wraps(fn)
+        def command(**values: object) -> None:
+            fn(build(**values))
+
+        return command
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """--export-to, --export-format, --pseudonymise and --key-file: where a command exports its results after."""
+
+    to: str | None = None
+    format: str = "tables"
+    pseudonymise: bool = False
+    key_file: Path | None = None
+
+
+def export_options(fn: Command) -> Command:
+    """--export-to, --export-format, --pseudonymise and --key-file, as one ``export: ExportOptions``."""
     options = [
         click.option(
-            "--export-to", "export_to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
+            "--export-to", "to", metavar="URL", default=None, help="Then export the results: " + EXPORT_TO_HELP
         ),
         click.option(
             "--export-format",
+            "format",
             type=click.Choice(["tables", "sdtm"]),
             default="tables",
             show_default=True,
@@ -227,6 +286,4 @@ def export_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--key-file", type=click.Path(path_type=Path, dir_okay=False), default=None, help=KEY_HELP),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    return gathered("export", ExportOptions, options)(fn)

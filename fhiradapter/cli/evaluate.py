@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fhiradapter.cli.common import (
     ByteSize,
+    ExportOptions,
+    command_options,
     export_options,
     guard,
     mappings_line,
@@ -19,7 +23,36 @@ from fhiradapter.cli.common import (
     warn_unused_mappings,
 )
 from fhiradapter.cli.export import export_key, run_export
+from fhiradapter.core.results import RunSummary, TimedRunSummary
 from fhiradapter.errors import ConfigError, NothingEvaluated
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.run.engine import Engine, RunRequest
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+    """What ``evaluate`` was given, by option (``_run_request`` turns it into the shell's ``RunRequest``)."""
+
+    inputs: tuple[str, ...]
+    as_of: str
+    out: Path
+    mappings_dir: Path | None
+    workers: int | None
+    report: bool
+    writeback: bool
+    progress: bool | None
+    export: ExportOptions
+    study: str | None
+    compare_with_paper: bool | None
+    fhir_bases: tuple[str, ...]
+    screen_candidates: bool
+    enrol_candidates: bool
+    engine: str
+    spark_master: str | None
+    results_dir: str
+    max_record_bytes: int
+    max_rejects_per_file: int
 
 
 @click.command(short_help="Apply the protocol to FHIR files: results, write-back, report.")
@@ -133,30 +166,8 @@ from fhiradapter.errors import ConfigError, NothingEvaluated
     help="Rejects listed one by one in rejects.ndjson per input file; the rest of a file's are counted "
     "(summary.json) and said in one not-listed line. 0: list them all.",
 )
-def evaluate(
-    inputs: tuple[str, ...],
-    as_of: str,
-    out: Path,
-    mappings_dir: Path | None,
-    workers: int | None,
-    report: bool,
-    writeback: bool,
-    progress: bool | None,
-    export_to: str | None,
-    export_format: str,
-    pseudonymise: bool,
-    key_file: Path | None,
-    study: str | None,
-    compare_with_paper: bool | None,
-    fhir_bases: tuple[str, ...],
-    screen_candidates: bool,
-    enrol_candidates: bool,
-    engine: str,
-    spark_master: str | None,
-    results_dir: str,
-    max_record_bytes: int,
-    max_rejects_per_file: int,
-) -> None:
+@command_options(EvaluateOptions)
+def evaluate(options: EvaluateOptions) -> None:
     """Evaluate the protocol on FHIR files.
 
     INPUTS are NDJSON files (.ndjson, .ndjson.gz; one resource per line, as a Bulk Data export writes
@@ -174,69 +185,85 @@ def evaluate(
     Example:
       fhiradapter evaluate fixtures/paper-cohort/input --as-of 2005-03-31 --out out/
     """
-    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
-    from fhiradapter.shell.common.progress import RunProgress  # noqa: PLC0415
-    from fhiradapter.shell.run.pipeline import run_evaluate  # noqa: PLC0415
-    from fhiradapter.shell.run.readers import InputLimits, expand_inputs  # noqa: PLC0415
-
     with guard():
-        cutoff = parse_as_of(as_of)
-        if enrol_candidates and not screen_candidates:
-            raise ConfigError("--enrol-candidates is only used with --screen-candidates")
-        key = export_key(pseudonymise, key_file) if export_to else None
-        mappings, identity = load_mappings(mappings_dir)
-        warn_unused_mappings(Path(identity["mappings_dir"]))
-        urls = tuple(i for i in inputs if "://" in i)
-        paths = [Path(i) for i in inputs if "://" not in i]
-        if spark_master and engine != "spark":
-            raise ConfigError("--spark-master is only used with --engine spark")
-        if results_dir and export_to:
-            raise ConfigError(
-                "--export-to exports --out, which --results-dir leaves without results.json: run "
-                "`fhiradapter export` on the results folder once it is on this machine"
-            )
-        files = expand_inputs(paths, exclude=out)
-        total = sum(f.stat().st_size for f in files)
-        show = sys.stderr.isatty() if progress is None else progress
-        # One display for every phase: two passes over the data (reading and mapping, then grouping and
-        # evaluating), then writing the outputs and drawing the report.
-        earlier = _earlier_run(out)
-        display = RunProgress(total, tty=sys.stderr.isatty()) if show else None
-        finished = False
-        try:
-            summary = run_evaluate(
-                paths,
-                out,
-                cutoff,
-                mappings,
-                identity,
-                progress=display.advance if display else None,
-                workers=workers,
-                report=report,
-                writeback=writeback,
-                study=study,
-                screen_candidates=screen_candidates,
-                enrol_candidates=enrol_candidates,
-                fhir_bases=fhir_bases,
-                on_phase=display.phase if display else None,
-                engine=engine,
-                spark_master=spark_master,
-                urls=urls,
-                results_dir=results_dir,
-                compare_with_paper=compare_with_paper,
-                limits=InputLimits(max_record_bytes, max_rejects_per_file),
-            )
-            finished = True
-        finally:
-            if display is not None:
-                display.close(finished)  # a stopped run's bar stays where it stopped
+        request = _run_request(options)
+        key = export_key(options.export.pseudonymise, options.export.key_file) if options.export.to else None
+        show = sys.stderr.isatty() if options.progress is None else options.progress
+        earlier = _earlier_run(options.out)
+        summary = _run_shown(request, show)
+    out = options.out
     with guard():
         _print_summary(summary, out)
         _print_replaced(earlier, out)
-        if not summary["patients"]:
+        if not summary.patients:
             raise NothingEvaluated(_nothing_evaluated(summary))
-        if export_to:
-            run_export(out, export_to, export_format, key, mappings_dir, show)
+        if options.export.to:
+            run_export(out, options.export.to, options.export.format, key, options.mappings_dir, show)
+
+
+def _run_request(options: EvaluateOptions) -> RunRequest:
+    """The run the options ask for: the as-of date, the mappings, the inputs (paths and URLs), the engine; the
+    options that do not go together are refused here, before anything is read."""
+    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415 - keep --help fast
+    from fhiradapter.shell.run.engine import RunRequest  # noqa: PLC0415
+    from fhiradapter.shell.run.local_engine import LocalEngine  # noqa: PLC0415
+    from fhiradapter.shell.run.readers import InputLimits  # noqa: PLC0415
+
+    cutoff = parse_as_of(options.as_of)
+    if options.enrol_candidates and not options.screen_candidates:
+        raise ConfigError("--enrol-candidates is only used with --screen-candidates")
+    if options.spark_master and options.engine != "spark":
+        raise ConfigError("--spark-master is only used with --engine spark")
+    if options.results_dir and options.export.to:
+        raise ConfigError(
+            "--export-to exports --out, which --results-dir leaves without results.json: run "
+            "`fhiradapter export` on the results folder once it is on this machine"
+        )
+    mappings, identity = load_mappings(options.mappings_dir)
+    warn_unused_mappings(Path(identity["mappings_dir"]))
+    engine: Engine = LocalEngine(options.workers)
+    if options.engine == "spark":
+        from fhiradapter.shell.run.spark_engine import SparkEngine  # noqa: PLC0415
+
+        engine = SparkEngine(options.spark_master)
+    return RunRequest(
+        inputs=tuple(Path(i) for i in options.inputs if "://" not in i),
+        urls=tuple(i for i in options.inputs if "://" in i),
+        out=options.out,
+        as_of=cutoff,
+        mappings=mappings,
+        mappings_identity=identity,
+        study=options.study,
+        fhir_bases=options.fhir_bases,
+        report=options.report,
+        writeback=options.writeback,
+        screen_candidates=options.screen_candidates,
+        enrol_candidates=options.enrol_candidates,
+        compare_with_paper=options.compare_with_paper,
+        limits=InputLimits(options.max_record_bytes, options.max_rejects_per_file),
+        results_dir=options.results_dir,
+        engine=engine,
+    )
+
+
+def _run_shown(request: RunRequest, show: bool) -> TimedRunSummary:
+    """Run, with one display for every phase when ``show``: two passes over the data (reading and mapping, then
+    grouping and evaluating), then writing the outputs and drawing the report."""
+    from fhiradapter.shell.common.progress import RunProgress  # noqa: PLC0415
+    from fhiradapter.shell.run.pipeline import run_evaluate  # noqa: PLC0415
+    from fhiradapter.shell.run.readers import expand_inputs  # noqa: PLC0415
+
+    if not show:
+        return run_evaluate(request)
+    total = sum(f.stat().st_size for f in expand_inputs(list(request.inputs), exclude=request.out))
+    display = RunProgress(total, tty=sys.stderr.isatty())
+    finished = False
+    try:
+        summary = run_evaluate(dataclasses.replace(request, progress=display.advance, on_phase=display.phase))
+        finished = True
+    finally:
+        display.close(finished)  # a stopped run's bar stays where it stopped
+    return summary
 
 
 def _earlier_run(out: Path) -> tuple[str, list[str]] | None:
@@ -258,14 +285,14 @@ def _print_replaced(earlier: tuple[str, list[str]] | None, out: Path) -> None:
     click.echo(f"note: this run replaced the outputs of an earlier run in {out} (as-of {as_of}){removed}.")
 
 
-def _nothing_evaluated(summary: dict[str, Any]) -> str:
+def _nothing_evaluated(summary: RunSummary) -> str:
     """Why a run evaluated no one, and what to do about it."""
-    population = summary.get("population") or {}
-    if not summary["records_read"]:
+    population = summary.population
+    if not summary.records_read:
         return "no patient was evaluated: the input holds no FHIR record (see rejects.ndjson for files not read)"
-    if population.get("not-in-study"):
-        study = summary.get("protocol", {}).get("study", "the study")
-        others = (summary.get("rejects_by_reason") or {}).get("other-study", 0)
+    if population.not_in_study:
+        study = summary.protocol.study
+        others = summary.rejects_by_reason.get("other-study", 0)
         hint = (
             f"; {others} ResearchSubject(s) of the input name another study (rejects.ndjson, other-study, says "
             "which): is --study, or [study] in the mappings, the one you meant?"
@@ -273,23 +300,23 @@ def _nothing_evaluated(summary: dict[str, Any]) -> str:
             else "; --screen-candidates screens them"
         )
         return (
-            f"no patient was evaluated: {population['not-in-study']} patient(s) in the input, none with a "
+            f"no patient was evaluated: {population.not_in_study} patient(s) in the input, none with a "
             f"ResearchSubject of {study}{hint}"
         )
     return "no patient was evaluated: the input holds no Patient that its records name (see rejects.ndjson)"
 
 
-def _print_summary(summary: dict[str, Any], out: Path) -> None:
+def _print_summary(summary: TimedRunSummary, out: Path) -> None:
     click.echo(
-        f"Read {summary['records_read']} records from {summary['files']} file(s): "
-        f"{summary['records_used']} used, {summary['records_rejected']} rejected; "
-        f"{summary['patients']} patient(s) evaluated."
+        f"Read {summary.records_read} records from {summary.files} file(s): "
+        f"{summary.records_used} used, {summary.records_rejected} rejected; "
+        f"{summary.patients} patient(s) evaluated."
     )
-    width = max([len(t) for t in summary["by_type"]] + [13])
+    width = max([len(t) for t in summary.by_type] + [13])
     click.echo(f"  {'resource type':<{width}}  {'read':>7}  {'used':>7}  {'rejected':>8}")
-    for rtype, c in summary["by_type"].items():
-        click.echo(f"  {rtype:<{width}}  {c['read']:>7}  {c['used']:>7}  {c['rejected']:>8}")
-    not_read = summary.get("files_not_read") or []
+    for rtype, c in summary.by_type.items():
+        click.echo(f"  {rtype:<{width}}  {c.read:>7}  {c.used:>7}  {c.rejected:>8}")
+    not_read = summary.files_not_read
     if not_read:
         shown = ", ".join(Path(n).name for n in not_read[:5]) + (
             f" and {len(not_read) - 5} more" if len(not_read) > 5 else ""
@@ -297,54 +324,54 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         click.echo(
             f"  not read: {len(not_read)} other file(s), no FHIR data by their names ({shown}; in rejects.ndjson)"
         )
-    click.echo(f"  {mappings_line(Path(summary['protocol']['mappings_dir']))}")
-    if summary["rejects_by_reason"]:
-        reasons = ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items())
+    click.echo(f"  {mappings_line(Path(summary.protocol.mappings_dir))}")
+    if summary.rejects_by_reason:
+        reasons = ", ".join(f"{k} {v}" for k, v in summary.rejects_by_reason.items())
         click.echo(f"  rejects by reason: {reasons}")
-    population = summary.get("population") or {}
-    if any(population.get(k) for k in ("candidates", "not-in-study", "not-screened")):
+    population = summary.population
+    if population.candidates or population.not_in_study or population.not_screened:
         click.echo(
-            f"  patients: {population.get('subjects', 0)} study subject(s) evaluated; "
+            f"  patients: {population.subjects} study subject(s) evaluated; "
             + ", ".join(
                 f"{n} {label}"
-                for key, label in (
-                    ("candidates", "screening candidate(s) (candidates.ndjson)"),
-                    ("not-in-study", "not in the study (no ResearchSubject of it: not evaluated)"),
-                    ("not-screened", "candidate(s) not screened (died on or before the as-of date)"),
+                for n, label in (
+                    (population.candidates, "screening candidate(s) (candidates.ndjson)"),
+                    (population.not_in_study, "not in the study (no ResearchSubject of it: not evaluated)"),
+                    (population.not_screened, "candidate(s) not screened (died on or before the as-of date)"),
                 )
-                if (n := population.get(key))
+                if n
             )
         )
-    for kind, codes in (summary.get("unmapped_codes") or {}).items():
-        shown = ", ".join(f"{c['code']} ({c['records']})" for c in codes[:3])
+    for kind, codes in summary.unmapped_codes.items():
+        shown = ", ".join(f"{c.code} ({c.records})" for c in codes[:3])
         click.echo(f"  most frequent unmapped {kind}: {shown} (all in summary.json)")
-    wb = summary.get("writeback")
+    wb = summary.writeback
     names = ["results.json", "clinical.ndjson", "rejects.ndjson", "summary.json"]
-    if summary.get("results_dir"):
+    if summary.results_dir:
         names = ["rejects.ndjson", "summary.json"]
         click.echo(
-            f"Each patient's result and clinical extract: in {summary['results_dir']} (subjects/, clinical/, and "
+            f"Each patient's result and clinical extract: in {summary.results_dir} (subjects/, clinical/, and "
             "run/ with the cohort), written by Spark; `fhiradapter export` reads that folder."
         )
     if wb is None:
         click.echo("Write-back: not planned (--no-writeback); no writeback.json.")
     else:
         click.echo(
-            f"Write-back plan: {wb.get('create', 0)} to create, {wb.get('update', 0)} to update, "
-            f"{wb.get('unchanged', 0)} unchanged (writeback.json, writeback-plan.ndjson)."
+            f"Write-back plan: {wb.create} to create, {wb.update} to update, "
+            f"{wb.unchanged} unchanged (writeback.json, writeback-plan.ndjson)."
         )
         names += ["writeback.json", "writeback-plan.ndjson"]
-    if (out / "candidates.ndjson").exists() and population.get("candidates") is not None:
+    if (out / "candidates.ndjson").exists():
         names.append("candidates.ndjson")
     names += [n for n in ("report.html", "report.md", "report-km.png", "report-swimmer.png") if (out / n).exists()]
     click.echo(f"Wrote to {out}: {', '.join(names)}, and manifest.json last.")
-    if population.get("candidates") == 0 and (out / "candidates.ndjson").exists():
+    if population.candidates == 0 and (out / "candidates.ndjson").exists():
         click.echo("  screening candidates: none: every patient in the input has a ResearchSubject of the study")
-    if "report.html" in names and summary["patients"]:
+    if "report.html" in names and summary.patients:
         click.echo(f"Open {out / 'report.html'} in a browser to read the report.")
-    elif not summary["patients"]:
+    elif not summary.patients:
         click.echo(f"No one was evaluated: the results and the report are empty; {out / 'rejects.ndjson'} says why.")
-    seconds = summary.get("seconds") or {}
+    seconds = summary.seconds
     if seconds:
         phases = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in seconds.items())
-        click.echo(f"Took {sum(seconds.values()):.1f} s with {summary['workers']} worker(s) ({phases}).")
+        click.echo(f"Took {sum(seconds.values()):.1f} s with {summary.workers} worker(s) ({phases}).")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhiradapter.cli.common import MAPPINGS_ENV, guard, mappings_line, mappings_option, warn_unused_mappings
 from fhiradapter.cli.server_options import open_server_client, server_options
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
 
 
 @click.group("mappings", short_help="Make a site's own mappings folder; show which one is used.")
@@ -64,7 +67,7 @@ def show_cmd(mappings_dir: Path | None) -> None:
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--url", "canonical", metavar="URL", help="The ConceptMap's canonical url.")
 @click.option("--id", "rid", metavar="ID", help="The ConceptMap's id on the server (instead of --url).")
-def conceptmap_cmd(folder: Path, canonical: str | None, rid: str | None, **server: Any) -> None:
+def conceptmap_cmd(folder: Path, canonical: str | None, rid: str | None, server: ServerOptions) -> None:
     """Copy a ConceptMap from the site's terminology server (a FHIR R4 server) into its mappings FOLDER.
 
     The local codes it maps to a code of a codes.toml list (equivalence equivalent, equal, wider or subsumes)
@@ -92,7 +95,7 @@ def conceptmap_cmd(folder: Path, canonical: str | None, rid: str | None, **serve
                 return await fetch_concept_map(client, url=canonical, rid=rid)
 
         resource = asyncio.run(fetch())
-        where = f"{server['server']} ConceptMap/{resource.get('id')}"
+        where = f"{server.server} ConceptMap/{resource.get('id')}"
         path, kept, left_out = save_concept_map(folder, resource, where)
         load_mappings(folder)  # the folder reads with it
         click.echo(f"Wrote {path}: {kept} mapping(s) of local codes used, {left_out} left out (not equivalent).")

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhiradapter.cli.common import PUSH_INTERRUPTED, PUSH_OUTCOMES, counts_text, guard
 from fhiradapter.cli.server_options import open_server_client, server_options
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
+
 from fhiradapter.errors import ExitCode
 
 
@@ -34,7 +38,7 @@ from fhiradapter.errors import ExitCode
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
-def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, **server: Any) -> None:
+def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, server: ServerOptions) -> None:
     """Apply an approved write-back Bundle (writeback.json from evaluate) to a FHIR R4 server.
 
     Nothing is sent unless `fhiradapter approve` recorded an approval of exactly this writeback.json and its

@@ -3,10 +3,17 @@ files or the environment, never from the command line)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+from fhiradapter.cli.common import Command, gathered
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
+    from fhiradapter.shell.server.fhir_client import FhirClient
 
 
 # pull and sync: how many patients one search asks for
@@ -15,7 +22,7 @@ class PerSearch(click.ParamType):  # type: ignore[type-arg]
 
     name = "auto|N"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int | None:
         if value is None or isinstance(value, int):
             return value
         if str(value).strip().lower() == "auto":
@@ -41,18 +48,32 @@ per_search_option = click.option(
 )
 
 
-def server_options(fn: Any) -> Any:
-    """Options shared by the commands that talk to a FHIR server (secrets only from files or environment)."""
-    return _server_options(fn, required=True)
+def _server_options(**values: Any) -> ServerOptions:  # click's values (Any): the options' types check them
+    """The server options as the shell takes them (imported when a command runs: ``--help`` stays fast)."""
+    from fhiradapter.shell.server.connection import ServerOptions  # noqa: PLC0415
+
+    return ServerOptions(**values)
 
 
-def optional_server_options(fn: Any) -> Any:
-    """The server options of a command that may also run without a server (``study``)."""
-    return _server_options(fn, required=False)
+def _optional_server_options(**values: Any) -> ServerOptions | None:
+    """The server options, or None when no --server was given (a command that may run without one)."""
+    return _server_options(**values) if values.get("server") else None
 
 
-def _server_options(fn: Any, required: bool) -> Any:
-    options = [
+def server_options(fn: Command) -> Command:
+    """Options shared by the commands that talk to a FHIR server (secrets only from files or environment), given
+    to the command as one ``server: ServerOptions``."""
+    return gathered("server", _server_options, _options(required=True))(fn)
+
+
+def optional_server_options(fn: Command) -> Command:
+    """The server options of a command that may also run without a server (``study``): ``server`` is None
+    when no --server is given."""
+    return gathered("server", _optional_server_options, _options(required=False))(fn)
+
+
+def _options(required: bool) -> list[Callable[[Command], Command]]:
+    return [
         click.option(
             "--server", required=required, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.org/r4"
         ),
@@ -120,15 +141,12 @@ def _server_options(fn: Any, required: bool) -> Any:
             help="Send the credential over plain http:// to a host other than this machine (a trusted network).",
         ),
     ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
 
 
-async def open_server_client(o: dict[str, Any]) -> Any:
+async def open_server_client(options: ServerOptions) -> FhirClient:
     """A FhirClient for the server options (the shell's ``open_client``; SMART discovery happens there)."""
-    from fhiradapter.shell.server.connection import ServerOptions, open_client  # noqa: PLC0415
+    from fhiradapter.shell.server.connection import open_client  # noqa: PLC0415
 
-    client = await open_client(ServerOptions(**{**o, "trust_origin": tuple(o.get("trust_origin") or ())}))
+    client = await open_client(options)
     client.on_wait = lambda text: click.echo(f"note: {text}", err=True)
     return client

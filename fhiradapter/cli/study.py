@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhiradapter.cli.common import guard, mappings_line, mappings_option, warn_unused_mappings
 from fhiradapter.cli.server_options import open_server_client, optional_server_options
 
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
+
 
 @click.command("study", short_help="Write the study's definition as FHIR, for approve and push.")
 @optional_server_options
 @click.argument("out", type=click.Path(path_type=Path, file_okay=False))
 @mappings_option("the protocol, codes, study.toml, published.toml and export.toml")
-def study_cmd(out: Path, mappings_dir: Path | None, **server: Any) -> None:
+def study_cmd(out: Path, mappings_dir: Path | None, server: ServerOptions | None) -> None:
     """Write the study's definition into OUT as a write-back: the ResearchStudy, its eligibility Group (one
     characteristic per criterion of docs/protocol.md §2), the PlanDefinition (the study drug, the assessments
     and their timing, the dose rules) with the drug's ActivityDefinition, and one ValueSet per code list of
@@ -58,7 +61,7 @@ def study_cmd(out: Path, mappings_dir: Path | None, **server: Any) -> None:
         inputs = load_study_inputs(folder, mappings)
         check_out_folder(out)
         copies = None
-        if server.get("server"):
+        if server is not None:
 
             async def read() -> tuple[str | None, Any]:
                 client = await open_server_client(server)
@@ -69,9 +72,9 @@ def study_cmd(out: Path, mappings_dir: Path | None, **server: Any) -> None:
 
             found_id, copies = asyncio.run(read())
             inputs = msgspec.structs.replace(inputs, study_id=found_id)
-        published = publish(out, mappings, identity, inputs, copies, server.get("server"))
+        published = publish(out, mappings, identity, inputs, copies, server.server if server else None)
         counts = ", ".join(f"{a} {published.count(a)}" for a in ("create", "update", "unchanged"))
-        against = f"compared with {server['server']}" if copies is not None else "not compared with a server"
+        against = f"compared with {server.server}" if server is not None else "not compared with a server"
         click.echo(f"Study {mappings.study_ref}: {len(published.resources)} resources ({against}): {counts}.")
         if published.count("create") + published.count("update") == 0:
             click.echo("Nothing to write: the server already holds the study as the mappings define it.")

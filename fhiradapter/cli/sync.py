@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fhiradapter.cli.common import (
     PUSH_OUTCOMES,
     SYNC_INTERRUPTED,
+    Command,
+    ExportOptions,
     PhaseBars,
+    command_options,
     counts_text,
     export_options,
     guard,
@@ -28,8 +34,14 @@ from fhiradapter.cli.server_options import open_server_client, per_search_option
 from fhiradapter.errors import ConfigError, ExitCode
 from fhiradapter.shell.common.urls import safe_url
 
+if TYPE_CHECKING:
+    from fhiradapter.core.protocol import Mappings
+    from fhiradapter.shell.server.connection import ServerOptions
+    from fhiradapter.shell.server.store import SyncRun
+    from fhiradapter.shell.server.sync import SyncOptions, SyncSummary
 
-def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
+
+def store_options(f: Command) -> Command:
     """--data-dir and --store, shared by ``sync`` and ``runs``."""
     f = click.option(
         "--store",
@@ -46,6 +58,27 @@ def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Folder for the store (sync.db) and run folders [default: $FHIRADAPTER_DATA_DIR, "
         "~/.local/share/fhiradapter].",
     )(f)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncCommandOptions:
+    """What ``sync`` was given, by option (``_sync_options`` turns it into the shell's ``SyncOptions``)."""
+
+    server: ServerOptions
+    study: str
+    as_of: str
+    since: str
+    dry_run: bool
+    data_dir: Path | None
+    store_url: str | None
+    mappings_dir: Path | None
+    export: ExportOptions
+    chunk: int
+    mode: str
+    bulk: bool
+    group: str | None
+    per_search: int | None
+    progress: bool | None
 
 
 @click.command("sync", short_help="Pull what changed, evaluate, write the results back.")
@@ -88,26 +121,8 @@ def store_options(f: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."
 )
-def sync_cmd(
-    study: str,
-    as_of: str,
-    since: str,
-    dry_run: bool,
-    data_dir: Path | None,
-    store_url: str | None,
-    mappings_dir: Path | None,
-    export_to: str | None,
-    export_format: str,
-    pseudonymise: bool,
-    key_file: Path | None,
-    chunk: int,
-    mode: str,
-    bulk: bool,
-    group: str | None,
-    per_search: int | None,
-    progress: bool | None,
-    **server: Any,
-) -> None:
+@command_options(SyncCommandOptions)
+def sync_cmd(options: SyncCommandOptions) -> None:
     """Sync a study with a FHIR R4 server: pull what changed, evaluate, write the results back.
 
     The store (SQLite in --data-dir) keeps per-server watermarks, the last-seen version of every resource
@@ -122,72 +137,89 @@ def sync_cmd(
     Example:
       fhiradapter sync --server https://fhir.example.org/r4 --study thal-hcc-pilot --as-of 2005-03-31 --dry-run
     """
-    from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415
-
-    show = sys.stderr.isatty() if progress is None else progress
+    show = sys.stderr.isatty() if options.progress is None else options.progress
     with guard(SYNC_INTERRUPTED):
-        from fhiradapter.shell.server.approvals import load_standing_rule  # noqa: PLC0415
-        from fhiradapter.shell.server.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
-        from fhiradapter.shell.server.sync import SyncOptions, run_sync  # noqa: PLC0415
-
-        cutoff = parse_as_of(as_of)
-        if since not in ("auto", "none"):
-            check_instant(since)
-        if group and not bulk:
-            raise ConfigError("--group is only used with --bulk")
-        key = export_key(pseudonymise, key_file) if export_to else None
-        mappings, identity = load_mappings(mappings_dir)
-        warn_unused_mappings(Path(identity["mappings_dir"]))
-        folder = data_dir or default_data_dir()
-        store = SyncStore(store_url, folder)
         import asyncio  # noqa: PLC0415
 
-        client = asyncio.run(open_server_client(server))  # checks the options (and SMART discovery) before any work
+        from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: PLC0415
+        from fhiradapter.shell.server.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
+        from fhiradapter.shell.server.sync import run_sync  # noqa: PLC0415
+
+        export = options.export
+        cutoff = _checked(options)
+        key = export_key(export.pseudonymise, export.key_file) if export.to else None
+        mappings, identity = load_mappings(options.mappings_dir)
+        warn_unused_mappings(Path(identity["mappings_dir"]))
+        folder = options.data_dir or default_data_dir()
+        store = SyncStore(options.store_url, folder)
+        client = asyncio.run(open_server_client(options.server))  # checks the options (and SMART discovery) first
         bars = PhaseBars(show)
         try:
-            pulling = bars.open("Pulling patients", 1)
-
-            def total(n: int) -> None:
-                pulling.length = max(n, 1)
-
-            def evaluating() -> None:
-                bars.close()
-                if show:
-                    click.echo("Evaluating the study's patients ...", err=True)
-
-            def writing(entries: int) -> Callable[[int], None]:
-                update: Callable[[int], None] = bars.open("Writing results", entries).update
-                return update
-
-            opts = SyncOptions(
-                study,
-                cutoff,
-                since,
-                dry_run,
-                folder / "runs",
-                mappings,
-                identity,
-                pulling.update,
-                total,
-                writing,
-                chunk,
-                mode,
-                bulk,
-                group,
-                per_search=per_search,
-                on_evaluate=evaluating,
-                standing_rule=load_standing_rule(Path(identity["mappings_dir"])),
-            )
+            opts = _sync_options(options, cutoff, (mappings, identity), folder, bars)
             summary = run_sync(client.fresh(), store, opts)  # the discovery's loop is closed: a new client
         finally:
             bars.close()
             store.close()
         _print_sync(summary)
         click.echo(f"  {mappings_line(Path(identity['mappings_dir']))}")
-        if export_to and summary.out is not None:
-            run_export(summary.out, export_to, export_format, key, mappings_dir, show)
+        if export.to and summary.out is not None:
+            run_export(summary.out, export.to, export.format, key, options.mappings_dir, show)
         if summary.conflicts or summary.errors:
             sys.exit(int(ExitCode.SERVER))
+
+
+def _checked(options: SyncCommandOptions) -> date:
+    """The as-of date; options that do not go together are refused, before anything is read."""
+    cutoff = parse_as_of(options.as_of)
+    if options.since not in ("auto", "none"):
+        check_instant(options.since)
+    if options.group and not options.bulk:
+        raise ConfigError("--group is only used with --bulk")
+    return cutoff
+
+
+def _sync_options(
+    options: SyncCommandOptions, as_of: date, loaded: tuple[Mappings, dict[str, str]], folder: Path, bars: PhaseBars
+) -> SyncOptions:
+    """The run the options ask for, with the mappings ``loaded``, its progress shown on ``bars``: one bar for the
+    pull, a line as the evaluation starts, one bar for the push."""
+    from fhiradapter.shell.server.approvals import load_standing_rule  # noqa: PLC0415
+    from fhiradapter.shell.server.sync import SyncOptions  # noqa: PLC0415
+
+    mappings, identity = loaded
+    pulling = bars.open("Pulling patients", 1)
+
+    def total(n: int) -> None:
+        pulling.length = max(n, 1)
+
+    def evaluating() -> None:
+        bars.close()
+        if bars.show:
+            click.echo("Evaluating the study's patients ...", err=True)
+
+    def writing(entries: int) -> Callable[[int], None]:
+        update: Callable[[int], None] = bars.open("Writing results", entries).update
+        return update
+
+    return SyncOptions(
+        study=options.study,
+        as_of=as_of,
+        since=options.since,
+        dry_run=options.dry_run,
+        work_dir=folder / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        progress=pulling.update,
+        on_total=total,
+        on_push=writing,
+        chunk=options.chunk,
+        mode=options.mode,
+        bulk=options.bulk,
+        group=options.group,
+        per_search=options.per_search,
+        on_evaluate=evaluating,
+        standing_rule=load_standing_rule(Path(identity["mappings_dir"])),
+    )
 
 
 @click.command("runs", short_help="List the sync runs a store holds, newest first.")
@@ -252,14 +284,19 @@ def runs_cmd(
         return
     where = safe_url(store_url) if store_url else str(folder / "sync.db")
     if as_json:
-        for run in found:
-            for key in ("started_at", "finished_at"):
-                run[key] = run[key].isoformat() if run[key] is not None else None
+        shown = [
+            {
+                **dataclasses.asdict(run),
+                "started_at": run.started_at.isoformat(),
+                "finished_at": run.finished_at.isoformat() if run.finished_at is not None else None,
+            }
+            for run in found
+        ]
         learnt = [
             {"server": s, "max_entries": limit.max_entries, "refused_at": limit.refused_at, "run_id": run_id}
             for s, limit, run_id in limits
         ]
-        click.echo(json.dumps({"store": where, "total": total, "runs": found, "transaction_limits": learnt}, indent=2))
+        click.echo(json.dumps({"store": where, "total": total, "runs": shown, "transaction_limits": learnt}, indent=2))
         return
     if not found:
         click.echo(f"No sync runs in {where}" + (" for that server and study." if server or study else "."))
@@ -278,30 +315,30 @@ def runs_cmd(
         )
 
 
-def _run_line(run: dict[str, Any]) -> str:
-    started, finished = run["started_at"], run["finished_at"]
+def _run_line(run: SyncRun) -> str:
+    started, finished = run.started_at, run.finished_at
     took = f"{(finished - started).total_seconds():.1f} s" if finished else "no end recorded"
-    status = run["status"] + (" (still running, or killed)" if run["status"] == "running" else "")
+    status = run.status + (" (still running, or killed)" if run.status == "running" else "")
     return (
-        f"  run {run['run_id']}  {started:%Y-%m-%d %H:%M:%S} UTC  {status}  ({took})  "
-        f"{run['summary'].get('study') or run['study']} on {run['server']}"
+        f"  run {run.run_id}  {started:%Y-%m-%d %H:%M:%S} UTC  {status}  ({took})  "
+        f"{run.summary.get('study') or run.study} on {run.server}"
     )
 
 
-def _run_details(run: dict[str, Any]) -> list[str]:
+def _run_details(run: SyncRun) -> list[str]:
     """What a run read, planned and wrote, from its stored summary; why it stopped, if it did."""
-    s = run["summary"]
+    s = run.summary
     if not s:
         return []
     lines = []
     pulled = sum(s.get("pulled", {}).values())
     if pulled or s.get("patients"):
-        since = f"changes since {run['since']}" if run["since"] else "everything"
+        since = f"changes since {run.since}" if run.since else "everything"
         read = f"{since}: {s.get('patients', 0)} patient(s), {pulled} resource(s) read"
         lines.append(f"{read}, {s.get('deleted', 0)} deletion(s) noticed")
     if s.get("plan"):
         lines.append(f"plan: {counts_text(s['plan'], ('create', 'update', 'unchanged'))}")
-    if s.get("pushed") or (s.get("plan") and not run["dry_run"]):
+    if s.get("pushed") or (s.get("plan") and not run.dry_run):
         pushed = counts_text(s.get("pushed", {}), ("created", "updated", "unchanged", "conflict", "error"))
         conflicts, errors = len(s.get("conflicts", [])), len(s.get("errors", []))
         lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {conflicts}, errors {errors}")
@@ -320,7 +357,7 @@ def _run_details(run: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _changes(by_action: Any) -> str:
+def _changes(by_action: Mapping[str, Mapping[str, int]]) -> str:
     """``create child-pugh, eligibility; update response ×2``: one patient's changing results, by action."""
     return "; ".join(
         f"{action} " + ", ".join(kind + (f" ×{n}" if n > 1 else "") for kind, n in sorted(kinds.items()))
@@ -331,7 +368,7 @@ def _changes(by_action: Any) -> str:
 SHOWN_IN_FULL = 50  # patients whose changes a dry run lists one by one; the plan file holds every one
 
 
-def _print_sync(s: Any) -> None:
+def _print_sync(s: SyncSummary) -> None:
     mode = "dry run, nothing written" if s.dry_run else "written" if sum(s.pushed.values()) else "nothing written"
     since = f"changes since {s.since}" if s.since else "everything"
     click.echo(f"Sync run {s.run_id} of {s.study} from {s.server} ({since}; {mode}).")

@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhiradapter.cli.common import guard
 from fhiradapter.cli.server_options import open_server_client, server_options
+
+if TYPE_CHECKING:
+    from fhiradapter.shell.server.connection import ServerOptions
+
 from fhiradapter.errors import ConfigError, ExitCode
 
 
@@ -22,7 +26,7 @@ from fhiradapter.errors import ConfigError, ExitCode
 )
 @click.option("--role", default="data manager", show_default=True, help="Their role, as the Provenance records it.")
 @click.option("--dry-run", is_flag=True, help="Say what would be taken back; change nothing.")
-def undo_cmd(out: Path, who: str, role: str, dry_run: bool, **server: Any) -> None:
+def undo_cmd(out: Path, who: str, role: str, dry_run: bool, server: ServerOptions) -> None:
     """Take back on the server what the write-back in OUT wrote (OUT: the folder it was pushed from).
 
     Each result the run created is marked entered-in-error (never deleted: the record keeps its history);

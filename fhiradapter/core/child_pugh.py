@@ -7,7 +7,7 @@ ends; a missing component makes the score unknown.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from fhiradapter.core.limits import ALBUMIN_UPPER, BILIRUBIN_BANDS, CLASS_A_MAX, CLASS_B_MAX, INR_BANDS, PT_BANDS
 
@@ -16,8 +16,9 @@ from fhiradapter.core.limits import ALBUMIN_UPPER, BILIRUBIN_BANDS, CLASS_A_MAX,
 ASCITES_POINTS = {"none": 1, "mild": 2, "moderate": 3, "severe": 3}
 
 
-@dataclass(frozen=True, slots=True)
-class ChildPugh:
+class ChildPugh(msgspec.Struct, frozen=True):
+    """A Child-Pugh score (None when a component is missing), its class, each component's points."""
+
     score: int | None
     cls: str | None
     points: dict[str, int]

@@ -6,8 +6,6 @@ looked up here, on the hot path, with no validation machinery around it.
 
 from __future__ import annotations
 
-from typing import Any
-
 
 class CodeTable:
     """Maps ``(system, code)`` to a value; entries ending in ``*`` match by prefix."""
@@ -24,7 +22,8 @@ class CodeTable:
         else:
             self._exact[(system, code)] = value
 
-    def get(self, system: Any, code: Any) -> str | None:
+    def get(self, system: object, code: object) -> str | None:
+        """The value of ``(system, code)``; None unless both are strings (a coding as decoded may hold anything)."""
         if type(system) is not str or type(code) is not str:
             return None
         hit = self._exact.get((system, code))

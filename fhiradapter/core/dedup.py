@@ -34,7 +34,8 @@ class Version(NamedTuple):
 NO_VERSION = Version(-1, "", "")
 
 
-def version_of(resource: Resource | dict[str, Any]) -> Version:
+def version_of(resource: Resource | dict[str, Any]) -> Version:  # JSON edge: a Bundle entry, as parsed
+    """What a resource's ``meta`` says about which copy is newer, decoded or as its JSON."""
     if isinstance(resource, dict):
         meta = resource.get("meta")
         if not isinstance(meta, dict):

@@ -293,7 +293,11 @@ def _metastatic(rec: PatientRecord, screening: date, reference: date) -> Criteri
 
 
 def _anthracycline(rec: PatientRecord, screening: date) -> Criterion:
-    prior = [m for m in rec.meds if m.drug == "anthracycline" and dates.strictly_before(m.start, screening)]
+    prior = [
+        exposure
+        for exposure in rec.meds
+        if exposure.drug == "anthracycline" and dates.strictly_before(exposure.start, screening)
+    ]
     if not prior:
         return criterion(
             "prior_anthracycline_progression",
@@ -302,14 +306,14 @@ def _anthracycline(rec: PatientRecord, screening: date) -> Criterion:
             [],
             "no anthracycline (doxorubicin/epirubicin) started before screening",
         )
-    first = min(m.start for m in prior if m.start is not None)
+    first = min(exposure.start for exposure in prior if exposure.start is not None)
     worsened = [
         o for o in rec.observations if o.concept == "disease_status" and o.coded == "worsened" and o.date <= screening
     ]
     # "Later" needs the day (docs/protocol.md §1): a start of 2004-04 is certainly before 2004-05-02, but not
     # before 2004-04-13. Compared at the start's own precision, a record in the same month is no evidence.
     progressions = [o for o in worsened if first.cut(o.date) > first]
-    evidence = [m.ref for m in prior] + [o.ref for o in progressions]
+    evidence = [exposure.ref for exposure in prior] + [o.ref for o in progressions]
     undecided = [o for o in worsened if o not in progressions and first.cut(o.date) == first]
     if not progressions and undecided and first.full is None:
         return criterion(
@@ -394,13 +398,17 @@ def _neuropathy(rec: PatientRecord, screening: date) -> Criterion:
 
 
 def _prior_thalidomide(rec: PatientRecord, screening: date) -> Criterion:
-    prior = [m for m in rec.meds if m.drug == "thalidomide" and dates.strictly_before(m.start, screening)]
+    prior = [
+        exposure
+        for exposure in rec.meds
+        if exposure.drug == "thalidomide" and dates.strictly_before(exposure.start, screening)
+    ]
     if prior:
         return criterion(
             "no_prior_thalidomide",
             NOT_MET,
-            str(min(m.start for m in prior if m.start is not None)),
-            [m.ref for m in prior],
+            str(min(exposure.start for exposure in prior if exposure.start is not None)),
+            [exposure.ref for exposure in prior],
             "thalidomide exposure before screening",
         )
     return criterion("no_prior_thalidomide", MET, None, [], "no thalidomide exposure before screening found")
@@ -447,7 +455,7 @@ def _consent(rec: PatientRecord, screening: date) -> Criterion:
 # --- For readers of a report: what a criterion found, beside what it asks ----------------------------------
 
 # The type of each criterion's value (results.json has one union; each id uses one part of it).
-VALUE_TYPES: dict[str, Any] = {
+VALUE_TYPES: dict[str, object] = {  # type expressions, for msgspec.convert
     "age": int | AgeRange | None,
     "metastatic_measurable": Measurability | None,
     "prior_anthracycline_progression": AnthracyclineHistory | None,
@@ -456,7 +464,7 @@ VALUE_TYPES: dict[str, Any] = {
 }
 
 
-def criterion_from_json(obj: Mapping[str, Any]) -> Criterion:
+def criterion_from_json(obj: Mapping[str, Any]) -> Criterion:  # JSON edge: a criterion as read back from a file
     """A criterion as results.json and candidates.ndjson give it, typed again.
 
     Raises ValueError (msgspec.ValidationError) when the value is not of its criterion's type.

@@ -11,21 +11,31 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date
 from operator import attrgetter
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypeVar
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from fhiradapter.core import dates
-from fhiradapter.core.child_pugh import score_child_pugh
+from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.dates import PartialDate
-from fhiradapter.core.eligibility import assess_eligibility, by_concept, explain, latest
+from fhiradapter.core.eligibility import assess_eligibility, by_concept, latest
 from fhiradapter.core.limits import LAB_WINDOW_DAYS
-from fhiradapter.core.model import Exposure, Issue, PatientRecord, SupportingResource
+from fhiradapter.core.model import (
+    AdverseEvent,
+    Condition,
+    Consent,
+    Exposure,
+    Issue,
+    Observed,
+    PatientRecord,
+    StudySubject,
+    SupportingResource,
+)
 from fhiradapter.core.protocol import Mappings, StudyKey
 from fhiradapter.core.response import ResponseResult, assess_response
 from fhiradapter.core.results import (
@@ -35,7 +45,6 @@ from fhiradapter.core.results import (
     ChildPughScore,
     CohortSummary,
     Conversion,
-    CriterionStatus,
     DoseAction,
     DoseActionKind,
     Eligibility,
@@ -50,7 +59,6 @@ from fhiradapter.core.results import (
     SubjectStatus,
     Survival,
     Toxicity,
-    to_builtins,
 )
 from fhiradapter.core.stats import kaplan_meier, rate
 from fhiradapter.core.toxicity import LAB_TERMS, dose_actions, toxicities, toxicity_table
@@ -118,7 +126,32 @@ class Evaluation(NamedTuple):
     skipped: tuple[str, str] | None = None  # (code, reason)
 
 
-def _study_of(subject: Any) -> str:
+class Treatment(NamedTuple):
+    """When the patient was screened and what study thalidomide they had (docs/protocol.md §1)."""
+
+    screening: date
+    screening_source: str  # which record (or rule) gave the screening date
+    study_exposures: list[Exposure]  # thalidomide started on or after screening, with a full start date
+    index_date: date | None  # the first dose of study thalidomide; None: not treated
+    last_dose: date | None
+    on_drug: bool  # still on study drug at the as-of date
+    treatment_days: int | None
+
+
+class TreatedOutcome(NamedTuple):
+    """What only a treated patient has (docs/protocol.md §4-§7): response, toxicity, survival, why they stopped."""
+
+    response: ResponseResult | None
+    toxicities: Sequence[Toxicity]
+    dose_actions: Sequence[DoseAction]
+    survival: Survival | None
+    stop: StopReason | UnsetType | None  # UNSET: not written (untreated); None: still on drug
+
+
+NOT_TREATED = TreatedOutcome(None, (), (), None, UNSET)
+
+
+def _study_of(subject: StudySubject) -> str:
     """Which study a ResearchSubject is of, in words (its reference may be to a server not declared)."""
     if subject.study:
         return f"a ResearchSubject of {subject.study}"
@@ -130,15 +163,23 @@ def _study_of(subject: Any) -> str:
     return "a ResearchSubject without a study"
 
 
-def _note(i: Issue) -> Note:
-    return Note(i.ref, i.path, i.code, i.message)
+def _note(issue: Issue) -> Note:
+    return Note(issue.ref, issue.path, issue.code, issue.message)
+
+
+def _add_note(notes: list[Note], ref: str | None, code: str, message: str) -> None:
+    notes.append(Note(ref, "", code, message))
+
+
+# The records ``cut_off`` holds to the as-of date; each has a ``ref`` for the reject it becomes.
+Dated = TypeVar("Dated", Exposure, Observed, AdverseEvent, Condition, Consent, StudySubject)
 
 
 def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAside]]:
     """Set aside everything dated after the as-of date (docs/protocol.md §1: nothing after it is read)."""
     unused: list[SetAside] = []
 
-    def keep(items: list[Any], day: Callable[[Any], PartialDate | date | None]) -> list[Any]:
+    def keep(items: list[Dated], day: Callable[[Dated], PartialDate | date | None]) -> list[Dated]:
         late = [item for item in items if dates.after(day(item), as_of)]
         if not late:
             return items  # the common case: nothing after the cut-off
@@ -146,17 +187,17 @@ def cut_off(rec: PatientRecord, as_of: date) -> tuple[PatientRecord, list[SetAsi
         late_ids = {id(item) for item in late}
         return [item for item in items if id(item) not in late_ids]
 
-    meds = keep(rec.meds, lambda m: m.start)  # an end after the cut-off is kept: _exposure_end reads it
+    meds = keep(rec.meds, lambda exposure: exposure.start)  # an end after the cut-off is kept: _exposure_end reads it
     person = rec.person
     if person is not None and dates.after(person.deceased_date, as_of):
         person = person._replace(deceased_date=None, deceased_flag=False)
-    new = replace(
+    new = msgspec.structs.replace(
         rec,
         person=person,
         meds=meds,
         observations=keep(rec.observations, attrgetter("date")),
         adverse_events=keep(rec.adverse_events, attrgetter("date")),
-        conditions=keep(rec.conditions, lambda c: c.onset or c.recorded),
+        conditions=keep(rec.conditions, lambda condition: condition.onset or condition.recorded),
         consents=keep(rec.consents, attrgetter("date")),
         subjects=keep(rec.subjects, attrgetter("start")),
     )
@@ -167,250 +208,330 @@ def last_record_date(rec: PatientRecord, as_of: date) -> date | None:
     """The latest full date of any record on or before ``as_of``: the censoring date of a living patient
     (docs/protocol.md §6). An exposure's end after the as-of date is no record date (it has not happened yet)."""
     partial: list[PartialDate | None] = []
-    for m in rec.meds:
-        partial += [m.start, m.end]
+    for exposure in rec.meds:
+        partial += [exposure.start, exposure.end]
     partial += [c.onset for c in rec.conditions] + [c.recorded for c in rec.conditions]
     partial += [c.date for c in rec.consents]
-    for s in rec.subjects:
-        partial += [s.start, s.end]
+    for subject in rec.subjects:
+        partial += [subject.start, subject.end]
     full = [o.date for o in rec.observations] + [a.date for a in rec.adverse_events]
-    full += [d for d in map(dates.full_day, partial) if d is not None]
-    return max((d for d in full if d <= as_of), default=None)
+    full += [day for day in map(dates.full_day, partial) if day is not None]
+    return max((day for day in full if day <= as_of), default=None)
 
 
-def _exposure_end(m: Exposure, as_of: date) -> tuple[date | None, bool]:
+def _exposure_end(exposure: Exposure, as_of: date) -> tuple[date | None, bool]:
     """(last dose date, still on drug at the as-of date) of one exposure.
 
     An exposure whose end lies after the as-of date was still going on at that date, whatever its status says
     now (a status is written later, and nothing after the as-of date is read): the treatment counts to the
     as-of date and the patient is on drug. Without an end, the status tells (active, in-progress, on-hold).
     """
-    end = dates.full_day(m.end)
+    end = dates.full_day(exposure.end)
     if end is not None and end > as_of:
         return as_of, True
-    if m.status in ONGOING_MED_STATUS and (end is None or end == as_of):
+    if exposure.status in ONGOING_MED_STATUS and (end is None or end == as_of):
         return as_of, True
-    return (end or dates.full_day(m.start)), False
+    return (end or dates.full_day(exposure.start)), False
 
 
 def evaluate_patient(raw: PatientRecord, settings: EvaluationSettings, issues: Iterable[Issue] = ()) -> Evaluation:
-    as_of, m = settings.as_of, settings.mappings
+    """The whole protocol for one patient (docs/protocol.md §1-§7), on the records dated up to the as-of date."""
+    as_of, mappings = settings.as_of, settings.mappings
     rec, unused = cut_off(raw, as_of)
-    notes: list[Note] = [_note(i) for i in issues]
-
-    def note(ref: str | None, code: str, message: str) -> None:
-        notes.append(Note(ref, "", code, message))
-
-    # The study population (docs/protocol.md §1): a patient is a study subject through a ResearchSubject of the
-    # study. Another study's ResearchSubjects are never read as this study's (and never written).
-    the_study, study_ref = settings.study_of_run, settings.study
-    ours = [x for x in rec.subjects if the_study.names(x.study, x.study_identifier)]
-    if len(ours) < len(rec.subjects):
-        unused.extend(
-            SetAside(x.ref, "other-study", f"{_study_of(x)}, not of {study_ref}: not used")
-            for x in rec.subjects
-            if x not in ours
-        )
-        rec = replace(rec, subjects=ours)
+    notes: list[Note] = [_note(issue) for issue in issues]
+    rec, ours = _study_subjects(rec, settings, unused)
     candidate = not ours
-    if candidate and not settings.screen_candidates:
-        why = f"{rec.patient} has no ResearchSubject of {study_ref} on or before the as-of date: not in the study"
-        return Evaluation(None, unused, None, ("not-in-study", why))
     death = dates.full_day(rec.person.deceased_date) if rec.person else None
-    if candidate and death is not None and death <= as_of:
-        why = f"{rec.patient}, a screening candidate, died on or before the screening date {as_of}: not screened"
-        return Evaluation(None, unused, None, ("not-screened", why))
+    skipped = _not_evaluated(rec, settings, candidate, death)
+    if skipped is not None:
+        return Evaluation(None, unused, None, skipped)
     subject = ours[0] if ours else None
     if len(ours) > 1:
-        note(
+        _add_note(
+            notes,
             subject.ref if subject else None,
             "several-subjects",
             f"{len(ours)} ResearchSubjects for this study; the first ({subject.ref if subject else ''}) is used",
         )
-    thal = sorted((x for x in rec.meds if x.drug == "thalidomide"), key=lambda x: x.start or PartialDate(0))
+    treatment = _treatment(rec, subject, candidate, as_of, notes)
+    screening, index = treatment.screening, treatment.index_date
+
+    # Child-Pugh and eligibility at the screening date (§2, §3).
+    by_obs = by_concept(rec.observations)
+    cp, cp_evidence = _child_pugh_at(by_obs, screening, mappings)
+    eligibility = msgspec.structs.replace(
+        assess_eligibility(rec, screening, index or screening, cp, cp_evidence, by_obs),
+        screening_date_source=treatment.screening_source,
+    )
+    person = rec.person
+    if person is not None and person.deceased_flag and death is None:
+        _add_note(notes, person.ref, "deceased-no-date", "deceasedBoolean is true but no date: censored, not counted")
+    if person is None:
+        _add_note(notes, None, "no-patient", "no Patient resource for this subject")
+    outcome = NOT_TREATED
+    if index is not None and treatment.last_dose is not None:
+        outcome = _treated_outcome(rec, by_obs, treatment, index, treatment.last_dose, death, as_of, mappings, notes)
+    status = _status_and_period_end(rec, subject, eligibility.status, treatment, death, notes)
+    child_pugh = ChildPughScore(cp.score, cp.cls, cp.points, cp.missing, cp.used_pt, tuple(cp_evidence))
+    result = _patient_result(rec, candidate, subject, eligibility, child_pugh, treatment, outcome, status, notes)
+    return Evaluation(result, unused, _cohort_row(result, outcome.survival))
+
+
+def _study_subjects(
+    rec: PatientRecord, settings: EvaluationSettings, unused: list[SetAside]
+) -> tuple[PatientRecord, list[StudySubject]]:
+    """The patient's ResearchSubjects of this study, and the record without the others (set aside in ``unused``).
+
+    The study population (docs/protocol.md §1): a patient is a study subject through a ResearchSubject of the
+    study. Another study's ResearchSubjects are never read as this study's (and never written).
+    """
+    the_study, study_ref = settings.study_of_run, settings.study
+    ours = [subject for subject in rec.subjects if the_study.names(subject.study, subject.study_identifier)]
+    if len(ours) < len(rec.subjects):
+        unused.extend(
+            SetAside(subject.ref, "other-study", f"{_study_of(subject)}, not of {study_ref}: not used")
+            for subject in rec.subjects
+            if subject not in ours
+        )
+        rec = msgspec.structs.replace(rec, subjects=ours)
+    return rec, ours
+
+
+def _not_evaluated(
+    rec: PatientRecord, settings: EvaluationSettings, candidate: bool, death: date | None
+) -> tuple[str, str] | None:
+    """(code, reason) when the patient is outside the study population (docs/protocol.md §1), else None."""
+    if candidate and not settings.screen_candidates:
+        why = f"{rec.patient} has no ResearchSubject of {settings.study} on or before the as-of date: not in the study"
+        return "not-in-study", why
+    if candidate and death is not None and death <= settings.as_of:
+        why = (
+            f"{rec.patient}, a screening candidate, died on or before the screening date {settings.as_of}: not screened"
+        )
+        return "not-screened", why
+    return None
+
+
+def _treatment(
+    rec: PatientRecord, subject: StudySubject | None, candidate: bool, as_of: date, notes: list[Note]
+) -> Treatment:
+    """The screening date and the study thalidomide: index date, last dose, days on drug (docs/protocol.md §1)."""
+    thalidomide = sorted(
+        (exposure for exposure in rec.meds if exposure.drug == "thalidomide"),
+        key=lambda exposure: exposure.start or PartialDate(0),
+    )
     screening = dates.full_day(subject.start) if subject else None
     screening_source = "ResearchSubject.period.start"
     if candidate:  # screened at the as-of date (docs/protocol.md §1)
         screening, screening_source = as_of, "as-of date (screening candidate)"
-    if screening is None and thal:
-        screening, screening_source = dates.full_day(thal[0].start), "first thalidomide exposure"
+    if screening is None and thalidomide:
+        screening, screening_source = dates.full_day(thalidomide[0].start), "first thalidomide exposure"
     if screening is None:
         screening, screening_source = as_of, "as-of date"
-    study = [x for x in thal if (d := dates.full_day(x.start)) is not None and d >= screening]
-    for x in thal:
-        if x.start is not None and x.start.full is None:
-            note(x.ref, "partial-date", "the thalidomide start has no day: not counted as study drug")
-    index = min((d for x in study if (d := dates.full_day(x.start)) is not None), default=None)
-    treated = index is not None
+    study = [
+        exposure
+        for exposure in thalidomide
+        if (start := dates.full_day(exposure.start)) is not None and start >= screening
+    ]
+    for exposure in thalidomide:
+        if exposure.start is not None and exposure.start.full is None:
+            _add_note(
+                notes, exposure.ref, "partial-date", "the thalidomide start has no day: not counted as study drug"
+            )
+    index = min((start for exposure in study if (start := dates.full_day(exposure.start)) is not None), default=None)
     last_dose: date | None = None
     on_drug = False
-    for x in study:
-        end, ongoing = _exposure_end(x, as_of)
+    for exposure in study:
+        end, ongoing = _exposure_end(exposure, as_of)
         on_drug = on_drug or ongoing
         if end is not None and (last_dose is None or end > last_dose):
             last_dose = end
     treatment_days = dates.inclusive_days(index, last_dose) if index and last_dose else None
+    return Treatment(screening, screening_source, study, index, last_dose, on_drug, treatment_days)
 
-    # Child-Pugh and eligibility at the screening date (§2, §3).
-    obs = rec.observations
-    by_obs = by_concept(obs)
-    # Labs: the latest within the 28-day window (§2); ascites and encephalopathy are no labs: the latest on
-    # or before screening, however old, as for ECOG.
-    cp_obs = {
-        c: latest(by_obs.get(c, ()), c, screening, window_days=LAB_WINDOW_DAYS if c in CP_LABS else None)
-        for c in (*CP_LABS, "ascites", "encephalopathy")
+
+def _child_pugh_at(
+    by_obs: dict[str, list[Observed]], screening: date, mappings: Mappings
+) -> tuple[ChildPugh, list[str]]:
+    """The Child-Pugh score at screening (docs/protocol.md §3) and the observations it used, sorted.
+
+    Labs: the latest within the 28-day window (§2); ascites and encephalopathy are no labs: the latest on or
+    before screening, however old, as for ECOG.
+    """
+    inputs = {
+        concept: latest(
+            by_obs.get(concept, ()), concept, screening, window_days=LAB_WINDOW_DAYS if concept in CP_LABS else None
+        )
+        for concept in (*CP_LABS, "ascites", "encephalopathy")
     }
+    pt, pt_control = inputs["pt"], inputs["pt_control"]
     pt_prolongation = None
-    if (
-        cp_obs["pt"]
-        and cp_obs["pt_control"]
-        and cp_obs["pt"].value is not None
-        and cp_obs["pt_control"].value is not None
-    ):
-        pt_prolongation = cp_obs["pt"].value - cp_obs["pt_control"].value
-    enc = cp_obs["encephalopathy"]
-    cp = score_child_pugh(
-        bilirubin=cp_obs["bilirubin"].value if cp_obs["bilirubin"] else None,
-        albumin=cp_obs["albumin"].value if cp_obs["albumin"] else None,
-        inr=cp_obs["inr"].value if cp_obs["inr"] else None,
+    if pt and pt_control and pt.value is not None and pt_control.value is not None:
+        pt_prolongation = pt.value - pt_control.value
+    encephalopathy = inputs["encephalopathy"]
+    score = score_child_pugh(
+        bilirubin=inputs["bilirubin"].value if inputs["bilirubin"] else None,
+        albumin=inputs["albumin"].value if inputs["albumin"] else None,
+        inr=inputs["inr"].value if inputs["inr"] else None,
         pt_prolongation=pt_prolongation,
-        ascites=cp_obs["ascites"].coded if cp_obs["ascites"] else None,
-        encephalopathy=int(enc.value) if enc and enc.value is not None else None,
-        albumin_lower=m.protocol.child_pugh.albumin_lower_g_dl,
+        ascites=inputs["ascites"].coded if inputs["ascites"] else None,
+        encephalopathy=int(encephalopathy.value) if encephalopathy and encephalopathy.value is not None else None,
+        albumin_lower=mappings.protocol.child_pugh.albumin_lower_g_dl,
     )
-    used = {"inr"} if not cp.used_pt else {"pt", "pt_control"}
-    cp_evidence = sorted(
-        o.ref for k, o in cp_obs.items() if o is not None and (k not in ("inr", "pt", "pt_control") or k in used)
+    used = {"inr"} if not score.used_pt else {"pt", "pt_control"}
+    evidence = sorted(
+        observed.ref
+        for concept, observed in inputs.items()
+        if observed is not None and (concept not in ("inr", "pt", "pt_control") or concept in used)
     )
-    eligibility = msgspec.structs.replace(
-        assess_eligibility(rec, screening, index or screening, cp, cp_evidence, by_obs),
-        screening_date_source=screening_source,
-    )
-    child_pugh = ChildPughScore(cp.score, cp.cls, cp.points, cp.missing, cp.used_pt, tuple(cp_evidence))
-    conversions = tuple(Conversion(r, c) for r, c in sorted({(o.ref, o.conversion) for o in obs if o.conversion}))
+    return score, evidence
 
-    # Death and survival (§6).
+
+def _treated_outcome(
+    rec: PatientRecord,
+    by_obs: dict[str, list[Observed]],
+    treatment: Treatment,
+    index: date,
+    last_dose: date,
+    death: date | None,
+    as_of: date,
+    mappings: Mappings,
+    notes: list[Note],
+) -> TreatedOutcome:
+    """Response (§4), toxicity and dose actions (§5), survival (§6) and the off-treatment reason (§7)."""
+    rules = mappings.protocol
+    response = assess_response(
+        by_obs.get("tumor_size", []),
+        by_obs.get("afp", []),
+        index,
+        afp_window_days=rules.response.afp_window_days,
+        sd_min_days=rules.response.sd_min_days,
+    )
+    for text in response.issues:
+        _add_note(notes, None, "response", text)
+    tox_rows, events, tox_issues = toxicities(
+        rec.adverse_events,
+        [observed for concept in LAB_TERMS for observed in by_obs.get(concept, ())],
+        index,
+        last_dose,
+        after_days=rules.toxicity.window_after_last_dose_days,
+        mappings=mappings,
+    )
+    for text in tox_issues:
+        _add_note(notes, text.split(":", 1)[0], "lab-grade", text)
+    actions = dose_actions(events, rules.toxicity.dose_rule)
+    survival = _survival(rec, treatment.study_exposures, index, death, as_of, notes)
+    first_pd = next((a.date for a in response.assessments if a.response == Response.PD), None)
+    stop = None if treatment.on_drug else _stop_reason(treatment.study_exposures, first_pd, last_dose, death, actions)
+    return TreatedOutcome(response, tox_rows, actions, survival, stop)
+
+
+def _survival(
+    rec: PatientRecord, study: list[Exposure], index: date, death: date | None, as_of: date, notes: list[Note]
+) -> Survival | None:
+    """Overall survival from the index date (§6): to death, or censored at the last dated record."""
     person = rec.person
-    if person is not None and person.deceased_flag and death is None:
-        note(person.ref, "deceased-no-date", "deceasedBoolean is true but no date: censored, not counted")
-    if person is None:
-        note(None, "no-patient", "no Patient resource for this subject")
-    response: ResponseResult | None = None
-    tox_rows: list[Toxicity] = []
-    actions: list[DoseAction] = []
-    survival: Survival | None = None
-    stop: StopReason | UnsetType | None = UNSET  # written for treated patients only
-    if index is not None and last_dose is not None:
-        response = assess_response(
-            by_obs.get("tumor_size", []),
-            by_obs.get("afp", []),
-            index,
-            afp_window_days=m.protocol.response.afp_window_days,
-            sd_min_days=m.protocol.response.sd_min_days,
-        )
-        for text in response.issues:
-            note(None, "response", text)
-        tox_rows, events, tox_issues = toxicities(
-            rec.adverse_events,
-            [o for c in LAB_TERMS for o in by_obs.get(c, ())],
-            index,
-            last_dose,
-            after_days=m.protocol.toxicity.window_after_last_dose_days,
-            mappings=m,
-        )
-        for text in tox_issues:
-            note(text.split(":", 1)[0], "lab-grade", text)
-        actions = dose_actions(events, m.protocol.toxicity.dose_rule)
-        if death is not None and death < index:
-            # docs/protocol.md §1: the data contradict each other; OS is not computed, and both records are named.
-            first = next(x.ref for x in study if dates.full_day(x.start) == index)
-            note(
-                person.ref if person else None,
-                "death-before-index",
-                f"the death date ({person.ref if person else 'Patient'}.deceasedDateTime) is before the index "
-                f"date, the first dose of study thalidomide ({first}): overall survival not computed; check both "
-                "records",
-            )
-        end = death if death is not None else last_record_date(rec, as_of)
-        if end is not None and end >= index:
-            basis = "Patient.deceasedDateTime" if death else "last dated record (censored)"
-            survival = Survival(dates.inclusive_days(index, end), death is not None, end, basis)
-        first_pd = next((a.date for a in response.assessments if a.response == Response.PD), None)
-        stop = None if on_drug else _stop_reason(study, first_pd, last_dose, death, actions)
-    baseline = response.baseline if response else None
-    characteristics = _characteristics(rec, eligibility, cp.cls, baseline)
-    status, period_end = subject_status(eligibility.status, treated, on_drug, death)
-    period_start = dates.full_day(subject.start) if subject and subject.start else screening
-    if period_end is not None and death is not None and period_start is not None and death < period_start:
-        # docs/protocol.md §7: period.end is never before period.start; such data is reported, not written.
-        note(
+    if death is not None and death < index:
+        # docs/protocol.md §1: the data contradict each other; OS is not computed, and both records are named.
+        first = next(exposure.ref for exposure in study if dates.full_day(exposure.start) == index)
+        _add_note(
+            notes,
             person.ref if person else None,
+            "death-before-index",
+            f"the death date ({person.ref if person else 'Patient'}.deceasedDateTime) is before the index "
+            f"date, the first dose of study thalidomide ({first}): overall survival not computed; check both "
+            "records",
+        )
+    end = death if death is not None else last_record_date(rec, as_of)
+    if end is not None and end >= index:
+        basis = "Patient.deceasedDateTime" if death else "last dated record (censored)"
+        return Survival(dates.inclusive_days(index, end), death is not None, end, basis)
+    return None
+
+
+def _status_and_period_end(
+    rec: PatientRecord,
+    subject: StudySubject | None,
+    eligibility: EligibilityStatus,
+    treatment: Treatment,
+    death: date | None,
+    notes: list[Note],
+) -> tuple[SubjectStatus, date | None]:
+    """The ResearchSubject's status and period.end to write (§7); period.end is never before period.start."""
+    status, period_end = subject_status(eligibility, treatment.index_date is not None, treatment.on_drug, death)
+    period_start = dates.full_day(subject.start) if subject and subject.start else treatment.screening
+    if period_end is not None and death is not None and period_start is not None and death < period_start:
+        # docs/protocol.md §7: such data is reported, not written.
+        _add_note(
+            notes,
+            rec.person.ref if rec.person else None,
             "death-before-period-start",
             "the death date is before the ResearchSubject's period start: period.end not set",
         )
         period_end = None
-    result = PatientResult(
+    return status, period_end
+
+
+def _patient_result(
+    rec: PatientRecord,
+    candidate: bool,
+    subject: StudySubject | None,
+    eligibility: Eligibility,
+    child_pugh: ChildPughScore,
+    treatment: Treatment,
+    outcome: TreatedOutcome,
+    status: tuple[SubjectStatus, date | None],
+    notes: list[Note],
+) -> PatientResult:
+    """The patient's entry of results.json, from what the rules found."""
+    response = outcome.response
+    baseline = response.baseline if response else None
+    observations = rec.observations
+    conversions = tuple(
+        Conversion(ref, conversion)
+        for ref, conversion in sorted({(o.ref, o.conversion) for o in observations if o.conversion})
+    )
+    return PatientResult(
         patient=rec.patient,
         population=Population.CANDIDATE if candidate else Population.SUBJECT,
         research_subject=subject.ref if subject else None,
         eligibility=eligibility,
         child_pugh=child_pugh,
-        treated=treated,
-        index_date=index,
-        last_dose_date=last_dose,
-        treatment_days=treatment_days,
-        on_treatment_at_as_of=on_drug,
+        treated=treatment.index_date is not None,
+        index_date=treatment.index_date,
+        last_dose_date=treatment.last_dose,
+        treatment_days=treatment.treatment_days,
+        on_treatment_at_as_of=treatment.on_drug,
         assessments=tuple(a.as_result() for a in response.assessments) if response else (),
         baseline=baseline,
         best_response=response.best if response else None,
         best_response_reason=response.best_reason if response else None,
         duration_of_response=response.duration if response else None,
-        os=survival,
-        toxicities=tuple(tox_rows),
-        dose_actions=tuple(actions),
+        os=outcome.survival,
+        toxicities=tuple(outcome.toxicities),
+        dose_actions=tuple(outcome.dose_actions),
         conversions=conversions,
-        characteristics=characteristics,
-        research_subject_status=status,
-        research_subject_period_end=period_end,
+        characteristics=_characteristics(rec, eligibility, child_pugh.cls, baseline),
+        research_subject_status=status[0],
+        research_subject_period_end=status[1],
         issues=tuple(notes),
-        off_treatment_reason=stop,
+        off_treatment_reason=outcome.stop,
     )
-    row = CohortRow(
-        rec.patient,
-        treated,
-        eligibility.status,
-        eligibility.failed(),
+
+
+def _cohort_row(result: PatientResult, survival: Survival | None) -> CohortRow:
+    """All the cohort statistics need of one patient (so that the patient's records can be dropped)."""
+    return CohortRow(
+        result.patient,
+        result.treated,
+        result.eligibility.status,
+        result.eligibility.failed(),
         result.best_response,
         survival.days if survival else None,
         survival.event if survival else None,
-        treatment_days,
+        result.treatment_days,
         result.toxicities,
     )
-    return Evaluation(result, unused, row)
-
-
-def report_row(result: PatientResult) -> dict[str, Any]:
-    """The compact per-patient summary a report needs, so that no report has to re-read results.json."""
-    index = result.index_date
-    return {
-        "patient": result.patient,
-        "treated": result.treated,
-        "characteristics": to_builtins(result.characteristics),
-        "treatment_days": result.treatment_days,
-        "best_response": result.best_response,
-        "status": result.research_subject_status,
-        "off_treatment_reason": result.off_treatment_reason or None,
-        "os": to_builtins(result.os),
-        "eligibility": result.eligibility.status,
-        # Each criterion not met or unknown, as a reader needs it: the value found and the limit (§2).
-        "failed": [explain(c) for c in result.eligibility.criteria if c.status is CriterionStatus.NOT_MET],
-        "unknown": [explain(c) for c in result.eligibility.criteria if c.status is CriterionStatus.UNKNOWN],
-        "assessments": [
-            {"day": dates.inclusive_days(index, a.date), "response": a.response} for a in result.assessments if index
-        ],
-        "on_treatment": result.on_treatment_at_as_of,
-        "issues": [i.code for i in result.issues],
-    }
 
 
 def _characteristics(
@@ -425,7 +546,9 @@ def _characteristics(
         sex=rec.person.gender if rec.person else None,
         ecog=ecog.value if isinstance(ecog, Measurement) else None,
         child_pugh_class=cp_class,
-        prior_anthracycline=tuple(sorted({m.drug_code or "" for m in rec.meds if m.drug == "anthracycline"} - {""})),
+        prior_anthracycline=tuple(
+            sorted({exposure.drug_code or "" for exposure in rec.meds if exposure.drug == "anthracycline"} - {""})
+        ),
         metastatic_sites=tuple(
             sorted(
                 {
@@ -447,7 +570,7 @@ def _stop_reason(
     actions: list[DoseAction],
 ) -> StopReason:
     """Off-treatment reason (§7): the recorded statusReason, else inferred from PD, toxicity, death."""
-    recorded = [x.stop_reason for x in study if x.stop_reason]
+    recorded = [exposure.stop_reason for exposure in study if exposure.stop_reason]
     if recorded:
         return StopReason(recorded[-1])
     if last_dose is None:

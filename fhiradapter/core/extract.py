@@ -1,16 +1,19 @@
 """The per-patient source extract: the mapped records a registry or an SDTM dataset needs beyond results.json.
 
-``evaluate`` writes one line per patient to ``clinical.ndjson`` (see ``shell/pipeline.py``); ``export`` reads it
-beside ``results.json``. It holds what the rules read, after the as-of cut-off and without the records the run
-rejected: birth date and sex, numeric observations (value in the canonical unit and as recorded), tumour
-measurements per lesion, drug exposures and adverse events. Like results.json it names patients: it stays in the
-results folder, and only the pseudonymising export may take it elsewhere.
+``evaluate`` writes one line per patient to ``clinical.ndjson`` (a :class:`ClinicalExtract`, see
+``shell/run/publish.py``); ``export`` reads it beside ``results.json``. It holds what the rules read, after the
+as-of cut-off and without the records the run rejected: birth date and sex, numeric observations (value in the
+canonical unit and as recorded), tumour measurements per lesion, drug exposures and adverse events. Like
+results.json it names patients: it stays in the results folder, and only the pseudonymising export may take it
+elsewhere.
 """
 
 from __future__ import annotations
 
 from datetime import date
 from typing import Any
+
+import msgspec
 
 from fhiradapter.core import dates
 from fhiradapter.core.dates import PartialDate
@@ -21,78 +24,118 @@ from fhiradapter.core.model import PatientRecord
 TUMOUR = "tumor_size"
 
 
+class NumericObservation(msgspec.Struct, frozen=True):
+    """A numeric observation: its value in the concept's canonical unit, and as the source recorded it."""
+
+    ref: str
+    concept: str
+    date: str  # ISO day
+    value: float
+    unit: str | None
+    orig_value: float | None
+    orig_unit: str | None
+    low: float | None  # reference range, in the canonical unit
+    high: float | None
+
+
+class TumourMeasurement(msgspec.Struct, frozen=True):
+    """One lesion's diameters (mm) at one assessment."""
+
+    ref: str
+    date: str  # ISO day
+    lesion: str | None
+    d1: float  # the longest diameter
+    d2: float | None  # the greatest diameter perpendicular to it
+
+
+class DrugExposure(msgspec.Struct, frozen=True):
+    """A drug exposure; its end never after the as-of date."""
+
+    ref: str
+    drug: str | None
+    drug_code: str | None
+    start: str | None  # a FHIR date, at the precision recorded
+    end: str | None
+
+
+class AdverseEventEntry(msgspec.Struct, frozen=True):
+    """An adverse event: CTC term, the term as reported, MedDRA code and grade."""
+
+    ref: str
+    term: str | None
+    verbatim: str
+    meddra: str | None
+    grade: int | None
+    date: str  # ISO day
+
+
+class ClinicalExtract(msgspec.Struct, frozen=True):
+    """One patient's line of clinical.ndjson."""
+
+    patient: str
+    birth_date: str | None
+    sex: str | None
+    deceased_date: str | None
+    observations: list[NumericObservation]
+    tumour: list[TumourMeasurement]
+    exposures: list[DrugExposure]
+    adverse_events: list[AdverseEventEntry]
+
+
 def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[str, Any]:
-    """The extract line for one patient; ``unused`` holds the references the evaluation set aside."""
+    """The extract line for one patient as JSON: an edge, the shell writes it with orjson (:func:`clinical_extract`)."""
+    return msgspec.to_builtins(clinical_extract(rec, as_of, unused))  # type: ignore[no-any-return]
+
+
+def clinical_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> ClinicalExtract:
+    """The extract for one patient; ``unused`` holds the references the evaluation set aside."""
     kept, late = cut_off(rec, as_of)
     skip = unused | {u.ref for u in late}
     person = kept.person
-    numeric: list[dict[str, Any]] = []
-    tumour: list[dict[str, Any]] = []
+    numeric: list[NumericObservation] = []
+    tumour: list[TumourMeasurement] = []
     for o in kept.observations:
         if o.ref in skip:
             continue
         if o.concept == TUMOUR and o.longest_mm is not None:
-            tumour.append(
-                {
-                    "ref": o.ref,
-                    "date": o.date.isoformat(),
-                    "lesion": o.focus,
-                    "d1": o.longest_mm,
-                    "d2": o.perpendicular_mm,
-                }
-            )
+            tumour.append(TumourMeasurement(o.ref, o.date.isoformat(), o.focus, o.longest_mm, o.perpendicular_mm))
         elif o.value is not None:
             orig_value, orig_unit = as_recorded(o.conversion)
             numeric.append(
-                {
-                    "ref": o.ref,
-                    "concept": o.concept,
-                    "date": o.date.isoformat(),
-                    "value": o.value,
-                    "unit": o.unit,
-                    "orig_value": orig_value if o.conversion else o.value,
-                    "orig_unit": orig_unit if o.conversion else o.unit,
-                    "low": o.low,
-                    "high": o.high,
-                }
+                NumericObservation(
+                    o.ref,
+                    o.concept,
+                    o.date.isoformat(),
+                    o.value,
+                    o.unit,
+                    orig_value if o.conversion else o.value,
+                    orig_unit if o.conversion else o.unit,
+                    o.low,
+                    o.high,
+                )
             )
-    return {
-        "patient": rec.patient,
-        "birth_date": _text(person.birth_date) if person else None,
-        "sex": person.gender if person else None,
-        "deceased_date": _text(person.deceased_date) if person else None,
-        "observations": sorted(numeric, key=lambda x: (x["date"] or "", x["concept"], x["ref"])),
-        "tumour": sorted(tumour, key=lambda x: (x["date"] or "", x["lesion"] or "", x["ref"])),
-        "exposures": sorted(
-            (
-                {
-                    "ref": m.ref,
-                    "drug": m.drug,
-                    "drug_code": m.drug_code,
-                    "start": _text(m.start),
-                    "end": _capped(m.end, as_of),
-                }
-                for m in kept.meds
-                if m.ref not in skip
-            ),
-            key=lambda x: (x["start"] or "", x["ref"]),
-        ),
-        "adverse_events": sorted(
-            (
-                {
-                    "ref": a.ref,
-                    "term": a.term,
-                    "verbatim": a.term_text,
-                    "meddra": a.meddra,
-                    "grade": a.grade,
-                    "date": a.date.isoformat(),
-                }
-                for a in kept.adverse_events
-                if a.ref not in skip
-            ),
-            key=lambda x: (x["date"] or "", x["ref"]),
-        ),
-    }
+    exposures = [
+        DrugExposure(
+            exposure.ref, exposure.drug, exposure.drug_code, _text(exposure.start), _capped(exposure.end, as_of)
+        )
+        for exposure in kept.meds
+        if exposure.ref not in skip
+    ]
+    events = [
+        AdverseEventEntry(event.ref, event.term, event.term_text, event.meddra, event.grade, event.date.isoformat())
+        for event in kept.adverse_events
+        if event.ref not in skip
+    ]
+    return ClinicalExtract(
+        rec.patient,
+        _text(person.birth_date) if person else None,
+        person.gender if person else None,
+        _text(person.deceased_date) if person else None,
+        sorted(numeric, key=lambda line: (line.date or "", line.concept, line.ref)),
+        sorted(tumour, key=lambda line: (line.date or "", line.lesion or "", line.ref)),
+        sorted(exposures, key=lambda line: (line.start or "", line.ref)),
+        sorted(events, key=lambda line: (line.date or "", line.ref)),
+    )
 
 
 def _text(value: PartialDate | None) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 import msgspec
@@ -63,6 +64,7 @@ NUMERIC_CONCEPTS = frozenset(
 )
 CODED_CONCEPTS = frozenset({"disease_status", "ascites", "pregnancy_status", "breastfeeding_status"})
 UNITLESS = frozenset({"", "1", "{INR}", "{ratio}", "{score}"})
+TUMOUR_SIZE = "tumor_size"  # the concept of a tumour measurement (docs/protocol.md §4)
 EXCLUDED_MED_STATUS = frozenset({"entered-in-error", "not-taken", "not-done", "cancelled", "draft", "intended"})
 
 
@@ -209,11 +211,12 @@ def _implausible_number(res: fhir.Observation) -> str | None:
 def map_observation(
     res: fhir.Observation, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None
 ) -> Result:
-    m = ctx.mappings
+    """An Observation of a protocol concept, dated to the day, its value in the concept's canonical unit; or
+    why it is not used (docs/protocol.md §2-§5). A result this adapter wrote earlier is kept as such."""
     written = _written(res, ref, origin, aliases)
     if written is not None:
         return written, []
-    concept = _lookup(res.code, m.observation)
+    concept = _lookup(res.code, ctx.mappings.observation)
     if concept is None:
         return None, _unmapped(
             ref, "code", res.code, "Observation.code is not a protocol concept in the mappings' codes.toml"
@@ -234,65 +237,144 @@ def map_observation(
         return None, _issue(
             ref, implausible, "bad-value", f"{implausible} is not a number a measurement can be (beyond 1e12)"
         )
+    day = _observation_day(res, ref)
+    if not isinstance(day, date):
+        return None, day
+    if res.data_absent_reason is not None and not res.has_value():
+        return None, _issue(ref, "dataAbsentReason", "no-value", "no value (dataAbsentReason)")
+    if concept in NUMERIC_CONCEPTS:
+        return _measured(res, ref, origin, ctx, concept, patient, day, status, issues)
+    if concept == TUMOUR_SIZE:
+        return _tumour_size(res, ref, origin, ctx, aliases, patient, day, status, issues)
+    return _assessed(res, ref, origin, ctx.mappings, concept, patient, day, status, issues)
+
+
+def _observation_day(res: fhir.Observation, ref: str) -> date | list[Issue]:
+    """The day an Observation was made (effective[x]), or the issue why it has none an observation can use."""
     raw_date = res.effective_date_time or res.effective_instant or (res.effective_period or fhir.Period()).start
     effective = fhir_json.local_date(raw_date)
     if effective is None:
-        return None, _issue(ref, "effective[x]", "no-date", "no usable effective date")
+        return _issue(ref, "effective[x]", "no-date", "no usable effective date")
     day = dates.to_date(effective)
     if day is None:
-        return None, _issue(
+        return _issue(
             ref,
             "effective[x]",
             "partial-date",
             "the effective date has no day (a month or a year only); an observation needs one",
         )
-    value = low = high = longest = perpendicular = None
-    unit = coded = focus = note = None
-    if res.data_absent_reason is not None and not res.has_value():
-        return None, _issue(ref, "dataAbsentReason", "no-value", "no value (dataAbsentReason)")
-    if concept in NUMERIC_CONCEPTS:
-        value, unit_in = _quantity(res.value_quantity)
-        if value is None:
-            return None, _issue(
-                ref, "valueQuantity.value", "no-value", "valueQuantity.value is missing or not a number"
+    return day
+
+
+def _measured(
+    res: fhir.Observation,
+    ref: str,
+    origin: Origin,
+    ctx: MapContext,
+    concept: str,
+    patient: str,
+    day: date,
+    status: str,
+    issues: list[Issue],
+) -> Result:
+    """A lab (a NUMERIC_CONCEPT): valueQuantity and the first reference range, in the canonical unit."""
+    value, unit_in = _quantity(res.value_quantity)
+    if value is None:
+        return None, _issue(ref, "valueQuantity.value", "no-value", "valueQuantity.value is missing or not a number")
+    value, note, bad = _convert(concept, value, unit_in, ctx, ref, "valueQuantity.code")
+    if bad:
+        return None, bad
+    unit = ctx.mappings.canonical_unit[concept]
+    low = high = None
+    if res.reference_range:
+        first = res.reference_range[0]
+        for key, bound in (("low", first.low), ("high", first.high)):
+            bound_value, bound_unit = _quantity(bound)
+            if bound_value is None:
+                continue
+            converted, _note, bad = _convert(
+                concept, bound_value, bound_unit or unit_in, ctx, ref, f"referenceRange[0].{key}"
             )
-        value, note, bad = _convert(concept, value, unit_in, ctx, ref, "valueQuantity.code")
-        if bad:
-            return None, bad
-        unit = m.canonical_unit[concept]
-        if res.reference_range:
-            first = res.reference_range[0]
-            for key, bound in (("low", first.low), ("high", first.high)):
-                v, u = _quantity(bound)
-                if v is None:
-                    continue
-                conv, _n, bad = _convert(concept, v, u or unit_in, ctx, ref, f"referenceRange[0].{key}")
-                if bad:
-                    issues += bad
-                elif key == "low":
-                    low = conv
-                else:
-                    high = conv
-    elif concept == "ecog":
-        value = _ecog(res, m)
+            if bad:
+                issues += bad
+            elif key == "low":
+                low = converted
+            else:
+                high = converted
+    return Observed(
+        ref, patient, concept, day, value, unit, None, low, high, None, None, None, status, note, origin
+    ), issues
+
+
+def _tumour_size(
+    res: fhir.Observation,
+    ref: str,
+    origin: Origin,
+    ctx: MapContext,
+    aliases: dict[str, str] | None,
+    patient: str,
+    day: date,
+    status: str,
+    issues: list[Issue],
+) -> Result:
+    """A tumour measurement (docs/protocol.md §4): the lesion and its two diameters in mm."""
+    focus, longest, perpendicular, tissues = _tumour(res, ref, ctx, aliases)
+    if focus is None or longest is None:
+        return None, tissues
+    issues += tissues
+    return Observed(
+        ref,
+        patient,
+        TUMOUR_SIZE,
+        day,
+        None,
+        "mm",
+        None,
+        None,
+        None,
+        focus,
+        longest,
+        perpendicular,
+        status,
+        None,
+        origin,
+    ), issues
+
+
+def _assessed(
+    res: fhir.Observation,
+    ref: str,
+    origin: Origin,
+    mappings: Mappings,
+    concept: str,
+    patient: str,
+    day: date,
+    status: str,
+    issues: list[Issue],
+) -> Result:
+    """An assessment: ECOG (0-5), encephalopathy (West Haven 0-4), or a coded answer (ascites, pregnancy, ...)."""
+    value: float | None = None
+    coded = None
+    if concept == "ecog":
+        value = _ecog(res, mappings)
         if value is None:
             return None, _issue(
                 ref, "value[x]", "bad-value", "ECOG needs valueInteger 0-5 or a mapped LOINC answer code"
             )
     elif concept == "encephalopathy":
-        raw = res.value_integer
-        if raw is None and res.value_quantity is not None:
-            raw = res.value_quantity.value
-        if raw not in (0, 1, 2, 3, 4):
+        grade = res.value_integer
+        if grade is None and res.value_quantity is not None:
+            grade = res.value_quantity.value
+        if grade not in (0, 1, 2, 3, 4):
             return None, _issue(
                 ref,
                 "valueInteger",
                 "bad-value",
                 "encephalopathy needs a West Haven grade 0-4 as valueInteger",
             )
-        value = float(raw)
+        value = float(grade)
     elif concept in CODED_CONCEPTS:
-        table = m.answer.get(concept)
+        table = mappings.answer.get(concept)
         for system, code in fhir_json.codings(res.value_codeable_concept):
             coded = table.get(system, code) if table else None
             if coded:
@@ -301,14 +383,8 @@ def map_observation(
             return None, _issue(
                 ref, "valueCodeableConcept", "unmapped-value", f"the {concept} answer is not a mapped code"
             )
-    elif concept == "tumor_size":
-        focus, longest, perpendicular, tissues = _tumour(res, ref, ctx, aliases)
-        if focus is None or longest is None:
-            return None, tissues
-        issues += tissues
-        unit = "mm"
     return Observed(
-        ref, patient, concept, day, value, unit, coded, low, high, focus, longest, perpendicular, status, note, origin
+        ref, patient, concept, day, value, None, coded, None, None, None, None, None, status, None, origin
     ), issues
 
 
@@ -325,12 +401,12 @@ def _written(res: fhir.Observation, ref: str, origin: Origin, aliases: dict[str,
     return None
 
 
-def _ecog(res: fhir.Observation, m: Mappings) -> float | None:
+def _ecog(res: fhir.Observation, mappings: Mappings) -> float | None:
     raw = res.value_integer
     if raw is None and res.value_quantity is not None:
         raw = res.value_quantity.value
     if raw is None and res.value_codeable_concept is not None:
-        table = m.answer.get("ecog")
+        table = mappings.answer.get("ecog")
         for system, code in fhir_json.codings(res.value_codeable_concept):
             hit = table.get(system, code) if table else None
             if hit is not None:
@@ -399,23 +475,23 @@ def _tumour(
     return focus, dims["longest"], dims.get("perpendicular"), issues
 
 
-def _drug(concept: fhir.CodeableConcept | None, m: Mappings) -> tuple[str | None, str | None]:
+def _drug(concept: fhir.CodeableConcept | None, mappings: Mappings) -> tuple[str | None, str | None]:
     first = None
     for system, code in fhir_json.codings(concept):
         first = first or code
-        hit = m.medication.get(system, code)
+        hit = mappings.medication.get(system, code)
         if hit:
             return hit, code
     return None, first
 
 
-def medication_concept(res: fhir.Medication | fhir.ContainedMedication, m: Mappings) -> str | None:
+def medication_concept(res: fhir.Medication | fhir.ContainedMedication, mappings: Mappings) -> str | None:
     """The protocol drug a Medication resource is (by its code or an ingredient's code)."""
-    drug, _ = _drug(res.code, m)
+    drug, _ = _drug(res.code, mappings)
     if drug:
         return drug
     for ing in res.ingredient or ():
-        drug, _ = _drug(ing.item_codeable_concept, m)
+        drug, _ = _drug(ing.item_codeable_concept, mappings)
         if drug:
             return drug
     return None
@@ -613,25 +689,32 @@ def map_other(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, ali
     return SupportingResource(ref, None, None, origin), []
 
 
-Mapper = Callable[[Any, str, Origin, MapContext, dict[str, str] | None], Result]
-MAPPERS: dict[str, Mapper] = {
-    "Patient": map_patient,
-    "Observation": map_observation,
-    "MedicationStatement": map_medication_use,
-    "MedicationAdministration": map_medication_use,
-    "MedicationRequest": map_medication_use,
-    "AdverseEvent": map_adverse_event,
-    "Condition": map_condition,
-    "Consent": map_consent,
-    "ResearchSubject": map_research_subject,
-    "ResearchStudy": map_other,
-    "BodyStructure": map_other,
-    "Medication": map_other,
-}
+def _map_typed(res: fhir.Resource, ref: str, origin: Origin, ctx: MapContext, aliases: dict[str, str] | None) -> Result:
+    """The mapper of the resource's type: one for each type of ``fhir_types.TYPES``, the types the protocol reads.
+
+    Exact type tests, most frequent first: each costs a fraction of what ``isinstance`` costs on a Struct.
+    """
+    if type(res) is fhir.Observation:
+        return map_observation(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.AdverseEvent:
+        return map_adverse_event(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.Condition:
+        return map_condition(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.MedicationStatement or type(res) is fhir.MedicationAdministration:
+        return map_medication_use(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.MedicationRequest:
+        return map_medication_use(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.Patient:
+        return map_patient(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.Consent:
+        return map_consent(res, ref, origin, ctx, aliases)
+    if type(res) is fhir.ResearchSubject:
+        return map_research_subject(res, ref, origin, ctx, aliases)
+    return map_other(res, ref, origin, ctx, aliases)  # ResearchStudy, BodyStructure, Medication
 
 
 def map_resource(
-    res: fhir.Resource | dict[str, Any],
+    res: fhir.Resource | dict[str, Any],  # JSON edge: a Bundle entry's resource, as parsed, before typing
     ref: str,
     origin: Origin,
     ctx: MapContext,
@@ -643,8 +726,7 @@ def map_resource(
         kind, rid = str(res.get("resourceType")), res.get("id")
     else:
         kind, rid = fhir.resource_type(res), res.id
-    mapper = MAPPERS.get(kind)
-    if mapper is None:
+    if kind not in fhir.TYPES:
         return None, _issue(ref, "resourceType", "type-not-used", f"{kind} is not read by the protocol")
     if type(rid) is not str or not fhir_json.RESOURCE_ID.fullmatch(rid):
         return None, _issue(ref, "id", "bad-id", "the id breaks FHIR R4's rule [A-Za-z0-9-.]{1,64}")
@@ -662,7 +744,7 @@ def map_resource(
     if bad_date is not None:
         return None, _issue(ref, bad_date, "bad-date", f"{bad_date} is not a calendar date (e.g. 30 February)")
     try:
-        record, issues = mapper(typed, ref, origin, ctx, aliases)
+        record, issues = _map_typed(typed, ref, origin, ctx, aliases)
     except (AttributeError, TypeError, ValueError, KeyError) as exc:
         # A defect the decoding let through: report it, never crash the run.
         return None, _issue(

@@ -9,9 +9,11 @@ Every record keeps ``ref`` ("Type/id") for evidence and ``origin`` (file, locato
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, NamedTuple
+
+import msgspec
+from msgspec import field
 
 from fhiradapter.core.dates import PartialDate
 
@@ -132,7 +134,8 @@ class StudySubject(NamedTuple):
     has_consent: bool
     version: str | None
     origin: Origin
-    raw: dict[str, Any] | None = None  # the resource itself, so that a status update changes nothing else
+    # JSON edge: the resource itself, as read, so that a status update written back changes nothing else
+    raw: dict[str, Any] | None = None
     study_identifier: tuple[str, str] | None = None  # a logical ``study`` reference: (system, value)
 
 
@@ -145,7 +148,8 @@ class EarlierResult(NamedTuple):
     content_hash: str | None
     version: str | None
     origin: Origin
-    content: dict[str, Any] | None = None  # what it said (the fields read), so a plan can show old and new
+    # JSON edge: what it said (the fields read), as read, so that a plan can show old and new
+    content: dict[str, Any] | None = None
 
 
 class SupportingResource(NamedTuple):
@@ -158,9 +162,8 @@ class SupportingResource(NamedTuple):
     identifiers: tuple[tuple[str, str], ...] = ()  # for ResearchStudy: its identifiers (system, value)
 
 
-@dataclass(slots=True)
-class PatientRecord:
-    """Everything known about one patient, as mapped records."""
+class PatientRecord(msgspec.Struct):
+    """Everything known about one patient, as mapped records (filled record by record as they are grouped)."""
 
     patient: str
     person: Person | None = None

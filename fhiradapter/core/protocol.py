@@ -7,8 +7,8 @@ The result, :class:`Mappings`, also holds the compiled code lookups the mappers 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -86,7 +86,7 @@ class StudyInfo(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _one_or_many(cls, data: Any) -> Any:
+    def _one_or_many(cls, data: object) -> object:
         if isinstance(data, dict) and isinstance(data.get("identifier"), str):
             return {**data, "identifier": [data["identifier"]]}
         return data
@@ -269,7 +269,7 @@ class Mappings:
         }
 
 
-def _resolver(systems: Mapping[str, str]) -> Any:
+def _resolver(systems: Mapping[str, str]) -> Callable[[str], tuple[str, str]]:
     def resolve(entry: str) -> tuple[str, str]:
         system, sep, code = entry.rpartition("|")
         if not sep or not system or not code:
@@ -279,7 +279,7 @@ def _resolver(systems: Mapping[str, str]) -> Any:
     return resolve
 
 
-def _table(entries: Sequence[ConceptCodes | StopReasonCodes], resolve: Any) -> CodeTable:
+def _table(entries: Sequence[ConceptCodes | StopReasonCodes], resolve: Callable[[str], tuple[str, str]]) -> CodeTable:
     table = CodeTable()
     for entry in entries:
         for system, code in map(resolve, entry.codes):
@@ -287,8 +287,11 @@ def _table(entries: Sequence[ConceptCodes | StopReasonCodes], resolve: Any) -> C
     return table
 
 
-def parse_mappings(protocol: Mapping[str, Any], codes: Mapping[str, Any], units: Mapping[str, Any]) -> Mappings:
-    """Check the three mapping documents and compile them; raise ConfigError naming file and key."""
+def parse_mappings(
+    protocol: Mapping[str, object], codes: Mapping[str, object], units: Mapping[str, object]
+) -> Mappings:
+    """Check the three mapping documents (TOML as parsed: pydantic validates them) and compile them; raise
+    ConfigError naming file and key."""
     parsed: list[BaseModel] = []
     for name, model, data in (
         ("protocol.toml", ProtocolFile, protocol),

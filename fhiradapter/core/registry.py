@@ -1,7 +1,8 @@
 """Registry rows: results.json (and the clinical extract) flattened into the export tables, optionally pseudonymised.
 
-One function per table, each returning plain dicts keyed by column name; the shell writes them to SQL
-(``shell/registry_db.py``) or to CSV/Parquet files. Nothing here touches a database or a file.
+Read from typed values (``PatientResult``, ``CohortSummary``, the header, ``readback.ClinicalExtract``); each
+table's rows are :data:`Row` values, one cell per column name, which the shell writes to SQL
+(``shell/registry/registry_db.py``) or to CSV/Parquet files. Nothing here touches a database or a file.
 
 Pseudonymisation (for registries) is done here, once, so every output format gets the same treatment:
 - the subject key is ``HMAC-SHA-256(key, "Patient/<id>")``, hex, first 32 characters (128 bits);
@@ -16,12 +17,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from datetime import date
+
+import msgspec
 
 from fhiradapter.core import dates
+from fhiradapter.core.readback import ClinicalExtract
+from fhiradapter.core.results import CohortSummary, Criterion, PatientResult, ResultsHeader
 from fhiradapter.errors import ConfigError
+
+# A row of an export table: its cells by column name, each as a database column or a CSV/Parquet cell holds it.
+Cell = str | int | float | bool | None
+Row = dict[str, Cell]
 
 MIN_KEY_BYTES = 32  # HMAC-SHA-256 key: at least the hash's own size (RFC 2104 §3)
 PSEUDONYM_CHARS = 32
@@ -71,46 +80,50 @@ class RunInfo:
     patients: int
 
 
-def run_info(header: Mapping[str, Any], results_sha256: str, pseudo: Pseudonymiser | None) -> RunInfo:
+def run_info(header: ResultsHeader, results_sha256: str, pseudo: Pseudonymiser | None) -> RunInfo:
     """The run row's values from results.json's header (everything but ``subjects``)."""
-    protocol, summary = header.get("protocol", {}), header.get("run_summary", {})
+    protocol, summary = header.protocol, header.run_summary
     key_id = pseudo.key_id if pseudo else None
     seed = f"{results_sha256}|{'pseudo:' + (key_id or '') if pseudo else 'identified'}"
     return RunInfo(
         run_id=hashlib.sha256(seed.encode()).hexdigest()[:24],
-        study_id=str(protocol.get("id", "")),
-        as_of=str(header.get("as_of", "")),
-        adapter_version=str(header.get("adapter", {}).get("version", "")),
-        mappings_version=str(protocol.get("version", "")),
-        mappings_sha256=str(protocol.get("sha256", "")),
+        study_id=protocol.id,
+        as_of=header.as_of.isoformat(),
+        adapter_version=header.adapter.version,
+        mappings_version=protocol.version,
+        mappings_sha256=protocol.sha256,
         results_sha256=results_sha256,
         pseudonymised=pseudo is not None,
         key_id=key_id,
-        input_files=int(summary.get("files", 0)),
-        records_read=int(summary.get("records_read", 0)),
-        records_used=int(summary.get("records_used", 0)),
-        records_rejected=int(summary.get("records_rejected", 0)),
-        patients=int(summary.get("patients", 0)),
+        input_files=summary.files,
+        records_read=summary.records_read,
+        records_used=summary.records_used,
+        records_rejected=summary.records_rejected,
+        patients=summary.patients,
     )
+
+
+def iso(day: date | None) -> str | None:
+    """A date as the export writes it (ISO 8601 text), None as None."""
+    return day.isoformat() if day is not None else None
 
 
 class SubjectView:
     """One subject's results and extract, with the identity rules applied (see the module docstring)."""
 
-    def __init__(self, result: Mapping[str, Any], extract: Mapping[str, Any] | None, pseudo: Pseudonymiser | None):
-        self.result, self.extract, self.pseudo = result, extract or {}, pseudo
-        patient = str(result["patient"])
+    def __init__(self, result: PatientResult, extract: ClinicalExtract | None, pseudo: Pseudonymiser | None):
+        self.result, self.extract, self.pseudo = result, extract, pseudo
+        patient = result.patient
         self.key = pseudo.pseudonym(patient) if pseudo else patient.removeprefix("Patient/")
-        self.index_date: str | None = result.get("index_date")
-        screening = result.get("eligibility", {}).get("screening_date")
-        self.reference_date: str | None = self.index_date or screening
+        self.index_date = iso(result.index_date)
+        self.reference_date = self.index_date or iso(result.eligibility.screening_date)
         self._lesions: dict[str, str] = {}
 
     @property
     def identified(self) -> bool:
         return self.pseudo is None
 
-    def text(self, value: Any) -> Any:
+    def text(self, value: str | None) -> str | None:
         """Free text: kept when identified, dropped when pseudonymised."""
         return value if self.identified else None
 
@@ -127,16 +140,21 @@ class SubjectView:
         return self._lesions.setdefault(ref, f"L{len(self._lesions) + 1}")
 
     @property
+    def sex(self) -> str | None:
+        """Patient.gender, from the extract, else as results.json's characteristics have it."""
+        return (self.extract.sex if self.extract else None) or self.result.characteristics.sex
+
+    @property
     def birth_date(self) -> str | None:
-        return self.extract.get("birth_date") if self.identified else None
+        return self.extract.birth_date if self.extract and self.identified else None
 
     @property
     def age_at_reference(self) -> int | None:
-        birth, ref = self.extract.get("birth_date"), dates.to_date(self.reference_date)
+        birth, ref = self.extract.birth_date if self.extract else None, dates.to_date(self.reference_date)
         if not birth or ref is None:
-            age = self.result.get("characteristics", {}).get("age")
+            age = self.result.characteristics.age
             return age if isinstance(age, int) else None
-        born = dates.partial_date(str(birth))
+        born = dates.partial_date(birth)
         return dates.age_bounds(born, ref)[0] if born is not None else None
 
     def study_day(self, value: str | None) -> int | None:
@@ -148,159 +166,157 @@ class SubjectView:
         return delta + 1 if delta >= 0 else delta
 
 
-def _json_value(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    return _dumps(value)
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def table_rows(v: SubjectView) -> dict[str, list[dict[str, Any]]]:
-    """Every table's rows for one subject (``run_id`` is added by the writer)."""
+def _subject_row(v: SubjectView) -> Row:
     r = v.result
-    elig = r.get("eligibility", {})
-    cp = r.get("child_pugh") or {}
-    subject = {
+    elig, cp = r.eligibility, r.child_pugh
+    return {
         "subject_key": v.key,
-        "sex": (v.extract.get("sex") or r.get("characteristics", {}).get("sex")),
+        "sex": v.sex,
         "birth_date": v.birth_date,
         "age_at_index": v.age_at_reference,
-        "screening_date": elig.get("screening_date"),
-        "eligibility_status": elig.get("status"),
-        "child_pugh_score": cp.get("score"),
-        "child_pugh_class": cp.get("class"),
-        "treated": bool(r.get("treated")),
-        "index_date": r.get("index_date"),
-        "last_dose_date": r.get("last_dose_date"),
-        "treatment_days": r.get("treatment_days"),
-        "research_subject_status": r.get("research_subject_status"),
-        "issues": len(r.get("issues") or ()),
+        "screening_date": iso(elig.screening_date),
+        "eligibility_status": elig.status.value,
+        "child_pugh_score": cp.score,
+        "child_pugh_class": cp.cls,
+        "treated": r.treated,
+        "index_date": iso(r.index_date),
+        "last_dose_date": iso(r.last_dose_date),
+        "treatment_days": r.treatment_days,
+        "research_subject_status": r.research_subject_status.value,
+        "issues": len(r.issues),
     }
-    criteria = [
-        {
-            "subject_key": v.key,
-            "criterion_id": c["id"],
-            "status": c["status"],
-            "value": _criterion_value(c, v),
-            "detail": v.text(c.get("detail")),
-            "evidence": v.refs(c.get("evidence")),
-        }
-        for c in elig.get("criteria", ())
-    ]
-    assessments = [
+
+
+def _assessment_rows(v: SubjectView) -> list[Row]:
+    return [
         {
             "subject_key": v.key,
             "seq": n,
-            "assessment_date": a.get("date"),
-            "study_day": v.study_day(a.get("date")),
-            "response": a.get("response"),
-            "spd_mm2": a.get("spd_mm2"),
-            "afp_ng_ml": a.get("afp"),
-            "basis": a.get("basis"),
-            "confirmed": a.get("confirmed"),
-            "evidence": v.refs(a.get("evidence")),
+            "assessment_date": iso(a.date),
+            "study_day": v.study_day(iso(a.date)),
+            "response": a.response.value,
+            "spd_mm2": a.spd_mm2,
+            "afp_ng_ml": a.afp,
+            "basis": a.basis.value if a.basis else None,
+            "confirmed": a.confirmed,
+            "evidence": v.refs(a.evidence),
         }
-        for n, a in enumerate(r.get("assessments") or (), start=1)
+        for n, a in enumerate(v.result.assessments, start=1)
     ]
-    best = []
-    if r.get("treated"):
-        dor = r.get("duration_of_response") or {}
-        best.append(
-            {
-                "subject_key": v.key,
-                "best_response": r.get("best_response"),
-                "reason": v.text(r.get("best_response_reason")),
-                "response_start": dor.get("start"),
-                "response_end": dor.get("end"),
-                "response_days": dor.get("days"),
-                "response_censored": dor.get("censored"),
-            }
-        )
-    toxicities = [
+
+
+def _best_response_rows(v: SubjectView) -> list[Row]:
+    r = v.result
+    if not r.treated:
+        return []
+    dor = r.duration_of_response
+    return [
         {
             "subject_key": v.key,
-            "term": t["term"],
-            "meddra": t.get("meddra"),
-            "worst_grade": t["worst_grade"],
-            "source": t.get("source"),
-            "first_date": t.get("first_date"),
-            "criteria": t.get("criteria"),
+            "best_response": r.best_response.value if r.best_response else None,
+            "reason": v.text(r.best_response_reason),
+            "response_start": iso(dor.start) if dor else None,
+            "response_end": iso(dor.end) if dor else None,
+            "response_days": dor.days if dor else None,
+            "response_censored": dor.censored if dor else None,
         }
-        for t in r.get("toxicities") or ()
     ]
-    actions = [
-        {"subject_key": v.key, "seq": n, "action_date": d.get("date"), "action": d.get("action"), "term": d.get("term")}
-        for n, d in enumerate(r.get("dose_actions") or (), start=1)
+
+
+def table_rows(v: SubjectView) -> dict[str, list[Row]]:
+    """Every table's rows for one subject (``run_id`` is added by the writer)."""
+    r = v.result
+    criteria: list[Row] = [
+        {
+            "subject_key": v.key,
+            "criterion_id": c.id,
+            "status": c.status.value,
+            "value": _criterion_value(c, v),
+            "detail": v.text(c.detail),
+            "evidence": v.refs(c.evidence),
+        }
+        for c in r.eligibility.criteria
     ]
-    os_ = r.get("os")
-    outcomes = []
-    if os_:
+    toxicities: list[Row] = [
+        {
+            "subject_key": v.key,
+            "term": t.term,
+            "meddra": t.meddra,
+            "worst_grade": t.worst_grade,
+            "source": t.source,
+            "first_date": iso(t.first_date),
+            "criteria": t.criteria,
+        }
+        for t in r.toxicities
+    ]
+    actions: list[Row] = [
+        {"subject_key": v.key, "seq": n, "action_date": iso(d.date), "action": d.action.value, "term": d.term}
+        for n, d in enumerate(r.dose_actions, start=1)
+    ]
+    outcomes: list[Row] = []
+    if r.os:
         outcomes.append(
             {
                 "subject_key": v.key,
-                "os_days": os_.get("days"),
-                "os_event": bool(os_.get("event")),
-                "os_end_date": os_.get("end_date"),
-                "os_basis": os_.get("basis"),
+                "os_days": r.os.days,
+                "os_event": r.os.event,
+                "os_end_date": iso(r.os.end_date),
+                "os_basis": r.os.basis,
             }
         )
     return {
-        "subjects": [subject],
+        "subjects": [_subject_row(v)],
         "eligibility_criteria": criteria,
-        "assessments": assessments,
-        "best_responses": best,
+        "assessments": _assessment_rows(v),
+        "best_responses": _best_response_rows(v),
         "toxicities": toxicities,
         "dose_actions": actions,
         "outcomes": outcomes,
     }
 
 
-def _criterion_value(c: Mapping[str, Any], v: SubjectView) -> str | None:
-    value = c.get("value")
-    if isinstance(value, str) and c.get("id") in FREE_TEXT_CRITERIA and not v.identified:
+def _criterion_value(c: Criterion, v: SubjectView) -> str | None:
+    """A criterion's value in one text cell: text as it is, anything else as its JSON (keys sorted)."""
+    value = c.value
+    if value is None:
         return None
-    return _json_value(value)
+    if isinstance(value, str):
+        return None if c.id in FREE_TEXT_CRITERIA and not v.identified else value
+    return json.dumps(msgspec.to_builtins(value), sort_keys=True, separators=(",", ":"))
 
 
 # Criterion values that are readable text rather than a code or a number.
 FREE_TEXT_CRITERIA = frozenset({"consent"})
 
 
-def cohort_row(cohort: Mapping[str, Any]) -> dict[str, Any]:
+def cohort_row(cohort: CohortSummary) -> Row:
     """The one cohort-summary row of a run."""
-    orr, dcr = cohort.get("orr") or {}, cohort.get("dcr") or {}
-    counts = cohort.get("best_response_counts") or {}
-    os_ci = cohort.get("os_ci") or [None, None]
-    days = cohort.get("treatment_days_range") or [None, None]
+    orr, dcr, counts = cohort.orr, cohort.dcr, cohort.best_response_counts
+    low, high = cohort.treatment_days_range or (None, None)
     return {
-        "n_treated": cohort.get("n_treated"),
-        "n_screened_only": cohort.get("n_screened_only"),
+        "n_treated": cohort.n_treated,
+        "n_screened_only": cohort.n_screened_only,
         "cr": counts.get("CR", 0),
         "pr": counts.get("PR", 0),
         "sd": counts.get("SD", 0),
         "pd": counts.get("PD", 0),
         "ne": counts.get("NE", 0),
-        "orr_count": orr.get("count"),
-        "orr_n": orr.get("n"),
-        "orr_rate": orr.get("rate"),
-        "orr_ci_low": orr.get("ci_low"),
-        "orr_ci_high": orr.get("ci_high"),
-        "dcr_count": dcr.get("count"),
-        "dcr_n": dcr.get("n"),
-        "dcr_rate": dcr.get("rate"),
-        "dcr_ci_low": dcr.get("ci_low"),
-        "dcr_ci_high": dcr.get("ci_high"),
-        "ci_method": orr.get("method"),
-        "median_os_days": cohort.get("median_os_days"),
-        "os_ci_low": os_ci[0],
-        "os_ci_high": os_ci[1],
-        "os_events": cohort.get("os_events"),
-        "median_treatment_days": cohort.get("median_treatment_days"),
-        "treatment_days_min": days[0],
-        "treatment_days_max": days[1],
+        "orr_count": orr.count,
+        "orr_n": orr.n,
+        "orr_rate": orr.rate,
+        "orr_ci_low": orr.ci_low,
+        "orr_ci_high": orr.ci_high,
+        "dcr_count": dcr.count,
+        "dcr_n": dcr.n,
+        "dcr_rate": dcr.rate,
+        "dcr_ci_low": dcr.ci_low,
+        "dcr_ci_high": dcr.ci_high,
+        "ci_method": orr.method,
+        "median_os_days": cohort.median_os_days,
+        "os_ci_low": cohort.os_ci[0],
+        "os_ci_high": cohort.os_ci[1],
+        "os_events": cohort.os_events,
+        "median_treatment_days": cohort.median_treatment_days,
+        "treatment_days_min": low,
+        "treatment_days_max": high,
     }

@@ -8,7 +8,7 @@ StructureDefinitions of the HL7 specification (R4B's additions, e.g. ``Subscript
 
 from __future__ import annotations
 
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 R4_RESOURCE_TYPES: frozenset[str] = frozenset(
     {
@@ -162,12 +162,12 @@ R4_RESOURCE_TYPES: frozenset[str] = frozenset(
 )
 
 
-def is_resource_type(value: Any) -> TypeGuard[str]:
+def is_resource_type(value: object) -> TypeGuard[str]:
     """Whether ``value`` is a FHIR R4 resource type name (a string, exactly, case included)."""
     return isinstance(value, str) and value in R4_RESOURCE_TYPES
 
 
-def type_problem(value: Any) -> str | None:
+def type_problem(value: object) -> str | None:
     """Why ``value`` cannot be a resource's type (None when it can), without quoting what is not a name.
 
     A string of letters only (``Observations``, a typo) is quoted: it can be nothing but a type name. Anything

@@ -9,10 +9,12 @@ by multiplication). Best overall response needs confirmation for CR/PR and a min
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from functools import lru_cache
+from typing import NamedTuple
+
+import msgspec
 
 from fhiradapter.core import dates
 from fhiradapter.core import results as r
@@ -32,8 +34,9 @@ def exact(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
-@dataclass(frozen=True, slots=True)
-class Assessment:
+class Assessment(msgspec.Struct, frozen=True):
+    """One assessment as the rules work with it: exact decimals, the response as a plain code."""
+
     date: date
     response: str
     spd: Decimal | None
@@ -58,14 +61,15 @@ class Assessment:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseResult:
+class ResponseResult(msgspec.Struct, frozen=True):
+    """One patient's response (docs/protocol.md §4): the assessments, the best overall response and why."""
+
     assessments: tuple[Assessment, ...]
     best: r.Response
     best_reason: str
     baseline: r.Baseline
     duration: r.ResponseDuration | None = None
-    issues: tuple[str, ...] = field(default=())
+    issues: tuple[str, ...] = ()
 
 
 def _num(value: Decimal | None) -> float | int | None:
@@ -103,101 +107,149 @@ def _spd(lesions: Sequence[Observed], expected: set[str]) -> tuple[Decimal | Non
     return (partial if complete else None), partial, new
 
 
+class BaselineState(NamedTuple):
+    """What the later assessments are compared with (docs/protocol.md §4), and what results.json shows of it."""
+
+    day: date  # the baseline tumour assessment
+    lesions: set[str]  # the foci measured at baseline: any other focus later is a new lesion
+    spd: Decimal | None  # None: a baseline lesion lacks a diameter
+    afp: Decimal | None
+    afp_uln: Decimal | None
+    afp_evaluable: bool  # baseline AFP above its ULN (or no ULN): AFP criteria apply
+    post_afp_after: date  # AFP measured after this day is post-baseline
+    result: r.Baseline
+    issues: list[str]
+
+
 def assess_response(
     tumour: Sequence[Observed], afp: Sequence[Observed], index: date, *, afp_window_days: int, sd_min_days: int
 ) -> ResponseResult:
     """Per-assessment responses and the best overall response for one treated patient."""
-    start = index - timedelta(days=BASELINE_WINDOW_DAYS)
-    t_by_date = _by_date(tumour)
-    a_by_date = {d: sorted(v, key=lambda o: o.ref)[0] for d, v in _by_date(afp).items()}
-    base_dates = [d for d in t_by_date if start <= d <= index]
-    base_afp_dates = [d for d in a_by_date if start <= d <= index]
-    if not base_dates:
+    tumour_by_date = _by_date(tumour)
+    afp_by_date = {day: sorted(values, key=lambda o: o.ref)[0] for day, values in _by_date(afp).items()}
+    baseline = _baseline(tumour_by_date, afp_by_date, index)
+    if baseline is None:
         return ResponseResult((), r.Response.NE, "no_baseline_tumour_assessment", r.Baseline(None, None, None))
-    b_date = max(base_dates)
-    b_lesions = t_by_date[b_date]
-    expected = {o.focus or "" for o in b_lesions}
-    spd0, _partial, _new = _spd(b_lesions, expected)
+    assessments = _assess_each(tumour_by_date, afp_by_date, baseline, afp_window_days)
+    confirmed = confirm(assessments)
+    best, reason = best_overall(confirmed, index, sd_min_days)
+    return ResponseResult(
+        tuple(confirmed),
+        r.Response(best),
+        reason,
+        baseline.result,
+        response_duration(confirmed),
+        tuple(baseline.issues),
+    )
+
+
+def _baseline(
+    tumour_by_date: dict[date, list[Observed]], afp_by_date: dict[date, Observed], index: date
+) -> BaselineState | None:
+    """The latest tumour assessment and the latest AFP within 28 days before (or on) the index date; None when
+    there is no baseline tumour assessment."""
+    start = index - timedelta(days=BASELINE_WINDOW_DAYS)
+    base_dates = [day for day in tumour_by_date if start <= day <= index]
+    base_afp_dates = [day for day in afp_by_date if start <= day <= index]
+    if not base_dates:
+        return None
+    baseline_day = max(base_dates)
+    lesions = tumour_by_date[baseline_day]
+    expected = {o.focus or "" for o in lesions}
+    spd0, _partial, _new = _spd(lesions, expected)
     issues: list[str] = []
     if spd0 is None:
         issues.append("a baseline lesion lacks a diameter: tumour criteria cannot be applied")
-    afp0_obs = a_by_date[max(base_afp_dates)] if base_afp_dates else None
+    afp0_obs = afp_by_date[max(base_afp_dates)] if base_afp_dates else None
     afp0 = exact(afp0_obs.value) if afp0_obs and afp0_obs.value is not None else None
     uln = exact(afp0_obs.high) if afp0_obs and afp0_obs.high is not None else None
     afp_evaluable = afp0 is not None and (uln is None or afp0 > uln)
     if afp0 is not None and uln is None:
         issues.append("baseline AFP has no upper limit of normal: CR by AFP cannot be shown")
-    baseline = r.Baseline(
-        b_date,
+    result = r.Baseline(
+        baseline_day,
         _num(spd0),
         _num(afp0),
         afp0_obs.date if afp0_obs else None,
         _num(uln),
         afp_evaluable,
         tuple(sorted(expected)),
-        tuple(sorted({o.ref for o in b_lesions} | ({afp0_obs.ref} if afp0_obs else set()))),
+        tuple(sorted({o.ref for o in lesions} | ({afp0_obs.ref} if afp0_obs else set()))),
     )
+    post_afp_after = max(base_afp_dates, default=baseline_day)
+    return BaselineState(baseline_day, expected, spd0, afp0, uln, afp_evaluable, post_afp_after, result, issues)
 
-    post_dates = sorted(d for d in t_by_date if d > b_date)
-    post_afp = sorted(d for d in a_by_date if d > max(base_afp_dates, default=b_date))
+
+def _assessment_days(
+    tumour_by_date: dict[date, list[Observed]],
+    afp_by_date: dict[date, Observed],
+    baseline: BaselineState,
+    afp_window_days: int,
+) -> tuple[list[tuple[date, bool]], dict[date, date]]:
+    """The post-baseline assessments in date order, as (day, AFP only), and the AFP matched to each tumour day.
+
+    A tumour assessment takes the nearest AFP within the window (the earlier on a tie); an AFP matched to none
+    is an assessment of its own (docs/protocol.md §4).
+    """
+    post_dates = sorted(day for day in tumour_by_date if day > baseline.day)
+    post_afp = sorted(day for day in afp_by_date if day > baseline.post_afp_after)
     matched: dict[date, date] = {}
-    for d in post_dates:
-        near = [a for a in post_afp if abs((a - d).days) <= afp_window_days]
+    for day in post_dates:
+        near = [a for a in post_afp if abs((a - day).days) <= afp_window_days]
         if near:
-            matched[d] = min(near, key=lambda a: (abs((a - d).days), a))
+            matched[day] = min(near, key=lambda a: (abs((a - day).days), a))
     used_afp = set(matched.values())
-    points = sorted([(d, False) for d in post_dates] + [(a, True) for a in post_afp if a not in used_afp])
+    points = sorted([(day, False) for day in post_dates] + [(a, True) for a in post_afp if a not in used_afp])
+    return points, matched
 
-    spd_nadir = spd0
-    afp_nadir = afp0
+
+def _assess_each(
+    tumour_by_date: dict[date, list[Observed]],
+    afp_by_date: dict[date, Observed],
+    baseline: BaselineState,
+    afp_window_days: int,
+) -> list[Assessment]:
+    """Each post-baseline assessment's category, against the nadirs so far (docs/protocol.md §4)."""
+    points, matched = _assessment_days(tumour_by_date, afp_by_date, baseline, afp_window_days)
+    spd_nadir = baseline.spd
+    afp_nadir = baseline.afp
     out: list[Assessment] = []
     for when, afp_only in points:
         if afp_only:
-            value = a_by_date[when]
+            value = afp_by_date[when]
             afp_k = exact(value.value) if value.value is not None else None
-            if afp_evaluable and afp_k is not None and afp_nadir is not None and _pd(afp_k, afp_nadir):
+            if baseline.afp_evaluable and afp_k is not None and afp_nadir is not None and _pd(afp_k, afp_nadir):
                 out.append(
                     Assessment(
-                        when,
-                        "PD",
-                        None,
-                        afp_k,
-                        "afp",
-                        ("AFP >= 1.25 x nadir AFP",),
-                        (value.ref,),
-                        afp_only=True,
+                        when, "PD", None, afp_k, "afp", ("AFP >= 1.25 x nadir AFP",), (value.ref,), afp_only=True
                     )
                 )
             if afp_k is not None and afp_nadir is not None:
                 afp_nadir = min(afp_nadir, afp_k)
             continue
-        lesions = t_by_date[when]
-        spd_k, partial, new = _spd(lesions, expected)
-        afp_obs = a_by_date[matched[when]] if when in matched else None
+        lesions = tumour_by_date[when]
+        spd_k, partial, new = _spd(lesions, baseline.lesions)
+        afp_obs = afp_by_date[matched[when]] if when in matched else None
         afp_k = exact(afp_obs.value) if afp_obs and afp_obs.value is not None else None
         evidence = tuple(sorted({o.ref for o in lesions} | ({afp_obs.ref} if afp_obs else set())))
-        result = classify_assessment(
+        category, basis, reasons = classify_assessment(
             spd_k=spd_k,
             partial_spd=partial,
             new_lesion=new,
-            spd0=spd0,
+            spd0=baseline.spd,
             spd_nadir=spd_nadir,
             afp_k=afp_k,
-            afp0=afp0,
+            afp0=baseline.afp,
             afp_nadir=afp_nadir,
-            afp_evaluable=afp_evaluable,
-            afp_uln=exact(afp_obs.high) if afp_obs and afp_obs.high is not None else uln,
+            afp_evaluable=baseline.afp_evaluable,
+            afp_uln=exact(afp_obs.high) if afp_obs and afp_obs.high is not None else baseline.afp_uln,
         )
-        out.append(Assessment(when, result[0], spd_k, afp_k, result[1], result[2], evidence))
+        out.append(Assessment(when, category, spd_k, afp_k, basis, reasons, evidence))
         if spd_k is not None and spd_nadir is not None:
             spd_nadir = min(spd_nadir, spd_k)
         if afp_k is not None and afp_nadir is not None:
             afp_nadir = min(afp_nadir, afp_k)
-    confirmed = confirm(out)
-    best, reason = best_overall(confirmed, index, sd_min_days)
-    return ResponseResult(
-        tuple(confirmed), r.Response(best), reason, baseline, response_duration(confirmed), tuple(issues)
-    )
+    return out
 
 
 def _pd(value: Decimal, nadir: Decimal) -> bool:

@@ -345,6 +345,104 @@ class CohortSummary(msgspec.Struct, frozen=True):
     screening: ScreeningCounts
 
 
+# --- The run (results.json's header, summary.json) --------------------------------------------------------
+
+
+class ProtocolIdentity(msgspec.Struct, frozen=True):
+    """The mappings a run used: the protocol's id, version and title, the study evaluated, and the folder and
+    sha256 of the mappings files (``mappings_io.load_mappings``)."""
+
+    id: str
+    version: str
+    title: str
+    toxicity_criteria: str
+    study: str
+    rules: str
+    mappings_dir: str
+    sha256: str
+
+
+class AdapterInfo(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+
+
+class TypeCounts(msgspec.Struct, frozen=True):
+    """Records of one resource type: read, used, rejected."""
+
+    read: int
+    used: int
+    rejected: int
+
+
+class PopulationCounts(msgspec.Struct, frozen=True):
+    """docs/protocol.md §1: study subjects, screened candidates, patients outside the study not screened, and
+    candidates not screened (they had died)."""
+
+    subjects: int
+    candidates: int
+    not_in_study: int = msgspec.field(name="not-in-study")
+    not_screened: int = msgspec.field(name="not-screened")
+
+
+class UnmappedCode(msgspec.Struct, frozen=True):
+    """A code no mapping names (``system|code``), and how many records carry it."""
+
+    code: str
+    records: int
+
+
+class PlanCounts(msgspec.Struct, frozen=True):
+    """The write-back plan's entries per action."""
+
+    create: int
+    update: int
+    unchanged: int
+
+
+class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """What a run read, rejected and decided, in counts: results.json's ``run_summary`` (docs/running.md).
+
+    Built once, when every patient is evaluated; summary.json is this with the run's timings
+    (:class:`TimedRunSummary`)."""
+
+    as_of: date
+    protocol: ProtocolIdentity
+    files: int
+    files_not_read: tuple[str, ...]  # listed in rejects.ndjson with why; they hold no records
+    input_bytes: int
+    patients: int
+    records_read: int
+    records_used: int
+    records_rejected: int
+    by_type: dict[str, TypeCounts]
+    rejects_by_reason: dict[str, int]
+    rejects_not_listed: dict[str, int]  # per input file: rejects counted, not listed (over the cap)
+    population: PopulationCounts
+    unmapped_codes: dict[str, tuple[UnmappedCode, ...]]  # per kind of code, the most frequent
+    writeback: PlanCounts | None  # None: not planned (--no-writeback), no counts rather than zeros
+    workers: int
+    results_dir: str | UnsetType = UNSET  # --engine spark --results-dir: where Spark wrote the results
+
+
+class TimedRunSummary(RunSummary, frozen=True, kw_only=True):
+    """summary.json: the run summary and the run's wall time per phase and CPU time per worker (which results.json
+    leaves out, so that it stays reproducible)."""
+
+    seconds: dict[str, float]
+    worker_cpu_seconds: dict[str, list[float]]
+
+
+class ResultsHeader(msgspec.Struct, frozen=True):
+    """results.json before its ``subjects``: the as-of date, the mappings, the adapter, the inputs, the summary."""
+
+    as_of: date
+    protocol: ProtocolIdentity
+    adapter: AdapterInfo
+    inputs: tuple[str, ...]
+    run_summary: RunSummary
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -353,6 +451,7 @@ def to_json(value: msgspec.Struct) -> bytes:
     return _encoder.encode(value)
 
 
-def to_builtins(value: Any) -> Any:
-    """A result as its JSON holds it, in plain dicts, lists, strings and numbers (for the report and tests)."""
+def to_builtins(value: Any) -> Any:  # any result, as arbitrary JSON: the tests compare it with results.json's
+    """A result as its JSON holds it, in plain dicts, lists, strings and numbers (for tests: the code reads the
+    typed values, and reads results back with ``readback``)."""
     return msgspec.json.decode(_encoder.encode(value))

@@ -9,8 +9,8 @@ confirmed") and the rule book's section that produced the result. Pure: no I/O; 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple, TypedDict
 
 from fhiradapter.core.eligibility import explain
 from fhiradapter.core.results import CriterionStatus, PatientResult
@@ -18,6 +18,10 @@ from fhiradapter.core.writeback import CODE_SYSTEM, GRADE_CODES, KINDS, RESPONSE
 
 Scalar = str | int | float | bool | None
 Values = dict[str, Scalar | list[str]]
+# FHIR resources as JSON: the adapter's own and a server's (the existing one an update replaces), which may hold
+# anything, so every element is looked at before it is used; and writeback-plan.ndjson's lines as read back.
+JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
+JsonObject = dict[str, JsonValue]
 
 # Which section of docs/protocol.md decides each kind of result (the plan and the report cite it).
 RULES = {
@@ -56,16 +60,16 @@ class Description(NamedTuple):
     old: Values | None  # update only: what the existing resource says now
     changes: tuple[Change, ...]  # update only: the elements whose value changes
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> dict[str, object]:
         """The plan line's review fields (writeback-plan.ndjson)."""
-        out: dict[str, Any] = {"says": self.says, "rule": self.rule, "new": self.new}
+        out: dict[str, object] = {"says": self.says, "rule": self.rule, "new": self.new}
         if self.old is not None:
             out["old"] = self.old
             out["changes"] = [{"element": c.element, "old": c.old, "new": c.new} for c in self.changes]
         return out
 
 
-def _code(concept: Any) -> str | None:
+def _code(concept: JsonValue) -> str | None:
     """The first coding's code of a CodeableConcept given as JSON."""
     if not isinstance(concept, dict):
         return None
@@ -76,29 +80,30 @@ def _code(concept: Any) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _components(resource: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for comp in resource.get("component") or ():
+def _components(resource: JsonObject) -> dict[str, JsonObject]:
+    out: dict[str, JsonObject] = {}
+    found = resource.get("component")
+    for comp in found if isinstance(found, list) else ():
         if isinstance(comp, dict) and (code := _code(comp.get("code"))) is not None:
             out[code] = comp
     return out
 
 
-def _quantity(comp: dict[str, Any] | None) -> float | int | None:
+def _quantity(comp: JsonObject | None) -> float | int | None:
     quantity = (comp or {}).get("valueQuantity")
     value = quantity.get("value") if isinstance(quantity, dict) else None
     return value if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _text(value: Any) -> str | None:
+def _text(value: JsonValue) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def stated(kind: str, resource: dict[str, Any]) -> Values:
+def stated(kind: str, resource: JsonObject) -> Values:
     """The values a result resource (or the ResearchSubject) states, by element, as a reviewer compares them."""
     if kind == "research-subject":
         found = resource.get("period")
-        period: dict[str, Any] = found if isinstance(found, dict) else {}
+        period: JsonObject = found if isinstance(found, dict) else {}
         return {
             "status": _text(resource.get("status")),
             "period.start": _text(period.get("start")),
@@ -109,7 +114,7 @@ def stated(kind: str, resource: dict[str, Any]) -> Values:
     return {**_result_values(kind, resource, comps, value), "status": _text(resource.get("status"))}
 
 
-def _criteria(comps: dict[str, dict[str, Any]]) -> dict[str, str | None]:
+def _criteria(comps: dict[str, JsonObject]) -> dict[str, str | None]:
     """An eligibility result's criteria: id -> met / not_met / unknown."""
     return {
         code.removeprefix("criterion-"): _code(comp.get("valueCodeableConcept"))
@@ -118,10 +123,25 @@ def _criteria(comps: dict[str, dict[str, Any]]) -> dict[str, str | None]:
     }
 
 
-def read_back(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
+class StatedResults(TypedDict, total=False):
+    """One patient's results as the written resources state them (:func:`read_back`)."""
+
+    assessments: list[Values]
+    toxicities: dict[str, Scalar | list[str]]  # term -> worst grade
+    best_response: Scalar | list[str]
+    eligibility: Scalar | list[str]
+    criteria: dict[str, str | None]
+    child_pugh: Scalar | list[str]
+
+
+def _by_date(assessment: Values) -> str:
+    return str(assessment["date"])
+
+
+def read_back(resources: Iterable[JsonObject]) -> StatedResults:
     """One patient's results as its written result Observations state them (the inverse of
     ``writeback.desired_resources``), read with :func:`stated`, the reading a reviewer's plan uses."""
-    out: dict[str, Any] = {"assessments": [], "toxicities": {}}
+    out: StatedResults = {"assessments": [], "toxicities": {}}
     for res in resources:
         kind = kind_of(res) if res.get("resourceType") == "Observation" else None
         if kind is None:
@@ -137,12 +157,12 @@ def read_back(resources: Iterable[dict[str, Any]]) -> dict[str, Any]:
         elif kind == "child-pugh":
             out["child_pugh"] = v["score"]
         elif kind == "toxicity":
-            out["toxicities"][v["term"]] = v["grade"]
-    out["assessments"].sort(key=lambda a: a["date"])
+            out["toxicities"][str(v["term"])] = v["grade"]
+    out["assessments"].sort(key=_by_date)
     return out
 
 
-def _result_values(kind: str, resource: dict[str, Any], comps: dict[str, dict[str, Any]], value: str | None) -> Values:
+def _result_values(kind: str, resource: JsonObject, comps: dict[str, JsonObject], value: str | None) -> Values:
     if kind in ("response", "best-response"):
         confirmed = (comps.get("confirmed") or {}).get("valueBoolean")
         values: Values = {
@@ -180,7 +200,7 @@ def _result_values(kind: str, resource: dict[str, Any], comps: dict[str, dict[st
     return {}
 
 
-def kind_of(resource: dict[str, Any]) -> str | None:
+def kind_of(resource: JsonObject) -> str | None:
     """Which kind of result an adapter-written Observation is (by its local code), None for anything else."""
     code = resource.get("code")
     codings = code.get("coding") if isinstance(code, dict) else None
@@ -247,7 +267,7 @@ def criteria_in_words(result: PatientResult) -> dict[str, str]:
     }
 
 
-def _shown(value: Any) -> str:
+def _shown(value: JsonValue) -> str:
     if value is None or value == []:
         return "none"
     if isinstance(value, list):
@@ -255,12 +275,15 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def in_words(line: dict[str, Any]) -> str:
+def in_words(line: Mapping[str, JsonValue]) -> str:
     """One writeback-plan.ndjson line as a reviewer reads it (sync --dry-run, approve, the report)."""
     action, says, rule = line.get("action"), line.get("says") or line.get("kind"), line.get("rule") or ""
     if action == "update":
+        found = line.get("changes")
         changes = "; ".join(
-            f"{c.get('element')} {_shown(c.get('old'))} → {_shown(c.get('new'))}" for c in line.get("changes") or ()
+            f"{c.get('element')} {_shown(c.get('old'))} → {_shown(c.get('new'))}"
+            for c in (found if isinstance(found, list) else ())
+            if isinstance(c, dict)
         )
         return f"update {line.get('existing')}: {changes or 'content'} ({says}; {rule})"
     if action == "create":
@@ -268,7 +291,7 @@ def in_words(line: dict[str, Any]) -> str:
     return f"unchanged: {says}"
 
 
-def by_patient(lines: list[dict[str, Any]], include_unchanged: bool = False) -> dict[str, list[str]]:
+def by_patient(lines: Iterable[Mapping[str, JsonValue]], include_unchanged: bool = False) -> dict[str, list[str]]:
     """Plan lines in words, grouped by patient, in the plan's order (patients sorted as in the plan)."""
     out: dict[str, list[str]] = {}
     for line in lines:

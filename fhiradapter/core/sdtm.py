@@ -14,7 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fhiradapter.core.registry import SubjectView
+from fhiradapter.core.readback import ExtractAdverseEvent, ExtractExposure, ExtractObservation, ExtractTumour
+from fhiradapter.core.registry import Row, SubjectView, iso
+from fhiradapter.core.results import EligibilityStatus
 from fhiradapter.errors import ConfigError
 
 
@@ -70,7 +72,7 @@ class ExportMappings(_Strict):
     rs: RsCfg
 
 
-def parse_export_mappings(doc: Mapping[str, Any]) -> ExportMappings:
+def parse_export_mappings(doc: Mapping[str, Any]) -> ExportMappings:  # export.toml as parsed: validated here
     try:
         return ExportMappings.model_validate(doc)
     except ValidationError as exc:
@@ -197,6 +199,10 @@ def _num_text(value: float | None) -> str | None:
     return f"{value:g}"
 
 
+# The cells of one SDTM record by variable (``registry.Row``): the columns of its dataset's file.
+Record = Row
+
+
 class SdtmBuilder:
     """Builds every dataset's rows subject by subject; ``rows`` maps dataset name to its rows."""
 
@@ -204,52 +210,53 @@ class SdtmBuilder:
         self.cfg = cfg
         self.lb = {t.concept: t for t in cfg.lb}
         self.ex = {d.drug: d for d in cfg.ex}
-        self.rows: dict[str, list[dict[str, Any]]] = {name: [] for name in DATASETS}
+        self.rows: dict[str, list[Record]] = {name: [] for name in DATASETS}
 
     def unit(self, ucum: str | None) -> str | None:
         if ucum is None or ucum == "":
             return None
         return self.cfg.units.get(ucum, ucum)
 
-    def _base(self, domain: str, v: SubjectView) -> dict[str, Any]:
+    def _base(self, domain: str, v: SubjectView) -> Record:
         studyid = self.cfg.study.studyid
         return {"STUDYID": studyid, "DOMAIN": domain, "USUBJID": f"{studyid}-{v.key}"}
 
     def add(self, v: SubjectView) -> None:
         self._dm(v)
-        self._ex(v)
-        self._ae(v)
-        self._lb(v)
-        self._tu_tr(v)
+        extract = v.extract
+        if extract is not None:
+            self._ex(v, extract.exposures)
+            self._ae(v, extract.adverse_events)
+            self._lb(v, extract.observations)
+            self._tu_tr(v, extract.tumour)
         self._rs(v)
 
     def _dm(self, v: SubjectView) -> None:
         r, study = v.result, self.cfg.study
-        status = r.get("eligibility", {}).get("status")
-        treated = bool(r.get("treated"))
-        if treated or status == "eligible":
+        status = r.eligibility.status
+        if r.treated or status is EligibilityStatus.ELIGIBLE:
             armcd, arm = study.armcd, study.arm
-        elif status == "ineligible":
+        elif status is EligibilityStatus.INELIGIBLE:
             armcd, arm = "SCRNFAIL", "Screen Failure"
         else:
             armcd, arm = "NOTASSGN", "Not Assigned"
-        act = (study.armcd, study.arm) if treated else (armcd if armcd != study.armcd else "NOTTRT", None)
-        death = (r.get("os") or {}).get("end_date") if (r.get("os") or {}).get("event") else None
-        death = death or v.extract.get("deceased_date")
+        act = (study.armcd, study.arm) if r.treated else (armcd if armcd != study.armcd else "NOTTRT", None)
+        death = iso(r.os.end_date) if r.os and r.os.event else None
+        death = death or (v.extract.deceased_date if v.extract else None)
         self.rows["DM"].append(
             {
                 **self._base("DM", v),
                 "SUBJID": v.key,
-                "RFSTDTC": r.get("index_date"),
-                "RFENDTC": r.get("last_dose_date"),
-                "RFXSTDTC": r.get("index_date"),
-                "RFXENDTC": r.get("last_dose_date"),
+                "RFSTDTC": iso(r.index_date),
+                "RFENDTC": iso(r.last_dose_date),
+                "RFXSTDTC": iso(r.index_date),
+                "RFXENDTC": iso(r.last_dose_date),
                 "DTHDTC": death,
                 "DTHFL": "Y" if death else None,
                 "BRTHDTC": v.birth_date,
                 "AGE": v.age_at_reference,
                 "AGEU": "YEARS" if v.age_at_reference is not None else None,
-                "SEX": SEX.get(str(v.extract.get("sex") or r.get("characteristics", {}).get("sex")), "U"),
+                "SEX": SEX.get(str(v.sex), "U"),
                 "ARMCD": armcd,
                 "ARM": arm,
                 "ACTARMCD": act[0],
@@ -257,11 +264,11 @@ class SdtmBuilder:
             }
         )
 
-    def _ex(self, v: SubjectView) -> None:
+    def _ex(self, v: SubjectView, exposures: tuple[ExtractExposure, ...]) -> None:
         seq = 0
-        for e in v.extract.get("exposures", ()):
-            drug = self.ex.get(e.get("drug") or "")
-            start = e.get("start")
+        for e in exposures:
+            drug = self.ex.get(e.drug or "")
+            start = e.start
             # Only study treatment: the configured drug, from the index date on (earlier use is prior exposure).
             if drug is None or not v.index_date or not start or start[:10] < v.index_date:
                 continue
@@ -270,41 +277,42 @@ class SdtmBuilder:
                 {
                     **self._base("EX", v),
                     "EXSEQ": seq,
-                    "EXSPID": v.text(e.get("ref")),
+                    "EXSPID": v.text(e.ref),
                     "EXTRT": drug.extrt,
                     "EXDOSE": drug.dose,
                     "EXDOSU": drug.dosu,
                     "EXDOSFRQ": drug.dosfrq,
                     "EXROUTE": drug.route,
                     "EXSTDTC": start,
-                    "EXENDTC": e.get("end"),
+                    "EXENDTC": e.end,
                     "EXSTDY": v.study_day(start),
-                    "EXENDY": v.study_day(e.get("end")),
+                    "EXENDY": v.study_day(e.end),
                 }
             )
 
-    def _ae(self, v: SubjectView) -> None:
-        displays = {t["term"]: t.get("display") for t in v.result.get("toxicities") or ()}
-        for seq, a in enumerate(v.extract.get("adverse_events", ()), start=1):
-            decod = displays.get(a.get("term")) or a.get("term")
+    def _ae(self, v: SubjectView, events: tuple[ExtractAdverseEvent, ...]) -> None:
+        displays = {t.term: t.display for t in v.result.toxicities}
+        for seq, a in enumerate(events, start=1):
+            decod = displays.get(a.term or "") or a.term
+            meddra = a.meddra or ""
             self.rows["AE"].append(
                 {
                     **self._base("AE", v),
                     "AESEQ": seq,
-                    "AESPID": v.text(a.get("ref")),
-                    "AETERM": a.get("verbatim") if v.identified else decod,
-                    "AELLTCD": int(a["meddra"]) if str(a.get("meddra") or "").isdigit() else None,
+                    "AESPID": v.text(a.ref),
+                    "AETERM": a.verbatim if v.identified else decod,
+                    "AELLTCD": int(meddra) if meddra.isdigit() else None,
                     "AEDECOD": decod,
-                    "AETOXGR": str(a["grade"]) if a.get("grade") is not None else None,
-                    "AESTDTC": a.get("date"),
-                    "AESTDY": v.study_day(a.get("date")),
+                    "AETOXGR": str(a.grade) if a.grade is not None else None,
+                    "AESTDTC": a.date,
+                    "AESTDY": v.study_day(a.date),
                 }
             )
 
-    def _lb(self, v: SubjectView) -> None:
+    def _lb(self, v: SubjectView, observations: tuple[ExtractObservation, ...]) -> None:
         seq = 0
-        for o in v.extract.get("observations", ()):
-            test = self.lb.get(o.get("concept"))
+        for o in observations:
+            test = self.lb.get(o.concept)
             if test is None:
                 continue
             seq += 1
@@ -312,35 +320,34 @@ class SdtmBuilder:
                 {
                     **self._base("LB", v),
                     "LBSEQ": seq,
-                    "LBSPID": v.text(o.get("ref")),
+                    "LBSPID": v.text(o.ref),
                     "LBTESTCD": test.testcd,
                     "LBTEST": test.test,
                     "LBCAT": test.cat,
-                    "LBORRES": _num_text(o.get("orig_value")),
-                    "LBORRESU": self.unit(o.get("orig_unit")),
-                    "LBSTRESC": _num_text(o.get("value")),
-                    "LBSTRESN": o.get("value"),
-                    "LBSTRESU": self.unit(o.get("unit")),
-                    "LBDTC": o.get("date"),
-                    "LBDY": v.study_day(o.get("date")),
+                    "LBORRES": _num_text(o.orig_value),
+                    "LBORRESU": self.unit(o.orig_unit),
+                    "LBSTRESC": _num_text(o.value),
+                    "LBSTRESN": o.value,
+                    "LBSTRESU": self.unit(o.unit),
+                    "LBDTC": o.date,
+                    "LBDY": v.study_day(o.date),
                 }
             )
 
     def _visit(self, v: SubjectView, day: str | None) -> str:
-        baseline = (v.result.get("baseline") or {}).get("date")
+        baseline = iso(v.result.baseline.date) if v.result.baseline else None
         if day is not None and day == baseline:
             return "BASELINE"
-        for n, a in enumerate(v.result.get("assessments") or (), start=1):
-            if a.get("date") == day:
+        for n, a in enumerate(v.result.assessments, start=1):
+            if iso(a.date) == day:
                 return f"ASSESSMENT {n}"
         return "UNSCHEDULED"
 
-    def _tu_tr(self, v: SubjectView) -> None:
+    def _tu_tr(self, v: SubjectView, measurements: tuple[ExtractTumour, ...]) -> None:
         links: dict[str, str] = {}
-        tr = self.cfg.tr
-        seq = 0
-        for m in v.extract.get("tumour", ()):
-            lesion = m.get("lesion") or ""
+        seq = 0  # TRSEQ, over the subject's measurements
+        for m in measurements:
+            lesion = m.lesion or ""
             if lesion not in links:
                 links[lesion] = f"T{len(links) + 1:02d}"
                 self.rows["TU"].append(
@@ -353,49 +360,53 @@ class SdtmBuilder:
                         "TUTEST": "Tumor Identification",
                         "TUORRES": "TARGET",
                         "TUSTRESC": "TARGET",
-                        "TUDTC": m.get("date"),
-                        "TUDY": v.study_day(m.get("date")),
+                        "TUDTC": m.date,
+                        "TUDY": v.study_day(m.date),
                     }
                 )
-            for code, value in ((tr.longest, m.get("d1")), (tr.perpendicular, m.get("d2"))):
-                if value is None:
-                    continue
-                seq += 1
-                self.rows["TR"].append(
-                    {
-                        **self._base("TR", v),
-                        "TRSEQ": seq,
-                        "TRLNKID": links[lesion],
-                        "TRTESTCD": code.testcd,
-                        "TRTEST": code.test,
-                        "TRORRES": _num_text(value),
-                        "TRORRESU": tr.unit,
-                        "TRSTRESC": _num_text(value),
-                        "TRSTRESN": value,
-                        "TRSTRESU": tr.unit,
-                        "VISIT": self._visit(v, m.get("date")),
-                        "TRDTC": m.get("date"),
-                        "TRDY": v.study_day(m.get("date")),
-                    }
-                )
+            seq = self._tr(v, m, links[lesion], seq)
+
+    def _tr(self, v: SubjectView, m: ExtractTumour, link: str, seq: int) -> int:
+        """A measurement's two diameters (the ones it has), numbered on from ``seq``; returns the last number."""
+        tr = self.cfg.tr
+        for code, value in ((tr.longest, m.d1), (tr.perpendicular, m.d2)):
+            if value is None:
+                continue
+            seq += 1
+            self.rows["TR"].append(
+                {
+                    **self._base("TR", v),
+                    "TRSEQ": seq,
+                    "TRLNKID": link,
+                    "TRTESTCD": code.testcd,
+                    "TRTEST": code.test,
+                    "TRORRES": _num_text(value),
+                    "TRORRESU": tr.unit,
+                    "TRSTRESC": _num_text(value),
+                    "TRSTRESN": value,
+                    "TRSTRESU": tr.unit,
+                    "VISIT": self._visit(v, m.date),
+                    "TRDTC": m.date,
+                    "TRDY": v.study_day(m.date),
+                }
+            )
+        return seq
 
     def _rs(self, v: SubjectView) -> None:
         rs = self.cfg.rs
         r = v.result
         seq = 0
-        for n, a in enumerate(r.get("assessments") or (), start=1):
+        for n, a in enumerate(r.assessments, start=1):
             seq += 1
-            self.rows["RS"].append(
-                self._rs_row(v, seq, rs.overall, a.get("response"), f"ASSESSMENT {n}", a.get("date"))
-            )
-        if r.get("treated") and r.get("best_response"):
-            best = r["best_response"]
-            first = next((a.get("date") for a in r.get("assessments") or () if a.get("response") == best), None)
-            self.rows["RS"].append(self._rs_row(v, seq + 1, rs.best, best, None, first))
+            self.rows["RS"].append(self._rs_row(v, seq, rs.overall, a.response.value, f"ASSESSMENT {n}", iso(a.date)))
+        best = r.best_response
+        if r.treated and best:
+            first = next((iso(a.date) for a in r.assessments if a.response == best), None)
+            self.rows["RS"].append(self._rs_row(v, seq + 1, rs.best, best.value, None, first))
 
     def _rs_row(
         self, v: SubjectView, seq: int, code: TestCode, value: str | None, visit: str | None, day: str | None
-    ) -> dict[str, Any]:
+    ) -> Record:
         return {
             **self._base("RS", v),
             "RSSEQ": seq,
@@ -411,7 +422,7 @@ class SdtmBuilder:
         }
 
 
-def data_dictionary() -> list[dict[str, Any]]:
+def data_dictionary() -> list[Row]:
     """One row per dataset variable: what a reviewer needs to read the files."""
     return [
         {"dataset": name, "variable": var, "label": label, "type": typ, "order": n, "source": source}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import SupportsFloat
+
+import msgspec
 
 from fhiradapter.core.results import Rate, SurvivalPoint
 
@@ -33,8 +34,9 @@ def rate(count: int, n: int) -> Rate:
     return Rate(count, n, count / n, low, high)
 
 
-@dataclass(frozen=True, slots=True)
-class SurvivalCurve:
+class SurvivalCurve(msgspec.Struct, frozen=True):
+    """A Kaplan-Meier estimate: the median survival, its confidence interval and the curve's steps."""
+
     median: float | None  # None: not reached
     ci: tuple[float | None, float | None]
     table: list[SurvivalPoint]
@@ -46,7 +48,7 @@ def kaplan_meier(durations: Sequence[int], events: Sequence[bool], alpha: float 
         raise ValueError("durations and events differ in length")
     if not durations:
         return SurvivalCurve(None, (None, None), [])
-    if any(not isinstance(d, int | float) or math.isnan(d) or d < 0 for d in durations):
+    if any(not isinstance(days, int | float) or math.isnan(days) or days < 0 for days in durations):
         raise ValueError("durations must be non-negative numbers")
     from lifelines import KaplanMeierFitter  # noqa: PLC0415 - heavy import kept off the start-up path
     from lifelines.utils import median_survival_times  # noqa: PLC0415
@@ -76,6 +78,7 @@ def kaplan_meier(durations: Sequence[int], events: Sequence[bool], alpha: float 
     return SurvivalCurve(median, (low, high), table)
 
 
-def _finite(value: Any) -> float | None:
+def _finite(value: SupportsFloat) -> float | None:
+    """A lifelines figure as a float; None for infinity (not reached) or NaN."""
     v = float(value)
     return None if math.isinf(v) or math.isnan(v) else v

@@ -86,12 +86,12 @@ def differing_local_mappings(used: Path, cwd: Path) -> Path | None:
     return None
 
 
-def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, Any]]:
+def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, str]]:
     """Parsed mappings and their identity (id, version, folder, sha256 of the three files)."""
     folder = directory or default_mappings_dir()
     if not folder.is_dir():
         raise ConfigError(f"mappings folder not found: {folder}")
-    docs: list[dict[str, Any]] = []
+    docs: list[dict[str, Any]] = []  # TOML documents as read: validated by core.protocol.parse_mappings
     digest = hashlib.sha256()
     for name in FILES:
         path = folder / name
@@ -157,7 +157,7 @@ def save_concept_map(folder: Path, resource: dict[str, Any], where: str) -> tupl
 
 
 @functools.cache
-def _from_ucum() -> Callable[[str], Any]:
+def _from_ucum() -> Callable[[str], Any]:  # a pint Quantity: ucumvert and pint are untyped here
     """UCUM code -> pint quantity: what ``ucumvert.PintUcumRegistry.from_ucum`` does, without building that
     registry, which its own transformer never uses (it parses into pint's application registry): 1.0 s of
     start-up instead of 1.5 s, paid only when a unit needs converting."""

@@ -24,14 +24,15 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 import orjson
 
 from fhiradapter.errors import ConfigError, InputError, OutputBusy, OutputError
 from fhiradapter.shell.common.files import FILE_MODE, open_new, replace
+from fhiradapter.shell.common.json_types import JsonObject
 
 LOCK = ".fhiradapter.lock"
 MANIFEST = "manifest.json"
@@ -124,7 +125,7 @@ def claim_output(out: Path, inputs: list[Path], writes: Collection[str] = ()) ->
         handle.close()  # closing the file releases the lock
 
 
-def _open_lock(path: Path) -> Any:
+def _open_lock(path: Path) -> TextIO:
     """The lock file, created with mode 0600 if missing; a symbolic link there (or a file with other names, a
     hard link) is refused, not written through (its pid would land in the file it leads to)."""
     try:
@@ -155,7 +156,7 @@ def drop_manifest(out: Path) -> None:
         (out / MANIFEST).unlink(missing_ok=True)
 
 
-def write_manifest(out: Path, run: dict[str, Any], files: list[str]) -> None:
+def write_manifest(out: Path, run: Mapping[str, object], files: list[str]) -> None:
     """Last thing a run does: name every output with its sha256, so a mixed or partial set can be refused."""
     entries = {name: file_digest(out / name) for name in sorted(files) if (out / name).exists()}
     tmp = out / (MANIFEST + ".partial")
@@ -165,7 +166,7 @@ def write_manifest(out: Path, run: dict[str, Any], files: list[str]) -> None:
         replace(tmp, out / MANIFEST)
 
 
-def check_manifest(folder: Path, needed: list[str]) -> dict[str, Any]:
+def check_manifest(folder: Path, needed: list[str]) -> JsonObject:
     """The manifest of an output set, after checking that each of ``needed`` is in it and unchanged."""
     try:
         manifest = orjson.loads((folder / MANIFEST).read_bytes())

@@ -11,9 +11,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
+
+if TYPE_CHECKING:
+    from click._termui_impl import ProgressBar
 
 TAIL_SHARE = 0.1  # of the input's two passes, what writing and the report each count for on the bar
 
@@ -35,7 +38,7 @@ class RunProgress:
         self.label = "Reading and evaluating"
         self.stream, self.every, self.clock = stream or sys.stderr, every, clock
         self.started = self.last = clock()
-        self._bar: Any = None
+        self._bar: ProgressBar[int] | None = None
         if tty:
             self._bar = click.progressbar(
                 length=self.total, label=self.label, file=self.stream, show_pos=False, show_eta=True

@@ -21,11 +21,31 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, TextIO, TypeVar
 
+import msgspec
 import orjson
 
-from fhiradapter.core.registry import Pseudonymiser, RunInfo, SubjectView, cohort_row, run_info, table_rows
+from fhiradapter.core.readback import (
+    ClinicalExtract,
+    decode_cohort,
+    decode_extract,
+    decode_header,
+    decode_run_record,
+    decode_subject,
+    split_whole,
+)
+from fhiradapter.core.registry import (
+    Cell,
+    Pseudonymiser,
+    Row,
+    RunInfo,
+    SubjectView,
+    cohort_row,
+    run_info,
+    table_rows,
+)
+from fhiradapter.core.results import CohortSummary, PatientResult
 from fhiradapter.core.sdtm import DATASETS, ExportMappings, SdtmBuilder, data_dictionary, parse_export_mappings
 from fhiradapter.core.spreadsheet import csv_cell
 from fhiradapter.errors import ConfigError, InputError, NothingEvaluated, TargetError
@@ -93,7 +113,7 @@ def load_export_mappings(directory: Path | None) -> ExportMappings:
 
 SUBJECTS_OPEN = b'"subjects":['
 COHORT_OPEN = b'],"cohort":'
-Rows = dict[str, list[dict[str, Any]]]
+Rows = dict[str, list[Row]]  # each table's rows (``core.registry.Row``: cells by column name)
 
 
 SPARK_PARTS = ("run", "subjects", "clinical")  # evaluate --engine spark --results-dir: each a folder of parts
@@ -116,8 +136,8 @@ def check_spark_results(folder: Path) -> None:
         )
     try:
         with _part_files(folder / "run")[0].open("rb") as fh:
-            counts = orjson.loads(fh.readline()).get("lines") or {}
-    except (OSError, IndexError, orjson.JSONDecodeError, AttributeError):
+            counts = decode_run_record(fh.readline()).lines
+    except (OSError, IndexError, msgspec.DecodeError, msgspec.ValidationError):
         raise InputError(f"{folder / 'run'} holds no run record: the Spark run did not finish") from None
     for name, expected in counts.items():
         found = sum(_count_lines(part) for part in _part_files(folder / name))
@@ -139,24 +159,25 @@ def _part_files(folder: Path) -> list[Path]:
 
 def count_subjects(results_dir: Path) -> int:
     """The number of subjects a results folder holds, from its header line (0 when unknown), for progress bars."""
-    if is_spark_results(results_dir):
-        try:
-            with _part_files(results_dir / "run")[0].open("rb") as fh:
-                return int(orjson.loads(fh.readline())["header"]["run_summary"]["patients"])
-        except (OSError, IndexError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            return 0
     try:
+        if is_spark_results(results_dir):
+            with _part_files(results_dir / "run")[0].open("rb") as fh:
+                return decode_run_record(fh.readline()).header.run_summary.patients
         with (results_dir / "results.json").open("rb") as fh:
             head = fh.readline().rstrip()
         if head.endswith(SUBJECTS_OPEN):
-            return int(orjson.loads(head[: -len(SUBJECTS_OPEN)].rstrip(b",") + b"}")["run_summary"]["patients"])
-    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return decode_header(head[: -len(SUBJECTS_OPEN)].rstrip(b",") + b"}").run_summary.patients
+    except (OSError, IndexError, msgspec.DecodeError, msgspec.ValidationError):
         pass
     return 0
 
 
+Decoded = TypeVar("Decoded")
+
+
 class ResultsReader:
-    """One evaluate run's results, streamed: the header at once, subjects one by one, the cohort after them.
+    """One evaluate run's results, streamed: the header at once, subjects one by one, the cohort after them,
+    each read straight into its type (``core.readback``).
 
     results.json as evaluate writes it has one subject per line and is read line by line; a results.json in
     any other layout (re-indented by hand, say) is parsed whole, which works but holds it in memory.
@@ -166,8 +187,8 @@ class ResultsReader:
         self.path = folder / "results.json"
         self.clinical = folder / "clinical.ndjson"
         self.has_extract = self.clinical.exists()
-        self.cohort: dict[str, Any] | None = None
-        self._whole: list[dict[str, Any]] | None = None
+        self.cohort: CohortSummary | None = None
+        self._whole: list[msgspec.Raw] | None = None
         self._parts: Path | None = None
         if is_spark_results(folder):
             self._open_parts(folder)
@@ -186,13 +207,9 @@ class ResultsReader:
         self.sha256 = digest.hexdigest()
         head = first.rstrip()
         if head.endswith(SUBJECTS_OPEN):
-            self.header = self._load(head[: -len(SUBJECTS_OPEN)].rstrip(b",") + b"}", "line 1")
+            self.header = self._decode(decode_header, head[: -len(SUBJECTS_OPEN)].rstrip(b",") + b"}", "line 1")
         else:
-            doc = self._load(self.path.read_bytes(), "the file")
-            subjects, cohort = doc.pop("subjects", None), doc.pop("cohort", None)
-            if not isinstance(subjects, list) or not isinstance(cohort, dict):
-                raise InputError(f"{self.path} is not an fhiradapter results file (no subjects/cohort)")
-            self.header, self._whole, self.cohort = doc, subjects, cohort
+            self.header, self._whole, self.cohort = self._decode(split_whole, self.path.read_bytes(), "the file")
 
     def _open_parts(self, folder: Path) -> None:
         """A --results-dir Spark wrote: the header and cohort in run/, subjects and extracts in parts."""
@@ -202,10 +219,8 @@ class ResultsReader:
         run = _part_files(folder / "run")
         if len(run) != 1:
             raise InputError(f"{folder / 'run'} should hold one part file, holds {len(run)}")
-        doc = self._load(run[0].read_bytes(), "run/part-00000")
-        if not isinstance(doc.get("header"), dict) or not isinstance(doc.get("cohort"), dict):
-            raise InputError(f"{run[0]} is not an fhiradapter run record (no header/cohort)")
-        self.header, self.cohort = doc["header"], doc["cohort"]
+        record = self._decode(decode_run_record, run[0].read_bytes(), "run/part-00000")
+        self.header, self.cohort = record.header, record.cohort
         digest = hashlib.sha256()
         for part in _part_files(self._parts):
             with part.open("rb") as fh:
@@ -220,38 +235,30 @@ class ResultsReader:
                     if line.strip():
                         yield f"{part.name} line {n}", line
 
-    def _load(self, raw: bytes, where: str) -> dict[str, Any]:
+    def _decode(self, decode: Callable[[bytes], Decoded], raw: bytes, where: str) -> Decoded:
+        """``raw`` read into its type; what does not fit is an InputError naming the file, the place and why."""
         try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict):
-            raise InputError(f"{self.path}: {where} is not an fhiradapter results record (not a JSON object)")
-        return doc
+            return decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InputError(f"{self.path}: {where} is not an fhiradapter results record ({exc})") from None
 
     @property
     def patients(self) -> int:
-        return int(self.header.get("run_summary", {}).get("patients", 0))
+        return self.header.run_summary.patients
 
     @property
     def subjects_evaluated(self) -> int:
         """Study subjects in the results (screening candidates are not exported: they are in candidates.ndjson)."""
-        summary = self.header.get("run_summary", {})
-        population = summary.get("population")
-        if isinstance(population, dict) and "subjects" in population:
-            return int(population["subjects"])
-        return int(summary.get("patients", 0))
+        return self.header.run_summary.population.subjects
 
-    def _subjects(self) -> Iterator[dict[str, Any]]:
+    def _subjects(self) -> Iterator[PatientResult]:
         if self._parts is not None:
             for where, line in self._part_lines(self._parts):
-                subject = self._load(line, where)
-                if "patient" not in subject:
-                    raise InputError(f"{self.path}: {where} is not a subject (no patient)")
-                yield subject
+                yield self._decode(decode_subject, line, where)
             return
         if self._whole is not None:
-            yield from self._whole
+            for n, raw in enumerate(self._whole):
+                yield self._decode(decode_subject, raw, f"subject {n + 1}")
             return
         with self.path.open("rb") as fh:
             fh.readline()
@@ -259,41 +266,36 @@ class ResultsReader:
                 if not line.strip():  # the empty line of a run with no subject
                     continue
                 if line.startswith(COHORT_OPEN):
-                    cohort = self._load(line.rstrip()[len(COHORT_OPEN) : -1], f"line {n}")
-                    self.cohort = cohort
+                    self.cohort = self._decode(decode_cohort, line.rstrip()[len(COHORT_OPEN) : -1], f"line {n}")
                     return
-                subject = self._load(line.rstrip().rstrip(b","), f"line {n}")
-                if "patient" not in subject:
-                    raise InputError(f"{self.path}: line {n} is not a subject (no patient)")
-                yield subject
+                yield self._decode(decode_subject, line.rstrip().rstrip(b","), f"line {n}")
         raise InputError(f"{self.path} ends before its cohort summary: the file is truncated")
 
-    def _extracts(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _extracts(self) -> Iterator[tuple[str, ClinicalExtract]]:
         if not self.has_extract:
             return
         if self._parts is not None:
             for where, line in self._part_lines(self.clinical):
-                try:
-                    item = orjson.loads(line)
-                    yield str(item["patient"]), item
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    raise InputError(f"{self.clinical}: {where} is not a clinical extract record") from None
+                yield self._extract(line, where)
             return
         with self.clinical.open("rb") as fh:
             for n, line in enumerate(fh, start=1):
-                try:
-                    item = orjson.loads(line)
-                    yield str(item["patient"]), item
-                except (orjson.JSONDecodeError, KeyError, TypeError):
-                    raise InputError(f"{self.clinical}: line {n} is not a clinical extract record") from None
+                yield self._extract(line, f"line {n}")
 
-    def subjects(self) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    def _extract(self, line: bytes, where: str) -> tuple[str, ClinicalExtract]:
+        try:
+            item = decode_extract(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise InputError(f"{self.clinical}: {where} is not a clinical extract record ({exc})") from None
+        return item.patient, item
+
+    def subjects(self) -> Iterator[tuple[PatientResult, ClinicalExtract | None]]:
         """(result, extract) per subject, joined by patient; both files are in patient order."""
         extracts = self._extracts()
         pending = next(extracts, None)
         last = ""
         for subject in self._subjects():
-            patient = str(subject["patient"])
+            patient = subject.patient
             while pending is not None and pending[0] < patient:
                 if pending[0] < last:
                     raise InputError(f"{self.clinical} is not in patient order: re-run `fhiradapter evaluate`")
@@ -305,7 +307,7 @@ class ResultsReader:
             else:
                 yield subject, None
 
-    def cohort_row(self) -> dict[str, Any]:
+    def cohort_row(self) -> Row:
         if self.cohort is None:
             raise InputError(f"{self.path} has no cohort summary")
         return cohort_row(self.cohort)
@@ -321,9 +323,15 @@ class ExportSummary:
     files: list[Path]
 
 
+def _row_order(row: Row) -> tuple[int, str]:
+    """A table's rows for one subject in order: by sequence number, else by criterion or term."""
+    seq = row.get("seq")
+    return seq if isinstance(seq, int) else 0, str(row.get("criterion_id") or row.get("term") or "")
+
+
 def _sort_rows(rows: Rows) -> Rows:
     for table in rows.values():
-        table.sort(key=lambda r: (r.get("seq") or 0, r.get("criterion_id") or r.get("term") or ""))
+        table.sort(key=_row_order)
     return rows
 
 
@@ -337,12 +345,16 @@ def in_key_order(bundles: Iterable[tuple[str, Rows]], spool_dir: Path | None, ne
     index: list[tuple[str, int, int]] = []
     with tempfile.TemporaryFile(dir=spool_dir) as fh:
         for key, rows in bundles:
-            blob = orjson.dumps(rows)
+            blob = _spooled.encode(rows)
             index.append((key, fh.tell(), len(blob)))
             fh.write(blob)
         for _key, offset, length in sorted(index):
             fh.seek(offset)
-            yield orjson.loads(fh.read(length))
+            yield _spooled_rows.decode(fh.read(length))
+
+
+_spooled = msgspec.json.Encoder()
+_spooled_rows = msgspec.json.Decoder(Rows)
 
 
 def _spool_dir(folder: Path) -> Path | None:
@@ -408,7 +420,7 @@ def _export_sql(
     target: Target,
     info: RunInfo,
     bundles: Iterator[Rows],
-    cohort: Callable[[], dict[str, Any]],
+    cohort: Callable[[], Row],
     progress: Callable[[int], None] | None,
 ) -> ExportSummary:
     from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
@@ -429,7 +441,8 @@ def _export_sql(
     return ExportSummary(info, target, result.new_run, result.reinstated, lines, [])
 
 
-def _sql_kind(t: Any) -> str:
+def _sql_kind(t: object) -> str:
+    """A column's SQLAlchemy type as the file exports name it."""
     name = type(t).__name__
     return {"Integer": "int", "Float": "float", "Boolean": "bool", "Date": "date"}.get(name, "str")
 
@@ -448,7 +461,7 @@ def _sdtm_types() -> dict[str, dict[str, str]]:
     return out
 
 
-def _table_dictionary() -> list[dict[str, Any]]:
+def _table_dictionary() -> list[Row]:
     from fhiradapter.shell.registry import registry_db as db  # noqa: PLC0415
 
     return [
@@ -475,26 +488,25 @@ class _FileSink:
         self.folder, self.kind, self.types = folder, kind, types
         self.ext = "csv" if kind == "csv" else "parquet"
         self.counts = dict.fromkeys(types, 0)
-        self._csv: dict[str, tuple[Any, Any]] = {}
-        self._parquet: dict[str, Any] = {}
-        self._parquet_files: list[Any] = []  # the files the Parquet writers write into (created here: files.py)
-        self._buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in types}
+        self._csv: dict[str, TextIO] = {}
+        self._parquet: dict[str, Any] = {}  # pyarrow.parquet.ParquetWriter per table (pyarrow has no type hints)
+        self._parquet_files: list[BinaryIO] = []  # the files the Parquet writers write into (created here: files.py)
+        self._buffers: dict[str, list[Row]] = {name: [] for name in types}
         for name, columns in types.items():
             path = self._partial(name)
             if kind == "csv":
                 fh = open_new_text(path, newline="")
-                writer = csv.writer(fh)
-                writer.writerow(list(columns))
-                self._csv[name] = (fh, writer)
+                csv.writer(fh).writerow(list(columns))
+                self._csv[name] = fh
 
     def _partial(self, name: str) -> Path:
         return self.folder / f"{name}.{self.ext}.partial"
 
-    def add(self, name: str, rows: list[dict[str, Any]]) -> None:
+    def add(self, name: str, rows: list[Row]) -> None:
         self.counts[name] += len(rows)
         if self.kind == "csv":
             columns = list(self.types[name])
-            self._csv[name][1].writerows(_cells(columns, rows))
+            csv.writer(self._csv[name]).writerows(_cells(columns, rows))
             return
         buffer = self._buffers[name]
         buffer.extend(rows)
@@ -513,7 +525,7 @@ class _FileSink:
             self._parquet[name].write_table(table)
 
     def close(self, complete: bool) -> list[Path]:
-        for fh, _writer in self._csv.values():
+        for fh in self._csv.values():
             fh.close()
         if self.kind != "csv":
             for name in self.types:
@@ -521,8 +533,8 @@ class _FileSink:
                     self._flush(name)
             for writer in self._parquet.values():
                 writer.close()
-            for fh in self._parquet_files:
-                fh.close()
+            for part in self._parquet_files:
+                part.close()
         done = []
         for name in self.types:
             partial = self._partial(name)
@@ -540,8 +552,8 @@ def _export_files(
     info: RunInfo,
     bundles: Iterator[Rows],
     types: dict[str, dict[str, str]],
-    dictionary: list[dict[str, Any]],
-    cohort: Callable[[], dict[str, Any]] | None,
+    dictionary: list[Row],
+    cohort: Callable[[], Row] | None,
     progress: Callable[[int], None] | None,
     inputs: list[Path],
 ) -> ExportSummary:
@@ -585,13 +597,13 @@ def _export_files(
     )
 
 
-def _cells(columns: list[str], rows: list[dict[str, Any]]) -> Iterator[list[Any]]:
+def _cells(columns: list[str], rows: list[Row]) -> Iterator[list[str | int | float]]:
     """The CSV cells of ``rows``: every CSV writer here goes through this, so no text cell is a formula."""
     for row in rows:
         yield [csv_cell(row.get(c)) for c in columns]
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def _write_csv(path: Path, columns: list[str], rows: list[Row]) -> None:
     tmp = path.with_name(path.name + ".partial")
     with open_new_text(tmp, newline="") as fh:
         writer = csv.writer(fh)
@@ -600,12 +612,12 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> No
     replace(tmp, path)
 
 
-def _arrow_table(rows: list[dict[str, Any]], types: dict[str, str]) -> Any:
+def _arrow_table(rows: list[Row], types: dict[str, str]) -> Any:  # a pyarrow.Table (pyarrow has no type hints)
     import pyarrow as pa  # noqa: PLC0415
 
     arrow = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "date": pa.date32(), "str": pa.string()}
 
-    def cell(kind: str, value: Any) -> Any:
+    def cell(kind: str, value: Cell) -> Cell | date:
         if value is None:
             return None
         if kind == "date" and isinstance(value, str):

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -36,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from fhiradapter.core.registry import RunInfo
+from fhiradapter.core.registry import Cell, Row, RunInfo
 from fhiradapter.errors import TargetError
 from fhiradapter.shell.registry.database import db_reason
 
@@ -240,8 +239,12 @@ class WriteResult:
 _DATE_COLUMNS = {(t.name, c.name) for t in (runs, *RUN_TABLES) for c in t.columns if isinstance(c.type, Date)}
 
 
-def _typed(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(row)
+# A row as the database takes it: the export's cells, with ISO dates as dates (and a run's timestamps).
+SqlRow = dict[str, Cell | date]
+
+
+def _typed(table: Table, row: Mapping[str, Cell | date]) -> SqlRow:
+    out: SqlRow = dict(row)
     for key, value in row.items():
         if (table.name, key) in _DATE_COLUMNS and isinstance(value, str):
             out[key] = date.fromisoformat(value) if len(value) == 10 else None
@@ -254,8 +257,8 @@ BATCH_ROWS = 2000  # rows buffered per table before an executemany
 def write_run(
     engine: Engine,
     info: RunInfo,
-    bundles: Iterable[Mapping[str, list[dict[str, Any]]]],
-    cohort: Callable[[], dict[str, Any]],
+    bundles: Iterable[Mapping[str, list[Row]]],
+    cohort: Callable[[], Row],
     progress: Callable[[int], None] | None = None,
 ) -> WriteResult:
     """Write one run in one transaction, subject by subject in batches; any exception rolls it all back.
@@ -289,7 +292,7 @@ def write_run(
                 runs.insert(),
                 [_typed(runs, {**info.__dict__, "exported_at": now, "superseded_by": None, "superseded_at": None})],
             )
-            buffers: dict[str, list[dict[str, Any]]] = {t.name: [] for t in RUN_TABLES}
+            buffers: dict[str, list[SqlRow]] = {t.name: [] for t in RUN_TABLES}
             inserted = dict.fromkeys(buffers, 0)
             by_name = {t.name: t for t in RUN_TABLES}
 

@@ -18,15 +18,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+import msgspec
 import orjson
 
 from fhiradapter import __version__
-from fhiradapter.core.evaluate import report_row
-from fhiradapter.core.results import CohortSummary, PatientResult, Population, to_json
+from fhiradapter.core.results import CohortSummary, PatientResult, Population, ResultsHeader, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
 from fhiradapter.shell.common.files import open_new, replace, write_new
 from fhiradapter.shell.common.out_folder import write_manifest
+from fhiradapter.shell.report.rows import ReportRow, decode_row, encode_row, report_row
 
 
 def publish(tmp: Path, target: Path) -> None:
@@ -39,7 +40,7 @@ def write_results(
     spill: Path,
     reject_parts: list[Path],
     subject_index: list[tuple[str, str, int, int]],
-    header: dict[str, Any],
+    header: ResultsHeader,
     cohort: CohortSummary,
 ) -> None:
     """results.json (subjects sorted by patient) and rejects.ndjson, each written then renamed."""
@@ -49,7 +50,7 @@ def write_results(
     try:
         with open_new(tmp) as fh:
             # One subject per line (still one JSON document): readable, and `export` streams it line by line.
-            fh.write(orjson.dumps(header)[:-1] + b',"subjects":[\n')
+            fh.write(to_json(header)[:-1] + b',"subjects":[\n')
             for n, (_pid, name, offset, length) in enumerate(sorted(subject_index)):
                 if name not in handles:
                     handles[name] = (spill / name).open("rb")
@@ -95,12 +96,12 @@ def concatenate(parts: list[Path], target: Path) -> None:
     publish(tmp, target)
 
 
-def iter_rows(paths: list[Path]) -> Iterator[dict[str, Any]]:
+def iter_rows(paths: list[Path]) -> Iterator[ReportRow]:
     """The per-patient report rows the workers wrote, one at a time."""
     for path in paths:
         with path.open("rb") as fh:
             for line in fh:
-                yield orjson.loads(line)
+                yield decode_row(line)
 
 
 class Writeback(NamedTuple):
@@ -137,7 +138,7 @@ def write_writeback(
     spill: Path,
     index: list[tuple[str, str, int, int, int]],
     plan_index: list[tuple[str, str, int, int]],
-    header: dict[str, Any],
+    header: ResultsHeader,
     keep: bool = False,
 ) -> Writeback | None:
     """writeback.json (a transaction Bundle, entries in patient order, Provenance last) and writeback-plan.ndjson;
@@ -168,14 +169,16 @@ def write_writeback(
                     kept.append(entry)
             if targets:
                 digest = hashlib.sha256("".join(f"{t}\n" for t in targets).encode())
+                protocol = msgspec.to_builtins(header.protocol)  # provenance_entry takes the mappings as JSON
+                as_of = header.as_of.isoformat()
                 provenance = provenance_entry(
                     targets,
                     adapter_version=__version__,
-                    mappings=header["protocol"],
-                    as_of=header["as_of"],
-                    inputs=header["inputs"],
+                    mappings=protocol,
+                    as_of=as_of,
+                    inputs=list(header.inputs),
                     recorded=datetime.now(UTC).isoformat(timespec="seconds"),
-                    run=run_tag(digest.hexdigest(), header["as_of"], header["protocol"]),
+                    run=run_tag(digest.hexdigest(), as_of, protocol),
                 )
                 entry = orjson.dumps(provenance)
                 fh.write(b"," + entry)
@@ -235,13 +238,15 @@ class PatientParts:
         fh.write(blob)
 
     def add(self, result: PatientResult, plan: list[PlanEntry], extract: dict[str, Any]) -> None:
+        """One patient's outputs. ``extract``: clinical.ndjson's line as ``core/extract.py`` builds it (JSON,
+        written as it is; ``readback.ClinicalExtract`` reads it back typed)."""
         patient = result.patient
         if result.population == Population.CANDIDATE:  # reported apart, never in the study's figures
             self._append("candidates", to_json(result), self.index.candidates, patient)
         else:
             self._append("clinical", orjson.dumps(extract), self.index.clinical, patient)
             self._append("subjects", to_json(result), self.index.subjects, patient)
-            self._report.write(orjson.dumps(report_row(result)) + b"\n")
+            self._report.write(encode_row(report_row(result)) + b"\n")
         entries, targets, lines = [], [], []
         words = criteria_in_words(result) if plan else {}
         for entry in plan:

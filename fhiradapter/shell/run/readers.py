@@ -32,7 +32,7 @@ import lzma
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import ijson
 import msgspec
@@ -40,6 +40,10 @@ import orjson
 
 from fhiradapter.core.fhir_types import FAST_DECODER, Resource
 from fhiradapter.errors import InputError
+from fhiradapter.shell.common.json_types import JsonObject, JsonValue, member, text
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 NDJSON = (".ndjson", ".jsonl")
 DOCUMENT = (".json",)
@@ -97,7 +101,7 @@ def _compression(path: Path) -> str:
 class RawRecord(NamedTuple):
     """One resource as read: decoded straight into its Struct (an NDJSON line), or as its JSON dict."""
 
-    resource: Resource | dict[str, Any]
+    resource: Resource | dict[str, Any]  # a Bundle's entry: JSON as read (the mappers take either)
     origin: tuple[str, str]
     aliases: dict[str, str] | None
 
@@ -110,7 +114,8 @@ class Reject(NamedTuple):
     code: str
     reason: str
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, str | None]:
+        """The reject as a line of rejects.ndjson (``spill.RejectEntry``)."""
         return {
             "file": self.file,
             "locator": self.locator,
@@ -475,61 +480,62 @@ def _read_document(data: bytes, name: str, limit: int = MAX_RECORD_BYTES) -> Ite
     yield from _records(obj, name, "file")
 
 
-def _records(obj: Any, name: str, locator: str) -> Iterator[RawRecord | Reject]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("resourceType"), str):
+def _records(obj: JsonValue, name: str, locator: str) -> Iterator[RawRecord | Reject]:
+    rtype = text(obj, "resourceType")
+    if not isinstance(obj, dict) or rtype is None:
         yield Reject(name, locator, None, None, "not-a-resource", "a JSON object with a resourceType is expected")
         return
-    if obj["resourceType"] == "Bundle":
+    if rtype == "Bundle":
         yield from _bundle(obj, name, locator)
         return
-    rid = obj.get("id")
-    if not isinstance(rid, str) or not rid:
-        yield Reject(name, locator, obj["resourceType"], None, "missing-id", "the resource has no id")
+    if not text(obj, "id"):
+        yield Reject(name, locator, rtype, None, "missing-id", "the resource has no id")
         return
     yield RawRecord(obj, (name, locator), None)
 
 
-def _bundle(bundle: dict[str, Any], name: str, locator: str) -> Iterator[RawRecord | Reject]:
+def _bundle(bundle: JsonObject, name: str, locator: str) -> Iterator[RawRecord | Reject]:
     """Entries' resources of any Bundle type; ``urn:uuid`` fullUrls become aliases for references."""
     entries = bundle.get("entry")
     where = "" if locator == "file" else f" (Bundle in {locator})"
     if entries is None:
         return
     if not isinstance(entries, list):
-        yield Reject(name, locator, "Bundle", bundle.get("id"), "invalid-field", "Bundle.entry is not a list")
+        yield Reject(name, locator, "Bundle", text(bundle, "id"), "invalid-field", "Bundle.entry is not a list")
         return
     aliases = dict(alias for entry in entries if (alias := _alias(entry)) is not None)
     for i, entry in enumerate(entries):
         yield from _bundle_entry(entry, i, name, where, aliases or None)
 
 
-def _alias(entry: Any) -> tuple[str, str] | None:
+def _alias(entry: JsonValue) -> tuple[str, str] | None:
     """(fullUrl, Type/id) of a Bundle entry, for references to it by its fullUrl."""
-    res = entry.get("resource") if isinstance(entry, dict) else None
-    full = entry.get("fullUrl") if isinstance(entry, dict) else None
-    if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str) or not isinstance(full, str):
+    res = member(entry, "resource")
+    full = text(entry, "fullUrl")
+    if res is None or not isinstance(res.get("resourceType"), str) or full is None:
         return None
     rid = res.get("id") or (full[len("urn:uuid:") :] if full.startswith("urn:uuid:") else None)
     return (full, f"{res['resourceType']}/{rid}") if isinstance(rid, str) else None
 
 
 def _bundle_entry(
-    entry: Any, i: int, name: str, where: str, aliases: dict[str, str] | None
+    entry: JsonValue, i: int, name: str, where: str, aliases: dict[str, str] | None
 ) -> Iterator[RawRecord | Reject]:
     """One Bundle entry's resource (a nested Bundle's entries), or why it has none."""
     loc = f"entry {i}{where}"
-    res = entry.get("resource") if isinstance(entry, dict) else None
-    if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
+    res = member(entry, "resource")
+    rtype = text(res, "resourceType") if res is not None else None
+    if res is None or rtype is None:
         yield Reject(name, loc, None, None, "not-a-resource", "Bundle entry without a resource")
         return
-    full = entry.get("fullUrl")
-    if not res.get("id") and isinstance(full, str) and full.startswith("urn:uuid:"):
+    full = text(entry, "fullUrl")
+    if not res.get("id") and full is not None and full.startswith("urn:uuid:"):
         res = {**res, "id": full[len("urn:uuid:") :]}  # a transaction entry to be created
-    if res["resourceType"] == "Bundle":
+    if rtype == "Bundle":
         yield from _bundle(res, name, loc)
         return
-    if not isinstance(res.get("id"), str) or not res.get("id"):
-        yield Reject(name, loc, res["resourceType"], None, "missing-id", "the resource has no id")
+    if not text(res, "id"):
+        yield Reject(name, loc, rtype, None, "missing-id", "the resource has no id")
         return
     yield RawRecord(res, (name, loc), aliases)
 
@@ -659,7 +665,7 @@ class _ZstdFrames(io.RawIOBase):
         self._in_at += len(piece)
         return piece
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         while self._out_at >= len(self._out):
             piece = self._feed()
             if not piece:
@@ -672,8 +678,9 @@ class _ZstdFrames(io.RawIOBase):
                 self._carry = self._frame.unused_data
                 self._frame = self._zstd.ZstdDecompressor().decompressobj()
                 self._started = False
-        n = min(len(buffer), len(self._out) - self._out_at)
-        buffer[:n] = memoryview(self._out)[self._out_at : self._out_at + n]
+        target = memoryview(buffer).cast("B")
+        n = min(len(target), len(self._out) - self._out_at)
+        target[:n] = memoryview(self._out)[self._out_at : self._out_at + n]
         self._out_at += n
         return n
 

@@ -3,7 +3,7 @@
 Nothing of the protocol is written twice. The plan:
 
 1. **Read and map** on the executors with the local engine's code: local files are cut into the same
-   line-aligned tasks (``readers.plan_tasks``) and read by ``pipeline.read_task``; an input Spark reads by URL
+   line-aligned tasks (``readers.plan_tasks``) and read by ``steps.read_task``; an input Spark reads by URL
    (``hdfs://``, ``s3a://``, ...) is split by Spark (NDJSON, ``.gz`` included) or read whole (``.json``
    Bundles), then parsed by the same reader functions. Every line becomes an ``InputRecord`` or a reject.
    No record over ``--max-record-bytes`` is read: a plain NDJSON file by URL goes through Hadoop's line
@@ -11,10 +11,10 @@ Nothing of the protocol is written twice. The plan:
 2. **Study-wide resources** (Medication, ResearchStudy; few) are collected to the driver, settled with the
    same duplicate rule, and broadcast.
 3. **Group by patient** (a record's key is its patient, or its own reference when it has none: as the local
-   engine's buckets) and call ``pipeline.evaluate_group`` on each group: the duplicate rule, then
+   engine's buckets) and call ``steps.evaluate_group`` on each group: the duplicate rule, then
    ``evaluate_patient``, the one per-patient function both engines share. Its inputs and outputs pickle.
 4. **The driver** receives each patient's typed result, write-back plan and extract, writes them through
-   ``outputs.PatientParts`` and finishes with ``pipeline.publish_run``: the cohort statistics from one small
+   ``outputs.PatientParts`` and finishes with ``publish.publish_run``: the cohort statistics from one small
    row per patient, then every output file, written by the same code as the local engine's.
 
 Copies of a resource are ordered by where they were read exactly as in the local engine (the task's place
@@ -30,34 +30,23 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import orjson
 
 from fhiradapter.core.dedup import InputRecord, keep_newest
-from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, report_row
+from fhiradapter.core.evaluate import CohortRow, EvaluationSettings
 from fhiradapter.core.mappers import MapContext, Record
-from fhiradapter.core.results import CohortSummary, Population, to_builtins, to_json
+from fhiradapter.core.readback import RunRecord
+from fhiradapter.core.results import CohortSummary, Population, ResultsHeader, TimedRunSummary, to_json
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.common.mappings_io import ucum_factor
 from fhiradapter.shell.common.out_folder import SPILL_PREFIX
 from fhiradapter.shell.common.urls import safe_url
+from fhiradapter.shell.report.rows import encode_row, report_row
+from fhiradapter.shell.run.engine import Evaluated, FoundInputs, PhaseClock, RunRequest, RunStats
 from fhiradapter.shell.run.outputs import PartsIndex, PatientParts
-from fhiradapter.shell.run.pipeline import (
-    CHUNK_BYTES,
-    GLOBAL_TYPES,
-    Evaluated,
-    PhaseClock,
-    RunRequest,
-    RunStats,
-    evaluate_group,
-    map_raw,
-    publish_run,
-    read_task,
-    reject_superseded,
-    settle_globals,
-    writeback_context,
-)
+from fhiradapter.shell.run.publish import publish_run
 from fhiradapter.shell.run.readers import (
     NOT_DATA,
     PULL_MANIFEST,
@@ -73,6 +62,21 @@ from fhiradapter.shell.run.readers import (
     too_large,
 )
 from fhiradapter.shell.run.spill import RejectList, RejectsFile
+from fhiradapter.shell.run.steps import (
+    CHUNK_BYTES,
+    GLOBAL_TYPES,
+    PatientOutputs,
+    evaluate_group,
+    map_raw,
+    read_task,
+    reject_superseded,
+    settle_globals,
+    writeback_context,
+)
+
+if TYPE_CHECKING:  # pyspark is an optional extra, imported only when a run asks for Spark
+    from pyspark import RDD, SparkContext
+    from pyspark.broadcast import Broadcast
 
 INSTALL_HINT = "--engine spark needs pyspark and Java 17 or newer: pip install 'fhiradapter[spark]'"
 # A record's place in the input ("seen"), the last-seen tie-breaker of the duplicate rule: local tasks are
@@ -108,7 +112,7 @@ def _newest_copy(group: tuple[str, Iterable[InputRecord]]) -> Iterator[Tagged]:
 
 
 def _map_raw(raw: RawRecord | Reject, seq: int, ctx: MapContext, rejects: RejectList, stats: RunStats) -> Tagged | None:
-    """One record read from a URL input, mapped as ``pipeline.read_task`` maps a local file's."""
+    """One record read from a URL input, mapped as ``steps.read_task`` maps a local file's."""
     item = map_raw(raw, seq, ctx, rejects, stats)
     return None if item is None else ("item", item.patient or item.ref, item)
 
@@ -210,7 +214,7 @@ class LineLayout(NamedTuple):
     skips: int
 
 
-def _bounded_lines(sc: Any, name: str, size: int, limit: int) -> tuple[Any, LineLayout]:
+def _bounded_lines(sc: SparkContext, name: str, size: int, limit: int) -> tuple[RDD[tuple[int, str]], LineLayout]:
     """A plain NDJSON file by URL as (offset, line) pairs, no line over ``limit`` held by the JVM, and where
     its lines fall.
 
@@ -221,7 +225,7 @@ def _bounded_lines(sc: Any, name: str, size: int, limit: int) -> tuple[Any, Line
     # hadoopRDD, not hadoopFile: PySpark's hadoopFile leaves out the configuration given to it.
     conf = {MAX_LINE: str(limit + 3), INPUT_DIR: name.replace(",", "\\,")}
     while True:
-        pairs = sc.hadoopRDD(*TEXT_FORMAT, conf=conf)
+        pairs: RDD[tuple[int, str]] = sc.hadoopRDD(*TEXT_FORMAT, conf=conf)
         layout = line_layout(pairs.mapPartitionsWithIndex(_partition_layout(limit)).collect(), size, limit)
         if not layout.skips or MIN_SPLIT in conf or pairs.getNumPartitions() == 1:
             return pairs, layout
@@ -290,7 +294,7 @@ def _read_whole(
     return run
 
 
-def _pulled_from(sc: Any, listed: Reject) -> str | None:
+def _pulled_from(sc: SparkContext, listed: Reject) -> str | None:
     """The server a pull folder found under a URL was pulled from (its pull-manifest.json), if it says."""
     if not listed.file.endswith("/" + PULL_MANIFEST):
         return None
@@ -302,18 +306,25 @@ def _pulled_from(sc: Any, listed: Reject) -> str | None:
     return server if isinstance(server, str) else None
 
 
-def _exists(sc: Any, url: str) -> bool:
-    path = sc._jvm.org.apache.hadoop.fs.Path(url)
-    return bool(path.getFileSystem(sc._jsc.hadoopConfiguration()).exists(path))
+def _hadoop_path(sc: SparkContext, url: str) -> tuple[Any, Any]:
+    """Hadoop's FileSystem for ``url`` and its Path: py4j proxies of JVM objects, untyped on this side."""
+    jvm = sc._jvm
+    if jvm is None:  # pragma: no cover - a SparkContext that is running has its gateway
+        raise ConfigError("Spark's JVM is not running")
+    path = jvm.org.apache.hadoop.fs.Path(url)
+    return path.getFileSystem(sc._jsc.hadoopConfiguration()), path
 
 
-def list_url(sc: Any, url: str) -> tuple[list[tuple[str, int]], list[Reject]]:
+def _exists(sc: SparkContext, url: str) -> bool:
+    fs, path = _hadoop_path(sc, url)
+    return bool(fs.exists(path))
+
+
+def list_url(sc: SparkContext, url: str) -> tuple[list[tuple[str, int]], list[Reject]]:
     """The data files under ``url`` (a file, a folder walked recursively, or a glob) with their sizes, through
     Spark's own file systems; and the files there that are not read, as ``not-read`` rejects (the local
     reader's rules: by name)."""
-    jvm = sc._jvm
-    path = jvm.org.apache.hadoop.fs.Path(url)
-    fs = path.getFileSystem(sc._jsc.hadoopConfiguration())
+    fs, path = _hadoop_path(sc, url)
     matches = fs.globStatus(path)
     if matches is None or len(matches) == 0:
         raise InputError(f"input not found: {url}")
@@ -347,9 +358,13 @@ def list_url(sc: Any, url: str) -> tuple[list[tuple[str, int]], list[Reject]]:
 
 
 def _evaluate_groups(
-    settings: EvaluationSettings, medications: Any, writeback: bool, enrol: bool, cap: int | None
+    settings: EvaluationSettings,
+    medications: Broadcast[dict[str, Record | None]],
+    writeback: bool,
+    enrol: bool,
+    cap: int | None,
 ) -> Callable[[Iterable[tuple[str, Iterable[InputRecord]]]], Iterator[Tagged]]:
-    """Each patient's records through ``pipeline.evaluate_group`` (the local engine's per-patient step)."""
+    """Each patient's records through ``steps.evaluate_group`` (the local engine's per-patient step)."""
 
     def run(groups: Iterable[tuple[str, Iterable[InputRecord]]]) -> Iterator[Tagged]:
         stats = RunStats()
@@ -364,13 +379,21 @@ def _evaluate_groups(
     return run
 
 
-def run_spark(
-    run: RunRequest, settings: EvaluationSettings, master: str | None, progress: Callable[[int], None] | None = None
-) -> dict[str, Any]:
-    """The run on a Spark session at ``master`` (``local[*]``, ``spark://host:7077``, ``yarn``, ...).
+@dataclasses.dataclass(frozen=True)
+class SparkEngine:
+    """The run on a Spark session at ``master`` (``local[*]``, ``spark://host:7077``, ``yarn``, ...; None: the one
+    ``spark-submit`` set, else ``local[*]``)."""
 
-    Without ``master``: the one ``spark-submit`` set (its ``--master``), else ``local[*]``.
-    """
+    master: str | None = None
+    name: ClassVar[str] = "spark"
+
+    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> TimedRunSummary:
+        """The run in ``request.out``, which ``run_evaluate`` holds (locked)."""
+        return run_spark(request, found, settings, self.master)
+
+
+def run_spark(run: RunRequest, found: FoundInputs, settings: EvaluationSettings, master: str | None) -> TimedRunSummary:
+    """Start (or join) the Spark session, run, and stop a session started here; a JVM lost is said in one line."""
     try:
         from pyspark import SparkConf  # noqa: PLC0415 - an optional extra
         from pyspark.sql import SparkSession  # noqa: PLC0415
@@ -392,7 +415,7 @@ def run_spark(
         # on PATH). On a cluster, the executors' Python is the cluster's (docs/spark.md).
         os.environ["PYSPARK_PYTHON"] = sys.executable
     try:
-        show = "true" if progress is not None else "false"  # Spark's own stage bars, when a display is wanted
+        show = "true" if run.progress is not None else "false"  # Spark's own stage bars, when a display is wanted
         spark = builder.config("spark.ui.showConsoleProgress", show).getOrCreate()
     except Exception as exc:  # noqa: BLE001 - no JVM, a cluster that cannot be reached: say so in one line
         raise ConfigError(f"cannot start Spark at {master}: {type(exc).__name__}: {str(exc)[:200]}") from None
@@ -411,22 +434,22 @@ def run_spark(
 
     try:
         with tempfile.TemporaryDirectory(dir=run.out, prefix=SPILL_PREFIX) as spill_dir:  # mode 700
-            return _run(spark, run, settings, Path(spill_dir), clock)
+            return _run(spark.sparkContext, run, found, settings, Path(spill_dir), clock)
     except (ConnectionError, Py4JNetworkError) as exc:  # the JVM is gone: not a fault of --out
-        raise InputError(jvm_lost(run, type(exc).__name__)) from None
+        raise InputError(jvm_lost(run, found, type(exc).__name__)) from None
     except Py4JJavaError as exc:
         if "OutOfMemoryError" not in str(exc):  # looked for, never shown: a Java message may quote a record
             raise
-        raise InputError(jvm_lost(run, "OutOfMemoryError")) from None
+        raise InputError(jvm_lost(run, found, "OutOfMemoryError")) from None
     finally:
         if ours:
             with contextlib.suppress(Exception):  # a JVM that died cannot be stopped: the cause is said above
                 spark.stop()
 
 
-def jvm_lost(run: RunRequest, what: str) -> str:
+def jvm_lost(run: RunRequest, found: FoundInputs, what: str) -> str:
     """Why a run stopped when Spark's JVM died or ran out of memory: most likely a record of the input."""
-    inputs = [safe_url(u) for u in run.urls] or [str(f) for f in run.files]
+    inputs = [safe_url(u) for u in run.urls] or [str(f) for f in found.files]
     named = ", ".join(inputs[:5]) + (f" and {len(inputs) - 5} more" if len(inputs) > 5 else "")
     return (
         f"Spark stopped while reading the input ({what}: its JVM died or ran out of memory), most likely on a "
@@ -437,88 +460,127 @@ def jvm_lost(run: RunRequest, what: str) -> str:
     )
 
 
+class SparkInput(NamedTuple):
+    """What the executors read: one RDD of tagged records per local task share or file found under a URL; the
+    files found under URLs (name, size); the files not read (``not-read``, ``too-large`` unread); and the settings,
+    with the servers of pull folders found under URLs among the local bases."""
+
+    parts: list[RDD[Tagged]]
+    url_files: list[tuple[str, int]]
+    unread: list[Reject]
+    settings: EvaluationSettings
+
+
 def _run(
-    spark: Any,
+    sc: SparkContext,
     run: RunRequest,
+    found: FoundInputs,
     settings: EvaluationSettings,
     spill: Path,
     clock: PhaseClock,
-) -> dict[str, Any]:
-    sc = spark.sparkContext
-    try:
-        tasks = plan_tasks(run.files, CHUNK_BYTES)
-    except OSError as exc:
-        raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
-    parts = []
-    if tasks:
-        parts.append(
-            sc.parallelize(list(enumerate(tasks)), len(tasks)).mapPartitions(_read_tasks(settings, run.limits))
-        )
-    url_files, unread = [], list(run.unread)
-    for url in run.urls:
-        found, skipped = list_url(sc, url)
-        url_files += found
-        unread += skipped
-    servers = [server for r in unread if (server := _pulled_from(sc, r))]
-    if servers:  # a pull folder read by URL: its server's absolute references are its own, as for a local one
-        bases = tuple(dict.fromkeys([*settings.local_bases, *servers]))
-        settings = dataclasses.replace(settings, local_bases=bases)
-    first_block = (len(tasks) + 1) * 10**9
-    for n, (name, size) in enumerate(url_files):
-        base = first_block + n * FILE_BLOCK
-        plain = is_plain(Path(name))
-        if plain and name.lower().endswith(".json"):
-            if size > run.limits.record_bytes:  # read whole by Spark: refused unread
-                unread.append(too_large(name, "file", run.limits.record_bytes))
-                continue
-            parts.append(sc.binaryFiles(name).values().mapPartitions(_read_whole(settings, name, base, run.limits)))
-        elif plain:  # NDJSON: Hadoop skips a line over the limit without holding it; the gap it leaves is found
-            pairs, layout = _bounded_lines(sc, name, size, run.limits.record_bytes)
-            parts.append(pairs.mapPartitionsWithIndex(_read_text_bounded(settings, name, base, run.limits, layout)))
-        else:  # compressed NDJSON (Spark's codecs: .gz, .bz2, ...): a line over the limit is refused by Python
-            lines = sc.textFile(name).zipWithIndex()
-            parts.append(lines.mapPartitionsWithIndex(_read_text(settings, name, base, run.limits)))
-    if not parts:
-        raise InputError("nothing to read: no input file")
-    mapped = sc.union(parts).persist()
-    input_bytes = sum(f.stat().st_size for f in run.files) + sum(size for _name, size in url_files)
-    stats = RunStats(files=len(run.files) + len(url_files), input_bytes=input_bytes)
-    reject_files: list[Path] = []
+) -> TimedRunSummary:
+    """Read and map on the executors, settle the study-wide resources and duplicates on the driver, evaluate each
+    patient on the executors, and publish (or write the results to ``--results-dir``)."""
+    read = _read_inputs(sc, run, found, settings)
+    mapped = sc.union(read.parts).persist()
+    input_bytes = sum(f.stat().st_size for f in found.files) + sum(size for _name, size in read.url_files)
+    stats = RunStats(files=len(found.files) + len(read.url_files), input_bytes=input_bytes)
     read_rejects = RejectsFile(spill / "rejects-read.ndjson", run.reject_cap, stats.unlisted)
     try:
-        for _tag, task_stats, rejects in mapped.filter(lambda t: t[0] == "done").toLocalIterator():
-            stats.merge(task_stats)
-            for entry in rejects:
-                read_rejects.reject(entry)
-        study_wide = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] in GLOBAL_TYPES)
-        medications = settle_globals([t[2] for t in study_wide.collect()], unread, read_rejects, stats)
-        settings = settings.with_study_from_data(medications.values())
-        # The duplicate rule by reference, before grouping by patient: copies of one resource that name
-        # different patients (a record moved to another patient) meet here, whatever their patient.
-        records = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] not in GLOBAL_TYPES)
-        resolved = records.map(lambda t: (t[2].ref, t[2])).groupByKey().flatMap(_newest_copy).persist()
-        for older, kept in (
-            resolved.filter(lambda t: t[0] == "superseded").map(lambda t: (t[1], t[2])).toLocalIterator()
-        ):
-            reject_superseded(older, kept, read_rejects, stats)
+        medications, resolved = _settle_read(mapped, read.unread, read_rejects, stats)
     finally:
         read_rejects.close()
-    reject_files.append(read_rejects.path)
+    settings = read.settings.with_study_from_data(medications.values())
+    reject_files = [read_rejects.path]
     clock.lap("read_and_map")
     by_patient = resolved.filter(lambda t: t[0] == "item").map(lambda t: (t[1], t[2])).groupByKey()
     shared = sc.broadcast(medications)
     evaluated = by_patient.mapPartitions(
         _evaluate_groups(settings, shared, run.writeback, run.enrol_candidates, run.reject_cap)
     )
-    if run.results_dir:
-        try:
-            return _to_results_dir(sc, run, settings, spill, evaluated, stats, reject_files, clock)
-        finally:
-            resolved.unpersist()
-            mapped.unpersist()
+    try:
+        if run.results_dir:
+            return _to_results_dir(sc, run, found, settings, spill, evaluated, stats, reject_files, clock)
+        rows, index = _collect_patients(evaluated, spill, run.reject_cap, stats, reject_files)
+    finally:
+        resolved.unpersist()
+        mapped.unpersist()
+    clock.lap("evaluate")
+    done = Evaluated(stats, rows, reject_files, [index], sc.defaultParallelism, {})
+    return publish_run(run, found, settings, spill, done, clock)
+
+
+def _read_inputs(sc: SparkContext, run: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> SparkInput:
+    """The local files, cut into the local engine's tasks, and each file found under a URL, each as an RDD of
+    tagged records; a plain JSON file larger than a record is refused unread (Spark would read it whole)."""
+    try:
+        tasks = plan_tasks(found.files, CHUNK_BYTES)
+    except OSError as exc:
+        raise InputError(f"input unreadable: {exc.filename}: {exc.strerror}") from None
+    parts: list[RDD[Tagged]] = []
+    if tasks:
+        parts.append(
+            sc.parallelize(list(enumerate(tasks)), len(tasks)).mapPartitions(_read_tasks(settings, run.limits))
+        )
+    url_files, unread = [], list(found.unread)
+    for url in run.urls:
+        files_found, skipped = list_url(sc, url)
+        url_files += files_found
+        unread += skipped
+    servers = [server for r in unread if (server := _pulled_from(sc, r))]
+    if servers:  # a pull folder read by URL: its server's absolute references are its own, as for a local one
+        bases = tuple(dict.fromkeys([*settings.local_bases, *servers]))
+        settings = dataclasses.replace(settings, local_bases=bases)
+    first_block = (len(tasks) + 1) * 10**9
+    limits = run.limits
+    for n, (name, size) in enumerate(url_files):
+        base = first_block + n * FILE_BLOCK
+        plain = is_plain(Path(name))
+        if plain and name.lower().endswith(".json"):
+            if size > limits.record_bytes:  # read whole by Spark: refused unread
+                unread.append(too_large(name, "file", limits.record_bytes))
+                continue
+            parts.append(sc.binaryFiles(name).values().mapPartitions(_read_whole(settings, name, base, limits)))
+        elif plain:  # NDJSON: Hadoop skips a line over the limit without holding it; the gap it leaves is found
+            pairs, layout = _bounded_lines(sc, name, size, limits.record_bytes)
+            parts.append(pairs.mapPartitionsWithIndex(_read_text_bounded(settings, name, base, limits, layout)))
+        else:  # compressed NDJSON (Spark's codecs: .gz, .bz2, ...): a line over the limit is refused by Python
+            lines = sc.textFile(name).zipWithIndex()
+            parts.append(lines.mapPartitionsWithIndex(_read_text(settings, name, base, limits)))
+    if not parts:
+        raise InputError("nothing to read: no input file")
+    return SparkInput(parts, url_files, unread, settings)
+
+
+def _settle_read(
+    mapped: RDD[Tagged], unread: list[Reject], read_rejects: RejectsFile, stats: RunStats
+) -> tuple[dict[str, Record | None], RDD[Tagged]]:
+    """On the driver: each task's counts and rejects, the study-wide resources settled (the medications by
+    reference), and the duplicate rule by reference, before grouping by patient: copies of one resource that
+    name different patients (a record moved to another patient) meet here, whatever their patient. Returns
+    the medications and the records that count (``("item", patient, record)``), persisted."""
+    for _tag, task_stats, rejects in mapped.filter(lambda t: t[0] == "done").toLocalIterator():
+        stats.merge(task_stats)
+        for entry in rejects:
+            read_rejects.reject(entry)
+    study_wide = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] in GLOBAL_TYPES)
+    medications = settle_globals([t[2] for t in study_wide.collect()], unread, read_rejects, stats)
+    records = mapped.filter(lambda t: t[0] == "item" and t[2].ref.split("/", 1)[0] not in GLOBAL_TYPES)
+    resolved = records.map(lambda t: (t[2].ref, t[2])).groupByKey().flatMap(_newest_copy).persist()
+    superseded = resolved.filter(lambda t: t[0] == "superseded").map(lambda t: (t[1], t[2]))
+    for older, kept in superseded.toLocalIterator():
+        reject_superseded(older, kept, read_rejects, stats)
+    return medications, resolved
+
+
+def _collect_patients(
+    evaluated: RDD[Tagged], spill: Path, cap: int | None, stats: RunStats, reject_files: list[Path]
+) -> tuple[list[CohortRow], PartsIndex]:
+    """On the driver, in turn: each patient's result, plan and extract into the parts the outputs are joined
+    from, one cohort row per study subject, and each partition's counts and rejects."""
     rows: list[CohortRow] = []
     patient_parts = PatientParts(spill, "spark")
-    eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson", run.reject_cap, stats.unlisted)
+    eval_rejects = RejectsFile(spill / "rejects-evaluate.ndjson", cap, stats.unlisted)
     try:
         for tag, payload, rejects in evaluated.toLocalIterator():
             if tag == "done":
@@ -537,23 +599,20 @@ def _run(
             index = patient_parts.close()
     reject_files.append(eval_rejects.path)
     stats.plan.update(index.actions)
-    resolved.unpersist()
-    mapped.unpersist()
-    clock.lap("evaluate")
-    done = Evaluated(stats, rows, reject_files, [index], sc.defaultParallelism, {})
-    return publish_run(run, settings, spill, done, clock)
+    return rows, index
 
 
 def _to_results_dir(
-    sc: Any,
+    sc: SparkContext,
     run: RunRequest,
+    found: FoundInputs,
     settings: EvaluationSettings,
     spill: Path,
-    evaluated: Any,
+    evaluated: RDD[Tagged],
     stats: RunStats,
     reject_files: list[Path],
     clock: PhaseClock,
-) -> dict[str, Any]:
+) -> TimedRunSummary:
     """``--results-dir``: the per-patient results written by Spark, in patient order, as partitioned NDJSON.
 
     ``URL/subjects/part-*`` holds results.json's subjects (one per line), ``URL/clinical/part-*`` the clinical
@@ -576,14 +635,14 @@ def _to_results_dir(
             eval_rejects.close()
         reject_files.append(eval_rejects.path)
         patients = evaluated.filter(lambda t: t[0] == "patient").map(lambda t: (t[1][0].patient, t[1]))
-        ordered = patients.sortByKey().persist()
+        ordered: RDD[tuple[str, PatientOutputs]] = patients.sortByKey().persist()
         subjects = ordered.filter(lambda kv: kv[1][0].population != Population.CANDIDATE)
         subjects.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/subjects")
         subjects.map(lambda kv: orjson.dumps(kv[1][3]).decode()).saveAsTextFile(f"{url}/clinical")
         if run.screen_candidates:
             candidates = ordered.filter(lambda kv: kv[1][0].population == Population.CANDIDATE)
             candidates.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/candidates")
-        small = subjects.map(lambda kv: (kv[1][1], orjson.dumps(report_row(kv[1][0])))).collect()
+        small = subjects.map(lambda kv: (kv[1][1], encode_row(report_row(kv[1][0])))).collect()
         lines = {"subjects": len(small), "clinical": len(small)}
         if run.screen_candidates:
             lines["candidates"] = candidates.count()
@@ -598,8 +657,8 @@ def _to_results_dir(
         stats, rows, reject_files, [PartsIndex(report_rows=report_rows)], sc.defaultParallelism, {}
     )
 
-    def write_run(header: dict[str, Any], cohort: CohortSummary) -> None:
-        line = orjson.dumps({"header": header, "cohort": to_builtins(cohort), "lines": lines}).decode()
+    def write_run(header: ResultsHeader, cohort: CohortSummary) -> None:
+        line = to_json(RunRecord(header, cohort, lines)).decode()
         sc.parallelize([line], 1).saveAsTextFile(f"{url}/run")
 
-    return publish_run(run, settings, spill, evaluated_run, clock, write_run)
+    return publish_run(run, found, settings, spill, evaluated_run, clock, write_run)

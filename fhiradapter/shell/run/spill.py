@@ -12,7 +12,7 @@ import pickle
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 import orjson
 
@@ -73,10 +73,14 @@ def load_bucket(paths: list[Path]) -> list[InputRecord]:
     return items
 
 
+# One line of rejects.ndjson: where the record is, what it is, and why it is not used (every value a string or null).
+RejectEntry = dict[str, str | None]
+
+
 class RejectSink(Protocol):
     """Where rejects go: a file of one worker (``RejectsFile``), or a list a Spark task hands back."""
 
-    def reject(self, entry: dict[str, Any]) -> None: ...
+    def reject(self, entry: RejectEntry) -> None: ...
 
 
 class _PerFile:
@@ -88,7 +92,7 @@ class _PerFile:
         self._kept: Counter[str] = Counter()
         self.unlisted: Counter[tuple[str, str]] = Counter() if unlisted is None else unlisted
 
-    def keep(self, entry: dict[str, Any]) -> bool:
+    def keep(self, entry: RejectEntry) -> bool:
         if self._cap is None:
             return True
         name = str(entry.get("file"))
@@ -99,14 +103,14 @@ class _PerFile:
         return False
 
 
-class RejectList(list[dict[str, Any]]):
+class RejectList(list[RejectEntry]):
     """Rejects kept in memory (a Spark task's, returned to the driver), at most ``cap`` per input file."""
 
     def __init__(self, cap: int | None = None, unlisted: Counter[tuple[str, str]] | None = None) -> None:
         super().__init__()
         self._per_file = _PerFile(cap, unlisted)
 
-    def reject(self, entry: dict[str, Any]) -> None:
+    def reject(self, entry: RejectEntry) -> None:
         if self._per_file.keep(entry):
             self.append(entry)
 
@@ -120,7 +124,7 @@ class RejectsFile:
         self._per_file = _PerFile(cap, unlisted)
         self._fh = path.open("wb")
 
-    def reject(self, entry: dict[str, Any]) -> None:
+    def reject(self, entry: RejectEntry) -> None:
         if self._per_file.keep(entry):
             self._fh.write(orjson.dumps(entry) + b"\n")
 

@@ -15,10 +15,12 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import signal
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import TypeVar
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+R = TypeVar("R")  # what one job returns
 
 
 def _die_with_parent(parent: int) -> None:
@@ -51,11 +53,13 @@ def worker_pool(size: int) -> Iterator[multiprocessing.pool.Pool]:
     pool.join()
 
 
-def _hold(signum: int, frame: Any) -> None:
+def _hold(signum: int, frame: FrameType | None) -> None:
     """SIGINT while the workers are being stopped: already stopping."""
 
 
-def run_jobs(fn: Callable[..., Any], jobs: list[tuple[Any, ...]], tick: Callable[[], None] | None = None) -> list[Any]:
+def run_jobs(
+    fn: Callable[..., R], jobs: Sequence[tuple[object, ...]], tick: Callable[[], None] | None = None
+) -> list[R]:
     """``fn(*job)`` for each job, one worker each, side by side; ``tick`` is called about five times a second
     while they run (progress). A worker's error is raised here; Ctrl-C stops every worker at once."""
     with worker_pool(len(jobs)) as pool:

@@ -19,13 +19,13 @@ import time
 import uuid
 from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import jwt
 import orjson
 
 from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.shell.common.json_types import JsonValue
 from fhiradapter.shell.server.fhir_client import certificate_refused, is_loopback
 
 TOKEN_ENV = "FHIRADAPTER_TOKEN"  # noqa: S105 - the variable's name, not a secret
@@ -136,7 +136,7 @@ class SmartBackendAuth(httpx.Auth):
 
     def _take_token(self, response: httpx.Response) -> None:
         try:
-            body: Any = orjson.loads(response.content)
+            body: JsonValue = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             body = None
         if response.status_code != 200 or not isinstance(body, dict) or not body.get("access_token"):
@@ -147,7 +147,9 @@ class SmartBackendAuth(httpx.Auth):
                 response.status_code,
             )
         self._token = str(body["access_token"])
-        self._expires_at = self._clock() + float(body.get("expires_in", 300))
+        expires_in = body.get("expires_in", 300)
+        lifetime = float(expires_in) if isinstance(expires_in, int | float | str) else 300.0  # seconds, as RFC 6749
+        self._expires_at = self._clock() + lifetime
 
     def _fresh(self) -> bool:
         return self._token is not None and self._clock() < self._expires_at - REFRESH_MARGIN_S

@@ -28,20 +28,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urljoin
 
+import msgspec
 import orjson
 
 from fhiradapter.core.fhir_types import resource_type
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new, replace, write_new
+from fhiradapter.shell.common.json_types import JsonObject, JsonValue, text
 from fhiradapter.shell.run.readers import BULK_STATE, PULL_REJECTS, RawRecord, Reject, read_file
-from fhiradapter.shell.server.fhir_client import FhirClient, origin, retry_after_s
+from fhiradapter.shell.server.fhir_client import FhirClient, origin, request_target, retry_after_s
 from fhiradapter.shell.server.pull import patient_of
 from fhiradapter.shell.server.pull_folder import (
     claim_folder,
@@ -85,19 +86,29 @@ class BulkSummary:
     rejects: list[Reject] = field(default_factory=list)  # the first ``SHOWN_REJECTS`` of them
 
 
-def _load_state(out: Path) -> dict[str, Any] | None:
+class ExportState(msgspec.Struct, kw_only=True):
+    """An export under way, kept in the work folder's ``bulk-state.json``: where to poll it, what it was asked,
+    and the output files already downloaded (by URL), so that an interrupted pull resumes it."""
+
+    status_url: str
+    group: str | None = None
+    since: str | None = None
+    done: list[str] = msgspec.field(default_factory=list)
+
+
+def _load_state(out: Path) -> ExportState | None:
+    """The state an interrupted pull left, or None (none, or unreadable: nothing to resume)."""
     path = out / STATE
     if not path.exists():
         return None
     try:
-        state = orjson.loads(path.read_bytes())
-    except orjson.JSONDecodeError:
+        return msgspec.json.decode(path.read_bytes(), type=ExportState)
+    except msgspec.DecodeError:
         return None
-    return state if isinstance(state, dict) and isinstance(state.get("status_url"), str) else None
 
 
-def _save_state(out: Path, state: dict[str, Any]) -> None:
-    write_new(out / STATE, orjson.dumps(state, option=orjson.OPT_INDENT_2))
+def _save_state(out: Path, state: ExportState) -> None:
+    write_new(out / STATE, orjson.dumps(msgspec.to_builtins(state), option=orjson.OPT_INDENT_2))
 
 
 async def kick_off(client: FhirClient, group: str | None, types: list[str], since: str | None) -> str:
@@ -108,13 +119,18 @@ async def kick_off(client: FhirClient, group: str | None, types: list[str], sinc
     )
     location = response.headers.get("Content-Location")
     if response.status_code != 202 or not location:
-        raise ServerError(f"{path}: expected 202 with Content-Location, got HTTP {response.status_code}")
+        raise ServerError(
+            f"{path}: expected 202 with Content-Location, got HTTP {response.status_code}",
+            response.status_code,
+            request=f"GET {path}",
+        )
     status_url = urljoin(client.base + "/", str(location))
     if client.authenticated and not client.may_authenticate(status_url):
         raise ServerError(
             f"{path}: the export's status URL is on {origin(status_url)}, not on the server's own origin "
             f"{origin(client.base)}; the access token goes nowhere else, so it is not polled (--trust-origin "
-            "names another origin that may have the token)"
+            "names another origin that may have the token)",
+            request=f"GET {request_target(status_url)}",
         )
     return status_url
 
@@ -126,7 +142,7 @@ async def bulk_pull(
     types: list[str] | None = None,
     since: str | None = None,
     on_progress: Callable[[str], None] | None = None,
-    sleep: Callable[[float], Any] = asyncio.sleep,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> BulkSummary:
     """Run (or resume) an export into ``out``; returns what was downloaded.
 
@@ -135,57 +151,20 @@ async def bulk_pull(
     """
     out = pull_target(out)
     earlier = claim_folder(out, bulk=True)
-    work = unfinished_export(out)
-    state = _load_state(work) if work is not None else None
-    resumed = state is not None
-    if state is None or work is None:
-        if work is not None:  # its state is unreadable: nothing to resume
-            discard(work)
-        work = start_folder(out)
-        try:
-            status_url = await kick_off(client, group, list(types or DEFAULT_TYPES), since)
-            state = {"status_url": status_url, "group": group, "since": since, "done": []}
-            _save_state(work, state)
-        except BaseException:
-            discard(work)
-            raise
-    summary = BulkSummary(str(state["status_url"]), resumed=resumed)
+    wanted = list(types or DEFAULT_TYPES)
+    work, state, resumed = await _start_or_resume(client, out, group, wanted, since)
+    summary = BulkSummary(state.status_url, resumed=resumed)
     try:
         manifest = await _wait(client, summary, on_progress, sleep)
     except (asyncio.CancelledError, KeyboardInterrupt):
         await _cancel(client, summary.status_url)
         discard(work)
         raise
-    summary.transaction_time = manifest.get("transactionTime")
+    summary.transaction_time = text(manifest, "transactionTime")
     needs_token = manifest.get("requiresAccessToken") is True
-    done: list[str] = list(state.get("done") or [])
-    patients: set[str] = set()
-    (work / PULL_REJECTS).unlink(missing_ok=True)  # a resumed pull reads every file again
-    for n, item in enumerate(manifest.get("output") or (), start=1):
-        rtype, url = (item.get("type"), item.get("url")) if isinstance(item, dict) else (None, None)
-        if not is_resource_type(rtype) or not isinstance(url, str):
-            shown = repr(rtype)[:80] if isinstance(rtype, str) else "none"
-            summary.refused.append(f"output {n}: its type ({shown}) is not a FHIR resource type; not downloaded")
-            continue
-        url = urljoin(client.base + "/", url)
-        path = work / f"{rtype}-{n:03d}.ndjson"
-        if url not in done or not path.exists():
-            await _download(client, url, path, needs_token)
-            done.append(url)
-            _save_state(work, {**state, "done": done})
-        summary.files.append(path)
-        _check_lines(path, summary, patients)
-    error_files = []
-    for n, item in enumerate(manifest.get("error") or (), start=1):
-        url = item.get("url") if isinstance(item, dict) else None
-        if not isinstance(url, str):
-            summary.refused.append(f"error file {n}: no URL")
-            continue
-        path = work / f"errors-{n:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
-        await _download(client, urljoin(client.base + "/", url), path, needs_token)
-        summary.errors.extend(_outcome_lines(path))
-        error_files.append(path)
-    missing = [t for t in (types or DEFAULT_TYPES) if summary.resources[t] == 0]
+    patients = await _download_outputs(client, work, manifest, state, needs_token, summary)
+    error_files = await _download_error_files(client, work, manifest, needs_token, summary)
+    missing = [t for t in wanted if summary.resources[t] == 0]
     if missing:
         await _search_missing(client, work, missing, since, summary, patients)
     record = {
@@ -201,6 +180,78 @@ async def bulk_pull(
     summary.files = [out / p.name for p in summary.files]
     await _cancel(client, summary.status_url)  # the pull is whole and in place: the spec's "you may delete the files"
     return summary
+
+
+async def _start_or_resume(
+    client: FhirClient, out: Path, group: str | None, types: list[str], since: str | None
+) -> tuple[Path, ExportState, bool]:
+    """The work folder and the export in it: the one an interrupted pull left (resumed: True), else a new one,
+    kicked off, in a new folder (removed if the kick-off fails)."""
+    work = unfinished_export(out)
+    state = _load_state(work) if work is not None else None
+    if state is not None and work is not None:
+        return work, state, True
+    if work is not None:  # its state is unreadable: nothing to resume
+        discard(work)
+    work = start_folder(out)
+    try:
+        status_url = await kick_off(client, group, types, since)
+        state = ExportState(status_url=status_url, group=group, since=since)
+        _save_state(work, state)
+    except BaseException:
+        discard(work)
+        raise
+    return work, state, False
+
+
+async def _download_outputs(
+    client: FhirClient,
+    work: Path,
+    manifest: JsonObject,  # the completion manifest as the server sent it
+    state: ExportState,
+    needs_token: bool,
+    summary: BulkSummary,
+) -> set[str]:
+    """Each output file the manifest lists (those done before, when resumed, are kept), read as evaluate reads
+    it; an output whose type is no resource type is refused. Returns the exported Patients (``Patient/id``)."""
+    patients: set[str] = set()
+    (work / PULL_REJECTS).unlink(missing_ok=True)  # a resumed pull reads every file again
+    for n, item in enumerate(_array(manifest, "output"), start=1):
+        rtype, url = (item.get("type"), item.get("url")) if isinstance(item, dict) else (None, None)
+        if not is_resource_type(rtype) or not isinstance(url, str):
+            shown = repr(rtype)[:80] if isinstance(rtype, str) else "none"
+            summary.refused.append(f"output {n}: its type ({shown}) is not a FHIR resource type; not downloaded")
+            continue
+        url = urljoin(client.base + "/", url)
+        path = work / f"{rtype}-{n:03d}.ndjson"
+        if url not in state.done or not path.exists():
+            await _download(client, url, path, needs_token)
+            state.done.append(url)
+            _save_state(work, state)
+        summary.files.append(path)
+        _check_lines(path, summary, patients)
+    return patients
+
+
+async def _download_error_files(
+    client: FhirClient,
+    work: Path,
+    manifest: JsonObject,  # the completion manifest as the server sent it
+    needs_token: bool,
+    summary: BulkSummary,
+) -> list[Path]:
+    """The manifest's error files, their OperationOutcomes said in the summary; returns where they are."""
+    error_files = []
+    for n, item in enumerate(_array(manifest, "error"), start=1):
+        url = item.get("url") if isinstance(item, dict) else None
+        if not isinstance(url, str):
+            summary.refused.append(f"error file {n}: no URL")
+            continue
+        path = work / f"errors-{n:03d}.ndjson.txt"  # not .ndjson: evaluate must not read OperationOutcomes
+        await _download(client, urljoin(client.base + "/", url), path, needs_token)
+        summary.errors.extend(_outcome_lines(path))
+        error_files.append(path)
+    return error_files
 
 
 def _check_lines(path: Path, summary: BulkSummary, patients: set[str]) -> None:
@@ -256,9 +307,13 @@ async def _search_missing(
 
 
 async def _wait(
-    client: FhirClient, summary: BulkSummary, on_progress: Callable[[str], None] | None, sleep: Callable[[float], Any]
-) -> dict[str, Any]:
+    client: FhirClient,
+    summary: BulkSummary,
+    on_progress: Callable[[str], None] | None,
+    sleep: Callable[[float], Awaitable[None]],
+) -> JsonObject:  # the completion manifest as the server sent it
     delay = 1.0
+    polled = f"GET {request_target(summary.status_url)}"
     while True:
         response = await client.request("GET", summary.status_url, ok=(202,))
         summary.polls += 1
@@ -266,9 +321,9 @@ async def _wait(
             try:
                 manifest = orjson.loads(response.content)
             except orjson.JSONDecodeError:
-                raise ServerError("bulk export: the completion manifest is not JSON") from None
+                raise ServerError("bulk export: the completion manifest is not JSON", 200, request=polled) from None
             if not isinstance(manifest, dict):
-                raise ServerError("bulk export: the completion manifest is not a JSON object")
+                raise ServerError("bulk export: the completion manifest is not a JSON object", 200, request=polled)
             return manifest
         if on_progress:
             on_progress(response.headers.get("X-Progress", "in progress"))
@@ -289,7 +344,8 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
     if needs_token and client.authenticated and not client.may_authenticate(url):
         raise ServerError(
             f"bulk export: a file needing the access token is on {origin(url)}, not on the server's own origin "
-            f"{origin(client.base)}; refused (--trust-origin names another origin that may have the token)"
+            f"{origin(client.base)}; refused (--trust-origin names another origin that may have the token)",
+            request=f"GET {request_target(url)}",
         )
     partial = path.with_name(path.name + ".partial")
     if needs_token:
@@ -302,6 +358,12 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
                 client.requests += storage.requests
                 client.retries += storage.retries
     replace(partial, path)
+
+
+def _array(manifest: JsonObject, key: str) -> list[JsonValue]:
+    """The manifest's array under ``key`` (``output``, ``error``); none if it is not one."""
+    found = manifest.get(key)
+    return found if isinstance(found, list) else []
 
 
 def _outcome_lines(path: Path) -> list[str]:

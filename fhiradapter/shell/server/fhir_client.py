@@ -44,6 +44,7 @@ from fhiradapter import __version__
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import AnswerLost, ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new
+from fhiradapter.shell.common.json_types import JsonObject, JsonValue, items, member, text
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"
@@ -140,7 +141,8 @@ class OriginBoundAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if origin(str(request.url)) not in self.origins:
-            raise ServerError(f"{request.method} {_describe(str(request.url))}: not sent, the credential is not for it")
+            what = f"{request.method} {request_target(str(request.url))}"
+            raise ServerError(f"{what}: not sent, the credential is not for it", request=what)
         yield from self.inner.auth_flow(request)
 
 
@@ -215,18 +217,23 @@ class PageGuard:
         if page > self.max_pages:
             raise ServerError(
                 f"{self.what}: more than {self.max_pages} pages; paging stopped (--max-pages raises the cap if the "
-                "search really is that large)"
+                "search really is that large)",
+                request=f"GET {request_target(url)}",
             )
         if self.total is not None and page > self.needed + 2 + self.needed // 4:
             raise ServerError(
                 f"{self.what} page {page}: the server said the search has {self.total} match(es), which "
-                f"{self.needed} page(s) hold, yet its next links run on; paging stopped"
+                f"{self.needed} page(s) hold, yet its next links run on; paging stopped",
+                request=f"GET {request_target(url)}",
             )
 
-    def after(self, found: list[dict[str, Any]], total: Any, next_url: str | None) -> None:
+    def after(self, found: list[JsonObject], total: JsonValue, next_url: str | None) -> None:
         """Called with a page's matching resources, its ``Bundle.total``, and its next link (None: the last)."""
         if next_url in self.visited:
-            raise ServerError(f"{self.what} page {self.pages}: the next link repeats an earlier page; paging stopped")
+            raise ServerError(
+                f"{self.what} page {self.pages}: the next link repeats an earlier page; paging stopped",
+                request=f"GET {request_target(next_url or '')}",
+            )
         new = {(str(r["resourceType"]), str(r["id"])) for r in found} - self.ids
         self.ids |= new
         if self.pages == 1 and isinstance(total, int) and not isinstance(total, bool) and total >= 0:
@@ -238,7 +245,8 @@ class PageGuard:
         if self.pages > 1 and next_url is not None and not new:
             raise ServerError(
                 f"{self.what} page {self.pages}: brings no resource not seen on an earlier page, yet links to "
-                "another; paging stopped"
+                "another; paging stopped",
+                request=f"GET {request_target(next_url)}",
             )
 
 
@@ -282,15 +290,14 @@ def outcome_text(response: httpx.Response) -> str:
     return (issues_text(body) or response.reason_phrase or "no detail")[:300]
 
 
-def issues_text(body: Any) -> str:
+def issues_text(body: JsonValue) -> str:
     """An OperationOutcome's issues as ``severity code: diagnostics``, joined by "; " ("" for anything else)."""
     if not (isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"):
         return ""
     parts = []
-    for issue in body.get("issue") or ():
-        if isinstance(issue, dict):
-            detail = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
-            parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
+    for issue in items(body, "issue"):
+        detail = issue.get("diagnostics") or (member(issue, "details") or {}).get("text")
+        parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
     return "; ".join(parts)
 
 
@@ -366,7 +373,8 @@ class FhirClient:
             raise ServerError(
                 f"{what}: refused, it points to {origin(urljoin(self.base + '/', url))}, not to the server's own "
                 f"origin {origin(self.base)}, and the access token goes nowhere else (--trust-origin names "
-                "another origin that may have it)"
+                "another origin that may have it)",
+                request=what,
             )
 
     async def __aenter__(self) -> FhirClient:
@@ -436,7 +444,7 @@ class FhirClient:
         url: str,
         *,
         params: list[tuple[str, str]] | None = None,
-        json: Any = None,
+        json: JsonValue = None,
         headers: Mapping[str, str] | None = None,
         ok: tuple[int, ...] = (),
     ) -> httpx.Response:
@@ -446,7 +454,7 @@ class FhirClient:
         send_headers = dict(headers or {})
         if body is not None:
             send_headers.setdefault("Content-Type", FHIR_JSON)
-        what = f"{method} {_describe(url)}"
+        what = f"{method} {request_target(url)}"
         self._check_origin(what, url)
         write = method not in ("GET", "HEAD")
         reached = False  # whether any attempt may have reached the server (an answer lost, not a write refused)
@@ -468,12 +476,15 @@ class FhirClient:
                         raise
         except _LostWrite as lost:
             raise AnswerLost(
-                f"{what}: its answer was lost ({lost}); the server may have applied it, to be looked up"
+                f"{what}: its answer was lost ({lost}); the server may have applied it, to be looked up", request=what
             ) from None
         except Retryable as exc:
+            outcome = outcome_text(exc.response)
             raise ServerError(
-                f"{what}: HTTP {exc.response.status_code} after retrying for up to {s.retry_budget_s:.0f} s: "
-                f"{outcome_text(exc.response)}"
+                f"{what}: HTTP {exc.response.status_code} after retrying for up to {s.retry_budget_s:.0f} s: {outcome}",
+                exc.response.status_code,
+                request=what,
+                outcome=outcome,
             ) from None
         except httpx.TransportError as exc:
             raise self._transport_failure(what, exc, reached) from None
@@ -526,21 +537,35 @@ class FhirClient:
         """
         refused = certificate_refused(exc)
         if refused is not None:  # never retried: it fails the same way every time
-            return ServerError(f"{what}: {refused}")
+            return ServerError(f"{what}: {refused}", request=what)
         message = (
             f"{what}: {type(exc).__name__} ({_transport_reason(exc)}), "
             f"after retrying for up to {self.settings.retry_budget_s:.0f} s"
         )
-        return AnswerLost(message) if reached else ServerError(message)
+        return AnswerLost(message, request=what) if reached else ServerError(message, request=what)
 
-    async def json(self, method: str, url: str, **kwargs: Any) -> Any:
-        response = await self.request(method, url, **kwargs)
+    async def json(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: list[tuple[str, str]] | None = None,
+        json: JsonValue = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:  # a FHIR resource or Bundle as the server sent it: JSON, read by the caller
+        """A request's answer, a JSON object (a FHIR resource or Bundle)."""
+        response = await self.request(method, url, params=params, json=json, headers=headers)
         try:
-            return orjson.loads(response.content)
+            answer = orjson.loads(response.content)
         except orjson.JSONDecodeError:
+            what = f"{method} {request_target(url)}"
             raise ServerError(
-                f"{method} {_describe(url)}: the server answered with something that is not JSON"
+                f"{what}: the server answered with something that is not JSON", response.status_code, request=what
             ) from None
+        if not isinstance(answer, dict):
+            what = f"{method} {request_target(url)}"
+            raise ServerError(f"{what}: the server's answer is not a JSON object", response.status_code, request=what)
+        return answer
 
     async def download(self, url: str, path: Path) -> None:
         """Stream a file to ``path``, retried as a whole on the same failures as any request.
@@ -548,7 +573,7 @@ class FhirClient:
         The answer must begin within ``timeout_s``; after that the file may take as long as it needs at
         ``MIN_DOWNLOAD_RATE`` bytes per second or more (a large Bulk file), never a byte-a-second drip.
         """
-        what = f"GET {_describe(url)}"
+        what = f"GET {request_target(url)}"
         self._check_origin(what, url)
         try:
             async for attempt in self._retrying():
@@ -557,7 +582,8 @@ class FhirClient:
                         self.retries += 1
                     await self._download_once(url, path)
         except Retryable as exc:
-            raise ServerError(f"{what}: HTTP {exc.response.status_code} after retries") from None
+            status = exc.response.status_code
+            raise ServerError(f"{what}: HTTP {status} after retries", status, request=what) from None
         except httpx.TransportError as exc:
             raise self._transport_failure(what, exc) from None
 
@@ -575,9 +601,12 @@ class FhirClient:
                         raise Retryable(response)
                     if not response.is_success:
                         await response.aread()
+                        what, outcome = f"GET {request_target(url)}", outcome_text(response)
                         raise ServerError(
-                            f"GET {_describe(url)}: HTTP {response.status_code}: {outcome_text(response)}",
+                            f"{what}: HTTP {response.status_code}: {outcome}",
                             response.status_code,
+                            request=what,
+                            outcome=outcome,
                         )
                     started, received = loop.time(), 0
                     with open_new(path) as fh:  # never through a link planted in the folder; mode 0600
@@ -606,17 +635,27 @@ class FhirClient:
             hint = ""
             if exc.status in (400, 404, 405):
                 hint = f"; is {self.base} the server's FHIR base URL (the one /metadata and /Patient hang off)?"
-            raise ServerError(f"{self.base}: {exc}{hint}", exc.status) from None
+            raise ServerError(
+                f"{self.base}: {exc}{hint}", exc.status, request=exc.request, outcome=exc.outcome
+            ) from None
         self.server_time = _server_time(response)
         try:
             cap = orjson.loads(response.content)
         except orjson.JSONDecodeError:
             cap = None
         if not isinstance(cap, dict) or cap.get("resourceType") != "CapabilityStatement":
-            raise ServerError(f"{self.base}/metadata is not a CapabilityStatement: is this a FHIR server base URL?")
+            raise ServerError(
+                f"{self.base}/metadata is not a CapabilityStatement: is this a FHIR server base URL?",
+                response.status_code,
+                request="GET metadata",
+            )
         version = str(cap.get("fhirVersion", ""))
         if not version.startswith("4.0."):
-            raise ServerError(f"{self.base} speaks FHIR {version or '(unstated)'}; fhiradapter needs FHIR R4 (4.0.1)")
+            raise ServerError(
+                f"{self.base} speaks FHIR {version or '(unstated)'}; fhiradapter needs FHIR R4 (4.0.1)",
+                response.status_code,
+                request="GET metadata",
+            )
         interactions: set[str] = set()
         params: dict[str, set[str]] = {}
         type_interactions: dict[str, set[str]] = {}
@@ -637,14 +676,16 @@ class FhirClient:
             type_interactions,
         )
 
-    async def read(self, rtype: str, rid: str) -> dict[str, Any] | None:
+    async def read(self, rtype: str, rid: str) -> dict[str, Any] | None:  # the resource as sent: JSON, read by key
         """A resource, or None when the server says it is gone (404 or 410)."""
         response = await self.request("GET", f"{rtype}/{rid}", ok=(404, 410))
         if response.status_code in (404, 410):
             return None
         return _bundle_or_resource(response, f"{rtype}/{rid}")
 
-    async def search(self, rtype: str, params: list[tuple[str, str]]) -> AsyncIterator[dict[str, Any]]:
+    async def search(
+        self, rtype: str, params: list[tuple[str, str]]
+    ) -> AsyncIterator[dict[str, Any]]:  # resources as sent: JSON, read by key (push, undo) or kept as is (pull)
         """Every matching resource (entries with search.mode ``match``), page by page along ``next`` links."""
         async with contextlib.aclosing(self.pages(rtype, params)) as pages:
             async for found, _more in pages:
@@ -653,7 +694,7 @@ class FhirClient:
 
     async def pages(
         self, rtype: str, params: list[tuple[str, str]], skipped: list[str] | None = None
-    ) -> AsyncGenerator[tuple[list[dict[str, Any]], bool], None]:
+    ) -> AsyncGenerator[tuple[list[JsonObject], bool], None]:
         """A search page by page along ``next`` links: each page's matching resources, and whether more follow.
 
         Unusable entries are reported in ``skipped`` (default: ``self.skipped``); a caller that may set pages
@@ -676,31 +717,35 @@ class FhirClient:
 
     async def _page(
         self, rtype: str, url: str, query: list[tuple[str, str]] | None, page: int, skipped: list[str] | None = None
-    ) -> tuple[list[dict[str, Any]], str | None, Any]:
+    ) -> tuple[list[JsonObject], str | None, JsonValue]:
         """One search page: its usable matching resources, the ``next`` link's URL (or None), its ``total``."""
         response = await self.request("GET", url, params=query, headers={"Prefer": "handling=strict"})
         bundle = _bundle_or_resource(response, f"{rtype} search page {page}")
         if bundle.get("resourceType") != "Bundle":
-            raise ServerError(f"{rtype} search page {page} is not a Bundle")
-        found: list[dict[str, Any]] = []
+            raise ServerError(
+                f"{rtype} search page {page} is not a Bundle",
+                response.status_code,
+                request=f"GET {request_target(url)}",
+            )
+        found: list[JsonObject] = []
         reports = self.skipped if skipped is None else skipped
-        for n, entry in enumerate(bundle.get("entry") or (), start=1):
+        entries = bundle.get("entry")
+        for n, entry in enumerate(entries if isinstance(entries, list) else (), start=1):
             resource = entry.get("resource") if isinstance(entry, dict) else None
-            mode = (entry.get("search") or {}).get("mode", "match") if isinstance(entry, dict) else "match"
+            mode = (member(entry, "search") or {}).get("mode", "match")
             if mode != "match":
                 continue
             problem = unusable(resource)
-            if problem:  # reported, not kept: two id-less entries would otherwise be kept as one
+            if problem or not isinstance(resource, dict):  # reported, not kept: two id-less entries would be one
                 reports.append(f"{rtype} search page {page} entry {n}: {problem}")
                 continue
-            assert isinstance(resource, dict)  # noqa: S101 - checked by unusable
             found.append(resource)
         return found, self._next_link(bundle, rtype, page), bundle.get("total")
 
-    def _next_link(self, bundle: dict[str, Any], rtype: str, page: int) -> str | None:
-        for link in bundle.get("link") or ():
-            if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
-                target = str(link["url"])
+    def _next_link(self, bundle: JsonObject, rtype: str, page: int) -> str | None:
+        for link in items(bundle, "link"):
+            target = text(link, "url")
+            if link.get("relation") == "next" and target is not None:
                 here, there = urlsplit(self.base), urlsplit(target)
                 if there.netloc and origin(target) != origin(self.base):  # the unit of trust, as for the token
                     # Often a proxy in front of the server that was not told its public address: the server
@@ -708,12 +753,13 @@ class FhirClient:
                     raise ServerError(
                         f"{rtype} search page {page}: the next link points to {there.scheme}://{there.netloc}, "
                         f"not to --server ({here.scheme}://{here.netloc}); not followed. If that is the same "
-                        "server behind a proxy, its public base URL needs setting on the server"
+                        "server behind a proxy, its public base URL needs setting on the server",
+                        request=f"GET {request_target(target)}",
                     )
                 return target
         return None
 
-    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:  # write-back Bundles: JSON, built by push
         """POST a transaction or batch Bundle to the base; the response Bundle.
 
         ``Prefer: return=minimal``: only each entry's status and location are read, so the server need not
@@ -723,13 +769,19 @@ class FhirClient:
         return _bundle_or_resource(response, f"{bundle.get('type', 'transaction')} Bundle")
 
 
-def _bundle_or_resource(response: httpx.Response, what: str) -> dict[str, Any]:
+def _bundle_or_resource(response: httpx.Response, what: str) -> JsonObject:
+    """The answer's FHIR resource (a Bundle, or the resource read): JSON, read by its caller."""
+    request = f"{response.request.method} {request_target(str(response.request.url))}"
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
-        raise ServerError(f"{what}: the server's answer is not JSON (HTTP {response.status_code})") from None
+        raise ServerError(
+            f"{what}: the server's answer is not JSON (HTTP {response.status_code})",
+            response.status_code,
+            request=request,
+        ) from None
     if not isinstance(body, dict) or "resourceType" not in body:
-        raise ServerError(f"{what}: the server's answer is not a FHIR resource")
+        raise ServerError(f"{what}: the server's answer is not a FHIR resource", response.status_code, request=request)
     return body
 
 
@@ -745,7 +797,7 @@ def _server_time(response: httpx.Response) -> datetime:
     return datetime.now(UTC)
 
 
-def unusable(resource: Any) -> str | None:
+def unusable(resource: JsonValue) -> str | None:
     """Why a search entry's resource cannot be kept (None when it can)."""
     if not isinstance(resource, dict):
         return "no resource"
@@ -757,7 +809,7 @@ def unusable(resource: Any) -> str | None:
     return None
 
 
-def _describe(url: str) -> str:
+def request_target(url: str) -> str:
     """The request target without its query string (search values can name patients)."""
     return url.split("?", 1)[0] or "/"
 

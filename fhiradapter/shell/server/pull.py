@@ -7,7 +7,9 @@ reference as they are found: one queue of single requests, ``concurrency`` at a 
 which replaces ``out`` whole when the pull is complete. ``fhiradapter evaluate`` reads the folder as it reads
 any export.
 
-The folder itself (claiming it, the NDJSON files, the manifest) is ``pull_folder``'s.
+The folder itself (claiming it, the NDJSON files, the manifest) is ``pull_folder``'s. What the server sends is
+JSON (``JsonObject``), kept as it came: it is written to NDJSON or the store untouched, and decoded into typed
+values only when evaluate reads it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.shell.common.json_types import JsonObject, JsonValue, items, member, text
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.server.pull_folder import (
     NdjsonSink,
@@ -64,13 +67,14 @@ class Sink(Protocol):
 
     counts: Counter[str]
 
-    def add(self, resource: dict[str, Any]) -> None: ...
+    def add(self, resource: JsonObject) -> None: ...
 
 
-async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:
+async def resolve_study(client: FhirClient, study: str) -> JsonObject:
     """The ResearchStudy named by id, or by ``system|value`` identifier (exactly one must match)."""
     if "|" in study:
         wanted = study.split("|", 1)
+        asked = "GET ResearchStudy"  # a search by identifier (its value is in the message, not here)
         try:
             found = [r async for r in client.search("ResearchStudy", [("identifier", study)])]
         except ServerError as exc:  # no identifier search here: the studies are few, read them all
@@ -80,21 +84,22 @@ async def resolve_study(client: FhirClient, study: str) -> dict[str, Any]:
         # Filtered here too: a server that ignores the parameter must not make every study this one.
         found = [r for r in found if tuple(wanted) in study_identifiers(r)]
         if len(found) != 1:
-            raise ServerError(f"--study {study}: {len(found)} ResearchStudy resources have this identifier; need one")
+            raise ServerError(
+                f"--study {study}: {len(found)} ResearchStudy resources have this identifier; need one", request=asked
+            )
         resource = found[0]
     else:
+        asked = f"GET ResearchStudy/{study}"
         answer = await client.read("ResearchStudy", study)
         if answer is None:
-            raise ServerError(f"--study {study}: ResearchStudy/{study} not found on the server")
+            raise ServerError(f"--study {study}: ResearchStudy/{study} not found on the server", request=asked)
         resource = answer
     if resource.get("resourceType") != "ResearchStudy" or unusable(resource):  # it is kept, so checked as any entry
-        raise ServerError(f"--study {study}: the server's answer is not a ResearchStudy with an id")
+        raise ServerError(f"--study {study}: the server's answer is not a ResearchStudy with an id", request=asked)
     return resource
 
 
-async def study_subjects(
-    client: FhirClient, study_id: str, cap: Capability, warnings: list[str]
-) -> list[dict[str, Any]]:
+async def study_subjects(client: FhirClient, study_id: str, cap: Capability, warnings: list[str]) -> list[JsonObject]:
     """The study's ResearchSubjects: by the ``study`` search when the server has it, else filtered here."""
     ref = f"ResearchStudy/{study_id}"
     if "study" in cap.search_params.get("ResearchSubject", set()):
@@ -110,29 +115,30 @@ async def study_subjects(
     ]
 
 
-def study_identifiers(research_study: dict[str, Any]) -> list[tuple[str, str]]:
+def study_identifiers(research_study: JsonObject) -> list[tuple[str, str]]:
     """The ResearchStudy's identifiers as ``(system, value)``: the names a logical reference may use."""
     found = []
-    for ident in research_study.get("identifier") or ():
-        if isinstance(ident, dict) and isinstance(ident.get("system"), str) and isinstance(ident.get("value"), str):
-            found.append((ident["system"], ident["value"]))
+    for ident in items(research_study, "identifier"):
+        system, value = text(ident, "system"), text(ident, "value")
+        if system is not None and value is not None:
+            found.append((system, value))
     return found
 
 
-def names_study(subject: dict[str, Any], ref: str, identifiers: list[tuple[str, str]], base: str) -> bool:
+def names_study(subject: JsonObject, ref: str, identifiers: list[tuple[str, str]], base: str) -> bool:
     """docs/protocol.md §1: a ResearchSubject's ``study`` names the study literally or logically."""
-    study = subject.get("study")
-    if not isinstance(study, dict):
+    study = member(subject, "study")
+    if study is None:
         return False
     if str(study.get("reference", "")).removeprefix(base + "/") == ref:
         return True
-    ident = study.get("identifier")
-    return isinstance(ident, dict) and (ident.get("system"), ident.get("value")) in identifiers
+    ident = member(study, "identifier")
+    return ident is not None and (ident.get("system"), ident.get("value")) in identifiers
 
 
 async def logical_subjects(
-    client: FhirClient, research_study: dict[str, Any], cap: Capability, warnings: list[str], seen: set[str]
-) -> list[dict[str, Any]]:
+    client: FhirClient, research_study: JsonObject, cap: Capability, warnings: list[str], seen: set[str]
+) -> list[JsonObject]:
     """The ResearchSubjects whose ``study`` is a logical reference to one of the study's identifiers (§1).
 
     Asked with the ``study:identifier`` search; a server that refuses the modifier (4xx) has every
@@ -143,7 +149,7 @@ async def logical_subjects(
     if not identifiers:
         return []
     ref = f"ResearchStudy/{research_study['id']}"
-    found: list[dict[str, Any]] = []
+    found: list[JsonObject] = []
     try:
         if "study" not in cap.search_params.get("ResearchSubject", set()):
             raise ServerError("no study search", 400)
@@ -157,7 +163,7 @@ async def logical_subjects(
             "and those naming the study by identifier kept here"
         )
         found = [r async for r in client.search("ResearchSubject", [])]
-    out: list[dict[str, Any]] = []
+    out: list[JsonObject] = []
     for subject in found:
         rid = str(subject.get("id"))
         if rid not in seen and names_study(subject, ref, identifiers, client.base):
@@ -231,27 +237,58 @@ async def pull_into(
     if per_search < 1:
         raise ConfigError("patients per search must be at least 1")
     summary = PullSummary(study, per_search=per_search)
+    research_study, subjects = await _study_and_subjects(client, cap, study, summary.warnings)
+    summary.study = f"ResearchStudy/{research_study['id']}"
+    sink.add(research_study)
+    patients = _subjects_into(sink, subjects, client.base, summary)
+    todo = [p for p in patients if only is None or p in only]
+    if on_total:
+        on_total(len(todo))
+    per_patient, scanned = _search_plan(cap)
+    if scanned:
+        summary.warnings.append(
+            f"no patient search for {', '.join(scanned)} in the server's CapabilityStatement: "
+            "each was read whole and filtered to the study's patients here"
+        )
+    queue = _PullQueue(client, sink, since, set(todo), summary, progress)
+    queue.plan(todo, per_search, per_patient, scanned)
+    await queue.run()
+    if client.skipped:
+        shown = first_few(client.skipped, sep="; ")
+        summary.warnings.append(f"{len(client.skipped)} search entry(ies) unusable, skipped: {shown}")
+    summary.resources = Counter(sink.counts)
+    summary.requests, summary.retries = client.requests, client.retries
+    return summary
+
+
+async def _study_and_subjects(
+    client: FhirClient, cap: Capability, study: str, warnings: list[str]
+) -> tuple[JsonObject, list[JsonObject]]:
+    """The ResearchStudy and its ResearchSubjects, those naming it by reference and those naming it by
+    identifier."""
     if "|" in study:  # an identifier: the id is known only once the study is found
         research_study = await resolve_study(client, study)
-        subjects = await study_subjects(client, str(research_study["id"]), cap, summary.warnings)
+        subjects = await study_subjects(client, str(research_study["id"]), cap, warnings)
     else:  # an id: the study and its subjects are read at once (one round trip fewer)
         try:
             async with asyncio.TaskGroup() as group:  # a missing study cancels the subjects' search
                 found = group.create_task(resolve_study(client, study))
-                listed = group.create_task(study_subjects(client, study, cap, summary.warnings))
+                listed = group.create_task(study_subjects(client, study, cap, warnings))
         except ExceptionGroup as errors:
             raise errors.exceptions[0] from None
         research_study, subjects = found.result(), listed.result()
-    subjects += await logical_subjects(
-        client, research_study, cap, summary.warnings, {str(r.get("id")) for r in subjects}
-    )
-    summary.study = f"ResearchStudy/{research_study['id']}"
-    sink.add(research_study)
+    subjects += await logical_subjects(client, research_study, cap, warnings, {str(r.get("id")) for r in subjects})
+    return research_study, subjects
+
+
+def _subjects_into(sink: Sink, subjects: list[JsonObject], base: str, summary: PullSummary) -> list[str]:
+    """Each subject into ``sink``; the patients they name (``Patient/id``, in order, once each), also kept in the
+    summary; a subject that names no Patient on this server is a warning."""
     patients: list[str] = []
     nobody: list[str] = []
     for subject in subjects:
         sink.add(subject)
-        ref = _reference(subject.get("individual"), client.base)
+        ref = _reference(subject.get("individual"), base)
         if not (ref and ref.startswith("Patient/")):
             nobody.append(f"ResearchSubject/{subject.get('id')}")
         elif ref not in patients:
@@ -263,69 +300,124 @@ async def pull_into(
         summary.warnings.append(f"{summary.study} has no subject naming a Patient: there is nothing to evaluate")
     summary.patients = len(patients)
     summary.patient_refs = patients
-    todo = [p for p in patients if only is None or p in only]
-    if on_total:
-        on_total(len(todo))
-    extra = [("_lastUpdated", f"gt{since}")] if since else []
-    per_patient, scanned = _search_plan(cap)
-    if scanned:
-        summary.warnings.append(
-            f"no patient search for {', '.join(scanned)} in the server's CapabilityStatement: "
-            "each was read whole and filtered to the study's patients here"
-        )
-    medications: set[str] = set()
-    wanted = set(todo)
-    # One queue of single requests (not of patients), taken by ``concurrency`` workers: every slot stays busy
-    # to the last request, a patient's searches of different cost interleave with other patients' instead of
-    # arriving at the server together, and the types read whole and the Medications run alongside.
-    jobs: asyncio.Queue[Callable[[], Awaitable[None]]] = asyncio.Queue()
+    return patients
 
-    def add(resource: dict[str, Any]) -> None:
-        sink.add(resource)
-        ref = _reference(resource.get("medicationReference"), client.base)
-        if ref and ref.startswith("Medication/") and ref not in medications:
-            medications.add(ref)
-            jobs.put_nowait(partial(read, ref))
 
-    async def read(ref: str) -> None:
+Job = Callable[[], Awaitable[None]]
+
+
+class _PullQueue:
+    """One queue of single requests (not of patients), taken by ``concurrency`` workers: every slot stays busy
+    to the last request, a patient's searches of different cost interleave with other patients' instead of
+    arriving at the server together, and the types read whole and the Medications run alongside."""
+
+    def __init__(
+        self,
+        client: FhirClient,
+        sink: Sink,
+        since: str | None,
+        wanted: set[str],
+        summary: PullSummary,
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.client, self.sink, self.since, self.wanted = client, sink, since, wanted
+        self.summary, self.progress = summary, progress
+        self.extra = [("_lastUpdated", f"gt{since}")] if since else []
+        self.medications: set[str] = set()
+        self.jobs: asyncio.Queue[Job] = asyncio.Queue()
+
+    def plan(self, todo: list[str], per_search: int, per_patient: list[tuple[str, str]], scanned: list[str]) -> None:
+        """Queue the scans of the types read whole, then each batch of ``per_search`` patients' searches."""
+        extra = self.extra
+        for rtype in scanned:  # first: a scan may run to many pages
+            self.jobs.put_nowait(partial(self.scan, rtype))
+        for start in range(0, len(todo), per_search):
+            batch = todo[start : start + per_search]
+            left = [1 + len(per_patient)]  # the batch's jobs not yet done (a split search adds its patients')
+            patient_job: Job
+            if not self.since and len(batch) == 1:
+                patient_job = partial(self.read, batch[0])
+            else:
+                ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
+                patient_job = partial(self.search, "Patient", [("_id", ids), *extra])
+            batch_jobs = [patient_job] + [
+                partial(self.search, rtype, [(param, _or_value(batch[0])), *extra])
+                if len(batch) == 1
+                else partial(self.grouped, rtype, param, batch, left)  # one search for the batch: values OR-ed
+                for rtype, param in per_patient
+            ]
+            for job in batch_jobs:
+                self.jobs.put_nowait(partial(self.done, job, left, len(batch)))
+
+    async def run(self) -> None:
+        """Take the queue's jobs with ``concurrency`` workers until it is empty; one failure stops them all."""
+
+        async def worker() -> None:
+            while True:
+                job = await self.jobs.get()
+                try:
+                    await job()
+                finally:
+                    self.jobs.task_done()
+
+        try:
+            async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
+                workers = [group.create_task(worker()) for _ in range(max(1, self.client.settings.concurrency))]
+                await self.jobs.join()
+                for task in workers:
+                    task.cancel()
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+
+    def add(self, resource: JsonObject) -> None:
+        """Keep a resource; queue the read of a Medication it references, once."""
+        self.sink.add(resource)
+        ref = _reference(resource.get("medicationReference"), self.client.base)
+        if ref and ref.startswith("Medication/") and ref not in self.medications:
+            self.medications.add(ref)
+            self.jobs.put_nowait(partial(self.read, ref))
+
+    async def read(self, ref: str) -> None:
         rtype, rid = ref.split("/", 1)
-        resource = await client.read(rtype, rid)
+        resource = await self.client.read(rtype, rid)
         if resource is None:
             return
         problem = unusable(resource)  # its type names a file: it must be the type asked for
         if problem or resource["resourceType"] != rtype:
-            client.skipped.append(f"read {ref}: {problem or f'the answer is not a {rtype}'}")
+            self.client.skipped.append(f"read {ref}: {problem or f'the answer is not a {rtype}'}")
             return
-        add(resource)
+        self.add(resource)
 
     @contextlib.contextmanager
-    def changes_refused() -> Iterator[None]:
+    def changes_refused(self) -> Iterator[None]:
         """Around a search with ``extra``: a 400 to it is often a server that cannot search by _lastUpdated."""
         try:
             yield
         except ServerError as exc:
-            if since and exc.status == 400:
-                raise ServerError(f"{exc}. {SINCE_REFUSED}", exc.status) from None
+            if self.since and exc.status == 400:
+                raise ServerError(
+                    f"{exc}. {SINCE_REFUSED}", exc.status, request=exc.request, outcome=exc.outcome
+                ) from None
             raise
 
-    async def scan(rtype: str) -> None:
-        with changes_refused():
-            async for r in client.search(rtype, extra):
-                if patient_of(r, client.base) in wanted:
-                    add(r)
+    async def scan(self, rtype: str) -> None:
+        with self.changes_refused():
+            async for r in self.client.search(rtype, self.extra):
+                if patient_of(r, self.client.base) in self.wanted:
+                    self.add(r)
 
-    async def search(rtype: str, params: list[tuple[str, str]]) -> None:
-        with changes_refused():
-            async for r in client.search(rtype, params):
-                add(r)
+    async def search(self, rtype: str, params: list[tuple[str, str]]) -> None:
+        with self.changes_refused():
+            async for r in self.client.search(rtype, params):
+                self.add(r)
 
-    async def done(job: Callable[[], Awaitable[None]], left: list[int], size: int) -> None:
+    async def done(self, job: Job, left: list[int], size: int) -> None:
         await job()
         left[0] -= 1
-        if left[0] == 0 and progress:
-            progress(size)
+        if left[0] == 0 and self.progress:
+            self.progress(size)
 
-    async def grouped(rtype: str, param: str, batch: list[str], left: list[int]) -> None:
+    async def grouped(self, rtype: str, param: str, batch: list[str], left: list[int]) -> None:
         """One search for the batch's patients; if its pages run on, each patient's own search instead.
 
         A search for many patients pages along one chain of ``next`` links, read one after the other; after
@@ -334,11 +426,12 @@ async def pull_into(
         rest of the chain would: what it gave is set aside (their own searches return it again, and report its
         unusable entries again) and those searches go into the queue, paged in parallel.
         """
+        extra = self.extra
         params = [(param, ",".join(_or_value(p) for p in batch)), *extra]
-        kept: list[dict[str, Any]] = []
+        kept: list[JsonObject] = []
         reports: list[str] = []  # its unusable entries: reported only if it is kept (else the own searches do)
-        with changes_refused():
-            async with contextlib.aclosing(client.pages(rtype, params, reports)) as pages:
+        with self.changes_refused():
+            async with contextlib.aclosing(self.client.pages(rtype, params, reports)) as pages:
                 read = 0
                 async for found, more in pages:
                     kept += found
@@ -347,56 +440,14 @@ async def pull_into(
                         break
                 else:
                     for r in kept:
-                        add(r)
-                    client.skipped += reports
+                        self.add(r)
+                    self.client.skipped += reports
                     return
-        summary.split += 1
+        self.summary.split += 1
         left[0] += len(batch)
         for p in batch:
-            jobs.put_nowait(partial(done, partial(search, rtype, [(param, _or_value(p)), *extra]), left, len(batch)))
-
-    for rtype in scanned:  # first: a scan may run to many pages
-        jobs.put_nowait(partial(scan, rtype))
-    for start in range(0, len(todo), per_search):
-        batch = todo[start : start + per_search]
-        left = [1 + len(per_patient)]  # the batch's jobs not yet done (a split search adds its patients')
-        patient_job: Callable[[], Awaitable[None]]
-        if not since and len(batch) == 1:
-            patient_job = partial(read, batch[0])
-        else:
-            ids = ",".join(_or_value(p.split("/", 1)[1]) for p in batch)
-            patient_job = partial(search, "Patient", [("_id", ids), *extra])
-        batch_jobs = [patient_job] + [
-            partial(search, rtype, [(param, _or_value(batch[0])), *extra])
-            if len(batch) == 1
-            else partial(grouped, rtype, param, batch, left)  # one search for the batch: values OR-ed
-            for rtype, param in per_patient
-        ]
-        for job in batch_jobs:
-            jobs.put_nowait(partial(done, job, left, len(batch)))
-
-    async def worker() -> None:
-        while True:
-            job = await jobs.get()
-            try:
-                await job()
-            finally:
-                jobs.task_done()
-
-    try:
-        async with asyncio.TaskGroup() as group:  # one failure cancels the other workers
-            workers = [group.create_task(worker()) for _ in range(max(1, client.settings.concurrency))]
-            await jobs.join()
-            for task in workers:
-                task.cancel()
-    except ExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-    if client.skipped:
-        shown = first_few(client.skipped, sep="; ")
-        summary.warnings.append(f"{len(client.skipped)} search entry(ies) unusable, skipped: {shown}")
-    summary.resources = Counter(sink.counts)
-    summary.requests, summary.retries = client.requests, client.retries
-    return summary
+            own = partial(self.search, rtype, [(param, _or_value(p)), *extra])
+            self.jobs.put_nowait(partial(self.done, own, left, len(batch)))
 
 
 SINCE_REFUSED = (
@@ -421,7 +472,7 @@ def _or_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
-def _reference(value: Any, base: str) -> str | None:
+def _reference(value: JsonValue, base: str) -> str | None:
     ref = value.get("reference") if isinstance(value, dict) else None
     return ref.removeprefix(base + "/") if isinstance(ref, str) else None
 
@@ -439,7 +490,7 @@ def _search_plan(cap: Capability) -> tuple[list[tuple[str, str]], list[str]]:
     return per_patient, scanned
 
 
-def patient_of(resource: dict[str, Any], base: str) -> str | None:
+def patient_of(resource: JsonObject, base: str) -> str | None:
     """The patient a resource belongs to (subject, patient or individual), relative to the server's base."""
     for key in ("subject", "patient", "individual"):
         ref = _reference(resource.get(key), base)

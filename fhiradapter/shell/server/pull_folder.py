@@ -17,14 +17,16 @@ import shutil
 import stat
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new, replace, write_new
+from fhiradapter.shell.common.json_types import JsonObject
 from fhiradapter.shell.run.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data
@@ -44,7 +46,7 @@ class NdjsonSink:
         self.seen: set[tuple[str, str]] = set()
         self.counts: Counter[str] = Counter()
 
-    def add(self, resource: dict[str, Any]) -> None:
+    def add(self, resource: JsonObject) -> None:
         rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
         if not is_resource_type(rtype):  # the pull reports such entries before they get here: a file is never
             raise ServerError("a resource whose resourceType is not a FHIR R4 resource type reached the pull folder")
@@ -175,7 +177,9 @@ def _listed(out: Path) -> set[str]:
     return {f"{rtype}.ndjson" for rtype in manifest.get("resources") or ()}
 
 
-def finish_folder(out: Path, work: Path, manifest: dict[str, Any], earlier: list[Path], files: list[Path]) -> list[str]:
+def finish_folder(
+    out: Path, work: Path, manifest: Mapping[str, object], earlier: list[Path], files: list[Path]
+) -> list[str]:
     """Write the complete pull's manifest (with its files) into ``work``, then put ``work`` in place of ``out``
     whole; return the names of the earlier pull's files that the new one does not have. If that fails, ``work``
     is removed and ``out`` is as it was."""

@@ -11,7 +11,7 @@ SQLite in the data folder by default (``sync.db``); ``--store`` takes ``sqlite:/
 - ``resources``: the last-seen version of every pulled resource (JSON), with a deleted flag; evaluation reads
   the study's non-deleted resources from here, so an incremental pull still evaluates whole patients;
 - ``written``: every write the sync sent (method, url, condition, status, the server's location, outcome);
-- ``server_limits``: per server, what it takes in one transaction (``push.TransactionLimit``, learnt from its
+- ``server_limits``: per server, what it takes in one transaction (``limits.TransactionLimit``, learnt from its
   refusals), so that the next run sends parts it takes from the start. Each run that writes tries twice that
   (``TransactionLimit.probe``) and keeps what it finds, so a limit learnt from a passing refusal wears off;
   the row goes once the server takes ``--chunk``. ``fhiradapter runs`` shows the rows; ``runs
@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     Integer,
     MetaData,
@@ -51,8 +53,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import ConfigError, TargetError
 from fhiradapter.shell.common.files import open_new_text
+from fhiradapter.shell.common.json_types import JsonObject, member
 from fhiradapter.shell.registry.database import db_reason, engine_for
-from fhiradapter.shell.server.push import TransactionLimit
+from fhiradapter.shell.server.limits import TransactionLimit
 
 SCHEMA_VERSION = 1
 DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"
@@ -179,7 +182,7 @@ class SyncStore:
                 raise TargetError("the sync store did not number the new run")
             return int(key[0])
 
-    def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
+    def finish_run(self, run_id: int, status: str, summary: JsonObject) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 update(sync_runs)
@@ -187,9 +190,7 @@ class SyncStore:
                 .values(status=status, finished_at=datetime.now(UTC), summary=orjson.dumps(summary).decode())
             )
 
-    def runs(
-        self, server: str | None = None, study: str | None = None, last: int = 10
-    ) -> tuple[list[dict[str, Any]], int]:
+    def runs(self, server: str | None = None, study: str | None = None, last: int = 10) -> tuple[list[SyncRun], int]:
         """The ``last`` runs, newest first (of the server and study, when given), and how many there are in all."""
         where = [c == v for c, v in ((sync_runs.c.server, server), (sync_runs.c.study, study)) if v is not None]
         with self.engine.connect() as conn:
@@ -197,13 +198,19 @@ class SyncStore:
             rows = conn.execute(select(sync_runs).where(*where).order_by(sync_runs.c.run_id.desc()).limit(last))
             found = []
             for row in rows.mappings():
-                run = dict(row)
-                run["summary"] = orjson.loads(run["summary"]) if run["summary"] else {}
-                for key in ("started_at", "finished_at"):  # in UTC: SQLite gives them back naive, PostgreSQL
-                    when = run[key]  # in the session's time zone
-                    if when is not None:
-                        run[key] = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-                found.append(run)
+                found.append(
+                    SyncRun(
+                        run_id=int(row["run_id"]),
+                        server=str(row["server"]),
+                        study=str(row["study"]),
+                        started_at=_in_utc(row["started_at"]),
+                        finished_at=_in_utc(row["finished_at"]) if row["finished_at"] is not None else None,
+                        status=str(row["status"]),
+                        since=row["since"],
+                        dry_run=bool(row["dry_run"]),
+                        summary=orjson.loads(row["summary"]) if row["summary"] else {},
+                    )
+                )
         return found, int(total)
 
     def watermark(self, server: str, study: str) -> str | None:
@@ -255,7 +262,10 @@ class SyncStore:
             conn.execute(server_limits.delete().where(server_limits.c.server == server))
         return found
 
-    def record_written(self, server: str, study: str, run_id: int, rows: list[tuple[Any, ...]]) -> None:
+    def record_written(
+        self, server: str, study: str, run_id: int, rows: Sequence[tuple[str | int | None, ...]]
+    ) -> None:
+        """The writes a push sent: (method, url, condition, status, location, outcome) each."""
         if not rows:
             return
         keys = ("method", "url", "condition", "status", "location", "outcome")
@@ -270,21 +280,9 @@ class SyncStore:
     def sink(self, server: str, study: str, run_id: int) -> MirrorSink:
         return MirrorSink(self, server, study, run_id)
 
-    def upsert(self, server: str, study: str, run_id: int, items: Iterable[dict[str, Any]]) -> None:
-        rows = [
-            {
-                "server": server,
-                "study": study,
-                "rtype": str(r.get("resourceType")),
-                "rid": str(r.get("id")),
-                "version": str((r.get("meta") or {}).get("versionId") or ""),
-                "last_updated": str((r.get("meta") or {}).get("lastUpdated") or ""),
-                "deleted": False,
-                "body": orjson.dumps(r).decode(),
-                "seen_run": run_id,
-            }
-            for r in items
-        ]
+    def upsert(self, server: str, study: str, run_id: int, items: Iterable[JsonObject]) -> None:
+        """Keep each resource as pulled (its JSON, as the server sent it), seen by this run, not deleted."""
+        rows = [_mirror_row(server, study, run_id, r) for r in items]
         if not rows:
             return
         with self.engine.begin() as conn:
@@ -335,7 +333,7 @@ class SyncStore:
             old.unlink()
         counts: Counter[str] = Counter()
         refused: list[str] = []
-        handles: dict[str, Any] = {}
+        handles: dict[str, TextIO] = {}
         try:
             with self.engine.connect() as conn:
                 query = (
@@ -358,13 +356,50 @@ class SyncStore:
         return counts, refused
 
 
-def _key(server: str, study: str, rtype: str, rid: str) -> tuple[Any, ...]:
+def _key(server: str, study: str, rtype: str, rid: str) -> tuple[ColumnElement[bool], ...]:
     return (
         resources.c.server == server,
         resources.c.study == study,
         resources.c.rtype == rtype,
         resources.c.rid == rid,
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SyncRun:
+    """One sync run as the store keeps it (``fhiradapter runs``); ``summary`` is the run's summary as stored
+    (JSON: ``SyncSummary.as_dict``), {} while it runs."""
+
+    run_id: int
+    server: str
+    study: str
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    since: str | None
+    dry_run: bool
+    summary: dict[str, Any]  # as stored: JSON (``SyncSummary.as_dict``), read by key by ``fhiradapter runs``
+
+
+def _in_utc(when: datetime) -> datetime:
+    """A stored time in UTC: SQLite gives it back naive, PostgreSQL in the session's time zone."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _mirror_row(server: str, study: str, run_id: int, resource: JsonObject) -> dict[str, str | bool | int]:
+    """The store's row of a pulled resource: its key, version and last update (from ``meta``), and its JSON."""
+    meta = member(resource, "meta")
+    return {
+        "server": server,
+        "study": study,
+        "rtype": str(resource.get("resourceType")),
+        "rid": str(resource.get("id")),
+        "version": str((meta or {}).get("versionId") or ""),
+        "last_updated": str((meta or {}).get("lastUpdated") or ""),
+        "deleted": False,
+        "body": orjson.dumps(resource).decode(),
+        "seen_run": run_id,
+    }
 
 
 class MirrorSink:
@@ -376,9 +411,9 @@ class MirrorSink:
         self.store, self.server, self.study, self.run_id = store, server, study, run_id
         self.counts: Counter[str] = Counter()
         self._seen: set[tuple[str, str]] = set()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[JsonObject] = []
 
-    def add(self, resource: dict[str, Any]) -> None:
+    def add(self, resource: JsonObject) -> None:
         key = (str(resource.get("resourceType")), str(resource.get("id")))
         if key in self._seen:
             return

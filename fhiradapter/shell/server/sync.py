@@ -40,10 +40,12 @@ import orjson
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, split_by_rule
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.errors import AdapterError
+from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.outputs import Writeback, write_held
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.server.bulk import bulk_pull
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
+from fhiradapter.shell.server.limits import TransactionLimit
 from fhiradapter.shell.server.pull import (
     PullSummary,
     logical_subjects,
@@ -53,7 +55,7 @@ from fhiradapter.shell.server.pull import (
     study_subjects,
 )
 from fhiradapter.shell.server.pull_folder import first_few
-from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, TransactionLimit, push
+from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, push
 from fhiradapter.shell.server.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
@@ -87,7 +89,7 @@ class SyncSummary:
     warnings: list[str] = field(default_factory=list)
     non_atomic: list[str] = field(default_factory=list)  # patients written as a batch: too large for a transaction
     # The store's transaction limit for this server as the run found it, what the run tried, and what it left.
-    transaction_limit: dict[str, Any] | None = None
+    transaction_limit: dict[str, dict[str, int] | None] | None = None
     requests: int = 0
     retries: int = 0
     per_search: int | None = None  # patients asked for in one search by the run's pull (None: a Bulk pull)
@@ -96,7 +98,7 @@ class SyncSummary:
     out: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:  # the run's summary as the store keeps it (JSON) and `runs` reads it
         return {
             "run_id": self.run_id,
             "server": self.server,
@@ -129,15 +131,18 @@ class SyncSummary:
         }
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class SyncOptions:
+    """What a sync run is asked to do (keyword-built; a dataclass, as it holds callbacks): the study, the day and
+    the mappings, where the run folders go, how to pull and how to push, and who is told what as it goes."""
+
     study: str
     as_of: date
-    since: str  # "auto" | "none" | an instant
-    dry_run: bool
+    since: str = "auto"  # "auto" | "none" | an instant
+    dry_run: bool = False
     work_dir: Path
     mappings: Mappings
-    mappings_identity: dict[str, Any]
+    mappings_identity: dict[str, str]  # id, version, mappings_dir, sha256 (``mappings_io.load_mappings``)
     progress: Callable[[int], None] | None = None  # the pull's, per patient
     on_total: Callable[[int], None] | None = None
     # The push's: given the number of entries to send, returns what to call as parts are answered.
@@ -407,18 +412,24 @@ def _evaluate(
         )
     handed: list[Writeback] = []
     result = run_evaluate(
-        [folder],
-        out / ("out-retry" if again else "out"),
-        opts.as_of,
-        opts.mappings,
-        opts.mappings_identity,
-        report=False,
-        study=summary.study.removeprefix("ResearchStudy/"),  # the study pulled: its subjects are evaluated
-        fhir_bases=(server,),  # the server's absolute references are its own resources
-        on_writeback=handed.append,
+        RunRequest(
+            inputs=(folder,),
+            out=out / ("out-retry" if again else "out"),
+            as_of=opts.as_of,
+            mappings=opts.mappings,
+            mappings_identity=opts.mappings_identity,
+            report=False,
+            study=summary.study.removeprefix("ResearchStudy/"),  # the study pulled: its subjects are evaluated
+            fhir_bases=(server,),  # the server's absolute references are its own resources
+            on_writeback=handed.append,
+        )
     )
-    keys = ("records_read", "records_used", "records_rejected", "rejects_by_reason")
-    summary.evaluated = {k: result[k] for k in keys if k in result}
+    summary.evaluated = {
+        "records_read": result.records_read,
+        "records_used": result.records_used,
+        "records_rejected": result.records_rejected,
+        "rejects_by_reason": result.rejects_by_reason,
+    }
     summary.out = out / ("out-retry" if again else "out")
     (planned,) = handed
     summary.plan, summary.changes, summary.in_words = planned.actions, planned.changes, planned.in_words
@@ -463,7 +474,9 @@ async def _push_phase(
     return pushed
 
 
-def _approved_part(planned: Writeback, opts: SyncOptions, summary: SyncSummary) -> dict[str, Any]:
+def _approved_part(
+    planned: Writeback, opts: SyncOptions, summary: SyncSummary
+) -> dict[str, Any]:  # a write-back Bundle: JSON, as core.approval builds it and push sends it
     """What the standing rule lets this run write; the rest goes to ``<run out>/held`` for a person to approve."""
     rule = opts.standing_rule
     allowed, held, _allowed_lines, held_lines = split_by_rule(planned.bundle, planned.plan_lines, rule)

@@ -1,0 +1,199 @@
+"""Results read back into the types they were written from: results.json's header, subjects and cohort,
+candidates.ndjson's lines, and the run record of a Spark ``--results-dir``.
+
+msgspec decodes the JSON straight into :class:`~fhiradapter.core.results.PatientResult`,
+:class:`~fhiradapter.core.results.CohortSummary` and :class:`~fhiradapter.core.results.ResultsHeader`. One field
+needs a step of its own: a criterion's ``value`` is one of several Structs (a measurement, an age range, a
+Child-Pugh class, ...) that results.json writes without a tag (its contract), so msgspec cannot tell them apart.
+The read side keeps that value as raw JSON, then decodes it into the type its criterion id says
+(``eligibility.VALUE_TYPES``). Nothing else differs between what is written and what is read: a round trip
+gives back an equal value (tests/test_readback.py).
+
+Every function raises ``msgspec.ValidationError`` or ``msgspec.DecodeError`` with the path of what is wrong
+(``$.eligibility.criteria[3].value``); the shell says which file and line.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import TypeVar
+
+import msgspec
+
+from fhiradapter.core.eligibility import VALUE_TYPES
+from fhiradapter.core.results import (
+    CohortSummary,
+    Criterion,
+    CriterionStatus,
+    CriterionValue,
+    Eligibility,
+    PatientResult,
+    ResultsHeader,
+)
+
+
+class _CriterionOnDisk(msgspec.Struct, frozen=True):
+    """:class:`Criterion` as results.json holds it, its value not yet typed."""
+
+    id: str
+    status: CriterionStatus
+    value: msgspec.Raw
+    evidence: tuple[str, ...]
+    detail: str
+
+
+def _read_side(struct: type[msgspec.Struct], name: str, **retyped: object) -> type[msgspec.Struct]:
+    """``struct`` with the fields named in ``retyped`` of another type: what msgspec decodes before those are
+    typed. Made from ``struct``'s own fields, so that the two cannot drift apart."""
+    fields = []
+    for field in msgspec.structs.fields(struct):
+        if field.default is not msgspec.NODEFAULT:
+            spec = msgspec.field(default=field.default, name=field.encode_name)
+        elif field.default_factory is not msgspec.NODEFAULT:
+            spec = msgspec.field(default_factory=field.default_factory, name=field.encode_name)
+        else:
+            spec = msgspec.field(name=field.encode_name)
+        fields.append((field.name, retyped.get(field.name, field.type), spec))
+    return msgspec.defstruct(name, fields, frozen=True, kw_only=True)
+
+
+_EligibilityOnDisk = _read_side(Eligibility, "EligibilityOnDisk", criteria=tuple[_CriterionOnDisk, ...])
+_PatientResultOnDisk = _read_side(PatientResult, "PatientResultOnDisk", eligibility=_EligibilityOnDisk)
+_subject = msgspec.json.Decoder(_PatientResultOnDisk)
+_header = msgspec.json.Decoder(ResultsHeader)
+_cohort = msgspec.json.Decoder(CohortSummary)
+
+
+@cache
+def _value_decoder(criterion_id: str) -> msgspec.json.Decoder[CriterionValue]:
+    return msgspec.json.Decoder(VALUE_TYPES.get(criterion_id, int | str | None))
+
+
+def _criterion(read: _CriterionOnDisk, n: int) -> Criterion:
+    try:
+        value = _value_decoder(read.id).decode(read.value)
+    except msgspec.ValidationError as exc:
+        raise msgspec.ValidationError(f"{exc} - in `$.eligibility.criteria[{n}].value` ({read.id})") from None
+    return Criterion(read.id, read.status, value, read.evidence, read.detail)
+
+
+Typed = TypeVar("Typed", bound=msgspec.Struct)
+
+
+def _typed(read: msgspec.Struct, struct: type[Typed], **typed: object) -> Typed:
+    """``read``'s fields (a read-side type of ``struct``), with ``typed`` in place of those that needed a step.
+    The read side's fields are ``struct``'s by construction (``_read_side``): the dict is only the hand-over."""
+    return struct(**(msgspec.structs.asdict(read) | typed))
+
+
+def decode_subject(raw: bytes | msgspec.Raw) -> PatientResult:
+    """One subject of results.json (or one line of candidates.ndjson, or of a Spark ``subjects`` part)."""
+    read = _subject.decode(raw)
+    on_disk = getattr(read, "eligibility")  # noqa: B009 - a field of the read-side type built above
+    criteria = tuple(_criterion(c, n) for n, c in enumerate(on_disk.criteria))
+    eligibility = _typed(on_disk, Eligibility, criteria=criteria)
+    return _typed(read, PatientResult, eligibility=eligibility)
+
+
+def decode_header(raw: bytes) -> ResultsHeader:
+    """results.json's header: everything before ``subjects``, as one JSON object."""
+    return _header.decode(raw)
+
+
+def decode_cohort(raw: bytes) -> CohortSummary:
+    """results.json's ``cohort``."""
+    return _cohort.decode(raw)
+
+
+def split_whole(raw: bytes) -> tuple[ResultsHeader, list[msgspec.Raw], CohortSummary]:
+    """A results.json read whole (one not laid out one subject per line, as evaluate writes it, but re-indented
+    by hand, say): its header, its subjects still raw (``decode_subject`` each), its cohort."""
+    parts = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+    subjects, cohort = parts.pop("subjects", None), parts.pop("cohort", None)
+    if subjects is None or cohort is None:
+        raise msgspec.ValidationError("not an fhiradapter results file (no subjects/cohort)")
+    header = b"{" + b",".join(msgspec.json.encode(k) + b":" + bytes(v) for k, v in parts.items()) + b"}"
+    return decode_header(header), msgspec.json.decode(subjects, type=list[msgspec.Raw]), decode_cohort(cohort)
+
+
+class RunRecord(msgspec.Struct, frozen=True):
+    """``run/part-00000`` of a Spark ``--results-dir``: the header and cohort of results.json, and how many lines
+    each folder of parts holds (so that a copy that stopped half way is told from a whole one)."""
+
+    header: ResultsHeader
+    cohort: CohortSummary
+    lines: dict[str, int]
+
+
+_run_record = msgspec.json.Decoder(RunRecord)
+
+
+def decode_run_record(raw: bytes) -> RunRecord:
+    return _run_record.decode(raw)
+
+
+# --- clinical.ndjson (core/extract.py writes it) ----------------------------------------------------------
+# Numbers keep the type they were written with (``float | int``): a value written as 5 reads back as 5, not 5.0,
+# so that every export writes it as before. Dates are text: a record may give only a month or a year.
+
+
+class ExtractObservation(msgspec.Struct, frozen=True):
+    """A numeric observation: in the concept's canonical unit, and as recorded."""
+
+    ref: str
+    concept: str
+    date: str
+    value: float | int
+    unit: str | None
+    orig_value: float | int | None
+    orig_unit: str | None
+    low: float | int | None
+    high: float | int | None
+
+
+class ExtractTumour(msgspec.Struct, frozen=True):
+    """A tumour measurement of one lesion: both diameters in mm."""
+
+    ref: str
+    date: str
+    lesion: str | None
+    d1: float | int | None
+    d2: float | int | None
+
+
+class ExtractExposure(msgspec.Struct, frozen=True):
+    ref: str
+    drug: str | None
+    drug_code: str | None
+    start: str | None
+    end: str | None  # never after the as-of date
+
+
+class ExtractAdverseEvent(msgspec.Struct, frozen=True):
+    ref: str
+    term: str | None  # the CTC v2.0 term, None when unmapped
+    verbatim: str
+    meddra: str | None
+    grade: int | None
+    date: str
+
+
+class ClinicalExtract(msgspec.Struct, frozen=True):
+    """One line of clinical.ndjson: what a registry or an SDTM dataset needs beyond results.json."""
+
+    patient: str
+    birth_date: str | None
+    sex: str | None
+    deceased_date: str | None
+    observations: tuple[ExtractObservation, ...]
+    tumour: tuple[ExtractTumour, ...]
+    exposures: tuple[ExtractExposure, ...]
+    adverse_events: tuple[ExtractAdverseEvent, ...]
+
+
+_extract = msgspec.json.Decoder(ClinicalExtract)
+
+
+def decode_extract(raw: bytes) -> ClinicalExtract:
+    """One line of clinical.ndjson (or of a Spark ``clinical`` part)."""
+    return _extract.decode(raw)
