@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from test_protocol_s2_eligibility import SCREEN, good_record
 
 from fhiradapter.core.evaluate import EvaluationSettings, evaluate_patient
-from fhiradapter.core.readback import ClinicalExtract
+from fhiradapter.core.extract import ClinicalExtract
 from fhiradapter.core.registry import Pseudonymiser, SubjectView
 from fhiradapter.core.results import PatientResult
 from fhiradapter.errors import ConfigError, InputError, TargetError

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from test_export import a_result, an_extract
 
 from fhiradapter.cli import main
-from fhiradapter.core.readback import ExtractObservation
+from fhiradapter.core.extract import NumericObservation
 from fhiradapter.core.registry import SubjectView
 from fhiradapter.core.results import EligibilityStatus
 from fhiradapter.core.sdtm import DATASETS, SdtmBuilder, parse_export_mappings
@@ -202,8 +202,8 @@ def test_ae_rows_are_the_extract_events_with_grade_and_verbatim_term(sdtm: Any) 
 def test_lb_keeps_the_original_unit_and_the_standard_one() -> None:
     builder = SdtmBuilder(load_export_mappings(None))
     observations = (
-        ExtractObservation("Observation/c", "creatinine", "2003-06-01", 1.0, "mg/dL", 88.4, "umol/L", None, None),
-        ExtractObservation("Observation/n", "anc", "2003-06-02", 2.5, "10*9/L", None, None, None, None),
+        NumericObservation("Observation/c", "creatinine", "2003-06-01", 1.0, "mg/dL", 88.4, "umol/L", None, None),
+        NumericObservation("Observation/n", "anc", "2003-06-02", 2.5, "10*9/L", None, None, None, None),
     )
     view = SubjectView(a_result(index_date=date(2003, 6, 2)), an_extract(observations=observations), None)
     builder.add(view)

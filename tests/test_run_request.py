@@ -1,6 +1,6 @@
 """What goes into a run, typed: the run request the CLI builds and the engine it reaches (``run/engine.py``),
 the options a command is given as one value each (``cli/common.py``), the server options as one
-``ServerOptions``, and the typed JSON readers (``common/json_types.py``)."""
+``ServerOptions``, and the typed JSON readers (``core/json_types.py``)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from fhiradapter.cli.common import ExportOptions, command_options, export_option
 from fhiradapter.cli.server_options import server_options
 from fhiradapter.core.evaluate import EvaluationSettings
 from fhiradapter.errors import ConfigError
-from fhiradapter.shell.common.json_types import items, member, text
+from fhiradapter.core.json_types import items, member, text
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.run.engine import Engine, FoundInputs, RunRequest
 from fhiradapter.shell.run.local_engine import LocalEngine

@@ -12,15 +12,27 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import orjson
 import pytest
 from builders import AS_OF, ROOT, raise_thal03_afp
 from fhir_server import load_input, post, sekmet_server, server_resources
 
+from fhiradapter.core.fhir_out import Observation, ResearchSubject, encode
+from fhiradapter.core.protocol import StudyKey
+from fhiradapter.core.results import PatientResult
 from fhiradapter.core.review import read_back
-from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
+from fhiradapter.core.writeback import (
+    IDENTIFIER_SYSTEM,
+    PlanEntry,
+    WritebackContext,
+    bundle_entry,
+    content_hash,
+    research_subject_update,
+)
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.run.engine import RunRequest
+from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
@@ -324,3 +336,76 @@ def test_the_write_back_handed_in_memory_is_what_the_files_hold(tmp_path: Path) 
     assert sum(sum(kinds.values()) for acts in kept.changes.values() for kinds in acts.values()) == sum(
         1 for p in plan if p["action"] != "unchanged"
     )
+
+
+@pytest.fixture(scope="module")
+def paper_typed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[PatientResult], list[PlanEntry]]:
+    """The paper cohort's results and every plan entry, typed, as evaluate built them (one worker: in this
+    process)."""
+    from fhiradapter.shell.run import outputs
+
+    results: list[PatientResult] = []
+    plans: list[PlanEntry] = []
+    add = outputs.PatientParts.add
+
+    def keep(self: outputs.PatientParts, result: PatientResult, plan: list[PlanEntry], extract: Any) -> None:
+        results.append(result)
+        plans.extend(plan)
+        add(self, result, plan, extract)
+
+    mappings, identity = load_mappings()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(outputs.PatientParts, "add", keep)
+        out = tmp_path_factory.mktemp("typed")
+        request = RunRequest(
+            inputs=(PAPER,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, engine=LocalEngine(1)
+        )
+        run_evaluate(request)
+    return results, plans
+
+
+@pytest.fixture(scope="module")
+def paper_plans(paper_typed: tuple[list[PatientResult], list[PlanEntry]]) -> list[PlanEntry]:
+    return paper_typed[1]
+
+
+def test_typed_entries_encode_to_the_json_written_before_they_were_typed(paper_plans: list[PlanEntry]) -> None:
+    """Each entry, built from Structs and encoded, is byte for byte the entry the dict-built write-back wrote
+    (commit 9971da7, Provenance aside: it carries the moment of the run), and a valid R4B resource."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    expected = (ROOT / "fixtures" / "paper-cohort" / "expected" / "writeback-entries.ndjson").read_bytes()
+    entries = [bundle_entry(plan) for plan in paper_plans]
+    encoded = [encode(entry) for entry in entries if entry is not None]
+    assert encoded == expected.splitlines()
+    for line in encoded:
+        resource = orjson.loads(line)["resource"]
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+
+
+def test_a_typed_result_read_back_is_the_value_written(
+    paper_typed: tuple[list[PatientResult], list[PlanEntry]],
+) -> None:
+    """Written then read back: every Observation, and a new ResearchSubject for each patient (by id and by
+    identifier of the study), decodes to the Struct it was and is a valid R4B resource."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    results, plans = paper_typed
+    typed: list[Observation | ResearchSubject] = [p.resource for p in plans if isinstance(p.resource, Observation)]
+    for study in (StudyKey("thal-hcc-pilot"), StudyKey(None, frozenset({("urn:study", "THAL-1")}))):
+        for result in results:
+            new = research_subject_update(result, None, WritebackContext("thal-hcc-pilot", study))
+            assert isinstance(new, ResearchSubject)
+            typed.append(new)
+    decoder = msgspec.json.Decoder(Observation | ResearchSubject)
+    for resource in typed:
+        written = encode(resource)
+        assert decoder.decode(written) == resource
+        get_fhir_model_class(type(resource).__name__).model_validate(orjson.loads(written))
+
+
+def test_the_content_hash_of_a_typed_result_is_that_of_its_json(paper_plans: list[PlanEntry]) -> None:
+    """The hash tag written (of the Struct) is the hash a later run computes of the JSON read back."""
+    for plan in paper_plans:
+        if isinstance(plan.resource, Observation):
+            assert content_hash(plan.resource) == content_hash(orjson.loads(encode(plan.resource)))

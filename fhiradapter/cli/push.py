@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -52,8 +52,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, server:
     """
     import asyncio  # noqa: PLC0415
 
+    from fhiradapter.core.writeback import entries_of  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import approved_for_push  # noqa: PLC0415
-    from fhiradapter.shell.server.push import load_bundle, push  # noqa: PLC0415
+    from fhiradapter.shell.server.push import PushSummary, load_bundle, push  # noqa: PLC0415
 
     with guard(PUSH_INTERRUPTED):
         doc, approval, left_out = approved_for_push(bundle, load_bundle(bundle))
@@ -63,9 +64,9 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, server:
         click.echo(f"Approved by {approval.approved_by} ({approval.role}) at {approval.approved_at}{excluded}.")
 
         show = sys.stderr.isatty() if progress is None else progress
-        total = len(doc.get("entry") or [])
+        total = len(entries_of(doc))
 
-        async def run() -> Any:
+        async def run() -> PushSummary:
             client = await open_server_client(server)
             async with client:
                 with click.progressbar(

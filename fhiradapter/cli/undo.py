@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -44,7 +44,7 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, server: ServerOption
     from fhiradapter import __version__  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import read_approval  # noqa: PLC0415
     from fhiradapter.shell.server.push import load_bundle  # noqa: PLC0415
-    from fhiradapter.shell.server.undo import undo  # noqa: PLC0415
+    from fhiradapter.shell.server.undo import UndoSummary, undo  # noqa: PLC0415
 
     with guard("a run half taken back is finished by running the same command again"):
         if not who.strip():
@@ -53,7 +53,7 @@ def undo_cmd(out: Path, who: str, role: str, dry_run: bool, server: ServerOption
         approval = read_approval(out)
         excluded = approval.excluded if approval else ()
 
-        async def run() -> Any:
+        async def run() -> UndoSummary:
             client = await open_server_client(server)
             async with client:
                 return await undo(

@@ -12,12 +12,14 @@ of change it lists; :func:`split_by_rule` holds the rest for a person. Pure: no 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fhiradapter.core.writeback import KINDS, entry_patient, full_url, provenance_for
+from fhiradapter.core.fhir_out import CodeableConcept, Coding, ProvenanceAgent, Reference, to_json
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
+from fhiradapter.core.writeback import KINDS, entry_patient, full_url, outgoing, provenance_for
 from fhiradapter.errors import ConfigError
 
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
@@ -71,7 +73,7 @@ class StandingRule(BaseModel):
         return f"standing rule signed by {self.signed_by} ({self.role}) on {self.signed_on}"
 
 
-def parse_standing_rule(doc: Mapping[str, Any], where: str) -> StandingRule | None:
+def parse_standing_rule(doc: Mapping[str, object], where: str) -> StandingRule | None:
     """``approval.toml`` as a :class:`StandingRule` (None when it holds none)."""
     unknown = set(doc) - {"standing_rule"}
     if unknown:
@@ -86,67 +88,72 @@ def parse_standing_rule(doc: Mapping[str, Any], where: str) -> StandingRule | No
         raise ConfigError(f"{where}: [standing_rule] {path}: {first['msg']}") from None
 
 
-def approver_agent(name: str, role: str) -> dict[str, Any]:
+def approver_agent(name: str, role: str) -> ProvenanceAgent:
     """The Provenance agent that says on whose authority the write was made."""
-    return {
-        "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "verifier", "display": "Verifier"}]},
-        "role": [{"text": role}],
-        "who": {"display": name},
-    }
+    return ProvenanceAgent(
+        type=CodeableConcept([Coding(PARTICIPANT_TYPE, "verifier", "Verifier")]),
+        role=[CodeableConcept(text=role)],
+        who=Reference(display=name),
+    )
 
 
-def _is_provenance(entry: Mapping[str, Any]) -> bool:
-    resource = entry.get("resource")
-    return isinstance(resource, dict) and resource.get("resourceType") == "Provenance"
-
-
-def approved_bundle(bundle: Mapping[str, Any], approval: Approval) -> tuple[dict[str, Any], list[str]]:
-    """The Bundle as it may be sent: excluded patients' entries left out, the approver in every Provenance.
+def approved_bundle(bundle: JsonObject, approval: Approval) -> tuple[JsonObject, list[str]]:
+    """The Bundle (as read from writeback.json) as it may be sent: excluded patients' entries left out, the
+    approver in every Provenance.
 
     Returns the Bundle and the entries left out (their fullUrls). A Provenance keeps only the targets that are
     still sent; with none left it is dropped.
     """
     excluded = set(approval.excluded)
-    kept: list[dict[str, Any]] = []
+    kept: list[JsonValue] = []
     left_out: list[str] = []
-    provenances: list[dict[str, Any]] = []
-    for entry in bundle.get("entry") or ():
-        if not isinstance(entry, dict):
+    entries = outgoing(bundle)
+    for sent in entries:
+        if sent.is_provenance:
             continue
-        if _is_provenance(entry):
-            provenances.append(entry)
-        elif entry_patient(entry) in excluded:
-            left_out.append(str(entry.get("fullUrl")))
+        if entry_patient(sent.entry) in excluded:
+            left_out.append(str(sent.full_url))
         else:
-            kept.append(entry)
-    sent = {str(e.get("fullUrl")) for e in kept}
-    agent = approver_agent(
-        approval.approved_by,
-        approval.role if not approval.standing_rule else f"{approval.role}, {approval.standing_rule}",
+            kept.append(sent.entry)
+    names = {str(as_object(e).get("fullUrl")) for e in kept}
+    agent = to_json(
+        approver_agent(
+            approval.approved_by,
+            approval.role if not approval.standing_rule else f"{approval.role}, {approval.standing_rule}",
+        )
     )
-    for entry in provenances:
-        resource = dict(entry["resource"])
-        targets = [t for t in resource.get("target") or () if isinstance(t, dict) and t.get("reference") in sent]
+    for sent in entries:
+        if not sent.is_provenance:
+            continue
+        resource = dict(sent.resource)
+        targets = [t for t in _listed(resource, "target") if as_object(t).get("reference") in names]
         if not targets:
             continue
         resource["target"] = targets
-        resource["agent"] = [*(resource.get("agent") or ()), agent]
-        kept.append({**entry, "resource": resource})
+        resource["agent"] = [*_listed(resource, "agent"), agent]
+        kept.append({**sent.entry, "resource": resource})
     return {**bundle, "entry": kept}, left_out
 
 
+def _listed(resource: JsonObject, key: str) -> list[JsonValue]:
+    """A list element of a resource (empty when absent or not a list)."""
+    found = resource.get(key)
+    return found if isinstance(found, list) else []
+
+
 def split_by_rule(
-    bundle: Mapping[str, Any], plan: Iterable[Mapping[str, Any]], rule: StandingRule | None
-) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    bundle: JsonObject, plan: Iterable[JsonObject], rule: StandingRule | None
+) -> tuple[JsonObject, JsonObject, list[JsonObject], list[JsonObject]]:
     """A write-back cut in two: what ``rule`` covers, and what waits for a person.
 
-    ``plan``: the plan's lines (each names its patient, action, kind, and the entry's identifier or existing
-    reference). Returns (allowed Bundle, held Bundle, allowed plan lines, held plan lines); each Bundle keeps a
-    Provenance naming only its own targets. Unchanged lines go with the allowed part (nothing is sent).
+    ``plan``: the plan's lines (writeback-plan.ndjson, JSON: each names its patient, action, kind, and the
+    entry's identifier or existing reference). Returns (allowed Bundle, held Bundle, allowed plan lines, held
+    plan lines); each Bundle keeps a Provenance naming only its own targets. Unchanged lines go with the
+    allowed part (nothing is sent).
     """
     allowed_refs: set[str] = set()
-    held_lines: list[dict[str, Any]] = []
-    allowed_lines: list[dict[str, Any]] = []
+    held_lines: list[JsonObject] = []
+    allowed_lines: list[JsonObject] = []
     for line in plan:
         action, kind = str(line.get("action")), str(line.get("kind"))
         url = _entry_url(line)
@@ -155,18 +162,16 @@ def split_by_rule(
             allowed_refs.add(url)
         else:
             held_lines.append(dict(line))
-    allowed: list[dict[str, Any]] = []
-    held: list[dict[str, Any]] = []
+    allowed: list[JsonObject] = []
+    held: list[JsonObject] = []
     provenance = None
-    for entry in bundle.get("entry") or ():
-        if not isinstance(entry, dict):
-            continue
-        if _is_provenance(entry):
-            provenance = entry
-        elif str(entry.get("fullUrl")) in allowed_refs:
-            allowed.append(entry)
+    for sent in outgoing(bundle):
+        if sent.is_provenance:
+            provenance = sent.entry
+        elif str(sent.full_url) in allowed_refs:
+            allowed.append(sent.entry)
         else:
-            held.append(entry)
+            held.append(sent.entry)
     return (
         {**bundle, "entry": _with_provenance(allowed, provenance)},
         {**bundle, "entry": _with_provenance(held, provenance)},
@@ -175,12 +180,16 @@ def split_by_rule(
     )
 
 
-def _entry_url(line: Mapping[str, Any]) -> str:
-    return full_url(str(line.get("action")), str(line.get("identifier")), line.get("existing"))
+def _entry_url(line: JsonObject) -> str:
+    existing = line.get("existing")
+    return full_url(
+        str(line.get("action")), str(line.get("identifier")), existing if isinstance(existing, str) else None
+    )
 
 
-def _with_provenance(entries: list[dict[str, Any]], provenance: dict[str, Any] | None) -> list[dict[str, Any]]:
-    return [*entries, provenance_for(provenance, entries)] if entries and provenance is not None else entries
+def _with_provenance(entries: list[JsonObject], provenance: JsonObject | None) -> list[JsonValue]:
+    listed: list[JsonValue] = list(entries)
+    return [*listed, provenance_for(provenance, entries)] if entries and provenance is not None else listed
 
 
 Decision = Literal["approved", "missing", "changed"]

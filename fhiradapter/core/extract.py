@@ -11,7 +11,6 @@ elsewhere.
 from __future__ import annotations
 
 from datetime import date
-from typing import Any
 
 import msgspec
 
@@ -24,18 +23,23 @@ from fhiradapter.core.model import PatientRecord
 TUMOUR = "tumor_size"
 
 
+# Numbers keep the type they were written with (``float | int``): a value recorded as 5 is written as 5 and reads
+# back as 5, not 5.0, so that every export writes it as before. Dates are text: a record may give only a month or
+# a year. ``readback.decode_extract`` reads these same types back from clinical.ndjson.
+
+
 class NumericObservation(msgspec.Struct, frozen=True):
     """A numeric observation: its value in the concept's canonical unit, and as the source recorded it."""
 
     ref: str
     concept: str
     date: str  # ISO day
-    value: float
+    value: float | int
     unit: str | None
-    orig_value: float | None
+    orig_value: float | int | None
     orig_unit: str | None
-    low: float | None  # reference range, in the canonical unit
-    high: float | None
+    low: float | int | None  # reference range, in the canonical unit
+    high: float | int | None
 
 
 class TumourMeasurement(msgspec.Struct, frozen=True):
@@ -44,8 +48,8 @@ class TumourMeasurement(msgspec.Struct, frozen=True):
     ref: str
     date: str  # ISO day
     lesion: str | None
-    d1: float  # the longest diameter
-    d2: float | None  # the greatest diameter perpendicular to it
+    d1: float | int | None  # the longest diameter
+    d2: float | int | None  # the greatest diameter perpendicular to it
 
 
 class DrugExposure(msgspec.Struct, frozen=True):
@@ -59,7 +63,7 @@ class DrugExposure(msgspec.Struct, frozen=True):
 
 
 class AdverseEventEntry(msgspec.Struct, frozen=True):
-    """An adverse event: CTC term, the term as reported, MedDRA code and grade."""
+    """An adverse event: CTC term (None when unmapped), the term as reported, MedDRA code and grade."""
 
     ref: str
     term: str | None
@@ -70,21 +74,16 @@ class AdverseEventEntry(msgspec.Struct, frozen=True):
 
 
 class ClinicalExtract(msgspec.Struct, frozen=True):
-    """One patient's line of clinical.ndjson."""
+    """One patient's line of clinical.ndjson: what a registry or an SDTM dataset needs beyond results.json."""
 
     patient: str
     birth_date: str | None
     sex: str | None
     deceased_date: str | None
-    observations: list[NumericObservation]
-    tumour: list[TumourMeasurement]
-    exposures: list[DrugExposure]
-    adverse_events: list[AdverseEventEntry]
-
-
-def patient_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> dict[str, Any]:
-    """The extract line for one patient as JSON: an edge, the shell writes it with orjson (:func:`clinical_extract`)."""
-    return msgspec.to_builtins(clinical_extract(rec, as_of, unused))  # type: ignore[no-any-return]
+    observations: tuple[NumericObservation, ...]
+    tumour: tuple[TumourMeasurement, ...]
+    exposures: tuple[DrugExposure, ...]
+    adverse_events: tuple[AdverseEventEntry, ...]
 
 
 def clinical_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> ClinicalExtract:
@@ -131,10 +130,10 @@ def clinical_extract(rec: PatientRecord, as_of: date, unused: set[str]) -> Clini
         _text(person.birth_date) if person else None,
         person.gender if person else None,
         _text(person.deceased_date) if person else None,
-        sorted(numeric, key=lambda line: (line.date or "", line.concept, line.ref)),
-        sorted(tumour, key=lambda line: (line.date or "", line.lesion or "", line.ref)),
-        sorted(exposures, key=lambda line: (line.start or "", line.ref)),
-        sorted(events, key=lambda line: (line.date or "", line.ref)),
+        tuple(sorted(numeric, key=lambda line: (line.date or "", line.concept, line.ref))),
+        tuple(sorted(tumour, key=lambda line: (line.date or "", line.lesion or "", line.ref))),
+        tuple(sorted(exposures, key=lambda line: (line.start or "", line.ref))),
+        tuple(sorted(events, key=lambda line: (line.date or "", line.ref))),
     )
 
 

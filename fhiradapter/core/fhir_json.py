@@ -26,7 +26,7 @@ RESOURCE_ID = re.compile(r"[A-Za-z0-9\-\.]{1,64}")  # FHIR R4 id
 MAX_MAGNITUDE = 1e12  # no measurement the protocol reads comes near; beyond it a value is an error of the source
 
 
-def local_date(value: Any) -> str | None:
+def local_date(value: object) -> str | None:
     """The calendar date written in a FHIR date/dateTime/instant, never shifted through UTC.
 
     ``2005-03-31T08:00:00+09:00`` -> ``2005-03-31``; a partial ``2004-07`` stays ``2004-07``.
@@ -71,7 +71,7 @@ def unreadable_date(resource: Resource) -> str | None:
     return None
 
 
-def plausible_number(value: Any) -> bool:
+def plausible_number(value: object) -> bool:
     """A JSON number a measurement can be: finite, and within ``MAX_MAGNITUDE`` (not 1e308, not 30 digits)."""
     if type(value) is int:
         return -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE
@@ -80,7 +80,7 @@ def plausible_number(value: Any) -> bool:
     return True  # not a number: other checks say what is wrong with it
 
 
-def normalise_reference(ref: Any, aliases: dict[str, str] | None = None) -> str | None:
+def normalise_reference(ref: object, aliases: dict[str, str] | None = None) -> str | None:
     """``Type/id`` for a relative, absolute or versioned reference; Bundle ``urn:uuid:`` via ``aliases``.
 
     Contained references (``#id``) are returned unchanged; the caller resolves them in its resource.
@@ -170,7 +170,12 @@ def first_code(concept: CodeableConcept | None) -> str | None:
     return None
 
 
-def contained(items: list[dict[str, Any]] | None, local_ref: str, resource_type: str, kind: type[E]) -> E | None:
+def contained(
+    items: list[dict[str, Any]] | None,  # JSON edge: a resource's contained resources, as read
+    local_ref: str,
+    resource_type: str,
+    kind: type[E],
+) -> E | None:
     """The contained resource of ``resource_type`` a ``#id`` reference names, read as ``kind`` (a Struct of
     only the fields read there, so that another field of the wrong type does not hide it); None when it is
     absent or those fields are unreadable."""
@@ -195,7 +200,7 @@ def utc_instant(value: str) -> str:
         return ""
 
 
-def resolve_aliases(value: Any, aliases: dict[str, str] | None) -> Any:
+def resolve_aliases(value: Any, aliases: dict[str, str] | None) -> Any:  # JSON edge: any JSON in, its copy out
     """A copy of a resource with Bundle-internal references (``urn:uuid:``) replaced by ``Type/id``."""
     if not aliases:
         return value

@@ -79,9 +79,9 @@ class Component(Element, frozen=True):
     code: CodeableConcept | None = None
     value_quantity: Quantity | None = None
     # Read only from the adapter's own earlier results (what a write-back update changes): kept as JSON, any type.
-    value_codeable_concept: Any = None
-    value_string: Any = None
-    value_boolean: Any = None
+    value_codeable_concept: object = None
+    value_string: object = None
+    value_boolean: object = None
 
 
 class Repeat(Element, frozen=True):
@@ -134,18 +134,18 @@ class Observation(Resource, frozen=True):
     value_integer: int | float | None = None
     value_codeable_concept: CodeableConcept | None = None
     # The other value[x] are never read, only noticed: a dataAbsentReason stands only where no value is.
-    value_string: Any = None
-    value_boolean: Any = None
-    value_range: Any = None
-    value_ratio: Any = None
-    value_sampled_data: Any = None
-    value_time: Any = None
-    value_date_time: Any = None
-    value_period: Any = None
+    value_string: object = None
+    value_boolean: object = None
+    value_range: object = None
+    value_ratio: object = None
+    value_sampled_data: object = None
+    value_time: object = None
+    value_date_time: object = None
+    value_period: object = None
     data_absent_reason: CodeableConcept | None = None
     reference_range: list[ReferenceRange] | None = None
     component: list[Component] | None = None
-    contained: list[dict[str, Any]] | None = None
+    contained: list[dict[str, Any]] | None = None  # JSON edge: read as JSON, by fhir_json.contained
 
     def has_value(self) -> bool:
         return any(
@@ -177,7 +177,7 @@ class MedicationUse(Resource, frozen=True):
     medication_reference: Reference | None = None
     effective_date_time: str | None = None
     effective_period: Period | None = None
-    contained: list[dict[str, Any]] | None = None
+    contained: list[dict[str, Any]] | None = None  # JSON edge: read as JSON, by fhir_json.contained
 
     def stop_reasons(self) -> list[CodeableConcept]:
         return []
@@ -300,7 +300,7 @@ TYPES: dict[str, type[Resource]] = {
 
 # One NDJSON line straight to a typed resource. Any other line (another resourceType, a Bundle, a mistyped
 # field, broken JSON, a ResearchSubject whose whole JSON is kept) fails here and is read as a dict instead.
-FAST_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+FAST_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(  # Any: the union below (mypy cannot take it)
     Patient
     | Observation
     | MedicationStatement
@@ -319,7 +319,7 @@ def resource_type(resource: Resource) -> str:
     return type(resource).__name__
 
 
-def as_typed(resource: dict[str, Any], kind: type[Resource]) -> Resource:
+def as_typed(resource: dict[str, Any], kind: type[Resource]) -> Resource:  # JSON edge: a resource read as a dict
     """A resource's JSON dict as its Struct; raises ``msgspec.ValidationError`` naming the path of a bad field."""
     return msgspec.convert(resource, kind)
 
@@ -335,9 +335,9 @@ def _attributes(path: str) -> tuple[str, ...]:
     return tuple("".join(f"_{c.lower()}" if c.isupper() else c for c in part) for part in path.split("."))
 
 
-def get_path(resource: Resource, path: str) -> Any:
+def get_path(resource: Resource, path: str) -> object:
     """The value at a FHIR path of camelCase names (``effectivePeriod.start``), or None."""
-    value: Any = resource
+    value: object = resource
     for name in _attributes(path):
         value = getattr(value, name, None)
         if value is None:

@@ -21,6 +21,7 @@ from typing import TypeVar
 import msgspec
 
 from fhiradapter.core.eligibility import VALUE_TYPES
+from fhiradapter.core.extract import ClinicalExtract
 from fhiradapter.core.results import (
     CohortSummary,
     Criterion,
@@ -132,64 +133,7 @@ def decode_run_record(raw: bytes) -> RunRecord:
     return _run_record.decode(raw)
 
 
-# --- clinical.ndjson (core/extract.py writes it) ----------------------------------------------------------
-# Numbers keep the type they were written with (``float | int``): a value written as 5 reads back as 5, not 5.0,
-# so that every export writes it as before. Dates are text: a record may give only a month or a year.
-
-
-class ExtractObservation(msgspec.Struct, frozen=True):
-    """A numeric observation: in the concept's canonical unit, and as recorded."""
-
-    ref: str
-    concept: str
-    date: str
-    value: float | int
-    unit: str | None
-    orig_value: float | int | None
-    orig_unit: str | None
-    low: float | int | None
-    high: float | int | None
-
-
-class ExtractTumour(msgspec.Struct, frozen=True):
-    """A tumour measurement of one lesion: both diameters in mm."""
-
-    ref: str
-    date: str
-    lesion: str | None
-    d1: float | int | None
-    d2: float | int | None
-
-
-class ExtractExposure(msgspec.Struct, frozen=True):
-    ref: str
-    drug: str | None
-    drug_code: str | None
-    start: str | None
-    end: str | None  # never after the as-of date
-
-
-class ExtractAdverseEvent(msgspec.Struct, frozen=True):
-    ref: str
-    term: str | None  # the CTC v2.0 term, None when unmapped
-    verbatim: str
-    meddra: str | None
-    grade: int | None
-    date: str
-
-
-class ClinicalExtract(msgspec.Struct, frozen=True):
-    """One line of clinical.ndjson: what a registry or an SDTM dataset needs beyond results.json."""
-
-    patient: str
-    birth_date: str | None
-    sex: str | None
-    deceased_date: str | None
-    observations: tuple[ExtractObservation, ...]
-    tumour: tuple[ExtractTumour, ...]
-    exposures: tuple[ExtractExposure, ...]
-    adverse_events: tuple[ExtractAdverseEvent, ...]
-
+# --- clinical.ndjson (core/extract.py writes it, as the same types) ---------------------------------------
 
 _extract = msgspec.json.Decoder(ClinicalExtract)
 

@@ -1,6 +1,6 @@
 """Registry rows: results.json (and the clinical extract) flattened into the export tables, optionally pseudonymised.
 
-Read from typed values (``PatientResult``, ``CohortSummary``, the header, ``readback.ClinicalExtract``); each
+Read from typed values (``PatientResult``, ``CohortSummary``, the header, ``extract.ClinicalExtract``); each
 table's rows are :data:`Row` values, one cell per column name, which the shell writes to SQL
 (``shell/registry/registry_db.py``) or to CSV/Parquet files. Nothing here touches a database or a file.
 
@@ -24,7 +24,7 @@ from datetime import date
 import msgspec
 
 from fhiradapter.core import dates
-from fhiradapter.core.readback import ClinicalExtract
+from fhiradapter.core.extract import ClinicalExtract
 from fhiradapter.core.results import CohortSummary, Criterion, PatientResult, ResultsHeader
 from fhiradapter.errors import ConfigError
 

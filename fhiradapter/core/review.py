@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import NamedTuple, TypedDict
 
 from fhiradapter.core.eligibility import explain
+from fhiradapter.core.fhir_out import to_json
 from fhiradapter.core.results import CriterionStatus, PatientResult
 from fhiradapter.core.writeback import CODE_SYSTEM, GRADE_CODES, KINDS, RESPONSE_CODES, PlanEntry
 
@@ -245,7 +246,7 @@ def _sentence(kind: str, v: Values, criteria_text: dict[str, str] | None) -> str
 def describe(entry: PlanEntry, criteria_text: dict[str, str] | None = None) -> Description:
     """A plan entry for a reviewer. ``criteria_text``: for eligibility, each criterion in words with the
     patient's value (criterion id -> text); without it the criterion ids are named."""
-    new = stated(entry.kind, entry.resource)
+    new = stated(entry.kind, to_json(entry.resource))
     says = _sentence(entry.kind, new, criteria_text)
     rule = RULES.get(entry.kind, "docs/protocol.md")
     if entry.kind == "research-subject" and entry.action == "create":

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fhiradapter.core.readback import ExtractAdverseEvent, ExtractExposure, ExtractObservation, ExtractTumour
+from fhiradapter.core.extract import AdverseEventEntry, DrugExposure, NumericObservation, TumourMeasurement
 from fhiradapter.core.registry import Row, SubjectView, iso
 from fhiradapter.core.results import EligibilityStatus
 from fhiradapter.errors import ConfigError
@@ -264,7 +264,7 @@ class SdtmBuilder:
             }
         )
 
-    def _ex(self, v: SubjectView, exposures: tuple[ExtractExposure, ...]) -> None:
+    def _ex(self, v: SubjectView, exposures: tuple[DrugExposure, ...]) -> None:
         seq = 0
         for e in exposures:
             drug = self.ex.get(e.drug or "")
@@ -290,7 +290,7 @@ class SdtmBuilder:
                 }
             )
 
-    def _ae(self, v: SubjectView, events: tuple[ExtractAdverseEvent, ...]) -> None:
+    def _ae(self, v: SubjectView, events: tuple[AdverseEventEntry, ...]) -> None:
         displays = {t.term: t.display for t in v.result.toxicities}
         for seq, a in enumerate(events, start=1):
             decod = displays.get(a.term or "") or a.term
@@ -309,7 +309,7 @@ class SdtmBuilder:
                 }
             )
 
-    def _lb(self, v: SubjectView, observations: tuple[ExtractObservation, ...]) -> None:
+    def _lb(self, v: SubjectView, observations: tuple[NumericObservation, ...]) -> None:
         seq = 0
         for o in observations:
             test = self.lb.get(o.concept)
@@ -343,7 +343,7 @@ class SdtmBuilder:
                 return f"ASSESSMENT {n}"
         return "UNSCHEDULED"
 
-    def _tu_tr(self, v: SubjectView, measurements: tuple[ExtractTumour, ...]) -> None:
+    def _tu_tr(self, v: SubjectView, measurements: tuple[TumourMeasurement, ...]) -> None:
         links: dict[str, str] = {}
         seq = 0  # TRSEQ, over the subject's measurements
         for m in measurements:
@@ -366,7 +366,7 @@ class SdtmBuilder:
                 )
             seq = self._tr(v, m, links[lesion], seq)
 
-    def _tr(self, v: SubjectView, m: ExtractTumour, link: str, seq: int) -> int:
+    def _tr(self, v: SubjectView, m: TumourMeasurement, link: str, seq: int) -> int:
         """A measurement's two diameters (the ones it has), numbered on from ``seq``; returns the last number."""
         tr = self.cfg.tr
         for code, value in ((tr.longest, m.d1), (tr.perpendicular, m.d2)):

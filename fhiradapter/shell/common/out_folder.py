@@ -30,9 +30,9 @@ from typing import TextIO
 
 import orjson
 
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.errors import ConfigError, InputError, OutputBusy, OutputError
 from fhiradapter.shell.common.files import FILE_MODE, open_new, replace
-from fhiradapter.shell.common.json_types import JsonObject
 
 LOCK = ".fhiradapter.lock"
 MANIFEST = "manifest.json"

@@ -26,8 +26,8 @@ from typing import Any, BinaryIO, Literal, TextIO, TypeVar
 import msgspec
 import orjson
 
+from fhiradapter.core.extract import ClinicalExtract
 from fhiradapter.core.readback import (
-    ClinicalExtract,
     decode_cohort,
     decode_extract,
     decode_header,

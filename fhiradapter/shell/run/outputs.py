@@ -16,15 +16,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import msgspec
 import orjson
 
 from fhiradapter import __version__
+from fhiradapter.core.extract import ClinicalExtract
+from fhiradapter.core.fhir_out import encode
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, ResultsHeader, to_json
 from fhiradapter.core.review import by_patient, criteria_in_words, describe
-from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, run_tag
+from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, resource_type, run_tag
 from fhiradapter.shell.common.files import open_new, replace, write_new
 from fhiradapter.shell.common.out_folder import write_manifest
 from fhiradapter.shell.report.rows import ReportRow, decode_row, encode_row, report_row
@@ -108,8 +111,8 @@ class Writeback(NamedTuple):
     """What a run wrote to writeback.json and writeback-plan.ndjson, handed in memory to a caller that pushes
     it at once (sync): the transaction Bundle and the plan's lines; the rest is read from the lines."""
 
-    bundle: dict[str, Any]
-    plan_lines: list[dict[str, Any]]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
+    bundle: JsonObject  # the Bundle as written, read back: push sends it as it is
+    plan_lines: list[JsonObject]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
 
     @property
     def actions(self) -> Counter[str]:
@@ -180,7 +183,7 @@ def write_writeback(
                     recorded=datetime.now(UTC).isoformat(timespec="seconds"),
                     run=run_tag(digest.hexdigest(), as_of, protocol),
                 )
-                entry = orjson.dumps(provenance)
+                entry = encode(provenance)
                 fh.write(b"," + entry)
                 if keep:
                     kept.append(entry)
@@ -194,7 +197,7 @@ def write_writeback(
     if plan is None:
         return None
     lines = [orjson.loads(line) for blob in plan for line in blob.split(b"\n") if line]  # a blob: a patient's
-    bundle = {
+    bundle: JsonObject = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [x for e in kept for x in orjson.loads(b"[" + e + b"]")],
@@ -237,14 +240,14 @@ class PatientParts:
         index.append((patient, self.names[kind], fh.tell(), len(blob)))
         fh.write(blob)
 
-    def add(self, result: PatientResult, plan: list[PlanEntry], extract: dict[str, Any]) -> None:
-        """One patient's outputs. ``extract``: clinical.ndjson's line as ``core/extract.py`` builds it (JSON,
-        written as it is; ``readback.ClinicalExtract`` reads it back typed)."""
+    def add(self, result: PatientResult, plan: list[PlanEntry], extract: ClinicalExtract) -> None:
+        """One patient's outputs. ``extract``: clinical.ndjson's line (read back as the same type by
+        ``readback.decode_extract``)."""
         patient = result.patient
         if result.population == Population.CANDIDATE:  # reported apart, never in the study's figures
             self._append("candidates", to_json(result), self.index.candidates, patient)
         else:
-            self._append("clinical", orjson.dumps(extract), self.index.clinical, patient)
+            self._append("clinical", msgspec.json.encode(extract), self.index.clinical, patient)
             self._append("subjects", to_json(result), self.index.subjects, patient)
             self._report.write(encode_row(report_row(result)) + b"\n")
         entries, targets, lines = [], [], []
@@ -255,7 +258,7 @@ class PatientParts:
                 "patient": patient,
                 "action": entry.action,
                 "kind": entry.kind,
-                "resourceType": entry.resource.get("resourceType"),
+                "resourceType": resource_type(entry.resource),
                 "identifier": entry.identifier,
                 "existing": entry.ref,
                 **describe(entry, words).as_json(),  # what it says, the rule, and for an update old -> new
@@ -263,8 +266,8 @@ class PatientParts:
             lines.append(orjson.dumps(line))
             bundled = bundle_entry(entry)
             if bundled is not None:
-                entries.append(orjson.dumps(bundled))
-                targets.append(bundled["fullUrl"])
+                entries.append(encode(bundled))
+                targets.append(bundled.full_url)
         if lines:  # one line per plan entry; write_sorted_lines ends the last
             self._append("plan", b"\n".join(lines), self.index.plan, patient)
         if entries:  # the entries, then the Provenance targets they add, one after the other
@@ -280,7 +283,7 @@ class PatientParts:
         return self.index
 
 
-def write_held(folder: Path, bundle: dict[str, Any], plan_lines: list[dict[str, Any]]) -> Path:
+def write_held(folder: Path, bundle: JsonObject, plan_lines: list[JsonObject]) -> Path:
     """A sync's changes that wait for a person: a write-back of their own (Bundle, plan, manifest) in ``folder``,
     which `fhiradapter approve` reviews and `fhiradapter push` sends once approved."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -39,8 +39,8 @@ import msgspec
 import orjson
 
 from fhiradapter.core.fhir_types import FAST_DECODER, Resource
+from fhiradapter.core.json_types import JsonObject, JsonValue, member, text
 from fhiradapter.errors import InputError
-from fhiradapter.shell.common.json_types import JsonObject, JsonValue, member, text
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import msgspec
 import orjson
 
 from fhiradapter.core.dedup import InputRecord, keep_newest
@@ -638,7 +639,7 @@ def _to_results_dir(
         ordered: RDD[tuple[str, PatientOutputs]] = patients.sortByKey().persist()
         subjects = ordered.filter(lambda kv: kv[1][0].population != Population.CANDIDATE)
         subjects.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/subjects")
-        subjects.map(lambda kv: orjson.dumps(kv[1][3]).decode()).saveAsTextFile(f"{url}/clinical")
+        subjects.map(lambda kv: msgspec.json.encode(kv[1][3]).decode()).saveAsTextFile(f"{url}/clinical")
         if run.screen_candidates:
             candidates = ordered.filter(lambda kv: kv[1][0].population == Population.CANDIDATE)
             candidates.map(lambda kv: to_json(kv[1][0]).decode()).saveAsTextFile(f"{url}/candidates")

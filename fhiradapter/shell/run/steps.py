@@ -10,7 +10,7 @@ from typing import Any
 from fhiradapter.core import fhir_json
 from fhiradapter.core.dedup import InputRecord, keep_newest, newer, superseded_reason, version_of
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, evaluate_patient
-from fhiradapter.core.extract import patient_extract
+from fhiradapter.core.extract import ClinicalExtract, clinical_extract
 from fhiradapter.core.fhir_types import Resource, resource_type
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.model import (
@@ -55,8 +55,8 @@ SUBJECT_KEYS = ("subject", "patient", "individual")
 
 
 # One evaluated patient, as ``evaluate_group`` yields it: the result, the cohort row, the write-back plan, and the
-# clinical extract (``extract.patient_extract``: a JSON line, written as it is).
-PatientOutputs = tuple[PatientResult, CohortRow, list[PlanEntry], dict[str, Any]]
+# clinical extract (clinical.ndjson's line).
+PatientOutputs = tuple[PatientResult, CohortRow, list[PlanEntry], ClinicalExtract]
 
 
 def _patient_key(res: Resource | dict[str, Any], record: Record | None) -> str | None:
@@ -244,7 +244,7 @@ def evaluate_group(
             existing = [Existing(w.ref, w.identifier, w.content_hash, w.version, w.content) for w in rec.written]
             target = (chosen.ref, chosen.version, chosen.raw or {}) if chosen else None
             plan = plan_patient(result, existing, target, wctx)
-        extract = patient_extract(rec, settings.as_of, {u.ref for u in evaluation.unused})
+        extract = clinical_extract(rec, settings.as_of, {u.ref for u in evaluation.unused})
         yield result, row, plan, extract
 
 

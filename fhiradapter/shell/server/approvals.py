@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import orjson
 
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, parse_standing_rule
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
 from fhiradapter.shell.common.files import write_new
 from fhiradapter.shell.common.out_folder import file_digest
@@ -37,7 +37,7 @@ def digests(folder: Path) -> tuple[str, str]:
         raise InputError(f"{exc.filename} unreadable: {exc.strerror}") from None
 
 
-def read_plan(folder: Path) -> list[dict[str, Any]]:
+def read_plan(folder: Path) -> list[JsonObject]:
     """The plan's lines (JSON at the edge: each is shown to a person, and checked, as it is)."""
     try:
         return [orjson.loads(line) for line in (folder / PLAN).read_bytes().splitlines() if line.strip()]
@@ -67,7 +67,7 @@ def write_approval(folder: Path, approval: Approval) -> Path:
     return folder / APPROVAL
 
 
-def approved_for_push(bundle_path: Path, bundle: dict[str, Any]) -> tuple[dict[str, Any], Approval, list[str]]:
+def approved_for_push(bundle_path: Path, bundle: JsonObject) -> tuple[JsonObject, Approval, list[str]]:
     """The Bundle as the approval beside it lets it out, the approval, and the entries it leaves out.
 
     Refused (:class:`NotApproved`) when there is no approval, or the files changed after it.

@@ -24,8 +24,8 @@ import httpx
 import jwt
 import orjson
 
+from fhiradapter.core.json_types import JsonValue
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.common.json_types import JsonValue
 from fhiradapter.shell.server.fhir_client import certificate_refused, is_loopback
 
 TOKEN_ENV = "FHIRADAPTER_TOKEN"  # noqa: S105 - the variable's name, not a secret

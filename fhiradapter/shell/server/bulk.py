@@ -37,10 +37,10 @@ import msgspec
 import orjson
 
 from fhiradapter.core.fhir_types import resource_type
+from fhiradapter.core.json_types import JsonObject, JsonValue, text
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new, replace, write_new
-from fhiradapter.shell.common.json_types import JsonObject, JsonValue, text
 from fhiradapter.shell.run.readers import BULK_STATE, PULL_REJECTS, RawRecord, Reject, read_file
 from fhiradapter.shell.server.fhir_client import FhirClient, origin, request_target, retry_after_s
 from fhiradapter.shell.server.pull import patient_of

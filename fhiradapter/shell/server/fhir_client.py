@@ -41,10 +41,10 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from fhiradapter import __version__
+from fhiradapter.core.json_types import JsonObject, JsonValue, items, member, text
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import AnswerLost, ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new
-from fhiradapter.shell.common.json_types import JsonObject, JsonValue, items, member, text
 
 RETURN_MINIMAL = "return=minimal"
 FHIR_JSON = "application/fhir+json"

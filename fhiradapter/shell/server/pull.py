@@ -23,8 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
+from fhiradapter.core.json_types import JsonObject, JsonValue, items, member, text
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.common.json_types import JsonObject, JsonValue, items, member, text
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.server.pull_folder import (
     NdjsonSink,

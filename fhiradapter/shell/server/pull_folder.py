@@ -23,10 +23,10 @@ from typing import BinaryIO
 
 import orjson
 
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.resource_types import is_resource_type
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.common.files import open_new, replace, write_new
-from fhiradapter.shell.common.json_types import JsonObject
 from fhiradapter.shell.run.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
 BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), kept apart from the data

@@ -37,13 +37,14 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
 
 from fhiradapter.core.fhir_json import normalise_reference
-from fhiradapter.core.writeback import entry_patient, split_bundle
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
+from fhiradapter.core.writeback import Outgoing, entry_patient, outgoing, split_bundle
 from fhiradapter.errors import AnswerLost, InputError, ServerError
 from fhiradapter.shell.server.fhir_client import (
     RETRY_STATUS,
@@ -74,14 +75,24 @@ SIZE_REFUSAL = re.compile(
 # and 405 (no write would succeed), and what the client retries (408, 429), raised once the retries are spent.
 STOP_STATUS = (401, 403, 405)
 ENTRY_REFUSALS = tuple(s for s in range(400, 500) if s not in (*STOP_STATUS, *RETRY_STATUS))
-Entry = dict[str, Any]
+
+
+class WriteRecord(NamedTuple):
+    """One entry sent and what became of it."""
+
+    method: str
+    url: str
+    condition: str | None  # the conditional create's If-None-Exist
+    status: int  # the HTTP status (0: no answer)
+    location: str | None  # where the server says it was written
+    outcome: str  # created | updated | unchanged | conflict | error | not applied | unknown
 
 
 @dataclass
 class PushSummary:
     mode: str
     parts: int = 1
-    # (method, url, condition, status, location, outcome) per entry sent: what the sync store records
+    # A WriteRecord per entry sent: what the sync store records (typed as the tuples its signature takes)
     written: list[tuple[str, str, str | None, int, str | None, str]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     conflicts: list[str] = field(default_factory=list)
@@ -124,7 +135,9 @@ class PushSummary:
         return notes
 
 
-def load_bundle(path: Path) -> dict[str, Any]:
+def load_bundle(path: Path) -> JsonObject:
+    """writeback.json as JSON (read as written: push sends its entries as they are), checked to be a
+    transaction or batch Bundle."""
     try:
         bundle = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -160,7 +173,7 @@ def refused_for_size(exc: ServerError) -> bool:
 
 async def push(
     client: FhirClient,
-    bundle: dict[str, Any],
+    bundle: JsonObject,
     mode: str = "auto",
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[int], None] | None = None,
@@ -173,7 +186,7 @@ async def push(
     /metadata is read. ``limit``: what this server took in one transaction before (the sync store's memory);
     parts are cut to it from the start.
     """
-    entries = [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+    entries = outgoing(bundle)
     if cap is None:
         cap = await client.capabilities()
     client.limit.watch_from_now()  # the slow-server note speaks of this push only
@@ -182,20 +195,20 @@ async def push(
         mode = "transaction" if cap.transaction else "batch" if cap.batch else "single"
     summary = PushSummary(mode, limit=limit if adaptive else None)
     if entries:
-        writer = _Writer(client, summary, progress, adaptive)
+        sender = _Sender(client, _Ledger(summary, progress))
         if mode in ("transaction", "batch"):
             size = min(chunk, summary.limit.max_entries) if summary.limit else chunk
             parts = split_bundle({**bundle, "type": mode}, max(1, size))
             summary.parts = len(parts)
-            await writer.parts(parts)
+            await _Parts(sender, summary, adaptive).send(parts, client.settings.concurrency)
         else:
-            await writer.one_by_one(entries)
+            await sender.one_by_one(entries)
     summary.requests, summary.retries = client.requests, client.retries
     summary.lowest_concurrency, summary.concurrency = client.limit.lowest, client.settings.concurrency
     return summary
 
 
-async def _run_all(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
+async def _run_all(jobs: Iterable[Coroutine[object, object, None]]) -> None:
     """Run the jobs side by side; the first failure cancels the rest and is raised as itself."""
     try:
         async with asyncio.TaskGroup() as group:
@@ -205,312 +218,43 @@ async def _run_all(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
         raise errors.exceptions[0] from None
 
 
-def _split_provenance(entries: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+def _split_provenance(entries: list[Outgoing]) -> tuple[list[Outgoing], list[Outgoing]]:
     """The entries other than Provenance, and the Provenance entries."""
-    results: list[Entry] = []
-    provenances: list[Entry] = []
-    for e in entries:
-        (provenances if (e.get("resource") or {}).get("resourceType") == "Provenance" else results).append(e)
-    return results, provenances
+    return [e for e in entries if not e.is_provenance], [e for e in entries if e.is_provenance]
 
 
-def _entries(bundle: dict[str, Any]) -> list[Entry]:
-    return [e for e in bundle.get("entry") or () if isinstance(e, dict)]
+def _with_entries(bundle: JsonObject, entries: list[Outgoing]) -> JsonObject:
+    """``bundle`` holding ``entries`` only."""
+    return {**bundle, "entry": [e.entry for e in entries]}
 
 
-class _Writer:
-    """One push: the client, what has been counted, and what it learnt of the server's transaction size."""
+class _Ledger:
+    """The record of what was written: each entry's outcome counted in the summary, and the progress."""
 
-    def __init__(
-        self, client: FhirClient, summary: PushSummary, progress: Callable[[int], None] | None, adaptive: bool
-    ) -> None:
-        self.client, self.summary, self.progress, self.adaptive = client, summary, progress, adaptive
+    def __init__(self, summary: PushSummary, progress: Callable[[int], None] | None) -> None:
+        self.summary, self._progress = summary, progress
 
-    def _progress(self, n: int) -> None:
-        if self.progress and n:
-            self.progress(n)
+    def progress(self, n: int) -> None:
+        if self._progress and n:
+            self._progress(n)
 
-    # ------------------------------------------------------------------------------------------------ parts
-
-    async def parts(self, parts: list[dict[str, Any]]) -> None:
-        """Send the parts from one queue, ``concurrency`` at a time: a part taken after the server refused a
-        transaction for its size is cut to what the server takes before it is sent."""
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for part in parts:
-            queue.put_nowait(part)
-
-        async def worker() -> None:
-            while True:
-                part = await queue.get()
-                try:
-                    for piece in await self._part(part):
-                        queue.put_nowait(piece)
-                finally:
-                    queue.task_done()
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                workers = [group.create_task(worker()) for _ in range(max(1, self.client.settings.concurrency))]
-                await queue.join()
-                for task in workers:
-                    task.cancel()
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
-
-    async def _part(self, part: dict[str, Any]) -> list[dict[str, Any]]:
-        """Send one part; return the smaller parts to send instead when it must be cut."""
-        entries = _entries(part)
-        limit = self.summary.limit
-        if part.get("type") == "transaction" and limit and len(entries) > limit.max_entries:
-            pieces = split_bundle(part, limit.max_entries)
-            if len(pieces) > 1:
-                self.summary.parts += len(pieces) - 1
-                return pieces
-            if len(entries) >= limit.refused_at:  # one patient, more than the server takes in a transaction
-                return await self._as_batch(part)
-        if part.get("type") == "batch":
-            await self._refused_whole(self._batch(part, entries), entries)
-            self._progress(len(entries))
-            return []
-        try:
-            await self._transaction(part, entries)
-        except ServerError as exc:
-            if not (self.adaptive and refused_for_size(exc)):
-                self._count_refused(entries, exc)
-                self._progress(len(entries))
-                return []
-            self.summary.size_refusals += 1
-            known = self.summary.limit  # another part may have learnt a smaller limit meanwhile
-            start = known or TransactionLimit(len(entries), len(entries))
-            self.summary.limit = start.refused(len(entries))
-            pieces = split_bundle(part, self.summary.limit.max_entries)
-            if len(pieces) > 1:
-                self.summary.parts += len(pieces) - 1
-                return pieces
-            return await self._as_batch(part)
-        self._progress(len(entries))
-        return []
-
-    async def _refused_whole(self, sending: Coroutine[Any, Any, None], entries: list[Entry]) -> None:
-        """Send a batch; a refusal of the whole request is counted for each of its entries, not raised."""
-        try:
-            await sending
-        except ServerError as exc:
-            self._count_refused(entries, exc)
-
-    def _count_refused(self, entries: list[Entry], exc: ServerError) -> None:
-        """A whole part the server refused: each entry counted, so that the other parts still go and every
-        entry ends with an outcome. 401, 403 and 405 stop the push (no write would succeed)."""
-        if exc.status in STOP_STATUS:
-            raise exc
-        if exc.status is not None and 400 <= exc.status < 500:
-            outcome, why = "error", f"refused with the rest of its part: {exc}"
-        else:  # failed after its retries (5xx, no answer): the server may have applied some of it
-            outcome, why = UNKNOWN, f"its part failed: {exc}"
-        for sent in entries:
-            self._count(sent, exc.status or 0, {}, outcome=outcome, reason=why)
-
-    async def _as_batch(self, part: dict[str, Any]) -> list[dict[str, Any]]:
-        """A part of one patient that no transaction can hold: sent as a batch, and named in the summary."""
-        entries = _entries(part)
-        patients = {p for e in entries if (p := entry_patient(e))}
-        self.summary.non_atomic.extend(sorted(patients))
-        await self._refused_whole(self._batch({**part, "type": "batch"}, entries), entries)
-        self._progress(len(entries))
-        return []
-
-    async def _transaction(self, bundle: dict[str, Any], entries: list[Entry]) -> None:
-        try:
-            answer = await self.client.transaction(bundle)
-        except AnswerLost:
-            await self._settle_lost(entries, transaction=bundle)
-            return
-        except ServerError as exc:
-            if exc.status != 412:
-                raise
-            self.summary.outcomes["conflict"] += len(entries)
-            self.summary.conflicts.append(
-                f"a transaction of {len(entries)} entries was refused, none of them written: {exc}"
-            )
-            return
-        self._count_transaction(answer, entries)
-
-    async def _batch(self, bundle: dict[str, Any], entries: list[Entry]) -> None:
-        """A batch without its Provenance, which follows, naming what was written by the ids the server gave."""
-        results, provenances = _split_provenance(entries)
-        located: dict[str, str] = {}
-        if results:
-            try:
-                answer = await self.client.transaction({**bundle, "entry": results})
-            except AnswerLost:
-                located = await self._settle_lost(results)
-            else:
-                answered = _answer_entries(answer, "batch-response") or []
-                for sent, got in zip(results, answered, strict=False):
-                    _locate(located, sent, self._count(sent, _status(got), got))
-                missing = results[len(answered) :]
-                for sent in missing:
-                    self._count(sent, 0, {}, outcome=UNKNOWN)
-                if missing:
-                    why = _bad_answer(answer, "batch-response", len(results))
-                    self.summary.errors.append(
-                        f"a batch of {len(results)} entries: the server answered {why}; "
-                        f"{len(missing)} write(s) left unanswered count as unknown"
-                    )
-        for sent in provenances:
-            await self._provenance(sent, located)
-
-    # ------------------------------------------------------------------------------------------ one by one
-
-    async def one_by_one(self, entries: list[Entry]) -> None:
-        results, provenances = _split_provenance(entries)
-        located: dict[str, str] = {}
-
-        async def one(sent: Entry) -> None:
-            _locate(located, sent, await self._one(sent))
-            self._progress(1)
-
-        await _run_all(one(sent) for sent in results)  # within the client's concurrency
-        for sent in provenances:  # last, naming what was written by its server ids
-            await self._provenance(sent, located)
-            self._progress(1)
-
-    async def _one(self, entry: Entry, settle: bool = True) -> str | None:
-        """One entry as its own request; a refusal of that entry alone (a 4xx) is counted, not raised."""
-        request = entry.get("request") or {}
-        method, url = str(request.get("method", "")), str(request.get("url", ""))
-        headers = {"Prefer": RETURN_MINIMAL}  # status and Location are all that is read
-        if request.get("ifNoneExist"):
-            headers["If-None-Exist"] = str(request["ifNoneExist"])
-        if request.get("ifMatch"):
-            headers["If-Match"] = str(request["ifMatch"])
-        try:
-            response = await self.client.request(
-                method, url, json=entry.get("resource"), headers=headers, ok=ENTRY_REFUSALS
-            )
-        except AnswerLost:
-            if not settle:
-                raise
-            return (await self._settle_lost([entry])).get(str(entry.get("fullUrl")))
-        status = response.status_code
-        reason = outcome_text(response) if status >= 400 and status != 412 else ""
-        return self._count(entry, status, {"response": {"location": response.headers.get("Location")}}, reason)
-
-    async def _provenance(self, entry: Entry, located: dict[str, str], settle: bool = True) -> None:
-        """A Provenance sent after its targets: each ``urn:uuid`` target replaced by where it was written."""
-        resource = dict(entry.get("resource") or {})
-        targets = [t for t in resource.get("target") or () if isinstance(t, dict)]
-        resolved = [{"reference": located[str(t.get("reference"))]} for t in targets if t.get("reference") in located]
-        if not resolved:  # nothing of its part was written: a Provenance of nothing is not sent
-            return
-        resource["target"] = resolved
-        _locate(located, entry, await self._one({**entry, "resource": resource}, settle))
-
-    # ------------------------------------------------------------------------------------------ lost answers
-
-    async def _settle_lost(self, entries: list[Entry], transaction: dict[str, Any] | None = None) -> dict[str, str]:
-        """Writes whose answer was lost: look each up on the server; count what was applied; send the rest again
-        (conditional writes make that safe), up to ``SETTLE_ROUNDS`` times; count what still cannot be told as
-        unknown.
-
-        ``transaction``: the entries were one transaction; when none of it was applied it is sent again whole.
-        Returns where each entry was written, by fullUrl.
-        """
-        located: dict[str, str] = {}
-        pending = list(entries)
-        for _round in range(SETTLE_ROUNDS):
-            places = await asyncio.gather(*(_find_written(self.client, sent) for sent in pending))
-            missing = []
-            for sent, where in zip(pending, places, strict=True):
-                if isinstance(where, str):
-                    self.summary.found_after_lost_answer += 1
-                    method = str((sent.get("request") or {}).get("method", ""))
-                    _locate(located, sent, self._count(sent, 201 if method == "POST" else 200, {}, location=where))
-                elif isinstance(where, _Unknown):
-                    self._count(sent, 0, {}, outcome=UNKNOWN, reason=where.reason)
-                else:
-                    missing.append(sent)
-            if not missing:
-                return located
-            pending = await self._send_again(missing, located, transaction if len(missing) == len(entries) else None)
-            if not pending:
-                return located
-        for sent in pending:
-            self._count(sent, 0, {}, outcome=UNKNOWN, reason=f"its answer was lost {SETTLE_ROUNDS + 1} times")
-        return located
-
-    async def _send_again(
-        self, missing: list[Entry], located: dict[str, str], transaction: dict[str, Any] | None
-    ) -> list[Entry]:
-        """Send again what a look-up found not applied; return what lost its answer again (to look up)."""
-        if transaction is not None:  # nothing of the transaction was applied: it goes again whole
-            try:
-                await self._transaction_once(transaction, missing)
-            except AnswerLost:
-                return missing
-            return []
-        # Each entry as it stands (a Provenance already names server ids), the Provenance last.
-        results, provenances = _split_provenance(missing)
-        lost: list[Entry] = []
-
-        async def again(sent: Entry) -> None:
-            try:
-                _locate(located, sent, await self._one(sent, settle=False))
-            except AnswerLost:
-                lost.append(sent)
-
-        await _run_all(again(sent) for sent in results)
-        for sent in provenances:
-            try:
-                if any(str(t.get("reference", "")).startswith("urn:") for t in sent["resource"].get("target", ())):
-                    await self._provenance(sent, located, settle=False)
-                else:
-                    _locate(located, sent, await self._one(sent, settle=False))
-            except AnswerLost:
-                lost.append(sent)
-        return lost
-
-    async def _transaction_once(self, bundle: dict[str, Any], entries: list[Entry]) -> None:
-        """A transaction sent again after its first answer was lost (a second loss is raised, not settled)."""
-        self._count_transaction(await self.client.transaction(bundle), entries)
-
-    def _count_transaction(self, answer: dict[str, Any], entries: list[Entry]) -> None:
-        """Each entry's outcome from a transaction's answer: one response entry per entry, in order (R4), or
-        the whole part counts as not applied."""
-        answered = _answer_entries(answer, "transaction-response")
-        if answered is None or len(answered) != len(entries):
-            for sent in entries:
-                self._count(sent, 0, {}, outcome=NOT_APPLIED)
-            why = _bad_answer(answer, "transaction-response", len(entries))
-            self.summary.errors.append(
-                f"a transaction of {len(entries)} entries counts as not applied: the server answered {why}"
-            )
-            return
-        for sent, got in zip(entries, answered, strict=True):
-            self._count(sent, _status(got), got)
-
-    # ------------------------------------------------------------------------------------------ counting
-
-    def _count(
+    def count(
         self,
-        sent: Entry,
+        sent: Outgoing,
         status: int,
-        got: dict[str, Any],
+        response: JsonObject,
         reason: str = "",
         outcome: str | None = None,
         location: str | None = None,
     ) -> str | None:
-        """Count an entry's outcome; return where it was written (the server's Location, or an update's URL)."""
-        summary = self.summary
-        request = sent.get("request") or {}
-        method = str(request.get("method", ""))
+        """Count an entry's outcome from its ``response`` element (status, location, outcome); return where it
+        was written (the server's Location, or an update's URL), None when it was not applied."""
+        summary, method, where = self.summary, sent.method, sent.url
         outcome = outcome or outcome_of(method, status)
         summary.outcomes[outcome] += 1
-        where = str(request.get("url", ""))
-        identifier = str(request.get("ifNoneExist") or "") or None
-        response = (got.get("response") or {}) if isinstance(got, dict) else {}
-        location = location or (str(response["location"]) if response.get("location") else None)
-        summary.written.append((method, where, identifier, status, location, outcome))
+        given = response.get("location")
+        location = location or (str(given) if given else None)
+        summary.written.append(WriteRecord(method, where, sent.if_none_exist, status, location, outcome))
         if outcome == "conflict":
             summary.conflicts.append(f"{method} {where}: 412, the server's copy changed since it was read")
         elif outcome == "error":
@@ -523,33 +267,337 @@ class _Writer:
         # An update is where it was sent; servers need not give a Location for it.
         return location if location else where if method == "PUT" else None
 
+    def count_refused(self, entries: list[Outgoing], exc: ServerError) -> None:
+        """A whole part the server refused: each entry counted, so that the other parts still go and every
+        entry ends with an outcome. 401, 403 and 405 stop the push (no write would succeed)."""
+        if exc.status in STOP_STATUS:
+            raise exc
+        if exc.status is not None and 400 <= exc.status < 500:
+            outcome, why = "error", f"refused with the rest of its part: {exc}"
+        else:  # failed after its retries (5xx, no answer): the server may have applied some of it
+            outcome, why = UNKNOWN, f"its part failed: {exc}"
+        for sent in entries:
+            self.count(sent, exc.status or 0, {}, outcome=outcome, reason=why)
+
+    def count_conflict(self, entries: list[Outgoing], exc: ServerError) -> None:
+        """A transaction refused with 412: none of it written."""
+        self.summary.outcomes["conflict"] += len(entries)
+        self.summary.conflicts.append(
+            f"a transaction of {len(entries)} entries was refused, none of them written: {exc}"
+        )
+
+    def count_transaction(self, answer: JsonObject, entries: list[Outgoing]) -> None:
+        """Each entry's outcome from a transaction's answer: one response entry per entry, in order (R4), or
+        the whole part counts as not applied."""
+        answered = _answer_entries(answer, "transaction-response")
+        if answered is None or len(answered) != len(entries):
+            for sent in entries:
+                self.count(sent, 0, {}, outcome=NOT_APPLIED)
+            why = _bad_answer(answer, "transaction-response", len(entries))
+            self.summary.errors.append(
+                f"a transaction of {len(entries)} entries counts as not applied: the server answered {why}"
+            )
+            return
+        for sent, got in zip(entries, answered, strict=True):
+            self.count(sent, _status(got), as_object(got.get("response")))
+
+    def count_batch(self, answer: JsonObject, entries: list[Outgoing]) -> dict[str, str]:
+        """Each entry's outcome from a batch's answer (one left unanswered counts as unknown); where each was
+        written, by fullUrl."""
+        located: dict[str, str] = {}
+        answered = _answer_entries(answer, "batch-response") or []
+        for sent, got in zip(entries, answered, strict=False):
+            _locate(located, sent, self.count(sent, _status(got), as_object(got.get("response"))))
+        missing = entries[len(answered) :]
+        for sent in missing:
+            self.count(sent, 0, {}, outcome=UNKNOWN)
+        if missing:
+            why = _bad_answer(answer, "batch-response", len(entries))
+            self.summary.errors.append(
+                f"a batch of {len(entries)} entries: the server answered {why}; "
+                f"{len(missing)} write(s) left unanswered count as unknown"
+            )
+        return located
+
+
+class _Sender:
+    """Sending: one entry as its own request, a transaction, a batch; every answer counted in the ledger.
+    A write whose answer was lost is handed to :class:`_LostAnswers` unless the caller settles it."""
+
+    def __init__(self, client: FhirClient, ledger: _Ledger) -> None:
+        self.client, self.ledger = client, ledger
+        self.lost = _LostAnswers(self)
+
+    async def one(self, sent: Outgoing, settle: bool = True) -> str | None:
+        """One entry as its own request; a refusal of that entry alone (a 4xx) is counted, not raised."""
+        headers = {"Prefer": RETURN_MINIMAL}  # status and Location are all that is read
+        if sent.if_none_exist:
+            headers["If-None-Exist"] = sent.if_none_exist
+        if sent.if_match:
+            headers["If-Match"] = sent.if_match
+        try:
+            response = await self.client.request(
+                sent.method, sent.url, json=sent.resource, headers=headers, ok=ENTRY_REFUSALS
+            )
+        except AnswerLost:
+            if not settle:
+                raise
+            return (await self.lost.settle([sent])).get(str(sent.full_url))
+        status = response.status_code
+        reason = outcome_text(response) if status >= 400 and status != 412 else ""
+        return self.ledger.count(sent, status, {"location": response.headers.get("Location")}, reason)
+
+    async def provenance(self, sent: Outgoing, located: dict[str, str], settle: bool = True) -> None:
+        """A Provenance sent after its targets: each ``urn:uuid`` target replaced by where it was written."""
+        targets = sent.resource.get("target")
+        references = [as_object(t).get("reference") for t in targets] if isinstance(targets, list) else []
+        resolved: list[JsonValue] = [
+            {"reference": located[r]} for r in references if isinstance(r, str) and r in located
+        ]
+        if not resolved:  # nothing of its part was written: a Provenance of nothing is not sent
+            return
+        resource: JsonObject = {**sent.resource, "target": resolved}
+        _locate(
+            located,
+            sent,
+            await self.one(sent._replace(resource=resource, entry={**sent.entry, "resource": resource}), settle),
+        )
+
+    async def transaction(self, bundle: JsonObject, entries: list[Outgoing]) -> None:
+        """A transaction, its answer counted; a 412 counts every entry as a conflict; a lost answer is settled."""
+        try:
+            answer = await self.client.transaction(bundle)
+        except AnswerLost:
+            await self.lost.settle(entries, transaction=bundle)
+            return
+        except ServerError as exc:
+            if exc.status != 412:
+                raise
+            self.ledger.count_conflict(entries, exc)
+            return
+        self.ledger.count_transaction(answer, entries)
+
+    async def batch(self, bundle: JsonObject, entries: list[Outgoing]) -> None:
+        """A batch without its Provenance, which follows, naming what was written by the ids the server gave."""
+        results, provenances = _split_provenance(entries)
+        located: dict[str, str] = {}
+        if results:
+            try:
+                answer = await self.client.transaction(_with_entries(bundle, results))
+            except AnswerLost:
+                located = await self.lost.settle(results)
+            else:
+                located = self.ledger.count_batch(answer, results)
+        for sent in provenances:
+            await self.provenance(sent, located)
+
+    async def batch_or_count(self, bundle: JsonObject, entries: list[Outgoing]) -> None:
+        """A batch; a refusal of the whole request is counted for each of its entries, not raised."""
+        try:
+            await self.batch(bundle, entries)
+        except ServerError as exc:
+            self.ledger.count_refused(entries, exc)
+        self.ledger.progress(len(entries))
+
+    async def one_by_one(self, entries: list[Outgoing]) -> None:
+        """Each entry as its own request, side by side; the Provenances last, naming the server ids."""
+        results, provenances = _split_provenance(entries)
+        located: dict[str, str] = {}
+
+        async def one(sent: Outgoing) -> None:
+            _locate(located, sent, await self.one(sent))
+            self.ledger.progress(1)
+
+        await _run_all(one(sent) for sent in results)  # within the client's concurrency
+        for sent in provenances:
+            await self.provenance(sent, located)
+            self.ledger.progress(1)
+
+
+class _LostAnswers:
+    """Writes whose answer was lost (:class:`AnswerLost`): looked up on the server by their identifier, counted
+    when found, sent once more when not (the conditional writes make that safe)."""
+
+    def __init__(self, sender: _Sender) -> None:
+        self.sender = sender
+
+    async def settle(self, entries: list[Outgoing], transaction: JsonObject | None = None) -> dict[str, str]:
+        """Writes whose answer was lost: look each up on the server; count what was applied; send the rest again
+        (conditional writes make that safe), up to ``SETTLE_ROUNDS`` times; count what still cannot be told as
+        unknown.
+
+        ``transaction``: the entries were one transaction; when none of it was applied it is sent again whole.
+        Returns where each entry was written, by fullUrl.
+        """
+        located: dict[str, str] = {}
+        pending = list(entries)
+        ledger = self.sender.ledger
+        for _round in range(SETTLE_ROUNDS):
+            places = await asyncio.gather(*(_find_written(self.sender.client, sent) for sent in pending))
+            missing = []
+            for sent, where in zip(pending, places, strict=True):
+                if isinstance(where, str):
+                    ledger.summary.found_after_lost_answer += 1
+                    status = 201 if sent.method == "POST" else 200
+                    _locate(located, sent, ledger.count(sent, status, {}, location=where))
+                elif isinstance(where, _Unknown):
+                    ledger.count(sent, 0, {}, outcome=UNKNOWN, reason=where.reason)
+                else:
+                    missing.append(sent)
+            if not missing:
+                return located
+            pending = await self._send_again(missing, located, transaction if len(missing) == len(entries) else None)
+            if not pending:
+                return located
+        for sent in pending:
+            ledger.count(sent, 0, {}, outcome=UNKNOWN, reason=f"its answer was lost {SETTLE_ROUNDS + 1} times")
+        return located
+
+    async def _send_again(
+        self, missing: list[Outgoing], located: dict[str, str], transaction: JsonObject | None
+    ) -> list[Outgoing]:
+        """Send again what a look-up found not applied; return what lost its answer again (to look up)."""
+        if transaction is not None:  # nothing of the transaction was applied: it goes again whole
+            try:  # a second loss is looked up again, not settled here
+                self.sender.ledger.count_transaction(await self.sender.client.transaction(transaction), missing)
+            except AnswerLost:
+                return missing
+            return []
+        # Each entry as it stands (a Provenance already names server ids), the Provenance last.
+        results, provenances = _split_provenance(missing)
+        lost: list[Outgoing] = []
+
+        async def again(sent: Outgoing) -> None:
+            try:
+                _locate(located, sent, await self.sender.one(sent, settle=False))
+            except AnswerLost:
+                lost.append(sent)
+
+        await _run_all(again(sent) for sent in results)
+        for sent in provenances:
+            try:
+                if _names_urns(sent):
+                    await self.sender.provenance(sent, located, settle=False)
+                else:
+                    _locate(located, sent, await self.sender.one(sent, settle=False))
+            except AnswerLost:
+                lost.append(sent)
+        return lost
+
+
+def _names_urns(provenance: Outgoing) -> bool:
+    """Whether a Provenance still names some of its targets by their ``urn:uuid`` in the Bundle."""
+    targets = provenance.resource.get("target")
+    listed = targets if isinstance(targets, list) else []
+    return any(str(as_object(t).get("reference", "")).startswith("urn:") for t in listed)
+
+
+class _Parts:
+    """Parts sent from one queue, and the transaction-limit handling: a part larger than what the server was
+    found to take is cut before it is sent; a transaction refused for its size is cut in halves and the limit
+    learnt; one patient's part that no transaction can hold goes as a batch."""
+
+    def __init__(self, sender: _Sender, summary: PushSummary, adaptive: bool) -> None:
+        self.sender, self.summary, self.adaptive = sender, summary, adaptive
+
+    async def send(self, parts: list[JsonObject], concurrency: int) -> None:
+        """Send the parts, ``concurrency`` at a time: a part taken after the server refused a transaction for its
+        size is cut to what the server takes before it is sent."""
+        queue: asyncio.Queue[JsonObject] = asyncio.Queue()
+        for part in parts:
+            queue.put_nowait(part)
+
+        async def worker() -> None:
+            while True:
+                part = await queue.get()
+                try:
+                    for piece in await self.part(part):
+                        queue.put_nowait(piece)
+                finally:
+                    queue.task_done()
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                workers = [group.create_task(worker()) for _ in range(max(1, concurrency))]
+                await queue.join()
+                for task in workers:
+                    task.cancel()
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+
+    async def part(self, part: JsonObject) -> list[JsonObject]:
+        """Send one part; return the smaller parts to send instead when it must be cut."""
+        entries = outgoing(part)
+        limit = self.summary.limit
+        if part.get("type") == "transaction" and limit and len(entries) > limit.max_entries:
+            pieces = self._cut(part, limit.max_entries)
+            if pieces:
+                return pieces
+            if len(entries) >= limit.refused_at:  # one patient, more than the server takes in a transaction
+                return await self._as_batch(part, entries)
+        if part.get("type") == "batch":
+            await self.sender.batch_or_count(part, entries)
+            return []
+        try:
+            await self.sender.transaction(part, entries)
+        except ServerError as exc:
+            if not (self.adaptive and refused_for_size(exc)):
+                self.sender.ledger.count_refused(entries, exc)
+                self.sender.ledger.progress(len(entries))
+                return []
+            return await self._refused_for_size(part, entries)
+        self.sender.ledger.progress(len(entries))
+        return []
+
+    async def _refused_for_size(self, part: JsonObject, entries: list[Outgoing]) -> list[JsonObject]:
+        """A transaction refused for its size: the limit learnt, and the part cut in halves (or, one patient's,
+        sent as a batch)."""
+        self.summary.size_refusals += 1
+        known = self.summary.limit  # another part may have learnt a smaller limit meanwhile
+        start = known or TransactionLimit(len(entries), len(entries))
+        self.summary.limit = start.refused(len(entries))
+        return self._cut(part, self.summary.limit.max_entries) or await self._as_batch(part, entries)
+
+    def _cut(self, part: JsonObject, max_entries: int) -> list[JsonObject]:
+        """``part`` in pieces of at most ``max_entries`` (whole patients); empty when it cannot be cut."""
+        pieces = split_bundle(part, max_entries)
+        if len(pieces) <= 1:
+            return []
+        self.summary.parts += len(pieces) - 1
+        return pieces
+
+    async def _as_batch(self, part: JsonObject, entries: list[Outgoing]) -> list[JsonObject]:
+        """A part of one patient that no transaction can hold: sent as a batch, and named in the summary."""
+        patients = {p for e in entries if (p := entry_patient(e.entry))}
+        self.summary.non_atomic.extend(sorted(patients))
+        await self.sender.batch_or_count({**part, "type": "batch"}, entries)
+        return []
+
 
 @dataclass(frozen=True)
 class _Unknown:
     reason: str
 
 
-async def _find_written(client: FhirClient, sent: Entry) -> str | _Unknown | None:
+async def _find_written(client: FhirClient, sent: Outgoing) -> str | _Unknown | None:
     """Where a write whose answer was lost stands on the server: ``Type/id`` if applied, None if not."""
-    request = sent.get("request") or {}
-    method, url = str(request.get("method", "")), str(request.get("url", ""))
-    resource = sent.get("resource") or {}
+    method, url, resource = sent.method, sent.url, sent.resource
     try:
-        if method == "POST" and request.get("ifNoneExist"):
-            params = parse_qsl(str(request["ifNoneExist"]), keep_blank_values=True)
+        if method == "POST" and sent.if_none_exist:
+            params = parse_qsl(sent.if_none_exist, keep_blank_values=True)
             matches = [r async for r in client.search(url, params)]
             if len(matches) > 1:
                 return _Unknown(f"{len(matches)} resources on the server have its identifier")
             return f"{url}/{matches[0]['id']}" if matches else None
         if method == "PUT" and url.count("/") == 1:
             rtype, rid = url.split("/")
-            current = await client.read(rtype, rid)
+            current: JsonObject | None = await client.read(rtype, rid)  # the server's JSON
             if current is None:
                 return None
             if all(current.get(k) == v for k, v in resource.items() if k not in ("meta", "id", "text")):
                 return url
-            expected = str(request.get("ifMatch") or "")
-            if expected and f'"{(current.get("meta") or {}).get("versionId")}"' in expected:
+            expected = sent.if_match or ""
+            if expected and f'"{as_object(current.get("meta")).get("versionId")}"' in expected:
                 return None  # still the version the update was meant for: not applied
             return _Unknown("the server's copy differs from what was sent and from what was read")
     except ServerError as exc:
@@ -557,15 +605,15 @@ async def _find_written(client: FhirClient, sent: Entry) -> str | _Unknown | Non
     return _Unknown("it has no identifier to look it up by")
 
 
-def _answer_entries(answer: dict[str, Any], kind: str) -> list[dict[str, Any]] | None:
+def _answer_entries(answer: JsonObject, kind: str) -> list[JsonObject] | None:
     """A transaction or batch answer's entries, when it is a ``kind`` Bundle (else None)."""
     if answer.get("resourceType") != "Bundle" or answer.get("type") != kind:
         return None
     entries = answer.get("entry") or []
-    return [e if isinstance(e, dict) else {} for e in entries] if isinstance(entries, list) else None
+    return [as_object(e) for e in entries] if isinstance(entries, list) else None
 
 
-def _bad_answer(answer: dict[str, Any], kind: str, sent: int) -> str:
+def _bad_answer(answer: JsonObject, kind: str, sent: int) -> str:
     """What was wrong with a transaction or batch answer, in words."""
     rtype = answer.get("resourceType")
     if rtype == "OperationOutcome":
@@ -575,20 +623,20 @@ def _bad_answer(answer: dict[str, Any], kind: str, sent: int) -> str:
         return f"with a {rtype or 'non-FHIR'} resource instead of a {kind} Bundle"
     if answer.get("type") != kind:
         return f"with a {answer.get('type')!r} Bundle instead of a {kind}"
-    got = len(answer.get("entry") or [])
+    listed = answer.get("entry")
+    got = len(listed) if isinstance(listed, list) else 0
     return f"{got} response entr{'y' if got == 1 else 'ies'} for {sent} sent (R4 requires one per entry, in order)"
 
 
-def _status(entry: dict[str, Any]) -> int:
+def _status(entry: JsonObject) -> int:
     """The leading digits of ``response.status`` ("201" and "201 Created" both occur)."""
-    text = str((entry.get("response") or {}).get("status", ""))
+    text = str(as_object(entry.get("response")).get("status", ""))
     digits = text.split(" ", 1)[0]
     return int(digits) if digits.isdigit() else 0
 
 
-def _locate(located: dict[str, str], sent: Entry, location: str | None) -> None:
+def _locate(located: dict[str, str], sent: Outgoing, location: str | None) -> None:
     """Note where an entry was written (``Type/id``, from the server's Location), under its fullUrl."""
-    full_url = sent.get("fullUrl")
     where = normalise_reference(location)
-    if where and isinstance(full_url, str):
-        located[full_url] = where
+    if where and sent.full_url is not None:
+        located[sent.full_url] = where

@@ -50,10 +50,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from fhiradapter.core.json_types import JsonObject, member
 from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import ConfigError, TargetError
 from fhiradapter.shell.common.files import open_new_text
-from fhiradapter.shell.common.json_types import JsonObject, member
 from fhiradapter.shell.registry.database import db_reason, engine_for
 from fhiradapter.shell.server.limits import TransactionLimit
 

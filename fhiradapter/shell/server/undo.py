@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from fhiradapter.core.approval import approver_agent
+from fhiradapter.core.fhir_out import CodeableConcept, Coding, Meta, Provenance, ProvenanceEntity, Reference, to_json
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import (
     CODE_SYSTEM,
     HASH_TAG_SYSTEM,
     IDENTIFIER_SYSTEM,
     RUN_TAG_SYSTEM,
+    Outgoing,
     assembler_agent,
     content_hash,
     entry_patient,
+    outgoing,
 )
 from fhiradapter.errors import ServerError
 from fhiradapter.shell.server.fhir_client import FhirClient
@@ -50,29 +53,45 @@ class UndoSummary:
         return len(self.marked) + len(self.restored)
 
 
-def _without_meta(resource: dict[str, Any]) -> dict[str, Any]:
+def _without_meta(resource: JsonObject) -> JsonObject:
     return {k: v for k, v in resource.items() if k != "meta"}
 
 
-def _run_tag(bundle: dict[str, Any]) -> str:
-    for entry in bundle.get("entry") or ():
-        resource = entry.get("resource") or {}
-        if resource.get("resourceType") == "Provenance":
-            for tag in (resource.get("meta") or {}).get("tag") or ():
-                if tag.get("system") == RUN_TAG_SYSTEM:
-                    return str(tag.get("code"))
+def _tag(resource: JsonObject, system: str) -> str | None:
+    """The code of a resource's ``meta.tag`` in ``system``."""
+    tags = as_object(resource.get("meta")).get("tag")
+    listed = tags if isinstance(tags, list) else []
+    return next((str(t.get("code")) for t in map(as_object, listed) if t.get("system") == system), None)
+
+
+def _run_tag(entries: list[Outgoing]) -> str:
+    for sent in entries:
+        if sent.is_provenance and (run := _tag(sent.resource, RUN_TAG_SYSTEM)) is not None:
+            return run
     return ""
 
 
-async def _version_of(client: FhirClient, ref: str) -> tuple[dict[str, Any] | None, str | None]:
+def _identifier_values(resource: JsonObject, system: str | None = None) -> list[JsonValue]:
+    """The values of a resource's identifiers (in ``system`` when given)."""
+    found = resource.get("identifier")
+    listed = [as_object(i) for i in found] if isinstance(found, list) else []
+    return [i.get("value") for i in listed if system is None or i.get("system") == system]
+
+
+def _version(resource: JsonObject | None) -> str | None:
+    """A resource's ``meta.versionId``, as text."""
+    version = as_object(resource.get("meta")).get("versionId") if resource is not None else None
+    return str(version) if version is not None else None
+
+
+async def _version_of(client: FhirClient, ref: str) -> tuple[JsonObject | None, str | None]:
     rtype, rid = ref.split("/", 1)
-    current = await client.read(rtype, rid)
-    version = (current or {}).get("meta", {}).get("versionId") if current else None
-    return current, str(version) if version is not None else None
+    current: JsonObject | None = await client.read(rtype, rid)  # the server's JSON
+    return current, _version(current)
 
 
 async def _put(
-    client: FhirClient, ref: str, resource: dict[str, Any], version: str | None, summary: UndoSummary
+    client: FhirClient, ref: str, resource: JsonObject, version: str | None, summary: UndoSummary
 ) -> str | None:
     """PUT with If-Match on the version read; the new version's reference, or None on a 412 (a conflict)."""
     headers = {"If-Match": f'W/"{version}"'} if version else {}
@@ -83,13 +102,13 @@ async def _put(
             summary.conflicts.append(f"{ref}: changed while the undo ran: left alone")
             return None
         raise
-    new_version = (answer or {}).get("meta", {}).get("versionId") if isinstance(answer, dict) else None
+    new_version = _version(answer) if isinstance(answer, dict) else None
     return f"{ref}/_history/{new_version}" if new_version else ref
 
 
 async def undo(
     client: FhirClient,
-    bundle: dict[str, Any],
+    bundle: JsonObject,
     excluded: tuple[str, ...],
     *,
     by: str,
@@ -98,48 +117,43 @@ async def undo(
     adapter_version: str,
     dry_run: bool = False,
 ) -> UndoSummary:
-    """Take back what ``bundle`` (a pushed write-back) wrote; see the module docstring."""
-    summary = UndoSummary(_run_tag(bundle))
+    """Take back what ``bundle`` (a pushed write-back, as read from writeback.json) wrote; see the module
+    docstring."""
+    entries = outgoing(bundle)
+    summary = UndoSummary(_run_tag(entries))
     targets: list[str] = []
-    for entry in bundle.get("entry") or ():
-        resource, request = entry.get("resource") or {}, entry.get("request") or {}
-        rtype = resource.get("resourceType")
-        if rtype == "Provenance":
+    for sent in entries:
+        if sent.is_provenance:
             continue
-        if entry_patient(entry) in excluded:
-            summary.never_written.append(str(entry.get("fullUrl")))
+        if entry_patient(sent.entry) in excluded:
+            summary.never_written.append(str(sent.full_url))
             continue
-        if request.get("method") == "POST":
-            target = await _undo_create(client, resource, summary, dry_run)
+        if sent.method == "POST":
+            target = await _undo_create(client, sent.resource, summary, dry_run)
         else:
-            target = await _undo_update(client, str(request.get("url")), resource, request, summary, dry_run)
+            target = await _undo_update(client, sent, summary, dry_run)
         if target:
             targets.append(target)
     if targets and not dry_run:
         provenance = _undo_provenance(
             targets, summary.run, by=by, role=role, recorded=recorded, version=adapter_version
         )
-        answer = await client.json("POST", "Provenance", json=provenance)
+        answer = await client.json("POST", "Provenance", json=to_json(provenance))
         summary.provenance = f"Provenance/{answer.get('id')}" if isinstance(answer, dict) else "Provenance"
     return summary
 
 
-async def _undo_create(client: FhirClient, resource: dict[str, Any], summary: UndoSummary, dry_run: bool) -> str | None:
+async def _undo_create(client: FhirClient, resource: JsonObject, summary: UndoSummary, dry_run: bool) -> str | None:
     rtype = str(resource.get("resourceType"))
-    ident = next(
-        (i.get("value") for i in resource.get("identifier") or () if i.get("system") == IDENTIFIER_SYSTEM), None
-    )
-    found = [r async for r in client.search(rtype, [("identifier", f"{IDENTIFIER_SYSTEM}|{ident}")])]
-    found = [r for r in found if any(i.get("value") == ident for i in r.get("identifier") or ())]
+    ident = next(iter(_identifier_values(resource, IDENTIFIER_SYSTEM)), None)
+    found: list[JsonObject] = [r async for r in client.search(rtype, [("identifier", f"{IDENTIFIER_SYSTEM}|{ident}")])]
+    found = [r for r in found if ident in _identifier_values(r)]
     if not found:
         summary.never_written.append(f"{rtype}?identifier={ident}")
         return None
     current = found[0]
     ref = f"{rtype}/{current.get('id')}"
-    wrote = next(
-        (t.get("code") for t in (resource.get("meta") or {}).get("tag") or () if t.get("system") == HASH_TAG_SYSTEM),
-        None,
-    )
+    wrote = _tag(resource, HASH_TAG_SYSTEM)
     if current.get("status") == "entered-in-error":
         summary.unchanged.append(ref)
         return None
@@ -149,29 +163,23 @@ async def _undo_create(client: FhirClient, resource: dict[str, Any], summary: Un
     if dry_run:
         summary.marked.append(ref)
         return None
-    version = (current.get("meta") or {}).get("versionId")
+    notes = current.get("note")
     marked = {**_without_meta(current), "status": "entered-in-error"}
     marked["note"] = [
-        *(current.get("note") or ()),
+        *(notes if isinstance(notes, list) else ()),
         {"text": f"Marked entered-in-error by an undo of fhiradapter run {summary.run}"},
     ]
     if rtype == "ResearchSubject":  # R4 has no entered-in-error status for a ResearchSubject: withdrawn
         marked = {**_without_meta(current), "status": "withdrawn"}
-    written = await _put(client, ref, marked, str(version) if version is not None else None, summary)
+    written = await _put(client, ref, marked, _version(current), summary)
     if written is not None:
         summary.marked.append(ref)
     return written
 
 
-async def _undo_update(
-    client: FhirClient,
-    ref: str,
-    resource: dict[str, Any],
-    request: dict[str, Any],
-    summary: UndoSummary,
-    dry_run: bool,
-) -> str | None:
-    match = VERSION.match(str(request.get("ifMatch") or ""))
+async def _undo_update(client: FhirClient, sent: Outgoing, summary: UndoSummary, dry_run: bool) -> str | None:
+    ref = sent.url
+    match = VERSION.match(sent.if_match or "")
     if match is None:
         summary.conflicts.append(f"{ref}: the run's entry names no version it wrote over: left alone")
         return None
@@ -182,11 +190,13 @@ async def _undo_update(
         return None
     previous = await client.json("GET", f"{ref}/_history/{previous_version}")
     if not isinstance(previous, dict):
-        raise ServerError(f"GET {ref}/_history/{previous_version}: not a resource")
+        raise ServerError(
+            f"GET {ref}/_history/{previous_version}: not a resource", request=f"GET {ref}/_history/{previous_version}"
+        )
     if content_hash(current) == content_hash(previous):
         summary.unchanged.append(ref)  # never applied, or already taken back
         return None
-    if content_hash(current) != content_hash(resource):
+    if content_hash(current) != content_hash(sent.resource):
         summary.conflicts.append(f"{ref}: changed since the run wrote it (by a later run or a person): left alone")
         return None
     if dry_run:
@@ -198,28 +208,17 @@ async def _undo_update(
     return written
 
 
-def _undo_provenance(
-    targets: list[str], run: str, *, by: str, role: str, recorded: str, version: str
-) -> dict[str, Any]:
-    return {
-        "resourceType": "Provenance",
-        "target": [{"reference": t} for t in targets],
-        "meta": {"tag": [{"system": RUN_TAG_SYSTEM, "code": f"undo-{run}"}]},
-        "recorded": recorded,
-        "policy": [f"{CODE_SYSTEM}:undo"],
-        "reason": [{"text": f"Undo of fhiradapter run {run}: its results entered-in-error, previous versions back"}],
-        "activity": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
-                    "code": "UPDATE",
-                    "display": "revise",
-                }
-            ]
-        },
-        "agent": [
-            approver_agent(by, role),
-            assembler_agent(version),
-        ],
-        "entity": [{"role": "removal", "what": {"display": f"fhiradapter run {run}"}}],
-    }
+def _undo_provenance(targets: list[str], run: str, *, by: str, role: str, recorded: str, version: str) -> Provenance:
+    reason = f"Undo of fhiradapter run {run}: its results entered-in-error, previous versions back"
+    return Provenance(
+        target=[Reference(reference=t) for t in targets],
+        meta=Meta([Coding(RUN_TAG_SYSTEM, f"undo-{run}")]),
+        recorded=recorded,
+        policy=[f"{CODE_SYSTEM}:undo"],
+        reason=[CodeableConcept(text=reason)],
+        activity=CodeableConcept(
+            [Coding("http://terminology.hl7.org/CodeSystem/v3-DataOperation", "UPDATE", "revise")]
+        ),
+        agent=[approver_agent(by, role), assembler_agent(version)],
+        entity=[ProvenanceEntity("removal", Reference(display=f"fhiradapter run {run}"))],
+    )

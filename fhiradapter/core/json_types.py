@@ -1,8 +1,9 @@
-"""JSON as it comes from a FHIR server or a file: a recursive type for values that really are arbitrary JSON
-(a resource read from a server, a Bundle line), and small readers that narrow it where a field is needed.
+"""JSON as it comes from a FHIR server or a file, and as the adapter patches it: a recursive type for values that
+really are arbitrary JSON (a resource read from a server, a Bundle line, an existing ResearchSubject the
+write-back updates without knowing all its elements), and small readers that narrow it where a field is needed.
 
-Typed values pass between our modules; these are for what is JSON at the edge, before it is decoded into a
-typed value (``core/fhir_types``) or written as it is (a pulled resource goes to NDJSON or the store untouched).
+Typed values pass between our modules; these are for what is JSON at the edge, before it is decoded into a typed
+value (``core/fhir_types``) or written as it is (a pulled resource goes to NDJSON or the store untouched).
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ JsonValue: TypeAlias = "str | int | float | bool | list[JsonValue] | dict[str, J
 JsonObject: TypeAlias = "dict[str, JsonValue]"
 
 
-def as_object(value: JsonValue) -> JsonObject | None:
-    """``value`` if it is a JSON object, else None."""
-    return value if isinstance(value, dict) else None
+def as_object(value: JsonValue) -> JsonObject:
+    """``value`` when it is a JSON object, else an empty one (an element of the wrong type reads as empty)."""
+    return value if isinstance(value, dict) else {}
 
 
 def member(value: JsonValue, key: str) -> JsonObject | None:
     """The object under ``key`` of ``value``, if both are JSON objects."""
-    return as_object(value.get(key)) if isinstance(value, dict) else None
+    found = value.get(key) if isinstance(value, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 def items(value: JsonValue, key: str) -> list[JsonObject]:
