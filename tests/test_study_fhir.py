@@ -450,7 +450,7 @@ def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_re
         published = httpx.get(f"{base}/ResearchStudy/thal-hcc-pilot", timeout=10).json()
         assert published["enrollment"][0]["reference"] == "Group/thal-hcc-pilot-eligibility"  # ... the published one
         assert versions(base, "ResearchStudy") == written["ResearchStudy"]  # which sync reads, never writes
-        assert study_reference(mappings.study) == {"reference": "ResearchStudy/thal-hcc-pilot"}
+        assert study_reference(mappings.study).reference == "ResearchStudy/thal-hcc-pilot"  # new subjects too
         moved = {rid for rid, v in versions(base, "ResearchSubject").items() if v != subjects_before.get(rid)}
         subjects = [s for s in server_resources(base, "ResearchSubject") if s["id"] in moved]
         assert subjects and {s["study"]["reference"] for s in subjects} == {"ResearchStudy/thal-hcc-pilot"}

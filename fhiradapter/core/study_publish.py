@@ -199,7 +199,8 @@ def stated(body: Mapping[str, Any]) -> dict[str, str | int | float | bool | None
 
 def plan_line(entry: PlanEntry, resource: StudyResource) -> dict[str, Any]:
     """One writeback-plan.ndjson line (JSON at the edge, the shape approve reads and shows)."""
-    new = stated(entry.resource)
+    body = entry.resource  # the study's entries are JSON (a ResearchStudy update keeps the hospital's elements)
+    new = stated(body if isinstance(body, dict) else msgspec.to_builtins(body))
     line: dict[str, Any] = {
         "patient": STUDY_DEFINITION,
         "action": entry.action,

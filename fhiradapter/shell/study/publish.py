@@ -18,10 +18,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 from pydantic import ValidationError
 
 from fhiradapter import __version__
+from fhiradapter.core.fhir_out import CodeableConcept, encode
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.study_fhir import StudyDrug, StudyInputs, StudyPublication
 from fhiradapter.core.study_publish import (
@@ -199,8 +201,11 @@ def publish(
             recorded=today.isoformat(timespec="seconds"),
             run=run_tag(digest, as_of, identity),
         )
-        provenance["resource"]["reason"] = [{"text": f"The study's definition, published from its mappings ({as_of})"}]
-        entries.append(provenance)
+        reason = [CodeableConcept(text=f"The study's definition, published from its mappings ({as_of})")]
+        provenance = msgspec.structs.replace(
+            provenance, resource=msgspec.structs.replace(provenance.resource, reason=reason)
+        )
+        entries.append(orjson.loads(encode(provenance)))
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
     lines = [plan_line(entry, resource) for entry, resource in zip(plan, resources, strict=True)]
     try:
