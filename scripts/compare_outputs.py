@@ -15,7 +15,16 @@ from typing import Any
 import orjson
 import pyarrow.parquet as pq
 
-MASKED_KEYS = {"seconds", "created", "started", "finished", "exported_at", "generated", "recorded", "worker_cpu_seconds"}
+MASKED_KEYS = {
+    "seconds",
+    "created",
+    "started",
+    "finished",
+    "exported_at",
+    "generated",
+    "recorded",
+    "worker_cpu_seconds",
+}
 # manifest.json: the run id is random; the digests of summary.json and writeback.json change with their masked fields
 MANIFEST_MASKED = {"run_id", "summary.json", "writeback.json"}
 
@@ -60,8 +69,10 @@ def _sqlite_rows(path: Path) -> list[tuple[str, list[tuple[Any, ...]]]]:
 
 def main() -> int:
     base, head = Path(sys.argv[1]), Path(sys.argv[2])
-    names = sorted({p.relative_to(base) for p in base.rglob("*") if p.is_file()}
-                   | {p.relative_to(head) for p in head.rglob("*") if p.is_file()})
+    names = sorted(
+        {p.relative_to(base) for p in base.rglob("*") if p.is_file()}
+        | {p.relative_to(head) for p in head.rglob("*") if p.is_file()}
+    )
     differ = 0
     for name in names:
         a, b = base / name, head / name

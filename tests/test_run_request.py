@@ -17,8 +17,8 @@ from fhiradapter.cli import main
 from fhiradapter.cli.common import ExportOptions, command_options, export_options
 from fhiradapter.cli.server_options import server_options
 from fhiradapter.core.evaluate import EvaluationSettings
-from fhiradapter.errors import ConfigError
 from fhiradapter.core.json_types import items, member, text
+from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.run.engine import Engine, FoundInputs, RunRequest
 from fhiradapter.shell.run.local_engine import LocalEngine

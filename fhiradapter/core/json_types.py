@@ -8,11 +8,8 @@ value (``core/fhir_types``) or written as it is (a pulled resource goes to NDJSO
 
 from __future__ import annotations
 
-from typing import TypeAlias
-
-# Runtime types, not strings: fhir_out builds unions of them at import (``Written``) and msgspec reads them.
-JsonValue: TypeAlias = str | int | float | bool | list["JsonValue"] | dict[str, "JsonValue"] | None
-JsonObject: TypeAlias = dict[str, JsonValue]
+JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
+JsonObject = dict[str, JsonValue]
 
 
 def as_object(value: JsonValue) -> JsonObject:
