@@ -186,21 +186,35 @@ def test_each_characteristic_says_what_it_looks_at(shipped: Path) -> None:
     assert all("_" not in char["code"]["text"] for char in chars.values())
 
 
-RULE_MODULES = ("eligibility", "child_pugh", "response", "evaluate", "protocol")
+RULE_MODULES = ("eligibility", "child_pugh", "response", "toxicity", "evaluate", "protocol")
 PUBLISHING_MODULES = ("study_fhir", "study_plan", "study_publish", "study_resources")
 PACKAGE = ROOT / "fhiradapter"
 # The same number, another limit: allowed by name, with the reason (a new coincidence must be added here).
-COINCIDENCES = {("core/toxicity.py", 75): "CTC v2.0 platelets grade 1/2 boundary (§5), not the §2 age limit"}
+COINCIDENCES: dict[tuple[str, float], str] = {
+    ("core/toxicity.py", 10): "RATIO_DIGITS, significant digits of a multiple of ULN, not the platelets bound",
+}
 
 
 def numeric_literals(path: Path) -> list[tuple[type, float, int]]:
-    """Every int and float literal a module writes, with its line (docstrings and comments are text)."""
+    """Every int and float literal a module writes, with its line (docstrings and comments are text), and every
+    ``Decimal("1.5")`` as the float it is."""
     tree = ast.parse(path.read_text())
-    return [
+    found = [
         (type(node.value), node.value, node.lineno)
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant) and type(node.value) in (int, float)
     ]
+    found += [
+        (float, float(node.args[0].value), node.lineno)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "Decimal"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    ]
+    return found
 
 
 def fixed_limits() -> set[tuple[type, float]]:
@@ -209,7 +223,12 @@ def fixed_limits() -> set[tuple[type, float]]:
     fixed |= {(int, days) for days in limits.FIXED_DAYS.values()}
     fixed |= {(float, v) for v in (*limits.BILIRUBIN_BANDS, *limits.INR_BANDS, *limits.PT_BANDS, limits.ALBUMIN_UPPER)}
     fixed |= {(int, limits.CLASS_A_MAX), (int, limits.CLASS_B_MAX), (int, limits.CHILD_PUGH_MIN_SCORE)}
-    return fixed
+    grades = (*limits.ANC_GRADE_BELOW, *limits.PLATELET_GRADE_BELOW, *limits.CREATININE_GRADE_ABOVE_ULN)
+    fixed |= {(int, int(b)) if "." not in str(b) else (float, float(b)) for b in grades}  # as each is written
+    return fixed | RATIOS
+
+
+RATIOS = {(float, float(ratio)) for ratio in (limits.PD_RATIO, limits.PR_RATIO)}  # in the table as Fractions
 
 
 def test_no_limit_is_written_twice() -> None:
@@ -221,18 +240,23 @@ def test_no_limit_is_written_twice() -> None:
     fixed = fixed_limits()
     small = {(int, n) for n in range(6)}
     for module in (*RULE_MODULES, *PUBLISHING_MODULES):
-        written = {(t, v) for t, v, _line in numeric_literals(PACKAGE / "core" / f"{module}.py")} & fixed
+        written = {
+            (t, v)
+            for t, v, _line in numeric_literals(PACKAGE / "core" / f"{module}.py")
+            if (f"core/{module}.py", v) not in COINCIDENCES
+        } & fixed
         if module != "eligibility":
             written -= small
         assert written == set(), f"core/{module}.py writes a fixed limit itself: {sorted(written)}"
     in_table = {(t, v) for t, v, _line in numeric_literals(PACKAGE / "core" / "limits.py")}
-    assert in_table >= fixed - small  # ... and core/limits.py does
+    assert in_table >= fixed - small - RATIOS  # ... and core/limits.py does
 
 
 def test_no_module_of_the_package_writes_a_distinctive_limit_again() -> None:
     """The whole package, every module but core/limits.py: none writes one of the table's distinctive values
     (28, 75, 40.0, 2.0, 3.5, 1.7, 2.3, ...; single digits and 1.0 are counters, sizes and factors too)."""
-    distinctive = {(t, v) for t, v in fixed_limits() if not (t is int and v < 10) and v != 1.0}
+    common = {(int, 10), (int, 50), (float, 1.0), (float, 0.5), (float, 1.25)}  # counts, sizes, plot margins, sleeps
+    distinctive = {(t, v) for t, v in fixed_limits() if not (t is int and v < 10)} - common
     assert (int, 75) in distinctive and (int, 28) in distinctive and (float, 3.5) in distinctive
     found = [
         f"{path.relative_to(PACKAGE)}:{line}: {value!r}"
@@ -630,3 +654,15 @@ def test_an_update_names_the_criterion_and_the_codes_that_changed() -> None:
     [codes] = lines["ValueSet/thal-hcc-pilot-observation-afp"]["changes"]
     assert codes["element"] == "compose" and "53961-9" in codes["new"] and "53961-9" not in codes["old"]
     assert "characteristic[anc]" in in_words(lines["Group/thal-hcc-pilot-eligibility"])
+
+
+def test_the_plan_states_the_response_ratios_and_lab_grades_the_rules_apply(shipped: Path) -> None:
+    actions = {a["id"]: a for a in bundle_resources(shipped)["PlanDefinition/thal-hcc-pilot-plan"]["action"]}
+    toxicity = actions["toxicity-monitoring"]["description"]
+    assert f"below {', '.join(map(str, limits.ANC_GRADE_BELOW))} × 10⁹/L" in toxicity  # 2.0, 1.5, 1.0, 0.5
+    assert f"below {', '.join(map(str, limits.PLATELET_GRADE_BELOW))} × 10⁹/L" in toxicity
+    assert f"above {', '.join(map(str, limits.CREATININE_GRADE_ABOVE_ULN))} × the upper limit" in toxicity
+    response = actions["response-assessment"]["description"]
+    assert (
+        f"≥ {float(limits.PD_RATIO):g} × nadir" in response and f"≤ {float(limits.PR_RATIO):g} × baseline" in response
+    )

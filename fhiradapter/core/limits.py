@@ -1,6 +1,6 @@
-"""The rule book's fixed limits (docs/protocol.md §2-§4), each written once, here.
+"""The rule book's fixed limits (docs/protocol.md §2-§5), each written once, here.
 
-The rules read them (``eligibility``, ``child_pugh``, ``response``), and so does the published study
+The rules read them (``eligibility``, ``child_pugh``, ``response``, ``toxicity``), and so does the published study
 (``study_fhir``: the eligibility Group and the PlanDefinition state the same values). The limits a site may
 change are not here: they are in the mappings folder (``protocol.toml``), and so are the code lists
 (``codes.toml``). ``tests/test_study_fhir.py`` checks that no rule module writes one of these values itself.
@@ -8,6 +8,8 @@ change are not here: they are in the mappings folder (``protocol.toml``), and so
 
 from __future__ import annotations
 
+from decimal import Decimal
+from fractions import Fraction
 from typing import Literal
 
 import msgspec
@@ -51,6 +53,15 @@ ELIGIBLE_CHILD_PUGH_CLASSES = ("A", "B")
 # §4 response (the AFP window and the SD minimum time are configurable: protocol.toml [response]).
 BASELINE_WINDOW_DAYS = 28  # baseline within this many days before (or on) the index date
 CONFIRMATION_DAYS = 28  # a second CR/PR at least this many days later
+
+# §4 response ratios, exact: compared by multiplication (4 x value >= 5 x nadir), never as rounded percentages.
+PD_RATIO = Fraction(5, 4)  # PD: SPD or AFP >= 1.25 x nadir
+PR_RATIO = Fraction(1, 2)  # PR: SPD or AFP <= 0.5 x baseline
+
+# §5 NCI CTC v2.0 lab grades: the bounds, grade 1's first. A value's grade is how many of them it passes.
+ANC_GRADE_BELOW = (Decimal("2.0"), Decimal("1.5"), Decimal("1.0"), Decimal("0.5"))  # x10^9/L: G1 [1.5, 2.0) ...
+PLATELET_GRADE_BELOW = (Decimal(75), Decimal(50), Decimal(10))  # x10^9/L: G2 [50, 75), G3 [10, 50), G4 < 10
+CREATININE_GRADE_ABOVE_ULN = (Decimal(1), Decimal("1.5"), Decimal(3), Decimal(6))  # multiples of ULN: G1 (1, 1.5]
 
 # The table the published study states, by what each limit is about.
 FIXED_LIMITS: dict[str, Limit] = {

@@ -10,9 +10,19 @@ the ValueSet specs). Pure: no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Literal
 
-from fhiradapter.core.limits import BASELINE_WINDOW_DAYS, CONFIRMATION_DAYS, LAB_WINDOW_DAYS
+from fhiradapter.core.limits import (
+    ANC_GRADE_BELOW,
+    BASELINE_WINDOW_DAYS,
+    CONFIRMATION_DAYS,
+    CREATININE_GRADE_ABOVE_ULN,
+    LAB_WINDOW_DAYS,
+    PD_RATIO,
+    PLATELET_GRADE_BELOW,
+    PR_RATIO,
+)
 from fhiradapter.core.protocol import RULE_BOOK, Mappings
 from fhiradapter.core.study_fhir import UCUM, StudyDrug, StudyIds, ValueSetSpec, concept_of
 from fhiradapter.core.study_resources import (
@@ -51,6 +61,10 @@ BEDTIME = "HS"  # docs/protocol.md (header): thalidomide at bedtime (EventTiming
 # from its list and an expression: a CQL identifier naming it (no CQL Library is published: not executable).
 CQL = "text/cql"
 DRUG_ACTION = "study-drug"
+
+
+def _bounds(bounds: Sequence[Decimal]) -> str:
+    return ", ".join(str(b) for b in bounds)
 
 
 def _days(low: int, high: int) -> Range:
@@ -133,7 +147,8 @@ def assessment_actions(mappings: Mappings, specs: Sequence[ValueSetSpec]) -> lis
             id="response-assessment",
             title=f"Response assessments, WHO bidimensional + serum AFP ({RULE_BOOK} §4)",
             description=f"Each post-baseline date with tumour measurements, its AFP the one nearest within "
-            f"± {params.response.afp_window_days} days. A CR or PR counts when confirmed at least "
+            f"± {params.response.afp_window_days} days. PD: SPD or AFP ≥ {float(PD_RATIO):g} × nadir, or a new "
+            f"lesion; PR: SPD or AFP ≤ {float(PR_RATIO):g} × baseline. A CR or PR counts when confirmed at least "
             f"{CONFIRMATION_DAYS} days later; SD counts for the best response from day "
             f"{params.response.sd_min_days} after the first dose.",
             code=_codes(specs, ("tumor_size", "afp")),
@@ -143,7 +158,9 @@ def assessment_actions(mappings: Mappings, specs: Sequence[ValueSetSpec]) -> lis
             id="toxicity-monitoring",
             title=f"Toxicity, {params.protocol.toxicity_criteria} ({RULE_BOOK} §5)",
             description=f"Treatment-emergent toxicity: onset from the first dose to {after_dose} days after the "
-            "last dose; neutrophils, platelets and creatinine graded from the lab value.",
+            f"last dose. Lab grades: neutrophils G1-G4 below {_bounds(ANC_GRADE_BELOW)} × 10⁹/L; platelets G1 below "
+            f"the lower limit of normal, G2-G4 below {_bounds(PLATELET_GRADE_BELOW)} × 10⁹/L; creatinine G1-G4 "
+            f"above {_bounds(CREATININE_GRADE_ABOVE_ULN)} × the upper limit of normal.",
             code=_codes(specs, ("anc", "platelets", "creatinine")),
             related_action=(
                 RelatedAction(action_id=DRUG_ACTION, relationship="concurrent-with-start"),
