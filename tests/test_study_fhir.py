@@ -310,7 +310,9 @@ def site_folder(tmp_path: Path) -> Path:
     return site
 
 
-def test_a_sites_value_and_local_code_change_the_rules_and_the_published_study(tmp_path: Path, shipped: Path) -> None:
+def test_a_sites_value_and_local_code_change_the_rules_and_the_published_study(
+    tmp_path: Path, shipped: Path, schema: Any
+) -> None:
     src = paper_with_local_anc(tmp_path)
     site = site_folder(tmp_path)
     codes = (site / "codes.toml").read_text()
@@ -340,6 +342,8 @@ def test_a_sites_value_and_local_code_change_the_rules_and_the_published_study(t
         return str(next(a["title"] for a in plan["action"] if "sensory_neuropathy" in a["description"]))
 
     assert "grade 2 or higher" in neuropathy_rule(shipped) and "grade 3 or higher" in neuropathy_rule(published)
+    for res in bundle_resources(published).values():  # the site's study is valid R4 too
+        assert list(schema(res["resourceType"]).iter_errors(res)) == [], res.get("id")
 
 
 CONCEPT_MAP = {
