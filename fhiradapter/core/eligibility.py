@@ -15,7 +15,18 @@ from datetime import date, timedelta
 from typing import NamedTuple
 
 from fhiradapter.core import dates
-from fhiradapter.core.child_pugh import CLASS_B_MAX, ChildPugh
+from fhiradapter.core.child_pugh import ChildPugh
+from fhiradapter.core.limits import (
+    AGE,
+    ANC,
+    CHILD_PUGH_MIN_SCORE,
+    CLASS_B_MAX,
+    CREATININE,
+    ECOG,
+    ELIGIBLE_CHILD_PUGH_CLASSES,
+    LAB_WINDOW_DAYS,
+    PLATELETS,
+)
 from fhiradapter.core.mappers import as_recorded
 from fhiradapter.core.model import Condition, Observed, PatientRecord
 from fhiradapter.core.results import (
@@ -33,13 +44,8 @@ from fhiradapter.core.results import (
 
 MET, NOT_MET, UNKNOWN = CriterionStatus.MET, CriterionStatus.NOT_MET, CriterionStatus.UNKNOWN
 
-# docs/protocol.md §2 fixed thresholds (inclusive exactly as written).
-LAB_WINDOW_DAYS = 28
-MAX_AGE_EXCLUSIVE = 75
-ECOG_MAX = 2
-ANC_MIN = 1.0  # 10*9/L
-PLATELETS_MIN = 40.0  # 10*9/L
-CREATININE_MAX = 2.0  # mg/dL
+# docs/protocol.md §2 fixed thresholds (inclusive exactly as written), from the one table (core/limits.py).
+MAX_AGE_EXCLUSIVE = AGE.value
 ACTIVE_CLINICAL = frozenset({None, "active", "recurrence", "relapse"})
 
 
@@ -85,10 +91,20 @@ def printed_unit(unit: str | None) -> str:
 
 # ECOG is an assessment, not a lab: the latest on or before screening counts, however old.
 THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold("ecog", "ECOG performance status", "<=", ECOG_MAX, 0, "", False),
-    Threshold("anc", "neutrophils", ">=", ANC_MIN, 1, "10*9/L", True),
-    Threshold("platelets", "platelets", ">=", PLATELETS_MIN, 0, "10*9/L", True),
-    Threshold("creatinine", "serum creatinine", "<=", CREATININE_MAX, 1, "mg/dL", True),
+    Threshold("ecog", "ECOG performance status", ECOG.comparator, ECOG.value, ECOG.decimals, ECOG.unit, False),
+    Threshold("anc", "neutrophils", ANC.comparator, ANC.value, ANC.decimals, ANC.unit, True),
+    Threshold(
+        "platelets", "platelets", PLATELETS.comparator, PLATELETS.value, PLATELETS.decimals, PLATELETS.unit, True
+    ),
+    Threshold(
+        "creatinine",
+        "serum creatinine",
+        CREATININE.comparator,
+        CREATININE.value,
+        CREATININE.decimals,
+        CREATININE.unit,
+        True,
+    ),
 )
 CRITERIA = (
     "histology",
@@ -115,7 +131,7 @@ CRITERION_LABELS = {
     "prior_anthracycline_progression": "progression after an anthracycline",
     "age": f"age under {MAX_AGE_EXCLUSIVE}",
     **{t.cid: f"{t.name} {t.must}" for t in THRESHOLDS},
-    "child_pugh": f"Child-Pugh class A or B (score 5-{CLASS_B_MAX})",
+    "child_pugh": f"Child-Pugh class A or B (score {CHILD_PUGH_MIN_SCORE}-{CLASS_B_MAX})",
     "not_pregnant_or_breastfeeding": "not pregnant or breastfeeding",
     "no_peripheral_neuropathy": "no peripheral neuropathy",
     "no_prior_thalidomide": "no prior thalidomide",
@@ -198,10 +214,10 @@ def assess_eligibility(
         results.append(
             criterion(
                 "child_pugh",
-                MET if cp.cls in ("A", "B") else NOT_MET,
+                MET if cp.cls in ELIGIBLE_CHILD_PUGH_CLASSES else NOT_MET,
                 ChildPughClass(cp.score, cp.cls or ""),
                 cp_evidence,
-                f"Child-Pugh class A or B (score 5-{CLASS_B_MAX})",
+                f"Child-Pugh class A or B (score {CHILD_PUGH_MIN_SCORE}-{CLASS_B_MAX})",
             )
         )
     results += [
@@ -476,7 +492,7 @@ def explain(c: Criterion) -> str:
             return f"age {v.min} or {v.max} (birth date without month or day); {must}"
         return f"age {v}; {must}" if isinstance(v, int) else f"no birth date; {must}"
     if c.id == "child_pugh":
-        must = f"must be class A or B (score 5-{CLASS_B_MAX})"
+        must = f"must be class A or B (score {CHILD_PUGH_MIN_SCORE}-{CLASS_B_MAX})"
         if isinstance(v, ChildPughClass):
             return f"Child-Pugh class {v.cls} (score {v.score}); {must}"
         return f"{c.detail}; {must}"

@@ -23,7 +23,8 @@ from msgspec import UNSET, UnsetType
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.dates import PartialDate
-from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
+from fhiradapter.core.eligibility import assess_eligibility, by_concept, latest
+from fhiradapter.core.limits import LAB_WINDOW_DAYS
 from fhiradapter.core.model import (
     AdverseEvent,
     Condition,

@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fhiradapter.core.codes import CodeTable
+from fhiradapter.core.limits import ALBUMIN_UPPER
 from fhiradapter.errors import ConfigError
 
 RULE_BOOK = "docs/protocol.md"  # the project's rule book, which results and reports cite by section
@@ -106,7 +107,7 @@ class StudyInfo(StrictModel):
 
 
 class ChildPughParams(StrictModel):
-    albumin_lower_g_dl: float = Field(gt=0, lt=3.5)
+    albumin_lower_g_dl: float = Field(gt=0, lt=ALBUMIN_UPPER)  # below the fixed upper cut-off (core/limits.py)
 
 
 class ResponseParams(StrictModel):

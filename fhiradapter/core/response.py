@@ -18,10 +18,9 @@ import msgspec
 
 from fhiradapter.core import dates
 from fhiradapter.core import results as r
+from fhiradapter.core.limits import BASELINE_WINDOW_DAYS, CONFIRMATION_DAYS, PD_RATIO, PR_RATIO
 from fhiradapter.core.model import Observed
 
-BASELINE_WINDOW_DAYS = 28  # docs/protocol.md §4: baseline within 28 days before (or on) the index date
-CONFIRMATION_DAYS = 28  # docs/protocol.md §4: a second CR/PR >= 28 days later
 RANK = {"CR": 4, "PR": 3, "SD": 2, "PD": 1, "NE": 0}
 
 
@@ -257,7 +256,12 @@ def _pd(value: Decimal, nadir: Decimal) -> bool:
     """docs/protocol.md §4: value >= 1.25 x nadir, exactly; after a nadir of 0 any reappearance is PD."""
     if nadir == 0:
         return value > 0
-    return 4 * value >= 5 * nadir
+    return value * PD_RATIO.denominator >= nadir * PD_RATIO.numerator
+
+
+def _pr(value: Decimal, baseline: Decimal) -> bool:
+    """docs/protocol.md §4: value <= 0.5 x baseline, exactly."""
+    return value * PR_RATIO.denominator <= baseline * PR_RATIO.numerator
 
 
 def classify_assessment(
@@ -296,8 +300,8 @@ def classify_assessment(
             return "CR", "tumour", ("no measurable tumour; AFP criteria not applied (baseline AFP <= ULN)",)
         if afp_k is not None and afp_uln is not None and afp_k <= afp_uln:
             return "CR", "both", ("no measurable tumour and AFP <= ULN",)
-    pr_tumour = spd_k is not None and spd0 is not None and 2 * spd_k <= spd0
-    pr_afp = afp_known and afp0 is not None and afp_k is not None and 2 * afp_k <= afp0
+    pr_tumour = spd_k is not None and spd0 is not None and _pr(spd_k, spd0)
+    pr_afp = afp_known and afp0 is not None and afp_k is not None and _pr(afp_k, afp0)
     if pr_tumour or pr_afp:
         basis = "both" if pr_tumour and pr_afp else "tumour" if pr_tumour else "afp"
         reasons = (("SPD <= 0.5 x baseline SPD",) if pr_tumour else ()) + (

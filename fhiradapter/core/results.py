@@ -360,6 +360,7 @@ class ProtocolIdentity(msgspec.Struct, frozen=True):
     rules: str
     mappings_dir: str
     sha256: str
+    concept_maps: tuple[str, ...] | UnsetType = UNSET  # the site's ConceptMap files read, when it has any
 
 
 class AdapterInfo(msgspec.Struct, frozen=True):
