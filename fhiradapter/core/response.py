@@ -34,8 +34,9 @@ def exact(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
-class Assessment(msgspec.Struct, frozen=True):
-    """One assessment as the rules work with it: exact decimals, the response as a plain code."""
+class ExactAssessment(msgspec.Struct, frozen=True):
+    """One assessment as the rules work with it: exact decimals (§4's comparisons are exact), the response as
+    a plain code; ``as_result`` gives the ``results.Assessment`` written to results.json."""
 
     date: date
     response: str
@@ -64,7 +65,7 @@ class Assessment(msgspec.Struct, frozen=True):
 class ResponseResult(msgspec.Struct, frozen=True):
     """One patient's response (docs/protocol.md §4): the assessments, the best overall response and why."""
 
-    assessments: tuple[Assessment, ...]
+    assessments: tuple[ExactAssessment, ...]
     best: r.Response
     best_reason: str
     baseline: r.Baseline
@@ -208,19 +209,19 @@ def _assess_each(
     afp_by_date: dict[date, Observed],
     baseline: BaselineState,
     afp_window_days: int,
-) -> list[Assessment]:
+) -> list[ExactAssessment]:
     """Each post-baseline assessment's category, against the nadirs so far (docs/protocol.md §4)."""
     points, matched = _assessment_days(tumour_by_date, afp_by_date, baseline, afp_window_days)
     spd_nadir = baseline.spd
     afp_nadir = baseline.afp
-    out: list[Assessment] = []
+    out: list[ExactAssessment] = []
     for when, afp_only in points:
         if afp_only:
             value = afp_by_date[when]
             afp_k = exact(value.value) if value.value is not None else None
             if baseline.afp_evaluable and afp_k is not None and afp_nadir is not None and _pd(afp_k, afp_nadir):
                 out.append(
-                    Assessment(
+                    ExactAssessment(
                         when, "PD", None, afp_k, "afp", ("AFP >= 1.25 x nadir AFP",), (value.ref,), afp_only=True
                     )
                 )
@@ -244,7 +245,7 @@ def _assess_each(
             afp_evaluable=baseline.afp_evaluable,
             afp_uln=exact(afp_obs.high) if afp_obs and afp_obs.high is not None else baseline.afp_uln,
         )
-        out.append(Assessment(when, category, spd_k, afp_k, basis, reasons, evidence))
+        out.append(ExactAssessment(when, category, spd_k, afp_k, basis, reasons, evidence))
         if spd_k is not None and spd_nadir is not None:
             spd_nadir = min(spd_nadir, spd_k)
         if afp_k is not None and afp_nadir is not None:
@@ -318,9 +319,9 @@ def classify_assessment(
     return "NE", None, tuple(missing) or ("not evaluable",)
 
 
-def confirm(assessments: Sequence[Assessment]) -> list[Assessment]:
+def confirm(assessments: Sequence[ExactAssessment]) -> list[ExactAssessment]:
     """Mark each CR/PR confirmed when a later assessment >= 28 days on is CR (for CR) or PR/CR (for PR)."""
-    out: list[Assessment] = []
+    out: list[ExactAssessment] = []
     tumour = [a for a in assessments if not a.afp_only]
     for a in assessments:
         if a.response not in ("CR", "PR"):
@@ -333,11 +334,13 @@ def confirm(assessments: Sequence[Assessment]) -> list[Assessment]:
             b.response in ok and (b.date - a.date).days >= CONFIRMATION_DAYS and (first_pd is None or b.date < first_pd)
             for b in later
         )
-        out.append(Assessment(a.date, a.response, a.spd, a.afp, a.basis, a.reasons, a.evidence, a.afp_only, confirmed))
+        out.append(
+            ExactAssessment(a.date, a.response, a.spd, a.afp, a.basis, a.reasons, a.evidence, a.afp_only, confirmed)
+        )
     return out
 
 
-def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: int) -> tuple[str, str]:
+def best_overall(assessments: Sequence[ExactAssessment], index: date, sd_min_days: int) -> tuple[str, str]:
     """Best of confirmed CR > confirmed PR > SD > PD > NE, up to and including the first PD."""
     if not assessments:
         return "NE", "no_post_baseline_assessment"
@@ -358,7 +361,7 @@ def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: in
     return best, reason
 
 
-def response_duration(assessments: Sequence[Assessment]) -> r.ResponseDuration | None:
+def response_duration(assessments: Sequence[ExactAssessment]) -> r.ResponseDuration | None:
     """From the first confirmed PR/CR to the first PD, censored at the last assessment (docs/protocol.md §4).
 
     Only a response before the first PD counts: a response after progression has no duration here.

@@ -59,15 +59,15 @@ def grade_creatinine(value: float, uln: float | None) -> int | None:
     return sum(1 for bound in CREATININE_GRADE_ABOVE_ULN if multiple > bound)
 
 
-def lab_grade(o: Observed) -> int | None:
-    if o.value is None:
+def lab_grade(observation: Observed) -> int | None:
+    if observation.value is None:
         return None
-    if o.concept == "anc":
-        return grade_anc(o.value)
-    if o.concept == "platelets":
-        return grade_platelets(o.value, o.low)
-    if o.concept == "creatinine":
-        return grade_creatinine(o.value, o.high)
+    if observation.concept == "anc":
+        return grade_anc(observation.value)
+    if observation.concept == "platelets":
+        return grade_platelets(observation.value, observation.low)
+    if observation.concept == "creatinine":
+        return grade_creatinine(observation.value, observation.high)
     return None
 
 
