@@ -1000,7 +1000,7 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
             assert conn.execute(select(sync_runs.c.status)).scalars().all() == [status]
             assert conn.execute(select(watermarks)).all() == []
         (run,), total = store.runs()
-        assert total == 1 and run.status == status and run.summary["failure"] == failure
+        assert total == 1 and run.status == status and run.summary is not None and run.summary.failure == failure
     finally:
         store.close()
 
@@ -1240,7 +1240,7 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
         assert written[-1].startswith("Provenance/") and max(writing) > 1  # the rest went side by side
         assert summary.watermark is None and store.watermark(BASE, "s1") is None  # the next run pulls it all again
         (run,), _ = store.runs()
-        assert run.status == "errors" and run.summary["errors"] == summary.errors
+        assert run.status == "errors" and run.summary is not None and run.summary.errors == summary.errors
     finally:
         store.close()
 
