@@ -40,7 +40,7 @@ from fhiradapter.core.writeback import (
     entry_patient,
     outgoing,
 )
-from fhiradapter.errors import ServerError
+from fhiradapter.errors import ServerError, ServerRequest
 from fhiradapter.shell.server.fhir_client import FhirClient
 
 VERSION = re.compile(r'^W/"(.+)"$')
@@ -198,9 +198,8 @@ async def _undo_update(client: FhirClient, sent: Outgoing, summary: UndoSummary,
         return None
     previous = await client.json("GET", f"{ref}/_history/{previous_version}")
     if not isinstance(previous, dict):
-        raise ServerError(
-            f"GET {ref}/_history/{previous_version}: not a resource", request=f"GET {ref}/_history/{previous_version}"
-        )
+        asked = ServerRequest("GET", f"{ref}/_history/{previous_version}")
+        raise ServerError(f"{asked}: not a resource", request=asked)
     if content_hash(current) == content_hash(previous):
         summary.unchanged.append(ref)  # never applied, or already taken back
         return None
