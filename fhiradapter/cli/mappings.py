@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from fhiradapter.cli.common import MAPPINGS_ENV, guard, mappings_line, mappings_option, warn_unused_mappings
 from fhiradapter.cli.server_options import open_server_client, server_options
+from fhiradapter.core.json_types import JsonObject
 
 if TYPE_CHECKING:
     from fhiradapter.shell.server.connection import ServerOptions
@@ -89,7 +90,7 @@ def conceptmap_cmd(folder: Path, canonical: str | None, rid: str | None, server:
         if (canonical is None) == (rid is None):
             raise click.UsageError("name the ConceptMap by --url or by --id (one of them)")
 
-        async def fetch() -> dict[str, Any]:
+        async def fetch() -> JsonObject:
             client = await open_server_client(server)
             async with client:
                 return await fetch_concept_map(client, url=canonical, rid=rid)

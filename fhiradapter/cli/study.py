@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +11,7 @@ from fhiradapter.cli.common import guard, mappings_line, mappings_option, warn_u
 from fhiradapter.cli.server_options import open_server_client, optional_server_options
 
 if TYPE_CHECKING:
+    from fhiradapter.core.study_publish import ServerCopy
     from fhiradapter.shell.server.connection import ServerOptions
 
 
@@ -63,7 +64,7 @@ def study_cmd(out: Path, mappings_dir: Path | None, server: ServerOptions | None
         copies = None
         if server is not None:
 
-            async def read() -> tuple[str | None, Any]:
+            async def read() -> tuple[str | None, dict[str, ServerCopy]]:
                 client = await open_server_client(server)
                 async with client:
                     found = await study_id_on_server(client, mappings)

@@ -11,12 +11,13 @@ Every record keeps ``ref`` ("Type/id") for evidence and ``origin`` (file, locato
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 from msgspec import field
 
 from fhiradapter.core.dates import PartialDate
+from fhiradapter.core.json_types import JsonObject
 
 Origin = tuple[str, str]  # (source file, "line 12" | "entry 3" | "entry 3 (Bundle in line 5)")
 
@@ -136,7 +137,7 @@ class StudySubject(NamedTuple):
     version: str | None
     origin: Origin
     # JSON edge: the resource itself, as read, so that a status update written back changes nothing else
-    raw: dict[str, Any] | None = None
+    raw: JsonObject | None = None
     study_identifier: tuple[str, str] | None = None  # a logical ``study`` reference: (system, value)
 
 
@@ -150,7 +151,7 @@ class EarlierResult(NamedTuple):
     version: str | None
     origin: Origin
     # JSON edge: what it said (the fields read), as read, so that a plan can show old and new
-    content: dict[str, Any] | None = None
+    content: JsonObject | None = None
 
 
 class SupportingResource(NamedTuple):

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from fhiradapter.core.fhir_out import as_json_object
+from fhiradapter.core.json_types import JsonObject, JsonValue, as_object, items
 from fhiradapter.core.protocol import RULE_BOOK, Mappings
 from fhiradapter.core.review import Change, PlanLine, Values
 from fhiradapter.core.study_fhir import (
@@ -62,7 +63,7 @@ class ServerCopy(msgspec.Struct, frozen=True, kw_only=True):
 
     version: str | None
     content_hash: str | None
-    content: dict[str, Any]  # JSON at the edge: the server's resource as read (an update keeps what it adds)
+    content: JsonObject  # JSON at the edge: the server's resource as read (an update keeps what it adds)
 
 
 def build_study(mappings: Mappings, inputs: StudyInputs) -> list[StudyResource]:
@@ -82,9 +83,9 @@ def reference_of(resource: StudyResource) -> str:
     return f"{type(resource).__name__}/{resource.id}"
 
 
-def as_json(resource: StudyResource) -> dict[str, Any]:
+def as_json(resource: StudyResource) -> JsonObject:
     """A resource as R4 JSON (the edge: hashed, compared with a server's copy, written into the Bundle)."""
-    built: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(resource))
+    built: JsonObject = msgspec.json.decode(msgspec.json.encode(resource))
     return built
 
 
@@ -126,18 +127,19 @@ def plan_study(resources: Sequence[StudyResource], existing: Mapping[str, Server
     return plan
 
 
-def bundle_entry(entry: PlanEntry) -> dict[str, Any] | None:
+def bundle_entry(entry: PlanEntry) -> JsonObject | None:
     """The transaction entry of a create or an update (PUT at the resource's id); None for unchanged."""
     if entry.action == "unchanged":
         return None
     ref = entry.identifier
-    request: dict[str, Any] = {"method": "PUT", "url": ref}
+    request: JsonObject = {"method": "PUT", "url": ref}
     if entry.action == "update" and entry.version:
         request["ifMatch"] = f'W/"{entry.version}"'
-    return {"fullUrl": ref, "resource": entry.resource, "request": request}
+    resource = entry.resource if isinstance(entry.resource, dict) else as_json_object(entry.resource)
+    return {"fullUrl": ref, "resource": resource, "request": request}
 
 
-def _shown(value: Any) -> str | int | float | bool | None:
+def _shown(value: JsonValue) -> str | int | float | bool | None:
     """An element's value as a reviewer compares it: a scalar as it is, a list or object by size and digest."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
@@ -146,7 +148,7 @@ def _shown(value: Any) -> str | int | float | bool | None:
     return f"{size} #{digest}"
 
 
-def _characteristic_words(char: Mapping[str, Any]) -> str:
+def _characteristic_words(char: JsonObject) -> str:
     """A Group characteristic as a reviewer reads it: ``neutrophils ... : >= 1.0 10^9/L`` (exclusions marked)."""
     code = char.get("code")
     text = code.get("text") if isinstance(code, dict) else None
@@ -154,30 +156,29 @@ def _characteristic_words(char: Mapping[str, Any]) -> str:
     if isinstance(quantity, dict):
         value = " ".join(str(quantity[k]) for k in ("comparator", "value", "unit") if k in quantity)
     elif isinstance(span, dict):
-        value = "-".join(str((span.get(end) or {}).get("value")) for end in ("low", "high"))
+        value = "-".join(str(as_object(span.get(end)).get("value")) for end in ("low", "high"))
     elif isinstance(concept, dict):
-        codings = concept.get("coding")
-        codes = ", ".join(str(c.get("code")) for c in codings or () if isinstance(c, dict))
+        codes = ", ".join(str(c.get("code")) for c in items(concept, "coding"))
         value = f"{concept.get('text')} [{codes}]"
     else:
         value = str(_shown(next((v for k, v in char.items() if k.startswith("value")), None)))
     return f"{'exclude: ' if char.get('exclude') else ''}{text}: {value}"
 
 
-def _compose_words(compose: Mapping[str, Any]) -> str:
+def _compose_words(compose: JsonObject) -> str:
     """A ValueSet's codes as a reviewer reads them: ``http://loinc.org 1834-1, 83073-7; ... is-a C77``."""
     parts = []
     includes = compose.get("include")
     for inc in includes if isinstance(includes, list) else ():
         if not isinstance(inc, dict):
             continue
-        concepts = [str(c.get("code")) for c in inc.get("concept") or () if isinstance(c, dict)]
-        filters = [f"{f.get('op')} {f.get('value')}" for f in inc.get("filter") or () if isinstance(f, dict)]
+        concepts = [str(c.get("code")) for c in items(inc, "concept")]
+        filters = [f"{f.get('op')} {f.get('value')}" for f in items(inc, "filter")]
         parts.append(f"{inc.get('system')} {', '.join(concepts + filters)}")
     return "; ".join(parts)
 
 
-def stated(body: Mapping[str, Any]) -> dict[str, str | int | float | bool | None]:
+def stated(body: JsonObject) -> dict[str, str | int | float | bool | None]:
     """A resource's elements as a reviewer compares them: each eligibility characteristic and each plan action
     apart (by its id) and a ValueSet's codes in full, so an update names the criterion or code that changed."""
     out: dict[str, str | int | float | bool | None] = {}

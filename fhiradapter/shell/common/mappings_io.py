@@ -20,6 +20,7 @@ from typing import Any
 from msgspec import UNSET
 
 from fhiradapter.core.concept_map import LocalCode, parse_concept_map, read_mappings, with_local_codes
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.protocol import Mappings, parse_mappings
 from fhiradapter.core.results import ProtocolIdentity
 from fhiradapter.errors import ConfigError
@@ -94,7 +95,7 @@ def load_mappings(directory: Path | None = None) -> tuple[Mappings, ProtocolIden
     folder = directory or default_mappings_dir()
     if not folder.is_dir():
         raise ConfigError(f"mappings folder not found: {folder}")
-    docs: list[dict[str, Any]] = []  # TOML documents as read: validated by core.protocol.parse_mappings
+    docs: list[JsonObject] = []  # TOML documents as read: validated by core.protocol.parse_mappings
     digest = hashlib.sha256()
     for name in FILES:
         path = folder / name
@@ -137,7 +138,7 @@ def with_concept_maps(
     return with_local_codes(mappings, local)[0]
 
 
-def save_concept_map(folder: Path, resource: dict[str, Any], where: str) -> tuple[Path, int, int]:
+def save_concept_map(folder: Path, resource: JsonObject, where: str) -> tuple[Path, int, int]:
     """A ConceptMap (read from ``where``) written into a site's mappings folder as ``conceptmap-<id>.json``.
 
     Checked first as ``load_mappings`` checks the folder's files; then written whole (a copy read earlier is

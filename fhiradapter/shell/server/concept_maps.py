@@ -9,13 +9,12 @@ server.
 
 from __future__ import annotations
 
-from typing import Any
-
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.errors import ConfigError, ServerError
 from fhiradapter.shell.server.fhir_client import FhirClient
 
 
-async def fetch_concept_map(client: FhirClient, *, url: str | None = None, rid: str | None = None) -> dict[str, Any]:
+async def fetch_concept_map(client: FhirClient, *, url: str | None = None, rid: str | None = None) -> JsonObject:
     """The server's ConceptMap with canonical ``url`` (exactly one must match) or with id ``rid``.
 
     JSON at the edge: the caller checks it as the folder's files are checked (core/concept_map).

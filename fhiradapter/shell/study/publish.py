@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import orjson
@@ -24,6 +23,7 @@ from pydantic import ValidationError
 
 from fhiradapter import __version__
 from fhiradapter.core.fhir_out import CodeableConcept, encode
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.results import ProtocolIdentity
 from fhiradapter.core.study_fhir import StudyDrug, StudyInputs, StudyPublication
@@ -60,7 +60,7 @@ class Published:
         return sum(1 for entry in self.plan if entry.action == action)
 
 
-def _toml(path: Path) -> dict[str, Any] | None:
+def _toml(path: Path) -> JsonObject | None:
     """A TOML file of the mappings folder (None when absent); JSON-like at the edge, validated by the caller."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
@@ -99,7 +99,7 @@ def load_study_inputs(folder: Path, mappings: Mappings) -> StudyInputs:
     )
 
 
-def _tag(resource: dict[str, Any]) -> str | None:
+def _tag(resource: JsonObject) -> str | None:
     meta = resource.get("meta")
     tags = meta.get("tag") if isinstance(meta, dict) else None
     for tag in tags if isinstance(tags, list) else ():
@@ -143,7 +143,7 @@ async def study_id_on_server(client: FhirClient, mappings: Mappings) -> str | No
 async def server_copies(client: FhirClient, resources: Sequence[StudyResource]) -> dict[str, ServerCopy]:
     """Each published resource as the server holds it now, by reference (those it does not hold are absent)."""
 
-    async def one(resource: StudyResource) -> tuple[str, dict[str, Any] | None]:
+    async def one(resource: StudyResource) -> tuple[str, JsonObject | None]:
         return reference_of(resource), await client.read(type(resource).__name__, resource.id)
 
     found = await asyncio.gather(*(one(r) for r in resources))
