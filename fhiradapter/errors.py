@@ -9,6 +9,7 @@ AdapterError(Exception)                      exit_code = ExitCode.FAILURE
 │   └── AnswerLost(ServerError)              the request may have reached the server, its answer did not
 ├── OutputBusy(AdapterError)                 another run holds the output folder                       -> BUSY
 ├── NothingEvaluated(AdapterError)           the input held no patient to evaluate                     -> NOTHING
+├── NotApproved(AdapterError)                a write-back no approval covers: nothing was sent   -> NOT_APPROVED
 └── OutputError(AdapterError)                the output folder could not be written (disk, permission) -> OUTPUT
 ```
 
@@ -20,6 +21,7 @@ reasons. A bad record is never an exception either: it is an ``Issue`` value tha
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import ClassVar
 
 
@@ -63,21 +65,52 @@ class TargetError(AdapterError):
     exit_code = ExitCode.TARGET
 
 
+@dataclass(frozen=True)
+class ServerRequest:
+    """A request to a FHIR server, as errors name it: the method and where (the path relative to the server's
+    base, or the URL elsewhere), never its query string (search values can name patients) nor a credential."""
+
+    method: str
+    url: str
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.url}"
+
+
+@dataclass(frozen=True)
+class OutcomeIssue:
+    """One issue of a server's OperationOutcome: its severity, code and diagnostics (else its details' text)."""
+
+    severity: str
+    code: str
+    diagnostics: str
+
+    def __str__(self) -> str:
+        return f"{self.severity} {self.code}: {self.diagnostics}".strip()
+
+
 class ServerError(AdapterError):
     """A FHIR server refused a request or kept failing it; the message holds its OperationOutcome text.
 
-    What it is about, for code that decides on it rather than on the message: ``status`` (the HTTP status, when
-    an answer came), ``request`` (method and where, without query or credentials) and ``outcome`` (the
-    OperationOutcome's issues as text, "" when the answer had none).
+    What it is about, for code that decides on it rather than on the message: ``request`` (the request's method
+    and where, without query or credentials), ``status`` (the HTTP status, when an answer came) and ``issues``
+    (the answer's OperationOutcome issues, () when it had none).
     """
 
     exit_code = ExitCode.SERVER
 
-    def __init__(self, message: str, status: int | None = None, *, request: str = "", outcome: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        *,
+        request: ServerRequest,
+        issues: tuple[OutcomeIssue, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.request = request
-        self.outcome = outcome
+        self.issues = issues
 
 
 class AnswerLost(ServerError):

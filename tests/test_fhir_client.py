@@ -24,7 +24,7 @@ from builders import approve_bundle, standing_rule_all
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from fhiradapter.errors import ServerError
+from fhiradapter.errors import OutcomeIssue, ServerError, ServerRequest
 from fhiradapter.shell.server.auth import BearerAuth, SmartBackendAuth
 from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, retry_after_s
 from fhiradapter.shell.server.push import push
@@ -370,6 +370,7 @@ def test_a_refused_token_request_is_an_error_without_secrets() -> None:
     with pytest.raises(ServerError, match=r"SMART token request .* refused: HTTP 401: unknown kid") as err:
         run(handler, collect, auth=SmartBackendAuth("c", f"{BASE}/auth/token", pem))
     assert "BEGIN" not in str(err.value)
+    assert err.value.request == ServerRequest("POST", f"{BASE}/auth/token") and err.value.status == 401
 
 
 def test_a_static_token_rejected_with_401_fails_once() -> None:
@@ -1000,7 +1001,7 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
             assert conn.execute(select(sync_runs.c.status)).scalars().all() == [status]
             assert conn.execute(select(watermarks)).all() == []
         (run,), total = store.runs()
-        assert total == 1 and run.status == status and run.summary["failure"] == failure
+        assert total == 1 and run.status == status and run.summary is not None and run.summary.failure == failure
     finally:
         store.close()
 
@@ -1240,7 +1241,7 @@ def test_a_sync_whose_server_refuses_some_writes_ends_as_errors_and_keeps_its_wa
         assert written[-1].startswith("Provenance/") and max(writing) > 1  # the rest went side by side
         assert summary.watermark is None and store.watermark(BASE, "s1") is None  # the next run pulls it all again
         (run,), _ = store.runs()
-        assert run.status == "errors" and run.summary["errors"] == summary.errors
+        assert run.status == "errors" and run.summary is not None and run.summary.errors == summary.errors
     finally:
         store.close()
 
@@ -1280,8 +1281,9 @@ def test_an_error_after_retries_carries_its_status_request_and_outcome() -> None
     with pytest.raises(ServerError) as err:
         run(handler, collect, settings=ClientSettings(retry_budget_s=1, max_attempts=2, backoff_base_s=0.1))
     assert err.value.status == 503
-    assert err.value.request == "GET Observation"  # no query: search values can name patients
-    assert err.value.outcome == "error processing: database maintenance"
+    assert err.value.request == ServerRequest("GET", "Observation")  # no query: search values can name patients
+    assert err.value.issues == (OutcomeIssue("error", "processing", "database maintenance"),)
+    assert str(err.value).endswith(": error processing: database maintenance")
 
 
 def test_a_search_page_that_is_no_bundle_names_its_request_and_status() -> None:
@@ -1290,7 +1292,7 @@ def test_a_search_page_that_is_no_bundle_names_its_request_and_status() -> None:
 
     with pytest.raises(ServerError, match="Observation search page 1 is not a Bundle") as err:
         run(handler, collect)
-    assert (err.value.status, err.value.request) == (200, "GET Observation")
+    assert (err.value.status, err.value.request) == (200, ServerRequest("GET", "Observation"))
 
 
 def test_a_next_link_to_another_origin_names_the_request_it_refused() -> None:
@@ -1299,7 +1301,9 @@ def test_a_next_link_to_another_origin_names_the_request_it_refused() -> None:
 
     with pytest.raises(ServerError, match="not followed") as err:
         run(handler, collect)
-    assert err.value.request == "GET https://elsewhere.test/r4/Observation" and err.value.status is None
+    assert (
+        err.value.request == ServerRequest("GET", "https://elsewhere.test/r4/Observation") and err.value.status is None
+    )
 
 
 def test_a_lost_answer_names_its_request() -> None:
@@ -1313,7 +1317,7 @@ def test_a_lost_answer_names_its_request() -> None:
 
     with pytest.raises(AnswerLost) as err:
         run(handler, write)
-    assert err.value.request == "PUT Observation/o1" and err.value.status is None
+    assert err.value.request == ServerRequest("PUT", "Observation/o1") and err.value.status is None
 
 
 def test_a_study_not_on_the_server_names_the_read() -> None:
@@ -1324,4 +1328,89 @@ def test_a_study_not_on_the_server_names_the_read() -> None:
 
     with pytest.raises(ServerError, match="ResearchStudy/s9 not found") as err:
         run(handler, lambda client: resolve_study(client, "s9"))
-    assert err.value.request == "GET ResearchStudy/s9"
+    assert err.value.request == ServerRequest("GET", "ResearchStudy/s9")
+
+
+def test_an_outcomes_issues_are_parsed_in_order_with_details_text_for_missing_diagnostics() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        issues = [
+            {"severity": "error", "code": "invalid", "diagnostics": "Observation.status: value is required"},
+            {"severity": "warning", "code": "informational", "details": {"text": "see the profile"}},
+        ]
+        return fhir({"resourceType": "OperationOutcome", "issue": issues}, 422)
+
+    async def write(client: FhirClient) -> Any:
+        return await client.request("PUT", "Observation/o1?_pretty=true", json={"resourceType": "Observation"})
+
+    with pytest.raises(ServerError) as err:
+        run(handler, write)
+    assert err.value.request == ServerRequest("PUT", "Observation/o1") and err.value.status == 422
+    assert err.value.issues == (
+        OutcomeIssue("error", "invalid", "Observation.status: value is required"),
+        OutcomeIssue("warning", "informational", "see the profile"),
+    )
+    assert str(err.value) == (
+        "PUT Observation/o1: HTTP 422: error invalid: Observation.status: value is required; "
+        "warning informational: see the profile"
+    )
+
+
+def test_an_answer_without_an_outcome_has_no_issues_and_its_status_line_as_message() -> None:
+    with pytest.raises(ServerError) as err:
+        run(lambda request: httpx.Response(400, text="no"), collect)
+    assert err.value.issues == () and str(err.value) == "GET Observation: HTTP 400: Bad Request"
+
+
+@pytest.mark.parametrize("offered", [False, True])
+def test_logical_subjects_without_a_study_search_read_every_research_subject(
+    offered: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `study` search offered (never asked, and no made-up server error), or the `study:identifier` search
+    refused with a 4xx: every ResearchSubject is read and those naming the study by identifier are kept."""
+    from fhiradapter.shell.server.fhir_client import Capability
+    from fhiradapter.shell.server.pull import logical_subjects
+
+    study = {"resourceType": "ResearchStudy", "id": "s1", "identifier": [{"system": "urn:s", "value": "S-1"}]}
+    subjects = [
+        {"resourceType": "ResearchSubject", "id": "rs1", "study": {"identifier": {"system": "urn:s", "value": "S-1"}}},
+        {"resourceType": "ResearchSubject", "id": "rs2", "study": {"identifier": {"system": "urn:s", "value": "S-2"}}},
+    ]
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(str(request.url.params))
+        if "study:identifier" in request.url.params:
+            return outcome("unknown search parameter", 400)
+        entries = [{"resource": s, "search": {"mode": "match"}} for s in subjects]
+        return fhir({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+
+    raised: list[ServerError] = []
+    made = ServerError.__init__
+
+    def recorded(self: ServerError, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        raised.append(self)
+
+    monkeypatch.setattr(ServerError, "__init__", recorded)
+    cap = Capability("4.0.1", "x", True, True, {"ResearchSubject": {"study"}} if offered else {})
+    warnings: list[str] = []
+    found, _, _ = run(handler, lambda client: logical_subjects(client, study, cap, warnings, set()))
+    # Only the server's refusal is an error, and it names the search it refused.
+    assert [(e.status, e.request) for e in raised] == (
+        [(400, ServerRequest("GET", "ResearchSubject"))] if offered else []
+    )
+    assert [r["id"] for r in found] == ["rs1"]
+    assert len(asked) == (2 if offered else 1) and ("study%3Aidentifier" in asked[0]) is offered
+    assert warnings == [
+        "the server has no `study:identifier` search for ResearchSubject: every ResearchSubject was read "
+        "and those naming the study by identifier kept here"
+    ]
+
+
+def test_a_type_that_is_not_r4s_reaching_the_pull_folder_is_a_bug_not_a_server_error(tmp_path: Path) -> None:
+    from fhiradapter.shell.server.pull_folder import NdjsonSink, NotAResourceType
+
+    sink = NdjsonSink(tmp_path)
+    with pytest.raises(NotAResourceType) as err:
+        sink.add({"resourceType": "../Patient", "id": "p1"})
+    assert not isinstance(err.value, ServerError) and list(tmp_path.iterdir()) == []

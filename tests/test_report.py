@@ -24,10 +24,9 @@ from test_protocol_s2_eligibility import CP_B9, CP_C10, ORIGIN, SCREEN, good_rec
 
 from fhiradapter.cli import main
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
-from fhiradapter.core.eligibility import assess_eligibility, criterion_from_json, explain
+from fhiradapter.core.eligibility import assess_eligibility, explain
 from fhiradapter.core.model import Condition, Consent, Exposure, Observed, PatientRecord
-from fhiradapter.core.readback import decode_subject, split_whole
-from fhiradapter.core.results import to_builtins
+from fhiradapter.core.readback import decode_criterion, decode_subject, split_whole
 from fhiradapter.shell.report.render import Section
 from fhiradapter.shell.report.report import load_published
 from fhiradapter.shell.report.rows import report_row
@@ -433,7 +432,7 @@ def test_each_criterion_kind_reads_as_the_value_found_and_the_limit(
     criterion = eligibility.criterion(cid)
     assert criterion.status != "met", criterion
     assert explain(criterion) == expected
-    assert explain(criterion_from_json(json.loads(json.dumps(to_builtins(criterion))))) == expected
+    assert explain(decode_criterion(msgspec.json.encode(criterion))) == expected
 
 
 def test_the_paper_is_compared_only_with_the_papers_cohort(screened: Path, synthetic: Path) -> None:

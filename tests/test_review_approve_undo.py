@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from builders import ROOT
 from click.testing import CliRunner, Result
@@ -25,7 +26,7 @@ from fhir_server import load_input, sekmet_server, server_resources
 
 from fhiradapter.cli import main
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, parse_standing_rule, split_by_rule
-from fhiradapter.core.review import in_words
+from fhiradapter.core.review import decode_plan_line, in_words
 from fhiradapter.core.writeback import IDENTIFIER_SYSTEM
 from fhiradapter.errors import ConfigError, ExitCode
 
@@ -117,7 +118,9 @@ def test_every_plan_line_says_what_changes_old_from_the_input_new_from_the_resul
                 assert p["changes"] == [
                     {"element": k, "old": old[k], "new": p["new"][k]} for k in p["new"] if old[k] != p["new"][k]
                 ]
-                assert p["changes"] and f"status {old['status']} → {p['new']['status']}" in in_words(p)
+                assert p["changes"] and f"status {old['status']} → {p['new']['status']}" in in_words(
+                    decode_plan_line(orjson.dumps(p))
+                )
             else:
                 assert p["action"] == "unchanged" and "old" not in p
                 assert old["status"] == p["new"]["status"] and old["period.end"] == p["new"]["period.end"]
@@ -328,8 +331,9 @@ def test_an_approval_leaves_excluded_patients_out_and_names_the_approver(tmp_pat
     assert {t["reference"] for t in prov["resource"]["target"]} == {
         e["fullUrl"] for e in sent["entry"] if e is not prov
     }
-    allowed, held, allowed_lines, held_lines = split_by_rule(bundle, plan, None)
-    assert [p for p in allowed_lines if p["action"] != "unchanged"] == []
+    typed_plan = [decode_plan_line(orjson.dumps(p)) for p in plan]
+    allowed, held, allowed_lines, held_lines = split_by_rule(bundle, typed_plan, None)
+    assert [p for p in allowed_lines if p.action != "unchanged"] == []
     assert allowed["entry"] == [] and len(held_lines) == sum(p["action"] != "unchanged" for p in plan)
     assert len(held["entry"]) == len(bundle["entry"])  # every entry and a Provenance of its own
 

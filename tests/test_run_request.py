@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 import pytest
 from builders import AS_OF, ROOT
 from click.testing import CliRunner
@@ -18,9 +19,10 @@ from fhiradapter.cli.common import ExportOptions, command_options, export_option
 from fhiradapter.cli.server_options import server_options
 from fhiradapter.core.evaluate import EvaluationSettings
 from fhiradapter.core.json_types import items, member, text
+from fhiradapter.core.results import TimedRunSummary
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.mappings_io import load_mappings
-from fhiradapter.shell.run.engine import Engine, FoundInputs, RunRequest
+from fhiradapter.shell.run.engine import Engine, FoundInputs, RunRequest, RunStats
 from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.server.connection import ServerOptions
@@ -35,9 +37,11 @@ class RecordingEngine:
     name: str = "local"
     seen: list[tuple[RunRequest, FoundInputs, EvaluationSettings]] = dataclasses.field(default_factory=list)
 
-    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> dict[str, Any]:
+    def run(self, request: RunRequest, found: FoundInputs, settings: EvaluationSettings) -> TimedRunSummary:
         self.seen.append((request, found, settings))
-        return {"patients": 0}
+        protocol = msgspec.structs.replace(request.mappings_identity, study=settings.study)
+        summary = RunStats().summary(settings.as_of, protocol, 0, request.writeback)
+        return TimedRunSummary(**msgspec.structs.asdict(summary), seconds={}, worker_cpu_seconds={})
 
 
 def request(out: Path, **kw: Any) -> RunRequest:
@@ -48,7 +52,8 @@ def request(out: Path, **kw: Any) -> RunRequest:
 def test_the_request_reaches_its_engine_with_the_inputs_found_and_the_settings(tmp_path: Path) -> None:
     engine = RecordingEngine()
     asked = request(tmp_path / "out", engine=engine, study="thal-hcc-pilot", fhir_bases=("https://fhir.test/r4",))
-    assert run_evaluate(asked) == {"patients": 0}
+    summary = run_evaluate(asked)
+    assert (summary.patients, summary.protocol.study, summary.as_of) == (0, "ResearchStudy/thal-hcc-pilot", AS_OF)
     ((seen, found, settings),) = engine.seen
     assert seen is asked  # one value from the caller to the engine
     assert found.files == sorted(p for p in PAPER.iterdir() if p.suffix in (".ndjson", ".json")) and not found.unread

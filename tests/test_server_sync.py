@@ -415,7 +415,11 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             # The store lists the four runs newest first, each with the summary it returned.
             listed, total = store.runs(base, "thal-hcc-pilot", last=3)
             assert total == 4 and [r.run_id for r in listed] == [third.run_id, second.run_id, first.run_id]
-            assert [r.status for r in listed] == ["ok", "ok", "ok"] and listed[0].summary["deleted"] == 1
+            assert (
+                [r.status for r in listed] == ["ok", "ok", "ok"]
+                and listed[0].summary is not None
+                and listed[0].summary.deleted == 1
+            )
             assert all(
                 r.finished_at is not None and r.started_at.utcoffset() == timedelta(0) <= r.finished_at - r.started_at
                 for r in listed
@@ -754,3 +758,75 @@ def test_s1_pull_finds_subjects_that_name_the_study_by_identifier(
             finally:
                 store.close()
             assert json.loads((dry.out / "results.json").read_text())["subjects"] == files_results["subjects"]
+
+
+# A summary as runs stored it before held, approved_by, non_atomic and transaction_limit were kept (86354b9), and
+# one of a run that stopped before the evaluation ("evaluated": {}).
+OLD_SUMMARY = {
+    "run_id": 1,
+    "server": "http://old.example/fhir",
+    "study": "ResearchStudy/s1",
+    "since": None,
+    "watermark": "2026-12-01T00:00:00Z",
+    "dry_run": False,
+    "patients": 2,
+    "pulled": {"Patient": 2, "Observation": 7},
+    "deleted": 0,
+    "evaluated": {"records_read": 9, "records_used": 8, "records_rejected": 1, "rejects_by_reason": {"unit": 1}},
+    "plan": {"create": 3},
+    "changes": {"Patient/p1": {"create": {"eligibility": 1}}},
+    "pushed": {"created": 3},
+    "provenances": 1,
+    "conflicts": [],
+    "errors": [],
+    "warnings": [],
+    "requests": 5,
+    "retries": 0,
+    "patients_per_search": 20,
+    "split": 0,
+    "failure": None,
+    "seconds": {"pull": 0.25, "evaluate": 1.5, "push": 0.125},
+}
+
+
+def test_runs_reads_summaries_older_runs_stored(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from fhiradapter.shell.server.run_record import EvaluatedCounts, as_stored
+    from fhiradapter.shell.server.store import SyncStore, sync_runs
+
+    stopped = {**OLD_SUMMARY, "run_id": 2, "evaluated": {}, "plan": {}, "changes": {}, "pushed": {}}
+    stopped |= {"patients": 0, "pulled": {}, "provenances": 0, "failure": "GET /metadata: HTTP 503"}
+    store = SyncStore(data_dir=tmp_path)
+    try:
+        for summary, status in ((OLD_SUMMARY, "ok"), (stopped, "failed")):
+            run_id = store.start_run("http://old.example/fhir", "s1", None, False)
+            with store.engine.begin() as conn:  # as the older version wrote it
+                conn.execute(
+                    update(sync_runs)
+                    .where(sync_runs.c.run_id == run_id)
+                    .values(status=status, summary=json.dumps(summary))
+                )
+        (failed, ok), total = store.runs()
+    finally:
+        store.close()
+    assert total == 2 and ok.summary is not None and failed.summary is not None
+    assert ok.summary.evaluated == EvaluatedCounts(
+        records_read=9, records_used=8, records_rejected=1, rejects_by_reason={"unit": 1}
+    )
+    assert ok.summary.per_search == 20 and ok.summary.held == 0 and ok.summary.transaction_limit is None
+    assert failed.summary.evaluated is None and failed.summary.failure == "GET /metadata: HTTP 503"
+    # What the older version stored reads back as it was, with the fields it did not keep at their defaults.
+    assert {k: v for k, v in as_stored(ok.summary).items() if k in OLD_SUMMARY} == OLD_SUMMARY
+    assert as_stored(failed.summary)["evaluated"] == {}
+    listed = cli("runs", "--data-dir", str(tmp_path))
+    assert listed.exit_code == 0, listed.output
+    lines = [line.strip() for line in listed.output.splitlines()]
+    assert lines[2:] == [
+        "stopped: GET /metadata: HTTP 503",
+        lines[3],
+        "everything: 2 patient(s), 9 resource(s) read, 0 deletion(s) noticed",
+        "plan: create 3",
+        "pushed: created 3; conflicts 0, errors 0",
+    ]
+    assert lines[3].endswith("ok  (no end recorded)  ResearchStudy/s1 on http://old.example/fhir")

@@ -25,7 +25,7 @@ from click.testing import CliRunner
 from stub_server import Reply, Seen, drip_server, stub_server
 
 from fhiradapter.cli import main
-from fhiradapter.errors import AnswerLost, ConfigError, ServerError
+from fhiradapter.errors import AnswerLost, ConfigError, OutcomeIssue, ServerError, ServerRequest
 from fhiradapter.shell.server.auth import BearerAuth
 from fhiradapter.shell.server.bulk import bulk_pull
 from fhiradapter.shell.server.connection import ServerOptions, open_client
@@ -694,13 +694,16 @@ def test_s5_an_update_whose_answer_was_lost_is_not_sent_blindly_again() -> None:
     ],
 )
 def test_s6_what_counts_as_a_refusal_for_size(status: int, text: str, size: bool) -> None:
-    """Decided on the error's OperationOutcome text, never on its message (which names the request)."""
-    outcome = f"error invalid: {text}"
-    error = ServerError(f"POST /: HTTP {status}: {outcome}", status, request="POST /", outcome=outcome)
+    """Decided on the error's OperationOutcome issues, never on its message (which names the request)."""
+    issues = (OutcomeIssue("error", "invalid", text),)
+    request = ServerRequest("POST", "/")
+    error = ServerError(f"POST /: HTTP {status}: error invalid: {text}", status, request=request, issues=issues)
     assert refused_for_size(error) is size
-    # The same words in the request's own description are no refusal for size.
-    named = ServerError(f"POST /too-many-entries: HTTP {status}: error", status, request="POST /too-many-entries")
-    assert refused_for_size(named) is (status == 413)
+    # The same words in the request's own description, or in a message without issues, are no refusal for size.
+    named = ServerRequest("POST", "/too-many-entries")
+    assert refused_for_size(ServerError(f"{named}: HTTP {status}: error", status, request=named)) is (status == 413)
+    bare = ServerError(f"POST /: HTTP {status}: {text}", status, request=request)
+    assert refused_for_size(bare) is (status == 413)
 
 
 def test_a_refusal_carries_its_status_request_and_outcome() -> None:
@@ -723,8 +726,10 @@ def test_a_refusal_carries_its_status_request_and_outcome() -> None:
         return caught.value
 
     error = asyncio.run(run())
-    assert error.status == 400 and error.request.startswith("POST ")
-    assert error.outcome == "error too-costly: Bundle exceeds the maximum of 500 entries" and refused_for_size(error)
+    assert error.status == 400 and error.request.method == "POST"
+    assert error.issues == (OutcomeIssue("error", "too-costly", "Bundle exceeds the maximum of 500 entries"),)
+    assert str(error).endswith(": HTTP 400: error too-costly: Bundle exceeds the maximum of 500 entries")
+    assert refused_for_size(error)
 
 
 def test_s6_the_store_remembers_the_transaction_size_per_server(tmp_path: Path) -> None:

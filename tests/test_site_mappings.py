@@ -61,6 +61,7 @@ def test_a_site_makes_its_own_mappings_adds_a_local_code_and_sees_it_take_effect
         "units.toml",
         "export.toml",
         "published.toml",
+        "study.toml",
     }
     assert "FHIRADAPTER_MAPPINGS=" in made.output
     add_local_afp(site)

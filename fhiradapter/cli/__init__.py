@@ -16,6 +16,7 @@ from fhiradapter.cli.export import export_cmd
 from fhiradapter.cli.mappings import mappings_cmd
 from fhiradapter.cli.pull import pull_cmd
 from fhiradapter.cli.push import push_cmd
+from fhiradapter.cli.study import study_cmd
 from fhiradapter.cli.sync import runs_cmd, sync_cmd
 from fhiradapter.cli.undo import undo_cmd
 
@@ -26,7 +27,18 @@ def main() -> None:
     """Apply the thalidomide-HCC pilot protocol to FHIR R4 data and report the results."""
 
 
-for command in (evaluate, approve_cmd, export_cmd, pull_cmd, push_cmd, sync_cmd, runs_cmd, undo_cmd, mappings_cmd):
+for command in (
+    evaluate,
+    approve_cmd,
+    export_cmd,
+    pull_cmd,
+    push_cmd,
+    sync_cmd,
+    runs_cmd,
+    undo_cmd,
+    study_cmd,
+    mappings_cmd,
+):
     main.add_command(command)
 
 

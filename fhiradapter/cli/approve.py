@@ -60,13 +60,13 @@ def approve_cmd(out: Path, approver: str, role: str, excluded: tuple[str, ...], 
         check_manifest(out, ["writeback.json", "writeback-plan.ndjson"])  # a whole run's, unchanged
         writeback_sha, plan_sha = digests(out)
         plan = read_plan(out)
-        patients = list(dict.fromkeys(str(line.get("patient")) for line in plan))
+        patients = list(dict.fromkeys(line.patient for line in plan))
         excluded = tuple(p if "/" in p else f"Patient/{p}" for p in excluded)  # thal-04 means Patient/thal-04
         unknown = [p for p in excluded if p not in patients]
         if unknown:
             raise ConfigError(f"--exclude {', '.join(unknown)}: not in this write-back's plan (see {out})")
         words = by_patient(plan)
-        counts = {a: sum(1 for line in plan if line.get("action") == a) for a in ("create", "update", "unchanged")}
+        counts = {a: sum(1 for line in plan if line.action == a) for a in ("create", "update", "unchanged")}
         click.echo(
             f"Changes to the hospital record in {out / 'writeback.json'}: {len(words)} patient(s) of {len(patients)}"
             + (f" ({len(excluded)} excluded: not sent)" if excluded else "")

@@ -235,7 +235,7 @@ def _run_request(options: EvaluateOptions) -> RunRequest:
             "`fhiradapter export` on the results folder once it is on this machine"
         )
     mappings, identity = load_mappings(options.mappings_dir)
-    warn_unused_mappings(Path(identity["mappings_dir"]))
+    warn_unused_mappings(Path(identity.mappings_dir))
     engine: Engine = LocalEngine(options.workers)
     if options.engine == "spark":
         from fhiradapter.shell.run.spark_engine import SparkEngine  # noqa: PLC0415

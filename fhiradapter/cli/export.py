@@ -21,14 +21,14 @@ def export_key(pseudonymise: bool, key_file: Path | None) -> bytes | None:
 
 
 def run_export(results: Path, to: str, fmt: str, key: bytes | None, mappings_dir: Path | None, show: bool) -> None:
-    from fhiradapter.shell.registry.export import count_subjects  # noqa: PLC0415
-    from fhiradapter.shell.registry.export import export as run_export  # noqa: PLC0415
+    from fhiradapter.core.registry import export_format  # noqa: PLC0415
+    from fhiradapter.shell.registry.export import count_subjects, export  # noqa: PLC0415
 
     total = count_subjects(results)
     with click.progressbar(
         length=max(total, 1), label="Exporting subjects", file=sys.stderr, hidden=not show or not total
     ) as bar:
-        summary = run_export(results, to, fmt, key, mappings_dir, progress=bar.update)  # type: ignore[arg-type]
+        summary = export(results, to, export_format(fmt), key, mappings_dir, progress=bar.update)
     where = summary.target.location if summary.target.kind != "sql" else safe_url(summary.target.location)
     mode = "pseudonymised" if summary.run.pseudonymised else "identified"
     state = (

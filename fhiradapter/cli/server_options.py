@@ -3,6 +3,7 @@ files or the environment, never from the command line)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +55,27 @@ def _server_options(**values: Any) -> ServerOptions:  # click's values (Any): th
     return ServerOptions(**values)
 
 
+def _optional_server_options(**values: Any) -> ServerOptions | None:
+    """The server options, or None when no --server was given (a command that may run without one)."""
+    return _server_options(**values) if values.get("server") else None
+
+
 def server_options(fn: Command) -> Command:
     """Options shared by the commands that talk to a FHIR server (secrets only from files or environment), given
     to the command as one ``server: ServerOptions``."""
-    options = [
+    return gathered("server", _server_options, _options(required=True))(fn)
+
+
+def optional_server_options(fn: Command) -> Command:
+    """The server options of a command that may also run without a server (``study``): ``server`` is None
+    when no --server is given."""
+    return gathered("server", _optional_server_options, _options(required=False))(fn)
+
+
+def _options(required: bool) -> list[Callable[[Command], Command]]:
+    return [
         click.option(
-            "--server", required=True, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.org/r4"
+            "--server", required=required, metavar="URL", help="FHIR R4 base URL, e.g. https://fhir.hospital.org/r4"
         ),
         click.option(
             "--auth",
@@ -125,7 +141,6 @@ def server_options(fn: Command) -> Command:
             help="Send the credential over plain http:// to a host other than this machine (a trusted network).",
         ),
     ]
-    return gathered("server", _server_options, options)(fn)
 
 
 async def open_server_client(options: ServerOptions) -> FhirClient:

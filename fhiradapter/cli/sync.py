@@ -36,6 +36,7 @@ from fhiradapter.shell.common.urls import safe_url
 
 if TYPE_CHECKING:
     from fhiradapter.core.protocol import Mappings
+    from fhiradapter.core.results import ProtocolIdentity
     from fhiradapter.shell.server.connection import ServerOptions
     from fhiradapter.shell.server.store import SyncRun
     from fhiradapter.shell.server.sync import SyncOptions, SyncSummary
@@ -149,7 +150,7 @@ def sync_cmd(options: SyncCommandOptions) -> None:
         cutoff = _checked(options)
         key = export_key(export.pseudonymise, export.key_file) if export.to else None
         mappings, identity = load_mappings(options.mappings_dir)
-        warn_unused_mappings(Path(identity["mappings_dir"]))
+        warn_unused_mappings(Path(identity.mappings_dir))
         folder = options.data_dir or default_data_dir()
         store = SyncStore(options.store_url, folder)
         client = asyncio.run(open_server_client(options.server))  # checks the options (and SMART discovery) first
@@ -161,7 +162,7 @@ def sync_cmd(options: SyncCommandOptions) -> None:
             bars.close()
             store.close()
         _print_sync(summary)
-        click.echo(f"  {mappings_line(Path(identity['mappings_dir']))}")
+        click.echo(f"  {mappings_line(Path(identity.mappings_dir))}")
         if export.to and summary.out is not None:
             run_export(summary.out, export.to, export.format, key, options.mappings_dir, show)
         if summary.conflicts or summary.errors:
@@ -179,7 +180,7 @@ def _checked(options: SyncCommandOptions) -> date:
 
 
 def _sync_options(
-    options: SyncCommandOptions, as_of: date, loaded: tuple[Mappings, dict[str, str]], folder: Path, bars: PhaseBars
+    options: SyncCommandOptions, as_of: date, loaded: tuple[Mappings, ProtocolIdentity], folder: Path, bars: PhaseBars
 ) -> SyncOptions:
     """The run the options ask for, with the mappings ``loaded``, its progress shown on ``bars``: one bar for the
     pull, a line as the evaluation starts, one bar for the push."""
@@ -218,7 +219,7 @@ def _sync_options(
         group=options.group,
         per_search=options.per_search,
         on_evaluate=evaluating,
-        standing_rule=load_standing_rule(Path(identity["mappings_dir"])),
+        standing_rule=load_standing_rule(Path(identity.mappings_dir)),
     )
 
 
@@ -259,6 +260,7 @@ def runs_cmd(
     import json  # noqa: PLC0415
 
     with guard():
+        from fhiradapter.shell.server.run_record import as_stored  # noqa: PLC0415
         from fhiradapter.shell.server.store import SyncStore, default_data_dir  # noqa: PLC0415 - needs [registry]
 
         folder = data_dir or default_data_dir()
@@ -286,9 +288,10 @@ def runs_cmd(
     if as_json:
         shown = [
             {
-                **dataclasses.asdict(run),
+                **{f.name: getattr(run, f.name) for f in dataclasses.fields(run)},
                 "started_at": run.started_at.isoformat(),
                 "finished_at": run.finished_at.isoformat() if run.finished_at is not None else None,
+                "summary": as_stored(run.summary) if run.summary is not None else {},
             }
             for run in found
         ]
@@ -321,39 +324,38 @@ def _run_line(run: SyncRun) -> str:
     status = run.status + (" (still running, or killed)" if run.status == "running" else "")
     return (
         f"  run {run.run_id}  {started:%Y-%m-%d %H:%M:%S} UTC  {status}  ({took})  "
-        f"{run.summary.get('study') or run.study} on {run.server}"
+        f"{(run.summary.study if run.summary else '') or run.study} on {run.server}"
     )
 
 
 def _run_details(run: SyncRun) -> list[str]:
     """What a run read, planned and wrote, from its stored summary; why it stopped, if it did."""
     s = run.summary
-    if not s:
+    if s is None:
         return []
     lines = []
-    pulled = sum(s.get("pulled", {}).values())
-    if pulled or s.get("patients"):
+    pulled = sum(s.pulled.values())
+    if pulled or s.patients:
         since = f"changes since {run.since}" if run.since else "everything"
-        read = f"{since}: {s.get('patients', 0)} patient(s), {pulled} resource(s) read"
-        lines.append(f"{read}, {s.get('deleted', 0)} deletion(s) noticed")
-    if s.get("plan"):
-        lines.append(f"plan: {counts_text(s['plan'], ('create', 'update', 'unchanged'))}")
-    if s.get("pushed") or (s.get("plan") and not run.dry_run):
-        pushed = counts_text(s.get("pushed", {}), ("created", "updated", "unchanged", "conflict", "error"))
-        conflicts, errors = len(s.get("conflicts", [])), len(s.get("errors", []))
-        lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {conflicts}, errors {errors}")
-    if s.get("approved_by"):
-        lines.append(f"written under the {s['approved_by']}")
-    if s.get("held"):  # the rest waits for a person: `approve` and `push` of that folder (not recorded here)
-        lines.append(f"held for a person's approval: {s['held']} change(s) in {s.get('held_folder')}")
-    limits = s.get("transaction_limit") or {}
-    if any(limits.values()):
-        shown = {k: f"{v['max_entries']} entries" if v else "none" for k, v in limits.items()}
-        lines.append(
-            f"transaction limit: found {shown.get('found')}, tried {shown.get('tried')}, left {shown.get('left')}"
+        read = f"{since}: {s.patients} patient(s), {pulled} resource(s) read"
+        lines.append(f"{read}, {s.deleted} deletion(s) noticed")
+    if s.plan:
+        lines.append(f"plan: {counts_text(s.plan, ('create', 'update', 'unchanged'))}")
+    if s.pushed or (s.plan and not run.dry_run):
+        pushed = counts_text(s.pushed, ("created", "updated", "unchanged", "conflict", "error"))
+        lines.append(f"pushed: {pushed or 'nothing to send'}; conflicts {len(s.conflicts)}, errors {len(s.errors)}")
+    if s.approved_by:
+        lines.append(f"written under the {s.approved_by}")
+    if s.held:  # the rest waits for a person: `approve` and `push` of that folder (not recorded here)
+        lines.append(f"held for a person's approval: {s.held} change(s) in {s.held_folder}")
+    limits = s.transaction_limit
+    if limits is not None and (limits.found or limits.tried or limits.left):
+        found, tried, left = (
+            f"{v.max_entries} entries" if v else "none" for v in (limits.found, limits.tried, limits.left)
         )
-    if s.get("failure"):
-        lines.append(f"stopped: {s['failure']}")
+        lines.append(f"transaction limit: found {found}, tried {tried}, left {left}")
+    if s.failure:
+        lines.append(f"stopped: {s.failure}")
     return lines
 
 
@@ -376,11 +378,11 @@ def _print_sync(s: SyncSummary) -> None:
     click.echo(f"  read from the server: {pulled} resource(s); deletions noticed {s.deleted}")
     e = s.evaluated
     evaluated = f"  patients evaluated {s.patients}"
-    if e:
-        evaluated += f", from {e['records_read']} stored record(s): {e['records_used']} used, "
-        evaluated += f"{e['records_rejected']} rejected"
-        if e["records_rejected"] and s.out is not None:
-            reasons = ", ".join(f"{k} {v}" for k, v in e["rejects_by_reason"].items())
+    if e is not None:
+        evaluated += f", from {e.records_read} stored record(s): {e.records_used} used, "
+        evaluated += f"{e.records_rejected} rejected"
+        if e.records_rejected and s.out is not None:
+            reasons = ", ".join(f"{k} {v}" for k, v in e.rejects_by_reason.items())
             evaluated += f" ({reasons}; see {s.out / 'rejects.ndjson'})"
     click.echo(evaluated)
     click.echo(f"  plan for the results: {counts_text(s.plan, ('create', 'update', 'unchanged')) or 'nothing'}")

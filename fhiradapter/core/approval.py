@@ -17,8 +17,9 @@ from typing import Literal
 import msgspec
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fhiradapter.core.fhir_out import CodeableConcept, Coding, ProvenanceAgent, Reference, to_json
+from fhiradapter.core.fhir_out import CodeableConcept, Coding, ProvenanceAgent, Reference, as_json_object
 from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
+from fhiradapter.core.review import PlanLine
 from fhiradapter.core.writeback import KINDS, entry_patient, full_url, outgoing, provenance_for
 from fhiradapter.errors import ConfigError
 
@@ -116,7 +117,7 @@ def approved_bundle(bundle: JsonObject, approval: Approval) -> tuple[JsonObject,
         else:
             kept.append(sent.entry)
     names = {str(as_object(e).get("fullUrl")) for e in kept}
-    agent = to_json(
+    agent = as_json_object(
         approver_agent(
             approval.approved_by,
             approval.role if not approval.standing_rule else f"{approval.role}, {approval.standing_rule}",
@@ -142,26 +143,24 @@ def _listed(resource: JsonObject, key: str) -> list[JsonValue]:
 
 
 def split_by_rule(
-    bundle: JsonObject, plan: Iterable[JsonObject], rule: StandingRule | None
-) -> tuple[JsonObject, JsonObject, list[JsonObject], list[JsonObject]]:
+    bundle: JsonObject, plan: Iterable[PlanLine], rule: StandingRule | None
+) -> tuple[JsonObject, JsonObject, list[PlanLine], list[PlanLine]]:
     """A write-back cut in two: what ``rule`` covers, and what waits for a person.
 
-    ``plan``: the plan's lines (writeback-plan.ndjson, JSON: each names its patient, action, kind, and the
-    entry's identifier or existing reference). Returns (allowed Bundle, held Bundle, allowed plan lines, held
+    ``plan``: the plan's lines (writeback-plan.ndjson: each names its patient, action, kind, and the entry's
+    identifier or existing reference). Returns (allowed Bundle, held Bundle, allowed plan lines, held
     plan lines); each Bundle keeps a Provenance naming only its own targets. Unchanged lines go with the
     allowed part (nothing is sent).
     """
     allowed_refs: set[str] = set()
-    held_lines: list[JsonObject] = []
-    allowed_lines: list[JsonObject] = []
+    held_lines: list[PlanLine] = []
+    allowed_lines: list[PlanLine] = []
     for line in plan:
-        action, kind = str(line.get("action")), str(line.get("kind"))
-        url = _entry_url(line)
-        if action == "unchanged" or (rule is not None and rule.covers(action, kind)):
-            allowed_lines.append(dict(line))
-            allowed_refs.add(url)
+        if line.action == "unchanged" or (rule is not None and rule.covers(line.action, line.kind)):
+            allowed_lines.append(line)
+            allowed_refs.add(full_url(line.action, line.identifier, line.existing))
         else:
-            held_lines.append(dict(line))
+            held_lines.append(line)
     allowed: list[JsonObject] = []
     held: list[JsonObject] = []
     provenance = None
@@ -177,13 +176,6 @@ def split_by_rule(
         {**bundle, "entry": _with_provenance(held, provenance)},
         allowed_lines,
         held_lines,
-    )
-
-
-def _entry_url(line: JsonObject) -> str:
-    existing = line.get("existing")
-    return full_url(
-        str(line.get("action")), str(line.get("identifier")), existing if isinstance(existing, str) else None
     )
 
 

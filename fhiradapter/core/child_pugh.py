@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import msgspec
 
-# docs/protocol.md §3 fixed bands (the albumin lower cut-off is configurable and passed in).
-BILIRUBIN_BANDS = (2.0, 3.0)
-ALBUMIN_UPPER = 3.5
-INR_BANDS = (1.7, 2.3)
-PT_BANDS = (4.0, 6.0)
+from fhiradapter.core.limits import ALBUMIN_UPPER, BILIRUBIN_BANDS, CLASS_A_MAX, CLASS_B_MAX, INR_BANDS, PT_BANDS
+
+# docs/protocol.md §3: the fixed bands are in the one table (core/limits.py); the albumin lower cut-off is
+# configurable and passed in.
 ASCITES_POINTS = {"none": 1, "mild": 2, "moderate": 3, "severe": 3}
-CLASS_A_MAX, CLASS_B_MAX = 6, 9  # class A 5-6, B 7-9, C 10-15
 
 
 class ChildPugh(msgspec.Struct, frozen=True):

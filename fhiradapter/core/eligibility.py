@@ -10,14 +10,23 @@ report prints for a criterion not met or unknown (``explain``: the value found a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import date, timedelta
-from typing import Any, NamedTuple
-
-import msgspec
+from typing import NamedTuple
 
 from fhiradapter.core import dates
-from fhiradapter.core.child_pugh import CLASS_B_MAX, ChildPugh
+from fhiradapter.core.child_pugh import ChildPugh
+from fhiradapter.core.limits import (
+    AGE,
+    ANC,
+    CHILD_PUGH_MIN_SCORE,
+    CLASS_B_MAX,
+    CREATININE,
+    ECOG,
+    ELIGIBLE_CHILD_PUGH_CLASSES,
+    LAB_WINDOW_DAYS,
+    PLATELETS,
+)
 from fhiradapter.core.mappers import as_recorded
 from fhiradapter.core.model import Condition, Observed, PatientRecord
 from fhiradapter.core.results import (
@@ -35,13 +44,8 @@ from fhiradapter.core.results import (
 
 MET, NOT_MET, UNKNOWN = CriterionStatus.MET, CriterionStatus.NOT_MET, CriterionStatus.UNKNOWN
 
-# docs/protocol.md §2 fixed thresholds (inclusive exactly as written).
-LAB_WINDOW_DAYS = 28
-MAX_AGE_EXCLUSIVE = 75
-ECOG_MAX = 2
-ANC_MIN = 1.0  # 10*9/L
-PLATELETS_MIN = 40.0  # 10*9/L
-CREATININE_MAX = 2.0  # mg/dL
+# docs/protocol.md §2 fixed thresholds (inclusive exactly as written), from the one table (core/limits.py).
+MAX_AGE_EXCLUSIVE = AGE.value
 ACTIVE_CLINICAL = frozenset({None, "active", "recurrence", "relapse"})
 
 
@@ -87,10 +91,20 @@ def printed_unit(unit: str | None) -> str:
 
 # ECOG is an assessment, not a lab: the latest on or before screening counts, however old.
 THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold("ecog", "ECOG performance status", "<=", ECOG_MAX, 0, "", False),
-    Threshold("anc", "neutrophils", ">=", ANC_MIN, 1, "10*9/L", True),
-    Threshold("platelets", "platelets", ">=", PLATELETS_MIN, 0, "10*9/L", True),
-    Threshold("creatinine", "serum creatinine", "<=", CREATININE_MAX, 1, "mg/dL", True),
+    Threshold("ecog", "ECOG performance status", ECOG.comparator, ECOG.value, ECOG.decimals, ECOG.unit, False),
+    Threshold("anc", "neutrophils", ANC.comparator, ANC.value, ANC.decimals, ANC.unit, True),
+    Threshold(
+        "platelets", "platelets", PLATELETS.comparator, PLATELETS.value, PLATELETS.decimals, PLATELETS.unit, True
+    ),
+    Threshold(
+        "creatinine",
+        "serum creatinine",
+        CREATININE.comparator,
+        CREATININE.value,
+        CREATININE.decimals,
+        CREATININE.unit,
+        True,
+    ),
 )
 CRITERIA = (
     "histology",
@@ -117,7 +131,7 @@ CRITERION_LABELS = {
     "prior_anthracycline_progression": "progression after an anthracycline",
     "age": f"age under {MAX_AGE_EXCLUSIVE}",
     **{t.cid: f"{t.name} {t.must}" for t in THRESHOLDS},
-    "child_pugh": f"Child-Pugh class A or B (score 5-{CLASS_B_MAX})",
+    "child_pugh": f"Child-Pugh class A or B (score {CHILD_PUGH_MIN_SCORE}-{CLASS_B_MAX})",
     "not_pregnant_or_breastfeeding": "not pregnant or breastfeeding",
     "no_peripheral_neuropathy": "no peripheral neuropathy",
     "no_prior_thalidomide": "no prior thalidomide",
@@ -200,10 +214,10 @@ def assess_eligibility(
         results.append(
             criterion(
                 "child_pugh",
-                MET if cp.cls in ("A", "B") else NOT_MET,
+                MET if cp.cls in ELIGIBLE_CHILD_PUGH_CLASSES else NOT_MET,
                 ChildPughClass(cp.score, cp.cls or ""),
                 cp_evidence,
-                f"Child-Pugh class A or B (score 5-{CLASS_B_MAX})",
+                f"Child-Pugh class A or B (score {CHILD_PUGH_MIN_SCORE}-{CLASS_B_MAX})",
             )
         )
     results += [
@@ -448,16 +462,6 @@ VALUE_TYPES: dict[str, object] = {  # type expressions, for msgspec.convert
 }
 
 
-def criterion_from_json(obj: Mapping[str, Any]) -> Criterion:  # JSON edge: a criterion as read back from a file
-    """A criterion as results.json and candidates.ndjson give it, typed again.
-
-    Raises ValueError (msgspec.ValidationError) when the value is not of its criterion's type.
-    """
-    cid = str(obj["id"])
-    value = msgspec.convert(obj.get("value"), VALUE_TYPES.get(cid, int | str | None))
-    return Criterion(cid, CriterionStatus(obj["status"]), value, tuple(obj.get("evidence") or ()), str(obj["detail"]))
-
-
 # The exclusion criteria that one record of the condition fails: what was found, and what they ask.
 FOUND = {
     "not_pregnant_or_breastfeeding": "pregnancy or breastfeeding recorded; must be neither",
@@ -488,7 +492,7 @@ def explain(c: Criterion) -> str:
             return f"age {v.min} or {v.max} (birth date without month or day); {must}"
         return f"age {v}; {must}" if isinstance(v, int) else f"no birth date; {must}"
     if c.id == "child_pugh":
-        must = f"must be class A or B (score 5-{CLASS_B_MAX})"
+        must = f"must be class A or B (score {CHILD_PUGH_MIN_SCORE}-{CLASS_B_MAX})"
         if isinstance(v, ChildPughClass):
             return f"Child-Pugh class {v.cls} (score {v.score}); {must}"
         return f"{c.detail}; {must}"

@@ -23,7 +23,8 @@ from msgspec import UNSET, UnsetType
 from fhiradapter.core import dates
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
 from fhiradapter.core.dates import PartialDate
-from fhiradapter.core.eligibility import LAB_WINDOW_DAYS, assess_eligibility, by_concept, latest
+from fhiradapter.core.eligibility import assess_eligibility, by_concept, latest
+from fhiradapter.core.limits import LAB_WINDOW_DAYS
 from fhiradapter.core.model import (
     AdverseEvent,
     Condition,
@@ -604,7 +605,7 @@ def summarise_cohort(rows: Iterable[CohortRow]) -> CohortSummary:
     treated = [r for r in rows if r.treated]
     n = len(treated)
     counts = Counter(r.best_response or Response.NE for r in treated)
-    best = {str(k): counts.get(k, 0) for k in Response}
+    best = {k: counts.get(k, 0) for k in Response}
     with_os = [r for r in treated if r.os_days is not None]
     curve = kaplan_meier([r.os_days or 0 for r in with_os], [bool(r.os_event) for r in with_os])
     days = [r.treatment_days for r in treated if r.treatment_days is not None]
@@ -613,8 +614,8 @@ def summarise_cohort(rows: Iterable[CohortRow]) -> CohortSummary:
         n_treated=n,
         n_screened_only=len(screening),
         best_response_counts=best,
-        orr=rate(best["CR"] + best["PR"], n),
-        dcr=rate(best["CR"] + best["PR"] + best["SD"], n),
+        orr=rate(best[Response.CR] + best[Response.PR], n),
+        dcr=rate(best[Response.CR] + best[Response.PR] + best[Response.SD], n),
         median_os_days=curve.median,
         os_ci=curve.ci,
         os_n=len(with_os),

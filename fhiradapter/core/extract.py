@@ -1,7 +1,7 @@
 """The per-patient source extract: the mapped records a registry or an SDTM dataset needs beyond results.json.
 
-``evaluate`` writes one line per patient to ``clinical.ndjson`` (a :class:`ClinicalExtract`, see
-``shell/run/publish.py``); ``export`` reads it beside ``results.json``. It holds what the rules read, after the
+``evaluate`` writes one line per patient to ``clinical.ndjson`` (a :class:`ClinicalExtract`, written by
+``shell/run/outputs.py``); ``export`` reads it beside ``results.json``. It holds what the rules read, after the
 as-of cut-off and without the records the run rejected: birth date and sex, numeric observations (value in the
 canonical unit and as recorded), tumour measurements per lesion, drug exposures and adverse events. Like
 results.json it names patients: it stays in the results folder, and only the pseudonymising export may take it

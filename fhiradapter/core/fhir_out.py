@@ -167,7 +167,7 @@ def encode_sorted(value: msgspec.Struct | JsonObject) -> bytes:
     return _SORTED.encode(value)
 
 
-def to_json(value: msgspec.Struct | JsonObject) -> JsonObject:
+def as_json_object(value: msgspec.Struct | JsonObject) -> JsonObject:
     """A written value as plain JSON (for what reads or sends resources as JSON: the review, a diff, a POST)."""
     if isinstance(value, dict):
         return value

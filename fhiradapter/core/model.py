@@ -1,21 +1,23 @@
 """Domain values: compact, immutable records mapped from FHIR resources, and the per-patient record.
 
-Records are ``NamedTuple``s on purpose: they are small (the pipeline holds only these, never raw JSON),
-cheap to pickle when the grouping step spills to disk, and immutable. A date the mapper requires in full
-(an observation's, an adverse event's) is a ``datetime.date``; one a record may give without its day or
-month is a :class:`~fhiradapter.core.dates.PartialDate`, which the rules compare at its own precision.
+Records are ``NamedTuple``s on purpose: they are small (the pipeline holds only these; raw JSON only where a
+resource is written back as it was, ``StudySubject.raw`` and ``EarlierResult.content``), cheap to pickle when
+the grouping step spills to disk, and immutable. A date the mapper requires in full (an observation's, an
+adverse event's) is a ``datetime.date``; one a record may give without its day or month is a
+:class:`~fhiradapter.core.dates.PartialDate`, which the rules compare at its own precision.
 Every record keeps ``ref`` ("Type/id") for evidence and ``origin`` (file, locator) for reject reports.
 """
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 from msgspec import field
 
 from fhiradapter.core.dates import PartialDate
+from fhiradapter.core.json_types import JsonObject
 
 Origin = tuple[str, str]  # (source file, "line 12" | "entry 3" | "entry 3 (Bundle in line 5)")
 
@@ -135,7 +137,7 @@ class StudySubject(NamedTuple):
     version: str | None
     origin: Origin
     # JSON edge: the resource itself, as read, so that a status update written back changes nothing else
-    raw: dict[str, Any] | None = None
+    raw: JsonObject | None = None
     study_identifier: tuple[str, str] | None = None  # a logical ``study`` reference: (system, value)
 
 
@@ -149,7 +151,7 @@ class EarlierResult(NamedTuple):
     version: str | None
     origin: Origin
     # JSON edge: what it said (the fields read), as read, so that a plan can show old and new
-    content: dict[str, Any] | None = None
+    content: JsonObject | None = None
 
 
 class SupportingResource(NamedTuple):

@@ -13,16 +13,19 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fhiradapter.core.codes import CodeTable
+from fhiradapter.core.limits import ALBUMIN_UPPER
 from fhiradapter.errors import ConfigError
 
 RULE_BOOK = "docs/protocol.md"  # the project's rule book, which results and reports cite by section
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A table of a mappings file (protocol.toml, export.toml): an unknown key is an error; values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ProtocolInfo(_Strict):
+class ProtocolInfo(StrictModel):
     id: str
     version: str
     title: str
@@ -75,7 +78,7 @@ def parse_identifier(text: str, where: str) -> tuple[str, str]:
     return system.strip(), value.strip()
 
 
-class StudyInfo(_Strict):
+class StudyInfo(StrictModel):
     """docs/protocol.md §1: the study, named by ``id``, by ``identifier`` (``SYSTEM|VALUE``, one or a list), or
     both. A patient is a study subject when a ResearchSubject's ``study`` references it, literally or
     logically."""
@@ -103,27 +106,27 @@ class StudyInfo(_Strict):
         return StudyKey(self.id, frozenset(parse_identifier(t, "identifier") for t in self.identifier))
 
 
-class ChildPughParams(_Strict):
-    albumin_lower_g_dl: float = Field(gt=0, lt=3.5)
+class ChildPughParams(StrictModel):
+    albumin_lower_g_dl: float = Field(gt=0, lt=ALBUMIN_UPPER)  # below the fixed upper cut-off (core/limits.py)
 
 
-class ResponseParams(_Strict):
+class ResponseParams(StrictModel):
     afp_window_days: int = Field(ge=0)
     sd_min_days: int = Field(ge=0)
 
 
-class DoseRule(_Strict):
+class DoseRule(StrictModel):
     term: str
     min_grade: int = Field(ge=1, le=5)
     action: Literal["interrupt", "discontinue"]
 
 
-class ToxicityParams(_Strict):
+class ToxicityParams(StrictModel):
     window_after_last_dose_days: int = Field(ge=0)
     dose_rule: list[DoseRule] = []
 
 
-class ProtocolFile(_Strict):
+class ProtocolFile(StrictModel):
     protocol: ProtocolInfo
     study: StudyInfo | None = None  # absent: the protocol's id names the study
     child_pugh: ChildPughParams
@@ -131,12 +134,12 @@ class ProtocolFile(_Strict):
     toxicity: ToxicityParams
 
 
-class ConceptCodes(_Strict):
+class ConceptCodes(StrictModel):
     concept: str
     codes: list[str]
 
 
-class StopReasonCodes(_Strict):
+class StopReasonCodes(StrictModel):
     """A statusReason code and the stop reason it means (docs/protocol.md §7: one of five)."""
 
     concept: Literal["progression", "toxicity", "refusal", "death", "other"]
@@ -151,23 +154,23 @@ class AnswerCodes(ConceptCodes):
     value: str
 
 
-class TumorCodes(_Strict):
+class TumorCodes(StrictModel):
     longest: list[str]
     perpendicular: list[str]
 
 
-class ConsentCodes(_Strict):
+class ConsentCodes(StrictModel):
     research: list[str]
 
 
-class AETerm(_Strict):
+class AETerm(StrictModel):
     term: str
     display: str
     meddra: str | None = None
     codes: list[str]
 
 
-class CodesFile(_Strict):
+class CodesFile(StrictModel):
     systems: dict[str, str]
     observation: list[ObservationCodes]
     tumor: TumorCodes
@@ -179,7 +182,7 @@ class CodesFile(_Strict):
     ae_term: list[AETerm]
 
 
-class Conversion(_Strict):
+class Conversion(StrictModel):
     concept: str
     from_: str = Field(alias="from")
     to: str
@@ -199,7 +202,7 @@ class Conversion(_Strict):
         return value * self.multiply_by if self.multiply_by is not None else value / (self.divide_by or 1)
 
 
-class UnitsFile(_Strict):
+class UnitsFile(StrictModel):
     conversion: list[Conversion] = []
 
 

@@ -45,7 +45,11 @@ class _CriterionOnDisk(msgspec.Struct, frozen=True):
 
 def _read_side(struct: type[msgspec.Struct], name: str, **retyped: object) -> type[msgspec.Struct]:
     """``struct`` with the fields named in ``retyped`` of another type: what msgspec decodes before those are
-    typed. Made from ``struct``'s own fields, so that the two cannot drift apart."""
+    typed. Made from ``struct``'s own fields, so that the two cannot drift apart; a name in ``retyped`` that is
+    not one of them (a field renamed) stops the import, naming it."""
+    unknown = sorted(set(retyped) - {field.name for field in msgspec.structs.fields(struct)})
+    if unknown:
+        raise TypeError(f"{name}: {struct.__name__} has no field {', '.join(unknown)}")
     fields = []
     for field in msgspec.structs.fields(struct):
         if field.default is not msgspec.NODEFAULT:
@@ -68,6 +72,14 @@ _cohort = msgspec.json.Decoder(CohortSummary)
 @cache
 def _value_decoder(criterion_id: str) -> msgspec.json.Decoder[CriterionValue]:
     return msgspec.json.Decoder(VALUE_TYPES.get(criterion_id, int | str | None))
+
+
+_criterion_on_disk = msgspec.json.Decoder(_CriterionOnDisk)
+
+
+def decode_criterion(raw: bytes) -> Criterion:
+    """One criterion as results.json and candidates.ndjson hold it, its value typed by its id."""
+    return _criterion(_criterion_on_disk.decode(raw), 0)
 
 
 def _criterion(read: _CriterionOnDisk, n: int) -> Criterion:

@@ -20,17 +20,31 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 import msgspec
 
 from fhiradapter.core import dates
 from fhiradapter.core.extract import ClinicalExtract
-from fhiradapter.core.results import CohortSummary, Criterion, PatientResult, ResultsHeader
+from fhiradapter.core.results import CohortSummary, Criterion, PatientResult, Response, ResultsHeader
 from fhiradapter.errors import ConfigError
 
 # A row of an export table: its cells by column name, each as a database column or a CSV/Parquet cell holds it.
 Cell = str | int | float | bool | None
 Row = dict[str, Cell]
+
+# What an export writes: the registry tables, or SDTM datasets (``export --export-format``).
+ExportFormat = Literal["tables", "sdtm"]
+EXPORT_FORMATS: dict[str, ExportFormat] = {"tables": "tables", "sdtm": "sdtm"}
+
+
+def export_format(name: str) -> ExportFormat:
+    """``name`` as an export format; a ConfigError naming the choices when it is none."""
+    try:
+        return EXPORT_FORMATS[name]
+    except KeyError:
+        raise ConfigError(f"export format {name!r}: one of {', '.join(EXPORT_FORMATS)}") from None
+
 
 MIN_KEY_BYTES = 32  # HMAC-SHA-256 key: at least the hash's own size (RFC 2104 §3)
 PSEUDONYM_CHARS = 32
@@ -166,55 +180,55 @@ class SubjectView:
         return delta + 1 if delta >= 0 else delta
 
 
-def _subject_row(v: SubjectView) -> Row:
-    r = v.result
-    elig, cp = r.eligibility, r.child_pugh
+def _subject_row(subject: SubjectView) -> Row:
+    result = subject.result
+    elig, cp = result.eligibility, result.child_pugh
     return {
-        "subject_key": v.key,
-        "sex": v.sex,
-        "birth_date": v.birth_date,
-        "age_at_index": v.age_at_reference,
+        "subject_key": subject.key,
+        "sex": subject.sex,
+        "birth_date": subject.birth_date,
+        "age_at_index": subject.age_at_reference,
         "screening_date": iso(elig.screening_date),
         "eligibility_status": elig.status.value,
         "child_pugh_score": cp.score,
         "child_pugh_class": cp.cls,
-        "treated": r.treated,
-        "index_date": iso(r.index_date),
-        "last_dose_date": iso(r.last_dose_date),
-        "treatment_days": r.treatment_days,
-        "research_subject_status": r.research_subject_status.value,
-        "issues": len(r.issues),
+        "treated": result.treated,
+        "index_date": iso(result.index_date),
+        "last_dose_date": iso(result.last_dose_date),
+        "treatment_days": result.treatment_days,
+        "research_subject_status": result.research_subject_status.value,
+        "issues": len(result.issues),
     }
 
 
-def _assessment_rows(v: SubjectView) -> list[Row]:
+def _assessment_rows(subject: SubjectView) -> list[Row]:
     return [
         {
-            "subject_key": v.key,
+            "subject_key": subject.key,
             "seq": n,
             "assessment_date": iso(a.date),
-            "study_day": v.study_day(iso(a.date)),
+            "study_day": subject.study_day(iso(a.date)),
             "response": a.response.value,
             "spd_mm2": a.spd_mm2,
             "afp_ng_ml": a.afp,
             "basis": a.basis.value if a.basis else None,
             "confirmed": a.confirmed,
-            "evidence": v.refs(a.evidence),
+            "evidence": subject.refs(a.evidence),
         }
-        for n, a in enumerate(v.result.assessments, start=1)
+        for n, a in enumerate(subject.result.assessments, start=1)
     ]
 
 
-def _best_response_rows(v: SubjectView) -> list[Row]:
-    r = v.result
-    if not r.treated:
+def _best_response_rows(subject: SubjectView) -> list[Row]:
+    result = subject.result
+    if not result.treated:
         return []
-    dor = r.duration_of_response
+    dor = result.duration_of_response
     return [
         {
-            "subject_key": v.key,
-            "best_response": r.best_response.value if r.best_response else None,
-            "reason": v.text(r.best_response_reason),
+            "subject_key": subject.key,
+            "best_response": result.best_response.value if result.best_response else None,
+            "reason": subject.text(result.best_response_reason),
             "response_start": iso(dor.start) if dor else None,
             "response_end": iso(dor.end) if dor else None,
             "response_days": dor.days if dor else None,
@@ -223,23 +237,23 @@ def _best_response_rows(v: SubjectView) -> list[Row]:
     ]
 
 
-def table_rows(v: SubjectView) -> dict[str, list[Row]]:
+def table_rows(subject: SubjectView) -> dict[str, list[Row]]:
     """Every table's rows for one subject (``run_id`` is added by the writer)."""
-    r = v.result
+    result = subject.result
     criteria: list[Row] = [
         {
-            "subject_key": v.key,
+            "subject_key": subject.key,
             "criterion_id": c.id,
             "status": c.status.value,
-            "value": _criterion_value(c, v),
-            "detail": v.text(c.detail),
-            "evidence": v.refs(c.evidence),
+            "value": _criterion_value(c, subject),
+            "detail": subject.text(c.detail),
+            "evidence": subject.refs(c.evidence),
         }
-        for c in r.eligibility.criteria
+        for c in result.eligibility.criteria
     ]
     toxicities: list[Row] = [
         {
-            "subject_key": v.key,
+            "subject_key": subject.key,
             "term": t.term,
             "meddra": t.meddra,
             "worst_grade": t.worst_grade,
@@ -247,41 +261,41 @@ def table_rows(v: SubjectView) -> dict[str, list[Row]]:
             "first_date": iso(t.first_date),
             "criteria": t.criteria,
         }
-        for t in r.toxicities
+        for t in result.toxicities
     ]
     actions: list[Row] = [
-        {"subject_key": v.key, "seq": n, "action_date": iso(d.date), "action": d.action.value, "term": d.term}
-        for n, d in enumerate(r.dose_actions, start=1)
+        {"subject_key": subject.key, "seq": n, "action_date": iso(d.date), "action": d.action.value, "term": d.term}
+        for n, d in enumerate(result.dose_actions, start=1)
     ]
     outcomes: list[Row] = []
-    if r.os:
+    if result.os:
         outcomes.append(
             {
-                "subject_key": v.key,
-                "os_days": r.os.days,
-                "os_event": r.os.event,
-                "os_end_date": iso(r.os.end_date),
-                "os_basis": r.os.basis,
+                "subject_key": subject.key,
+                "os_days": result.os.days,
+                "os_event": result.os.event,
+                "os_end_date": iso(result.os.end_date),
+                "os_basis": result.os.basis,
             }
         )
     return {
-        "subjects": [_subject_row(v)],
+        "subjects": [_subject_row(subject)],
         "eligibility_criteria": criteria,
-        "assessments": _assessment_rows(v),
-        "best_responses": _best_response_rows(v),
+        "assessments": _assessment_rows(subject),
+        "best_responses": _best_response_rows(subject),
         "toxicities": toxicities,
         "dose_actions": actions,
         "outcomes": outcomes,
     }
 
 
-def _criterion_value(c: Criterion, v: SubjectView) -> str | None:
+def _criterion_value(c: Criterion, subject: SubjectView) -> str | None:
     """A criterion's value in one text cell: text as it is, anything else as its JSON (keys sorted)."""
     value = c.value
     if value is None:
         return None
     if isinstance(value, str):
-        return None if c.id in FREE_TEXT_CRITERIA and not v.identified else value
+        return None if c.id in FREE_TEXT_CRITERIA and not subject.identified else value
     return json.dumps(msgspec.to_builtins(value), sort_keys=True, separators=(",", ":"))
 
 
@@ -296,11 +310,11 @@ def cohort_row(cohort: CohortSummary) -> Row:
     return {
         "n_treated": cohort.n_treated,
         "n_screened_only": cohort.n_screened_only,
-        "cr": counts.get("CR", 0),
-        "pr": counts.get("PR", 0),
-        "sd": counts.get("SD", 0),
-        "pd": counts.get("PD", 0),
-        "ne": counts.get("NE", 0),
+        "cr": counts.get(Response.CR, 0),
+        "pr": counts.get(Response.PR, 0),
+        "sd": counts.get(Response.SD, 0),
+        "pd": counts.get(Response.PD, 0),
+        "ne": counts.get(Response.NE, 0),
         "orr_count": orr.count,
         "orr_n": orr.n,
         "orr_rate": orr.rate,

@@ -18,10 +18,9 @@ import msgspec
 
 from fhiradapter.core import dates
 from fhiradapter.core import results as r
+from fhiradapter.core.limits import BASELINE_WINDOW_DAYS, CONFIRMATION_DAYS, PD_RATIO, PR_RATIO
 from fhiradapter.core.model import Observed
 
-BASELINE_WINDOW_DAYS = 28  # docs/protocol.md §4: baseline within 28 days before (or on) the index date
-CONFIRMATION_DAYS = 28  # docs/protocol.md §4: a second CR/PR >= 28 days later
 RANK = {"CR": 4, "PR": 3, "SD": 2, "PD": 1, "NE": 0}
 
 
@@ -35,8 +34,9 @@ def exact(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
-class Assessment(msgspec.Struct, frozen=True):
-    """One assessment as the rules work with it: exact decimals, the response as a plain code."""
+class ExactAssessment(msgspec.Struct, frozen=True):
+    """One assessment as the rules work with it: exact decimals (§4's comparisons are exact), the response as
+    a plain code; ``as_result`` gives the ``results.Assessment`` written to results.json."""
 
     date: date
     response: str
@@ -65,7 +65,7 @@ class Assessment(msgspec.Struct, frozen=True):
 class ResponseResult(msgspec.Struct, frozen=True):
     """One patient's response (docs/protocol.md §4): the assessments, the best overall response and why."""
 
-    assessments: tuple[Assessment, ...]
+    assessments: tuple[ExactAssessment, ...]
     best: r.Response
     best_reason: str
     baseline: r.Baseline
@@ -209,19 +209,19 @@ def _assess_each(
     afp_by_date: dict[date, Observed],
     baseline: BaselineState,
     afp_window_days: int,
-) -> list[Assessment]:
+) -> list[ExactAssessment]:
     """Each post-baseline assessment's category, against the nadirs so far (docs/protocol.md §4)."""
     points, matched = _assessment_days(tumour_by_date, afp_by_date, baseline, afp_window_days)
     spd_nadir = baseline.spd
     afp_nadir = baseline.afp
-    out: list[Assessment] = []
+    out: list[ExactAssessment] = []
     for when, afp_only in points:
         if afp_only:
             value = afp_by_date[when]
             afp_k = exact(value.value) if value.value is not None else None
             if baseline.afp_evaluable and afp_k is not None and afp_nadir is not None and _pd(afp_k, afp_nadir):
                 out.append(
-                    Assessment(
+                    ExactAssessment(
                         when, "PD", None, afp_k, "afp", ("AFP >= 1.25 x nadir AFP",), (value.ref,), afp_only=True
                     )
                 )
@@ -245,7 +245,7 @@ def _assess_each(
             afp_evaluable=baseline.afp_evaluable,
             afp_uln=exact(afp_obs.high) if afp_obs and afp_obs.high is not None else baseline.afp_uln,
         )
-        out.append(Assessment(when, category, spd_k, afp_k, basis, reasons, evidence))
+        out.append(ExactAssessment(when, category, spd_k, afp_k, basis, reasons, evidence))
         if spd_k is not None and spd_nadir is not None:
             spd_nadir = min(spd_nadir, spd_k)
         if afp_k is not None and afp_nadir is not None:
@@ -257,7 +257,12 @@ def _pd(value: Decimal, nadir: Decimal) -> bool:
     """docs/protocol.md §4: value >= 1.25 x nadir, exactly; after a nadir of 0 any reappearance is PD."""
     if nadir == 0:
         return value > 0
-    return 4 * value >= 5 * nadir
+    return value * PD_RATIO.denominator >= nadir * PD_RATIO.numerator
+
+
+def _pr(value: Decimal, baseline: Decimal) -> bool:
+    """docs/protocol.md §4: value <= 0.5 x baseline, exactly."""
+    return value * PR_RATIO.denominator <= baseline * PR_RATIO.numerator
 
 
 def classify_assessment(
@@ -296,8 +301,8 @@ def classify_assessment(
             return "CR", "tumour", ("no measurable tumour; AFP criteria not applied (baseline AFP <= ULN)",)
         if afp_k is not None and afp_uln is not None and afp_k <= afp_uln:
             return "CR", "both", ("no measurable tumour and AFP <= ULN",)
-    pr_tumour = spd_k is not None and spd0 is not None and 2 * spd_k <= spd0
-    pr_afp = afp_known and afp0 is not None and afp_k is not None and 2 * afp_k <= afp0
+    pr_tumour = spd_k is not None and spd0 is not None and _pr(spd_k, spd0)
+    pr_afp = afp_known and afp0 is not None and afp_k is not None and _pr(afp_k, afp0)
     if pr_tumour or pr_afp:
         basis = "both" if pr_tumour and pr_afp else "tumour" if pr_tumour else "afp"
         reasons = (("SPD <= 0.5 x baseline SPD",) if pr_tumour else ()) + (
@@ -314,9 +319,9 @@ def classify_assessment(
     return "NE", None, tuple(missing) or ("not evaluable",)
 
 
-def confirm(assessments: Sequence[Assessment]) -> list[Assessment]:
+def confirm(assessments: Sequence[ExactAssessment]) -> list[ExactAssessment]:
     """Mark each CR/PR confirmed when a later assessment >= 28 days on is CR (for CR) or PR/CR (for PR)."""
-    out: list[Assessment] = []
+    out: list[ExactAssessment] = []
     tumour = [a for a in assessments if not a.afp_only]
     for a in assessments:
         if a.response not in ("CR", "PR"):
@@ -329,11 +334,13 @@ def confirm(assessments: Sequence[Assessment]) -> list[Assessment]:
             b.response in ok and (b.date - a.date).days >= CONFIRMATION_DAYS and (first_pd is None or b.date < first_pd)
             for b in later
         )
-        out.append(Assessment(a.date, a.response, a.spd, a.afp, a.basis, a.reasons, a.evidence, a.afp_only, confirmed))
+        out.append(
+            ExactAssessment(a.date, a.response, a.spd, a.afp, a.basis, a.reasons, a.evidence, a.afp_only, confirmed)
+        )
     return out
 
 
-def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: int) -> tuple[str, str]:
+def best_overall(assessments: Sequence[ExactAssessment], index: date, sd_min_days: int) -> tuple[str, str]:
     """Best of confirmed CR > confirmed PR > SD > PD > NE, up to and including the first PD."""
     if not assessments:
         return "NE", "no_post_baseline_assessment"
@@ -354,7 +361,7 @@ def best_overall(assessments: Sequence[Assessment], index: date, sd_min_days: in
     return best, reason
 
 
-def response_duration(assessments: Sequence[Assessment]) -> r.ResponseDuration | None:
+def response_duration(assessments: Sequence[ExactAssessment]) -> r.ResponseDuration | None:
     """From the first confirmed PR/CR to the first PD, censored at the last assessment (docs/protocol.md §4).
 
     Only a response before the first PD counts: a response after progression has no duration here.

@@ -331,7 +331,7 @@ class CohortSummary(msgspec.Struct, frozen=True):
 
     n_treated: int
     n_screened_only: int
-    best_response_counts: dict[str, int]
+    best_response_counts: dict[Response, int]
     orr: Rate
     dcr: Rate
     median_os_days: float | None
@@ -360,6 +360,7 @@ class ProtocolIdentity(msgspec.Struct, frozen=True):
     rules: str
     mappings_dir: str
     sha256: str
+    concept_maps: tuple[str, ...] | UnsetType = UNSET  # the site's ConceptMap files read, when it has any
 
 
 class AdapterInfo(msgspec.Struct, frozen=True):

@@ -9,20 +9,20 @@ confirmed") and the rule book's section that produced the result. Pure: no I/O; 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import NamedTuple, TypedDict
 
+import msgspec
+from msgspec import UNSET, UnsetType
+
 from fhiradapter.core.eligibility import explain
-from fhiradapter.core.fhir_out import to_json
+from fhiradapter.core.fhir_out import as_json_object
+from fhiradapter.core.json_types import JsonObject, JsonValue
 from fhiradapter.core.results import CriterionStatus, PatientResult
 from fhiradapter.core.writeback import CODE_SYSTEM, GRADE_CODES, KINDS, RESPONSE_CODES, PlanEntry
 
 Scalar = str | int | float | bool | None
 Values = dict[str, Scalar | list[str]]
-# FHIR resources as JSON: the adapter's own and a server's (the existing one an update replaces), which may hold
-# anything, so every element is looked at before it is used; and writeback-plan.ndjson's lines as read back.
-JsonValue = str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
-JsonObject = dict[str, JsonValue]
 
 # Which section of docs/protocol.md decides each kind of result (the plan and the report cite it).
 RULES = {
@@ -44,7 +44,7 @@ _GRADE = {code: grade for grade, (code, _display) in GRADE_CODES.items()}
 _KIND_OF_CODE = {code: kind for kind, code in KINDS.items()}
 
 
-class Change(NamedTuple):
+class Change(msgspec.Struct, frozen=True):
     """One element of a resource whose value an update changes."""
 
     element: str
@@ -61,13 +61,49 @@ class Description(NamedTuple):
     old: Values | None  # update only: what the existing resource says now
     changes: tuple[Change, ...]  # update only: the elements whose value changes
 
-    def as_json(self) -> dict[str, object]:
-        """The plan line's review fields (writeback-plan.ndjson)."""
-        out: dict[str, object] = {"says": self.says, "rule": self.rule, "new": self.new}
-        if self.old is not None:
-            out["old"] = self.old
-            out["changes"] = [{"element": c.element, "old": c.old, "new": c.new} for c in self.changes]
-        return out
+
+class PlanLine(msgspec.Struct, frozen=True, omit_defaults=True, rename={"resource_type": "resourceType"}):
+    """One line of writeback-plan.ndjson: a plan entry for the person who approves it (approve, sync, the
+    report). ``existing``: the resource an update replaces (always written, null for a create); ``old`` and
+    ``changes``: an update's only."""
+
+    patient: str
+    action: str  # create | update | unchanged
+    kind: str
+    resource_type: str | None
+    identifier: str
+    existing: str | None
+    says: str
+    rule: str
+    new: Values
+    old: Values | UnsetType = UNSET
+    changes: tuple[Change, ...] | UnsetType = UNSET
+
+
+def plan_line(patient: str, entry: PlanEntry, resource_type: str | None, described: Description) -> PlanLine:
+    """The plan line of one entry of ``patient``'s write-back."""
+    update = described.old is not None
+    return PlanLine(
+        patient,
+        entry.action,
+        entry.kind,
+        resource_type,
+        entry.identifier,
+        entry.ref,
+        described.says,
+        described.rule,
+        described.new,
+        described.old if described.old is not None else UNSET,
+        described.changes if update else UNSET,
+    )
+
+
+_plan_line = msgspec.json.Decoder(PlanLine)
+
+
+def decode_plan_line(raw: bytes) -> PlanLine:
+    """One line of writeback-plan.ndjson (msgspec.DecodeError when it is not one)."""
+    return _plan_line.decode(raw)
 
 
 def _code(concept: JsonValue) -> str | None:
@@ -246,7 +282,7 @@ def _sentence(kind: str, v: Values, criteria_text: dict[str, str] | None) -> str
 def describe(entry: PlanEntry, criteria_text: dict[str, str] | None = None) -> Description:
     """A plan entry for a reviewer. ``criteria_text``: for eligibility, each criterion in words with the
     patient's value (criterion id -> text); without it the criterion ids are named."""
-    new = stated(entry.kind, to_json(entry.resource))
+    new = stated(entry.kind, as_json_object(entry.resource))
     says = _sentence(entry.kind, new, criteria_text)
     rule = RULES.get(entry.kind, "docs/protocol.md")
     if entry.kind == "research-subject" and entry.action == "create":
@@ -268,7 +304,7 @@ def criteria_in_words(result: PatientResult) -> dict[str, str]:
     }
 
 
-def _shown(value: JsonValue) -> str:
+def _shown(value: Scalar | list[str]) -> str:
     if value is None or value == []:
         return "none"
     if isinstance(value, list):
@@ -276,26 +312,22 @@ def _shown(value: JsonValue) -> str:
     return str(value)
 
 
-def in_words(line: Mapping[str, JsonValue]) -> str:
+def in_words(line: PlanLine) -> str:
     """One writeback-plan.ndjson line as a reviewer reads it (sync --dry-run, approve, the report)."""
-    action, says, rule = line.get("action"), line.get("says") or line.get("kind"), line.get("rule") or ""
+    action, says, rule = line.action, line.says or line.kind, line.rule
     if action == "update":
-        found = line.get("changes")
-        changes = "; ".join(
-            f"{c.get('element')} {_shown(c.get('old'))} → {_shown(c.get('new'))}"
-            for c in (found if isinstance(found, list) else ())
-            if isinstance(c, dict)
-        )
-        return f"update {line.get('existing')}: {changes or 'content'} ({says}; {rule})"
+        found = line.changes if line.changes is not UNSET else ()
+        changes = "; ".join(f"{c.element} {_shown(c.old)} → {_shown(c.new)}" for c in found)
+        return f"update {line.existing}: {changes or 'content'} ({says}; {rule})"
     if action == "create":
         return f"create: {says} ({rule})"
     return f"unchanged: {says}"
 
 
-def by_patient(lines: Iterable[Mapping[str, JsonValue]], include_unchanged: bool = False) -> dict[str, list[str]]:
+def by_patient(lines: Iterable[PlanLine], include_unchanged: bool = False) -> dict[str, list[str]]:
     """Plan lines in words, grouped by patient, in the plan's order (patients sorted as in the plan)."""
     out: dict[str, list[str]] = {}
     for line in lines:
-        if include_unchanged or line.get("action") != "unchanged":
-            out.setdefault(str(line.get("patient")), []).append(in_words(line))
+        if include_unchanged or line.action != "unchanged":
+            out.setdefault(line.patient, []).append(in_words(line))
     return out

@@ -12,32 +12,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from fhiradapter.core.extract import AdverseEventEntry, DrugExposure, NumericObservation, TumourMeasurement
+from fhiradapter.core.protocol import StrictModel
 from fhiradapter.core.registry import Row, SubjectView, iso
 from fhiradapter.core.results import EligibilityStatus
 from fhiradapter.errors import ConfigError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StudyCfg(_Strict):
+class StudyCfg(StrictModel):
     studyid: str
     arm: str
     armcd: str
 
 
-class LbTest(_Strict):
+class LbTest(StrictModel):
     concept: str
     testcd: str
     test: str
     cat: str
 
 
-class ExDrug(_Strict):
+class ExDrug(StrictModel):
     drug: str
     extrt: str
     dose: float
@@ -46,24 +43,24 @@ class ExDrug(_Strict):
     route: str
 
 
-class TestCode(_Strict):
+class TestCode(StrictModel):
     testcd: str
     test: str
 
 
-class TrCfg(_Strict):
+class TrCfg(StrictModel):
     longest: TestCode
     perpendicular: TestCode
     unit: str
 
 
-class RsCfg(_Strict):
+class RsCfg(StrictModel):
     cat: str
     overall: TestCode
     best: TestCode
 
 
-class ExportMappings(_Strict):
+class ExportMappings(StrictModel):
     study: StudyCfg
     lb: list[LbTest]
     units: dict[str, str]
@@ -200,7 +197,6 @@ def _num_text(value: float | None) -> str | None:
 
 
 # The cells of one SDTM record by variable (``registry.Row``): the columns of its dataset's file.
-Record = Row
 
 
 class SdtmBuilder:
@@ -210,29 +206,29 @@ class SdtmBuilder:
         self.cfg = cfg
         self.lb = {t.concept: t for t in cfg.lb}
         self.ex = {d.drug: d for d in cfg.ex}
-        self.rows: dict[str, list[Record]] = {name: [] for name in DATASETS}
+        self.rows: dict[str, list[Row]] = {name: [] for name in DATASETS}
 
     def unit(self, ucum: str | None) -> str | None:
         if ucum is None or ucum == "":
             return None
         return self.cfg.units.get(ucum, ucum)
 
-    def _base(self, domain: str, v: SubjectView) -> Record:
+    def _base(self, domain: str, subject: SubjectView) -> Row:
         studyid = self.cfg.study.studyid
-        return {"STUDYID": studyid, "DOMAIN": domain, "USUBJID": f"{studyid}-{v.key}"}
+        return {"STUDYID": studyid, "DOMAIN": domain, "USUBJID": f"{studyid}-{subject.key}"}
 
-    def add(self, v: SubjectView) -> None:
-        self._dm(v)
-        extract = v.extract
+    def add(self, subject: SubjectView) -> None:
+        self._dm(subject)
+        extract = subject.extract
         if extract is not None:
-            self._ex(v, extract.exposures)
-            self._ae(v, extract.adverse_events)
-            self._lb(v, extract.observations)
-            self._tu_tr(v, extract.tumour)
-        self._rs(v)
+            self._ex(subject, extract.exposures)
+            self._ae(subject, extract.adverse_events)
+            self._lb(subject, extract.observations)
+            self._tu_tr(subject, extract.tumour)
+        self._rs(subject)
 
-    def _dm(self, v: SubjectView) -> None:
-        r, study = v.result, self.cfg.study
+    def _dm(self, subject: SubjectView) -> None:
+        r, study = subject.result, self.cfg.study
         status = r.eligibility.status
         if r.treated or status is EligibilityStatus.ELIGIBLE:
             armcd, arm = study.armcd, study.arm
@@ -242,21 +238,21 @@ class SdtmBuilder:
             armcd, arm = "NOTASSGN", "Not Assigned"
         act = (study.armcd, study.arm) if r.treated else (armcd if armcd != study.armcd else "NOTTRT", None)
         death = iso(r.os.end_date) if r.os and r.os.event else None
-        death = death or (v.extract.deceased_date if v.extract else None)
+        death = death or (subject.extract.deceased_date if subject.extract else None)
         self.rows["DM"].append(
             {
-                **self._base("DM", v),
-                "SUBJID": v.key,
+                **self._base("DM", subject),
+                "SUBJID": subject.key,
                 "RFSTDTC": iso(r.index_date),
                 "RFENDTC": iso(r.last_dose_date),
                 "RFXSTDTC": iso(r.index_date),
                 "RFXENDTC": iso(r.last_dose_date),
                 "DTHDTC": death,
                 "DTHFL": "Y" if death else None,
-                "BRTHDTC": v.birth_date,
-                "AGE": v.age_at_reference,
-                "AGEU": "YEARS" if v.age_at_reference is not None else None,
-                "SEX": SEX.get(str(v.sex), "U"),
+                "BRTHDTC": subject.birth_date,
+                "AGE": subject.age_at_reference,
+                "AGEU": "YEARS" if subject.age_at_reference is not None else None,
+                "SEX": SEX.get(str(subject.sex), "U"),
                 "ARMCD": armcd,
                 "ARM": arm,
                 "ACTARMCD": act[0],
@@ -264,20 +260,20 @@ class SdtmBuilder:
             }
         )
 
-    def _ex(self, v: SubjectView, exposures: tuple[DrugExposure, ...]) -> None:
+    def _ex(self, subject: SubjectView, exposures: tuple[DrugExposure, ...]) -> None:
         seq = 0
         for e in exposures:
             drug = self.ex.get(e.drug or "")
             start = e.start
             # Only study treatment: the configured drug, from the index date on (earlier use is prior exposure).
-            if drug is None or not v.index_date or not start or start[:10] < v.index_date:
+            if drug is None or not subject.index_date or not start or start[:10] < subject.index_date:
                 continue
             seq += 1
             self.rows["EX"].append(
                 {
-                    **self._base("EX", v),
+                    **self._base("EX", subject),
                     "EXSEQ": seq,
-                    "EXSPID": v.text(e.ref),
+                    "EXSPID": subject.text(e.ref),
                     "EXTRT": drug.extrt,
                     "EXDOSE": drug.dose,
                     "EXDOSU": drug.dosu,
@@ -285,31 +281,31 @@ class SdtmBuilder:
                     "EXROUTE": drug.route,
                     "EXSTDTC": start,
                     "EXENDTC": e.end,
-                    "EXSTDY": v.study_day(start),
-                    "EXENDY": v.study_day(e.end),
+                    "EXSTDY": subject.study_day(start),
+                    "EXENDY": subject.study_day(e.end),
                 }
             )
 
-    def _ae(self, v: SubjectView, events: tuple[AdverseEventEntry, ...]) -> None:
-        displays = {t.term: t.display for t in v.result.toxicities}
+    def _ae(self, subject: SubjectView, events: tuple[AdverseEventEntry, ...]) -> None:
+        displays = {t.term: t.display for t in subject.result.toxicities}
         for seq, a in enumerate(events, start=1):
             decod = displays.get(a.term or "") or a.term
             meddra = a.meddra or ""
             self.rows["AE"].append(
                 {
-                    **self._base("AE", v),
+                    **self._base("AE", subject),
                     "AESEQ": seq,
-                    "AESPID": v.text(a.ref),
-                    "AETERM": a.verbatim if v.identified else decod,
+                    "AESPID": subject.text(a.ref),
+                    "AETERM": a.verbatim if subject.identified else decod,
                     "AELLTCD": int(meddra) if meddra.isdigit() else None,
                     "AEDECOD": decod,
                     "AETOXGR": str(a.grade) if a.grade is not None else None,
                     "AESTDTC": a.date,
-                    "AESTDY": v.study_day(a.date),
+                    "AESTDY": subject.study_day(a.date),
                 }
             )
 
-    def _lb(self, v: SubjectView, observations: tuple[NumericObservation, ...]) -> None:
+    def _lb(self, subject: SubjectView, observations: tuple[NumericObservation, ...]) -> None:
         seq = 0
         for o in observations:
             test = self.lb.get(o.concept)
@@ -318,9 +314,9 @@ class SdtmBuilder:
             seq += 1
             self.rows["LB"].append(
                 {
-                    **self._base("LB", v),
+                    **self._base("LB", subject),
                     "LBSEQ": seq,
-                    "LBSPID": v.text(o.ref),
+                    "LBSPID": subject.text(o.ref),
                     "LBTESTCD": test.testcd,
                     "LBTEST": test.test,
                     "LBCAT": test.cat,
@@ -330,20 +326,20 @@ class SdtmBuilder:
                     "LBSTRESN": o.value,
                     "LBSTRESU": self.unit(o.unit),
                     "LBDTC": o.date,
-                    "LBDY": v.study_day(o.date),
+                    "LBDY": subject.study_day(o.date),
                 }
             )
 
-    def _visit(self, v: SubjectView, day: str | None) -> str:
-        baseline = iso(v.result.baseline.date) if v.result.baseline else None
+    def _visit(self, subject: SubjectView, day: str | None) -> str:
+        baseline = iso(subject.result.baseline.date) if subject.result.baseline else None
         if day is not None and day == baseline:
             return "BASELINE"
-        for n, a in enumerate(v.result.assessments, start=1):
+        for n, a in enumerate(subject.result.assessments, start=1):
             if iso(a.date) == day:
                 return f"ASSESSMENT {n}"
         return "UNSCHEDULED"
 
-    def _tu_tr(self, v: SubjectView, measurements: tuple[TumourMeasurement, ...]) -> None:
+    def _tu_tr(self, subject: SubjectView, measurements: tuple[TumourMeasurement, ...]) -> None:
         links: dict[str, str] = {}
         seq = 0  # TRSEQ, over the subject's measurements
         for m in measurements:
@@ -352,21 +348,21 @@ class SdtmBuilder:
                 links[lesion] = f"T{len(links) + 1:02d}"
                 self.rows["TU"].append(
                     {
-                        **self._base("TU", v),
+                        **self._base("TU", subject),
                         "TUSEQ": len(links),
                         "TULNKID": links[lesion],
-                        "TUSPID": v.lesion(lesion),
+                        "TUSPID": subject.lesion(lesion),
                         "TUTESTCD": "TUMIDENT",
                         "TUTEST": "Tumor Identification",
                         "TUORRES": "TARGET",
                         "TUSTRESC": "TARGET",
                         "TUDTC": m.date,
-                        "TUDY": v.study_day(m.date),
+                        "TUDY": subject.study_day(m.date),
                     }
                 )
-            seq = self._tr(v, m, links[lesion], seq)
+            seq = self._tr(subject, m, links[lesion], seq)
 
-    def _tr(self, v: SubjectView, m: TumourMeasurement, link: str, seq: int) -> int:
+    def _tr(self, subject: SubjectView, m: TumourMeasurement, link: str, seq: int) -> int:
         """A measurement's two diameters (the ones it has), numbered on from ``seq``; returns the last number."""
         tr = self.cfg.tr
         for code, value in ((tr.longest, m.d1), (tr.perpendicular, m.d2)):
@@ -375,7 +371,7 @@ class SdtmBuilder:
             seq += 1
             self.rows["TR"].append(
                 {
-                    **self._base("TR", v),
+                    **self._base("TR", subject),
                     "TRSEQ": seq,
                     "TRLNKID": link,
                     "TRTESTCD": code.testcd,
@@ -385,30 +381,32 @@ class SdtmBuilder:
                     "TRSTRESC": _num_text(value),
                     "TRSTRESN": value,
                     "TRSTRESU": tr.unit,
-                    "VISIT": self._visit(v, m.date),
+                    "VISIT": self._visit(subject, m.date),
                     "TRDTC": m.date,
-                    "TRDY": v.study_day(m.date),
+                    "TRDY": subject.study_day(m.date),
                 }
             )
         return seq
 
-    def _rs(self, v: SubjectView) -> None:
+    def _rs(self, subject: SubjectView) -> None:
         rs = self.cfg.rs
-        r = v.result
+        result = subject.result
         seq = 0
-        for n, a in enumerate(r.assessments, start=1):
+        for n, a in enumerate(result.assessments, start=1):
             seq += 1
-            self.rows["RS"].append(self._rs_row(v, seq, rs.overall, a.response.value, f"ASSESSMENT {n}", iso(a.date)))
-        best = r.best_response
-        if r.treated and best:
-            first = next((iso(a.date) for a in r.assessments if a.response == best), None)
-            self.rows["RS"].append(self._rs_row(v, seq + 1, rs.best, best.value, None, first))
+            self.rows["RS"].append(
+                self._rs_row(subject, seq, rs.overall, a.response.value, f"ASSESSMENT {n}", iso(a.date))
+            )
+        best = result.best_response
+        if result.treated and best:
+            first = next((iso(a.date) for a in result.assessments if a.response == best), None)
+            self.rows["RS"].append(self._rs_row(subject, seq + 1, rs.best, best.value, None, first))
 
     def _rs_row(
-        self, v: SubjectView, seq: int, code: TestCode, value: str | None, visit: str | None, day: str | None
-    ) -> Record:
+        self, subject: SubjectView, seq: int, code: TestCode, value: str | None, visit: str | None, day: str | None
+    ) -> Row:
         return {
-            **self._base("RS", v),
+            **self._base("RS", subject),
             "RSSEQ": seq,
             "RSTESTCD": code.testcd,
             "RSTEST": code.test,
@@ -418,7 +416,7 @@ class SdtmBuilder:
             "RSEVAL": "fhiradapter",
             "VISIT": visit,
             "RSDTC": day,
-            "RSDY": v.study_day(day),
+            "RSDY": subject.study_day(day),
         }
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import date, timedelta
-from decimal import Decimal, localcontext
+from decimal import localcontext
 from typing import NamedTuple
 
+from fhiradapter.core.limits import ANC_GRADE_BELOW, CREATININE_GRADE_ABOVE_ULN, PLATELET_GRADE_BELOW
 from fhiradapter.core.model import AdverseEvent, Observed
 from fhiradapter.core.protocol import DoseRule, Mappings
 from fhiradapter.core.response import exact
@@ -22,26 +23,18 @@ LAB_TERMS = {"anc": "neutrophils", "platelets": "platelets", "creatinine": "crea
 
 
 def grade_anc(value: float) -> int:
-    """Neutrophils x10^9/L: G1 [1.5, 2.0), G2 [1.0, 1.5), G3 [0.5, 1.0), G4 < 0.5."""
+    """Neutrophils x10^9/L: G1 [1.5, 2.0), G2 [1.0, 1.5), G3 [0.5, 1.0), G4 < 0.5 (``ANC_GRADE_BELOW``)."""
     v = exact(value)
-    if v >= 2:
-        return 0
-    if v >= Decimal("1.5"):
-        return 1
-    if v >= 1:
-        return 2
-    return 3 if v >= Decimal("0.5") else 4
+    return sum(1 for bound in ANC_GRADE_BELOW if v < bound)
 
 
 def grade_platelets(value: float, lln: float | None) -> int | None:
-    """Platelets x10^9/L: G1 < LLN to 75, G2 [50, 75), G3 [10, 50), G4 < 10. None if LLN decides."""
+    """Platelets x10^9/L: G1 < LLN to 75, G2 [50, 75), G3 [10, 50), G4 < 10 (``PLATELET_GRADE_BELOW``). None if
+    LLN decides."""
     v = exact(value)
-    if v < 10:
-        return 4
-    if v < 50:
-        return 3
-    if v < 75:
-        return 2
+    below = sum(1 for bound in PLATELET_GRADE_BELOW if v < bound)
+    if below:
+        return below + 1
     if lln is None:
         return None
     return 1 if v < exact(lln) else 0
@@ -51,7 +44,8 @@ RATIO_DIGITS = 10  # significant digits of a value's multiple of ULN: below them
 
 
 def grade_creatinine(value: float, uln: float | None) -> int | None:
-    """Creatinine by multiples of ULN: G1 (1, 1.5], G2 (1.5, 3], G3 (3, 6], G4 > 6. None without ULN.
+    """Creatinine by multiples of ULN: G1 (1, 1.5], G2 (1.5, 3], G3 (3, 6], G4 > 6 (``CREATININE_GRADE_ABOVE_ULN``).
+    None without ULN.
 
     A value and its ULN converted by one factor (µmol/L / 88.4) keep their ratio only to the conversion's
     precision (582 and 97 µmol/L give 6.58371040724 and 1.09728506787 mg/dL, whose ratio is 6.00000000002):
@@ -62,24 +56,18 @@ def grade_creatinine(value: float, uln: float | None) -> int | None:
     with localcontext() as ctx:
         ctx.prec = RATIO_DIGITS
         multiple = exact(value) / exact(uln)
-    if multiple <= 1:
-        return 0
-    if multiple <= Decimal("1.5"):
-        return 1
-    if multiple <= 3:
-        return 2
-    return 3 if multiple <= 6 else 4
+    return sum(1 for bound in CREATININE_GRADE_ABOVE_ULN if multiple > bound)
 
 
-def lab_grade(o: Observed) -> int | None:
-    if o.value is None:
+def lab_grade(observation: Observed) -> int | None:
+    if observation.value is None:
         return None
-    if o.concept == "anc":
-        return grade_anc(o.value)
-    if o.concept == "platelets":
-        return grade_platelets(o.value, o.low)
-    if o.concept == "creatinine":
-        return grade_creatinine(o.value, o.high)
+    if observation.concept == "anc":
+        return grade_anc(observation.value)
+    if observation.concept == "platelets":
+        return grade_platelets(observation.value, observation.low)
+    if observation.concept == "creatinine":
+        return grade_creatinine(observation.value, observation.high)
     return None
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,7 +45,7 @@ from fhiradapter.core.fhir_out import (
 )
 from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.protocol import StudyKey
-from fhiradapter.core.results import Assessment, PatientResult, Toxicity
+from fhiradapter.core.results import Assessment, PatientResult, ProtocolIdentity, Toxicity
 
 IDENTIFIER_SYSTEM = "urn:fhiradapter:result-id"
 CODE_SYSTEM = "urn:fhiradapter:code"
@@ -391,9 +391,9 @@ def uuid_of(identifier: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def run_tag(targets_digest: str, as_of: str, mappings: Mapping[str, object]) -> str:
+def run_tag(targets_digest: str, as_of: str, mappings: ProtocolIdentity) -> str:
     """The Provenance's run tag: a hash of what the run wrote (the targets' digest), as-of and mappings."""
-    return hashlib.sha256(f"{targets_digest}|{as_of}|{mappings.get('sha256', '')}".encode()).hexdigest()[:32]
+    return hashlib.sha256(f"{targets_digest}|{as_of}|{mappings.sha256}".encode()).hexdigest()[:32]
 
 
 def assembler_agent(adapter_version: str) -> ProvenanceAgent:
@@ -408,7 +408,7 @@ def provenance_entry(
     targets: list[str],
     *,
     adapter_version: str,
-    mappings: Mapping[str, object],  # the run header's protocol stamp: id, version, sha256
+    mappings: ProtocolIdentity,  # the run header's protocol stamp: id, version, sha256
     as_of: str,
     inputs: list[str],
     recorded: str,
@@ -419,7 +419,7 @@ def provenance_entry(
     Created conditionally on the run tag, so posting the Bundle twice adds nothing. ``target`` comes first
     so that a writer can stream a long target list into it.
     """
-    pid, version, sha256 = mappings.get("id"), mappings.get("version"), str(mappings.get("sha256", ""))
+    pid, version, sha256 = mappings.id, mappings.version, mappings.sha256
     mapped = Reference(display=f"mappings {pid} {version} sha256:{sha256[:16]}")
     res = Provenance(
         target=[Reference(reference=t) for t in targets],

@@ -1,4 +1,5 @@
-"""Load ``mappings/`` (protocol.toml, codes.toml, units.toml), make a site's own copy, and give UCUM factors.
+"""Load ``mappings/`` (protocol.toml, codes.toml, units.toml, and a site's ``conceptmap*.json``), make a site's
+own copy, and give UCUM factors.
 
 The embedded default mappings ship inside the package (``fhiradapter/_mappings`` in a wheel; the
 repository's ``mappings/`` folder in a source checkout). A site's own folder replaces them: ``--mappings DIR``
@@ -9,15 +10,24 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import re
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from msgspec import UNSET
+
+from fhiradapter.core.concept_map import LocalCode, parse_concept_map, read_mappings, with_local_codes
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.protocol import Mappings, parse_mappings
+from fhiradapter.core.results import ProtocolIdentity
 from fhiradapter.errors import ConfigError
+from fhiradapter.shell.common.files import write_new
 
 FILES = ("protocol.toml", "codes.toml", "units.toml")
+CONCEPT_MAPS = "conceptmap*.json"  # a site's ConceptMaps (FHIR R4 JSON), local codes -> the standard ones
 ENV_VAR = "FHIRADAPTER_MAPPINGS"  # a site's mappings folder, for every command
 
 
@@ -80,12 +90,12 @@ def differing_local_mappings(used: Path, cwd: Path) -> Path | None:
     return None
 
 
-def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, str]]:
-    """Parsed mappings and their identity (id, version, folder, sha256 of the three files)."""
+def load_mappings(directory: Path | None = None) -> tuple[Mappings, ProtocolIdentity]:
+    """Parsed mappings and their identity (id, version, the study they name, folder, sha256 of the three files)."""
     folder = directory or default_mappings_dir()
     if not folder.is_dir():
         raise ConfigError(f"mappings folder not found: {folder}")
-    docs: list[dict[str, Any]] = []  # TOML documents as read: validated by core.protocol.parse_mappings
+    docs: list[JsonObject] = []  # TOML documents as read: validated by core.protocol.parse_mappings
     digest = hashlib.sha256()
     for name in FILES:
         path = folder / name
@@ -100,8 +110,53 @@ def load_mappings(directory: Path | None = None) -> tuple[Mappings, dict[str, st
             raise ConfigError(f"mappings file is not valid TOML: {path}: {exc}") from None
         digest.update(raw)
     mappings = parse_mappings(*docs)
-    identity = {**mappings.identity, "mappings_dir": str(folder.resolve()), "sha256": digest.hexdigest()}
+    maps = sorted(folder.glob(CONCEPT_MAPS))
+    if maps:  # a site's local codes, mapped where it maintains them (their bytes join the digest)
+        mappings = with_concept_maps(mappings, maps, digest.update)
+    identity = ProtocolIdentity(
+        **mappings.identity,
+        mappings_dir=str(folder.resolve()),
+        sha256=digest.hexdigest(),
+        concept_maps=tuple(path.name for path in maps) if maps else UNSET,
+    )
     return mappings, identity
+
+
+def with_concept_maps(
+    mappings: Mappings, paths: list[Path], digest: Callable[[bytes], object] | None = None
+) -> Mappings:
+    """The mappings with the local codes of the ConceptMap files added to codes.toml's lists (core/concept_map)."""
+    local: list[LocalCode] = []
+    for path in paths:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"ConceptMap unreadable: {path}: {exc.strerror}") from None
+        if digest is not None:
+            digest(raw)
+        local += read_mappings(parse_concept_map(raw, str(path)), str(path)).mapped
+    return with_local_codes(mappings, local)[0]
+
+
+def save_concept_map(folder: Path, resource: JsonObject, where: str) -> tuple[Path, int, int]:
+    """A ConceptMap (read from ``where``) written into a site's mappings folder as ``conceptmap-<id>.json``.
+
+    Checked first as ``load_mappings`` checks the folder's files; then written whole (a copy read earlier is
+    replaced). Returns the file, how many of its mappings keep the meaning, and how many are left out.
+    """
+    if not (folder / "codes.toml").is_file():
+        raise ConfigError(f"{folder} is no mappings folder (no codes.toml): `fhiradapter mappings init` makes one")
+    raw = json.dumps(resource, indent=2, ensure_ascii=False).encode()
+    reading = read_mappings(parse_concept_map(raw, where), where)
+    rid = resource.get("id")
+    if not isinstance(rid, str) or not re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", rid):
+        raise ConfigError(f"{where}: the ConceptMap has no FHIR id to name its file by")
+    path = folder / f"conceptmap-{rid}.json"
+    try:
+        write_new(path, raw + b"\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+    return path, len(reading.mapped), reading.left_out
 
 
 @functools.cache

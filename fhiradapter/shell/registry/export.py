@@ -38,6 +38,7 @@ from fhiradapter.core.readback import (
 )
 from fhiradapter.core.registry import (
     Cell,
+    ExportFormat,
     Pseudonymiser,
     Row,
     RunInfo,
@@ -55,7 +56,6 @@ from fhiradapter.shell.common.mappings_io import default_mappings_dir
 from fhiradapter.shell.common.out_folder import MANIFEST, check_manifest, file_digest, inputs_in_the_way
 
 KEY_ENV = "FHIRADAPTER_PSEUDONYM_KEY"
-Format = Literal["tables", "sdtm"]
 
 
 @dataclass(frozen=True)
@@ -367,7 +367,7 @@ def _spool_dir(folder: Path) -> Path | None:
 def export(
     results_dir: Path,
     to: str,
-    fmt: Format = "tables",
+    fmt: ExportFormat = "tables",
     key: bytes | None = None,
     mappings_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,

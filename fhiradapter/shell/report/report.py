@@ -15,12 +15,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
-import orjson
 
 from fhiradapter import __version__
 from fhiradapter.core.readback import decode_subject
 from fhiradapter.core.results import CohortSummary, ResultsHeader, RunSummary
-from fhiradapter.core.review import in_words
+from fhiradapter.core.review import decode_plan_line, in_words
 from fhiradapter.errors import ConfigError, InputError
 from fhiradapter.shell.common.files import write_new
 from fhiradapter.shell.report.figures import draw_figures
@@ -58,11 +57,11 @@ def _changes_section(plan: Path, summary: RunSummary) -> Section:
         for raw in lines:
             if not raw.strip():
                 continue
-            line = orjson.loads(raw)
-            actions[str(line.get("action"))] += 1
-            if line.get("action") == "unchanged":
+            line = decode_plan_line(raw)
+            actions[line.action] += 1
+            if line.action == "unchanged":
                 continue
-            patient = str(line.get("patient"))
+            patient = line.patient
             if current is None or current[0] != patient:
                 patients += 1
                 if current is not None and len(rows) < TABLE_MAX:

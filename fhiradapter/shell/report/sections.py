@@ -57,8 +57,8 @@ class Published(msgspec.Struct, frozen=True):
     figure: list[PaperFigure] = msgspec.field(default_factory=list)
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f} %"
+def _pct(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{100 * fraction:.1f} %"
 
 
 # The anthracyclines the rule book names (docs/protocol.md §2); another code a site maps shows as its code.
@@ -70,8 +70,8 @@ def _drug(code: str) -> str:
     return f"{name} (RxNorm {code})" if name else f"RxNorm {code}"
 
 
-def _days(x: float | None) -> str:
-    return "not reached" if x is None else f"{x:g}"
+def _days(days: float | None) -> str:
+    return "not reached" if days is None else f"{days:g}"
 
 
 def _rate(r: Rate) -> str:

@@ -156,7 +156,7 @@ class RunRequest:
     out: Path
     as_of: date
     mappings: Mappings
-    mappings_identity: dict[str, str]  # id, version, mappings_dir, sha256: the results header's "protocol"
+    mappings_identity: ProtocolIdentity  # the results header's "protocol" (its study: the one evaluated)
     study: str | None = None
     fhir_bases: tuple[str, ...] = ()
     urls: tuple[str, ...] = ()  # inputs Spark reads by URL (hdfs://, s3a://): needs the Spark engine

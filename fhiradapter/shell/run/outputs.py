@@ -26,7 +26,7 @@ from fhiradapter.core.extract import ClinicalExtract
 from fhiradapter.core.fhir_out import encode
 from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.results import CohortSummary, PatientResult, Population, ResultsHeader, to_json
-from fhiradapter.core.review import by_patient, criteria_in_words, describe
+from fhiradapter.core.review import PlanLine, by_patient, criteria_in_words, decode_plan_line, describe, plan_line
 from fhiradapter.core.writeback import PlanEntry, bundle_entry, provenance_entry, resource_type, run_tag
 from fhiradapter.shell.common.files import open_new, replace, write_new
 from fhiradapter.shell.common.out_folder import write_manifest
@@ -112,12 +112,12 @@ class Writeback(NamedTuple):
     it at once (sync): the transaction Bundle and the plan's lines; the rest is read from the lines."""
 
     bundle: JsonObject  # the Bundle as written, read back: push sends it as it is
-    plan_lines: list[JsonObject]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
+    plan_lines: list[PlanLine]  # writeback-plan.ndjson's lines, as written (a sync holds some for approval)
 
     @property
     def actions(self) -> Counter[str]:
         """The plan's entries per action."""
-        return Counter(str(line["action"]) for line in self.plan_lines)
+        return Counter(line.action for line in self.plan_lines)
 
     @property
     def changes(self) -> dict[str, dict[str, Counter[str]]]:
@@ -125,9 +125,9 @@ class Writeback(NamedTuple):
         2}}``)."""
         changes: dict[str, dict[str, Counter[str]]] = {}
         for line in self.plan_lines:
-            if line["action"] != "unchanged":
-                by_action = changes.setdefault(str(line["patient"]), {})
-                by_action.setdefault(str(line["action"]), Counter())[str(line["kind"])] += 1
+            if line.action != "unchanged":
+                by_action = changes.setdefault(line.patient, {})
+                by_action.setdefault(line.action, Counter())[line.kind] += 1
         return changes
 
     @property
@@ -172,16 +172,15 @@ def write_writeback(
                     kept.append(entry)
             if targets:
                 digest = hashlib.sha256("".join(f"{t}\n" for t in targets).encode())
-                protocol = msgspec.to_builtins(header.protocol)  # provenance_entry takes the mappings as JSON
                 as_of = header.as_of.isoformat()
                 provenance = provenance_entry(
                     targets,
                     adapter_version=__version__,
-                    mappings=protocol,
+                    mappings=header.protocol,
                     as_of=as_of,
                     inputs=list(header.inputs),
                     recorded=datetime.now(UTC).isoformat(timespec="seconds"),
-                    run=run_tag(digest.hexdigest(), as_of, protocol),
+                    run=run_tag(digest.hexdigest(), as_of, header.protocol),
                 )
                 entry = encode(provenance)
                 fh.write(b"," + entry)
@@ -196,7 +195,7 @@ def write_writeback(
     write_sorted_lines(out / "writeback-plan.ndjson", spill, plan_index, plan)
     if plan is None:
         return None
-    lines = [orjson.loads(line) for blob in plan for line in blob.split(b"\n") if line]  # a blob: a patient's
+    lines = [decode_plan_line(line) for blob in plan for line in blob.split(b"\n") if line]  # a blob: a patient's
     bundle: JsonObject = {
         "resourceType": "Bundle",
         "type": "transaction",
@@ -254,16 +253,9 @@ class PatientParts:
         words = criteria_in_words(result) if plan else {}
         for entry in plan:
             self.index.actions[entry.action] += 1
-            line = {
-                "patient": patient,
-                "action": entry.action,
-                "kind": entry.kind,
-                "resourceType": resource_type(entry.resource),
-                "identifier": entry.identifier,
-                "existing": entry.ref,
-                **describe(entry, words).as_json(),  # what it says, the rule, and for an update old -> new
-            }
-            lines.append(orjson.dumps(line))
+            # what it says, the rule, and for an update old -> new
+            line = plan_line(patient, entry, resource_type(entry.resource), describe(entry, words))
+            lines.append(msgspec.json.encode(line))
             bundled = bundle_entry(entry)
             if bundled is not None:
                 entries.append(encode(bundled))
@@ -283,13 +275,13 @@ class PatientParts:
         return self.index
 
 
-def write_held(folder: Path, bundle: JsonObject, plan_lines: list[JsonObject]) -> Path:
+def write_held(folder: Path, bundle: JsonObject, plan_lines: list[PlanLine]) -> Path:
     """A sync's changes that wait for a person: a write-back of their own (Bundle, plan, manifest) in ``folder``,
     which `fhiradapter approve` reviews and `fhiradapter push` sends once approved."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in (
         ("writeback.json", orjson.dumps(bundle)),
-        ("writeback-plan.ndjson", b"".join(orjson.dumps(line) + b"\n" for line in plan_lines)),
+        ("writeback-plan.ndjson", b"".join(msgspec.json.encode(line) + b"\n" for line in plan_lines)),
     ):
         write_new(folder / name, data)  # mode 0600, never through a link
     write_manifest(folder, {"held_for_approval": True}, ["writeback.json", "writeback-plan.ndjson"])

@@ -16,7 +16,6 @@ from fhiradapter.core.evaluate import EvaluationSettings, summarise_cohort
 from fhiradapter.core.results import (
     AdapterInfo,
     CohortSummary,
-    ProtocolIdentity,
     ResultsHeader,
     TimedRunSummary,
 )
@@ -79,8 +78,7 @@ def publish_run(
     done = dataclasses.replace(done, reject_parts=[capped])
     cohort = summarise_cohort(done.rows)
     clock.lap("cohort_statistics")
-    # The mappings' identity is a plain mapping up to here (mappings_io); from here on, one typed value.
-    protocol = msgspec.convert({**run.mappings_identity, "study": settings.study}, ProtocolIdentity)
+    protocol = msgspec.structs.replace(run.mappings_identity, study=settings.study)
     results_dir = safe_url(run.results_dir) if elsewhere is not None else ""
     summary = done.stats.summary(as_of, protocol, done.workers, run.writeback, results_dir)
     header = ResultsHeader(

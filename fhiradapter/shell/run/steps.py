@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
 
 from fhiradapter.core import fhir_json
 from fhiradapter.core.dedup import InputRecord, keep_newest, newer, superseded_reason, version_of
 from fhiradapter.core.evaluate import CohortRow, EvaluationSettings, evaluate_patient
 from fhiradapter.core.extract import ClinicalExtract, clinical_extract
 from fhiradapter.core.fhir_types import Resource, resource_type
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.mappers import MapContext, Record, map_resource
 from fhiradapter.core.model import (
     AdverseEvent,
@@ -59,7 +59,7 @@ SUBJECT_KEYS = ("subject", "patient", "individual")
 PatientOutputs = tuple[PatientResult, CohortRow, list[PlanEntry], ClinicalExtract]
 
 
-def _patient_key(res: Resource | dict[str, Any], record: Record | None) -> str | None:
+def _patient_key(res: Resource | JsonObject, record: Record | None) -> str | None:
     """The patient whose record this is: the mapped record's, else the one its JSON names (a reject's)."""
     if isinstance(record, Person):
         return record.ref

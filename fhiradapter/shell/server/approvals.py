@@ -11,10 +11,10 @@ import tomllib
 from pathlib import Path
 
 import msgspec
-import orjson
 
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, parse_standing_rule
 from fhiradapter.core.json_types import JsonObject
+from fhiradapter.core.review import PlanLine, decode_plan_line
 from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
 from fhiradapter.shell.common.files import write_new
 from fhiradapter.shell.common.out_folder import file_digest
@@ -37,14 +37,20 @@ def digests(folder: Path) -> tuple[str, str]:
         raise InputError(f"{exc.filename} unreadable: {exc.strerror}") from None
 
 
-def read_plan(folder: Path) -> list[JsonObject]:
-    """The plan's lines (JSON at the edge: each is shown to a person, and checked, as it is)."""
+def read_plan(folder: Path) -> list[PlanLine]:
+    """The plan's lines, each shown to a person and checked as it was written."""
     try:
-        return [orjson.loads(line) for line in (folder / PLAN).read_bytes().splitlines() if line.strip()]
+        raw = (folder / PLAN).read_bytes()
     except OSError as exc:
         raise InputError(f"{folder / PLAN} unreadable: {exc.strerror}") from None
-    except orjson.JSONDecodeError:
-        raise InputError(f"{folder / PLAN} is not a write-back plan (a line is not JSON)") from None
+    lines = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if line.strip():
+            try:
+                lines.append(decode_plan_line(line))
+            except msgspec.DecodeError as exc:
+                raise InputError(f"{folder / PLAN} line {n} is not a write-back plan line: {exc}") from None
+    return lines
 
 
 def read_approval(folder: Path) -> Approval | None:

@@ -26,7 +26,7 @@ import orjson
 
 from fhiradapter.core.json_types import JsonValue
 from fhiradapter.errors import ConfigError, ServerError
-from fhiradapter.shell.server.fhir_client import certificate_refused, is_loopback
+from fhiradapter.shell.server.fhir_client import certificate_refused, is_loopback, request_of
 
 TOKEN_ENV = "FHIRADAPTER_TOKEN"  # noqa: S105 - the variable's name, not a secret
 SMART_KEY_ENV = "FHIRADAPTER_SMART_KEY"
@@ -145,6 +145,7 @@ class SmartBackendAuth(httpx.Auth):
                 f"SMART token request to {self.token_url} refused: HTTP {response.status_code}"
                 + (f": {str(error)[:200]}" if error else ""),
                 response.status_code,
+                request=request_of("POST", self.token_url),
             )
         self._token = str(body["access_token"])
         expires_in = body.get("expires_in", 300)
@@ -191,7 +192,7 @@ async def smart_token_url(client: httpx.AsyncClient, base: str) -> str:
     except httpx.TransportError as exc:
         refused = certificate_refused(exc)  # say so, rather than "no SMART configuration"
         if refused is not None:
-            raise ServerError(f"GET {url}: {refused}") from None
+            raise ServerError(f"GET {url}: {refused}", request=request_of("GET", url)) from None
         body = None
     except orjson.JSONDecodeError:
         body = None

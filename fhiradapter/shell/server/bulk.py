@@ -39,10 +39,10 @@ import orjson
 from fhiradapter.core.fhir_types import resource_type
 from fhiradapter.core.json_types import JsonObject, JsonValue, text
 from fhiradapter.core.resource_types import is_resource_type
-from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.errors import ConfigError, ServerError, ServerRequest
 from fhiradapter.shell.common.files import open_new, replace, write_new
 from fhiradapter.shell.run.readers import BULK_STATE, PULL_REJECTS, RawRecord, Reject, read_file
-from fhiradapter.shell.server.fhir_client import FhirClient, origin, request_target, retry_after_s
+from fhiradapter.shell.server.fhir_client import FhirClient, origin, request_of, retry_after_s
 from fhiradapter.shell.server.pull import patient_of
 from fhiradapter.shell.server.pull_folder import (
     claim_folder,
@@ -122,7 +122,7 @@ async def kick_off(client: FhirClient, group: str | None, types: list[str], sinc
         raise ServerError(
             f"{path}: expected 202 with Content-Location, got HTTP {response.status_code}",
             response.status_code,
-            request=f"GET {path}",
+            request=ServerRequest("GET", path),
         )
     status_url = urljoin(client.base + "/", str(location))
     if client.authenticated and not client.may_authenticate(status_url):
@@ -130,7 +130,7 @@ async def kick_off(client: FhirClient, group: str | None, types: list[str], sinc
             f"{path}: the export's status URL is on {origin(status_url)}, not on the server's own origin "
             f"{origin(client.base)}; the access token goes nowhere else, so it is not polled (--trust-origin "
             "names another origin that may have the token)",
-            request=f"GET {request_target(status_url)}",
+            request=request_of("GET", status_url),
         )
     return status_url
 
@@ -313,7 +313,7 @@ async def _wait(
     sleep: Callable[[float], Awaitable[None]],
 ) -> JsonObject:  # the completion manifest as the server sent it
     delay = 1.0
-    polled = f"GET {request_target(summary.status_url)}"
+    polled = request_of("GET", summary.status_url)
     while True:
         response = await client.request("GET", summary.status_url, ok=(202,))
         summary.polls += 1
@@ -345,7 +345,7 @@ async def _download(client: FhirClient, url: str, path: Path, needs_token: bool)
         raise ServerError(
             f"bulk export: a file needing the access token is on {origin(url)}, not on the server's own origin "
             f"{origin(client.base)}; refused (--trust-origin names another origin that may have the token)",
-            request=f"GET {request_target(url)}",
+            request=request_of("GET", url),
         )
     partial = path.with_name(path.name + ".partial")
     if needs_token:

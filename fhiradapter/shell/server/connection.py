@@ -49,44 +49,44 @@ class ServerOptions:
     allow_insecure_http: bool = False
 
 
-async def open_client(o: ServerOptions) -> FhirClient:
+async def open_client(options: ServerOptions) -> FhirClient:
     """A FhirClient for the options (not yet entered); SMART discovery happens here."""
-    server = o.server.rstrip("/")
+    server = options.server.rstrip("/")
     if not server.lower().startswith(("https://", "http://")):
         raise ConfigError(f"--server must be an http(s) URL, got {server!r}")
-    for url in o.trust_origin:
+    for url in options.trust_origin:
         if not url.lower().startswith(("https://", "http://")):
             raise ConfigError(f"--trust-origin must be an http(s) URL, got {url!r}")
-    verify: bool | str = str(o.ca_bundle) if o.ca_bundle else True
+    verify: bool | str = str(options.ca_bundle) if options.ca_bundle else True
     tls_context(verify)  # an unusable --ca-bundle is a configuration error, named before any request
     settings = ClientSettings(
-        timeout_s=o.timeout,
-        concurrency=o.concurrency,
-        retry_budget_s=o.retry_budget,
-        max_pages=o.max_pages,
+        timeout_s=options.timeout,
+        concurrency=options.concurrency,
+        retry_budget_s=options.retry_budget,
+        max_pages=options.max_pages,
         verify=verify,
     )
-    mode = o.auth
-    token = read_secret(o.token_file, TOKEN_ENV, "bearer token") if mode in ("auto", "bearer") else None
+    mode = options.auth
+    token = read_secret(options.token_file, TOKEN_ENV, "bearer token") if mode in ("auto", "bearer") else None
     if mode == "auto":
-        mode = "smart" if o.client_id else "bearer" if token else "none"
+        mode = "smart" if options.client_id else "bearer" if token else "none"
     auth: httpx.Auth | None = None
     if mode != "none":
-        require_tls(server, "--server", o.allow_insecure_http)
-        for url in o.trust_origin:
-            require_tls(url, "--trust-origin", o.allow_insecure_http)
+        require_tls(server, "--server", options.allow_insecure_http)
+        for url in options.trust_origin:
+            require_tls(url, "--trust-origin", options.allow_insecure_http)
     if mode == "bearer":
         if not token:
             raise ConfigError(f"--auth bearer needs --token-file FILE or ${TOKEN_ENV}")
         auth = BearerAuth(token)
     elif mode == "smart":
-        key = read_secret(o.smart_key_file, SMART_KEY_ENV, "SMART private key")
-        if not o.client_id or not key:
+        key = read_secret(options.smart_key_file, SMART_KEY_ENV, "SMART private key")
+        if not options.client_id or not key:
             raise ConfigError(f"--auth smart needs --client-id and --smart-key-file FILE (or ${SMART_KEY_ENV})")
-        token_url = o.token_url
+        token_url = options.token_url
         if not token_url:
             async with httpx.AsyncClient(verify=tls_context(verify), timeout=settings.timeout_s) as probe:
                 token_url = await smart_token_url(probe, server)
-        require_tls(token_url, "the SMART token endpoint", o.allow_insecure_http)
-        auth = SmartBackendAuth(o.client_id, token_url, key, scope=o.scope, kid=o.kid)
-    return FhirClient(server, auth=auth, settings=settings, trusted=o.trust_origin)
+        require_tls(token_url, "the SMART token endpoint", options.allow_insecure_http)
+        auth = SmartBackendAuth(options.client_id, token_url, key, scope=options.scope, kid=options.kid)
+    return FhirClient(server, auth=auth, settings=settings, trusted=options.trust_origin)

@@ -43,7 +43,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from fhiradapter import __version__
 from fhiradapter.core.json_types import JsonObject, JsonValue, items, member, text
 from fhiradapter.core.resource_types import type_problem
-from fhiradapter.errors import AnswerLost, ConfigError, ServerError
+from fhiradapter.errors import AnswerLost, ConfigError, OutcomeIssue, ServerError, ServerRequest
 from fhiradapter.shell.common.files import open_new
 
 RETURN_MINIMAL = "return=minimal"
@@ -141,7 +141,7 @@ class OriginBoundAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if origin(str(request.url)) not in self.origins:
-            what = f"{request.method} {request_target(str(request.url))}"
+            what = request_of(request.method, str(request.url))
             raise ServerError(f"{what}: not sent, the credential is not for it", request=what)
         yield from self.inner.auth_flow(request)
 
@@ -218,13 +218,13 @@ class PageGuard:
             raise ServerError(
                 f"{self.what}: more than {self.max_pages} pages; paging stopped (--max-pages raises the cap if the "
                 "search really is that large)",
-                request=f"GET {request_target(url)}",
+                request=request_of("GET", url),
             )
         if self.total is not None and page > self.needed + 2 + self.needed // 4:
             raise ServerError(
                 f"{self.what} page {page}: the server said the search has {self.total} match(es), which "
                 f"{self.needed} page(s) hold, yet its next links run on; paging stopped",
-                request=f"GET {request_target(url)}",
+                request=request_of("GET", url),
             )
 
     def after(self, found: list[JsonObject], total: JsonValue, next_url: str | None) -> None:
@@ -232,7 +232,7 @@ class PageGuard:
         if next_url in self.visited:
             raise ServerError(
                 f"{self.what} page {self.pages}: the next link repeats an earlier page; paging stopped",
-                request=f"GET {request_target(next_url or '')}",
+                request=request_of("GET", next_url or ""),
             )
         new = {(str(r["resourceType"]), str(r["id"])) for r in found} - self.ids
         self.ids |= new
@@ -246,7 +246,7 @@ class PageGuard:
             raise ServerError(
                 f"{self.what} page {self.pages}: brings no resource not seen on an earlier page, yet links to "
                 "another; paging stopped",
-                request=f"GET {request_target(next_url)}",
+                request=request_of("GET", next_url),
             )
 
 
@@ -281,24 +281,36 @@ def tls_context(verify: bool | str) -> ssl.SSLContext:
     raise ValueError("TLS verification cannot be turned off")
 
 
-def outcome_text(response: httpx.Response) -> str:
-    """The OperationOutcome's diagnostics/details, else the status line; never more than 300 characters."""
+def outcome_issues(response: httpx.Response) -> tuple[OutcomeIssue, ...]:
+    """The issues of the OperationOutcome an answer holds (() for any other answer)."""
     try:
         body = orjson.loads(response.content) if response.content else None
     except orjson.JSONDecodeError:
         body = None
-    return (issues_text(body) or response.reason_phrase or "no detail")[:300]
+    return parse_issues(body)
+
+
+def outcome_text(response: httpx.Response, issues: tuple[OutcomeIssue, ...] | None = None) -> str:
+    """The OperationOutcome's diagnostics/details (``issues``, when already parsed), else the status line; never
+    more than 300 characters."""
+    found = outcome_issues(response) if issues is None else issues
+    return ("; ".join(str(issue) for issue in found) or response.reason_phrase or "no detail")[:300]
+
+
+def parse_issues(body: JsonValue) -> tuple[OutcomeIssue, ...]:
+    """An OperationOutcome's issues: severity, code and diagnostics (else details.text); () for anything else."""
+    if not (isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"):
+        return ()
+    found = []
+    for issue in items(body, "issue"):
+        detail = issue.get("diagnostics") or (member(issue, "details") or {}).get("text")
+        found.append(OutcomeIssue(str(issue.get("severity", "")), str(issue.get("code", "")), str(detail or "")))
+    return tuple(found)
 
 
 def issues_text(body: JsonValue) -> str:
     """An OperationOutcome's issues as ``severity code: diagnostics``, joined by "; " ("" for anything else)."""
-    if not (isinstance(body, dict) and body.get("resourceType") == "OperationOutcome"):
-        return ""
-    parts = []
-    for issue in items(body, "issue"):
-        detail = issue.get("diagnostics") or (member(issue, "details") or {}).get("text")
-        parts.append(f"{issue.get('severity', '')} {issue.get('code', '')}: {detail or ''}".strip())
-    return "; ".join(parts)
+    return "; ".join(str(issue) for issue in parse_issues(body))
 
 
 def retry_after_s(response: httpx.Response, now: float | None = None) -> float | None:
@@ -367,7 +379,7 @@ class FhirClient:
         """Whether the credential may go to ``url``: the base's origin, or one the user trusted."""
         return origin(urljoin(self.base + "/", url)) in self.origins
 
-    def _check_origin(self, what: str, url: str) -> None:
+    def _check_origin(self, what: ServerRequest, url: str) -> None:
         """Refuse, before sending, a request that would carry the credential to an origin not trusted with it."""
         if self._auth is not None and not self.may_authenticate(url):
             raise ServerError(
@@ -454,7 +466,7 @@ class FhirClient:
         send_headers = dict(headers or {})
         if body is not None:
             send_headers.setdefault("Content-Type", FHIR_JSON)
-        what = f"{method} {request_target(url)}"
+        what = request_of(method, url)
         self._check_origin(what, url)
         write = method not in ("GET", "HEAD")
         reached = False  # whether any attempt may have reached the server (an answer lost, not a write refused)
@@ -479,20 +491,24 @@ class FhirClient:
                 f"{what}: its answer was lost ({lost}); the server may have applied it, to be looked up", request=what
             ) from None
         except Retryable as exc:
-            outcome = outcome_text(exc.response)
+            issues = outcome_issues(exc.response)
+            outcome = outcome_text(exc.response, issues)
             raise ServerError(
                 f"{what}: HTTP {exc.response.status_code} after retrying for up to {s.retry_budget_s:.0f} s: {outcome}",
                 exc.response.status_code,
                 request=what,
-                outcome=outcome,
+                issues=issues,
             ) from None
         except httpx.TransportError as exc:
             raise self._transport_failure(what, exc, reached) from None
         if response.is_success or response.status_code in ok:
             return response
-        outcome = outcome_text(response)
+        issues = outcome_issues(response)
         raise ServerError(
-            f"{what}: HTTP {response.status_code}: {outcome}", response.status_code, request=what, outcome=outcome
+            f"{what}: HTTP {response.status_code}: {outcome_text(response, issues)}",
+            response.status_code,
+            request=what,
+            issues=issues,
         )
 
     async def _send(
@@ -529,7 +545,7 @@ class FhirClient:
             raise Retryable(response)
         return response
 
-    def _transport_failure(self, what: str, exc: httpx.TransportError, reached: bool = False) -> ServerError:
+    def _transport_failure(self, what: ServerRequest, exc: httpx.TransportError, reached: bool = False) -> ServerError:
         """The error for a request the network kept failing, or whose server certificate was refused.
 
         ``reached``: an attempt may have reached the server (it timed out or dropped after sending): the error
@@ -558,12 +574,12 @@ class FhirClient:
         try:
             answer = orjson.loads(response.content)
         except orjson.JSONDecodeError:
-            what = f"{method} {request_target(url)}"
+            what = request_of(method, url)
             raise ServerError(
                 f"{what}: the server answered with something that is not JSON", response.status_code, request=what
             ) from None
         if not isinstance(answer, dict):
-            what = f"{method} {request_target(url)}"
+            what = request_of(method, url)
             raise ServerError(f"{what}: the server's answer is not a JSON object", response.status_code, request=what)
         return answer
 
@@ -573,7 +589,7 @@ class FhirClient:
         The answer must begin within ``timeout_s``; after that the file may take as long as it needs at
         ``MIN_DOWNLOAD_RATE`` bytes per second or more (a large Bulk file), never a byte-a-second drip.
         """
-        what = f"GET {request_target(url)}"
+        what = request_of("GET", url)
         self._check_origin(what, url)
         try:
             async for attempt in self._retrying():
@@ -601,12 +617,12 @@ class FhirClient:
                         raise Retryable(response)
                     if not response.is_success:
                         await response.aread()
-                        what, outcome = f"GET {request_target(url)}", outcome_text(response)
+                        what, issues = request_of("GET", url), outcome_issues(response)
                         raise ServerError(
-                            f"{what}: HTTP {response.status_code}: {outcome}",
+                            f"{what}: HTTP {response.status_code}: {outcome_text(response, issues)}",
                             response.status_code,
                             request=what,
-                            outcome=outcome,
+                            issues=issues,
                         )
                     started, received = loop.time(), 0
                     with open_new(path) as fh:  # never through a link planted in the folder; mode 0600
@@ -635,9 +651,7 @@ class FhirClient:
             hint = ""
             if exc.status in (400, 404, 405):
                 hint = f"; is {self.base} the server's FHIR base URL (the one /metadata and /Patient hang off)?"
-            raise ServerError(
-                f"{self.base}: {exc}{hint}", exc.status, request=exc.request, outcome=exc.outcome
-            ) from None
+            raise ServerError(f"{self.base}: {exc}{hint}", exc.status, request=exc.request, issues=exc.issues) from None
         self.server_time = _server_time(response)
         try:
             cap = orjson.loads(response.content)
@@ -647,14 +661,14 @@ class FhirClient:
             raise ServerError(
                 f"{self.base}/metadata is not a CapabilityStatement: is this a FHIR server base URL?",
                 response.status_code,
-                request="GET metadata",
+                request=ServerRequest("GET", "metadata"),
             )
         version = str(cap.get("fhirVersion", ""))
         if not version.startswith("4.0."):
             raise ServerError(
                 f"{self.base} speaks FHIR {version or '(unstated)'}; fhiradapter needs FHIR R4 (4.0.1)",
                 response.status_code,
-                request="GET metadata",
+                request=ServerRequest("GET", "metadata"),
             )
         interactions: set[str] = set()
         params: dict[str, set[str]] = {}
@@ -725,7 +739,7 @@ class FhirClient:
             raise ServerError(
                 f"{rtype} search page {page} is not a Bundle",
                 response.status_code,
-                request=f"GET {request_target(url)}",
+                request=request_of("GET", url),
             )
         found: list[JsonObject] = []
         reports = self.skipped if skipped is None else skipped
@@ -754,7 +768,7 @@ class FhirClient:
                         f"{rtype} search page {page}: the next link points to {there.scheme}://{there.netloc}, "
                         f"not to --server ({here.scheme}://{here.netloc}); not followed. If that is the same "
                         "server behind a proxy, its public base URL needs setting on the server",
-                        request=f"GET {request_target(target)}",
+                        request=request_of("GET", target),
                     )
                 return target
         return None
@@ -771,7 +785,7 @@ class FhirClient:
 
 def _bundle_or_resource(response: httpx.Response, what: str) -> JsonObject:
     """The answer's FHIR resource (a Bundle, or the resource read): JSON, read by its caller."""
-    request = f"{response.request.method} {request_target(str(response.request.url))}"
+    request = request_of(response.request.method, str(response.request.url))
     try:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
@@ -812,6 +826,11 @@ def unusable(resource: JsonValue) -> str | None:
 def request_target(url: str) -> str:
     """The request target without its query string (search values can name patients)."""
     return url.split("?", 1)[0] or "/"
+
+
+def request_of(method: str, url: str) -> ServerRequest:
+    """A request as errors name it: the method and the target without its query string."""
+    return ServerRequest(method, request_target(url))
 
 
 def certificate_refused(exc: BaseException) -> str | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fhiradapter.core.json_types import JsonObject, JsonValue, items, member, text
-from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.errors import ConfigError, ServerError, ServerRequest
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.server.pull_folder import (
     NdjsonSink,
@@ -74,7 +74,7 @@ async def resolve_study(client: FhirClient, study: str) -> JsonObject:
     """The ResearchStudy named by id, or by ``system|value`` identifier (exactly one must match)."""
     if "|" in study:
         wanted = study.split("|", 1)
-        asked = "GET ResearchStudy"  # a search by identifier (its value is in the message, not here)
+        asked = ServerRequest("GET", "ResearchStudy")  # a search by identifier (its value is in the message, not here)
         try:
             found = [r async for r in client.search("ResearchStudy", [("identifier", study)])]
         except ServerError as exc:  # no identifier search here: the studies are few, read them all
@@ -89,7 +89,7 @@ async def resolve_study(client: FhirClient, study: str) -> JsonObject:
             )
         resource = found[0]
     else:
-        asked = f"GET ResearchStudy/{study}"
+        asked = ServerRequest("GET", f"ResearchStudy/{study}")
         answer = await client.read("ResearchStudy", study)
         if answer is None:
             raise ServerError(f"--study {study}: ResearchStudy/{study} not found on the server", request=asked)
@@ -149,15 +149,18 @@ async def logical_subjects(
     if not identifiers:
         return []
     ref = f"ResearchStudy/{research_study['id']}"
-    found: list[JsonObject] = []
-    try:
-        if "study" not in cap.search_params.get("ResearchSubject", set()):
-            raise ServerError("no study search", 400)
-        for system, value in identifiers:
-            found += [r async for r in client.search("ResearchSubject", [("study:identifier", f"{system}|{value}")])]
-    except ServerError as exc:
-        if exc.status is None or not 400 <= exc.status < 500:
-            raise
+    found: list[JsonObject] | None = None  # None: not asked (no study search offered), or refused
+    if "study" in cap.search_params.get("ResearchSubject", set()):
+        found = []
+        try:
+            for system, value in identifiers:
+                query = [("study:identifier", f"{system}|{value}")]
+                found += [r async for r in client.search("ResearchSubject", query)]
+        except ServerError as exc:
+            if exc.status is None or not 400 <= exc.status < 500:
+                raise
+            found = None
+    if found is None:
         warnings.append(
             "the server has no `study:identifier` search for ResearchSubject: every ResearchSubject was read "
             "and those naming the study by identifier kept here"
@@ -396,7 +399,7 @@ class _PullQueue:
         except ServerError as exc:
             if self.since and exc.status == 400:
                 raise ServerError(
-                    f"{exc}. {SINCE_REFUSED}", exc.status, request=exc.request, outcome=exc.outcome
+                    f"{exc}. {SINCE_REFUSED}", exc.status, request=exc.request, issues=exc.issues
                 ) from None
             raise
 

@@ -25,7 +25,7 @@ import orjson
 
 from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.resource_types import is_resource_type
-from fhiradapter.errors import ConfigError, ServerError
+from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.files import open_new, replace, write_new
 from fhiradapter.shell.run.readers import BULK_STATE, NOT_DATA, PULL_MANIFEST, SUFFIXES
 
@@ -35,6 +35,11 @@ BULK_ERRORS = ".ndjson.txt"  # a Bulk export's error files (OperationOutcomes), 
 def first_few(items: list[str], n: int = 3, sep: str = ", ") -> str:
     """The first ``n`` items joined, with `` ...`` when there are more: for notes that name what they count."""
     return sep.join(items[:n]) + (" ..." if len(items) > n else "")
+
+
+class NotAResourceType(Exception):
+    """An internal invariant broken: a resource whose type is not an R4 resource type reached the pull folder
+    (the pull reports such entries and never hands them on; the type names a file). Not a server's error: a bug."""
 
 
 class NdjsonSink:
@@ -49,7 +54,9 @@ class NdjsonSink:
     def add(self, resource: JsonObject) -> None:
         rtype, rid = str(resource.get("resourceType")), str(resource.get("id"))
         if not is_resource_type(rtype):  # the pull reports such entries before they get here: a file is never
-            raise ServerError("a resource whose resourceType is not a FHIR R4 resource type reached the pull folder")
+            raise NotAResourceType(
+                "a resource whose resourceType is not a FHIR R4 resource type reached the pull folder"
+            )
         if (rtype, rid) in self.seen:
             return
         self.seen.add((rtype, rid))

@@ -64,7 +64,8 @@ SETTLE_ROUNDS = 3  # look-ups and sends again for writes whose answer was lost, 
 APPLIED = ("created", "updated", "unchanged")
 NOT_APPLIED = "not applied"
 UNKNOWN = "unknown"
-# What servers say when a transaction is refused for its size (with a 400; a 413 always means it).
+# What servers say, in an OperationOutcome issue's diagnostics, when a transaction is refused for its size (with a
+# 400; a 413 always means it).
 SIZE_REFUSAL = re.compile(
     r"too many (entries|resources|operations)|has too many|more \w+ operations than allowed|"
     r"(bundle|transaction) (is )?too (large|big)|bundle size|maximum (number of )?(entries|resources)|"
@@ -168,7 +169,10 @@ def outcome_of(method: str, status: int) -> str:
 
 def refused_for_size(exc: ServerError) -> bool:
     """Whether a refused transaction was refused for its size (so that smaller ones may pass)."""
-    return exc.status == 413 or (exc.status == 400 and SIZE_REFUSAL.search(exc.outcome) is not None)
+    if exc.status == 413:
+        return True
+    # A 400 says it only in words: in its OperationOutcome's diagnostics (never the request's URL).
+    return exc.status == 400 and any(SIZE_REFUSAL.search(issue.diagnostics) for issue in exc.issues)
 
 
 async def push(

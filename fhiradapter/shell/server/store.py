@@ -28,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import orjson
 from sqlalchemy import (
@@ -55,7 +55,9 @@ from fhiradapter.core.resource_types import type_problem
 from fhiradapter.errors import ConfigError, TargetError
 from fhiradapter.shell.common.files import open_new_text
 from fhiradapter.shell.registry.database import db_reason, engine_for
+from fhiradapter.shell.server import run_record
 from fhiradapter.shell.server.limits import TransactionLimit
+from fhiradapter.shell.server.run_record import SyncRecord
 
 SCHEMA_VERSION = 1
 DATA_DIR_ENV = "FHIRADAPTER_DATA_DIR"
@@ -182,12 +184,12 @@ class SyncStore:
                 raise TargetError("the sync store did not number the new run")
             return int(key[0])
 
-    def finish_run(self, run_id: int, status: str, summary: JsonObject) -> None:
+    def finish_run(self, run_id: int, status: str, summary: SyncRecord) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 update(sync_runs)
                 .where(sync_runs.c.run_id == run_id)
-                .values(status=status, finished_at=datetime.now(UTC), summary=orjson.dumps(summary).decode())
+                .values(status=status, finished_at=datetime.now(UTC), summary=run_record.encode(summary))
             )
 
     def runs(self, server: str | None = None, study: str | None = None, last: int = 10) -> tuple[list[SyncRun], int]:
@@ -208,7 +210,7 @@ class SyncStore:
                         status=str(row["status"]),
                         since=row["since"],
                         dry_run=bool(row["dry_run"]),
-                        summary=orjson.loads(row["summary"]) if row["summary"] else {},
+                        summary=run_record.decode(row["summary"]) if row["summary"] else None,
                     )
                 )
         return found, int(total)
@@ -368,7 +370,7 @@ def _key(server: str, study: str, rtype: str, rid: str) -> tuple[ColumnElement[b
 @dataclass(frozen=True, kw_only=True)
 class SyncRun:
     """One sync run as the store keeps it (``fhiradapter runs``); ``summary`` is the run's summary as stored
-    (JSON: ``SyncSummary.as_dict``), {} while it runs."""
+    (``SyncSummary.record``), None while it runs."""
 
     run_id: int
     server: str
@@ -378,7 +380,7 @@ class SyncRun:
     status: str
     since: str | None
     dry_run: bool
-    summary: dict[str, Any]  # as stored: JSON (``SyncSummary.as_dict``), read by key by ``fhiradapter runs``
+    summary: SyncRecord | None
 
 
 def _in_utc(when: datetime) -> datetime:

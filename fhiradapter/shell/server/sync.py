@@ -39,13 +39,13 @@ import orjson
 
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, split_by_rule
 from fhiradapter.core.protocol import Mappings
+from fhiradapter.core.results import ProtocolIdentity
 from fhiradapter.errors import AdapterError
 from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.outputs import Writeback, write_held
 from fhiradapter.shell.run.pipeline import run_evaluate
 from fhiradapter.shell.server.bulk import bulk_pull
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
-from fhiradapter.shell.server.limits import TransactionLimit
 from fhiradapter.shell.server.pull import (
     PullSummary,
     logical_subjects,
@@ -56,6 +56,7 @@ from fhiradapter.shell.server.pull import (
 )
 from fhiradapter.shell.server.pull_folder import first_few
 from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, push
+from fhiradapter.shell.server.run_record import EvaluatedCounts, LimitsSeen, SyncRecord
 from fhiradapter.shell.server.store import MirrorSink, SyncStore
 
 T = TypeVar("T")
@@ -74,7 +75,7 @@ class SyncSummary:
     patients: int = 0
     pulled: Counter[str] = field(default_factory=Counter)
     deleted: int = 0
-    evaluated: dict[str, Any] = field(default_factory=dict)  # records used / rejected (evaluate's summary)
+    evaluated: EvaluatedCounts | None = None  # records used / rejected (evaluate's summary); None: not evaluated
     plan: Counter[str] = field(default_factory=Counter)
     # per patient whose results the plan creates or updates: per action, how many results of each kind
     changes: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
@@ -89,7 +90,7 @@ class SyncSummary:
     warnings: list[str] = field(default_factory=list)
     non_atomic: list[str] = field(default_factory=list)  # patients written as a batch: too large for a transaction
     # The store's transaction limit for this server as the run found it, what the run tried, and what it left.
-    transaction_limit: dict[str, dict[str, int] | None] | None = None
+    transaction_limit: LimitsSeen | None = None
     requests: int = 0
     retries: int = 0
     per_search: int | None = None  # patients asked for in one search by the run's pull (None: a Bulk pull)
@@ -98,37 +99,38 @@ class SyncSummary:
     out: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:  # the run's summary as the store keeps it (JSON) and `runs` reads it
-        return {
-            "run_id": self.run_id,
-            "server": self.server,
-            "study": self.study,
-            "since": self.since,
-            "watermark": self.watermark,
-            "dry_run": self.dry_run,
-            "patients": self.patients,
-            "pulled": dict(self.pulled),
-            "deleted": self.deleted,
-            "evaluated": self.evaluated,
-            "plan": dict(self.plan),
-            "changes": {p: {a: dict(kinds) for a, kinds in acts.items()} for p, acts in self.changes.items()},
-            "held": self.held,
-            "held_folder": str(self.held_folder) if self.held_folder else None,
-            "approved_by": self.approved_by,
-            "pushed": dict(self.pushed),
-            "provenances": self.provenances,
-            "conflicts": self.conflicts,
-            "errors": self.errors,
-            "warnings": self.warnings,
-            "non_atomic": self.non_atomic,
-            "transaction_limit": self.transaction_limit,
-            "requests": self.requests,
-            "retries": self.retries,
-            "patients_per_search": self.per_search,
-            "split": self.split,
-            "failure": self.failure,
-            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-        }
+    def record(self) -> SyncRecord:
+        """The run's summary, frozen as the store keeps it and ``fhiradapter runs`` reads it."""
+        return SyncRecord(
+            run_id=self.run_id,
+            server=self.server,
+            study=self.study,
+            since=self.since,
+            watermark=self.watermark,
+            dry_run=self.dry_run,
+            patients=self.patients,
+            pulled=dict(self.pulled),
+            deleted=self.deleted,
+            evaluated=self.evaluated,
+            plan=dict(self.plan),
+            changes={p: {a: dict(kinds) for a, kinds in acts.items()} for p, acts in self.changes.items()},
+            held=self.held,
+            held_folder=str(self.held_folder) if self.held_folder else None,
+            approved_by=self.approved_by,
+            pushed=dict(self.pushed),
+            provenances=self.provenances,
+            conflicts=list(self.conflicts),
+            errors=list(self.errors),
+            warnings=list(self.warnings),
+            non_atomic=list(self.non_atomic),
+            transaction_limit=self.transaction_limit,
+            requests=self.requests,
+            retries=self.retries,
+            per_search=self.per_search,
+            split=self.split,
+            failure=self.failure,
+            seconds={k: round(v, 3) for k, v in self.seconds.items()},
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,7 +144,7 @@ class SyncOptions:
     dry_run: bool = False
     work_dir: Path
     mappings: Mappings
-    mappings_identity: dict[str, str]  # id, version, mappings_dir, sha256 (``mappings_io.load_mappings``)
+    mappings_identity: ProtocolIdentity  # ``mappings_io.load_mappings``
     progress: Callable[[int], None] | None = None  # the pull's, per patient
     on_total: Callable[[int], None] | None = None
     # The push's: given the number of entries to send, returns what to call as parts are answered.
@@ -172,11 +174,11 @@ def run_sync(client: FhirClient, store: SyncStore, opts: SyncOptions) -> SyncSum
     try:
         asyncio.run(_sync(client, store, opts, summary, run_id))
         status = "conflicts" if summary.conflicts else "errors" if summary.errors else "ok"
-        store.finish_run(run_id, "dry-run" if opts.dry_run else status, summary.as_dict())
+        store.finish_run(run_id, "dry-run" if opts.dry_run else status, summary.record())
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         summary.failure = _failure(exc)
-        store.finish_run(run_id, status, summary.as_dict())
+        store.finish_run(run_id, status, summary.record())
         raise
     return summary
 
@@ -424,12 +426,12 @@ def _evaluate(
             on_writeback=handed.append,
         )
     )
-    summary.evaluated = {
-        "records_read": result.records_read,
-        "records_used": result.records_used,
-        "records_rejected": result.records_rejected,
-        "rejects_by_reason": result.rejects_by_reason,
-    }
+    summary.evaluated = EvaluatedCounts(
+        records_read=result.records_read,
+        records_used=result.records_used,
+        records_rejected=result.records_rejected,
+        rejects_by_reason=dict(result.rejects_by_reason),
+    )
     summary.out = out / ("out-retry" if again else "out")
     (planned,) = handed
     summary.plan, summary.changes, summary.in_words = planned.actions, planned.changes, planned.in_words
@@ -465,11 +467,8 @@ async def _push_phase(
         elif pushed.limit != learnt:
             store.set_transaction_limit(summary.server, pushed.limit, summary.run_id)
     now = store.transaction_limit(summary.server)
-    summary.transaction_limit = {
-        "found": _limit_dict(learnt) if first else (summary.transaction_limit or {}).get("found"),
-        "tried": _limit_dict(limit),
-        "left": _limit_dict(now),
-    }
+    found = learnt if summary.transaction_limit is None else summary.transaction_limit.found
+    summary.transaction_limit = LimitsSeen(found=found, tried=limit, left=now)
     store.record_written(summary.server, opts.study, summary.run_id, pushed.written)
     return pushed
 
@@ -496,10 +495,6 @@ def _approved_part(
     summary.approved_by = rule.name
     sent, _left_out = approved_bundle(allowed, approval)
     return sent
-
-
-def _limit_dict(limit: TransactionLimit | None) -> dict[str, int] | None:
-    return {"max_entries": limit.max_entries, "refused_at": limit.refused_at} if limit else None
 
 
 def _add_push(summary: SyncSummary, pushed: PushSummary) -> None:

@@ -19,7 +19,15 @@ import re
 from dataclasses import dataclass, field
 
 from fhiradapter.core.approval import approver_agent
-from fhiradapter.core.fhir_out import CodeableConcept, Coding, Meta, Provenance, ProvenanceEntity, Reference, to_json
+from fhiradapter.core.fhir_out import (
+    CodeableConcept,
+    Coding,
+    Meta,
+    Provenance,
+    ProvenanceEntity,
+    Reference,
+    as_json_object,
+)
 from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import (
     CODE_SYSTEM,
@@ -32,7 +40,7 @@ from fhiradapter.core.writeback import (
     entry_patient,
     outgoing,
 )
-from fhiradapter.errors import ServerError
+from fhiradapter.errors import ServerError, ServerRequest
 from fhiradapter.shell.server.fhir_client import FhirClient
 
 VERSION = re.compile(r'^W/"(.+)"$')
@@ -138,7 +146,7 @@ async def undo(
         provenance = _undo_provenance(
             targets, summary.run, by=by, role=role, recorded=recorded, version=adapter_version
         )
-        answer = await client.json("POST", "Provenance", json=to_json(provenance))
+        answer = await client.json("POST", "Provenance", json=as_json_object(provenance))
         summary.provenance = f"Provenance/{answer.get('id')}" if isinstance(answer, dict) else "Provenance"
     return summary
 
@@ -190,9 +198,8 @@ async def _undo_update(client: FhirClient, sent: Outgoing, summary: UndoSummary,
         return None
     previous = await client.json("GET", f"{ref}/_history/{previous_version}")
     if not isinstance(previous, dict):
-        raise ServerError(
-            f"GET {ref}/_history/{previous_version}: not a resource", request=f"GET {ref}/_history/{previous_version}"
-        )
+        asked = ServerRequest("GET", f"{ref}/_history/{previous_version}")
+        raise ServerError(f"{asked}: not a resource", request=asked)
     if content_hash(current) == content_hash(previous):
         summary.unchanged.append(ref)  # never applied, or already taken back
         return None
