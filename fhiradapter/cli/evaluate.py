@@ -175,7 +175,7 @@ class EvaluateOptions:
     show_default=True,
     help="What reads NDJSON files (plain, .gz, .zst) in the local engine. duckdb (extra `duckdb`): decoded "
     "and classified in SQL, Observations mapped from DuckDB's values, every other line by the Python reader; "
-    "the same results and rejects. Also FHIRADAPTER_READER.",
+    "the same results and rejects, but slower today (docs/performance.md). Also FHIRADAPTER_READER.",
 )
 @command_options(EvaluateOptions)
 def evaluate(options: EvaluateOptions) -> None:
