@@ -126,14 +126,16 @@ APPROVE_ALL = (
 )
 
 
-def approve(folder: Path, *extra: str) -> None:
-    """``fhiradapter approve FOLDER --by "Test Runner" --yes``: the write-back an evaluate wrote there, approved."""
+def approve(folder: Path, *extra: str) -> str:
+    """``fhiradapter approve FOLDER --by "Test Runner" --yes``: the write-back an evaluate wrote there, approved.
+    Returns what approve showed."""
     from click.testing import CliRunner
 
     from fhiradapter.cli import main
 
     result = CliRunner().invoke(main, ["approve", str(folder), "--by", TEST_APPROVER, "--yes", *extra])
     assert result.exit_code == 0, result.output
+    return result.output
 
 
 def approve_bundle(path: Path) -> Path:

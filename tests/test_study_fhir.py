@@ -435,7 +435,8 @@ def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_re
         refused = cli("push", "--server", base, str(first / "writeback.json"))
         assert refused.exit_code == 17  # approval before anything is written
         assert versions(base, "ResearchStudy") == {"thal-hcc-pilot": "1"}
-        approve(first)
+        shown = approve(first)
+        assert "the study's definition; create 52, update 1" in shown  # not "1 patient(s)"
         pushed = cli("push", "--server", base, str(first / "writeback.json"))
         assert pushed.exit_code == 0, pushed.output
         assert "created 53, updated 1 (with 1 Provenance record(s) of the run)" in pushed.output

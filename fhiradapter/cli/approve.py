@@ -45,6 +45,7 @@ def approve_cmd(out: Path, approver: str, role: str, excluded: tuple[str, ...], 
     """
     from fhiradapter.core.approval import Approval  # noqa: PLC0415
     from fhiradapter.core.review import by_patient  # noqa: PLC0415
+    from fhiradapter.core.study_publish import STUDY_DEFINITION  # noqa: PLC0415
     from fhiradapter.shell.common.out_folder import check_manifest  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import digests, read_plan, write_approval  # noqa: PLC0415
 
@@ -67,8 +68,14 @@ def approve_cmd(out: Path, approver: str, role: str, excluded: tuple[str, ...], 
             raise ConfigError(f"--exclude {', '.join(unknown)}: not in this write-back's plan (see {out})")
         words = by_patient(plan)
         counts = {a: sum(1 for line in plan if line.action == a) for a in ("create", "update", "unchanged")}
+        # a study's own definition (``fhiradapter study``) is one group of lines, not a patient
+        what = (
+            "the study's definition"
+            if patients == [STUDY_DEFINITION]
+            else f"{len(words)} patient(s) of {len(patients)}"
+        )
         click.echo(
-            f"Changes to the hospital record in {out / 'writeback.json'}: {len(words)} patient(s) of {len(patients)}"
+            f"Changes to the hospital record in {out / 'writeback.json'}: {what}"
             + (f" ({len(excluded)} excluded: not sent)" if excluded else "")
             + f"; create {counts['create']}, update {counts['update']}, unchanged {counts['unchanged']}."
         )

@@ -54,7 +54,7 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, server:
 
     from fhiradapter.core.writeback import entries_of  # noqa: PLC0415
     from fhiradapter.shell.server.approvals import approved_for_push  # noqa: PLC0415
-    from fhiradapter.shell.server.push import PushSummary, load_bundle, push  # noqa: PLC0415
+    from fhiradapter.shell.server.push import PushSummary, load_bundle, push, push_mode  # noqa: PLC0415
 
     with guard(PUSH_INTERRUPTED):
         doc, approval, left_out = approved_for_push(bundle, load_bundle(bundle))
@@ -72,7 +72,7 @@ def push_cmd(bundle: Path, mode: str, chunk: int, progress: bool | None, server:
                 with click.progressbar(
                     length=max(total, 1), label="Writing", file=sys.stderr, hidden=not show or not total
                 ) as bar:
-                    return await push(client, doc, mode, chunk, progress=bar.update)
+                    return await push(client, doc, push_mode(mode), chunk, progress=bar.update)
 
         summary = asyncio.run(run())
         outcomes = counts_text(summary.outcomes, PUSH_OUTCOMES) or "nothing to send"

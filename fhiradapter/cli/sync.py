@@ -185,6 +185,7 @@ def _sync_options(
     """The run the options ask for, with the mappings ``loaded``, its progress shown on ``bars``: one bar for the
     pull, a line as the evaluation starts, one bar for the push."""
     from fhiradapter.shell.server.approvals import load_standing_rule  # noqa: PLC0415
+    from fhiradapter.shell.server.push import push_mode  # noqa: PLC0415
     from fhiradapter.shell.server.sync import SyncOptions  # noqa: PLC0415
 
     mappings, identity = loaded
@@ -214,7 +215,7 @@ def _sync_options(
         on_total=total,
         on_push=writing,
         chunk=options.chunk,
-        mode=options.mode,
+        mode=push_mode(options.mode),
         bulk=options.bulk,
         group=options.group,
         per_search=options.per_search,

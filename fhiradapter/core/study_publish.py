@@ -52,7 +52,7 @@ RULES = {
     "ResearchStudy": f"{RULE_BOOK} §1",
     "Group": f"{RULE_BOOK} §2",
     "PlanDefinition": f"{RULE_BOOK} §2-§5",
-    "ActivityDefinition": f"{RULE_BOOK} (header)",
+    "ActivityDefinition": f"{RULE_BOOK} (the study drug: thalidomide 200 mg/day)",
     "ValueSet": "mappings codes.toml",
 }
 NOT_WRITTEN = ("meta", "id", "text")  # what a server's copy has that the adapter does not state

@@ -112,23 +112,35 @@ class RawRecord(NamedTuple):
 
 
 class Reject(NamedTuple):
+    """An input record not used, and why: one line of rejects.ndjson (every value a string or null).
+
+    ``path``: the FHIR element the reason is about (``Observation.valueQuantity.code``); ``unmapped``: the
+    source's code no mapping knows (``system|code``: what to add to mappings/). Both only where they apply."""
+
     file: str
     locator: str
     resource_type: str | None
     id: str | None
     code: str
     reason: str
+    path: str | None = None
+    unmapped: str | None = None
 
-    def as_dict(self) -> dict[str, str | None]:
-        """The reject as a line of rejects.ndjson (``spill.RejectEntry``)."""
-        return {
+    def line(self) -> bytes:
+        """The reject as rejects.ndjson writes it (no newline), its keys in the file's order."""
+        entry: dict[str, str | None] = {
             "file": self.file,
             "locator": self.locator,
             "resourceType": self.resource_type,
             "id": self.id,
             "code": self.code,
-            "reason": self.reason,
         }
+        if self.path:
+            entry["path"] = self.path
+        entry["reason"] = self.reason
+        if self.unmapped is not None:
+            entry["unmapped"] = self.unmapped
+        return orjson.dumps(entry)
 
 
 def too_large(name: str, locator: str, limit: int, rest: str = "") -> Reject:

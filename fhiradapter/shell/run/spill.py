@@ -17,6 +17,7 @@ from typing import BinaryIO, Protocol
 import orjson
 
 from fhiradapter.core.dedup import InputRecord
+from fhiradapter.shell.run.readers import Reject
 
 FLUSH_EVERY = 2000  # records buffered per bucket before they are written to its spill file
 
@@ -73,14 +74,10 @@ def load_bucket(paths: list[Path]) -> list[InputRecord]:
     return items
 
 
-# One line of rejects.ndjson: where the record is, what it is, and why it is not used (every value a string or null).
-RejectEntry = dict[str, str | None]
-
-
 class RejectSink(Protocol):
     """Where rejects go: a file of one worker (``RejectsFile``), or a list a Spark task hands back."""
 
-    def reject(self, entry: RejectEntry) -> None: ...
+    def reject(self, entry: Reject) -> None: ...
 
 
 class _PerFile:
@@ -92,26 +89,26 @@ class _PerFile:
         self._kept: Counter[str] = Counter()
         self.unlisted: Counter[tuple[str, str]] = Counter() if unlisted is None else unlisted
 
-    def keep(self, entry: RejectEntry) -> bool:
+    def keep(self, name: str, code: str) -> bool:
+        """Whether a reject of input file ``name`` (its code ``code``) is listed; else it is counted."""
         if self._cap is None:
             return True
-        name = str(entry.get("file"))
         self._kept[name] += 1
         if self._kept[name] <= self._cap:
             return True
-        self.unlisted[(name, str(entry.get("code")))] += 1
+        self.unlisted[(name, code)] += 1
         return False
 
 
-class RejectList(list[RejectEntry]):
+class RejectList(list[Reject]):
     """Rejects kept in memory (a Spark task's, returned to the driver), at most ``cap`` per input file."""
 
     def __init__(self, cap: int | None = None, unlisted: Counter[tuple[str, str]] | None = None) -> None:
         super().__init__()
         self._per_file = _PerFile(cap, unlisted)
 
-    def reject(self, entry: RejectEntry) -> None:
-        if self._per_file.keep(entry):
+    def reject(self, entry: Reject) -> None:
+        if self._per_file.keep(entry.file, entry.code):
             self.append(entry)
 
 
@@ -124,9 +121,9 @@ class RejectsFile:
         self._per_file = _PerFile(cap, unlisted)
         self._fh = path.open("wb")
 
-    def reject(self, entry: RejectEntry) -> None:
-        if self._per_file.keep(entry):
-            self._fh.write(orjson.dumps(entry) + b"\n")
+    def reject(self, entry: Reject) -> None:
+        if self._per_file.keep(entry.file, entry.code):
+            self._fh.write(entry.line() + b"\n")
 
     def close(self) -> None:
         if not self._fh.closed:
@@ -163,7 +160,7 @@ def cap_rejects(parts: list[Path], target: Path, cap: int | None, unlisted: Coun
             for _name, _key, n, offset, length in group:
                 handles[n].seek(offset)
                 line = handles[n].read(length)
-                if cap is None or per_file.keep(orjson.loads(line)):
+                if cap is None or per_file.keep(name, str(orjson.loads(line).get("code"))):
                     out.write(line)
             out.write(_not_listed(name, unlisted, cap))
             said.add(name)
@@ -182,5 +179,4 @@ def _not_listed(name: str, unlisted: Counter[tuple[str, str]], cap: int | None) 
         f"--max-rejects-per-file): {', '.join(f'{c} {n}' for c, n in sorted(codes.items()))}; "
         "summary.json counts every one"
     )
-    entry = {"file": name, "locator": "file", "resourceType": None, "id": None, "code": "not-listed"}
-    return orjson.dumps({**entry, "reason": reason}) + b"\n"
+    return Reject(name, "file", None, None, "not-listed", reason).line() + b"\n"

@@ -43,7 +43,7 @@ from fhiradapter.shell.run.readers import (
     Task,
     read_file,
 )
-from fhiradapter.shell.run.spill import RejectEntry, RejectSink
+from fhiradapter.shell.run.spill import RejectSink
 
 CHUNK_BYTES = 16 * 1024 * 1024  # smallest share of an NDJSON file given to one worker
 
@@ -84,20 +84,9 @@ def _reject_entry(
     reason: str,
     unmapped: str | None = None,
     path: str | None = None,
-) -> RejectEntry:
+) -> Reject:
     rtype, _, rid = (ref or "").partition("/")
-    entry: RejectEntry = {
-        "file": origin[0],
-        "locator": origin[1],
-        "resourceType": rtype or None,
-        "id": rid or None,
-        "code": code,
-        **({"path": path} if path else {}),  # the FHIR element the reason is about (Observation.valueQuantity.code)
-        "reason": reason,
-    }
-    if unmapped is not None:  # the source's code that no mapping knows (system|code): what to add to mappings/
-        entry["unmapped"] = unmapped
-    return entry
+    return Reject(origin[0], origin[1], rtype or None, rid or None, code, reason, path, unmapped)
 
 
 def study_key(study: str | None) -> StudyKey | None:
@@ -123,7 +112,7 @@ def settle_globals(
     Returns the Medications by reference, which every patient's exposures may name.
     """
     for file_not_read in unread:  # files of the input folders not read: listed, with why (never unseen)
-        rejects.reject(file_not_read.as_dict())
+        rejects.reject(file_not_read)
         stats.not_read.append(file_not_read.file)  # a file, not a record: counted apart from the records
     kept: dict[str, InputRecord] = {}
     for item in items:
@@ -166,7 +155,7 @@ def map_raw(
         stats.read[kind] += 1
         stats.rejected[kind] += 1
         stats.reasons[raw.code] += 1
-        rejects.reject(raw.as_dict())
+        rejects.reject(raw)
         return None
     res = raw.resource
     if isinstance(res, dict):

@@ -262,7 +262,7 @@ def _check_lines(path: Path, summary: BulkSummary, patients: set[str]) -> None:
         for record in read_file(path):
             if isinstance(record, Reject):
                 reject = record._replace(file=path.name)
-                rejects.write(orjson.dumps(reject.as_dict()) + b"\n")
+                rejects.write(reject.line() + b"\n")
                 summary.rejected += 1
                 if len(summary.rejects) < SHOWN_REJECTS:
                     summary.rejects.append(reject)

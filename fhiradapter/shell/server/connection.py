@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
@@ -27,13 +28,15 @@ from fhiradapter.shell.server.auth import (
 )
 from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, tls_context
 
+AuthMode = Literal["auto", "none", "bearer", "smart"]  # --auth: auto picks SMART, a bearer token, or none
+
 
 @dataclass(frozen=True)
 class ServerOptions:
     """What the user said about the server (the CLI's server options), secrets only by file or environment."""
 
     server: str
-    auth: str = "auto"  # auto | none | bearer | smart
+    auth: AuthMode = "auto"
     token_file: Path | None = None
     client_id: str | None = None
     smart_key_file: Path | None = None

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -45,7 +45,7 @@ import orjson
 from fhiradapter.core.fhir_json import normalise_reference
 from fhiradapter.core.json_types import JsonObject, JsonValue, as_object
 from fhiradapter.core.writeback import Outgoing, entry_patient, outgoing, split_bundle
-from fhiradapter.errors import AnswerLost, InputError, ServerError
+from fhiradapter.errors import AnswerLost, ConfigError, InputError, ServerError
 from fhiradapter.shell.server.fhir_client import (
     RETRY_STATUS,
     RETURN_MINIMAL,
@@ -75,6 +75,19 @@ SIZE_REFUSAL = re.compile(
 # The 4xx answers about one entry (412 included), counted for it. Not these, which stop the push: 401, 403
 # and 405 (no write would succeed), and what the client retries (408, 429), raised once the retries are spent.
 STOP_STATUS = (401, 403, 405)
+# How a write-back is sent: auto (the server's capability and limits decide), or one way for every part.
+PushMode = Literal["auto", "transaction", "batch", "single"]
+PUSH_MODES: dict[str, PushMode] = {"auto": "auto", "transaction": "transaction", "batch": "batch", "single": "single"}
+
+
+def push_mode(name: str) -> PushMode:
+    """``--mode``'s value as a push mode; a ConfigError naming the choices when it is none."""
+    try:
+        return PUSH_MODES[name]
+    except KeyError:
+        raise ConfigError(f"push mode {name!r}: one of {', '.join(PUSH_MODES)}") from None
+
+
 ENTRY_REFUSALS = tuple(s for s in range(400, 500) if s not in (*STOP_STATUS, *RETRY_STATUS))
 
 
@@ -178,7 +191,7 @@ def refused_for_size(exc: ServerError) -> bool:
 async def push(
     client: FhirClient,
     bundle: JsonObject,
-    mode: str = "auto",
+    mode: PushMode = "auto",
     chunk: int = DEFAULT_CHUNK,
     progress: Callable[[int], None] | None = None,
     cap: Capability | None = None,

@@ -55,7 +55,7 @@ from fhiradapter.shell.server.pull import (
     study_subjects,
 )
 from fhiradapter.shell.server.pull_folder import first_few
-from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, push
+from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushMode, PushSummary, push
 from fhiradapter.shell.server.run_record import EvaluatedCounts, LimitsSeen, SyncRecord
 from fhiradapter.shell.server.store import MirrorSink, SyncStore
 
@@ -150,7 +150,7 @@ class SyncOptions:
     # The push's: given the number of entries to send, returns what to call as parts are answered.
     on_push: Callable[[int], Callable[[int], None]] | None = None
     chunk: int = DEFAULT_CHUNK
-    mode: str = "auto"  # auto | transaction | batch | single (see push.push)
+    mode: PushMode = "auto"  # see push.push
     bulk: bool = False  # pull through Bulk Data $export instead of searches
     group: str | None = None  # with bulk: Group/<id>/$export
     # How far before the pull's start the next watermark is set: covers writes that commit with an earlier
