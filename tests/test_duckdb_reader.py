@@ -28,7 +28,7 @@ from fhiradapter.errors import ExitCode
 from fhiradapter.shell.common.mappings_io import load_mappings, ucum_factor
 from fhiradapter.shell.run import duckdb_reader, local_engine
 from fhiradapter.shell.run.engine import RunStats
-from fhiradapter.shell.run.readers import MAX_RECORD_BYTES, Task, is_data_file
+from fhiradapter.shell.run.readers import MAX_RECORD_BYTES, Reject, Task, is_data_file
 from fhiradapter.shell.run.spill import RejectList
 from fhiradapter.shell.run.steps import read_task
 
@@ -43,7 +43,7 @@ SHARED = ROOT.parent / "shared" / "data"
 class Pass:
     """One file read through one path: its input records, rejects and counts."""
 
-    def __init__(self, items: list[InputRecord], rejects: list[dict[str, Any]], stats: RunStats) -> None:
+    def __init__(self, items: list[InputRecord], rejects: list[Reject], stats: RunStats) -> None:
         self.items, self.rejects, self.stats = items, rejects, stats
 
     def per_patient(self) -> dict[str | None, list[InputRecord]]:
@@ -143,7 +143,7 @@ def test_compressed_files_read_alike(generated: Path, tmp_path: Path) -> None:
             i.record._replace(origin=(str(tmp_path / name), i.record.origin[1])) for i in plain.items
         ]
     for name in ("cut.ndjson.zst", "cut.ndjson.gz"):
-        assert _same(tmp_path / name).rejects[-1]["code"] == "unreadable"
+        assert _same(tmp_path / name).rejects[-1].code == "unreadable"
 
 
 def _observation(**changes: Any) -> dict[str, Any]:
@@ -204,7 +204,7 @@ def test_a_line_over_the_limit_reads_alike(tmp_path: Path) -> None:
     path = tmp_path / "long.ndjson"
     long = orjson.dumps(_observation(id="long", note=[{"text": "x" * 3000}]))
     path.write_bytes(b"\n".join([EDGE_LINES[0], long, EDGE_LINES[3]]) + b"\n")
-    assert _same(path, limit=2000).rejects[0]["code"] == "too-large"
+    assert _same(path, limit=2000).rejects[0].code == "too-large"
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
