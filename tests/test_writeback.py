@@ -17,8 +17,10 @@ import orjson
 import pytest
 from builders import AS_OF, ROOT, raise_thal03_afp
 from fhir_server import load_input, post, sekmet_server, server_resources
+from json_at import at, obj, objs, string
 
 from fhiradapter.core.fhir_out import Observation, ResearchSubject, encode
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.protocol import StudyKey
 from fhiradapter.core.results import PatientResult
 from fhiradapter.core.review import read_back
@@ -125,8 +127,8 @@ def test_what_is_written(paper: Any) -> None:
     )
     assert rs["request"] == {"method": "PUT", "url": "ResearchSubject/thal-01-rs", "ifMatch": 'W/"1"'}
     assert rs["resource"]["status"] == "off-study"
-    thal01 = next(x for x in results["subjects"] if x["patient"] == "Patient/thal-01")
-    assert rs["resource"]["period"]["end"] == thal01["os"]["end_date"]
+    thal01_result = next(x for x in results["subjects"] if x["patient"] == "Patient/thal-01")
+    assert rs["resource"]["period"]["end"] == thal01_result["os"]["end_date"]
     prov = bundle["entry"][-1]
     assert prov["resource"]["resourceType"] == "Provenance"
     assert len(prov["resource"]["target"]) == len(bundle["entry"]) - 1
@@ -255,27 +257,30 @@ def test_split_bundle_keeps_patients_whole_and_gives_each_part_its_provenance(pa
 
     bundle, _results, _plan = paper
     parts = split_bundle(bundle, 30)
-    assert len(parts) > 1 and all(len(p["entry"]) <= 30 for p in parts)
+    assert len(parts) > 1 and all(len(objs(p, "entry")) <= 30 for p in parts)
     results = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Provenance"]
-    got = [e for p in parts for e in p["entry"] if e["resource"]["resourceType"] != "Provenance"]
+    got = [e for p in parts for e in objs(p, "entry") if at(e, "resource", "resourceType") != "Provenance"]
     assert got == results  # every result once, in order
-    owners = [{_owner(e) for e in p["entry"] if e["resource"]["resourceType"] != "Provenance"} for p in parts]
-    assert sum(len(o) for o in owners) == len(set().union(*owners))  # no patient in two parts
+    owners = [{_owner(e) for e in objs(p, "entry") if at(e, "resource", "resourceType") != "Provenance"} for p in parts]
+    assert sum(len(o) for o in owners) == len(set[str]().union(*owners))  # no patient in two parts
     tags = []
     for p in parts:
-        prov = p["entry"][-1]
-        assert prov["resource"]["resourceType"] == "Provenance"
-        assert {t["reference"] for t in prov["resource"]["target"]} == {e["fullUrl"] for e in p["entry"][:-1]}
-        tag = prov["resource"]["meta"]["tag"][0]
-        assert tag["system"] == RUN_TAG_SYSTEM and prov["request"]["ifNoneExist"].endswith(tag["code"])
-        tags.append(tag["code"])
+        entries = objs(p, "entry")
+        prov = entries[-1]
+        assert at(prov, "resource", "resourceType") == "Provenance"
+        assert {at(t, "reference") for t in objs(prov, "resource", "target")} == {
+            at(e, "fullUrl") for e in entries[:-1]
+        }
+        tag = obj(prov, "resource", "meta", "tag", 0)
+        assert tag["system"] == RUN_TAG_SYSTEM and string(prov, "request", "ifNoneExist").endswith(string(tag, "code"))
+        tags.append(string(tag, "code"))
     assert len(set(tags)) == len(parts)
     assert split_bundle(bundle, 10_000) == [bundle]
 
 
-def _owner(entry: dict[str, Any]) -> str:
-    r = entry["resource"]
-    return (r.get("subject") or r.get("individual"))["reference"]
+def _owner(entry: JsonObject) -> str:
+    r = obj(entry, "resource")
+    return string(r.get("subject") or r.get("individual"), "reference")
 
 
 def test_a_parts_provenance_is_tagged_by_what_the_part_holds() -> None:
@@ -283,26 +288,26 @@ def test_a_parts_provenance_is_tagged_by_what_the_part_holds() -> None:
     a re-push with another chunk after a partial failure never takes an older Provenance for its own."""
     from fhiradapter.core.writeback import RUN_TAG_SYSTEM, split_bundle
 
-    def entry(p: int, n: int) -> dict:  # type: ignore[type-arg]
+    def entry(p: int, n: int) -> JsonObject:
         return {
             "fullUrl": f"urn:uuid:{p}-{n}",
             "resource": {"resourceType": "Observation", "subject": {"reference": f"Patient/p{p}"}},
             "request": {"method": "POST", "url": "Observation"},
         }
 
-    provenance = {
+    provenance: JsonObject = {
         "fullUrl": "urn:uuid:prov",
         "resource": {"resourceType": "Provenance", "meta": {"tag": [{"system": RUN_TAG_SYSTEM, "code": "run1"}]}},
         "request": {"method": "POST", "url": "Provenance"},
     }
-    bundle = {
+    bundle: JsonObject = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [*(entry(p, n) for p in range(4) for n in range(2)), provenance],
     }
 
     def tags(chunk: int) -> list[str]:
-        return [part["entry"][-1]["resource"]["meta"]["tag"][0]["code"] for part in split_bundle(bundle, chunk)]
+        return [string(part, "entry", -1, "resource", "meta", "tag", 0, "code") for part in split_bundle(bundle, chunk)]
 
     assert tags(3) == tags(3) and len(set(tags(3))) == 4  # one patient a part: four tags, the same each time
     assert not set(tags(5)) & set(tags(3))  # two patients a part: none of the one-patient parts' tags
