@@ -140,7 +140,7 @@ def test_no_cell_of_any_exported_csv_could_be_evaluated(exported: Any) -> None:
     assert cells > 5000 and negative > 50  # the scan read the files, negative numbers among them
 
 
-def as_csv(value: Any) -> str:
+def as_csv(value: object) -> str:
     """What the CSV file must hold for a Parquet value: the value, with a quote before an evaluable text."""
     if value is None:
         return ""
@@ -152,6 +152,7 @@ def as_csv(value: Any) -> str:
         return str(value)
     if isinstance(value, date):
         return value.isoformat()
+    assert isinstance(value, str), value
     return "'" + value if evaluable(value) else value
 
 
