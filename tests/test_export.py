@@ -463,7 +463,7 @@ def all_cells(engine: Engine) -> Iterator[Any]:
                     yield value
 
 
-def test_pseudonymised_database_holds_no_identity(named: Any, tmp_path: Path) -> None:
+def test_pseudonymised_database_holds_no_identity(named: tuple[Path, list[str]], tmp_path: Path) -> None:
     out, identifying = named
     url = sqlite_url(tmp_path / "registry.db")
     summary = export(out, url, key=KEY)
@@ -481,7 +481,7 @@ def test_pseudonymised_database_holds_no_identity(named: Any, tmp_path: Path) ->
     assert Pseudonymiser(KEY[::-1]).pseudonym("Patient/thal-01") not in keys
 
 
-def test_pseudonymised_sdtm_files_hold_no_identity(named: Any, tmp_path: Path) -> None:
+def test_pseudonymised_sdtm_files_hold_no_identity(named: tuple[Path, list[str]], tmp_path: Path) -> None:
     out, identifying = named
     for kind in ("csv", "parquet"):
         folder = tmp_path / kind
@@ -498,7 +498,7 @@ def test_pseudonymised_sdtm_files_hold_no_identity(named: Any, tmp_path: Path) -
         assert all(not r["BRTHDTC"] for r in dm) and all(r["AGE"] not in (None, "") for r in dm)
 
 
-def test_pseudonymised_postgresql_holds_no_identity(named: Any, pg_url: str) -> None:
+def test_pseudonymised_postgresql_holds_no_identity(named: tuple[Path, list[str]], pg_url: str) -> None:
     out, identifying = named
     url = fresh_database(pg_url, "pseudonymised")
     export(out, url, key=KEY)
@@ -506,7 +506,7 @@ def test_pseudonymised_postgresql_holds_no_identity(named: Any, pg_url: str) -> 
     assert dump(engine_of(url))["subjects"]  # the scan looked at rows
 
 
-def test_identified_export_keeps_what_pseudonymisation_drops(named: Any, tmp_path: Path) -> None:
+def test_identified_export_keeps_what_pseudonymisation_drops(named: tuple[Path, list[str]], tmp_path: Path) -> None:
     out, identifying = named
     url = sqlite_url(tmp_path / "r.db")
     export(out, url)
@@ -514,7 +514,9 @@ def test_identified_export_keeps_what_pseudonymisation_drops(named: Any, tmp_pat
     assert "thal-01" in found and "1951-04-16" in found  # the scan can fail: it finds what is there
 
 
-def test_without_a_key_pseudonymisation_is_refused(named: Any, tmp_path: Path, monkeypatch: Any) -> None:
+def test_without_a_key_pseudonymisation_is_refused(
+    named: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from fhiradapter.cli import main

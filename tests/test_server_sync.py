@@ -462,7 +462,9 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
         store.close()
 
 
-def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fhiradapter.shell.server.fhir_client import FhirClient
     from fhiradapter.shell.server.store import SyncStore
     from fhiradapter.shell.server.sync import run_sync
@@ -551,7 +553,9 @@ def test_a_sync_stopped_half_way_through_its_push_finishes_the_rest_without_dupl
         store.close()
 
 
-def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fhiradapter.shell.server import sync as sync_mod
     from fhiradapter.shell.server.fhir_client import FhirClient
     from fhiradapter.shell.server.store import SyncStore

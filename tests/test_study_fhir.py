@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -37,6 +37,11 @@ from fhiradapter.core.study_resources import decode_resource, encode_resource
 from fhiradapter.core.writeback import PlanEntry, study_reference
 from fhiradapter.shell.common.mappings_io import load_mappings
 
+if TYPE_CHECKING:
+    from jsonschema import Draft6Validator
+
+Schema = Callable[[str], "Draft6Validator"]  # a resource type -> a validator of the HL7 R4 JSON Schema
+
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 SCHEMA = (
     ROOT / "tests" / "js" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4" / "fhir.schema.json"
@@ -54,7 +59,7 @@ def cli(*args: str) -> Result:
 
 
 @pytest.fixture(scope="module")
-def schema() -> Any:
+def schema() -> Schema:
     from jsonschema import Draft6Validator
 
     if not SCHEMA.exists():
@@ -87,7 +92,7 @@ def bundle_resources(out: Path) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ valid R4
 
 
-def test_every_published_resource_is_valid_r4(shipped: Path, schema: Any) -> None:
+def test_every_published_resource_is_valid_r4(shipped: Path, schema: Schema) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     bundle = json.loads((shipped / "writeback.json").read_text())
@@ -102,7 +107,7 @@ def test_every_published_resource_is_valid_r4(shipped: Path, schema: Any) -> Non
     assert list(schema("Bundle").iter_errors(bundle)) == []
 
 
-def test_the_schema_check_is_live(shipped: Path, schema: Any) -> None:
+def test_the_schema_check_is_live(shipped: Path, schema: Schema) -> None:
     """A negative control: a status outside ResearchStudy's required binding is caught."""
     study = bundle_resources(shipped)["ResearchStudy/thal-hcc-pilot"]
     assert list(schema("ResearchStudy").iter_errors({**study, "status": "finished"}))
@@ -324,7 +329,7 @@ def site_folder(tmp_path: Path) -> Path:
 
 
 def test_a_sites_value_and_local_code_change_the_rules_and_the_published_study(
-    tmp_path: Path, shipped: Path, schema: Any
+    tmp_path: Path, shipped: Path, schema: Schema
 ) -> None:
     src = paper_with_local_anc(tmp_path)
     site = site_folder(tmp_path)
@@ -433,7 +438,7 @@ DEFINITIONS = ("ResearchStudy", "Group", "PlanDefinition", "ActivityDefinition",
 
 
 def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_references_it(
-    tmp_path: Path, schema: Any
+    tmp_path: Path, schema: Schema
 ) -> None:
     from fhiradapter.shell.server.fhir_client import FhirClient
     from fhiradapter.shell.server.store import SyncStore

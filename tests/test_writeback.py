@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -37,13 +38,21 @@ from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 
+if TYPE_CHECKING:
+    from jsonschema import Draft6Validator
+
+Schema = Callable[[str], "Draft6Validator"]  # a resource type -> a validator of the HL7 R4 JSON Schema
+
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 SCHEMA = (
     ROOT / "tests" / "js" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4" / "fhir.schema.json"
 )
 
 
-def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+Paper = tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]  # writeback.json, results.json, the plan lines
+
+
+def evaluate(inputs: list[Path], out: Path) -> Paper:
     mappings, identity = load_mappings()
     run_evaluate(RunRequest(inputs=tuple(inputs), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity))
     bundle = json.loads((out / "writeback.json").read_text())
@@ -53,12 +62,12 @@ def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], dict[str, A
 
 
 @pytest.fixture(scope="module")
-def paper(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+def paper(tmp_path_factory: pytest.TempPathFactory) -> Paper:
     return evaluate([PAPER], tmp_path_factory.mktemp("wb"))
 
 
 @pytest.fixture(scope="module")
-def schema() -> Any:
+def schema() -> Schema:
     from jsonschema import Draft6Validator
 
     if not SCHEMA.exists():
@@ -67,7 +76,7 @@ def schema() -> Any:
     return lambda rtype: Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": definitions})
 
 
-def test_every_written_resource_validates_against_the_r4_json_schema(paper: Any, schema: Any) -> None:
+def test_every_written_resource_validates_against_the_r4_json_schema(paper: Paper, schema: Schema) -> None:
     bundle, _results, _plan = paper
     assert bundle["type"] == "transaction" and bundle["entry"]
     for entry in bundle["entry"]:
@@ -77,13 +86,13 @@ def test_every_written_resource_validates_against_the_r4_json_schema(paper: Any,
     assert list(schema("Bundle").iter_errors(bundle)) == []
 
 
-def test_the_schema_catches_a_code_outside_a_required_binding(paper: Any, schema: Any) -> None:
+def test_the_schema_catches_a_code_outside_a_required_binding(paper: Paper, schema: Schema) -> None:
     """A negative control: the validator is live (fhir.resources would accept this)."""
     rs = next(e["resource"] for e in paper[0]["entry"] if e["resource"]["resourceType"] == "ResearchSubject")
     assert list(schema("ResearchSubject").iter_errors({**rs, "status": "active"}))
 
 
-def test_every_written_resource_is_a_valid_r4b_model(paper: Any) -> None:
+def test_every_written_resource_is_a_valid_r4b_model(paper: Paper) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     for entry in paper[0]["entry"]:
@@ -91,7 +100,7 @@ def test_every_written_resource_is_a_valid_r4b_model(paper: Any) -> None:
         get_fhir_model_class(res["resourceType"]).model_validate(res)
 
 
-def test_what_is_written(paper: Any) -> None:
+def test_what_is_written(paper: Paper) -> None:
     bundle, results, plan = paper
     kinds = {(p["kind"], p["action"]) for p in plan}
     assert ("response", "create") in kinds and ("toxicity", "create") in kinds
@@ -142,7 +151,7 @@ def test_what_is_written(paper: Any) -> None:
             assert "thal" not in ident["value"]  # a hash, no patient data
 
 
-def test_read_back_gives_the_same_results(paper: Any) -> None:
+def test_read_back_gives_the_same_results(paper: Paper) -> None:
     bundle, results, _plan = paper
     by_patient: dict[str, list[dict[str, Any]]] = {}
     for e in bundle["entry"]:
@@ -188,7 +197,7 @@ def rerun_with(tmp_path: Path, name: str, extra: list[dict[str, Any]], change: A
     return evaluate([src], tmp_path / f"{name}-out")
 
 
-def test_rerun_on_the_same_data_changes_nothing(paper: Any, tmp_path: Path) -> None:
+def test_rerun_on_the_same_data_changes_nothing(paper: Paper, tmp_path: Path) -> None:
     bundle, results, _ = paper
     again, again_results, plan = rerun_with(tmp_path, "same", written_back(bundle))
     assert {p["action"] for p in plan} == {"unchanged"}
@@ -198,7 +207,7 @@ def test_rerun_on_the_same_data_changes_nothing(paper: Any, tmp_path: Path) -> N
     assert '"id":"w' not in rejects  # the adapter's own earlier results are read, not rejected
 
 
-def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: Any, tmp_path: Path) -> None:
+def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: Paper, tmp_path: Path) -> None:
     bundle, _results, _ = paper
 
     _again, results, plan = rerun_with(tmp_path, "changed", written_back(bundle), raise_thal03_afp)
@@ -252,7 +261,7 @@ def test_post_to_a_real_fhir_server_twice_creates_nothing_new(tmp_path: Path) ->
         assert after_second == after_first
 
 
-def test_split_bundle_keeps_patients_whole_and_gives_each_part_its_provenance(paper: Any) -> None:
+def test_split_bundle_keeps_patients_whole_and_gives_each_part_its_provenance(paper: Paper) -> None:
     from fhiradapter.core.writeback import RUN_TAG_SYSTEM, split_bundle
 
     bundle, _results, _plan = paper
