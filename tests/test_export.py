@@ -204,10 +204,10 @@ def test_a_new_run_supersedes_the_previous_one_and_history_stays(
     assert lines["subjects"][1] == 14
     assert lines["assessments"][0] - lines["assessments"][1] >= 1
     with engine_of(url).connect() as conn:
-        runs: dict[str, str | None] = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).tuples().all())
+        runs: dict[str, str | None] = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).all())
         assert runs == {first.run.run_id: second.run.run_id, second.run.run_id: None}
         best: dict[str, str] = dict(
-            conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).tuples().all()
+            conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).all()
         )
         assert best["thal-03"] == "PD"
         assert best == {s["patient"][8:]: s["best_response"] for s in changed["subjects"] if s["treated"]}
@@ -230,10 +230,10 @@ def test_re_exporting_an_older_run_makes_it_current_again(paper: tuple[Path, dic
     third = export(out, url)  # the data went back to what the first run saw
     assert not third.new_run and third.reinstated
     with engine_of(url).connect() as conn:
-        runs: dict[str, str | None] = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).tuples().all())
+        runs: dict[str, str | None] = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).all())
         assert runs == {first.run.run_id: None, second.run.run_id: first.run.run_id}
         best: dict[str, str] = dict(
-            conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).tuples().all()
+            conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).all()
         )
         assert best == {s["patient"][8:]: s["best_response"] for s in results["subjects"] if s["treated"]}
         assert conn.execute(text("SELECT count(*) FROM subjects")).scalar_one() == 28  # nothing duplicated
@@ -332,9 +332,7 @@ def test_a_subject_without_extract_is_exported_from_its_results(
     write_manifest(part, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
     export(part, url)
     with engine_of(url).connect() as conn:
-        rows: dict[str, int | None] = dict(
-            conn.execute(text("SELECT subject_key, age_at_index FROM subjects")).tuples().all()
-        )
+        rows: dict[str, int | None] = dict(conn.execute(text("SELECT subject_key, age_at_index FROM subjects")).all())
     assert len(rows) == len(results["subjects"])
     thal02 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-02")
     assert rows["thal-02"] == thal02["characteristics"]["age"]  # age at screening from results, no birth date

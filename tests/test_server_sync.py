@@ -428,7 +428,7 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             assert len(written) == len(set(written)) == first.plan["create"]
             with store.engine.connect() as conn:  # the store records every write with the server's answer
                 sql = "SELECT outcome, count(*) FROM written GROUP BY outcome"
-                recorded: dict[str, int] = dict(conn.exec_driver_sql(sql).tuples().all())
+                recorded: dict[str, int] = dict(conn.exec_driver_sql(sql).all())
                 located = conn.exec_driver_sql("SELECT count(*) FROM written WHERE location IS NULL").scalar()
             assert recorded == dict(first.pushed) and located == 0
             after = versions(base, "Observation") | versions(base, "ResearchSubject")
