@@ -58,7 +58,7 @@ from fhiradapter.shell.server.pull import (
 from fhiradapter.shell.server.pull_folder import first_few
 from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushSummary, push
 from fhiradapter.shell.server.run_record import EvaluatedCounts, LimitsSeen, SyncRecord
-from fhiradapter.shell.server.store import MirrorSink, SyncStore
+from fhiradapter.shell.server.store import SyncStore
 
 T = TypeVar("T")
 SKEW_MARGIN = timedelta(minutes=2)
