@@ -16,7 +16,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import pytest
@@ -365,7 +365,7 @@ def sync_opts(
     dry_run: bool = False,
     bulk: bool = False,
     chunk: int | None = None,
-    mode: str = "auto",
+    mode: Literal["auto", "transaction", "batch", "single"] = "auto",  # push.push's modes
 ) -> SyncOptions:
     from fhiradapter.shell.server.sync import SyncOptions
 
