@@ -240,7 +240,8 @@ def evaluate(src: Path, out: Path) -> dict[str, Any]:
     run_evaluate(
         RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
     )
-    return json.loads((out / "results.json").read_text())
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
 
 
 def test_bulk_pull_from_a_real_server_gives_the_results_of_the_files(tmp_path: Path) -> None:

@@ -47,7 +47,8 @@ def evaluate(src: Path, out: Path) -> dict[str, Any]:
     run_evaluate(
         RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
     )
-    return json.loads((out / "results.json").read_text())
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,7 @@ def expected_counts(results: dict[str, Any]) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- SQLite
 
 
-def test_sqlite_export_has_every_result_row_once(paper: Any, tmp_path: Path) -> None:
+def test_sqlite_export_has_every_result_row_once(paper: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, results = paper
     url = sqlite_url(tmp_path / "r.db")
     first = export(out, url)
@@ -136,7 +137,9 @@ def test_sqlite_export_has_every_result_row_once(paper: Any, tmp_path: Path) -> 
             assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() == n  # noqa: S608
 
 
-def test_current_views_give_the_cohort_figures_of_results_json(paper: Any, tmp_path: Path) -> None:
+def test_current_views_give_the_cohort_figures_of_results_json(
+    paper: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     out, results = paper
     url = sqlite_url(tmp_path / "r.db")
     export(out, url)
@@ -158,7 +161,9 @@ def test_current_views_give_the_cohort_figures_of_results_json(paper: Any, tmp_p
         assert responders / treated == pytest.approx(cohort["orr"]["rate"])
 
 
-def test_documented_query_which_patients_progressed_and_when(paper: Any, tmp_path: Path) -> None:
+def test_documented_query_which_patients_progressed_and_when(
+    paper: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     out, results = paper
     url = sqlite_url(tmp_path / "r.db")
     export(out, url)
@@ -184,7 +189,9 @@ def changed_cohort(tmp_path: Path) -> dict[str, Any]:
     return evaluate(src, tmp_path / "changed-out")
 
 
-def test_a_new_run_supersedes_the_previous_one_and_history_stays(paper: Any, tmp_path: Path) -> None:
+def test_a_new_run_supersedes_the_previous_one_and_history_stays(
+    paper: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     out, results = paper
     url = sqlite_url(tmp_path / "r.db")
     first = export(out, url)
@@ -197,9 +204,11 @@ def test_a_new_run_supersedes_the_previous_one_and_history_stays(paper: Any, tmp
     assert lines["subjects"][1] == 14
     assert lines["assessments"][0] - lines["assessments"][1] >= 1
     with engine_of(url).connect() as conn:
-        runs = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).all())
+        runs: dict[str, str | None] = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).all())
         assert runs == {first.run.run_id: second.run.run_id, second.run.run_id: None}
-        best = dict(conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).all())
+        best: dict[str, str] = dict(
+            conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).all()
+        )
         assert best["thal-03"] == "PD"
         assert best == {s["patient"][8:]: s["best_response"] for s in changed["subjects"] if s["treated"]}
         history = conn.execute(
@@ -212,7 +221,7 @@ def test_a_new_run_supersedes_the_previous_one_and_history_stays(paper: Any, tmp
         assert conn.execute(text("SELECT count(*) FROM subjects")).scalar_one() == 28
 
 
-def test_re_exporting_an_older_run_makes_it_current_again(paper: Any, tmp_path: Path) -> None:
+def test_re_exporting_an_older_run_makes_it_current_again(paper: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, results = paper
     url = sqlite_url(tmp_path / "r.db")
     first = export(out, url)
@@ -221,9 +230,11 @@ def test_re_exporting_an_older_run_makes_it_current_again(paper: Any, tmp_path: 
     third = export(out, url)  # the data went back to what the first run saw
     assert not third.new_run and third.reinstated
     with engine_of(url).connect() as conn:
-        runs = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).all())
+        runs: dict[str, str | None] = dict(conn.execute(text("SELECT run_id, superseded_by FROM runs")).all())
         assert runs == {first.run.run_id: None, second.run.run_id: first.run.run_id}
-        best = dict(conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).all())
+        best: dict[str, str] = dict(
+            conn.execute(text("SELECT subject_key, best_response FROM current_best_responses")).all()
+        )
         assert best == {s["patient"][8:]: s["best_response"] for s in results["subjects"] if s["treated"]}
         assert conn.execute(text("SELECT count(*) FROM subjects")).scalar_one() == 28  # nothing duplicated
 
@@ -244,7 +255,7 @@ def fail_after(n: int) -> Any:
     return hook
 
 
-def test_a_failure_half_way_leaves_the_database_as_it_was(paper: Any, tmp_path: Path) -> None:
+def test_a_failure_half_way_leaves_the_database_as_it_was(paper: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, _ = paper
     url = sqlite_url(tmp_path / "r.db")
     engine = engine_of(url)
@@ -261,7 +272,9 @@ def test_a_failure_half_way_leaves_the_database_as_it_was(paper: Any, tmp_path: 
     assert dump(engine) == before
 
 
-def test_a_results_file_in_another_layout_exports_the_same_rows(paper: Any, tmp_path: Path) -> None:
+def test_a_results_file_in_another_layout_exports_the_same_rows(
+    paper: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     out, results = paper
     other = tmp_path / "reindented"
     shutil.copytree(out, other)
@@ -282,7 +295,9 @@ def test_a_results_file_in_another_layout_exports_the_same_rows(paper: Any, tmp_
         ], table
 
 
-def test_a_truncated_results_file_is_refused_and_nothing_is_written(paper: Any, tmp_path: Path) -> None:
+def test_a_truncated_results_file_is_refused_and_nothing_is_written(
+    paper: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     out, _ = paper
     cut = tmp_path / "cut"
     shutil.copytree(out, cut)
@@ -302,7 +317,9 @@ def test_a_truncated_results_file_is_refused_and_nothing_is_written(paper: Any, 
         export(cut, url)
 
 
-def test_a_subject_without_extract_is_exported_from_its_results(paper: Any, tmp_path: Path) -> None:
+def test_a_subject_without_extract_is_exported_from_its_results(
+    paper: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
     out, results = paper
     part = tmp_path / "part"
     shutil.copytree(out, part)
@@ -315,7 +332,7 @@ def test_a_subject_without_extract_is_exported_from_its_results(paper: Any, tmp_
     write_manifest(part, {k: v for k, v in manifest.items() if k != "files"}, list(manifest["files"]))
     export(part, url)
     with engine_of(url).connect() as conn:
-        rows = dict(conn.execute(text("SELECT subject_key, age_at_index FROM subjects")).all())
+        rows: dict[str, int | None] = dict(conn.execute(text("SELECT subject_key, age_at_index FROM subjects")).all())
     assert len(rows) == len(results["subjects"])
     thal02 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-02")
     assert rows["thal-02"] == thal02["characteristics"]["age"]  # age at screening from results, no birth date
@@ -333,7 +350,7 @@ def test_the_migrated_schema_matches_the_one_definition(tmp_path: Path) -> None:
     assert views == {f"current_{n}" for n in db.VIEWS}
 
 
-def test_database_errors_are_reported_without_row_values(paper: Any, tmp_path: Path) -> None:
+def test_database_errors_are_reported_without_row_values(paper: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, _ = paper
     url = sqlite_url(tmp_path / "r.db")
     export(out, url)
@@ -357,7 +374,9 @@ def test_a_password_in_the_url_is_refused() -> None:
 # ---------------------------------------------------------------------------------------------- PostgreSQL
 
 
-def test_postgresql_and_sqlite_hold_the_same_rows(paper: Any, pg_url: str, tmp_path: Path) -> None:
+def test_postgresql_and_sqlite_hold_the_same_rows(
+    paper: tuple[Path, dict[str, Any]], pg_url: str, tmp_path: Path
+) -> None:
     out, results = paper
     lite = sqlite_url(tmp_path / "r.db")
     export(out, lite)
@@ -379,7 +398,9 @@ def test_postgresql_and_sqlite_hold_the_same_rows(paper: Any, pg_url: str, tmp_p
         assert conn.execute(select(func.count()).select_from(db.subjects)).scalar_one() == len(results["subjects"])
 
 
-def test_postgresql_schema_matches_and_failures_roll_back(paper: Any, pg_url: str, tmp_path: Path) -> None:
+def test_postgresql_schema_matches_and_failures_roll_back(
+    paper: tuple[Path, dict[str, Any]], pg_url: str, tmp_path: Path
+) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
@@ -490,7 +511,7 @@ def all_cells(engine: Engine) -> Iterator[Any]:
                     yield value
 
 
-def test_pseudonymised_database_holds_no_identity(named: Any, tmp_path: Path) -> None:
+def test_pseudonymised_database_holds_no_identity(named: tuple[Path, list[str]], tmp_path: Path) -> None:
     out, identifying = named
     url = sqlite_url(tmp_path / "registry.db")
     summary = export(out, url, key=KEY)
@@ -508,7 +529,7 @@ def test_pseudonymised_database_holds_no_identity(named: Any, tmp_path: Path) ->
     assert Pseudonymiser(KEY[::-1]).pseudonym("Patient/thal-01") not in keys
 
 
-def test_pseudonymised_sdtm_files_hold_no_identity(named: Any, tmp_path: Path) -> None:
+def test_pseudonymised_sdtm_files_hold_no_identity(named: tuple[Path, list[str]], tmp_path: Path) -> None:
     out, identifying = named
     for kind in ("csv", "parquet"):
         folder = tmp_path / kind
@@ -525,7 +546,7 @@ def test_pseudonymised_sdtm_files_hold_no_identity(named: Any, tmp_path: Path) -
         assert all(not r["BRTHDTC"] for r in dm) and all(r["AGE"] not in (None, "") for r in dm)
 
 
-def test_pseudonymised_postgresql_holds_no_identity(named: Any, pg_url: str) -> None:
+def test_pseudonymised_postgresql_holds_no_identity(named: tuple[Path, list[str]], pg_url: str) -> None:
     out, identifying = named
     url = fresh_database(pg_url, "pseudonymised")
     export(out, url, key=KEY)
@@ -533,7 +554,7 @@ def test_pseudonymised_postgresql_holds_no_identity(named: Any, pg_url: str) -> 
     assert dump(engine_of(url))["subjects"]  # the scan looked at rows
 
 
-def test_identified_export_keeps_what_pseudonymisation_drops(named: Any, tmp_path: Path) -> None:
+def test_identified_export_keeps_what_pseudonymisation_drops(named: tuple[Path, list[str]], tmp_path: Path) -> None:
     out, identifying = named
     url = sqlite_url(tmp_path / "r.db")
     export(out, url)
@@ -541,7 +562,9 @@ def test_identified_export_keeps_what_pseudonymisation_drops(named: Any, tmp_pat
     assert "thal-01" in found and "1951-04-16" in found  # the scan can fail: it finds what is there
 
 
-def test_without_a_key_pseudonymisation_is_refused(named: Any, tmp_path: Path, monkeypatch: Any) -> None:
+def test_without_a_key_pseudonymisation_is_refused(
+    named: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from click.testing import CliRunner
 
     from fhiradapter.cli import main
@@ -619,7 +642,9 @@ def test_age_at_index_is_completed_years_on_the_index_date() -> None:
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
-def test_an_export_folder_is_whole_or_says_it_is_not(paper: Any, tmp_path: Path, kind: str) -> None:
+def test_an_export_folder_is_whole_or_says_it_is_not(
+    paper: tuple[Path, dict[str, Any]], tmp_path: Path, kind: str
+) -> None:
     """run.json goes first and comes back last with every file's sha256: an export that failed half way leaves
     a folder without it, never one whose tables look current but mix two runs."""
     import hashlib

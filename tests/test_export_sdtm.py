@@ -8,7 +8,7 @@ import json
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pyarrow.parquet as pq
@@ -31,8 +31,17 @@ from fhiradapter.shell.run.pipeline import run_evaluate
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 
 
+class Sdtm(NamedTuple):
+    """The paper cohort evaluated and exported as SDTM (CSV and Parquet), with what the checks compare."""
+
+    base: Path
+    results: dict[str, Any]  # results.json
+    clinical: list[dict[str, Any]]  # clinical.ndjson's lines
+    data: dict[str, list[dict[str, str]]]  # each dataset's CSV rows
+
+
 @pytest.fixture(scope="module")
-def sdtm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def sdtm(tmp_path_factory: pytest.TempPathFactory) -> Sdtm:
     base = tmp_path_factory.mktemp("sdtm")
     mappings, identity = load_mappings()
     run_evaluate(
@@ -49,7 +58,7 @@ def sdtm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     results = json.loads((base / "out" / "results.json").read_text())
     clinical = [json.loads(x) for x in (base / "out" / "clinical.ndjson").read_text().splitlines()]
     data = {name: read_csv(base / "csv" / f"{name}.csv") for name in DATASETS}
-    return {"base": base, "results": results, "clinical": clinical, "data": data}
+    return Sdtm(base, results, clinical, data)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -57,27 +66,27 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_every_dataset_has_exactly_its_declared_variables_in_order(sdtm: Any) -> None:
-    base = sdtm["base"]
+def test_every_dataset_has_exactly_its_declared_variables_in_order(sdtm: Sdtm) -> None:
+    base = sdtm.base
     for name, spec in DATASETS.items():
         declared = [v for v, *_ in spec]
         with (base / "csv" / f"{name}.csv").open() as fh:
             assert next(csv.reader(fh)) == declared, name
         assert pq.read_table(base / "parquet" / f"{name}.parquet").column_names == declared, name
-        assert all(r["DOMAIN"] == name for r in sdtm["data"][name])
+        assert all(r["DOMAIN"] == name for r in sdtm.data[name])
 
 
-def test_the_data_dictionary_lists_every_variable(sdtm: Any) -> None:
-    rows = read_csv(sdtm["base"] / "csv" / "data-dictionary.csv")
+def test_the_data_dictionary_lists_every_variable(sdtm: Sdtm) -> None:
+    rows = read_csv(sdtm.base / "csv" / "data-dictionary.csv")
     listed = {(r["dataset"], r["variable"]) for r in rows}
     assert listed == {(name, v) for name, spec in DATASETS.items() for v, *_ in spec}
     assert all(r["label"] and r["type"] in ("Char", "Num") and r["source"] for r in rows)
 
 
-def test_csv_and_parquet_hold_the_same_values(sdtm: Any) -> None:
+def test_csv_and_parquet_hold_the_same_values(sdtm: Sdtm) -> None:
     for name in DATASETS:
-        table = pq.read_table(sdtm["base"] / "parquet" / f"{name}.parquet").to_pylist()
-        rows = sdtm["data"][name]
+        table = pq.read_table(sdtm.base / "parquet" / f"{name}.parquet").to_pylist()
+        rows = sdtm.data[name]
         assert len(table) == len(rows)
         for p, c in zip(table, rows, strict=True):
             for key, value in p.items():
@@ -89,15 +98,15 @@ def test_csv_and_parquet_hold_the_same_values(sdtm: Any) -> None:
                     assert c[key] == str(value), (name, key)
 
 
-def test_dm_has_one_row_per_subject_and_every_domain_links_to_it(sdtm: Any) -> None:
-    dm = sdtm["data"]["DM"]
-    results = sdtm["results"]
+def test_dm_has_one_row_per_subject_and_every_domain_links_to_it(sdtm: Sdtm) -> None:
+    dm = sdtm.data["DM"]
+    results = sdtm.results
     assert len(dm) == len({r["USUBJID"] for r in dm}) == len(results["subjects"])
     for name in DATASETS:
-        assert {r["USUBJID"] for r in sdtm["data"][name]} <= {r["USUBJID"] for r in dm}, name
+        assert {r["USUBJID"] for r in sdtm.data[name]} <= {r["USUBJID"] for r in dm}, name
         seq = f"{name}SEQ"
         if name != "DM":
-            keys = [(r["USUBJID"], int(r[seq])) for r in sdtm["data"][name]]
+            keys = [(r["USUBJID"], int(r[seq])) for r in sdtm.data[name]]
             assert len(keys) == len(set(keys)), f"{seq} repeats within a subject"
     by_subject = {r["SUBJID"]: r for r in dm}
     armcd = load_export_mappings(None).study.armcd
@@ -142,23 +151,23 @@ def test_dm_arms_follow_treatment_and_eligibility(status: str, treated: bool) ->
     assert (row["ARMCD"], row["ACTARMCD"]) == expected_arms(cfg.study.armcd, status, treated)
 
 
-def test_lb_holds_every_lab_value_of_the_extract(sdtm: Any) -> None:
+def test_lb_holds_every_lab_value_of_the_extract(sdtm: Sdtm) -> None:
     concepts = {t.concept: t.testcd for t in load_export_mappings(None).lb}
     expected = sorted(
         (f"THAL-HCC-PILOT-{c['patient'][8:]}", concepts[o["concept"]], o["date"], o["value"])
-        for c in sdtm["clinical"]
+        for c in sdtm.clinical
         for o in c["observations"]
         if o["concept"] in concepts
     )
-    got = sorted((r["USUBJID"], r["LBTESTCD"], r["LBDTC"], float(r["LBSTRESN"])) for r in sdtm["data"]["LB"])
+    got = sorted((r["USUBJID"], r["LBTESTCD"], r["LBDTC"], float(r["LBSTRESN"])) for r in sdtm.data["LB"])
     assert got == expected and got
 
 
-def test_ex_study_days_reproduce_treatment_days(sdtm: Any) -> None:
+def test_ex_study_days_reproduce_treatment_days(sdtm: Sdtm) -> None:
     ex: dict[str, list[dict[str, str]]] = {}
-    for r in sdtm["data"]["EX"]:
+    for r in sdtm.data["EX"]:
         ex.setdefault(r["USUBJID"], []).append(r)
-    treated = [s for s in sdtm["results"]["subjects"] if s["treated"]]
+    treated = [s for s in sdtm.results["subjects"] if s["treated"]]
     assert len(ex) == len(treated)
     for s in treated:
         rows = ex[f"THAL-HCC-PILOT-{s['patient'][8:]}"]
@@ -167,9 +176,9 @@ def test_ex_study_days_reproduce_treatment_days(sdtm: Any) -> None:
         assert max(int(r["EXENDY"]) for r in rows) == s["treatment_days"]
 
 
-def test_rs_carries_each_assessment_and_the_best_response(sdtm: Any) -> None:
-    rs = sdtm["data"]["RS"]
-    for s in sdtm["results"]["subjects"]:
+def test_rs_carries_each_assessment_and_the_best_response(sdtm: Sdtm) -> None:
+    rs = sdtm.data["RS"]
+    for s in sdtm.results["subjects"]:
         mine = [r for r in rs if r["USUBJID"] == f"THAL-HCC-PILOT-{s['patient'][8:]}"]
         overall = [(r["RSDTC"], r["RSORRES"]) for r in mine if r["RSTESTCD"] == "OVRLRESP"]
         assert overall == [(a["date"], a["response"]) for a in s["assessments"]]
@@ -177,25 +186,25 @@ def test_rs_carries_each_assessment_and_the_best_response(sdtm: Any) -> None:
         assert best == ([s["best_response"]] if s["treated"] else [])
 
 
-def test_tr_and_tu_hold_every_diameter_with_its_visit(sdtm: Any) -> None:
-    expected = sum((m["d1"] is not None) + (m["d2"] is not None) for c in sdtm["clinical"] for m in c["tumour"])
-    assert len(sdtm["data"]["TR"]) == expected
-    lesions = {(c["patient"], m["lesion"]) for c in sdtm["clinical"] for m in c["tumour"]}
-    assert len(sdtm["data"]["TU"]) == len(lesions)
-    links = {(r["USUBJID"], r["TULNKID"]) for r in sdtm["data"]["TU"]}
-    assert {(r["USUBJID"], r["TRLNKID"]) for r in sdtm["data"]["TR"]} == links
-    treated = {f"THAL-HCC-PILOT-{s['patient'][8:]}" for s in sdtm["results"]["subjects"] if s["baseline"]}
-    with_baseline = {r["USUBJID"] for r in sdtm["data"]["TR"] if r["VISIT"] == "BASELINE"}
+def test_tr_and_tu_hold_every_diameter_with_its_visit(sdtm: Sdtm) -> None:
+    expected = sum((m["d1"] is not None) + (m["d2"] is not None) for c in sdtm.clinical for m in c["tumour"])
+    assert len(sdtm.data["TR"]) == expected
+    lesions = {(c["patient"], m["lesion"]) for c in sdtm.clinical for m in c["tumour"]}
+    assert len(sdtm.data["TU"]) == len(lesions)
+    links = {(r["USUBJID"], r["TULNKID"]) for r in sdtm.data["TU"]}
+    assert {(r["USUBJID"], r["TRLNKID"]) for r in sdtm.data["TR"]} == links
+    treated = {f"THAL-HCC-PILOT-{s['patient'][8:]}" for s in sdtm.results["subjects"] if s["baseline"]}
+    with_baseline = {r["USUBJID"] for r in sdtm.data["TR"] if r["VISIT"] == "BASELINE"}
     assert with_baseline == treated
 
 
-def test_ae_rows_are_the_extract_events_with_grade_and_verbatim_term(sdtm: Any) -> None:
+def test_ae_rows_are_the_extract_events_with_grade_and_verbatim_term(sdtm: Sdtm) -> None:
     events = sorted(
         (f"THAL-HCC-PILOT-{c['patient'][8:]}", a["date"], a["verbatim"], str(a["grade"]))
-        for c in sdtm["clinical"]
+        for c in sdtm.clinical
         for a in c["adverse_events"]
     )
-    got = sorted((r["USUBJID"], r["AESTDTC"], r["AETERM"], r["AETOXGR"]) for r in sdtm["data"]["AE"])
+    got = sorted((r["USUBJID"], r["AESTDTC"], r["AETERM"], r["AETOXGR"]) for r in sdtm.data["AE"])
     assert got == events and got
 
 
@@ -238,10 +247,10 @@ def test_export_mappings_reject_unknown_keys() -> None:
     ],
 )
 def test_export_refuses_bad_options_with_one_line(
-    sdtm: Any, args: list[str], code: int, message: str, tmp_path: Path, monkeypatch: Any
+    sdtm: Sdtm, args: list[str], code: int, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["export", str(sdtm["base"] / "out"), *args])
+    result = CliRunner().invoke(main, ["export", str(sdtm.base / "out"), *args])
     assert result.exit_code == code and message in result.output
     assert "hunter2" not in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.db").exists()

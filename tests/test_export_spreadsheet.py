@@ -15,7 +15,7 @@ import shutil
 import sqlite3
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow.parquet as pq
 import pytest
@@ -88,8 +88,13 @@ def cli(*args: str) -> None:
     assert result.exit_code == 0, result.output
 
 
+class Exported(NamedTuple):
+    base: Path  # the hostile cohort exported as SDTM and tables, to CSV, Parquet and SQLite
+    terms: dict[str, str]  # AE reference -> verbatim term as written
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     base = tmp_path_factory.mktemp("formulas")
     terms = hostile_input(base / "in")
     out = base / "out"
@@ -98,7 +103,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cli("export", str(out), "--export-to", f"{kind}:{base / kind / 'sdtm'}", "--export-format", "sdtm")
         cli("export", str(out), "--export-to", f"{kind}:{base / kind / 'tables'}")
     cli("export", str(out), "--export-to", f"sqlite:///{base / 'registry.db'}")
-    return {"base": base, "terms": terms}
+    return Exported(base, terms)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -106,18 +111,18 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_hostile_ae_terms_are_neutralised_in_the_sdtm_csv(exported: Any) -> None:
-    ae = {r["AESPID"]: r for r in read_csv(exported["base"] / "csv" / "sdtm" / "AE.csv")}
-    for ref, term in exported["terms"].items():
+def test_hostile_ae_terms_are_neutralised_in_the_sdtm_csv(exported: Exported) -> None:
+    ae = {r["AESPID"]: r for r in read_csv(exported.base / "csv" / "sdtm" / "AE.csv")}
+    for ref, term in exported.terms.items():
         expected = term if term == NUMBER_TERM else "'" + term
         assert ae[ref]["AETERM"] == expected, (ref, term)
-    dm = {r["USUBJID"]: r for r in read_csv(exported["base"] / "csv" / "sdtm" / "DM.csv")}
+    dm = {r["USUBJID"]: r for r in read_csv(exported.base / "csv" / "sdtm" / "DM.csv")}
     hostile = dm[f"THAL-HCC-PILOT-{HOSTILE_ID}"]  # USUBJID begins with the study id: nothing to neutralise
     assert hostile["SUBJID"] == "'" + HOSTILE_ID
 
 
-def test_hostile_patient_id_and_sex_are_neutralised_in_the_table_csvs(exported: Any) -> None:
-    folder = exported["base"] / "csv" / "tables"
+def test_hostile_patient_id_and_sex_are_neutralised_in_the_table_csvs(exported: Exported) -> None:
+    folder = exported.base / "csv" / "tables"
     subjects = {r["subject_key"]: r for r in read_csv(folder / "subjects.csv")}
     assert HOSTILE_ID not in subjects and subjects["'" + HOSTILE_ID]["treated"] == "true"
     assert subjects["thal-03"]["sex"] == "'" + HOSTILE_SEX
@@ -126,8 +131,8 @@ def test_hostile_patient_id_and_sex_are_neutralised_in_the_table_csvs(exported: 
         assert "'" + HOSTILE_ID in keys and HOSTILE_ID not in keys, name
 
 
-def test_no_cell_of_any_exported_csv_could_be_evaluated(exported: Any) -> None:
-    files = sorted((exported["base"] / "csv").rglob("*.csv"))
+def test_no_cell_of_any_exported_csv_could_be_evaluated(exported: Exported) -> None:
+    files = sorted((exported.base / "csv").rglob("*.csv"))
     assert {p.name for p in files} >= {"AE.csv", "DM.csv", "LB.csv", "subjects.csv", "data-dictionary.csv"}
     cells = negative = 0
     for path in files:
@@ -140,7 +145,7 @@ def test_no_cell_of_any_exported_csv_could_be_evaluated(exported: Any) -> None:
     assert cells > 5000 and negative > 50  # the scan read the files, negative numbers among them
 
 
-def as_csv(value: Any) -> str:
+def as_csv(value: object) -> str:
     """What the CSV file must hold for a Parquet value: the value, with a quote before an evaluable text."""
     if value is None:
         return ""
@@ -152,12 +157,13 @@ def as_csv(value: Any) -> str:
         return str(value)
     if isinstance(value, date):
         return value.isoformat()
+    assert isinstance(value, str), value
     return "'" + value if evaluable(value) else value
 
 
 @pytest.mark.parametrize("fmt", ["sdtm", "tables"])
-def test_csv_holds_the_parquet_values_numbers_unchanged(exported: Any, fmt: str) -> None:
-    base = exported["base"]
+def test_csv_holds_the_parquet_values_numbers_unchanged(exported: Exported, fmt: str) -> None:
+    base = exported.base
     quoted = 0
     for path in sorted((base / "parquet" / fmt).glob("*.parquet")):
         table = pq.read_table(path).to_pylist()
@@ -170,22 +176,22 @@ def test_csv_holds_the_parquet_values_numbers_unchanged(exported: Any, fmt: str)
     assert quoted >= (len(HOSTILE_TERMS) + 1 if fmt == "sdtm" else 2)
 
 
-def test_negative_numbers_stay_numbers(exported: Any) -> None:
-    sdtm = exported["base"] / "csv" / "sdtm"
+def test_negative_numbers_stay_numbers(exported: Exported) -> None:
+    sdtm = exported.base / "csv" / "sdtm"
     types = {name: {v: t for v, _label, t, _src in spec} for name, spec in DATASETS.items()}
     days = [int(r["LBDY"]) for r in read_csv(sdtm / "LB.csv") if r["LBDY"]]
     assert min(days) < 0 and types["LB"]["LBDY"] == "Num"
-    lb = pq.read_table(exported["base"] / "parquet" / "sdtm" / "LB.parquet").to_pylist()
+    lb = pq.read_table(exported.base / "parquet" / "sdtm" / "LB.parquet").to_pylist()
     assert [r["LBDY"] for r in read_csv(sdtm / "LB.csv")] == ["" if r["LBDY"] is None else str(r["LBDY"]) for r in lb]
     ages = [r["AGE"] for r in read_csv(sdtm / "DM.csv")]
     assert all(a.isdigit() for a in ages) and ages
     ae = {r["AESPID"]: r for r in read_csv(sdtm / "AE.csv")}
-    number = next(ref for ref, term in exported["terms"].items() if term == NUMBER_TERM)
+    number = next(ref for ref, term in exported.terms.items() if term == NUMBER_TERM)
     assert ae[number]["AETERM"] == NUMBER_TERM and types["AE"]["AETERM"] == "Char"
 
 
-def test_sqlite_and_parquet_keep_the_true_values(exported: Any) -> None:
-    base = exported["base"]
+def test_sqlite_and_parquet_keep_the_true_values(exported: Exported) -> None:
+    base = exported.base
     conn = sqlite3.connect(base / "registry.db")
     try:
         keys = {r[0] for r in conn.execute("SELECT subject_key FROM subjects")}
@@ -195,7 +201,7 @@ def test_sqlite_and_parquet_keep_the_true_values(exported: Any) -> None:
         conn.close()
     assert HOSTILE_ID in keys and sex == HOSTILE_SEX and quoted == (0,)
     ae = {r["AESPID"]: r["AETERM"] for r in pq.read_table(base / "parquet" / "sdtm" / "AE.parquet").to_pylist()}
-    assert {ref: ae[ref] for ref in exported["terms"]} == exported["terms"]
+    assert {ref: ae[ref] for ref in exported.terms} == exported.terms
     dm = pq.read_table(base / "parquet" / "sdtm" / "DM.parquet").to_pylist()
     assert HOSTILE_ID in {r["SUBJID"] for r in dm}
 

@@ -12,10 +12,10 @@ import email.utils
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 import jwt
@@ -23,14 +23,18 @@ import pytest
 from builders import approve_bundle, standing_rule_all
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from json_at import objs
 
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.errors import OutcomeIssue, ServerError, ServerRequest
 from fhiradapter.shell.server.auth import BearerAuth, SmartBackendAuth
-from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, retry_after_s
+from fhiradapter.shell.server.fhir_client import Capability, ClientSettings, FhirClient, retry_after_s
+from fhiradapter.shell.server.pull import PullSummary
 from fhiradapter.shell.server.push import push
 
 BASE = "https://fhir.test/r4"
 FAST = ClientSettings(retry_budget_s=60, max_attempts=6, backoff_base_s=0.5, backoff_max_s=8)
+T = TypeVar("T")
 
 
 def fhir(body: dict[str, Any], status: int = 200, **headers: str) -> httpx.Response:
@@ -60,17 +64,20 @@ def page(ids: list[str], next_url: str | None) -> httpx.Response:
 
 
 def run(
-    handler: Callable[[httpx.Request], httpx.Response], coro: Callable[[FhirClient], Any], **kw: Any
-) -> tuple[Any, list[float], FhirClient]:
+    handler: Callable[[httpx.Request], httpx.Response]
+    | Callable[[httpx.Request], Coroutine[None, None, httpx.Response]],
+    coro: Callable[[FhirClient], Awaitable[T]],
+    *,
+    settings: ClientSettings = FAST,
+    auth: httpx.Auth | None = None,
+) -> tuple[T, list[float], FhirClient]:
     waits: list[float] = []
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    async def main() -> Any:
-        client = FhirClient(
-            BASE, settings=kw.pop("settings", FAST), transport=httpx.MockTransport(handler), sleep=sleep, **kw
-        )
+    async def main() -> tuple[T, FhirClient]:
+        client = FhirClient(BASE, auth=auth, settings=settings, transport=httpx.MockTransport(handler), sleep=sleep)
         async with client:
             return await coro(client), client
 
@@ -225,7 +232,7 @@ def test_only_fhir_r4_servers_are_accepted(version: str, ok: bool) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return fhir({"resourceType": "CapabilityStatement", "fhirVersion": version, "rest": [{"mode": "server"}]})
 
-    async def cap(client: FhirClient) -> Any:
+    async def cap(client: FhirClient) -> Capability:
         return await client.capabilities()
 
     if ok:
@@ -239,7 +246,7 @@ def test_a_404_from_metadata_names_the_server_and_asks_about_the_base_url() -> N
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(404, text="Not Found")
 
-    async def cap(client: FhirClient) -> Any:
+    async def cap(client: FhirClient) -> Capability:
         return await client.capabilities()
 
     with pytest.raises(ServerError, match=rf"^{BASE}: GET metadata: HTTP 404.*is {BASE} the server's FHIR base URL"):
@@ -253,7 +260,7 @@ def test_an_unreachable_server_is_named_with_the_retry_budget() -> None:
         calls["sent"] += 1
         raise httpx.ConnectError("All connection attempts failed")
 
-    async def cap(client: FhirClient) -> Any:
+    async def cap(client: FhirClient) -> Capability:
         return await client.capabilities()
 
     message = rf"^{BASE}: GET metadata: ConnectError \(All connection attempts failed\), after retrying for up to 60 s$"
@@ -273,7 +280,7 @@ def test_a_refused_server_certificate_is_not_retried_and_says_what_to_do() -> No
         refused.verify_message = "certificate has expired"
         raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]") from refused
 
-    async def cap(client: FhirClient) -> Any:
+    async def cap(client: FhirClient) -> Capability:
         return await client.capabilities()
 
     message = r"TLS certificate was not accepted \(certificate has expired\); .* --ca-bundle FILE"
@@ -395,7 +402,7 @@ def capability(transaction: bool = True) -> httpx.Response:
     )
 
 
-BUNDLE = {
+BUNDLE: JsonObject = {
     "resourceType": "Bundle",
     "type": "transaction",
     "entry": [
@@ -450,7 +457,7 @@ def test_push_counts_each_entry_from_its_status() -> None:
 
 def test_a_batch_goes_without_its_provenance_which_follows_naming_what_was_written() -> None:
     """A batch's entries may not refer to each other: the Provenance is sent after it, with server ids."""
-    provenance = {
+    provenance: JsonObject = {
         "fullUrl": "urn:uuid:p",
         "resource": {
             "resourceType": "Provenance",
@@ -490,7 +497,7 @@ def test_a_batch_goes_without_its_provenance_which_follows_naming_what_was_writt
         posted.append(body)
         return fhir({}, 201, Location=f"{BASE}/Provenance/pv1/_history/1")
 
-    bundle = {**BUNDLE, "entry": [*BUNDLE["entry"], provenance]}  # type: ignore[list-item]
+    bundle: JsonObject = {**BUNDLE, "entry": [*objs(BUNDLE, "entry"), provenance]}
     summary, _, _ = run(handler, lambda c: push(c, bundle))
     assert summary.mode == "batch" and summary.outcomes == {"created": 2, "error": 1}
     (batch,) = batches
@@ -523,7 +530,7 @@ def test_push_entry_by_entry_when_the_server_has_no_transaction_or_batch() -> No
 
 
 @pytest.mark.parametrize("command", ["pull", "push", "sync"])
-def test_secrets_never_show_in_help(command: str, monkeypatch: Any) -> None:
+def test_secrets_never_show_in_help(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
     from fhiradapter.cli import main
@@ -747,17 +754,17 @@ class StudyServer:
 
 def pull_study(
     server: StudyServer, study: str, concurrency: int = 8, since: str | None = None
-) -> tuple[Any, ListSink, list[int]]:
+) -> tuple[PullSummary, ListSink, list[int]]:
     from fhiradapter.shell.server.pull import pull_into
 
     sink, progress = ListSink(), list[int]()
 
-    async def go(client: FhirClient) -> Any:
+    async def go(client: FhirClient) -> PullSummary:
         cap = await client.capabilities()
         return await pull_into(client, cap, study, sink, since=since, progress=progress.append)
 
     settings = ClientSettings(concurrency=concurrency, retry_budget_s=5, max_attempts=2)
-    summary = run(lambda r: server(r), go, settings=settings)[0]  # type: ignore[arg-type, return-value]
+    summary = run(lambda r: server(r), go, settings=settings)[0]
     return summary, sink, progress
 
 
@@ -838,7 +845,7 @@ def test_a_search_for_several_patients_whose_pages_run_on_is_split_into_their_ow
 
     sink, progress = ListSink(), list[int]()
 
-    async def go(client: FhirClient) -> Any:
+    async def go(client: FhirClient) -> PullSummary:
         cap = await client.capabilities()
         return await pull_into(client, cap, "s1", sink, since="2026-11-30T00:00:00Z", progress=progress.append)
 
@@ -877,7 +884,7 @@ def test_pull_reports_subjects_that_name_no_patient_here() -> None:
     assert "ResearchSubject/rs-group, ResearchSubject/rs-away" in summary.warnings[0]
 
 
-def test_pull_of_a_study_without_patients_says_there_is_nothing_to_evaluate(monkeypatch: Any) -> None:
+def test_pull_of_a_study_without_patients_says_there_is_nothing_to_evaluate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(StudyServer, "PATIENTS", ())
     summary, sink, _ = pull_study(StudyServer(), "s1")
     assert summary.patients == 0 and sink.counts == {"ResearchStudy": 1}
@@ -1015,7 +1022,7 @@ def test_a_sync_that_stops_is_recorded_with_why_and_keeps_its_watermark(
     ],
 )
 def test_ctrl_c_says_what_was_left_and_exits_130(
-    tmp_path: Path, monkeypatch: Any, command: str, patched: str, says: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, patched: str, says: str
 ) -> None:
     from click.testing import CliRunner
 
@@ -1074,7 +1081,7 @@ def test_a_pull_folder_holds_one_pull_the_earlier_ones_files_go_when_the_new_one
         claim_folder(out)
 
 
-def test_a_pull_is_not_put_in_place_of_the_current_folder(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_pull_is_not_put_in_place_of_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A pull replaces its folder whole: --out . would leave the shell in a removed folder."""
     from fhiradapter.errors import ConfigError
     from fhiradapter.shell.server.pull_folder import pull_target
@@ -1130,7 +1137,9 @@ def test_a_bulk_pull_may_resume_in_its_own_folder(tmp_path: Path) -> None:
     assert [p.name for p in claim_folder(tmp_path, bulk=True)] == ["Observation-001.ndjson"]
 
 
-def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fhiradapter.shell.common.mappings_io import load_mappings
     from fhiradapter.shell.server import sync as sync_mod
     from fhiradapter.shell.server.bulk import BulkSummary
@@ -1162,7 +1171,7 @@ def test_a_bulk_syncs_unusable_lines_are_reported_and_the_rest_kept(tmp_path: Pa
     )
     sink = ListSink()
 
-    async def go(client: FhirClient) -> Any:
+    async def go(client: FhirClient) -> PullSummary:
         return await sync_mod._bulk_into(client, await client.capabilities(), opts, sink, None, 1)
 
     summary = run(lambda r: StudyServer().answer(r), go)[0]
@@ -1312,7 +1321,7 @@ def test_a_lost_answer_names_its_request() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadError("connection reset by peer", request=request)
 
-    async def write(client: FhirClient) -> Any:
+    async def write(client: FhirClient) -> httpx.Response:
         return await client.request("PUT", "Observation/o1?x=1", json={"resourceType": "Observation", "id": "o1"})
 
     with pytest.raises(AnswerLost) as err:
@@ -1339,7 +1348,7 @@ def test_an_outcomes_issues_are_parsed_in_order_with_details_text_for_missing_di
         ]
         return fhir({"resourceType": "OperationOutcome", "issue": issues}, 422)
 
-    async def write(client: FhirClient) -> Any:
+    async def write(client: FhirClient) -> httpx.Response:
         return await client.request("PUT", "Observation/o1?_pretty=true", json={"resourceType": "Observation"})
 
     with pytest.raises(ServerError) as err:
@@ -1367,10 +1376,13 @@ def test_logical_subjects_without_a_study_search_read_every_research_subject(
 ) -> None:
     """No `study` search offered (never asked, and no made-up server error), or the `study:identifier` search
     refused with a 4xx: every ResearchSubject is read and those naming the study by identifier are kept."""
-    from fhiradapter.shell.server.fhir_client import Capability
     from fhiradapter.shell.server.pull import logical_subjects
 
-    study = {"resourceType": "ResearchStudy", "id": "s1", "identifier": [{"system": "urn:s", "value": "S-1"}]}
+    study: JsonObject = {
+        "resourceType": "ResearchStudy",
+        "id": "s1",
+        "identifier": [{"system": "urn:s", "value": "S-1"}],
+    }
     subjects = [
         {"resourceType": "ResearchSubject", "id": "rs1", "study": {"identifier": {"system": "urn:s", "value": "S-1"}}},
         {"resourceType": "ResearchSubject", "id": "rs2", "study": {"identifier": {"system": "urn:s", "value": "S-2"}}},

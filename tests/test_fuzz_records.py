@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from builders import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -82,7 +83,9 @@ def test_the_slice_covers_every_type_the_protocol_reads() -> None:
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_a_field_of_any_type_is_used_or_rejected_never_a_crash(tmp_path_factory: Any, data: st.DataObject) -> None:
+def test_a_field_of_any_type_is_used_or_rejected_never_a_crash(
+    tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
     records = copy.deepcopy(SLICE)
     target = records[data.draw(st.integers(0, len(records) - 1), label="record")]
     path = data.draw(st.sampled_from(list(_paths(target))), label="path")

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from stub_server import Reply, Seen, stub_server
 
 from fhiradapter.cli import main
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.resource_types import R4_RESOURCE_TYPES, is_resource_type, type_problem
 from fhiradapter.errors import ExitCode
 
@@ -174,7 +175,7 @@ def test_a_store_holding_a_resource_typed_as_a_path_writes_no_file_for_it(tmp_pa
     store = SyncStore(data_dir=tmp_path / "data")
     try:
         run = store.start_run("http://s", "s1", None, True)
-        good = {"resourceType": "Patient", "id": "p1"}
+        good: JsonObject = {"resourceType": "Patient", "id": "p1"}
         store.upsert("http://s", "s1", run, [good, {"resourceType": "../../escaped", "id": "x1"}])
         counts, refused = store.write_ndjson("http://s", "s1", tmp_path / "run" / "input")
     finally:
@@ -206,7 +207,7 @@ def test_an_input_file_an_output_would_replace_is_refused_before_anything_is_wri
     inputs = site_export(site, {"Observation.ndjson": name})
     before = {p.name: p.read_bytes() for p in inputs}
     result = CliRunner().invoke(main, evaluate_args(inputs, site, "--no-report"))
-    assert result.exit_code == ExitCode.CONFIG == 10, result.output
+    assert result.exit_code == ExitCode.CONFIG.value == 10, result.output
     assert f"{site / name} is an input, but --out {site} is where this run writes its {name}" in result.output
     assert {p.name: p.read_bytes() for p in site.iterdir()} == before  # nothing written, not even the lock
 
@@ -264,7 +265,7 @@ def test_a_link_planted_as_the_lock_is_refused_and_not_written_through(tmp_path:
     out = tmp_path / "out"
     held = plant(out, [".fhiradapter.lock"], tmp_path / "victims")
     result = CliRunner().invoke(main, evaluate_args([PAPER], out, "--no-report"))
-    assert result.exit_code == ExitCode.OUTPUT == 16, result.output
+    assert result.exit_code == ExitCode.OUTPUT.value == 16, result.output
     assert f"cannot write {out / '.fhiradapter.lock'}: it is a symbolic link" in result.output
     assert {v: v.read_text() for v in held} == held and sorted(p.name for p in out.iterdir()) == [".fhiradapter.lock"]
 

@@ -60,7 +60,7 @@ def test_a_second_run_into_the_same_folder_fails_at_once_naming_the_holder(tmp_p
         started = time.monotonic()
         result = CliRunner().invoke(main, evaluate_args(PAPER, out))
         assert time.monotonic() - started < 5
-    assert result.exit_code == ExitCode.BUSY == 14, result.output
+    assert result.exit_code == ExitCode.BUSY.value == 14, result.output
     assert f"{out} is being written by another fhiradapter run (pid {os.getpid()})" in result.output
     assert not (out / "results.json").exists()
     again = CliRunner().invoke(main, evaluate_args(PAPER, out))  # the lock went with its holder
@@ -164,7 +164,7 @@ def test_nothing_to_evaluate_is_an_exit_code_of_its_own(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     result = CliRunner().invoke(main, evaluate_args(empty, tmp_path / "o1"))
-    assert result.exit_code == ExitCode.NOTHING == 15
+    assert result.exit_code == ExitCode.NOTHING.value == 15
     assert "no patient was evaluated: the input holds no FHIR record" in result.output
     lonely = tmp_path / "lonely"
     lonely.mkdir()
@@ -178,7 +178,7 @@ def test_a_folder_without_write_permission_names_the_path(tmp_path: Path) -> Non
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     result = CliRunner().invoke(main, evaluate_args(PAPER, locked / "out"))
-    assert result.exit_code == ExitCode.OUTPUT == 16
+    assert result.exit_code == ExitCode.OUTPUT.value == 16
     assert f"cannot write {locked / 'out'}: permission denied" in result.output
 
 

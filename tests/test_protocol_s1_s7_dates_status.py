@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 from builders import AS_OF, partial
@@ -10,6 +11,7 @@ from builders import AS_OF, partial
 from fhiradapter.core import dates
 from fhiradapter.core.evaluate import EvaluationSettings, cut_off, evaluate_patient, subject_status
 from fhiradapter.core.fhir_json import local_date
+from fhiradapter.core.mappers import MapContext
 from fhiradapter.core.model import AdverseEvent, Exposure, PatientRecord, Person, StudySubject
 from fhiradapter.core.protocol import Mappings
 from fhiradapter.core.results import EligibilityStatus, to_builtins
@@ -64,9 +66,10 @@ def patient(
     )
 
 
-def run(rec: PatientRecord, mappings: Mappings, as_of: date = AS_OF) -> dict:  # type: ignore[type-arg]
+def run(rec: PatientRecord, mappings: Mappings, as_of: date = AS_OF) -> dict[str, Any]:
     """The patient's entry as results.json holds it (the typed result, as JSON values)."""
-    return to_builtins(evaluate_patient(rec, EvaluationSettings(as_of, mappings)).result)
+    entry: dict[str, Any] = to_builtins(evaluate_patient(rec, EvaluationSettings(as_of, mappings)).result)
+    return entry
 
 
 def test_s1_index_and_treatment_days(mappings: Mappings) -> None:
@@ -208,7 +211,7 @@ def test_s6_a_patient_on_thalidomide_is_censored_at_the_last_record_whatever_the
     assert r["treatment_days"] == (AS_OF - date(2005, 1, 10)).days + 1  # treated up to the as-of date
 
 
-def test_s7_a_stop_reason_the_record_states_wins_over_one_derived(ctx, mappings: Mappings) -> None:  # type: ignore[no-untyped-def]
+def test_s7_a_stop_reason_the_record_states_wins_over_one_derived(ctx: MapContext, mappings: Mappings) -> None:
     """A statusReason no mapping knows (a financial problem) is still a stated reason: "other", not
     "progression" from the data."""
     from builders import lesion
@@ -227,7 +230,7 @@ def test_s7_a_stop_reason_the_record_states_wins_over_one_derived(ctx, mappings:
         "effectivePeriod": {"start": "2004-01-10", "end": "2004-04-18"},
     }
     med, issues = map_resource(statement, "MedicationStatement/t", ORIGIN, ctx, None)
-    assert med is not None and med.stop_reason == "other", issues
+    assert isinstance(med, Exposure) and med.stop_reason == "other", issues
     rec = patient([med])
     rec.observations = [
         lesion("2004-01-08", "L1", 20, 10),

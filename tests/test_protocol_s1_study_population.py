@@ -88,7 +88,8 @@ def evaluate_paper(tmp_path: Path) -> Path:
 
 
 def results(out: Path) -> dict[str, Any]:
-    return json.loads((out / "results.json").read_text())
+    written: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return written
 
 
 def rejects(out: Path) -> dict[str, str]:

@@ -89,7 +89,8 @@ CP_C10 = score_child_pugh(
 
 
 def assess(rec: PatientRecord, cp: ChildPugh = CP_B9) -> dict[str, Any]:
-    return to_builtins(assess_eligibility(rec, SCREEN, SCREEN, cp, ["Observation/cp"]))  # as results.json has it
+    assessed: dict[str, Any] = to_builtins(assess_eligibility(rec, SCREEN, SCREEN, cp, ["Observation/cp"]))
+    return assessed  # as results.json has it
 
 
 def status_of(result: dict[str, Any], cid: str) -> str:

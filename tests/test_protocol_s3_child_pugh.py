@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 
 from fhiradapter.core.child_pugh import (
-    BILIRUBIN_BANDS,
-    INR_BANDS,
-    PT_BANDS,
     albumin_points,
     child_pugh_class,
     encephalopathy_points,
     rising_points,
     score_child_pugh,
 )
-from fhiradapter.core.mappers import map_resource
-from fhiradapter.core.results import to_builtins
+from fhiradapter.core.limits import BILIRUBIN_BANDS, INR_BANDS, PT_BANDS
+from fhiradapter.core.mappers import MapContext, map_resource
+from fhiradapter.core.model import Observed
+from fhiradapter.core.results import ChildPughScore
 
 
 @pytest.mark.parametrize(("value", "points"), [(1.99, 1), (2.0, 2), (3.0, 2), (3.01, 3)])
@@ -91,21 +90,24 @@ def test_s3_missing_component_makes_score_unknown() -> None:
 
 
 def test_s3_ascites_moderate_and_severe_score_three() -> None:
-    common = {
-        "bilirubin": 1.0,
-        "albumin": 4.0,
-        "inr": 1.0,
-        "pt_prolongation": None,
-        "encephalopathy": 0,
-        "albumin_lower": 2.8,
-    }
-    assert score_child_pugh(ascites="moderate", **common).score == 7  # type: ignore[arg-type]
-    assert score_child_pugh(ascites="severe", **common).score == 7  # type: ignore[arg-type]
-    assert score_child_pugh(ascites="mild", **common).score == 6  # type: ignore[arg-type]
+    def score(ascites: str) -> int | None:
+        return score_child_pugh(
+            bilirubin=1.0,
+            albumin=4.0,
+            inr=1.0,
+            pt_prolongation=None,
+            ascites=ascites,
+            encephalopathy=0,
+            albumin_lower=2.8,
+        ).score
+
+    assert score("moderate") == 7
+    assert score("severe") == 7
+    assert score("mild") == 6
 
 
 @pytest.mark.parametrize(("umol", "points"), [(34.1, 1), (34.2, 2), (51.3, 2), (51.4, 3)])
-def test_s3_bilirubin_umol_converted_before_one_table(ctx, umol: float, points: int) -> None:  # type: ignore[no-untyped-def]
+def test_s3_bilirubin_umol_converted_before_one_table(ctx: MapContext, umol: float, points: int) -> None:
     res = {
         "resourceType": "Observation",
         "id": "b",
@@ -121,12 +123,12 @@ def test_s3_bilirubin_umol_converted_before_one_table(ctx, umol: float, points: 
         },
     }
     obs, issues = map_resource(res, "Observation/b", ("t", "l"), ctx, None)
-    assert obs is not None and not issues
+    assert isinstance(obs, Observed) and not issues
     assert obs.value is not None
     assert rising_points(obs.value, BILIRUBIN_BANDS) == points
 
 
-def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-arg]
+def _cp_patient(labs_day: str, clinical_day: str) -> ChildPughScore:
     """A study subject screened 2004-03-01 with Child-Pugh labs on ``labs_day`` and ascites and encephalopathy
     assessed on ``clinical_day``."""
     from builders import AS_OF, lab, partial
@@ -162,16 +164,16 @@ def _cp_patient(labs_day: str, clinical_day: str) -> dict:  # type: ignore[type-
     )
     result = evaluate_patient(rec, EvaluationSettings(AS_OF, load_mappings()[0])).result
     assert result is not None
-    return to_builtins(result.child_pugh)  # type: ignore[no-any-return]  # as results.json has it
+    return result.child_pugh
 
 
 def test_s3_ascites_and_encephalopathy_are_not_held_to_the_lab_window() -> None:
     """§2's 28-day window is for labs: the clinical components are the latest on or before screening, as ECOG."""
     cp = _cp_patient(labs_day="2004-02-15", clinical_day="2003-12-01")  # 91 days before screening
-    assert (cp["score"], cp["class"], cp["missing"]) == (5, "A", [])
+    assert (cp.score, cp.cls, cp.missing) == (5, "A", ())
 
 
 @pytest.mark.parametrize(("labs_day", "missing"), [("2004-02-02", []), ("2004-02-01", ["albumin", "bilirubin", "inr"])])
 def test_s3_labs_stay_within_the_28_day_window(labs_day: str, missing: list[str]) -> None:
     cp = _cp_patient(labs_day=labs_day, clinical_day="2004-02-20")
-    assert sorted(cp["missing"]) == missing
+    assert sorted(cp.missing) == missing

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fhiradapter.core.model import Observed
-from fhiradapter.core.response import RANK, assess_response, classify_assessment
+from fhiradapter.core.response import RANK, ResponseResult, assess_response, classify_assessment
 from fhiradapter.core.results import ResponseDuration, to_builtins
 
 INDEX = date(2004, 1, 10)
@@ -26,7 +26,7 @@ def afp(n: int, value: float, uln: float = 10) -> Observed:
     return lab("afp", day(n), value, unit="ng/mL", high=uln, ref=f"Observation/afp-{n}")
 
 
-def run(tumour: list[Observed], afps: list[Observed], sd_min: int = 49, window: int = 14):  # type: ignore[no-untyped-def]
+def run(tumour: list[Observed], afps: list[Observed], sd_min: int = 49, window: int = 14) -> ResponseResult:
     return assess_response(tumour, afps, INDEX, afp_window_days=window, sd_min_days=sd_min)
 
 

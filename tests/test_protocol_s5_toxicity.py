@@ -7,7 +7,8 @@ from datetime import date
 import pytest
 from builders import lab
 
-from fhiradapter.core.model import AdverseEvent
+from fhiradapter.core.mappers import MapContext
+from fhiradapter.core.model import AdverseEvent, Observed
 from fhiradapter.core.protocol import DoseRule, Mappings
 from fhiradapter.core.results import Toxicity, ToxicityCount
 from fhiradapter.core.toxicity import (
@@ -131,13 +132,13 @@ def test_s5_dose_actions_at_the_configured_grades(
 
 
 def test_s5_dose_rules_come_from_mappings() -> None:
-    events = [GradedEvent("2004-02-01", "fatigue", 3, "reported", "AdverseEvent/f")]
+    events = [GradedEvent(date(2004, 2, 1), "fatigue", 3, "reported", "AdverseEvent/f")]
     assert dose_actions(events, [DoseRule(term="fatigue", min_grade=3, action="interrupt")])[0].action == "interrupt"
 
 
 def test_s5_table_two_counts_patients_by_worst_grade() -> None:
     def worst(grade: int) -> list[Toxicity]:
-        return [Toxicity("nausea", "Nausea", "1", grade, "reported", ("reported",), "CTC v2.0", "2004-02-01", ())]
+        return [Toxicity("nausea", "Nausea", "1", grade, "reported", ("reported",), "CTC v2.0", date(2004, 2, 1), ())]
 
     assert toxicity_table([worst(2), worst(3), worst(1)]) == [ToxicityCount("nausea", "Nausea", "1", 2, 1)]
 
@@ -154,7 +155,7 @@ def test_s5_table_two_counts_patients_by_worst_grade() -> None:
         (582.1, 4),
     ],
 )
-def test_s5_creatinine_at_exactly_k_times_uln_after_unit_conversion(ctx, umol: float, grade: int) -> None:  # type: ignore[no-untyped-def]
+def test_s5_creatinine_at_exactly_k_times_uln_after_unit_conversion(ctx: MapContext, umol: float, grade: int) -> None:
     """Value and ULN in µmol/L, converted to mg/dL (/ 88.4): the multiple of ULN is the one written."""
     from fhiradapter.core.mappers import map_resource
     from fhiradapter.core.toxicity import lab_grade
@@ -171,5 +172,5 @@ def test_s5_creatinine_at_exactly_k_times_uln_after_unit_conversion(ctx, umol: f
         "referenceRange": [{"high": {"value": 97, **quantity}}],
     }
     obs, issues = map_resource(res, "Observation/c", ("f", "l"), ctx, None)
-    assert obs is not None and obs.unit == "mg/dL", issues
+    assert isinstance(obs, Observed) and obs.unit == "mg/dL", issues
     assert lab_grade(obs) == grade

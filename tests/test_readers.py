@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import orjson
 import pytest
 from builders import AS_OF
 
+from fhiradapter.core.results import TimedRunSummary
 from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
@@ -193,7 +195,7 @@ def ndjson_bytes(resources: list[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(r) + b"\n" for r in resources)
 
 
-def run_folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def run_folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[TimedRunSummary, list[dict[str, Any]]]:
     src = tmp_path / "in"
     src.mkdir()
     for name, data in files.items():
@@ -226,7 +228,7 @@ def run_folder(tmp_path: Path, files: dict[str, bytes]) -> tuple[dict[str, Any],
         ("bom.ndjson", lambda b: b"\xef\xbb\xbf" + b),  # a byte order mark at the start
     ],
 )
-def test_every_common_name_and_compression_is_read(tmp_path: Path, name: str, pack: Any) -> None:
+def test_every_common_name_and_compression_is_read(tmp_path: Path, name: str, pack: Callable[[bytes], bytes]) -> None:
     summary, rejects = run_folder(tmp_path, {name: pack(ndjson_bytes(STUDY_LINES))})
     assert summary.records_read == 3 and summary.records_used == 3, rejects
     assert summary.patients == 1
@@ -263,7 +265,13 @@ def test_a_compressed_file_that_breaks_off_says_how_much_was_read(tmp_path: Path
     count = 40_000 if kind == "bz2" else 2_000  # bz2 decompresses by blocks of 900 kB: more than one
     lines = [patient(f"p{i}", name=[{"text": os.urandom(24).hex()}]) for i in range(count)]
     zstd = zstandard.ZstdCompressor().compress  # zstandard's own reader ends quietly at such a cut
-    packed = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "zst": zstd}[kind](ndjson_bytes(lines))
+    packers: dict[str, Callable[[bytes], bytes]] = {
+        "gz": gzip.compress,
+        "bz2": bz2.compress,
+        "xz": lzma.compress,
+        "zst": zstd,
+    }
+    packed = packers[kind](ndjson_bytes(lines))
     summary, rejects = run_folder(tmp_path, {f"x.ndjson.{kind}": packed[: len(packed) // 2]})
     (broken,) = [r for r in rejects if r["code"] == "unreadable"]
     read = int(broken["reason"].split("the file breaks off: ", 1)[1].split(" ", 1)[0])

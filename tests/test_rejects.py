@@ -187,14 +187,14 @@ def test_two_workers_and_split_files_give_the_same_results(tmp_path: Path, monke
 
 
 def test_plan_tasks_splits_at_line_boundaries_and_counts_lines(tmp_path: Path) -> None:
-    from fhiradapter.shell.run.readers import plan_tasks, read_file
+    from fhiradapter.shell.run.readers import RawRecord, plan_tasks, read_file
 
     src = PAPER / "Observation.ndjson"
     tasks = plan_tasks([src], 10_000)
     assert len(tasks) > 3
     assert tasks[0].start == 0 and tasks[-1].end is None
     assert all(a.end == b.start for a, b in itertools.pairwise(tasks))
-    locators = [r.origin[1] for t in tasks for r in read_file(src, None, t)]
+    locators = [r.origin[1] if isinstance(r, RawRecord) else r for t in tasks for r in read_file(src, None, t)]
     total = sum(1 for line in src.read_text().splitlines() if line.strip())
     assert locators == [f"line {n}" for n in range(1, total + 1)]
 

@@ -24,6 +24,7 @@ from test_protocol_s2_eligibility import CP_B9, CP_C10, ORIGIN, SCREEN, good_rec
 
 from fhiradapter.cli import main
 from fhiradapter.core.child_pugh import ChildPugh, score_child_pugh
+from fhiradapter.core.dates import PartialDate
 from fhiradapter.core.eligibility import assess_eligibility, explain
 from fhiradapter.core.model import Condition, Consent, Exposure, Observed, PatientRecord
 from fhiradapter.core.readback import decode_criterion, decode_subject, split_whole
@@ -270,29 +271,34 @@ def _observations(rec: PatientRecord, concept: str, *new: Observed) -> PatientRe
     return replace(rec, observations=[*(o for o in rec.observations if o.concept != concept), *new])
 
 
+def _born(rec: PatientRecord, birth_date: PartialDate | None) -> PatientRecord:
+    assert rec.person is not None
+    return replace(rec, person=rec.person._replace(birth_date=birth_date))
+
+
 CP_NO_ALBUMIN = score_child_pugh(
     bilirubin=1.0, albumin=None, inr=1.1, pt_prolongation=None, ascites="none", encephalopathy=0, albumin_lower=2.8
 )
 WHAT_WAS_FOUND: list[tuple[str, Callable[[PatientRecord], PatientRecord], ChildPugh | None, str]] = [
     (
         "age",
-        lambda r: replace(r, person=r.person._replace(birth_date=partial("1929-03-01"))),
+        lambda r: _born(r, partial("1929-03-01")),
         None,
         "age 75; must be under 75",
     ),
     (
         "age",
-        lambda r: replace(r, person=r.person._replace(birth_date=partial("1929"))),
+        lambda r: _born(r, partial("1929")),
         None,
         "age 74 or 75 (birth date without month or day); must be under 75",
     ),
     (
         "age",
-        lambda r: replace(r, person=r.person._replace(birth_date=partial("1928"))),
+        lambda r: _born(r, partial("1928")),
         None,
         "age 75 or 76 (birth date without month or day); must be under 75",
     ),
-    ("age", lambda r: replace(r, person=r.person._replace(birth_date=None)), None, "no birth date; must be under 75"),
+    ("age", lambda r: _born(r, None), None, "no birth date; must be under 75"),
     (
         "ecog",
         lambda r: _observations(r, "ecog", lab("ecog", "2004-02-27", 3)),

@@ -23,6 +23,7 @@ import pytest
 from builders import ROOT
 from click.testing import CliRunner, Result
 from fhir_server import load_input, sekmet_server, server_resources
+from json_at import at, obj, objs
 
 from fhiradapter.cli import main
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, parse_standing_rule, split_by_rule
@@ -323,19 +324,19 @@ def test_an_approval_leaves_excluded_patients_out_and_names_the_approver(tmp_pat
         excluded=("Patient/thal-01",),
     )
     sent, left_out = approved_bundle(bundle, approval)
-    patients = {
-        e["resource"].get("subject", e["resource"].get("individual", {})).get("reference") for e in sent["entry"]
-    }
+    sent_entries = objs(sent, "entry")
+    resources = [obj(e, "resource") for e in sent_entries]
+    patients = {obj(r.get("subject", r.get("individual", {}))).get("reference") for r in resources}
     assert "Patient/thal-01" not in patients and left_out
-    (prov,) = [e for e in sent["entry"] if e["resource"]["resourceType"] == "Provenance"]
-    assert {t["reference"] for t in prov["resource"]["target"]} == {
-        e["fullUrl"] for e in sent["entry"] if e is not prov
+    (prov,) = [e for e in sent_entries if at(e, "resource", "resourceType") == "Provenance"]
+    assert {at(t, "reference") for t in objs(prov, "resource", "target")} == {
+        at(e, "fullUrl") for e in sent_entries if e is not prov
     }
     typed_plan = [decode_plan_line(orjson.dumps(p)) for p in plan]
     allowed, held, allowed_lines, held_lines = split_by_rule(bundle, typed_plan, None)
     assert [p for p in allowed_lines if p.action != "unchanged"] == []
     assert allowed["entry"] == [] and len(held_lines) == sum(p["action"] != "unchanged" for p in plan)
-    assert len(held["entry"]) == len(bundle["entry"])  # every entry and a Provenance of its own
+    assert len(objs(held, "entry")) == len(bundle["entry"])  # every entry and a Provenance of its own
 
 
 def test_approve_says_what_a_folder_is_when_it_is_no_write_back(tmp_path: Path) -> None:

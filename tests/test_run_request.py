@@ -18,7 +18,7 @@ from fhiradapter.cli import main
 from fhiradapter.cli.common import ExportOptions, command_options, export_options
 from fhiradapter.cli.server_options import server_options
 from fhiradapter.core.evaluate import EvaluationSettings
-from fhiradapter.core.json_types import items, member, text
+from fhiradapter.core.json_types import JsonObject, items, member, text
 from fhiradapter.core.results import TimedRunSummary
 from fhiradapter.errors import ConfigError
 from fhiradapter.shell.common.mappings_io import load_mappings
@@ -63,9 +63,9 @@ def test_the_request_reaches_its_engine_with_the_inputs_found_and_the_settings(t
 def test_a_request_is_frozen_and_keyword_built(tmp_path: Path) -> None:
     asked = request(tmp_path)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        asked.report = False  # type: ignore[misc]
+        asked.report = False  # type: ignore[misc]  # assigning to a frozen field is what is tested
     with pytest.raises(TypeError):
-        RunRequest((PAPER,), tmp_path, AS_OF)  # type: ignore[misc]
+        RunRequest((PAPER,), tmp_path, AS_OF)  # type: ignore[call-arg]  # positional on purpose: keyword-only
     assert asked.reject_cap == 1000 and dataclasses.replace(asked, report=False).report is False
 
 
@@ -138,7 +138,11 @@ def test_the_cli_help_still_shows_every_gathered_option() -> None:
 
 
 def test_json_readers_narrow_what_the_server_sent() -> None:
-    resource = {"resourceType": "ResearchStudy", "identifier": [{"system": "s", "value": "v"}, 3], "meta": []}
+    resource: JsonObject = {
+        "resourceType": "ResearchStudy",
+        "identifier": [{"system": "s", "value": "v"}, 3],
+        "meta": [],
+    }
     assert text(resource, "resourceType") == "ResearchStudy" and text(resource, "identifier") is None
     assert items(resource, "identifier") == [{"system": "s", "value": "v"}]  # the 3 is no object: left out
     assert member(resource, "meta") is None and member("not an object", "meta") is None

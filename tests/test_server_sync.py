@@ -9,13 +9,14 @@ without touching anything. SMART Backend Services is exercised against the serve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import pytest
@@ -32,6 +33,12 @@ from fhiradapter.shell.common.mappings_io import load_mappings
 from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.pipeline import run_evaluate
 
+if TYPE_CHECKING:
+    from fhiradapter.shell.run.outputs import Writeback
+    from fhiradapter.shell.server.fhir_client import Capability, FhirClient
+    from fhiradapter.shell.server.push import PushSummary
+    from fhiradapter.shell.server.sync import SyncOptions, SyncSummary
+
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 
 
@@ -44,7 +51,14 @@ def evaluate(src: Path, out: Path) -> dict[str, Any]:
     run_evaluate(
         RunRequest(inputs=(src,), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity, report=False)
     )
-    return json.loads((out / "results.json").read_text())
+    return read_results(out)
+
+
+def read_results(out: Path | None) -> dict[str, Any]:
+    """results.json of a run folder (a sync's ``out``, which a run that evaluated always has), as JSON."""
+    assert out is not None, "the run has no folder"
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
 
 
 def versions(base: str, rtype: str) -> dict[str, str]:
@@ -343,14 +357,32 @@ def test_smart_backend_services_against_the_servers_token_endpoint(tmp_path: Pat
 # ---------------------------------------------------------------------------------------------- sync
 
 
-def sync_opts(tmp_path: Path, **kw: Any) -> Any:
+def sync_opts(
+    tmp_path: Path,
+    *,
+    study: str = "thal-hcc-pilot",
+    since: str = "auto",
+    dry_run: bool = False,
+    bulk: bool = False,
+    chunk: int | None = None,
+    mode: Literal["auto", "transaction", "batch", "single"] = "auto",  # push.push's modes
+) -> SyncOptions:
     from fhiradapter.shell.server.sync import SyncOptions
 
     mappings, identity = load_mappings()
-    base = {"study": "thal-hcc-pilot", "as_of": AS_OF, "since": "auto", "dry_run": False}
-    base["standing_rule"] = standing_rule_all()  # these tests are of sync's writing, not of its approvals
-    base.update(kw)
-    return SyncOptions(work_dir=tmp_path / "runs", mappings=mappings, mappings_identity=identity, **base)
+    opts = SyncOptions(
+        study=study,
+        as_of=AS_OF,
+        since=since,
+        dry_run=dry_run,
+        bulk=bulk,
+        mode=mode,
+        work_dir=tmp_path / "runs",
+        mappings=mappings,
+        mappings_identity=identity,
+        standing_rule=standing_rule_all(),  # these tests are of sync's writing, not of its approvals
+    )
+    return opts if chunk is None else dataclasses.replace(opts, chunk=chunk)
 
 
 def result_identifiers(base: str) -> list[str]:
@@ -395,7 +427,8 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             written = result_identifiers(base)
             assert len(written) == len(set(written)) == first.plan["create"]
             with store.engine.connect() as conn:  # the store records every write with the server's answer
-                recorded = dict(conn.exec_driver_sql("SELECT outcome, count(*) FROM written GROUP BY outcome").all())
+                sql = "SELECT outcome, count(*) FROM written GROUP BY outcome"
+                recorded: dict[str, int] = dict(conn.exec_driver_sql(sql).all())
                 located = conn.exec_driver_sql("SELECT count(*) FROM written WHERE location IS NULL").scalar()
             assert recorded == dict(first.pushed) and located == 0
             after = versions(base, "Observation") | versions(base, "ResearchSubject")
@@ -409,7 +442,7 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
             assert set(third.changes) == {"Patient/thal-03"}  # only its results change, and only by updates
             assert set(third.changes["Patient/thal-03"]) == {"update"} and not third.plan["create"]
             assert sum(third.changes["Patient/thal-03"]["update"].values()) == third.plan["update"]
-            results = json.loads((third.out / "results.json").read_text())
+            results = read_results(third.out)
             thal03 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-03")
             assert all("Observation/thal-03-afp-a1" not in a["evidence"] for a in thal03["assessments"])
             # The store lists the four runs newest first, each with the summary it returned.
@@ -429,7 +462,9 @@ def test_sync_dry_run_then_write_then_nothing_new_then_a_deletion(tmp_path: Path
         store.close()
 
 
-def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_sync_that_dies_before_its_watermark_resumes_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fhiradapter.shell.server.fhir_client import FhirClient
     from fhiradapter.shell.server.store import SyncStore
     from fhiradapter.shell.server.sync import run_sync
@@ -518,7 +553,9 @@ def test_a_sync_stopped_half_way_through_its_push_finishes_the_rest_without_dupl
         store.close()
 
 
-def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path, monkeypatch: Any) -> None:
+def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from fhiradapter.shell.server import sync as sync_mod
     from fhiradapter.shell.server.fhir_client import FhirClient
     from fhiradapter.shell.server.store import SyncStore
@@ -530,13 +567,20 @@ def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path,
         with sekmet_server(tmp_path) as base:
             load_input(base, PAPER)
 
-            async def meanwhile(client: FhirClient, bundle: Path, *args: Any) -> Any:
+            async def meanwhile(
+                client: FhirClient,
+                store: SyncStore,
+                planned: Writeback,
+                opts: SyncOptions,
+                cap: Capability,
+                summary: SyncSummary,
+            ) -> PushSummary:
                 calls.append(1)
                 if len(calls) == 1:  # another system edits a ResearchSubject between our read and our write
                     rs = httpx.get(f"{base}/ResearchSubject/thal-01-rs", timeout=10).json()
                     rs["assignedArm"] = "thalidomide"
                     assert httpx.put(f"{base}/ResearchSubject/thal-01-rs", json=rs, timeout=10).status_code == 200
-                return await original(client, bundle, *args)
+                return await original(client, store, planned, opts, cap, summary)
 
             monkeypatch.setattr(sync_mod, "_push_phase", meanwhile)
             summary = sync_mod.run_sync(FhirClient(base), store, sync_opts(tmp_path))
@@ -544,7 +588,7 @@ def test_a_conflict_on_push_is_pulled_evaluated_and_retried_once(tmp_path: Path,
             assert any("conflict on push" in w for w in summary.warnings)
             rs = httpx.get(f"{base}/ResearchSubject/thal-01-rs", timeout=10).json()
             assert rs["assignedArm"] == "thalidomide"  # the other system's edit is kept, not clobbered
-            results = json.loads((summary.out / "results.json").read_text())
+            results = read_results(summary.out)
             thal01 = next(s for s in results["subjects"] if s["patient"] == "Patient/thal-01")
             assert rs["status"] == thal01["research_subject_status"]
             written = result_identifiers(base)
@@ -709,7 +753,7 @@ def test_sync_through_bulk_export_keeps_only_the_studys_patients(tmp_path: Path)
             by_bulk = run_sync(FhirClient(base), store, sync_opts(tmp_path, dry_run=True, since="none", bulk=True))
             assert by_bulk.plan == by_search.plan and by_bulk.patients == by_search.patients == 14
             assert any("outside the study" in w for w in by_bulk.warnings)
-            results = json.loads((by_bulk.out / "results.json").read_text())
+            results = read_results(by_bulk.out)
             assert "Patient/not-enrolled" not in {s["patient"] for s in results["subjects"]}
     finally:
         store.close()
@@ -757,7 +801,7 @@ def test_s1_pull_finds_subjects_that_name_the_study_by_identifier(
                 )
             finally:
                 store.close()
-            assert json.loads((dry.out / "results.json").read_text())["subjects"] == files_results["subjects"]
+            assert read_results(dry.out)["subjects"] == files_results["subjects"]
 
 
 # A summary as runs stored it before held, approved_by, non_atomic and transaction_limit were kept (86354b9), and

@@ -124,7 +124,7 @@ def test_hl7_studies_synced_from_a_server_evaluate_as_the_files_and_the_results_
                 )
                 first = run_sync(FhirClient(base), store, opts)
                 assert first.errors == [] and first.conflicts == [] and first.patients == len(patients), study
-                assert first.pushed["created"] > 0
+                assert first.pushed["created"] > 0 and first.out is not None
                 plan = [json.loads(x) for x in (first.out / "writeback-plan.ndjson").read_text().splitlines()]
                 updated |= {p["existing"] for p in plan if p["action"] == "update"}
                 synced = json.loads((first.out / "results.json").read_text())["subjects"]

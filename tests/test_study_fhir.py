@@ -15,23 +15,32 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from builders import ROOT, approve, standing_rule_all
 from click.testing import CliRunner, Result
 from fhir_server import load_input, sekmet_server, server_resources
+from json_at import at, obj, objs, string
 
 from fhiradapter.cli import main
 from fhiradapter.core import limits
 from fhiradapter.core.eligibility import CRITERIA, THRESHOLDS
+from fhiradapter.core.json_types import JsonObject, JsonValue
+from fhiradapter.core.protocol import ConceptCodes
 from fhiradapter.core.study_fhir import StudyDrug, StudyInputs, StudyPublication
 from fhiradapter.core.study_publish import as_json, build_study, plan_study
 from fhiradapter.core.study_resources import decode_resource, encode_resource
-from fhiradapter.core.writeback import study_reference
+from fhiradapter.core.writeback import PlanEntry, study_reference
 from fhiradapter.shell.common.mappings_io import load_mappings
+
+if TYPE_CHECKING:
+    from jsonschema import Draft6Validator
+
+Schema = Callable[[str], "Draft6Validator"]  # a resource type -> a validator of the HL7 R4 JSON Schema
 
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 SCHEMA = (
@@ -50,7 +59,7 @@ def cli(*args: str) -> Result:
 
 
 @pytest.fixture(scope="module")
-def schema() -> Any:
+def schema() -> Schema:
     from jsonschema import Draft6Validator
 
     if not SCHEMA.exists():
@@ -69,6 +78,12 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def body(entry: PlanEntry) -> JsonObject:
+    """A study plan entry's resource: the study's entries are JSON (an update keeps the hospital's elements)."""
+    assert isinstance(entry.resource, dict), entry.resource
+    return entry.resource
+
+
 def bundle_resources(out: Path) -> dict[str, dict[str, Any]]:
     bundle = json.loads((out / "writeback.json").read_text())
     return {f"{e['resource']['resourceType']}/{e['resource'].get('id')}": e["resource"] for e in bundle["entry"]}
@@ -77,7 +92,7 @@ def bundle_resources(out: Path) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ valid R4
 
 
-def test_every_published_resource_is_valid_r4(shipped: Path, schema: Any) -> None:
+def test_every_published_resource_is_valid_r4(shipped: Path, schema: Schema) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     bundle = json.loads((shipped / "writeback.json").read_text())
@@ -92,7 +107,7 @@ def test_every_published_resource_is_valid_r4(shipped: Path, schema: Any) -> Non
     assert list(schema("Bundle").iter_errors(bundle)) == []
 
 
-def test_the_schema_check_is_live(shipped: Path, schema: Any) -> None:
+def test_the_schema_check_is_live(shipped: Path, schema: Schema) -> None:
     """A negative control: a status outside ResearchStudy's required binding is caught."""
     study = bundle_resources(shipped)["ResearchStudy/thal-hcc-pilot"]
     assert list(schema("ResearchStudy").iter_errors({**study, "status": "finished"}))
@@ -166,8 +181,11 @@ def test_each_characteristic_says_what_it_looks_at(shipped: Path) -> None:
     systems = mappings.codes.systems
 
     def exact(concept: str, kind: str = "condition") -> set[tuple[str, str]]:
-        lists = {"condition": mappings.codes.condition, "observation": mappings.codes.observation}[kind]
-        entries = next(e.codes for e in lists if e.concept == concept)
+        lists: dict[str, Sequence[ConceptCodes]] = {
+            "condition": mappings.codes.condition,
+            "observation": mappings.codes.observation,
+        }
+        entries = next(e.codes for e in lists[kind] if e.concept == concept)
         return {(systems[c.split("|")[0]], c.split("|")[1]) for c in entries if not c.endswith("*")}
 
     def codes(c: dict[str, Any], element: str) -> set[tuple[str, str]]:
@@ -202,7 +220,7 @@ def numeric_literals(path: Path) -> list[tuple[type, float, int]]:
     found = [
         (type(node.value), node.value, node.lineno)
         for node in ast.walk(tree)
-        if isinstance(node, ast.Constant) and type(node.value) in (int, float)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float) and isinstance(node.value, int | float)
     ]
     found += [
         (float, float(node.args[0].value), node.lineno)
@@ -311,7 +329,7 @@ def site_folder(tmp_path: Path) -> Path:
 
 
 def test_a_sites_value_and_local_code_change_the_rules_and_the_published_study(
-    tmp_path: Path, shipped: Path, schema: Any
+    tmp_path: Path, shipped: Path, schema: Schema
 ) -> None:
     src = paper_with_local_anc(tmp_path)
     site = site_folder(tmp_path)
@@ -391,10 +409,10 @@ def test_plan_against_a_server_copy() -> None:
     first = plan_study(resources, {})
     assert {e.action for e in first} == {"create"}
     copies = {
-        e.identifier: ServerCopy(version="1", content_hash=e.resource["meta"]["tag"][0]["code"], content=e.resource)
+        e.identifier: ServerCopy(version="1", content_hash=string(body(e), "meta", "tag", 0, "code"), content=body(e))
         for e in first
     }
-    hospitals = {
+    hospitals: JsonObject = {
         "resourceType": "ResearchStudy",
         "id": "thal-hcc-pilot",
         "status": "active",
@@ -405,7 +423,7 @@ def test_plan_against_a_server_copy() -> None:
     assert [e.action for e in second].count("unchanged") == len(resources) - 1
     update = second[0]
     assert (update.action, update.version) == ("update", "3")
-    assert update.resource["keyword"] == [{"text": "x"}] and update.resource["status"] == "completed"
+    assert body(update)["keyword"] == [{"text": "x"}] and body(update)["status"] == "completed"
     assert as_json(resources[0])["status"] == "completed"
 
 
@@ -420,7 +438,7 @@ DEFINITIONS = ("ResearchStudy", "Group", "PlanDefinition", "ActivityDefinition",
 
 
 def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_references_it(
-    tmp_path: Path, schema: Any
+    tmp_path: Path, schema: Schema
 ) -> None:
     from fhiradapter.shell.server.fhir_client import FhirClient
     from fhiradapter.shell.server.store import SyncStore
@@ -488,7 +506,7 @@ def test_published_twice_to_a_real_server_the_second_changes_nothing_and_sync_re
 # ------------------------------------------------------------------------------------------------ the docs
 
 
-def doc_excerpts() -> dict[str, Any]:
+def doc_excerpts() -> dict[str, JsonValue]:
     """What docs/study-fhir.md shows, by marker, regenerated from the shipped mappings."""
     from fhiradapter.shell.common.mappings_io import default_mappings_dir
     from fhiradapter.shell.study.publish import load_study_inputs
@@ -498,38 +516,39 @@ def doc_excerpts() -> dict[str, Any]:
         f"{r['resourceType']}/{r['id']}": r
         for r in map(as_json, build_study(mappings, load_study_inputs(default_mappings_dir(), mappings)))
     }
-    chars = {c["id"]: c for c in built["Group/thal-hcc-pilot-eligibility"]["characteristic"]}
-    actions = {a["id"]: a for a in built["PlanDefinition/thal-hcc-pilot-plan"]["action"]}
+    chars = {string(c, "id"): c for c in objs(built["Group/thal-hcc-pilot-eligibility"], "characteristic")}
+    actions = {string(a, "id"): a for a in objs(built["PlanDefinition/thal-hcc-pilot-plan"], "action")}
     return {
         "Group": built["Group/thal-hcc-pilot-eligibility"],
         "ResearchStudy": built["ResearchStudy/thal-hcc-pilot"],
         "chars": [chars["anc"], chars["no_peripheral_neuropathy"]],
         "acts": [actions["dose-rule-2"]],
-        "vs": built["ValueSet/thal-hcc-pilot-observation-afp"]["compose"],
+        "vs": at(built["ValueSet/thal-hcc-pilot-observation-afp"], "compose"),
     }
 
 
-def criteria_table(group: dict[str, Any]) -> str:
+def criteria_table(group: JsonValue) -> str:
     """The eligibility Group as the docs page's table: one row per characteristic, what it states."""
 
     mappings, _identity = load_mappings()
     alias = {uri: name for name, uri in mappings.codes.systems.items()}
 
-    def value(c: dict[str, Any]) -> str:
+    def value(c: JsonObject) -> str:
         if "valueQuantity" in c:
-            q = c["valueQuantity"]
-            return f"`{q['comparator']} {q['value']}{' ' + q['unit'] if 'unit' in q else ''}`"
+            q = obj(c, "valueQuantity")
+            return f"`{q['comparator']} {q['value']}{' ' + string(q, 'unit') if 'unit' in q else ''}`"
         if "valueRange" in c:
-            return f"score `{c['valueRange']['low']['value']}`-`{c['valueRange']['high']['value']}`"
+            return f"score `{at(c, 'valueRange', 'low', 'value')}`-`{at(c, 'valueRange', 'high', 'value')}`"
         codes = ", ".join(
-            f"{alias.get(x['system'], x['system'])} {x['code']}" for x in c["valueCodeableConcept"]["coding"]
+            f"{alias.get(string(x, 'system'), string(x, 'system'))} {x['code']}"
+            for x in objs(c, "valueCodeableConcept", "coding")
         )
-        return f"{c['valueCodeableConcept']['text']}: {codes}"
+        return f"{at(c, 'valueCodeableConcept', 'text')}: {codes}"
 
     rows = ["| criterion (`id`) | exclude | states (`code.text`) | value |", "|---|---|---|---|"]
     rows += [
-        f"| `{c['id']}` | {'yes' if c['exclude'] else 'no'} | {c['code']['text']} | {value(c)} |"
-        for c in group["characteristic"]
+        f"| `{c['id']}` | {'yes' if c['exclude'] else 'no'} | {at(c, 'code', 'text')} | {value(c)} |"
+        for c in objs(group, "characteristic")
     ]
     return "\n".join(rows)
 
@@ -625,8 +644,8 @@ def test_the_study_drug_is_stated_as_export_toml_gives_it() -> None:
     built = {f"{type(r).__name__}/{r.id}": as_json(r) for r in build_study(mappings, twice)}
     activity = built["ActivityDefinition/thal-hcc-pilot-thalidomide"]
     assert activity["title"] == "thalidomide 100 mg twice daily"
-    assert activity["dosage"][0]["timing"]["repeat"]["frequency"] == 2
-    assert activity["dosage"][0]["doseAndRate"][0]["doseQuantity"]["value"] == 100
+    assert at(activity, "dosage", 0, "timing", "repeat", "frequency") == 2
+    assert at(activity, "dosage", 0, "doseAndRate", 0, "doseQuantity", "value") == 100
 
 
 def test_an_update_names_the_criterion_and_the_codes_that_changed() -> None:
@@ -641,14 +660,16 @@ def test_an_update_names_the_criterion_and_the_codes_that_changed() -> None:
     resources = build_study(mappings, INPUTS)
     first = plan_study(resources, {})
     copies = {
-        e.identifier: ServerCopy(version="1", content_hash=e.resource["meta"]["tag"][0]["code"], content=e.resource)
+        e.identifier: ServerCopy(version="1", content_hash=string(body(e), "meta", "tag", 0, "code"), content=body(e))
         for e in first
     }
     group = copy.deepcopy(copies["Group/thal-hcc-pilot-eligibility"].content)
-    next(c for c in group["characteristic"] if c["id"] == "anc")["valueQuantity"]["value"] = 1.5
+    obj(next(c for c in objs(group, "characteristic") if c["id"] == "anc"), "valueQuantity")["value"] = 1.5
     copies["Group/thal-hcc-pilot-eligibility"] = ServerCopy(version="4", content_hash="older", content=group)
     afp = copy.deepcopy(copies["ValueSet/thal-hcc-pilot-observation-afp"].content)
-    afp["compose"]["include"][0]["concept"].pop()
+    concepts = at(afp, "compose", "include", 0, "concept")
+    assert isinstance(concepts, list)
+    concepts.pop()
     copies["ValueSet/thal-hcc-pilot-observation-afp"] = ServerCopy(version="2", content_hash="older", content=afp)
     plan = plan_study(resources, copies)
     lines = {e.identifier: plan_line(e, r) for e, r in zip(plan, resources, strict=True) if e.action == "update"}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -17,8 +18,10 @@ import orjson
 import pytest
 from builders import AS_OF, ROOT, raise_thal03_afp
 from fhir_server import load_input, post, sekmet_server, server_resources
+from json_at import at, obj, objs, string
 
 from fhiradapter.core.fhir_out import Observation, ResearchSubject, encode
+from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.protocol import StudyKey
 from fhiradapter.core.results import PatientResult
 from fhiradapter.core.review import read_back
@@ -35,13 +38,21 @@ from fhiradapter.shell.run.engine import RunRequest
 from fhiradapter.shell.run.local_engine import LocalEngine
 from fhiradapter.shell.run.pipeline import run_evaluate
 
+if TYPE_CHECKING:
+    from jsonschema import Draft6Validator
+
+Schema = Callable[[str], "Draft6Validator"]  # a resource type -> a validator of the HL7 R4 JSON Schema
+
 PAPER = ROOT / "fixtures" / "paper-cohort" / "input"
 SCHEMA = (
     ROOT / "tests" / "js" / "node_modules" / "@medplum" / "definitions" / "dist" / "fhir" / "r4" / "fhir.schema.json"
 )
 
 
-def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+Paper = tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]  # writeback.json, results.json, the plan lines
+
+
+def evaluate(inputs: list[Path], out: Path) -> Paper:
     mappings, identity = load_mappings()
     run_evaluate(RunRequest(inputs=tuple(inputs), out=out, as_of=AS_OF, mappings=mappings, mappings_identity=identity))
     bundle = json.loads((out / "writeback.json").read_text())
@@ -51,12 +62,12 @@ def evaluate(inputs: list[Path], out: Path) -> tuple[dict[str, Any], dict[str, A
 
 
 @pytest.fixture(scope="module")
-def paper(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+def paper(tmp_path_factory: pytest.TempPathFactory) -> Paper:
     return evaluate([PAPER], tmp_path_factory.mktemp("wb"))
 
 
 @pytest.fixture(scope="module")
-def schema() -> Any:
+def schema() -> Schema:
     from jsonschema import Draft6Validator
 
     if not SCHEMA.exists():
@@ -65,7 +76,7 @@ def schema() -> Any:
     return lambda rtype: Draft6Validator({"$ref": f"#/definitions/{rtype}", "definitions": definitions})
 
 
-def test_every_written_resource_validates_against_the_r4_json_schema(paper: Any, schema: Any) -> None:
+def test_every_written_resource_validates_against_the_r4_json_schema(paper: Paper, schema: Schema) -> None:
     bundle, _results, _plan = paper
     assert bundle["type"] == "transaction" and bundle["entry"]
     for entry in bundle["entry"]:
@@ -75,13 +86,13 @@ def test_every_written_resource_validates_against_the_r4_json_schema(paper: Any,
     assert list(schema("Bundle").iter_errors(bundle)) == []
 
 
-def test_the_schema_catches_a_code_outside_a_required_binding(paper: Any, schema: Any) -> None:
+def test_the_schema_catches_a_code_outside_a_required_binding(paper: Paper, schema: Schema) -> None:
     """A negative control: the validator is live (fhir.resources would accept this)."""
     rs = next(e["resource"] for e in paper[0]["entry"] if e["resource"]["resourceType"] == "ResearchSubject")
     assert list(schema("ResearchSubject").iter_errors({**rs, "status": "active"}))
 
 
-def test_every_written_resource_is_a_valid_r4b_model(paper: Any) -> None:
+def test_every_written_resource_is_a_valid_r4b_model(paper: Paper) -> None:
     from fhir.resources.R4B import get_fhir_model_class
 
     for entry in paper[0]["entry"]:
@@ -89,7 +100,7 @@ def test_every_written_resource_is_a_valid_r4b_model(paper: Any) -> None:
         get_fhir_model_class(res["resourceType"]).model_validate(res)
 
 
-def test_what_is_written(paper: Any) -> None:
+def test_what_is_written(paper: Paper) -> None:
     bundle, results, plan = paper
     kinds = {(p["kind"], p["action"]) for p in plan}
     assert ("response", "create") in kinds and ("toxicity", "create") in kinds
@@ -125,8 +136,8 @@ def test_what_is_written(paper: Any) -> None:
     )
     assert rs["request"] == {"method": "PUT", "url": "ResearchSubject/thal-01-rs", "ifMatch": 'W/"1"'}
     assert rs["resource"]["status"] == "off-study"
-    thal01 = next(x for x in results["subjects"] if x["patient"] == "Patient/thal-01")
-    assert rs["resource"]["period"]["end"] == thal01["os"]["end_date"]
+    thal01_result = next(x for x in results["subjects"] if x["patient"] == "Patient/thal-01")
+    assert rs["resource"]["period"]["end"] == thal01_result["os"]["end_date"]
     prov = bundle["entry"][-1]
     assert prov["resource"]["resourceType"] == "Provenance"
     assert len(prov["resource"]["target"]) == len(bundle["entry"]) - 1
@@ -140,7 +151,7 @@ def test_what_is_written(paper: Any) -> None:
             assert "thal" not in ident["value"]  # a hash, no patient data
 
 
-def test_read_back_gives_the_same_results(paper: Any) -> None:
+def test_read_back_gives_the_same_results(paper: Paper) -> None:
     bundle, results, _plan = paper
     by_patient: dict[str, list[dict[str, Any]]] = {}
     for e in bundle["entry"]:
@@ -186,7 +197,7 @@ def rerun_with(tmp_path: Path, name: str, extra: list[dict[str, Any]], change: A
     return evaluate([src], tmp_path / f"{name}-out")
 
 
-def test_rerun_on_the_same_data_changes_nothing(paper: Any, tmp_path: Path) -> None:
+def test_rerun_on_the_same_data_changes_nothing(paper: Paper, tmp_path: Path) -> None:
     bundle, results, _ = paper
     again, again_results, plan = rerun_with(tmp_path, "same", written_back(bundle))
     assert {p["action"] for p in plan} == {"unchanged"}
@@ -196,7 +207,7 @@ def test_rerun_on_the_same_data_changes_nothing(paper: Any, tmp_path: Path) -> N
     assert '"id":"w' not in rejects  # the adapter's own earlier results are read, not rejected
 
 
-def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: Any, tmp_path: Path) -> None:
+def test_rerun_after_one_lab_change_updates_exactly_the_affected_results(paper: Paper, tmp_path: Path) -> None:
     bundle, _results, _ = paper
 
     _again, results, plan = rerun_with(tmp_path, "changed", written_back(bundle), raise_thal03_afp)
@@ -250,32 +261,35 @@ def test_post_to_a_real_fhir_server_twice_creates_nothing_new(tmp_path: Path) ->
         assert after_second == after_first
 
 
-def test_split_bundle_keeps_patients_whole_and_gives_each_part_its_provenance(paper: Any) -> None:
+def test_split_bundle_keeps_patients_whole_and_gives_each_part_its_provenance(paper: Paper) -> None:
     from fhiradapter.core.writeback import RUN_TAG_SYSTEM, split_bundle
 
     bundle, _results, _plan = paper
     parts = split_bundle(bundle, 30)
-    assert len(parts) > 1 and all(len(p["entry"]) <= 30 for p in parts)
+    assert len(parts) > 1 and all(len(objs(p, "entry")) <= 30 for p in parts)
     results = [e for e in bundle["entry"] if e["resource"]["resourceType"] != "Provenance"]
-    got = [e for p in parts for e in p["entry"] if e["resource"]["resourceType"] != "Provenance"]
+    got = [e for p in parts for e in objs(p, "entry") if at(e, "resource", "resourceType") != "Provenance"]
     assert got == results  # every result once, in order
-    owners = [{_owner(e) for e in p["entry"] if e["resource"]["resourceType"] != "Provenance"} for p in parts]
-    assert sum(len(o) for o in owners) == len(set().union(*owners))  # no patient in two parts
+    owners = [{_owner(e) for e in objs(p, "entry") if at(e, "resource", "resourceType") != "Provenance"} for p in parts]
+    assert sum(len(o) for o in owners) == len(set[str]().union(*owners))  # no patient in two parts
     tags = []
     for p in parts:
-        prov = p["entry"][-1]
-        assert prov["resource"]["resourceType"] == "Provenance"
-        assert {t["reference"] for t in prov["resource"]["target"]} == {e["fullUrl"] for e in p["entry"][:-1]}
-        tag = prov["resource"]["meta"]["tag"][0]
-        assert tag["system"] == RUN_TAG_SYSTEM and prov["request"]["ifNoneExist"].endswith(tag["code"])
-        tags.append(tag["code"])
+        entries = objs(p, "entry")
+        prov = entries[-1]
+        assert at(prov, "resource", "resourceType") == "Provenance"
+        assert {at(t, "reference") for t in objs(prov, "resource", "target")} == {
+            at(e, "fullUrl") for e in entries[:-1]
+        }
+        tag = obj(prov, "resource", "meta", "tag", 0)
+        assert tag["system"] == RUN_TAG_SYSTEM and string(prov, "request", "ifNoneExist").endswith(string(tag, "code"))
+        tags.append(string(tag, "code"))
     assert len(set(tags)) == len(parts)
     assert split_bundle(bundle, 10_000) == [bundle]
 
 
-def _owner(entry: dict[str, Any]) -> str:
-    r = entry["resource"]
-    return (r.get("subject") or r.get("individual"))["reference"]
+def _owner(entry: JsonObject) -> str:
+    r = obj(entry, "resource")
+    return string(r.get("subject") or r.get("individual"), "reference")
 
 
 def test_a_parts_provenance_is_tagged_by_what_the_part_holds() -> None:
@@ -283,26 +297,26 @@ def test_a_parts_provenance_is_tagged_by_what_the_part_holds() -> None:
     a re-push with another chunk after a partial failure never takes an older Provenance for its own."""
     from fhiradapter.core.writeback import RUN_TAG_SYSTEM, split_bundle
 
-    def entry(p: int, n: int) -> dict:  # type: ignore[type-arg]
+    def entry(p: int, n: int) -> JsonObject:
         return {
             "fullUrl": f"urn:uuid:{p}-{n}",
             "resource": {"resourceType": "Observation", "subject": {"reference": f"Patient/p{p}"}},
             "request": {"method": "POST", "url": "Observation"},
         }
 
-    provenance = {
+    provenance: JsonObject = {
         "fullUrl": "urn:uuid:prov",
         "resource": {"resourceType": "Provenance", "meta": {"tag": [{"system": RUN_TAG_SYSTEM, "code": "run1"}]}},
         "request": {"method": "POST", "url": "Provenance"},
     }
-    bundle = {
+    bundle: JsonObject = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [*(entry(p, n) for p in range(4) for n in range(2)), provenance],
     }
 
     def tags(chunk: int) -> list[str]:
-        return [part["entry"][-1]["resource"]["meta"]["tag"][0]["code"] for part in split_bundle(bundle, chunk)]
+        return [string(part, "entry", -1, "resource", "meta", "tag", 0, "code") for part in split_bundle(bundle, chunk)]
 
     assert tags(3) == tags(3) and len(set(tags(3))) == 4  # one patient a part: four tags, the same each time
     assert not set(tags(5)) & set(tags(3))  # two patients a part: none of the one-patient parts' tags

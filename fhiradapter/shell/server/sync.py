@@ -48,6 +48,7 @@ from fhiradapter.shell.server.bulk import bulk_pull
 from fhiradapter.shell.server.fhir_client import Capability, FhirClient, unusable
 from fhiradapter.shell.server.pull import (
     PullSummary,
+    Sink,
     logical_subjects,
     patient_of,
     pull_into,
@@ -57,7 +58,7 @@ from fhiradapter.shell.server.pull import (
 from fhiradapter.shell.server.pull_folder import first_few
 from fhiradapter.shell.server.push import DEFAULT_CHUNK, PushMode, PushSummary, push
 from fhiradapter.shell.server.run_record import EvaluatedCounts, LimitsSeen, SyncRecord
-from fhiradapter.shell.server.store import MirrorSink, SyncStore
+from fhiradapter.shell.server.store import SyncStore
 
 T = TypeVar("T")
 SKEW_MARGIN = timedelta(minutes=2)
@@ -281,7 +282,7 @@ async def _pull_phase(
 
 
 async def _bulk_into(
-    client: FhirClient, cap: Capability, opts: SyncOptions, sink: MirrorSink, since: str | None, run_id: int
+    client: FhirClient, cap: Capability, opts: SyncOptions, sink: Sink, since: str | None, run_id: int
 ) -> PullSummary:
     """The study's subjects by search, everything else by one Bulk export, kept only for the study's patients."""
     summary = PullSummary(opts.study)
