@@ -23,7 +23,7 @@ from test_fuzz_records import DELETE, JSON_VALUES, SLICE, _change, _paths
 
 from fhiradapter.cli import main
 from fhiradapter.core.dedup import InputRecord, keep_newest
-from fhiradapter.core.mappers import MapContext
+from fhiradapter.core.mappers import MapContext, Record
 from fhiradapter.errors import ExitCode
 from fhiradapter.shell.common.mappings_io import load_mappings, ucum_factor
 from fhiradapter.shell.run import duckdb_reader, local_engine
@@ -139,11 +139,14 @@ def test_compressed_files_read_alike(generated: Path, tmp_path: Path) -> None:
     plain = _same(generated / "Observation.ndjson")
     for name in ("o.ndjson.gz", "o.ndjson.zst"):
         packed = _same(tmp_path / name)
-        assert [i.record for i in packed.items] == [
-            i.record._replace(origin=(str(tmp_path / name), i.record.origin[1])) for i in plain.items
-        ]
+        assert [i.record for i in packed.items] == [_moved(i.record, str(tmp_path / name)) for i in plain.items]
     for name in ("cut.ndjson.zst", "cut.ndjson.gz"):
         assert _same(tmp_path / name).rejects[-1].code == "unreadable"
+
+
+def _moved(record: Record | None, name: str) -> Record | None:
+    """The record as read from file ``name`` instead (its origin's file)."""
+    return None if record is None else record._replace(origin=(name, record.origin[1]))
 
 
 def _observation(**changes: Any) -> dict[str, Any]:
