@@ -173,6 +173,7 @@ class EvaluateOptions:
     default="python",
     envvar="FHIRADAPTER_READER",
     show_default=True,
+    hidden=True,  # experimental: slower than the Python reader today (docs/performance.md, DuckDB reader)
     help="What reads NDJSON files (plain, .gz, .zst) in the local engine. duckdb (extra `duckdb`): decoded "
     "and classified in SQL, Observations mapped from DuckDB's values, every other line by the Python reader; "
     "the same results and rejects, but slower today (docs/performance.md). Also FHIRADAPTER_READER.",
