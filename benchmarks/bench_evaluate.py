@@ -17,62 +17,89 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from fresh import report, run_fresh  # noqa: E402 - beside this script
 from generate import generate  # noqa: E402 - the generator lives beside this script
 
-BASELINE = """
-import json, orjson, resource, sys, time
-from pathlib import Path
-files = sorted(Path(sys.argv[1]).glob("*.ndjson"))
-t = time.perf_counter(); n = 0
-for f in files:
-    with f.open("rb") as fh:
-        for line in fh:
-            orjson.loads(line); n += 1
-dt = time.perf_counter() - t
-print(json.dumps({"resources": n, "seconds": dt,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
 
-EVALUATE = """
-import json, resource, sys, time
-from datetime import date
-from pathlib import Path
-from fhiradapter.shell.common.mappings_io import load_mappings
-from fhiradapter.shell.run.engine import RunRequest
-from fhiradapter.shell.run.local_engine import LocalEngine
-from fhiradapter.shell.run.pipeline import run_evaluate
-from fhiradapter.core.stats import clopper_pearson, kaplan_meier
-from fhiradapter.shell.run.readers import InputLimits
-# Lazy imports (lifelines, scipy) are paid before timing: start-up is not throughput.
-kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
-mappings, identity = load_mappings()
-workers = int(sys.argv[3]) or None
-t = time.perf_counter()
-everything = sys.argv[4] == "all"
-summary = run_evaluate(RunRequest(inputs=(Path(sys.argv[1]),), out=Path(sys.argv[2]), as_of=date(2005, 12, 31),
-                                  mappings=mappings, mappings_identity=identity, engine=LocalEngine(workers),
-                                  report=everything, writeback=everything, limits=InputLimits(reader=sys.argv[5])))
-dt = time.perf_counter() - t
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-print(json.dumps({"resources": summary.records_read, "seconds": dt, "workers": summary.workers,
-                  "peak_mb": own, "peak_worker_mb": kids, "patients": summary.patients}))
-"""
+class Measured(msgspec.Struct, frozen=True):
+    """One run: the resources read, its wall time, its workers, its own and its workers' peak RSS, the patients."""
+
+    resources: int
+    seconds: float
+    peak_mb: float
+    workers: int = 1
+    peak_worker_mb: float = 0.0
+    patients: int = 0
 
 
-def measure(script: str, *args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+def baseline(argv: list[str]) -> None:
+    """Every NDJSON line of the input folder (``argv[0]``) parsed with orjson, in a fresh process."""
+    import resource
+
+    import orjson
+
+    files = sorted(Path(argv[0]).glob("*.ndjson"))
+    t = time.perf_counter()
+    n = 0
+    for f in files:
+        with f.open("rb") as fh:
+            for line in fh:
+                orjson.loads(line)
+                n += 1
+    dt = time.perf_counter() - t
+    report(Measured(n, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def evaluate_once(argv: list[str]) -> None:
+    """One evaluate run in a fresh process. ``argv``: the input folder, the out folder, the workers (0: the
+    default), all or results (the outputs), and the reader (python or duckdb, ``evaluate --reader``)."""
+    import resource
+    from datetime import date
+
+    from fhiradapter.core.stats import clopper_pearson, kaplan_meier
+    from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.run.engine import RunRequest
+    from fhiradapter.shell.run.local_engine import LocalEngine
+    from fhiradapter.shell.run.pipeline import run_evaluate
+    from fhiradapter.shell.run.readers import InputLimits
+
+    # Lazy imports (lifelines, scipy) are paid before timing: start-up is not throughput.
+    kaplan_meier([1, 2], [True, False])
+    clopper_pearson(1, 2)
+    mappings, identity = load_mappings()
+    workers = int(argv[2]) or None
+    t = time.perf_counter()
+    everything = argv[3] == "all"
+    request = RunRequest(
+        inputs=(Path(argv[0]),),
+        out=Path(argv[1]),
+        as_of=date(2005, 12, 31),
+        mappings=mappings,
+        mappings_identity=identity,
+        engine=LocalEngine(workers),
+        report=everything,
+        writeback=everything,
+        limits=InputLimits(reader=argv[4]),
+    )
+    summary = run_evaluate(request)
+    dt = time.perf_counter() - t
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    report(Measured(summary.records_read, dt, own, summary.workers, kids, summary.patients))
+
+
+def measure(function: str, *args: str) -> Measured:
+    return run_fresh("bench_evaluate", function, Measured, *args)
 
 
 def main() -> None:
@@ -107,35 +134,35 @@ def main() -> None:
         # Rounds: each round measures the baseline and every configuration once, so that the machine's drift
         # over minutes (large here) falls on all of them alike; medians are taken over the rounds.
         configs = [(w, o, r) for w in args.workers for o in output_sets for r in args.readers]
-        base_runs: list[dict[str, Any]] = []
-        runs: dict[tuple[int, str, str], list[dict[str, Any]]] = {c: [] for c in configs}
+        base_runs: list[Measured] = []
+        runs: dict[tuple[int, str, str], list[Measured]] = {c: [] for c in configs}
         for _ in range(args.repeat):
-            base_runs.append(measure(BASELINE, str(folder)))
+            base_runs.append(measure("baseline", str(folder)))
             for workers, outputs, reader in configs:
                 out = args.data / f"out-{size}-{outputs}"
                 runs[workers, outputs, reader].append(
-                    measure(EVALUATE, str(folder), str(out), str(workers), outputs, reader)
+                    measure("evaluate_once", str(folder), str(out), str(workers), outputs, reader)
                 )
-        base = sorted(base_runs, key=lambda r: r["seconds"])
+        base = sorted(base_runs, key=lambda r: r.seconds)
         b = base[len(base) // 2]
         for (_workers, outputs, reader), mine in runs.items():
-            mine.sort(key=lambda r: r["seconds"])
+            mine.sort(key=lambda r: r.seconds)
             e = mine[len(mine) // 2]
             rows.append(
                 {
                     "patients": size,
                     "outputs": outputs,
                     "reader": reader,
-                    "resources": e["resources"],
-                    "workers": e["workers"],
-                    "orjson_per_s": b["resources"] / b["seconds"],
-                    "evaluate_per_s": e["resources"] / e["seconds"],
-                    "ratio": b["seconds"] / e["seconds"],
-                    "ratios": [round(b["seconds"] / r["seconds"], 3) for r in mine],
-                    "orjson_peak_mb": b["peak_mb"],
-                    "evaluate_peak_mb": max(e["peak_mb"], e["peak_worker_mb"]),
-                    "evaluate_parent_mb": e["peak_mb"],
-                    "evaluate_worker_mb": e["peak_worker_mb"],
+                    "resources": e.resources,
+                    "workers": e.workers,
+                    "orjson_per_s": b.resources / b.seconds,
+                    "evaluate_per_s": e.resources / e.seconds,
+                    "ratio": b.seconds / e.seconds,
+                    "ratios": [round(b.seconds / r.seconds, 3) for r in mine],
+                    "orjson_peak_mb": b.peak_mb,
+                    "evaluate_peak_mb": max(e.peak_mb, e.peak_worker_mb),
+                    "evaluate_parent_mb": e.peak_mb,
+                    "evaluate_worker_mb": e.peak_worker_mb,
                 }
             )
     print(
@@ -149,12 +176,12 @@ def main() -> None:
             f"{r['orjson_peak_mb']:>9.0f} {r['evaluate_parent_mb']:>14.0f} / {r['evaluate_worker_mb']:<12.0f}"
         )
     for workers, outputs, reader in sorted({(r["workers"], r["outputs"], r["reader"]) for r in rows}):
-        mine = [r for r in rows if (r["workers"], r["outputs"], r["reader"]) == (workers, outputs, reader)]
-        if len(mine) > 1:
-            growth = mine[-1]["evaluate_peak_mb"] / mine[0]["evaluate_peak_mb"]
+        same = [r for r in rows if (r["workers"], r["outputs"], r["reader"]) == (workers, outputs, reader)]
+        if len(same) > 1:
+            growth = same[-1]["evaluate_peak_mb"] / same[0]["evaluate_peak_mb"]
             print(
                 f"{workers} worker(s), {outputs} outputs, {reader}: peak memory x{growth:.2f} for "
-                f"x{mine[-1]['patients'] / mine[0]['patients']:.0f} input (target: within x1.20)"
+                f"x{same[-1]['patients'] / same[0]['patients']:.0f} input (target: within x1.20)"
             )
     for size in args.sizes:
         for outputs, reader in sorted({(r["outputs"], r["reader"]) for r in rows}):

@@ -18,60 +18,87 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import msgspec
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
 sys.path.insert(0, str(HERE))
 
+from fresh import report, run_fresh  # noqa: E402 - beside this script
 from generate import generate  # noqa: E402 - the generator lives beside this script
 
-BASELINE = """
-import json, resource, sqlite3, sys, time
-from pathlib import Path
-import orjson
-from fhiradapter.core.registry import SubjectView, table_rows
-folder, db = Path(sys.argv[1]), sys.argv[2]
-t0 = time.perf_counter()
-doc = orjson.loads((folder / "results.json").read_bytes())
-extracts = [orjson.loads(line) for line in (folder / "clinical.ndjson").open("rb")]
-t_read = time.perf_counter() - t0
-tables = {}
-for s in doc["subjects"]:  # untimed: the floor is reading + inserting
-    for name, rows in table_rows(SubjectView(s, None, None)).items():
-        tables.setdefault(name, []).extend(rows)
-conn = sqlite3.connect(db)
-t1 = time.perf_counter()
-n = 0
-for name, rows in tables.items():
-    cols = list(rows[0]) if rows else []
-    if not cols:
-        continue
-    conn.execute(f"CREATE TABLE {name} ({', '.join(cols)})")
-    values = [tuple(r[c] for c in cols) for r in rows]
-    conn.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * len(cols))})", values)
-    n += len(rows)
-conn.commit(); conn.close()
-dt = t_read + time.perf_counter() - t1
-print(json.dumps({"rows": n, "seconds": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
 
-EXPORT = """
-import json, resource, sys, time
-from pathlib import Path
-from fhiradapter.shell.registry.export import export
-key = b"k" * 32 if sys.argv[4] == "pseudo" else None
-t = time.perf_counter()
-summary = export(Path(sys.argv[1]), sys.argv[2], sys.argv[3], key)
-dt = time.perf_counter() - t
-rows = sum(i + u for _n, i, u, _s in summary.lines)
-print(json.dumps({"rows": rows, "seconds": dt, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+class Measured(msgspec.Struct, frozen=True):
+    """What one child reports: the rows written, its wall time, its peak RSS."""
+
+    rows: int
+    seconds: float
+    peak_mb: float
 
 
-def run(code: str, *args: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+def baseline(argv: list[str]) -> None:
+    """The floor, in a fresh process: results.json and clinical.ndjson parsed whole with orjson, then the
+    registry rows (built untimed) inserted with ``sqlite3.executemany``. ``argv``: the results folder, the db."""
+    import resource
+    import sqlite3
+
+    import orjson
+
+    from fhiradapter.core.extract import ClinicalExtract
+    from fhiradapter.core.readback import decode_subject
+    from fhiradapter.core.registry import Row, SubjectView, table_rows
+
+    folder, db = Path(argv[0]), argv[1]
+    t0 = time.perf_counter()
+    doc = orjson.loads((folder / "results.json").read_bytes())
+    extracts = [orjson.loads(line) for line in (folder / "clinical.ndjson").open("rb")]
+    t_read = time.perf_counter() - t0
+    # Untimed: the floor is reading + inserting. The core builds the rows from typed values: each subject and
+    # its extract is typed from what orjson read, one at a time (the peak holds what orjson read and the rows).
+    by_patient = {e["patient"]: e for e in extracts}
+    tables: dict[str, list[Row]] = {}
+    for s in doc["subjects"]:
+        result = decode_subject(orjson.dumps(s))
+        extract = by_patient.get(result.patient)
+        view = SubjectView(result, msgspec.convert(extract, ClinicalExtract) if extract else None, None)
+        for name, rows in table_rows(view).items():
+            tables.setdefault(name, []).extend(rows)
+    conn = sqlite3.connect(db)
+    t1 = time.perf_counter()
+    n = 0
+    for name, rows in tables.items():
+        cols = list(rows[0]) if rows else []
+        if not cols:
+            continue
+        conn.execute(f"CREATE TABLE {name} ({', '.join(cols)})")
+        values = [tuple(r[c] for c in cols) for r in rows]
+        insert = f"INSERT INTO {name} VALUES ({', '.join('?' * len(cols))})"  # noqa: S608 - the core's own tables
+        conn.executemany(insert, values)
+        n += len(rows)
+    conn.commit()
+    conn.close()
+    dt = t_read + time.perf_counter() - t1
+    report(Measured(n, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def export_once(argv: list[str]) -> None:
+    """One ``export`` run, timed end to end in a fresh process. ``argv``: the results folder, the target URL,
+    the format (tables, sdtm), plain or pseudo."""
+    import resource
+
+    from fhiradapter.core.registry import ExportFormat
+    from fhiradapter.shell.registry.export import export
+
+    formats: dict[str, ExportFormat] = {"tables": "tables", "sdtm": "sdtm"}
+    key = b"k" * 32 if argv[3] == "pseudo" else None
+    t = time.perf_counter()
+    summary = export(Path(argv[0]), argv[1], formats[argv[2]], key)
+    dt = time.perf_counter() - t
+    rows = sum(i + u for _n, i, u, _s in summary.lines)
+    report(Measured(rows, dt, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
 def results_folder(patients: int) -> Path:
@@ -96,12 +123,12 @@ def main() -> None:
     work = DATA / "export"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    base = run(BASELINE, str(folder), str(work / "baseline.db"))
-    print(f"{args.patients} patients, {base['rows']} registry rows")
+    base = run_fresh("bench_export", "baseline", Measured, str(folder), str(work / "baseline.db"))
+    print(f"{args.patients} patients, {base.rows} registry rows")
     print(f"{'target':<34} {'rows/s':>9} {'seconds':>8} {'ratio':>6} {'peak MB':>8}")
     print(
-        f"{'floor: orjson + sqlite3':<34} {base['rows'] / base['seconds']:>9.0f} {base['seconds']:>8.2f} {1:>6.2f} "
-        f"{base['peak_mb']:>8.0f}"
+        f"{'floor: orjson + sqlite3':<34} {base.rows / base.seconds:>9.0f} {base.seconds:>8.2f} {1:>6.2f} "
+        f"{base.peak_mb:>8.0f}"
     )
     cases = [
         ("sqlite tables", f"sqlite:///{work / 'r.db'}", "tables", "plain"),
@@ -111,14 +138,16 @@ def main() -> None:
         ("csv sdtm", f"csv:{work / 'sdtm'}", "sdtm", "plain"),
         ("parquet sdtm, pseudonymised", f"parquet:{work / 'sdtm-pq'}", "sdtm", "pseudo"),
     ]
-    results = {}
+    results: dict[str, dict[str, float]] = {}
     for label, url, fmt, mode in cases:
-        r = run(EXPORT, str(folder), url, fmt, mode)
-        rate = r["rows"] / r["seconds"]
-        ratio = base["seconds"] / r["seconds"] if fmt == "tables" else float("nan")
-        results[label] = {**r, "rate": rate, "ratio": ratio}
-        print(f"{label:<34} {rate:>9.0f} {r['seconds']:>8.2f} {ratio:>6.2f} {r['peak_mb']:>8.0f}")
-    (DATA / f"bench-export-{args.patients}.json").write_text(json.dumps({"baseline": base, **results}, indent=2))
+        r = run_fresh("bench_export", "export_once", Measured, str(folder), url, fmt, mode)
+        rate = r.rows / r.seconds
+        ratio = base.seconds / r.seconds if fmt == "tables" else float("nan")
+        results[label] = {**msgspec.structs.asdict(r), "rate": rate, "ratio": ratio}
+        print(f"{label:<34} {rate:>9.0f} {r.seconds:>8.2f} {ratio:>6.2f} {r.peak_mb:>8.0f}")
+    (DATA / f"bench-export-{args.patients}.json").write_text(
+        json.dumps({"baseline": msgspec.structs.asdict(base), **results}, indent=2)
+    )
 
 
 if __name__ == "__main__":

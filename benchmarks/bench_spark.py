@@ -18,46 +18,67 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+
+import msgspec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from fresh import report, run_fresh  # noqa: E402 - beside this script
 from generate import generate  # noqa: E402 - the generator lives beside this script
 
-RUN = """
-import json, os, resource, sys, time
-from datetime import date
-from pathlib import Path
-os.environ["PYSPARK_PYTHON"] = sys.executable
-from fhiradapter.shell.common.mappings_io import load_mappings
-from fhiradapter.shell.run.engine import RunRequest
-from fhiradapter.shell.run.local_engine import LocalEngine
-from fhiradapter.shell.run.pipeline import run_evaluate
-from fhiradapter.shell.run.spark_engine import SparkEngine
-from fhiradapter.core.stats import clopper_pearson, kaplan_meier
-kaplan_meier([1, 2], [True, False]); clopper_pearson(1, 2)
-mappings, identity = load_mappings()
-engine, everything = sys.argv[3], sys.argv[4] == "all"
-t = time.perf_counter()
-summary = run_evaluate(RunRequest(inputs=(Path(sys.argv[1]),), out=Path(sys.argv[2]), as_of=date(2005, 12, 31),
-                                  mappings=mappings, mappings_identity=identity, report=everything,
-                                  writeback=everything,
-                                  engine=SparkEngine("local[2]") if engine == "spark" else LocalEngine()))
-dt = time.perf_counter() - t
-print(json.dumps({"seconds": dt, "phases": summary["seconds"], "resources": summary["records_read"],
-                  "patients": summary["patients"],
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+
+class Measured(msgspec.Struct, frozen=True):
+    """One evaluate run: its wall time, its phases' (summary.json's ``seconds``), what it read, its peak RSS."""
+
+    seconds: float
+    phases: dict[str, float]
+    resources: int
+    patients: int
+    peak_mb: float
 
 
-def measure(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+def run_once(argv: list[str]) -> None:
+    """One evaluate run in a fresh process. ``argv``: the input folder, the out folder, local or spark, all or
+    results (the outputs)."""
+    import os
+    import resource
+    from datetime import date
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    from fhiradapter.core.stats import clopper_pearson, kaplan_meier
+    from fhiradapter.shell.common.mappings_io import load_mappings
+    from fhiradapter.shell.run.engine import RunRequest
+    from fhiradapter.shell.run.local_engine import LocalEngine
+    from fhiradapter.shell.run.pipeline import run_evaluate
+    from fhiradapter.shell.run.spark_engine import SparkEngine
+
+    kaplan_meier([1, 2], [True, False])  # lazy imports (lifelines, scipy) paid before timing
+    clopper_pearson(1, 2)
+    mappings, identity = load_mappings()
+    engine, everything = argv[2], argv[3] == "all"
+    t = time.perf_counter()
+    request = RunRequest(
+        inputs=(Path(argv[0]),),
+        out=Path(argv[1]),
+        as_of=date(2005, 12, 31),
+        mappings=mappings,
+        mappings_identity=identity,
+        report=everything,
+        writeback=everything,
+        engine=SparkEngine("local[2]") if engine == "spark" else LocalEngine(),
+    )
+    summary = run_evaluate(request)
+    dt = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report(Measured(dt, summary.seconds, summary.records_read, summary.patients, peak))
+
+
+def measure(*args: str) -> Measured:
+    return run_fresh("bench_spark", "run_once", Measured, *args)
 
 
 def main() -> None:
@@ -77,20 +98,20 @@ def main() -> None:
         for outputs in output_sets:
             local = measure(str(folder), str(args.data / f"out-local-{size}"), "local", outputs)
             spark = measure(str(folder), str(args.data / f"out-spark-{size}"), "spark", outputs)
-            assert local["patients"] == spark["patients"] == size
-            phases = spark["phases"]
+            assert local.patients == spark.patients == size
+            phases = spark.phases
             row = {
                 "patients": size,
-                "resources": local["resources"],
+                "resources": local.resources,
                 "outputs": outputs,
-                "local_s": round(local["seconds"], 1),
-                "spark_s": round(spark["seconds"], 1),
-                "ratio": round(spark["seconds"] / local["seconds"], 2),
+                "local_s": round(local.seconds, 1),
+                "spark_s": round(spark.seconds, 1),
+                "ratio": round(spark.seconds / local.seconds, 2),
                 "spark_read_map_s": phases.get("read_and_map"),
                 "spark_evaluate_s": phases.get("evaluate"),
                 "driver_write_s": round(sum(phases.get(k, 0) for k in ("cohort_statistics", "write", "report")), 1),
-                "local_peak_mb": round(local["peak_mb"]),
-                "spark_driver_peak_mb": round(spark["peak_mb"]),
+                "local_peak_mb": round(local.peak_mb),
+                "spark_driver_peak_mb": round(spark.peak_mb),
             }
             rows.append(row)
             print(json.dumps(row), flush=True)

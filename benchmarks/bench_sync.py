@@ -55,6 +55,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from fhir_server import load_input, sekmet_server  # noqa: E402 - the tests' server helpers
 from generate import generate  # noqa: E402
 
+from fhiradapter.core.approval import StandingRule  # noqa: E402
 from fhiradapter.core.stats import clopper_pearson, kaplan_meier  # noqa: E402
 from fhiradapter.shell.common.mappings_io import load_mappings  # noqa: E402
 from fhiradapter.shell.server.fhir_client import ClientSettings, FhirClient, tls_context  # noqa: E402
@@ -84,6 +85,7 @@ RUNS = [
     ("settle", "second sync (reads back the first run's writes, writes nothing)"),
     ("scheduled", "scheduled sync (one AFP changed for every 10th patient)"),
 ]
+WRITE_EVERYTHING = StandingRule(signed_by="bench_sync", role="benchmark", signed_on="2026-12-07", allow=("*:*",))
 OVERLAP = timedelta(seconds=1)  # the local server commits synchronously: no write is in flight for a second
 
 
@@ -173,6 +175,9 @@ def measure(folder: Path, concurrency: int, latency: float, work: Path, per_sear
             mappings_identity=identity,
             overlap=OVERLAP,
             per_search=per_search,
+            # Every change written unreviewed, as before review and approval existed: without a standing rule
+            # a scheduled sync holds every change for a person's approval, and the runs would push nothing.
+            standing_rule=WRITE_EVERYTHING,
         )
         first = _sync(client, store, opts, patients, config)  # everything pulled, every result created
         settle = _sync(client, store, opts, patients, config)  # reads back the first run's own writes; writes nothing
