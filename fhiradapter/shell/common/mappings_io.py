@@ -90,6 +90,19 @@ def differing_local_mappings(used: Path, cwd: Path) -> Path | None:
     return None
 
 
+def read_toml(path: Path) -> JsonObject | None:
+    """A TOML file of a mappings folder as read (None when absent; the caller validates it); a ConfigError
+    naming the file when it cannot be read or is not TOML."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} unreadable: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
 def load_mappings(directory: Path | None = None) -> tuple[Mappings, ProtocolIdentity]:
     """Parsed mappings and their identity (id, version, the study they name, folder, sha256 of the three files)."""
     folder = directory or default_mappings_dir()

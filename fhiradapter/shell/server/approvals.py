@@ -7,7 +7,6 @@ of scheduled syncs comes from ``approval.toml`` in the site's mappings folder.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import msgspec
@@ -15,8 +14,9 @@ import msgspec
 from fhiradapter.core.approval import Approval, StandingRule, approved_bundle, check, parse_standing_rule
 from fhiradapter.core.json_types import JsonObject
 from fhiradapter.core.review import PlanLine, decode_plan_line
-from fhiradapter.errors import ConfigError, InputError, NotApproved, OutputError
+from fhiradapter.errors import InputError, NotApproved, OutputError
 from fhiradapter.shell.common.files import write_new
+from fhiradapter.shell.common.mappings_io import read_toml
 from fhiradapter.shell.common.out_folder import file_digest
 
 APPROVAL = "approval.json"
@@ -103,12 +103,5 @@ def approved_for_push(bundle_path: Path, bundle: JsonObject) -> tuple[JsonObject
 def load_standing_rule(mappings_dir: Path) -> StandingRule | None:
     """``approval.toml`` of a mappings folder (None when the folder has none: every change waits for a person)."""
     path = mappings_dir / RULE_FILE
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} unreadable: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return parse_standing_rule(doc, str(path))
+    doc = read_toml(path)
+    return parse_standing_rule(doc, str(path)) if doc is not None else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +38,7 @@ from fhiradapter.core.study_resources import StudyResource
 from fhiradapter.core.writeback import HASH_TAG_SYSTEM, PlanEntry, provenance_entry, run_tag
 from fhiradapter.errors import ConfigError, InputError, OutputError, ServerError
 from fhiradapter.shell.common.files import write_new
+from fhiradapter.shell.common.mappings_io import read_toml
 from fhiradapter.shell.common.out_folder import MANIFEST, write_manifest
 from fhiradapter.shell.registry.export import load_export_mappings
 from fhiradapter.shell.server.fhir_client import FhirClient
@@ -60,22 +60,10 @@ class Published:
         return sum(1 for entry in self.plan if entry.action == action)
 
 
-def _toml(path: Path) -> JsonObject | None:
-    """A TOML file of the mappings folder (None when absent); JSON-like at the edge, validated by the caller."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} unreadable: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-
-
 def load_study_inputs(folder: Path, mappings: Mappings) -> StudyInputs:
     """``study.toml [research_study]`` (optional), the paper (``published.toml`` source) and the study drug
     (``export.toml [[ex]]``, the one codes.toml knows as a medication)."""
-    doc = _toml(folder / STUDY_FILE) or {}
+    doc = read_toml(folder / STUDY_FILE) or {}
     unknown = set(doc) - {"research_study"}
     if unknown:
         raise ConfigError(f"{folder / STUDY_FILE}: unknown section(s) {sorted(unknown)}: only [research_study]")
@@ -85,7 +73,7 @@ def load_study_inputs(folder: Path, mappings: Mappings) -> StudyInputs:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"{folder / STUDY_FILE}: [research_study] {where}: {first['msg']}") from None
-    published = _toml(folder / "published.toml") or {}
+    published = read_toml(folder / "published.toml") or {}
     citation = published.get("source")
     medications = {m.concept for m in mappings.codes.medication}
     drugs = [d for d in load_export_mappings(folder).ex if d.drug in medications]
